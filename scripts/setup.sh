@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# One-time (idempotent) host set-up for zerotrace, as root:
+#   - Debian's bcc (python3-bpfcc, libbpfcc, bpftool) and the real servers the tests trace
+#   - kernel headers for bcc when the running kernel ships none (Debian's linked in)
+#   - tracefs and debugfs mounted
+#   - .venv/ (system site packages, so `import bcc` works) with zerotrace installed
+# Safe to run again: each step checks before it acts.  Set ZT_SETUP_QUIET=1 to hush.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+say() { [ "${ZT_SETUP_QUIET:-0}" = 1 ] || echo "setup: $*"; }
+
+if [ "$(id -u)" != 0 ]; then
+    echo "setup: must run as root (eBPF, tracefs and apt need it); try: sudo $0" >&2
+    exit 1
+fi
+
+# Packages: the agent's own needs, then the real programs that tests and the demo trace.
+AGENT_PKGS=(python3-bpfcc bpfcc-tools libbpfcc bpftool linux-headers-amd64 iproute2 python3-venv make)
+TEST_PKGS=(redis-server nginx-light dnsmasq-base mariadb-server postgresql haproxy golang-go
+           wrk nodejs curl dnsutils)
+missing=()
+for p in "${AGENT_PKGS[@]}" "${TEST_PKGS[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    say "installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q >/dev/null
+    # Services must not start on install: tests start what they need, on their own ports.
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d.zerotrace
+    [ -e /usr/sbin/policy-rc.d ] || { cp /usr/sbin/policy-rc.d.zerotrace /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; rm_policy=1; }
+    apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+    [ "${rm_policy:-0}" = 1 ] && rm -f /usr/sbin/policy-rc.d
+    rm -f /usr/sbin/policy-rc.d.zerotrace
+fi
+
+# Kernel headers: bcc looks in /lib/modules/$(uname -r)/{build,source}.  Only tracepoint
+# layouts (from tracefs) and helper prototypes come from them; struct offsets come from
+# BTF (agent/probes/btf.py), so Debian's headers of another kernel are good enough.
+kdir="/lib/modules/$(uname -r)"
+if [ ! -e "$kdir/build/include" ]; then
+    hdr=$(ls -d /usr/src/linux-headers-*-amd64 2>/dev/null | sort -V | tail -n 1)
+    common=$(ls -d /usr/src/linux-headers-*-common 2>/dev/null | sort -V | tail -n 1)
+    if [ -n "$hdr" ] && [ -n "$common" ]; then
+        say "linking $hdr as the headers of $(uname -r)"
+        mkdir -p "$kdir"
+        ln -sfn "$hdr" "$kdir/build"
+        ln -sfn "$common" "$kdir/source"
+    fi
+fi
+
+mountpoint -q /sys/kernel/tracing || { say "mounting tracefs"; mount -t tracefs nodev /sys/kernel/tracing; }
+mountpoint -q /sys/kernel/debug || { say "mounting debugfs"; mount -t debugfs nodev /sys/kernel/debug; }
+mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf 2>/dev/null || true
+
+# Virtual environment: Debian's python (bcc's module is built for it), system site
+# packages visible.  Re-installs only when pyproject.toml changed.
+if [ ! -x .venv/bin/python ]; then
+    say "creating .venv"
+    /usr/bin/python3 -m venv --system-site-packages .venv
+fi
+stamp=.venv/.zerotrace-installed
+want=$(sha256sum pyproject.toml | cut -c1-16)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    say "installing zerotrace and its dependencies into .venv"
+    .venv/bin/python -m pip install -q --upgrade pip >/dev/null
+    .venv/bin/python -m pip install -q -e '.[test]'
+    echo "$want" > "$stamp"
+fi
+.venv/bin/python -c "import bcc" 2>/dev/null || { echo "setup: bcc does not import in .venv" >&2; exit 1; }
+say "ready"
