@@ -1,0 +1,472 @@
+"""HTTP/1.1: keep-alive, pipelining, chunked bodies, 100-continue, truncated bodies.
+
+Header blocks are parsed with `bytes.find` on a lower-cased copy rather than with
+httptools (llhttp): llhttp is incremental but has no notion of "N bytes are missing
+here" (the capture keeps a prefix of each syscall), stops for good at the first byte it
+does not expect, and reports every header through a Python callback, which costs more
+than the few lookups a span needs.  Bodies are never buffered: their length is skipped
+(Content-Length, chunk sizes), so a 2 GB body costs nothing but a counter.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+
+from proto.span import TRACE_HEADERS
+
+from . import redact
+from .base import (
+    MAX_PENDING,
+    STATUS_ERROR,
+    STATUS_OK,
+    STATUS_UNSET,
+    DirStream,
+    Message,
+    Pending,
+    Record,
+    StreamParser,
+    incomplete_record,
+    new_stats,
+)
+
+STATS = new_stats()
+
+METHODS = frozenset(
+    b"GET POST PUT DELETE HEAD OPTIONS PATCH CONNECT TRACE PROPFIND PROPPATCH MKCOL COPY "
+    b"MOVE LOCK UNLOCK SEARCH REPORT PURGE".split()
+)
+_REQ_LINE = re.compile(
+    rb"(?:^|\r\n)((?:GET|POST|PUT|DELETE|HEAD|OPTIONS|PATCH|CONNECT|TRACE|PURGE) "
+    rb"[^\s]{1,8192} HTTP/1\.[01]\r\n)"
+)
+_RESP_LINE = re.compile(rb"(?:^|\r\n)(HTTP/1\.[01] [1-5]\d\d[ \r])")
+MAX_HEAD = 32 * 1024
+
+_H_CL = b"\r\ncontent-length:"
+_H_TE = b"\r\ntransfer-encoding:"
+_H_HOST = b"\r\nhost:"
+_H_UA = b"\r\nuser-agent:"
+_H_EXPECT = b"\r\nexpect:"
+_H_CT = b"\r\ncontent-type:"
+_TRACE = tuple((name, ("\r\n" + name + ":").encode()) for name in TRACE_HEADERS)
+_SECRET_REQ = ((b"\r\nauthorization:", "http.request.header.authorization"),
+               (b"\r\ncookie:", "http.request.header.cookie"))
+_SECRET_RESP = ((b"\r\nset-cookie:", "http.response.header.set-cookie"),)
+
+# Body framing modes.
+HEAD, CHUNKED, UNTIL_CLOSE, WAIT = 0, 1, 2, 3
+# Chunked sub-states.
+CH_SIZE, CH_TRAILER = 0, 1
+
+
+def _hval(block: bytes, low: bytes, key: bytes) -> bytes | None:
+    i = low.find(key)
+    if i < 0:
+        return None
+    i += len(key)
+    j = low.find(b"\r\n", i)
+    return block[i:j].strip() if j >= 0 else block[i:].strip()
+
+
+class _Side:
+    """Framing state of one direction."""
+
+    __slots__ = ("mode", "chunk_state", "msg", "ctx", "trunc")
+
+    def __init__(self) -> None:
+        self.mode = HEAD
+        self.chunk_state = CH_SIZE
+        self.msg: Message | None = None  # message whose body is being read
+        self.ctx: object = None  # Pending (request side) or response info tuple
+        self.trunc = ""
+
+
+class Http1Parser(StreamParser):
+    """One HTTP/1.x connection, both directions."""
+
+    protocol = "http"
+    stats = STATS
+
+    def __init__(self, client_side: bool | None = None) -> None:
+        super().__init__(client_side)
+        self.pending: deque[Pending] = deque()
+        self.sides = (_Side(), _Side())
+
+    # -- framing ----------------------------------------------------------------------
+    def _parse(self, d: int, st: DirStream, out: list[Record]) -> None:
+        buf = st.buf
+        n = len(buf)
+        pos = 0
+        side = self.sides[d]
+        if self.req_dir is None:
+            self.req_dir = 1 - d if buf.startswith(b"HTTP/") else d
+        is_req = d == self.req_dir
+        while pos < n:
+            mode = side.mode
+            if mode == HEAD:
+                e = buf.find(b"\r\n\r\n", pos)
+                if e < 0:
+                    if n - pos > MAX_HEAD:
+                        self.stats["head_too_long"] += 1
+                        pos = self._garbage(d, st, buf, pos + 1, out)
+                        if pos < 0:
+                            return
+                        continue
+                    break
+                if is_req:
+                    new = self._request_head(d, st, side, buf, pos, e + 4, out)
+                else:
+                    new = self._response_head(d, st, side, buf, pos, e + 4, out)
+                if new < 0:
+                    self.stats["bad_frame"] += 1
+                    pos = self._garbage(d, st, buf, pos + 1, out)
+                    if pos < 0:
+                        return
+                    continue
+                pos = new
+            elif mode == CHUNKED:
+                pos = self._chunked(d, st, side, buf, pos, n, out)
+                if pos < 0:
+                    return
+                if side.mode == CHUNKED:
+                    break
+            elif mode == UNTIL_CLOSE:
+                side.msg.size += n - pos
+                side.msg.end_ns, side.msg.end_tid = st.marks[-1][1], st.marks[-1][2]
+                pos = n
+            else:
+                break
+        st.consume(pos)
+
+    def _garbage(self, d: int, st: DirStream, buf: bytes, start: int,
+                 out: list[Record]) -> int:
+        """Index of the next frame start in buf after garbage; -1 when none (desync)."""
+        i = self._resync(d, buf[start:])
+        if i >= 0:
+            return start + i
+        self.stats["desync"] += 1
+        self._desync(d, st, out)
+        return -1
+
+    def _resync(self, d: int, data: bytes) -> int:
+        rx = _RESP_LINE if (self.req_dir is not None and d != self.req_dir) else _REQ_LINE
+        m = rx.search(data)
+        if m is None and self.req_dir is None:
+            m = _RESP_LINE.search(data)
+        return m.start(1) if m else -1
+
+    def _request_head(self, d: int, st: DirStream, side: _Side, buf: bytes, pos: int,
+                      end: int, out: list[Record]) -> int:
+        block = buf[pos:end - 2]
+        sp1 = block.find(b" ")
+        sp2 = block.find(b" ", sp1 + 1)
+        eol = block.find(b"\r\n")
+        if sp1 <= 0 or sp2 < 0 or sp2 > eol or not block.startswith(b"HTTP/1.", sp2 + 1):
+            return -1
+        method = block[:sp1]
+        if method not in METHODS and not (method.isalpha() and method.isupper()):
+            return -1
+        low = block.lower()
+        method_s = method.decode()
+        target = block[sp1 + 1:sp2].decode("latin-1")
+        q = target.find("?")
+        path = target if q < 0 else target[:q]
+        attrs = {"http.request.method": method_s, "url.path": path,
+                 "network.protocol.version": block[sp2 + 6:eol].decode("latin-1")}
+        if q >= 0:
+            attrs["url.query"] = target[q + 1:]
+        v = _hval(block, low, _H_HOST)
+        if v is not None:
+            host = v.decode("latin-1")
+            c = host.rfind(":")
+            if c > 0 and host[c + 1:].isdigit() and "]" not in host[c:]:
+                attrs["server.port"] = int(host[c + 1:])
+                host = host[:c]
+            attrs["server.address"] = host
+        v = _hval(block, low, _H_UA)
+        if v is not None:
+            attrs["user_agent.original"] = v.decode("latin-1")
+        th = _trace_headers(block, low)
+        if b"authorization:" in low or b"cookie:" in low:
+            for key, attr in _SECRET_REQ:
+                v = _hval(block, low, key)
+                if v is not None:
+                    attrs[attr] = redact.header(attr[20:], v.decode("latin-1"))
+        length, chunked = _body_framing(block, low)
+        if length is None and not chunked:
+            length = 0
+        if length is not None:
+            attrs["http.request.body.size"] = length
+        if b"100-continue" in low and _hval(block, low, _H_EXPECT) == b"100-continue":
+            attrs["http.request.expect_continue"] = True
+        msg = st.message(st.base + pos, st.base + end)
+        p = Pending(msg, f"{method_s} {path}", attrs, th)
+        if len(self.pending) >= MAX_PENDING:
+            self.stats["pending_overflow"] += 1
+            out.append(incomplete_record(self.protocol, self.pending.popleft(), "evicted"))
+        self.pending.append(p)
+        side.ctx = p
+        return self._body(d, st, side, msg, length, chunked, buf, end, out)
+
+    def _response_head(self, d: int, st: DirStream, side: _Side, buf: bytes, pos: int,
+                       end: int, out: list[Record]) -> int:
+        block = buf[pos:end - 2]
+        if not block.startswith(b"HTTP/1.") or len(block) < 12 or block[8] != 32:
+            return -1
+        code_b = block[9:12]
+        if not code_b.isdigit():
+            return -1
+        code = int(code_b)
+        if code < 200 and code != 101:
+            # Interim (100 Continue, 103 Early Hints): the final response follows.
+            if self.pending:
+                self.pending[0].attributes["http.response.interim_status_code"] = code
+            return end
+        low = block.lower()
+        msg = st.message(st.base + pos, st.base + end)
+        req = self.pending[0] if self.pending else None
+        length, chunked = _body_framing(block, low)
+        if (code == 204 or code == 304 or code == 101
+                or (req is not None and req.operation.startswith("HEAD "))):
+            length, chunked = 0, False
+        elif req is not None and req.operation.startswith("CONNECT ") and code < 300:
+            length, chunked = 0, False
+        attrs = {"http.response.status_code": code}
+        if b"set-cookie:" in low:
+            for key, attr in _SECRET_RESP:
+                v = _hval(block, low, key)
+                if v is not None:
+                    attrs[attr] = redact.header("set-cookie", v.decode("latin-1"))
+        th = _trace_headers(block, low)
+        side.ctx = (code, attrs, th)
+        if length is not None:
+            attrs["http.response.body.size"] = length
+        if length is None and not chunked:
+            side.mode = UNTIL_CLOSE
+            side.msg = msg
+            side.trunc = ""
+            return end
+        new = self._body(d, st, side, msg, length, chunked, buf, end, out)
+        if code == 101:
+            # Upgraded (WebSocket, h2c): what follows is no longer HTTP/1.
+            self.stats["upgrade"] += 1
+            self.closed = True
+        return new
+
+    def _body(self, d: int, st: DirStream, side: _Side, msg: Message, length: int | None,
+              chunked: bool, buf: bytes, end: int, out: list[Record]) -> int:
+        """Start reading a body; completes the message now if it is all there."""
+        side.msg = msg
+        side.trunc = ""
+        if chunked:
+            side.mode = CHUNKED
+            side.chunk_state = CH_SIZE
+            return end
+        if length:
+            avail = len(buf) - end
+            if avail < length:
+                # The rest arrives later (or was not captured): the stream skips it.
+                msg.size += avail
+                st.skip = length - avail
+                st.open = msg
+                side.mode = WAIT
+                msg.end_ns, msg.end_tid = st.marks[-1][1], st.marks[-1][2]
+                return len(buf)
+            msg.size += length
+            msg.end_ns, msg.end_tid = st.mark_at(st.base + end + length - 1)[1:3]
+        self._complete(d, side, out)
+        return end + (length or 0)
+
+    def _chunked(self, d: int, st: DirStream, side: _Side, buf: bytes, pos: int, n: int,
+                 out: list[Record]) -> int:
+        msg = side.msg
+        while pos < n:
+            if side.chunk_state == CH_SIZE:
+                j = buf.find(b"\r\n", pos)
+                size = -1
+                if j < 0:
+                    if n - pos <= 64:
+                        return pos
+                else:
+                    line = buf[pos:j]
+                    semi = line.find(b";")
+                    try:
+                        size = int(line if semi < 0 else line[:semi], 16)
+                    except ValueError:
+                        pass
+                if size < 0:
+                    self.stats["bad_chunk"] += 1
+                    side.trunc = "gap"
+                    self._desync(d, st, out)
+                    return -1
+                msg.size += j + 2 - pos
+                pos = j + 2
+                if size == 0:
+                    side.chunk_state = CH_TRAILER
+                    continue
+                need = size + 2
+                avail = n - pos
+                if avail < need:
+                    msg.size += avail
+                    st.skip = need - avail
+                    st.open = msg
+                    msg.end_ns, msg.end_tid = st.marks[-1][1], st.marks[-1][2]
+                    return n
+                msg.size += need
+                pos += need
+            else:
+                if buf.startswith(b"\r\n", pos):
+                    end = pos + 2
+                else:
+                    e = buf.find(b"\r\n\r\n", pos)
+                    if e < 0:
+                        return pos
+                    end = e + 4
+                msg.size += end - pos
+                msg.end_ns, msg.end_tid = st.mark_at(st.base + end - 1)[1:3]
+                side.chunk_state = CH_SIZE
+                self._complete(d, side, out)
+                return end
+        return pos
+
+    # -- completion and matching -------------------------------------------------------
+    def _complete(self, d: int, side: _Side, out: list[Record]) -> None:
+        """The message in `side` is whole (or as whole as it will get)."""
+        side.mode = HEAD
+        if d == self.req_dir:
+            if side.trunc and isinstance(side.ctx, Pending):
+                side.ctx.incomplete = side.trunc
+            side.msg = None
+            return
+        self._emit(side, out)
+
+    def _emit(self, side: _Side, out: list[Record]) -> None:
+        code, attrs, th = side.ctx
+        msg = side.msg
+        side.msg = None
+        if not self.pending:
+            self.stats["unmatched_response"] += 1
+            return
+        p = self.pending.popleft()
+        attrs = {**p.attributes, **attrs}
+        if code >= 500 or (code >= 400 and self.req_dir == 0):
+            status = STATUS_ERROR
+        elif code < 400:
+            status = STATUS_OK
+        else:
+            status = STATUS_UNSET
+        trace = p.trace_headers
+        if th:
+            trace = {**th, **trace}
+        inc = ",".join(x for x in (p.incomplete, side.trunc) if x)
+        out.append(Record(self.protocol, p.msg, msg, p.operation, status, str(code),
+                          "", attrs, trace, inc))
+
+    def _tail_done(self, d: int, st: DirStream, msg: Message | None,
+                   out: list[Record]) -> None:
+        side = self.sides[d]
+        if st.trunc:
+            side.trunc = "truncated"
+            st.trunc = False
+        if side.mode == WAIT:
+            self._complete(d, side, out)
+        # CHUNKED: more chunk-size lines follow; the parse loop carries on.
+
+    def _on_gap(self, d: int, st: DirStream, g: int, out: list[Record]) -> bool:
+        side = self.sides[d]
+        buf = st.buf
+        if side.mode == HEAD and buf and d == self.req_dir:
+            # A head longer than the captured prefix: keep the request line and the
+            # headers seen, so the response still has something to match.
+            eol = buf.find(b"\r\n")
+            if eol > 0:
+                cut = buf.rfind(b"\r\n")
+                fake = buf[:cut] + b"\r\n\r\n"
+                before = len(self.pending)
+                if self._request_head(d, st, side, fake, 0, len(fake), out) >= 0 \
+                        and len(self.pending) > before:
+                    p = self.pending[-1]
+                    p.incomplete = "truncated"
+                    p.msg.size = len(buf) + g
+                    p.msg.end_ns, p.msg.end_tid = st.marks[-1][1], st.marks[-1][2]
+                side.mode = HEAD
+                side.msg = None
+        elif side.mode == HEAD and buf and d != self.req_dir:
+            if buf.startswith(b"HTTP/1.") and len(buf) >= 12 and buf[9:12].isdigit():
+                code = int(buf[9:12])
+                if code >= 200 and self.pending:
+                    msg = st.message(st.base, st.base + len(buf))
+                    msg.size += g
+                    side.ctx = (code, {"http.response.status_code": code}, None)
+                    side.msg = msg
+                    side.trunc = "truncated"
+                    self._emit(side, out)
+                    side.trunc = ""
+        elif side.mode == UNTIL_CLOSE:
+            side.msg.size += g
+            side.trunc = "truncated"
+            return True
+        elif side.mode == CHUNKED and side.msg is not None:
+            side.trunc = "gap"
+            if d == self.req_dir:
+                if isinstance(side.ctx, Pending):
+                    side.ctx.incomplete = "gap"
+            else:
+                self._emit(side, out)
+            side.mode = HEAD
+            side.trunc = ""
+        return False
+
+    def _on_desync(self, d: int, out: list[Record]) -> None:
+        side = self.sides[d]
+        if side.mode == UNTIL_CLOSE:
+            return
+        if side.mode == CHUNKED and side.msg is not None and d != self.req_dir:
+            side.trunc = "gap"
+            self._emit(side, out)
+        side.mode = HEAD
+        side.msg = None
+        side.trunc = ""
+        if d != self.req_dir:
+            # Responses were lost: which requests they answered is unknown.
+            while self.pending:
+                out.append(incomplete_record(self.protocol, self.pending.popleft(), "gap"))
+
+    def _flush(self, reason: str, out: list[Record]) -> None:
+        for d in (0, 1):
+            side = self.sides[d]
+            if side.mode == UNTIL_CLOSE and d != self.req_dir and side.msg is not None:
+                self._emit(side, out)
+                side.mode = HEAD
+        while self.pending:
+            out.append(incomplete_record(self.protocol, self.pending.popleft(),
+                                         reason or "no response"))
+        self.closed = True
+
+
+def _body_framing(block: bytes, low: bytes) -> tuple[int | None, bool]:
+    """(Content-Length or None, chunked?) of a header block."""
+    if b"chunked" in low:
+        te = _hval(block, low, _H_TE)
+        if te is not None and te.lower().endswith(b"chunked"):
+            return None, True
+    v = _hval(block, low, _H_CL)
+    if v is None:
+        return None, False
+    try:
+        n = int(v)
+    except ValueError:
+        return None, False
+    return (n if n >= 0 else None), False
+
+
+def _trace_headers(block: bytes, low: bytes) -> dict:
+    if b"trace" not in low and b"x-request-id" not in low and b"sw8" not in low:
+        return {}
+    th = {}
+    for name, key in _TRACE:
+        v = _hval(block, low, key)
+        if v is not None:
+            th[name] = v.decode("latin-1")
+    return th

@@ -1,0 +1,45 @@
+"""Operation name and table from SQL text: "SELECT users", "INSERT orders", "BEGIN".
+
+Only a quick look at the leading keyword and the first table after FROM / INTO /
+UPDATE / JOIN: spans need a short operation label, not a SQL parser.
+"""
+
+from __future__ import annotations
+
+import re
+
+_LEAD = re.compile(r"^(?:\s+|--[^\n]*\n?|/\*.*?\*/|\()*([A-Za-z]+)", re.S)
+_IDENT = r"(?:[\w$]+|\"[^\"]+\"|`[^`]+`)"
+_NAME = rf"({_IDENT}(?:\.{_IDENT})*)"
+_TABLE = {
+    "SELECT": re.compile(rf"(?is)\bfrom\s+{_NAME}"),
+    "INSERT": re.compile(rf"(?is)\binto\s+{_NAME}"),
+    "UPDATE": re.compile(rf"(?is)update\s+(?:only\s+)?{_NAME}"),
+    "DELETE": re.compile(rf"(?is)\bfrom\s+(?:only\s+)?{_NAME}"),
+}
+_TABLE["REPLACE"] = _TABLE["INSERT"]
+_NOT_TABLE = frozenset({"select", "lateral", "unnest", "generate_series"})
+
+
+def operation(sql: str) -> tuple[str, str]:
+    """(verb, table) of a statement; table is "" when not found."""
+    m = _LEAD.match(sql)
+    if not m:
+        return "", ""
+    verb = m.group(1).upper()
+    rx = _TABLE.get(verb)
+    if rx is None:
+        return verb, ""
+    t = rx.match(sql, m.start(1)) if verb == "UPDATE" else rx.search(sql, m.end())
+    if not t:
+        return verb, ""
+    table = t.group(1).replace('"', "").replace("`", "")
+    if table.lower() in _NOT_TABLE:
+        return verb, ""
+    return verb, table
+
+
+def label(sql: str) -> tuple[str, str, str]:
+    """(operation label, verb, table)."""
+    verb, table = operation(sql)
+    return (f"{verb} {table}" if table else verb), verb, table
