@@ -1,0 +1,108 @@
+"""Python mirror of bpf/abi.h, defined once as ctypes and decoded with `struct`.
+
+The ctypes definition is the single mirror (tests compare it with the C layout);
+the `struct.Struct` used on the hot path is derived from it, so the two cannot drift.
+"""
+
+from __future__ import annotations
+
+import ctypes as ct
+import struct
+
+EV_DATA, EV_CONN = 1, 2
+
+SYS_NAMES = {
+    1: "write", 2: "read", 3: "writev", 4: "readv", 5: "sendto", 6: "recvfrom",
+    7: "sendmsg", 8: "recvmsg", 9: "sendmmsg", 10: "recvmmsg", 11: "connect",
+    12: "accept", 13: "accept4", 14: "close", 15: "tcp_close",
+}
+SYS_WRITE, SYS_READ, SYS_CONNECT, SYS_ACCEPT, SYS_ACCEPT4 = 1, 2, 11, 12, 13
+SYS_CLOSE, SYS_STATE_CLOSE = 14, 15
+
+DIR_EGRESS, DIR_INGRESS = 0, 1
+ROLE_UNKNOWN, ROLE_CLIENT, ROLE_SERVER = 0, 1, 2
+ROLE_NAMES = {0: "?", 1: "client", 2: "server"}
+
+F_HAS_SEQ, F_MIDSTREAM, F_PEER_FROM_MSG, F_TRUNCATED = 1, 2, 4, 8
+
+DROP_SLOTS = {0: "ringbuf_full", 1: "active_map_full", 2: "payload_read_fault"}
+DROP_SLOT_COUNT = 4
+
+AF_INET, AF_INET6 = 2, 10
+IPPROTO_TCP, IPPROTO_UDP = 6, 17
+
+
+class ZtEvent(ct.Structure):
+    """struct zt_event (bpf/abi.h)."""
+
+    _fields_ = [
+        ("ts_enter", ct.c_uint64),
+        ("ts_exit", ct.c_uint64),
+        ("cgroup_id", ct.c_uint64),
+        ("sock_id", ct.c_uint64),
+        ("offset", ct.c_uint64),
+        ("ret", ct.c_int64),
+        ("pid", ct.c_uint32),
+        ("tid", ct.c_uint32),
+        ("fd", ct.c_int32),
+        ("seq", ct.c_uint32),
+        ("netns", ct.c_uint32),
+        ("captured", ct.c_uint32),
+        ("lport", ct.c_uint16),
+        ("rport", ct.c_uint16),
+        ("type", ct.c_uint8),
+        ("syscall", ct.c_uint8),
+        ("direction", ct.c_uint8),
+        ("role", ct.c_uint8),
+        ("family", ct.c_uint8),
+        ("transport", ct.c_uint8),
+        ("flags", ct.c_uint8),
+        ("_pad", ct.c_uint8),
+        ("laddr", ct.c_uint8 * 16),
+        ("raddr", ct.c_uint8 * 16),
+        ("comm", ct.c_char * 16),
+    ]
+
+
+class ZtConfig(ct.Structure):
+    """struct zt_config (bpf/abi.h)."""
+
+    _fields_ = [
+        ("self_pid", ct.c_uint32),
+        ("filter_pid", ct.c_uint8),
+        ("filter_cgroup", ct.c_uint8),
+        ("filter_port", ct.c_uint8),
+        ("filter_netns", ct.c_uint8),
+        ("wakeup_events", ct.c_uint32),
+    ]
+
+
+_CODES = {
+    ct.c_uint64: "Q", ct.c_int64: "q", ct.c_uint32: "I", ct.c_int32: "i",
+    ct.c_uint16: "H", ct.c_uint8: "B",
+}
+
+
+def struct_format(cls: type[ct.Structure]) -> str:
+    """A `struct` format equal to the ctypes layout (byte arrays become `Ns`)."""
+    fmt, pos = "<", 0
+    for name, typ in cls._fields_:
+        off = getattr(cls, name).offset
+        if off > pos:
+            fmt += f"{off - pos}x"
+        if name.startswith("_"):
+            fmt += f"{ct.sizeof(typ)}x"  # padding: not decoded
+        elif typ in _CODES:
+            fmt += _CODES[typ]
+        else:  # arrays of bytes / chars
+            fmt += f"{ct.sizeof(typ)}s"
+        pos = off + ct.sizeof(typ)
+    if ct.sizeof(cls) > pos:
+        fmt += f"{ct.sizeof(cls) - pos}x"
+    return fmt
+
+
+EVENT_STRUCT = struct.Struct(struct_format(ZtEvent))
+EVENT_SIZE = EVENT_STRUCT.size
+EVENT_FIELDS = tuple(name for name, _ in ZtEvent._fields_ if not name.startswith("_"))
+assert EVENT_SIZE == ct.sizeof(ZtEvent)

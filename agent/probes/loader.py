@@ -1,0 +1,183 @@
+"""Compile, configure, attach and detach the socket tracer (bpf/socket_trace.c)."""
+
+from __future__ import annotations
+
+import ctypes as ct
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agent.probes import abi, btf
+from agent.probes.events import SocketEvent, monotonic_to_wall_offset
+from agent.probes.ringbuf import RingBuffer
+
+log = logging.getLogger(__name__)
+
+BPF_DIR = Path(__file__).resolve().parents[2] / "bpf"
+SOCKET_TRACE_C = BPF_DIR / "socket_trace.c"
+
+
+class ProbeError(RuntimeError):
+    """The probes could not be loaded; the message says what is missing and what to do."""
+
+
+@dataclass
+class ProbeConfig:
+    """What to capture.  Empty filter sets mean "everything"."""
+
+    payload_bytes: int = 1024
+    ring_pages: int = 4096  # 16 MiB with 4 KiB pages
+    wakeup_events: int = 64
+    pids: set[int] = field(default_factory=set)
+    cgroups: set[int] = field(default_factory=set)
+    ports: set[int] = field(default_factory=set)
+    netns: set[int] = field(default_factory=set)
+    trace_self: bool = False
+
+    def payload_max(self) -> int:
+        """Payload capture size rounded up to a power of two (the probe masks with it)."""
+        n = max(16, min(self.payload_bytes, 16384))
+        return 1 << (n - 1).bit_length()
+
+
+_LOCAL_INCLUDE = re.compile(r'^#include "([^"]+)"\s*$', re.M)
+
+
+def inline_includes(path: Path, seen: set[Path] | None = None) -> str:
+    """The C source with our own `#include "x"` files pasted in, each once.
+
+    bcc rewrites map and tracepoint sugar only in the main file it compiles, so the
+    files of bpf/ (one per concern) are joined into one text before compiling.
+    """
+    seen = set() if seen is None else seen
+    path = path.resolve()
+    if path in seen:
+        return ""
+    seen.add(path)
+
+    def paste(m: re.Match[str]) -> str:
+        return inline_includes(path.parent / m.group(1), seen)
+
+    return _LOCAL_INCLUDE.sub(paste, path.read_text())
+
+
+def netns_inode(path: str) -> int:
+    """Inode number of a network namespace file (/proc/PID/ns/net, /run/netns/NAME)."""
+    return os.stat(path).st_ino
+
+
+class SocketTracer:
+    """The loaded socket probes; use as a context manager so they always detach."""
+
+    def __init__(self, config: ProbeConfig | None = None) -> None:
+        self.config = config or ProbeConfig()
+        self._bpf = None
+        self._ring: RingBuffer | None = None
+        self.wall_offset = monotonic_to_wall_offset()
+        self.events_read = 0
+        self._load()
+
+    def _load(self) -> None:
+        if os.geteuid() != 0:
+            raise ProbeError("loading eBPF probes needs root (or CAP_BPF+CAP_PERFMON); "
+                             "run as root")
+        try:
+            from bcc import BPF
+        except ImportError as e:
+            raise ProbeError("python module bcc is missing: run scripts/setup.sh "
+                             "(Debian package python3-bpfcc)") from e
+        try:
+            offsets = btf.kernel_offsets()
+        except btf.BTFError as e:
+            raise ProbeError(str(e)) from e
+        cfg = self.config
+        cflags = btf.cflags(offsets) + [
+            f"-I{BPF_DIR}",
+            f"-DZT_PAYLOAD_MAX={cfg.payload_max()}",
+            f"-DZT_RINGBUF_PAGES={cfg.ring_pages}",
+            "-Wno-macro-redefined",
+        ]
+        t0 = time.monotonic()
+        try:
+            self._bpf = BPF(text=inline_includes(SOCKET_TRACE_C).encode(), cflags=cflags)
+        except Exception as e:  # bcc raises bare Exception for compile/load/attach errors
+            raise ProbeError(f"the kernel or bcc refused the socket probes: {e}; "
+                             "see `zerotrace check`") from e
+        log.info("socket probes compiled and attached in %.1fs", time.monotonic() - t0)
+        try:
+            self._configure()
+            events = self._bpf["events"]
+            self._ring = RingBuffer(events.map_fd, cfg.ring_pages * os.sysconf("SC_PAGESIZE"))
+        except Exception:
+            self.close()
+            raise
+
+    def _configure(self) -> None:
+        b, cfg = self._bpf, self.config
+        for name, values, ctype in (
+            ("filter_pids", cfg.pids, ct.c_uint32),
+            ("filter_cgroups", cfg.cgroups, ct.c_uint64),
+            ("filter_ports", cfg.ports, ct.c_uint16),
+            ("filter_netns", cfg.netns, ct.c_uint32),
+        ):
+            table = b[name]
+            for v in values:
+                table[ctype(v)] = ct.c_uint8(1)
+        c = abi.ZtConfig(
+            self_pid=0 if cfg.trace_self else os.getpid(),
+            filter_pid=1 if cfg.pids else 0,
+            filter_cgroup=1 if cfg.cgroups else 0,
+            filter_port=1 if cfg.ports else 0,
+            filter_netns=1 if cfg.netns else 0,
+            wakeup_events=cfg.wakeup_events,
+        )
+        table = b["config"]
+        table[ct.c_int(0)] = c
+
+    def add_pid(self, pid: int) -> None:
+        """Start tracing one more process (pid filter mode)."""
+        self._bpf["filter_pids"][ct.c_uint32(pid)] = ct.c_uint8(1)
+
+    def poll(self, timeout_s: float = 0.05) -> list[SocketEvent]:
+        """Wait up to timeout_s for events, then return every event waiting."""
+        ring = self._ring
+        if not ring.pending_bytes():
+            ring.wait(timeout_s)
+        records = ring.drain()
+        off = self.wall_offset
+        out = [SocketEvent(r, off) for r in records]
+        self.events_read += len(out)
+        return out
+
+    def poll_raw(self, timeout_s: float = 0.05) -> list[bytes]:
+        """Like poll() but without decoding (benchmarks, recorders)."""
+        ring = self._ring
+        if not ring.pending_bytes():
+            ring.wait(timeout_s)
+        return ring.drain()
+
+    def drops(self) -> dict[str, int]:
+        """Events lost in the kernel, by reason (summed over CPUs)."""
+        table = self._bpf["drops"]
+        out = {}
+        for slot, reason in abi.DROP_SLOTS.items():
+            out[reason] = sum(table[ct.c_int(slot)])
+        return out
+
+    def close(self) -> None:
+        """Detach every probe and free every map (idempotent)."""
+        if self._ring is not None:
+            self._ring.close()
+            self._ring = None
+        if self._bpf is not None:
+            self._bpf.cleanup()
+            self._bpf = None
+
+    def __enter__(self) -> SocketTracer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

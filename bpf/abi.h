@@ -1,0 +1,84 @@
+/* The ABI between the probes and the agent: event records in the ring buffer.
+ * Mirrored once in Python (agent/probes/abi.py); tests/probes/test_abi.py compiles
+ * this header and checks that both layouts agree.  Change both together. */
+#ifndef ZT_ABI_H
+#define ZT_ABI_H
+
+#define ZT_EV_DATA 1 /* bytes moved by a socket syscall; payload prefix follows */
+#define ZT_EV_CONN 2 /* connection life: connect, accept, close */
+
+/* syscall kinds */
+#define ZT_SYS_WRITE 1
+#define ZT_SYS_READ 2
+#define ZT_SYS_WRITEV 3
+#define ZT_SYS_READV 4
+#define ZT_SYS_SENDTO 5
+#define ZT_SYS_RECVFROM 6
+#define ZT_SYS_SENDMSG 7
+#define ZT_SYS_RECVMSG 8
+#define ZT_SYS_SENDMMSG 9
+#define ZT_SYS_RECVMMSG 10
+#define ZT_SYS_CONNECT 11
+#define ZT_SYS_ACCEPT 12
+#define ZT_SYS_ACCEPT4 13
+#define ZT_SYS_CLOSE 14
+#define ZT_SYS_STATE_CLOSE 15 /* TCP socket reached TCP_CLOSE (sock:inet_sock_set_state) */
+
+#define ZT_DIR_EGRESS 0  /* the process wrote/sent */
+#define ZT_DIR_INGRESS 1 /* the process read/received */
+
+#define ZT_ROLE_UNKNOWN 0
+#define ZT_ROLE_CLIENT 1
+#define ZT_ROLE_SERVER 2
+
+/* flags */
+#define ZT_F_HAS_SEQ 1      /* seq is the TCP sequence number of the first byte */
+#define ZT_F_MIDSTREAM 2    /* the connection was first seen after it started: offset is from first sight */
+#define ZT_F_PEER_FROM_MSG 4 /* raddr/rport come from the syscall's sockaddr (unconnected UDP) */
+#define ZT_F_TRUNCATED 8    /* captured < ret: payload beyond the capture limit */
+
+/* drop counter slots (per-CPU array "drops") */
+#define ZT_DROP_RINGBUF_FULL 0
+#define ZT_DROP_ACTIVE_FULL 1
+#define ZT_DROP_READ_FAULT 2
+#define ZT_DROP_SLOTS 4
+
+struct zt_event {
+    __u64 ts_enter;  /* bpf_ktime_get_ns() at syscall entry */
+    __u64 ts_exit;   /* ... at syscall exit */
+    __u64 cgroup_id;
+    __u64 sock_id;   /* kernel address of struct sock: the connection while it lives */
+    __u64 offset;    /* byte offset of the first byte within this direction's stream */
+    __s64 ret;       /* syscall return: bytes moved (data), fd (accept), 0/-errno (connect) */
+    __u32 pid;       /* tgid */
+    __u32 tid;
+    __s32 fd;
+    __u32 seq;
+    __u32 netns;     /* network namespace inode number */
+    __u32 captured;  /* payload bytes that follow this header */
+    __u16 lport;     /* host byte order */
+    __u16 rport;
+    __u8 type;
+    __u8 syscall;
+    __u8 direction;
+    __u8 role;
+    __u8 family;     /* AF_INET / AF_INET6 */
+    __u8 transport;  /* IPPROTO_TCP / IPPROTO_UDP */
+    __u8 flags;
+    __u8 _pad;
+    __u8 laddr[16];  /* IPv4 in the first 4 bytes */
+    __u8 raddr[16];
+    char comm[16];
+};
+
+/* Agent-controlled settings, array map "config" slot 0. */
+struct zt_config {
+    __u32 self_pid;      /* the agent itself: never traced (its exports would loop) */
+    __u8 filter_pid;     /* only tgids in map filter_pids */
+    __u8 filter_cgroup;  /* only cgroup ids in filter_cgroups */
+    __u8 filter_port;    /* only sockets whose local or remote port is in filter_ports */
+    __u8 filter_netns;   /* only sockets in network namespaces of filter_netns */
+    __u32 wakeup_events; /* wake the agent every this many events per CPU */
+};
+
+#endif
