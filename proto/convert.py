@@ -1,0 +1,134 @@
+"""Conversion between the plain `Span` (proto/span.py) and `zerotrace.v1.Span`.
+
+The one place that knows both shapes: ids are hex text in `Span` and raw bytes on the
+wire; non-string attribute values travel as JSON text in `attributes_json` so that
+they come back with their type.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any
+
+from proto.span import Endpoint, Span
+from proto.zerotrace.v1 import span_pb2
+
+_OPTIONAL = ("req_seq", "resp_seq", "req_offset", "resp_offset")
+
+
+def _id_bytes(hex_id: str) -> bytes:
+    return bytes.fromhex(hex_id) if hex_id else b""
+
+
+def span_to_pb(span: Span, out: span_pb2.Span | None = None) -> span_pb2.Span:
+    """Fill (or create) a `zerotrace.v1.Span` from a `Span`."""
+    m = out if out is not None else span_pb2.Span()
+    m.trace_id = _id_bytes(span.trace_id)
+    m.span_id = _id_bytes(span.span_id)
+    m.parent_span_id = _id_bytes(span.parent_span_id)
+    m.kind = span.kind
+    m.source = span.source
+    m.protocol = span.protocol
+    m.operation = span.operation
+    m.status = span.status
+    m.status_code = span.status_code
+    m.error = span.error
+    m.start_ns = span.start_ns
+    m.end_ns = span.end_ns
+    m.service = span.service
+    m.pid = span.pid
+    m.tid = span.tid
+    m.process = span.process
+    m.cgroup_id = span.cgroup_id
+    m.netns = span.netns
+    m.transport = span.transport
+    m.local.addr = span.local.addr
+    m.local.port = span.local.port
+    m.remote.addr = span.remote.addr
+    m.remote.port = span.remote.port
+    if span.req_seq is not None:
+        m.req_seq = span.req_seq
+    if span.resp_seq is not None:
+        m.resp_seq = span.resp_seq
+    if span.req_offset is not None:
+        m.req_offset = span.req_offset
+    if span.resp_offset is not None:
+        m.resp_offset = span.resp_offset
+    m.req_bytes = span.req_bytes
+    m.resp_bytes = span.resp_bytes
+    if span.trace_headers:
+        m.trace_headers.update(span.trace_headers)
+    if span.attributes:
+        for k, v in span.attributes.items():
+            if isinstance(v, str):
+                m.attributes[k] = v
+            else:
+                m.attributes_json[k] = json.dumps(v, separators=(",", ":"))
+    if span.resource:
+        m.resource.update({k: str(v) for k, v in span.resource.items()})
+    m.incomplete = span.incomplete
+    m.agent = span.agent
+    return m
+
+
+def merge_attributes(plain: dict[str, str], typed_json: dict[str, str]) -> dict[str, Any]:
+    """String attributes plus JSON-encoded typed ones, decoded."""
+    out: dict[str, Any] = dict(plain)
+    for k, v in typed_json.items():
+        try:
+            out[k] = json.loads(v)
+        except ValueError:
+            out[k] = v
+    return out
+
+
+def span_from_pb(m: span_pb2.Span) -> Span:
+    """A `Span` from a `zerotrace.v1.Span`."""
+    s = Span(
+        trace_id=m.trace_id.hex(),
+        span_id=m.span_id.hex(),
+        parent_span_id=m.parent_span_id.hex(),
+        kind=m.kind,
+        source=m.source,
+        protocol=m.protocol,
+        operation=m.operation,
+        status=m.status,
+        status_code=m.status_code,
+        error=m.error,
+        start_ns=m.start_ns,
+        end_ns=m.end_ns,
+        service=m.service,
+        pid=m.pid,
+        tid=m.tid,
+        process=m.process,
+        cgroup_id=m.cgroup_id,
+        netns=m.netns,
+        transport=m.transport,
+        local=Endpoint(m.local.addr, m.local.port),
+        remote=Endpoint(m.remote.addr, m.remote.port),
+        req_bytes=m.req_bytes,
+        resp_bytes=m.resp_bytes,
+        trace_headers=dict(m.trace_headers),
+        attributes=merge_attributes(dict(m.attributes), dict(m.attributes_json)),
+        resource=dict(m.resource),
+        incomplete=m.incomplete,
+        agent=m.agent,
+    )
+    for name in _OPTIONAL:
+        if m.HasField(name):
+            setattr(s, name, getattr(m, name))
+    return s
+
+
+def spans_to_list(spans: Iterable[Span]) -> span_pb2.SpanList:
+    """A `SpanList` message holding `spans`."""
+    out = span_pb2.SpanList()
+    add = out.spans.add
+    for s in spans:
+        span_to_pb(s, add())
+    return out
+
+
+def spans_from_list(msgs: Iterable[span_pb2.Span]) -> list[Span]:
+    return [span_from_pb(m) for m in msgs]

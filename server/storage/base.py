@@ -1,0 +1,130 @@
+"""The storage interface every backend implements (Jaeger's tracestore pattern).
+
+Backends store `Span`s and answer the queries the server needs; one conformance suite
+(tests/server/storage_conformance.py) runs against each.  A write returns only once
+the spans are durable and visible to reads, so the ingest service acks after it.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from proto.span import Span
+
+
+class StorageError(RuntimeError):
+    """A backend failure (disk full, server unreachable, bad SQL)."""
+
+
+@dataclass(slots=True)
+class TraceQuery:
+    service: str = ""
+    operation: str = ""
+    since_ns: int = 0
+    until_ns: int = 0
+    min_duration_ns: int = 0
+    max_duration_ns: int = 0
+    status: str = ""
+    tags: dict[str, str] = field(default_factory=dict)
+    limit: int = 20
+
+
+@dataclass(slots=True)
+class TraceSummary:
+    trace_id: str
+    root_service: str
+    root_operation: str
+    start_ns: int
+    duration_ns: int
+    span_count: int
+    error_count: int
+    services: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class ServiceStats:
+    service: str
+    requests: int
+    rate_per_s: float
+    error_rate: float
+    p50_ns: int
+    p99_ns: int
+
+
+@dataclass(slots=True)
+class DependencyLink:
+    parent: str
+    child: str
+    call_count: int
+    error_count: int
+
+
+class SpanStore(abc.ABC):
+    """Write spans, read traces, search, aggregate; enforce retention."""
+
+    @abc.abstractmethod
+    def write_spans(self, spans: Sequence[Span]) -> int:
+        """Store `spans` durably; return how many were stored."""
+
+    def write_span_list(self, data: bytes) -> int:
+        """Store a serialized `zerotrace.v1.SpanList`; the ingest fast path.
+
+        The default decodes and calls `write_spans`; chDB overrides it to hand the
+        bytes to ClickHouse's ProtobufList reader without touching each span.
+        """
+        from proto.convert import spans_from_list
+        from proto.zerotrace.v1 import span_pb2
+
+        return self.write_spans(spans_from_list(span_pb2.SpanList.FromString(data).spans))
+
+    @abc.abstractmethod
+    def get_trace(self, trace_id: str) -> list[Span]:
+        """All spans stored under `trace_id` (32 hex digits), by start time."""
+
+    @abc.abstractmethod
+    def find_by_req_seq(self, seqs: Sequence[int], kind: str) -> list[Span]:
+        """Spans of `kind` whose req_seq is in `seqs` (cross-node join candidates)."""
+
+    @abc.abstractmethod
+    def find_by_header(self, name: str, values: Sequence[str]) -> list[Span]:
+        """Spans whose trace header `name` has one of `values`."""
+
+    @abc.abstractmethod
+    def search_traces(self, q: TraceQuery) -> list[TraceSummary]:
+        """Traces with at least one span matching `q`, newest first."""
+
+    @abc.abstractmethod
+    def services(self, since_ns: int, until_ns: int) -> list[ServiceStats]:
+        """Per-service request rate, error rate and latency quantiles (server spans)."""
+
+    @abc.abstractmethod
+    def dependencies(self, since_ns: int, until_ns: int) -> list[DependencyLink]:
+        """Service -> service call counts from parent/child and seq-linked spans."""
+
+    @abc.abstractmethod
+    def spans_for_service(
+        self, service: str, since_ns: int, until_ns: int, max_traces: int
+    ) -> list[Span]:
+        """All spans of up to `max_traces` recent traces that touch `service`."""
+
+    @abc.abstractmethod
+    def apply_retention(self, max_age_s: float = 0, max_bytes: int = 0) -> int:
+        """Delete spans older than `max_age_s`, then oldest until under `max_bytes`.
+
+        Zero disables a limit.  Returns the number of spans deleted (approximate when
+        whole partitions are dropped).
+        """
+
+    @abc.abstractmethod
+    def stats(self) -> dict[str, int]:
+        """{"spans": rows stored, "bytes": bytes on disk}."""
+
+    def flush(self) -> None:
+        """Merge/compact so that `stats()` reflects the final size (benchmarks)."""
+        return None
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release the backend."""

@@ -1,0 +1,112 @@
+"""The embedded default backend: chDB (ClickHouse in-process) in a data directory.
+
+chDB allows one data directory per process, so a process holds one `ChdbStore`
+(several databases in it are fine: tests use one per case).  All calls go through
+one lock because a chDB session is not safe for concurrent use.  Batches arrive as
+serialized `SpanList`s and go straight to ClickHouse's ProtobufList reader: the
+server never builds a Python object per ingested span.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from proto.convert import spans_to_list
+from proto.span import Span
+from server.storage import schema
+from server.storage.base import StorageError
+from server.storage.sqlstore import SqlStore
+
+SPAN_PROTO = Path(__file__).resolve().parents[2] / "proto" / "zerotrace" / "v1" / "span.proto"
+
+# Insert-side settings: the schema file of ProtobufList; one thread because the
+# ingest budget is one core and batches are small.
+_INSERT_SETTINGS = (
+    f"format_schema = '{SPAN_PROTO}:Span', max_insert_threads = 1, max_threads = 1"
+)
+_SELECT_SETTINGS = " SETTINGS output_format_json_quote_64bit_integers = 0"
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+class ChdbStore(SqlStore):
+    """chDB-backed `SpanStore` persisting under `data_dir`."""
+
+    _open_path: str | None = None
+
+    def __init__(self, data_dir: str | os.PathLike, db: str = schema.DATABASE) -> None:
+        super().__init__(db)
+        from chdb import session as chdb_session
+
+        self.data_dir = str(Path(data_dir).resolve())
+        Path(self.data_dir).mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        try:
+            self._s = chdb_session.Session(self.data_dir)
+        except Exception as e:  # chDB raises plain RuntimeError subclasses
+            raise StorageError(f"cannot open chDB data directory {self.data_dir}: {e}") from e
+        self._closed = False
+        self._create()
+
+    def _select(self, sql: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        with self._lock:
+            try:
+                res = self._s.query(sql + _SELECT_SETTINGS, "JSONEachRow", params=params or None)
+            except Exception as e:
+                raise StorageError(str(e)) from e
+        data = res.bytes()
+        if not data:
+            return []
+        return [json.loads(line) for line in data.splitlines() if line]
+
+    def _command(self, sql: str, params: dict[str, Any] | None = None) -> None:
+        with self._lock:
+            try:
+                self._s.query(sql, "CSV", params=params or None)
+            except Exception as e:
+                raise StorageError(str(e)) from e
+
+    def write_span_list(self, data: bytes) -> int:
+        if not data:
+            return 0
+        with self._lock:
+            try:
+                ins = self._s.send_insert(
+                    f"INSERT INTO {self.table} SETTINGS {_INSERT_SETTINGS}", "ProtobufList"
+                )
+                # ProtobufList reads length-delimited envelopes.
+                ins.append(_varint(len(data)) + data)
+                res = ins.finish()
+            except Exception as e:
+                raise StorageError(str(e)) from e
+        return int(getattr(res, "rows_written", 0))
+
+    def write_spans(self, spans: Sequence[Span]) -> int:
+        if not spans:
+            return 0
+        return self.write_span_list(spans_to_list(spans).SerializeToString())
+
+    def drop(self) -> None:
+        """Drop this store's database (tests)."""
+        self._command(f"DROP DATABASE IF EXISTS {self.db}")
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._s.close()

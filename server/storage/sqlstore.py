@@ -1,0 +1,336 @@
+"""The queries shared by the chDB and ClickHouse backends.
+
+Subclasses supply `_select` (rows as dicts), `_command` and the insert; every query
+text lives here so that both engines run the same SQL.  Values come in as ClickHouse
+query parameters ({name:Type}); only validated hex ids and integers are inlined.
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from proto.convert import merge_attributes
+from proto.span import Endpoint, Span
+from server.storage import schema
+from server.storage.base import (
+    DependencyLink,
+    ServiceStats,
+    SpanStore,
+    TraceQuery,
+    TraceSummary,
+)
+
+_NS = 1_000_000_000
+
+
+def _opt(v: Any) -> int | None:
+    return None if v is None else int(v)
+
+
+def row_to_span(r: dict[str, Any]) -> Span:
+    """A `Span` from a row selected with `schema.SPAN_SELECT`."""
+    tid = r["trace_id_hex"]
+    parent = r["parent_span_id_hex"]
+    return Span(
+        trace_id="" if tid == schema.ZERO_TRACE else tid,
+        span_id=r["span_id_hex"],
+        parent_span_id="" if parent == schema.ZERO_SPAN else parent,
+        kind=r["kind"],
+        source=r["source"],
+        protocol=r["protocol"],
+        operation=r["operation"],
+        status=r["status"],
+        status_code=r["status_code"],
+        error=r["error"],
+        start_ns=int(r["start_ns"]),
+        end_ns=int(r["end_ns"]),
+        service=r["service"],
+        pid=int(r["pid"]),
+        tid=int(r["tid"]),
+        process=r["process"],
+        cgroup_id=int(r["cgroup_id"]),
+        netns=int(r["netns"]),
+        transport=r["transport"],
+        local=Endpoint(r["local_addr"], int(r["local_port"])),
+        remote=Endpoint(r["remote_addr"], int(r["remote_port"])),
+        req_seq=_opt(r["req_seq"]),
+        resp_seq=_opt(r["resp_seq"]),
+        req_offset=_opt(r["req_offset"]),
+        resp_offset=_opt(r["resp_offset"]),
+        req_bytes=int(r["req_bytes"]),
+        resp_bytes=int(r["resp_bytes"]),
+        trace_headers=dict(r["trace_headers"]),
+        attributes=merge_attributes(dict(r["attributes"]), dict(r["attributes_json"])),
+        resource=dict(r["resource"]),
+        incomplete=r["incomplete"],
+        agent=r["agent"],
+    )
+
+
+def _time_filter(since_ns: int, until_ns: int, where: list[str], params: dict) -> None:
+    if since_ns:
+        where.append("start_ns >= {since:UInt64}")
+        params["since"] = int(since_ns)
+    if until_ns:
+        where.append("start_ns < {until:UInt64}")
+        params["until"] = int(until_ns)
+
+
+def _ids_list(trace_ids: Sequence[str]) -> str:
+    return ", ".join(f"unhex('{schema.check_hex(t, 32)}')" for t in trace_ids)
+
+
+class SqlStore(SpanStore, abc.ABC):
+    """A `SpanStore` over ClickHouse SQL; `db` is the database holding `spans`."""
+
+    def __init__(self, db: str = schema.DATABASE) -> None:
+        self.db = db
+        self.table = f"{db}.{schema.TABLE}"
+
+    @abc.abstractmethod
+    def _select(self, sql: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Run a SELECT; rows as dicts."""
+
+    @abc.abstractmethod
+    def _command(self, sql: str, params: dict[str, Any] | None = None) -> None:
+        """Run a statement that returns nothing."""
+
+    def _create(self, engine: str = "MergeTree") -> None:
+        self._command(schema.create_database(self.db))
+        self._command(schema.create_table(self.db, engine))
+
+    # -- reads -----------------------------------------------------------------
+
+    def _spans_where(self, where: str, params: dict | None = None) -> list[Span]:
+        rows = self._select(
+            f"SELECT {schema.SPAN_SELECT} FROM {self.table} WHERE {where} "
+            "ORDER BY start_ns, span_id",
+            params,
+        )
+        return [row_to_span(r) for r in rows]
+
+    def get_trace(self, trace_id: str) -> list[Span]:
+        return self._spans_where(f"trace_id IN ({_ids_list([trace_id])})")
+
+    def get_traces(self, trace_ids: Sequence[str]) -> list[Span]:
+        if not trace_ids:
+            return []
+        return self._spans_where(f"trace_id IN ({_ids_list(trace_ids)})")
+
+    def find_by_req_seq(self, seqs: Sequence[int], kind: str) -> list[Span]:
+        if not seqs:
+            return []
+        inlist = ", ".join(str(int(s)) for s in seqs)
+        return self._spans_where(
+            f"kind = {{kind:String}} AND req_seq IN ({inlist})", {"kind": kind}
+        )
+
+    def find_by_header(self, name: str, values: Sequence[str]) -> list[Span]:
+        if not values:
+            return []
+        return self._spans_where(
+            "has({vals:Array(String)}, trace_headers[{name:String}])",
+            {"vals": list(values), "name": name},
+        )
+
+    def search_traces(self, q: TraceQuery) -> list[TraceSummary]:
+        where: list[str] = []
+        params: dict[str, Any] = {}
+        if q.service:
+            where.append("service = {service:String}")
+            params["service"] = q.service
+        if q.operation:
+            where.append("operation = {operation:String}")
+            params["operation"] = q.operation
+        _time_filter(q.since_ns, q.until_ns, where, params)
+        if q.min_duration_ns:
+            where.append("end_ns - start_ns >= {mind:UInt64}")
+            params["mind"] = int(q.min_duration_ns)
+        if q.max_duration_ns:
+            where.append("end_ns - start_ns <= {maxd:UInt64}")
+            params["maxd"] = int(q.max_duration_ns)
+        if q.status:
+            where.append("status = {status:String}")
+            params["status"] = q.status
+        for i, (k, v) in enumerate(sorted(q.tags.items())):
+            where.append(
+                f"(attributes[{{tk{i}:String}}] = {{tv{i}:String}} OR "
+                f"attributes_json[{{tk{i}:String}}] = {{tv{i}:String}} OR "
+                f"resource[{{tk{i}:String}}] = {{tv{i}:String}})"
+            )
+            params[f"tk{i}"] = k
+            params[f"tv{i}"] = v
+        limit = max(1, min(int(q.limit or 20), 10_000))
+        cond = " AND ".join(where) or "1"
+        ids = self._select(
+            f"SELECT lower(hex(trace_id)) AS tid, max(start_ns) AS last FROM {self.table} "
+            f"WHERE {cond} GROUP BY trace_id ORDER BY last DESC LIMIT {limit}",
+            params,
+        )
+        if not ids:
+            return []
+        zero = "toFixedString('', 8)"
+        rows = self._select(
+            "SELECT lower(hex(trace_id)) AS tid, min(start_ns) AS start, "
+            "max(end_ns) - min(start_ns) AS dur, count() AS n, "
+            "countIf(status = 'error') AS errors, groupUniqArray(service) AS services, "
+            f"argMin(service, (parent_span_id != {zero}, start_ns)) AS root_service, "
+            f"argMin(operation, (parent_span_id != {zero}, start_ns)) AS root_operation "
+            f"FROM {self.table} WHERE trace_id IN ({_ids_list([r['tid'] for r in ids])}) "
+            "GROUP BY trace_id ORDER BY start DESC"
+        )
+        return [
+            TraceSummary(
+                trace_id=r["tid"],
+                root_service=r["root_service"],
+                root_operation=r["root_operation"],
+                start_ns=int(r["start"]),
+                duration_ns=int(r["dur"]),
+                span_count=int(r["n"]),
+                error_count=int(r["errors"]),
+                services=sorted(s for s in r["services"] if s),
+            )
+            for r in rows
+        ]
+
+    def services(self, since_ns: int, until_ns: int) -> list[ServiceStats]:
+        where: list[str] = ["service != ''"]
+        params: dict[str, Any] = {}
+        _time_filter(since_ns, until_ns, where, params)
+        rows = self._select(
+            "SELECT service, countIf(kind = 'server') AS n, "
+            "countIf(kind = 'server' AND status = 'error') AS errors, "
+            "quantilesIf(0.5, 0.99)(end_ns - start_ns, kind = 'server') AS q, "
+            "min(start_ns) AS first, max(start_ns) AS last "
+            f"FROM {self.table} WHERE {' AND '.join(where)} GROUP BY service ORDER BY service",
+            params,
+        )
+        out = []
+        now = time.time_ns()
+        for r in rows:
+            lo = since_ns or int(r["first"])
+            hi = until_ns or max(now, int(r["last"]))
+            window = max((hi - lo) / _NS, 1.0)
+            n = int(r["n"])
+            q = r["q"] or [0, 0]
+            out.append(
+                ServiceStats(
+                    service=r["service"],
+                    requests=n,
+                    rate_per_s=n / window,
+                    error_rate=(int(r["errors"]) / n) if n else 0.0,
+                    p50_ns=int(q[0] or 0) if n else 0,
+                    p99_ns=int(q[1] or 0) if n else 0,
+                )
+            )
+        return out
+
+    def dependencies(self, since_ns: int, until_ns: int) -> list[DependencyLink]:
+        params: dict[str, Any] = {}
+        wc: list[str] = []
+        _time_filter(since_ns, until_ns, wc, params)
+        cond = " AND ".join(wc) or "1"
+        t = self.table
+        # Parent/child links inside one trace, plus client/server pairs linked only by
+        # sequence number and mirrored tuple (fragments from different agents).
+        sql = f"""
+SELECT parent, child, sum(calls) AS calls, sum(errs) AS errs FROM (
+  SELECT p.service AS parent, c.service AS child, count() AS calls,
+         countIf(c.status = 'error') AS errs
+  FROM (SELECT trace_id, parent_span_id, service, status FROM {t} WHERE {cond}) AS c
+  INNER JOIN (SELECT trace_id, span_id, service FROM {t} WHERE {cond}) AS p
+    ON c.trace_id = p.trace_id AND c.parent_span_id = p.span_id
+  WHERE c.service != p.service AND c.service != '' AND p.service != ''
+  GROUP BY parent, child
+  UNION ALL
+  SELECT cl.service AS parent, sv.service AS child, count() AS calls,
+         countIf(sv.status = 'error') AS errs
+  FROM (SELECT span_id, service, req_seq, local_addr, local_port, remote_addr, remote_port
+        FROM {t} WHERE kind = 'client' AND req_seq IS NOT NULL AND {cond}) AS cl
+  INNER JOIN (SELECT parent_span_id, service, status, req_seq, local_addr, local_port,
+                     remote_addr, remote_port
+              FROM {t} WHERE kind = 'server' AND req_seq IS NOT NULL AND {cond}) AS sv
+    ON cl.req_seq = sv.req_seq AND cl.local_addr = sv.remote_addr
+       AND cl.local_port = sv.remote_port AND cl.remote_addr = sv.local_addr
+       AND cl.remote_port = sv.local_port
+  WHERE sv.parent_span_id != cl.span_id AND cl.service != sv.service
+        AND cl.service != '' AND sv.service != ''
+  GROUP BY parent, child
+) GROUP BY parent, child ORDER BY parent, child"""
+        rows = self._select(sql, params)
+        return [
+            DependencyLink(r["parent"], r["child"], int(r["calls"]), int(r["errs"]))
+            for r in rows
+        ]
+
+    def spans_for_service(
+        self, service: str, since_ns: int, until_ns: int, max_traces: int
+    ) -> list[Span]:
+        where = ["service = {service:String}"]
+        params: dict[str, Any] = {"service": service}
+        _time_filter(since_ns, until_ns, where, params)
+        n = max(1, min(int(max_traces or 1000), 100_000))
+        ids = self._select(
+            f"SELECT lower(hex(trace_id)) AS tid, max(start_ns) AS last FROM {self.table} "
+            f"WHERE {' AND '.join(where)} GROUP BY trace_id ORDER BY last DESC LIMIT {n}",
+            params,
+        )
+        return self.get_traces([r["tid"] for r in ids])
+
+    # -- retention -------------------------------------------------------------
+
+    def _bytes_on_disk(self) -> tuple[int, int]:
+        rows = self._select(
+            "SELECT sum(rows) AS r, sum(bytes_on_disk) AS b FROM system.parts "
+            "WHERE database = {db:String} AND table = {tbl:String} AND active",
+            {"db": self.db, "tbl": schema.TABLE},
+        )
+        if not rows:
+            return 0, 0
+        return int(rows[0]["r"] or 0), int(rows[0]["b"] or 0)
+
+    def _count(self, cond: str, params: dict | None = None) -> int:
+        rows = self._select(f"SELECT count() AS n FROM {self.table} WHERE {cond}", params)
+        return int(rows[0]["n"]) if rows else 0
+
+    def _delete_before(self, cutoff_ns: int) -> int:
+        params = {"cut": int(cutoff_ns)}
+        n = self._count("start_ns < {cut:UInt64}", params)
+        if n:
+            # A mutation that waits (mutations_sync) so that the deletion is visible
+            # and its space released when retention returns.
+            self._command(
+                f"ALTER TABLE {self.table} DELETE WHERE start_ns < {{cut:UInt64}} "
+                "SETTINGS mutations_sync = 2",
+                params,
+            )
+        return n
+
+    def apply_retention(self, max_age_s: float = 0, max_bytes: int = 0) -> int:
+        deleted = 0
+        if max_age_s > 0:
+            deleted += self._delete_before(time.time_ns() - int(max_age_s * _NS))
+        if max_bytes > 0:
+            rows, size = self._bytes_on_disk()
+            if size > max_bytes and rows:
+                # Drop the oldest fraction that brings the size under the limit, with
+                # a margin because compression is not linear in rows.
+                frac = min(1.0, (size - max_bytes) / size * 1.1)
+                q = self._select(
+                    f"SELECT quantileExact({frac:.6f})(start_ns) AS cut FROM {self.table}"
+                )
+                cut = int(q[0]["cut"]) if q else 0
+                if frac >= 1.0:
+                    cut = 2**63
+                deleted += self._delete_before(cut + (1 if frac < 1.0 else 0))
+        return deleted
+
+    def stats(self) -> dict[str, int]:
+        rows, size = self._bytes_on_disk()
+        return {"spans": rows, "bytes": size}
+
+    def flush(self) -> None:
+        self._command(f"OPTIMIZE TABLE {self.table} FINAL")
