@@ -32,9 +32,7 @@ class EnrichConfig:
     host_name: str = ""  # empty: socket.gethostname()
     # Pod label / annotation key -> span resource attribute name.
     label_attributes: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_LABELS))
-    annotation_attributes: dict[str, str] = field(
-        default_factory=lambda: dict(DEFAULT_ANNOTATIONS)
-    )
+    annotation_attributes: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_ANNOTATIONS))
     proc_root: str = "/proc"
     cgroup_root: str | None = None  # None: the cgroup2 mount from /proc/self/mountinfo
     sweep_interval: float = 5.0  # how often exited pids leave the cache (s)

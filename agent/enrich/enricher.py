@@ -70,8 +70,9 @@ class Enricher:
         if pods is None and cfg.kubernetes_enabled:
             pods = self._owned_pods = self._start_pod_cache()
         self._pods = pods
-        self._sweeper = threading.Thread(target=self._sweep_loop, name="zerotrace-enrich-sweep",
-                                         daemon=True)
+        self._sweeper = threading.Thread(
+            target=self._sweep_loop, name="zerotrace-enrich-sweep", daemon=True
+        )
         self._sweeper.start()
 
     def _start_pod_cache(self):  # type: ignore[no-untyped-def]

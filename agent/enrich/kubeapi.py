@@ -82,7 +82,8 @@ class KubeApi:
         self, node: str, resource_version: str, timeout_seconds: int
     ) -> Iterator[dict[str, Any]]:
         """Watch events (`{"type": ..., "object": ...}`) from resource_version on,
-        until the server ends the watch."""
+        until the server ends the watch.  The request is made by this call (so a
+        refused or failed watch raises here); events come as the iterator is read."""
         resp = self._core.list_pod_for_all_namespaces(
             field_selector=f"spec.nodeName={node}",
             watch=True,
@@ -96,8 +97,11 @@ class KubeApi:
         with self._lock:
             if self._closed:
                 resp.release_conn()
-                return
+                return iter(())
             self._open = resp
+        return self._events(resp)
+
+    def _events(self, resp: Any) -> Iterator[dict[str, Any]]:
         try:
             buf = b""
             for chunk in resp.stream(amt=None, decode_content=True):

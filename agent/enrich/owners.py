@@ -86,6 +86,8 @@ class WorkloadResolver:
         if self._get_rs is not None and time.monotonic() >= self._failed_until.get(key, 0.0):
             try:
                 rs = self._get_rs(*key)
+                if rs is None:
+                    raise LookupError("not found")
             except Exception as e:  # noqa: BLE001 - any API failure means "use the name rule"
                 self._counters.inc(reasons.REPLICASET_LOOKUP_FAILED)
                 self._counters.warn_once(
@@ -93,7 +95,7 @@ class WorkloadResolver:
                 )
                 self._failed_until[key] = time.monotonic() + self._retry_after
             else:
-                owner = _controller_of(rs, "Deployment") if rs is not None else ""
+                owner = _controller_of(rs, "Deployment")
                 self._remember(key, owner)
                 return owner
         return _by_template_hash(pod)

@@ -103,7 +103,6 @@ class PodCache:
                     rv = self._relist()
                 started = time.monotonic()
                 rv, events = self._watch(rv)
-                self._counters.recovered("api", "Kubernetes API: watching pods again")
                 backoff = self._cfg.backoff_initial
                 if events == 0 and time.monotonic() - started < 1.0:
                     # A server that ends every watch at once would make this loop spin.
@@ -178,7 +177,9 @@ class PodCache:
 
     def _watch(self, rv: str) -> tuple[str, int]:
         events = 0
-        for ev in self._api.watch_pods(self._node, rv, self._cfg.watch_timeout):
+        stream = self._api.watch_pods(self._node, rv, self._cfg.watch_timeout)
+        self._counters.recovered("api", "Kubernetes API: watching pods again")
+        for ev in stream:
             if self._stop.is_set():
                 break
             kind, obj = ev.get("type"), ev.get("object")
