@@ -85,6 +85,7 @@ class ChdbStore(SqlStore):
         if not data:
             return 0
         with self._lock:
+            before = self._count_locked()
             try:
                 ins = self._s.send_insert(
                     f"INSERT INTO {self.table} SETTINGS {_INSERT_SETTINGS}", "ProtobufList"
@@ -94,7 +95,24 @@ class ChdbStore(SqlStore):
                 res = ins.finish()
             except Exception as e:
                 raise StorageError(str(e)) from e
-        return int(getattr(res, "rows_written", 0))
+            # chDB's streaming insert can report rows written yet commit nothing (a
+            # CHECK violation is swallowed), so the ack is based on the table count,
+            # which is exact here because every write holds the lock.
+            written = int(getattr(res, "rows_written", 0))
+            stored = self._count_locked() - before
+        if stored != written:
+            raise StorageError(
+                f"insert of {written} spans stored {stored}: rows refused by the table "
+                "constraints (bad ids or times) or the write failed"
+            )
+        return stored
+
+    def _count_locked(self) -> int:
+        try:
+            res = self._s.query(f"SELECT count() FROM {self.table}", "CSV")
+        except Exception as e:
+            raise StorageError(str(e)) from e
+        return int(res.bytes().strip() or 0)
 
     def write_spans(self, spans: Sequence[Span]) -> int:
         if not spans:

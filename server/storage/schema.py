@@ -16,9 +16,11 @@ TABLE = "spans"
 
 # (name, type) in `zerotrace.v1.Span` order.
 COLUMNS: list[tuple[str, str]] = [
-    ("trace_id", "FixedString(16)"),
-    ("span_id", "FixedString(8)"),
-    ("parent_span_id", "FixedString(8)"),
+    # Raw bytes as String, not FixedString: FixedString would silently zero-pad a
+    # short id, and the length CHECK below is how a malformed batch gets refused.
+    ("trace_id", "String"),
+    ("span_id", "String CODEC(ZSTD(3))"),
+    ("parent_span_id", "String CODEC(ZSTD(3))"),
     ("kind", "LowCardinality(String)"),
     ("source", "LowCardinality(String)"),
     ("protocol", "LowCardinality(String)"),
@@ -70,7 +72,8 @@ def create_table(db: str = DATABASE, engine: str = "MergeTree") -> str:
   {cols},
   INDEX idx_req_seq req_seq TYPE bloom_filter(0.01) GRANULARITY 4,
   INDEX idx_start start_ns TYPE minmax GRANULARITY 1,
-  CONSTRAINT has_ids CHECK notEmpty(trace_id) AND notEmpty(span_id),
+  CONSTRAINT id_sizes CHECK length(trace_id) = 16 AND length(span_id) = 8
+    AND length(parent_span_id) IN (0, 8),
   CONSTRAINT sane_times CHECK end_ns >= start_ns
 ) ENGINE = {engine}
 PARTITION BY toDate(toDateTime(intDiv(start_ns, 1000000000)))

@@ -35,9 +35,9 @@ def row_to_span(r: dict[str, Any]) -> Span:
     tid = r["trace_id_hex"]
     parent = r["parent_span_id_hex"]
     return Span(
-        trace_id="" if tid == schema.ZERO_TRACE else tid,
+        trace_id=tid,
         span_id=r["span_id_hex"],
-        parent_span_id="" if parent == schema.ZERO_SPAN else parent,
+        parent_span_id=parent,
         kind=r["kind"],
         source=r["source"],
         protocol=r["protocol"],
@@ -172,13 +172,12 @@ class SqlStore(SpanStore, abc.ABC):
         )
         if not ids:
             return []
-        zero = "toFixedString('', 8)"
         rows = self._select(
             "SELECT lower(hex(trace_id)) AS tid, min(start_ns) AS start, "
             "max(end_ns) - min(start_ns) AS dur, count() AS n, "
             "countIf(status = 'error') AS errors, groupUniqArray(service) AS services, "
-            f"argMin(service, (parent_span_id != {zero}, start_ns)) AS root_service, "
-            f"argMin(operation, (parent_span_id != {zero}, start_ns)) AS root_operation "
+            f"argMin(service, (parent_span_id != '', start_ns)) AS root_service, "
+            f"argMin(operation, (parent_span_id != '', start_ns)) AS root_operation "
             f"FROM {self.table} WHERE trace_id IN ({_ids_list([r['tid'] for r in ids])}) "
             "GROUP BY trace_id ORDER BY start DESC"
         )

@@ -1,0 +1,104 @@
+"""The server process: one gRPC port for ingest, OTLP and queries, over one store.
+
+From Python: `srv = ZerotraceServer("127.0.0.1:0", "/var/lib/zerotrace"); port =
+srv.start(); ...; srv.stop()`.  As a process: `python -m server.cli server --listen
+HOST:PORT --data DIR` (or `zerotrace server ...`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent import futures
+
+import grpc
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
+
+from proto.zerotrace.v1 import ingest_pb2_grpc, query_pb2_grpc
+from server.ingest.otlp import OtlpTraceService
+from server.ingest.service import IngestCounters, IngestService
+from server.ingest.writer import BatchWriter
+from server.query.service import QueryService
+from server.storage.base import SpanStore
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LISTEN = "127.0.0.1:4317"  # the OTLP/gRPC port: SDKs export here unchanged
+MAX_MESSAGE_BYTES = 32 * 1024 * 1024
+
+
+class ZerotraceServer:
+    """gRPC server + store + batch writer + retention loop."""
+
+    def __init__(
+        self,
+        listen: str = DEFAULT_LISTEN,
+        data_dir: str | None = None,
+        store: SpanStore | None = None,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
+        retention_s: float = 0,
+        max_bytes: int = 0,
+        retention_interval_s: float = 60,
+        workers: int = 8,
+    ) -> None:
+        if store is None:
+            if data_dir is None:
+                raise ValueError("give a data directory or a store")
+            from server.storage.chdb_store import ChdbStore
+
+            store = ChdbStore(data_dir)
+        self.store = store
+        self.listen = listen
+        self.writer = BatchWriter(store)
+        self.counters = IngestCounters()
+        self.retention_s = retention_s
+        self.max_bytes = max_bytes
+        self.retention_interval_s = retention_interval_s
+        self._stop = threading.Event()
+        opts = [
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+        ]
+        self.grpc = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="zt-rpc"),
+            options=opts,
+            maximum_concurrent_rpcs=workers * 8,
+        )
+        ingest_pb2_grpc.add_IngestServiceServicer_to_server(
+            IngestService(self.writer, self.counters), self.grpc
+        )
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(
+            OtlpTraceService(self.writer, self.counters), self.grpc
+        )
+        query_pb2_grpc.add_QueryServiceServicer_to_server(QueryService(store), self.grpc)
+        self.port = 0
+
+    def start(self) -> int:
+        """Bind and serve in the background; returns the bound port."""
+        self.port = self.grpc.add_insecure_port(self.listen)
+        if not self.port:
+            raise OSError(f"cannot listen on {self.listen}")
+        self.grpc.start()
+        if self.retention_s or self.max_bytes:
+            threading.Thread(target=self._retention_loop, daemon=True).start()
+        log.info("zerotrace server on port %d", self.port)
+        return self.port
+
+    def _retention_loop(self) -> None:
+        while not self._stop.wait(self.retention_interval_s):
+            try:
+                n = self.store.apply_retention(self.retention_s, self.max_bytes)
+                if n:
+                    log.info("retention deleted %d spans", n)
+            except Exception as e:  # noqa: BLE001 - keep serving; retry next round
+                log.warning("retention failed: %s", e)
+
+    def wait(self) -> None:
+        self.grpc.wait_for_termination()
+
+    def stop(self, grace: float = 2.0) -> None:
+        """Stop accepting, finish in-flight writes, close the store."""
+        self._stop.set()
+        self.grpc.stop(grace).wait(grace + 1)
+        self.writer.close()
+        self.store.close()

@@ -1,0 +1,186 @@
+"""Spans -> bars and collapsed stacks, the contract between producers and renderers.
+
+A collapsed stack is `frame;frame;frame value`: the frames from root to a span,
+and that span's self time in nanoseconds (duration minus the union of its
+children's intervals, so concurrent children are not subtracted twice).  Frame
+names are `[K] service: operation` with K the source letter (S syscall, N network,
+A application), which renderers read back for colour.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from proto.span import Span
+
+_UNSAFE = re.compile(r"[;\n\r\t]")
+
+
+@dataclass(slots=True)
+class Bar:
+    """One rectangle: x and width in the graph's unit (ns of time, or ns of self time)."""
+
+    name: str
+    kind: str
+    service: str
+    depth: int
+    x: int
+    width: int
+    self_ns: int
+    status: str = ""
+    span_id: str = ""
+
+
+def frame_name(s: Span) -> str:
+    svc = s.service or s.process or "?"
+    op = s.operation or s.protocol or s.kind
+    return _UNSAFE.sub(",", f"[{s.source or 'S'}] {svc}: {op}")
+
+
+def parse_frame(name: str) -> tuple[str, str]:
+    """(source letter, service) of a frame name made by `frame_name`."""
+    if len(name) > 4 and name[0] == "[" and name[2] == "]":
+        rest = name[4:]
+        return name[1], rest.split(":", 1)[0]
+    return "", name
+
+
+def _union_len(intervals: list[tuple[int, int]]) -> int:
+    total = 0
+    end = None
+    start = 0
+    for a, b in sorted(intervals):
+        if end is None or a > end:
+            if end is not None:
+                total += end - start
+            start, end = a, b
+        elif b > end:
+            end = b
+    if end is not None:
+        total += end - start
+    return total
+
+
+def build_tree(spans: Sequence[Span]) -> tuple[list[Span], dict[str, list[Span]]]:
+    """(roots, children by parent span id); spans whose parent is absent are roots."""
+    ids = {s.span_id for s in spans}
+    children: dict[str, list[Span]] = defaultdict(list)
+    roots = []
+    for s in spans:
+        if s.parent_span_id and s.parent_span_id in ids and s.parent_span_id != s.span_id:
+            children[s.parent_span_id].append(s)
+        else:
+            roots.append(s)
+    for lst in children.values():
+        lst.sort(key=lambda c: (c.start_ns, c.span_id))
+    roots.sort(key=lambda c: (c.start_ns, c.span_id))
+    return roots, children
+
+
+def self_time(s: Span, kids: Sequence[Span]) -> int:
+    clipped = [
+        (max(k.start_ns, s.start_ns), min(k.end_ns, s.end_ns))
+        for k in kids
+        if k.end_ns > s.start_ns and k.start_ns < s.end_ns
+    ]
+    return max(0, s.duration_ns - _union_len(clipped))
+
+
+def walk(spans: Sequence[Span]) -> Iterable[tuple[Span, list[str], int, int]]:
+    """Depth-first (span, path of frame names, depth, self ns); cycles are cut."""
+    roots, children = build_tree(spans)
+    seen: set[str] = set()
+    stack: list[tuple[Span, list[str], int]] = [(r, [], 0) for r in reversed(roots)]
+    while stack:
+        s, path, depth = stack.pop()
+        if s.span_id in seen:
+            continue
+        seen.add(s.span_id)
+        kids = children.get(s.span_id, [])
+        p = [*path, frame_name(s)]
+        yield s, p, depth, self_time(s, kids)
+        for k in reversed(kids):
+            stack.append((k, p, depth + 1))
+
+
+def trace_bars(spans: Sequence[Span]) -> tuple[list[Bar], int]:
+    """Time-ordered bars of one trace (x = offset from trace start) and total ns."""
+    if not spans:
+        return [], 0
+    t0 = min(s.start_ns for s in spans)
+    t1 = max(s.end_ns for s in spans)
+    bars = [
+        Bar(
+            name=p[-1],
+            kind=s.source or "S",
+            service=s.service or s.process,
+            depth=d,
+            x=s.start_ns - t0,
+            width=s.duration_ns,
+            self_ns=st,
+            status=s.status,
+            span_id=s.span_id,
+        )
+        for s, p, d, st in walk(spans)
+    ]
+    return bars, max(1, t1 - t0)
+
+
+def fold(spans: Sequence[Span]) -> dict[str, int]:
+    """Collapsed stacks of spans (one or many traces), values = self ns, summed."""
+    out: dict[str, int] = defaultdict(int)
+    for _s, path, _d, st in walk(spans):
+        if st > 0:
+            out[";".join(path)] += st
+    return dict(out)
+
+
+def format_folded(stacks: dict[str, int]) -> str:
+    """The folded text: one `stack value` line per stack, sorted by stack."""
+    return "".join(f"{k} {v}\n" for k, v in sorted(stacks.items()))
+
+
+def parse_folded(text: str) -> dict[str, int]:
+    out: dict[str, int] = defaultdict(int)
+    for line in text.splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        stack, _, value = line.rpartition(" ")
+        out[stack] += int(value)
+    return dict(out)
+
+
+def folded_bars(stacks: dict[str, int]) -> tuple[list[Bar], int]:
+    """Bars of merged stacks (aggregate view): frames sorted by name, x = cumulative."""
+    root: dict = {}
+    for stack, value in stacks.items():
+        node = root
+        for frame in stack.split(";"):
+            node = node.setdefault(frame, [0, 0, {}])  # [total, self, children]
+            node[0] += value
+            node = node[2]
+        # self time belongs to the last frame
+    for stack, value in stacks.items():
+        node = root
+        frames = stack.split(";")
+        for i, frame in enumerate(frames):
+            entry = node[frame]
+            if i == len(frames) - 1:
+                entry[1] += value
+            node = entry[2]
+    bars: list[Bar] = []
+    todo = [(root, 0, 0)]
+    while todo:
+        node, depth, x = todo.pop()
+        for name in sorted(node):
+            total, own, kids = node[name]
+            kind, svc = parse_frame(name)
+            bars.append(Bar(name, kind, svc, depth, x, total, own))
+            todo.append((kids, depth + 1, x))
+            x += total
+    total = sum(v for v in stacks.values())
+    return bars, max(1, total)

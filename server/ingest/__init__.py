@@ -1,0 +1,1 @@
+"""Ingest: the agents' gRPC service, the OTLP receiver, and group-committed writes."""

@@ -1,0 +1,116 @@
+"""OTLP `TraceService/Export` receiver: application spans (source "A") from SDKs.
+
+They are stored beside eBPF spans; spans of one request share the W3C trace id
+(the agent adopts the trace id of a `traceparent` it sees), so `GetTrace` returns
+both without any extra join.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import grpc
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+from opentelemetry.proto.common.v1 import common_pb2
+from opentelemetry.proto.trace.v1 import trace_pb2
+
+from proto.span import SOURCE_APP, STATUS_ERROR, STATUS_OK, STATUS_UNSET
+from proto.zerotrace.v1 import span_pb2
+from server.ingest.service import IngestCounters, store_span_list
+from server.ingest.writer import BatchWriter
+
+log = logging.getLogger(__name__)
+
+_KINDS = {
+    trace_pb2.Span.SPAN_KIND_SERVER: "server",
+    trace_pb2.Span.SPAN_KIND_CONSUMER: "server",
+    trace_pb2.Span.SPAN_KIND_CLIENT: "client",
+    trace_pb2.Span.SPAN_KIND_PRODUCER: "client",
+}
+_STATUS = {
+    trace_pb2.Status.STATUS_CODE_OK: STATUS_OK,
+    trace_pb2.Status.STATUS_CODE_ERROR: STATUS_ERROR,
+}
+
+
+def any_value(v: common_pb2.AnyValue) -> Any:
+    """The Python value of an OTLP AnyValue."""
+    which = v.WhichOneof("value")
+    if which is None:
+        return None
+    if which == "array_value":
+        return [any_value(x) for x in v.array_value.values]
+    if which == "kvlist_value":
+        return {kv.key: any_value(kv.value) for kv in v.kvlist_value.values}
+    if which == "bytes_value":
+        return v.bytes_value.hex()
+    return getattr(v, which)
+
+
+def _text(v: Any) -> str:
+    return v if isinstance(v, str) else str(v)
+
+
+def otlp_to_span_list(req: trace_service_pb2.ExportTraceServiceRequest) -> span_pb2.SpanList:
+    """Convert an OTLP export request to our wire spans."""
+    out = span_pb2.SpanList()
+    for rs in req.resource_spans:
+        resource = {kv.key: _text(any_value(kv.value)) for kv in rs.resource.attributes}
+        service = resource.get("service.name", "")
+        for ss in rs.scope_spans:
+            for o in ss.spans:
+                m = out.spans.add()
+                m.trace_id = o.trace_id
+                m.span_id = o.span_id
+                m.parent_span_id = o.parent_span_id
+                m.kind = _KINDS.get(o.kind, "internal")
+                m.source = SOURCE_APP
+                m.operation = o.name
+                m.status = _STATUS.get(o.status.code, STATUS_UNSET)
+                m.error = o.status.message if m.status == STATUS_ERROR else ""
+                m.start_ns = o.start_time_unix_nano
+                m.end_ns = o.end_time_unix_nano
+                m.service = service
+                for kv in o.attributes:
+                    val = any_value(kv.value)
+                    if isinstance(val, str):
+                        m.attributes[kv.key] = val
+                    else:
+                        m.attributes_json[kv.key] = json.dumps(val, separators=(",", ":"))
+                code = m.attributes_json.get("http.response.status_code", "")
+                m.status_code = code or m.attributes.get("rpc.grpc.status_code", "")
+                m.protocol = "http" if "http.request.method" in m.attributes else ""
+                m.resource.update(resource)
+                if ss.scope.name:
+                    m.attributes["otel.scope.name"] = ss.scope.name
+    return out
+
+
+class OtlpTraceService(trace_service_pb2_grpc.TraceServiceServicer):
+    def __init__(self, writer: BatchWriter, counters: IngestCounters | None = None) -> None:
+        self.writer = writer
+        self.counters = counters or IngestCounters()
+
+    def Export(  # noqa: N802 - gRPC method name
+        self, request: trace_service_pb2.ExportTraceServiceRequest, context: grpc.ServicerContext
+    ) -> trace_service_pb2.ExportTraceServiceResponse:
+        spans = otlp_to_span_list(request)
+        try:
+            accepted, rejected, errors = store_span_list(
+                self.writer, spans, spans.SerializeToString()
+            )
+        except Exception as e:  # noqa: BLE001 - storage failure, tell the caller
+            self.counters.failed_batches += 1
+            context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                f"storage write failed, spans not stored (retry later): {str(e)[:300]}",
+            )
+        self.counters.accepted += accepted
+        self.counters.rejected += rejected
+        resp = trace_service_pb2.ExportTraceServiceResponse()
+        if rejected:
+            resp.partial_success.rejected_spans = rejected
+            resp.partial_success.error_message = "; ".join(errors)
+        return resp

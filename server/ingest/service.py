@@ -1,0 +1,95 @@
+"""gRPC `zerotrace.v1.IngestService`: agents push batches, get acks with counts.
+
+The ack is sent after the batch is stored (group-committed by `BatchWriter`).  A
+batch the store refuses is split: invalid spans are rejected with reasons, valid
+ones stored.  Storage failures (disk full) become an error to that caller only, and
+nothing from its batch is acked.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+
+from proto.zerotrace.v1 import ingest_pb2, ingest_pb2_grpc, span_pb2
+from server.ingest.validate import span_problem
+from server.ingest.writer import BatchWriter
+
+log = logging.getLogger(__name__)
+
+MAX_SPANS_PER_BATCH = 100_000
+_MAX_ERRORS = 5
+
+
+class IngestCounters:
+    """Totals since start, for logs and the server's own metrics."""
+
+    def __init__(self) -> None:
+        self.accepted = 0
+        self.rejected = 0
+        self.failed_batches = 0
+
+
+def store_span_list(
+    writer: BatchWriter, spans_msg: span_pb2.SpanList | ingest_pb2.PushRequest, data: bytes
+) -> tuple[int, int, list[str]]:
+    """Store `data`, the serialized spans of `spans_msg`; (accepted, rejected, errors).
+
+    Raises the storage error when the spans are valid but cannot be written.
+    """
+    n = len(spans_msg.spans)
+    if n == 0:
+        return 0, 0, []
+    try:
+        return writer.write(data, n), 0, []
+    except Exception as first:
+        problems = [(i, span_problem(s)) for i, s in enumerate(spans_msg.spans)]
+        bad = [(i, p) for i, p in problems if p]
+        if not bad:
+            raise first
+        good = span_pb2.SpanList()
+        good.spans.extend(s for (i, p), s in zip(problems, spans_msg.spans, strict=True) if not p)
+        accepted = 0
+        if good.spans:
+            accepted = writer.write(good.SerializeToString(), len(good.spans))
+        errors = [f"span {i}: {p}" for i, p in bad[:_MAX_ERRORS]]
+        return accepted, len(bad), errors
+
+
+class IngestService(ingest_pb2_grpc.IngestServiceServicer):
+    def __init__(self, writer: BatchWriter, counters: IngestCounters | None = None) -> None:
+        self.writer = writer
+        self.counters = counters or IngestCounters()
+
+    def Push(  # noqa: N802 - gRPC method name
+        self, request: ingest_pb2.PushRequest, context: grpc.ServicerContext
+    ) -> ingest_pb2.PushResponse:
+        n = len(request.spans)
+        if n > MAX_SPANS_PER_BATCH:
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"batch of {n} spans exceeds the limit of {MAX_SPANS_PER_BATCH}; split it",
+            )
+        agent = request.agent.agent
+        if agent:
+            for s in request.spans:
+                if not s.agent:
+                    s.agent = agent
+        # Spans are field 1 of PushRequest as of SpanList: without the other fields
+        # the request bytes are a SpanList, no per-span copy needed.
+        request.ClearField("agent")
+        request.ClearField("batch_seq")
+        data = request.SerializeToString()
+        try:
+            accepted, rejected, errors = store_span_list(self.writer, request, data)
+        except Exception as e:  # noqa: BLE001 - storage failure, tell the caller
+            self.counters.failed_batches += 1
+            log.warning("ingest from %r failed: %s", agent, e)
+            context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                f"storage write failed, batch not stored (retry later): {str(e)[:300]}",
+            )
+        self.counters.accepted += accepted
+        self.counters.rejected += rejected
+        return ingest_pb2.PushResponse(accepted=accepted, rejected=rejected, errors=errors)

@@ -1,0 +1,28 @@
+"""Per-span checks for batches the store refused: find which spans are bad and why."""
+
+from __future__ import annotations
+
+from proto.zerotrace.v1 import span_pb2
+
+KINDS = {"server", "client", "internal", ""}
+SOURCES = {"S", "N", "A", ""}
+MAX_STRING = 64 * 1024
+
+
+def span_problem(s: span_pb2.Span) -> str:
+    """Why `s` cannot be stored, or "" when it can."""
+    if len(s.trace_id) != 16 or not any(s.trace_id):
+        return f"trace_id must be 16 non-zero bytes (got {len(s.trace_id)})"
+    if len(s.span_id) != 8 or not any(s.span_id):
+        return f"span_id must be 8 non-zero bytes (got {len(s.span_id)})"
+    if len(s.parent_span_id) not in (0, 8):
+        return f"parent_span_id must be empty or 8 bytes (got {len(s.parent_span_id)})"
+    if s.end_ns < s.start_ns:
+        return "end_ns before start_ns"
+    if s.kind not in KINDS:
+        return f"unknown kind {s.kind!r}"
+    if s.source not in SOURCES:
+        return f"unknown source {s.source!r}"
+    if len(s.operation) > MAX_STRING or len(s.error) > MAX_STRING:
+        return "operation or error longer than 64 KiB"
+    return ""

@@ -1,0 +1,95 @@
+"""Group commit in front of the store: concurrent batches share one insert.
+
+Callers hand over a serialized `SpanList` and block until it is stored (so their
+ack means durable and readable).  The writer thread concatenates whatever is
+pending (concatenated serialized messages are one message with the repeated field
+merged), inserts once, and wakes everyone.  When a combined insert fails, each
+payload is retried alone so that one bad batch fails only its own sender.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import Future
+
+from server.storage.base import SpanStore
+
+
+class BatchWriter:
+    """Serializes and batches writes to `store`; `write()` returns spans stored."""
+
+    def __init__(
+        self, store: SpanStore, max_spans: int = 50_000, max_delay_s: float = 0.005
+    ) -> None:
+        self.store = store
+        self.max_spans = max_spans
+        self.max_delay_s = max_delay_s
+        self._pending: list[tuple[bytes, int, Future[int]]] = []
+        self._pending_spans = 0
+        self._cv = threading.Condition()
+        self._stop = False
+        self.inserts = 0
+        self._thread = threading.Thread(target=self._run, name="zt-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, data: bytes, count: int) -> Future[int]:
+        fut: Future[int] = Future()
+        with self._cv:
+            if self._stop:
+                fut.set_exception(RuntimeError("server is shutting down"))
+                return fut
+            self._pending.append((data, count, fut))
+            self._pending_spans += count
+            self._cv.notify()
+        return fut
+
+    def write(self, data: bytes, count: int, timeout: float | None = 60.0) -> int:
+        return self.submit(data, count).result(timeout)
+
+    def _take(self) -> list[tuple[bytes, int, Future[int]]]:
+        with self._cv:
+            while not self._pending and not self._stop:
+                self._cv.wait()
+            if not self._pending:
+                return []
+            # Wait a little for company unless the group is already big.
+            deadline = time.monotonic() + self.max_delay_s
+            while self._pending_spans < self.max_spans and not self._stop:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cv.wait(left)
+            group, self._pending, self._pending_spans = self._pending, [], 0
+            return group
+
+    def _run(self) -> None:
+        while True:
+            group = self._take()
+            if not group:
+                return
+            self._commit(group)
+
+    def _commit(self, group: list[tuple[bytes, int, Future[int]]]) -> None:
+        if len(group) > 1:
+            try:
+                self.store.write_span_list(b"".join(d for d, _, _ in group))
+                self.inserts += 1
+                for _, n, fut in group:
+                    fut.set_result(n)
+                return
+            except Exception:  # noqa: BLE001 - isolate the culprit below
+                pass
+        for data, n, fut in group:
+            try:
+                self.store.write_span_list(data)
+                self.inserts += 1
+                fut.set_result(n)
+            except Exception as e:  # noqa: BLE001 - reported to that caller only
+                fut.set_exception(e)
+
+    def close(self) -> None:
+        with self._cv:
+            self._stop = True
+            self._cv.notify_all()
+        self._thread.join(10)

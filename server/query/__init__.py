@@ -1,0 +1,1 @@
+"""Query side: the gRPC QueryService over a SpanStore."""
