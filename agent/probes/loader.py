@@ -109,7 +109,7 @@ class SocketTracer:
         log.info("socket probes compiled and attached in %.1fs", time.monotonic() - t0)
         try:
             self._configure()
-            events = self._bpf["events"]
+            events = self._bpf[b"events"]
             self._ring = RingBuffer(events.map_fd, cfg.ring_pages * os.sysconf("SC_PAGESIZE"))
         except Exception:
             self.close()
@@ -123,7 +123,7 @@ class SocketTracer:
             ("filter_ports", cfg.ports, ct.c_uint16),
             ("filter_netns", cfg.netns, ct.c_uint32),
         ):
-            table = b[name]
+            table = b[name.encode()]
             for v in values:
                 table[ctype(v)] = ct.c_uint8(1)
         c = abi.ZtConfig(
@@ -134,12 +134,12 @@ class SocketTracer:
             filter_netns=1 if cfg.netns else 0,
             wakeup_events=cfg.wakeup_events,
         )
-        table = b["config"]
+        table = b[b"config"]
         table[ct.c_int(0)] = c
 
     def add_pid(self, pid: int) -> None:
         """Start tracing one more process (pid filter mode)."""
-        self._bpf["filter_pids"][ct.c_uint32(pid)] = ct.c_uint8(1)
+        self._bpf[b"filter_pids"][ct.c_uint32(pid)] = ct.c_uint8(1)
 
     def poll(self, timeout_s: float = 0.05) -> list[SocketEvent]:
         """Wait up to timeout_s for events, then return every event waiting."""
@@ -161,7 +161,7 @@ class SocketTracer:
 
     def drops(self) -> dict[str, int]:
         """Events lost in the kernel, by reason (summed over CPUs)."""
-        table = self._bpf["drops"]
+        table = self._bpf[b"drops"]
         out = {}
         for slot, reason in abi.DROP_SLOTS.items():
             out[reason] = sum(table[ct.c_int(slot)])

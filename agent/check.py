@@ -1,0 +1,161 @@
+"""`zerotrace check`: what this host's kernel offers the agent, and the probe set used.
+
+Every check is a real attempt (a map created, a file read) rather than a version
+guess, because custom kernels (like this project's CI) turn features off freely.
+"""
+
+from __future__ import annotations
+
+import ctypes as ct
+import os
+import platform
+import subprocess
+import uuid
+from dataclasses import dataclass
+
+from agent.probes import btf
+
+TRACEFS = "/sys/kernel/tracing"
+PMU_DIR = "/sys/bus/event_source/devices"
+BPF_MAP_CREATE = 0
+BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_RINGBUF = 2, 27
+NR_BPF = 321  # x86_64
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    required: bool = False
+
+
+def _bpf_map_create(map_type: int, key: int, value: int, entries: int) -> tuple[bool, str]:
+    libc = ct.CDLL(None, use_errno=True)
+    attr = (ct.c_uint32 * 30)()  # union bpf_attr, zero-filled, prefix is all we set
+    attr[0], attr[1], attr[2], attr[3] = map_type, key, value, entries
+    fd = libc.syscall(NR_BPF, BPF_MAP_CREATE, ct.byref(attr), ct.sizeof(attr))
+    if fd < 0:
+        return False, os.strerror(ct.get_errno())
+    os.close(fd)
+    return True, "map created"
+
+
+def check_root() -> Check:
+    ok = os.geteuid() == 0
+    return Check("root", ok, "euid 0" if ok else "not root: run as root (or sudo)", True)
+
+
+def check_bpf() -> Check:
+    ok, why = _bpf_map_create(BPF_MAP_TYPE_ARRAY, 4, 8, 1)
+    return Check("bpf syscall", ok, why, True)
+
+
+def check_ringbuf() -> Check:
+    ok, why = _bpf_map_create(BPF_MAP_TYPE_RINGBUF, 0, 0, 4096 * 4)
+    return Check("ring buffer", ok, why if ok else f"{why} (kernel < 5.8?)", True)
+
+
+def check_btf() -> Check:
+    try:
+        offs = btf.kernel_offsets()
+    except btf.BTFError as e:
+        return Check("BTF", False, str(e), True)
+    return Check("BTF", True, f"{btf.VMLINUX_BTF}: {len(offs)} struct offsets resolved", True)
+
+
+def check_tracefs() -> Check:
+    ok = os.path.isdir(os.path.join(TRACEFS, "events"))
+    detail = f"{TRACEFS}" if ok else (f"not mounted: mount -t tracefs nodev {TRACEFS} "
+                                      "(scripts/setup.sh does it)")
+    return Check("tracefs", ok, detail, True)
+
+
+def check_syscall_tracepoints() -> Check:
+    need = ["sys_enter_write", "sys_exit_read", "sys_enter_sendmsg", "sys_enter_connect",
+            "sys_enter_close"]
+    missing = [n for n in need if not os.path.isdir(f"{TRACEFS}/events/syscalls/{n}")]
+    ok = not missing and os.path.isdir(f"{TRACEFS}/events/sock/inet_sock_set_state")
+    detail = "syscalls:* and sock:inet_sock_set_state" if ok else (
+        f"missing {', '.join(missing) or 'sock:inet_sock_set_state'} "
+        "(CONFIG_FTRACE_SYSCALLS?)")
+    return Check("syscall tracepoints", ok, detail, True)
+
+
+def check_pmu(name: str, label: str) -> Check:
+    ok = os.path.isdir(f"{PMU_DIR}/{name}")
+    return Check(label, ok, f"{PMU_DIR}/{name}" if ok else f"no {name} PMU (CONFIG off)")
+
+
+def check_fentry() -> Check:
+    try:
+        from bcc import BPF
+    except ImportError:
+        return Check("fentry", False, "bcc missing")
+    if not BPF.support_kfunc():
+        return Check("fentry", False, "bcc/kernel report no kfunc support")
+    try:
+        b = BPF(text="KFUNC_PROBE(tcp_sendmsg) { return 0; }")
+        b.cleanup()
+    except Exception as e:  # the load itself is the test: some kernels refuse it
+        return Check("fentry", False, f"load refused ({str(e).splitlines()[0][:60]})")
+    return Check("fentry", True, "a KFUNC_PROBE loaded")
+
+
+def check_tc() -> Check:
+    ns = f"zt-check-{uuid.uuid4().hex[:8]}"
+    try:
+        subprocess.run(["ip", "netns", "add", ns], check=True, capture_output=True)
+        r = subprocess.run(["ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", "lo",
+                            "clsact"], capture_output=True, text=True)
+        ok = r.returncode == 0
+        return Check("TC (clsact)", ok, "clsact qdisc added in a scratch netns" if ok
+                     else r.stderr.strip()[:80])
+    except (OSError, subprocess.CalledProcessError) as e:
+        return Check("TC (clsact)", False, f"could not test: {e}")
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def check_headers() -> Check:
+    build = f"/lib/modules/{platform.release()}/build"
+    if not os.path.exists(os.path.join(build, "include")):
+        return Check("kernel headers", False,
+                     f"{build} missing: run scripts/setup.sh (links Debian's headers)", True)
+    target = os.path.realpath(build)
+    note = "" if platform.release() in target else " (another kernel's: offsets come from BTF)"
+    return Check("kernel headers", True, f"{target}{note}", True)
+
+
+def run_checks(with_fentry: bool = True, with_tc: bool = True) -> list[Check]:
+    checks = [check_root()]
+    if not checks[0].ok:
+        return checks
+    checks += [check_bpf(), check_ringbuf(), check_btf(), check_tracefs(),
+               check_syscall_tracepoints(), check_pmu("kprobe", "kprobes"),
+               check_pmu("uprobe", "uprobes"), check_headers()]
+    if with_tc:
+        checks.append(check_tc())
+    if with_fentry:
+        checks.append(check_fentry())
+    return checks
+
+
+def probe_set(checks: list[Check]) -> str:
+    have = {c.name: c.ok for c in checks}
+    parts = ["syscall tracepoints + sock:inet_sock_set_state"]
+    if have.get("uprobes"):
+        parts.append("uprobes available (TLS)")
+    if have.get("TC (clsact)"):
+        parts.append("TC available (network spans)")
+    if have.get("kprobes") or have.get("fentry"):
+        parts.append("kprobes/fentry available (not needed)")
+    return "; ".join(parts)
+
+
+def blocking_reason(checks: list[Check]) -> str | None:
+    """The first required capability that is missing, as a one-line reason."""
+    for c in checks:
+        if c.required and not c.ok:
+            return f"{c.name}: {c.detail}"
+    return None

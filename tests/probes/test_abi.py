@@ -1,0 +1,47 @@
+"""The Python mirror of bpf/abi.h matches the C layout, field by field."""
+
+from __future__ import annotations
+
+import ctypes as ct
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from agent.probes import abi
+
+BPF_DIR = Path(__file__).resolve().parents[2] / "bpf"
+
+
+def c_layout(tmp_path: Path, struct: str, fields: list[str]) -> dict[str, int]:
+    lines = [f'printf("sizeof %zu\\n", sizeof(struct {struct}));']
+    lines += [f'printf("{f} %zu\\n", offsetof(struct {struct}, {f}));' for f in fields]
+    src = tmp_path / "layout.c"
+    src.write_text("#include <stdio.h>\n#include <stddef.h>\n#include <linux/types.h>\n"
+                   f'#include "{BPF_DIR}/abi.h"\nint main(void) {{\n' + "\n".join(lines)
+                   + "\nreturn 0; }\n")
+    exe = tmp_path / "layout"
+    r = subprocess.run(["cc", "-o", str(exe), str(src)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.fail(f"cannot compile abi.h: {r.stderr}")
+    out = subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout
+    return {k: int(v) for k, v in (line.split() for line in out.splitlines())}
+
+
+@pytest.mark.parametrize("cls,cname", [(abi.ZtEvent, "zt_event"), (abi.ZtConfig, "zt_config")])
+def test_python_mirror_matches_c(tmp_path, cls, cname):
+    names = [n for n, _ in cls._fields_]
+    c = c_layout(tmp_path, cname, names)
+    assert c["sizeof"] == ct.sizeof(cls)
+    for n in names:
+        assert c[n] == getattr(cls, n).offset, n
+
+
+def test_struct_decoder_is_derived_from_ctypes():
+    assert abi.EVENT_STRUCT.size == ct.sizeof(abi.ZtEvent)
+    e = abi.ZtEvent(ts_enter=1, pid=7, lport=80, flags=3, seq=99)
+    e.comm = b"curl"
+    vals = dict(zip(abi.EVENT_FIELDS, abi.EVENT_STRUCT.unpack(bytes(e)), strict=True))
+    assert (vals["ts_enter"], vals["pid"], vals["lport"], vals["flags"], vals["seq"]) == (
+        1, 7, 80, 3, 99)
+    assert vals["comm"].rstrip(b"\0") == b"curl"
