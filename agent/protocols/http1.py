@@ -345,7 +345,8 @@ class Http1Parser(StreamParser):
         code, attrs, th = side.ctx
         msg = side.msg
         side.msg = None
-        if not self.pending:
+        if not self.pending or self.pending[0].msg.start_ns > msg.start_ns:
+            # Nothing asked, or it answers a request lost before the oldest one seen.
             self.stats["unmatched_response"] += 1
             return
         p = self.pending.popleft()

@@ -225,7 +225,8 @@ class RedisParser(StreamParser):
         elif kind == 62:
             self.stats["push"] += 1
             return
-        if not self.pending:
+        if not self.pending or self.pending[0].msg.start_ns > msg.start_ns:
+            # Nothing asked, or it answers a request lost before the oldest one seen.
             self.stats["unmatched_response"] += 1
             return
         p = self.pending.popleft()
