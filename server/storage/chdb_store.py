@@ -26,9 +26,7 @@ SPAN_PROTO = Path(__file__).resolve().parents[2] / "proto" / "zerotrace" / "v1" 
 
 # Insert-side settings: the schema file of ProtobufList; one thread because the
 # ingest budget is one core and batches are small.
-_INSERT_SETTINGS = (
-    f"format_schema = '{SPAN_PROTO}:Span', max_insert_threads = 1, max_threads = 1"
-)
+_INSERT_SETTINGS = f"format_schema = '{SPAN_PROTO}:Span', max_insert_threads = 1, max_threads = 1"
 _SELECT_SETTINGS = " SETTINGS output_format_json_quote_64bit_integers = 0"
 
 
@@ -47,21 +45,32 @@ def _varint(n: int) -> bytes:
 class ChdbStore(SqlStore):
     """chDB-backed `SpanStore` persisting under `data_dir`."""
 
-    _open_path: str | None = None
-
-    def __init__(self, data_dir: str | os.PathLike, db: str = schema.DATABASE) -> None:
+    def __init__(
+        self,
+        data_dir: str | os.PathLike,
+        db: str = schema.DATABASE,
+        _parent: ChdbStore | None = None,
+    ) -> None:
         super().__init__(db)
-        from chdb import session as chdb_session
-
         self.data_dir = str(Path(data_dir).resolve())
-        Path(self.data_dir).mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        try:
-            self._s = chdb_session.Session(self.data_dir)
-        except Exception as e:  # chDB raises plain RuntimeError subclasses
-            raise StorageError(f"cannot open chDB data directory {self.data_dir}: {e}") from e
         self._closed = False
+        self._owner = _parent is None
+        if _parent is not None:
+            self._lock, self._s = _parent._lock, _parent._s
+        else:
+            from chdb import session as chdb_session
+
+            try:
+                Path(self.data_dir).mkdir(parents=True, exist_ok=True)
+                self._s = chdb_session.Session(self.data_dir)
+            except Exception as e:  # chDB raises plain RuntimeError subclasses
+                raise StorageError(f"cannot open chDB data directory {self.data_dir}: {e}") from e
+            self._lock = threading.Lock()
         self._create()
+
+    def for_database(self, db: str) -> ChdbStore:
+        """A store on another database of the same session (one chDB per process)."""
+        return ChdbStore(self.data_dir, db, _parent=self)
 
     def _select(self, sql: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         with self._lock:
@@ -127,4 +136,5 @@ class ChdbStore(SqlStore):
         with self._lock:
             if not self._closed:
                 self._closed = True
-                self._s.close()
+                if self._owner:
+                    self._s.close()

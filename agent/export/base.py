@@ -1,0 +1,31 @@
+"""The exporter contract (OpenTelemetry SDK's SpanExporter shape) and its result.
+
+An exporter sends one batch and says whether it worked; it does not batch, queue
+or retry: `BatchExporter` (batcher.py) does that in front of any exporter.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from collections.abc import Sequence
+
+from proto.span import Span
+
+
+class ExportResult(enum.Enum):
+    SUCCESS = "success"
+    RETRYABLE = "retryable"  # try again later (server unreachable, overloaded)
+    FAILURE = "failure"  # the batch itself is refused: retrying will not help
+
+
+class SpanExporter(abc.ABC):
+    @abc.abstractmethod
+    def export(self, spans: Sequence[Span]) -> ExportResult:
+        """Send one batch; may block up to the exporter's own timeout."""
+
+    def force_flush(self, timeout_s: float = 30.0) -> bool:  # noqa: ARG002
+        return True
+
+    def shutdown(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""
