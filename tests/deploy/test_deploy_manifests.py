@@ -1,0 +1,183 @@
+"""Every manifest in deploy/ parses, validates against the Kubernetes schemas, and
+says what the agent needs; the Helm chart renders to the same objects."""
+
+from __future__ import annotations
+
+import copy
+import re
+
+import pytest
+
+from .helm_render import Unsupported, render
+from .manifests import DEPLOY, all_objects, chart_objects, plain_objects, validate
+
+OBJECTS = all_objects()
+
+
+@pytest.mark.parametrize(
+    "doc", [d for _, d in OBJECTS], ids=[f"{n}:{d['kind']}" for n, d in OBJECTS]
+)
+def test_every_object_validates(doc) -> None:
+    validate(doc)
+
+
+def test_validation_catches_typos_and_missing_fields() -> None:
+    ds = next(d for _, d in plain_objects() if d["kind"] == "DaemonSet")
+    typo = copy.deepcopy(ds)
+    typo["spec"]["template"]["spec"]["hostPid"] = True
+    with pytest.raises(ValueError, match="hostPid"):
+        validate(typo)
+    missing = copy.deepcopy(ds)
+    del missing["spec"]["template"]["spec"]["containers"][0]["name"]
+    with pytest.raises(ValueError, match="name"):
+        validate(missing)
+    wrong_group = dict(ds, apiVersion="extensions/v1beta1")
+    with pytest.raises(ValueError, match="apps/v1"):
+        validate(wrong_group)
+
+
+def _one(kind: str, objects=None) -> dict:
+    (doc,) = [d for _, d in (objects or plain_objects()) if d["kind"] == kind]
+    return doc
+
+
+def test_agent_daemonset_has_what_the_probes_need() -> None:
+    ds = _one("DaemonSet")
+    pod = ds["spec"]["template"]["spec"]
+    assert (
+        ds["spec"]["selector"]["matchLabels"].items()
+        <= ds["spec"]["template"]["metadata"]["labels"].items()
+    )
+    assert pod["hostPID"] is True
+    assert pod["serviceAccountName"] == _one("ServiceAccount")["metadata"]["name"]
+    (c,) = pod["containers"]
+    sc = c["securityContext"]
+    assert sc.get("privileged") is False
+    assert sc["capabilities"]["drop"] == ["ALL"]
+    added = set(sc["capabilities"]["add"])
+    assert {"BPF", "PERFMON", "NET_ADMIN", "SYS_RESOURCE"} <= added
+    assert "SYS_ADMIN" not in added  # only for kernels < 5.8, by explicit choice
+    env = {e["name"]: e for e in c["env"]}
+    assert env["ZEROTRACE_NODE"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+    host_paths = {
+        mount: volumes[name]["hostPath"]["path"]
+        for mount, name in mounts.items()
+        if "hostPath" in volumes[name]
+    }
+    assert host_paths == {
+        "/sys/kernel/tracing": "/sys/kernel/tracing",
+        "/sys/kernel/debug": "/sys/kernel/debug",
+        "/sys/fs/bpf": "/sys/fs/bpf",
+        "/lib/modules": "/lib/modules",
+        "/usr/src": "/usr/src",
+        "/host/proc": "/proc",
+        "/sys/fs/cgroup": "/sys/fs/cgroup",
+    }
+    assert set(mounts.values()) <= set(volumes)
+    config_volume = volumes[mounts["/etc/zerotrace"]]["configMap"]["name"]
+    assert config_volume == _one("ConfigMap")["metadata"]["name"]
+
+
+def test_agent_config_is_a_valid_enrich_config() -> None:
+    import yaml
+
+    from agent.enrich import EnrichConfig
+
+    text = _one("ConfigMap")["data"]["agent.yaml"]
+    cfg = EnrichConfig.from_env(yaml.safe_load(text)["enrich"], env={"ZEROTRACE_NODE": "n1"})
+    assert cfg.proc_root == "/host/proc" and cfg.kubernetes_enabled
+    assert cfg.annotation_attributes == {"team": "team", "git.commit": "vcs.commit"}
+
+
+def test_server_statefulset_volume_and_service_ports() -> None:
+    objs = plain_objects()
+    sts = _one("StatefulSet", objs)
+    pod = sts["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert set(ports) == {"grpc", "http"}
+    (claim,) = sts["spec"]["volumeClaimTemplates"]
+    assert {m["name"] for m in c["volumeMounts"]} == {claim["metadata"]["name"]}
+    services = {d["metadata"]["name"]: d for _, d in objs if d["kind"] == "Service"}
+    assert sts["spec"]["serviceName"] in services
+    labels = sts["spec"]["template"]["metadata"]["labels"]
+    for svc in services.values():
+        assert svc["spec"]["selector"].items() <= labels.items()
+        for p in svc["spec"]["ports"]:
+            assert p["targetPort"] in ports
+    public = services["zerotrace-server"]
+    assert {p["name"] for p in public["spec"]["ports"]} == {"grpc", "http"}
+    # The agents' server address points at that Service and gRPC port.
+    env = {
+        e["name"]: e.get("value")
+        for e in _one("DaemonSet")["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    grpc = next(p["port"] for p in public["spec"]["ports"] if p["name"] == "grpc")
+    assert env["ZEROTRACE_SERVER"] == f"zerotrace-server.zerotrace.svc:{grpc}"
+
+
+def test_helm_chart_with_defaults_renders_the_plain_manifests() -> None:
+    """The chart is the manifests with values holes (checked structurally, since no
+    helm binary is available: tests/deploy/helm_render.py renders the subset of
+    template syntax the chart is allowed to use)."""
+    plain = {(d["kind"], d["metadata"]["name"]): d for _, d in plain_objects()}
+    plain.pop(("Namespace", "zerotrace"))  # helm install --create-namespace makes it
+    rendered = {(d["kind"], d["metadata"]["name"]): d for _, d in chart_objects()}
+    assert rendered == plain
+
+
+def test_helm_values_reach_the_objects() -> None:
+    objs = chart_objects(
+        "observability",
+        values={
+            "image": {"tag": "9.9.9"},
+            "agent": {
+                "serverAddress": "collector.example:4317",
+                "capabilities": ["BPF", "PERFMON", "NET_ADMIN", "SYS_RESOURCE", "SYS_ADMIN"],
+            },
+            "tags": {
+                "labels": {"app.kubernetes.io/version": "service.version"},
+                # maps merge with the defaults; null drops a default (as in Helm)
+                "annotations": {"team": None, "owner": "team", "commit-sha": "vcs.commit"},
+            },
+        },
+    )
+    for _, d in objs:
+        validate(d)
+    ds = _one("DaemonSet", objs)
+    (c,) = ds["spec"]["template"]["spec"]["containers"]
+    assert ds["metadata"]["namespace"] == "observability"
+    assert c["image"].endswith(":9.9.9")
+    assert "SYS_ADMIN" in c["securityContext"]["capabilities"]["add"]
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["ZEROTRACE_SERVER"] == "collector.example:4317"
+    import yaml
+
+    enrich = yaml.safe_load(_one("ConfigMap", objs)["data"]["agent.yaml"])["enrich"]
+    assert enrich["annotation_attributes"] == {
+        "git.commit": "vcs.commit",
+        "owner": "team",
+        "commit-sha": "vcs.commit",
+    }
+    binding = _one("ClusterRoleBinding", objs)
+    assert binding["subjects"][0]["namespace"] == "observability"
+
+
+def test_renderer_refuses_what_it_cannot_check() -> None:
+    with pytest.raises(Unsupported):
+        render("{{ if .Values.x }}a{{ end }}", {"Values": {"x": 1}})
+    with pytest.raises(Unsupported):
+        render('{{ include "x" . }}', {})
+
+
+def test_dockerfiles_build_the_documented_way() -> None:
+    for name in ("Dockerfile.agent", "Dockerfile.server"):
+        text = (DEPLOY / "docker" / name).read_text()
+        assert re.search(r"^FROM debian:bookworm", text, re.M), name
+        assert "python3-bpfcc" in text
+        assert "venv --system-site-packages" in text
+        assert re.search(r"pip install [^\n]*/src", text)
+    agent = (DEPLOY / "docker" / "Dockerfile.agent").read_text()
+    assert 'ENTRYPOINT ["zerotrace"]' in agent
