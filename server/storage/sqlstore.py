@@ -131,10 +131,11 @@ class SqlStore(SpanStore, abc.ABC):
     def find_by_header(self, name: str, values: Sequence[str]) -> list[Span]:
         if not values:
             return []
-        return self._spans_where(
-            "has({vals:Array(String)}, trace_headers[{name:String}])",
-            {"vals": list(values), "name": name},
-        )
+        # Scalar parameters only: chDB does not bind Python lists to Array params.
+        params: dict[str, Any] = {"name": name}
+        params.update({f"v{i}": v for i, v in enumerate(values)})
+        inlist = ", ".join(f"{{v{i}:String}}" for i in range(len(values)))
+        return self._spans_where(f"trace_headers[{{name:String}}] IN ({inlist})", params)
 
     def search_traces(self, q: TraceQuery) -> list[TraceSummary]:
         where: list[str] = []
@@ -212,7 +213,7 @@ class SqlStore(SpanStore, abc.ABC):
         for r in rows:
             lo = since_ns or int(r["first"])
             hi = until_ns or max(now, int(r["last"]))
-            window = max((hi - lo) / _NS, 1.0)
+            window = max((hi - lo) / _NS, 1e-3)
             n = int(r["n"])
             q = r["q"] or [0, 0]
             out.append(
