@@ -10,7 +10,7 @@ timestamps for message start/end, memory caps, and drop counters.
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -218,6 +218,7 @@ class StreamParser:
                     self.stats["resync_skip"] += 1
                     st.base = end
                     data = b""
+                    self._skipped(d, chunk.ts_ns, out)
                 else:
                     st.synced = True
                     data = data[i:]
@@ -247,6 +248,10 @@ class StreamParser:
     def _gap(self, d: int, st: DirStream, g: int, out: list[Record]) -> None:
         """`g` bytes right after what was received are missing."""
         st.next = (st.next or 0) + g
+        self._lose(d, st, g, out)
+
+    def _lose(self, d: int, st: DirStream, g: int, out: list[Record]) -> None:
+        """Account for `g` lost bytes (st.next already moved past them)."""
         if st.skip:
             o = st.open
             if st.skip >= g:
@@ -295,6 +300,18 @@ class StreamParser:
 
     def _on_desync(self, d: int, out: list[Record]) -> None:
         pass
+
+    def _skipped(self, d: int, ts: int, out: list[Record]) -> None:
+        """A whole chunk was dropped while looking for a frame boundary.
+
+        If it carried responses, they answered requests sent before it: those requests
+        go out incomplete rather than be matched, first in first out, with later answers.
+        """
+        pending = getattr(self, "pending", None)
+        if d == self.req_dir or not isinstance(pending, deque):
+            return
+        while pending and pending[0].msg.start_ns <= ts:
+            out.append(incomplete_record(self.protocol, pending.popleft(), "gap"))
 
     def _tail_done(self, d: int, st: DirStream, msg: Message | None, out: list[Record]) -> None:
         pass

@@ -1,11 +1,14 @@
 """PostgreSQL frontend/backend protocol v3: start-up, simple and extended query.
 
-A record is one query cycle: a simple `Query`, or the extended-protocol messages up to
-`Sync` (Parse/Bind/Describe/Execute), answered by everything the server sends up to
-`ReadyForQuery`.  Cycles are matched first in, first out, which also covers pipelined
-extended queries.  Prepared statement and portal names are remembered (bounded) so an
-`Execute` of a statement prepared earlier still gets its SQL.  Start-up and
-authentication messages are consumed without reading any secret from them.
+A record is one unit of work: a simple `Query` answered by everything up to
+`ReadyForQuery`, or in the extended protocol one `Execute` (with the Parse / Bind /
+Describe before it) answered up to its `CommandComplete` or `ErrorResponse`, so five
+pipelined statements before one `Sync` are five records.  Units are matched first in,
+first out.  What follows the last `Execute` up to `Sync` (a bare Sync, a Parse+Describe
+that prepares a statement) is bookkeeping: matched with its answer, reported only if it
+failed.  Statement and portal names are remembered (bounded) so an `Execute` of a
+statement prepared earlier still gets its SQL.  Start-up and authentication messages
+are consumed without reading any secret from them.
 """
 
 from __future__ import annotations
@@ -43,16 +46,15 @@ MAX_STATEMENTS = 512
 
 
 class _Cycle:
-    """Client messages of one query cycle."""
+    """Client messages of one unit: "simple", "execute", "sync" or "startup"."""
 
-    __slots__ = ("msg", "sql", "kind", "inc", "work")
+    __slots__ = ("msg", "sql", "kind", "inc")
 
     def __init__(self, msg: Message, kind: str) -> None:
         self.msg = msg
         self.sql: str | None = None
         self.kind = kind
         self.inc = ""
-        self.work = kind == "simple"  # Parse/Execute/FunctionCall seen: worth a span
 
 
 class _Answer:
@@ -203,10 +205,9 @@ class PostgresParser(StreamParser):
 
     def _client(self, st: DirStream, t: int, body: bytes, start: int, end: int,
                 out: list[Record], truncated: bool) -> None:
-        if t == 81:  # Q
-            msg = self._msg(st, start, end)
-            c = _Cycle(msg, "simple")
-            c.sql = _cstr(body)
+        if t == 81 or t == 70:  # Query, FunctionCall: answered up to ReadyForQuery
+            c = _Cycle(self._msg(st, start, end), "simple")
+            c.sql = _cstr(body) if t == 81 else None
             c.inc = "truncated" if truncated else ""
             self._close_cycle(c, out)
             return
@@ -217,15 +218,13 @@ class PostgresParser(StreamParser):
         if c is None and t == 72:  # Flush with nothing pending: no answer expected
             return
         if c is None:
-            c = self.cycle = _Cycle(self._msg(st, start, end), "extended")
+            c = self.cycle = _Cycle(self._msg(st, start, end), "sync")
         else:
             m = c.msg
             m.size = end - m.offset
             m.end_ns, m.end_tid = self._end(st, end)
         if truncated:
             c.inc = "truncated"
-        if t in b"PEF":
-            c.work = True
         if t == 80:  # Parse: statement name, query
             i = body.find(b"\x00")
             name = body[:i] if i >= 0 else b""
@@ -234,8 +233,7 @@ class PostgresParser(StreamParser):
                 self.statements.pop(next(iter(self.statements)))
                 self.stats["statement_evicted"] += 1
             self.statements[name] = sql
-            if c.sql is None:
-                c.sql = sql
+            c.sql = sql
         elif t == 66:  # Bind: portal, statement
             i = body.find(b"\x00")
             j = body.find(b"\x00", i + 1)
@@ -252,8 +250,9 @@ class PostgresParser(StreamParser):
                 stmt = self.portals.get(portal)
                 if stmt is not None:
                     c.sql = self.statements.get(stmt)
-        elif t == 70:  # FunctionCall
-            c.sql = c.sql or ""
+            c.kind = "execute"
+            self.cycle = None
+            self._close_cycle(c, out)
         elif t == 83:  # Sync
             self.cycle = None
             self._close_cycle(c, out)
@@ -271,9 +270,8 @@ class PostgresParser(StreamParser):
             if table:
                 attrs["db.collection.name"] = table
         else:
-            op = "EXECUTE" if c.kind == "extended" else ""
-        # A cycle of only Sync / Describe / Close is bookkeeping: matched, never a span.
-        self._push(Pending(c.msg, op, attrs, {}, c.inc, None if c.work else "sync"), out)
+            op = "EXECUTE" if c.kind == "execute" else ""
+        self._push(Pending(c.msg, op, attrs, {}, c.inc, c.kind), out)
 
     def _push(self, p: Pending, out: list[Record]) -> None:
         if len(self.pending) >= MAX_PENDING:
@@ -294,6 +292,7 @@ class PostgresParser(StreamParser):
             m.end_ns, m.end_tid = self._end(st, end)
         if truncated:
             a.inc = "truncated"
+        head = self.pending[0].extra if self.pending else None
         if t == 68:  # DataRow
             a.rows += 1
         elif t == 67:  # CommandComplete
@@ -304,9 +303,15 @@ class PostgresParser(StreamParser):
                 a.code, a.error = _error_fields(body)
         elif t == 90:  # ReadyForQuery
             self.answer = None
+            # Executes still waiting were skipped by the server after an earlier error.
+            while self.pending and self.pending[0].extra == "execute":
+                out.append(incomplete_record(self.protocol, self.pending.popleft(),
+                                             "skipped after error"))
             self._answered(a, out)
-        elif t == 82 and body[:4] == b"\x00\x00\x00\x00":  # AuthenticationOk
-            pass
+            return
+        if head == "execute" and t in b"CIsE":
+            self.answer = None
+            self._answered(a, out)
 
     def _answered(self, a: _Answer, out: list[Record]) -> None:
         if not self.pending or self.pending[0].msg.start_ns > a.msg.start_ns:
@@ -314,8 +319,8 @@ class PostgresParser(StreamParser):
             self.stats["unmatched_response"] += 1
             return
         p = self.pending.popleft()
-        if p.extra is not None and not a.code:
-            return  # a successful start-up is connection set-up, not a span
+        if p.extra in ("sync", "startup") and not a.code:
+            return  # bookkeeping or connection set-up, not a span
         self._record(p, a, out)
 
     def _record(self, p: Pending, a: _Answer | None, out: list[Record],
@@ -360,11 +365,11 @@ class PostgresParser(StreamParser):
         a, self.answer = self.answer, None
         if self.pending:
             p = self.pending.popleft()
-            if a is not None and p.extra is None:
+            if a is not None and p.extra in ("simple", "execute"):
                 self._record(p, a, out, "gap")
         while self.pending:
             p = self.pending.popleft()
-            if p.extra is None:
+            if p.extra in ("simple", "execute"):
                 out.append(incomplete_record(self.protocol, p, "gap"))
 
     def _flush(self, reason: str, out: list[Record]) -> None:
@@ -376,9 +381,9 @@ class PostgresParser(StreamParser):
         while self.pending:
             p = self.pending.popleft()
             if first and a is not None:
-                if p.extra is None or a.code:
+                if p.extra in ("simple", "execute") or a.code:
                     self._record(p, a, out, reason or "no response")
-            elif p.extra is None:
+            elif p.extra in ("simple", "execute"):
                 out.append(incomplete_record(self.protocol, p, reason or "no response"))
             first = False
         self.closed = True

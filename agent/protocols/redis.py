@@ -33,6 +33,9 @@ _LINE = frozenset(b"+-:_,#(")
 TYPES = _AGG | _BULK | _LINE | {ord("|")}
 MAX_LINE = 4096
 GRAB = 64  # bytes kept of the first elements (command name, key)
+# Bulks up to this size are waited for whole; longer ones are skipped by length as
+# soon as their head is in.
+WAIT_BULK = 4096
 
 # Commands whose first argument names a subcommand.
 _SUBCOMMANDS = frozenset(
@@ -73,7 +76,7 @@ class RedisParser(StreamParser):
         self.pending: deque[Pending] = deque()
         self.frames = (_Frame(), _Frame())
 
-    def _parse(self, d: int, st: DirStream, out: list[Record]) -> None:
+    def _parse(self, d: int, st: DirStream, out: list[Record], force: bool = False) -> None:
         buf = st.buf
         n = len(buf)
         if self.req_dir is None:
@@ -127,6 +130,9 @@ class RedisParser(StreamParser):
                 else:
                     s = j + 2
                     e = s + v + 2
+                    if e > n and v <= WAIT_BULK and not force:
+                        stack[-1] += 1  # not taken yet: wait for the whole bulk
+                        break
                     if len(stack) <= 2 and len(f.args) < 2:
                         f.args.append(buf[s:min(s + v, s + GRAB)])
                     if t == 33 and len(stack) == 1:
@@ -176,6 +182,16 @@ class RedisParser(StreamParser):
         self.stats["desync"] += 1
         self._desync(d, st, out)
         return -1
+
+    def _on_gap(self, d: int, st: DirStream, g: int, out: list[Record]) -> bool:
+        if not st.buf:
+            return False
+        # A bulk cut by the hole is skipped by its length; then the frame goes on.
+        self._parse(d, st, out, force=True)
+        if not st.skip or not st.synced:
+            return False
+        self._lose(d, st, g, out)
+        return True
 
     def _tail_done(self, d: int, st: DirStream, msg: Message | None,
                    out: list[Record]) -> None:

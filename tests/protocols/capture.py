@@ -1,6 +1,7 @@
 """Re-make the golden captures: real servers, real clients, a recording relay between.
 
     .venv/bin/python tests/protocols/capture.py [redis|postgresql|mysql|http|dns|grpc ...]
+    .venv/bin/python tests/protocols/capture.py --regen [proto ...]   # expected only
 
 Each scenario starts its server on a free loopback port (in a temporary directory,
 killed with its process group afterwards), runs real clients against the relay, and
@@ -25,10 +26,16 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-sys.path[:0] = [str(ROOT), str(HERE)]
+sys.path[:0] = [str(ROOT)]
 
-from golden import GOLDEN, expected_path, replay_file, save_capture  # noqa: E402
-from relay import TcpRelay, UdpRelay, free_port  # noqa: E402
+from tests.protocols.golden import (  # noqa: E402
+    GOLDEN,
+    captures,
+    expected_path,
+    replay_file,
+    save_capture,
+)
+from tests.protocols.relay import TcpRelay, UdpRelay, free_port  # noqa: E402
 
 PY = str(ROOT / ".venv" / "bin" / "python")
 
@@ -136,7 +143,8 @@ def capture_redis() -> None:
         r3.zrange("z", 0, -1, withscores=True)
         r3.close()
         conns = relay.close()
-        record("redis", "redis_py_resp3", "tcp", "redis-py with protocol=3 (HELLO 3, maps, doubles)",
+        record("redis", "redis_py_resp3", "tcp",
+               "redis-py with protocol=3 (HELLO 3, maps, doubles)",
                conns)
 
 
@@ -498,9 +506,22 @@ SCENARIOS = {
 }
 
 
+def regen(names: list[str]) -> None:
+    """Rewrite the expected records of existing captures (after a parser change)."""
+    for path in captures():
+        if names and path.parent.name not in names:
+            continue
+        recs = replay_file(path)
+        expected_path(path).write_text(json.dumps(recs, indent=1, sort_keys=True) + "\n")
+        print(f"{path.relative_to(ROOT)}: {len(recs)} records")
+
+
 def main() -> None:
-    names = sys.argv[1:] or list(SCENARIOS)
-    for name in names:
+    args = sys.argv[1:]
+    if args[:1] == ["--regen"]:
+        regen(args[1:])
+        return
+    for name in args or list(SCENARIOS):
         SCENARIOS[name]()
 
 
