@@ -11,6 +11,8 @@ from typing import Any
 
 DEFAULT_LABELS = {"app.kubernetes.io/version": "service.version"}
 DEFAULT_ANNOTATIONS = {"team": "team", "git.commit": "vcs.commit"}
+# An application that names itself the OTel way is believed.
+DEFAULT_ENV = {"OTEL_SERVICE_NAME": "service.name"}
 
 
 @dataclass
@@ -33,6 +35,11 @@ class EnrichConfig:
     # Pod label / annotation key -> span resource attribute name.
     label_attributes: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_LABELS))
     annotation_attributes: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_ANNOTATIONS))
+    # Process environment variable -> attribute, read once per process from
+    # /proc/PID/environ (only these keys are ever read out of it).  A variable mapped
+    # to service.name also sets span.service.
+    env_attributes: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_ENV))
+    cluster_name: str = ""  # k8s.cluster.name (the API does not say it)
     proc_root: str = "/proc"
     cgroup_root: str | None = None  # None: the cgroup2 mount from /proc/self/mountinfo
     sweep_interval: float = 5.0  # how often exited pids leave the cache (s)
@@ -55,7 +62,7 @@ class EnrichConfig:
         unknown = sorted(set(data) - names)
         if unknown:
             raise ValueError(f"unknown enrich settings: {', '.join(unknown)}")
-        for key in ("label_attributes", "annotation_attributes"):
+        for key in ("label_attributes", "annotation_attributes", "env_attributes"):
             if key in data and not isinstance(data[key], Mapping):
                 raise ValueError(f"{key} must map a key to an attribute name")
             if key in data:
@@ -66,13 +73,16 @@ class EnrichConfig:
     def from_env(
         cls, data: Mapping[str, Any] | None = None, env: Mapping[str, str] = os.environ
     ) -> EnrichConfig:
-        """`from_mapping`, then ZEROTRACE_NODE / ZEROTRACE_SERVICE_NAME / KUBECONFIG
-        from the environment where the mapping leaves them unset."""
+        """`from_mapping`, then ZEROTRACE_NODE / ZEROTRACE_SERVICE_NAME /
+        ZEROTRACE_CLUSTER / KUBECONFIG from the environment where the mapping leaves
+        them unset."""
         cfg = cls.from_mapping(data)
         if not cfg.node_name:
             cfg.node_name = env.get("ZEROTRACE_NODE", "")
         if not cfg.service_name:
             cfg.service_name = env.get("ZEROTRACE_SERVICE_NAME", "")
+        if not cfg.cluster_name:
+            cfg.cluster_name = env.get("ZEROTRACE_CLUSTER", "")
         if cfg.kubeconfig is None and env.get("KUBECONFIG"):
             cfg.kubeconfig = env["KUBECONFIG"]
         return cfg

@@ -19,7 +19,7 @@ from agent.enrich.cgroup import HOST, ContainerRef, parse_path, read_pid_cgroup
 from agent.enrich.cgroup_index import CgroupIndex
 from agent.enrich.config import EnrichConfig
 from agent.enrich.counters import Counters
-from agent.enrich.process import host_name, read_process, start_time
+from agent.enrich.process import host_name, read_environ, read_process, start_time
 from agent.enrich.tags import PodTags
 from proto.span import Span
 
@@ -47,6 +47,9 @@ class _Entry:
     pod: PodTags | None = None  # the pod tags `merged` was built from
     merged: dict[str, str] | None = None
     merged_service: str = ""
+    # Attributes from the process's own environment (configured variables): the
+    # application's word on itself, so they win over what the pod says.
+    env: dict[str, str] | None = None
 
 
 class Enricher:
@@ -129,6 +132,9 @@ class Enricher:
             e.merged, e.merged_service = e.base, e.service
         else:
             e.merged, e.merged_service = {**e.base, **tags.resource}, tags.service
+        if e.env:
+            e.merged = {**e.merged, **e.env}
+            e.merged_service = e.env.get("service.name", e.merged_service)
 
     # -- once per (pid, cgroup id) ------------------------------------------------------
     def _resolve(self, span: Span) -> _Entry:
@@ -170,9 +176,14 @@ class Enricher:
             base["systemd.unit"] = ref.systemd_unit
         if cfg.node_name:
             base["k8s.node.name"] = cfg.node_name
+        if cfg.cluster_name:
+            base["k8s.cluster.name"] = cfg.cluster_name
         service = cfg.service_name or name or "unknown_service"
         base["service.name"] = service
         e = _Entry(ref, base, service, proc.start_time if proc else None, time.monotonic())
+        if proc is not None and cfg.env_attributes:
+            env = read_environ(pid, cfg.env_attributes.keys(), cfg.proc_root)
+            e.env = {cfg.env_attributes[k]: v for k, v in env.items()} or None
         if self._pods is not None and (ref.container_id or ref.pod_uid):
             if self._pods.pod_for(ref.container_id, ref.pod_uid) is None:
                 self._counters.inc(reasons.POD_NOT_FOUND)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 # A command line is a resource attribute on every span: bound it so one process with
@@ -47,6 +48,25 @@ def read_process(pid: int, proc_root: str = "/proc") -> ProcessInfo | None:
         return None
     cmdline = raw.rstrip(b"\0").replace(b"\0", b" ").decode("utf-8", "replace")
     return ProcessInfo(name, cmdline[:MAX_CMDLINE], st)
+
+
+def read_environ(pid: int, keys: Iterable[str], proc_root: str = "/proc") -> dict[str, str]:
+    """The values of the given environment variables of a process (as it started).
+
+    Only the asked-for keys are kept: an environment holds secrets, and nothing else
+    of it may leave this function.  Other users' processes need CAP_SYS_PTRACE."""
+    wanted = {k.encode() for k in keys}
+    try:
+        with open(f"{proc_root}/{pid}/environ", "rb") as f:
+            raw = f.read(1 << 20)
+    except OSError:
+        return {}
+    out = {}
+    for item in raw.split(b"\0"):
+        key, sep, value = item.partition(b"=")
+        if sep and key in wanted:
+            out[key.decode()] = value[:MAX_CMDLINE].decode("utf-8", "replace")
+    return out
 
 
 def host_name() -> str:

@@ -163,3 +163,28 @@ def test_enrich_cost_per_span(tmp_path, make_enricher) -> None:
     # Generous: the box is shared; typical is ~1-2 us.
     limit = 50 if os.environ.get("CI") else 20
     assert per_span_us < limit
+
+
+def test_env_attributes_win_and_nothing_else_leaks(tmp_path, make_enricher) -> None:
+    line = f"0::/{systemd_pod_slice('burstable', U_CHECKOUT)}/cri-containerd-{C_CHECKOUT}.scope\n"
+    add_process(
+        tmp_path,
+        10,
+        line,
+        comm="checkout",
+        environ={"OTEL_SERVICE_NAME": "checkout-api", "APP_RELEASE": "2026.11"},
+    )
+    e = make_enricher(
+        proc_root=str(tmp_path),
+        pods=ReplayedPods(),
+        node_name="node-a",
+        cluster_name="prod-eu",
+        env_attributes={"OTEL_SERVICE_NAME": "service.name", "APP_RELEASE": "service.version"},
+    )
+    span = Span(pid=10)
+    e.enrich(span)
+    assert span.service == "checkout-api"
+    r = span.resource
+    assert (r["service.name"], r["service.version"]) == ("checkout-api", "2026.11")
+    assert r["k8s.pod.name"] == "checkout-7d9f8b6c5d-x2x9q" and r["k8s.cluster.name"] == "prod-eu"
+    assert "hunter2" not in repr(span.to_dict())
