@@ -133,6 +133,7 @@ def test_helm_values_reach_the_objects() -> None:
         "observability",
         values={
             "image": {"tag": "9.9.9"},
+            "clusterName": "prod-eu",
             "agent": {
                 "serverAddress": "collector.example:4317",
                 "capabilities": ["BPF", "PERFMON", "NET_ADMIN", "SYS_RESOURCE", "SYS_ADMIN"],
@@ -161,6 +162,7 @@ def test_helm_values_reach_the_objects() -> None:
         "owner": "team",
         "commit-sha": "vcs.commit",
     }
+    assert enrich["cluster_name"] == "prod-eu"
     binding = _one("ClusterRoleBinding", objs)
     assert binding["subjects"][0]["namespace"] == "observability"
 
