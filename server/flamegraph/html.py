@@ -15,7 +15,7 @@ from server.flamegraph.svg import PAD, WIDTH, fmt_ns, svg_body
 
 _SCRIPT = r"""
 (function () {
-  var W = %(width)d, PAD = %(pad)d, TOTAL = %(total)d;
+  var W = @WIDTH@, PAD = @PAD@, TOTAL = @TOTAL@;
   var svg = document.getElementById('fg');
   var bars = Array.prototype.slice.call(svg.querySelectorAll('rect.bar'));
   var info = document.getElementById('info');
@@ -77,7 +77,11 @@ _SCRIPT = r"""
 
 def render_html(bars: Sequence[Bar], total: int, title: str) -> str:
     body, height = svg_body(bars, total)
-    script = _SCRIPT % {"width": WIDTH, "pad": PAD, "total": total}
+    script = (
+        _SCRIPT.replace("@WIDTH@", str(WIDTH))
+        .replace("@PAD@", str(PAD))
+        .replace("@TOTAL@", str(int(total)))
+    )
     t = escape(title)
     return f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>{t}</title>

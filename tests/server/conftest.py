@@ -18,3 +18,32 @@ def chdb_root():
     yield s
     s.close()
     shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def zt_server(chdb_root):
+    """A real gRPC server on a loopback port over a fresh database; yields it."""
+    import uuid
+
+    from server.app import ZerotraceServer
+
+    store = chdb_root.for_database(f"srv_{uuid.uuid4().hex[:12]}")
+    srv = ZerotraceServer("127.0.0.1:0", store=store)
+    srv.start()
+    srv.addr = f"127.0.0.1:{srv.port}"
+    yield srv
+    srv.stop(grace=0.5)
+    store.drop()
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    """`zerotrace <argv>` in-process; (exit code, stdout, stderr)."""
+    from server.cli import main
+
+    capsys.readouterr()
+    try:
+        rc = main(list(argv))
+    except SystemExit as e:
+        rc = int(e.code or 0)
+    out = capsys.readouterr()
+    return rc, out.out, out.err
