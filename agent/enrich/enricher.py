@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from agent.enrich import counters as reasons
 from agent.enrich.cgroup import HOST, ContainerRef, parse_path, read_pid_cgroup
@@ -22,6 +22,9 @@ from agent.enrich.counters import Counters
 from agent.enrich.process import host_name, read_environ, read_process, start_time
 from agent.enrich.tags import PodTags
 from proto.span import Span
+
+if TYPE_CHECKING:
+    from agent.enrich.podcache import PodCache
 
 log = logging.getLogger("zerotrace.enrich")
 
@@ -69,7 +72,7 @@ class Enricher:
         self._index = CgroupIndex(cfg.cgroup_root)
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._owned_pods = None
+        self._owned_pods: PodCache | None = None
         if pods is None and cfg.kubernetes_enabled:
             pods = self._owned_pods = self._start_pod_cache()
         self._pods = pods
@@ -78,7 +81,7 @@ class Enricher:
         )
         self._sweeper.start()
 
-    def _start_pod_cache(self):  # type: ignore[no-untyped-def]
+    def _start_pod_cache(self) -> PodCache | None:
         # Imported here: hosts outside Kubernetes never load the client.
         from agent.enrich.kubeapi import KubeApi, client_configuration
         from agent.enrich.podcache import PodCache
@@ -107,7 +110,13 @@ class Enricher:
                 self._merge(e, tags)
         elif e.merged is None:
             self._merge(e, None)
-        span.resource.update(e.merged)  # type: ignore[arg-type]
+        res = span.resource
+        if res:
+            # Spans that bring a resource (OTLP from an SDK) keep their own values.
+            for k, v in e.merged.items():  # type: ignore[union-attr]
+                res.setdefault(k, v)
+        else:
+            res.update(e.merged)  # type: ignore[arg-type]
         if not span.service:
             span.service = e.merged_service
         addr = span.remote.addr

@@ -188,3 +188,12 @@ def test_env_attributes_win_and_nothing_else_leaks(tmp_path, make_enricher) -> N
     assert (r["service.name"], r["service.version"]) == ("checkout-api", "2026.11")
     assert r["k8s.pod.name"] == "checkout-7d9f8b6c5d-x2x9q" and r["k8s.cluster.name"] == "prod-eu"
     assert "hunter2" not in repr(span.to_dict())
+
+
+def test_a_span_bringing_its_own_resource_keeps_it(tmp_path, make_enricher) -> None:
+    add_process(tmp_path, 50, "0::/system.slice/api.service\n", comm="api")
+    e = make_enricher(proc_root=str(tmp_path))
+    span = Span(pid=50, service="billing", resource={"service.name": "billing"})
+    e.enrich(span)
+    assert span.service == "billing" and span.resource["service.name"] == "billing"
+    assert span.resource["systemd.unit"] == "api.service"
