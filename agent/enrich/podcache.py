@@ -97,50 +97,56 @@ class PodCache:
     def _run(self) -> None:
         backoff = self._cfg.backoff_initial
         rv: str | None = None
+        last_expired = float("-inf")
         while not self._stop.is_set():
             try:
                 if rv is None:
                     rv = self._relist()
                 started = time.monotonic()
                 rv, events = self._watch(rv)
+            except Exception as e:  # noqa: BLE001 - every failure is sorted below
+                if self._stop.is_set():
+                    break
+                if isinstance(e, _Expired) or (isinstance(e, ApiException) and e.status == 410):
+                    self._counters.inc(reasons.WATCH_EXPIRED)
+                    log.info("pod watch expired (410 Gone): listing again")
+                    rv = None
+                    # One 410 is routine and relisted at once; a list that is stale
+                    # again within seconds is a sick API server: back off.
+                    now = time.monotonic()
+                    again_soon, last_expired = now - last_expired < 5.0, now
+                    if not again_soon:
+                        continue
+                else:
+                    if isinstance(e, BadObject):
+                        rv = None  # an event may be lost in the garbage: list again
+                    self._count_failure(e)
+            else:
                 backoff = self._cfg.backoff_initial
                 if events == 0 and time.monotonic() - started < 1.0:
                     # A server that ends every watch at once would make this loop spin.
                     self._stop.wait(backoff)
                 continue
-            except _Expired:
-                self._counters.inc(reasons.WATCH_EXPIRED)
-                log.info("pod watch expired (410 Gone): listing again")
-                rv = None
-                continue
-            except ApiException as e:
-                if e.status == 410:
-                    self._counters.inc(reasons.WATCH_EXPIRED)
-                    rv = None
-                    continue
-                if e.status in (401, 403):
-                    self._counters.inc(reasons.API_FORBIDDEN)
-                    self._counters.warn_once(
-                        "api:forbidden",
-                        "Kubernetes API refused pods (%s): check the agent's RBAC",
-                        e.status,
-                    )
-                else:
-                    self._counters.inc(reasons.API_ERROR)
-                    self._counters.warn_once(
-                        "api:error", "Kubernetes API error %s: %s", e.status, e.reason
-                    )
-            except BadObject as e:
-                self._counters.inc(reasons.API_GARBAGE)
-                self._counters.warn_once("api:garbage", "Kubernetes API sent garbage: %s", e)
-                rv = None  # an event may be lost in the garbage: start from a list
-            except Exception as e:  # noqa: BLE001 - refused, reset, timeout: all "down"
-                if self._stop.is_set():
-                    break
-                self._counters.inc(reasons.API_ERROR)
-                self._counters.warn_once("api:down", "Kubernetes API unreachable: %s", e)
             self._stop.wait(backoff * random.uniform(0.8, 1.2))
             backoff = min(backoff * 2, self._cfg.backoff_max)
+
+    def _count_failure(self, e: Exception) -> None:
+        if isinstance(e, ApiException) and e.status in (401, 403):
+            self._counters.inc(reasons.API_FORBIDDEN)
+            self._counters.warn_once(
+                "api:forbidden",
+                "Kubernetes API refused pods (%s): check the agent's RBAC",
+                e.status,
+            )
+        elif isinstance(e, ApiException):
+            self._counters.inc(reasons.API_ERROR)
+            self._counters.warn_once("api:error", "Kubernetes API error %s: %s", e.status, e.reason)
+        elif isinstance(e, BadObject):
+            self._counters.inc(reasons.API_GARBAGE)
+            self._counters.warn_once("api:garbage", "Kubernetes API sent garbage: %s", e)
+        else:  # refused, reset, timeout: all "down"
+            self._counters.inc(reasons.API_ERROR)
+            self._counters.warn_once("api:down", "Kubernetes API unreachable: %s", e)
 
     def _relist(self) -> str:
         try:

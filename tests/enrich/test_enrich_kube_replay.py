@@ -242,3 +242,13 @@ def test_remote_pod_ip_resolves_to_peer_tags(replay, make_enricher, procs) -> No
     assert enricher.peer("10.244.1.23")["peer.service"] == "db"
     # A hostNetwork pod shares the node's IP: that IP must not name one pod.
     assert enricher.peer("192.168.49.2") == {}
+
+
+def test_410_again_and_again_backs_off(replay, make_enricher) -> None:
+    gone = Reply(status=410, body=b'{"kind":"Status","apiVersion":"v1","code":410}')
+    replay.fallback["watch"] = gone
+    enricher = make_enricher(replay.url, backoff_initial=0.2, backoff_max=0.2)
+    time.sleep(1.0)
+    # Relisting at once every time would make dozens of lists in a second.
+    assert 2 <= replay.count("list") <= 7
+    assert enricher.counters()[reasons.WATCH_EXPIRED] >= 2
