@@ -109,7 +109,7 @@ class PodCache:
                     break
                 if isinstance(e, _Expired) or (isinstance(e, ApiException) and e.status == 410):
                     self._counters.inc(reasons.WATCH_EXPIRED)
-                    log.info("pod watch expired (410 Gone): listing again")
+                    log.debug("pod watch expired (410 Gone): listing again")
                     rv = None
                     # One 410 is routine and relisted at once; a list that is stale
                     # again within seconds is a sick API server: back off.
