@@ -71,6 +71,7 @@ _SCRIPT = r"""
     });
     status.textContent = q ? ('matched ' + (100 * hit / TOTAL).toFixed(1) + '% self time') : '';
   });
+  document.body.setAttribute('data-ready', String(bars.length));
 })();
 """
 

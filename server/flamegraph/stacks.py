@@ -64,14 +64,18 @@ def _union_len(intervals: list[tuple[int, int]]) -> int:
     return total
 
 
-def build_tree(spans: Sequence[Span]) -> tuple[list[Span], dict[str, list[Span]]]:
-    """(roots, children by parent span id); spans whose parent is absent are roots."""
-    ids = {s.span_id for s in spans}
-    children: dict[str, list[Span]] = defaultdict(list)
+def build_tree(
+    spans: Sequence[Span],
+) -> tuple[list[Span], dict[tuple[str, str], list[Span]]]:
+    """(roots, children by (trace id, parent span id)); spans whose parent is absent
+    are roots.  Keys include the trace id because span ids repeat across traces."""
+    ids = {(s.trace_id, s.span_id) for s in spans}
+    children: dict[tuple[str, str], list[Span]] = defaultdict(list)
     roots = []
     for s in spans:
-        if s.parent_span_id and s.parent_span_id in ids and s.parent_span_id != s.span_id:
-            children[s.parent_span_id].append(s)
+        key = (s.trace_id, s.parent_span_id)
+        if s.parent_span_id and key in ids and s.parent_span_id != s.span_id:
+            children[key].append(s)
         else:
             roots.append(s)
     for lst in children.values():
@@ -92,14 +96,15 @@ def self_time(s: Span, kids: Sequence[Span]) -> int:
 def walk(spans: Sequence[Span]) -> Iterable[tuple[Span, list[str], int, int]]:
     """Depth-first (span, path of frame names, depth, self ns); cycles are cut."""
     roots, children = build_tree(spans)
-    seen: set[str] = set()
+    seen: set[tuple[str, str]] = set()
     stack: list[tuple[Span, list[str], int]] = [(r, [], 0) for r in reversed(roots)]
     while stack:
         s, path, depth = stack.pop()
-        if s.span_id in seen:
+        key = (s.trace_id, s.span_id)
+        if key in seen:
             continue
-        seen.add(s.span_id)
-        kids = children.get(s.span_id, [])
+        seen.add(key)
+        kids = children.get(key, [])
         p = [*path, frame_name(s)]
         yield s, p, depth, self_time(s, kids)
         for k in reversed(kids):
