@@ -1,0 +1,429 @@
+"""Server benchmarks: ingest rate on one core, bytes on disk per span, query latency.
+
+    .venv/bin/python bench/bench_server.py                       # defaults below
+    .venv/bin/python bench/bench_server.py --ingest-spans 1000000 --store-spans 10000000
+
+1. ingest: a `zerotrace server` process pinned to CPU 0 (taskset), chDB limited to
+   one thread; this process (pinned to CPU 1) pushes pre-serialized batches of
+   realistic agent spans over gRPC from 4 threads.  Spans/s = spans acked / wall time.
+2. bytes per span: on-disk size of the ingested spans after merging (OPTIMIZE FINAL),
+   and of the big synthetic table below.
+3. query latency with --store-spans stored: the table is filled by ClickHouse itself
+   (INSERT ... SELECT FROM numbers(), spans shaped like the agent's) because building
+   ten million spans in Python would take longer than the measurement; then
+   trace-by-id and search p50/p99 through the store API (what the gRPC service calls),
+   and GetTrace with the cross-node join over gRPC.
+4. flame graph of a 1 000-span trace: each renderer, best of 5.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import grpc  # noqa: E402
+
+from proto.convert import span_to_pb  # noqa: E402
+from proto.span import Endpoint, Span, new_span_id, new_trace_id  # noqa: E402
+from proto.zerotrace.v1 import ingest_pb2, query_pb2, query_pb2_grpc  # noqa: E402
+
+MS = 1_000_000
+SERVICES = [f"svc-{i}" for i in range(40)]
+
+
+def agent_like_trace(t0: int, n: int = 10) -> list[Span]:
+    """One trace the way the agent produces it: a server span and its client calls."""
+    tid = new_trace_id()
+    svc = random.choice(SERVICES)
+    root = Span(
+        trace_id=tid,
+        kind="server",
+        source="S",
+        protocol="http",
+        status="ok",
+        operation=f"GET /api/v1/items/{random.randint(0, 30)}",
+        status_code="200",
+        start_ns=t0,
+        end_ns=t0 + random.randint(1, 80) * MS,
+        service=svc,
+        pid=1000,
+        tid=1001,
+        process=f"{svc}-bin",
+        cgroup_id=123456,
+        netns=4026531992,
+        transport="tcp",
+        local=Endpoint("10.0.1.10", 8080),
+        remote=Endpoint("10.0.2.20", random.randint(30000, 60000)),
+        req_seq=random.getrandbits(32),
+        resp_seq=random.getrandbits(32),
+        req_offset=0,
+        resp_offset=0,
+        req_bytes=300,
+        resp_bytes=1200,
+        attributes={
+            "http.request.method": "GET",
+            "http.route": "/api/v1/items/{id}",
+            "http.response.status_code": 200,
+        },
+        resource={
+            "k8s.namespace.name": "shop",
+            "k8s.pod.name": f"{svc}-7d9c-xk2",
+            "host.name": "node-1",
+        },
+        agent="node-1",
+    )
+    out = [root]
+    for i in range(n - 1):
+        s0 = t0 + (i + 1) * 100_000
+        out.append(
+            Span(
+                trace_id=tid,
+                span_id=new_span_id(),
+                parent_span_id=root.span_id,
+                kind="client",
+                source="S",
+                protocol="redis" if i % 2 else "postgresql",
+                operation="GET" if i % 2 else "SELECT orders",
+                status="ok",
+                start_ns=s0,
+                end_ns=s0 + random.randint(50_000, 900_000),
+                service=svc,
+                pid=1000,
+                tid=1001,
+                process=f"{svc}-bin",
+                cgroup_id=123456,
+                netns=4026531992,
+                transport="tcp",
+                local=Endpoint("10.0.1.10", random.randint(30000, 60000)),
+                remote=Endpoint("10.0.3.30", 6379 if i % 2 else 5432),
+                req_seq=random.getrandbits(32),
+                resp_seq=random.getrandbits(32),
+                req_offset=i * 40,
+                resp_offset=i * 80,
+                req_bytes=40,
+                resp_bytes=80,
+                attributes={"db.system": "redis" if i % 2 else "postgresql"},
+                resource=root.resource,
+                agent="node-1",
+            )
+        )
+    return out
+
+
+def build_batches(total: int, per_batch: int) -> list[bytes]:
+    t0 = time.time_ns() - 600 * 1_000_000_000
+    out = []
+    made = 0
+    while made < total:
+        req = ingest_pb2.PushRequest()
+        req.agent.agent = "node-1"
+        while len(req.spans) < per_batch and made < total:
+            for s in agent_like_trace(t0 + made * 10_000):
+                span_to_pb(s, req.spans.add())
+                made += 1
+        out.append(req.SerializeToString())
+    return out
+
+
+def start_server(data: str, cpu: int | None) -> tuple[subprocess.Popen, str]:
+    cmd = [sys.executable, "-m", "server.cli", "server", "--listen", "127.0.0.1:0", "--data", data]
+    if cpu is not None and shutil.which("taskset"):
+        cmd = ["taskset", "-c", str(cpu), *cmd]
+    p = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
+    line = p.stdout.readline()
+    if "listening on" not in line:
+        raise RuntimeError(f"server did not start: {line!r}")
+    return p, line.split("listening on ")[1].split()[0]
+
+
+def stop(p: subprocess.Popen) -> None:
+    os.killpg(p.pid, signal.SIGTERM)
+    try:
+        p.wait(30)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+
+
+def pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))]
+
+
+def bench_ingest(n: int, per_batch: int, threads: int) -> dict:
+    if hasattr(os, "sched_setaffinity") and os.cpu_count() and os.cpu_count() > 1:
+        os.sched_setaffinity(0, {1})
+    t = time.perf_counter()
+    batches = build_batches(n, per_batch)
+    print(f"  built {n} spans in {len(batches)} batches ({time.perf_counter() - t:.1f}s)")
+    data = tempfile.mkdtemp(prefix="zt-bench-ingest-")
+    p, addr = start_server(data, cpu=0)
+    try:
+        ch = grpc.insecure_channel(addr, options=[("grpc.max_send_message_length", 64 << 20)])
+        push = ch.unary_unary(
+            "/zerotrace.v1.IngestService/Push",
+            response_deserializer=ingest_pb2.PushResponse.FromString,
+        )
+        push(batches[0], timeout=60)  # warm-up (schema, first part); not counted
+        work = list(batches[1:])
+        lock = threading.Lock()
+        acked = [0]
+
+        def run():
+            while True:
+                with lock:
+                    if not work:
+                        return
+                    b = work.pop()
+                r = push(b, timeout=120)
+                with lock:
+                    acked[0] += r.accepted
+
+        t = time.perf_counter()
+        ts = [threading.Thread(target=run) for _ in range(threads)]
+        for x in ts:
+            x.start()
+        for x in ts:
+            x.join()
+        took = time.perf_counter() - t
+        ch.close()
+    finally:
+        stop(p)
+    # size after merge, in-process
+    from server.storage.chdb_store import ChdbStore
+
+    st = ChdbStore(data)
+    st.flush()
+    stats = st.stats()
+    st.close()
+    shutil.rmtree(data, ignore_errors=True)
+    return {
+        "spans": acked[0],
+        "seconds": took,
+        "spans_per_s": acked[0] / took,
+        "bytes_per_span": stats["bytes"] / max(stats["spans"], 1),
+        "stored": stats["spans"],
+    }
+
+
+FILL_SQL = """
+INSERT INTO {db}.spans SELECT
+  substring(MD5(toString(intDiv(number, 10))), 1, 16) AS trace_id,
+  substring(MD5(toString(number)), 1, 8) AS span_id,
+  if(number % 10 = 0, '', substring(MD5(toString(number - number % 10)), 1, 8)) AS parent_span_id,
+  if(number % 10 = 0, 'server', 'client') AS kind, 'S' AS source,
+  if(number % 2 = 0, 'http', 'redis') AS protocol,
+  if(number % 10 = 0, concat('GET /api/v1/items/', toString(intDiv(number, 10) % 30)),
+     if(number % 2 = 0, 'SELECT orders', 'GET')) AS operation,
+  if(cityHash64(number) % 97 = 0, 'error', 'ok') AS status,
+  if(cityHash64(number) % 97 = 0, '500', '200') AS status_code, '' AS error,
+  {t0} + intDiv(number, 10) * {step} + (number % 10) * 100000 AS start_ns,
+  start_ns + 50000 + cityHash64(number, 1) % 80000000 AS end_ns,
+  concat('svc-', toString(cityHash64(intDiv(number, 10)) % 40)) AS service,
+  1000 + cityHash64(intDiv(number, 10)) % 40 AS pid, pid + 1 AS tid,
+  concat(service, '-bin') AS process, 123456 AS cgroup_id, 4026531992 AS netns,
+  'tcp' AS transport, '10.0.1.10' AS local_addr,
+  toUInt16(if(number % 10 = 0, 8080, 30000 + cityHash64(number, 2) % 30000)) AS local_port,
+  '10.0.3.30' AS remote_addr,
+  toUInt16(if(number % 10 = 0, 30000 + cityHash64(number, 2) % 30000, 6379)) AS remote_port,
+  toNullable(cityHash64(number, 3) % 4294967296) AS req_seq,
+  toNullable(cityHash64(number, 4) % 4294967296) AS resp_seq,
+  toNullable(toUInt64((number % 10) * 40)) AS req_offset,
+  toNullable(toUInt64((number % 10) * 80)) AS resp_offset,
+  toUInt64(40 + number % 300) AS req_bytes, toUInt64(80 + number % 1200) AS resp_bytes,
+  map() AS trace_headers,
+  if(number % 10 = 0, map('http.request.method', 'GET', 'http.route', '/api/v1/items/{{id}}'),
+     map('db.system', if(number % 2 = 0, 'postgresql', 'redis'))) AS attributes,
+  if(number % 10 = 0, map('http.response.status_code', status_code), map()) AS attributes_json,
+  map('k8s.namespace.name', 'shop', 'k8s.pod.name', concat(service, '-7d9c-xk2')) AS resource,
+  '' AS incomplete, concat('node-', toString(cityHash64(intDiv(number, 10)) % 5)) AS agent
+FROM numbers({n})
+SETTINGS max_insert_threads = 2, max_threads = 2
+"""
+
+
+def bench_queries(n: int, queries: int) -> dict:
+    from server.storage.base import TraceQuery
+    from server.storage.chdb_store import ChdbStore
+
+    data = tempfile.mkdtemp(prefix="zt-bench-store-")
+    st = ChdbStore(data)
+    now = time.time_ns()
+    window_ns = 3_600_000_000_000  # the spans cover the last hour
+    step = window_ns // max(n // 10, 1)
+    t = time.perf_counter()
+    done = 0
+    chunk = 2_000_000
+    while done < n:  # in chunks so that memory stays small
+        k = min(chunk, n - done)
+        st._command(
+            FILL_SQL.format(db=st.db, t0=now - window_ns, step=step, n=k).replace(
+                "numbers(" + str(k) + ")", f"numbers({done}, {k})"
+            )
+        )
+        done += k
+    fill_s = time.perf_counter() - t
+    t = time.perf_counter()
+    st.flush()
+    merge_s = time.perf_counter() - t
+    stats = st.stats()
+    tids = [
+        r["t"]
+        for r in st._select(
+            f"SELECT lower(hex(trace_id)) AS t FROM {st.table} WHERE span_id != '' "
+            f"AND cityHash64(span_id) % {max(n // 2000, 1)} = 0 LIMIT {queries}"
+        )
+    ]
+    lat_trace = []
+    for tid in tids:
+        t = time.perf_counter()
+        spans = st.get_trace(tid)
+        lat_trace.append(time.perf_counter() - t)
+        assert spans
+    searches = [
+        TraceQuery(service="svc-3", since_ns=now - 15 * 60 * 10**9, limit=20),
+        TraceQuery(service="svc-7", min_duration_ns=70 * MS, limit=20),
+        TraceQuery(status="error", since_ns=now - 3600 * 10**9, limit=20),
+        TraceQuery(service="svc-11", operation="GET /api/v1/items/4", limit=20),
+        TraceQuery(tags={"http.response.status_code": "500"}, since_ns=now - 900 * 10**9),
+    ]
+    lat_search = []
+    for i in range(queries):
+        q = searches[i % len(searches)]
+        t = time.perf_counter()
+        st.search_traces(q)
+        lat_search.append(time.perf_counter() - t)
+    t = time.perf_counter()
+    st.services(now - 3600 * 10**9, 0)
+    services_s = time.perf_counter() - t
+    st.close()
+    # GetTrace with the cross-node join, over gRPC, in a server process on the same data.
+    p, addr = start_server(data, cpu=None)
+    lat_join = []
+    try:
+        with grpc.insecure_channel(addr) as ch:
+            q = query_pb2_grpc.QueryServiceStub(ch)
+            for tid in tids[: max(20, queries // 5)]:
+                t = time.perf_counter()
+                q.GetTrace(query_pb2.GetTraceRequest(trace_id=tid), timeout=60)
+                lat_join.append(time.perf_counter() - t)
+    finally:
+        stop(p)
+    shutil.rmtree(data, ignore_errors=True)
+    return {
+        "spans": stats["spans"],
+        "fill_s": fill_s,
+        "merge_s": merge_s,
+        "bytes_per_span": stats["bytes"] / max(stats["spans"], 1),
+        "trace_p50_ms": 1e3 * statistics.median(lat_trace),
+        "trace_p99_ms": 1e3 * pct(lat_trace, 0.99),
+        "search_p50_ms": 1e3 * statistics.median(lat_search),
+        "search_p99_ms": 1e3 * pct(lat_search, 0.99),
+        "join_p50_ms": 1e3 * statistics.median(lat_join),
+        "join_p99_ms": 1e3 * pct(lat_join, 0.99),
+        "services_ms": 1e3 * services_s,
+    }
+
+
+def bench_flamegraph() -> dict:
+    from server.flamegraph import render_trace
+
+    spans = [
+        Span(
+            trace_id="ab" * 16,
+            span_id=f"{1:016x}",
+            start_ns=0,
+            end_ns=10**9,
+            service="root",
+            operation="GET /",
+        )
+    ]
+    for i in range(2, 1001):
+        par = spans[(i - 2) // 3]
+        spans.append(
+            Span(
+                trace_id="ab" * 16,
+                span_id=f"{i:016x}",
+                parent_span_id=par.span_id,
+                start_ns=par.start_ns + 10,
+                end_ns=max(par.start_ns + 20, par.end_ns - 10),
+                service=f"s{i % 7}",
+                operation=f"op{i % 13}",
+                source="SNA"[i % 3],
+            )
+        )
+    out = {}
+    for fmt in ("svg", "html", "speedscope", "folded"):
+        best = min(_timed(render_trace, spans, fmt, "bench") for _ in range(5))
+        out[f"{fmt}_ms"] = 1e3 * best
+    return out
+
+
+def _timed(f, *a) -> float:
+    t = time.perf_counter()
+    f(*a)
+    return time.perf_counter() - t
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--ingest-spans", type=int, default=500_000)
+    ap.add_argument("--batch", type=int, default=5_000)
+    ap.add_argument("--threads", type=int, default=4)
+    ap.add_argument("--store-spans", type=int, default=10_000_000)
+    ap.add_argument("--queries", type=int, default=200)
+    ap.add_argument("--skip", default="", help="comma list of: ingest,queries,flamegraph")
+    a = ap.parse_args()
+    skip = set(filter(None, a.skip.split(",")))
+    print(f"cpus: {os.cpu_count()}  chdb store, python {sys.version.split()[0]}")
+    if "flamegraph" not in skip:
+        r = bench_flamegraph()
+        print(
+            "flame graph, 1000-span trace (best of 5): "
+            + "  ".join(f"{k[:-3]} {v:.1f} ms" for k, v in r.items())
+        )
+    if "ingest" not in skip:
+        r = bench_ingest(a.ingest_spans, a.batch, a.threads)
+        print(
+            f"ingest: {r['spans']} spans in {r['seconds']:.2f}s = {r['spans_per_s']:,.0f} spans/s "
+            f"(server on 1 core, {a.batch}-span batches, {a.threads} client threads)"
+        )
+        print(f"  on disk: {r['bytes_per_span']:.1f} bytes/span ({r['stored']} agent-like spans)")
+    if "queries" not in skip:
+        r = bench_queries(a.store_spans, a.queries)
+        print(
+            f"store: {r['spans']:,} spans (filled in {r['fill_s']:.0f}s, merged in "
+            f"{r['merge_s']:.0f}s), {r['bytes_per_span']:.1f} bytes/span"
+        )
+        print(f"  trace by id: p50 {r['trace_p50_ms']:.1f} ms  p99 {r['trace_p99_ms']:.1f} ms")
+        print(f"  search:      p50 {r['search_p50_ms']:.1f} ms  p99 {r['search_p99_ms']:.1f} ms")
+        print(
+            f"  GetTrace+join over gRPC: p50 {r['join_p50_ms']:.1f} ms  "
+            f"p99 {r['join_p99_ms']:.1f} ms"
+        )
+        print(f"  services (1h, all): {r['services_ms']:.0f} ms")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
