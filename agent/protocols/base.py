@@ -164,6 +164,9 @@ class StreamParser:
         if client_side is not None:
             self.req_dir = EGRESS if client_side else INGRESS
         self.closed = False
+        # Messages were lost where their count is unknown: until the pending queue
+        # drains, first-in-first-out matching may be off by that count.
+        self.uncertain = False
 
     # -- contract ---------------------------------------------------------------------
     def feed(self, chunk: Chunk) -> list[Record]:
@@ -175,8 +178,10 @@ class StreamParser:
         data = chunk.data
         off = chunk.offset
         if st.next is None:
-            st.next = st.base = off
-        elif off != st.next:
+            # Offsets count from the connection's first byte: a first chunk further on
+            # means what came before was lost (or the connection was seen midway).
+            st.next = st.base = 0
+        if off != st.next:
             if off < st.next:
                 # Retransmitted or overlapping bytes: keep only what is new.
                 cut = st.next - off
@@ -276,17 +281,29 @@ class StreamParser:
             return
         st.drop()
         st.base = st.next
+        self.uncertain = True
         if st.synced:
             self.stats["desync"] += 1
             self._desync(d, st, out)
 
     def _desync(self, d: int, st: DirStream, out: list[Record]) -> None:
+        self.uncertain = True
         st.synced = False
         st.skip = 0
         st.open = None
         st.buf = b""
         st.base = st.next or 0
         self._on_desync(d, out)
+
+    def _why(self, *reasons: str) -> str:
+        """Incomplete reasons of a matched record, with the doubt a lost request casts."""
+        why = ",".join(r for r in reasons if r)
+        if self.uncertain:
+            if not why:
+                why = "gap"
+            if not getattr(self, "pending", True):
+                self.uncertain = False
+        return why
 
     # -- hooks ------------------------------------------------------------------------
     def _parse(self, d: int, st: DirStream, out: list[Record]) -> None:

@@ -345,11 +345,19 @@ class Http1Parser(StreamParser):
         code, attrs, th = side.ctx
         msg = side.msg
         side.msg = None
-        if not self.pending or self.pending[0].msg.start_ns > msg.start_ns:
-            # Nothing asked, or it answers a request lost before the oldest one seen.
+        if not self.pending and not self._salvage_request():
+            self.stats["unmatched_response"] += 1
+            return
+        if self.pending[0].msg.start_ns > msg.start_ns:
+            # It answers a request lost before the oldest one seen.
             self.stats["unmatched_response"] += 1
             return
         p = self.pending.popleft()
+        rst = self.streams[self.req_dir]
+        if rst.open is p.msg and rst.skip:
+            # Answered before the rest of its body was seen: those bytes never came.
+            p.incomplete = p.incomplete or "truncated"
+            rst.open = None
         attrs = {**p.attributes, **attrs}
         if code >= 500 or (code >= 400 and self.req_dir == 0):
             status = STATUS_ERROR
@@ -360,7 +368,7 @@ class Http1Parser(StreamParser):
         trace = p.trace_headers
         if th:
             trace = {**th, **trace}
-        inc = ",".join(x for x in (p.incomplete, side.trunc) if x)
+        inc = self._why(p.incomplete, side.trunc)
         out.append(Record(self.protocol, p.msg, msg, p.operation, status, str(code),
                           "", attrs, trace, inc))
 
@@ -378,21 +386,7 @@ class Http1Parser(StreamParser):
         side = self.sides[d]
         buf = st.buf
         if side.mode == HEAD and buf and d == self.req_dir:
-            # A head longer than the captured prefix: keep the request line and the
-            # headers seen, so the response still has something to match.
-            eol = buf.find(b"\r\n")
-            if eol > 0:
-                cut = buf.rfind(b"\r\n")
-                fake = buf[:cut] + b"\r\n\r\n"
-                before = len(self.pending)
-                if self._request_head(d, st, side, fake, 0, len(fake), out) >= 0 \
-                        and len(self.pending) > before:
-                    p = self.pending[-1]
-                    p.incomplete = "truncated"
-                    p.msg.size = len(buf) + g
-                    p.msg.end_ns, p.msg.end_tid = st.marks[-1][1], st.marks[-1][2]
-                side.mode = HEAD
-                side.msg = None
+            self._partial_request(d, st, side, g, out)
         elif side.mode == HEAD and buf and d != self.req_dir:
             if buf.startswith(b"HTTP/1.") and len(buf) >= 12 and buf[9:12].isdigit():
                 code = int(buf[9:12])
@@ -419,6 +413,49 @@ class Http1Parser(StreamParser):
             side.trunc = ""
         return False
 
+    def _partial_request(self, d: int, st: DirStream, side: _Side, g: int,
+                         out: list[Record]) -> bool:
+        """A head cut short (longer than the captured prefix, or lost bytes): keep the
+        request line and the headers seen, so the response still has a request."""
+        buf = st.buf
+        eol = buf.find(b"\r\n")
+        ok = False
+        if eol > 0:
+            cut = buf.rfind(b"\r\n")
+            fake = buf[:cut] + b"\r\n\r\n"
+            before = len(self.pending)
+            if self._request_head(d, st, side, fake, 0, len(fake), out) >= 0 \
+                    and len(self.pending) > before:
+                p = self.pending[-1]
+                p.incomplete = "truncated"
+                p.msg.size = len(buf) + g
+                p.msg.end_ns, p.msg.end_tid = st.marks[-1][1], st.marks[-1][2]
+                ok = True
+            st.skip = 0
+            st.open = None
+        side.mode = HEAD
+        side.msg = None
+        return ok
+
+    def _salvage_request(self) -> bool:
+        """A response came while its request's head is still incomplete: the rest of
+        that head was lost.  Take what there is, and resync the request direction."""
+        d = self.req_dir
+        st = self.streams[d]
+        side = self.sides[d]
+        if side.mode != HEAD or not st.buf or not st.synced:
+            return False
+        ok = self._partial_request(d, st, side, 0, [])
+        st.drop()
+        st.synced = False
+        self.stats["salvaged_request"] += 1
+        return ok
+
+    def _skipped(self, d: int, ts: int, out: list[Record]) -> None:
+        if d != self.req_dir and self.req_dir is not None:
+            self._salvage_request()
+        super()._skipped(d, ts, out)
+
     def _on_desync(self, d: int, out: list[Record]) -> None:
         side = self.sides[d]
         if side.mode == UNTIL_CLOSE:
@@ -431,6 +468,8 @@ class Http1Parser(StreamParser):
         side.trunc = ""
         if d != self.req_dir:
             # Responses were lost: which requests they answered is unknown.
+            if self.req_dir is not None:
+                self._salvage_request()
             while self.pending:
                 out.append(incomplete_record(self.protocol, self.pending.popleft(), "gap"))
 

@@ -51,6 +51,8 @@ _NO_RESPONSE = frozenset((COM_QUIT, COM_STMT_SEND_LONG_DATA, COM_STMT_CLOSE))
 
 # Response states.
 R_FIRST, R_COLS, R_COLS_EOF, R_ROWS, R_PREP, R_PREP_EOF = range(6)
+# _step's "over, and this packet belongs to the next answer".
+NOT_MINE = 2
 # Connection phases.
 P_HANDSHAKE, P_AUTH, P_COMMAND = 0, 1, 2
 
@@ -103,6 +105,7 @@ class MySQLParser(StreamParser):
         self.server_caps = 0
         self.caps: int | None = None  # negotiated capabilities, when the handshake was seen
         self.statements: dict[int, str] = {}
+        self.partial: set[int] = set()  # statements whose PREPARE was cut short
         self.database = ""
 
     def _parse(self, d: int, st: DirStream, out: list[Record]) -> None:
@@ -110,7 +113,7 @@ class MySQLParser(StreamParser):
         n = len(buf)
         if self.req_dir is None and n >= 5:
             seq, first = buf[3], buf[4]
-            server = seq > 0 or (first == 10 and b"\x00" in buf[5:60])
+            server = seq > 0 or first == 10  # 10: greeting (COM_PROCESS_INFO is obsolete)
             self.req_dir = 1 - d if server else d
         pos = 0
         while n - pos >= 4:
@@ -141,6 +144,22 @@ class MySQLParser(StreamParser):
         st.consume(len(buf))
         st.skip = total - len(buf) - g
         return True
+
+    def _salvage(self, out: list[Record]) -> None:
+        """An answer starts while the client's command is still partly buffered: the
+        server had all of it, so the rest was lost.  Take its head; skip the rest."""
+        d = self.req_dir
+        st = self.streams[d]
+        buf = st.buf
+        if not st.synced or st.skip or len(buf) < 5:
+            return
+        total = 4 + (buf[0] | (buf[1] << 8) | (buf[2] << 16))
+        if total <= len(buf):
+            return
+        self._packet(d, st, buf[3], buf[4:], 0, total, out, truncated=True)
+        st.consume(len(buf))
+        st.skip = total - len(buf)
+        self.stats["salvaged_request"] += 1
 
     def _resync(self, d: int, data: bytes) -> int:
         # A chunk that starts with a packet whose header fits, and when it holds more
@@ -192,6 +211,7 @@ class MySQLParser(StreamParser):
                 self.stats["quit"] += 1
             return
         name = COMMANDS.get(cmd, f"COM_{cmd:#x}")
+        unknown = "truncated" if truncated else ""
         attrs = {"db.system": "mysql"}
         if self.database:
             attrs["db.namespace"] = self.database
@@ -213,6 +233,10 @@ class MySQLParser(StreamParser):
             sid = int.from_bytes(p[1:5], "little")
             sql = self.statements.get(sid)
             attrs["db.mysql.statement_id"] = sid
+            if sql is None:
+                unknown = "unknown statement"
+            elif sid in self.partial:
+                unknown = "truncated"
         elif cmd == COM_INIT_DB:
             self.database = p[1:].decode("utf-8", "replace")
             attrs["db.namespace"] = self.database
@@ -232,7 +256,7 @@ class MySQLParser(StreamParser):
             attrs["db.operation.name"] = op
         msg = st.message(start, min(end, st.base + len(st.buf)))
         msg.size = end - start
-        pend = Pending(msg, op, attrs, {}, "truncated" if truncated else "", (cmd, sql))
+        pend = Pending(msg, op, attrs, {}, unknown, (cmd, sql))
         if len(self.pending) >= MAX_PENDING:
             self.stats["pending_overflow"] += 1
             out.append(incomplete_record(self.protocol, self.pending.popleft(), "evicted"))
@@ -285,6 +309,13 @@ class MySQLParser(StreamParser):
             return
         a = self.answer
         if a is None:
+            if seq != 1:
+                # Answers open with sequence id 1: this is the middle of one whose
+                # beginning was lost.
+                self.stats["stray_packet"] += 1
+                return
+            if not self.pending:
+                self._salvage(out)
             msg = st.message(start, min(end, st.base + len(st.buf)))
             msg.size = end - start
             a = self.answer = _Answer(msg)
@@ -293,16 +324,24 @@ class MySQLParser(StreamParser):
                 # follow its shape all the same, to know where it ends.
                 self.stats["unmatched_response"] += 1
                 a.orphan = True
+            prev = None
         else:
             m = a.msg
+            prev = (m.size, m.end_ns, m.end_tid)
             m.size = end - m.offset
             m.end_ns, m.end_tid = st.mark_at(min(end, st.base + len(st.buf)) - 1)[1:3]
         if truncated:
             a.inc = "truncated"
-        if self._step(a, p, first):
+        done = self._step(a, p, first)
+        if done:
             self.answer = None
+            if done == NOT_MINE and prev is not None:
+                a.msg.size, a.msg.end_ns, a.msg.end_tid = prev
             if not a.orphan:
                 self._answered(a, out)
+            if done == NOT_MINE and prev is not None:
+                # The packet opens the next answer.
+                self._server(st, seq, p, start, end, out, truncated)
 
     def _step(self, a: _Answer, p: bytes, first: int) -> bool:
         """Advance the response state machine by one packet; True when it is over."""
@@ -361,15 +400,14 @@ class MySQLParser(StreamParser):
                 return False
             if deprecate is True:
                 return self._next_segment(a)
-            if deprecate is None and not a.segs:
-                return True  # cannot tell whether an EOF follows: assume none
             a.state = R_PREP_EOF
             return False
         if s == R_PREP_EOF:
             if first == 0xFE and len(p) < 9:
                 return self._next_segment(a)
             if not a.segs:
-                return True
+                # No EOF after all (capabilities unknown): the packet is not ours.
+                return NOT_MINE
             # No EOF after the definitions: this packet opens the next segment.
             a.left, a.state = a.segs.pop(0), R_PREP
             return self._step(a, p, first)
@@ -392,6 +430,10 @@ class MySQLParser(StreamParser):
                 self.statements.pop(next(iter(self.statements)))
                 self.stats["statement_evicted"] += 1
             self.statements[a.prep[0]] = sql
+            if "truncated" in p.incomplete:
+                self.partial.add(a.prep[0])
+            else:
+                self.partial.discard(a.prep[0])
             attrs["db.mysql.statement_id"] = a.prep[0]
         if a.code:
             status, code, err = STATUS_ERROR, a.code, a.error
@@ -400,7 +442,7 @@ class MySQLParser(StreamParser):
             status, code, err = STATUS_OK, "", ""
         if a.rows:
             attrs["db.response.returned_rows"] = a.rows
-        why = ",".join(x for x in (p.incomplete, a.inc) if x)
+        why = self._why(p.incomplete, a.inc)
         out.append(Record(self.protocol, p.msg, a.msg, p.operation, status, code, err,
                           attrs, {}, why))
 

@@ -83,9 +83,11 @@ class PostgresParser(StreamParser):
         self.cycle: _Cycle | None = None
         self.answer: _Answer | None = None
         self.statements: dict[bytes, str] = {}
+        self.partial: set[bytes] = set()  # statements whose Parse was cut short
         self.portals: dict[bytes, bytes] = {}
         self.database = ""
         self.startup_next = True  # the client's next message may be untyped
+        self.wait_ready = False
         self.ssl_wait = False
 
     # -- framing ----------------------------------------------------------------------
@@ -165,6 +167,22 @@ class PostgresParser(StreamParser):
         st.skip = total - len(buf) - g
         return True
 
+    def _salvage(self, out: list[Record]) -> None:
+        """An answer starts while a client message is still partly buffered: the
+        server had all of it, so the rest was lost.  Take its head; skip the rest."""
+        d = self.req_dir
+        st = self.streams[d]
+        buf = st.buf
+        if not st.synced or st.skip or len(buf) < 5 or self.startup_next:
+            return
+        total = 1 + int.from_bytes(buf[1:5], "big")
+        if total <= len(buf) or buf[0] not in CLIENT_TYPES:
+            return
+        self._message(d, st, buf[0], buf[5:], 0, total, out, truncated=True)
+        st.consume(len(buf))
+        st.skip = total - len(buf)
+        self.stats["salvaged_request"] += 1
+
     def _resync(self, d: int, data: bytes) -> int:
         types = CLIENT_TYPES if d == self.req_dir else SERVER_TYPES
         if len(data) < 5 or data[0] not in types:
@@ -230,9 +248,15 @@ class PostgresParser(StreamParser):
             name = body[:i] if i >= 0 else b""
             sql = _cstr(body[i + 1:]) if i >= 0 else ""
             if len(self.statements) >= MAX_STATEMENTS:
-                self.statements.pop(next(iter(self.statements)))
+                old = next(iter(self.statements))
+                del self.statements[old]
+                self.partial.discard(old)
                 self.stats["statement_evicted"] += 1
             self.statements[name] = sql
+            if truncated:
+                self.partial.add(name)
+            else:
+                self.partial.discard(name)
             c.sql = sql
         elif t == 66:  # Bind: portal, statement
             i = body.find(b"\x00")
@@ -244,12 +268,16 @@ class PostgresParser(StreamParser):
                 self.portals[portal] = stmt
                 if c.sql is None:
                     c.sql = self.statements.get(stmt)
+                    if stmt in self.partial:
+                        c.inc = "truncated"
         elif t == 69:  # Execute: portal
             if c.sql is None:
                 portal = body[:body.find(b"\x00")]
                 stmt = self.portals.get(portal)
                 if stmt is not None:
                     c.sql = self.statements.get(stmt)
+                    if stmt in self.partial:
+                        c.inc = "truncated"
             c.kind = "execute"
             self.cycle = None
             self._close_cycle(c, out)
@@ -271,6 +299,8 @@ class PostgresParser(StreamParser):
                 attrs["db.collection.name"] = table
         else:
             op = "EXECUTE" if c.kind == "execute" else ""
+            if c.kind == "execute" and not c.inc:
+                c.inc = "unknown statement"  # prepared before the capture, or lost
         self._push(Pending(c.msg, op, attrs, {}, c.inc, c.kind), out)
 
     def _push(self, p: Pending, out: list[Record]) -> None:
@@ -281,10 +311,22 @@ class PostgresParser(StreamParser):
 
     def _server(self, st: DirStream, t: int, body: bytes, start: int, end: int,
                 out: list[Record], truncated: bool) -> None:
+        if self.wait_ready:
+            # After lost bytes, the first sure boundary is the next ReadyForQuery.
+            if t == 90:
+                self.wait_ready = False
+                ts = st.mark_at(start)[1]
+                while self.pending and self.pending[0].msg.start_ns <= ts:
+                    p = self.pending.popleft()
+                    if p.extra in ("simple", "execute"):
+                        out.append(incomplete_record(self.protocol, p, "gap"))
+            return
         a = self.answer
         if a is None:
             if t in b"SNA" and not self.pending:
                 return  # asynchronous ParameterStatus / Notice / Notification
+            if not self.pending or self.cycle is not None:
+                self._salvage(out)
             a = self.answer = _Answer(self._msg(st, start, end))
         else:
             m = a.msg
@@ -338,7 +380,7 @@ class PostgresParser(StreamParser):
             attrs["db.postgresql.command_tag"] = a.tags[-1]
         if a.rows:
             attrs["db.response.returned_rows"] = a.rows
-        why = ",".join(x for x in (p.incomplete, a.inc, extra_inc) if x)
+        why = self._why(p.incomplete, a.inc, extra_inc)
         out.append(Record(self.protocol, p.msg, a.msg, p.operation, status, code, err,
                           attrs, {}, why))
 
@@ -356,6 +398,10 @@ class PostgresParser(StreamParser):
     # -- lost bytes and close ----------------------------------------------------------
     def _on_desync(self, d: int, out: list[Record]) -> None:
         if d == self.req_dir:
+            # Units lost in the hole will be answered too: drop answers up to the next
+            # ReadyForQuery rather than pair them with the wrong units.
+            self.wait_ready = True
+            self.answer = None
             if self.cycle is not None:
                 self.cycle.inc = "gap"
                 c, self.cycle = self.cycle, None
@@ -363,6 +409,7 @@ class PostgresParser(StreamParser):
             self.startup_next = False
             return
         a, self.answer = self.answer, None
+        self.wait_ready = True
         if self.pending:
             p = self.pending.popleft()
             if a is not None and p.extra in ("simple", "execute"):

@@ -55,7 +55,7 @@ _REQ_RESYNC = re.compile(rb"\*\d{1,7}\r\n\$\d{1,10}\r\n")
 class _Frame:
     """Scan state of one direction: the frame in progress, if any."""
 
-    __slots__ = ("stack", "msg", "args", "kind", "err")
+    __slots__ = ("stack", "msg", "args", "kind", "err", "inc")
 
     def __init__(self) -> None:
         self.stack: list[int] = []
@@ -63,6 +63,7 @@ class _Frame:
         self.args: list[bytes] = []
         self.kind = 0
         self.err: bytes | None = None
+        self.inc = ""
 
 
 class RedisParser(StreamParser):
@@ -107,6 +108,7 @@ class RedisParser(StreamParser):
                     self._bad(d, st, out)
                     return
                 stack.append(1)
+                f.inc = ""
                 f.msg = st.message(st.base + pos, st.base + pos + 1)
                 f.args = []
                 f.kind = t
@@ -199,13 +201,12 @@ class RedisParser(StreamParser):
         stack = f.stack
         while stack and stack[-1] == 0:
             stack.pop()
+        if st.trunc:
+            st.trunc = False
+            f.inc = "truncated"
         if not stack and f.msg is not None:
             f.msg.size = st.base - f.msg.offset
-            if st.trunc:
-                st.trunc = False
-                self._done(d, f, st, out, "truncated")
-            else:
-                self._done(d, f, st, out)
+            self._done(d, f, st, out)
 
     def _done(self, d: int, f: _Frame, st: DirStream, out: list[Record], inc: str = "") -> None:
         msg = f.msg
@@ -225,7 +226,7 @@ class RedisParser(StreamParser):
             if len(self.pending) >= MAX_PENDING:
                 self.stats["pending_overflow"] += 1
                 out.append(incomplete_record(self.protocol, self.pending.popleft(), "evicted"))
-            self.pending.append(Pending(msg, op, attrs, {}, inc))
+            self.pending.append(Pending(msg, op, attrs, {}, inc or f.inc))
             return
         kind = f.kind
         first = f.args[0] if f.args and (kind == _STAR or kind == 62) else b""
@@ -241,6 +242,8 @@ class RedisParser(StreamParser):
         elif kind == 62:
             self.stats["push"] += 1
             return
+        if not self.pending:
+            self._salvage_request(out)
         if not self.pending or self.pending[0].msg.start_ns > msg.start_ns:
             # Nothing asked, or it answers a request lost before the oldest one seen.
             self.stats["unmatched_response"] += 1
@@ -252,9 +255,27 @@ class RedisParser(StreamParser):
             status, error = STATUS_ERROR, text[:256]
         else:
             code, status, error = "", STATUS_OK, ""
-        why = ",".join(x for x in (p.incomplete, inc) if x)
+        why = self._why(p.incomplete, inc, f.inc)
         out.append(Record(self.protocol, p.msg, msg, p.operation, status, code, error,
                           p.attributes, {}, why))
+
+    def _salvage_request(self, out: list[Record]) -> None:
+        """A reply came while a command is still being read: the server replies to
+        whole commands only, so the rest of that one was lost.  Take it as it is."""
+        d = self.req_dir
+        f = self.frames[d]
+        st = self.streams[d]
+        if f.msg is None or not st.synced or (not f.stack and not st.buf):
+            return
+        if not f.stack and st.buf:
+            return  # between frames: nothing of the command was parsed yet
+        f.msg.size = max(f.msg.size, st.base + len(st.buf) - f.msg.offset)
+        self._done(d, f, st, out, "truncated")
+        st.drop()
+        st.skip = 0
+        st.open = None
+        st.synced = False
+        self.stats["salvaged_request"] += 1
 
     def _resync(self, d: int, data: bytes) -> int:
         if d == self.req_dir or self.req_dir is None:
