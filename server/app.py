@@ -14,7 +14,7 @@ from concurrent import futures
 import grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
 
-from proto.zerotrace.v1 import ingest_pb2_grpc, query_pb2_grpc
+from proto.zerotrace.v1 import query_pb2_grpc
 from server.ingest.otlp import OtlpTraceService
 from server.ingest.service import IngestCounters, IngestService
 from server.ingest.writer import BatchWriter
@@ -64,9 +64,7 @@ class ZerotraceServer:
             options=opts,
             maximum_concurrent_rpcs=workers * 8,
         )
-        ingest_pb2_grpc.add_IngestServiceServicer_to_server(
-            IngestService(self.writer, self.counters), self.grpc
-        )
+        self.grpc.add_generic_rpc_handlers((IngestService(self.writer, self.counters).handler(),))
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(
             OtlpTraceService(self.writer, self.counters), self.grpc
         )

@@ -29,7 +29,7 @@ _RETRYABLE = {
 class GrpcSpanExporter(SpanExporter):
     """`export()` = one `IngestService/Push` call.
 
-    `agent` names this node (stamped by the server on spans without `agent`);
+    `agent` names this node (stamped on spans that carry no `agent`);
     `timeout_s` bounds each call so that a stuck server cannot stall the batcher.
     """
 
@@ -68,8 +68,11 @@ class GrpcSpanExporter(SpanExporter):
         req = ingest_pb2.PushRequest(agent=self.identity, batch_seq=self._seq)
         self._seq += 1
         add = req.spans.add
+        name = self.identity.agent
         for s in spans:
-            span_to_pb(s, add())
+            m = span_to_pb(s, add())
+            if not m.agent:
+                m.agent = name  # the server stores spans as sent
         try:
             resp = self._stub.Push(req, timeout=self.timeout_s, compression=self.compression)
         except grpc.RpcError as e:

@@ -99,7 +99,7 @@ class OtlpTraceService(trace_service_pb2_grpc.TraceServiceServicer):
         spans = otlp_to_span_list(request)
         try:
             accepted, rejected, errors = store_span_list(
-                self.writer, spans, spans.SerializeToString()
+                self.writer, spans.SerializeToString(), len(spans.spans)
             )
         except Exception as e:  # noqa: BLE001 - storage failure, tell the caller
             self.counters.failed_batches += 1

@@ -12,7 +12,7 @@ import logging
 
 import grpc
 
-from proto.zerotrace.v1 import ingest_pb2, ingest_pb2_grpc, span_pb2
+from proto.zerotrace.v1 import ingest_pb2, span_pb2
 from server.ingest.validate import span_problem
 from server.ingest.writer import BatchWriter
 
@@ -31,19 +31,17 @@ class IngestCounters:
         self.failed_batches = 0
 
 
-def store_span_list(
-    writer: BatchWriter, spans_msg: span_pb2.SpanList | ingest_pb2.PushRequest, data: bytes
-) -> tuple[int, int, list[str]]:
-    """Store `data`, the serialized spans of `spans_msg`; (accepted, rejected, errors).
+def store_span_list(writer: BatchWriter, data: bytes, n: int) -> tuple[int, int, list[str]]:
+    """Store `data`, a serialized SpanList of `n` spans; (accepted, rejected, errors).
 
     Raises the storage error when the spans are valid but cannot be written.
     """
-    n = len(spans_msg.spans)
     if n == 0:
         return 0, 0, []
     try:
         return writer.write(data, n), 0, []
     except Exception as first:
+        spans_msg = span_pb2.SpanList.FromString(data)
         problems = [(i, span_problem(s)) for i, s in enumerate(spans_msg.spans)]
         bad = [(i, p) for i, p in problems if p]
         if not bad:
@@ -57,13 +55,28 @@ def store_span_list(
         return accepted, len(bad), errors
 
 
-class IngestService(ingest_pb2_grpc.IngestServiceServicer):
+class IngestService:
+    """`Push` decodes requests as `PushEnvelope` (spans left as bytes): see `handler()`."""
+
     def __init__(self, writer: BatchWriter, counters: IngestCounters | None = None) -> None:
         self.writer = writer
         self.counters = counters or IngestCounters()
 
+    def handler(self) -> grpc.GenericRpcHandler:
+        """The gRPC handler for `zerotrace.v1.IngestService` (same wire as generated)."""
+        return grpc.method_handlers_generic_handler(
+            "zerotrace.v1.IngestService",
+            {
+                "Push": grpc.unary_unary_rpc_method_handler(
+                    self.Push,
+                    request_deserializer=ingest_pb2.PushEnvelope.FromString,
+                    response_serializer=ingest_pb2.PushResponse.SerializeToString,
+                )
+            },
+        )
+
     def Push(  # noqa: N802 - gRPC method name
-        self, request: ingest_pb2.PushRequest, context: grpc.ServicerContext
+        self, request: ingest_pb2.PushEnvelope, context: grpc.ServicerContext
     ) -> ingest_pb2.PushResponse:
         n = len(request.spans)
         if n > MAX_SPANS_PER_BATCH:
@@ -72,17 +85,14 @@ class IngestService(ingest_pb2_grpc.IngestServiceServicer):
                 f"batch of {n} spans exceeds the limit of {MAX_SPANS_PER_BATCH}; split it",
             )
         agent = request.agent.agent
-        if agent:
-            for s in request.spans:
-                if not s.agent:
-                    s.agent = agent
         # Spans are field 1 of PushRequest as of SpanList: without the other fields
-        # the request bytes are a SpanList, no per-span copy needed.
+        # the request bytes are a SpanList, no per-span work needed.  (The exporter
+        # stamps its agent name on spans; the server does not open them.)
         request.ClearField("agent")
         request.ClearField("batch_seq")
         data = request.SerializeToString()
         try:
-            accepted, rejected, errors = store_span_list(self.writer, request, data)
+            accepted, rejected, errors = store_span_list(self.writer, data, n)
         except Exception as e:  # noqa: BLE001 - storage failure, tell the caller
             self.counters.failed_batches += 1
             log.warning("ingest from %r failed: %s", agent, e)

@@ -56,8 +56,6 @@ COLUMNS: list[tuple[str, str]] = [
 ]
 COLUMN_NAMES = [c for c, _ in COLUMNS]
 
-ZERO_TRACE = "00" * 16
-ZERO_SPAN = "00" * 8
 _HEX = re.compile(r"^[0-9a-f]*$")
 
 
