@@ -41,6 +41,8 @@ _REQ_LINE = re.compile(
     rb"[^\s]{1,8192} HTTP/1\.[01]\r\n)"
 )
 _RESP_LINE = re.compile(rb"(?:^|\r\n)(HTTP/1\.[01] [1-5]\d\d[ \r])")
+_REQ_START = re.compile(rb"[A-Z][A-Z-]{2,15} [^\s]")
+_RESP_START = re.compile(rb"HTTP/1\.[01] [1-5]\d\d")
 MAX_HEAD = 32 * 1024
 
 _H_CL = b"\r\ncontent-length:"
@@ -107,6 +109,14 @@ class Http1Parser(StreamParser):
             if mode == HEAD:
                 e = buf.find(b"\r\n\r\n", pos)
                 if e < 0:
+                    if n - pos >= 16 and not (
+                            _REQ_START.match(buf, pos) if is_req
+                            else buf.startswith(b"HTTP/1.", pos)):
+                        self.stats["bad_frame"] += 1
+                        pos = self._garbage(d, st, buf, pos + 1, out)
+                        if pos < 0:
+                            return
+                        continue
                     if n - pos > MAX_HEAD:
                         self.stats["head_too_long"] += 1
                         pos = self._garbage(d, st, buf, pos + 1, out)
@@ -145,6 +155,12 @@ class Http1Parser(StreamParser):
         i = self._resync(d, buf[start:])
         if i >= 0:
             return start + i
+        # A syscall boundary is a likely message boundary too.
+        rx = _REQ_START if d == self.req_dir else _RESP_START
+        for mark in st.marks:
+            j = mark[0] - st.base
+            if start <= j < len(buf) and rx.match(buf, j):
+                return j
         self.stats["desync"] += 1
         self._desync(d, st, out)
         return -1

@@ -1,0 +1,160 @@
+"""Bad input: garbage, noise on text protocols, absurd lengths, connections cut short,
+memory caps and the counters that say what was dropped."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+
+from agent.protocols import http1, redis
+from agent.protocols.base import EGRESS, INGRESS, MAX_BUFFER, MAX_PENDING, Chunk
+from agent.protocols.registry import PROTOCOLS, STATS, new_parser
+
+
+class Conn:
+    """Feeds one connection from the client's side, keeping offsets."""
+
+    def __init__(self, proto: str, client_side: bool | None = True) -> None:
+        self.p = new_parser(proto, client_side)
+        self.off = [0, 0]
+        self.t = 1_000
+        self.records = []
+
+    def send(self, d: int, data: bytes, size: int | None = None, lost: int = 0) -> list:
+        size = len(data) if size is None else size
+        self.off[d] += lost
+        self.t += 10
+        out = self.p.feed(Chunk(d, data, size, self.off[d], self.t, 1, None))
+        self.off[d] += size
+        self.records += out
+        return out
+
+    def close(self) -> list:
+        out = self.p.flush("closed")
+        self.records += out
+        return out
+
+
+@pytest.mark.parametrize("proto", PROTOCOLS)
+def test_random_garbage_is_survived_and_bounded(proto):
+    rnd = random.Random(7)
+    c = Conn(proto)
+    for _ in range(300):
+        c.send(rnd.randint(0, 1), os.urandom(rnd.randint(0, 2000)), lost=rnd.choice([0, 0, 5]))
+        for s in c.p.streams:
+            assert len(s.buf) <= MAX_BUFFER
+    c.close()
+
+
+def test_binary_noise_on_http_then_a_real_exchange():
+    c = Conn("http")
+    c.send(EGRESS, bytes(range(256)) * 4)
+    c.send(INGRESS, os.urandom(700))
+    c.send(EGRESS, b"GET /ok HTTP/1.1\r\nHost: a\r\n\r\n")
+    c.send(INGRESS, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi")
+    assert [(r.operation, r.status_code) for r in c.records] == [("GET /ok", "200")]
+
+
+def test_two_gigabyte_content_length_is_skipped_not_buffered():
+    c = Conn("http")
+    head = b"POST /up HTTP/1.1\r\nContent-Length: 2000000000\r\n\r\n"
+    c.send(EGRESS, head + b"x" * 1000, size=1_000_000)
+    st = c.p.streams[EGRESS]
+    assert len(st.buf) == 0 and st.skip == 2_000_000_000 - (1_000_000 - len(head))
+    for _ in range(10):
+        c.send(EGRESS, b"y" * 100, size=65536)  # body keeps streaming, never buffered
+        assert len(st.buf) == 0
+    c.send(INGRESS, b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 0\r\n\r\n")
+    (r,) = c.records
+    assert (r.operation, r.status_code, r.incomplete) == ("POST /up", "413", "truncated")
+
+
+def test_connection_closed_midway_flushes_incomplete_records():
+    for proto, req in (("http", b"GET /slow HTTP/1.1\r\n\r\n"),
+                       ("redis", b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"),
+                       ("postgresql", b"Q\x00\x00\x00\x0eSELECT 1;\x00"),
+                       ("mysql", b"\x09\x00\x00\x00\x03SELECT 1")):
+        c = Conn(proto)
+        c.send(EGRESS, req)
+        (r,) = c.close()
+        assert r.incomplete == "closed" and r.response is None and r.operation, proto
+        assert c.send(EGRESS, req) == []  # a closed parser ignores what comes after
+
+
+def test_response_cut_midway_by_close():
+    c = Conn("http")
+    c.send(EGRESS, b"GET /big HTTP/1.1\r\n\r\n")
+    c.send(INGRESS, b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\nabc")
+    assert c.records == []
+    (r,) = c.close()
+    assert r.operation == "GET /big" and r.incomplete == "closed"
+
+
+def test_header_block_never_ending_is_capped():
+    c = Conn("http")
+    c.send(EGRESS, b"GET / HTTP/1.1\r\n")
+    for _ in range(100):
+        c.send(EGRESS, b"X-Filler: " + b"a" * 1000 + b"\r\n")
+        assert len(c.p.streams[EGRESS].buf) <= MAX_BUFFER
+    assert http1.STATS["head_too_long"] + http1.STATS["desync"] > 0
+
+
+def test_pending_requests_are_capped_and_counted():
+    c = Conn("redis")
+    before = redis.STATS["pending_overflow"]
+    cmd = b"*1\r\n$4\r\nPING\r\n"
+    c.send(EGRESS, cmd * (MAX_PENDING + 50))
+    assert len(c.p.pending) == MAX_PENDING
+    assert redis.STATS["pending_overflow"] - before == 50
+    evicted = [r for r in c.records if r.incomplete == "evicted"]
+    assert len(evicted) == 50
+
+
+def test_one_byte_writes():
+    c = Conn("redis")
+    for b in b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n":
+        c.send(EGRESS, bytes([b]))
+    for b in b"+OK\r\n":
+        c.send(INGRESS, bytes([b]))
+    (r,) = c.records
+    assert (r.operation, r.status, r.request.size, r.response.size) == ("SET", "ok", 27, 5)
+
+
+def test_redis_error_and_resp3_push_are_told_apart():
+    c = Conn("redis")
+    c.send(EGRESS, b"*2\r\n$9\r\nSUBSCRIBE\r\n$2\r\nch\r\n")
+    c.send(INGRESS, b">3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n")
+    c.send(INGRESS, b">3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$2\r\nhi\r\n")
+    c.send(EGRESS, b"*1\r\n$4\r\nPING\r\n")
+    c.send(INGRESS, b"-NOPERM no\r\n")
+    assert [(r.operation, r.status, r.status_code) for r in c.records] == [
+        ("SUBSCRIBE", "ok", ""), ("PING", "error", "NOPERM")]
+
+
+def test_postgres_ssl_request_then_tls_stops_parsing():
+    c = Conn("postgresql")
+    c.send(EGRESS, b"\x00\x00\x00\x08\x04\xd2\x16\x2f")
+    c.send(INGRESS, b"S")
+    c.send(EGRESS, b"\x16\x03\x01\x02\x00" + os.urandom(500))  # TLS ClientHello
+    assert c.records == [] and c.p.closed
+
+
+def test_stats_are_exposed_per_protocol():
+    assert set(STATS) >= {"http", "redis", "dns", "postgresql", "mysql"}
+    for counter in STATS.values():
+        assert all(isinstance(v, int) for v in counter.values())
+
+
+def test_gap_inside_known_length_keeps_sync():
+    c = Conn("postgresql")
+    sql = b"SELECT '" + b"x" * 3000 + b"'\x00"
+    msg = b"Q" + (4 + len(sql)).to_bytes(4, "big") + sql
+    c.send(EGRESS, msg[:1024], size=len(msg))  # 1 KiB prefix of a 3 KiB query
+    c.send(INGRESS, b"C\x00\x00\x00\x0dSELECT 1\x00Z\x00\x00\x00\x05I")
+    c.send(EGRESS, b"Q\x00\x00\x00\x0eSELECT 2;\x00")
+    c.send(INGRESS, b"C\x00\x00\x00\x0dSELECT 1\x00Z\x00\x00\x00\x05I")
+    assert [(r.operation, r.incomplete) for r in c.records] == [("SELECT", "truncated"),
+                                                                ("SELECT", "")]
+    assert c.records[0].request.size == len(msg)
