@@ -11,7 +11,9 @@ import sys
 import time
 
 from agent import check
+from agent.conn.tracker import ConnTracker
 from agent.printer import event_line
+from agent.probes.abi import EV_CONN, SYS_CLOSE, SYS_STATE_CLOSE
 from agent.probes.loader import ProbeConfig, ProbeError, SocketTracer, netns_inode
 
 log = logging.getLogger("zerotrace.agent")
@@ -65,11 +67,16 @@ def run(args: argparse.Namespace) -> int:
     deadline = time.monotonic() + args.duration if args.duration else None
     out = sys.stdout
     n_events = 0
+    tracker = ConnTracker()
     try:
         with tracer:
             log.info("tracing; stop with Ctrl-C")
             while not stop.stopped and (deadline is None or time.monotonic() < deadline):
                 events = tracer.poll(0.05)
+                for e in events:
+                    tracker.update(e)
+                    if e.type == EV_CONN and e.syscall in (SYS_CLOSE, SYS_STATE_CLOSE):
+                        tracker.closed(e.sock_id)
                 n_events += len(events)
                 if args.print_what == "events" and events:
                     out.write("\n".join(event_line(e) for e in events) + "\n")

@@ -33,13 +33,13 @@
 
 /* flags */
 #define ZT_F_HAS_SEQ 1      /* seq is the TCP sequence number of the first byte */
-#define ZT_F_MIDSTREAM 2    /* the connection was first seen after it started: offset is from first sight */
+#define ZT_F_MIDSTREAM 2    /* set by the agent: connection first seen after it started */
 #define ZT_F_PEER_FROM_MSG 4 /* raddr/rport come from the syscall's sockaddr (unconnected UDP) */
 #define ZT_F_TRUNCATED 8    /* captured < ret: payload beyond the capture limit */
 
 /* drop counter slots (per-CPU array "drops") */
 #define ZT_DROP_RINGBUF_FULL 0
-#define ZT_DROP_ACTIVE_FULL 1
+#define ZT_DROP_ACTIVE_FULL 1 /* no in-flight slot could be had for the task */
 #define ZT_DROP_READ_FAULT 2
 #define ZT_DROP_SLOTS 4
 
@@ -48,12 +48,13 @@ struct zt_event {
     __u64 ts_exit;   /* ... at syscall exit */
     __u64 cgroup_id;
     __u64 sock_id;   /* kernel address of struct sock: the connection while it lives */
-    __u64 offset;    /* byte offset of the first byte within this direction's stream */
+    __u64 offset;    /* data: 0 (the agent derives stream offsets from seq);
+                        connect/accept of TCP: the ingress base seq (copied_seq) */
     __s64 ret;       /* syscall return: bytes moved (data), fd (accept), 0/-errno (connect) */
     __u32 pid;       /* tgid */
     __u32 tid;
     __s32 fd;
-    __u32 seq;
+    __u32 seq;       /* data: TCP seq of the first byte; connect/accept: egress base seq */
     __u32 netns;     /* network namespace inode number */
     __u32 captured;  /* payload bytes that follow this header */
     __u16 lport;     /* host byte order */
@@ -74,6 +75,8 @@ struct zt_event {
 /* Agent-controlled settings, array map "config" slot 0. */
 struct zt_config {
     __u32 self_pid;      /* the agent itself: never traced (its exports would loop) */
+    __u8 enabled;        /* set last by the agent: bcc attaches before filters are written */
+    __u8 _pad[3];
     __u8 filter_pid;     /* only tgids in map filter_pids */
     __u8 filter_cgroup;  /* only cgroup ids in filter_cgroups */
     __u8 filter_port;    /* only sockets whose local or remote port is in filter_ports */

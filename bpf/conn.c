@@ -1,8 +1,8 @@
-/* Connection life: connect, accept/accept4, close, and sock:inet_sock_set_state for the
- * role (client/server) and for dropping per-connection state when TCP closes. */
+/* Connection life: connect, accept/accept4 (role and base sequence numbers), close, and
+ * sock:inet_sock_set_state for TCP closes that no close() of ours saw. */
 
 static __always_inline void zt_emit_conn(struct zt_active *a, __u64 id, long ret, __u8 sys,
-                                         __u64 sk)
+                                         __u64 sk, __u8 role)
 {
     struct zt_config *cfg = zt_cfg();
     int zero = 0;
@@ -12,18 +12,26 @@ static __always_inline void zt_emit_conn(struct zt_active *a, __u64 id, long ret
     struct zt_active c = *a;
     c.sk = sk;
     c.sys = sys;
-    zt_fill(&s->ev, &c, id, ret, bpf_ktime_get_ns());
-    if (!zt_sock_wanted(cfg, sk, s->ev.lport, s->ev.rport))
+    if (!zt_sock_basics(sk, &c.family, &c.transport, &c.lport, &c.rport))
         return;
+    if (!zt_sock_wanted(cfg, sk, c.lport, c.rport))
+        return;
+    zt_fill(&s->ev, &c, id, ret, bpf_ktime_get_ns());
     s->ev.type = ZT_EV_CONN;
     s->ev.direction = 0;
     s->ev.seq = 0;
     s->ev.offset = 0;
-    struct zt_sockstate *st = socks.lookup(&sk);
-    s->ev.role = ZT_ROLE_UNKNOWN;
-    if (st) {
-        s->ev.role = st->role;
-        st->seen = 1;
+    s->ev.role = role;
+    if (c.transport == ZT_IPPROTO_TCP && role != ZT_ROLE_UNKNOWN) {
+        /* Base sequence numbers: nothing has been written or read on a socket that
+         * connect/accept has just returned, so these are the first bytes' seqs. */
+        __u32 copied = 0;
+        ZT_READ(s->ev.seq, sk, OFF_TCP_WRITE_SEQ);
+        ZT_READ(copied, sk, OFF_TCP_COPIED_SEQ);
+        s->ev.offset = copied;
+        s->ev.flags |= ZT_F_HAS_SEQ;
+        struct zt_sockstate st = {.role = role};
+        socks.update(&sk, &st);
     }
     zt_submit(s, sizeof(struct zt_event), cfg);
 }
@@ -31,66 +39,48 @@ static __always_inline void zt_emit_conn(struct zt_active *a, __u64 id, long ret
 static __always_inline int zt_conn_enter(int fd, __u8 sys)
 {
     __u64 id = bpf_get_current_pid_tgid();
-    __u32 tid = (__u32)id;
     struct zt_config *cfg = zt_cfg();
     if (!cfg || !zt_task_wanted(cfg, id >> 32))
         return 0;
-    struct zt_active a = {};
-    a.ts_enter = bpf_ktime_get_ns();
-    a.fd = fd;
-    a.sys = sys;
+    __u64 sk = 0;
     if (sys == ZT_SYS_CONNECT) {
-        a.sk = zt_fd_to_sock(fd);
-        if (!a.sk)
+        sk = zt_fd_to_sock(fd);
+        if (!sk)
             return 0;
     }
-    if (active.update(&tid, &a) != 0)
+    struct zt_active *a = zt_active_get(1);
+    if (!a) {
         zt_count_drop(ZT_DROP_ACTIVE_FULL);
-    return 0;
-}
-
-static __always_inline void zt_set_role(__u64 sk, __u8 role)
-{
-    struct zt_sockstate *st = socks.lookup(&sk);
-    if (st) {
-        st->role = role;
-        return;
+        return 0;
     }
-    struct zt_sockstate fresh = {};
-    fresh.role = role;
-    socks.update(&sk, &fresh);
+    a->ts_enter = bpf_ktime_get_ns();
+    a->fd = fd;
+    a->sys = sys;
+    a->sk = sk;
+    a->busy = 1;
+    return 0;
 }
 
 static __always_inline int zt_conn_exit(long ret)
 {
     __u64 id = bpf_get_current_pid_tgid();
-    __u32 tid = (__u32)id;
-    struct zt_active *ap = active.lookup(&tid);
-    if (!ap)
+    struct zt_active a;
+    if (!zt_active_take(&a))
         return 0;
-    struct zt_active a = *ap;
-    active.delete(&tid);
-    __u8 family = 0, transport = 0;
-    __u16 lport = 0, rport = 0;
     if (a.sys == ZT_SYS_CONNECT) {
         if (ret != 0 && ret != -ZT_EINPROGRESS)
             return 0;
-        if (!zt_sock_basics(a.sk, &family, &transport, &lport, &rport))
-            return 0;
-        if (transport == ZT_IPPROTO_TCP)
-            zt_set_role(a.sk, ZT_ROLE_CLIENT);
-        zt_emit_conn(&a, id, ret, a.sys, a.sk);
+        zt_emit_conn(&a, id, ret, a.sys, a.sk, ZT_ROLE_CLIENT);
         return 0;
     }
     /* accept / accept4: ret is the new fd */
     if (ret < 0)
         return 0;
     __u64 sk = zt_fd_to_sock(ret);
-    if (!sk || !zt_sock_basics(sk, &family, &transport, &lport, &rport))
+    if (!sk)
         return 0;
-    zt_set_role(sk, ZT_ROLE_SERVER);
     a.fd = ret;
-    zt_emit_conn(&a, id, ret, a.sys, sk);
+    zt_emit_conn(&a, id, ret, a.sys, sk, ZT_ROLE_SERVER);
     return 0;
 }
 
@@ -115,9 +105,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_close)
     struct zt_active a = {};
     a.ts_enter = bpf_ktime_get_ns();
     a.fd = args->fd;
-    zt_emit_conn(&a, id, 0, ZT_SYS_CLOSE, sk);
-    if (transport == ZT_IPPROTO_UDP) /* no state change will tell us it is gone */
-        socks.delete(&sk);
+    zt_emit_conn(&a, id, 0, ZT_SYS_CLOSE, sk, ZT_ROLE_UNKNOWN);
     return 0;
 }
 
@@ -125,28 +113,20 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
 {
     if (args->protocol != ZT_IPPROTO_TCP)
         return 0;
+    struct zt_config *cfg = zt_cfg();
+    if (!cfg || !cfg->enabled)
+        return 0;
     __u64 sk = (__u64)args->skaddr;
-    if (args->newstate == ZT_TCP_SYN_SENT) {
-        struct zt_sockstate fresh = {};
-        fresh.role = ZT_ROLE_CLIENT;
-        socks.update(&sk, &fresh);
-    } else if (args->newstate == ZT_TCP_SYN_RECV) {
-        struct zt_sockstate fresh = {};
-        fresh.role = ZT_ROLE_SERVER;
-        socks.update(&sk, &fresh);
-    } else if (args->newstate == ZT_TCP_CLOSE) {
+    if (args->newstate == ZT_TCP_CLOSE) {
         struct zt_sockstate *st = socks.lookup(&sk);
         if (!st)
             return 0;
-        __u8 seen = st->seen;
+        __u8 role = st->role;
         socks.delete(&sk);
-        if (!seen)
-            return 0;
         /* Tell the agent even when no close() of ours saw it (killed process, RST). */
-        struct zt_config *cfg = zt_cfg();
         int zero = 0;
         struct zt_scratch *s = scratch.lookup(&zero);
-        if (!cfg || !s)
+        if (!s)
             return 0;
         __builtin_memset(&s->ev, 0, sizeof(s->ev));
         s->ev.type = ZT_EV_CONN;
@@ -157,6 +137,7 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
         s->ev.transport = ZT_IPPROTO_TCP;
         s->ev.lport = args->sport;
         s->ev.rport = args->dport;
+        s->ev.role = role;
         if (args->family == ZT_AF_INET) {
             __builtin_memcpy(s->ev.laddr, args->saddr, 4);
             __builtin_memcpy(s->ev.raddr, args->daddr, 4);

@@ -16,7 +16,7 @@ static __always_inline struct zt_config *zt_cfg(void)
 /* Process-level filters; 1 when the current task is to be traced. */
 static __always_inline int zt_task_wanted(struct zt_config *cfg, __u32 tgid)
 {
-    if (tgid == cfg->self_pid)
+    if (!cfg->enabled || tgid == cfg->self_pid)
         return 0;
     if (cfg->filter_pid && !filter_pids.lookup(&tgid))
         return 0;
@@ -51,7 +51,6 @@ static __always_inline int zt_data_enter(int fd, __u8 sys, __u64 buf, __u64 coun
                                          __u64 msg_flags)
 {
     __u64 id = bpf_get_current_pid_tgid();
-    __u32 tid = (__u32)id;
     struct zt_config *cfg = zt_cfg();
     if (!cfg || !zt_task_wanted(cfg, id >> 32))
         return 0;
@@ -67,23 +66,31 @@ static __always_inline int zt_data_enter(int fd, __u8 sys, __u64 buf, __u64 coun
     if (!zt_sock_wanted(cfg, sk, lport, rport))
         return 0;
 
-    struct zt_active a = {};
-    a.ts_enter = bpf_ktime_get_ns();
-    a.sk = sk;
-    a.buf = buf;
-    a.count = count;
-    a.addr = addr;
-    a.fd = fd;
-    a.sys = sys;
+    struct zt_active *a = zt_active_get(1);
+    if (!a) {
+        zt_count_drop(ZT_DROP_ACTIVE_FULL);
+        return 0;
+    }
+    a->ts_enter = bpf_ktime_get_ns();
+    a->sk = sk;
+    a->buf = buf;
+    a->count = count;
+    a->addr = addr;
+    a->fd = fd;
+    a->sys = sys;
+    a->family = family;
+    a->transport = transport;
+    a->lport = lport;
+    a->rport = rport;
+    a->has_seq = 0;
     if (transport == ZT_IPPROTO_TCP) {
         if (zt_is_egress(sys))
-            ZT_READ(a.seq, sk, OFF_TCP_WRITE_SEQ);
+            ZT_READ(a->seq, sk, OFF_TCP_WRITE_SEQ);
         else
-            ZT_READ(a.seq, sk, OFF_TCP_COPIED_SEQ);
-        a.has_seq = 1;
+            ZT_READ(a->seq, sk, OFF_TCP_COPIED_SEQ);
+        a->has_seq = 1;
     }
-    if (active.update(&tid, &a) != 0)
-        zt_count_drop(ZT_DROP_ACTIVE_FULL);
+    a->busy = 1;
     return 0;
 }
 
@@ -125,15 +132,22 @@ static __always_inline void zt_fill(struct zt_event *ev, struct zt_active *a, __
     ev->syscall = a->sys;
     ev->flags = 0;
     ev->captured = 0;
+    ev->family = a->family;
+    ev->transport = a->transport;
+    ev->lport = a->lport;
+    ev->rport = a->rport;
+    ev->role = ZT_ROLE_UNKNOWN;
+    ev->offset = 0;
     __builtin_memset(ev->laddr, 0, 16);
     __builtin_memset(ev->raddr, 0, 16);
-    zt_sock_basics(a->sk, &ev->family, &ev->transport, &ev->lport, &ev->rport);
     zt_sock_addrs(a->sk, ev->family, ev);
     ev->netns = zt_sock_netns(a->sk);
     bpf_get_current_comm(ev->comm, sizeof(ev->comm));
 }
 
-/* Stamp direction, stream offset, role and seq for `len` bytes, then submit. */
+/* Stamp direction and seq for `len` bytes, then submit.  Stream offsets are derived
+ * by the agent from seq and the base seqs of the connection's connect/accept event:
+ * no per-connection map is touched here, and offsets survive lost events. */
 static __always_inline void zt_emit_data(struct zt_scratch *s, struct zt_config *cfg,
                                          struct zt_active *a, __u64 len, __u32 seq_delta)
 {
@@ -146,24 +160,6 @@ static __always_inline void zt_emit_data(struct zt_scratch *s, struct zt_config 
         ev->flags |= ZT_F_HAS_SEQ;
     } else {
         ev->seq = 0;
-    }
-    __u64 sk = a->sk;
-    struct zt_sockstate *st = socks.lookup(&sk);
-    if (!st) {
-        struct zt_sockstate fresh = {};
-        fresh.midstream = 1;
-        socks.update(&sk, &fresh);
-        st = socks.lookup(&sk);
-    }
-    if (st) {
-        if (ev->direction == ZT_DIR_EGRESS)
-            ev->offset = __sync_fetch_and_add(&st->sent, len);
-        else
-            ev->offset = __sync_fetch_and_add(&st->recvd, len);
-        ev->role = st->role;
-        st->seen = 1;
-        if (st->midstream)
-            ev->flags |= ZT_F_MIDSTREAM;
     }
     __u32 captured = ev->captured;
     if (captured > ZT_PAYLOAD_MAX)
@@ -193,13 +189,8 @@ static __always_inline void zt_emit_msghdr(struct zt_scratch *s, struct zt_confi
 static __always_inline int zt_data_exit(long ret)
 {
     __u64 id = bpf_get_current_pid_tgid();
-    __u32 tid = (__u32)id;
-    struct zt_active *ap = active.lookup(&tid);
-    if (!ap)
-        return 0;
-    struct zt_active a = *ap;
-    active.delete(&tid);
-    if (ret <= 0)
+    struct zt_active a;
+    if (!zt_active_take(&a) || ret <= 0)
         return 0;
     struct zt_config *cfg = zt_cfg();
     int zero = 0;

@@ -25,7 +25,7 @@ ROLE_NAMES = {0: "?", 1: "client", 2: "server"}
 
 F_HAS_SEQ, F_MIDSTREAM, F_PEER_FROM_MSG, F_TRUNCATED = 1, 2, 4, 8
 
-DROP_SLOTS = {0: "ringbuf_full", 1: "active_map_full", 2: "payload_read_fault"}
+DROP_SLOTS = {0: "ringbuf_full", 1: "inflight_slot_alloc", 2: "payload_read_fault"}
 DROP_SLOT_COUNT = 4
 
 AF_INET, AF_INET6 = 2, 10
@@ -69,6 +69,8 @@ class ZtConfig(ct.Structure):
 
     _fields_ = [
         ("self_pid", ct.c_uint32),
+        ("enabled", ct.c_uint8),
+        ("_pad", ct.c_uint8 * 3),
         ("filter_pid", ct.c_uint8),
         ("filter_cgroup", ct.c_uint8),
         ("filter_port", ct.c_uint8),

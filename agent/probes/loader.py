@@ -98,7 +98,7 @@ class SocketTracer:
             f"-I{BPF_DIR}",
             f"-DZT_PAYLOAD_MAX={cfg.payload_max()}",
             f"-DZT_RINGBUF_PAGES={cfg.ring_pages}",
-            "-Wno-macro-redefined",
+            "-Wno-macro-redefined", f"-DZT_STAGE={os.environ.get('ZT_STAGE', '0')}",
         ]
         t0 = time.monotonic()
         try:
@@ -128,14 +128,30 @@ class SocketTracer:
                 table[ctype(v)] = ct.c_uint8(1)
         c = abi.ZtConfig(
             self_pid=0 if cfg.trace_self else os.getpid(),
+            enabled=1,
             filter_pid=1 if cfg.pids else 0,
             filter_cgroup=1 if cfg.cgroups else 0,
             filter_port=1 if cfg.ports else 0,
             filter_netns=1 if cfg.netns else 0,
             wakeup_events=cfg.wakeup_events,
         )
-        table = b[b"config"]
-        table[ct.c_int(0)] = c
+        # Written last and in one update: until now the attached probes did nothing.
+        b[b"config"][ct.c_int(0)] = c
+
+    def tracepoints(self) -> list[tuple[bytes, bytes]]:
+        """(category:event, function) of every tracepoint probe in the object."""
+        src = inline_includes(SOCKET_TRACE_C)
+        return [(f"{c}:{e}".encode(), f"tracepoint__{c}__{e}".encode())
+                for c, e in re.findall(r"TRACEPOINT_PROBE\((\w+),\s*(\w+)\)", src)]
+
+    def pause(self) -> None:
+        """Detach every tracepoint, keeping programs and maps (benchmarks' baseline)."""
+        for tp, _fn in self.tracepoints():
+            self._bpf.detach_tracepoint(tp)
+
+    def resume(self) -> None:
+        for tp, fn in self.tracepoints():
+            self._bpf.attach_tracepoint(tp=tp, fn_name=fn)
 
     def add_pid(self, pid: int) -> None:
         """Start tracing one more process (pid filter mode)."""

@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from agent.conn.tracker import ConnTracker
 from agent.probes import abi
 from agent.probes.loader import ProbeConfig, SocketTracer
 from tests.helpers.netns import network
@@ -54,6 +55,9 @@ def tcp_run(net, tracer):
     srv, cli = run_pair(net, "tcp", 7000)
     events = collect(tracer, lambda ev: sum(
         1 for e in ev if e.pid == srv["pid"] and e.syscall == abi.SYS_CLOSE) >= 1, timeout=10)
+    tracker = ConnTracker()  # offsets and roles of data events are the agent's to fill
+    for e in events:
+        tracker.update(e)
     return srv, cli, events
 
 
@@ -83,9 +87,10 @@ def test_tcp_client_egress_kinds_and_payloads(net, tcp_run):
         assert e.role == abi.ROLE_CLIENT and e.transport == abi.IPPROTO_TCP
         assert e.comm.startswith("python") and e.netns == net.hosts[0].inode
         assert e.ts_enter <= e.ts_exit and abs(e.ts_exit / 1e9 - time.time()) < 60
-    # offsets run contiguously through the stream
+    # offsets, from seq and the connect event's base seq, run contiguously from 0
     offs = [e.offset for e in out]
     assert offs == [sum(e.ret for e in out[:i]) for i in range(len(out))]
+    assert not any(e.flags & abi.F_MIDSTREAM for e in out)
 
 
 def test_tcp_server_ingress_kinds(net, tcp_run):

@@ -1,0 +1,92 @@
+"""Per-connection state: role, stream offsets, life.
+
+The kernel reports the TCP sequence number of each syscall's first byte, and on
+connect/accept the base sequence number of each direction.  Offsets within a
+direction's stream are `seq - base` (extended past 2^32), which stays right when
+events are lost, unlike counting bytes.  A connection first seen mid-way takes its
+first seen seq as base and is flagged MIDSTREAM: its offsets are relative."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from agent.probes import abi
+from agent.probes.events import SocketEvent
+
+_MASK = 0xFFFFFFFF
+_WRAP = 1 << 32
+
+
+@dataclass(slots=True)
+class Conn:
+    sock_id: int
+    role: int = abi.ROLE_UNKNOWN
+    midstream: bool = True
+    base: list = field(default_factory=lambda: [None, None])  # per direction: base seq
+    last: list = field(default_factory=lambda: [0, 0])  # per direction: last offset seen
+    udp_bytes: list = field(default_factory=lambda: [0, 0])
+    pid: int = 0
+
+
+class ConnTracker:
+    """Fills offset/role/MIDSTREAM of data events; forgets connections on close."""
+
+    def __init__(self, max_conns: int = 65536) -> None:
+        self.conns: OrderedDict[int, Conn] = OrderedDict()
+        self.max_conns = max_conns
+        self.stats = {"evicted": 0, "closed": 0, "midstream": 0}
+
+    def _new(self, sock_id: int) -> Conn:
+        c = self.conns[sock_id] = Conn(sock_id)
+        if len(self.conns) > self.max_conns:
+            self.conns.popitem(last=False)
+            self.stats["evicted"] += 1
+        return c
+
+    def closed(self, sock_id: int) -> Conn | None:
+        c = self.conns.pop(sock_id, None)
+        if c is not None:
+            self.stats["closed"] += 1
+        return c
+
+    def update(self, e: SocketEvent) -> Conn | None:
+        """Annotate e in place; returns its connection (None for closes)."""
+        sid = e.sock_id
+        if e.type == abi.EV_CONN:
+            if e.syscall in (abi.SYS_CONNECT, abi.SYS_ACCEPT, abi.SYS_ACCEPT4):
+                c = self.conns.get(sid) or self._new(sid)
+                c.role, c.midstream, c.pid = e.role, False, e.pid
+                if e.flags & abi.F_HAS_SEQ:
+                    c.base = [e.seq, e.offset & _MASK]
+                    c.last = [0, 0]
+                return c
+            return None  # close / tcp_close: the caller flushes, then calls closed()
+        c = self.conns.get(sid)
+        if c is None:
+            c = self._new(sid)
+            c.pid = e.pid
+            self.stats["midstream"] += 1
+        d = e.direction
+        e.role = c.role
+        if c.midstream:
+            e.flags |= abi.F_MIDSTREAM
+        if e.flags & abi.F_HAS_SEQ:
+            base = c.base[d]
+            if base is None:
+                base = c.base[d] = e.seq
+            off32 = (e.seq - base) & _MASK
+            last = c.last[d]
+            off = (last & ~_MASK) | off32
+            # nearest to the last offset: wrapped forward, or a slightly late event
+            if off < last - (_WRAP >> 1):
+                off += _WRAP
+            elif off > last + (_WRAP >> 1) and off >= _WRAP:
+                off -= _WRAP
+            e.offset = off
+            if off > last:
+                c.last[d] = off
+        else:
+            e.offset = c.udp_bytes[d]
+            c.udp_bytes[d] += e.ret
+        return c
