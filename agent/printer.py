@@ -6,6 +6,7 @@ import time
 
 from agent.probes import abi
 from agent.probes.events import SocketEvent
+from proto.span import Span
 
 _DIR = {abi.DIR_EGRESS: ">", abi.DIR_INGRESS: "<"}
 
@@ -30,3 +31,14 @@ def event_line(e: SocketEvent) -> str:
     return (f"{clock(e.ts_exit)} {who:<22} {e.tid:>7} {e.syscall_name:<9} "
             f"{_DIR[e.direction]} {e.transport_name} {tup} {e.ret}B {seq} off={e.offset}{mid} "
             f"|{preview(e.payload)}|")
+
+
+def span_line(s: Span) -> str:
+    """One line per span: when, who, what, how it went, how long."""
+    arrow = "->" if s.kind == "client" else "<-"
+    dur = s.duration_ns / 1e6
+    status = s.status_code or s.status
+    inc = f" incomplete({s.incomplete})" if s.incomplete else ""
+    return (f"{clock(s.start_ns)} {s.kind:<6} {s.pid}/{s.process:<15} {s.protocol:<10} "
+            f"{s.operation[:60]:<60} {status:<6} {dur:9.3f}ms "
+            f"{s.local.addr}:{s.local.port} {arrow} {s.remote.addr}:{s.remote.port}{inc}")

@@ -1,5 +1,5 @@
-"""The agent's main loop: load probes, drain events in batches, hand them on, stop
-cleanly on SIGINT/SIGTERM/--duration with every probe detached."""
+"""The agent's main loop: load probes, drain events in batches, hand them down the
+pipeline, stop cleanly on SIGINT/SIGTERM/--duration with every probe detached."""
 
 from __future__ import annotations
 
@@ -11,9 +11,8 @@ import sys
 import time
 
 from agent import check
-from agent.conn.tracker import ConnTracker
-from agent.printer import event_line
-from agent.probes.abi import EV_CONN, SYS_CLOSE, SYS_STATE_CLOSE
+from agent.pipeline import Pipeline
+from agent.printer import event_line, span_line
 from agent.probes.loader import ProbeConfig, ProbeError, SocketTracer, netns_inode
 
 log = logging.getLogger("zerotrace.agent")
@@ -46,6 +45,14 @@ class StopFlag:
         self.stopped = True
 
 
+def _writer(out):
+    def write_lines(lines: list[str]) -> None:
+        if lines:
+            out.write("\n".join(lines) + "\n")
+            out.flush()
+    return write_lines
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         cfg = probe_config(args)
@@ -64,27 +71,33 @@ def run(args: argparse.Namespace) -> int:
     except ProbeError as e:
         print(f"zerotrace: {e}", file=sys.stderr)
         return 1
+    write = _writer(sys.stdout)
+    what = args.print_what
+    pipeline = Pipeline.from_args(args)
+    if what == "spans":
+        pipeline.on_span = lambda ctx: write([span_line(ctx.span)])
+    elif what == "traces":
+        pipeline.on_trace = lambda text: write([text])
     deadline = time.monotonic() + args.duration if args.duration else None
-    out = sys.stdout
     n_events = 0
-    tracker = ConnTracker()
     try:
         with tracer:
             log.info("tracing; stop with Ctrl-C")
             while not stop.stopped and (deadline is None or time.monotonic() < deadline):
                 events = tracer.poll(0.05)
-                for e in events:
-                    tracker.update(e)
-                    if e.type == EV_CONN and e.syscall in (SYS_CLOSE, SYS_STATE_CLOSE):
-                        tracker.closed(e.sock_id)
                 n_events += len(events)
-                if args.print_what == "events" and events:
-                    out.write("\n".join(event_line(e) for e in events) + "\n")
-                    out.flush()
+                if what == "events":
+                    pipeline.tracker.update_all(events)
+                    write([event_line(e) for e in events])
+                else:
+                    pipeline.process(events)
+                pipeline.tick()
             drops = tracer.drops()
+            pipeline.close()
     except BrokenPipeError:
         return 0
     lost = sum(drops.values())
     print(f"zerotrace: {n_events} events; lost in kernel: {lost} "
           f"({', '.join(f'{k}={v}' for k, v in drops.items())})", file=sys.stderr)
+    print(f"zerotrace: {pipeline.summary()}", file=sys.stderr)
     return 0

@@ -90,3 +90,10 @@ class ConnTracker:
             e.offset = c.udp_bytes[d]
             c.udp_bytes[d] += e.ret
         return c
+
+    def update_all(self, events: list[SocketEvent]) -> None:
+        """update() each event, and forget connections their close events end."""
+        for e in events:
+            self.update(e)
+            if e.type == abi.EV_CONN and e.syscall in (abi.SYS_CLOSE, abi.SYS_STATE_CLOSE):
+                self.closed(e.sock_id)

@@ -1,0 +1,144 @@
+"""From socket events to spans: per-connection chunks, protocol inference, parsing.
+
+Each connection (a socket; for unconnected UDP, a socket and peer) gets a protocol
+parser once its first bytes say which protocol it speaks.  Parsers turn chunks into
+request/response records; records become spans (agent/conn/spans.py).  Connections
+whose bytes match no protocol are counted and ignored, not guessed at."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from agent.conn.spans import SpanContext, record_to_span
+from agent.conn.tracker import ConnTracker
+from agent.probes import abi
+from agent.probes.events import SocketEvent
+from agent.protocols import registry
+from agent.protocols.base import Chunk, ConnectionParser, Record
+
+# Undecided connections keep their first chunks until inference succeeds.
+INFER_MAX_CHUNKS = 8
+INFER_MAX_BYTES = 16 * 1024
+# Connections silent this long are flushed (pending requests out as incomplete).
+IDLE_NS = 120 * 10**9
+MAX_SESSIONS = 50_000
+
+
+@dataclass(slots=True)
+class Session:
+    """One connection as the agent follows it."""
+
+    key: tuple
+    event: SocketEvent  # first data event: tuple, process, cgroup, netns
+    role: int
+    parser: ConnectionParser | None = None
+    protocol: str | None = None
+    undecided: list[Chunk] = field(default_factory=list)
+    undecided_bytes: int = 0
+    unknown: bool = False
+    last_ns: int = 0
+
+
+class SpanAssembler:
+    """Feeds events (already annotated by ConnTracker) to parsers; emits spans."""
+
+    def __init__(self, emit: Callable[[SpanContext], None], agent_name: str = "") -> None:
+        self.emit = emit
+        self.agent_name = agent_name
+        self.tracker = ConnTracker()
+        self.sessions: dict[tuple, Session] = {}
+        self.udp_keys: dict[int, list[tuple]] = {}  # sock_id -> its per-peer sessions
+        self.stats: Counter = Counter()
+
+    # -- events -----------------------------------------------------------------------
+    def handle(self, e: SocketEvent) -> None:
+        conn = self.tracker.update(e)
+        if e.type == abi.EV_CONN:
+            if e.syscall in (abi.SYS_CLOSE, abi.SYS_STATE_CLOSE):
+                self._close_sock(e.sock_id, "closed")
+                self.tracker.closed(e.sock_id)
+            return
+        if e.transport == abi.IPPROTO_UDP:
+            key = (e.sock_id, e._rec[abi.ZtEvent.raddr.offset:abi.ZtEvent.raddr.offset + 16],
+                   e.rport)
+        else:
+            key = (e.sock_id,)
+        s = self.sessions.get(key)
+        if s is None:
+            if len(self.sessions) >= MAX_SESSIONS:
+                self.stats["sessions_full"] += 1
+                return
+            s = self.sessions[key] = Session(key, e, conn.role if conn else 0)
+            if len(key) > 1:
+                self.udp_keys.setdefault(e.sock_id, []).append(key)
+        s.last_ns = e.ts_exit
+        if s.unknown:
+            self.stats["unknown_protocol_bytes"] += e.ret
+            return
+        ingress = e.direction == abi.DIR_INGRESS
+        chunk = Chunk(e.direction, e.payload, e.ret, e.offset,
+                      e.ts_exit if ingress else e.ts_enter, e.tid,
+                      e.seq if e.flags & abi.F_HAS_SEQ else None)
+        if s.parser is None:
+            self._infer(s, chunk)
+            return
+        self._records(s, s.parser.feed(chunk))
+
+    def _infer(self, s: Session, chunk: Chunk) -> None:
+        s.undecided.append(chunk)
+        s.undecided_bytes += len(chunk.data)
+        e = s.event
+        proto = registry.infer(chunk.data, chunk.direction, e.lport, e.rport,
+                               "udp" if e.transport == abi.IPPROTO_UDP else "tcp")
+        if proto is None:
+            if len(s.undecided) >= INFER_MAX_CHUNKS or s.undecided_bytes >= INFER_MAX_BYTES:
+                s.unknown = True
+                s.undecided = []
+                self.stats["unknown_protocol_conns"] += 1
+            return
+        client_side = {abi.ROLE_CLIENT: True, abi.ROLE_SERVER: False}.get(s.role)
+        s.protocol = proto
+        s.parser = registry.new_parser(proto, client_side,
+                                       "udp" if e.transport == abi.IPPROTO_UDP else "tcp")
+        self.stats[f"conns_{proto}"] += 1
+        chunks, s.undecided = s.undecided, []
+        for c in chunks:
+            self._records(s, s.parser.feed(c))
+
+    def _records(self, s: Session, records: list[Record]) -> None:
+        for r in records:
+            ctx = record_to_span(r, s.event, s.role, getattr(s.parser, "req_dir", None),
+                                 self.agent_name)
+            if ctx is None:
+                self.stats["records_unusable"] += 1
+                continue
+            self.stats["spans"] += 1
+            self.emit(ctx)
+
+    # -- life -------------------------------------------------------------------------
+    def _close_sock(self, sock_id: int, reason: str) -> None:
+        for key in self.udp_keys.pop(sock_id, None) or [(sock_id,)]:
+            s = self.sessions.pop(key, None)
+            if s is not None and s.parser is not None:
+                self._records(s, s.parser.flush(reason))
+
+    def expire(self, now_ns: int, idle_ns: int = IDLE_NS) -> None:
+        """Flush connections idle for longer than idle_ns."""
+        for key in [k for k, s in self.sessions.items() if now_ns - s.last_ns > idle_ns]:
+            s = self.sessions.pop(key)
+            if len(key) > 1:
+                keys = self.udp_keys.get(key[0], [])
+                if key in keys:
+                    keys.remove(key)
+            self.stats["sessions_expired"] += 1
+            if s.parser is not None:
+                self._records(s, s.parser.flush("idle"))
+
+    def close(self) -> None:
+        self.udp_keys.clear()
+        for key in list(self.sessions):
+            s = self.sessions.pop(key)
+            if s.parser is not None:
+                self._records(s, s.parser.flush("agent stopped"))
