@@ -108,6 +108,8 @@ class DirStream:
 
     def mark_at(self, off: int) -> tuple[int, int, int, int | None]:
         marks = self.marks
+        if len(marks) == 1:
+            return marks[0]
         for i in range(len(marks) - 1, -1, -1):
             if marks[i][0] <= off:
                 return marks[i]
@@ -115,6 +117,12 @@ class DirStream:
 
     def message(self, start: int, end: int) -> Message:
         """A Message for stream bytes [start, end) of this direction."""
+        if len(self.marks) == 1:
+            m0 = self.marks[0]
+            seq = m0[3]
+            if seq is not None:
+                seq = (seq + start - m0[0]) % SEQ_MOD
+            return Message(start, end - start, m0[1], m0[1], m0[2], m0[2], seq)
         m0 = self.mark_at(start)
         m1 = self.mark_at(end - 1) if end > start else m0
         seq = m0[3]
@@ -297,7 +305,7 @@ class StreamParser:
 
     def _why(self, *reasons: str) -> str:
         """Incomplete reasons of a matched record, with the doubt a lost request casts."""
-        why = ",".join(r for r in reasons if r)
+        why = ",".join(r for r in reasons if r) if any(reasons) else ""
         if self.uncertain:
             if not why:
                 why = "gap"

@@ -21,6 +21,7 @@ from .base import (
     STATUS_ERROR,
     STATUS_OK,
     STATUS_UNSET,
+    Chunk,
     DirStream,
     Message,
     Pending,
@@ -41,6 +42,7 @@ _REQ_LINE = re.compile(
     rb"[^\s]{1,8192} HTTP/1\.[01]\r\n)"
 )
 _RESP_LINE = re.compile(rb"(?:^|\r\n)(HTTP/1\.[01] [1-5]\d\d[ \r])")
+_REQ_LINE_RX = re.compile(rb"([A-Z][A-Z-]{2,15}) ([^ ?]*)(?:\?([^ ]*))? HTTP/(1\.[01])\r\n")
 _REQ_START = re.compile(rb"[A-Z][A-Z-]{2,15} [^\s]")
 _RESP_START = re.compile(rb"HTTP/1\.[01] [1-5]\d\d")
 MAX_HEAD = 32 * 1024
@@ -174,50 +176,12 @@ class Http1Parser(StreamParser):
 
     def _request_head(self, d: int, st: DirStream, side: _Side, buf: bytes, pos: int,
                       end: int, out: list[Record]) -> int:
-        block = buf[pos:end - 2]
-        sp1 = block.find(b" ")
-        sp2 = block.find(b" ", sp1 + 1)
-        eol = block.find(b"\r\n")
-        if sp1 <= 0 or sp2 < 0 or sp2 > eol or not block.startswith(b"HTTP/1.", sp2 + 1):
+        info = _request_info(buf[pos:end - 2])
+        if info is None:
             return -1
-        method = block[:sp1]
-        if method not in METHODS and not (method.isalpha() and method.isupper()):
-            return -1
-        low = block.lower()
-        method_s = method.decode()
-        target = block[sp1 + 1:sp2].decode("latin-1")
-        q = target.find("?")
-        path = target if q < 0 else target[:q]
-        attrs = {"http.request.method": method_s, "url.path": path,
-                 "network.protocol.version": block[sp2 + 6:eol].decode("latin-1")}
-        if q >= 0:
-            attrs["url.query"] = target[q + 1:]
-        v = _hval(block, low, _H_HOST)
-        if v is not None:
-            host = v.decode("latin-1")
-            c = host.rfind(":")
-            if c > 0 and host[c + 1:].isdigit() and "]" not in host[c:]:
-                attrs["server.port"] = int(host[c + 1:])
-                host = host[:c]
-            attrs["server.address"] = host
-        v = _hval(block, low, _H_UA)
-        if v is not None:
-            attrs["user_agent.original"] = v.decode("latin-1")
-        th = _trace_headers(block, low)
-        if b"authorization:" in low or b"cookie:" in low:
-            for key, attr in _SECRET_REQ:
-                v = _hval(block, low, key)
-                if v is not None:
-                    attrs[attr] = redact.header(attr[20:], v.decode("latin-1"))
-        length, chunked = _body_framing(block, low)
-        if length is None and not chunked:
-            length = 0
-        if length is not None:
-            attrs["http.request.body.size"] = length
-        if b"100-continue" in low and _hval(block, low, _H_EXPECT) == b"100-continue":
-            attrs["http.request.expect_continue"] = True
+        op, attrs, th, length, chunked = info
         msg = st.message(st.base + pos, st.base + end)
-        p = Pending(msg, f"{method_s} {path}", attrs, th)
+        p = Pending(msg, op, attrs, th)
         if len(self.pending) >= MAX_PENDING:
             self.stats["pending_overflow"] += 1
             out.append(incomplete_record(self.protocol, self.pending.popleft(), "evicted"))
@@ -225,39 +189,72 @@ class Http1Parser(StreamParser):
         side.ctx = p
         return self._body(d, st, side, msg, length, chunked, buf, end, out)
 
+    def feed(self, chunk: Chunk) -> list[Record]:
+        # Fast path for the common case: one whole message (head and body) in one
+        # chunk, nothing buffered.  Anything else goes through the general machinery.
+        d = chunk.direction
+        st = self.streams[d]
+        data = chunk.data
+        n = len(data)
+        if not (chunk.offset == st.next and not st.buf and not st.skip and st.synced
+                and chunk.size == n and self.sides[d].mode == HEAD and not self.closed
+                and self.req_dir is not None and not self.uncertain):
+            return StreamParser.feed(self, chunk)
+        e = data.find(b"\r\n\r\n")
+        if e < 0:
+            return StreamParser.feed(self, chunk)
+        block = data[:e + 2]
+        off, ts, tid, seq = chunk.offset, chunk.ts_ns, chunk.tid, chunk.seq
+        if d == self.req_dir:
+            info = _request_info(block)
+            if info is None or info[4] or e + 4 + info[3] != n or len(self.pending) >= MAX_PENDING:
+                return StreamParser.feed(self, chunk)
+            op, attrs, th, _, _ = info
+            self.pending.append(Pending(Message(off, n, ts, ts, tid, tid, seq), op, attrs, th))
+        else:
+            pending = self.pending
+            if not block.startswith(b"HTTP/1.") or not pending or pending[0].msg.start_ns > ts:
+                return StreamParser.feed(self, chunk)
+            info = _response_info(block, pending[0].operation)
+            if info is None or info[0] < 200 or info[0] == 101 or info[4] or info[3] is None \
+                    or e + 4 + info[3] != n:
+                return StreamParser.feed(self, chunk)
+            code, attrs, th, _, _ = info
+            p = pending.popleft()
+            p.attributes.update(attrs)
+            if code >= 500 or (code >= 400 and self.req_dir == 0):
+                status = STATUS_ERROR
+            elif code < 400:
+                status = STATUS_OK
+            else:
+                status = STATUS_UNSET
+            trace = {**th, **p.trace_headers} if th else p.trace_headers
+            rec = Record("http", p.msg, Message(off, n, ts, ts, tid, tid, seq),
+                                   p.operation, status, _CODES[code], "", p.attributes, trace,
+                                   p.incomplete)
+            st.next = st.base = off + n
+            if st.marks:
+                st.marks.clear()
+            return [rec]
+        st.next = st.base = off + n
+        if st.marks:
+            st.marks.clear()
+        return []
+
     def _response_head(self, d: int, st: DirStream, side: _Side, buf: bytes, pos: int,
                        end: int, out: list[Record]) -> int:
-        block = buf[pos:end - 2]
-        if not block.startswith(b"HTTP/1.") or len(block) < 12 or block[8] != 32:
+        req = self.pending[0] if self.pending else None
+        info = _response_info(buf[pos:end - 2], req.operation if req else "")
+        if info is None:
             return -1
-        code_b = block[9:12]
-        if not code_b.isdigit():
-            return -1
-        code = int(code_b)
+        code, attrs, th, length, chunked = info
         if code < 200 and code != 101:
             # Interim (100 Continue, 103 Early Hints): the final response follows.
-            if self.pending:
-                self.pending[0].attributes["http.response.interim_status_code"] = code
+            if req is not None:
+                req.attributes["http.response.interim_status_code"] = code
             return end
-        low = block.lower()
         msg = st.message(st.base + pos, st.base + end)
-        req = self.pending[0] if self.pending else None
-        length, chunked = _body_framing(block, low)
-        if (code == 204 or code == 304 or code == 101
-                or (req is not None and req.operation.startswith("HEAD "))):
-            length, chunked = 0, False
-        elif req is not None and req.operation.startswith("CONNECT ") and code < 300:
-            length, chunked = 0, False
-        attrs = {"http.response.status_code": code}
-        if b"set-cookie:" in low:
-            for key, attr in _SECRET_RESP:
-                v = _hval(block, low, key)
-                if v is not None:
-                    attrs[attr] = redact.header("set-cookie", v.decode("latin-1"))
-        th = _trace_headers(block, low)
         side.ctx = (code, attrs, th)
-        if length is not None:
-            attrs["http.response.body.size"] = length
         if length is None and not chunked:
             side.mode = UNTIL_CLOSE
             side.msg = msg
@@ -374,7 +371,8 @@ class Http1Parser(StreamParser):
             # Answered before the rest of its body was seen: those bytes never came.
             p.incomplete = p.incomplete or "truncated"
             rst.open = None
-        attrs = {**p.attributes, **attrs}
+        p.attributes.update(attrs)
+        attrs = p.attributes
         if code >= 500 or (code >= 400 and self.req_dir == 0):
             status = STATUS_ERROR
         elif code < 400:
@@ -384,7 +382,8 @@ class Http1Parser(StreamParser):
         trace = p.trace_headers
         if th:
             trace = {**th, **trace}
-        inc = self._why(p.incomplete, side.trunc)
+        inc = self._why(p.incomplete, side.trunc) if (p.incomplete or side.trunc
+                                                       or self.uncertain) else ""
         out.append(Record(self.protocol, p.msg, msg, p.operation, status, str(code),
                           "", attrs, trace, inc))
 
@@ -499,6 +498,79 @@ class Http1Parser(StreamParser):
             out.append(incomplete_record(self.protocol, self.pending.popleft(),
                                          reason or "no response"))
         self.closed = True
+
+
+_CODES = {c: str(c) for c in range(100, 600)}
+
+
+def _request_info(block: bytes) -> tuple | None:
+    """(operation, attributes, trace headers, body length, chunked?) of a request head
+    (without its final blank line), or None if it is not one."""
+    m = _REQ_LINE_RX.match(block)
+    if m is None:
+        return None
+    method_b, path_b, query, version = m.groups()
+    method_s = method_b.decode()
+    path = path_b.decode("latin-1")
+    low = block.lower()
+    attrs = {"http.request.method": method_s, "url.path": path,
+             "network.protocol.version": "1.1" if version == b"1.1" else "1.0"}
+    if query is not None:
+        attrs["url.query"] = query.decode("latin-1")
+    v = _hval(block, low, _H_HOST)
+    if v is not None:
+        host = v.decode("latin-1")
+        if host[-1:].isdigit() and ":" in host and not host.endswith("]"):
+            host, _, port = host.rpartition(":")
+            if port.isdigit() and (host[:1] != "[" or host[-1:] == "]"):
+                attrs["server.port"] = int(port)
+        attrs["server.address"] = host
+    v = _hval(block, low, _H_UA)
+    if v is not None:
+        attrs["user_agent.original"] = v.decode("latin-1")
+    th = _trace_headers(block, low)
+    if b"authorization:" in low or b"cookie:" in low:
+        for key, attr in _SECRET_REQ:
+            v = _hval(block, low, key)
+            if v is not None:
+                attrs[attr] = redact.header(attr[20:], v.decode("latin-1"))
+    length, chunked = _body_framing(block, low)
+    if length is None and not chunked:
+        length = 0
+    if length is not None:
+        attrs["http.request.body.size"] = length
+    if b"100-continue" in low and _hval(block, low, _H_EXPECT) == b"100-continue":
+        attrs["http.request.expect_continue"] = True
+    return f"{method_s} {path}", attrs, th, length, chunked
+
+
+def _response_info(block: bytes, req_op: str) -> tuple | None:
+    """(status code, attributes, trace headers, body length, chunked?) of a response
+    head answering `req_op`, or None if it is not one."""
+    if not block.startswith(b"HTTP/1.") or len(block) < 12 or block[8] != 32:
+        return None
+    code_b = block[9:12]
+    if not code_b.isdigit():
+        return None
+    code = int(code_b)
+    if code < 200 and code != 101:
+        return code, {}, {}, 0, False
+    low = block.lower()
+    length, chunked = _body_framing(block, low)
+    if code == 204 or code == 304 or code == 101 or req_op.startswith("HEAD "):
+        length, chunked = 0, False
+    elif code < 300 and req_op.startswith("CONNECT "):
+        length, chunked = 0, False
+    attrs = {"http.response.status_code": code}
+    if b"set-cookie:" in low:
+        for key, attr in _SECRET_RESP:
+            v = _hval(block, low, key)
+            if v is not None:
+                attrs[attr] = redact.header("set-cookie", v.decode("latin-1"))
+    th = _trace_headers(block, low)
+    if length is not None:
+        attrs["http.response.body.size"] = length
+    return code, attrs, th, length, chunked
 
 
 def _body_framing(block: bytes, low: bytes) -> tuple[int | None, bool]:

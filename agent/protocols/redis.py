@@ -13,8 +13,10 @@ from collections import deque
 
 from .base import (
     MAX_PENDING,
+    SEQ_MOD,
     STATUS_ERROR,
     STATUS_OK,
+    Chunk,
     DirStream,
     Message,
     Pending,
@@ -76,6 +78,120 @@ class RedisParser(StreamParser):
         super().__init__(client_side)
         self.pending: deque[Pending] = deque()
         self.frames = (_Frame(), _Frame())
+
+    def feed(self, chunk: Chunk) -> list[Record]:
+        # Fast path for the common case (whole frames in one chunk, nothing pending in
+        # the stream): no buffering, no resumable scanner.  Anything else falls back.
+        d = chunk.direction
+        st = self.streams[d]
+        if (chunk.offset == st.next and not st.buf and not st.skip and st.synced
+                and chunk.size == len(chunk.data) and not self.frames[d].stack
+                and not self.closed and self.req_dir is not None and not self.uncertain):
+            try:
+                r = self._fast(chunk, d == self.req_dir)
+            except (ValueError, IndexError):
+                r = None
+            if r is not None:
+                st.next = st.base = chunk.offset + chunk.size
+                if st.marks:
+                    st.marks.clear()
+                return r
+        return StreamParser.feed(self, chunk)
+
+    def _fast(self, chunk: Chunk, is_req: bool) -> list[Record] | None:
+        data = chunk.data
+        n = len(data)
+        i = 0
+        frames = []
+        find = data.find
+        while i < n:
+            start = i
+            t = data[i]
+            j = find(b"\r\n", i)
+            if j < 0:
+                return None
+            if t == _STAR:
+                cnt = int(data[i + 1:j])
+                i = j + 2
+                args = []
+                for _ in range(cnt):
+                    if data[i] != _DOLLAR:
+                        return None
+                    j = find(b"\r\n", i)
+                    ln = int(data[i + 1:j])
+                    s = j + 2
+                    i = s + ln + 2
+                    if i > n or ln < 0:
+                        return None
+                    if len(args) < 2:
+                        args.append(data[s:s + ln] if ln <= GRAB else data[s:s + GRAB])
+                if not is_req and args and (args[0] in _PUBSUB_PUSH
+                                            or args[0].endswith(b"subscribe")):
+                    return None
+                frames.append((start, i, args, None))
+            elif is_req:
+                return None
+            elif t == _PLUS or t == _COLON or t == 95 or t == 35 or t == 44:
+                i = j + 2
+                frames.append((start, i, None, None))
+            elif t == _MINUS:
+                i = j + 2
+                frames.append((start, i, None, data[start + 1:j]))
+            elif t == _DOLLAR:
+                ln = int(data[i + 1:j])
+                i = j + 2 + (ln + 2 if ln >= 0 else 0)
+                if i > n:
+                    return None
+                frames.append((start, i, None, None))
+            else:
+                return None
+        off, ts, tid, seq = chunk.offset, chunk.ts_ns, chunk.tid, chunk.seq
+        out: list[Record] = []
+        pending = self.pending
+        if is_req:
+            for start, end, args, _ in frames:
+                s = None if seq is None else (seq + start) % SEQ_MOD
+                self._request(Message(off + start, end - start, ts, ts, tid, tid, s), args,
+                              "", out)
+            return out
+        if len(pending) < len(frames) or pending[len(frames) - 1].msg.start_ns > ts:
+            return None
+        for start, end, _, err in frames:
+            s = None if seq is None else (seq + start) % SEQ_MOD
+            msg = Message(off + start, end - start, ts, ts, tid, tid, s)
+            p = pending.popleft()
+            if err is None:
+                out.append(Record("redis", p.msg, msg, p.operation, STATUS_OK, "", "",
+                                  p.attributes, {}, p.incomplete))
+            else:
+                self._reply(p, msg, err, "", out)
+        return out
+
+    def _request(self, msg: Message, args: list[bytes], inc: str, out: list[Record]) -> None:
+        cmd = args[0].upper() if args else b""
+        op = cmd.decode("latin-1")
+        if cmd in _SUBCOMMANDS and len(args) > 1:
+            op = f"{op} {args[1].upper().decode('latin-1')}"
+        attrs = {"db.system": "redis", "db.operation.name": op}
+        if len(args) > 1 and cmd not in _NO_KEY and cmd not in _SUBCOMMANDS:
+            attrs["db.query.text"] = f"{op} {args[1].decode('latin-1')}"
+        elif op:
+            attrs["db.query.text"] = op
+        if len(self.pending) >= MAX_PENDING:
+            self.stats["pending_overflow"] += 1
+            out.append(incomplete_record(self.protocol, self.pending.popleft(), "evicted"))
+        self.pending.append(Pending(msg, op, attrs, {}, inc))
+
+    def _reply(self, p: Pending, msg: Message, err: bytes | None, inc: str,
+               out: list[Record]) -> None:
+        if err is not None:
+            text = err.decode("latin-1", "replace")
+            code = text.split(" ", 1)[0]
+            status, error = STATUS_ERROR, text[:256]
+        else:
+            code, status, error = "", STATUS_OK, ""
+        out.append(Record(self.protocol, p.msg, msg, p.operation, status, code, error,
+                          p.attributes, {}, self._why(p.incomplete, inc)))
 
     def _parse(self, d: int, st: DirStream, out: list[Record], force: bool = False) -> None:
         buf = st.buf
@@ -213,20 +329,7 @@ class RedisParser(StreamParser):
         f.msg = None
         f.stack.clear()
         if d == self.req_dir:
-            args = f.args
-            cmd = args[0].upper() if args else b""
-            op = cmd.decode("latin-1")
-            if cmd in _SUBCOMMANDS and len(args) > 1:
-                op = f"{op} {args[1].upper().decode('latin-1')}"
-            attrs = {"db.system": "redis", "db.operation.name": op}
-            if len(args) > 1 and cmd not in _NO_KEY and cmd not in _SUBCOMMANDS:
-                attrs["db.query.text"] = f"{op} {args[1].decode('latin-1')}"
-            elif op:
-                attrs["db.query.text"] = op
-            if len(self.pending) >= MAX_PENDING:
-                self.stats["pending_overflow"] += 1
-                out.append(incomplete_record(self.protocol, self.pending.popleft(), "evicted"))
-            self.pending.append(Pending(msg, op, attrs, {}, inc or f.inc))
+            self._request(msg, f.args, inc or f.inc, out)
             return
         kind = f.kind
         first = f.args[0] if f.args and (kind == _STAR or kind == 62) else b""
@@ -248,16 +351,7 @@ class RedisParser(StreamParser):
             # Nothing asked, or it answers a request lost before the oldest one seen.
             self.stats["unmatched_response"] += 1
             return
-        p = self.pending.popleft()
-        if f.err is not None:
-            text = f.err.decode("latin-1", "replace")
-            code = text.split(" ", 1)[0]
-            status, error = STATUS_ERROR, text[:256]
-        else:
-            code, status, error = "", STATUS_OK, ""
-        why = self._why(p.incomplete, inc, f.inc)
-        out.append(Record(self.protocol, p.msg, msg, p.operation, status, code, error,
-                          p.attributes, {}, why))
+        self._reply(self.pending.popleft(), msg, f.err, inc or f.inc, out)
 
     def _salvage_request(self, out: list[Record]) -> None:
         """A reply came while a command is still being read: the server replies to
