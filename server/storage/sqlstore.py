@@ -24,6 +24,18 @@ from server.storage.base import (
 )
 
 _NS = 1_000_000_000
+RESOURCE_PREFIXES = (
+    "k8s.",
+    "host.",
+    "container.",
+    "cloud.",
+    "service.",
+    "process.",
+    "os.",
+    "deployment.",
+    "telemetry.",
+    "faas.",
+)
 
 
 def _opt(v: Any) -> int | None:
@@ -157,11 +169,17 @@ class SqlStore(SpanStore, abc.ABC):
             where.append("status = {status:String}")
             params["status"] = q.status
         for i, (k, v) in enumerate(sorted(q.tags.items())):
-            where.append(
-                f"(attributes[{{tk{i}:String}}] = {{tv{i}:String}} OR "
-                f"attributes_json[{{tk{i}:String}}] = {{tv{i}:String}} OR "
-                f"resource[{{tk{i}:String}}] = {{tv{i}:String}})"
-            )
+            # Reading a Map column costs most of a search, so a tag is looked up in
+            # the resource map only when its key is a resource attribute by the
+            # semantic conventions, and in the span attributes otherwise.
+            if k.startswith(RESOURCE_PREFIXES):
+                cond_i = f"resource[{{tk{i}:String}}] = {{tv{i}:String}}"
+            else:
+                cond_i = (
+                    f"(attributes[{{tk{i}:String}}] = {{tv{i}:String}} OR "
+                    f"attributes_json[{{tk{i}:String}}] = {{tv{i}:String}})"
+                )
+            where.append(cond_i)
             params[f"tk{i}"] = k
             params[f"tv{i}"] = v
         limit = max(1, min(int(q.limit or 20), 10_000))
@@ -262,8 +280,7 @@ SELECT parent, child, sum(calls) AS calls, sum(errs) AS errs FROM (
 ) GROUP BY parent, child ORDER BY parent, child"""
         rows = self._select(sql, params)
         return [
-            DependencyLink(r["parent"], r["child"], int(r["calls"]), int(r["errs"]))
-            for r in rows
+            DependencyLink(r["parent"], r["child"], int(r["calls"]), int(r["errs"])) for r in rows
         ]
 
     def spans_for_service(

@@ -123,6 +123,7 @@ class StorageConformance:
                         "http.response.status_code": 500 if i == 4 else 200,
                         "customer": f"c{i}",
                     },
+                    resource={"k8s.pod.name": f"pod-{i}"},
                 )
             )
         old = server_span(
@@ -139,6 +140,8 @@ class StorageConformance:
         assert ids(min_duration_ns=45 * MS) == [tids[5], tids[4]]
         assert ids(status="error") == [tids[4]]
         assert ids(tags={"customer": "c3"}) == [tids[3]]
+        assert ids(tags={"k8s.pod.name": "pod-2"}) == [tids[2]]
+        assert ids(tags={"customer": "c3", "k8s.pod.name": "pod-2"}) == []
         assert ids(tags={"http.response.status_code": "500"}) == [tids[4]]
         assert len(ids(limit=2)) == 2
         summary = store.search_traces(TraceQuery(status="error"))[0]
