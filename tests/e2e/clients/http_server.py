@@ -1,0 +1,30 @@
+"""A Python HTTP/1.1 server (keep-alive): /hello, /slow (20 ms), anything else 404."""
+
+import sys
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *a):
+        pass
+
+    def do_GET(self):
+        if self.path in ("/hello", "/slow"):
+            if self.path == "/slow":
+                time.sleep(0.02)
+            body = b"hello world\n"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        else:
+            self.send_error(404)
+
+
+srv = ThreadingHTTPServer((sys.argv[1], int(sys.argv[2])), H)
+print("ready", flush=True)
+srv.serve_forever()
