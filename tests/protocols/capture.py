@@ -497,12 +497,117 @@ def capture_dns() -> None:
         record("dns", "dnsmasq_tcp", "tcp", "dnsmasq over TCP: dig +tcp and dnspython", conns)
 
 
+# -- HTTP/2 and gRPC ---------------------------------------------------------------------
+GRPC_SERVER = """
+import sys, time
+from concurrent import futures
+import grpc
+
+def say_hello(request, context):
+    if request == b"missing":
+        context.abort(grpc.StatusCode.NOT_FOUND, "no such greeting")
+    return b"hello " + request
+
+def count(request, context):
+    for i in range(int(request or b"3")):
+        yield b"n%d" % i
+
+def chat(it, context):
+    for m in it:
+        yield m.upper()
+
+handler = grpc.method_handlers_generic_handler("demo.v1.Greeter", {
+    "SayHello": grpc.unary_unary_rpc_method_handler(say_hello),
+    "Count": grpc.unary_stream_rpc_method_handler(count),
+    "Chat": grpc.stream_stream_rpc_method_handler(chat),
+})
+server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+server.add_generic_rpc_handlers((handler,))
+server.add_insecure_port("127.0.0.1:" + sys.argv[1])
+server.start()
+server.wait_for_termination()
+"""
+
+NGINX_H2_CONF = """
+daemon off;
+master_process off;
+worker_processes 1;
+error_log {tmp}/error.log;
+pid {tmp}/nginx.pid;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    client_body_temp_path {tmp}/body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    server {{
+        listen 127.0.0.1:{port} http2;
+        root {tmp}/www;
+        location = /gone {{ return 410 "gone"; }}
+    }}
+}}
+"""
+
+
+def capture_grpc() -> None:
+    import grpc
+
+    port = free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        script = os.path.join(tmp, "grpc_server.py")
+        Path(script).write_text(GRPC_SERVER)
+        with server([PY, script, str(port)], port):
+            relay = TcpRelay(port)
+            with grpc.insecure_channel(f"127.0.0.1:{relay.port}") as ch:
+                hello = ch.unary_unary("/demo.v1.Greeter/SayHello")
+                md = (("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+                      ("x-request-id", "grpc-7"))
+                for name in (b"ann", b"bob", b"cy"):
+                    hello(name, metadata=md, timeout=5)
+                with contextlib.suppress(grpc.RpcError):
+                    hello(b"missing", timeout=5)
+                list(ch.unary_stream("/demo.v1.Greeter/Count")(b"4", timeout=5))
+                list(ch.stream_stream("/demo.v1.Greeter/Chat")(iter([b"a", b"b", b"c"]),
+                                                                 timeout=5))
+                # Several calls in flight at once, multiplexed on the connection.
+                futs = [hello.future(b"x%d" % i, timeout=5) for i in range(5)]
+                for f in futs:
+                    f.result()
+                hello(b"z" * 3000, timeout=5)  # a message longer than the 1 KiB capture
+            conns = relay.close()
+            record("grpc", "grpcio_unary_streaming", "tcp",
+                   "grpcio server and client (generic handlers): unary, NOT_FOUND, "
+                   "server-streaming, bidi-streaming, 5 concurrent calls, 3000-byte message",
+                   conns)
+
+        port = free_port()
+        www = os.path.join(tmp, "www")
+        os.makedirs(www)
+        Path(www, "index.html").write_text("<h1>h2</h1>\n")
+        Path(www, "big.bin").write_bytes(bytes(range(256)) * 40)
+        conf = os.path.join(tmp, "nginx.conf")
+        Path(conf).write_text(NGINX_H2_CONF.format(tmp=tmp, port=port))
+        with server(["nginx", "-c", conf, "-p", tmp], port):
+            relay = TcpRelay(port)
+            url = f"http://127.0.0.1:{relay.port}"
+            for path in ("/", "/big.bin", "/gone", "/nothere"):
+                sh("curl", "-s", "--http2-prior-knowledge", "-o", "/dev/null",
+                   "-H", "x-request-id: h2-1", f"{url}{path}")
+            conns = relay.close()
+            record("grpc", "nginx_h2c_curl", "tcp",
+                   "nginx HTTP/2 cleartext with curl --http2-prior-knowledge: 200, a "
+                   "10240-byte file, 410, 404", conns)
+
+
 SCENARIOS = {
     "redis": capture_redis,
     "postgresql": capture_postgresql,
     "mysql": capture_mysql,
     "http": capture_http,
     "dns": capture_dns,
+    "grpc": capture_grpc,
 }
 
 
