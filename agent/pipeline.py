@@ -11,7 +11,10 @@ from collections.abc import Callable
 
 from agent.conn.assembler import SpanAssembler
 from agent.conn.spans import SpanContext
+from agent.probes import abi
 from agent.probes.events import SocketEvent
+from agent.stitch.stitcher import Stitcher, Trace
+from agent.stitch.tree import render
 
 
 class Pipeline:
@@ -20,8 +23,10 @@ class Pipeline:
     def __init__(self, agent_name: str = "") -> None:
         self.on_span: Callable[[SpanContext], None] | None = None
         self.on_trace: Callable[[str], None] | None = None
+        self.on_trace_obj: Callable[[Trace], None] | None = None
         self.assembler = SpanAssembler(self._span, agent_name)
         self.tracker = self.assembler.tracker
+        self.stitcher = Stitcher(self._trace)
         self._next_tick = 0.0
         self.spans = 0
 
@@ -31,27 +36,42 @@ class Pipeline:
 
     def _span(self, ctx: SpanContext) -> None:
         self.spans += 1
+        self.stitcher.add(ctx)
         if self.on_span is not None:
             self.on_span(ctx)
 
+    def _trace(self, trace: Trace) -> None:
+        if self.on_trace_obj is not None:
+            self.on_trace_obj(trace)
+        if self.on_trace is not None:
+            self.on_trace(render(trace))
+
     def process(self, events: list[SocketEvent]) -> None:
         handle = self.assembler.handle
+        observe = self.stitcher.observe
+        data = abi.EV_DATA
         for e in events:
             handle(e)
+            if e.type == data:
+                observe(e)
 
     def tick(self) -> None:
-        """Periodic work (expiry), at most once a second."""
+        """Periodic work (stitching decisions, expiry), every 0.2 s at most."""
         now = time.monotonic()
         if now < self._next_tick:
             return
-        self._next_tick = now + 1.0
-        self.assembler.expire(time.time_ns())
+        self._next_tick = now + 0.2
+        wall = time.time_ns()
+        self.stitcher.tick(wall)
+        self.assembler.expire(wall)
 
     def close(self) -> None:
         self.assembler.close()
+        self.stitcher.close()
 
     def summary(self) -> str:
         st = self.assembler.stats
         parts = [f"{self.spans} spans"] + [f"{k}={v}" for k, v in sorted(st.items())
                                             if k != "spans"]
+        parts += [f"stitch {k}={v}" for k, v in sorted(self.stitcher.stats.items())]
         return ", ".join(parts)

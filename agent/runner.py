@@ -100,4 +100,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"zerotrace: {n_events} events; lost in kernel: {lost} "
           f"({', '.join(f'{k}={v}' for k, v in drops.items())})", file=sys.stderr)
     print(f"zerotrace: {pipeline.summary()}", file=sys.stderr)
+    for p in pipeline.stitcher.process_report():
+        counts = ", ".join(f"{k}: {v}" for k, v in sorted(p["counts"].items()))
+        print(f"zerotrace: stitching pid {p['pid']} ({p['process']}, {p['mode']}): {counts}",
+              file=sys.stderr)
     return 0

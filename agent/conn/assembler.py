@@ -30,7 +30,7 @@ MAX_SESSIONS = 50_000
 class Session:
     """One connection as the agent follows it."""
 
-    key: tuple
+    key: tuple  # (conn_id,) or, for unconnected UDP, (conn_id, peer address, peer port)
     event: SocketEvent  # first data event: tuple, process, cgroup, netns
     role: int
     parser: ConnectionParser | None = None
@@ -49,7 +49,7 @@ class SpanAssembler:
         self.agent_name = agent_name
         self.tracker = ConnTracker()
         self.sessions: dict[tuple, Session] = {}
-        self.udp_keys: dict[int, list[tuple]] = {}  # sock_id -> its per-peer sessions
+        self.udp_keys: dict[int, list[tuple]] = {}  # conn_id -> its per-peer sessions
         self.stats: Counter = Counter()
 
     # -- events -----------------------------------------------------------------------
@@ -57,14 +57,15 @@ class SpanAssembler:
         conn = self.tracker.update(e)
         if e.type == abi.EV_CONN:
             if e.syscall in (abi.SYS_CLOSE, abi.SYS_STATE_CLOSE):
-                self._close_sock(e.sock_id, "closed")
+                if e.conn_id:
+                    self._close_conn(e.conn_id, "closed")
                 self.tracker.closed(e.sock_id)
             return
         if e.transport == abi.IPPROTO_UDP:
-            key = (e.sock_id, e._rec[abi.ZtEvent.raddr.offset:abi.ZtEvent.raddr.offset + 16],
+            key = (e.conn_id, e._rec[abi.ZtEvent.raddr.offset:abi.ZtEvent.raddr.offset + 16],
                    e.rport)
         else:
-            key = (e.sock_id,)
+            key = (e.conn_id,)
         s = self.sessions.get(key)
         if s is None:
             if len(self.sessions) >= MAX_SESSIONS:
@@ -72,7 +73,7 @@ class SpanAssembler:
                 return
             s = self.sessions[key] = Session(key, e, conn.role if conn else 0)
             if len(key) > 1:
-                self.udp_keys.setdefault(e.sock_id, []).append(key)
+                self.udp_keys.setdefault(e.conn_id, []).append(key)
         s.last_ns = e.ts_exit
         if s.unknown:
             self.stats["unknown_protocol_bytes"] += e.ret
@@ -118,8 +119,8 @@ class SpanAssembler:
             self.emit(ctx)
 
     # -- life -------------------------------------------------------------------------
-    def _close_sock(self, sock_id: int, reason: str) -> None:
-        for key in self.udp_keys.pop(sock_id, None) or [(sock_id,)]:
+    def _close_conn(self, conn_id: int, reason: str) -> None:
+        for key in self.udp_keys.pop(conn_id, None) or [(conn_id,)]:
             s = self.sessions.pop(key, None)
             if s is not None and s.parser is not None:
                 self._records(s, s.parser.flush(reason))

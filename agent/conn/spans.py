@@ -25,7 +25,7 @@ class SpanContext:
     For a client span: `out_*` = the request written, `in_*` = the response read."""
 
     span: Span
-    sock_id: int
+    conn_id: int
     in_tid: int
     in_ns: int
     out_tid: int
@@ -83,7 +83,7 @@ def record_to_span(r: Record, e: SocketEvent, role: int, req_dir: int | None,
     else:
         out_tid, out_ns = (req.tid, req.start_ns) if req else (0, start)
         in_tid, in_ns = (resp.end_tid, resp.end_ns) if resp else (0, end)
-    return SpanContext(span, e.sock_id, in_tid, in_ns, out_tid, out_ns, resp is not None)
+    return SpanContext(span, e.conn_id, in_tid, in_ns, out_tid, out_ns, resp is not None)
 
 
 def host_name() -> str:

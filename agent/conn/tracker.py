@@ -21,6 +21,7 @@ _WRAP = 1 << 32
 @dataclass(slots=True)
 class Conn:
     sock_id: int
+    conn_id: int  # unique per connection instance: the kernel reuses sock addresses
     role: int = abi.ROLE_UNKNOWN
     midstream: bool = True
     base: list = field(default_factory=lambda: [None, None])  # per direction: base seq
@@ -36,9 +37,11 @@ class ConnTracker:
         self.conns: OrderedDict[int, Conn] = OrderedDict()
         self.max_conns = max_conns
         self.stats = {"evicted": 0, "closed": 0, "midstream": 0}
+        self._serial = 0
 
     def _new(self, sock_id: int) -> Conn:
-        c = self.conns[sock_id] = Conn(sock_id)
+        self._serial += 1
+        c = self.conns[sock_id] = Conn(sock_id, self._serial)
         if len(self.conns) > self.max_conns:
             self.conns.popitem(last=False)
             self.stats["evicted"] += 1
@@ -55,12 +58,16 @@ class ConnTracker:
         sid = e.sock_id
         if e.type == abi.EV_CONN:
             if e.syscall in (abi.SYS_CONNECT, abi.SYS_ACCEPT, abi.SYS_ACCEPT4):
-                c = self.conns.get(sid) or self._new(sid)
+                c = self._new(sid)  # a new connection, even if the address was seen
                 c.role, c.midstream, c.pid = e.role, False, e.pid
+                e.conn_id = c.conn_id
                 if e.flags & abi.F_HAS_SEQ:
                     c.base = [e.seq, e.offset & _MASK]
                     c.last = [0, 0]
                 return c
+            c = self.conns.get(sid)
+            if c is not None:
+                e.conn_id = c.conn_id
             return None  # close / tcp_close: the caller flushes, then calls closed()
         c = self.conns.get(sid)
         if c is None:
@@ -69,6 +76,7 @@ class ConnTracker:
             self.stats["midstream"] += 1
         d = e.direction
         e.role = c.role
+        e.conn_id = c.conn_id
         if c.midstream:
             e.flags |= abi.F_MIDSTREAM
         if e.flags & abi.F_HAS_SEQ:

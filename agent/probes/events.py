@@ -47,13 +47,13 @@ def format_addr(family: int, raw: bytes) -> str:
 class SocketEvent:
     """One syscall's worth of socket activity (data) or a connection change (conn).
 
-    `offset`, `role` and the MIDSTREAM flag of data events are filled in by the
-    connection tracker (agent/conn/tracker.py), not by the kernel."""
+    `offset`, `role`, `conn_id` and the MIDSTREAM flag of data events are filled in by
+    the connection tracker (agent/conn/tracker.py), not by the kernel."""
 
     __slots__ = (
         "ts_enter", "ts_exit", "cgroup_id", "sock_id", "offset", "ret", "pid", "tid", "fd",
         "seq", "netns", "captured", "lport", "rport", "type", "syscall", "direction", "role",
-        "family", "transport", "flags", "payload", "_rec",
+        "family", "transport", "flags", "payload", "_rec", "conn_id",
     )
 
     def __init__(self, record: bytes, wall_offset: int = 0) -> None:
@@ -66,6 +66,7 @@ class SocketEvent:
         self.captured = captured
         self.payload = record[_HDR:_HDR + captured]
         self._rec = record
+        self.conn_id = 0  # set by the connection tracker: sock addresses get reused
 
     @property
     def laddr(self) -> str:

@@ -98,7 +98,7 @@ class SocketTracer:
             f"-I{BPF_DIR}",
             f"-DZT_PAYLOAD_MAX={cfg.payload_max()}",
             f"-DZT_RINGBUF_PAGES={cfg.ring_pages}",
-            "-Wno-macro-redefined", "-Wno-pass-failed", f"-DZT_STAGE={os.environ.get('ZT_STAGE', '0')}",
+            "-Wno-macro-redefined", "-Wno-pass-failed",
         ]
         t0 = time.monotonic()
         try:

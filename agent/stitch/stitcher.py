@@ -1,0 +1,347 @@
+"""Spans into traces: parents within a process (by causality on a thread) and across
+processes (client span -> server span of the same request), never by guessing.
+
+Within a process, a client span's parent is the request whose context its thread was
+in when it wrote the request: the context of the last read on that thread, where a
+read of a server request opens that request's context and a read of a response on a
+client connection resumes the context that sent the request (design.md: this also
+links sequential calls in event loops).  The link is refused, and counted, when:
+  - the reads just before it (with no write between them) belong to more than one
+    context, unless a rare payload token picks exactly one (evidence.py);
+  - the context had already answered its request (work handed off, or a later reuse);
+  - the last read belongs to no known span, or to a client span that has no parent;
+  - the process is an M:N runtime (Go) whose thread ids do not follow requests.
+Across processes, a server span's parent is the client span with the same TCP
+sequence numbers (and, when only the request's is known, the mirrored tuple); for
+UDP the mirrored tuple, operation and time containment.  More than one candidate:
+no link.
+
+Decisions wait until the read they hinge on is attributable (its span completed) or
+give up after `max_wait_ns`.  Traces are emitted once quiet for `quiet_ns`."""
+
+from __future__ import annotations
+
+import bisect
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from agent.conn.spans import SpanContext
+from agent.probes import abi
+from agent.probes.events import SocketEvent
+from agent.stitch import evidence
+from agent.stitch.runtime import MODE_GO, RuntimeClassifier
+from proto.span import KIND_CLIENT, KIND_SERVER, Span, new_trace_id
+
+_MS = 10**6
+
+
+@dataclass(eq=False)
+class Item:
+    ctx: SpanContext
+    parent: Item | None = None
+    children: list[Item] = field(default_factory=list)
+    thread_done: bool = False  # client: thread-based parent decided (linked or refused)
+    remote_done: bool = False  # server: cross-process parent decided
+    emitted: bool = False
+    trace_id: str = ""
+    link: str = ""  # how the parent was found
+
+    @property
+    def span(self) -> Span:
+        return self.ctx.span
+
+
+@dataclass
+class Trace:
+    trace_id: str
+    spans: list[Span]
+    root: Span
+
+
+def _mirror(a: Span, b: Span) -> bool:
+    return (a.local.addr, a.local.port, a.remote.addr, a.remote.port) == (
+        b.remote.addr, b.remote.port, b.local.addr, b.local.port)
+
+
+class Stitcher:
+    """Links SpanContexts into traces; `observe` every data event, `add` every span."""
+
+    def __init__(self, emit: Callable[[Trace], None], *, settle_ns: int = 200 * _MS,
+                 quiet_ns: int = 800 * _MS, max_wait_ns: int = 5000 * _MS,
+                 horizon_ns: int = 60_000 * _MS,
+                 classifier: RuntimeClassifier | None = None) -> None:
+        self.emit = emit
+        self.settle_ns, self.quiet_ns = settle_ns, quiet_ns
+        self.max_wait_ns, self.horizon_ns = max_wait_ns, horizon_ns
+        self.classifier = classifier or RuntimeClassifier()
+        # (pid, tid) -> time-ordered [(ts, direction, conn_id, offset)]
+        self.threads: dict[tuple[int, int], list] = defaultdict(list)
+        # (conn_id, direction) -> [(start_off, end_off, id, item)] of known messages
+        self.ranges: dict[tuple[int, int], list] = defaultdict(list)
+        self.items: list[Item] = []
+        self.client_by_seq: dict[int, list[Item]] = defaultdict(list)
+        self.udp_clients: dict[tuple, list[Item]] = defaultdict(list)
+        self.trace_of: dict[str, str] = {}  # span_id -> trace_id of emitted spans
+        self.stats: Counter = Counter()
+        self.per_process: dict[int, Counter] = defaultdict(Counter)
+        self.comm: dict[int, str] = {}
+
+    # -- input ------------------------------------------------------------------------
+    def observe(self, e: SocketEvent) -> None:
+        """Record a data event's moment on its thread (call for every data event)."""
+        ts = e.ts_exit if e.direction == abi.DIR_INGRESS else e.ts_enter
+        tl = self.threads[(e.pid, e.tid)]
+        entry = (ts, e.direction, e.conn_id, e.offset)
+        if tl and tl[-1][0] > ts:  # rare: events of one thread arriving out of order
+            bisect.insort(tl, entry)
+        else:
+            tl.append(entry)
+
+    def add(self, ctx: SpanContext) -> None:
+        item = Item(ctx)
+        s = ctx.span
+        self.items.append(item)
+        self.comm[s.pid] = s.process
+        if s.kind == KIND_SERVER:
+            self._range(ctx.conn_id, abi.DIR_INGRESS, s.req_offset, s.req_bytes, item)
+            item.thread_done = True
+        else:
+            self._range(ctx.conn_id, abi.DIR_INGRESS, s.resp_offset, s.resp_bytes, item)
+            item.remote_done = True
+            if s.transport == "tcp" and s.req_seq is not None:
+                self.client_by_seq[s.req_seq].append(item)
+            elif s.transport == "udp":
+                self.udp_clients[self._udp_key(s)].append(item)
+
+    def _range(self, conn_id: int, d: int, off: int | None, size: int, item: Item) -> None:
+        if off is None:
+            return
+        bisect.insort(self.ranges[(conn_id, d)], (off, off + max(size, 1), id(item), item))
+
+    @staticmethod
+    def _udp_key(s: Span) -> tuple:
+        # as the server would see it: its local = our remote
+        if s.kind == KIND_CLIENT:
+            return (s.remote.addr, s.remote.port, s.local.addr, s.local.port, s.operation)
+        return (s.local.addr, s.local.port, s.remote.addr, s.remote.port, s.operation)
+
+    # -- attribution ------------------------------------------------------------------
+    def _span_of_read(self, conn_id: int, offset: int) -> list[Item]:
+        lst = self.ranges.get((conn_id, abi.DIR_INGRESS))
+        if not lst:
+            return []
+        i = bisect.bisect_right(lst, (offset, float("inf"), 0, None))
+        out = []
+        for start, end, _, item in reversed(lst[max(0, i - 8):i]):
+            if start <= offset < end:
+                out.append(item)
+        return out
+
+    def _context_of_read(self, conn_id: int, offset: int) -> tuple[str, Item | None]:
+        """("ok", server item) / ("pending", None) / (reason, None)."""
+        items = self._span_of_read(conn_id, offset)
+        if not items:
+            return "pending", None
+        if len(items) > 1:
+            return "read spans several requests", None
+        it = items[0]
+        if it.span.kind == KIND_SERVER:
+            return "ok", it
+        if not it.thread_done:
+            return "pending", None
+        if it.parent is None:
+            return "resumed context unknown", None
+        return "ok", it.parent
+
+    def _decide_thread(self, item: Item, now: int) -> bool:
+        """Decide a client span's parent in its process; False to wait."""
+        c = item.ctx
+        s = c.span
+        pc = self.per_process[s.pid]
+        if self.classifier.mode(s.pid) == MODE_GO:
+            return self._refuse(item, "M:N runtime: thread is not the request")
+        tl = self.threads.get((s.pid, c.out_tid))
+        if not tl:
+            return self._refuse(item, "no thread history (events lost?)")
+        t = c.out_ns
+        lst = tl
+        i = bisect.bisect_left(lst, (t, -1, 0, 0)) - 1
+        # skip back over writes (siblings written earlier in the same context)
+        while i >= 0 and lst[i][1] == abi.DIR_EGRESS:
+            i -= 1
+        if i < 0:  # nothing read before it: the request starts here (a root client)
+            item.thread_done = True
+            self.per_process[s.pid]["root client (no read before it)"] += 1
+            return True
+        contexts: list[Item] = []
+        while i >= 0 and lst[i][1] == abi.DIR_INGRESS:
+            _, _, sock, off = lst[i]
+            status, ctxt = self._context_of_read(sock, off)
+            if status == "pending":
+                if now - lst[i][0] < self.max_wait_ns:
+                    return False
+                return self._refuse(item, "read before it belongs to no span")
+            if status != "ok":
+                return self._refuse(item, status)
+            if ctxt not in contexts:
+                contexts.append(ctxt)
+            i -= 1
+        if len(contexts) == 1:
+            parent, how = contexts[0], "thread"
+        else:
+            pick = evidence.pick_by_tokens(s, [x.span for x in contexts])
+            if pick is None:
+                return self._refuse(item, "reads of several requests interleave")
+            parent = next(x for x in contexts if x.span is pick)
+            how = "thread+token"
+        ps = parent.ctx
+        if ps.has_response and ps.out_ns < t:
+            return self._refuse(item, "context already answered (hand-off?)")
+        if not (parent.span.start_ns <= s.start_ns):
+            return self._refuse(item, "child starts before parent")
+        item.parent, item.link = parent, how
+        parent.children.append(item)
+        item.thread_done = True
+        pc[f"linked by {how}"] += 1
+        self.stats[f"linked_{how}"] += 1
+        return True
+
+    def _refuse(self, item: Item, reason: str) -> bool:
+        item.thread_done = True
+        self.per_process[item.span.pid][f"refused: {reason}"] += 1
+        self.stats["refused"] += 1
+        return True
+
+    def _decide_remote(self, item: Item, now: int) -> bool:
+        """Find the client span of a server span's request; False to wait."""
+        s = item.span
+        if s.transport == "tcp" and s.req_seq is not None:
+            cands = [c for c in self.client_by_seq.get(s.req_seq, ()) if c.span.pid != s.pid
+                     or c.ctx.conn_id != item.ctx.conn_id]
+            if s.resp_seq is not None:
+                cands = [c for c in cands if c.span.resp_seq in (None, s.resp_seq)]
+            strong = [c for c in cands if c.span.resp_seq is not None and s.resp_seq is not None]
+            if len(strong) == 1:
+                cands = strong
+            elif not strong:
+                cands = [c for c in cands if _mirror(c.span, s)]
+        elif s.transport == "udp":
+            cands = [c for c in self.udp_clients.get(self._udp_key(s), ())
+                     if c.span.start_ns <= s.start_ns + 50 * _MS
+                     and s.end_ns <= c.span.end_ns + 50 * _MS]
+        else:
+            cands = []
+        if len(cands) == 1:
+            c = cands[0]
+            item.parent, item.link = c, "tcp seq" if s.transport == "tcp" else "udp tuple"
+            c.children.append(item)
+            item.remote_done = True
+            self.stats["linked_remote"] += 1
+            return True
+        if len(cands) > 1:
+            self.stats["remote_ambiguous"] += 1
+            item.remote_done = True
+            return True
+        if now - s.end_ns < self.quiet_ns:
+            return False  # the client side may still be on its way
+        item.remote_done = True
+        self.stats["roots"] += 1
+        return True
+
+    # -- time -------------------------------------------------------------------------
+    def tick(self, now: int | None = None, final: bool = False) -> None:
+        now = time.time_ns() if now is None else now
+        settled = now - self.settle_ns
+        pending = sorted((it for it in self.items if not it.thread_done
+                          and (final or it.span.end_ns <= settled)),
+                         key=lambda it: it.ctx.out_ns)
+        for it in pending:
+            self._decide_thread(it, now if not final else now + self.max_wait_ns)
+        for it in self.items:
+            if not it.remote_done and (final or it.span.end_ns <= settled):
+                self._decide_remote(it, now if not final else now + self.quiet_ns)
+        self._emit_quiet(now, final)
+        self._prune(now)
+
+    def _root(self, it: Item) -> Item:
+        seen = 0
+        while it.parent is not None and seen < 1000:
+            it, seen = it.parent, seen + 1
+        return it
+
+    def _emit_quiet(self, now: int, final: bool) -> None:
+        groups: dict[int, list[Item]] = defaultdict(list)
+        for it in self.items:
+            if not it.emitted:
+                groups[id(self._root(it))].append(it)
+        for members in groups.values():
+            root = self._root(members[0])
+            if not final:
+                if not all(m.thread_done and m.remote_done for m in members):
+                    continue
+                if max(m.span.end_ns for m in members) > now - self.quiet_ns:
+                    continue
+            tid = root.trace_id or self._trace_id(members)
+            spans = []
+            for m in members:
+                m.emitted = True
+                m.trace_id = tid
+                sp = m.span
+                sp.trace_id = tid
+                sp.parent_span_id = m.parent.span.span_id if m.parent else ""
+                self.trace_of[sp.span_id] = tid
+                spans.append(sp)
+            self.stats["traces"] += 1
+            self.emit(Trace(tid, spans, root.span))
+
+    @staticmethod
+    def _trace_id(members: list[Item]) -> str:
+        for m in sorted(members, key=lambda m: m.span.start_ns):
+            tp = m.span.trace_headers.get("traceparent", "")
+            parts = tp.split("-")
+            if len(parts) >= 3 and len(parts[1]) == 32:
+                return parts[1]  # join the W3C trace the application already carries
+        return new_trace_id()
+
+    def _prune(self, now: int) -> None:
+        horizon = now - self.horizon_ns
+        keep = []
+        for it in self.items:
+            if it.emitted and it.span.end_ns < now - self.max_wait_ns - self.quiet_ns:
+                continue
+            keep.append(it)
+        if len(keep) != len(self.items):
+            self.items = keep
+            alive = {id(it) for it in keep}
+            for k in list(self.ranges):
+                lst = [r for r in self.ranges[k] if id(r[3]) in alive]
+                if lst:
+                    self.ranges[k] = lst
+                else:
+                    del self.ranges[k]
+            for idx in (self.client_by_seq, self.udp_clients):
+                for k in list(idx):
+                    lst = [c for c in idx[k] if id(c) in alive]
+                    if lst:
+                        idx[k] = lst
+                    else:
+                        del idx[k]
+        for k in list(self.threads):
+            tl = self.threads[k]
+            if tl and tl[0][0] < horizon:
+                del tl[:bisect.bisect_left(tl, (horizon,))]
+            if not tl:
+                del self.threads[k]
+
+    def close(self) -> None:
+        self.tick(final=True)
+
+    def process_report(self) -> list[dict]:
+        """Per process: runtime mode, links made and refused by reason."""
+        out = []
+        for pid, c in sorted(self.per_process.items()):
+            out.append({"pid": pid, "process": self.comm.get(pid, ""),
+                        "mode": self.classifier.mode(pid), "counts": dict(c)})
+        return out
