@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -146,7 +145,7 @@ def assert_pair_timing(c: Span, s: Span, t0: int, t1: int) -> None:
     own clock: the client's span contains the server's, both inside the client's wall
     time [t0, t1]."""
     assert c.kind == KIND_CLIENT and s.kind == KIND_SERVER
-    assert c.operation == s.operation and c.status == s.status, (c, s)
+    assert c.operation == s.operation, (c, s)
     assert c.duration_ns >= s.duration_ns, (c.duration_ns, s.duration_ns, c.operation)
     assert c.start_ns <= s.start_ns + SLACK_NS and s.end_ns <= c.end_ns + SLACK_NS
     assert within(c, t0, t1), (c.start_ns - t0, t1 - c.end_ns, c.operation)
@@ -154,10 +153,5 @@ def assert_pair_timing(c: Span, s: Span, t0: int, t1: int) -> None:
     assert c.duration_ns <= t1 - t0 and s.duration_ns <= t1 - t0
 
 
-def free_port_hint(base: int) -> int:
-    """Ports are per namespace, so fixed ports are fine; kept as a function for clarity."""
-    return base
-
-
 __all__ = ["CLIENT", "SERVER", "Network", "Sink", "Run", "run_client", "run_py", "of",
-           "within", "pair_by_seq", "assert_pair_timing", "wait_tcp", "socket", "PY"]
+           "within", "pair_by_seq", "assert_pair_timing", "wait_tcp", "PY"]

@@ -12,17 +12,16 @@ class H(BaseHTTPRequestHandler):
         pass
 
     def do_GET(self):
-        if self.path in ("/hello", "/slow"):
-            if self.path == "/slow":
-                time.sleep(0.02)
-            body = b"hello world\n"
-            self.send_response(200)
-            self.send_header("Content-Type", "text/plain")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-        else:
-            self.send_error(404)
+        # a 404 keeps the connection open too (send_error would close it)
+        code, body = (200, b"hello world\n") if self.path in ("/hello", "/slow") \
+            else (404, b"not found\n")
+        if self.path == "/slow":
+            time.sleep(0.02)
+        self.send_response(code)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
 
 srv = ThreadingHTTPServer((sys.argv[1], int(sys.argv[2])), H)
