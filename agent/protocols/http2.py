@@ -48,12 +48,38 @@ GRPC_CODES = ("OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEED
               "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED")
 
 
+class _QuietLog:
+    """hpack logs every field at DEBUG through `logging`; on the hot path those calls
+    cost a fifth of decoding even when DEBUG is off."""
+
+    def debug(self, *args: object, **kwargs: object) -> None:
+        pass
+
+
+if not hpack.hpack.log.isEnabledFor(10):
+    hpack.hpack.log = _QuietLog()
+
+
 class _LenientTable(HeaderTable):
     """A header table that answers unknown dynamic indexes with a placeholder."""
 
     def __init__(self) -> None:
         super().__init__()
         self.misses = 0
+        self.version = 0  # bumped on every change, to key the decoded-block cache
+
+    def add(self, name: bytes, value: bytes) -> None:
+        self.version += 1
+        super().add(name, value)
+
+    @property
+    def maxsize(self) -> int:
+        return HeaderTable.maxsize.fget(self)
+
+    @maxsize.setter
+    def maxsize(self, newmax: int) -> None:
+        self.version += 1
+        HeaderTable.maxsize.fset(self, newmax)
 
     def get_by_index(self, index: int) -> tuple[bytes, bytes]:
         try:
@@ -96,6 +122,7 @@ class Http2Parser(StreamParser):
     def __init__(self, client_side: bool | None = None) -> None:
         super().__init__(client_side)
         self.decoders = [_decoder(), _decoder()]
+        self.cache: list[dict] = [{}, {}]
         self.block: list[tuple[int, int, bytearray, Message, bool] | None] = [None, None]
         self.streams_: OrderedDict[int, _Stream] = OrderedDict()
         self.preface_seen = False
@@ -178,6 +205,7 @@ class Http2Parser(StreamParser):
         """Part of a header block was lost: the table no longer matches the peer's."""
         self.stats["hpack_reset"] += 1
         self.decoders[d] = _decoder()
+        self.cache[d] = {}
         self.block[d] = None
 
     # -- frames -----------------------------------------------------------------------
@@ -240,12 +268,26 @@ class Http2Parser(StreamParser):
         dec = self.decoders[d]
         table = dec.header_table
         misses = table.misses
-        try:
-            fields = dec.decode(block, raw=True)
-        except (HPACKError, ValueError, IndexError, UnicodeDecodeError):
-            self.stats["hpack_error"] += 1
-            self._hpack_lost(d)
-            fields = None
+        # Decoding depends only on the block and the table, and the table is versioned:
+        # repeated blocks that leave it untouched (all-indexed, as in repeated calls)
+        # are decoded once.  hpack is pure Python and dominates HTTP/2 cost otherwise.
+        key = (block, table.version)
+        cache = self.cache[d]
+        hit = cache.get(key)
+        if hit is not None:
+            fields, lost_before = hit
+            table.misses += lost_before
+        else:
+            try:
+                fields = dec.decode(block, raw=True)
+            except (HPACKError, ValueError, IndexError, UnicodeDecodeError):
+                self.stats["hpack_error"] += 1
+                self._hpack_lost(d)
+                fields = None
+            if fields is not None and table.version == key[1]:
+                if len(cache) >= 64:
+                    cache.clear()
+                cache[key] = (fields, table.misses - misses)
         if push:
             return  # only decoded to keep the table in step
         lost = fields is None or table.misses != misses

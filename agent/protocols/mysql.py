@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from . import redact, sqlinfo
+from . import sqlinfo
 from .base import (
     MAX_PENDING,
     STATUS_ERROR,
@@ -243,8 +243,7 @@ class MySQLParser(StreamParser):
         elif cmd == COM_CHANGE_USER:
             self.phase = P_AUTH
         if sql is not None:
-            text = redact.sql(sql[:MAX_SQL])
-            op, verb, table = sqlinfo.label(text)
+            text, op, verb, table = sqlinfo.describe(sql, MAX_SQL)
             attrs["db.query.text"] = text
             attrs["db.operation.name"] = verb
             if table:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from . import redact, sqlinfo
+from . import sqlinfo
 from .base import (
     MAX_PENDING,
     STATUS_ERROR,
@@ -291,8 +291,7 @@ class PostgresParser(StreamParser):
         if self.database:
             attrs["db.namespace"] = self.database
         if sql:
-            text = redact.sql(sql[:MAX_SQL])
-            op, verb, table = sqlinfo.label(text)
+            text, op, verb, table = sqlinfo.describe(sql, MAX_SQL)
             attrs["db.query.text"] = text
             attrs["db.operation.name"] = verb
             if table:

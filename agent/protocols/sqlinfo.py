@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import re
 
+from . import redact
+
 _LEAD = re.compile(r"^(?:\s+|--[^\n]*\n?|/\*.*?\*/|\()*([A-Za-z]+)", re.S)
 _IDENT = r"(?:[\w$]+|\"[^\"]+\"|`[^`]+`)"
 _NAME = rf"({_IDENT}(?:\.{_IDENT})*)"
@@ -43,3 +45,23 @@ def label(sql: str) -> tuple[str, str, str]:
     """(operation label, verb, table)."""
     verb, table = operation(sql)
     return (f"{verb} {table}" if table else verb), verb, table
+
+
+_CACHE: dict[tuple[str, bool], tuple[str, str, str, str]] = {}
+
+
+def describe(sql: str, max_len: int = 4096) -> tuple[str, str, str, str]:
+    """(redacted text, operation label, verb, table) of a statement.
+
+    Statements repeat (prepared statements, ORMs), so results are kept in a bounded
+    cache keyed by the text and the redaction switch.
+    """
+    key = (sql, redact.REDACT)
+    hit = _CACHE.get(key)
+    if hit is None:
+        text = redact.sql(sql[:max_len])
+        hit = (text, *label(text))
+        if len(_CACHE) >= 2048:
+            _CACHE.clear()
+        _CACHE[key] = hit
+    return hit
