@@ -110,6 +110,15 @@ class Fidelity:
         return "\n".join(lines)
 
 
+def group_traces(spans: Iterable[Span]) -> list[list[Span]]:
+    """Spans grouped into traces by `trace_id` (spans without one are left out)."""
+    out: dict[str, list[Span]] = {}
+    for s in spans:
+        if s.trace_id:
+            out.setdefault(s.trace_id, []).append(s)
+    return list(out.values())
+
+
 def span_nonce(span: Span, pattern: re.Pattern = NONCE_RE) -> str | None | bool:
     """The nonce the span carries; None when none, False when several differ."""
     found = set(pattern.findall(span.operation))

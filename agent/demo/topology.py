@@ -172,10 +172,11 @@ class DemoTopology:
         try:
             rc = p.wait(timeout=max_seconds + timeout + 15)
         except subprocess.TimeoutExpired:
-            _stop_group(p, signal.SIGKILL)
             raise TimeoutError("load generator overran its bound") from None
-        finally:
+        finally:  # also on Ctrl-C: the load never outlives this call
             log.close()
+            if p.poll() is None:
+                _stop_group(p, signal.SIGKILL, grace=0)
             self.pods["client"].procs.remove(p)
         if rc != 0:
             raise RuntimeError(f"load generator exited {rc}:\n{_tail(log.name)}")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from agent.demo.fidelity import REQUIRED_HOPS, measure, span_hop, span_nonce
+from agent.demo.fidelity import REQUIRED_HOPS, group_traces, measure, span_hop, span_nonce
 from proto.span import Endpoint, Span
 
 NONCES = ["n" + f"{i:016x}" for i in (0xA1, 0xB2, 0xC3)]
@@ -156,3 +156,13 @@ def test_parent_cycle_terminates() -> None:
     f = measure([NONCES[0]], [t])
     assert f.links_wrong == 0
     assert set(REQUIRED_HOPS) >= set(h for h, n in f.never_produced.items() if n)
+
+
+def test_group_traces_by_trace_id() -> None:
+    a, b = request(NONCES[0]), request(NONCES[1])
+    for s in b:
+        s.trace_id = "other"
+    loose = Span(trace_id="")
+    traces = group_traces([*a, loose, *b])
+    assert [len(t) for t in traces] == [len(a), len(b)]
+    assert measure(NONCES[:2], traces).complete_requests == 2
