@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from collections.abc import Callable
 
@@ -13,6 +14,8 @@ from agent.conn.assembler import SpanAssembler
 from agent.conn.spans import SpanContext
 from agent.probes import abi
 from agent.probes.events import SocketEvent
+from agent.probes.loader import ProbeConfig
+from agent.stitch.runtime import GOROUTINE_BASE, MODE_GO
 from agent.stitch.stitcher import Stitcher, Trace
 from agent.stitch.tree import render
 
@@ -27,6 +30,11 @@ class Pipeline:
         self.assembler = SpanAssembler(self._span, agent_name)
         self.tracker = self.assembler.tracker
         self.stitcher = Stitcher(self._trace)
+        self.classifier = self.stitcher.classifier
+        # Called with the pid of each Go process seen; returns True when its events
+        # will carry goroutine ids (the probes' uprobe on runtime.execute).
+        self.follow_go: Callable[[int], bool] | None = None
+        self._pids: set[int] = set()
         self._next_tick = 0.0
         self.spans = 0
 
@@ -50,10 +58,37 @@ class Pipeline:
         handle = self.assembler.handle
         observe = self.stitcher.observe
         data = abi.EV_DATA
+        pids = self._pids
         for e in events:
+            if e.pid not in pids:
+                self._new_pid(e.pid)
+            if e.goid:
+                e.tid = GOROUTINE_BASE + e.goid  # the goroutine is the unit of work
             handle(e)
             if e.type == data:
                 observe(e)
+
+    def prescan(self, cfg: ProbeConfig) -> None:
+        """Classify the processes in scope now (pid and netns filters honoured)."""
+        for name in os.listdir("/proc"):
+            if not name.isdigit():
+                continue
+            pid = int(name)
+            if pid == os.getpid() or (cfg.pids and pid not in cfg.pids):
+                continue
+            if cfg.netns:
+                try:
+                    if os.stat(f"/proc/{pid}/ns/net").st_ino not in cfg.netns:
+                        continue
+                except OSError:
+                    continue
+            self._new_pid(pid)
+
+    def _new_pid(self, pid: int) -> None:
+        self._pids.add(pid)
+        if pid and self.classifier.mode(pid) == MODE_GO and self.follow_go is not None:
+            if self.follow_go(pid):
+                self.classifier.following_goroutines(pid)
 
     def tick(self) -> None:
         """Periodic work (stitching decisions, expiry), every 0.2 s at most."""

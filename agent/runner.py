@@ -74,6 +74,10 @@ def run(args: argparse.Namespace) -> int:
     write = _writer(sys.stdout)
     what = args.print_what
     pipeline = Pipeline.from_args(args)
+    pipeline.follow_go = lambda pid: tracer.follow_go(pid).startswith("goroutine")
+    # Go processes already running: follow their goroutines before their first request
+    # rather than after it (reading DWARF takes a couple of seconds per binary).
+    pipeline.prescan(cfg)
     if what == "spans":
         pipeline.on_span = lambda ctx: write([span_line(ctx.span)])
     elif what == "traces":

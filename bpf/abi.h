@@ -51,6 +51,7 @@ struct zt_event {
     __u64 offset;    /* data: 0 (the agent derives stream offsets from seq);
                         connect/accept of TCP: the ingress base seq (copied_seq) */
     __s64 ret;       /* syscall return: bytes moved (data), fd (accept), 0/-errno (connect) */
+    __u64 goid;      /* Go goroutine running on the thread (Go processes the agent tracks), else 0 */
     __u32 pid;       /* tgid */
     __u32 tid;
     __s32 fd;
@@ -76,7 +77,8 @@ struct zt_event {
 struct zt_config {
     __u32 self_pid;      /* the agent itself: never traced (its exports would loop) */
     __u8 enabled;        /* set last by the agent: bcc attaches before filters are written */
-    __u8 _pad[3];
+    __u8 track_goid;     /* some Go process is tracked: look goroutine ids up */
+    __u8 _pad[2];
     __u8 filter_pid;     /* only tgids in map filter_pids */
     __u8 filter_cgroup;  /* only cgroup ids in filter_cgroups */
     __u8 filter_port;    /* only sockets whose local or remote port is in filter_ports */

@@ -16,7 +16,7 @@ static __always_inline void zt_emit_conn(struct zt_active *a, __u64 id, long ret
         return;
     if (!zt_sock_wanted(cfg, sk, c.lport, c.rport))
         return;
-    zt_fill(&s->ev, &c, id, ret, bpf_ktime_get_ns());
+    zt_fill(&s->ev, &c, id, ret, bpf_ktime_get_ns(), cfg);
     s->ev.type = ZT_EV_CONN;
     s->ev.direction = 0;
     s->ev.seq = 0;

@@ -119,7 +119,7 @@ static __always_inline __u32 zt_copy_iov(__u8 *dst, __u64 iov_ptr, __u64 iovcnt,
 
 /* Fill the header common to every event of a finished syscall. */
 static __always_inline void zt_fill(struct zt_event *ev, struct zt_active *a, __u64 id, long ret,
-                                    __u64 now)
+                                    __u64 now, struct zt_config *cfg)
 {
     ev->ts_enter = a->ts_enter;
     ev->ts_exit = now;
@@ -143,6 +143,13 @@ static __always_inline void zt_fill(struct zt_event *ev, struct zt_active *a, __
     zt_sock_addrs(a->sk, ev->family, ev);
     ev->netns = zt_sock_netns(a->sk);
     bpf_get_current_comm(ev->comm, sizeof(ev->comm));
+    ev->goid = 0;
+    if (cfg->track_goid) {
+        __u32 tid = (__u32)id;
+        __u64 *g = goids.lookup(&tid);
+        if (g)
+            ev->goid = *g;
+    }
 }
 
 /* Stamp direction and seq for `len` bytes, then submit.  Stream offsets are derived
@@ -197,7 +204,7 @@ static __always_inline int zt_data_exit(long ret)
     struct zt_scratch *s = scratch.lookup(&zero);
     if (!cfg || !s)
         return 0;
-    zt_fill(&s->ev, &a, id, ret, bpf_ktime_get_ns());
+    zt_fill(&s->ev, &a, id, ret, bpf_ktime_get_ns(), cfg);
 
     if (a.sys == ZT_SYS_SENDMMSG || a.sys == ZT_SYS_RECVMMSG) {
         /* ret = messages moved; each struct mmsghdr is a user_msghdr + msg_len (64 bytes). */

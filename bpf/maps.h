@@ -61,6 +61,10 @@ BPF_TASK_STORAGE(active, struct zt_active);
 #endif
 BPF_TABLE("lru_hash", __u64, struct zt_sockstate, socks, 65536);
 BPF_HASH(filter_pids, __u32, __u8, 4096);
+/* Go: thread -> goroutine it runs (set by a uprobe on runtime.execute), and per Go
+ * process the offset of goid in runtime.g (from the binary's DWARF). */
+BPF_HASH(goids, __u32, __u64, 65536);
+BPF_HASH(go_goid_offset, __u32, __u32, 1024);
 BPF_HASH(filter_cgroups, __u64, __u8, 4096);
 BPF_HASH(filter_ports, __u16, __u8, 1024);
 BPF_HASH(filter_netns, __u32, __u8, 1024);

@@ -4,3 +4,4 @@
 #include <linux/uio.h>
 #include "data.c"
 #include "conn.c"
+#include "goid.c"

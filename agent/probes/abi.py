@@ -42,6 +42,7 @@ class ZtEvent(ct.Structure):
         ("sock_id", ct.c_uint64),
         ("offset", ct.c_uint64),
         ("ret", ct.c_int64),
+        ("goid", ct.c_uint64),
         ("pid", ct.c_uint32),
         ("tid", ct.c_uint32),
         ("fd", ct.c_int32),
@@ -70,7 +71,8 @@ class ZtConfig(ct.Structure):
     _fields_ = [
         ("self_pid", ct.c_uint32),
         ("enabled", ct.c_uint8),
-        ("_pad", ct.c_uint8 * 3),
+        ("track_goid", ct.c_uint8),
+        ("_pad", ct.c_uint8 * 2),
         ("filter_pid", ct.c_uint8),
         ("filter_cgroup", ct.c_uint8),
         ("filter_port", ct.c_uint8),

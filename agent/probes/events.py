@@ -51,13 +51,13 @@ class SocketEvent:
     the connection tracker (agent/conn/tracker.py), not by the kernel."""
 
     __slots__ = (
-        "ts_enter", "ts_exit", "cgroup_id", "sock_id", "offset", "ret", "pid", "tid", "fd",
+        "ts_enter", "ts_exit", "cgroup_id", "sock_id", "offset", "ret", "goid", "pid", "tid", "fd",
         "seq", "netns", "captured", "lport", "rport", "type", "syscall", "direction", "role",
         "family", "transport", "flags", "payload", "_rec", "conn_id",
     )
 
     def __init__(self, record: bytes, wall_offset: int = 0) -> None:
-        (ts_enter, ts_exit, self.cgroup_id, self.sock_id, self.offset, self.ret,
+        (ts_enter, ts_exit, self.cgroup_id, self.sock_id, self.offset, self.ret, self.goid,
          self.pid, self.tid, self.fd, self.seq, self.netns, captured, self.lport,
          self.rport, self.type, self.syscall, self.direction, self.role, self.family,
          self.transport, self.flags) = _unpack_ints(record)

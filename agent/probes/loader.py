@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent.probes import abi, btf
+from agent.probes import abi, btf, golang
 from agent.probes.events import SocketEvent, monotonic_to_wall_offset
 from agent.probes.ringbuf import RingBuffer
 
@@ -78,6 +78,9 @@ class SocketTracer:
         self._ring: RingBuffer | None = None
         self.wall_offset = monotonic_to_wall_offset()
         self.events_read = 0
+        self._go_pids: dict[int, str] = {}
+        self._go_binaries: set[tuple[int, int]] = set()
+        self._go_tracking = False
         self._load()
 
     def _load(self) -> None:
@@ -152,6 +155,32 @@ class SocketTracer:
     def resume(self) -> None:
         for tp, fn in self.tracepoints():
             self._bpf.attach_tracepoint(tp=tp, fn_name=fn)
+
+    def follow_go(self, pid: int) -> str:
+        """Track goroutine ids of Go process pid; returns how (or why not)."""
+        if pid in self._go_pids:
+            return self._go_pids[pid]
+        try:
+            path = golang.exe_path(pid)
+            st = os.stat(path)
+            off = golang.goid_offset(path)
+            key = (st.st_dev, st.st_ino)
+            if key not in self._go_binaries:
+                self._bpf.attach_uprobe(name=path.encode(), sym=golang.EXECUTE_SYMBOL.encode(),
+                                        fn_name=b"zt_go_execute")
+                self._go_binaries.add(key)
+            self._bpf[b"go_goid_offset"][ct.c_uint32(pid)] = ct.c_uint32(off)
+            if not self._go_tracking:
+                self._go_tracking = True
+                c = self._bpf[b"config"][ct.c_int(0)]
+                c.track_goid = 1
+                self._bpf[b"config"][ct.c_int(0)] = c
+            how = f"goroutine ids (goid at +{off})"
+        except (OSError, golang.GoBinaryError, Exception) as e:  # bcc raises bare Exception
+            how = f"thread ids only: {e}"
+            log.warning("Go process %d: %s", pid, how)
+        self._go_pids[pid] = how
+        return how
 
     def add_pid(self, pid: int) -> None:
         """Start tracing one more process (pid filter mode)."""

@@ -3,15 +3,17 @@
 Thread-based parent links are only sound where a request's work stays on the thread
 that read it.  Go schedules goroutines M:N over threads, so "same thread" there can
 link a downstream call to the wrong request (design.md measured 23 % wrong).  A Go
-binary is recognised by the build-info blob the Go linker always writes."""
+binary is recognised by the .go.buildinfo section the Go linker always writes."""
 
 from __future__ import annotations
 
 import os
 
-GO_BUILDINFO_MAGIC = b"\xff Go buildinf:"
 MODE_THREADS = "threads"
 MODE_GO = "go (M:N goroutines)"
+MODE_GO_GOID = "go (goroutine ids)"
+# Goroutine-keyed "thread" ids start here, above any Linux tid (PID_MAX_LIMIT = 2^22).
+GOROUTINE_BASE = 1 << 32
 
 
 class RuntimeClassifier:
@@ -20,6 +22,10 @@ class RuntimeClassifier:
     def __init__(self) -> None:
         self._by_exe: dict[tuple, str] = {}
         self._by_pid: dict[int, str] = {}
+
+    def following_goroutines(self, pid: int) -> None:
+        """pid's events now carry goroutine ids in place of thread ids."""
+        self._by_pid[pid] = MODE_GO_GOID
 
     def mode(self, pid: int) -> str:
         m = self._by_pid.get(pid)
@@ -41,23 +47,21 @@ class RuntimeClassifier:
         self._by_pid.pop(pid, None)
 
 
-def is_go_binary(path: str, limit: int = 64 << 20) -> bool:
-    """True when the ELF file carries Go build info (searched in its first 64 MiB)."""
+def is_go_binary(path: str) -> bool:
+    """True when the ELF file has a section the Go linker always writes (headers only)."""
+    from elftools.common.exceptions import ELFError
+    from elftools.elf.elffile import ELFFile
+
     try:
         with open(path, "rb") as f:
             if f.read(4) != b"\x7fELF":
                 return False
             f.seek(0)
-            tail = b""
-            read = 0
-            while read < limit:
-                block = f.read(1 << 20)
-                if not block:
-                    return False
-                if GO_BUILDINFO_MAGIC in tail + block:
-                    return True
-                tail = block[-len(GO_BUILDINFO_MAGIC):]
-                read += len(block)
+            try:
+                elf = ELFFile(f)
+                return (elf.get_section_by_name(".go.buildinfo") is not None
+                        or elf.get_section_by_name(".gopclntab") is not None)
+            except ELFError:
+                return False
     except OSError:
         return False
-    return False

@@ -31,7 +31,7 @@ from agent.conn.spans import SpanContext
 from agent.probes import abi
 from agent.probes.events import SocketEvent
 from agent.stitch import evidence
-from agent.stitch.runtime import MODE_GO, RuntimeClassifier
+from agent.stitch.runtime import GOROUTINE_BASE, MODE_GO, MODE_GO_GOID, RuntimeClassifier
 from proto.span import KIND_CLIENT, KIND_SERVER, Span, new_trace_id
 
 _MS = 10**6
@@ -160,7 +160,8 @@ class Stitcher:
         c = item.ctx
         s = c.span
         pc = self.per_process[s.pid]
-        if self.classifier.mode(s.pid) == MODE_GO:
+        mode = self.classifier.mode(s.pid)
+        if mode == MODE_GO or (mode == MODE_GO_GOID and c.out_tid < GOROUTINE_BASE):
             return self._refuse(item, "M:N runtime: thread is not the request")
         tl = self.threads.get((s.pid, c.out_tid))
         if not tl:
