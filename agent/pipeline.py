@@ -1,11 +1,13 @@
 """The agent's stages after the probes: spans from events, then traces, tags, export.
 
-    events -> SpanAssembler (conn + protocols) -> on_span / Stitcher -> on_trace
+    events -> SpanAssembler (conn + protocols) -> Stitcher -> traces
+           traces -> Enricher (tags) -> RED metrics -> exporters (server, OTLP) -> print
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -18,6 +20,14 @@ from agent.probes.loader import ProbeConfig
 from agent.stitch.runtime import GOROUTINE_BASE, MODE_GO
 from agent.stitch.stitcher import Stitcher, Trace
 from agent.stitch.tree import render
+
+log = logging.getLogger(__name__)
+
+
+def _protocol_stats() -> dict:
+    from agent.protocols.registry import STATS
+
+    return {f"{proto}_{k}": v for proto, c in STATS.items() for k, v in c.items()}
 
 
 class Pipeline:
@@ -37,10 +47,58 @@ class Pipeline:
         self._pids: set[int] = set()
         self._next_tick = 0.0
         self.spans = 0
+        self.enricher = None  # agent.enrich.Enricher: tags on every span
+        self.exporters: list[tuple[str, object]] = []  # (name, BatchExporter)
+        self.metrics = None  # agent.metrics.AgentMetrics
+        self.kernel_drops: Callable[[], dict] | None = None
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Pipeline:
-        return cls()
+        """Build the stages the command line and config file ask for."""
+        from agent import config
+        from agent.enrich import EnrichConfig, Enricher
+        from agent.export import BatchExporter
+
+        conf = config.load(getattr(args, "config", None))
+        node = getattr(args, "node", None) or config.node_name(conf)
+        p = cls(agent_name=node)
+        p.enricher = Enricher(EnrichConfig.from_env(conf.get("enrich")))
+        server = getattr(args, "server", None) or conf.get("server")
+        if server:
+            from agent.export import GrpcSpanExporter
+            p.exporters.append(("server", BatchExporter(GrpcSpanExporter(server, agent=node))))
+        otlp = getattr(args, "otlp", None) or conf.get("otlp")
+        if otlp:
+            from agent.export import OtlpSpanExporter
+            p.exporters.append(("otlp", BatchExporter(OtlpSpanExporter(otlp))))
+        port = getattr(args, "metrics_port", None)
+        port = conf.get("metrics_port", 0) if port is None else port
+        if port:
+            p.serve_metrics(port)
+        return p
+
+    def serve_metrics(self, port: int) -> None:
+        """Prometheus /metrics on port; a port in use is said once, not fatal."""
+        from agent.metrics import AgentMetrics
+
+        m = AgentMetrics()
+        m.add_source("assembler", lambda: dict(self.assembler.stats))
+        m.add_source("connections", lambda: dict(self.tracker.stats))
+        m.add_source("stitcher", lambda: dict(self.stitcher.stats))
+        m.add_source("protocols", _protocol_stats)
+        if self.enricher is not None:
+            m.add_source("enrich", self.enricher.counters)
+        for name, b in self.exporters:
+            m.add_source(f"export_{name}", b.metrics)
+        if self.kernel_drops is not None:
+            m.add_source("kernel", self.kernel_drops)
+        try:
+            m.serve(port)
+        except OSError as e:
+            log.warning("metrics: cannot listen on port %d (%s); continuing without", port,
+                        e.strerror)
+            return
+        self.metrics = m
 
     def _span(self, ctx: SpanContext) -> None:
         self.spans += 1
@@ -49,6 +107,18 @@ class Pipeline:
             self.on_span(ctx)
 
     def _trace(self, trace: Trace) -> None:
+        enrich = self.enricher.enrich if self.enricher is not None else None
+        record = self.metrics.record if self.metrics is not None else None
+        for s in trace.spans:
+            if enrich is not None:
+                try:
+                    enrich(s)
+                except Exception:  # tags are best effort; the span still goes out
+                    self.assembler.stats["enrich_errors"] += 1
+            if record is not None:
+                record(s)
+        for _name, b in self.exporters:
+            b.submit(trace.spans)
         if self.on_trace_obj is not None:
             self.on_trace_obj(trace)
         if self.on_trace is not None:
@@ -103,6 +173,10 @@ class Pipeline:
     def close(self) -> None:
         self.assembler.close()
         self.stitcher.close()
+        for _name, b in self.exporters:
+            b.shutdown()
+        if self.enricher is not None:
+            self.enricher.close()
 
     def summary(self) -> str:
         st = self.assembler.stats

@@ -73,7 +73,13 @@ def run(args: argparse.Namespace) -> int:
         return 1
     write = _writer(sys.stdout)
     what = args.print_what
-    pipeline = Pipeline.from_args(args)
+    try:
+        pipeline = Pipeline.from_args(args)
+    except ValueError as e:  # config errors: unknown keys, bad mappings
+        tracer.close()
+        print(f"zerotrace: configuration: {e}", file=sys.stderr)
+        return 2
+    pipeline.kernel_drops = tracer.drops
     pipeline.follow_go = lambda pid: tracer.follow_go(pid).startswith("goroutine")
     # Go processes already running: follow their goroutines before their first request
     # rather than after it (reading DWARF takes a couple of seconds per binary).

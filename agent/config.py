@@ -1,0 +1,43 @@
+"""The agent's configuration file (YAML), found by --config or ZEROTRACE_CONFIG.
+
+    enrich: {...}          # agent/enrich/config.py (labels/annotations -> attributes)
+    server: host:port      # zerotrace server (gRPC); --server overrides
+    otlp: host:port        # any OTLP/gRPC collector; --otlp overrides
+    metrics_port: 9464     # Prometheus /metrics; --metrics-port overrides
+    node: name             # this node (default: ZEROTRACE_NODE, else the host name)
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any
+
+import yaml
+
+KNOWN = {"enrich", "server", "otlp", "metrics_port", "node"}
+
+
+class ConfigError(ValueError):
+    """The configuration file is unreadable or has unknown keys."""
+
+
+def load(path: str | None) -> dict[str, Any]:
+    path = path or os.environ.get("ZEROTRACE_CONFIG")
+    if not path:
+        return {}
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"{path}: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    unknown = sorted(set(data) - KNOWN)
+    if unknown:
+        raise ConfigError(f"{path}: unknown settings {', '.join(unknown)}")
+    return data
+
+
+def node_name(cfg: dict[str, Any]) -> str:
+    return cfg.get("node") or os.environ.get("ZEROTRACE_NODE") or socket.gethostname()
