@@ -1,0 +1,48 @@
+"""RED metrics stay bounded; the config file refuses what it does not know."""
+
+from __future__ import annotations
+
+import pytest
+
+from agent import config
+from agent.metrics import AgentMetrics, normalise_operation
+from proto.span import Span
+
+
+def test_id_like_path_segments_fold():
+    assert normalise_operation("GET /order/n3fa9c01be/items/42") == "GET /order/{id}/items/{id}"
+    assert normalise_operation("GET /health") == "GET /health"
+    assert normalise_operation("SELECT orders") == "SELECT orders"
+
+
+def test_operations_per_service_are_bounded():
+    m = AgentMetrics(max_operations=3)
+    for i in range(10):
+        m.record(Span(kind="server", service="api", protocol="http", operation=f"GET /p{i}x",
+                      start_ns=0, end_ns=10**6))
+    m.record(Span(kind="client", service="api", protocol="http", operation="GET /ignored"))
+    ops = {s.labels["operation"] for f in m.registry.collect() for s in f.samples
+           if s.name == "zerotrace_requests_total"}
+    assert ops == {"GET /p0x", "GET /p1x", "GET /p2x", "other"}
+
+
+def test_stage_counters_are_exported():
+    m = AgentMetrics()
+    m.add_source("kernel", lambda: {"ringbuf_full": 3})
+    m.add_source("broken", lambda: 1 / 0)  # a failing stage must not break the scrape
+    samples = [s for f in m.registry.collect() for s in f.samples
+               if s.name == "zerotrace_stage_events_total"]
+    assert [(s.labels["stage"], s.labels["reason"], s.value) for s in samples] == [
+        ("kernel", "ringbuf_full", 3)]
+
+
+def test_config_file(tmp_path):
+    good = tmp_path / "a.yaml"
+    good.write_text("server: 127.0.0.1:4317\nmetrics_port: 9464\nenrich: {}\n")
+    assert config.load(str(good))["metrics_port"] == 9464
+    bad = tmp_path / "b.yaml"
+    bad.write_text("sever: typo\n")
+    with pytest.raises(config.ConfigError, match="unknown settings sever"):
+        config.load(str(bad))
+    with pytest.raises(config.ConfigError):
+        config.load(str(tmp_path / "missing.yaml"))
