@@ -61,7 +61,11 @@ def steady(proto: str, transport: str, cks: list[Chunk], reps: int = 200) -> lis
             for d, m in ((0, r.request), (1, r.response)):
                 if m is not None and first[d] is None:
                     first[d] = m.offset
-    if transport == "udp" or None in first:
+    if transport == "udp":
+        # Datagrams: the same flow asking again and again.
+        return [Chunk(c.direction, c.data, c.size, c.offset + k * 65536, c.ts_ns + k * 10_000_000,
+                      c.tid, None) for k in range(reps) for c in cks]
+    if None in first:
         return cks
     setup = [c for c in cks if c.offset < first[c.direction]]
     body = [c for c in cks if c.offset >= first[c.direction]]

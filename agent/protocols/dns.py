@@ -78,11 +78,11 @@ def read_name(data: bytes, i: int) -> tuple[str, int]:
             if hops > 32:
                 raise ValueError("pointer loop")
             continue
-        if ln > 63:
+        if ln > 63 or i + 1 + ln > n:
             raise ValueError("bad label")
-        labels.append(data[i + 1:i + 1 + ln].decode("latin-1"))
+        labels.append(data[i + 1:i + 1 + ln])
         i += 1 + ln
-    return (".".join(labels) or "."), (end if end >= 0 else i)
+    return (b".".join(labels).decode("latin-1") or "."), (end if end >= 0 else i)
 
 
 def parse(data: bytes) -> dict | None:
@@ -129,6 +129,18 @@ def _rdata(data: bytes, i: int, rtype: int, rclass: int, rdlen: int) -> str:
         return f"AAAA {socket.inet_ntop(socket.AF_INET6, data[i:i + 16])}"
     if rtype in (5, 12, 2):
         return f"{type_name(rtype)} {read_name(data, i)[0]}"
+    if rtype == 15 and rdlen >= 3:  # MX
+        return f"MX {(data[i] << 8) | data[i + 1]} {read_name(data, i + 2)[0]}."
+    if rtype == 16:  # TXT: length-prefixed strings
+        parts, j, end = [], i, i + rdlen
+        while j < end:
+            ln = data[j]
+            parts.append('"' + data[j + 1:j + 1 + ln].decode("latin-1") + '"')
+            j += 1 + ln
+        return "TXT " + " ".join(parts)
+    if rtype == 33 and rdlen >= 7:  # SRV
+        prio, weight, port = struct.unpack_from("!HHH", data, i)
+        return f"SRV {prio} {weight} {port} {read_name(data, i + 6)[0]}."
     try:
         rd = dns.rdata.from_wire(rclass, rtype, data, i, rdlen, origin=None)
         return f"{type_name(rtype)} {rd.to_text()}"
