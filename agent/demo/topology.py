@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import netns, probes, services
+from . import netns, probes, services, stale
 from .load import LoadResult
 
 SUBNET = "10.232.0"
@@ -115,8 +115,10 @@ class DemoTopology:
             if self.variant == "go":
                 services.go_inventory_binary()
             services.pg_template()
-            self.tmp = Path(tempfile.mkdtemp(prefix=f"zt-demo-{self.tag}-"))
+            stale.remove_stale()
+            self.tmp = Path(tempfile.mkdtemp(prefix=f"zt-demo-{self.tag}-", dir="/tmp"))
             os.chmod(self.tmp, 0o755)
+            (self.tmp / "owner").write_text(stale.owner_record())
             self._make_network()
             self._start_services()
             self._wait_healthy(t0 + self.startup_timeout)

@@ -4,14 +4,16 @@ Needs root and network namespaces (no eBPF), hence the `kernel` mark."""
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import subprocess
+import sys
 import time
 
 import pytest
 
-from agent.demo import services
+from agent.demo import services, stale
 from agent.demo.topology import DemoTopology, StartupError
 
 pytestmark = pytest.mark.kernel
@@ -100,3 +102,29 @@ def test_failed_service_is_named_with_its_log(monkeypatch: pytest.MonkeyPatch) -
     assert "no-such-option" in str(e.value).lower() or "bad directive" in str(e.value).lower()
     assert_gone({"netns": [p.netns for p in topo.pods.values()], "bridge": topo.bridge,
                  "pids": [], "tmp": topo.tmp})
+
+
+OWNER = """
+import signal, sys, time
+from agent.demo.topology import DemoTopology
+topo = DemoTopology()
+topo.start()
+print(topo.tag, flush=True)
+time.sleep(60)
+"""
+
+
+def test_stale_topology_of_a_killed_owner_is_removed() -> None:
+    p = subprocess.Popen([sys.executable, "-c", OWNER], stdout=subprocess.PIPE, text=True,
+                         cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    try:
+        tag = p.stdout.readline().strip()
+        assert tag, "the owner did not start its topology"
+    finally:
+        p.kill()
+        p.wait()
+    names = [f"ztd-{tag}-{pod}" for pod in ("dns", "api", "client")]
+    assert all(os.path.exists(f"/run/netns/{n}") for n in names)  # left behind
+    assert tag in stale.remove_stale()
+    assert_gone({"netns": names, "bridge": f"ztdbr{tag}", "pids": [], "tmp": None})
+    assert not glob.glob(f"/tmp/zt-demo-{tag}-*")
