@@ -13,6 +13,7 @@ are consumed without reading any secret from them.
 
 from __future__ import annotations
 
+import struct
 from collections import deque
 
 from . import sqlinfo
@@ -37,6 +38,9 @@ CLIENT_TYPES = frozenset(b"QPBEDCHSXFpdcf")
 SERVER_TYPES = frozenset(b"RKZTD C E N S 1 2 3 n t s I G H W A V c d".replace(b" ", b""))
 _CLIENT_ONLY = frozenset(b"QPBFXHp")
 _SERVER_ONLY = frozenset(b"RKZT123ntsIGWAV")
+_U32 = struct.Struct(">I").unpack_from
+# Server messages that only add to the answer in progress (row count aside).
+_PLAIN = frozenset(b"12TDntNS")
 MAX_SQL = 4096
 MAX_MSG = 1 << 30
 # Above this, a message is handled from its head and the rest skipped by length
@@ -124,12 +128,18 @@ class PostgresParser(StreamParser):
             if n - pos < 5:
                 break
             t = buf[pos]
-            ln = int.from_bytes(buf[pos + 1:pos + 5], "big")
+            ln = _U32(buf, pos + 1)[0]
+            total = 1 + ln
+            if not is_client and t in _PLAIN and self.answer is not None and n - pos >= total:
+                # Messages inside an answer that change nothing but its row count.
+                if t == 68:
+                    self.answer.rows += 1
+                pos += total
+                continue
             if ln < 4 or ln > MAX_MSG or t not in (CLIENT_TYPES if is_client else SERVER_TYPES):
                 self.stats["bad_frame"] += 1
                 self._desync(d, st, out)
                 return
-            total = 1 + ln
             if n - pos < total:
                 if total > BIG:
                     # Big message (a long row, a huge query): use its head, skip the rest.
