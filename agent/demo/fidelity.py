@@ -6,9 +6,11 @@ when exactly one nonce-shaped token appears in its operation or string attribute
 
 * **Precision** is over links (spans that have a parent in their trace): a link is
   right when the span's nonce equals that of its topmost nonce-carrying ancestor (the
-  root's, normally), wrong when they differ.  Links of spans carrying no nonce (DNS,
-  mostly) are attributed to their nearest nonce-carrying ancestor but counted apart as
-  unverifiable, as are links whose ancestors carry no nonce.
+  root's, normally) and that of its nearest one, wrong otherwise (so a span under
+  another request's span is wrong even if that span itself sits in the right trace).
+  Links of spans carrying no nonce (DNS, mostly) are attributed to their nearest
+  nonce-carrying ancestor but counted apart as unverifiable, as are links whose
+  ancestors carry no nonce.
 * **Span recall**: of the spans carrying request X's nonce, the share that sits in X's
   trace (the trace holding most of them, rightly placed).
 * **End to end**: a request is complete when its trace holds, rightly placed, a span of
@@ -184,7 +186,7 @@ def measure(truth: Iterable[Any], traces: Iterable[Sequence[Span]],
                 if mine is None or anchor is None:
                     f.links_unverifiable += 1
                     f.unverifiable_by_protocol[s.protocol] += 1
-                elif anchor == mine:
+                elif anchor == mine and nearest == mine:
                     f.links_right += 1
                 else:
                     f.links_wrong += 1

@@ -166,3 +166,18 @@ def test_group_traces_by_trace_id() -> None:
     traces = group_traces([*a, loose, *b])
     assert [len(t) for t in traces] == [len(a), len(b)]
     assert measure(NONCES[:2], traces).complete_requests == 2
+
+
+
+def test_span_under_a_foreign_span_in_its_own_trace_is_wrong() -> None:
+    a, b = request(NONCES[0]), request(NONCES[1])
+    inv_b = find(b, "inventory/server/http")
+    b.remove(inv_b)
+    inv_b.parent_span_id = find(a, "api/client/http").span_id  # wrong: B under A
+    get_a = find(a, "inventory/client/redis")
+    get_a.parent_span_id = inv_b.span_id  # A's own trace, but under B's span: wrong too
+    a.append(inv_b)
+    f = measure(NONCES[:2], [a, b])
+    assert f.links_wrong == 2
+    assert any(f"({NONCES[0]})" in w and f"nearest nonce {NONCES[1]}" in w
+               for w in f.wrong_examples)
