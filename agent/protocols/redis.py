@@ -80,92 +80,108 @@ class RedisParser(StreamParser):
         self.frames = (_Frame(), _Frame())
 
     def feed(self, chunk: Chunk) -> list[Record]:
-        # Fast path for the common case (whole frames in one chunk, nothing pending in
-        # the stream): no buffering, no resumable scanner.  Anything else falls back.
+        # Fast path for the common case (whole frames at the start of a chunk, nothing
+        # pending in the stream): no buffering, no resumable scanner.  Whatever follows
+        # the last whole frame (a frame cut by the capture, anything unusual) goes
+        # through the general machinery.
         d = chunk.direction
         st = self.streams[d]
         if (chunk.offset == st.next and not st.buf and not st.skip and st.synced
-                and chunk.size == len(chunk.data) and not self.frames[d].stack
-                and not self.closed and self.req_dir is not None and not self.uncertain):
-            try:
-                r = self._fast(chunk, d == self.req_dir)
-            except (ValueError, IndexError):
-                r = None
+                and not self.frames[d].stack and not self.closed
+                and self.req_dir is not None and not self.uncertain):
+            r = self._fast(chunk, d == self.req_dir)
             if r is not None:
-                st.next = st.base = chunk.offset + chunk.size
+                out, used = r
+                st.next = st.base = chunk.offset + used
                 if st.marks:
                     st.marks.clear()
-                return r
+                if used < chunk.size:
+                    seq = None if chunk.seq is None else (chunk.seq + used) % SEQ_MOD
+                    rest = Chunk(d, chunk.data[used:], chunk.size - used, chunk.offset + used,
+                                 chunk.ts_ns, chunk.tid, seq)
+                    out += StreamParser.feed(self, rest)
+                return out
         return StreamParser.feed(self, chunk)
 
-    def _fast(self, chunk: Chunk, is_req: bool) -> list[Record] | None:
+    def _fast(self, chunk: Chunk, is_req: bool) -> tuple[list[Record], int] | None:
+        """Records of the whole frames at the start of the chunk, and their length."""
         data = chunk.data
         n = len(data)
         i = 0
         frames = []
         find = data.find
-        while i < n:
-            start = i
-            t = data[i]
-            j = find(b"\r\n", i)
-            if j < 0:
-                return None
-            if t == _STAR:
-                cnt = int(data[i + 1:j])
-                i = j + 2
-                args = []
-                for _ in range(cnt):
-                    if data[i] != _DOLLAR:
-                        return None
-                    j = find(b"\r\n", i)
+        try:
+            while i < n:
+                start = i
+                t = data[i]
+                j = find(b"\r\n", i)
+                if j < 0:
+                    break
+                if t == _STAR:
+                    cnt = int(data[i + 1:j])
+                    i = j + 2
+                    args = []
+                    for _ in range(cnt):
+                        if i >= n or data[i] != _DOLLAR:
+                            i = -1
+                            break
+                        j = find(b"\r\n", i)
+                        ln = int(data[i + 1:j]) if j > 0 else -1
+                        s = j + 2
+                        i = s + ln + 2
+                        if i > n or ln < 0:
+                            i = -1
+                            break
+                        if len(args) < 2:
+                            args.append(data[s:s + ln] if ln <= GRAB else data[s:s + GRAB])
+                    if i < 0 or (not is_req and args and (args[0] in _PUBSUB_PUSH
+                                                          or args[0].endswith(b"subscribe"))):
+                        break
+                    frames.append((start, i, args, None))
+                elif is_req:
+                    break
+                elif t == _PLUS or t == _COLON or t == 95 or t == 35 or t == 44:
+                    i = j + 2
+                    frames.append((start, i, None, None))
+                elif t == _MINUS:
+                    i = j + 2
+                    frames.append((start, i, None, data[start + 1:j]))
+                elif t == _DOLLAR:
                     ln = int(data[i + 1:j])
-                    s = j + 2
-                    i = s + ln + 2
-                    if i > n or ln < 0:
-                        return None
-                    if len(args) < 2:
-                        args.append(data[s:s + ln] if ln <= GRAB else data[s:s + GRAB])
-                if not is_req and args and (args[0] in _PUBSUB_PUSH
-                                            or args[0].endswith(b"subscribe")):
-                    return None
-                frames.append((start, i, args, None))
-            elif is_req:
-                return None
-            elif t == _PLUS or t == _COLON or t == 95 or t == 35 or t == 44:
-                i = j + 2
-                frames.append((start, i, None, None))
-            elif t == _MINUS:
-                i = j + 2
-                frames.append((start, i, None, data[start + 1:j]))
-            elif t == _DOLLAR:
-                ln = int(data[i + 1:j])
-                i = j + 2 + (ln + 2 if ln >= 0 else 0)
-                if i > n:
-                    return None
-                frames.append((start, i, None, None))
-            else:
-                return None
+                    i = j + 2 + (ln + 2 if ln >= 0 else 0)
+                    if i > n:
+                        break
+                    frames.append((start, i, None, None))
+                else:
+                    break
+        except ValueError:
+            pass
         off, ts, tid, seq = chunk.offset, chunk.ts_ns, chunk.tid, chunk.seq
-        out: list[Record] = []
         pending = self.pending
+        if not is_req:
+            if len(frames) > len(pending):
+                del frames[len(pending):]
+            while frames and pending[len(frames) - 1].msg.start_ns > ts:
+                frames.pop()
+        if not frames:
+            return None
+        out: list[Record] = []
         if is_req:
             for start, end, args, _ in frames:
                 s = None if seq is None else (seq + start) % SEQ_MOD
                 self._request(Message(off + start, end - start, ts, ts, tid, tid, s), args,
                               "", out)
-            return out
-        if len(pending) < len(frames) or pending[len(frames) - 1].msg.start_ns > ts:
-            return None
-        for start, end, _, err in frames:
-            s = None if seq is None else (seq + start) % SEQ_MOD
-            msg = Message(off + start, end - start, ts, ts, tid, tid, s)
-            p = pending.popleft()
-            if err is None:
-                out.append(Record("redis", p.msg, msg, p.operation, STATUS_OK, "", "",
-                                  p.attributes, {}, p.incomplete))
-            else:
-                self._reply(p, msg, err, "", out)
-        return out
+        else:
+            for start, end, _, err in frames:
+                s = None if seq is None else (seq + start) % SEQ_MOD
+                msg = Message(off + start, end - start, ts, ts, tid, tid, s)
+                p = pending.popleft()
+                if err is None:
+                    out.append(Record("redis", p.msg, msg, p.operation, STATUS_OK, "", "",
+                                      p.attributes, {}, p.incomplete))
+                else:
+                    self._reply(p, msg, err, "", out)
+        return out, frames[-1][1]
 
     def _request(self, msg: Message, args: list[bytes], inc: str, out: list[Record]) -> None:
         cmd = args[0].upper() if args else b""
