@@ -76,7 +76,7 @@ class Stitcher:
         self.settle_ns, self.quiet_ns = settle_ns, quiet_ns
         self.max_wait_ns, self.horizon_ns = max_wait_ns, horizon_ns
         self.classifier = classifier or RuntimeClassifier()
-        # (pid, tid) -> time-ordered [(ts, direction, conn_id, offset)]
+        # (pid, tid) -> time-ordered [(ts, direction, conn_id, offset, role)]
         self.threads: dict[tuple[int, int], list] = defaultdict(list)
         # (conn_id, direction) -> [(start_off, end_off, id, item)] of known messages
         self.ranges: dict[tuple[int, int], list] = defaultdict(list)
@@ -84,6 +84,8 @@ class Stitcher:
         self.client_by_seq: dict[int, list[Item]] = defaultdict(list)
         self.udp_clients: dict[tuple, list[Item]] = defaultdict(list)
         self.trace_of: dict[str, str] = {}  # span_id -> trace_id of emitted spans
+        self.lookback_ns = 2000 * _MS  # how far back a still-open request is looked for
+        self.thread_maxdur: dict[tuple[int, int], int] = {}
         self.stats: Counter = Counter()
         self.per_process: dict[int, Counter] = defaultdict(Counter)
         self.comm: dict[int, str] = {}
@@ -93,7 +95,7 @@ class Stitcher:
         """Record a data event's moment on its thread (call for every data event)."""
         ts = e.ts_exit if e.direction == abi.DIR_INGRESS else e.ts_enter
         tl = self.threads[(e.pid, e.tid)]
-        entry = (ts, e.direction, e.conn_id, e.offset)
+        entry = (ts, e.direction, e.conn_id, e.offset, e.role)
         if tl and tl[-1][0] > ts:  # rare: events of one thread arriving out of order
             bisect.insort(tl, entry)
         else:
@@ -107,6 +109,10 @@ class Stitcher:
         if s.kind == KIND_SERVER:
             self._range(ctx.conn_id, abi.DIR_INGRESS, s.req_offset, s.req_bytes, item)
             item.thread_done = True
+            key = (s.pid, ctx.in_tid)
+            dur = ctx.out_ns - ctx.in_ns
+            if dur > self.thread_maxdur.get(key, 0):
+                self.thread_maxdur[key] = dur
         else:
             self._range(ctx.conn_id, abi.DIR_INGRESS, s.resp_offset, s.resp_bytes, item)
             item.remote_done = True
@@ -168,7 +174,7 @@ class Stitcher:
             return self._refuse(item, "no thread history (events lost?)")
         t = c.out_ns
         lst = tl
-        i = bisect.bisect_left(lst, (t, -1, 0, 0)) - 1
+        i = bisect.bisect_left(lst, (t, -1, 0, 0, 0)) - 1
         # skip back over writes (siblings written earlier in the same context)
         while i >= 0 and lst[i][1] == abi.DIR_EGRESS:
             i -= 1
@@ -178,7 +184,7 @@ class Stitcher:
             return True
         contexts: list[Item] = []
         while i >= 0 and lst[i][1] == abi.DIR_INGRESS:
-            _, _, sock, off = lst[i]
+            _, _, sock, off, _role = lst[i]
             status, ctxt = self._context_of_read(sock, off)
             if status == "pending":
                 if now - lst[i][0] < self.max_wait_ns:
@@ -191,12 +197,40 @@ class Stitcher:
             i -= 1
         if len(contexts) == 1:
             parent, how = contexts[0], "thread"
+            # Event loops: if the thread read anything of another context since this
+            # context's request, "last read" is not trustworthy (a queued call may be
+            # written from another request's callback); payload evidence or nothing.
+            others = self._others_since(lst, parent, t, now)
+            if others is None:
+                return False  # a read in the window is not attributable yet
+            if others:
+                pick = evidence.pick_by_tokens(s, [parent.span] + [x.span for x in others])
+                if pick is None:
+                    return self._refuse(item, "several requests in flight on the thread")
+                parent = parent if pick is parent.span else next(
+                    x for x in others if x.span is pick)
+                how = "thread+token"
         else:
             pick = evidence.pick_by_tokens(s, [x.span for x in contexts])
             if pick is None:
                 return self._refuse(item, "reads of several requests interleave")
             parent = next(x for x in contexts if x.span is pick)
             how = "thread+token"
+        if how == "thread":
+            # Requests still open on this thread when the call was written: more than
+            # one means the thread multiplexes requests (an event loop), where a call
+            # queued by one request can be written in another's callback.
+            open_ = self._open_requests(lst, s.pid, c.out_tid, t, now)
+            if open_ is None:
+                return False
+            others = [x for x in open_ if x is not parent]
+            if others:
+                pick = evidence.pick_by_tokens(s, [parent.span] + [x.span for x in others])
+                if pick is None:
+                    return self._refuse(item, "several requests in flight on the thread")
+                parent = parent if pick is parent.span else next(
+                    x for x in others if x.span is pick)
+                how = "thread+token"
         ps = parent.ctx
         if ps.has_response and ps.out_ns < t:
             return self._refuse(item, "context already answered (hand-off?)")
@@ -208,6 +242,54 @@ class Stitcher:
         pc[f"linked by {how}"] += 1
         self.stats[f"linked_{how}"] += 1
         return True
+
+    def _open_requests(self, lst: list, pid: int, tid: int, t: int,
+                       now: int) -> list[Item] | None:
+        """Server requests read on this thread before t and not answered by t; None
+        while a request read in the look-back is not attributable yet."""
+        lookback = max(self.lookback_ns, self.thread_maxdur.get((pid, tid), 0))
+        lo = bisect.bisect_left(lst, (t - lookback,))
+        hi = bisect.bisect_left(lst, (t,))
+        open_: list[Item] = []
+        for ts, d, conn, off, role in lst[lo:hi]:
+            if d != abi.DIR_INGRESS or role == abi.ROLE_CLIENT:
+                continue
+            items = self._span_of_read(conn, off)
+            if not items:
+                if role == abi.ROLE_SERVER and now - ts < self.max_wait_ns:
+                    return None  # a request whose span is not complete yet
+                continue
+            for it in items:
+                if it.span.kind != KIND_SERVER or it in open_:
+                    continue
+                if not it.ctx.has_response or it.ctx.out_ns > t:
+                    open_.append(it)
+        return open_
+
+    def _others_since(self, lst: list, parent: Item, t: int, now: int) -> list[Item] | None:
+        """Contexts other than parent's read on this thread between parent's request
+        and t; None while one of those reads is not attributable yet."""
+        start = parent.ctx.in_ns if parent.span.kind == KIND_SERVER else parent.span.start_ns
+        lo = bisect.bisect_left(lst, (start,))
+        hi = bisect.bisect_left(lst, (t,))
+        others: list[Item] = []
+        unknown = False
+        for ts, d, conn, off, _role in lst[lo:hi]:
+            if d != abi.DIR_INGRESS:
+                continue
+            status, ctxt = self._context_of_read(conn, off)
+            if status == "pending":
+                if now - ts < self.max_wait_ns:
+                    return None
+                unknown = True
+            elif status != "ok":
+                unknown = True
+            elif ctxt is not parent and ctxt not in others:
+                others.append(ctxt)
+        if unknown and not others:
+            # something unattributable happened on the thread: treat as another context
+            others.append(Item(SpanContext(Span(), 0, 0, 0, 0, 0, False)))
+        return others
 
     def _refuse(self, item: Item, reason: str) -> bool:
         item.thread_done = True

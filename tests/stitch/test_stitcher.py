@@ -19,9 +19,10 @@ _conn = itertools.count(1)
 class FakeEvent:
     """The fields of SocketEvent the stitcher reads."""
 
-    def __init__(self, pid, tid, conn_id, direction, offset, ts):
+    def __init__(self, pid, tid, conn_id, direction, offset, ts, role=0):
         self.pid, self.tid, self.conn_id, self.direction, self.offset = (
             pid, tid, conn_id, direction, offset)
+        self.role = role
         self.ts_enter = self.ts_exit = ts
 
 
@@ -44,8 +45,8 @@ class World:
     def server(self, pid, tid, t_in, t_out, op, out_tid=None, seq=None, conn=None, size=10):
         conn = conn or next(_conn)
         out_tid = out_tid or tid
-        self.st.observe(FakeEvent(pid, tid, conn, abi.DIR_INGRESS, 0, t_in))
-        self.st.observe(FakeEvent(pid, out_tid, conn, abi.DIR_EGRESS, 0, t_out))
+        self.st.observe(FakeEvent(pid, tid, conn, abi.DIR_INGRESS, 0, t_in, abi.ROLE_SERVER))
+        self.st.observe(FakeEvent(pid, out_tid, conn, abi.DIR_EGRESS, 0, t_out, abi.ROLE_SERVER))
         s = Span(kind=KIND_SERVER, pid=pid, tid=tid, process=f"p{pid}", operation=op,
                  protocol="http", transport="tcp", start_ns=t_in, end_ns=t_out,
                  req_seq=seq, resp_seq=seq and seq + 1, req_offset=0, req_bytes=size,
@@ -58,8 +59,8 @@ class World:
     def client(self, pid, tid, t_out, t_in, op, seq=None, conn=None, in_tid=None, size=10):
         conn = conn or next(_conn)
         in_tid = in_tid or tid
-        self.st.observe(FakeEvent(pid, tid, conn, abi.DIR_EGRESS, 0, t_out))
-        self.st.observe(FakeEvent(pid, in_tid, conn, abi.DIR_INGRESS, 0, t_in))
+        self.st.observe(FakeEvent(pid, tid, conn, abi.DIR_EGRESS, 0, t_out, abi.ROLE_CLIENT))
+        self.st.observe(FakeEvent(pid, in_tid, conn, abi.DIR_INGRESS, 0, t_in, abi.ROLE_CLIENT))
         s = Span(kind=KIND_CLIENT, pid=pid, tid=tid, process=f"p{pid}", operation=op,
                  protocol="http", transport="tcp", start_ns=t_out, end_ns=t_in,
                  req_seq=seq, resp_seq=seq and seq + 1, req_offset=0, req_bytes=size,
@@ -204,3 +205,16 @@ def test_a_decision_waits_for_the_parent_span_to_complete():
     st.add(SpanContext(parent, conn_s, 11, T0, 11, T0 + 900 * MS, True))
     st.close()
     assert child.parent_span_id == parent.span_id and child.trace_id == parent.trace_id
+
+
+def test_call_queued_by_one_request_written_after_reading_another_is_not_misattributed():
+    # Node keep-alive agent: B's call is queued; request A is read; then B's queued call
+    # is written.  Last read says A; A and B are both open, so only evidence may decide.
+    w = World()
+    w.server(2, 21, T0, T0 + 20 * MS, "GET /b/n11112222333344aa")
+    w.server(2, 21, T0 + 5 * MS, T0 + 20 * MS, "GET /a/n5555666677778888")
+    w.client(2, 21, T0 + 6 * MS, T0 + 8 * MS, "GET /down/n11112222333344aa")
+    w.client(2, 21, T0 + 9 * MS, T0 + 10 * MS, "GET /down/plain")
+    spans = w.run()
+    assert parent_of(spans, "GET /down/n11112222333344aa") == "GET /b/n11112222333344aa"
+    assert spans["GET /down/plain"].parent_span_id == ""

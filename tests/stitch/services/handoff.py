@@ -1,0 +1,34 @@
+"""A Python service that hands each downstream call to a small thread pool: the thread
+that read the request is not the thread that writes the call (a hand-off)."""
+
+import sys
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+PORT, BACKEND = int(sys.argv[1]), sys.argv[2]
+POOL = ThreadPoolExecutor(3)
+
+
+def call(nonce: str) -> bytes:
+    with urllib.request.urlopen(f"{BACKEND}/down/{nonce}") as r:
+        return r.read()
+
+
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):
+        body = POOL.submit(call, self.path[1:]).result()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *a):
+        pass
+
+
+srv = ThreadingHTTPServer(("127.0.0.1", PORT), H)
+print("ready", flush=True)
+srv.serve_forever()

@@ -1,0 +1,140 @@
+"""Real runtimes under concurrent load, traced by the real probes: a Java thread pool,
+a Node.js event loop, a Python hand-off to a pool.  Every link the stitcher makes is
+checked against the nonce each request carries: no wrong parent, ever."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from agent.pipeline import Pipeline
+from agent.probes.loader import ProbeConfig, SocketTracer
+from tests.helpers.netns import network
+
+pytestmark = pytest.mark.kernel
+HERE = os.path.join(os.path.dirname(__file__), "services")
+NONCE = re.compile(r"n[0-9a-f]{16}")
+BACKEND = 9100
+SERVICES = {"java-pool": 9101, "node-loop": 9102, "py-handoff": 9103}
+
+
+def nonce_of(span) -> str | None:
+    m = NONCE.search(span.operation)
+    return m.group(0) if m else None
+
+
+def load(host, port: int, n: int, concurrency: int) -> list[str]:
+    """n requests with unique nonces, `concurrency` at a time, from inside the netns."""
+    code = (
+        "import sys,threading,urllib.request,uuid\n"
+        f"port,n,c={port},{n},{concurrency}\n"
+        "done=[]\n"
+        "def w(k):\n"
+        "  for i in range(k):\n"
+        "    x='n'+uuid.uuid4().hex[:16]\n"
+        "    urllib.request.urlopen(f'http://127.0.0.1:{port}/'+x,timeout=10).read();done.append(x)\n"
+        "ts=[threading.Thread(target=w,args=(n//c,)) for _ in range(c)]\n"
+        "[t.start() for t in ts];[t.join() for t in ts]\n"
+        "print(' '.join(done))\n")
+    out = subprocess.run(host.cmd(sys.executable, "-c", code), capture_output=True, text=True,
+                         timeout=120, check=True).stdout
+    return out.split()
+
+
+def wait_ready(p: subprocess.Popen, name: str) -> None:
+    line = p.stdout.readline()
+    if "ready" not in line:
+        pytest.fail(f"{name} did not start: {line!r}")
+
+
+@pytest.fixture(scope="module")
+def traced():
+    with network(1, subnet=233) as net:
+        host = net.hosts[0]
+        procs = {}
+        procs["backend"] = net.spawn(host, sys.executable, f"{HERE}/backend.py", str(BACKEND),
+                                     stdout=subprocess.PIPE, text=True)
+        be = f"http://127.0.0.1:{BACKEND}"
+        procs["java-pool"] = net.spawn(host, "java", f"{HERE}/Pool.java",
+                                       str(SERVICES["java-pool"]), be,
+                                       stdout=subprocess.PIPE, text=True)
+        procs["node-loop"] = net.spawn(host, "node", f"{HERE}/loop.js",
+                                       str(SERVICES["node-loop"]), be,
+                                       stdout=subprocess.PIPE, text=True)
+        procs["py-handoff"] = net.spawn(host, sys.executable, f"{HERE}/handoff.py",
+                                        str(SERVICES["py-handoff"]), be,
+                                        stdout=subprocess.PIPE, text=True)
+        for name, p in procs.items():
+            wait_ready(p, name)
+        pipeline = Pipeline()
+        traces = []
+        pipeline.on_trace_obj = traces.append
+        with SocketTracer(ProbeConfig(netns={host.inode})) as tracer:
+            stop = threading.Event()
+
+            def drain():
+                while not stop.is_set():
+                    pipeline.process(tracer.poll(0.05))
+                    pipeline.tick()
+
+            t = threading.Thread(target=drain, daemon=True)
+            t.start()
+            sent = {name: load(host, port, 80, 8) for name, port in SERVICES.items()}
+            time.sleep(2.5)
+            stop.set()
+            t.join(timeout=10)
+            pipeline.close()
+        yield sent, traces, pipeline, {n: p.pid for n, p in procs.items()}
+
+
+def links(traces):
+    """(parent span, child span) pairs within traces."""
+    out = []
+    for tr in traces:
+        by_id = {s.span_id: s for s in tr.spans}
+        for s in tr.spans:
+            p = by_id.get(s.parent_span_id)
+            if p is not None:
+                out.append((p, s))
+    return out
+
+
+@pytest.mark.parametrize("service", list(SERVICES))
+def test_no_wrong_links(traced, service):
+    sent, traces, pipeline, _pids = traced
+    port = SERVICES[service]
+    ours = set(sent[service])
+    checked = wrong = 0
+    for p, c in links(traces):
+        pn, cn = nonce_of(p), nonce_of(c)
+        if pn in ours or cn in ours:
+            if pn and cn:
+                checked += 1
+                wrong += pn != cn
+    assert wrong == 0, f"{service}: {wrong} wrong links of {checked}"
+    # the server span of each request exists on the service's port
+    served = {nonce_of(s) for tr in traces for s in tr.spans
+              if s.kind == "server" and s.local.port == port}
+    assert len(served & ours) >= 0.9 * len(ours)
+
+
+def test_thread_pool_links_every_downstream_call(traced):
+    sent, traces, _p, _pids = traced
+    ours = set(sent["java-pool"])
+    linked = {nonce_of(c) for p, c in links(traces)
+              if c.kind == "client" and p.kind == "server" and p.local.port == 9101}
+    assert len(linked & ours) >= 0.9 * len(ours)
+
+
+def test_handoff_is_refused_not_guessed(traced):
+    _sent, _traces, pipeline, pids = traced
+    counts = next(r["counts"] for r in pipeline.stitcher.process_report()
+                  if r["pid"] == pids["py-handoff"])
+    assert not any(k.startswith("linked") for k in counts), counts
+
