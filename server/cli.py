@@ -116,7 +116,10 @@ def _print_json(obj: Any) -> None:
 def _console():
     from rich.console import Console
 
-    return Console(width=max(100, int(os.environ.get("COLUMNS", "0") or 0)) or None)
+    if sys.stdout.isatty():
+        return Console()
+    # Piped: rich would wrap at 80 columns and cut trace ids; use $COLUMNS or wide.
+    return Console(width=int(os.environ.get("COLUMNS") or 160))
 
 
 # -- commands --------------------------------------------------------------------
@@ -228,7 +231,8 @@ def cmd_traces(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     t = Table(title=f"{len(rows)} traces, newest first")
-    for col in ("trace id", "start", "root", "duration", "spans", "errors", "services"):
+    t.add_column("trace id", no_wrap=True, min_width=32)
+    for col in ("start", "root", "duration", "spans", "errors", "services"):
         t.add_column(col, justify="right" if col in ("duration", "spans", "errors") else "left")
     for r in rows:
         start = time.strftime("%H:%M:%S", time.localtime(r["start_ns"] / 1e9))
@@ -439,18 +443,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser("traces", help="search traces, newest first")
     _query_opts(p)
-    p.add_argument("--service")
-    p.add_argument("--operation")
+    p.add_argument("--service", help="spans of this service")
+    p.add_argument("--operation", help="spans with this operation, e.g. 'GET /users'")
     p.add_argument(
         "--since",
         type=parse_duration_ns,
         default=parse_duration_ns("1h"),
         help="look back this far (default 1h)",
     )
-    p.add_argument("--min-duration", type=lambda t: parse_duration_ns(t, "ms"))
-    p.add_argument("--status", choices=("ok", "error", "unset"))
+    p.add_argument(
+        "--min-duration",
+        type=lambda t: parse_duration_ns(t, "ms"),
+        help="spans at least this long (100ms, 1.5s; bare number = ms)",
+    )
+    p.add_argument("--status", choices=("ok", "error", "unset"), help="span status")
     p.add_argument("--tag", type=_tag, action="append", help="key=value (repeatable)")
-    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--limit", type=int, default=20, help="at most N traces (default 20)")
     p.set_defaults(func=cmd_traces)
 
     p = subparsers.add_parser("trace", help="one trace as a tree")

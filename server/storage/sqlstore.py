@@ -184,11 +184,8 @@ class SqlStore(SpanStore, abc.ABC):
             params[f"tv{i}"] = v
         limit = max(1, min(int(q.limit or 20), 10_000))
         cond = " AND ".join(where) or "1"
-        ids = self._select(
-            f"SELECT lower(hex(trace_id)) AS tid, max(start_ns) AS last FROM {self.table} "
-            f"WHERE {cond} GROUP BY trace_id ORDER BY last DESC LIMIT {limit}",
-            params,
-        )
+        tids = self._newest_traces(cond, params, limit)
+        ids = [{"tid": t} for t in tids]
         if not ids:
             return []
         rows = self._select(
@@ -213,6 +210,32 @@ class SqlStore(SpanStore, abc.ABC):
             )
             for r in rows
         ]
+
+    def _newest_traces(self, cond: str, params: dict[str, Any], limit: int) -> list[str]:
+        """Ids of the `limit` traces whose newest matching span is newest.
+
+        A top-N over matching spans reads only the filter columns and `start_ns`, and
+        the trace id of N rows; grouping every match by trace id first read the id
+        column in full and cost four times more at ten million spans.  N grows when
+        traces have many matching spans; past that, group by.
+        """
+        n = limit * 8
+        while n <= 200_000:
+            rows = self._select(
+                f"SELECT lower(hex(trace_id)) AS tid FROM {self.table} WHERE {cond} "
+                f"ORDER BY start_ns DESC LIMIT {n}",
+                params,
+            )
+            out: list[str] = list(dict.fromkeys(r["tid"] for r in rows))
+            if len(out) >= limit or len(rows) < n:
+                return out[:limit]
+            n *= 8
+        rows = self._select(
+            f"SELECT lower(hex(trace_id)) AS tid, max(start_ns) AS last FROM {self.table} "
+            f"WHERE {cond} GROUP BY trace_id ORDER BY last DESC LIMIT {limit}",
+            params,
+        )
+        return [r["tid"] for r in rows]
 
     def services(self, since_ns: int, until_ns: int) -> list[ServiceStats]:
         where: list[str] = ["service != ''"]
