@@ -171,14 +171,16 @@ class Http1Parser(StreamParser):
         return self._body(d, st, side, msg, length, chunked, buf, end, out)
 
     def feed(self, chunk: Chunk) -> list[Record]:
-        # Fast path for the common case: one whole message (head and body) in one
-        # chunk, nothing buffered.  Anything else goes through the general machinery.
+        # Fast path for the common case: a chunk that starts with a whole head, nothing
+        # buffered, and holds exactly one message or the start of one whose body runs
+        # on (or past the captured prefix).  Anything else: the general machinery.
         d = chunk.direction
         st = self.streams[d]
+        side = self.sides[d]
         data = chunk.data
         n = len(data)
         if not (chunk.offset == st.next and not st.buf and not st.skip and st.synced
-                and chunk.size == n and self.sides[d].mode == HEAD and not self.closed
+                and side.mode == HEAD and not self.closed
                 and self.req_dir is not None and not self.uncertain):
             return StreamParser.feed(self, chunk)
         e = data.find(b"\r\n\r\n")
@@ -186,21 +188,39 @@ class Http1Parser(StreamParser):
             return StreamParser.feed(self, chunk)
         block = data[:e + 2]
         off, ts, tid, seq = chunk.offset, chunk.ts_ns, chunk.tid, chunk.seq
+        pending = self.pending
         if d == self.req_dir:
             info = _request_info(block)
-            if info is None or info[4] or e + 4 + info[3] != n or len(self.pending) >= MAX_PENDING:
+            if info is None or info[4] or len(pending) >= MAX_PENDING:
+                return StreamParser.feed(self, chunk)
+            end = e + 4 + info[3]
+            if end < n or (chunk.size > n and end < chunk.size):
                 return StreamParser.feed(self, chunk)
             op, attrs, th, _, _ = info
-            self.pending.append(Pending(Message(off, n, ts, ts, tid, tid, seq), op, attrs, th))
+            msg = Message(off, n, ts, ts, tid, tid, seq)
+            p = Pending(msg, op, attrs, th)
+            pending.append(p)
+            out: list[Record] = []
+            if end > n:
+                side.ctx = p
+                self._start_skip(d, st, side, chunk, msg, end - n, out)
+                return out
         else:
-            pending = self.pending
             if not block.startswith(b"HTTP/1.") or not pending or pending[0].msg.start_ns > ts:
                 return StreamParser.feed(self, chunk)
             info = _response_info(block, pending[0].operation)
-            if info is None or info[0] < 200 or info[0] == 101 or info[4] or info[3] is None \
-                    or e + 4 + info[3] != n:
+            if info is None or info[0] < 200 or info[0] == 101 or info[4] or info[3] is None:
+                return StreamParser.feed(self, chunk)
+            end = e + 4 + info[3]
+            if end < n or (chunk.size > n and end < chunk.size):
                 return StreamParser.feed(self, chunk)
             code, attrs, th, _, _ = info
+            msg = Message(off, n, ts, ts, tid, tid, seq)
+            if end > n:
+                out = []
+                side.ctx = (code, attrs, th)
+                self._start_skip(d, st, side, chunk, msg, end - n, out)
+                return out
             p = pending.popleft()
             p.attributes.update(attrs)
             if code >= 500 or (code >= 400 and self.req_dir == 0):
@@ -210,17 +230,31 @@ class Http1Parser(StreamParser):
             else:
                 status = STATUS_UNSET
             trace = {**th, **p.trace_headers} if th else p.trace_headers
-            rec = Record("http", p.msg, Message(off, n, ts, ts, tid, tid, seq),
-                                   p.operation, status, _CODES[code], "", p.attributes, trace,
-                                   p.incomplete)
             st.next = st.base = off + n
             if st.marks:
                 st.marks.clear()
-            return [rec]
+            return [Record("http", p.msg, msg, p.operation, status, _CODES[code], "",
+                           p.attributes, trace, p.incomplete)]
         st.next = st.base = off + n
         if st.marks:
             st.marks.clear()
         return []
+
+    def _start_skip(self, d: int, st: DirStream, side: _Side, chunk: Chunk, msg: Message,
+                    rest: int, out: list[Record]) -> None:
+        """The body runs past this chunk's captured bytes: skip the rest by length."""
+        n = len(chunk.data)
+        st.next = st.base = chunk.offset + n
+        if st.marks:
+            st.marks.clear()
+        side.mode = WAIT
+        side.msg = msg
+        side.trunc = ""
+        st.skip = rest
+        st.open = msg
+        if chunk.size > n:
+            self.stats["truncated_chunk"] += 1
+            self._gap(d, st, chunk.size - n, out)
 
     def _response_head(self, d: int, st: DirStream, side: _Side, buf: bytes, pos: int,
                        end: int, out: list[Record]) -> int:

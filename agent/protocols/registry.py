@@ -11,32 +11,28 @@ import re
 from collections import Counter
 
 from . import dns as _dns
-from . import http1, mysql, postgresql, redis
+from . import http1, http2, mysql, postgresql, redis
 from .base import ConnectionParser
 
 _PARSERS: dict[str, type] = {
     "http": http1.Http1Parser,
+    "http2": http2.Http2Parser,
+    "grpc": http2.Http2Parser,  # same parser: gRPC is told apart by content-type
     "redis": redis.RedisParser,
     "dns": _dns.DnsParser,
     "postgresql": postgresql.PostgresParser,
     "mysql": mysql.MySQLParser,
 }
+# Drop/gap counters, reason -> count, one Counter per parser module ("grpc" shares
+# "http2"'s), for export as metrics.
 STATS: dict[str, Counter] = {
     "http": http1.STATS,
+    "http2": http2.STATS,
     "redis": redis.STATS,
     "dns": _dns.STATS,
     "postgresql": postgresql.STATS,
     "mysql": mysql.STATS,
 }
-
-try:  # HTTP/2 is optional until its module lands
-    from . import http2
-
-    _PARSERS["http2"] = http2.Http2Parser
-    _PARSERS["grpc"] = http2.Http2Parser
-    STATS["http2"] = http2.STATS
-except ImportError:  # pragma: no cover
-    http2 = None
 
 PROTOCOLS = tuple(_PARSERS)
 
