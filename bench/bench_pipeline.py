@@ -83,6 +83,7 @@ class Drainer(threading.Thread):
         self.pipeline.on_span = self._span
         self.spans: Counter = Counter()
         self.events = 0
+        self.empty_polls = 0  # polls that found the ring empty (after processing all)
         self.cpu_ns = 0
         self.stop = False
         self.keep = False
@@ -105,19 +106,24 @@ class Drainer(threading.Thread):
                 self.events += len(raw)
                 if self.keep and len(self.kept) < KEEP_RECORDS:
                     self.kept.extend(raw[:KEEP_RECORDS - len(self.kept)])
+            else:
+                self.empty_polls += 1
             self.pipeline.tick()
             self.cpu_ns = time.thread_time_ns() - t0
 
-    def settle(self, quiet_s: float = 0.5, timeout_s: float = 60.0) -> None:
-        """Until no event arrived for quiet_s (the ring is drained)."""
+    def settle(self, timeout_s: float = 120.0) -> bool:
+        """Until the drainer has processed everything: several empty polls in a row after
+        this call began, with nothing arriving in between (the connections wrk closed
+        have been flushed too)."""
         deadline = time.monotonic() + timeout_s
-        last, since = self.events, time.monotonic()
+        ev, empty = self.events, self.empty_polls
         while time.monotonic() < deadline:
-            time.sleep(0.05)
-            if self.events != last:
-                last, since = self.events, time.monotonic()
-            elif time.monotonic() - since >= quiet_s:
-                return
+            time.sleep(0.1)
+            if self.events != ev:
+                ev, empty = self.events, self.empty_polls
+            elif self.empty_polls - empty >= 5:
+                return True
+        return False
 
 
 @contextmanager
@@ -175,7 +181,8 @@ def traced_round(net, url: str, tracer: SocketTracer, d: Drainer, threads: int, 
     spans0, cpu0, ev0 = Counter(d.spans), d.cpu_ns, d.events
     t0 = time.monotonic()
     w = run_wrk(net, url, threads, conns, duration, taskset, script)
-    d.settle()
+    if not d.settle():
+        print("  (the agent did not catch up within 120 s)", flush=True)
     wall = time.monotonic() - t0
     spans = d.spans - spans0
     cpu_s = (d.cpu_ns - cpu0) / 1e9
