@@ -284,7 +284,7 @@ class Http2Parser(StreamParser):
                 self.stats["hpack_error"] += 1
                 self._hpack_lost(d)
                 fields = None
-            if fields is not None and table.version == key[1]:
+            if fields is not None and table.version == key[1] and len(block) <= 1024:
                 if len(cache) >= 64:
                     cache.clear()
                 cache[key] = (fields, table.misses - misses)

@@ -61,7 +61,8 @@ def describe(sql: str, max_len: int = 4096) -> tuple[str, str, str, str]:
     if hit is None:
         text = redact.sql(sql[:max_len])
         hit = (text, *label(text))
-        if len(_CACHE) >= 2048:
-            _CACHE.clear()
-        _CACHE[key] = hit
+        if len(sql) <= 2048:  # bounded: at most ~1024 entries of 2 KiB
+            if len(_CACHE) >= 1024:
+                _CACHE.clear()
+            _CACHE[key] = hit
     return hit
