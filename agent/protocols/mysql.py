@@ -226,9 +226,9 @@ class MySQLParser(StreamParser):
                         body = body[i:]
                 except IndexError:
                     pass
-            sql = body.decode("utf-8", "replace")
+            sql = body[:MAX_SQL].decode("utf-8", "replace")
         elif cmd == COM_STMT_PREPARE:
-            sql = p[1:].decode("utf-8", "replace")
+            sql = p[1:1 + MAX_SQL].decode("utf-8", "replace")
         elif cmd == COM_STMT_EXECUTE and len(p) >= 5:
             sid = int.from_bytes(p[1:5], "little")
             sql = self.statements.get(sid)
@@ -428,7 +428,7 @@ class MySQLParser(StreamParser):
             if len(self.statements) >= MAX_STATEMENTS:
                 self.statements.pop(next(iter(self.statements)))
                 self.stats["statement_evicted"] += 1
-            self.statements[a.prep[0]] = sql
+            self.statements[a.prep[0]] = sql[:MAX_SQL]
             if "truncated" in p.incomplete:
                 self.partial.add(a.prep[0])
             else:

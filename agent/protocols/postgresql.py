@@ -256,13 +256,13 @@ class PostgresParser(StreamParser):
         if t == 80:  # Parse: statement name, query
             i = body.find(b"\x00")
             name = body[:i] if i >= 0 else b""
-            sql = _cstr(body[i + 1:]) if i >= 0 else ""
+            sql = _cstr(body[i + 1:i + 1 + MAX_SQL]) if i >= 0 else ""
             if len(self.statements) >= MAX_STATEMENTS:
                 old = next(iter(self.statements))
                 del self.statements[old]
                 self.partial.discard(old)
                 self.stats["statement_evicted"] += 1
-            self.statements[name] = sql
+            self.statements[name] = sql[:MAX_SQL]
             if truncated:
                 self.partial.add(name)
             else:

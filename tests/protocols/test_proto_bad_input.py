@@ -158,3 +158,34 @@ def test_gap_inside_known_length_keeps_sync():
     assert [(r.operation, r.incomplete) for r in c.records] == [("SELECT", "truncated"),
                                                                 ("SELECT", "")]
     assert c.records[0].request.size == len(msg)
+
+
+def test_prepared_statements_are_capped_in_number_and_size():
+    from agent.protocols import postgresql
+
+    c = Conn("postgresql")
+    for i in range(postgresql.MAX_STATEMENTS + 100):
+        sql = b"SELECT " + b"x" * 6000 + b"\x00"
+        name = b"s%d\x00" % i
+        body = name + sql + b"\x00\x00"
+        c.send(EGRESS, b"P" + (4 + len(body)).to_bytes(4, "big") + body
+               + b"S\x00\x00\x00\x04")
+    assert len(c.p.statements) <= postgresql.MAX_STATEMENTS
+    assert max(len(s) for s in c.p.statements.values()) <= postgresql.MAX_SQL
+
+
+def test_http2_streams_are_capped():
+    from hpack import Encoder
+
+    from agent.protocols import http2
+
+    c = Conn("http2")
+    enc = Encoder()
+    c.send(EGRESS, http2.PREFACE)
+    for sid in range(1, 2 * (http2.MAX_STREAMS + 40), 2):
+        block = enc.encode([(":method", "GET"), (":path", f"/s{sid}"), (":scheme", "http"),
+                            (":authority", "a")])
+        frame = len(block).to_bytes(3, "big") + bytes([1, 0x4]) + sid.to_bytes(4, "big")
+        c.send(EGRESS, frame + block)
+    assert len(c.p.streams_) <= http2.MAX_STREAMS
+    assert sum(r.incomplete == "evicted" for r in c.records) == 40
