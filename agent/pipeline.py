@@ -161,11 +161,11 @@ class Pipeline:
                 self.classifier.following_goroutines(pid)
 
     def tick(self) -> None:
-        """Periodic work (stitching decisions, expiry), every 0.2 s at most."""
+        """Periodic work (stitching decisions, expiry), every 0.1 s at most."""
         now = time.monotonic()
         if now < self._next_tick:
             return
-        self._next_tick = now + 0.2
+        self._next_tick = now + 0.1
         wall = time.time_ns()
         self.stitcher.tick(wall)
         self.assembler.expire(wall)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import bisect
 import time
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -47,6 +47,7 @@ class Item:
     emitted: bool = False
     trace_id: str = ""
     link: str = ""  # how the parent was found
+    keys: list = field(default_factory=list)  # (index dict, key) entries to drop on prune
 
     @property
     def span(self) -> Span:
@@ -68,8 +69,8 @@ def _mirror(a: Span, b: Span) -> bool:
 class Stitcher:
     """Links SpanContexts into traces; `observe` every data event, `add` every span."""
 
-    def __init__(self, emit: Callable[[Trace], None], *, settle_ns: int = 200 * _MS,
-                 quiet_ns: int = 800 * _MS, max_wait_ns: int = 5000 * _MS,
+    def __init__(self, emit: Callable[[Trace], None], *, settle_ns: int = 100 * _MS,
+                 quiet_ns: int = 500 * _MS, max_wait_ns: int = 5000 * _MS,
                  horizon_ns: int = 60_000 * _MS,
                  classifier: RuntimeClassifier | None = None) -> None:
         self.emit = emit
@@ -80,12 +81,20 @@ class Stitcher:
         self.threads: dict[tuple[int, int], list] = defaultdict(list)
         # (conn_id, direction) -> [(start_off, end_off, id, item)] of known messages
         self.ranges: dict[tuple[int, int], list] = defaultdict(list)
-        self.items: list[Item] = []
+        self.items: list[Item] = []  # not yet emitted
+        self.emitted: deque[Item] = deque()  # kept a while for late joiners
+        self._next_prune = 0
         self.client_by_seq: dict[int, list[Item]] = defaultdict(list)
         self.udp_clients: dict[tuple, list[Item]] = defaultdict(list)
         self.trace_of: dict[str, str] = {}  # span_id -> trace_id of emitted spans
-        self.lookback_ns = 2000 * _MS  # how far back a still-open request is looked for
+        # (pid, tid) -> {(conn_id, offset): ts} of request reads whose span is not known
+        self.inflight: dict[tuple[int, int], dict] = defaultdict(dict)
+        self.inflight_threads: dict[int, set] = defaultdict(set)  # conn_id -> thread keys
+        # (pid, tid) -> completed server items by request-read time, and the longest one
+        self.thread_servers: dict[tuple[int, int], list] = defaultdict(list)
         self.thread_maxdur: dict[tuple[int, int], int] = {}
+        self.pending_thread: list[Item] = []
+        self.pending_remote: list[Item] = []
         self.stats: Counter = Counter()
         self.per_process: dict[int, Counter] = defaultdict(Counter)
         self.comm: dict[int, str] = {}
@@ -94,8 +103,13 @@ class Stitcher:
     def observe(self, e: SocketEvent) -> None:
         """Record a data event's moment on its thread (call for every data event)."""
         ts = e.ts_exit if e.direction == abi.DIR_INGRESS else e.ts_enter
-        tl = self.threads[(e.pid, e.tid)]
+        key = (e.pid, e.tid)
+        tl = self.threads[key]
         entry = (ts, e.direction, e.conn_id, e.offset, e.role)
+        if e.direction == abi.DIR_INGRESS and e.role == abi.ROLE_SERVER:
+            # a request read: open on this thread until its server span completes
+            self.inflight[key][(e.conn_id, e.offset)] = ts
+            self.inflight_threads[e.conn_id].add(key)
         if tl and tl[-1][0] > ts:  # rare: events of one thread arriving out of order
             bisect.insort(tl, entry)
         else:
@@ -109,22 +123,54 @@ class Stitcher:
         if s.kind == KIND_SERVER:
             self._range(ctx.conn_id, abi.DIR_INGRESS, s.req_offset, s.req_bytes, item)
             item.thread_done = True
+            self.pending_remote.append(item)
             key = (s.pid, ctx.in_tid)
             dur = ctx.out_ns - ctx.in_ns
             if dur > self.thread_maxdur.get(key, 0):
                 self.thread_maxdur[key] = dur
+            lst = self.thread_servers[key]
+            bisect.insort(lst, (ctx.in_ns, id(item), item))
+            item.keys.append((self.thread_servers, key))
+            self._settle_inflight(ctx.conn_id, s.req_offset, s.req_bytes)
         else:
             self._range(ctx.conn_id, abi.DIR_INGRESS, s.resp_offset, s.resp_bytes, item)
             item.remote_done = True
+            self.pending_thread.append(item)
             if s.transport == "tcp" and s.req_seq is not None:
                 self.client_by_seq[s.req_seq].append(item)
+                item.keys.append((self.client_by_seq, s.req_seq))
             elif s.transport == "udp":
-                self.udp_clients[self._udp_key(s)].append(item)
+                k = self._udp_key(s)
+                self.udp_clients[k].append(item)
+                item.keys.append((self.udp_clients, k))
+
+    def _settle_inflight(self, conn_id: int, off: int | None, size: int) -> None:
+        """The request at [off, off+size) of conn_id is known now: no longer in flight."""
+        if off is None:
+            return
+        end = off + max(size, 1)
+        threads = self.inflight_threads.get(conn_id)
+        if not threads:
+            return
+        for key in list(threads):
+            d = self.inflight.get(key)
+            if not d:
+                threads.discard(key)
+                continue
+            for k in [k for k in d if k[0] == conn_id and off <= k[1] < end]:
+                del d[k]
+            if not any(k[0] == conn_id for k in d):
+                threads.discard(key)
+            if not d:
+                del self.inflight[key]
+        if not threads:
+            del self.inflight_threads[conn_id]
 
     def _range(self, conn_id: int, d: int, off: int | None, size: int, item: Item) -> None:
         if off is None:
             return
         bisect.insort(self.ranges[(conn_id, d)], (off, off + max(size, 1), id(item), item))
+        item.keys.append((self.ranges, (conn_id, d)))
 
     @staticmethod
     def _udp_key(s: Span) -> tuple:
@@ -246,24 +292,21 @@ class Stitcher:
     def _open_requests(self, lst: list, pid: int, tid: int, t: int,
                        now: int) -> list[Item] | None:
         """Server requests read on this thread before t and not answered by t; None
-        while a request read in the look-back is not attributable yet."""
-        lookback = max(self.lookback_ns, self.thread_maxdur.get((pid, tid), 0))
-        lo = bisect.bisect_left(lst, (t - lookback,))
-        hi = bisect.bisect_left(lst, (t,))
+        while such a request's span is not complete yet (it may be the real parent)."""
+        key = (pid, tid)
+        for (_conn, _off), ts in self.inflight.get(key, {}).items():
+            if ts < t and now - ts < self.max_wait_ns:
+                return None
         open_: list[Item] = []
-        for ts, d, conn, off, role in lst[lo:hi]:
-            if d != abi.DIR_INGRESS or role == abi.ROLE_CLIENT:
-                continue
-            items = self._span_of_read(conn, off)
-            if not items:
-                if role == abi.ROLE_SERVER and now - ts < self.max_wait_ns:
-                    return None  # a request whose span is not complete yet
-                continue
-            for it in items:
-                if it.span.kind != KIND_SERVER or it in open_:
-                    continue
+        servers = self.thread_servers.get(key)
+        if servers:
+            lo_ns = t - self.thread_maxdur.get(key, 0) - 1
+            i = bisect.bisect_left(servers, (t,)) - 1
+            while i >= 0 and servers[i][0] >= lo_ns:
+                it = servers[i][2]
                 if not it.ctx.has_response or it.ctx.out_ns > t:
                     open_.append(it)
+                i -= 1
         return open_
 
     def _others_since(self, lst: list, parent: Item, t: int, now: int) -> list[Item] | None:
@@ -337,14 +380,25 @@ class Stitcher:
     def tick(self, now: int | None = None, final: bool = False) -> None:
         now = time.time_ns() if now is None else now
         settled = now - self.settle_ns
-        pending = sorted((it for it in self.items if not it.thread_done
-                          and (final or it.span.end_ns <= settled)),
+        self.pending_thread = [it for it in self.pending_thread if not it.thread_done]
+        pending = sorted((it for it in self.pending_thread
+                          if final or it.span.end_ns <= settled),
                          key=lambda it: it.ctx.out_ns)
-        for it in pending:
-            self._decide_thread(it, now if not final else now + self.max_wait_ns)
-        for it in self.items:
-            if not it.remote_done and (final or it.span.end_ns <= settled):
-                self._decide_remote(it, now if not final else now + self.quiet_ns)
+        # A decision can unblock later ones (a resumed context, a parent that is now
+        # known): repeat while there is progress, so a deep chain resolves in one tick.
+        for _ in range(8):
+            undecided = [it for it in pending if not it.thread_done
+                         and not self._decide_thread(it, now if not final
+                                                     else now + self.max_wait_ns)]
+            if len(undecided) == len(pending):
+                break
+            pending = undecided
+        still = []
+        for it in self.pending_remote:
+            if not (final or it.span.end_ns <= settled) or not self._decide_remote(
+                    it, now if not final else now + self.quiet_ns):
+                still.append(it)
+        self.pending_remote = still
         self._emit_quiet(now, final)
         self._prune(now)
 
@@ -357,8 +411,7 @@ class Stitcher:
     def _emit_quiet(self, now: int, final: bool) -> None:
         groups: dict[int, list[Item]] = defaultdict(list)
         for it in self.items:
-            if not it.emitted:
-                groups[id(self._root(it))].append(it)
+            groups[id(self._root(it))].append(it)
         for members in groups.values():
             root = self._root(members[0])
             if not final:
@@ -378,6 +431,9 @@ class Stitcher:
                 spans.append(sp)
             self.stats["traces"] += 1
             self.emit(Trace(tid, spans, root.span))
+        if any(it.emitted for it in self.items):
+            self.emitted.extend(it for it in self.items if it.emitted)
+            self.items = [it for it in self.items if not it.emitted]
 
     @staticmethod
     def _trace_id(members: list[Item]) -> str:
@@ -389,34 +445,43 @@ class Stitcher:
         return new_trace_id()
 
     def _prune(self, now: int) -> None:
-        horizon = now - self.horizon_ns
-        keep = []
-        for it in self.items:
-            if it.emitted and it.span.end_ns < now - self.max_wait_ns - self.quiet_ns:
+        """Forget emitted spans past the late-joiner window, and old thread history."""
+        if now < self._next_prune:
+            return
+        self._next_prune = now + 1000 * _MS
+        keep_after = now - self.max_wait_ns - self.quiet_ns
+        em = self.emitted
+        gone: set[int] = set()
+        touched: dict[tuple[int, object], tuple[dict, object]] = {}
+        while em and em[0].span.end_ns < keep_after:
+            it = em.popleft()
+            gone.add(id(it))
+            for index, key in it.keys:
+                touched[(id(index), key)] = (index, key)
+            it.parent = None  # let the chain be collected
+            it.children = []
+        for index, key in touched.values():
+            lst = index.get(key)
+            if lst is None:
                 continue
-            keep.append(it)
-        if len(keep) != len(self.items):
-            self.items = keep
-            alive = {id(it) for it in keep}
-            for k in list(self.ranges):
-                lst = [r for r in self.ranges[k] if id(r[3]) in alive]
-                if lst:
-                    self.ranges[k] = lst
-                else:
-                    del self.ranges[k]
-            for idx in (self.client_by_seq, self.udp_clients):
-                for k in list(idx):
-                    lst = [c for c in idx[k] if id(c) in alive]
-                    if lst:
-                        idx[k] = lst
-                    else:
-                        del idx[k]
+            lst[:] = [x for x in lst if id(x[-1] if isinstance(x, tuple) else x) not in gone]
+            if not lst:
+                del index[key]
+        horizon = now - self.horizon_ns
         for k in list(self.threads):
             tl = self.threads[k]
             if tl and tl[0][0] < horizon:
                 del tl[:bisect.bisect_left(tl, (horizon,))]
             if not tl:
                 del self.threads[k]
+                self.thread_maxdur.pop(k, None)
+        stale = now - self.horizon_ns
+        for k in list(self.inflight):
+            d = self.inflight[k]
+            for kk in [kk for kk, ts in d.items() if ts < stale]:
+                del d[kk]
+            if not d:
+                del self.inflight[k]
 
     def close(self) -> None:
         self.tick(final=True)
