@@ -428,6 +428,10 @@ class Http2Parser(StreamParser):
             inc = "no response"
         elif s.req is None and not inc:
             inc = "no request"
+        elif not s.req_done and not inc and not s.reset:
+            # Answered before the request's last frame was seen: lost, or still
+            # streaming; either way its end is unknown.
+            inc = "request unfinished"
         return Record("grpc" if grpc else "http2", s.req, s.resp, op, status, status_code,
                       error, attrs, trace, inc)
 
