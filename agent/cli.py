@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.set_defaults(func=cmd_agent)
 
     _register_optional(sub, "server.cli")
-    _register_optional(sub, "agent.demo")
+    _register_optional(sub, "agent.demo.cli")
     return p
 
 

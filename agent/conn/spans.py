@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from agent.probes import abi
 from agent.probes.events import SocketEvent
 from agent.protocols.base import EGRESS, Message, Record
+from agent.stitch.runtime import GOROUTINE_BASE
 from proto.span import KIND_CLIENT, KIND_SERVER, SOURCE_SYSCALL, Endpoint, Span
 
 _PROTO_ATTRS = {"http": "http", "http2": "http", "grpc": "grpc"}
@@ -67,6 +68,9 @@ def record_to_span(r: Record, e: SocketEvent, role: int, req_dir: int | None,
         incomplete=r.incomplete, agent=agent,
     )
     a = span.attributes
+    if span.tid >= GOROUTINE_BASE:  # Go: the pipeline keyed work by goroutine
+        a["go.goroutine.id"] = span.tid - GOROUTINE_BASE
+        span.tid = 0
     a.setdefault("network.transport", span.transport)
     if kind == KIND_CLIENT:
         a.setdefault("server.address", remote.addr)
