@@ -51,9 +51,12 @@ def check_requests(topo: DemoTopology, n: int) -> None:
         assert topo.redis("EXISTS", f"stock:{r.nonce}") == 1
     log = topo.dns_log()
     api, inv = topo.pods["api"].addr, topo.pods["inventory"].addr
-    for name, asker in (("inventory", api), ("postgres", api), ("redis", inv)):
+    # Python asks once per request; Go's resolver merges concurrent look-ups of one
+    # name (singleflight), so it may ask a little less often than once per request.
+    for name, asker, least in (("inventory", api, n), ("postgres", api, n),
+                               ("redis", inv, n // 2)):
         asked = log.count(f"query[A] {name}.demo.zt from {asker}")
-        assert asked >= n, f"{name}.demo.zt asked {asked} times by {asker}"
+        assert asked >= least, f"{name}.demo.zt asked {asked} times by {asker}"
 
 
 def test_go_topology_end_to_end_and_teardown() -> None:
