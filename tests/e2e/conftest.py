@@ -1,7 +1,8 @@
 """Shared set-up of the end-to-end tests: namespaces, one tracer, a span sink.
 
 One pair of network namespaces and one loaded tracer (scoped to those namespaces by
-inode) serve the whole folder, so the probes compile once.  Each module gets its own
+inode) serve the whole folder (package scope: the probes compile once, and are detached
+and the namespaces removed when the folder's last test is done).  Each module gets its own
 `Pipeline` (through `sink`), starts its servers once in namespace 1 (`SERVER`) and runs
 its clients in namespace 0 (`CLIENT`), and asserts on the spans the pipeline emits."""
 
@@ -29,13 +30,13 @@ CLIENT, SERVER = 0, 1
 SLACK_NS = 200_000
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def net():
     with network(2) as n:
         yield n
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def tracer(net):
     cfg = ProbeConfig(netns={h.inode for h in net.hosts})
     with SocketTracer(cfg) as t:
@@ -143,9 +144,14 @@ def pair_by_seq(spans: list[Span], port: int) -> list[tuple[Span, Span]]:
 def assert_pair_timing(c: Span, s: Span, t0: int, t1: int) -> None:
     """Client and server span of one request agree with each other and with the client's
     own clock: the client's span contains the server's, both inside the client's wall
-    time [t0, t1]."""
+    time [t0, t1]; both sides name the same request and response bytes."""
     assert c.kind == KIND_CLIENT and s.kind == KIND_SERVER
     assert c.operation == s.operation, (c, s)
+    assert (c.req_seq, c.resp_seq) == (s.req_seq, s.resp_seq)
+    if c.transport == "tcp":  # UDP "offsets" count a socket's bytes over all its peers
+        assert (c.req_offset, c.resp_offset) == (s.req_offset, s.resp_offset)
+    assert (c.req_bytes, c.resp_bytes) == (s.req_bytes, s.resp_bytes)
+    assert not c.incomplete and not s.incomplete, (c.incomplete, s.incomplete)
     assert c.duration_ns >= s.duration_ns, (c.duration_ns, s.duration_ns, c.operation)
     assert c.start_ns <= s.start_ns + SLACK_NS and s.end_ns <= c.end_ns + SLACK_NS
     assert within(c, t0, t1), (c.start_ns - t0, t1 - c.end_ns, c.operation)
