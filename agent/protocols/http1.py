@@ -562,9 +562,11 @@ def _trace(block: bytes, low: bytes) -> dict:
         return {}
     th = {}
     for key, name in _TRACE_KEYS:
-        v = _hval(block, low, key)
-        if v is not None:
-            th[name] = v.decode("latin-1")
+        i = low.find(key)
+        if i >= 0:
+            i += len(key)
+            j = low.find(b"\r\n", i)
+            th[name] = (block[i:j] if j >= 0 else block[i:]).strip().decode("latin-1")
     return th
 
 
@@ -594,10 +596,11 @@ def _request_info(block: bytes) -> tuple | None:
     if v is not None:
         attrs["user_agent.original"] = v.decode("latin-1")
     if b"authorization:" in low or b"cookie:" in low:
-        for key, attr, name in _SECRET_KEYS:
-            v = _hval(block, low, key)
-            if v is not None:
-                attrs[attr] = redact.header(name, v.decode("latin-1"))
+        for key, attr, _name in _SECRET_KEYS:
+            if key in low:
+                # Redacted: the value is never even sliced out.
+                attrs[attr] = redact.MASK if redact.REDACT else \
+                    _hval(block, low, key).decode("latin-1")
     th = _trace(block, low)
     length, chunked = _framing(block, low)
     if length is None and not chunked:
@@ -627,11 +630,9 @@ def _response_info(block: bytes, req_op: str) -> tuple | None:
     elif code < 300 and req_op.startswith("CONNECT "):
         length, chunked = 0, False
     attrs = {"http.response.status_code": code}
-    if b"set-cookie:" in low:
-        v = _hval(block, low, _H_SET_COOKIE)
-        if v is not None:
-            attrs["http.response.header.set-cookie"] = redact.header("set-cookie",
-                                                                     v.decode("latin-1"))
+    if b"set-cookie:" in low and _H_SET_COOKIE in low:
+        attrs["http.response.header.set-cookie"] = redact.MASK if redact.REDACT else \
+            _hval(block, low, _H_SET_COOKIE).decode("latin-1")
     th = _trace(block, low)
     if length is not None:
         attrs["http.response.body.size"] = length
