@@ -317,11 +317,21 @@ def bench_queries(n: int, queries: int) -> dict:
         TraceQuery(tags={"http.response.status_code": "500"}, since_ns=now - 900 * 10**9),
     ]
     lat_search = []
+    by_kind: dict[str, list[float]] = {}
+    kinds = [
+        "service+15m",
+        "service+min-duration",
+        "status=error+1h",
+        "service+operation",
+        "tag+15m",
+    ]
     for i in range(queries):
         q = searches[i % len(searches)]
         t = time.perf_counter()
         st.search_traces(q)
-        lat_search.append(time.perf_counter() - t)
+        took = time.perf_counter() - t
+        lat_search.append(took)
+        by_kind.setdefault(kinds[i % len(kinds)], []).append(took)
     t = time.perf_counter()
     st.services(now - 3600 * 10**9, 0)
     services_s = time.perf_counter() - t
@@ -351,6 +361,9 @@ def bench_queries(n: int, queries: int) -> dict:
         "join_p50_ms": 1e3 * statistics.median(lat_join),
         "join_p99_ms": 1e3 * pct(lat_join, 0.99),
         "services_ms": 1e3 * services_s,
+        "search_by_kind_ms": {
+            k: (1e3 * statistics.median(v), 1e3 * pct(v, 0.99)) for k, v in by_kind.items()
+        },
     }
 
 
@@ -404,7 +417,10 @@ def main() -> int:
     ap.add_argument("--skip", default="", help="comma list of: ingest,queries,flamegraph")
     a = ap.parse_args()
     skip = set(filter(None, a.skip.split(",")))
-    print(f"cpus: {os.cpu_count()}  chdb store, python {sys.version.split()[0]}")
+    print(
+        f"cpus: {os.cpu_count()}  load average {os.getloadavg()[0]:.1f}  "
+        f"python {sys.version.split()[0]}"
+    )
     if "flamegraph" not in skip:
         r = bench_flamegraph()
         print(
@@ -426,11 +442,16 @@ def main() -> int:
         )
         print(f"  trace by id: p50 {r['trace_p50_ms']:.1f} ms  p99 {r['trace_p99_ms']:.1f} ms")
         print(f"  search:      p50 {r['search_p50_ms']:.1f} ms  p99 {r['search_p99_ms']:.1f} ms")
+        for k, (p50, p99) in r["search_by_kind_ms"].items():
+            print(f"    {k:<22} p50 {p50:7.1f} ms  p99 {p99:7.1f} ms")
         print(
             f"  GetTrace+join over gRPC: p50 {r['join_p50_ms']:.1f} ms  "
             f"p99 {r['join_p99_ms']:.1f} ms"
         )
         print(f"  services (1h, all): {r['services_ms']:.0f} ms")
+    print(
+        f"load average at the end: {os.getloadavg()[0]:.1f} (machine shared; figures vary with it)"
+    )
     return 0
 
 
