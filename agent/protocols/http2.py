@@ -38,6 +38,7 @@ DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDO
     CONTINUATION = range(10)
 END_STREAM, END_HEADERS, PADDED, PRIORITY_FLAG = 0x1, 0x4, 0x8, 0x20
 MAX_FRAME = 1 << 24
+_IGNORED = frozenset((PRIORITY, SETTINGS, PING, WINDOW_UPDATE))
 MAX_STREAMS = 256
 MAX_BLOCK = 64 * 1024
 UNKNOWN = b":unknown"
@@ -149,6 +150,9 @@ class Http2Parser(StreamParser):
                 self.stats["bad_frame"] += 1
                 self._desync(d, st, out)
                 return
+            if ftype in _IGNORED and n - pos >= total:
+                pos += total  # flow control and connection upkeep: nothing for a span
+                continue
             if n - pos < total:
                 if ftype == DATA and total > 4096:
                     # Payload need not be read: count it and skip the rest by length.
