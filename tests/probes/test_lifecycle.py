@@ -17,12 +17,30 @@ ZT = [sys.executable, "-m", "agent.cli"]
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def our_programs() -> int:
-    """BPF programs named like ours (bcc truncates tracepoint__syscalls__... to 15 chars)."""
+def programs_of(pid: int) -> set[int]:
+    """Ids of the BPF programs process pid holds (its fds on bpf-prog inodes)."""
+    ids = set()
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return ids
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") != "anon_inode:bpf-prog":
+                continue
+            with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+                for line in f:
+                    if line.startswith("prog_id:"):
+                        ids.add(int(line.split()[1]))
+        except OSError:
+            continue
+    return ids
+
+
+def loaded_programs() -> set[int]:
     out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True,
                          check=True).stdout
-    return sum(1 for p in json.loads(out or "[]")
-               if p.get("name", "").startswith(("tracepoint__sys", "tracepoint__soc")))
+    return {p["id"] for p in json.loads(out or "[]")}
 
 
 def start_agent(*extra: str) -> subprocess.Popen:
@@ -31,53 +49,60 @@ def start_agent(*extra: str) -> subprocess.Popen:
                             start_new_session=True)
 
 
-def wait_attached(baseline: int, timeout: float = 60) -> None:
+def wait_attached(p: subprocess.Popen, timeout: float = 90) -> set[int]:
+    """The agent's program ids, once its probes are loaded (tracepoints + socket maps)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if our_programs() > baseline:
-            return
+        ids = programs_of(p.pid)
+        if len(ids) >= 20:  # every tracepoint program is loaded
+            time.sleep(0.3)
+            return programs_of(p.pid)
+        if p.poll() is not None:
+            pytest.fail(f"agent exited early: {p.stderr.read()}")
         time.sleep(0.2)
     pytest.fail("agent never attached its probes")
 
 
-def wait_detached(baseline: int, timeout: float = 10) -> int:
+def wait_gone(ids: set[int], timeout: float = 10) -> set[int]:
+    """Which of ids are still loaded after timeout (programs unload asynchronously)."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and our_programs() > baseline:
+    left = ids & loaded_programs()
+    while left and time.monotonic() < deadline:
         time.sleep(0.1)
-    return our_programs()
+        left = ids & loaded_programs()
+    return left
 
 
 def test_normal_exit_detaches():
-    base = our_programs()
-    p = start_agent("--duration", "1")
+    p = start_agent("--duration", "3")
+    ids = wait_attached(p)
     _, err = p.communicate(timeout=60)
     assert p.returncode == 0, err
     assert "lost in kernel: 0" in err
-    assert wait_detached(base) == base
+    assert wait_gone(ids) == set()
 
 
 def test_sigterm_detaches():
-    base = our_programs()
     p = start_agent()
-    wait_attached(base)
+    ids = wait_attached(p)
     p.send_signal(signal.SIGTERM)
     _, err = p.communicate(timeout=30)
     assert p.returncode == 0, err
-    assert wait_detached(base) == base
+    assert wait_gone(ids) == set()
 
 
 def test_sigkill_then_restart_leaves_nothing():
-    base = our_programs()
     p = start_agent()
-    wait_attached(base)
+    ids = wait_attached(p)
     os.killpg(p.pid, signal.SIGKILL)
     p.wait(timeout=10)
-    # perf-event attachments die with their fds; a restart must also start clean.
-    assert wait_detached(base) == base
-    p2 = start_agent("--duration", "1")
+    # perf-event attachments die with their fds: nothing to recover at the next start
+    assert wait_gone(ids) == set()
+    p2 = start_agent("--duration", "3")
+    ids2 = wait_attached(p2)
     _, err = p2.communicate(timeout=60)
     assert p2.returncode == 0, err
-    assert wait_detached(base) == base
+    assert wait_gone(ids2) == set()
 
 
 def test_check_reports_this_host():
