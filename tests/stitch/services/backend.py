@@ -22,6 +22,6 @@ class H(BaseHTTPRequestHandler):
         pass
 
 
-srv = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H)
+srv = ThreadingHTTPServer((sys.argv[2] if len(sys.argv) > 2 else "127.0.0.1", int(sys.argv[1])), H)
 print("ready", flush=True)
 srv.serve_forever()
