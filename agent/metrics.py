@@ -35,7 +35,9 @@ class AgentMetrics:
     def __init__(self, max_operations: int = 100) -> None:
         self.registry = CollectorRegistry()
         self.max_operations = max_operations
-        labels = ["service", "operation", "protocol"]
+        # namespace: from the span's Kubernetes tags ("" outside Kubernetes); bounded by
+        # the cluster's namespaces
+        labels = ["namespace", "service", "operation", "protocol"]
         self.requests = Counter("zerotrace_requests", "Requests answered (server spans)",
                                 labels + ["status"], registry=self.registry)
         self.duration = Histogram("zerotrace_request_duration_seconds",
@@ -60,8 +62,10 @@ class AgentMetrics:
             else:
                 seen.add(op)
         status = "error" if span.status == STATUS_ERROR else "ok"
-        self.requests.labels(span.service, op, span.protocol, status).inc()
-        self.duration.labels(span.service, op, span.protocol).observe(span.duration_ns / 1e9)
+        ns = span.resource.get("k8s.namespace.name", "")
+        self.requests.labels(ns, span.service, op, span.protocol, status).inc()
+        self.duration.labels(ns, span.service, op, span.protocol).observe(
+            span.duration_ns / 1e9)
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> None:
         start_http_server(port, addr=addr, registry=self.registry)

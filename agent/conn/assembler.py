@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from agent.conn.spans import SpanContext, record_to_span
+from agent.conn.spans import ConnMeta, SpanContext, record_to_span
 from agent.conn.tracker import ConnTracker
 from agent.probes import abi
 from agent.probes.events import SocketEvent
@@ -39,6 +39,7 @@ class Session:
     undecided_bytes: int = 0
     unknown: bool = False
     last_ns: int = 0
+    meta: ConnMeta | None = None  # addresses and process, decoded once
 
 
 class SpanAssembler:
@@ -109,9 +110,11 @@ class SpanAssembler:
             self._records(s, s.parser.feed(c))
 
     def _records(self, s: Session, records: list[Record]) -> None:
+        if s.meta is None:
+            s.meta = ConnMeta(s.event)
         for r in records:
-            ctx = record_to_span(r, s.event, s.role, getattr(s.parser, "req_dir", None),
-                                 self.agent_name)
+            ctx = record_to_span(r, s.meta, s.role, getattr(s.parser, "req_dir", None),
+                                 self.agent_name, s.event.conn_id)
             if ctx is None:
                 self.stats["records_unusable"] += 1
                 continue

@@ -34,13 +34,22 @@ class SpanContext:
     has_response: bool
 
 
-def _endpoints(e: SocketEvent) -> tuple[Endpoint, Endpoint]:
-    return Endpoint(e.laddr, e.lport), Endpoint(e.raddr, e.rport)
+class ConnMeta:
+    """What every span of one connection shares, computed once per connection."""
+
+    __slots__ = ("laddr", "lport", "raddr", "rport", "comm", "pid", "cgroup_id", "netns",
+                 "transport", "midstream")
+
+    def __init__(self, e: SocketEvent) -> None:
+        self.laddr, self.lport, self.raddr, self.rport = e.laddr, e.lport, e.raddr, e.rport
+        self.comm, self.pid, self.cgroup_id, self.netns = e.comm, e.pid, e.cgroup_id, e.netns
+        self.transport = "udp" if e.transport == abi.IPPROTO_UDP else "tcp"
+        self.midstream = bool(e.flags & abi.F_MIDSTREAM)
 
 
-def record_to_span(r: Record, e: SocketEvent, role: int, req_dir: int | None,
-                   agent: str = "") -> SpanContext | None:
-    """The span of record r on the connection whose first data event was e."""
+def record_to_span(r: Record, e: ConnMeta, role: int, req_dir: int | None,
+                   agent: str = "", conn_id: int = 0) -> SpanContext | None:
+    """The span of record r on the connection described by e."""
     req, resp = r.request, r.response
     first: Message | None = req or resp
     if first is None:
@@ -51,7 +60,7 @@ def record_to_span(r: Record, e: SocketEvent, role: int, req_dir: int | None,
         kind = KIND_SERVER
     else:
         return None  # neither the socket nor the bytes say who asked
-    local, remote = _endpoints(e)
+    local, remote = Endpoint(e.laddr, e.lport), Endpoint(e.raddr, e.rport)
     start = req.start_ns if req else resp.start_ns
     end = resp.end_ns if resp else (req.end_ns if req else start)
     span = Span(
@@ -59,7 +68,7 @@ def record_to_span(r: Record, e: SocketEvent, role: int, req_dir: int | None,
         status=r.status, status_code=r.status_code, error=r.error,
         start_ns=start, end_ns=max(end, start), service=e.comm, pid=e.pid,
         tid=req.tid if req else resp.tid, process=e.comm, cgroup_id=e.cgroup_id,
-        netns=e.netns, transport="udp" if e.transport == abi.IPPROTO_UDP else "tcp",
+        netns=e.netns, transport=e.transport,
         local=local, remote=remote,
         req_seq=req.seq if req else None, resp_seq=resp.seq if resp else None,
         req_offset=req.offset if req else None, resp_offset=resp.offset if resp else None,
@@ -78,7 +87,7 @@ def record_to_span(r: Record, e: SocketEvent, role: int, req_dir: int | None,
     else:
         a.setdefault("client.address", remote.addr)
         a.setdefault("client.port", remote.port)
-    if e.flags & abi.F_MIDSTREAM:
+    if e.midstream:
         a["zerotrace.midstream"] = True
     # Moments on threads (request end/response start, or request start/response end).
     if kind == KIND_SERVER:
@@ -87,7 +96,7 @@ def record_to_span(r: Record, e: SocketEvent, role: int, req_dir: int | None,
     else:
         out_tid, out_ns = (req.tid, req.start_ns) if req else (0, start)
         in_tid, in_ns = (resp.end_tid, resp.end_ns) if resp else (0, end)
-    return SpanContext(span, e.conn_id, in_tid, in_ns, out_tid, out_ns, resp is not None)
+    return SpanContext(span, conn_id, in_tid, in_ns, out_tid, out_ns, resp is not None)
 
 
 def host_name() -> str:
