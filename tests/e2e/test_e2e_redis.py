@@ -102,3 +102,33 @@ def test_redis_py_pipeline_one_write(net, sink, redis_server):
     assert lpop[0].status == lpop[1].status == STATUS_ERROR
     assert lpop[0].status_code == "WRONGTYPE" or "WRONGTYPE" in lpop[0].error
     assert all(c.status == STATUS_OK for c, _ in pairs if c.operation != "LPOP")
+
+
+RESP3 = """
+import json, os, sys, time
+import redis
+r = redis.Redis(host=sys.argv[1], port=6379, protocol=3)
+r.ping()
+time.sleep(0.05)
+t0 = time.time_ns()
+r.hset("e2e:h", mapping={"a": "1", "b": "2"})
+m = r.hgetall("e2e:h")  # a RESP3 map reply
+r.zadd("e2e:z", {"x": 1.5})
+z = r.zrange("e2e:z", 0, -1, withscores=True)  # doubles
+t1 = time.time_ns()
+print(json.dumps({"pid": os.getpid(), "t0": t0, "t1": t1, "n": len(m), "z": z[0][1]}))
+"""
+
+
+def test_redis_py_resp3(net, sink, redis_server):
+    info = run_py(net.hosts[CLIENT], RESP3, redis_server).json()
+    assert info["n"] == 2 and info["z"] == 1.5
+    t0, t1 = info["t0"], info["t1"]
+    sink.wait_for(lambda s: s.operation == "ZRANGE" and s.start_ns >= t0, 2)
+    pairs = [(c, s) for c, s in pair_by_seq(sink.spans, PORT)
+             if c.start_ns >= t0 and c.end_ns <= t1]
+    assert [c.operation for c, _ in sorted(pairs, key=lambda p: p[0].start_ns)] == \
+        ["HSET", "HGETALL", "ZADD", "ZRANGE"]
+    for c, s in pairs:
+        assert_pair_timing(c, s, t0, t1)
+        assert c.status == s.status == STATUS_OK and c.pid == info["pid"]
