@@ -2,21 +2,29 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 import tempfile
+import time
 
 import pytest
 
 from proto.span import KIND_CLIENT, KIND_SERVER, STATUS_ERROR, STATUS_OK
 from tests.e2e.conftest import (
     CLIENT,
+    PY,
     SERVER,
+    Sink,
     assert_pair_timing,
     of,
     pair_by_seq,
     run_client,
     run_py,
     wait_tcp,
+    within,
 )
+from tests.helpers.netns import kill_group
 
 pytestmark = pytest.mark.kernel
 PORT = 6379
@@ -49,7 +57,6 @@ def redis_server(net):
                       "--protected-mode", "no")
         wait_tcp(host, host.addr, PORT)
         yield host.addr
-        from tests.helpers.netns import kill_group
         kill_group(p)
 
 
@@ -132,3 +139,53 @@ def test_redis_py_resp3(net, sink, redis_server):
     for c, s in pairs:
         assert_pair_timing(c, s, t0, t1)
         assert c.status == s.status == STATUS_OK and c.pid == info["pid"]
+
+
+MIDWAY = """
+import json, os, sys, time
+import redis
+r = redis.Redis(host=sys.argv[1], port=6379, protocol=2)
+r.set("e2e:mid", "before")  # the connection is set up and used before the agent starts
+print("ready", flush=True)
+sys.stdin.readline()
+time.sleep(0.05)
+t0 = time.time_ns()
+r.get("e2e:mid")
+r.set("e2e:mid", "after")
+r.get("e2e:mid")
+t1 = time.time_ns()
+print(json.dumps({"pid": os.getpid(), "t0": t0, "t1": t1}), flush=True)
+"""
+
+
+def test_connection_seen_midway(net, tracer, redis_server):
+    """A connection opened before this pipeline existed: its later commands still come
+    out as client and server spans, joined on req_seq and marked midstream."""
+    cli = net.hosts[CLIENT]
+    p = subprocess.Popen(cli.cmd(PY, "-c", MIDWAY, redis_server), stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True, start_new_session=True,
+                         env=dict(os.environ, PYTHONPATH=os.getcwd()))
+    try:
+        assert p.stdout.readline().strip() == "ready"
+        time.sleep(0.1)
+        for _ in range(5):
+            tracer.poll(0.05)  # everything so far is dropped: the agent starts now
+        fresh = Sink(tracer)
+        p.stdin.write("go\n")
+        p.stdin.flush()
+        info = json.loads(p.stdout.readline())
+        assert p.wait(timeout=20) == 0
+    finally:
+        kill_group(p)
+    t0, t1 = info["t0"], info["t1"]
+    fresh.wait_for(lambda s: s.protocol == "redis" and s.start_ns >= t0, 6)
+    pairs = [(c, s) for c, s in pair_by_seq(fresh.spans, PORT)
+             if c.start_ns >= t0 and c.end_ns <= t1]
+    assert [c.operation for c, _ in sorted(pairs, key=lambda p: p[0].start_ns)] == \
+        ["GET", "SET", "GET"]
+    for c, s in pairs:
+        assert c.pid == info["pid"] and c.status == s.status == STATUS_OK
+        assert c.duration_ns >= s.duration_ns and within(c, t0, t1) and within(s, t0, t1)
+        assert c.attributes.get("zerotrace.midstream") and s.attributes.get(
+            "zerotrace.midstream")
+    fresh.pipeline.close()
