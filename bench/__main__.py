@@ -3,7 +3,8 @@
 import importlib
 import sys
 
-MODULES = ["bench.bench_probes", "bench.bench_protocols", "bench.bench_pipeline",
+MODULES = ["bench.bench_probes", "bench.bench_protocols", "bench.bench_replay",
+           "bench.bench_pipeline", "bench.bench_fidelity",
            "bench.bench_server"]
 
 if __name__ == "__main__":

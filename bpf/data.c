@@ -98,7 +98,6 @@ static __always_inline int zt_data_enter(int fd, __u8 sys, __u64 buf, __u64 coun
 static __always_inline __u32 zt_copy_iov(__u8 *dst, __u64 iov_ptr, __u64 iovcnt, __u64 want)
 {
     __u32 copied = 0;
-#pragma unroll
     for (int i = 0; i < ZT_IOV_MAX; i++) {
         if (i >= iovcnt || copied >= want)
             break;
@@ -209,7 +208,6 @@ static __always_inline int zt_data_exit(long ret)
     if (a.sys == ZT_SYS_SENDMMSG || a.sys == ZT_SYS_RECVMMSG) {
         /* ret = messages moved; each struct mmsghdr is a user_msghdr + msg_len (64 bytes). */
         __u32 seq_delta = 0;
-#pragma unroll
         for (int i = 0; i < ZT_MMSG_MAX; i++) {
             if (i >= ret)
                 break;

@@ -1,0 +1,102 @@
+"""Agent pipeline throughput on a recorded real event stream, on one core.
+
+    sudo .venv/bin/python -m bench.bench_replay [--requests 1000] [--profile]
+
+Records the raw ring-buffer records of the demo topology under load once (cached in
+/var/cache/zerotrace/), then replays them through the whole agent pipeline (decode,
+connections, protocols, spans, stitching) without the kernel, so the figure does not
+depend on the machine's other load.  --profile prints the top of a cProfile run: the
+hot paths named there are where optimisation goes."""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import os
+import pickle
+import pstats
+import threading
+import time
+
+from agent.probes.btf import CACHE_DIR
+from agent.probes.events import SocketEvent
+
+CACHE = os.path.join(CACHE_DIR, "bench-demo-stream-{n}.pkl")
+
+
+def record(requests: int) -> tuple[list[bytes], int, dict]:
+    from agent.demo.topology import DemoTopology
+    from agent.pipeline import Pipeline
+    from agent.probes.loader import ProbeConfig, SocketTracer
+
+    with DemoTopology(variant="go") as topo:
+        cfg = ProbeConfig(netns={p.inode for p in topo.pods.values()})
+        with SocketTracer(cfg) as tr:
+            p = Pipeline()
+            p.follow_go = lambda pid: tr.follow_go(pid).startswith("goroutine")
+            p.prescan(cfg)
+            raw: list[bytes] = []
+            stop = threading.Event()
+
+            def drain() -> None:
+                while not stop.is_set():
+                    raw.extend(tr.poll_raw(0.05))
+
+            th = threading.Thread(target=drain)
+            th.start()
+            topo.run_load(requests=20, rate=50, concurrency=2)
+            time.sleep(1)
+            topo.run_load(requests=requests, rate=200, concurrency=8)
+            time.sleep(1)
+            stop.set()
+            th.join()
+            return raw, tr.wall_offset, dict(p.classifier._by_pid)
+
+
+def replay(raw: list[bytes], off: int, modes: dict) -> tuple[int, int, float]:
+    from agent.pipeline import Pipeline
+
+    p = Pipeline()
+    p.classifier._by_pid.update(modes)
+    p._pids.update(modes)
+    traces = []
+    p.on_trace_obj = traces.append
+    t0 = time.process_time()
+    for i in range(0, len(raw), 500):
+        evs = [SocketEvent(r, off) for r in raw[i:i + 500]]
+        p.process(evs)
+        if evs:
+            p.stitcher.tick(evs[-1].ts_exit + 10**8)
+    p.close()
+    return p.spans, len(traces), time.process_time() - t0
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--requests", type=int, default=1000)
+    ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args(argv or [])
+    path = CACHE.format(n=args.requests)
+    try:
+        with open(path, "rb") as f:
+            raw, off, modes = pickle.load(f)
+    except (OSError, EOFError, pickle.UnpicklingError):
+        raw, off, modes = record(args.requests)
+        os.makedirs(CACHE_DIR, exist_ok=True)
+        with open(path, "wb") as f:
+            pickle.dump((raw, off, modes), f)
+    if args.profile:
+        prof = cProfile.Profile()
+        prof.runcall(replay, raw, off, modes)
+        pstats.Stats(prof).sort_stats("cumulative").print_stats(20)
+    runs = [replay(raw, off, modes) for _ in range(args.rounds)]
+    spans, traces, cpu = min(runs, key=lambda r: r[2])
+    print(f"# pipeline replay: {len(raw)} recorded events of {args.requests} demo requests")
+    print(f"{len(raw) / cpu:,.0f} events/s, {spans / cpu:,.0f} spans/s, {traces} traces, "
+          f"on one core (best of {args.rounds}: {cpu:.2f} s CPU)")
+
+
+if __name__ == "__main__":
+    import sys
+    main(sys.argv[1:])
