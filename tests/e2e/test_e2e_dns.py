@@ -130,3 +130,18 @@ def test_udp_unconnected_client_span_has_its_port(sink, dnspython_run):
             continue
         (c, s), = dns_pairs(sink.spans, o["t0"], o["t1"], "udp", by_port=False)
         assert c.local.port == s.remote.port != 0, (c.local, s.remote)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "pipeline: ConnTracker marks every socket it did not see connect()/accept() on as "
+    "MIDSTREAM, and unconnected UDP sockets (dnsmasq's listening socket, dnspython's "
+    "sendto/recvfrom client) never have one, so every span on them carries "
+    "zerotrace.midstream although each datagram exchange was seen whole; a connected "
+    "UDP client (dig) is not marked"))
+def test_udp_spans_not_marked_midstream(sink, dnspython_run):
+    for o in dnspython_run["ops"]:
+        if o["transport"] != "udp":
+            continue
+        (c, s), = dns_pairs(sink.spans, o["t0"], o["t1"], "udp", by_port=False)
+        assert not c.attributes.get("zerotrace.midstream"), o["op"]
+        assert not s.attributes.get("zerotrace.midstream"), o["op"]
