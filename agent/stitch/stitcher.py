@@ -84,6 +84,7 @@ class Stitcher:
         self.items: list[Item] = []  # not yet emitted
         self.emitted: deque[Item] = deque()  # kept a while for late joiners
         self._next_prune = 0
+        self._next_emit = 0
         self.client_by_seq: dict[int, list[Item]] = defaultdict(list)
         self.udp_clients: dict[tuple, list[Item]] = defaultdict(list)
         self.trace_of: dict[str, str] = {}  # span_id -> trace_id of emitted spans
@@ -409,11 +410,25 @@ class Stitcher:
         return it
 
     def _emit_quiet(self, now: int, final: bool) -> None:
+        if not final and now < self._next_emit:
+            return
+        self._next_emit = now + 250 * _MS
         groups: dict[int, list[Item]] = defaultdict(list)
+        root_of: dict[int, Item] = {}
         for it in self.items:
-            groups[id(self._root(it))].append(it)
+            # walk up until an item whose root is known; remember the path's root
+            path = []
+            cur = it
+            while cur.parent is not None and id(cur) not in root_of and len(path) < 1000:
+                path.append(cur)  # bounded: a parent cycle must not hang the agent
+                cur = cur.parent
+            root = root_of.get(id(cur), cur)
+            for x in path:
+                root_of[id(x)] = root
+            root_of[id(cur)] = root
+            groups[id(root)].append(it)
         for members in groups.values():
-            root = self._root(members[0])
+            root = root_of[id(members[0])]
             if not final:
                 if not all(m.thread_done and m.remote_done for m in members):
                     continue
