@@ -85,6 +85,8 @@ class Stitcher:
         self.emitted: deque[Item] = deque()  # kept a while for late joiners
         self._next_prune = 0
         self._next_emit = 0
+        self._added = 0  # spans added since the last decision pass
+        self._next_full = 0  # a pass even without new spans, for waits that time out
         self.client_by_seq: dict[int, list[Item]] = defaultdict(list)
         self.udp_clients: dict[tuple, list[Item]] = defaultdict(list)
         self.trace_of: dict[str, str] = {}  # span_id -> trace_id of emitted spans
@@ -117,6 +119,7 @@ class Stitcher:
             tl.append(entry)
 
     def add(self, ctx: SpanContext) -> None:
+        self._added += 1
         item = Item(ctx)
         s = ctx.span
         self.items.append(item)
@@ -381,6 +384,14 @@ class Stitcher:
     def tick(self, now: int | None = None, final: bool = False) -> None:
         now = time.time_ns() if now is None else now
         settled = now - self.settle_ns
+        # Waiting decisions only change when spans arrive (or a wait times out): skip
+        # the pass otherwise, which under load is most ticks.
+        if not final and not self._added and now < self._next_full:
+            self._emit_quiet(now, final)
+            self._prune(now)
+            return
+        self._added = 0
+        self._next_full = now + 1000 * _MS
         self.pending_thread = [it for it in self.pending_thread if not it.thread_done]
         pending = sorted((it for it in self.pending_thread
                           if final or it.span.end_ns <= settled),
