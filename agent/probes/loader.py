@@ -104,19 +104,29 @@ class SocketTracer:
             "-Wno-macro-redefined", "-Wno-pass-failed",
         ]
         t0 = time.monotonic()
+
+        class _Manual(BPF):
+            # bcc attaches every TRACEPOINT_PROBE inside its constructor and, when one
+            # fails, raises with the earlier ones still attached and nothing to clean
+            # them up with.  We attach ourselves, after the filters are written.
+            def _trace_autoload(self) -> None:
+                pass
+
         try:
-            self._bpf = BPF(text=inline_includes(SOCKET_TRACE_C).encode(), cflags=cflags)
-        except Exception as e:  # bcc raises bare Exception for compile/load/attach errors
+            self._bpf = _Manual(text=inline_includes(SOCKET_TRACE_C).encode(), cflags=cflags)
+        except Exception as e:  # bcc raises bare Exception for compile errors
             raise ProbeError(f"the kernel or bcc refused the socket probes: {e}; "
                              "see `zerotrace check`") from e
-        log.info("socket probes compiled and attached in %.1fs", time.monotonic() - t0)
         try:
             self._configure()
+            BPF._trace_autoload(self._bpf)
             events = self._bpf[b"events"]
             self._ring = RingBuffer(events.map_fd, cfg.ring_pages * os.sysconf("SC_PAGESIZE"))
-        except Exception:
+        except Exception as e:  # load or attach refused: detach what was attached
             self.close()
-            raise
+            raise ProbeError(f"the kernel refused the socket probes: {e}; "
+                             "see `zerotrace check`") from e
+        log.info("socket probes compiled and attached in %.1fs", time.monotonic() - t0)
 
     def _configure(self) -> None:
         b, cfg = self._bpf, self.config
@@ -138,7 +148,8 @@ class SocketTracer:
             filter_netns=1 if cfg.netns else 0,
             wakeup_events=cfg.wakeup_events,
         )
-        # Written last and in one update: until now the attached probes did nothing.
+        # Written before attaching, in one update ('enabled' guards against any path
+        # that attaches first).
         b[b"config"][ct.c_int(0)] = c
 
     def tracepoints(self) -> list[tuple[bytes, bytes]]:

@@ -149,3 +149,24 @@ def test_not_root_is_a_clear_error():
     assert r.returncode == 1
     assert r.stderr.strip() == ("zerotrace: the agent cannot run here: root: not root: "
                                 "run as root (or sudo)")
+
+
+def test_a_probe_the_kernel_refuses_is_a_clear_error_and_leaves_nothing(tmp_path,
+                                                                         monkeypatch):
+    import shutil
+
+    from agent.probes import loader
+
+    bad = tmp_path / "bpf"
+    shutil.copytree(loader.BPF_DIR, bad)
+    # an unbounded loop: the verifier must refuse it, and so the whole object
+    with open(bad / "socket_trace.c", "a") as f:
+        f.write("\nTRACEPOINT_PROBE(syscalls, sys_enter_getppid)"
+                " { volatile int i = 0; while (1) { i++; } return 0; }\n")
+    monkeypatch.setattr(loader, "BPF_DIR", bad)
+    monkeypatch.setattr(loader, "SOCKET_TRACE_C", bad / "socket_trace.c")
+    before = programs_of(os.getpid())
+    with pytest.raises(loader.ProbeError, match="refused the socket probes") as err:
+        loader.SocketTracer(loader.ProbeConfig(ports={1}))
+    assert programs_of(os.getpid()) - before == set()
+    assert "see `zerotrace check`" in str(err.value)
