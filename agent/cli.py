@@ -61,10 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="trace only processes of this cgroup v2 directory")
     a.add_argument("--payload-bytes", type=int, default=1024,
                    help="payload prefix captured per syscall (rounded up to a power of two)")
-    a.add_argument("--server", help="send spans to this zerotrace server (HOST:PORT)")
+    a.add_argument("--server", help="send spans to this zerotrace server (HOST:PORT; "
+                   "default: config, else $ZEROTRACE_SERVER)")
     a.add_argument("--otlp", help="also send spans to this OTLP/gRPC collector (HOST:PORT)")
     a.add_argument("--metrics-port", type=int, default=None,
-                   help="serve Prometheus /metrics here (default: config, else off; 0 = off)")
+                   help="serve Prometheus /metrics here (default: config, else 9464 when "
+                   "printing nothing, off otherwise; 0 = off)")
     a.add_argument("--node", help="this node's name (default: ZEROTRACE_NODE, else host name)")
     a.add_argument("--config", help="agent configuration file (default: $ZEROTRACE_CONFIG)")
     a.set_defaults(func=cmd_agent)

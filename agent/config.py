@@ -1,9 +1,9 @@
 """The agent's configuration file (YAML), found by --config or ZEROTRACE_CONFIG.
 
     enrich: {...}          # agent/enrich/config.py (labels/annotations -> attributes)
-    server: host:port      # zerotrace server (gRPC); --server overrides
+    server: host:port      # zerotrace server (gRPC); --server overrides; else $ZEROTRACE_SERVER
     otlp: host:port        # any OTLP/gRPC collector; --otlp overrides
-    metrics_port: 9464     # Prometheus /metrics; --metrics-port overrides
+    metrics_port: 9464     # Prometheus /metrics (default 9464 with --print none); 0 = off
     node: name             # this node (default: ZEROTRACE_NODE, else the host name)
 """
 

@@ -22,6 +22,7 @@ from agent.stitch.stitcher import Stitcher, Trace
 from agent.stitch.tree import render
 
 log = logging.getLogger(__name__)
+DEFAULT_METRICS_PORT = 9464  # the port OpenTelemetry's Prometheus exporter uses too
 
 
 def _protocol_stats() -> dict:
@@ -63,7 +64,8 @@ class Pipeline:
         node = getattr(args, "node", None) or config.node_name(conf)
         p = cls(agent_name=node)
         p.enricher = Enricher(EnrichConfig.from_env(conf.get("enrich")))
-        server = getattr(args, "server", None) or conf.get("server")
+        server = (getattr(args, "server", None) or conf.get("server")
+                  or os.environ.get("ZEROTRACE_SERVER"))
         if server:
             from agent.export import GrpcSpanExporter
             p.exporters.append(("server", BatchExporter(GrpcSpanExporter(server, agent=node))))
@@ -72,7 +74,10 @@ class Pipeline:
             from agent.export import OtlpSpanExporter
             p.exporters.append(("otlp", BatchExporter(OtlpSpanExporter(otlp))))
         port = getattr(args, "metrics_port", None)
-        port = conf.get("metrics_port", 0) if port is None else port
+        if port is None:
+            # a daemon (nothing printed) serves metrics by default; a terminal session not
+            daemon = getattr(args, "print_what", "none") == "none"
+            port = conf.get("metrics_port", DEFAULT_METRICS_PORT if daemon else 0)
         if port:
             p.serve_metrics(port)
         return p
