@@ -97,11 +97,14 @@ TRACEPOINT_PROBE(syscalls, sys_enter_close)
     struct zt_config *cfg = zt_cfg();
     if (!cfg || !zt_task_wanted(cfg, id >> 32))
         return 0;
-    __u64 sk = zt_fd_to_sock(args->fd);
+    void *file = 0;
+    __u64 sk = zt_fd_to_sock_file(args->fd, &file);
     __u8 family = 0, transport = 0;
     __u16 lport = 0, rport = 0;
     if (!sk || !zt_sock_basics(sk, &family, &transport, &lport, &rport))
         return 0;
+    if (!zt_last_reference(file))
+        return 0; /* another fd or process still holds the socket */
     struct zt_active a = {};
     a.ts_enter = bpf_ktime_get_ns();
     a.fd = args->fd;

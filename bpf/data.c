@@ -134,6 +134,8 @@ static __always_inline void zt_fill(struct zt_event *ev, struct zt_active *a, __
     ev->family = a->family;
     ev->transport = a->transport;
     ev->lport = a->lport;
+    if (a->transport == ZT_IPPROTO_UDP && !a->lport) /* bound by this very sendto */
+        ZT_READ(ev->lport, a->sk, OFF_SK_NUM);
     ev->rport = a->rport;
     ev->role = ZT_ROLE_UNKNOWN;
     ev->offset = 0;
@@ -141,7 +143,7 @@ static __always_inline void zt_fill(struct zt_event *ev, struct zt_active *a, __
     __builtin_memset(ev->raddr, 0, 16);
     zt_sock_addrs(a->sk, ev->family, ev);
     ev->netns = zt_sock_netns(a->sk);
-    bpf_get_current_comm(ev->comm, sizeof(ev->comm));
+    zt_process_comm(ev->comm);
     ev->goid = 0;
     if (cfg->track_goid) {
         __u32 tid = (__u32)id;

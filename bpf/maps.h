@@ -10,7 +10,7 @@
 #define ZT_RINGBUF_PAGES 4096
 #endif
 #ifndef ZT_IOV_MAX
-#define ZT_IOV_MAX 8
+#define ZT_IOV_MAX 32 /* grpcio writes one header block as ~27 iovecs */
 #endif
 #ifndef ZT_MMSG_MAX
 #define ZT_MMSG_MAX 4

@@ -19,8 +19,8 @@
 
 /* The struct sock behind fd of the current task, or 0 when fd is no socket.  Costs
  * six kernel reads for a non-socket fd: the price of tracing sockets that were
- * opened before the agent started. */
-static __always_inline __u64 zt_fd_to_sock(int fd)
+ * opened before the agent started.  *filep receives the struct file when given. */
+static __always_inline __u64 zt_fd_to_sock_file(int fd, void **filep)
 {
     void *task = (void *)bpf_get_current_task();
     void *files = 0, *fdt = 0, *file = 0, *inode = 0, *socket = 0;
@@ -46,7 +46,34 @@ static __always_inline __u64 zt_fd_to_sock(int fd)
         return 0;
     ZT_READ(socket, file, OFF_FILE_PRIVATE);
     ZT_READ(sk, socket, OFF_SOCKET_SK);
+    if (filep)
+        *filep = file;
     return sk;
+}
+
+#define zt_fd_to_sock(fd) zt_fd_to_sock_file((fd), 0)
+
+/* 1 when this close() drops the file's last reference: after fork or dup the socket
+ * lives on in the other holder (a forking server's parent closes its copy at once). */
+static __always_inline int zt_last_reference(void *file)
+{
+    long count = 0;
+    ZT_READ(count, file, OFF_FILE_COUNT);
+#if ZT_FILE_COUNT_KIND == 0
+    return count <= 0; /* file_ref_t: 0 means one reference */
+#else
+    return count <= 1; /* atomic_long_t f_count: counts from one */
+#endif
+}
+
+/* The process's name (its thread group leader's comm), not the calling thread's. */
+static __always_inline void zt_process_comm(char *dst)
+{
+    void *task = (void *)bpf_get_current_task();
+    void *leader = 0;
+    ZT_READ(leader, task, OFF_TASK_GROUP_LEADER);
+    if (!leader || bpf_probe_read_kernel(dst, 16, (char *)leader + OFF_TASK_COMM) != 0)
+        bpf_get_current_comm(dst, 16);
 }
 
 /* Family, transport and ports of an inet socket; 0 when it is not TCP/UDP over IP. */

@@ -73,7 +73,10 @@ class ConnTracker:
         if c is None:
             c = self._new(sid)
             c.pid = e.pid
-            self.stats["midstream"] += 1
+            if e.transport == abi.IPPROTO_UDP:
+                c.midstream = False  # datagrams: no stream start to have missed
+            else:
+                self.stats["midstream"] += 1
         d = e.direction
         e.role = c.role
         e.conn_id = c.conn_id

@@ -165,6 +165,14 @@ OFFSETS: dict[str, tuple[str, str]] = {
     "OFF_SK_PROTOCOL": ("sock", "sk_protocol"),
     "OFF_TCP_WRITE_SEQ": ("tcp_sock", "write_seq"),
     "OFF_TCP_COPIED_SEQ": ("tcp_sock", "copied_seq"),
+    "OFF_TASK_GROUP_LEADER": ("task_struct", "group_leader"),
+    "OFF_TASK_COMM": ("task_struct", "comm"),
+}
+# Members renamed across kernel versions: macro -> (struct, [paths], flag macro set to
+# the index of the path found).  struct file's reference count became f_ref (a
+# zero-based file_ref_t) in 6.13; before, f_count counted from one.
+ALTERNATIVES: dict[str, tuple[str, list[str], str]] = {
+    "OFF_FILE_COUNT": ("file", ["f_ref.refcnt", "f_count"], "ZT_FILE_COUNT_KIND"),
 }
 
 
@@ -180,7 +188,8 @@ def kernel_offsets(btf_path: str = VMLINUX_BTF, use_cache: bool = True) -> dict[
     except OSError as e:
         raise BTFError(f"cannot read {btf_path}: {e.strerror}; the kernel needs "
                        "CONFIG_DEBUG_INFO_BTF=y") from e
-    digest = hashlib.sha256(blob + json.dumps(OFFSETS, sort_keys=True).encode()).hexdigest()
+    digest = hashlib.sha256(blob + json.dumps([OFFSETS, ALTERNATIVES], sort_keys=True)
+                            .encode()).hexdigest()
     if use_cache:
         try:
             with open(_cache_path(digest)) as f:
@@ -189,6 +198,16 @@ def kernel_offsets(btf_path: str = VMLINUX_BTF, use_cache: bool = True) -> dict[
             pass
     btf = BTF(blob)
     offsets = {macro: btf.offset(s, path) for macro, (s, path) in OFFSETS.items()}
+    for macro, (struct_name, paths, flag) in ALTERNATIVES.items():
+        for i, path in enumerate(paths):
+            try:
+                offsets[macro] = btf.offset(struct_name, path)
+                offsets[flag] = i
+                break
+            except BTFError:
+                continue
+        else:
+            raise BTFError(f"{struct_name}: none of {', '.join(paths)} in this kernel's BTF")
     if use_cache:
         try:
             os.makedirs(CACHE_DIR, exist_ok=True)

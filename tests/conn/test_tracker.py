@@ -9,7 +9,8 @@ from agent.probes import abi
 
 class Ev:
     def __init__(self, type, syscall=0, sock_id=1, direction=0, seq=0, offset=0, ret=0,
-                 role=0, flags=abi.F_HAS_SEQ, pid=1):
+                 role=0, flags=abi.F_HAS_SEQ, pid=1, transport=abi.IPPROTO_TCP):
+        self.transport = transport
         self.type, self.syscall, self.sock_id, self.direction = type, syscall, sock_id, direction
         self.seq, self.offset, self.ret, self.role, self.flags, self.pid = (
             seq, offset, ret, role, flags, pid)
@@ -23,7 +24,8 @@ def connect(t, sock=1, out_base=1000, in_base=5000, role=abi.ROLE_CLIENT):
 
 
 def data(t, sock, d, seq, ret=10, flags=abi.F_HAS_SEQ):
-    e = Ev(abi.EV_DATA, abi.SYS_WRITE, sock, direction=d, seq=seq, ret=ret, flags=flags)
+    e = Ev(abi.EV_DATA, abi.SYS_WRITE, sock, direction=d, seq=seq, ret=ret, flags=flags,
+           transport=abi.IPPROTO_TCP if flags & abi.F_HAS_SEQ else abi.IPPROTO_UDP)
     t.update(e)
     return e
 
@@ -63,9 +65,10 @@ def test_reused_socket_address_gets_a_new_connection_id():
     assert data(t, 3, abi.DIR_EGRESS, 77).conn_id == b.conn_id
 
 
-def test_udp_offsets_count_bytes():
+def test_udp_offsets_count_bytes_and_are_never_midstream():
     t = ConnTracker()
-    assert data(t, 4, abi.DIR_EGRESS, 0, ret=30, flags=0).offset == 0
+    first = data(t, 4, abi.DIR_EGRESS, 0, ret=30, flags=0)
+    assert first.offset == 0 and not first.flags & abi.F_MIDSTREAM
     assert data(t, 4, abi.DIR_EGRESS, 0, ret=30, flags=0).offset == 30
 
 

@@ -118,12 +118,6 @@ def test_dnspython_udp_and_tcp(sink, dnspython_run):
             assert c.status == s.status == STATUS_ERROR
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "pipeline: the span's tuple is the first data event's; on an unconnected UDP socket "
-    "that is the sendto() that autobinds it, reported with local port 0, so the client "
-    "span says local port 0 while the server span (and the client's own later recvfrom "
-    "events) show the real port: client and server spans of one UDP query cannot be "
-    "joined by tuple"))
 def test_udp_unconnected_client_span_has_its_port(sink, dnspython_run):
     for o in dnspython_run["ops"]:
         if o["transport"] != "udp":
@@ -132,12 +126,6 @@ def test_udp_unconnected_client_span_has_its_port(sink, dnspython_run):
         assert c.local.port == s.remote.port != 0, (c.local, s.remote)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "pipeline: ConnTracker marks every socket it did not see connect()/accept() on as "
-    "MIDSTREAM, and unconnected UDP sockets (dnsmasq's listening socket, dnspython's "
-    "sendto/recvfrom client) never have one, so every span on them carries "
-    "zerotrace.midstream although each datagram exchange was seen whole; a connected "
-    "UDP client (dig) is not marked"))
 def test_udp_spans_not_marked_midstream(sink, dnspython_run):
     for o in dnspython_run["ops"]:
         if o["transport"] != "udp":
@@ -147,12 +135,6 @@ def test_udp_spans_not_marked_midstream(sink, dnspython_run):
         assert not s.attributes.get("zerotrace.midstream"), o["op"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "pipeline: record_to_span sets span.process and span.service from the event's comm, "
-    "which the probes read per thread (bpf_get_current_comm); dig does its socket I/O "
-    "on libisc threads, so its spans say process and service 'isc-net-0000' (grpcio's: "
-    "'event_engine' or 'python' depending on the thread), and Enricher only fills "
-    "service when it is empty, so the thread name stays"))
 def test_span_names_the_process_not_the_thread(net, sink, dns_server):
     run = run_client(net.hosts[CLIENT], "dig", f"@{dns_server}", "+notcp", "+tries=1",
                      "proc.x.test", "A")

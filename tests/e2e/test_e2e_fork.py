@@ -47,14 +47,6 @@ def test_forked_child_request_has_client_and_server_span(sink, fork_run):
     assert c.operation == s.operation == "GET /fork" and c.status_code == "200"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "pipeline: every close() of a socket fd ends the connection (SpanAssembler.handle "
-    "flushes the session on SYS_CLOSE and ConnTracker forgets it), but after fork the "
-    "parent's close() only drops one reference: the socket lives on in the child.  The "
-    "request already read is flushed as a span without response (incomplete 'closed', "
-    "no status), and the child's response lands in a new session seen midway (role "
-    "unknown, MIDSTREAM) with no request to match, so it yields nothing. "
-    "tcp_close (SYS_STATE_CLOSE) is the event that says the socket is gone"))
 def test_parent_close_after_fork_does_not_end_the_childs_connection(sink, fork_run):
     run = fork_run
     server = [s for s in of(sink.spans, KIND_SERVER, PORT) if within(s, run.t0, run.t1)]

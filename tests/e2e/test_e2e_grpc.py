@@ -11,9 +11,7 @@ import tempfile
 
 import pytest
 
-from agent.protocols import registry
 from proto.span import KIND_CLIENT, KIND_SERVER, STATUS_ERROR, STATUS_OK
-from tests.conftest import IN_CI
 from tests.e2e.conftest import (
     CLIENT,
     PY,
@@ -42,13 +40,7 @@ service Greeter {
 }
 """
 
-if getattr(registry, "http2", None) is None:  # the HTTP/2 parser has not landed
-    _missing = (pytest.mark.xfail(strict=False, reason="HTTP/2 parser not landed") if IN_CI
-                else pytest.mark.skip(reason="HTTP/2 parser (agent/protocols/http2.py) is "
-                                             "not present yet"))
-    pytestmark = [pytest.mark.kernel, _missing]
-else:
-    pytestmark = pytest.mark.kernel
+pytestmark = pytest.mark.kernel
 
 
 
@@ -125,14 +117,6 @@ def test_grpc_unary_and_server_streaming(sink, calls):
     assert cport == sport != 0
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "probes: sendmsg payload capture copies at most ZT_IOV_MAX=8 iovecs (bpf/data.c "
-    "zt_copy_iov); grpcio writes each request and response header block with one sendmsg "
-    "of many iovecs (27 for the first request: 293 bytes, 87 captured, flagged truncated "
-    "though far below the 1 KiB prefix), so the HPACK dynamic-table entries those blocks "
-    "add are lost and later header blocks decode with placeholders: client spans lose "
-    "their operation ('' instead of /demo.v1.Greeter/SayHello), server spans their "
-    "grpc-status (status unset, code '200'), all marked midstream or gap"))
 def test_grpc_spans_complete_on_both_sides(sink, calls):
     for o in calls["ops"]:
         client, server, pairs = pairs_of(sink, o)

@@ -123,11 +123,6 @@ def test_psycopg_extended_protocol(net, sink, pg_server):
         assert "$1" in text and "'seven'" not in text, c.attributes
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "pipeline: the postmaster accepts, forks the backend and closes its own copy of the "
-    "socket; that close() makes ConnTracker forget the connection (see "
-    "test_e2e_fork.py), so every backend event starts a connection 'seen midway': all "
-    "PostgreSQL server spans carry zerotrace.midstream and lose the accept's role"))
 def test_backend_spans_not_midstream(net, sink, pg_server):
     run = psql(net.hosts[CLIENT], pg_server, "SELECT 1")
     sink.wait_for(lambda s: s.kind == KIND_SERVER and within(s, run.t0, run.t1), 1)
