@@ -254,17 +254,14 @@ class Stitcher:
             if others is None:
                 return False  # a read in the window is not attributable yet
             if others:
-                pick = evidence.pick_by_tokens(s, [parent.span] + [x.span for x in others])
-                if pick is None:
+                parent = self._by_token(s, [parent] + others)
+                if parent is None:
                     return self._refuse(item, "several requests in flight on the thread")
-                parent = parent if pick is parent.span else next(
-                    x for x in others if x.span is pick)
                 how = "thread+token"
         else:
-            pick = evidence.pick_by_tokens(s, [x.span for x in contexts])
-            if pick is None:
+            parent = self._by_token(s, contexts)
+            if parent is None:
                 return self._refuse(item, "reads of several requests interleave")
-            parent = next(x for x in contexts if x.span is pick)
             how = "thread+token"
         if how == "thread":
             # Requests still open on this thread when the call was written: more than
@@ -275,11 +272,9 @@ class Stitcher:
                 return False
             others = [x for x in open_ if x is not parent]
             if others:
-                pick = evidence.pick_by_tokens(s, [parent.span] + [x.span for x in others])
-                if pick is None:
+                parent = self._by_token(s, [parent] + others)
+                if parent is None:
                     return self._refuse(item, "several requests in flight on the thread")
-                parent = parent if pick is parent.span else next(
-                    x for x in others if x.span is pick)
                 how = "thread+token"
         ps = parent.ctx
         if ps.has_response and ps.out_ns < t:
@@ -337,6 +332,12 @@ class Stitcher:
             # something unattributable happened on the thread: treat as another context
             others.append(Item(SpanContext(Span(), 0, 0, 0, 0, 0, False)))
         return others
+
+    @staticmethod
+    def _by_token(child: Span, candidates: list[Item]) -> Item | None:
+        """The one candidate a rare payload token of child points to, or None."""
+        pick = evidence.pick_by_tokens(child, [x.span for x in candidates])
+        return next((x for x in candidates if x.span is pick), None) if pick else None
 
     def _refuse(self, item: Item, reason: str) -> bool:
         item.thread_done = True
