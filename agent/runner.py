@@ -11,7 +11,7 @@ import sys
 import time
 
 from agent import check
-from agent.pipeline import Pipeline
+from agent.pipeline import Pipeline, tune_gc
 from agent.printer import event_line, span_line
 from agent.probes.loader import ProbeConfig, ProbeError, SocketTracer, netns_inode
 
@@ -80,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"zerotrace: configuration: {e}", file=sys.stderr)
         return 2
     pipeline.kernel_drops = tracer.drops
+    tune_gc()
     pipeline.follow_go = lambda pid: tracer.follow_go(pid).startswith("goroutine")
     # Go processes already running: follow their goroutines before their first request
     # rather than after it (reading DWARF takes a couple of seconds per binary).

@@ -16,7 +16,7 @@ import time
 
 from agent.demo.fidelity import measure
 from agent.demo.topology import DemoTopology
-from agent.pipeline import Pipeline
+from agent.pipeline import Pipeline, tune_gc
 from agent.probes.loader import ProbeConfig, SocketTracer
 from agent.stitch.stitcher import Trace
 
@@ -38,6 +38,7 @@ def run(requests: int, rate: int, concurrency: int, variant: str = "go",
                 delays.append((time.time_ns() - max(s.end_ns for s in tr.spans)) / 1e9)
 
             pipeline.on_trace_obj = on_trace
+            tune_gc()  # as the agent command does
             stop = threading.Event()
             cpu = [0.0]
 

@@ -87,7 +87,7 @@ def _trace_and_capture(topo, server: str, args: argparse.Namespace) -> dict:
     from agent.demo.fidelity import measure
     from agent.enrich import EnrichConfig, Enricher
     from agent.export import BatchExporter, GrpcSpanExporter
-    from agent.pipeline import Pipeline
+    from agent.pipeline import Pipeline, tune_gc
     from agent.probes.loader import ProbeConfig, SocketTracer
 
     cfg = ProbeConfig(netns={p.inode for p in topo.pods.values()})
@@ -102,6 +102,7 @@ def _trace_and_capture(topo, server: str, args: argparse.Namespace) -> dict:
         pipeline.exporters.append(("server", exporter))
         traces = []
         pipeline.on_trace_obj = lambda tr: traces.append(tr.spans)
+        tune_gc()
         stop = threading.Event()
 
         def drain() -> None:
