@@ -5,7 +5,6 @@ response bytes moved: the stitcher orders those per thread to find parents."""
 
 from __future__ import annotations
 
-import socket
 from dataclasses import dataclass
 
 from agent.probes import abi
@@ -97,7 +96,3 @@ def record_to_span(r: Record, e: ConnMeta, role: int, req_dir: int | None,
         out_tid, out_ns = (req.tid, req.start_ns) if req else (0, start)
         in_tid, in_ns = (resp.end_tid, resp.end_ns) if resp else (0, end)
     return SpanContext(span, conn_id, in_tid, in_ns, out_tid, out_ns, resp is not None)
-
-
-def host_name() -> str:
-    return socket.gethostname()

@@ -193,10 +193,6 @@ class SocketTracer:
         self._go_pids[pid] = how
         return how
 
-    def add_pid(self, pid: int) -> None:
-        """Start tracing one more process (pid filter mode)."""
-        self._bpf[b"filter_pids"][ct.c_uint32(pid)] = ct.c_uint8(1)
-
     def poll(self, timeout_s: float = 0.05) -> list[SocketEvent]:
         """Wait up to timeout_s for events, then return every event waiting."""
         ring = self._ring

@@ -43,9 +43,6 @@ class RuntimeClassifier:
         self._by_pid[pid] = m
         return m
 
-    def forget(self, pid: int) -> None:
-        self._by_pid.pop(pid, None)
-
 
 def is_go_binary(path: str) -> bool:
     """True when the ELF file has a section the Go linker always writes (headers only)."""

@@ -415,12 +415,6 @@ class Stitcher:
         self._emit_quiet(now, final)
         self._prune(now)
 
-    def _root(self, it: Item) -> Item:
-        seen = 0
-        while it.parent is not None and seen < 1000:
-            it, seen = it.parent, seen + 1
-        return it
-
     def _emit_quiet(self, now: int, final: bool) -> None:
         if not final and now < self._next_emit:
             return
