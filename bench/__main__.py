@@ -17,4 +17,5 @@ if __name__ == "__main__":
         except ImportError as e:
             print(f"# {name}: not present ({e})")
             continue
+        sys.argv = [name]  # each benchmark parses its own options: defaults here
         mod.main()
