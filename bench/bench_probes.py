@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from agent.conn.tracker import ConnTracker
+from agent.pipeline import tune_gc
 from agent.probes.events import SocketEvent
 from agent.probes.loader import ProbeConfig, SocketTracer
 
@@ -99,6 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         exe = build_loop(tmp)
         with SocketTracer(ProbeConfig(ports={PORT}, trace_self=False)) as tracer:
+            tune_gc()  # as the agent command does
             drainer = Drainer(tracer)
             drainer.start()
             tcp = measure(exe, tracer, drainer, "tcp", args.iterations, args.rounds, 2)
