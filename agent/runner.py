@@ -111,6 +111,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"zerotrace: {n_events} events; lost in kernel: {lost} "
           f"({', '.join(f'{k}={v}' for k, v in drops.items())})", file=sys.stderr)
     print(f"zerotrace: {pipeline.summary()}", file=sys.stderr)
+    for name, b in pipeline.exporters:
+        m = b.metrics()
+        print(f"zerotrace: export to {name}: {m['zerotrace_export_sent_total']} spans sent, "
+              f"{m['zerotrace_export_dropped_total']} dropped", file=sys.stderr)
     for p in pipeline.stitcher.process_report():
         counts = ", ".join(f"{k}: {v}" for k, v in sorted(p["counts"].items()))
         print(f"zerotrace: stitching pid {p['pid']} ({p['process']}, {p['mode']}): {counts}",

@@ -45,6 +45,7 @@ class BatchExporter:
         self._cv = threading.Condition()
         self._flush_req = 0
         self._busy = False
+        self._failing = False  # said once that export fails, until it recovers
         self._closed = False
         self._stop = False
         self._c = dict.fromkeys(
@@ -114,18 +115,33 @@ class BatchExporter:
             self._cv.wait(seconds)
             return not self._stop
 
+    def _trouble(self, what: str) -> None:
+        """Say once that export is failing (not once per batch or retry)."""
+        if not self._failing:
+            self._failing = True
+            log.warning("export failing (%s); spans wait in a bounded queue, drops are "
+                        "counted (zerotrace_export_dropped_total)", what)
+
+    def _recovered(self) -> None:
+        if self._failing:
+            self._failing = False
+            log.warning("export recovered")
+
     def _export_with_retry(self, batch: list[Span]) -> None:
         delay = self.backoff_initial_s
         for attempt in range(1, self.max_attempts + 1):
             try:
                 res = self.exporter.export(batch)
             except Exception as e:  # noqa: BLE001 - an exporter bug must not kill the worker
-                log.warning("exporter raised: %s", e)
+                self._trouble(f"exporter raised {type(e).__name__}: {e}")
                 res = ExportResult.RETRYABLE
             if res is ExportResult.SUCCESS:
                 self._count(sent=len(batch), batches_sent=1)
+                self._recovered()
                 return
             self._count(export_errors=1)
+            if res is ExportResult.RETRYABLE:
+                self._trouble(str(getattr(self.exporter, "last_error", "") or "retryable error"))
             if res is ExportResult.FAILURE:
                 self._count(dropped_refused=len(batch))
                 return
