@@ -61,6 +61,19 @@ class Trace:
     root: Span
 
 
+def header_keys(s: Span) -> tuple:
+    """Ids an application propagates from a request to the calls it makes."""
+    keys = []
+    h = s.trace_headers
+    rid = h.get("x-request-id")
+    if rid:
+        keys.append(("x-request-id", rid))
+    tp = h.get("traceparent", "").split("-")
+    if len(tp) >= 3 and len(tp[1]) == 32:
+        keys.append(("trace", tp[1]))
+    return tuple(keys)
+
+
 def _mirror(a: Span, b: Span) -> bool:
     return (a.local.addr, a.local.port, a.remote.addr, a.remote.port) == (
         b.remote.addr, b.remote.port, b.local.addr, b.local.port)
@@ -97,6 +110,9 @@ class Stitcher:
         self.thread_servers: dict[tuple[int, int], list] = defaultdict(list)
         self.thread_maxdur: dict[tuple[int, int], int] = {}
         self.pending_thread: list[Item] = []
+        # (pid, header key) -> server items carrying it (x-request-id, traceparent's trace)
+        self.by_header: dict[tuple[int, tuple], list[Item]] = defaultdict(list)
+        self._now = 0
         self.pending_remote: list[Item] = []
         self.stats: Counter = Counter()
         self.per_process: dict[int, Counter] = defaultdict(Counter)
@@ -135,6 +151,9 @@ class Stitcher:
             lst = self.thread_servers[key]
             bisect.insort(lst, (ctx.in_ns, id(item), item))
             item.keys.append((self.thread_servers, key))
+            for hk in header_keys(s):
+                self.by_header[(s.pid, hk)].append(item)
+                item.keys.append((self.by_header, (s.pid, hk)))
             self._settle_inflight(ctx.conn_id, s.req_offset, s.req_bytes)
         else:
             self._range(ctx.conn_id, abi.DIR_INGRESS, s.resp_offset, s.resp_bytes, item)
@@ -281,12 +300,14 @@ class Stitcher:
             return self._refuse(item, "context already answered (hand-off?)")
         if not (parent.span.start_ns <= s.start_ns):
             return self._refuse(item, "child starts before parent")
-        item.parent, item.link = parent, how
-        parent.children.append(item)
-        item.thread_done = True
-        pc[f"linked by {how}"] += 1
-        self.stats[f"linked_{how}"] += 1
-        return True
+        if header_keys(s):
+            by_header = self._by_header(item)
+            if by_header is not None and by_header is not parent:
+                item.thread_done = True  # two kinds of evidence disagree: no link
+                pc["refused: thread and propagated id disagree"] += 1
+                self.stats["refused"] += 1
+                return True
+        return self._link(item, parent, how)
 
     def _open_requests(self, lst: list, pid: int, tid: int, t: int,
                        now: int) -> list[Item] | None:
@@ -339,7 +360,37 @@ class Stitcher:
         pick = evidence.pick_by_tokens(child, [x.span for x in candidates])
         return next((x for x in candidates if x.span is pick), None) if pick else None
 
+    def _by_header(self, item: Item) -> Item | None:
+        """The one server span of the process, open when item's request was written,
+        that carries one of item's propagated ids (X-Request-ID, traceparent trace)."""
+        s = item.span
+        found: list[Item] = []
+        for hk in header_keys(s):
+            for cand in self.by_header.get((s.pid, hk), ()):
+                c = cand.ctx
+                if cand in found or cand.span.start_ns > s.start_ns:
+                    continue
+                if c.has_response and c.out_ns < item.ctx.out_ns:
+                    continue
+                found.append(cand)
+        return found[0] if len(found) == 1 else None
+
+    def _link(self, item: Item, parent: Item, how: str) -> bool:
+        item.parent, item.link = parent, how
+        parent.children.append(item)
+        item.thread_done = True
+        self.per_process[item.span.pid][f"linked by {how}"] += 1
+        self.stats[f"linked_{how}"] += 1
+        return True
+
     def _refuse(self, item: Item, reason: str) -> bool:
+        """Refuse the thread-based link; a propagated id may still join the spans."""
+        if header_keys(item.span):
+            parent = self._by_header(item)
+            if parent is not None:
+                return self._link(item, parent, "header")
+            if self._now - item.span.end_ns < self.max_wait_ns:
+                return False  # its parent may not have completed yet
         item.thread_done = True
         self.per_process[item.span.pid][f"refused: {reason}"] += 1
         self.stats["refused"] += 1
@@ -384,6 +435,7 @@ class Stitcher:
     # -- time -------------------------------------------------------------------------
     def tick(self, now: int | None = None, final: bool = False) -> None:
         now = time.time_ns() if now is None else now
+        self._now = now if not final else now + self.max_wait_ns
         settled = now - self.settle_ns
         # Waiting decisions only change when spans arrive (or a wait times out): skip
         # the pass otherwise, which under load is most ticks.

@@ -29,16 +29,19 @@ def nonce_of(span) -> str | None:
     return m.group(0) if m else None
 
 
-def load(host, port: int, n: int, concurrency: int) -> list[str]:
-    """n requests with unique nonces, `concurrency` at a time, from inside the netns."""
+def load(host, port: int, n: int, concurrency: int, request_id: bool = False) -> list[str]:
+    """n requests with unique nonces, `concurrency` at a time, from inside the netns;
+    with request_id, each also carries X-Request-ID: <nonce>."""
     code = (
         "import sys,threading,urllib.request,uuid\n"
-        f"port,n,c={port},{n},{concurrency}\n"
+        f"port,n,c,rid={port},{n},{concurrency},{request_id}\n"
         "done=[]\n"
         "def w(k):\n"
         "  for i in range(k):\n"
         "    x='n'+uuid.uuid4().hex[:16]\n"
-        "    urllib.request.urlopen(f'http://127.0.0.1:{port}/'+x,timeout=10).read();done.append(x)\n"
+        "    h={'X-Request-ID': x} if rid else {}\n"
+        "    r=urllib.request.Request(f'http://127.0.0.1:{port}/'+x,headers=h)\n"
+        "    urllib.request.urlopen(r,timeout=10).read();done.append(x)\n"
         "ts=[threading.Thread(target=w,args=(n//c,)) for _ in range(c)]\n"
         "[t.start() for t in ts];[t.join() for t in ts]\n"
         "print(' '.join(done))\n")
@@ -86,6 +89,7 @@ def traced():
             t = threading.Thread(target=drain, daemon=True)
             t.start()
             sent = {name: load(host, port, 80, 8) for name, port in SERVICES.items()}
+            sent["py-handoff+rid"] = load(host, SERVICES["py-handoff"], 20, 4, request_id=True)
             time.sleep(2.5)
             stop.set()
             t.join(timeout=10)
@@ -136,5 +140,18 @@ def test_handoff_is_refused_not_guessed(traced):
     _sent, _traces, pipeline, pids = traced
     counts = next(r["counts"] for r in pipeline.stitcher.process_report()
                   if r["pid"] == pids["py-handoff"])
-    assert not any(k.startswith("linked") for k in counts), counts
+    assert not any(k.startswith("linked by thread") for k in counts), counts
+
+
+def test_handoff_joined_by_a_forwarded_request_id(traced):
+    sent, traces, _pipeline, _pids = traced
+    ours = set(sent["py-handoff+rid"])
+    linked = wrong = 0
+    for p, c in links(traces):
+        if p.kind == "server" and p.local.port == SERVICES["py-handoff"] and c.kind == "client":
+            if nonce_of(p) in ours:
+                linked += 1
+                wrong += nonce_of(c) != nonce_of(p)
+    assert wrong == 0
+    assert linked >= 0.9 * len(ours), f"{linked} of {len(ours)} joined by X-Request-ID"
 

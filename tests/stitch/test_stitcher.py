@@ -218,3 +218,37 @@ def test_call_queued_by_one_request_written_after_reading_another_is_not_misattr
     spans = w.run()
     assert parent_of(spans, "GET /down/n11112222333344aa") == "GET /b/n11112222333344aa"
     assert spans["GET /down/plain"].parent_span_id == ""
+
+
+def test_handoff_is_joined_by_a_forwarded_request_id():
+    w = World()
+    w.server(3, 32, T0, T0 + 1 * MS, "GET /old")
+    new = w.server(3, 31, T0 + 2 * MS, T0 + 9 * MS, "GET /new")
+    new.span.trace_headers["x-request-id"] = "req-77"
+    call = w.client(3, 32, T0 + 3 * MS, T0 + 4 * MS, "call for new")
+    call.span.trace_headers["x-request-id"] = "req-77"
+    spans = w.run()
+    assert parent_of(spans, "call for new") == "GET /new"
+    assert w.st.per_process[3]["linked by header"] == 1
+
+
+def test_an_id_shared_by_two_open_requests_links_nothing():
+    w = World()
+    for op, t in (("GET /a", T0), ("GET /b", T0 + 1 * MS)):
+        w.server(3, 31, t, T0 + 9 * MS, op).span.trace_headers["x-request-id"] = "dup"
+    call = w.client(3, 35, T0 + 3 * MS, T0 + 4 * MS, "call")
+    call.span.trace_headers["x-request-id"] = "dup"
+    spans = w.run()
+    assert spans["call"].parent_span_id == ""
+
+
+def test_thread_and_propagated_id_disagreeing_link_nothing():
+    w = World()
+    w.server(4, 40, T0, T0 + 9 * MS, "GET /other").span.trace_headers["x-request-id"] = "r-2"
+    w.server(4, 41, T0 + 1 * MS, T0 + 9 * MS, "GET /mine").span.trace_headers[
+        "x-request-id"] = "r-1"
+    call = w.client(4, 41, T0 + 2 * MS, T0 + 3 * MS, "call")
+    call.span.trace_headers["x-request-id"] = "r-2"  # says /other; its thread says /mine
+    spans = w.run()
+    assert spans["call"].parent_span_id == ""
+    assert w.st.per_process[4]["refused: thread and propagated id disagree"] == 1

@@ -10,8 +10,11 @@ PORT, BACKEND = int(sys.argv[1]), sys.argv[2]
 POOL = ThreadPoolExecutor(3)
 
 
-def call(nonce: str) -> bytes:
-    with urllib.request.urlopen(f"{BACKEND}/down/{nonce}") as r:
+def call(nonce: str, request_id: str | None) -> bytes:
+    # Like many services, pass the caller's X-Request-ID on to the calls it makes.
+    headers = {"X-Request-ID": request_id} if request_id else {}
+    req = urllib.request.Request(f"{BACKEND}/down/{nonce}", headers=headers)
+    with urllib.request.urlopen(req) as r:
         return r.read()
 
 
@@ -19,7 +22,7 @@ class H(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def do_GET(self):
-        body = POOL.submit(call, self.path[1:]).result()
+        body = POOL.submit(call, self.path[1:], self.headers.get("X-Request-ID")).result()
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
