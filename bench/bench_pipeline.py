@@ -42,34 +42,13 @@ from agent.pipeline import Pipeline
 from agent.probes.events import SocketEvent
 from agent.probes.loader import ProbeConfig, SocketTracer
 from tests.helpers.netns import network
+from tests.helpers.nginx import nginx_conf
 
 SUBNET = 232  # 10.232.0.x: apart from the tests' 10.231.0.x
 PORT = 80
 KEEP_RECORDS = 400_000
 PACED = "function delay()\n    return 1\nend\n"  # wrk: 1 ms after each response
 
-NGINX_CONF = """
-daemon off;
-master_process off;
-worker_processes 1;
-error_log {tmp}/error.log;
-pid {tmp}/nginx.pid;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    keepalive_requests 10000000;
-    keepalive_timeout 120s;
-    client_body_temp_path {tmp}/body;
-    proxy_temp_path {tmp}/proxy;
-    fastcgi_temp_path {tmp}/fcgi;
-    uwsgi_temp_path {tmp}/uwsgi;
-    scgi_temp_path {tmp}/scgi;
-    server {{
-        listen {addr}:{port};
-        root {tmp}/www;
-    }}
-}}
-"""
 
 
 class Drainer(threading.Thread):
@@ -138,7 +117,8 @@ def nginx_pair(taskset: list[str] | None = None):
         with network(2, subnet=SUBNET) as net:
             srv = net.hosts[1]
             with open(f"{tmp}/nginx.conf", "w") as f:
-                f.write(NGINX_CONF.format(tmp=tmp, addr=srv.addr, port=PORT))
+                f.write(nginx_conf(tmp, f"{srv.addr}:{PORT}", worker_connections=1024,
+                                   http="keepalive_requests 10000000; keepalive_timeout 120s;"))
             net.spawn(srv, *taskset, "nginx", "-c", f"{tmp}/nginx.conf", "-e", f"{tmp}/error.log",
                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             deadline = time.monotonic() + 10

@@ -22,32 +22,13 @@ from tests.e2e.conftest import (
     wait_tcp,
     within,
 )
+from tests.helpers.nginx import nginx_conf
 
 pytestmark = pytest.mark.kernel
 NGINX_PORT, PY_PORT = 80, 8080
 BIG = 5000
 HERE = os.path.dirname(os.path.abspath(__file__))
 
-NGINX_CONF = """
-daemon off;
-master_process off;
-worker_processes 1;
-error_log {tmp}/error.log;
-pid {tmp}/nginx.pid;
-events {{ worker_connections 64; }}
-http {{
-    access_log off;
-    client_body_temp_path {tmp}/body;
-    proxy_temp_path {tmp}/proxy;
-    fastcgi_temp_path {tmp}/fcgi;
-    uwsgi_temp_path {tmp}/uwsgi;
-    scgi_temp_path {tmp}/scgi;
-    server {{
-        listen {addr}:{port};
-        root {tmp}/www;
-    }}
-}}
-"""
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +44,7 @@ def servers(net):
         with open(f"{tmp}/www/big.bin", "wb") as f:
             f.write(b"b" * BIG)  # beyond the 1 KiB the probes capture
         with open(f"{tmp}/nginx.conf", "w") as f:
-            f.write(NGINX_CONF.format(tmp=tmp, addr=host.addr, port=NGINX_PORT))
+            f.write(nginx_conf(tmp, f"{host.addr}:{NGINX_PORT}"))
         net.spawn(host, "nginx", "-c", f"{tmp}/nginx.conf", "-e", f"{tmp}/error.log",
                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         net.spawn(host, PY, os.path.join(HERE, "clients", "http_server.py"), host.addr,

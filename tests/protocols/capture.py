@@ -28,6 +28,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path[:0] = [str(ROOT)]
 
+from tests.helpers.nginx import nginx_conf  # noqa: E402
 from tests.protocols.golden import (  # noqa: E402
     GOLDEN,
     captures,
@@ -367,29 +368,6 @@ class H(BaseHTTPRequestHandler):
 ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
 """
 
-NGINX_CONF = """
-daemon off;
-master_process off;
-worker_processes 1;
-error_log {tmp}/error.log;
-pid {tmp}/nginx.pid;
-events {{ worker_connections 64; }}
-http {{
-    access_log off;
-    client_body_temp_path {tmp}/body;
-    proxy_temp_path {tmp}/proxy;
-    fastcgi_temp_path {tmp}/fcgi;
-    uwsgi_temp_path {tmp}/uwsgi;
-    scgi_temp_path {tmp}/scgi;
-    server {{
-        listen 127.0.0.1:{port};
-        root {tmp}/www;
-        if_modified_since before;
-        location = /empty {{ return 204; }}
-        location = /gone {{ return 410 "gone"; }}
-    }}
-}}
-"""
 
 
 def capture_http() -> None:
@@ -433,7 +411,10 @@ def capture_http() -> None:
         Path(www, "index.html").write_text("<h1>hi</h1>\n")
         Path(www, "big.bin").write_bytes(bytes(range(256)) * 20)
         conf = os.path.join(tmp, "nginx.conf")
-        Path(conf).write_text(NGINX_CONF.format(tmp=tmp, port=port))
+        Path(conf).write_text(nginx_conf(tmp, f"127.0.0.1:{port}", server=(
+            "if_modified_since before;\n"
+            "location = /empty { return 204; }\n"
+            'location = /gone { return 410 "gone"; }')))
         with server(["nginx", "-c", conf, "-p", tmp], port):
             relay = TcpRelay(port)
             url = f"http://127.0.0.1:{relay.port}"
@@ -528,27 +509,6 @@ server.start()
 server.wait_for_termination()
 """
 
-NGINX_H2_CONF = """
-daemon off;
-master_process off;
-worker_processes 1;
-error_log {tmp}/error.log;
-pid {tmp}/nginx.pid;
-events {{ worker_connections 64; }}
-http {{
-    access_log off;
-    client_body_temp_path {tmp}/body;
-    proxy_temp_path {tmp}/proxy;
-    fastcgi_temp_path {tmp}/fcgi;
-    uwsgi_temp_path {tmp}/uwsgi;
-    scgi_temp_path {tmp}/scgi;
-    server {{
-        listen 127.0.0.1:{port} http2;
-        root {tmp}/www;
-        location = /gone {{ return 410 "gone"; }}
-    }}
-}}
-"""
 
 
 def capture_grpc() -> None:
@@ -588,7 +548,8 @@ def capture_grpc() -> None:
         Path(www, "index.html").write_text("<h1>h2</h1>\n")
         Path(www, "big.bin").write_bytes(bytes(range(256)) * 40)
         conf = os.path.join(tmp, "nginx.conf")
-        Path(conf).write_text(NGINX_H2_CONF.format(tmp=tmp, port=port))
+        Path(conf).write_text(nginx_conf(tmp, f"127.0.0.1:{port} http2",
+                                          server='location = /gone { return 410 "gone"; }'))
         with server(["nginx", "-c", conf, "-p", tmp], port):
             relay = TcpRelay(port)
             url = f"http://127.0.0.1:{relay.port}"
