@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -23,10 +22,6 @@ HERE = os.path.join(os.path.dirname(__file__), "services")
 ZT = [sys.executable, "-m", "agent.cli"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def zt_json(*args: str):
@@ -34,61 +29,53 @@ def zt_json(*args: str):
                                      text=True, check=True, timeout=60).stdout)
 
 
-def test_sdk_spans_and_ebpf_spans_share_the_trace(tmp_path):
-    port = free_port()
-    server = f"127.0.0.1:{port}"
-    srv = subprocess.Popen(ZT + ["server", "--listen", server, "--data", str(tmp_path / "d")],
-                           start_new_session=True, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL)
+def test_sdk_spans_and_ebpf_spans_share_the_trace(zt_server):
+    server = zt_server
+    procs = [
+        subprocess.Popen([sys.executable, f"{HERE}/backend.py", "9300"],
+                         start_new_session=True, stdout=subprocess.PIPE, text=True),
+        subprocess.Popen([sys.executable, f"{HERE}/otel_service.py", "9301",
+                          "http://127.0.0.1:9300", f"http://{server}"],
+                         start_new_session=True, stdout=subprocess.PIPE, text=True)]
     try:
-        procs = [
-            subprocess.Popen([sys.executable, f"{HERE}/backend.py", "9300"],
-                             start_new_session=True, stdout=subprocess.PIPE, text=True),
-            subprocess.Popen([sys.executable, f"{HERE}/otel_service.py", "9301",
-                              "http://127.0.0.1:9300", f"http://{server}"],
-                             start_new_session=True, stdout=subprocess.PIPE, text=True)]
-        try:
-            for p in procs:
-                assert "ready" in p.stdout.readline()
-            # Scoped by the services' ports: the SDK's own OTLP export is not traced.
-            tracer = SocketTracer(ProbeConfig(ports={9300, 9301}))
-            pipeline = Pipeline(agent_name="node-1")
-            pipeline.exporters.append(("server", BatchExporter(GrpcSpanExporter(server))))
-            stop = threading.Event()
+        for p in procs:
+            assert "ready" in p.stdout.readline()
+        # Scoped by the services' ports: the SDK's own OTLP export is not traced.
+        tracer = SocketTracer(ProbeConfig(ports={9300, 9301}))
+        pipeline = Pipeline(agent_name="node-1")
+        pipeline.exporters.append(("server", BatchExporter(GrpcSpanExporter(server))))
+        stop = threading.Event()
 
-            def drain():
-                while not stop.is_set():
-                    pipeline.process(tracer.poll(0.05))
-                    pipeline.tick()
+        def drain():
+            while not stop.is_set():
+                pipeline.process(tracer.poll(0.05))
+                pipeline.tick()
 
-            th = threading.Thread(target=drain, daemon=True)
-            th.start()
-            nonces = [f"n{i:016x}" for i in range(4)]
-            for n in nonces:
-                subprocess.run(["curl", "-sf", f"http://127.0.0.1:9301/{n}"], check=True,
-                               capture_output=True, timeout=15)
-            time.sleep(2.5)
-            stop.set()
-            th.join(timeout=10)
-            pipeline.close()
-            tracer.close()
-        finally:
-            for p in procs:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait(timeout=10)
-        time.sleep(1.0)
-        shared = 0
-        for r in zt_json("traces", "--server", server, "--limit", "50"):
-            spans = zt_json("trace", r["trace_id"], "--server", server)["spans"]
-            sources = {s["source"] for s in spans}
-            if {"A", "S"} <= sources:
-                shared += 1
-                ops = " ".join(s["operation"] for s in spans)
-                assert sum(n in ops for n in nonces) == 1  # one request per trace
-                backend = [s for s in spans if s["source"] == "S" and s["kind"] == "server"
-                           and s["local"]["port"] == 9300]
-                assert backend and backend[0]["trace_id"] == r["trace_id"]
-        assert shared >= 3, f"only {shared} of 4 requests had SDK and eBPF spans together"
+        th = threading.Thread(target=drain, daemon=True)
+        th.start()
+        nonces = [f"n{i:016x}" for i in range(4)]
+        for n in nonces:
+            subprocess.run(["curl", "-sf", f"http://127.0.0.1:9301/{n}"], check=True,
+                           capture_output=True, timeout=15)
+        time.sleep(2.5)
+        stop.set()
+        th.join(timeout=10)
+        pipeline.close()
+        tracer.close()
     finally:
-        os.killpg(srv.pid, signal.SIGTERM)
-        srv.wait(timeout=15)
+        for p in procs:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait(timeout=10)
+    time.sleep(1.0)
+    shared = 0
+    for r in zt_json("traces", "--server", server, "--limit", "50"):
+        spans = zt_json("trace", r["trace_id"], "--server", server)["spans"]
+        sources = {s["source"] for s in spans}
+        if {"A", "S"} <= sources:
+            shared += 1
+            ops = " ".join(s["operation"] for s in spans)
+            assert sum(n in ops for n in nonces) == 1  # one request per trace
+            backend = [s for s in spans if s["source"] == "S" and s["kind"] == "server"
+                       and s["local"]["port"] == 9300]
+            assert backend and backend[0]["trace_id"] == r["trace_id"]
+    assert shared >= 3, f"only {shared} of 4 requests had SDK and eBPF spans together"

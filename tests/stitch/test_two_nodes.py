@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -41,78 +39,66 @@ srv.serve_forever()
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
-def test_a_trace_across_two_nodes_is_returned_whole(tmp_path):
-    port = free_port()
-    server = f"127.0.0.1:{port}"
-    srv = subprocess.Popen(ZT + ["server", "--listen", server, "--data", str(tmp_path / "d")],
-                           start_new_session=True, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL)
-    try:
-        with network(2, subnet=234) as net:
-            a, b = net.hosts
-            back = net.spawn(b, sys.executable, f"{HERE}/backend.py", "9200", "0.0.0.0",
-                             stdout=subprocess.PIPE, text=True)
-            front = net.spawn(a, sys.executable, "-c", FRONT % b.addr, stdout=subprocess.PIPE,
-                              text=True)
-            assert "ready" in back.stdout.readline() and "ready" in front.stdout.readline()
-            agents = []
-            for name, host in (("node-a", a), ("node-b", b)):
-                tracer = SocketTracer(ProbeConfig(netns={host.inode}))
-                p = Pipeline(agent_name=name)
-                exp = BatchExporter(GrpcSpanExporter(server, agent=name))
-                p.exporters.append(("server", exp))
-                agents.append((tracer, p))
-            stop = threading.Event()
+def test_a_trace_across_two_nodes_is_returned_whole(zt_server):
+    server = zt_server
+    with network(2, subnet=234) as net:
+        a, b = net.hosts
+        back = net.spawn(b, sys.executable, f"{HERE}/backend.py", "9200", "0.0.0.0",
+                         stdout=subprocess.PIPE, text=True)
+        front = net.spawn(a, sys.executable, "-c", FRONT % b.addr, stdout=subprocess.PIPE,
+                          text=True)
+        assert "ready" in back.stdout.readline() and "ready" in front.stdout.readline()
+        agents = []
+        for name, host in (("node-a", a), ("node-b", b)):
+            tracer = SocketTracer(ProbeConfig(netns={host.inode}))
+            p = Pipeline(agent_name=name)
+            exp = BatchExporter(GrpcSpanExporter(server, agent=name))
+            p.exporters.append(("server", exp))
+            agents.append((tracer, p))
+        stop = threading.Event()
 
-            def drain(tracer, p):
-                while not stop.is_set():
-                    p.process(tracer.poll(0.05))
-                    p.tick()
+        def drain(tracer, p):
+            while not stop.is_set():
+                p.process(tracer.poll(0.05))
+                p.tick()
 
-            threads = [threading.Thread(target=drain, args=ag, daemon=True) for ag in agents]
-            for t in threads:
-                t.start()
-            nonces = [f"n{i:016x}" for i in range(5)]
-            for n in nonces:
-                subprocess.run(a.cmd("curl", "-sf", f"http://127.0.0.1:9201/{n}"), check=True,
-                               capture_output=True, timeout=10)
-            time.sleep(2.0)
-            stop.set()
-            for t in threads:
-                t.join(timeout=10)
-            for tracer, p in agents:
-                p.close()
-                tracer.close()
-        rows = json.loads(subprocess.run(
-            ZT + ["traces", "--server", server, "--limit", "50", "-o", "json"],
+        threads = [threading.Thread(target=drain, args=ag, daemon=True) for ag in agents]
+        for t in threads:
+            t.start()
+        nonces = [f"n{i:016x}" for i in range(5)]
+        for n in nonces:
+            subprocess.run(a.cmd("curl", "-sf", f"http://127.0.0.1:9201/{n}"), check=True,
+                           capture_output=True, timeout=10)
+        time.sleep(2.0)
+        stop.set()
+        for t in threads:
+            t.join(timeout=10)
+        for tracer, p in agents:
+            p.close()
+            tracer.close()
+    rows = json.loads(subprocess.run(
+        ZT + ["traces", "--server", server, "--limit", "50", "-o", "json"],
+        capture_output=True, text=True, check=True, timeout=60).stdout)
+    assert rows, "no trace reached the server"
+    whole = 0
+    for r in rows:
+        tr = json.loads(subprocess.run(
+            ZT + ["trace", r["trace_id"], "--server", server, "-o", "json"],
             capture_output=True, text=True, check=True, timeout=60).stdout)
-        assert rows, "no trace reached the server"
-        whole = 0
-        for r in rows:
-            tr = json.loads(subprocess.run(
-                ZT + ["trace", r["trace_id"], "--server", server, "-o", "json"],
-                capture_output=True, text=True, check=True, timeout=60).stdout)
-            spans = tr["spans"]
-            agents_seen = {s["agent"] for s in spans}
-            ops = [s["operation"] for s in spans]
-            if agents_seen == {"node-a", "node-b"}:
-                whole += 1
-                # one nonce per trace, on both nodes
-                ns = {n for n in nonces if any(n in o for o in ops)}
-                assert len(ns) == 1, ops
-                ids = {s["span_id"]: s for s in spans}
-                for s in spans:
-                    if s["agent"] == "node-b" and s["kind"] == "server":
-                        parent = ids.get(s["parent_span_id"])
-                        assert parent is not None and parent["agent"] == "node-a"
-                        assert parent["kind"] == "client"
-        assert whole >= 4, f"only {whole} of 5 requests came back whole across the two nodes"
-    finally:
-        os.killpg(srv.pid, signal.SIGTERM)
-        srv.wait(timeout=15)
+        spans = tr["spans"]
+        agents_seen = {s["agent"] for s in spans}
+        ops = [s["operation"] for s in spans]
+        if agents_seen == {"node-a", "node-b"}:
+            whole += 1
+            # one nonce per trace, on both nodes
+            ns = {n for n in nonces if any(n in o for o in ops)}
+            assert len(ns) == 1, ops
+            ids = {s["span_id"]: s for s in spans}
+            for s in spans:
+                if s["agent"] == "node-b" and s["kind"] == "server":
+                    parent = ids.get(s["parent_span_id"])
+                    assert parent is not None and parent["agent"] == "node-a"
+                    assert parent["kind"] == "client"
+    assert whole >= 4, f"only {whole} of 5 requests came back whole across the two nodes"
