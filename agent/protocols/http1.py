@@ -547,9 +547,11 @@ def _framing(block: bytes, low: bytes) -> tuple[int | None, bool]:
         te = _hval(block, low, _H_TE)
         if te is not None and te.lower().endswith(b"chunked"):
             return None, True
-    v = _hval(block, low, _H_CL) if b"content-length" in low else None
-    if v is None:
+    i = low.find(_H_CL)
+    if i < 0:
         return None, False
+    i += 17
+    v = block[i:low.find(b"\r\n", i)]
     try:
         n = int(v)
     except ValueError:
@@ -558,8 +560,6 @@ def _framing(block: bytes, low: bytes) -> tuple[int | None, bool]:
 
 
 def _trace(block: bytes, low: bytes) -> dict:
-    if b"trace" not in low and b"x-request-id" not in low and b"sw8" not in low:
-        return {}
     th = {}
     for key, name in _TRACE_KEYS:
         i = low.find(key)
@@ -570,6 +570,26 @@ def _trace(block: bytes, low: bytes) -> dict:
     return th
 
 
+# Host header value -> (address, port or None): a handful of values per agent, parsed once.
+_HOSTS: dict[bytes, tuple[str, int | None]] = {}
+
+
+def _host(v: bytes) -> tuple[str, int | None]:
+    hit = _HOSTS.get(v)
+    if hit is not None:
+        return hit
+    host = v.decode("latin-1")
+    port = None
+    if host[-1:].isdigit() and ":" in host and not host.endswith("]"):
+        h, _, p = host.rpartition(":")
+        if p.isdigit() and (h[:1] != "[" or h[-1:] == "]"):
+            host, port = h, int(p)
+    if len(_HOSTS) >= 4096:
+        _HOSTS.clear()
+    _HOSTS[v] = host, port
+    return host, port
+
+
 def _request_info(block: bytes) -> tuple | None:
     """(operation, attributes, trace headers, body length, chunked?) of a request head
     (without its final blank line), or None if it is not one."""
@@ -577,39 +597,48 @@ def _request_info(block: bytes) -> tuple | None:
     if m is None:
         return None
     method_b, path_b, query, version = m.groups()
-    method_s = method_b.decode()
+    method_s = _METHOD_NAMES.get(method_b) or method_b.decode()
     path = path_b.decode("latin-1")
     low = block.lower()
     attrs = {"http.request.method": method_s, "url.path": path,
              "network.protocol.version": "1.1" if version == b"1.1" else "1.0"}
     if query is not None:
         attrs["url.query"] = query.decode("latin-1")
-    v = _hval(block, low, _H_HOST)
-    if v is not None:
-        host = v.decode("latin-1")
-        if host[-1:].isdigit() and ":" in host and not host.endswith("]"):
-            host, _, port = host.rpartition(":")
-            if port.isdigit() and (host[:1] != "[" or host[-1:] == "]"):
-                attrs["server.port"] = int(port)
+    # The head ends with CRLF, so every header line found has an end.
+    i = low.find(_H_HOST)
+    if i >= 0:
+        i += 7
+        host, port = _host(block[i:low.find(b"\r\n", i)].strip())
+        if port is not None:
+            attrs["server.port"] = port
         attrs["server.address"] = host
-    v = _hval(block, low, _H_UA)
-    if v is not None:
-        attrs["user_agent.original"] = v.decode("latin-1")
-    if b"authorization:" in low or b"cookie:" in low:
-        for key, attr, _name in _SECRET_KEYS:
-            if key in low:
-                # Redacted: the value is never even sliced out.
-                attrs[attr] = redact.MASK if redact.REDACT else \
-                    _hval(block, low, key).decode("latin-1")
-    th = _trace(block, low)
-    length, chunked = _framing(block, low)
-    if length is None and not chunked:
-        length = 0
+    i = low.find(_H_UA)
+    if i >= 0:
+        i += 13
+        attrs["user_agent.original"] = block[i:low.find(b"\r\n", i)].strip().decode("latin-1")
+    for key, attr, _name in _SECRET_KEYS:
+        if key in low:
+            # Redacted: the value is never even sliced out.
+            attrs[attr] = redact.MASK if redact.REDACT else \
+                _hval(block, low, key).decode("latin-1")
+    th = _trace(block, low) if (b"trace" in low or b"x-request-id" in low
+                                or b"sw8:" in low) else _NO_TRACE
+    if b"content-length" in low or b"chunked" in low:
+        length, chunked = _framing(block, low)
+        if length is None and not chunked:
+            length = 0
+    else:
+        length, chunked = 0, False
     if length is not None:
         attrs["http.request.body.size"] = length
     if b"100-continue" in low and _hval(block, low, _H_EXPECT) == b"100-continue":
         attrs["http.request.expect_continue"] = True
-    return f"{method_s} {path}", attrs, th, length, chunked
+    return method_s + " " + path, attrs, th, length, chunked
+
+
+# Shared, never mutated: records copy trace headers before adding to them.
+_NO_TRACE: dict = {}
+_METHOD_NAMES = {m: m.decode() for m in METHODS}
 
 
 def _response_info(block: bytes, req_op: str) -> tuple | None:
@@ -617,14 +646,16 @@ def _response_info(block: bytes, req_op: str) -> tuple | None:
     head answering `req_op`, or None if it is not one."""
     if not block.startswith(b"HTTP/1.") or len(block) < 12 or block[8] != 32:
         return None
-    code_b = block[9:12]
-    if not code_b.isdigit():
+    code = _CODE_OF.get(block[9:12])
+    if code is None:
         return None
-    code = int(code_b)
     if code < 200 and code != 101:
         return code, {}, {}, 0, False
     low = block.lower()
-    length, chunked = _framing(block, low)
+    if b"content-length" in low or b"chunked" in low:
+        length, chunked = _framing(block, low)
+    else:
+        length, chunked = None, False
     if code == 204 or code == 304 or code == 101 or req_op.startswith("HEAD "):
         length, chunked = 0, False
     elif code < 300 and req_op.startswith("CONNECT "):
@@ -633,7 +664,11 @@ def _response_info(block: bytes, req_op: str) -> tuple | None:
     if b"set-cookie:" in low and _H_SET_COOKIE in low:
         attrs["http.response.header.set-cookie"] = redact.MASK if redact.REDACT else \
             _hval(block, low, _H_SET_COOKIE).decode("latin-1")
-    th = _trace(block, low)
+    th = _trace(block, low) if (b"trace" in low or b"x-request-id" in low
+                                or b"sw8:" in low) else _NO_TRACE
     if length is not None:
         attrs["http.response.body.size"] = length
     return code, attrs, th, length, chunked
+
+
+_CODE_OF = {str(c).encode(): c for c in range(100, 1000)}
