@@ -14,6 +14,14 @@ time (`time.process_time`, so other load on the machine does not count) spent in
   included (curl and psql open one connection per command).
 
 `--capture N` keeps only N bytes of each chunk, as the probes do (default: 1024).
+
+`--floor` instead measures, side by side in one run, what one HTTP/1.1 pair costs in
+CPython at the least: a toy loop doing only the work every parser must do (find the
+head's end, method, path, Host, User-Agent, Content-Length, two `Message`s and a
+`Record`) against the real parser on the same pair sent as one syscall a message, and
+as three (response head and body written separately, as python's http.server does); plus the
+syscalls per record of each golden workload.  It says how far the parser is from what
+Python allows and how much of the golden figure is per-syscall cost.
 """
 
 from __future__ import annotations
@@ -113,6 +121,104 @@ def bench(proto: str, seconds: float, capture: int | None, mode: str) -> float:
     return best
 
 
+_REQ = b"GET /index.html HTTP/1.1\r\nHost: 10.0.0.1:8080\r\nUser-Agent: wrk\r\nAccept: */*\r\n\r\n"
+_RESP_HEAD = (b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Fri, 27 Nov 2026 00:56:11 GMT\r\n"
+              b"Content-Type: text/html\r\nContent-Length: 12\r\nConnection: keep-alive\r\n\r\n")
+_RESP_BODY = b"hello world\n"
+
+
+def _toy_pair_loop(pairs: int) -> float:
+    """CPU seconds of the least any HTTP/1.1 parser does for `pairs` pairs (no gaps,
+    no framing states, no redaction, no trace headers)."""
+    from agent.protocols.base import Message, Record
+
+    req, resp = _REQ, _RESP_HEAD + _RESP_BODY
+    pending: list = []
+
+    def feed_req(data: bytes, off: int, ts: int, tid: int) -> list:
+        e = data.find(b"\r\n\r\n")
+        sp = data.find(b" ")
+        sp2 = data.find(b" ", sp + 1)
+        low = data[:e].lower()
+        i = low.find(b"\r\nhost:")
+        host = data[i + 7:low.find(b"\r\n", i + 2)].strip().decode()
+        i = low.find(b"\r\nuser-agent:")
+        ua = data[i + 13:low.find(b"\r\n", i + 2)].strip().decode()
+        method, path = data[:sp].decode(), data[sp + 1:sp2].decode()
+        pending.append((Message(off, len(data), ts, ts, tid, tid, None), method + " " + path,
+                        {"http.request.method": method, "url.path": path,
+                         "server.address": host, "user_agent.original": ua}))
+        return []
+
+    def feed_resp(data: bytes, off: int, ts: int, tid: int) -> list:
+        e = data.find(b"\r\n\r\n")
+        code = int(data[9:12])
+        low = data[:e].lower()
+        i = low.find(b"\r\ncontent-length:")
+        attrs_len = int(data[i + 17:low.find(b"\r\n", i + 2)])
+        m, op, attrs = pending.pop()
+        attrs["http.response.status_code"] = code
+        attrs["http.response.body.size"] = attrs_len
+        return [Record("http", m, Message(off, len(data), ts, ts, tid, tid, None), op, "ok",
+                       "200", "", attrs, {}, "")]
+
+    t0 = time.process_time()
+    n = 0
+    for i in range(pairs):
+        feed_req(req, i, i, 1)
+        n += len(feed_resp(resp, i, i, 1))
+    assert n == pairs
+    return time.process_time() - t0
+
+
+def _parser_pair_loop(pairs: int, split: bool) -> float:
+    """CPU seconds of the real HTTP/1.1 parser for `pairs` pairs on one connection."""
+    if split:
+        # The response's head and body in two writes (3 syscalls a pair).
+        msgs = [(0, _REQ), (1, _RESP_HEAD), (1, _RESP_BODY)]
+    else:
+        msgs = [(0, _REQ), (1, _RESP_HEAD + _RESP_BODY)]
+    cks = []
+    off = [0, 0]
+    for i in range(pairs):
+        for d, data in msgs:
+            cks.append(Chunk(d, data, len(data), off[d], i * 1000 + d, 7, None))
+            off[d] += len(data)
+    p = new_parser("http", True)
+    feed = p.feed
+    t0 = time.process_time()
+    n = 0
+    for c in cks:
+        n += len(feed(c))
+    spent = time.process_time() - t0
+    assert n == pairs, n
+    return spent
+
+
+def floor(pairs: int = 50_000, rounds: int = 5) -> None:
+    """Print the toy floor, the parser on one syscall a message and on split writes."""
+    best = {"toy": 1e9, "one": 1e9, "split": 1e9}
+    for _ in range(rounds):  # alternating, best of `rounds`
+        best["toy"] = min(best["toy"], _toy_pair_loop(pairs))
+        best["one"] = min(best["one"], _parser_pair_loop(pairs, False))
+        best["split"] = min(best["split"], _parser_pair_loop(pairs, True))
+    print(f"{'HTTP/1.1 pair':<44}{'us/pair':>9}{'pairs/s':>10}{'x floor':>9}")
+    for key, label in (("toy", "floor: least work, one syscall a message"),
+                       ("one", "parser: one syscall a message"),
+                       ("split", "parser: response head and body apart")):
+        us = best[key] / pairs * 1e6
+        print(f"{label:<44}{us:>9.2f}{1e6 / us:>10,.0f}{best[key] / best['toy']:>9.2f}")
+    print("syscalls (chunks) per record in the golden workloads, steady, 1 KiB:")
+    for proto in ("http", "redis", "dns", "postgresql", "mysql", "grpc"):
+        work = workload(proto, 1024, "steady")
+        chunks_n = sum(len(c) for _, _, c in work)
+        records = 0
+        for proto_, transport, cks in work:
+            parser = _new(proto_, transport)
+            records += sum(len(parser.feed(c)) for c in cks) + len(parser.flush("closed"))
+        print(f"  {proto:<12}{chunks_n / max(records, 1):>6.2f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("protocols", nargs="*", default=["http", "redis", "dns", "postgresql",
@@ -121,7 +227,12 @@ def main() -> None:
     ap.add_argument("--capture", type=int, default=1024,
                     help="bytes kept per chunk (0: whole chunks)")
     ap.add_argument("--mode", choices=("steady", "conn"), default="steady")
+    ap.add_argument("--floor", action="store_true",
+                    help="HTTP/1.1: the parser against the least Python can do")
     args = ap.parse_args()
+    if args.floor:
+        floor()
+        return
     capture = args.capture or None
     print(f"mode={args.mode} capture={capture or 'whole'}")
     print(f"{'protocol':<12}{'records/s':>12}{'target':>10}  ok")
