@@ -2,8 +2,9 @@
 
 Each `*_argv` function returns the argv to run inside a pod (after `ip netns exec`),
 writing whatever configuration it needs under the run's temp dir.  The Go inventory
-binary and an initialised PostgreSQL data directory are cached under `CACHE_DIR`
-(keyed by a hash of their inputs) so only the first run pays for `go build` / `initdb`.
+binary (and other one-file Go programs) and an initialised PostgreSQL data directory
+are cached under `CACHE_DIR` (keyed by a hash of their inputs) so only the first run
+pays for `go build` / `initdb`.
 """
 
 from __future__ import annotations
@@ -45,12 +46,35 @@ def _digest(*parts: bytes) -> str:
 
 def go_inventory_binary() -> Path:
     """The Go inventory built with the standard library only (cached by source hash)."""
-    src = (APPS / "inventory.go").read_bytes()
+    return go_binary(APPS / "inventory.go", "inventory")
+
+
+def go_binary(source: Path, name: str, ldflags: str = "") -> Path:
+    """A one-file, standard-library Go program built once per (source, Go version,
+    ldflags) under CACHE_DIR; `ldflags="-s -w"` strips symbols and DWARF."""
+    src = source.read_bytes()
     version = subprocess.run(["go", "version"], capture_output=True, text=True,
                              check=True).stdout
-    out = CACHE_DIR / f"inventory-go-{_digest(src, version.encode())}"
+    out = CACHE_DIR / f"{name}-go-{_digest(src, version.encode(), ldflags.encode())}"
     if out.exists():
         return out
+    with _locked("go-build"):
+        if out.exists():
+            return out
+        with tempfile.TemporaryDirectory(prefix="zt-demo-gobuild-") as tmp:
+            (Path(tmp) / "main.go").write_bytes(src)
+            (Path(tmp) / "go.mod").write_text(f"module zt{name}\n\ngo 1.19\n")
+            env = {**os.environ, "GOFLAGS": "-mod=mod", "CGO_ENABLED": "0",
+                   "GO111MODULE": "on", "GOPATH": f"{tmp}/gopath",
+                   "GOCACHE": str(CACHE_DIR / "go-build-cache"), "GOPROXY": "off"}
+            argv = ["go", "build", "-o", f"{tmp}/{name}"]
+            if ldflags:
+                argv.append(f"-ldflags={ldflags}")
+            r = subprocess.run(argv + ["."], cwd=tmp, env=env, capture_output=True, text=True)
+            if r.returncode != 0:
+                raise RuntimeError(f"go build of {name} failed:\n{r.stderr[-2000:]}")
+            shutil.move(f"{tmp}/{name}", out)
+    return out
     with _locked("go-build"):
         if out.exists():
             return out

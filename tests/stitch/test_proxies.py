@@ -103,11 +103,10 @@ def traced(tmp_path_factory):
         yield sent, traces
 
 
-def _check(traced, proxy: str) -> tuple[int, int, int, int]:
-    """(inside links, inside wrong, cross links, cross wrong) for requests via `proxy`."""
-    sent, traces = traced
-    ours = set(sent[proxy])
-    port = PROXIES[proxy]
+def hop_links(traces, ours: set[str], port: int, backend: int) -> tuple[int, int, int, int]:
+    """(inside links, inside wrong, cross links, cross wrong) for the requests `ours`
+    through the hop listening on `port` and calling `backend`: inside = its server span
+    -> its client span; cross = its client span -> the backend's server span."""
     inside = inside_wrong = cross = cross_wrong = 0
     for p, c in links(traces):
         pn, cn = nonce_of(p), nonce_of(c)
@@ -116,13 +115,18 @@ def _check(traced, proxy: str) -> tuple[int, int, int, int]:
         if p.kind == "server" and c.kind == "client" and p.local.port == port:
             inside += 1
             inside_wrong += pn != cn
-        elif p.kind == "client" and c.kind == "server" and c.local.port == BACKEND \
-                and p.remote.port == BACKEND and pn in ours:
+        elif p.kind == "client" and c.kind == "server" and c.local.port == backend \
+                and p.remote.port == backend and pn in ours:
             cross += 1
             cross_wrong += pn != cn
         elif pn and cn and pn != cn:
             inside_wrong += 1  # any other link joining two requests is wrong too
     return inside, inside_wrong, cross, cross_wrong
+
+
+def _check(traced, proxy: str) -> tuple[int, int, int, int]:
+    sent, traces = traced
+    return hop_links(traces, set(sent[proxy]), PROXIES[proxy], BACKEND)
 
 
 @pytest.mark.parametrize("proxy", list(PROXIES))

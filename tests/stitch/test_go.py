@@ -1,0 +1,110 @@
+"""Go under concurrent load, traced by the real probes: a net/http service whose
+downstream calls go through the pooled keep-alive client, so the handler goroutine
+hands each call to the transport's writeLoop/readLoop goroutines, on GOMAXPROCS=2
+threads.  Built twice: with DWARF (the agent follows goroutines) and stripped (it
+cannot, and must refuse thread-based links).  Every link is checked against the nonce
+each request carries."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from agent.demo.services import go_binary
+from agent.pipeline import Pipeline
+from agent.probes.loader import ProbeConfig, SocketTracer
+from tests.helpers.netns import network
+from tests.stitch.test_proxies import hop_links
+from tests.stitch.test_runtimes import HERE, load, nonce_of, wait_ready
+
+pytestmark = pytest.mark.kernel
+BACKEND = 9300
+SERVICES = {"go": 9301, "go-stripped": 9302}
+REQUESTS, CONCURRENCY = 160, 8
+
+
+@pytest.fixture(scope="module")
+def traced():
+    src = Path(HERE) / "gohop.go"
+    binaries = {"go": go_binary(src, "gohop"), "go-stripped": go_binary(src, "gohop", "-s -w")}
+    with network(1, subnet=235) as net:
+        host = net.hosts[0]
+        procs = {"backend": net.spawn(host, sys.executable, f"{HERE}/backend.py",
+                                      str(BACKEND), stdout=subprocess.PIPE, text=True)}
+        env = {**os.environ, "GOMAXPROCS": "2"}
+        for name, port in SERVICES.items():
+            procs[name] = net.spawn(host, str(binaries[name]), str(port),
+                                    f"http://127.0.0.1:{BACKEND}", stdout=subprocess.PIPE,
+                                    text=True, env=env)
+        for name, p in procs.items():
+            wait_ready(p, name)
+        pipeline = Pipeline()
+        traces: list = []
+        pipeline.on_trace_obj = traces.append
+        with SocketTracer(ProbeConfig(netns={host.inode})) as tracer:
+            followed: dict[int, str] = {}
+
+            def follow(pid: int) -> bool:
+                followed[pid] = tracer.follow_go(pid)
+                return followed[pid].startswith("goroutine")
+
+            pipeline.follow_go = follow
+            stop = threading.Event()
+
+            def drain() -> None:
+                while not stop.is_set():
+                    pipeline.process(tracer.poll(0.05))
+                    pipeline.tick()
+
+            t = threading.Thread(target=drain, daemon=True)
+            t.start()
+            sent = {name: load(host, port, REQUESTS, CONCURRENCY)
+                    for name, port in SERVICES.items()}
+            time.sleep(2.5)
+            stop.set()
+            t.join(timeout=10)
+            pipeline.close()
+        yield sent, traces, pipeline, {n: p.pid for n, p in procs.items()}, followed
+
+
+@pytest.mark.parametrize("service", list(SERVICES))
+def test_go_links_are_never_wrong(traced, service):
+    sent, traces, _pipeline, _pids, followed = traced
+    inside, inside_wrong, cross, cross_wrong = hop_links(
+        traces, set(sent[service]), SERVICES[service], BACKEND)
+    print(f"{service}: {inside} server->client links ({inside_wrong} wrong), {cross} "
+          f"client->backend links ({cross_wrong} wrong) of {REQUESTS}; followed: {followed}")
+    assert inside_wrong == 0 and cross_wrong == 0
+
+
+@pytest.mark.parametrize("service", list(SERVICES))
+def test_go_spans_on_both_sides_and_joined_to_the_backend(traced, service):
+    sent, traces, _pipeline, _pids, _followed = traced
+    ours = set(sent[service])
+    spans = [s for tr in traces for s in tr.spans if nonce_of(s) in ours]
+    served = {nonce_of(s) for s in spans
+              if s.kind == "server" and s.local.port == SERVICES[service]}
+    called = {nonce_of(s) for s in spans if s.kind == "client" and s.remote.port == BACKEND}
+    assert len(served) >= 0.9 * REQUESTS and len(called) >= 0.9 * REQUESTS
+    _i, _iw, cross, _cw = hop_links(traces, ours, SERVICES[service], BACKEND)
+    assert cross >= 0.9 * REQUESTS, f"{cross} of {REQUESTS} joined to the backend"
+
+
+def test_goroutines_followed_only_where_the_binary_says_how(traced):
+    _sent, _traces, _pipeline, pids, followed = traced
+    assert followed.get(pids["go"], "").startswith("goroutine"), followed
+    assert pids["go-stripped"] in followed
+    assert not followed[pids["go-stripped"]].startswith("goroutine"), followed
+
+
+def test_stripped_go_is_refused_not_linked_by_thread(traced):
+    _sent, _traces, pipeline, pids, _followed = traced
+    counts = next(r["counts"] for r in pipeline.stitcher.process_report()
+                  if r["pid"] == pids["go-stripped"])
+    assert not any(k.startswith("linked by thread") for k in counts), counts
