@@ -296,6 +296,14 @@ def bench_queries(n: int, queries: int) -> dict:
     st.flush()
     merge_s = time.perf_counter() - t
     stats = st.stats()
+    index_bytes = int(
+        st._select(
+            "SELECT sum(bytes_on_disk) AS b FROM system.parts WHERE active "
+            "AND database = {db:String} AND table = 'search_index'",
+            {"db": st.db},
+        )[0]["b"]
+        or 0
+    )
     tids = [
         r["t"]
         for r in st._select(
@@ -354,6 +362,7 @@ def bench_queries(n: int, queries: int) -> dict:
         "fill_s": fill_s,
         "merge_s": merge_s,
         "bytes_per_span": stats["bytes"] / max(stats["spans"], 1),
+        "index_bytes_per_span": index_bytes / max(stats["spans"], 1),
         "trace_p50_ms": 1e3 * statistics.median(lat_trace),
         "trace_p99_ms": 1e3 * pct(lat_trace, 0.99),
         "search_p50_ms": 1e3 * statistics.median(lat_search),
@@ -438,7 +447,8 @@ def main() -> int:
         r = bench_queries(a.store_spans, a.queries)
         print(
             f"store: {r['spans']:,} spans (filled in {r['fill_s']:.0f}s, merged in "
-            f"{r['merge_s']:.0f}s), {r['bytes_per_span']:.1f} bytes/span"
+            f"{r['merge_s']:.0f}s), {r['bytes_per_span']:.1f} bytes/span "
+            f"(search index {r['index_bytes_per_span']:.1f} of them)"
         )
         print(f"  trace by id: p50 {r['trace_p50_ms']:.1f} ms  p99 {r['trace_p99_ms']:.1f} ms")
         print(f"  search:      p50 {r['search_p50_ms']:.1f} ms  p99 {r['search_p99_ms']:.1f} ms")

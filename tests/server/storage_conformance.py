@@ -148,6 +148,118 @@ class StorageConformance:
         assert summary.span_count == 1 and summary.error_count == 1
         assert summary.root_service == "web" and summary.duration_ns == 50 * MS
 
+    def test_search_all_filters_on_one_span(self, store):
+        # A trace matches when one span meets every filter, not when the filters are
+        # met by different spans of it (the search index keeps per-trace unions, so
+        # this is the case it must not get wrong).
+        t0 = time.time_ns()
+        tid = new_trace_id()
+        slow_ok = server_span(
+            tid, service="api", operation="GET /a", start_ns=t0, end_ns=t0 + 90 * MS
+        )
+        fast_err = server_span(
+            tid,
+            parent_span_id=slow_ok.span_id,
+            service="api",
+            operation="GET /b",
+            start_ns=t0 + MS,
+            end_ns=t0 + 2 * MS,
+            status="error",
+            attributes={"customer": "c1"},
+        )
+        store.write_spans([slow_ok, fast_err])
+
+        def ids(**kw):
+            return [t.trace_id for t in store.search_traces(TraceQuery(**kw))]
+
+        assert ids(service="api", status="error") == [tid]
+        assert ids(status="error", min_duration_ns=50 * MS) == []
+        assert ids(operation="GET /a", status="error") == []
+        assert ids(operation="GET /b", tags={"customer": "c1"}) == [tid]
+        assert ids(operation="GET /a", tags={"customer": "c1"}) == []
+        assert ids(max_duration_ns=5 * MS, operation="GET /b") == [tid]
+        assert ids(max_duration_ns=5 * MS, operation="GET /a") == []
+        # time filters apply to the matching span itself
+        assert ids(operation="GET /b", since_ns=t0 + MS // 2) == [tid]
+        assert ids(operation="GET /a", since_ns=t0 + MS // 2) == []
+        assert ids(operation="GET /a", until_ns=t0 + 1) == [tid]
+        assert ids(operation="GET /b", until_ns=t0 + MS) == []
+
+    def test_search_durations_and_times_are_exact(self, store):
+        # Durations and times a hair either side of a bound (the index rounds them).
+        t0 = (time.time_ns() // 10**9) * 10**9
+        a = server_span(service="s", start_ns=t0, end_ns=t0 + 10 * MS)
+        b = server_span(service="s", start_ns=t0 + 1, end_ns=t0 + 1 + 10 * MS + 1)
+        store.write_spans([a, b])
+
+        def ids(**kw):
+            return [t.trace_id for t in store.search_traces(TraceQuery(service="s", **kw))]
+
+        assert ids(min_duration_ns=10 * MS + 1) == [b.trace_id]
+        assert ids(max_duration_ns=10 * MS) == [a.trace_id]
+        assert ids(since_ns=t0 + 1) == [b.trace_id]
+        assert ids(until_ns=t0 + 1) == [a.trace_id]
+
+    def test_search_long_tag_values(self, store):
+        # Values longer than what an index keeps whole still match exactly.
+        long_a = "x" * 100 + "a"
+        long_b = "x" * 100 + "b"
+        sa = server_span(service="s", start_ns=1_000, end_ns=2_000, attributes={"q": long_a})
+        sb = server_span(service="s", start_ns=3_000, end_ns=4_000, attributes={"q": long_b})
+        store.write_spans([sa, sb])
+        got = store.search_traces(TraceQuery(tags={"q": long_a}))
+        assert [t.trace_id for t in got] == [sa.trace_id]
+        assert store.search_traces(TraceQuery(tags={"q": "x" * 100})) == []
+
+    def test_search_newest_matching_first_past_non_matches(self, store):
+        # Many newer traces look like candidates (right service, an error span and a
+        # slow span) but have no slow error span; the older traces that do must
+        # still be found, newest first, and the limit respected.
+        t0 = time.time_ns() - H
+        spans = []
+        for i in range(60):
+            tid = new_trace_id()
+            st = t0 + (100 + i) * 10**9
+            spans.append(server_span(tid, service="api", start_ns=st, end_ns=st + 90 * MS))
+            spans.append(
+                server_span(
+                    tid, service="api", start_ns=st + MS, end_ns=st + 2 * MS, status="error"
+                )
+            )
+        good = []
+        for i in range(5):
+            tid = new_trace_id()
+            good.append(tid)
+            st = t0 + i * 10**9
+            spans.append(
+                server_span(tid, service="api", start_ns=st, end_ns=st + 90 * MS, status="error")
+            )
+        store.write_spans(spans)
+        q = TraceQuery(service="api", status="error", min_duration_ns=50 * MS, limit=3)
+        assert [t.trace_id for t in store.search_traces(q)] == good[::-1][:3]
+        q.limit = 20
+        assert [t.trace_id for t in store.search_traces(q)] == good[::-1]
+
+    def test_search_trace_written_in_parts(self, store):
+        # Spans of one trace arriving in separate batches: found once, whole summary.
+        t0 = time.time_ns()
+        tid = new_trace_id()
+        root = server_span(tid, service="web", start_ns=t0, end_ns=t0 + 10 * MS)
+        store.write_spans([root])
+        kid = server_span(
+            tid,
+            parent_span_id=root.span_id,
+            service="web",
+            operation="GET /late",
+            start_ns=t0 + MS,
+            end_ns=t0 + 3 * MS,
+        )
+        store.write_spans([kid])
+        (s,) = store.search_traces(TraceQuery(service="web"))
+        assert s.trace_id == tid and s.span_count == 2
+        (s,) = store.search_traces(TraceQuery(operation="GET /late"))
+        assert s.trace_id == tid and s.root_operation == root.operation
+
     def test_search_summary_root_and_services(self, store):
         t0 = time.time_ns()
         tid = new_trace_id()

@@ -57,3 +57,37 @@ class TestChdbConformance(StorageConformance):
             env=env,
         ).stdout.split()[-1]
         assert out == "1"
+
+    def test_retention_clears_the_search_index(self, store):
+        from factory import server_span
+
+        H = 3_600_000_000_000
+        import time
+
+        now = time.time_ns()
+        old = [
+            server_span(start_ns=now - 48 * H + i, end_ns=now - 48 * H + i + 1) for i in range(5)
+        ]
+        new = [server_span(start_ns=now + i, end_ns=now + i + 1) for i in range(3)]
+        store.write_spans(old + new)
+
+        def index_rows():
+            return int(store._select(f"SELECT count() AS n FROM {store.index}")[0]["n"])
+
+        assert index_rows() == 8
+        assert store.apply_retention(max_age_s=24 * 3600) == 5
+        assert index_rows() == 3
+
+    def test_search_index_built_for_older_data(self, store):
+        # A database from before the search index: opening it indexes what is stored.
+        from factory import server_span
+
+        from server.storage.base import TraceQuery
+
+        sp = server_span(service="legacy", start_ns=5_000, end_ns=6_000)
+        store.write_spans([sp])
+        store._command(f"DROP VIEW {store.db}.search_index_mv")
+        store._command(f"DROP TABLE {store.index}")
+        reopened = store.for_database(store.db)
+        (t,) = reopened.search_traces(TraceQuery(service="legacy"))
+        assert t.trace_id == sp.trace_id
