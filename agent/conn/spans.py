@@ -5,11 +5,12 @@ response bytes moved: the stitcher orders those per thread to find parents."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import random
+from dataclasses import dataclass, fields
 
 from agent.probes import abi
 from agent.probes.events import SocketEvent
-from agent.protocols.base import EGRESS, Message, Record
+from agent.protocols.base import EGRESS, Record
 from agent.stitch.runtime import GOROUTINE_BASE
 from proto.span import KIND_CLIENT, KIND_SERVER, SOURCE_SYSCALL, Endpoint, Span
 
@@ -46,53 +47,88 @@ class ConnMeta:
         self.midstream = bool(e.flags & abi.F_MIDSTREAM)
 
 
+# record_to_span builds Span positionally (half the cost of 30 keywords, measured
+# 1.25 vs 2.9 us): the order it relies on, checked once here.
+_SPAN_FIELDS = ("trace_id", "span_id", "parent_span_id", "kind", "source", "protocol",
+                "operation", "status", "status_code", "error", "start_ns", "end_ns",
+                "service", "pid", "tid", "process", "cgroup_id", "netns", "transport",
+                "local", "remote", "req_seq", "resp_seq", "req_offset", "resp_offset",
+                "req_bytes", "resp_bytes", "trace_headers", "attributes", "resource",
+                "incomplete", "agent")
+if tuple(f.name for f in fields(Span)) != _SPAN_FIELDS:
+    raise ImportError("proto.span.Span fields changed: update agent/conn/spans.py")
+_getrandbits = random.getrandbits
+_ROLE_CLIENT = abi.ROLE_CLIENT
+_ROLE_SERVER = abi.ROLE_SERVER
+_ROLE_UNKNOWN = abi.ROLE_UNKNOWN
+
+
+def new_span_id() -> str:
+    """A random 64-bit span id, 16 hex digits: a span id needs to be unique, not
+    secret, and random.getrandbits costs half of os.urandom (0.3 against 0.66 us)."""
+    return "%016x" % (_getrandbits(64) or 1)
+
+
 def record_to_span(r: Record, e: ConnMeta, role: int, req_dir: int | None,
                    agent: str = "", conn_id: int = 0) -> SpanContext | None:
     """The span of record r on the connection described by e."""
     req, resp = r.request, r.response
-    first: Message | None = req or resp
-    if first is None:
+    if req is None and resp is None:
         return None
-    if role == abi.ROLE_CLIENT or (role == abi.ROLE_UNKNOWN and req_dir == EGRESS):
+    if role == _ROLE_CLIENT or (role == _ROLE_UNKNOWN and req_dir == EGRESS):
         kind = KIND_CLIENT
-    elif role == abi.ROLE_SERVER or req_dir is not None:
+    elif role == _ROLE_SERVER or req_dir is not None:
         kind = KIND_SERVER
     else:
         return None  # neither the socket nor the bytes say who asked
-    local, remote = Endpoint(e.laddr, e.lport), Endpoint(e.raddr, e.rport)
-    start = req.start_ns if req else resp.start_ns
-    end = resp.end_ns if resp else (req.end_ns if req else start)
-    span = Span(
-        kind=kind, source=SOURCE_SYSCALL, protocol=r.protocol, operation=r.operation,
-        status=r.status, status_code=r.status_code, error=r.error,
-        start_ns=start, end_ns=max(end, start), service=e.comm, pid=e.pid,
-        tid=req.tid if req else resp.tid, process=e.comm, cgroup_id=e.cgroup_id,
-        netns=e.netns, transport=e.transport,
-        local=local, remote=remote,
-        req_seq=req.seq if req else None, resp_seq=resp.seq if resp else None,
-        req_offset=req.offset if req else None, resp_offset=resp.offset if resp else None,
-        req_bytes=req.size if req else 0, resp_bytes=resp.size if resp else 0,
-        trace_headers=dict(r.trace_headers), attributes=dict(r.attributes),
-        incomplete=r.incomplete, agent=agent,
-    )
-    a = span.attributes
-    if span.tid >= GOROUTINE_BASE:  # Go: the pipeline keyed work by goroutine
-        a["go.goroutine.id"] = span.tid - GOROUTINE_BASE
-        span.tid = 0
-    a.setdefault("network.transport", span.transport)
-    if kind == KIND_CLIENT:
-        a.setdefault("server.address", remote.addr)
-        a.setdefault("server.port", remote.port)
+    if req is not None:
+        start = req.start_ns
+        tid = req.tid
+        req_seq, req_offset, req_bytes = req.seq, req.offset, req.size
     else:
-        a.setdefault("client.address", remote.addr)
-        a.setdefault("client.port", remote.port)
+        start = resp.start_ns
+        tid = resp.tid
+        req_seq = req_offset = None
+        req_bytes = 0
+    if resp is not None:
+        end = resp.end_ns
+        resp_seq, resp_offset, resp_bytes = resp.seq, resp.offset, resp.size
+    else:
+        end = req.end_ns
+        resp_seq = resp_offset = None
+        resp_bytes = 0
+    remote = Endpoint(e.raddr, e.rport)
+    a = dict(r.attributes)
+    if tid >= GOROUTINE_BASE:  # Go: the pipeline keyed work by goroutine
+        a["go.goroutine.id"] = tid - GOROUTINE_BASE
+        tid = 0
+    comm = e.comm
+    transport = e.transport
+    span = Span(
+        "", new_span_id(), "", kind, SOURCE_SYSCALL, r.protocol, r.operation,
+        r.status, r.status_code, r.error, start, end if end > start else start, comm,
+        e.pid, tid, comm, e.cgroup_id, e.netns, transport,
+        Endpoint(e.laddr, e.lport), remote, req_seq, resp_seq, req_offset, resp_offset,
+        req_bytes, resp_bytes, dict(r.trace_headers), a, {}, r.incomplete, agent)
+    if "network.transport" not in a:
+        a["network.transport"] = transport
+    if kind == KIND_CLIENT:
+        if "server.address" not in a:
+            a["server.address"] = remote.addr
+        if "server.port" not in a:
+            a["server.port"] = remote.port
+    else:
+        if "client.address" not in a:
+            a["client.address"] = remote.addr
+        if "client.port" not in a:
+            a["client.port"] = remote.port
     if e.midstream:
         a["zerotrace.midstream"] = True
     # Moments on threads (request end/response start, or request start/response end).
     if kind == KIND_SERVER:
-        in_tid, in_ns = (req.end_tid, req.end_ns) if req else (0, start)
-        out_tid, out_ns = (resp.tid, resp.start_ns) if resp else (0, end)
+        in_tid, in_ns = (req.end_tid, req.end_ns) if req is not None else (0, start)
+        out_tid, out_ns = (resp.tid, resp.start_ns) if resp is not None else (0, end)
     else:
-        out_tid, out_ns = (req.tid, req.start_ns) if req else (0, start)
-        in_tid, in_ns = (resp.end_tid, resp.end_ns) if resp else (0, end)
+        out_tid, out_ns = (req.tid, req.start_ns) if req is not None else (0, start)
+        in_tid, in_ns = (resp.end_tid, resp.end_ns) if resp is not None else (0, end)
     return SpanContext(span, conn_id, in_tid, in_ns, out_tid, out_ns, resp is not None)

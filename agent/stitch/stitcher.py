@@ -25,7 +25,7 @@ import bisect
 import time
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from agent.conn.spans import SpanContext
 from agent.probes import abi
@@ -35,23 +35,32 @@ from agent.stitch.runtime import GOROUTINE_BASE, MODE_GO, MODE_GO_GOID, RuntimeC
 from proto.span import KIND_CLIENT, KIND_SERVER, Span, new_trace_id
 
 _MS = 10**6
+_INGRESS = abi.DIR_INGRESS
+_EGRESS = abi.DIR_EGRESS
+_ROLE_SERVER = abi.ROLE_SERVER
+_INF = float("inf")
+_insort = bisect.insort
+_bisect_left = bisect.bisect_left
+_bisect_right = bisect.bisect_right
 
 
-@dataclass(eq=False)
 class Item:
-    ctx: SpanContext
-    parent: Item | None = None
-    children: list[Item] = field(default_factory=list)
-    thread_done: bool = False  # client: thread-based parent decided (linked or refused)
-    remote_done: bool = False  # server: cross-process parent decided
-    emitted: bool = False
-    trace_id: str = ""
-    link: str = ""  # how the parent was found
-    keys: list = field(default_factory=list)  # (index dict, key) entries to drop on prune
+    """A span in the stitcher: its context, its parent link and the decisions made."""
 
-    @property
-    def span(self) -> Span:
-        return self.ctx.span
+    __slots__ = ("ctx", "span", "parent", "children", "thread_done", "remote_done",
+                 "emitted", "trace_id", "link", "keys")
+
+    def __init__(self, ctx: SpanContext) -> None:
+        self.ctx = ctx
+        self.span: Span = ctx.span  # a plain attribute: read ~13 times per span
+        self.parent: Item | None = None
+        self.children: list[Item] = []
+        self.thread_done = False  # client: thread-based parent decided (linked or refused)
+        self.remote_done = False  # server: cross-process parent decided
+        self.emitted = False
+        self.trace_id = ""
+        self.link = ""  # how the parent was found
+        self.keys: list = []  # (index dict, key) entries to drop on prune
 
 
 @dataclass
@@ -121,16 +130,19 @@ class Stitcher:
     # -- input ------------------------------------------------------------------------
     def observe(self, e: SocketEvent) -> None:
         """Record a data event's moment on its thread (call for every data event)."""
-        ts = e.ts_exit if e.direction == abi.DIR_INGRESS else e.ts_enter
+        d = e.direction
+        ts = e.ts_exit if d == _INGRESS else e.ts_enter
         key = (e.pid, e.tid)
         tl = self.threads[key]
-        entry = (ts, e.direction, e.conn_id, e.offset, e.role)
-        if e.direction == abi.DIR_INGRESS and e.role == abi.ROLE_SERVER:
+        conn_id = e.conn_id
+        role = e.role
+        entry = (ts, d, conn_id, e.offset, role)
+        if d == _INGRESS and role == _ROLE_SERVER:
             # a request read: open on this thread until its server span completes
-            self.inflight[key][(e.conn_id, e.offset)] = ts
-            self.inflight_threads[e.conn_id].add(key)
+            self.inflight[key][(conn_id, e.offset)] = ts
+            self.inflight_threads[conn_id].add(key)
         if tl and tl[-1][0] > ts:  # rare: events of one thread arriving out of order
-            bisect.insort(tl, entry)
+            _insort(tl, entry)
         else:
             tl.append(entry)
 
@@ -138,34 +150,46 @@ class Stitcher:
         self._added += 1
         item = Item(ctx)
         s = ctx.span
+        pid = s.pid
+        keys = item.keys
         self.items.append(item)
-        self.comm[s.pid] = s.process
+        self.comm[pid] = s.process
+        conn_id = ctx.conn_id
         if s.kind == KIND_SERVER:
-            self._range(ctx.conn_id, abi.DIR_INGRESS, s.req_offset, s.req_bytes, item)
+            off = s.req_offset
+            if off is not None:  # the request's range: a read of it opened this context
+                rkey = (conn_id, _INGRESS)
+                _insort(self.ranges[rkey], (off, off + max(s.req_bytes, 1), id(item), item))
+                keys.append((self.ranges, rkey))
             item.thread_done = True
             self.pending_remote.append(item)
-            key = (s.pid, ctx.in_tid)
+            key = (pid, ctx.in_tid)
             dur = ctx.out_ns - ctx.in_ns
             if dur > self.thread_maxdur.get(key, 0):
                 self.thread_maxdur[key] = dur
-            lst = self.thread_servers[key]
-            bisect.insort(lst, (ctx.in_ns, id(item), item))
-            item.keys.append((self.thread_servers, key))
-            for hk in header_keys(s):
-                self.by_header[(s.pid, hk)].append(item)
-                item.keys.append((self.by_header, (s.pid, hk)))
-            self._settle_inflight(ctx.conn_id, s.req_offset, s.req_bytes)
+            _insort(self.thread_servers[key], (ctx.in_ns, id(item), item))
+            keys.append((self.thread_servers, key))
+            if s.trace_headers:
+                for hk in header_keys(s):
+                    self.by_header[(pid, hk)].append(item)
+                    keys.append((self.by_header, (pid, hk)))
+            if off is not None and conn_id in self.inflight_threads:
+                self._settle_inflight(conn_id, off, s.req_bytes)
         else:
-            self._range(ctx.conn_id, abi.DIR_INGRESS, s.resp_offset, s.resp_bytes, item)
+            off = s.resp_offset
+            if off is not None:  # the response's range: a read of it resumes the context
+                rkey = (conn_id, _INGRESS)
+                _insort(self.ranges[rkey], (off, off + max(s.resp_bytes, 1), id(item), item))
+                keys.append((self.ranges, rkey))
             item.remote_done = True
             self.pending_thread.append(item)
             if s.transport == "tcp" and s.req_seq is not None:
                 self.client_by_seq[s.req_seq].append(item)
-                item.keys.append((self.client_by_seq, s.req_seq))
+                keys.append((self.client_by_seq, s.req_seq))
             elif s.transport == "udp":
                 k = self._udp_key(s)
                 self.udp_clients[k].append(item)
-                item.keys.append((self.udp_clients, k))
+                keys.append((self.udp_clients, k))
 
     def _settle_inflight(self, conn_id: int, off: int | None, size: int) -> None:
         """The request at [off, off+size) of conn_id is known now: no longer in flight."""
@@ -189,12 +213,6 @@ class Stitcher:
         if not threads:
             del self.inflight_threads[conn_id]
 
-    def _range(self, conn_id: int, d: int, off: int | None, size: int, item: Item) -> None:
-        if off is None:
-            return
-        bisect.insort(self.ranges[(conn_id, d)], (off, off + max(size, 1), id(item), item))
-        item.keys.append((self.ranges, (conn_id, d)))
-
     @staticmethod
     def _udp_key(s: Span) -> tuple:
         # as the server would see it: its local = our remote
@@ -203,25 +221,22 @@ class Stitcher:
         return (s.local.addr, s.local.port, s.remote.addr, s.remote.port, s.operation)
 
     # -- attribution ------------------------------------------------------------------
-    def _span_of_read(self, conn_id: int, offset: int) -> list[Item]:
-        lst = self.ranges.get((conn_id, abi.DIR_INGRESS))
-        if not lst:
-            return []
-        i = bisect.bisect_right(lst, (offset, float("inf"), 0, None))
-        out = []
-        for start, end, _, item in reversed(lst[max(0, i - 8):i]):
-            if start <= offset < end:
-                out.append(item)
-        return out
-
     def _context_of_read(self, conn_id: int, offset: int) -> tuple[str, Item | None]:
         """("ok", server item) / ("pending", None) / (reason, None)."""
-        items = self._span_of_read(conn_id, offset)
-        if not items:
+        lst = self.ranges.get((conn_id, _INGRESS))
+        if not lst:
             return "pending", None
-        if len(items) > 1:
-            return "read spans several requests", None
-        it = items[0]
+        # the known messages holding offset (ranges are sorted by start)
+        i = _bisect_right(lst, (offset, _INF, 0, None))
+        it = None
+        for j in range(i - 1, max(0, i - 8) - 1, -1):
+            start, end, _, cand = lst[j]
+            if start <= offset < end:
+                if it is not None:
+                    return "read spans several requests", None
+                it = cand
+        if it is None:
+            return "pending", None
         if it.span.kind == KIND_SERVER:
             return "ok", it
         if not it.thread_done:
@@ -243,16 +258,16 @@ class Stitcher:
             return self._refuse(item, "no thread history (events lost?)")
         t = c.out_ns
         lst = tl
-        i = bisect.bisect_left(lst, (t, -1, 0, 0, 0)) - 1
+        i = _bisect_left(lst, (t, -1, 0, 0, 0)) - 1
         # skip back over writes (siblings written earlier in the same context)
-        while i >= 0 and lst[i][1] == abi.DIR_EGRESS:
+        while i >= 0 and lst[i][1] == _EGRESS:
             i -= 1
         if i < 0:  # nothing read before it: the request starts here (a root client)
             item.thread_done = True
             self.per_process[s.pid]["root client (no read before it)"] += 1
             return True
         contexts: list[Item] = []
-        while i >= 0 and lst[i][1] == abi.DIR_INGRESS:
+        while i >= 0 and lst[i][1] == _INGRESS:
             _, _, sock, off, _role = lst[i]
             status, ctxt = self._context_of_read(sock, off)
             if status == "pending":
@@ -321,7 +336,7 @@ class Stitcher:
         servers = self.thread_servers.get(key)
         if servers:
             lo_ns = t - self.thread_maxdur.get(key, 0) - 1
-            i = bisect.bisect_left(servers, (t,)) - 1
+            i = _bisect_left(servers, (t,)) - 1
             while i >= 0 and servers[i][0] >= lo_ns:
                 it = servers[i][2]
                 if not it.ctx.has_response or it.ctx.out_ns > t:
@@ -333,12 +348,12 @@ class Stitcher:
         """Contexts other than parent's read on this thread between parent's request
         and t; None while one of those reads is not attributable yet."""
         start = parent.ctx.in_ns if parent.span.kind == KIND_SERVER else parent.span.start_ns
-        lo = bisect.bisect_left(lst, (start,))
-        hi = bisect.bisect_left(lst, (t,))
+        lo = _bisect_left(lst, (start,))
+        hi = _bisect_left(lst, (t,))
         others: list[Item] = []
         unknown = False
         for ts, d, conn, off, _role in lst[lo:hi]:
-            if d != abi.DIR_INGRESS:
+            if d != _INGRESS:
                 continue
             status, ctxt = self._context_of_read(conn, off)
             if status == "pending":
@@ -471,40 +486,56 @@ class Stitcher:
         if not final and now < self._next_emit:
             return
         self._next_emit = now + 250 * _MS
-        groups: dict[int, list[Item]] = defaultdict(list)
-        root_of: dict[int, Item] = {}
+        groups: dict[Item, list[Item]] = {}
+        root_of: dict[Item, Item] = {}  # items hash by identity
         for it in self.items:
-            # walk up until an item whose root is known; remember the path's root
-            path = []
-            cur = it
-            while cur.parent is not None and id(cur) not in root_of and len(path) < 1000:
-                path.append(cur)  # bounded: a parent cycle must not hang the agent
-                cur = cur.parent
-            root = root_of.get(id(cur), cur)
-            for x in path:
-                root_of[id(x)] = root
-            root_of[id(cur)] = root
-            groups[id(root)].append(it)
-        for members in groups.values():
-            root = root_of[id(members[0])]
+            root = root_of.get(it)  # known when a child's walk passed through it
+            if root is None:
+                cur = it.parent
+                if cur is None:
+                    root = it
+                elif cur in root_of:
+                    root = root_of[cur]
+                else:
+                    # walk up until an item whose root is known; remember the path's root
+                    path = [it]
+                    while (cur.parent is not None and cur not in root_of
+                           and len(path) < 1000):
+                        path.append(cur)  # bounded: a parent cycle must not hang the agent
+                        cur = cur.parent
+                    root = root_of.get(cur, cur)
+                    for x in path:
+                        root_of[x] = root
+                    root_of[cur] = root
+                root_of[it] = root
+            g = groups.get(root)
+            if g is None:
+                groups[root] = [it]
+            else:
+                g.append(it)
+        quiet_before = now - self.quiet_ns
+        emitted = False
+        for root, members in groups.items():
             if not final:
                 if not all(m.thread_done and m.remote_done for m in members):
                     continue
-                if max(m.span.end_ns for m in members) > now - self.quiet_ns:
+                if max(m.span.end_ns for m in members) > quiet_before:
                     continue
             tid = root.trace_id or self._trace_id(members)
             spans = []
+            trace_of = self.trace_of
             for m in members:
                 m.emitted = True
                 m.trace_id = tid
                 sp = m.span
                 sp.trace_id = tid
                 sp.parent_span_id = m.parent.span.span_id if m.parent else ""
-                self.trace_of[sp.span_id] = tid
+                trace_of[sp.span_id] = tid
                 spans.append(sp)
+            emitted = True
             self.stats["traces"] += 1
             self.emit(Trace(tid, spans, root.span))
-        if any(it.emitted for it in self.items):
+        if emitted:
             self.emitted.extend(it for it in self.items if it.emitted)
             self.items = [it for it in self.items if not it.emitted]
 
@@ -524,11 +555,11 @@ class Stitcher:
         self._next_prune = now + 1000 * _MS
         keep_after = now - self.max_wait_ns - self.quiet_ns
         em = self.emitted
-        gone: set[int] = set()
+        gone: set[Item] = set()
         touched: dict[tuple[int, object], tuple[dict, object]] = {}
         while em and em[0].span.end_ns < keep_after:
             it = em.popleft()
-            gone.add(id(it))
+            gone.add(it)
             for index, key in it.keys:
                 touched[(id(index), key)] = (index, key)
             it.parent = None  # let the chain be collected
@@ -537,14 +568,14 @@ class Stitcher:
             lst = index.get(key)
             if lst is None:
                 continue
-            lst[:] = [x for x in lst if id(x[-1] if isinstance(x, tuple) else x) not in gone]
+            lst[:] = [x for x in lst if (x[-1] if type(x) is tuple else x) not in gone]
             if not lst:
                 del index[key]
         horizon = now - self.horizon_ns
         for k in list(self.threads):
             tl = self.threads[k]
             if tl and tl[0][0] < horizon:
-                del tl[:bisect.bisect_left(tl, (horizon,))]
+                del tl[:_bisect_left(tl, (horizon,))]
             if not tl:
                 del self.threads[k]
                 self.thread_maxdur.pop(k, None)
