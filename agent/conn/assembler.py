@@ -24,13 +24,20 @@ INFER_MAX_BYTES = 16 * 1024
 # Connections silent this long are flushed (pending requests out as incomplete).
 IDLE_NS = 120 * 10**9
 MAX_SESSIONS = 50_000
+_EV_CONN = abi.EV_CONN
+_CLOSES = (abi.SYS_CLOSE, abi.SYS_STATE_CLOSE)
+_UDP = abi.IPPROTO_UDP
+_INGRESS = abi.DIR_INGRESS
+_F_HAS_SEQ = abi.F_HAS_SEQ
+_RADDR = slice(abi.ZtEvent.raddr.offset, abi.ZtEvent.raddr.offset + 16)
+_CLIENT_SIDE = {abi.ROLE_CLIENT: True, abi.ROLE_SERVER: False}
 
 
 @dataclass(slots=True)
 class Session:
     """One connection as the agent follows it."""
 
-    key: tuple  # (conn_id,) or, for unconnected UDP, (conn_id, peer address, peer port)
+    key: int | tuple  # conn_id or, for unconnected UDP, (conn_id, peer address, peer port)
     event: SocketEvent  # first data event: tuple, process, cgroup, netns
     role: int
     parser: ConnectionParser | None = None
@@ -56,37 +63,38 @@ class SpanAssembler:
     # -- events -----------------------------------------------------------------------
     def handle(self, e: SocketEvent) -> None:
         conn = self.tracker.update(e)
-        if e.type == abi.EV_CONN:
-            if e.syscall in (abi.SYS_CLOSE, abi.SYS_STATE_CLOSE):
+        if e.type == _EV_CONN:
+            if e.syscall in _CLOSES:
                 if e.conn_id:
                     self._close_conn(e.conn_id, "closed")
                 self.tracker.closed(e.sock_id)
             return
-        if e.transport == abi.IPPROTO_UDP:
-            key = (e.conn_id, e._rec[abi.ZtEvent.raddr.offset:abi.ZtEvent.raddr.offset + 16],
-                   e.rport)
+        if e.transport == _UDP:
+            key = (e.conn_id, e._rec[_RADDR], e.rport)
         else:
-            key = (e.conn_id,)
+            key = e.conn_id
         s = self.sessions.get(key)
         if s is None:
             if len(self.sessions) >= MAX_SESSIONS:
                 self.stats["sessions_full"] += 1
                 return
             s = self.sessions[key] = Session(key, e, conn.role if conn else 0)
-            if len(key) > 1:
+            if type(key) is tuple:
                 self.udp_keys.setdefault(e.conn_id, []).append(key)
-        s.last_ns = e.ts_exit
+        d = e.direction
+        s.last_ns = ts_exit = e.ts_exit
         if s.unknown:
             self.stats["unknown_protocol_bytes"] += e.ret
             return
-        ingress = e.direction == abi.DIR_INGRESS
-        chunk = Chunk(e.direction, e.payload, e.ret, e.offset,
-                      e.ts_exit if ingress else e.ts_enter, e.tid,
-                      e.seq if e.flags & abi.F_HAS_SEQ else None)
-        if s.parser is None:
+        chunk = Chunk(d, e.payload, e.ret, e.offset, ts_exit if d == _INGRESS else e.ts_enter,
+                      e.tid, e.seq if e.flags & _F_HAS_SEQ else None)
+        parser = s.parser
+        if parser is None:
             self._infer(s, chunk)
             return
-        self._records(s, s.parser.feed(chunk))
+        records = parser.feed(chunk)
+        if records:
+            self._records(s, records)
 
     def _infer(self, s: Session, chunk: Chunk) -> None:
         s.undecided.append(chunk)
@@ -100,7 +108,7 @@ class SpanAssembler:
                 s.undecided = []
                 self.stats["unknown_protocol_conns"] += 1
             return
-        client_side = {abi.ROLE_CLIENT: True, abi.ROLE_SERVER: False}.get(s.role)
+        client_side = _CLIENT_SIDE.get(s.role)
         s.protocol = proto
         s.parser = registry.new_parser(proto, client_side,
                                        "udp" if e.transport == abi.IPPROTO_UDP else "tcp")
@@ -110,20 +118,24 @@ class SpanAssembler:
             self._records(s, s.parser.feed(c))
 
     def _records(self, s: Session, records: list[Record]) -> None:
-        if s.meta is None:
-            s.meta = ConnMeta(s.event)
+        if not records:
+            return
+        meta = s.meta
+        if meta is None:
+            meta = s.meta = ConnMeta(s.event)
+        role, req_dir = s.role, getattr(s.parser, "req_dir", None)
+        agent, conn_id, emit, stats = self.agent_name, s.event.conn_id, self.emit, self.stats
         for r in records:
-            ctx = record_to_span(r, s.meta, s.role, getattr(s.parser, "req_dir", None),
-                                 self.agent_name, s.event.conn_id)
+            ctx = record_to_span(r, meta, role, req_dir, agent, conn_id)
             if ctx is None:
-                self.stats["records_unusable"] += 1
+                stats["records_unusable"] += 1
                 continue
-            self.stats["spans"] += 1
-            self.emit(ctx)
+            stats["spans"] += 1
+            emit(ctx)
 
     # -- life -------------------------------------------------------------------------
     def _close_conn(self, conn_id: int, reason: str) -> None:
-        for key in self.udp_keys.pop(conn_id, None) or [(conn_id,)]:
+        for key in self.udp_keys.pop(conn_id, None) or (conn_id,):
             s = self.sessions.pop(key, None)
             if s is not None and s.parser is not None:
                 self._records(s, s.parser.flush(reason))
@@ -132,7 +144,7 @@ class SpanAssembler:
         """Flush connections idle for longer than idle_ns."""
         for key in [k for k, s in self.sessions.items() if now_ns - s.last_ns > idle_ns]:
             s = self.sessions.pop(key)
-            if len(key) > 1:
+            if type(key) is tuple:
                 keys = self.udp_keys.get(key[0], [])
                 if key in keys:
                     keys.remove(key)

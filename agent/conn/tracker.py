@@ -15,7 +15,14 @@ from agent.probes import abi
 from agent.probes.events import SocketEvent
 
 _MASK = 0xFFFFFFFF
+_NOT_MASK = ~_MASK
 _WRAP = 1 << 32
+_HALF = _WRAP >> 1
+_EV_CONN = abi.EV_CONN
+_OPENS = (abi.SYS_CONNECT, abi.SYS_ACCEPT, abi.SYS_ACCEPT4)
+_UDP = abi.IPPROTO_UDP
+_F_HAS_SEQ = abi.F_HAS_SEQ
+_F_MIDSTREAM = abi.F_MIDSTREAM
 
 
 @dataclass(slots=True)
@@ -56,12 +63,12 @@ class ConnTracker:
     def update(self, e: SocketEvent) -> Conn | None:
         """Annotate e in place; returns its connection (None for closes)."""
         sid = e.sock_id
-        if e.type == abi.EV_CONN:
-            if e.syscall in (abi.SYS_CONNECT, abi.SYS_ACCEPT, abi.SYS_ACCEPT4):
+        if e.type == _EV_CONN:
+            if e.syscall in _OPENS:
                 c = self._new(sid)  # a new connection, even if the address was seen
                 c.role, c.midstream, c.pid = e.role, False, e.pid
                 e.conn_id = c.conn_id
-                if e.flags & abi.F_HAS_SEQ:
+                if e.flags & _F_HAS_SEQ:
                     c.base = [e.seq, e.offset & _MASK]
                     c.last = [0, 0]
                 return c
@@ -73,26 +80,27 @@ class ConnTracker:
         if c is None:
             c = self._new(sid)
             c.pid = e.pid
-            if e.transport == abi.IPPROTO_UDP:
+            if e.transport == _UDP:
                 c.midstream = False  # datagrams: no stream start to have missed
             else:
                 self.stats["midstream"] += 1
         d = e.direction
         e.role = c.role
         e.conn_id = c.conn_id
+        flags = e.flags
         if c.midstream:
-            e.flags |= abi.F_MIDSTREAM
-        if e.flags & abi.F_HAS_SEQ:
+            e.flags = flags = flags | _F_MIDSTREAM
+        if flags & _F_HAS_SEQ:
+            seq = e.seq
             base = c.base[d]
             if base is None:
-                base = c.base[d] = e.seq
-            off32 = (e.seq - base) & _MASK
+                base = c.base[d] = seq
             last = c.last[d]
-            off = (last & ~_MASK) | off32
+            off = (last & _NOT_MASK) | ((seq - base) & _MASK)
             # nearest to the last offset: wrapped forward, or a slightly late event
-            if off < last - (_WRAP >> 1):
+            if off < last - _HALF:
                 off += _WRAP
-            elif off > last + (_WRAP >> 1) and off >= _WRAP:
+            elif off > last + _HALF and off >= _WRAP:
                 off -= _WRAP
             e.offset = off
             if off > last:

@@ -42,6 +42,8 @@ _INF = float("inf")
 _insort = bisect.insort
 _bisect_left = bisect.bisect_left
 _bisect_right = bisect.bisect_right
+# Item.keys: which of the stitcher's indexes an entry is in
+_IX_RANGES, _IX_THREAD_SERVERS, _IX_BY_HEADER, _IX_CLIENT_BY_SEQ, _IX_UDP_CLIENTS = range(5)
 
 
 class Item:
@@ -54,13 +56,15 @@ class Item:
         self.ctx = ctx
         self.span: Span = ctx.span  # a plain attribute: read ~13 times per span
         self.parent: Item | None = None
-        self.children: list[Item] = []
+        self.children: list[Item] | None = None  # a list once it has one
         self.thread_done = False  # client: thread-based parent decided (linked or refused)
         self.remote_done = False  # server: cross-process parent decided
         self.emitted = False
         self.trace_id = ""
         self.link = ""  # how the parent was found
-        self.keys: list = []  # (index dict, key) entries to drop on prune
+        # (index number, key) of the index entries to drop on prune: numbers, not the
+        # dicts, so that these tuples hold no container and the GC stops visiting them
+        self.keys: tuple = ()
 
 
 @dataclass
@@ -126,6 +130,8 @@ class Stitcher:
         self.stats: Counter = Counter()
         self.per_process: dict[int, Counter] = defaultdict(Counter)
         self.comm: dict[int, str] = {}
+        self._indexes = (self.ranges, self.thread_servers, self.by_header,
+                         self.client_by_seq, self.udp_clients)  # in _IX_* order
 
     # -- input ------------------------------------------------------------------------
     def observe(self, e: SocketEvent) -> None:
@@ -151,7 +157,7 @@ class Stitcher:
         item = Item(ctx)
         s = ctx.span
         pid = s.pid
-        keys = item.keys
+        keys = []
         self.items.append(item)
         self.comm[pid] = s.process
         conn_id = ctx.conn_id
@@ -160,7 +166,7 @@ class Stitcher:
             if off is not None:  # the request's range: a read of it opened this context
                 rkey = (conn_id, _INGRESS)
                 _insort(self.ranges[rkey], (off, off + max(s.req_bytes, 1), id(item), item))
-                keys.append((self.ranges, rkey))
+                keys.append((_IX_RANGES, rkey))
             item.thread_done = True
             self.pending_remote.append(item)
             key = (pid, ctx.in_tid)
@@ -168,11 +174,11 @@ class Stitcher:
             if dur > self.thread_maxdur.get(key, 0):
                 self.thread_maxdur[key] = dur
             _insort(self.thread_servers[key], (ctx.in_ns, id(item), item))
-            keys.append((self.thread_servers, key))
+            keys.append((_IX_THREAD_SERVERS, key))
             if s.trace_headers:
                 for hk in header_keys(s):
                     self.by_header[(pid, hk)].append(item)
-                    keys.append((self.by_header, (pid, hk)))
+                    keys.append((_IX_BY_HEADER, (pid, hk)))
             if off is not None and conn_id in self.inflight_threads:
                 self._settle_inflight(conn_id, off, s.req_bytes)
         else:
@@ -180,16 +186,17 @@ class Stitcher:
             if off is not None:  # the response's range: a read of it resumes the context
                 rkey = (conn_id, _INGRESS)
                 _insort(self.ranges[rkey], (off, off + max(s.resp_bytes, 1), id(item), item))
-                keys.append((self.ranges, rkey))
+                keys.append((_IX_RANGES, rkey))
             item.remote_done = True
             self.pending_thread.append(item)
             if s.transport == "tcp" and s.req_seq is not None:
                 self.client_by_seq[s.req_seq].append(item)
-                keys.append((self.client_by_seq, s.req_seq))
+                keys.append((_IX_CLIENT_BY_SEQ, s.req_seq))
             elif s.transport == "udp":
                 k = self._udp_key(s)
                 self.udp_clients[k].append(item)
-                keys.append((self.udp_clients, k))
+                keys.append((_IX_UDP_CLIENTS, k))
+        item.keys = tuple(keys)
 
     def _settle_inflight(self, conn_id: int, off: int | None, size: int) -> None:
         """The request at [off, off+size) of conn_id is known now: no longer in flight."""
@@ -392,7 +399,10 @@ class Stitcher:
 
     def _link(self, item: Item, parent: Item, how: str) -> bool:
         item.parent, item.link = parent, how
-        parent.children.append(item)
+        if parent.children is None:
+            parent.children = [item]
+        else:
+            parent.children.append(item)
         item.thread_done = True
         self.per_process[item.span.pid][f"linked by {how}"] += 1
         self.stats[f"linked_{how}"] += 1
@@ -433,7 +443,10 @@ class Stitcher:
         if len(cands) == 1:
             c = cands[0]
             item.parent, item.link = c, "tcp seq" if s.transport == "tcp" else "udp tuple"
-            c.children.append(item)
+            if c.children is None:
+                c.children = [item]
+            else:
+                c.children.append(item)
             item.remote_done = True
             self.stats["linked_remote"] += 1
             return True
@@ -556,15 +569,17 @@ class Stitcher:
         keep_after = now - self.max_wait_ns - self.quiet_ns
         em = self.emitted
         gone: set[Item] = set()
-        touched: dict[tuple[int, object], tuple[dict, object]] = {}
+        touched: dict[tuple[int, object], None] = {}  # (index number, key)
         while em and em[0].span.end_ns < keep_after:
             it = em.popleft()
             gone.add(it)
-            for index, key in it.keys:
-                touched[(id(index), key)] = (index, key)
+            for ik in it.keys:
+                touched[ik] = None
             it.parent = None  # let the chain be collected
-            it.children = []
-        for index, key in touched.values():
+            it.children = None
+        indexes = self._indexes
+        for ix, key in touched:
+            index = indexes[ix]
             lst = index.get(key)
             if lst is None:
                 continue
