@@ -15,6 +15,7 @@ import grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
 
 from proto.zerotrace.v1 import query_pb2_grpc
+from server.ingest.admission import Admission
 from server.ingest.otlp import OtlpTraceService
 from server.ingest.service import IngestCounters, IngestService
 from server.ingest.writer import BatchWriter
@@ -40,6 +41,7 @@ class ZerotraceServer:
         max_bytes: int = 0,
         retention_interval_s: float = 60,
         workers: int = 8,
+        metrics_listen: str = "",
     ) -> None:
         if store is None:
             if data_dir is None:
@@ -64,10 +66,21 @@ class ZerotraceServer:
             options=opts,
             maximum_concurrent_rpcs=workers * 8,
         )
-        self.grpc.add_generic_rpc_handlers((IngestService(self.writer, self.counters).handler(),))
-        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(
-            OtlpTraceService(self.writer, self.counters), self.grpc
+        # A sender may hold a quarter of the workers (agents; OTLP senders are keyed by
+        # address, so several SDK processes of one host share theirs: half).
+        self.admissions = {
+            "zerotrace": Admission(limit=max(1, workers // 4)),
+            "otlp": Admission(limit=max(1, workers // 2)),
+        }
+        self.grpc.add_generic_rpc_handlers(
+            (IngestService(self.writer, self.counters, self.admissions["zerotrace"]).handler(),)
         )
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(
+            OtlpTraceService(self.writer, self.counters, self.admissions["otlp"]), self.grpc
+        )
+        self.metrics_listen = metrics_listen
+        self.metrics_port = 0
+        self._metrics_http = None
         query_pb2_grpc.add_QueryServiceServicer_to_server(QueryService(store), self.grpc)
         self.port = 0
 
@@ -77,6 +90,11 @@ class ZerotraceServer:
         if not self.port:
             raise OSError(f"cannot listen on {self.listen}")
         self.grpc.start()
+        if self.metrics_listen:
+            from server.metrics import serve_metrics
+
+            self._metrics_http, self.metrics_port = serve_metrics(
+                self.metrics_listen, self.admissions, self.writer)
         if self.retention_s or self.max_bytes:
             threading.Thread(target=self._retention_loop, daemon=True).start()
         log.info("zerotrace server on port %d", self.port)
@@ -98,5 +116,8 @@ class ZerotraceServer:
         """Stop accepting, finish in-flight writes, close the store."""
         self._stop.set()
         self.grpc.stop(grace).wait(grace + 1)
+        if self._metrics_http is not None:
+            self._metrics_http.shutdown()
+            self._metrics_http.server_close()
         self.writer.close()
         self.store.close()

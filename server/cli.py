@@ -143,11 +143,14 @@ def cmd_server(args: argparse.Namespace) -> int:
         store=store,
         retention_s=(args.retention or 0) / 1e9,
         max_bytes=args.max_size or 0,
+        metrics_listen=args.metrics,
     )
     port = srv.start()
     print(
         f"zerotrace server listening on {args.listen.rpartition(':')[0]}:{port} "
-        f"data={args.data if store is None else args.clickhouse}",
+        f"data={args.data if store is None else args.clickhouse}"
+        + (f" metrics=http://{args.metrics.rpartition(':')[0]}:{srv.metrics_port}/metrics"
+           if args.metrics else ""),
         flush=True,
     )
     stop = {"now": False}
@@ -428,6 +431,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--clickhouse",
         default="",
         help="HOST:PORT of a ClickHouse HTTP endpoint instead of the embedded store",
+    )
+    p.add_argument(
+        "--metrics",
+        default="",
+        metavar="HOST:PORT",
+        help="serve the server's Prometheus metrics there (e.g. 0.0.0.0:9465); default off",
     )
     p.set_defaults(func=cmd_server)
 

@@ -18,6 +18,7 @@ from opentelemetry.proto.trace.v1 import trace_pb2
 
 from proto.span import SOURCE_APP, STATUS_ERROR, STATUS_OK, STATUS_UNSET
 from proto.zerotrace.v1 import span_pb2
+from server.ingest.admission import Admission, sender_of
 from server.ingest.service import IngestCounters, store_span_list
 from server.ingest.writer import BatchWriter
 
@@ -89,24 +90,39 @@ def otlp_to_span_list(req: trace_service_pb2.ExportTraceServiceRequest) -> span_
 
 
 class OtlpTraceService(trace_service_pb2_grpc.TraceServiceServicer):
-    def __init__(self, writer: BatchWriter, counters: IngestCounters | None = None) -> None:
+    def __init__(self, writer: BatchWriter, counters: IngestCounters | None = None,
+                 admission: Admission | None = None) -> None:
         self.writer = writer
         self.counters = counters or IngestCounters()
+        self.admission = admission or Admission()
 
     def Export(  # noqa: N802 - gRPC method name
         self, request: trace_service_pb2.ExportTraceServiceRequest, context: grpc.ServicerContext
     ) -> trace_service_pb2.ExportTraceServiceResponse:
-        spans = otlp_to_span_list(request)
-        try:
-            accepted, rejected, errors = store_span_list(
-                self.writer, spans.SerializeToString(), len(spans.spans)
-            )
-        except Exception as e:  # noqa: BLE001 - storage failure, tell the caller
-            self.counters.failed_batches += 1
+        sender = sender_of("", context.peer())
+        if not self.admission.enter(sender):
             context.abort(
-                grpc.StatusCode.UNAVAILABLE,
-                f"storage write failed, spans not stored (retry later): {str(e)[:300]}",
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"sender {sender!r} already has {self.admission.limit} batches in flight; "
+                "retry with backoff",
             )
+        accepted = rejected = 0
+        failed = False
+        try:
+            spans = otlp_to_span_list(request)
+            try:
+                accepted, rejected, errors = store_span_list(
+                    self.writer, spans.SerializeToString(), len(spans.spans)
+                )
+            except Exception as e:  # noqa: BLE001 - storage failure, tell the caller
+                failed = True
+                self.counters.failed_batches += 1
+                context.abort(
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"storage write failed, spans not stored (retry later): {str(e)[:300]}",
+                )
+        finally:
+            self.admission.leave(sender, accepted, rejected, failed)
         self.counters.accepted += accepted
         self.counters.rejected += rejected
         resp = trace_service_pb2.ExportTraceServiceResponse()

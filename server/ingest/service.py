@@ -13,6 +13,7 @@ import logging
 import grpc
 
 from proto.zerotrace.v1 import ingest_pb2, span_pb2
+from server.ingest.admission import Admission, sender_of
 from server.ingest.validate import span_problem
 from server.ingest.writer import BatchWriter
 
@@ -58,9 +59,11 @@ def store_span_list(writer: BatchWriter, data: bytes, n: int) -> tuple[int, int,
 class IngestService:
     """`Push` decodes requests as `PushEnvelope` (spans left as bytes): see `handler()`."""
 
-    def __init__(self, writer: BatchWriter, counters: IngestCounters | None = None) -> None:
+    def __init__(self, writer: BatchWriter, counters: IngestCounters | None = None,
+                 admission: Admission | None = None) -> None:
         self.writer = writer
         self.counters = counters or IngestCounters()
+        self.admission = admission or Admission()
 
     def handler(self) -> grpc.GenericRpcHandler:
         """The gRPC handler for `zerotrace.v1.IngestService` (same wire as generated)."""
@@ -85,21 +88,34 @@ class IngestService:
                 f"batch of {n} spans exceeds the limit of {MAX_SPANS_PER_BATCH}; split it",
             )
         agent = request.agent.agent
-        # Spans are field 1 of PushRequest as of SpanList: without the other fields
-        # the request bytes are a SpanList, no per-span work needed.  (The exporter
-        # stamps its agent name on spans; the server does not open them.)
-        request.ClearField("agent")
-        request.ClearField("batch_seq")
-        data = request.SerializeToString()
-        try:
-            accepted, rejected, errors = store_span_list(self.writer, data, n)
-        except Exception as e:  # noqa: BLE001 - storage failure, tell the caller
-            self.counters.failed_batches += 1
-            log.warning("ingest from %r failed: %s", agent, e)
+        sender = sender_of(agent, context.peer())
+        if not self.admission.enter(sender):
             context.abort(
-                grpc.StatusCode.UNAVAILABLE,
-                f"storage write failed, batch not stored (retry later): {str(e)[:300]}",
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"sender {sender!r} already has {self.admission.limit} batches in flight; "
+                "retry with backoff",
             )
+        accepted = rejected = 0
+        failed = False
+        try:
+            # Spans are field 1 of PushRequest as of SpanList: without the other fields
+            # the request bytes are a SpanList, no per-span work needed.  (The exporter
+            # stamps its agent name on spans; the server does not open them.)
+            request.ClearField("agent")
+            request.ClearField("batch_seq")
+            data = request.SerializeToString()
+            try:
+                accepted, rejected, errors = store_span_list(self.writer, data, n)
+            except Exception as e:  # noqa: BLE001 - storage failure, tell the caller
+                failed = True
+                self.counters.failed_batches += 1
+                log.warning("ingest from %r failed: %s", agent, e)
+                context.abort(
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"storage write failed, batch not stored (retry later): {str(e)[:300]}",
+                )
+        finally:
+            self.admission.leave(sender, accepted, rejected, failed)
         self.counters.accepted += accepted
         self.counters.rejected += rejected
         return ingest_pb2.PushResponse(accepted=accepted, rejected=rejected, errors=errors)

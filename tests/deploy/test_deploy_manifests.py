@@ -183,3 +183,20 @@ def test_dockerfiles_build_the_documented_way() -> None:
         assert re.search(r"pip install [^\n]*/src", text)
     agent = (DEPLOY / "docker" / "Dockerfile.agent").read_text()
     assert 'ENTRYPOINT ["zerotrace"]' in agent
+
+
+def test_server_args_parse_and_serve_metrics_on_the_declared_port() -> None:
+    import argparse
+
+    from server.cli import register
+
+    sts = _one("StatefulSet", plain_objects())
+    (c,) = sts["spec"]["template"]["spec"]["containers"]
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="cmd"))
+    args = parser.parse_args(c["args"])  # the real CLI accepts what the manifest says
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert args.listen.rpartition(":")[2] == str(ports["grpc"])
+    assert args.metrics.rpartition(":")[2] == str(ports["http"])
+    notes = sts["spec"]["template"]["metadata"]["annotations"]
+    assert notes["prometheus.io/port"] == str(ports["http"])

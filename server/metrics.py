@@ -1,0 +1,64 @@
+"""The server's own Prometheus metrics: what each sender pushed, what was refused and
+why, and what the store did with it.  Read from the live counters at scrape time."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from server.ingest.admission import Admission
+from server.ingest.writer import BatchWriter
+
+
+class ServerCollector:
+    """Per-sender ingest counters (agents, and OTLP senders by address) and store writes."""
+
+    def __init__(self, admissions: dict[str, Admission], writer: BatchWriter) -> None:
+        self.admissions = admissions  # protocol ("zerotrace", "otlp") -> its admission
+        self.writer = writer
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ["protocol", "sender"]
+        fams = {
+            "accepted": CounterMetricFamily(
+                "zerotrace_server_spans_accepted", "Spans stored, by sender.", labels=labels),
+            "rejected": CounterMetricFamily(
+                "zerotrace_server_spans_rejected", "Spans refused as invalid, by sender.",
+                labels=labels),
+            "batches": CounterMetricFamily(
+                "zerotrace_server_batches", "Batches admitted, by sender.", labels=labels),
+            "throttled": CounterMetricFamily(
+                "zerotrace_server_batches_throttled",
+                "Batches refused with RESOURCE_EXHAUSTED: the sender had too many in flight.",
+                labels=labels),
+            "failed": CounterMetricFamily(
+                "zerotrace_server_batches_failed",
+                "Batches the store could not write (the sender was told to retry).",
+                labels=labels),
+        }
+        inflight = GaugeMetricFamily("zerotrace_server_batches_inflight",
+                                     "Batches being stored now, by sender.", labels=labels)
+        for proto, adm in self.admissions.items():
+            for sender, st in adm.snapshot().items():
+                for key, fam in fams.items():
+                    fam.add_metric([proto, sender], getattr(st, key))
+                inflight.add_metric([proto, sender], st.inflight)
+        yield from fams.values()
+        yield inflight
+        inserts = CounterMetricFamily("zerotrace_server_store_inserts",
+                                      "Inserts into the store (group commits).")
+        inserts.add_metric([], self.writer.inserts)
+        yield inserts
+
+
+def serve_metrics(listen: str, admissions: dict[str, Admission],
+                  writer: BatchWriter) -> tuple[WSGIServer, int]:
+    """Serve /metrics on `listen` ("HOST:PORT"); (the HTTP server, its port)."""
+    registry = CollectorRegistry()
+    registry.register(ServerCollector(admissions, writer))
+    host, _, port = listen.rpartition(":")
+    server, _thread = start_http_server(int(port), addr=host or "0.0.0.0", registry=registry)
+    return server, server.server_port
