@@ -115,7 +115,6 @@ class Stitcher:
         self._next_full = 0  # a pass even without new spans, for waits that time out
         self.client_by_seq: dict[int, list[Item]] = defaultdict(list)
         self.udp_clients: dict[tuple, list[Item]] = defaultdict(list)
-        self.trace_of: dict[str, str] = {}  # span_id -> trace_id of emitted spans
         # (pid, tid) -> {(conn_id, offset): ts} of request reads whose span is not known
         self.inflight: dict[tuple[int, int], dict] = defaultdict(dict)
         self.inflight_threads: dict[int, set] = defaultdict(set)  # conn_id -> thread keys
@@ -165,7 +164,8 @@ class Stitcher:
             off = s.req_offset
             if off is not None:  # the request's range: a read of it opened this context
                 rkey = (conn_id, _INGRESS)
-                _insort(self.ranges[rkey], (off, off + max(s.req_bytes, 1), id(item), item))
+                n = s.req_bytes
+                _insort(self.ranges[rkey], (off, off + (n if n > 1 else 1), id(item), item))
                 keys.append((_IX_RANGES, rkey))
             item.thread_done = True
             self.pending_remote.append(item)
@@ -185,7 +185,8 @@ class Stitcher:
             off = s.resp_offset
             if off is not None:  # the response's range: a read of it resumes the context
                 rkey = (conn_id, _INGRESS)
-                _insort(self.ranges[rkey], (off, off + max(s.resp_bytes, 1), id(item), item))
+                n = s.resp_bytes
+                _insort(self.ranges[rkey], (off, off + (n if n > 1 else 1), id(item), item))
                 keys.append((_IX_RANGES, rkey))
             item.remote_done = True
             self.pending_thread.append(item)
@@ -202,21 +203,27 @@ class Stitcher:
         """The request at [off, off+size) of conn_id is known now: no longer in flight."""
         if off is None:
             return
-        end = off + max(size, 1)
+        end = off + (size if size > 1 else 1)
         threads = self.inflight_threads.get(conn_id)
         if not threads:
             return
+        inflight = self.inflight
         for key in list(threads):
-            d = self.inflight.get(key)
+            d = inflight.get(key)
             if not d:
                 threads.discard(key)
                 continue
-            for k in [k for k in d if k[0] == conn_id and off <= k[1] < end]:
-                del d[k]
-            if not any(k[0] == conn_id for k in d):
+            left = False  # reads of conn_id still open on this thread
+            for k in list(d):
+                if k[0] == conn_id:
+                    if off <= k[1] < end:
+                        del d[k]
+                    else:
+                        left = True
+            if not left:
                 threads.discard(key)
             if not d:
-                del self.inflight[key]
+                del inflight[key]
         if not threads:
             del self.inflight_threads[conn_id]
 
@@ -536,14 +543,12 @@ class Stitcher:
                     continue
             tid = root.trace_id or self._trace_id(members)
             spans = []
-            trace_of = self.trace_of
             for m in members:
                 m.emitted = True
                 m.trace_id = tid
                 sp = m.span
                 sp.trace_id = tid
                 sp.parent_span_id = m.parent.span.span_id if m.parent else ""
-                trace_of[sp.span_id] = tid
                 spans.append(sp)
             emitted = True
             self.stats["traces"] += 1
