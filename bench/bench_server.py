@@ -123,13 +123,14 @@ def agent_like_trace(t0: int, n: int = 10) -> list[Span]:
     return out
 
 
-def build_batches(total: int, per_batch: int) -> list[bytes]:
+def build_batches(total: int, per_batch: int, agents: int = 1) -> list[bytes]:
+    """Serialized `PushRequest`s; batch i comes from agent `node-{i % agents + 1}`."""
     t0 = time.time_ns() - 600 * 1_000_000_000
     out = []
     made = 0
     while made < total:
         req = ingest_pb2.PushRequest()
-        req.agent.agent = "node-1"
+        req.agent.agent = f"node-{len(out) % agents + 1}"
         while len(req.spans) < per_batch and made < total:
             for s in agent_like_trace(t0 + made * 10_000):
                 span_to_pb(s, req.spans.add())
@@ -183,7 +184,9 @@ def bench_ingest(n: int, per_batch: int, threads: int) -> dict:
 
 def _bench_ingest(n: int, per_batch: int, threads: int) -> dict:
     t = time.perf_counter()
-    batches = build_batches(n, per_batch)
+    # One agent per client thread: the server admits a few batches in flight per
+    # agent (server/ingest/admission.py), so one agent on 4 threads would be throttled.
+    batches = build_batches(n, per_batch, agents=threads)
     print(f"  built {n} spans in {len(batches)} batches ({time.perf_counter() - t:.1f}s)")
     data = tempfile.mkdtemp(prefix="zt-bench-ingest-")
     p, addr = start_server(data, cpu=0)
@@ -194,22 +197,17 @@ def _bench_ingest(n: int, per_batch: int, threads: int) -> dict:
             response_deserializer=ingest_pb2.PushResponse.FromString,
         )
         push(batches[0], timeout=60)  # warm-up (schema, first part); not counted
-        work = list(batches[1:])
         lock = threading.Lock()
         acked = [0]
 
-        def run():
-            while True:
-                with lock:
-                    if not work:
-                        return
-                    b = work.pop()
+        def run(k: int):
+            for b in batches[k or threads :: threads]:  # its agent's batches; 0 was sent
                 r = push(b, timeout=120)
                 with lock:
                     acked[0] += r.accepted
 
         t = time.perf_counter()
-        ts = [threading.Thread(target=run) for _ in range(threads)]
+        ts = [threading.Thread(target=run, args=(k,)) for k in range(threads)]
         for x in ts:
             x.start()
         for x in ts:
