@@ -38,10 +38,25 @@ def pick_by_tokens(child: Span, candidates: list[Span]) -> Span | None:
     ct = tokens(child)
     if not ct:
         return None
-    cand_tokens = [tokens(c) for c in candidates]
-    hits = []
-    for i, c in enumerate(candidates):
-        others = set().union(*(t for j, t in enumerate(cand_tokens) if j != i))
-        if (ct & cand_tokens[i]) - others:
-            hits.append(c)
-    return hits[0] if len(hits) == 1 else None
+    i = pick_by_token_sets(ct, [tokens(c) for c in candidates])
+    return None if i is None else candidates[i]
+
+
+def pick_by_token_sets(ct: frozenset[str], cand_tokens: list[frozenset[str]]) -> int | None:
+    """pick_by_tokens on token sets computed beforehand: the index of the one candidate
+    sharing a token with ct that no other candidate has, or None."""
+    if not ct:
+        return None
+    # how many candidates carry each token: a token of candidate i that no other
+    # candidate has is one counted once (linear, not a union of the others per i)
+    count: dict[str, int] = {}
+    for t in cand_tokens:
+        for tok in t:
+            count[tok] = count.get(tok, 0) + 1
+    hit = None
+    for i, t in enumerate(cand_tokens):
+        if any(count[tok] == 1 for tok in ct & t):
+            if hit is not None:
+                return None
+            hit = i
+    return hit

@@ -50,7 +50,7 @@ class Item:
     """A span in the stitcher: its context, its parent link and the decisions made."""
 
     __slots__ = ("ctx", "span", "parent", "children", "thread_done", "remote_done",
-                 "emitted", "trace_id", "link", "keys")
+                 "emitted", "trace_id", "link", "keys", "tokens")
 
     def __init__(self, ctx: SpanContext) -> None:
         self.ctx = ctx
@@ -65,6 +65,7 @@ class Item:
         # (index number, key) of the index entries to drop on prune: numbers, not the
         # dicts, so that these tuples hold no container and the GC stops visiting them
         self.keys: tuple = ()
+        self.tokens: frozenset[str] | None = None  # payload tokens, once asked for
 
 
 @dataclass
@@ -385,9 +386,19 @@ class Stitcher:
 
     @staticmethod
     def _by_token(child: Span, candidates: list[Item]) -> Item | None:
-        """The one candidate a rare payload token of child points to, or None."""
-        pick = evidence.pick_by_tokens(child, [x.span for x in candidates])
-        return next((x for x in candidates if x.span is pick), None) if pick else None
+        """The one candidate a rare payload token of child points to, or None.
+        (evidence.pick_by_tokens, with each candidate's tokens extracted once.)"""
+        ct = evidence.tokens(child)
+        if not ct:
+            return None
+        sets = []
+        for x in candidates:
+            t = x.tokens
+            if t is None:
+                t = x.tokens = evidence.tokens(x.span)
+            sets.append(t)
+        i = evidence.pick_by_token_sets(ct, sets)
+        return None if i is None else candidates[i]
 
     def _by_header(self, item: Item) -> Item | None:
         """The one server span of the process, open when item's request was written,
