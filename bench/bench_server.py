@@ -5,9 +5,11 @@
 
 1. ingest: a `zerotrace server` process pinned to CPU 0 (taskset), chDB limited to
    one thread; this process (pinned to CPU 1) pushes pre-serialized batches of
-   realistic agent spans over gRPC from 4 threads.  Spans/s = spans acked / wall time.
+   realistic agent spans over gRPC from 4 threads, one agent each.  Spans/s = spans
+   acked / wall time; also the server's CPU time per span (all its threads, merges
+   included), which other load on the machine disturbs less.
 2. bytes per span: on-disk size of the ingested spans after merging (OPTIMIZE FINAL),
-   and of the big synthetic table below.
+   and of the big synthetic table below; span table and search index together.
 3. query latency with --store-spans stored: the table is filled by ClickHouse itself
    (INSERT ... SELECT FROM numbers(), spans shaped like the agent's) because building
    ten million spans in Python would take longer than the measurement; then
@@ -171,6 +173,16 @@ def pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(q * len(xs)))]
 
 
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, all threads) of process `pid` so far (Linux)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def bench_ingest(n: int, per_batch: int, threads: int) -> dict:
     cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
     if cpus and len(cpus) > 1:
@@ -206,6 +218,7 @@ def _bench_ingest(n: int, per_batch: int, threads: int) -> dict:
                 with lock:
                     acked[0] += r.accepted
 
+        c0 = _cpu_s(p.pid)
         t = time.perf_counter()
         ts = [threading.Thread(target=run, args=(k,)) for k in range(threads)]
         for x in ts:
@@ -213,6 +226,7 @@ def _bench_ingest(n: int, per_batch: int, threads: int) -> dict:
         for x in ts:
             x.join()
         took = time.perf_counter() - t
+        cpu = _cpu_s(p.pid) - c0
         ch.close()
     finally:
         stop(p)
@@ -228,6 +242,7 @@ def _bench_ingest(n: int, per_batch: int, threads: int) -> dict:
         "spans": acked[0],
         "seconds": took,
         "spans_per_s": acked[0] / took,
+        "server_cpu_us_per_span": 1e6 * cpu / max(acked[0], 1),
         "bytes_per_span": stats["bytes"] / max(stats["spans"], 1),
         "stored": stats["spans"],
     }
@@ -439,6 +454,11 @@ def main() -> int:
         print(
             f"ingest: {r['spans']} spans in {r['seconds']:.2f}s = {r['spans_per_s']:,.0f} spans/s "
             f"(server on 1 core, {a.batch}-span batches, {a.threads} client threads)"
+        )
+        us = r["server_cpu_us_per_span"]
+        print(
+            f"  server CPU: {us:.1f} us/span = {1e6 / us:,.0f} spans per CPU-second "
+            "(less sensitive to other load than the wall-clock rate)"
         )
         print(f"  on disk: {r['bytes_per_span']:.1f} bytes/span ({r['stored']} agent-like spans)")
     if "queries" not in skip:

@@ -19,6 +19,7 @@ from server.storage.base import (
     DependencyLink,
     ServiceStats,
     SpanStore,
+    StorageError,
     TraceQuery,
     TraceSummary,
 )
@@ -164,13 +165,20 @@ class SqlStore(SpanStore, abc.ABC):
         """Run a statement that returns nothing."""
 
     def _create(self, engine: str = "MergeTree") -> None:
+        # The index table needs its own replication path: '..._spans' -> '..._search_index'.
+        index_engine = engine.replace(schema.TABLE, schema.INDEX_TABLE)
+        if "(" in engine and "Replicated" in engine and index_engine == engine:
+            raise StorageError(
+                f"engine {engine!r}: its replication path must name the table "
+                f"('{schema.TABLE}', replaced by '{schema.INDEX_TABLE}' for the search index)"
+            )
         self._command(schema.create_database(self.db))
         self._command(schema.create_table(self.db, engine))
         had_index = self._select(
             "SELECT name FROM system.tables WHERE database = {db:String} AND name = {t:String}",
             {"db": self.db, "t": schema.INDEX_TABLE},
         )
-        self._command(schema.create_index_table(self.db, engine))
+        self._command(schema.create_index_table(self.db, index_engine))
         self._command(schema.create_index_view(self.db))
         if not had_index:
             # A data directory from before the search index: index what is stored.
@@ -355,15 +363,9 @@ SELECT parent, child, sum(calls) AS calls, sum(errs) AS errs FROM (
     def spans_for_service(
         self, service: str, since_ns: int, until_ns: int, max_traces: int
     ) -> list[Span]:
-        where = ["service = {service:String}"]
-        params: dict[str, Any] = {"service": service}
-        _time_filter(since_ns, until_ns, where, params)
         n = max(1, min(int(max_traces or 1000), 100_000))
-        ids = self._select(
-            f"SELECT lower(hex(trace_id)) AS tid, max(start_ns) AS last FROM {self.table} "
-            f"WHERE {' AND '.join(where)} GROUP BY trace_id ORDER BY last DESC LIMIT {n}",
-            params,
-        )
+        q = TraceQuery(service=service, since_ns=since_ns, until_ns=until_ns, limit=n)
+        ids = self._search(q, n)  # through the search index
         return self.get_traces([r["tid"] for r in ids])
 
     # -- retention -------------------------------------------------------------

@@ -91,3 +91,10 @@ class TestChdbConformance(StorageConformance):
         reopened = store.for_database(store.db)
         (t,) = reopened.search_traces(TraceQuery(service="legacy"))
         assert t.trace_id == sp.trace_id
+
+    def test_replicated_engine_needs_a_path_naming_the_table(self, store):
+        # The search index would share the span table's replication path otherwise.
+        from server.storage.base import StorageError
+
+        with pytest.raises(StorageError, match="replication path"):
+            store._create("ReplicatedMergeTree('/clickhouse/tables/{shard}/zt', '{replica}')")
