@@ -515,7 +515,7 @@ class Http1Parser(StreamParser):
         self.closed = True
 
 
-_CODES = {c: str(c) for c in range(100, 600)}
+_CODES = {c: str(c) for c in range(100, 1000)}
 
 
 def _hval(block: bytes, low: bytes, key: bytes) -> bytes | None:
@@ -582,7 +582,7 @@ def _host(v: bytes) -> tuple[str, int | None]:
     port = None
     if host[-1:].isdigit() and ":" in host and not host.endswith("]"):
         h, _, p = host.rpartition(":")
-        if p.isdigit() and (h[:1] != "[" or h[-1:] == "]"):
+        if p.isascii() and p.isdigit() and (h[:1] != "[" or h[-1:] == "]"):
             host, port = h, int(p)
     if len(_HOSTS) >= 4096:
         _HOSTS.clear()

@@ -398,7 +398,7 @@ class Http2Parser(StreamParser):
         if rh.get(":scheme"):
             attrs["url.scheme"] = rh[":scheme"]
         code = sh.get(":status", "")
-        if code.isdigit():
+        if code.isascii() and code.isdigit():
             attrs["http.response.status_code"] = int(code)
         trace = {k: v for k, v in rh.items() if k in _TRACE}
         status_code, error = code, ""
@@ -407,7 +407,7 @@ class Http2Parser(StreamParser):
             svc, _, meth = path.lstrip("/").partition("/")
             attrs.update({"rpc.system": "grpc", "rpc.service": svc, "rpc.method": meth})
             gs = tr.get("grpc-status", sh.get("grpc-status", ""))
-            if gs.isdigit():
+            if gs.isascii() and gs.isdigit():
                 attrs["rpc.grpc.status_code"] = int(gs)
                 status_code = gs
                 status = STATUS_OK if gs == "0" else STATUS_ERROR
@@ -418,7 +418,7 @@ class Http2Parser(StreamParser):
                 status = STATUS_UNSET
         else:
             op = f"{method} {attrs.get('url.path', '')}".strip()
-            if code.isdigit():
+            if code.isascii() and code.isdigit():
                 c = int(code)
                 status = STATUS_ERROR if c >= 500 or (c >= 400 and self.req_dir == 0) else \
                     (STATUS_OK if c < 400 else STATUS_UNSET)

@@ -206,7 +206,9 @@ class MySQLParser(StreamParser):
         cmd = p[0]
         if cmd in _NO_RESPONSE:
             if cmd == COM_STMT_CLOSE and len(p) >= 5:
-                self.statements.pop(int.from_bytes(p[1:5], "little"), None)
+                sid = int.from_bytes(p[1:5], "little")
+                self.statements.pop(sid, None)
+                self.partial.discard(sid)
             elif cmd == COM_QUIT:
                 self.stats["quit"] += 1
             return
@@ -295,6 +297,23 @@ class MySQLParser(StreamParser):
             self.phase = P_HANDSHAKE
             return
         if self.phase != P_COMMAND:
+            pend = self.pending[0] if self.pending else None
+            if (first == 0x00 or first == 0xFF) and pend is not None and pend.extra \
+                    and pend.extra[0] == COM_CHANGE_USER:
+                # The end of COM_CHANGE_USER's re-authentication answers that command.
+                self.pending.popleft()
+                self.phase = P_COMMAND
+                msg = st.message(start, min(end, st.base + len(st.buf)))
+                msg.size = end - start
+                attrs = dict(pend.attributes)
+                status, code, text = STATUS_OK, "", ""
+                if first == 0xFF:
+                    code, _state, text = _err(p)
+                    status = STATUS_ERROR
+                    attrs["db.response.status_code"] = code
+                out.append(Record(self.protocol, pend.msg, msg, pend.operation, status, code,
+                                  text, attrs, {}, pend.incomplete))
+                return
             if first == 0x00:
                 self.phase = P_COMMAND
             elif first == 0xFF and self.phase == P_AUTH:
@@ -426,7 +445,9 @@ class MySQLParser(StreamParser):
         attrs = dict(p.attributes)
         if a.prep is not None and sql is not None:
             if len(self.statements) >= MAX_STATEMENTS:
-                self.statements.pop(next(iter(self.statements)))
+                evicted = next(iter(self.statements))
+                self.statements.pop(evicted)
+                self.partial.discard(evicted)
                 self.stats["statement_evicted"] += 1
             self.statements[a.prep[0]] = sql[:MAX_SQL]
             if "truncated" in p.incomplete:

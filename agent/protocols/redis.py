@@ -51,6 +51,7 @@ _NO_KEY = frozenset(
     b"EVALSHA FCALL WAIT SCAN".split()
 )
 _PUBSUB_PUSH = frozenset((b"message", b"pmessage", b"smessage"))
+_SUBSCRIBE = frozenset((b"SUBSCRIBE", b"PSUBSCRIBE", b"SSUBSCRIBE"))
 _REQ_RESYNC = re.compile(rb"\*\d{1,7}\r\n\$\d{1,10}\r\n")
 
 
@@ -78,6 +79,10 @@ class RedisParser(StreamParser):
         super().__init__(client_side)
         self.pending: deque[Pending] = deque()
         self.frames = (_Frame(), _Frame())
+        # Pub/sub pushes ("message", "pmessage", "smessage", extra "subscribe"
+        # confirmations) only exist once the client subscribed: before that, an array
+        # reply that happens to start with such a word is data (LRANGE of a list).
+        self.subscribed = False
 
     def feed(self, chunk: Chunk) -> list[Record]:
         # Fast path for the common case (whole frames at the start of a chunk, nothing
@@ -134,8 +139,9 @@ class RedisParser(StreamParser):
                             break
                         if len(args) < 2:
                             args.append(data[s:s + ln] if ln <= GRAB else data[s:s + GRAB])
-                    if i < 0 or (not is_req and args and (args[0] in _PUBSUB_PUSH
-                                                          or args[0].endswith(b"subscribe"))):
+                    if i < 0 or (not is_req and args and self.subscribed
+                                 and (args[0] in _PUBSUB_PUSH
+                                      or args[0].endswith(b"subscribe"))):
                         break
                     frames.append((start, i, args, None))
                 elif is_req:
@@ -186,6 +192,8 @@ class RedisParser(StreamParser):
     def _request(self, msg: Message, args: list[bytes], inc: str, out: list[Record]) -> None:
         cmd = args[0].upper() if args else b""
         op = cmd.decode("latin-1")
+        if cmd in _SUBSCRIBE:
+            self.subscribed = True
         if cmd in _SUBCOMMANDS and len(args) > 1:
             op = f"{op} {args[1].upper().decode('latin-1')}"
         attrs = {"db.system": "redis", "db.operation.name": op}
@@ -349,6 +357,8 @@ class RedisParser(StreamParser):
             return
         kind = f.kind
         first = f.args[0] if f.args and (kind == _STAR or kind == 62) else b""
+        if not self.subscribed and kind != 62:
+            first = b""
         if first in _PUBSUB_PUSH:
             self.stats["push"] += 1
             return

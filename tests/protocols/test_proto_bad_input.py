@@ -189,3 +189,98 @@ def test_http2_streams_are_capped():
         c.send(EGRESS, frame + block)
     assert len(c.p.streams_) <= http2.MAX_STREAMS
     assert sum(r.incomplete == "evicted" for r in c.records) == 40
+
+
+# -- hostile values found by review: each used to crash a parser, shift every later
+# record of its connection by one, leak a secret, or grow without bound --------------
+
+def test_http_status_above_599_does_not_crash_or_lose_the_request():
+    c = Conn("http")
+    for status in (b"200 OK", b"999 Request denied", b"200 OK"):
+        c.send(EGRESS, b"GET / HTTP/1.1\r\nHost: x:8\xb2\r\n\r\n")  # and a latin-1 "port"
+        c.send(INGRESS, b"HTTP/1.1 " + status + b"\r\nContent-Length: 0\r\n\r\n")
+    assert [r.status_code for r in c.records] == ["200", "999", "200"]
+    assert not c.p.pending
+
+
+def test_http2_unicode_digits_in_status_are_not_numbers():
+    import hpack
+
+    def frame(ftype: int, flags: int, sid: int, payload: bytes) -> bytes:
+        return len(payload).to_bytes(3, "big") + bytes([ftype, flags]) + \
+            sid.to_bytes(4, "big") + payload
+
+    req, resp = hpack.Encoder(), hpack.Encoder()
+    c = Conn("http2")
+    c.send(EGRESS, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + frame(1, 5, 1, req.encode(
+        [(":method", "POST"), (":path", "/svc/M"), (":scheme", "http"),
+         (":authority", "x"), ("content-type", "application/grpc")])))
+    c.send(INGRESS, frame(1, 4, 1, resp.encode([(":status", "\xb2\xb3")])) +
+           frame(1, 5, 1, resp.encode([("grpc-status", "\xb9")])))
+    (r,) = c.records
+    assert r.operation == "/svc/M" and "rpc.grpc.status_code" not in r.attributes
+
+
+def test_redis_array_reply_that_looks_like_a_push_is_data_unless_subscribed():
+    def cmd(*args: bytes) -> bytes:
+        return b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args)
+
+    c = Conn("redis")
+    c.send(EGRESS, cmd(b"LRANGE", b"events", b"0", b"-1"))
+    c.send(INGRESS, b"*2\r\n$14\r\nuser_subscribe\r\n$5\r\nlogin\r\n")
+    c.send(EGRESS, cmd(b"GET", b"a"))
+    c.send(INGRESS, b"$1\r\n1\r\n")
+    assert [r.operation for r in c.records] == ["LRANGE", "GET"]
+    assert not c.p.pending
+
+
+def _my(seq: int, body: bytes) -> bytes:
+    return len(body).to_bytes(3, "little") + bytes([seq]) + body
+
+
+def test_mysql_change_user_is_answered_and_later_queries_stay_matched():
+    ok = _my(1, b"\x00\x00\x00\x02\x00\x00\x00")
+    err = _my(1, b"\xff\x15\x04#28000Access denied")
+    c = Conn("mysql")
+    c.send(EGRESS, _my(0, b"\x11app\x00\x14" + b"S" * 20 + b"shop\x00"))
+    c.send(INGRESS, ok)
+    c.send(EGRESS, _my(0, b"\x11bad\x00\x14" + b"S" * 20 + b"shop\x00"))
+    c.send(INGRESS, err)
+    c.send(EGRESS, _my(0, b"\x03SELECT 2"))
+    c.send(INGRESS, ok)
+    assert [(r.operation, r.status) for r in c.records] == [
+        ("CHANGE_USER", "ok"), ("CHANGE_USER", "error"), ("SELECT", "ok")]
+    assert c.records[1].status_code == "1045" and not c.p.pending
+
+
+def test_mysql_statements_cut_by_the_capture_are_forgotten_when_closed():
+    big = ("SELECT * FROM t WHERE a IN (" + ",".join(["?"] * 600) + ")").encode()
+    c = Conn("mysql")
+    for sid in range(1, 3001):
+        prep = _my(0, b"\x16" + big)
+        c.send(EGRESS, prep[:1024], size=len(prep))
+        c.send(INGRESS, _my(1, b"\x00" + sid.to_bytes(4, "little") + bytes(6)))
+        c.send(EGRESS, _my(0, b"\x19" + sid.to_bytes(4, "little")))
+    assert not c.p.statements and not c.p.partial
+
+
+@pytest.mark.parametrize("sql, secret", [
+    ("INSERT INTO cards VALUES ('4111 1111 1111 1111 123')", "4111"),
+    ("INSERT INTO cards VALUES ('4111111111111111 12/27')", "4111"),
+    ("INSERT INTO t VALUES ('card_4111111111111111')", "4111"),
+    ("ALTER USER bob PASSWORD E'hunter2'", "hunter2"),
+    ("ALTER ROLE bob PASSWORD $pw$hunter2$pw$", "hunter2"),
+    ("ALTER USER bob PASSWORD 'SCRAM-SHA-256$4096:kkkkkkkk", "SCRAM"),  # cut by the capture
+])
+def test_sql_secrets_are_masked(sql, secret):
+    from agent.protocols import redact
+
+    assert secret not in redact.sql(sql)
+
+
+def test_sql_redaction_keeps_ordinary_numbers():
+    from agent.protocols import redact
+
+    for sql in ("SELECT * FROM t WHERE id = 4111111111111112",  # not Luhn-valid
+                "SELECT * FROM t WHERE ts > 1764200000000 AND n = 42"):
+        assert redact.sql(sql) == sql
