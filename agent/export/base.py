@@ -20,9 +20,24 @@ class ExportResult(enum.Enum):
 
 
 class SpanExporter(abc.ABC):
+    """Subclasses count, in `self.lost`, spans of a sent batch that did not arrive:
+    "invalid" (could not be encoded, skipped, the rest sent) and "rejected" (the
+    receiver refused them).  `BatchExporter` takes them with `take_lost()`."""
+
+    lost: dict[str, int]
+
     @abc.abstractmethod
     def export(self, spans: Sequence[Span]) -> ExportResult:
         """Send one batch; may block up to the exporter's own timeout."""
+
+    def take_lost(self) -> dict[str, int]:
+        """{reason: spans} lost since the last call, and reset."""
+        lost = getattr(self, "lost", None)
+        if not lost:
+            return {}
+        out = dict(lost)
+        lost.clear()
+        return out
 
     def force_flush(self, timeout_s: float = 30.0) -> bool:  # noqa: ARG002
         return True

@@ -52,7 +52,7 @@ class BatchExporter:
             (
                 "submitted", "sent", "batches_sent", "retries", "export_errors",
                 "dropped_queue_full", "dropped_refused", "dropped_retries_exhausted",
-                "dropped_shutdown",
+                "dropped_shutdown", "dropped_invalid", "dropped_rejected",
             ),
             0,
         )
@@ -135,8 +135,11 @@ class BatchExporter:
             except Exception as e:  # noqa: BLE001 - an exporter bug must not kill the worker
                 self._trouble(f"exporter raised {type(e).__name__}: {e}")
                 res = ExportResult.RETRYABLE
+            lost = self.exporter.take_lost() if hasattr(self.exporter, "take_lost") else {}
             if res is ExportResult.SUCCESS:
-                self._count(sent=len(batch), batches_sent=1)
+                gone = sum(lost.values())
+                self._count(sent=len(batch) - gone, batches_sent=1,
+                            **{f"dropped_{k}": v for k, v in lost.items()})
                 self._recovered()
                 return
             self._count(export_errors=1)

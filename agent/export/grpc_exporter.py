@@ -61,6 +61,8 @@ class GrpcSpanExporter(SpanExporter):
         self._seq = 0
         self.last_error = ""
         self.rejected = 0
+        self.lost: dict[str, int] = {}
+        self._warned: set[str] = set()
 
     def export(self, spans: Sequence[Span]) -> ExportResult:
         if not spans:
@@ -70,9 +72,21 @@ class GrpcSpanExporter(SpanExporter):
         add = req.spans.add
         name = self.identity.agent
         for s in spans:
-            m = span_to_pb(s, add())
+            m = add()
+            try:
+                span_to_pb(s, m)
+            except (ValueError, TypeError) as e:
+                # One span that cannot be encoded (a malformed id) must not cost the
+                # batch: drop it alone, counted, and say so once.
+                del req.spans[-1]
+                self.lost["invalid"] = self.lost.get("invalid", 0) + 1
+                self._once("invalid", "a span could not be encoded and was dropped "
+                           "(counted in zerotrace_export_dropped_invalid_total): %s", e)
+                continue
             if not m.agent:
                 m.agent = name  # the server stores spans as sent
+        if not req.spans:
+            return ExportResult.SUCCESS
         try:
             resp = self._stub.Push(req, timeout=self.timeout_s, compression=self.compression)
         except grpc.RpcError as e:
@@ -83,8 +97,18 @@ class GrpcSpanExporter(SpanExporter):
             return ExportResult.FAILURE
         if resp.rejected:
             self.rejected += resp.rejected
-            log.warning("server rejected %d spans: %s", resp.rejected, "; ".join(resp.errors))
+            self.lost["rejected"] = self.lost.get("rejected", 0) + resp.rejected
+            self._once("rejected", "the server rejected spans (counted in "
+                       "zerotrace_export_dropped_rejected_total), e.g.: %s",
+                       "; ".join(resp.errors)[:500])
         return ExportResult.SUCCESS
+
+    def _once(self, key: str, fmt: str, *args: object) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning(fmt, *args)
+        else:
+            log.debug(fmt, *args)
 
     def shutdown(self) -> None:
         self._channel.close()

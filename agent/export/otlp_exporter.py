@@ -8,6 +8,7 @@ exporter is built with no retryable codes of its own.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,6 +22,8 @@ from opentelemetry.trace.status import Status, StatusCode
 
 from agent.export.base import ExportResult, SpanExporter
 from proto.span import Span
+
+log = logging.getLogger(__name__)
 
 _KIND = {"server": SpanKind.SERVER, "client": SpanKind.CLIENT}
 _STATUS = {"ok": StatusCode.OK, "error": StatusCode.ERROR}
@@ -90,11 +93,26 @@ class OtlpSpanExporter(SpanExporter):
         self._otlp = OTLPSpanExporter(
             endpoint=endpoint, insecure=True, timeout=timeout_s, retryable_error_codes=()
         )
+        self.lost: dict[str, int] = {}
+        self._warned = False
 
     def export(self, spans: Sequence[Span]) -> ExportResult:
         if not spans:
             return ExportResult.SUCCESS
-        res = self._otlp.export([to_readable_span(s) for s in spans])
+        readable = []
+        for s in spans:
+            try:
+                readable.append(to_readable_span(s))
+            except (ValueError, TypeError) as e:
+                # A malformed id: drop that span alone, counted, not the batch.
+                self.lost["invalid"] = self.lost.get("invalid", 0) + 1
+                if not self._warned:
+                    self._warned = True
+                    log.warning("a span could not be encoded for OTLP and was dropped "
+                                "(counted in zerotrace_export_dropped_invalid_total): %s", e)
+        if not readable:
+            return ExportResult.SUCCESS
+        res = self._otlp.export(readable)
         # The SDK exporter does not tell "refused" from "unreachable"; retry both
         # and let the batcher's attempt limit drop a batch that never goes through.
         return ExportResult.SUCCESS if res == SpanExportResult.SUCCESS else ExportResult.RETRYABLE

@@ -158,13 +158,17 @@ class _Ingest(ingest_pb2_grpc.IngestServiceServicer):
     def __init__(self) -> None:
         self.requests: list[ingest_pb2.PushRequest] = []
         self.fail = 0
+        self.reject = 0  # spans of the next batch to refuse as invalid, as the server does
 
     def Push(self, request, context):  # noqa: N802
         if self.fail:
             self.fail -= 1
             context.abort(grpc.StatusCode.UNAVAILABLE, "try later")
         self.requests.append(request)
-        return ingest_pb2.PushResponse(accepted=len(request.spans))
+        rejected, self.reject = min(self.reject, len(request.spans)), 0
+        return ingest_pb2.PushResponse(accepted=len(request.spans) - rejected,
+                                       rejected=rejected,
+                                       errors=["span 0: end_ns before start_ns"] * rejected)
 
 
 class _Otlp(trace_service_pb2_grpc.TraceServiceServicer):
@@ -266,3 +270,46 @@ def test_otlp_exporter(fake_server):
     assert attrs["zerotrace.req_seq"].int_value == 9
     assert attrs["network.peer.address"].string_value == "10.0.0.2"
     ex.shutdown()
+
+
+def test_one_malformed_span_is_dropped_alone_and_counted(fake_server):
+    addr, ingest, _ = fake_server
+    b = BatchExporter(GrpcSpanExporter(addr), schedule_delay_s=0.01, backoff_initial_s=0.01)
+    batch = spans(5)
+    batch[2].trace_id = "g" * 32  # e.g. from a malformed traceparent header
+    b.submit(batch)
+    assert b.force_flush(10)
+    m = b.metrics()
+    assert m["zerotrace_export_sent_total"] == 4
+    assert m["zerotrace_export_dropped_invalid_total"] == 1
+    assert m["zerotrace_export_retries_total"] == 0
+    assert sum(len(r.spans) for r in ingest.requests) == 4
+    b.shutdown()
+
+
+def test_spans_the_server_rejects_are_counted_as_dropped(fake_server):
+    addr, ingest, _ = fake_server
+    ingest.reject = 2
+    b = BatchExporter(GrpcSpanExporter(addr), schedule_delay_s=0.01)
+    b.submit(spans(6))
+    assert b.force_flush(10)
+    m = b.metrics()
+    assert m["zerotrace_export_sent_total"] == 4
+    assert m["zerotrace_export_dropped_rejected_total"] == 2
+    assert m["zerotrace_export_dropped_total"] == 2
+    b.shutdown()
+
+
+def test_otlp_exporter_drops_a_malformed_span_alone(fake_server):
+    addr, _, otlp = fake_server
+    b = BatchExporter(OtlpSpanExporter(addr), schedule_delay_s=0.01)
+    batch = spans(3)
+    batch[0].trace_id = "z" * 32
+    b.submit(batch)
+    assert b.force_flush(10)
+    m = b.metrics()
+    assert m["zerotrace_export_sent_total"] == 2
+    assert m["zerotrace_export_dropped_invalid_total"] == 1
+    assert sum(len(ss.spans) for r in otlp.requests for rs in r.resource_spans
+               for ss in rs.scope_spans) == 2
+    b.shutdown()
