@@ -98,13 +98,25 @@ def walk(spans: Sequence[Span]) -> Iterable[tuple[Span, list[str], int, int]]:
     roots, children = build_tree(spans)
     seen: set[tuple[str, str]] = set()
     stack: list[tuple[Span, list[str], int]] = [(r, [], 0) for r in reversed(roots)]
-    while stack:
+    # Spans whose parents form a cycle are reached from no root: once the roots are
+    # done, the earliest span not yet drawn becomes a root, which cuts its cycle.
+    rest = sorted(spans, key=lambda c: (c.start_ns, c.span_id), reverse=True)
+    rest_started = False
+    while stack or rest:
+        if not stack:
+            rest_started = True
+            r = rest.pop()
+            if (r.trace_id, r.span_id) not in seen:
+                stack.append((r, [], 0))
+            continue
         s, path, depth = stack.pop()
         key = (s.trace_id, s.span_id)
         if key in seen:
             continue
         seen.add(key)
         kids = children.get(key, [])
+        if kids and rest_started:
+            kids = [k for k in kids if (k.trace_id, k.span_id) not in seen]  # a cut cycle
         p = [*path, frame_name(s)]
         yield s, p, depth, self_time(s, kids)
         for k in reversed(kids):

@@ -244,3 +244,17 @@ def test_html_in_headless_chromium(tmp_path):
     assert "duration" in out["info"] and "self" in out["info"]
     assert out["zoomed"] is True
     assert out["status"].startswith("matched")
+
+
+def test_spans_whose_parents_form_a_cycle_are_still_drawn():
+    # Corrupt input (two spans naming each other as parent) must not make spans vanish:
+    # the cycle is cut at its earliest span.
+    def sp(sid: str, parent: str, start: int, end: int, op: str) -> Span:
+        return Span(trace_id="t" * 32, span_id=sid * 16, parent_span_id=parent * 16 if parent
+                    else "", service="svc", operation=op, start_ns=start, end_ns=end)
+
+    spans = [sp("a", "", 0, 100, "root"), sp("b", "c", 10, 50, "x"), sp("c", "b", 20, 40, "y")]
+    bars, total = trace_bars(spans)
+    assert sorted(b.name for b in bars) == ["[S] svc: root", "[S] svc: x", "[S] svc: y"]
+    assert fold(spans) == {"[S] svc: root": 100, "[S] svc: x": 20,
+                           "[S] svc: x;[S] svc: y": 20}
