@@ -222,6 +222,11 @@ class Http1Parser(StreamParser):
                 self._start_skip(d, st, side, chunk, msg, end - n, out)
                 return out
             p = pending.popleft()
+            rst = self.streams[self.req_dir]
+            if rst.skip and rst.open is p.msg:
+                # Answered before the rest of its body was seen (as in _emit).
+                p.incomplete = p.incomplete or "truncated"
+                rst.open = None
             p.attributes.update(attrs)
             if code >= 500 or (code >= 400 and self.req_dir == 0):
                 status = STATUS_ERROR
@@ -551,12 +556,13 @@ def _framing(block: bytes, low: bytes) -> tuple[int | None, bool]:
     if i < 0:
         return None, False
     i += 17
-    v = block[i:low.find(b"\r\n", i)]
-    try:
-        n = int(v)
-    except ValueError:
-        return None, False
-    return (n if n >= 0 else None), False
+    v = block[i:low.find(b"\r\n", i)].strip()
+    if not v.isdigit():
+        # "5, 5": a list of one repeated value is that value (RFC 9110 8.6).
+        vals = {x.strip() for x in v.split(b",")}
+        if len(vals) != 1 or not (v := vals.pop()).isdigit():
+            return None, False
+    return int(v), False
 
 
 def _trace(block: bytes, low: bytes) -> dict:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from . import sqlinfo
+from . import redact, sqlinfo
 from .base import (
     MAX_PENDING,
     STATUS_ERROR,
@@ -492,9 +492,10 @@ def _err(p: bytes) -> tuple[str, str, str]:
     if len(p) < 3:
         return "", "", ""
     code = str(p[1] | (p[2] << 8))
+    # Messages echo values ("Duplicate entry '4111...' for key"): masked like SQL.
     if len(p) > 3 and p[3] == 35:  # '#'
-        return code, p[4:9].decode("latin-1"), p[9:].decode("utf-8", "replace")[:256]
-    return code, "", p[3:].decode("utf-8", "replace")[:256]
+        return code, p[4:9].decode("latin-1"), redact.sql(p[9:].decode("utf-8", "replace")[:256])
+    return code, "", redact.sql(p[3:].decode("utf-8", "replace")[:256])
 
 
 def _ok_status(p: bytes) -> int:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import struct
 from collections import deque
 
-from . import sqlinfo
+from . import redact, sqlinfo
 from .base import (
     MAX_PENDING,
     STATUS_ERROR,
@@ -461,4 +461,5 @@ def _error_fields(body: bytes) -> tuple[str, str]:
             code = field[1:].decode("latin-1")
         elif k == 77:  # M
             msg = field[1:].decode("utf-8", "replace")[:256]
-    return code, msg
+    # Messages echo values ('Key (card)=(4111...) already exists'): masked like SQL.
+    return code, redact.sql(msg)

@@ -284,3 +284,27 @@ def test_sql_redaction_keeps_ordinary_numbers():
     for sql in ("SELECT * FROM t WHERE id = 4111111111111112",  # not Luhn-valid
                 "SELECT * FROM t WHERE ts > 1764200000000 AND n = 42"):
         assert redact.sql(sql) == sql
+
+
+def test_repeated_content_length_list_keeps_keep_alive_framing():
+    c = Conn("http")
+    for _ in range(3):
+        c.send(EGRESS, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        c.send(INGRESS, b"HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\nhello")
+    assert [r.status_code for r in c.records] == ["200"] * 3 and not c.p.pending
+
+
+def test_database_error_messages_are_masked_like_sql():
+    import struct
+
+    c = Conn("mysql")
+    c.send(EGRESS, _my(0, b"\x03INSERT INTO t VALUES ('x')"))
+    c.send(INGRESS, _my(1, b"\xff\x26\x04#23000Duplicate entry '4111111111111111' for key 'c'"))
+    body = b"SERROR\x00C23505\x00MKey (card)=(4111111111111111) already exists\x00\x00"
+    pg = Conn("postgresql")
+    q = b"INSERT INTO t VALUES (1)\x00"
+    pg.send(EGRESS, b"Q" + struct.pack(">I", len(q) + 4) + q)
+    pg.send(INGRESS, b"E" + struct.pack(">I", len(body) + 4) + body
+            + b"Z" + struct.pack(">I", 5) + b"I")
+    for r in c.records + pg.records:
+        assert r.status == "error" and "4111" not in r.error, r.error
