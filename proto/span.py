@@ -12,6 +12,7 @@ messages on the per-event hot path costs several times more than slots.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +33,16 @@ STATUS_ERROR = "error"
 
 # Headers whose values are kept as correlation keys, lower-case.
 TRACE_HEADERS = ("traceparent", "tracestate", "x-request-id", "uber-trace-id", "sw8")
+
+
+_TRACEPARENT = re.compile(r"[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}")
+
+
+def valid_traceparent(value: str) -> bool:
+    """A W3C traceparent a receiver may continue: well formed, ids not all zero
+    (an invalid one is ignored, as the W3C Trace Context rules say)."""
+    m = _TRACEPARENT.match(value)
+    return m is not None and m.group(1) != "0" * 32 and m.group(2) != "0" * 16
 
 
 def new_trace_id() -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from collections import deque
 
-from proto.span import TRACE_HEADERS
+from proto.span import TRACE_HEADERS, valid_traceparent
 
 from . import redact
 from .base import (
@@ -573,6 +573,10 @@ def _trace(block: bytes, low: bytes) -> dict:
             i += len(key)
             j = low.find(b"\r\n", i)
             th[name] = (block[i:j] if j >= 0 else block[i:]).strip().decode("latin-1")
+    tp = th.get("traceparent")
+    if tp is not None and not valid_traceparent(tp):
+        del th["traceparent"]  # ignored, as W3C says; the trace gets an id of its own
+        STATS["bad_traceparent"] += 1
     return th
 
 

@@ -308,3 +308,19 @@ def test_database_error_messages_are_masked_like_sql():
             + b"Z" + struct.pack(">I", 5) + b"I")
     for r in c.records + pg.records:
         assert r.status == "error" and "4111" not in r.error, r.error
+
+
+@pytest.mark.parametrize("tp, kept", [
+    ("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", True),
+    ("00-" + "g" * 32 + "-b7ad6b7169203331-01", False),  # not hex
+    ("00-" + "0" * 32 + "-b7ad6b7169203331-01", False),  # all-zero trace id
+    ("00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01", False),  # upper case
+])
+def test_only_valid_traceparents_are_kept(tp, kept):
+    c = Conn("http")
+    c.send(EGRESS, b"GET / HTTP/1.1\r\nHost: x\r\nX-Request-ID: r1\r\ntraceparent: "
+           + tp.encode() + b"\r\n\r\n")
+    c.send(INGRESS, b"HTTP/1.1 204 No Content\r\n\r\n")
+    (r,) = c.records
+    assert ("traceparent" in r.trace_headers) is kept
+    assert r.trace_headers["x-request-id"] == "r1"
