@@ -1,12 +1,16 @@
 """Agent pipeline throughput on a recorded real event stream, on one core.
 
-    sudo .venv/bin/python -m bench.bench_replay [--requests 1000] [--profile]
+    sudo .venv/bin/python -m bench.bench_replay [--requests 1000] [--profile] [--stages]
+        [--agent-gc]
 
 Records the raw ring-buffer records of the demo topology under load once (cached in
 /var/cache/zerotrace/), then replays them through the whole agent pipeline (decode,
 connections, protocols, spans, stitching) without the kernel, so the figure does not
 depend on the machine's other load.  --profile prints the top of a cProfile run: the
-hot paths named there are where optimisation goes."""
+hot paths named there are where optimisation goes.  --stages adds CPU per span of
+decode alone, of the span stage alone (connections, parsers, spans; no stitcher) and of
+the whole pipeline, the stitcher being the difference; --agent-gc runs with the
+collector settings the agent command uses (pipeline.tune_gc) instead of Python's."""
 
 from __future__ import annotations
 
@@ -53,7 +57,9 @@ def record(requests: int) -> tuple[list[bytes], int, dict]:
             return raw, tr.wall_offset, dict(p.classifier._by_pid)
 
 
-def replay(raw: list[bytes], off: int, modes: dict) -> tuple[int, int, float]:
+def replay(raw: list[bytes], off: int, modes: dict,
+           stitch: bool = True) -> tuple[int, int, float]:
+    """(spans, traces, CPU seconds); stitch=False: spans are made, not stitched."""
     from agent.pipeline import Pipeline
 
     p = Pipeline()
@@ -61,14 +67,31 @@ def replay(raw: list[bytes], off: int, modes: dict) -> tuple[int, int, float]:
     p._pids.update(modes)
     traces = []
     p.on_trace_obj = traces.append
+    made = [0]
+    if not stitch:
+        def count(_ctx) -> None:
+            made[0] += 1
+
+        p.assembler.emit = count
+        p.stitcher.observe = lambda _e: None
     t0 = time.process_time()
     for i in range(0, len(raw), 500):
         evs = [SocketEvent(r, off) for r in raw[i:i + 500]]
         p.process(evs)
-        if evs:
+        if evs and stitch:
             p.stitcher.tick(evs[-1].ts_exit + 10**8)
-    p.close()
-    return p.spans, len(traces), time.process_time() - t0
+    if stitch:
+        p.close()
+    else:
+        p.assembler.close()
+    return p.spans if stitch else made[0], len(traces), time.process_time() - t0
+
+
+def decode(raw: list[bytes], off: int) -> float:
+    t0 = time.process_time()
+    for i in range(0, len(raw), 500):
+        [SocketEvent(r, off) for r in raw[i:i + 500]]
+    return time.process_time() - t0
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -76,6 +99,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--requests", type=int, default=1000)
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--stages", action="store_true")
+    ap.add_argument("--agent-gc", action="store_true")
     args = ap.parse_args(argv or [])
     path = CACHE.format(n=args.requests)
     try:
@@ -86,6 +111,9 @@ def main(argv: list[str] | None = None) -> None:
         os.makedirs(CACHE_DIR, exist_ok=True)
         with open(path, "wb") as f:
             pickle.dump((raw, off, modes), f)
+    if args.agent_gc:
+        from agent.pipeline import tune_gc
+        tune_gc()
     if args.profile:
         prof = cProfile.Profile()
         prof.runcall(replay, raw, off, modes)
@@ -95,6 +123,13 @@ def main(argv: list[str] | None = None) -> None:
     print(f"# pipeline replay: {len(raw)} recorded events of {args.requests} demo requests")
     print(f"{len(raw) / cpu:,.0f} events/s, {spans / cpu:,.0f} spans/s, {traces} traces, "
           f"on one core (best of {args.rounds}: {cpu:.2f} s CPU)")
+    if args.stages:
+        dec = min(decode(raw, off) for _ in range(args.rounds))
+        span_cpu = min(replay(raw, off, modes, stitch=False)[2] for _ in range(args.rounds))
+        us = 1e6 / spans
+        print(f"us/span: decode {dec * us:.1f}, connections+parsers+spans "
+              f"{(span_cpu - dec) * us:.1f}, stitcher {(cpu - span_cpu) * us:.1f}, "
+              f"total {cpu * us:.1f}")
 
 
 if __name__ == "__main__":
