@@ -101,6 +101,8 @@ class PostgresParser(StreamParser):
         if self.req_dir is None:
             self.req_dir = self._guess_dir(d, buf)
         is_client = d == self.req_dir
+        handle = self._client if is_client else self._server
+        types = CLIENT_TYPES if is_client else SERVER_TYPES
         pos = 0
         while pos < n:
             if is_client and self.startup_next:
@@ -136,7 +138,7 @@ class PostgresParser(StreamParser):
                     self.answer.rows += 1
                 pos += total
                 continue
-            if ln < 4 or ln > MAX_MSG or t not in (CLIENT_TYPES if is_client else SERVER_TYPES):
+            if ln < 4 or ln > MAX_MSG or t not in types:
                 self.stats["bad_frame"] += 1
                 self._desync(d, st, out)
                 return
@@ -149,7 +151,8 @@ class PostgresParser(StreamParser):
                     st.open = None
                     return
                 break
-            self._message(d, st, t, buf[pos + 5:pos + total], pos, total, out)
+            start = st.base + pos
+            handle(st, t, buf[pos + 5:pos + total], start, start + total, out, False)
             if self.closed:
                 return
             pos += total
