@@ -15,9 +15,6 @@ DATABASE = "zerotrace"
 TABLE = "spans"
 INDEX_TABLE = "search_index"
 INDEX_VIEW = "search_index_mv"
-# Longest tag value the search index holds whole; longer ones are cut to this many
-# characters (the index stays a superset: a search is checked against the spans).
-TAG_VALUE_MAX = 64
 
 # (name, type) in `zerotrace.v1.Span` order.
 COLUMNS: list[tuple[str, str]] = [
@@ -93,8 +90,10 @@ def create_index_table(db: str = DATABASE, engine: str = "MergeTree") -> str:
     return trace ids; the span table is sorted by trace id, so there every search
     would read its filter columns in full.  This table holds only what searches
     filter on, sorted by (service, start second), and coarsely: times in whole
-    seconds, durations in whole milliseconds (rounded outwards), operations,
-    statuses and 'key=value' tags as the distinct values of the row's spans.  A row
+    seconds, durations in whole milliseconds (rounded outwards), operations and
+    statuses as the distinct values of the row's spans, and tags as the sorted
+    distinct 64-bit hashes of their key/value pairs (`tag_hash`; a collision only
+    adds a candidate).  A row
     matching a search therefore means "this trace may match"; the span table then
     checks the exact condition on those few traces (a primary-key lookup).  At one
     row per service of a trace it costs ~2-3 bytes per span of a 10-span trace.
@@ -108,18 +107,23 @@ def create_index_table(db: str = DATABASE, engine: str = "MergeTree") -> str:
   dur_max_ms UInt32 CODEC(ZSTD(1)),
   operations Array(LowCardinality(String)) CODEC(ZSTD(1)),
   statuses Array(LowCardinality(String)) CODEC(ZSTD(1)),
-  tags Array(String) CODEC(ZSTD(1))
+  tags Array(UInt64) CODEC(ZSTD(1)),
+  -- rows are in ts_min order within a service and ts_max is close to ts_min, so a
+  -- minmax on ts_max skips the granules a "since" filter excludes, service or not
+  INDEX idx_ts_max ts_max TYPE minmax GRANULARITY 1
 ) ENGINE = {engine}
 PARTITION BY toDate(toDateTime(ts_min))
 ORDER BY (service, ts_min)
 SETTINGS index_granularity = 8192"""
 
 
+def tag_hash(key: str, value: str) -> str:
+    """SQL for the search index's hash of one tag (same function both sides)."""
+    return f"cityHash64({key}, {value})"
+
+
 def _kv(col: str) -> str:
-    return (
-        f"arrayMap((k, v) -> concat(k, '=', leftUTF8(v, {TAG_VALUE_MAX})), "
-        f"mapKeys({col}), mapValues({col}))"
-    )
+    return f"arrayMap((k, v) -> {tag_hash('k', 'v')}, mapKeys({col}), mapValues({col}))"
 
 
 def create_index_view(db: str = DATABASE) -> str:
@@ -139,15 +143,10 @@ TO {db}.{INDEX_TABLE} AS SELECT
   toUInt32(least(intDiv(max(end_ns - start_ns) + 999999, 1000000), 4294967295)) AS dur_max_ms,
   groupUniqArray(operation) AS operations,
   groupUniqArray(status) AS statuses,
-  groupUniqArrayArray(arrayConcat({_kv("attributes")}, {_kv("attributes_json")},
-                                  {_kv("resource")})) AS tags
+  arraySort(groupUniqArrayArray(arrayConcat({_kv("attributes")}, {_kv("attributes_json")},
+                                            {_kv("resource")}))) AS tags
 FROM {db}.{TABLE}
 GROUP BY trace_id, service"""
-
-
-def index_tag(key: str, value: str) -> str:
-    """How the search index spells tag `key`=`value` (see `create_index_view`)."""
-    return f"{key}={value[:TAG_VALUE_MAX]}"
 
 
 def check_hex(value: str, length: int) -> str:

@@ -141,10 +141,9 @@ def _search_conditions(q: TraceQuery) -> tuple[str, str, dict[str, Any]]:
                 f"(attributes[{{tk{i}:String}}] = {{tv{i}:String}} OR "
                 f"attributes_json[{{tk{i}:String}}] = {{tv{i}:String}})"
             )
-        iwhere.append(f"has(tags, {{ti{i}:String}})")
+        iwhere.append(f"has(tags, {schema.tag_hash(f'{{tk{i}:String}}', f'{{tv{i}:String}}')})")
         params[f"tk{i}"] = k
         params[f"tv{i}"] = v
-        params[f"ti{i}"] = schema.index_tag(k, v)
     return " AND ".join(where) or "1", " AND ".join(iwhere) or "1", params
 
 
