@@ -4,10 +4,12 @@ An agent that sees only the server side of a request starts its own trace; the
 client side lives in another agent's trace.  At query time the fragments are joined
 by correlation keys, with one rule above all: never guess.
 
-- TCP sequence number + mirrored tuple: a client span with `req_seq` and
-  local -> remote matches a server span with the same `req_seq` whose local ->
-  remote is the client's remote -> local, and which started within `SKEW_NS` of
-  the client's lifetime (32-bit sequence numbers repeat over time).
+- TCP sequence numbers: a client span matches a server span with the same `req_seq`
+  that started within `SKEW_NS` of the client's lifetime (32-bit sequence numbers
+  repeat over time), and either the same `resp_seq` (both directions' numbers agree:
+  64 bits, and NAT does not rewrite them, so a client that called a Kubernetes
+  Service address finds the pod's server span) or, when a response number is
+  missing, the mirrored tuple (local -> remote is the other's remote -> local).
 - Identical `x-request-id` / `traceparent` values on a client span and a server span.
 
 A key with exactly one candidate in another trace links it (the client becomes the
@@ -36,13 +38,16 @@ class JoinResult:
 
 
 def _mirrored(client: Span, server: Span) -> bool:
-    return (
+    """The same TCP exchange seen from both ends (see the module docstring)."""
+    if not (
         client.req_seq == server.req_seq
-        and client.local == server.remote
-        and client.remote == server.local
         and server.start_ns >= client.start_ns - SKEW_NS
         and server.start_ns <= client.end_ns + SKEW_NS
-    )
+    ):
+        return False
+    if client.resp_seq is not None and server.resp_seq is not None:
+        return client.resp_seq == server.resp_seq
+    return client.local == server.remote and client.remote == server.local
 
 
 def _link(client: Span, server: Span) -> None:

@@ -12,7 +12,7 @@ from conftest import run_cli
 from factory import MS, client_server_pair, server_span, two_node_trace
 
 from agent.export import BatchExporter, GrpcSpanExporter
-from proto.span import Span, new_span_id, new_trace_id
+from proto.span import Endpoint, Span, new_span_id, new_trace_id
 
 
 def _send(addr: str, agent: str, spans: list[Span]) -> dict[str, int]:
@@ -271,3 +271,28 @@ def test_cli_as_a_process(zt_server):
     )
     assert r.returncode == 0, r.stderr
     assert tid in r.stdout and "p" in r.stdout
+
+
+def test_join_across_nat_by_both_sequence_numbers(zt_server, capsys):
+    # The client called a Service address (DNAT): its remote end is not the pod the
+    # server span saw as local, so tuples do not mirror; the sequence numbers of both
+    # directions, which NAT leaves alone, still say it is one exchange.
+    t0 = time.time_ns()
+    ta, tb = new_trace_id(), new_trace_id()
+    c, s = client_server_pair(ta, tb, t0)
+    c.remote = Endpoint("10.96.0.10", 80)  # the ClusterIP
+    _send(zt_server.addr, "node-a", [c])
+    _send(zt_server.addr, "node-b", [s])
+    rc, out, _ = run_cli(capsys, "trace", ta, "--server", zt_server.addr, "-o", "json")
+    doc = json.loads(out)
+    assert doc["join"] == {"linked": 1, "ambiguous": 0}
+    got = {x["span_id"]: x for x in doc["spans"]}
+    assert got[s.span_id]["parent_span_id"] == c.span_id
+    # Without the response's number, the tuple must mirror: no link across the NAT.
+    c2, s2 = client_server_pair(new_trace_id(), new_trace_id(), t0)
+    c2.remote = Endpoint("10.96.0.10", 80)
+    c2.resp_seq = None
+    _send(zt_server.addr, "node-a", [c2])
+    _send(zt_server.addr, "node-b", [s2])
+    rc, out, _ = run_cli(capsys, "trace", c2.trace_id, "--server", zt_server.addr, "-o", "json")
+    assert json.loads(out)["join"] == {"linked": 0, "ambiguous": 0}

@@ -41,13 +41,32 @@ srv.serve_forever()
 
 
 
-def test_a_trace_across_two_nodes_is_returned_whole(zt_server):
+SERVICE_IP = "10.96.0.10"  # a Kubernetes-style Service address, DNAT'ed on node A
+
+
+@pytest.mark.parametrize("via", ["direct", "dnat"])
+def test_a_trace_across_two_nodes_is_returned_whole(zt_server, via):
+    # "dnat": node A calls a Service address that its netfilter rewrites to node B (as
+    # kube-proxy does), so A's socket names the Service and B's names A: the tuples do
+    # not mirror, and only the sequence numbers of both directions join the halves.
     server = zt_server
-    with network(2, subnet=234) as net:
+    with network(2, subnet=236 if via == "dnat" else 234) as net:
         a, b = net.hosts
         back = net.spawn(b, sys.executable, f"{HERE}/backend.py", "9200", "0.0.0.0",
                          stdout=subprocess.PIPE, text=True)
-        front = net.spawn(a, sys.executable, "-c", FRONT % b.addr, stdout=subprocess.PIPE,
+        target = b.addr
+        if via == "dnat":
+            # A route for the Service range first (locally sent packets are routed
+            # before OUTPUT's DNAT), as a node's default route would give.
+            dev = subprocess.run(a.cmd("ip", "-o", "-4", "addr", "show"), capture_output=True,
+                                 text=True, check=True).stdout
+            dev = next(ln.split()[1] for ln in dev.splitlines() if f" {a.addr}/" in ln)
+            subprocess.run(a.cmd("ip", "route", "add", "10.96.0.0/12", "dev", dev), check=True)
+            subprocess.run(a.cmd("iptables", "-t", "nat", "-A", "OUTPUT", "-d", SERVICE_IP,
+                                 "-p", "tcp", "--dport", "9200", "-j", "DNAT",
+                                 "--to-destination", f"{b.addr}:9200"), check=True)
+            target = SERVICE_IP
+        front = net.spawn(a, sys.executable, "-c", FRONT % target, stdout=subprocess.PIPE,
                           text=True)
         assert "ready" in back.stdout.readline() and "ready" in front.stdout.readline()
         agents = []
