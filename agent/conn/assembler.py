@@ -7,6 +7,7 @@ whose bytes match no protocol are counted and ignored, not guessed at."""
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,6 +18,8 @@ from agent.probes import abi
 from agent.probes.events import SocketEvent
 from agent.protocols import registry
 from agent.protocols.base import Chunk, ConnectionParser, Record
+
+log = logging.getLogger(__name__)
 
 # Undecided connections keep their first chunks until inference succeeds.
 INFER_MAX_CHUNKS = 8
@@ -92,9 +95,37 @@ class SpanAssembler:
         if parser is None:
             self._infer(s, chunk)
             return
-        records = parser.feed(chunk)
+        try:
+            records = parser.feed(chunk)
+        except Exception as exc:  # noqa: BLE001 - a parser bug must not stop the agent
+            self._parser_failed(s, exc)
+            return
         if records:
             self._records(s, records)
+
+    def _parser_failed(self, s: Session, exc: Exception) -> None:
+        """A parser raised: stop parsing this connection (its bytes are counted as
+        unknown from now on), count it, and say it once per protocol."""
+        s.unknown = True
+        s.parser = None
+        self.stats["parser_errors"] += 1
+        key = f"parser_errors_{s.protocol}"
+        self.stats[key] += 1
+        if self.stats[key] == 1:
+            log.warning("the %s parser failed on a connection (%s: %s); that connection is "
+                        "no longer parsed, later failures are only counted "
+                        "(zerotrace_stage_events_total{stage=\"assembler\"})",
+                        s.protocol, type(exc).__name__, exc)
+
+    def _flush(self, s: Session, reason: str) -> None:
+        if s.parser is None:
+            return
+        try:
+            records = s.parser.flush(reason)
+        except Exception as exc:  # noqa: BLE001 - as in handle()
+            self._parser_failed(s, exc)
+            return
+        self._records(s, records)
 
     def _infer(self, s: Session, chunk: Chunk) -> None:
         s.undecided.append(chunk)
@@ -115,7 +146,12 @@ class SpanAssembler:
         self.stats[f"conns_{proto}"] += 1
         chunks, s.undecided = s.undecided, []
         for c in chunks:
-            self._records(s, s.parser.feed(c))
+            try:
+                records = s.parser.feed(c)
+            except Exception as exc:  # noqa: BLE001 - as in handle()
+                self._parser_failed(s, exc)
+                return
+            self._records(s, records)
 
     def _records(self, s: Session, records: list[Record]) -> None:
         if not records:
@@ -137,8 +173,8 @@ class SpanAssembler:
     def _close_conn(self, conn_id: int, reason: str) -> None:
         for key in self.udp_keys.pop(conn_id, None) or (conn_id,):
             s = self.sessions.pop(key, None)
-            if s is not None and s.parser is not None:
-                self._records(s, s.parser.flush(reason))
+            if s is not None:
+                self._flush(s, reason)
 
     def expire(self, now_ns: int, idle_ns: int = IDLE_NS) -> None:
         """Flush connections idle for longer than idle_ns."""
@@ -148,13 +184,13 @@ class SpanAssembler:
                 keys = self.udp_keys.get(key[0], [])
                 if key in keys:
                     keys.remove(key)
+                if not keys:
+                    self.udp_keys.pop(key[0], None)
             self.stats["sessions_expired"] += 1
-            if s.parser is not None:
-                self._records(s, s.parser.flush("idle"))
+            self._flush(s, "idle")
 
     def close(self) -> None:
         self.udp_keys.clear()
         for key in list(self.sessions):
             s = self.sessions.pop(key)
-            if s.parser is not None:
-                self._records(s, s.parser.flush("agent stopped"))
+            self._flush(s, "agent stopped")
