@@ -89,28 +89,28 @@ def create_index_table(db: str = DATABASE, engine: str = "MergeTree") -> str:
     Searches filter on service, time, operation, duration, status and tags, and
     return trace ids; the span table is sorted by trace id, so there every search
     would read its filter columns in full.  This table holds only what searches
-    filter on, sorted by (service, start second), and coarsely: times in whole
-    seconds, durations in whole milliseconds (rounded outwards), operations and
-    statuses as the distinct values of the row's spans, and tags as the sorted
-    distinct 64-bit hashes of their key/value pairs (`tag_hash`; a collision only
-    adds a candidate).  A row
-    matching a search therefore means "this trace may match"; the span table then
-    checks the exact condition on those few traces (a primary-key lookup).  At one
-    row per service of a trace it costs ~2-3 bytes per span of a 10-span trace.
+    filter on, sorted by (service, start second), and coarsely: first start in whole
+    seconds, last start in milliseconds (the order of results), durations in whole
+    milliseconds (rounded outwards), operations and statuses as the distinct values
+    of the row's spans, and tags as the sorted distinct 64-bit hashes of their
+    key/value pairs (`tag_hash`; a collision only adds a candidate).  A row matching
+    a search therefore means "this trace may match"; the span table then checks the
+    exact condition on those few traces (a primary-key lookup).  At one row per
+    service of a trace it costs ~2 bytes per span of a 10-span trace.
     """
     return f"""CREATE TABLE IF NOT EXISTS {db}.{INDEX_TABLE} (
   service LowCardinality(String),
   ts_min UInt32 CODEC(Delta, ZSTD(1)),
-  ts_max UInt32 CODEC(Delta, ZSTD(1)),
+  ts_max_ms UInt64 CODEC(Delta, ZSTD(1)),
   trace_id FixedString(16) CODEC(ZSTD(1)),
   dur_min_ms UInt32 CODEC(ZSTD(1)),
   dur_max_ms UInt32 CODEC(ZSTD(1)),
   operations Array(LowCardinality(String)) CODEC(ZSTD(1)),
   statuses Array(LowCardinality(String)) CODEC(ZSTD(1)),
   tags Array(UInt64) CODEC(ZSTD(1)),
-  -- rows are in ts_min order within a service and ts_max is close to ts_min, so a
-  -- minmax on ts_max skips the granules a "since" filter excludes, service or not
-  INDEX idx_ts_max ts_max TYPE minmax GRANULARITY 1
+  -- rows are in ts_min order within a service and ts_max_ms is close to it, so a
+  -- minmax on ts_max_ms skips the granules a "since" filter excludes, service or not
+  INDEX idx_ts_max ts_max_ms TYPE minmax GRANULARITY 1
 ) ENGINE = {engine}
 PARTITION BY toDate(toDateTime(ts_min))
 ORDER BY (service, ts_min)
@@ -137,7 +137,7 @@ def create_index_view(db: str = DATABASE) -> str:
 TO {db}.{INDEX_TABLE} AS SELECT
   service,
   toUInt32(intDiv(min(start_ns), 1000000000)) AS ts_min,
-  toUInt32(intDiv(max(start_ns) + 999999999, 1000000000)) AS ts_max,
+  intDiv(max(start_ns) + 999999, 1000000) AS ts_max_ms,
   toFixedString(trace_id, 16) AS trace_id,
   toUInt32(intDiv(min(end_ns - start_ns), 1000000)) AS dur_min_ms,
   toUInt32(least(intDiv(max(end_ns - start_ns) + 999999, 1000000), 4294967295)) AS dur_max_ms,

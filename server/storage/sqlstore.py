@@ -115,7 +115,7 @@ def _search_conditions(q: TraceQuery) -> tuple[str, str, dict[str, Any]]:
         params["operation"] = q.operation
     _time_filter(q.since_ns, q.until_ns, where, params)
     if q.since_ns:
-        iwhere.append("toUInt64(ts_max) * 1000000000 >= {since:UInt64}")
+        iwhere.append("ts_max_ms * 1000000 >= {since:UInt64}")
     if q.until_ns:
         iwhere.append("toUInt64(ts_min) * 1000000000 < {until:UInt64}")
     if q.min_duration_ns:
@@ -242,22 +242,22 @@ class SqlStore(SpanStore, abc.ABC):
         The search index (schema.create_index_table) yields candidate traces newest
         first; the span table checks the exact condition on them by trace id and
         gives the summary in the same pass.  The index stores, per row, an upper
-        bound of its spans' start times (`ts_max`), so once `limit` checked traces
-        have a matching span at or after the `ts_max` of the last candidate read, no
+        bound of its spans' start times (`ts_max_ms`), so once `limit` checked traces
+        have a matching span at or after the bound of the last candidate read, no
         candidate not yet read can beat them.  Otherwise read more candidates.
         """
         cond, icond, params = _search_conditions(q)
         n = limit * 2
         while n <= 50_000:
             cands = self._select(
-                f"SELECT lower(hex(trace_id)) AS tid, ts_max FROM {self.index} "
-                f"WHERE {icond} ORDER BY ts_max DESC LIMIT {n}",
+                f"SELECT lower(hex(trace_id)) AS tid, ts_max_ms FROM {self.index} "
+                f"WHERE {icond} ORDER BY ts_max_ms DESC LIMIT {n}",
                 params,
             )
             if not cands:
                 return []
             complete = len(cands) < n
-            bound = 0 if complete else int(cands[-1]["ts_max"]) * _NS
+            bound = 0 if complete else int(cands[-1]["ts_max_ms"]) * 1_000_000
             rows = self._summaries(list(dict.fromkeys(c["tid"] for c in cands)), cond, params)
             rows = [r for r in rows if int(r["matched"]) > 0]
             rows.sort(key=lambda r: -int(r["last"]))
@@ -400,7 +400,7 @@ SELECT parent, child, sum(calls) AS calls, sum(errs) AS errs FROM (
             # cut stays (it names a trace that may still match; searches check).
             self._command(
                 f"ALTER TABLE {self.index} DELETE "
-                "WHERE toUInt64(ts_max) * 1000000000 < {cut:UInt64} "
+                "WHERE ts_max_ms * 1000000 < {cut:UInt64} "
                 "SETTINGS mutations_sync = 2",
                 params,
             )
