@@ -258,6 +258,11 @@ class Stitcher:
             return "pending", None
         if it.parent is None:
             return "resumed context unknown", None
+        if it.link == "header":
+            # Its parent came from a propagated id, not from a thread's history: the
+            # call was handed off (a pool thread wrote it), and the thread reading its
+            # answer is not known to work for that request afterwards.
+            return "resumed context of a hand-off", None
         return "ok", it.parent
 
     def _decide_thread(self, item: Item, now: int) -> bool:
@@ -278,6 +283,15 @@ class Stitcher:
         while i >= 0 and lst[i][1] == _EGRESS:
             i -= 1
         if i < 0:  # nothing read before it: the request starts here (a root client)
+            if header_keys(s):
+                # ...unless the thread was handed the work (a pool's first job): a
+                # propagated id may still say whose it is.
+                parent = self._by_header(item)
+                if parent is not None:
+                    return self._link(item, parent, "header")
+                if self._now - s.end_ns < self.max_wait_ns and \
+                        self._server_inflight(s.pid, c.out_ns):
+                    return False  # a request read before it may carry that id
             item.thread_done = True
             self.per_process[s.pid]["root client (no read before it)"] += 1
             return True
@@ -338,6 +352,13 @@ class Stitcher:
                 self.stats["refused"] += 1
                 return True
         return self._link(item, parent, how)
+
+    def _server_inflight(self, pid: int, t: int) -> bool:
+        """A server request of process pid read before t whose span is not known yet."""
+        for (p, _tid), reads in self.inflight.items():
+            if p == pid and any(ts < t for ts in reads.values()):
+                return True
+        return False
 
     def _open_requests(self, lst: list, pid: int, tid: int, t: int,
                        now: int) -> list[Item] | None:

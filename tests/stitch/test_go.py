@@ -10,8 +10,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +18,7 @@ from agent.demo.services import go_binary
 from agent.pipeline import Pipeline
 from agent.probes.loader import ProbeConfig, SocketTracer
 from tests.helpers.netns import network
+from tests.helpers.tracing import Draining
 from tests.stitch.test_proxies import hop_links
 from tests.stitch.test_runtimes import HERE, load, nonce_of, wait_ready
 
@@ -55,21 +54,9 @@ def traced():
                 return followed[pid].startswith("goroutine")
 
             pipeline.follow_go = follow
-            stop = threading.Event()
-
-            def drain() -> None:
-                while not stop.is_set():
-                    pipeline.process(tracer.poll(0.05))
-                    pipeline.tick()
-
-            t = threading.Thread(target=drain, daemon=True)
-            t.start()
-            sent = {name: load(host, port, REQUESTS, CONCURRENCY)
-                    for name, port in SERVICES.items()}
-            time.sleep(2.5)
-            stop.set()
-            t.join(timeout=10)
-            pipeline.close()
+            with Draining([(tracer, pipeline)], settle_s=2.5):
+                sent = {name: load(host, port, REQUESTS, CONCURRENCY)
+                        for name, port in SERVICES.items()}
         yield sent, traces, pipeline, {n: p.pid for n, p in procs.items()}, followed
 
 

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
@@ -16,6 +15,7 @@ import pytest
 from agent.export import BatchExporter, GrpcSpanExporter
 from agent.pipeline import Pipeline
 from agent.probes.loader import ProbeConfig, SocketTracer
+from tests.helpers.tracing import Draining
 
 pytestmark = pytest.mark.kernel
 HERE = os.path.join(os.path.dirname(__file__), "services")
@@ -44,23 +44,11 @@ def test_sdk_spans_and_ebpf_spans_share_the_trace(zt_server):
         tracer = SocketTracer(ProbeConfig(ports={9300, 9301}))
         pipeline = Pipeline(agent_name="node-1")
         pipeline.exporters.append(("server", BatchExporter(GrpcSpanExporter(server))))
-        stop = threading.Event()
-
-        def drain():
-            while not stop.is_set():
-                pipeline.process(tracer.poll(0.05))
-                pipeline.tick()
-
-        th = threading.Thread(target=drain, daemon=True)
-        th.start()
         nonces = [f"n{i:016x}" for i in range(4)]
-        for n in nonces:
-            subprocess.run(["curl", "-sf", f"http://127.0.0.1:9301/{n}"], check=True,
-                           capture_output=True, timeout=15)
-        time.sleep(2.5)
-        stop.set()
-        th.join(timeout=10)
-        pipeline.close()
+        with Draining([(tracer, pipeline)], settle_s=2.5):
+            for n in nonces:
+                subprocess.run(["curl", "-sf", f"http://127.0.0.1:9301/{n}"], check=True,
+                               capture_output=True, timeout=15)
         tracer.close()
     finally:
         for p in procs:

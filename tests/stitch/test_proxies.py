@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
@@ -20,6 +19,7 @@ from agent.pipeline import Pipeline
 from agent.probes.loader import ProbeConfig, SocketTracer
 from tests.helpers.netns import network
 from tests.helpers.nginx import nginx_conf
+from tests.helpers.tracing import Draining
 from tests.stitch.test_runtimes import HERE, links, load, nonce_of, wait_ready
 
 pytestmark = pytest.mark.kernel
@@ -84,22 +84,10 @@ def traced(tmp_path_factory):
         pipeline = Pipeline()
         traces: list = []
         pipeline.on_trace_obj = traces.append
-        with SocketTracer(ProbeConfig(netns={host.inode})) as tracer:
-            stop = threading.Event()
-
-            def drain() -> None:
-                while not stop.is_set():
-                    pipeline.process(tracer.poll(0.05))
-                    pipeline.tick()
-
-            t = threading.Thread(target=drain, daemon=True)
-            t.start()
+        with SocketTracer(ProbeConfig(netns={host.inode})) as tracer, \
+                Draining([(tracer, pipeline)], settle_s=2.5):
             sent = {name: load(host, port, REQUESTS, CONCURRENCY)
                     for name, port in PROXIES.items()}
-            time.sleep(2.5)
-            stop.set()
-            t.join(timeout=10)
-            pipeline.close()
         yield sent, traces
 
 

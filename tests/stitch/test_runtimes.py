@@ -8,14 +8,13 @@ import os
 import re
 import subprocess
 import sys
-import threading
-import time
 
 import pytest
 
 from agent.pipeline import Pipeline
 from agent.probes.loader import ProbeConfig, SocketTracer
 from tests.helpers.netns import network
+from tests.helpers.tracing import Draining
 
 pytestmark = pytest.mark.kernel
 HERE = os.path.join(os.path.dirname(__file__), "services")
@@ -78,22 +77,10 @@ def traced():
         pipeline = Pipeline()
         traces = []
         pipeline.on_trace_obj = traces.append
-        with SocketTracer(ProbeConfig(netns={host.inode})) as tracer:
-            stop = threading.Event()
-
-            def drain():
-                while not stop.is_set():
-                    pipeline.process(tracer.poll(0.05))
-                    pipeline.tick()
-
-            t = threading.Thread(target=drain, daemon=True)
-            t.start()
+        with SocketTracer(ProbeConfig(netns={host.inode})) as tracer, \
+                Draining([(tracer, pipeline)], settle_s=2.5):
             sent = {name: load(host, port, 80, 8) for name, port in SERVICES.items()}
             sent["py-handoff+rid"] = load(host, SERVICES["py-handoff"], 20, 4, request_id=True)
-            time.sleep(2.5)
-            stop.set()
-            t.join(timeout=10)
-            pipeline.close()
         yield sent, traces, pipeline, {n: p.pid for n, p in procs.items()}
 
 
@@ -144,7 +131,7 @@ def test_handoff_is_refused_not_guessed(traced):
 
 
 def test_handoff_joined_by_a_forwarded_request_id(traced):
-    sent, traces, _pipeline, _pids = traced
+    sent, traces, pipeline, pids = traced
     ours = set(sent["py-handoff+rid"])
     linked = wrong = 0
     for p, c in links(traces):
@@ -153,5 +140,8 @@ def test_handoff_joined_by_a_forwarded_request_id(traced):
                 linked += 1
                 wrong += nonce_of(c) != nonce_of(p)
     assert wrong == 0
-    assert linked >= 0.9 * len(ours), f"{linked} of {len(ours)} joined by X-Request-ID"
+    counts = next(r["counts"] for r in pipeline.stitcher.process_report()
+                  if r["pid"] == pids["py-handoff"])
+    assert linked >= 0.9 * len(ours), \
+        f"{linked} of {len(ours)} joined by X-Request-ID; decisions: {dict(counts)}"
 

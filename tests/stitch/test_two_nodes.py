@@ -8,8 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
-import time
 
 import pytest
 
@@ -17,6 +15,7 @@ from agent.export import BatchExporter, GrpcSpanExporter
 from agent.pipeline import Pipeline
 from agent.probes.loader import ProbeConfig, SocketTracer
 from tests.helpers.netns import network
+from tests.helpers.tracing import Draining
 
 pytestmark = pytest.mark.kernel
 HERE = os.path.join(os.path.dirname(__file__), "services")
@@ -76,26 +75,12 @@ def test_a_trace_across_two_nodes_is_returned_whole(zt_server, via):
             exp = BatchExporter(GrpcSpanExporter(server, agent=name))
             p.exporters.append(("server", exp))
             agents.append((tracer, p))
-        stop = threading.Event()
-
-        def drain(tracer, p):
-            while not stop.is_set():
-                p.process(tracer.poll(0.05))
-                p.tick()
-
-        threads = [threading.Thread(target=drain, args=ag, daemon=True) for ag in agents]
-        for t in threads:
-            t.start()
         nonces = [f"n{i:016x}" for i in range(5)]
-        for n in nonces:
-            subprocess.run(a.cmd("curl", "-sf", f"http://127.0.0.1:9201/{n}"), check=True,
-                           capture_output=True, timeout=10)
-        time.sleep(2.0)
-        stop.set()
-        for t in threads:
-            t.join(timeout=10)
-        for tracer, p in agents:
-            p.close()
+        with Draining(agents, settle_s=2.0):
+            for n in nonces:
+                subprocess.run(a.cmd("curl", "-sf", f"http://127.0.0.1:9201/{n}"), check=True,
+                               capture_output=True, timeout=10)
+        for tracer, _p in agents:
             tracer.close()
     rows = json.loads(subprocess.run(
         ZT + ["traces", "--server", server, "--limit", "50", "-o", "json"],
