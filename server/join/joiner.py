@@ -50,10 +50,13 @@ def _mirrored(client: Span, server: Span) -> bool:
     return client.local == server.remote and client.remote == server.local
 
 
-def _link(client: Span, server: Span) -> None:
-    if not server.parent_span_id:
-        server.parent_span_id = client.span_id
-        server.attributes["zerotrace.join"] = "linked"
+def _link(client: Span, server: Span) -> bool:
+    """Make client the parent of a parentless server span; False if it has one."""
+    if server.parent_span_id:
+        return False
+    server.parent_span_id = client.span_id
+    server.attributes["zerotrace.join"] = "linked"
+    return True
 
 
 class _Join:
@@ -99,8 +102,8 @@ class _Join:
         client, server = (span, other) if span_is_client else (other, span)
         if server.parent_span_id == client.span_id:
             return fresh  # linked from the other side in an earlier round
-        _link(client, server)
-        self.linked += 1
+        if _link(client, server):
+            self.linked += 1
         return fresh
 
     def round(self, frontier: list[Span]) -> list[Span]:
