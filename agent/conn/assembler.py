@@ -117,15 +117,19 @@ class SpanAssembler:
                         "(zerotrace_stage_events_total{stage=\"assembler\"})",
                         s.protocol, type(exc).__name__, exc)
 
-    def _flush(self, s: Session, reason: str) -> None:
-        if s.parser is None:
-            return
+    def _guarded(self, s: Session, call: Callable, arg: object) -> bool:
+        """Records of the parser's `call(arg)` (feed or flush); False if it raised."""
         try:
-            records = s.parser.flush(reason)
+            records = call(arg)
         except Exception as exc:  # noqa: BLE001 - as in handle()
             self._parser_failed(s, exc)
-            return
+            return False
         self._records(s, records)
+        return True
+
+    def _flush(self, s: Session, reason: str) -> None:
+        if s.parser is not None:
+            self._guarded(s, s.parser.flush, reason)
 
     def _infer(self, s: Session, chunk: Chunk) -> None:
         s.undecided.append(chunk)
@@ -146,12 +150,8 @@ class SpanAssembler:
         self.stats[f"conns_{proto}"] += 1
         chunks, s.undecided = s.undecided, []
         for c in chunks:
-            try:
-                records = s.parser.feed(c)
-            except Exception as exc:  # noqa: BLE001 - as in handle()
-                self._parser_failed(s, exc)
+            if not self._guarded(s, s.parser.feed, c):
                 return
-            self._records(s, records)
 
     def _records(self, s: Session, records: list[Record]) -> None:
         if not records:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
+import grpc
+
 OTHER = "(other)"  # where senders beyond `max_senders` are counted
 
 
@@ -83,3 +85,13 @@ def sender_of(agent: str, peer: str) -> str:
     # "ipv4:10.0.0.7:51234" / "ipv6:[::1]:51234": the port changes per connection
     host = peer.rpartition(":")[0] if peer.count(":") >= 2 else peer
     return host or "unknown"
+
+
+def admit_or_abort(admission: Admission, sender: str, context: grpc.ServicerContext) -> None:
+    """Admit a batch of `sender`, or end the call with RESOURCE_EXHAUSTED."""
+    if not admission.enter(sender):
+        context.abort(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"sender {sender!r} already has {admission.limit} batches in flight; "
+            "retry with backoff",
+        )

@@ -18,7 +18,7 @@ from opentelemetry.proto.trace.v1 import trace_pb2
 
 from proto.span import SOURCE_APP, STATUS_ERROR, STATUS_OK, STATUS_UNSET
 from proto.zerotrace.v1 import span_pb2
-from server.ingest.admission import Admission, sender_of
+from server.ingest.admission import Admission, admit_or_abort, sender_of
 from server.ingest.service import IngestCounters, store_span_list
 from server.ingest.writer import BatchWriter
 
@@ -100,12 +100,7 @@ class OtlpTraceService(trace_service_pb2_grpc.TraceServiceServicer):
         self, request: trace_service_pb2.ExportTraceServiceRequest, context: grpc.ServicerContext
     ) -> trace_service_pb2.ExportTraceServiceResponse:
         sender = sender_of("", context.peer())
-        if not self.admission.enter(sender):
-            context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"sender {sender!r} already has {self.admission.limit} batches in flight; "
-                "retry with backoff",
-            )
+        admit_or_abort(self.admission, sender, context)
         accepted = rejected = 0
         failed = False
         try:

@@ -13,7 +13,7 @@ import logging
 import grpc
 
 from proto.zerotrace.v1 import ingest_pb2, span_pb2
-from server.ingest.admission import Admission, sender_of
+from server.ingest.admission import Admission, admit_or_abort, sender_of
 from server.ingest.validate import span_problem
 from server.ingest.writer import BatchWriter
 
@@ -89,12 +89,7 @@ class IngestService:
             )
         agent = request.agent.agent
         sender = sender_of(agent, context.peer())
-        if not self.admission.enter(sender):
-            context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"sender {sender!r} already has {self.admission.limit} batches in flight; "
-                "retry with backoff",
-            )
+        admit_or_abort(self.admission, sender, context)
         accepted = rejected = 0
         failed = False
         try:
