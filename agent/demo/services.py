@@ -75,21 +75,6 @@ def go_binary(source: Path, name: str, ldflags: str = "") -> Path:
                 raise RuntimeError(f"go build of {name} failed:\n{r.stderr[-2000:]}")
             shutil.move(f"{tmp}/{name}", out)
     return out
-    with _locked("go-build"):
-        if out.exists():
-            return out
-        with tempfile.TemporaryDirectory(prefix="zt-demo-gobuild-") as tmp:
-            (Path(tmp) / "main.go").write_bytes(src)
-            (Path(tmp) / "go.mod").write_text("module ztinventory\n\ngo 1.19\n")
-            env = {**os.environ, "GOFLAGS": "-mod=mod", "CGO_ENABLED": "0",
-                   "GO111MODULE": "on", "GOPATH": f"{tmp}/gopath",
-                   "GOCACHE": str(CACHE_DIR / "go-build-cache"), "GOPROXY": "off"}
-            r = subprocess.run(["go", "build", "-o", f"{tmp}/inventory", "."], cwd=tmp,
-                               env=env, capture_output=True, text=True)
-            if r.returncode != 0:
-                raise RuntimeError(f"go build of the inventory failed:\n{r.stderr[-2000:]}")
-            shutil.move(f"{tmp}/inventory", out)
-    return out
 
 
 def pg_template() -> Path:
