@@ -17,7 +17,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
 from proto.zerotrace.v1 import query_pb2_grpc
 from server.ingest.admission import Admission
 from server.ingest.otlp import OtlpTraceService
-from server.ingest.service import IngestCounters, IngestService
+from server.ingest.service import IngestService
 from server.ingest.writer import BatchWriter
 from server.query.service import QueryService
 from server.storage.base import SpanStore
@@ -52,7 +52,6 @@ class ZerotraceServer:
         self.store = store
         self.listen = listen
         self.writer = BatchWriter(store)
-        self.counters = IngestCounters()
         self.retention_s = retention_s
         self.max_bytes = max_bytes
         self.retention_interval_s = retention_interval_s
@@ -73,10 +72,10 @@ class ZerotraceServer:
             "otlp": Admission(limit=max(1, workers // 2)),
         }
         self.grpc.add_generic_rpc_handlers(
-            (IngestService(self.writer, self.counters, self.admissions["zerotrace"]).handler(),)
+            (IngestService(self.writer, self.admissions["zerotrace"]).handler(),)
         )
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(
-            OtlpTraceService(self.writer, self.counters, self.admissions["otlp"]), self.grpc
+            OtlpTraceService(self.writer, self.admissions["otlp"]), self.grpc
         )
         self.metrics_listen = metrics_listen
         self.metrics_port = 0

@@ -18,8 +18,8 @@ from opentelemetry.proto.trace.v1 import trace_pb2
 
 from proto.span import SOURCE_APP, STATUS_ERROR, STATUS_OK, STATUS_UNSET
 from proto.zerotrace.v1 import span_pb2
-from server.ingest.admission import Admission, admit_or_abort, sender_of
-from server.ingest.service import IngestCounters, store_span_list
+from server.ingest.admission import Admission, sender_of
+from server.ingest.service import store_admitted
 from server.ingest.writer import BatchWriter
 
 log = logging.getLogger(__name__)
@@ -90,36 +90,19 @@ def otlp_to_span_list(req: trace_service_pb2.ExportTraceServiceRequest) -> span_
 
 
 class OtlpTraceService(trace_service_pb2_grpc.TraceServiceServicer):
-    def __init__(self, writer: BatchWriter, counters: IngestCounters | None = None,
-                 admission: Admission | None = None) -> None:
+    def __init__(self, writer: BatchWriter, admission: Admission | None = None) -> None:
         self.writer = writer
-        self.counters = counters or IngestCounters()
         self.admission = admission or Admission()
 
     def Export(  # noqa: N802 - gRPC method name
         self, request: trace_service_pb2.ExportTraceServiceRequest, context: grpc.ServicerContext
     ) -> trace_service_pb2.ExportTraceServiceResponse:
-        sender = sender_of("", context.peer())
-        admit_or_abort(self.admission, sender, context)
-        accepted = rejected = 0
-        failed = False
-        try:
+        def encode() -> tuple[bytes, int]:
             spans = otlp_to_span_list(request)
-            try:
-                accepted, rejected, errors = store_span_list(
-                    self.writer, spans.SerializeToString(), len(spans.spans)
-                )
-            except Exception as e:  # noqa: BLE001 - storage failure, tell the caller
-                failed = True
-                self.counters.failed_batches += 1
-                context.abort(
-                    grpc.StatusCode.UNAVAILABLE,
-                    f"storage write failed, spans not stored (retry later): {str(e)[:300]}",
-                )
-        finally:
-            self.admission.leave(sender, accepted, rejected, failed)
-        self.counters.accepted += accepted
-        self.counters.rejected += rejected
+            return spans.SerializeToString(), len(spans.spans)
+
+        _accepted, rejected, errors = store_admitted(
+            self.writer, self.admission, sender_of("", context.peer()), context, encode)
         resp = trace_service_pb2.ExportTraceServiceResponse()
         if rejected:
             resp.partial_success.rejected_spans = rejected

@@ -9,6 +9,7 @@ nothing from its batch is acked.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import grpc
 
@@ -21,15 +22,6 @@ log = logging.getLogger(__name__)
 
 MAX_SPANS_PER_BATCH = 100_000
 _MAX_ERRORS = 5
-
-
-class IngestCounters:
-    """Totals since start, for logs and the server's own metrics."""
-
-    def __init__(self) -> None:
-        self.accepted = 0
-        self.rejected = 0
-        self.failed_batches = 0
 
 
 def store_span_list(writer: BatchWriter, data: bytes, n: int) -> tuple[int, int, list[str]]:
@@ -56,13 +48,37 @@ def store_span_list(writer: BatchWriter, data: bytes, n: int) -> tuple[int, int,
         return accepted, len(bad), errors
 
 
+def store_admitted(writer: BatchWriter, admission: Admission, sender: str,
+                   context: grpc.ServicerContext,
+                   encode: Callable[[], tuple[bytes, int]]) -> tuple[int, int, list[str]]:
+    """Admit a batch of `sender`, encode it (a SpanList and its span count) and store
+    it; (accepted, rejected, errors).  Ends the call with RESOURCE_EXHAUSTED when the
+    sender has its share in flight, UNAVAILABLE when the store fails (nothing acked).
+    Counted per sender either way (`Admission`, the server's metrics)."""
+    admit_or_abort(admission, sender, context)
+    accepted = rejected = 0
+    failed = False
+    try:
+        data, n = encode()
+        try:
+            accepted, rejected, errors = store_span_list(writer, data, n)
+        except Exception as e:  # noqa: BLE001 - storage failure, tell the caller
+            failed = True
+            log.warning("ingest from %r failed: %s", sender, e)
+            context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                f"storage write failed, batch not stored (retry later): {str(e)[:300]}",
+            )
+    finally:
+        admission.leave(sender, accepted, rejected, failed)
+    return accepted, rejected, errors
+
+
 class IngestService:
     """`Push` decodes requests as `PushEnvelope` (spans left as bytes): see `handler()`."""
 
-    def __init__(self, writer: BatchWriter, counters: IngestCounters | None = None,
-                 admission: Admission | None = None) -> None:
+    def __init__(self, writer: BatchWriter, admission: Admission | None = None) -> None:
         self.writer = writer
-        self.counters = counters or IngestCounters()
         self.admission = admission or Admission()
 
     def handler(self) -> grpc.GenericRpcHandler:
@@ -87,30 +103,16 @@ class IngestService:
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"batch of {n} spans exceeds the limit of {MAX_SPANS_PER_BATCH}; split it",
             )
-        agent = request.agent.agent
-        sender = sender_of(agent, context.peer())
-        admit_or_abort(self.admission, sender, context)
-        accepted = rejected = 0
-        failed = False
-        try:
+
+        def encode() -> tuple[bytes, int]:
             # Spans are field 1 of PushRequest as of SpanList: without the other fields
             # the request bytes are a SpanList, no per-span work needed.  (The exporter
             # stamps its agent name on spans; the server does not open them.)
             request.ClearField("agent")
             request.ClearField("batch_seq")
-            data = request.SerializeToString()
-            try:
-                accepted, rejected, errors = store_span_list(self.writer, data, n)
-            except Exception as e:  # noqa: BLE001 - storage failure, tell the caller
-                failed = True
-                self.counters.failed_batches += 1
-                log.warning("ingest from %r failed: %s", agent, e)
-                context.abort(
-                    grpc.StatusCode.UNAVAILABLE,
-                    f"storage write failed, batch not stored (retry later): {str(e)[:300]}",
-                )
-        finally:
-            self.admission.leave(sender, accepted, rejected, failed)
-        self.counters.accepted += accepted
-        self.counters.rejected += rejected
+            return request.SerializeToString(), n
+
+        sender = sender_of(request.agent.agent, context.peer())
+        accepted, rejected, errors = store_admitted(self.writer, self.admission, sender,
+                                                    context, encode)
         return ingest_pb2.PushResponse(accepted=accepted, rejected=rejected, errors=errors)
