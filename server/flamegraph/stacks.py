@@ -64,11 +64,16 @@ def _union_len(intervals: list[tuple[int, int]]) -> int:
     return total
 
 
+def _order(s: Span) -> tuple[int, str]:
+    return s.start_ns, s.span_id
+
+
 def build_tree(
     spans: Sequence[Span],
 ) -> tuple[list[Span], dict[tuple[str, str], list[Span]]]:
     """(roots, children by (trace id, parent span id)); spans whose parent is absent
-    are roots.  Keys include the trace id because span ids repeat across traces."""
+    are roots, and so is the earliest span of a cycle of parent ids.  Keys include
+    the trace id because span ids repeat across traces."""
     ids = {(s.trace_id, s.span_id) for s in spans}
     children: dict[tuple[str, str], list[Span]] = defaultdict(list)
     roots = []
@@ -79,8 +84,28 @@ def build_tree(
         else:
             roots.append(s)
     for lst in children.values():
-        lst.sort(key=lambda c: (c.start_ns, c.span_id))
-    roots.sort(key=lambda c: (c.start_ns, c.span_id))
+        lst.sort(key=_order)
+    # Parent ids that form a cycle leave spans that no root reaches: cut each cycle at
+    # its earliest span, which becomes a root.
+    reached: set[tuple[str, str]] = set()
+
+    def reach(starts: list[Span]) -> None:
+        todo = list(starts)
+        while todo:
+            x = todo.pop()
+            key = (x.trace_id, x.span_id)
+            if key not in reached:
+                reached.add(key)
+                todo.extend(children.get(key, ()))
+
+    reach(roots)
+    if len(reached) < len(ids):
+        for x in sorted(spans, key=_order):
+            if (x.trace_id, x.span_id) not in reached:
+                children[(x.trace_id, x.parent_span_id)].remove(x)
+                roots.append(x)
+                reach([x])
+    roots.sort(key=_order)
     return roots, children
 
 
@@ -98,25 +123,13 @@ def walk(spans: Sequence[Span]) -> Iterable[tuple[Span, list[str], int, int]]:
     roots, children = build_tree(spans)
     seen: set[tuple[str, str]] = set()
     stack: list[tuple[Span, list[str], int]] = [(r, [], 0) for r in reversed(roots)]
-    # Spans whose parents form a cycle are reached from no root: once the roots are
-    # done, the earliest span not yet drawn becomes a root, which cuts its cycle.
-    rest = sorted(spans, key=lambda c: (c.start_ns, c.span_id), reverse=True)
-    rest_started = False
-    while stack or rest:
-        if not stack:
-            rest_started = True
-            r = rest.pop()
-            if (r.trace_id, r.span_id) not in seen:
-                stack.append((r, [], 0))
-            continue
+    while stack:
         s, path, depth = stack.pop()
         key = (s.trace_id, s.span_id)
         if key in seen:
             continue
         seen.add(key)
         kids = children.get(key, [])
-        if kids and rest_started:
-            kids = [k for k in kids if (k.trace_id, k.span_id) not in seen]  # a cut cycle
         p = [*path, frame_name(s)]
         yield s, p, depth, self_time(s, kids)
         for k in reversed(kids):
