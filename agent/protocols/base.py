@@ -14,7 +14,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from proto.span import STATUS_ERROR, STATUS_OK, STATUS_UNSET
+from proto.span import STATUS_ERROR, STATUS_OK, STATUS_UNSET, valid_traceparent
 
 __all__ = [
     "EGRESS", "INGRESS", "Chunk", "Message", "Record", "ConnectionParser", "StreamParser",
@@ -343,6 +343,16 @@ class StreamParser:
 
     def _flush(self, reason: str, out: list[Record]) -> None:
         pass
+
+
+def checked_trace_headers(th: dict, stats: Counter) -> dict:
+    """th without a malformed traceparent: ignored, as W3C Trace Context says (the
+    trace gets an id of its own), and counted as `bad_traceparent`."""
+    tp = th.get("traceparent")
+    if tp is not None and not valid_traceparent(tp):
+        del th["traceparent"]
+        stats["bad_traceparent"] += 1
+    return th
 
 
 def new_stats() -> Counter:

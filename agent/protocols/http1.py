@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from collections import deque
 
-from proto.span import TRACE_HEADERS, valid_traceparent
+from proto.span import TRACE_HEADERS
 
 from . import redact
 from .base import (
@@ -27,6 +27,7 @@ from .base import (
     Pending,
     Record,
     StreamParser,
+    checked_trace_headers,
     incomplete_record,
     new_stats,
 )
@@ -573,11 +574,7 @@ def _trace(block: bytes, low: bytes) -> dict:
             i += len(key)
             j = low.find(b"\r\n", i)
             th[name] = (block[i:j] if j >= 0 else block[i:]).strip().decode("latin-1")
-    tp = th.get("traceparent")
-    if tp is not None and not valid_traceparent(tp):
-        del th["traceparent"]  # ignored, as W3C says; the trace gets an id of its own
-        STATS["bad_traceparent"] += 1
-    return th
+    return checked_trace_headers(th, STATS)
 
 
 # Host header value -> (address, port or None): a handful of values per agent, parsed once.

@@ -18,7 +18,7 @@ import hpack
 from hpack.exceptions import HPACKError, InvalidTableIndex
 from hpack.table import HeaderTable
 
-from proto.span import TRACE_HEADERS, valid_traceparent
+from proto.span import TRACE_HEADERS
 
 from .base import (
     STATUS_ERROR,
@@ -28,6 +28,7 @@ from .base import (
     Message,
     Record,
     StreamParser,
+    checked_trace_headers,
     new_stats,
 )
 
@@ -400,10 +401,8 @@ class Http2Parser(StreamParser):
         code = sh.get(":status", "")
         if code.isascii() and code.isdigit():
             attrs["http.response.status_code"] = int(code)
-        trace = {k: v for k, v in rh.items() if k in _TRACE}
-        if "traceparent" in trace and not valid_traceparent(trace["traceparent"]):
-            del trace["traceparent"]  # ignored, as W3C says
-            self.stats["bad_traceparent"] += 1
+        trace = checked_trace_headers({k: v for k, v in rh.items() if k in _TRACE},
+                                      self.stats)
         status_code, error = code, ""
         if grpc:
             op = path
