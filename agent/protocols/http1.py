@@ -223,11 +223,7 @@ class Http1Parser(StreamParser):
                 self._start_skip(d, st, side, chunk, msg, end - n, out)
                 return out
             p = pending.popleft()
-            rst = self.streams[self.req_dir]
-            if rst.skip and rst.open is p.msg:
-                # Answered before the rest of its body was seen (as in _emit).
-                p.incomplete = p.incomplete or "truncated"
-                rst.open = None
+            self._answered_early(p)
             p.attributes.update(attrs)
             if code >= 500 or (code >= 400 and self.req_dir == 0):
                 status = STATUS_ERROR
@@ -387,11 +383,7 @@ class Http1Parser(StreamParser):
             self.stats["unmatched_response"] += 1
             return
         p = self.pending.popleft()
-        rst = self.streams[self.req_dir]
-        if rst.open is p.msg and rst.skip:
-            # Answered before the rest of its body was seen: those bytes never came.
-            p.incomplete = p.incomplete or "truncated"
-            rst.open = None
+        self._answered_early(p)
         p.attributes.update(attrs)
         attrs = p.attributes
         if code >= 500 or (code >= 400 and self.req_dir == 0):
@@ -407,6 +399,13 @@ class Http1Parser(StreamParser):
                                                        or self.uncertain) else ""
         out.append(Record(self.protocol, p.msg, msg, p.operation, status, str(code),
                           "", attrs, trace, inc))
+
+    def _answered_early(self, p: Pending) -> None:
+        """p is answered before the rest of its body was seen: those bytes never came."""
+        rst = self.streams[self.req_dir]
+        if rst.skip and rst.open is p.msg:
+            p.incomplete = p.incomplete or "truncated"
+            rst.open = None
 
     def _tail_done(self, d: int, st: DirStream, msg: Message | None,
                    out: list[Record]) -> None:
