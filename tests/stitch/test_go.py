@@ -19,8 +19,7 @@ from agent.pipeline import Pipeline
 from agent.probes.loader import ProbeConfig, SocketTracer
 from tests.helpers.netns import network
 from tests.helpers.tracing import Draining
-from tests.stitch.test_proxies import hop_links
-from tests.stitch.test_runtimes import HERE, load, nonce_of, wait_ready
+from tests.stitch.hops import HERE, hop_links, load, nonce_of, wait_ready
 
 pytestmark = pytest.mark.kernel
 BACKEND = 9300

@@ -20,7 +20,7 @@ from agent.probes.loader import ProbeConfig, SocketTracer
 from tests.helpers.netns import network
 from tests.helpers.nginx import nginx_conf
 from tests.helpers.tracing import Draining
-from tests.stitch.test_runtimes import HERE, links, load, nonce_of, wait_ready
+from tests.stitch.hops import HERE, hop_links, load, nonce_of, wait_ready
 
 pytestmark = pytest.mark.kernel
 BACKEND = 9200
@@ -89,27 +89,6 @@ def traced(tmp_path_factory):
             sent = {name: load(host, port, REQUESTS, CONCURRENCY)
                     for name, port in PROXIES.items()}
         yield sent, traces
-
-
-def hop_links(traces, ours: set[str], port: int, backend: int) -> tuple[int, int, int, int]:
-    """(inside links, inside wrong, cross links, cross wrong) for the requests `ours`
-    through the hop listening on `port` and calling `backend`: inside = its server span
-    -> its client span; cross = its client span -> the backend's server span."""
-    inside = inside_wrong = cross = cross_wrong = 0
-    for p, c in links(traces):
-        pn, cn = nonce_of(p), nonce_of(c)
-        if pn not in ours and cn not in ours:
-            continue
-        if p.kind == "server" and c.kind == "client" and p.local.port == port:
-            inside += 1
-            inside_wrong += pn != cn
-        elif p.kind == "client" and c.kind == "server" and c.local.port == backend \
-                and p.remote.port == backend and pn in ours:
-            cross += 1
-            cross_wrong += pn != cn
-        elif pn and cn and pn != cn:
-            inside_wrong += 1  # any other link joining two requests is wrong too
-    return inside, inside_wrong, cross, cross_wrong
 
 
 def _check(traced, proxy: str) -> tuple[int, int, int, int]:

@@ -4,8 +4,6 @@ checked against the nonce each request carries: no wrong parent, ever."""
 
 from __future__ import annotations
 
-import os
-import re
 import subprocess
 import sys
 
@@ -15,44 +13,11 @@ from agent.pipeline import Pipeline
 from agent.probes.loader import ProbeConfig, SocketTracer
 from tests.helpers.netns import network
 from tests.helpers.tracing import Draining
+from tests.stitch.hops import HERE, links, load, nonce_of, wait_ready
 
 pytestmark = pytest.mark.kernel
-HERE = os.path.join(os.path.dirname(__file__), "services")
-NONCE = re.compile(r"n[0-9a-f]{16}")
 BACKEND = 9100
 SERVICES = {"java-pool": 9101, "node-loop": 9102, "py-handoff": 9103}
-
-
-def nonce_of(span) -> str | None:
-    m = NONCE.search(span.operation)
-    return m.group(0) if m else None
-
-
-def load(host, port: int, n: int, concurrency: int, request_id: bool = False) -> list[str]:
-    """n requests with unique nonces, `concurrency` at a time, from inside the netns;
-    with request_id, each also carries X-Request-ID: <nonce>."""
-    code = (
-        "import sys,threading,urllib.request,uuid\n"
-        f"port,n,c,rid={port},{n},{concurrency},{request_id}\n"
-        "done=[]\n"
-        "def w(k):\n"
-        "  for i in range(k):\n"
-        "    x='n'+uuid.uuid4().hex[:16]\n"
-        "    h={'X-Request-ID': x} if rid else {}\n"
-        "    r=urllib.request.Request(f'http://127.0.0.1:{port}/'+x,headers=h)\n"
-        "    urllib.request.urlopen(r,timeout=10).read();done.append(x)\n"
-        "ts=[threading.Thread(target=w,args=(n//c,)) for _ in range(c)]\n"
-        "[t.start() for t in ts];[t.join() for t in ts]\n"
-        "print(' '.join(done))\n")
-    out = subprocess.run(host.cmd(sys.executable, "-c", code), capture_output=True, text=True,
-                         timeout=120, check=True).stdout
-    return out.split()
-
-
-def wait_ready(p: subprocess.Popen, name: str) -> None:
-    line = p.stdout.readline()
-    if "ready" not in line:
-        pytest.fail(f"{name} did not start: {line!r}")
 
 
 @pytest.fixture(scope="module")
@@ -82,18 +47,6 @@ def traced():
             sent = {name: load(host, port, 80, 8) for name, port in SERVICES.items()}
             sent["py-handoff+rid"] = load(host, SERVICES["py-handoff"], 20, 4, request_id=True)
         yield sent, traces, pipeline, {n: p.pid for n, p in procs.items()}
-
-
-def links(traces):
-    """(parent span, child span) pairs within traces."""
-    out = []
-    for tr in traces:
-        by_id = {s.span_id: s for s in tr.spans}
-        for s in tr.spans:
-            p = by_id.get(s.parent_span_id)
-            if p is not None:
-                out.append((p, s))
-    return out
 
 
 @pytest.mark.parametrize("service", list(SERVICES))
