@@ -1,4 +1,10 @@
-"""Exporter to the zerotrace server's IngestService over gRPC, gzip-compressed."""
+"""Exporter to the zerotrace server's IngestService over gRPC.
+
+Batches go as Arrow columns (proto/columns.py, LZ4 inside) by default: 2.3x less
+agent CPU than protobuf + gzip (8.9 against 20.6 us a span, docs/benchmarks.md) and
+a fifth of the server's insert cost.  `wire="protobuf"` sends `Span` messages,
+gzip-compressed, for servers older than the columns field.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +14,18 @@ import socket
 from collections.abc import Sequence
 
 import grpc
+import pyarrow as pa
 
 from agent.export.base import ExportResult, SpanExporter
+from proto.columns import spans_to_table, table_to_ipc
 from proto.convert import span_to_pb
 from proto.span import Span
 from proto.zerotrace.v1 import ingest_pb2, ingest_pb2_grpc
 
 log = logging.getLogger(__name__)
+
+WIRES = ("arrow", "protobuf")
+_UNENCODABLE = (ValueError, TypeError, OverflowError, pa.ArrowException)
 
 # Codes after which the same batch may succeed later.
 _RETRYABLE = {
@@ -40,7 +51,11 @@ class GrpcSpanExporter(SpanExporter):
         timeout_s: float = 10.0,
         compression: grpc.Compression = grpc.Compression.Gzip,
         max_message_bytes: int = 32 * 1024 * 1024,
+        wire: str = "arrow",
     ) -> None:
+        if wire not in WIRES:
+            raise ValueError(f"wire must be one of {WIRES}, not {wire!r}")
+        self.wire = wire
         self.target = target
         self.timeout_s = timeout_s
         self.compression = compression
@@ -69,26 +84,16 @@ class GrpcSpanExporter(SpanExporter):
             return ExportResult.SUCCESS
         req = ingest_pb2.PushRequest(agent=self.identity, batch_seq=self._seq)
         self._seq += 1
-        add = req.spans.add
-        name = self.identity.agent
-        for s in spans:
-            m = add()
-            try:
-                span_to_pb(s, m)
-            except (ValueError, TypeError) as e:
-                # One span that cannot be encoded (a malformed id) must not cost the
-                # batch: drop it alone, counted, and say so once.
-                del req.spans[-1]
-                self.lost["invalid"] = self.lost.get("invalid", 0) + 1
-                self._once("invalid", "a span could not be encoded and was dropped "
-                           "(counted in zerotrace_export_dropped_invalid_total): %s", e)
-                continue
-            if not m.agent:
-                m.agent = name  # the server stores spans as sent
-        if not req.spans:
+        if self.wire == "arrow":
+            sent = self._fill_columns(req, spans)
+            compression = grpc.Compression.NoCompression  # the Arrow buffers are LZ4
+        else:
+            sent = self._fill_spans(req, spans)
+            compression = self.compression
+        if not sent:
             return ExportResult.SUCCESS
         try:
-            resp = self._stub.Push(req, timeout=self.timeout_s, compression=self.compression)
+            resp = self._stub.Push(req, timeout=self.timeout_s, compression=compression)
         except grpc.RpcError as e:
             self.last_error = f"{e.code().name}: {e.details()}"
             if e.code() in _RETRYABLE:
@@ -102,6 +107,48 @@ class GrpcSpanExporter(SpanExporter):
                        "zerotrace_export_dropped_rejected_total), e.g.: %s",
                        "; ".join(resp.errors)[:500])
         return ExportResult.SUCCESS
+
+    def _fill_columns(self, req: ingest_pb2.PushRequest, spans: Sequence[Span]) -> int:
+        name = self.identity.agent
+        try:
+            table = spans_to_table(spans, name)
+        except _UNENCODABLE:
+            # Rare (a malformed id, a value of the wrong type): find the culprits one
+            # by one so that only they are dropped.
+            good = []
+            for s in spans:
+                try:
+                    spans_to_table([s], name)
+                    good.append(s)
+                except _UNENCODABLE as e:
+                    self._invalid(e)
+            if not good:
+                return 0
+            table = spans_to_table(good, name)
+        req.span_columns = table_to_ipc(table)
+        return table.num_rows
+
+    def _fill_spans(self, req: ingest_pb2.PushRequest, spans: Sequence[Span]) -> int:
+        add = req.spans.add
+        name = self.identity.agent
+        for s in spans:
+            m = add()
+            try:
+                span_to_pb(s, m)
+            except (ValueError, TypeError) as e:
+                del req.spans[-1]
+                self._invalid(e)
+                continue
+            if not m.agent:
+                m.agent = name  # the server stores spans as sent
+        return len(req.spans)
+
+    def _invalid(self, why: object) -> None:
+        # One span that cannot be encoded (a malformed id) must not cost the batch:
+        # drop it alone, counted, and say so once.
+        self.lost["invalid"] = self.lost.get("invalid", 0) + 1
+        self._once("invalid", "a span could not be encoded and was dropped "
+                   "(counted in zerotrace_export_dropped_invalid_total): %s", why)
 
     def _once(self, key: str, fmt: str, *args: object) -> None:
         if key not in self._warned:

@@ -19,7 +19,7 @@ from opentelemetry.proto.trace.v1 import trace_pb2
 from proto.span import SOURCE_APP, STATUS_ERROR, STATUS_OK, STATUS_UNSET
 from proto.zerotrace.v1 import span_pb2
 from server.ingest.admission import Admission, sender_of
-from server.ingest.service import store_admitted
+from server.ingest.service import Batch, store_admitted
 from server.ingest.writer import BatchWriter
 
 log = logging.getLogger(__name__)
@@ -97,9 +97,9 @@ class OtlpTraceService(trace_service_pb2_grpc.TraceServiceServicer):
     def Export(  # noqa: N802 - gRPC method name
         self, request: trace_service_pb2.ExportTraceServiceRequest, context: grpc.ServicerContext
     ) -> trace_service_pb2.ExportTraceServiceResponse:
-        def encode() -> tuple[bytes, int]:
+        def encode() -> Batch:
             spans = otlp_to_span_list(request)
-            return spans.SerializeToString(), len(spans.spans)
+            return Batch(spans.SerializeToString(), len(spans.spans))
 
         _accepted, rejected, errors = store_admitted(
             self.writer, self.admission, sender_of("", context.peer()), context, encode)

@@ -10,18 +10,31 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import grpc
 
 from proto.zerotrace.v1 import ingest_pb2, span_pb2
 from server.ingest.admission import Admission, admit_or_abort, sender_of
+from server.ingest.columns import BadColumns, read_columns, split_valid
 from server.ingest.validate import span_problem
-from server.ingest.writer import BatchWriter
+from server.ingest.writer import BatchWriter, Payload
 
 log = logging.getLogger(__name__)
 
 MAX_SPANS_PER_BATCH = 100_000
 _MAX_ERRORS = 5
+
+
+@dataclass(slots=True)
+class Batch:
+    """A batch ready for the writer: its payload, span count, and the spans refused
+    before storing (invalid, with the first few reasons)."""
+
+    payload: Payload
+    count: int
+    rejected: int = 0
+    errors: list[str] = field(default_factory=list)
 
 
 def store_span_list(writer: BatchWriter, data: bytes, n: int) -> tuple[int, int, list[str]]:
@@ -48,10 +61,18 @@ def store_span_list(writer: BatchWriter, data: bytes, n: int) -> tuple[int, int,
         return accepted, len(bad), errors
 
 
+def store_batch(writer: BatchWriter, batch: Batch) -> tuple[int, int, list[str]]:
+    """Store `batch`; (accepted, rejected, errors).  Raises the storage error."""
+    if isinstance(batch.payload, bytes):
+        return store_span_list(writer, batch.payload, batch.count)
+    accepted = writer.write(batch.payload, batch.count) if batch.count else 0
+    return accepted, batch.rejected, batch.errors
+
+
 def store_admitted(writer: BatchWriter, admission: Admission, sender: str,
                    context: grpc.ServicerContext,
-                   encode: Callable[[], tuple[bytes, int]]) -> tuple[int, int, list[str]]:
-    """Admit a batch of `sender`, encode it (a SpanList and its span count) and store
+                   encode: Callable[[], Batch]) -> tuple[int, int, list[str]]:
+    """Admit a batch of `sender`, encode it (`encode` may abort the call) and store
     it; (accepted, rejected, errors).  Ends the call with RESOURCE_EXHAUSTED when the
     sender has its share in flight, UNAVAILABLE when the store fails (nothing acked).
     Counted per sender either way (`Admission`, the server's metrics)."""
@@ -59,9 +80,10 @@ def store_admitted(writer: BatchWriter, admission: Admission, sender: str,
     accepted = rejected = 0
     failed = False
     try:
-        data, n = encode()
+        batch = encode()
+        rejected = batch.rejected
         try:
-            accepted, rejected, errors = store_span_list(writer, data, n)
+            accepted, rejected, errors = store_batch(writer, batch)
         except Exception as e:  # noqa: BLE001 - storage failure, tell the caller
             failed = True
             log.warning("ingest from %r failed: %s", sender, e)
@@ -97,22 +119,44 @@ class IngestService:
     def Push(  # noqa: N802 - gRPC method name
         self, request: ingest_pb2.PushEnvelope, context: grpc.ServicerContext
     ) -> ingest_pb2.PushResponse:
+        if request.span_columns and request.spans:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          "a batch carries spans or span_columns, not both")
+        sender = sender_of(request.agent.agent, context.peer())
+        if request.span_columns:
+            accepted, rejected, errors = store_admitted(
+                self.writer, self.admission, sender, context,
+                lambda: self._columns(request.span_columns, context))
+            return ingest_pb2.PushResponse(accepted=accepted, rejected=rejected, errors=errors)
         n = len(request.spans)
-        if n > MAX_SPANS_PER_BATCH:
-            context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"batch of {n} spans exceeds the limit of {MAX_SPANS_PER_BATCH}; split it",
-            )
+        _check_size(n, context)
 
-        def encode() -> tuple[bytes, int]:
+        def encode() -> Batch:
             # Spans are field 1 of PushRequest as of SpanList: without the other fields
             # the request bytes are a SpanList, no per-span work needed.  (The exporter
             # stamps its agent name on spans; the server does not open them.)
             request.ClearField("agent")
             request.ClearField("batch_seq")
-            return request.SerializeToString(), n
+            return Batch(request.SerializeToString(), n)
 
-        sender = sender_of(request.agent.agent, context.peer())
         accepted, rejected, errors = store_admitted(self.writer, self.admission, sender,
                                                     context, encode)
         return ingest_pb2.PushResponse(accepted=accepted, rejected=rejected, errors=errors)
+
+    @staticmethod
+    def _columns(data: bytes, context: grpc.ServicerContext) -> Batch:
+        try:
+            table = read_columns(data)
+        except BadColumns as e:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        _check_size(table.num_rows, context)
+        good, rejected, errors = split_valid(table)
+        return Batch(good, good.num_rows, rejected, errors)
+
+
+def _check_size(n: int, context: grpc.ServicerContext) -> None:
+    if n > MAX_SPANS_PER_BATCH:
+        context.abort(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"batch of {n} spans exceeds the limit of {MAX_SPANS_PER_BATCH}; split it",
+        )

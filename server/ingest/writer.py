@@ -1,9 +1,10 @@
 """Group commit in front of the store: concurrent batches share one insert.
 
-Callers hand over a serialized `SpanList` and block until it is stored (so their
-ack means durable and readable).  The writer thread concatenates whatever is
-pending (concatenated serialized messages are one message with the repeated field
-merged), inserts once, and wakes everyone.  When a combined insert fails, each
+Callers hand over a batch, an Arrow table of spans or a serialized `SpanList`, and
+block until it is stored (so their ack means durable and readable).  The writer
+thread concatenates whatever is pending of each kind (tables by their columns;
+concatenated serialized messages are one message with the repeated field merged),
+inserts once per kind, and wakes everyone.  When a combined insert fails, each
 payload is retried alone so that one bad batch fails only its own sender.
 """
 
@@ -11,9 +12,15 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
+from typing import Any
+
+import pyarrow as pa
 
 from server.storage.base import SpanStore
+
+Payload = bytes | pa.Table
 
 
 class BatchWriter:
@@ -28,7 +35,7 @@ class BatchWriter:
         self.store = store
         self.max_spans = max_spans
         self.max_delay_s = max_delay_s
-        self._pending: list[tuple[bytes, int, Future[int]]] = []
+        self._pending: list[tuple[Payload, int, Future[int]]] = []
         self._pending_spans = 0
         self._cv = threading.Condition()
         self._stop = False
@@ -36,7 +43,7 @@ class BatchWriter:
         self._thread = threading.Thread(target=self._run, name="zt-writer", daemon=True)
         self._thread.start()
 
-    def submit(self, data: bytes, count: int) -> Future[int]:
+    def submit(self, data: Payload, count: int) -> Future[int]:
         fut: Future[int] = Future()
         with self._cv:
             if self._stop:
@@ -47,10 +54,10 @@ class BatchWriter:
             self._cv.notify()
         return fut
 
-    def write(self, data: bytes, count: int, timeout: float | None = 60.0) -> int:
+    def write(self, data: Payload, count: int, timeout: float | None = 60.0) -> int:
         return self.submit(data, count).result(timeout)
 
-    def _take(self) -> list[tuple[bytes, int, Future[int]]]:
+    def _take(self) -> list[tuple[Payload, int, Future[int]]]:
         with self._cv:
             while not self._pending and not self._stop:
                 self._cv.wait()
@@ -73,10 +80,21 @@ class BatchWriter:
                 return
             self._commit(group)
 
-    def _commit(self, group: list[tuple[bytes, int, Future[int]]]) -> None:
+    def _commit(self, group: list[tuple[Payload, int, Future[int]]]) -> None:
+        tables = [g for g in group if isinstance(g[0], pa.Table)]
+        lists = [g for g in group if not isinstance(g[0], pa.Table)]
+        if tables:
+            self._commit_kind(tables, lambda ps: pa.concat_tables(ps),
+                              self.store.write_span_table)
+        if lists:
+            self._commit_kind(lists, b"".join, self.store.write_span_list)
+
+    def _commit_kind(self, group: list[tuple[Payload, int, Future[int]]],
+                     combine: Callable[[list[Any]], Payload],
+                     write: Callable[[Any], int]) -> None:
         if len(group) > 1:
             try:
-                self.store.write_span_list(b"".join(d for d, _, _ in group))
+                write(combine([d for d, _, _ in group]))
                 self.inserts += 1
                 for _, n, fut in group:
                     fut.set_result(n)
@@ -85,7 +103,7 @@ class BatchWriter:
                 pass
         for data, n, fut in group:
             try:
-                self.store.write_span_list(data)
+                write(data)
                 self.inserts += 1
                 fut.set_result(n)
             except Exception as e:  # noqa: BLE001 - reported to that caller only

@@ -10,8 +10,12 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from proto.span import Span
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 
 class StorageError(RuntimeError):
@@ -78,6 +82,16 @@ class SpanStore(abc.ABC):
         from proto.zerotrace.v1 import span_pb2
 
         return self.write_spans(spans_from_list(span_pb2.SpanList.FromString(data).spans))
+
+    def write_span_table(self, table: pa.Table) -> int:
+        """Store an Arrow table of `proto.columns.SCHEMA`; the agent's batch format.
+
+        The default converts to `Span`s; chDB and ClickHouse take the columns as
+        they are.
+        """
+        from proto.columns import spans_from_table
+
+        return self.write_spans(spans_from_table(table))
 
     @abc.abstractmethod
     def get_trace(self, trace_id: str) -> list[Span]:

@@ -3,8 +3,8 @@
 chDB allows one data directory per process, so a process holds one `ChdbStore`
 (several databases in it are fine: tests use one per case).  All calls go through
 one lock because a chDB session is not safe for concurrent use.  Batches arrive as
-serialized `SpanList`s and go straight to ClickHouse's ProtobufList reader: the
-server never builds a Python object per ingested span.
+Arrow tables (read by ClickHouse's ArrowStream reader) or serialized `SpanList`s
+(its ProtobufList reader): the server never builds a Python object per ingested span.
 """
 
 from __future__ import annotations
@@ -16,6 +16,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+
+from proto.columns import table_to_ipc
 from proto.convert import spans_to_list
 from proto.span import Span
 from server.storage import schema
@@ -93,14 +96,24 @@ class ChdbStore(SqlStore):
     def write_span_list(self, data: bytes) -> int:
         if not data:
             return 0
+        # ProtobufList reads length-delimited envelopes.
+        return self._insert("ProtobufList", _varint(len(data)) + data,
+                            f" SETTINGS {_INSERT_SETTINGS}")
+
+    def write_span_table(self, table: pa.Table) -> int:
+        if not table.num_rows:
+            return 0
+        # Uncompressed: the columns are copied as they are (~1 us a span to insert,
+        # against ~5 for ProtobufList).
+        return self._insert("ArrowStream", table_to_ipc(table, compress=False),
+                            " SETTINGS max_insert_threads = 1, max_threads = 1")
+
+    def _insert(self, fmt: str, payload: bytes, settings: str) -> int:
         with self._lock:
             before = self._count_locked()
             try:
-                ins = self._s.send_insert(
-                    f"INSERT INTO {self.table} SETTINGS {_INSERT_SETTINGS}", "ProtobufList"
-                )
-                # ProtobufList reads length-delimited envelopes.
-                ins.append(_varint(len(data)) + data)
+                ins = self._s.send_insert(f"INSERT INTO {self.table}{settings}", fmt)
+                ins.append(payload)
                 res = ins.finish()
             except Exception as e:
                 raise StorageError(str(e)) from e

@@ -1,42 +1,23 @@
 """ClickHouse backend (clickhouse-connect) for users who outgrow one machine.
 
 Same schema and SQL as the embedded store (server/storage/schema.py, sqlstore.py).
-Spans are inserted as columns because a remote server cannot read our .proto
-schema file; on a cluster pass `engine="ReplicatedMergeTree(...)"` and put a
-Distributed table in front (docs/server.md).
+Spans are inserted as Arrow columns (proto/columns.py, the agent's wire format)
+because a remote server cannot read our .proto schema file; on a cluster pass
+`engine="ReplicatedMergeTree(...)"` and put a Distributed table in front (docs/server.md).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
 
+import pyarrow as pa
+
+from proto.columns import spans_to_table
 from proto.span import Span
 from server.storage import schema
 from server.storage.base import StorageError
 from server.storage.sqlstore import SqlStore
-
-
-def span_row(s: Span) -> list[Any]:
-    """One insert row in `schema.COLUMN_NAMES` order."""
-    plain = {k: v for k, v in s.attributes.items() if isinstance(v, str)}
-    typed = {
-        k: json.dumps(v, separators=(",", ":"))
-        for k, v in s.attributes.items()
-        if not isinstance(v, str)
-    }
-    return [
-        bytes.fromhex(s.trace_id),
-        bytes.fromhex(s.span_id),
-        bytes.fromhex(s.parent_span_id),
-        s.kind, s.source, s.protocol, s.operation, s.status, s.status_code, s.error,
-        s.start_ns, s.end_ns, s.service, s.pid, s.tid, s.process, s.cgroup_id, s.netns,
-        s.transport, s.local.addr, s.local.port, s.remote.addr, s.remote.port,
-        s.req_seq, s.resp_seq, s.req_offset, s.resp_offset, s.req_bytes, s.resp_bytes,
-        dict(s.trace_headers), plain, typed, {k: str(v) for k, v in s.resource.items()},
-        s.incomplete, s.agent,
-    ]  # fmt: skip
 
 
 class ClickHouseStore(SqlStore):
@@ -79,13 +60,17 @@ class ClickHouseStore(SqlStore):
     def write_spans(self, spans: Sequence[Span]) -> int:
         if not spans:
             return 0
+        return self.write_span_table(spans_to_table(spans))
+
+    def write_span_table(self, table: pa.Table) -> int:
+        if not table.num_rows:
+            return 0
         try:
-            self._c.insert(
-                self.table, [span_row(s) for s in spans], column_names=schema.COLUMN_NAMES
-            )
+            # self.table is "db.spans"; clickhouse-connect quotes the name it is given.
+            self._c.insert_arrow(schema.TABLE, table, database=self.db)
         except Exception as e:
             raise StorageError(str(e)) from e
-        return len(spans)
+        return table.num_rows
 
     def drop(self) -> None:
         self._command(f"DROP DATABASE IF EXISTS {self.db}")

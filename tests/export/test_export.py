@@ -13,6 +13,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 from agent.export import BatchExporter, ExportResult, InMemoryExporter, SpanExporter
 from agent.export.grpc_exporter import GrpcSpanExporter
 from agent.export.otlp_exporter import OtlpSpanExporter
+from proto.columns import ipc_to_table, spans_from_table
 from proto.convert import span_from_pb
 from proto.span import Endpoint, Span, new_trace_id
 from proto.zerotrace.v1 import ingest_pb2, ingest_pb2_grpc
@@ -154,6 +155,14 @@ def test_shutdown_drops_and_counts_what_cannot_be_sent():
 # -- wire exporters against fake servers ------------------------------------------
 
 
+def received(req: ingest_pb2.PushRequest) -> list[Span]:
+    """The spans of a push, whichever wire carried them."""
+    if req.span_columns:
+        assert not req.spans
+        return spans_from_table(ipc_to_table(req.span_columns))
+    return [span_from_pb(m) for m in req.spans]
+
+
 class _Ingest(ingest_pb2_grpc.IngestServiceServicer):
     def __init__(self) -> None:
         self.requests: list[ingest_pb2.PushRequest] = []
@@ -165,8 +174,9 @@ class _Ingest(ingest_pb2_grpc.IngestServiceServicer):
             self.fail -= 1
             context.abort(grpc.StatusCode.UNAVAILABLE, "try later")
         self.requests.append(request)
-        rejected, self.reject = min(self.reject, len(request.spans)), 0
-        return ingest_pb2.PushResponse(accepted=len(request.spans) - rejected,
+        n = len(received(request))
+        rejected, self.reject = min(self.reject, n), 0
+        return ingest_pb2.PushResponse(accepted=n - rejected,
                                        rejected=rejected,
                                        errors=["span 0: end_ns before start_ns"] * rejected)
 
@@ -192,10 +202,11 @@ def fake_server():
     srv.stop(0)
 
 
-def test_grpc_exporter_round_trip_and_identity(fake_server):
+@pytest.mark.parametrize("wire", ["arrow", "protobuf"])
+def test_grpc_exporter_round_trip_and_identity(fake_server, wire):
     addr, ingest, _ = fake_server
     ingest.fail = 1
-    ex = GrpcSpanExporter(addr, agent="node-7")
+    ex = GrpcSpanExporter(addr, agent="node-7", wire=wire)
     batch = spans(5)
     batch[0].local = Endpoint("10.0.0.1", 80)
     batch[0].req_seq = 123
@@ -210,7 +221,8 @@ def test_grpc_exporter_round_trip_and_identity(fake_server):
     for s in batch:  # the exporter stamps its name on spans that name no agent
         if not s.agent:
             s.agent = "node-7"
-    assert [span_from_pb(m) for m in req.spans] == batch
+    assert bool(req.span_columns) == (wire == "arrow")
+    assert received(req) == batch
     ex.shutdown()
 
 
@@ -230,7 +242,7 @@ def test_batcher_delivers_after_server_outage(fake_server):
     assert b.force_flush(10)
     m = b.metrics()
     assert m["zerotrace_export_sent_total"] == 20 and m["zerotrace_export_retries_total"] == 3
-    assert sum(len(r.spans) for r in ingest.requests) == 20
+    assert sum(len(received(r)) for r in ingest.requests) == 20
     b.shutdown()
 
 
@@ -272,18 +284,21 @@ def test_otlp_exporter(fake_server):
     ex.shutdown()
 
 
-def test_one_malformed_span_is_dropped_alone_and_counted(fake_server):
+@pytest.mark.parametrize("wire", ["arrow", "protobuf"])
+def test_one_malformed_span_is_dropped_alone_and_counted(fake_server, wire):
     addr, ingest, _ = fake_server
-    b = BatchExporter(GrpcSpanExporter(addr), schedule_delay_s=0.01, backoff_initial_s=0.01)
+    b = BatchExporter(GrpcSpanExporter(addr, wire=wire), schedule_delay_s=0.01,
+                      backoff_initial_s=0.01)
     batch = spans(5)
     batch[2].trace_id = "g" * 32  # e.g. from a malformed traceparent header
+    batch[3].pid = -1  # a value its column cannot hold
     b.submit(batch)
     assert b.force_flush(10)
     m = b.metrics()
-    assert m["zerotrace_export_sent_total"] == 4
-    assert m["zerotrace_export_dropped_invalid_total"] == 1
+    assert m["zerotrace_export_sent_total"] == 3
+    assert m["zerotrace_export_dropped_invalid_total"] == 2
     assert m["zerotrace_export_retries_total"] == 0
-    assert sum(len(r.spans) for r in ingest.requests) == 4
+    assert [s.operation for r in ingest.requests for s in received(r)] == ["op0", "op1", "op4"]
     b.shutdown()
 
 

@@ -16,10 +16,12 @@ import time
 import uuid
 
 import grpc
+import pyarrow as pa
 import pytest
 from conftest import run_cli
 from factory import server_span
 
+from proto.columns import spans_to_table, table_to_ipc
 from proto.convert import span_to_pb
 from proto.span import new_trace_id
 from proto.zerotrace.v1 import ingest_pb2, ingest_pb2_grpc, query_pb2, query_pb2_grpc
@@ -80,6 +82,62 @@ def test_malformed_spans_rejected_with_reasons_others_stored(zt_server):
     assert any("end_ns before start_ns" in e for e in resp.errors)
     assert any("trace_id must be 16" in e for e in resp.errors)
     assert [s.span_id for s in zt_server.store.get_trace(good.trace_id)] == [good.span_id]
+
+
+def _push_columns(addr: str, data: bytes, **fields) -> ingest_pb2.PushResponse:
+    req = ingest_pb2.PushRequest(span_columns=data, **fields)
+    req.agent.agent = "t"
+    with grpc.insecure_channel(addr) as ch:
+        return ingest_pb2_grpc.IngestServiceStub(ch).Push(req, timeout=20)
+
+
+def test_columns_malformed_spans_rejected_with_reasons_others_stored(zt_server):
+    good = server_span(start_ns=10, end_ns=20)
+    bad_time = server_span(start_ns=20, end_ns=10)
+    short_id = server_span(start_ns=1, end_ns=2)
+    short_id.trace_id = "0102"
+    zero_id = server_span(start_ns=1, end_ns=2)
+    zero_id.span_id = "00" * 8
+    odd_kind = server_span(start_ns=1, end_ns=2)
+    odd_kind.kind = "sever"
+    table = spans_to_table([bad_time, good, short_id, zero_id, odd_kind])
+    resp = _push_columns(zt_server.addr, table_to_ipc(table))
+    assert (resp.accepted, resp.rejected) == (1, 4)
+    assert "span 0: end_ns before start_ns" in resp.errors
+    assert "span 2: trace_id must be 16 non-zero bytes" in resp.errors
+    assert "span 3: span_id must be 8 non-zero bytes" in resp.errors
+    assert "span 4: unknown kind" in resp.errors
+    assert [s.span_id for s in zt_server.store.get_trace(good.trace_id)] == [good.span_id]
+
+
+def test_columns_that_are_not_the_span_table_are_refused_whole(zt_server):
+    table = spans_to_table([server_span(start_ns=1, end_ns=2)])
+    wrong_order = table.select(list(reversed(table.schema.names)))
+    wrong_type = table.set_column(13, "pid", pa.array(["x"]))
+    # declared non-null, yet holding a null: Arrow writers do not enforce it
+    with_nulls = table.set_column(10, pa.field("start_ns", pa.uint64(), nullable=False),
+                                  pa.array([None], pa.uint64()))
+    cases = {
+        "not an Arrow IPC stream": os.urandom(300),
+        "in that order": table_to_ipc(wrong_order),
+        "wrong column types": table_to_ipc(wrong_type),
+        "nulls in ['start_ns']": table_to_ipc(with_nulls),
+        "not both": None,
+    }
+    before = zt_server.store.stats()["spans"]
+    for why, data in cases.items():
+        with pytest.raises(grpc.RpcError) as e:
+            if data is None:  # spans both ways in one request
+                req = ingest_pb2.PushRequest(span_columns=table_to_ipc(table))
+                span_to_pb(server_span(start_ns=1, end_ns=2), req.spans.add())
+                with grpc.insecure_channel(zt_server.addr) as ch:
+                    ingest_pb2_grpc.IngestServiceStub(ch).Push(req, timeout=20)
+            else:
+                _push_columns(zt_server.addr, data)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, why
+        assert why in e.value.details()
+    assert zt_server.store.stats()["spans"] == before
+    _ok(zt_server.addr)
 
 
 def test_oversized_batch(chdb_root):
