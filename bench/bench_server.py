@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 import grpc  # noqa: E402
 
+from proto.columns import spans_to_table, table_to_ipc  # noqa: E402
 from proto.convert import span_to_pb  # noqa: E402
 from proto.span import Endpoint, Span, new_span_id, new_trace_id  # noqa: E402
 from proto.zerotrace.v1 import ingest_pb2, query_pb2, query_pb2_grpc  # noqa: E402
@@ -125,18 +126,26 @@ def agent_like_trace(t0: int, n: int = 10) -> list[Span]:
     return out
 
 
-def build_batches(total: int, per_batch: int, agents: int = 1) -> list[bytes]:
-    """Serialized `PushRequest`s; batch i comes from agent `node-{i % agents + 1}`."""
+def build_batches(total: int, per_batch: int, agents: int = 1,
+                  wire: str = "arrow") -> list[bytes]:
+    """Serialized `PushRequest`s as the agent's exporter makes them (`wire` "arrow":
+    span_columns, LZ4 inside; "protobuf": spans); batch i comes from agent
+    `node-{i % agents + 1}`."""
     t0 = time.time_ns() - 600 * 1_000_000_000
     out = []
     made = 0
     while made < total:
         req = ingest_pb2.PushRequest()
         req.agent.agent = f"node-{len(out) % agents + 1}"
-        while len(req.spans) < per_batch and made < total:
-            for s in agent_like_trace(t0 + made * 10_000):
+        spans: list[Span] = []
+        while len(spans) < per_batch and made + len(spans) < total:
+            spans += agent_like_trace(t0 + (made + len(spans)) * 10_000)
+        made += len(spans)
+        if wire == "arrow":
+            req.span_columns = table_to_ipc(spans_to_table(spans))
+        else:
+            for s in spans:
                 span_to_pb(s, req.spans.add())
-                made += 1
         out.append(req.SerializeToString())
     return out
 
@@ -183,23 +192,51 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def bench_ingest(n: int, per_batch: int, threads: int) -> dict:
+def _merge_cpu_s(pid: int) -> float:
+    """CPU seconds of the process's ClickHouse merge threads (named MergeMutate)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            if (task / "comm").read_text().strip() != "MergeMutate":
+                continue
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def _settle(pid: int, quiet_s: float = 5.0, limit_s: float = 300.0) -> float:
+    """Wait until the server has used no CPU for `quiet_s` (its merges are done, as
+    far as ClickHouse's merge selector goes for this data); seconds waited."""
+    t = time.perf_counter()
+    last, still = _cpu_s(pid), 0.0
+    while still < quiet_s and time.perf_counter() - t < limit_s:
+        time.sleep(1.0)
+        now = _cpu_s(pid)
+        still = still + 1.0 if now - last < 0.05 else 0.0
+        last = now
+    return time.perf_counter() - t
+
+
+def bench_ingest(n: int, per_batch: int, threads: int, wire: str = "arrow") -> dict:
     cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
     if cpus and len(cpus) > 1:
         os.sched_setaffinity(0, {1})  # the client stays off the server's core
     try:
-        return _bench_ingest(n, per_batch, threads)
+        return _bench_ingest(n, per_batch, threads, wire)
     finally:
         if cpus:
             os.sched_setaffinity(0, cpus)
 
 
-def _bench_ingest(n: int, per_batch: int, threads: int) -> dict:
+def _bench_ingest(n: int, per_batch: int, threads: int, wire: str) -> dict:
     t = time.perf_counter()
     # One agent per client thread: the server admits a few batches in flight per
     # agent (server/ingest/admission.py), so one agent on 4 threads would be throttled.
-    batches = build_batches(n, per_batch, agents=threads)
-    print(f"  built {n} spans in {len(batches)} batches ({time.perf_counter() - t:.1f}s)")
+    batches = build_batches(n, per_batch, agents=threads, wire=wire)
+    print(f"  built {n} spans in {len(batches)} {wire} batches "
+          f"({time.perf_counter() - t:.1f}s)")
     data = tempfile.mkdtemp(prefix="zt-bench-ingest-")
     p, addr = start_server(data, cpu=0)
     try:
@@ -218,7 +255,7 @@ def _bench_ingest(n: int, per_batch: int, threads: int) -> dict:
                 with lock:
                     acked[0] += r.accepted
 
-        c0 = _cpu_s(p.pid)
+        c0, m0 = _cpu_s(p.pid), _merge_cpu_s(p.pid)
         t = time.perf_counter()
         ts = [threading.Thread(target=run, args=(k,)) for k in range(threads)]
         for x in ts:
@@ -226,7 +263,10 @@ def _bench_ingest(n: int, per_batch: int, threads: int) -> dict:
         for x in ts:
             x.join()
         took = time.perf_counter() - t
-        cpu = _cpu_s(p.pid) - c0
+        cpu, merges = _cpu_s(p.pid) - c0, _merge_cpu_s(p.pid) - m0
+        # Merges the run left for later are part of its cost: wait for them.
+        settle_s = _settle(p.pid)
+        cpu_all, merges_all = _cpu_s(p.pid) - c0, _merge_cpu_s(p.pid) - m0
         ch.close()
     finally:
         stop(p)
@@ -238,11 +278,16 @@ def _bench_ingest(n: int, per_batch: int, threads: int) -> dict:
     stats = st.stats()
     st.close()
     shutil.rmtree(data, ignore_errors=True)
+    per = 1e6 / max(acked[0], 1)
     return {
         "spans": acked[0],
         "seconds": took,
         "spans_per_s": acked[0] / took,
-        "server_cpu_us_per_span": 1e6 * cpu / max(acked[0], 1),
+        "server_cpu_us_per_span": per * cpu,
+        "merge_cpu_us_per_span": per * merges,
+        "settle_s": settle_s,
+        "server_cpu_settled_us_per_span": per * cpu_all,
+        "merge_cpu_settled_us_per_span": per * merges_all,
         "bytes_per_span": stats["bytes"] / max(stats["spans"], 1),
         "stored": stats["spans"],
     }
@@ -434,6 +479,8 @@ def main() -> int:
     ap.add_argument("--ingest-spans", type=int, default=500_000)
     ap.add_argument("--batch", type=int, default=5_000)
     ap.add_argument("--threads", type=int, default=4)
+    ap.add_argument("--wire", choices=["arrow", "protobuf"], default="arrow",
+                    help="the agent's batch format (GrpcSpanExporter wire)")
     ap.add_argument("--store-spans", type=int, default=10_000_000)
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--skip", default="", help="comma list of: ingest,queries,flamegraph")
@@ -450,15 +497,21 @@ def main() -> int:
             + "  ".join(f"{k[:-3]} {v:.1f} ms" for k, v in r.items())
         )
     if "ingest" not in skip:
-        r = bench_ingest(a.ingest_spans, a.batch, a.threads)
+        r = bench_ingest(a.ingest_spans, a.batch, a.threads, a.wire)
         print(
             f"ingest: {r['spans']} spans in {r['seconds']:.2f}s = {r['spans_per_s']:,.0f} spans/s "
-            f"(server on 1 core, {a.batch}-span batches, {a.threads} client threads)"
+            f"(server on 1 core, {a.batch}-span {a.wire} batches, {a.threads} client threads)"
         )
-        us = r["server_cpu_us_per_span"]
+        us, mu = r["server_cpu_us_per_span"], r["merge_cpu_us_per_span"]
         print(
-            f"  server CPU: {us:.1f} us/span = {1e6 / us:,.0f} spans per CPU-second "
-            "(less sensitive to other load than the wall-clock rate)"
+            f"  server CPU during the run: {us:.1f} us/span = {1e6 / us:,.0f} spans per "
+            f"CPU-second; merges {mu:.1f} of it, the rest (gRPC, checks, inserts, "
+            f"search index) {us - mu:.1f} = {1e6 / (us - mu):,.0f} spans per CPU-second"
+        )
+        us, mu = r["server_cpu_settled_us_per_span"], r["merge_cpu_settled_us_per_span"]
+        print(
+            f"  with the merges the run left (settled in {r['settle_s']:.0f}s): {us:.1f} us/span "
+            f"= {1e6 / us:,.0f} spans per CPU-second, merges {mu:.1f} of it"
         )
         print(f"  on disk: {r['bytes_per_span']:.1f} bytes/span ({r['stored']} agent-like spans)")
     if "queries" not in skip:
