@@ -27,11 +27,13 @@ class BatchWriter:
     """Serializes and batches writes to `store`; `write()` returns spans stored."""
 
     def __init__(
-        self, store: SpanStore, max_spans: int = 50_000, max_delay_s: float = 0.02
+        self, store: SpanStore, max_spans: int = 200_000, max_delay_s: float = 0.02
     ) -> None:
         # 20 ms for company (was 5): groups of 4 agents' 5 000-span batches grew from
         # ~12 500 to ~19 000 spans, 16-18 % more spans/s on one core (fewer parts
-        # written and merged); the ack waits at most that much longer.
+        # written and merged); the ack waits at most that much longer.  Up to 200 000
+        # spans an insert (was 50 000): 8 agents x 20 000-span Arrow batches, 123 000
+        # against 112 000 spans/s (one run each, docs/benchmarks.md).
         self.store = store
         self.max_spans = max_spans
         self.max_delay_s = max_delay_s
