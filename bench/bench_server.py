@@ -15,6 +15,8 @@
    ten million spans in Python would take longer than the measurement; then
    trace-by-id and search p50/p99 through the store API (what the gRPC service calls),
    and GetTrace with the cross-node join over gRPC.
+3b. merge: the CPU one merge level costs per row (8 parts into one), for the schema
+   and variants of it; merges are what keeps ingest on one core short of its target.
 4. flame graph of a 1 000-span trace: each renderer, best of 5.
 """
 
@@ -293,6 +295,71 @@ def _bench_ingest(n: int, per_batch: int, threads: int, wire: str) -> dict:
     }
 
 
+MERGE_VARIANTS = ("schema", "no-lowcardinality", "maps-as-strings", "no-skip-indexes")
+
+
+def _variant_ddl(variant: str, db: str) -> tuple[str, str]:
+    """(DDL of the span table in `db` changed as `variant` says, its SELECT list)."""
+    from server.storage import schema
+
+    ddl, cols = schema.create_table(db), "*"
+    if variant == "no-lowcardinality":
+        ddl = ddl.replace("LowCardinality(String)", "String")
+    elif variant == "maps-as-strings":
+        maps = ("trace_headers", "attributes", "attributes_json", "resource")
+        for c in maps:
+            ddl = ddl.replace(f"{c} Map(LowCardinality(String), String)", f"{c} String")
+        cols = ", ".join(f"toString({c}) AS {c}" if c in maps else c
+                         for c in schema.COLUMN_NAMES)
+    elif variant == "no-skip-indexes":
+        ddl = "\n".join(x for x in ddl.splitlines() if not x.strip().startswith("INDEX"))
+    return ddl, cols
+
+
+def bench_merge_level(n: int, variants: list[str], parts: int = 8) -> dict[str, float]:
+    """CPU us per row of one merge level: `parts` parts of n/parts agent-like spans
+    (merges stopped while they are written) merged into one by OPTIMIZE FINAL on one
+    thread, in this process; per schema variant."""
+    import resource
+
+    from server.storage.chdb_store import ChdbStore
+
+    def cpu() -> float:
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return r.ru_utime + r.ru_stime
+
+    data = tempfile.mkdtemp(prefix="zt-bench-merge-")
+    src = ChdbStore(data, db="src")
+    out = {}
+    try:
+        for b in build_batches(n, 50_000, wire="protobuf"):
+            req = ingest_pb2.PushRequest.FromString(b)
+            req.ClearField("agent")
+            src.write_span_list(req.SerializeToString())
+        s = src._s
+        for t in ("spans", "search_index"):
+            s.query(f"SYSTEM STOP MERGES src.{t}", "CSV")
+        for k, variant in enumerate(variants):
+            db = f"merge{k}"
+            ddl, cols = _variant_ddl(variant, db)
+            s.query(f"CREATE DATABASE {db}", "CSV")
+            s.query(ddl, "CSV")
+            s.query(f"SYSTEM STOP MERGES {db}.spans", "CSV")
+            per = n // parts
+            for off in range(0, n, per):
+                s.query(f"INSERT INTO {db}.spans SELECT {cols} FROM src.spans ORDER BY start_ns "
+                        f"LIMIT {per} OFFSET {off} SETTINGS max_insert_threads = 1", "CSV")
+            s.query(f"SYSTEM START MERGES {db}.spans", "CSV")
+            c = cpu()
+            s.query(f"OPTIMIZE TABLE {db}.spans FINAL SETTINGS max_threads = 1", "CSV")
+            out[variant] = 1e6 * (cpu() - c) / n
+            s.query(f"DROP DATABASE {db}", "CSV")
+    finally:
+        src.close()
+        shutil.rmtree(data, ignore_errors=True)
+    return out
+
+
 FILL_SQL = """
 INSERT INTO {db}.spans SELECT
   substring(MD5(toString(intDiv(number, 10))), 1, 16) AS trace_id,
@@ -483,7 +550,11 @@ def main() -> int:
                     help="the agent's batch format (GrpcSpanExporter wire)")
     ap.add_argument("--store-spans", type=int, default=10_000_000)
     ap.add_argument("--queries", type=int, default=200)
-    ap.add_argument("--skip", default="", help="comma list of: ingest,queries,flamegraph")
+    ap.add_argument("--merge-spans", type=int, default=800_000)
+    ap.add_argument("--merge-variants", default=",".join(MERGE_VARIANTS),
+                    help=f"comma list of: {','.join(MERGE_VARIANTS)}")
+    ap.add_argument("--skip", default="",
+                    help="comma list of: ingest,merge,queries,flamegraph")
     a = ap.parse_args()
     skip = set(filter(None, a.skip.split(",")))
     print(
@@ -514,6 +585,15 @@ def main() -> int:
             f"= {1e6 / us:,.0f} spans per CPU-second, merges {mu:.1f} of it"
         )
         print(f"  on disk: {r['bytes_per_span']:.1f} bytes/span ({r['stored']} agent-like spans)")
+    if "merge" not in skip:
+        cpus = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, {0})  # ClickHouse's merge threads too: one core
+        try:
+            r = bench_merge_level(a.merge_spans, a.merge_variants.split(","))
+        finally:
+            os.sched_setaffinity(0, cpus)
+        print(f"one merge level ({a.merge_spans} agent-like spans, 8 parts into 1, one "
+              "thread): " + "  ".join(f"{k} {v:.2f} us/row" for k, v in r.items()))
     if "queries" not in skip:
         r = bench_queries(a.store_spans, a.queries)
         print(
