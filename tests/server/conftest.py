@@ -34,16 +34,3 @@ def zt_server(chdb_root):
     yield srv
     srv.stop(grace=0.5)
     store.drop()
-
-
-def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
-    """`zerotrace <argv>` in-process; (exit code, stdout, stderr)."""
-    from server.cli import main
-
-    capsys.readouterr()
-    try:
-        rc = main(list(argv))
-    except SystemExit as e:
-        rc = int(e.code or 0)
-    out = capsys.readouterr()
-    return rc, out.out, out.err

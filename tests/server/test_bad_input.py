@@ -18,7 +18,7 @@ import uuid
 import grpc
 import pyarrow as pa
 import pytest
-from conftest import run_cli
+from cli_capture import run_cli
 from factory import server_span
 
 from proto.columns import spans_to_table, table_to_ipc

@@ -8,7 +8,7 @@ import sys
 import textwrap
 import time
 
-from conftest import run_cli
+from cli_capture import run_cli
 from factory import MS, client_server_pair, server_span, two_node_trace
 
 from agent.export import BatchExporter, GrpcSpanExporter
