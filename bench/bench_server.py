@@ -295,6 +295,38 @@ def _bench_ingest(n: int, per_batch: int, threads: int, wire: str) -> dict:
     }
 
 
+def bench_encode(n: int = 4_000, rounds: int = 5) -> dict[str, float]:
+    """The agent's side of the wire: us a span to encode a batch of `n` agent-like
+    spans (best of `rounds`), and bytes a span sent, per wire format."""
+    import gzip
+
+    t0 = time.time_ns()
+    spans: list[Span] = []
+    while len(spans) < n:
+        spans += agent_like_trace(t0 + len(spans) * 10_000)
+
+    def best(f) -> tuple[float, bytes]:
+        times, out = [], b""
+        for _ in range(rounds):
+            t = time.perf_counter()
+            out = f()
+            times.append(time.perf_counter() - t)
+        return 1e6 * min(times) / len(spans), out
+
+    def protobuf() -> bytes:
+        req = ingest_pb2.PushRequest()
+        add = req.spans.add
+        for s in spans:
+            span_to_pb(s, add())
+        return req.SerializeToString()
+
+    arrow_us, arrow = best(lambda: table_to_ipc(spans_to_table(spans)))
+    pb_us, pb = best(protobuf)
+    gz_us, gz = best(lambda: gzip.compress(pb, 6))  # grpc's gzip level
+    return {"arrow_us": arrow_us, "arrow_bytes": len(arrow) / len(spans),
+            "protobuf_us": pb_us, "gzip_us": gz_us, "gzip_bytes": len(gz) / len(spans)}
+
+
 MERGE_VARIANTS = ("schema", "no-lowcardinality", "maps-as-strings", "no-skip-indexes")
 
 
@@ -554,7 +586,7 @@ def main() -> int:
     ap.add_argument("--merge-variants", default=",".join(MERGE_VARIANTS),
                     help=f"comma list of: {','.join(MERGE_VARIANTS)}")
     ap.add_argument("--skip", default="",
-                    help="comma list of: ingest,merge,queries,flamegraph")
+                    help="comma list of: encode,ingest,merge,queries,flamegraph")
     a = ap.parse_args()
     skip = set(filter(None, a.skip.split(",")))
     print(
@@ -567,6 +599,12 @@ def main() -> int:
             "flame graph, 1000-span trace (best of 5): "
             + "  ".join(f"{k[:-3]} {v:.1f} ms" for k, v in r.items())
         )
+    if "encode" not in skip:
+        r = bench_encode()
+        print(f"agent encode, 4000 spans (best of 5): arrow + LZ4 {r['arrow_us']:.1f} us/span "
+              f"({r['arrow_bytes']:.0f} B/span); protobuf {r['protobuf_us']:.1f} + gzip "
+              f"{r['gzip_us']:.1f} = {r['protobuf_us'] + r['gzip_us']:.1f} us/span "
+              f"({r['gzip_bytes']:.0f} B/span)")
     if "ingest" not in skip:
         r = bench_ingest(a.ingest_spans, a.batch, a.threads, a.wire)
         print(
