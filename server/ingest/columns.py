@@ -7,6 +7,8 @@ where a Python call per span would cost more than the insert itself.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -46,20 +48,33 @@ def _nonzero_id(col: pa.ChunkedArray, size: int) -> pa.ChunkedArray:
                    pc.not_equal(col, pa.scalar(b"\0" * size, pa.binary())))
 
 
+def _per_span(col: pa.ChunkedArray, test: Callable[[pa.Array], pa.Array]) -> pa.ChunkedArray:
+    """`test` of each span's value; on a dictionary column, `test` runs once on the
+    dictionary and its results are spread by the indices."""
+    if not pa.types.is_dictionary(col.type):
+        return test(col)
+    return pa.chunked_array([pc.take(test(c.dictionary), c.indices) for c in col.chunks],
+                            type=pa.bool_())
+
+
+def _short(a: pa.Array) -> pa.Array:
+    return pc.less_equal(pc.binary_length(a), MAX_STRING)
+
+
 def _checks(t: pa.Table) -> list[tuple[str, pa.ChunkedArray]]:
     """(reason, mask of spans that pass) in `span_problem`'s order."""
     parent_len = pc.binary_length(t["parent_span_id"])
+    kinds, sources = pa.array(sorted(KINDS)), pa.array(sorted(SOURCES))
     return [
         ("trace_id must be 16 non-zero bytes", _nonzero_id(t["trace_id"], 16)),
         ("span_id must be 8 non-zero bytes", _nonzero_id(t["span_id"], 8)),
         ("parent_span_id must be empty or 8 bytes",
          pc.or_(pc.equal(parent_len, 0), pc.equal(parent_len, 8))),
         ("end_ns before start_ns", pc.greater_equal(t["end_ns"], t["start_ns"])),
-        ("unknown kind", pc.is_in(t["kind"], value_set=pa.array(sorted(KINDS)))),
-        ("unknown source", pc.is_in(t["source"], value_set=pa.array(sorted(SOURCES)))),
+        ("unknown kind", _per_span(t["kind"], lambda a: pc.is_in(a, value_set=kinds))),
+        ("unknown source", _per_span(t["source"], lambda a: pc.is_in(a, value_set=sources))),
         ("operation or error longer than 64 KiB",
-         pc.and_(pc.less_equal(pc.binary_length(t["operation"]), MAX_STRING),
-                 pc.less_equal(pc.binary_length(t["error"]), MAX_STRING))),
+         pc.and_(_per_span(t["operation"], _short), _short(t["error"]))),
     ]
 
 

@@ -100,13 +100,15 @@ def test_columns_malformed_spans_rejected_with_reasons_others_stored(zt_server):
     zero_id.span_id = "00" * 8
     odd_kind = server_span(start_ns=1, end_ns=2)
     odd_kind.kind = "sever"
-    table = spans_to_table([bad_time, good, short_id, zero_id, odd_kind])
+    long_op = server_span(start_ns=1, end_ns=2, operation="GET /" + "x" * 70_000)
+    table = spans_to_table([bad_time, good, short_id, zero_id, odd_kind, long_op])
     resp = _push_columns(zt_server.addr, table_to_ipc(table))
-    assert (resp.accepted, resp.rejected) == (1, 4)
+    assert (resp.accepted, resp.rejected) == (1, 5)
     assert "span 0: end_ns before start_ns" in resp.errors
     assert "span 2: trace_id must be 16 non-zero bytes" in resp.errors
     assert "span 3: span_id must be 8 non-zero bytes" in resp.errors
     assert "span 4: unknown kind" in resp.errors
+    assert "span 5: operation or error longer than 64 KiB" in resp.errors
     assert [s.span_id for s in zt_server.store.get_trace(good.trace_id)] == [good.span_id]
 
 
