@@ -66,13 +66,14 @@ class ZerotraceServer:
         self.grpc = grpc.server(
             futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="zt-rpc"),
             options=opts,
-            # 64 RPCs at 32 workers, as at 8 before: what queues in memory stays bounded.
-            maximum_concurrent_rpcs=workers * 2,
+            # 64 RPCs, as with 8 workers before: what queues in memory stays bounded.
+            maximum_concurrent_rpcs=max(64, workers * 2),
         )
-        # A sender may hold a quarter of the workers (agents; OTLP senders are keyed by
+        # A sender may hold an eighth of the workers (agents: 4 of 32, so that it takes
+        # 16 flooding agents to fill the 64 RPC slots; OTLP senders are keyed by
         # address, so several SDK processes of one host share theirs: half).
         self.admissions = {
-            "zerotrace": Admission(limit=max(1, workers // 4)),
+            "zerotrace": Admission(limit=max(1, workers // 8)),
             "otlp": Admission(limit=max(1, workers // 2)),
         }
         self.grpc.add_generic_rpc_handlers(

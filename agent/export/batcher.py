@@ -53,6 +53,7 @@ class BatchExporter:
                 "submitted", "sent", "batches_sent", "retries", "export_errors",
                 "dropped_queue_full", "dropped_refused", "dropped_retries_exhausted",
                 "dropped_shutdown", "dropped_invalid", "dropped_rejected",
+                "dropped_unacknowledged",
             ),
             0,
         )
@@ -160,7 +161,8 @@ class BatchExporter:
     def _count(self, **inc: int) -> None:
         with self._cv:
             for k, v in inc.items():
-                self._c[k] += v
+                # .get: a loss reason an exporter adds later must not kill this thread
+                self._c[k] = self._c.get(k, 0) + v
 
     def _run(self) -> None:
         while True:

@@ -100,6 +100,21 @@ class GrpcSpanExporter(SpanExporter):
                 return ExportResult.RETRYABLE
             log.warning("server refused a batch of %d spans: %s", len(spans), self.last_error)
             return ExportResult.FAILURE
+        if self.wire == "arrow" and sent and not resp.accepted and not resp.rejected:
+            # A server older than span_columns reads an empty batch and acks 0/0:
+            # speak protobuf to it from now on and send this batch again.
+            self.wire = "protobuf"
+            log.warning("the server at %s ignored Arrow span columns (an older server?); "
+                        "sending protobuf spans from now on", self.target)
+            return ExportResult.RETRYABLE
+        if resp.accepted + resp.rejected < sent:
+            # Neither stored nor refused: say so, never count them as sent.
+            self.lost["unacknowledged"] = (self.lost.get("unacknowledged", 0)
+                                           + sent - resp.accepted - resp.rejected)
+            self._once("unacknowledged", "the server acked %d of %d spans without "
+                       "refusing the rest (counted in "
+                       "zerotrace_export_dropped_unacknowledged_total)",
+                       resp.accepted + resp.rejected, sent)
         if resp.rejected:
             self.rejected += resp.rejected
             self.lost["rejected"] = self.lost.get("rejected", 0) + resp.rejected

@@ -25,9 +25,21 @@ class BadColumns(ValueError):
 def read_columns(data: bytes) -> pa.Table:
     """The batch's table, cast to `SCHEMA` (field order and names must match)."""
     try:
-        table = ipc_to_table(data)
-    except (pa.ArrowInvalid, OSError) as e:
-        raise BadColumns(f"span_columns is not an Arrow IPC stream: {e}") from e
+        return _read(data)
+    except BadColumns:
+        raise
+    except (pa.ArrowException, OSError, ValueError, MemoryError) as e:
+        # Corrupt metadata surfaces as any of these (fuzzed batches: key errors,
+        # absurd allocations, undecodable field names): all are the sender's fault.
+        raise BadColumns(f"span_columns is not a valid Arrow IPC stream: "
+                         f"{type(e).__name__}: {str(e)[:200]}") from e
+
+
+def _read(data: bytes) -> pa.Table:
+    # Offsets, UTF-8 and dictionary indices are checked in full: the IPC reader
+    # trusts them, and a kernel or ClickHouse reading a corrupt buffer can crash.
+    table = ipc_to_table(data)
+    table.validate(full=True)
     if table.schema.names != SCHEMA.names:
         raise BadColumns(
             f"span_columns must have the columns {SCHEMA.names} in that order "
@@ -37,10 +49,18 @@ def read_columns(data: bytes) -> pa.Table:
             table = table.cast(SCHEMA)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as e:
             raise BadColumns(f"span_columns has wrong column types: {e}") from e
-    nulls = [f.name for f in SCHEMA if not f.nullable and table[f.name].null_count]
+    nulls = [f.name for f in SCHEMA if not f.nullable and _has_nulls(table[f.name])]
     if nulls:
         raise BadColumns(f"span_columns has nulls in {nulls}, which cannot be null")
     return table
+
+
+def _has_nulls(col: pa.ChunkedArray) -> bool:
+    """Nulls in the column, or in the dictionary of a dictionary column (whose
+    `null_count` counts null indices only)."""
+    if col.null_count:
+        return True
+    return pa.types.is_dictionary(col.type) and any(c.dictionary.null_count for c in col.chunks)
 
 
 def _nonzero_id(col: pa.ChunkedArray, size: int) -> pa.ChunkedArray:

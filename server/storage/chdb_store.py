@@ -113,9 +113,17 @@ class ChdbStore(SqlStore):
             before = self._count_locked()
             try:
                 ins = self._s.send_insert(f"INSERT INTO {self.table}{settings}", fmt)
+            except Exception as e:
+                raise StorageError(str(e)) from e
+            try:
                 ins.append(payload)
                 res = ins.finish()
             except Exception as e:
+                # An insert left open blocks every later query of the session.
+                try:
+                    ins.cancel()
+                except Exception:  # noqa: BLE001 - already closed by the failure
+                    pass
                 raise StorageError(str(e)) from e
             # chDB's streaming insert can report rows written yet commit nothing (a
             # CHECK violation is swallowed), so the ack is based on the table count,

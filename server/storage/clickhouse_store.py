@@ -67,7 +67,9 @@ class ClickHouseStore(SqlStore):
             return 0
         try:
             # self.table is "db.spans"; clickhouse-connect quotes the name it is given.
-            self._c.insert_arrow(schema.TABLE, table, database=self.db)
+            # clickhouse-connect writes the Arrow file format, which allows one
+            # dictionary per column: batches of several agents must share theirs.
+            self._c.insert_arrow(schema.TABLE, table.unify_dictionaries(), database=self.db)
         except Exception as e:
             raise StorageError(str(e)) from e
         return table.num_rows

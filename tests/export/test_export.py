@@ -168,14 +168,17 @@ class _Ingest(ingest_pb2_grpc.IngestServiceServicer):
         self.requests: list[ingest_pb2.PushRequest] = []
         self.fail = 0
         self.reject = 0  # spans of the next batch to refuse as invalid, as the server does
+        self.old = False  # a server from before span_columns: it sees only `spans`
+        self.short = 0  # spans of the next batch neither stored nor refused
 
     def Push(self, request, context):  # noqa: N802
         if self.fail:
             self.fail -= 1
             context.abort(grpc.StatusCode.UNAVAILABLE, "try later")
         self.requests.append(request)
-        n = len(received(request))
+        n = len(request.spans) if self.old else len(received(request))
         rejected, self.reject = min(self.reject, n), 0
+        n, self.short = n - self.short, 0
         return ingest_pb2.PushResponse(accepted=n - rejected,
                                        rejected=rejected,
                                        errors=["span 0: end_ns before start_ns"] * rejected)
@@ -327,4 +330,32 @@ def test_otlp_exporter_drops_a_malformed_span_alone(fake_server):
     assert m["zerotrace_export_dropped_invalid_total"] == 1
     assert sum(len(ss.spans) for r in otlp.requests for rs in r.resource_spans
                for ss in rs.scope_spans) == 2
+    b.shutdown()
+
+
+def test_an_older_server_gets_protobuf_and_nothing_is_lost(fake_server):
+    # It would ack an Arrow batch 0/0 (it never reads span_columns).
+    addr, ingest, _ = fake_server
+    ingest.old = True
+    b = BatchExporter(GrpcSpanExporter(addr), schedule_delay_s=0.01, backoff_initial_s=0.01)
+    b.submit(spans(7))
+    assert b.force_flush(10)
+    b.submit(spans(3))
+    assert b.force_flush(10)
+    m = b.metrics()
+    assert m["zerotrace_export_sent_total"] == 10 and m["zerotrace_export_dropped_total"] == 0
+    assert [bool(r.span_columns) for r in ingest.requests] == [True, False, False]
+    assert sum(len(r.spans) for r in ingest.requests) == 10
+    b.shutdown()
+
+
+def test_spans_acked_without_being_stored_are_counted_as_dropped(fake_server):
+    addr, ingest, _ = fake_server
+    ingest.short = 2
+    b = BatchExporter(GrpcSpanExporter(addr), schedule_delay_s=0.01)
+    b.submit(spans(6))
+    assert b.force_flush(10)
+    m = b.metrics()
+    assert m["zerotrace_export_sent_total"] == 4
+    assert m["zerotrace_export_dropped_unacknowledged_total"] == 2
     b.shutdown()

@@ -58,6 +58,33 @@ class TestChdbConformance(StorageConformance):
         ).stdout.split()[-1]
         assert out == "1"
 
+    def test_a_failed_insert_does_not_block_the_session(self, store):
+        # ClickHouse refusing a payload mid-stream left the streaming insert open,
+        # and every later query of the (one per process) session failed.
+        import time
+
+        from factory import server_span
+
+        from server.storage.base import StorageError
+
+        import pyarrow as pa
+
+        from proto.columns import spans_to_table, table_to_ipc
+
+        # A null behind a non-nullable column's dictionary: ClickHouse refuses it in
+        # append() or in finish(), as it happens; the first kind wedged the session.
+        n = 20_000  # big enough for ClickHouse to read blocks during append()
+        table = spans_to_table([server_span(start_ns=1, end_ns=2)] * n)
+        i = table.schema.get_field_index("service")
+        table = table.set_column(i, table.schema.field(i), pa.DictionaryArray.from_arrays(
+            pa.array([0] * n, pa.int32()), pa.array([None], pa.string())))
+        for junk in [b"\xff" * 64] + [table_to_ipc(table, compress=False)] * 6:
+            with pytest.raises(StorageError):
+                store._insert("ArrowStream", junk, "")
+        s = server_span(start_ns=time.time_ns(), end_ns=time.time_ns() + 1)
+        assert store.write_spans([s]) == 1
+        assert [x.span_id for x in store.get_trace(s.trace_id)] == [s.span_id]
+
     def test_retention_clears_the_search_index(self, store):
         from factory import server_span
 
