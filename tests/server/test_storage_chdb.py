@@ -63,13 +63,11 @@ class TestChdbConformance(StorageConformance):
         # and every later query of the (one per process) session failed.
         import time
 
+        import pyarrow as pa
         from factory import server_span
 
-        from server.storage.base import StorageError
-
-        import pyarrow as pa
-
         from proto.columns import spans_to_table, table_to_ipc
+        from server.storage.base import StorageError
 
         # A null behind a non-nullable column's dictionary: ClickHouse refuses it in
         # append() or in finish(), as it happens; the first kind wedged the session.
