@@ -85,7 +85,8 @@ def store_admitted(writer: BatchWriter, admission: Admission, sender: str,
         try:
             accepted, rejected, errors = store_batch(writer, batch)
         except Exception as e:  # noqa: BLE001 - storage failure, tell the caller
-            failed = True
+            # The sender retries the whole batch: its invalid spans count then, once.
+            failed, rejected = True, 0
             log.warning("ingest from %r failed: %s", sender, e)
             context.abort(
                 grpc.StatusCode.UNAVAILABLE,

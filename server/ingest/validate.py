@@ -23,6 +23,7 @@ def span_problem(s: span_pb2.Span) -> str:
         return f"unknown kind {s.kind!r}"
     if s.source not in SOURCES:
         return f"unknown source {s.source!r}"
-    if len(s.operation) > MAX_STRING or len(s.error) > MAX_STRING:
+    # Bytes, as the Arrow checks count them (server/ingest/columns.py).
+    if len(s.operation.encode()) > MAX_STRING or len(s.error.encode()) > MAX_STRING:
         return "operation or error longer than 64 KiB"
     return ""

@@ -188,6 +188,25 @@ def test_dictionary_holding_a_null_is_refused(zt_server):
     _ok(zt_server.addr)
 
 
+def test_a_batch_the_store_fails_counts_its_invalid_spans_once(zt_server, monkeypatch):
+    from server.storage.base import StorageError
+
+    def fail(table):
+        raise StorageError("disk full")
+
+    monkeypatch.setattr(zt_server.store, "write_span_table", fail)
+    table = spans_to_table([server_span(start_ns=1, end_ns=2), server_span(start_ns=2, end_ns=1)])
+    for _ in range(3):  # the agent retries an UNAVAILABLE batch whole
+        with pytest.raises(grpc.RpcError) as e:
+            _push_columns(zt_server.addr, table_to_ipc(table))
+        assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+    monkeypatch.undo()
+    resp = _push_columns(zt_server.addr, table_to_ipc(table))
+    assert (resp.accepted, resp.rejected) == (1, 1)
+    st = zt_server.admissions["zerotrace"].snapshot()["t"]
+    assert (st.accepted, st.rejected, st.failed) == (1, 1, 3)
+
+
 def test_oversized_batch(chdb_root):
     from server.app import ZerotraceServer
 
