@@ -145,6 +145,11 @@ def ipc_to_table(data: bytes) -> pa.Table:
         return r.read_all()
 
 
+# Columns spans_from_table() builds by hand; the others map to a field of that name.
+_DONE = {"trace_id", "span_id", "parent_span_id", "local_addr", "local_port", "remote_addr",
+         "remote_port", "trace_headers", "attributes", "attributes_json", "resource"}
+
+
 def spans_from_table(table: pa.Table) -> list[Span]:
     """`Span`s from a table of `SCHEMA` (tests, and backends without an Arrow path)."""
     out = []
@@ -163,7 +168,3 @@ def spans_from_table(table: pa.Table) -> list[Span]:
                 setattr(s, name, r[name])
         out.append(s)
     return out
-
-
-_DONE = {"trace_id", "span_id", "parent_span_id", "local_addr", "local_port", "remote_addr",
-         "remote_port", "trace_headers", "attributes", "attributes_json", "resource"}

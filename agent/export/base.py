@@ -20,15 +20,20 @@ class ExportResult(enum.Enum):
 
 
 class SpanExporter(abc.ABC):
-    """Subclasses count, in `self.lost`, spans of a sent batch that did not arrive:
-    "invalid" (could not be encoded, skipped, the rest sent) and "rejected" (the
-    receiver refused them).  `BatchExporter` takes them with `take_lost()`."""
+    """Subclasses count, with `count_lost()`, spans of a sent batch that did not
+    arrive: "invalid" (could not be encoded, skipped, the rest sent), "rejected" (the
+    receiver refused them) and "unacknowledged" (acked neither as stored nor as
+    refused).  `BatchExporter` takes them with `take_lost()`."""
 
     lost: dict[str, int]
 
     @abc.abstractmethod
     def export(self, spans: Sequence[Span]) -> ExportResult:
         """Send one batch; may block up to the exporter's own timeout."""
+
+    def count_lost(self, reason: str, spans: int = 1) -> None:
+        """Count `spans` of the current batch as lost for `reason`."""
+        self.lost[reason] = self.lost.get(reason, 0) + spans
 
     def take_lost(self) -> dict[str, int]:
         """{reason: spans} lost since the last call, and reset."""

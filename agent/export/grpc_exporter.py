@@ -109,15 +109,14 @@ class GrpcSpanExporter(SpanExporter):
             return ExportResult.RETRYABLE
         if resp.accepted + resp.rejected < sent:
             # Neither stored nor refused: say so, never count them as sent.
-            self.lost["unacknowledged"] = (self.lost.get("unacknowledged", 0)
-                                           + sent - resp.accepted - resp.rejected)
+            self.count_lost("unacknowledged", sent - resp.accepted - resp.rejected)
             self._once("unacknowledged", "the server acked %d of %d spans without "
                        "refusing the rest (counted in "
                        "zerotrace_export_dropped_unacknowledged_total)",
                        resp.accepted + resp.rejected, sent)
         if resp.rejected:
             self.rejected += resp.rejected
-            self.lost["rejected"] = self.lost.get("rejected", 0) + resp.rejected
+            self.count_lost("rejected", resp.rejected)
             self._once("rejected", "the server rejected spans (counted in "
                        "zerotrace_export_dropped_rejected_total), e.g.: %s",
                        "; ".join(resp.errors)[:500])
@@ -161,7 +160,7 @@ class GrpcSpanExporter(SpanExporter):
     def _invalid(self, why: object) -> None:
         # One span that cannot be encoded (a malformed id) must not cost the batch:
         # drop it alone, counted, and say so once.
-        self.lost["invalid"] = self.lost.get("invalid", 0) + 1
+        self.count_lost("invalid")
         self._once("invalid", "a span could not be encoded and was dropped "
                    "(counted in zerotrace_export_dropped_invalid_total): %s", why)
 

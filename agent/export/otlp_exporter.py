@@ -105,7 +105,7 @@ class OtlpSpanExporter(SpanExporter):
                 readable.append(to_readable_span(s))
             except (ValueError, TypeError) as e:
                 # A malformed id: drop that span alone, counted, not the batch.
-                self.lost["invalid"] = self.lost.get("invalid", 0) + 1
+                self.count_lost("invalid")
                 if not self._warned:
                     self._warned = True
                     log.warning("a span could not be encoded for OTLP and was dropped "

@@ -161,13 +161,15 @@ class Stitcher:
         self.items.append(item)
         self.comm[pid] = s.process
         conn_id = ctx.conn_id
-        if s.kind == KIND_SERVER:
-            off = s.req_offset
-            if off is not None:  # the request's range: a read of it opened this context
-                rkey = (conn_id, _INGRESS)
-                n = s.req_bytes
-                _insort(self.ranges[rkey], (off, off + (n if n > 1 else 1), id(item), item))
-                keys.append((_IX_RANGES, rkey))
+        server = s.kind == KIND_SERVER
+        # The range of what this side reads, the request of a server or the response
+        # of a client: a read of it opens (server) or resumes (client) the context.
+        off, n = (s.req_offset, s.req_bytes) if server else (s.resp_offset, s.resp_bytes)
+        if off is not None:
+            rkey = (conn_id, _INGRESS)
+            _insort(self.ranges[rkey], (off, off + (n if n > 1 else 1), id(item), item))
+            keys.append((_IX_RANGES, rkey))
+        if server:
             item.thread_done = True
             self.pending_remote.append(item)
             key = (pid, ctx.in_tid)
@@ -183,12 +185,6 @@ class Stitcher:
             if off is not None and conn_id in self.inflight_threads:
                 self._settle_inflight(conn_id, off, s.req_bytes)
         else:
-            off = s.resp_offset
-            if off is not None:  # the response's range: a read of it resumes the context
-                rkey = (conn_id, _INGRESS)
-                n = s.resp_bytes
-                _insort(self.ranges[rkey], (off, off + (n if n > 1 else 1), id(item), item))
-                keys.append((_IX_RANGES, rkey))
             item.remote_done = True
             self.pending_thread.append(item)
             if s.transport == "tcp" and s.req_seq is not None:

@@ -81,7 +81,6 @@ def store_admitted(writer: BatchWriter, admission: Admission, sender: str,
     failed = False
     try:
         batch = encode()
-        rejected = batch.rejected
         try:
             accepted, rejected, errors = store_batch(writer, batch)
         except Exception as e:  # noqa: BLE001 - storage failure, tell the caller
@@ -124,15 +123,12 @@ class IngestService:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                           "a batch carries spans or span_columns, not both")
         sender = sender_of(request.agent.agent, context.peer())
-        if request.span_columns:
-            accepted, rejected, errors = store_admitted(
-                self.writer, self.admission, sender, context,
-                lambda: self._columns(request.span_columns, context))
-            return ingest_pb2.PushResponse(accepted=accepted, rejected=rejected, errors=errors)
-        n = len(request.spans)
-        _check_size(n, context)
 
         def encode() -> Batch:
+            if request.span_columns:
+                return self._columns(request.span_columns, context)
+            n = len(request.spans)
+            _check_size(n, context)
             # Spans are field 1 of PushRequest as of SpanList: without the other fields
             # the request bytes are a SpanList, no per-span work needed.  (The exporter
             # stamps its agent name on spans; the server does not open them.)

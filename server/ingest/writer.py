@@ -86,7 +86,7 @@ class BatchWriter:
         tables = [g for g in group if isinstance(g[0], pa.Table)]
         lists = [g for g in group if not isinstance(g[0], pa.Table)]
         if tables:
-            self._commit_kind(tables, lambda ps: pa.concat_tables(ps),
+            self._commit_kind(tables, pa.concat_tables,
                               self.store.write_span_table)
         if lists:
             self._commit_kind(lists, b"".join, self.store.write_span_list)
