@@ -4,8 +4,12 @@ processes (client span -> server span of the same request), never by guessing.
 Within a process, a client span's parent is the request whose context its thread was
 in when it wrote the request: the context of the last read on that thread, where a
 read of a server request opens that request's context and a read of a response on a
-client connection resumes the context that sent the request (design.md: this also
-links sequential calls in event loops).  The link is refused, and counted, when:
+client connection resumes the context that wrote on that connection last, whether or
+not its bytes made a span (design.md: this also links sequential calls in event loops;
+following the connection makes unknown protocols and the intermediate round trips of
+multi-round-trip calls transparent).  A Go goroutine that read nothing (the pooled HTTP
+client's `writeLoop`) takes the context of the goroutine that woke it just before its
+first write, when a `HandoffIndex` names exactly one.  The link is refused, and counted, when:
   - the reads just before it (with no write between them) belong to more than one
     context, unless a rare payload token picks exactly one (evidence.py);
   - the context had already answered its request (work handed off, or a later reuse);
@@ -38,6 +42,11 @@ _MS = 10**6
 _INGRESS = abi.DIR_INGRESS
 _EGRESS = abi.DIR_EGRESS
 _ROLE_SERVER = abi.ROLE_SERVER
+_ROLE_CLIENT = abi.ROLE_CLIENT
+# How many connection or hand-off steps one attribution may follow back: a chain is
+# as deep as the calls a request makes one after another through unparsed round trips.
+_MAX_DEPTH = 16
+NO_SPAN = "read before it belongs to no span"
 _INF = float("inf")
 _insort = bisect.insort
 _bisect_left = bisect.bisect_left
@@ -130,6 +139,15 @@ class Stitcher:
         self.stats: Counter = Counter()
         self.per_process: dict[int, Counter] = defaultdict(Counter)
         self.comm: dict[int, str] = {}
+        # conn_id -> time-ordered [(ts, direction, pid, tid)] of client connections: a
+        # read there resumes the context of the writes just before it (context follows
+        # the connection, whether or not the bytes parse into a span)
+        self.conn_events: dict[int, list] = defaultdict(list)
+        # (pid, tid, ts) -> final (status, item, how) of a write that made no span
+        self._write_ctx: dict[tuple[int, int, int], tuple] = {}
+        # Go hand-offs (agent/stitch/handoff.py): who woke a goroutine before it wrote
+        self.handoffs = None
+        self._via_conn = False  # set while an attribution followed a connection
         self._indexes = (self.ranges, self.thread_servers, self.by_header,
                          self.client_by_seq, self.udp_clients)  # in _IX_* order
 
@@ -151,6 +169,13 @@ class Stitcher:
             _insort(tl, entry)
         else:
             tl.append(entry)
+        if role == _ROLE_CLIENT:
+            ce = self.conn_events[conn_id]
+            centry = (ts, d, e.pid, e.tid)
+            if ce and ce[-1][0] > ts:
+                _insort(ce, centry)
+            else:
+                ce.append(centry)
 
     def add(self, ctx: SpanContext) -> None:
         self._added += 1
@@ -232,25 +257,31 @@ class Stitcher:
         return (s.local.addr, s.local.port, s.remote.addr, s.remote.port, s.operation)
 
     # -- attribution ------------------------------------------------------------------
-    def _context_of_read(self, conn_id: int, offset: int) -> tuple[str, Item | None]:
+    def _context_of_read(self, conn_id: int, offset: int, ts: int, role: int, now: int,
+                         depth: int = 0) -> tuple[str, Item | None]:
         """("ok", server item) / ("pending", None) / (reason, None)."""
         lst = self.ranges.get((conn_id, _INGRESS))
-        if not lst:
-            return "pending", None
-        # the known messages holding offset (ranges are sorted by start)
-        i = _bisect_right(lst, (offset, _INF, 0, None))
         it = None
-        for j in range(i - 1, max(0, i - 8) - 1, -1):
-            start, end, _, cand = lst[j]
-            if start <= offset < end:
-                if it is not None:
-                    return "read spans several requests", None
-                it = cand
+        if lst:
+            # the known messages holding offset (ranges are sorted by start)
+            i = _bisect_right(lst, (offset, _INF, 0, None))
+            for j in range(i - 1, max(0, i - 8) - 1, -1):
+                start, end, _, cand = lst[j]
+                if start <= offset < end:
+                    if it is not None:
+                        return "read spans several requests", None
+                    it = cand
         if it is None:
+            if role == _ROLE_CLIENT:
+                return self._context_of_conn_read(conn_id, ts, now, depth)
             return "pending", None
         if it.span.kind == KIND_SERVER:
             return "ok", it
         if not it.thread_done:
+            if role == _ROLE_CLIENT and it.ctx.out_ns > ts:
+                # an earlier round trip of the same call (a statement prepared before it
+                # is executed): the span's request write comes after this read
+                return self._context_of_conn_read(conn_id, ts, now, depth)
             return "pending", None
         if it.parent is None:
             return "resumed context unknown", None
@@ -261,24 +292,64 @@ class Stitcher:
             return "resumed context of a hand-off", None
         return "ok", it.parent
 
+    def _context_of_conn_read(self, conn_id: int, ts: int, now: int,
+                              depth: int) -> tuple[str, Item | None]:
+        """The context a read at ts on a client connection resumes: that of the writes
+        on the connection just before it (the request it answers), parsed or not.  All
+        of them must be in one context: writes of several (pipelining, a connection
+        shared by requests) refuse."""
+        if depth >= _MAX_DEPTH:
+            return "chain of calls too deep", None
+        ev = self.conn_events.get(conn_id)
+        if not ev:
+            return NO_SPAN, None
+        i = _bisect_left(ev, (ts,)) - 1
+        while i >= 0 and ev[i][1] == _INGRESS:  # earlier reads of the same answer
+            i -= 1
+        found: Item | None = None
+        n = 0
+        while i >= 0 and ev[i][1] == _EGRESS:
+            wts, _d, pid, tid = ev[i]
+            status, ctxt = self._context_of_write(pid, tid, wts, now, depth + 1)
+            if status != "ok":
+                return status, None
+            if found is not None and ctxt is not found:
+                return "connection shared by several requests", None
+            found = ctxt
+            n += 1
+            i -= 1
+        if found is None:
+            return NO_SPAN, None  # nothing written before it: not an answer
+        self._via_conn = True
+        return "ok", found
+
+    def _context_of_write(self, pid: int, tid: int, t: int, now: int,
+                          depth: int) -> tuple[str, Item | None]:
+        """The context a thread was in when it wrote at t (no span of its own)."""
+        key = (pid, tid, t)
+        hit = self._write_ctx.get(key)
+        if hit is not None:
+            if hit[0] == "ok":
+                self._via_conn = True
+            return hit[0], hit[1]
+        status, parent, _how = self._thread_context(pid, tid, t, t, now, None, depth)
+        if status == "root":
+            status = NO_SPAN  # a write with nothing read before it: whose, unknown
+        if status != "pending":
+            self._write_ctx[key] = (status, parent)
+        return status, parent
+
     def _decide_thread(self, item: Item, now: int) -> bool:
         """Decide a client span's parent in its process; False to wait."""
         c = item.ctx
         s = c.span
         pc = self.per_process[s.pid]
-        mode = self.classifier.mode(s.pid)
-        if mode == MODE_GO or (mode == MODE_GO_GOID and c.out_tid < GOROUTINE_BASE):
-            return self._refuse(item, "M:N runtime: thread is not the request")
-        tl = self.threads.get((s.pid, c.out_tid))
-        if not tl:
-            return self._refuse(item, "no thread history (events lost?)")
-        t = c.out_ns
-        lst = tl
-        i = _bisect_left(lst, (t, -1, 0, 0, 0)) - 1
-        # skip back over writes (siblings written earlier in the same context)
-        while i >= 0 and lst[i][1] == _EGRESS:
-            i -= 1
-        if i < 0:  # nothing read before it: the request starts here (a root client)
+        self._via_conn = False
+        status, parent, how = self._thread_context(s.pid, c.out_tid, c.out_ns, s.start_ns,
+                                                   now, s, 0)
+        if status == "pending":
+            return False
+        if status == "root":  # nothing read before it: the request starts here
             if header_keys(s):
                 # ...unless the thread was handed the work (a pool's first job): a
                 # propagated id may still say whose it is.
@@ -289,18 +360,57 @@ class Stitcher:
                         self._server_inflight(s.pid, c.out_ns):
                     return False  # a request read before it may carry that id
             item.thread_done = True
-            self.per_process[s.pid]["root client (no read before it)"] += 1
+            pc["root client (no read before it)"] += 1
             return True
+        if status != "ok":
+            return self._refuse(item, status)
+        if header_keys(s):
+            by_header = self._by_header(item)
+            if by_header is not None and by_header is not parent:
+                item.thread_done = True  # two kinds of evidence disagree: no link
+                pc["refused: thread and propagated id disagree"] += 1
+                self.stats["refused"] += 1
+                item.span.attributes["zerotrace.parent.unknown"] = \
+                    "thread and propagated id disagree"
+                return True
+        if self._via_conn and how == "thread":
+            how = "thread via connection"
+        return self._link(item, parent, how)
+
+    def _thread_context(self, pid: int, tid: int, t: int, start_ns: int, now: int,
+                        child: Span | None, depth: int) -> tuple[str, Item | None, str]:
+        """The request whose context thread tid of pid was in when it wrote at t:
+        ("ok", item, how), ("pending", None, ""), ("root", None, "") when nothing was
+        read before it, or (refusal reason, None, "").  child (the span written, if
+        any) lends its payload tokens where several requests are candidates."""
+        mode = self.classifier.mode(pid)
+        if mode == MODE_GO or (mode == MODE_GO_GOID and tid < GOROUTINE_BASE):
+            return "M:N runtime: thread is not the request", None, ""
+        key = (pid, tid)
+        tl = self.threads.get(key)
+        if not tl:
+            return "no thread history (events lost?)", None, ""
+        lst = tl
+        i = _bisect_left(lst, (t, -1, 0, 0, 0)) - 1
+        # skip back over writes (siblings written earlier in the same context)
+        last_write = lst[i][0] if i >= 0 else 0
+        while i >= 0 and lst[i][1] == _EGRESS:
+            i -= 1
+        if i < 0:
+            if self.handoffs is not None and mode == MODE_GO_GOID:
+                return self._handed_off(pid, tid, last_write, t, start_ns, now, child,
+                                        depth)
+            return "root", None, ""
         contexts: list[Item] = []
         while i >= 0 and lst[i][1] == _INGRESS:
-            _, _, sock, off, _role = lst[i]
-            status, ctxt = self._context_of_read(sock, off)
+            rts, _, sock, off, role = lst[i]
+            status, ctxt = self._context_of_read(sock, off, rts, role, now, depth)
             if status == "pending":
-                if now - lst[i][0] < self.max_wait_ns:
-                    return False
-                return self._refuse(item, "read before it belongs to no span")
+                if now - rts < self.max_wait_ns:
+                    return "pending", None, ""
+                return NO_SPAN, None, ""
             if status != "ok":
-                return self._refuse(item, status)
+                return status, None, ""
             if ctxt not in contexts:
                 contexts.append(ctxt)
             i -= 1
@@ -309,45 +419,57 @@ class Stitcher:
             # Event loops: if the thread read anything of another context since this
             # context's request, "last read" is not trustworthy (a queued call may be
             # written from another request's callback); payload evidence or nothing.
-            others = self._others_since(lst, parent, t, now)
+            others = self._others_since(lst, parent, t, now, depth)
             if others is None:
-                return False  # a read in the window is not attributable yet
+                return "pending", None, ""  # a read in the window is not attributable yet
             if others:
-                parent = self._by_token(s, [parent] + others)
+                parent = self._by_token(child, [parent] + others)
                 if parent is None:
-                    return self._refuse(item, "several requests in flight on the thread")
+                    return "several requests in flight on the thread", None, ""
                 how = "thread+token"
         else:
-            parent = self._by_token(s, contexts)
+            parent = self._by_token(child, contexts)
             if parent is None:
-                return self._refuse(item, "reads of several requests interleave")
+                return "reads of several requests interleave", None, ""
             how = "thread+token"
         if how == "thread":
             # Requests still open on this thread when the call was written: more than
             # one means the thread multiplexes requests (an event loop), where a call
             # queued by one request can be written in another's callback.
-            open_ = self._open_requests(lst, s.pid, c.out_tid, t, now)
+            open_ = self._open_requests(lst, pid, tid, t, now)
             if open_ is None:
-                return False
+                return "pending", None, ""
             others = [x for x in open_ if x is not parent]
             if others:
-                parent = self._by_token(s, [parent] + others)
+                parent = self._by_token(child, [parent] + others)
                 if parent is None:
-                    return self._refuse(item, "several requests in flight on the thread")
+                    return "several requests in flight on the thread", None, ""
                 how = "thread+token"
         ps = parent.ctx
         if ps.has_response and ps.out_ns < t:
-            return self._refuse(item, "context already answered (hand-off?)")
-        if not (parent.span.start_ns <= s.start_ns):
-            return self._refuse(item, "child starts before parent")
-        if header_keys(s):
-            by_header = self._by_header(item)
-            if by_header is not None and by_header is not parent:
-                item.thread_done = True  # two kinds of evidence disagree: no link
-                pc["refused: thread and propagated id disagree"] += 1
-                self.stats["refused"] += 1
-                return True
-        return self._link(item, parent, how)
+            return "context already answered (hand-off?)", None, ""
+        if not (parent.span.start_ns <= start_ns):
+            return "child starts before parent", None, ""
+        return "ok", parent, how
+
+    def _handed_off(self, pid: int, tid: int, last_write: int, t: int, start_ns: int,
+                    now: int, child: Span | None,
+                    depth: int) -> tuple[str, Item | None, str]:
+        """A goroutine that read nothing wrote at t: it works for the goroutine that
+        woke it, if exactly one did since its previous write (Go's pooled HTTP client:
+        the request's goroutine hands the request to the connection's writeLoop)."""
+        if depth >= _MAX_DEPTH:
+            return "chain of calls too deep", None, ""
+        w = self.handoffs.waker(pid, tid, last_write if last_write < t else 0, t)
+        if w is None:
+            return "root", None, ""
+        status, parent, _how = self._thread_context(pid, w[0], w[1], start_ns, now, child,
+                                                    depth + 1)
+        if status == "ok":
+            return "ok", parent, "goroutine hand-off"
+        if status in ("pending", "root"):
+            return status, None, ""
+        return f"hand-off: {status}", None, ""
 
     def _server_inflight(self, pid: int, t: int) -> bool:
         """A server request of process pid read before t whose span is not known yet."""
@@ -376,7 +498,8 @@ class Stitcher:
                 i -= 1
         return open_
 
-    def _others_since(self, lst: list, parent: Item, t: int, now: int) -> list[Item] | None:
+    def _others_since(self, lst: list, parent: Item, t: int, now: int,
+                      depth: int = 0) -> list[Item] | None:
         """Contexts other than parent's read on this thread between parent's request
         and t; None while one of those reads is not attributable yet."""
         start = parent.ctx.in_ns if parent.span.kind == KIND_SERVER else parent.span.start_ns
@@ -384,10 +507,10 @@ class Stitcher:
         hi = _bisect_left(lst, (t,))
         others: list[Item] = []
         unknown = False
-        for ts, d, conn, off, _role in lst[lo:hi]:
+        for ts, d, conn, off, role in lst[lo:hi]:
             if d != _INGRESS:
                 continue
-            status, ctxt = self._context_of_read(conn, off)
+            status, ctxt = self._context_of_read(conn, off, ts, role, now, depth)
             if status == "pending":
                 if now - ts < self.max_wait_ns:
                     return None
@@ -402,9 +525,11 @@ class Stitcher:
         return others
 
     @staticmethod
-    def _by_token(child: Span, candidates: list[Item]) -> Item | None:
+    def _by_token(child: Span | None, candidates: list[Item]) -> Item | None:
         """The one candidate a rare payload token of child points to, or None.
         (evidence.pick_by_tokens, with each candidate's tokens extracted once.)"""
+        if child is None:
+            return None
         ct = evidence.tokens(child)
         if not ct:
             return None
@@ -454,6 +579,8 @@ class Stitcher:
         item.thread_done = True
         self.per_process[item.span.pid][f"refused: {reason}"] += 1
         self.stats["refused"] += 1
+        # say so on the span, so a trace view shows why it is a root ("parent unknown")
+        item.span.attributes["zerotrace.parent.unknown"] = reason
         return True
 
     def _decide_remote(self, item: Item, now: int) -> bool:
@@ -488,6 +615,8 @@ class Stitcher:
         if len(cands) > 1:
             self.stats["remote_ambiguous"] += 1
             item.remote_done = True
+            s.attributes["zerotrace.parent.unknown"] = \
+                f"{len(cands)} client spans match the request"
             return True
         if now - s.end_ns < self.quiet_ns:
             return False  # the client side may still be on its way
@@ -627,6 +756,14 @@ class Stitcher:
             if not tl:
                 del self.threads[k]
                 self.thread_maxdur.pop(k, None)
+        for k in list(self.conn_events):
+            ce = self.conn_events[k]
+            if ce and ce[0][0] < horizon:
+                del ce[:_bisect_left(ce, (horizon,))]
+            if not ce:
+                del self.conn_events[k]
+        if self._write_ctx:
+            self._write_ctx = {k: v for k, v in self._write_ctx.items() if k[2] >= horizon}
         stale = now - self.horizon_ns
         for k in list(self.inflight):
             d = self.inflight[k]
