@@ -31,6 +31,10 @@ STATUS_UNSET = "unset"
 STATUS_OK = "ok"
 STATUS_ERROR = "error"
 
+# Attribute on a span the agent left without a parent: why it refused to link it
+# (a trace view says "parent unknown: <reason>" instead of showing a silent root).
+PARENT_UNKNOWN = "zerotrace.parent.unknown"
+
 # Headers whose values are kept as correlation keys, lower-case.
 TRACE_HEADERS = ("traceparent", "tracestate", "x-request-id", "uber-trace-id", "sw8")
 

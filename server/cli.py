@@ -18,6 +18,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from proto.span import PARENT_UNKNOWN
+
 DEFAULT_SERVER = os.environ.get("ZEROTRACE_SERVER", "127.0.0.1:4317")
 DEFAULT_DATA = os.environ.get("ZEROTRACE_DATA", "./zerotrace-data")
 
@@ -77,25 +79,42 @@ def fmt_ns(ns: int) -> str:
 # -- plumbing --------------------------------------------------------------------
 
 
-def _stub(args: argparse.Namespace):
-    import grpc
+def _security(args: argparse.Namespace):
+    """TLS and token options of a query command (proto/credentials.py)."""
+    from proto.credentials import ClientSecurity, CredentialsError
 
+    try:
+        return ClientSecurity.from_options(
+            ca=args.tls_ca, cert=args.tls_cert, key=args.tls_key,
+            token_file=args.token_file, server_name=args.tls_server_name)
+    except CredentialsError as e:
+        print(f"zerotrace: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _stub(args: argparse.Namespace):
     from proto.zerotrace.v1 import query_pb2_grpc
 
-    ch = grpc.insecure_channel(args.server)
-    return ch, query_pb2_grpc.QueryServiceStub(ch)
+    sec = _security(args)
+    ch = sec.channel(args.server)
+    return ch, query_pb2_grpc.QueryServiceStub(ch), sec.metadata()
 
 
 def _call(args: argparse.Namespace, method: str, request: Any) -> Any:
     """Call a QueryService method; gRPC errors become a one-line message, exit 1."""
     import grpc
 
-    ch, stub = _stub(args)
+    ch, stub, metadata = _stub(args)
     try:
-        return getattr(stub, method)(request, timeout=args.timeout)
+        return getattr(stub, method)(request, timeout=args.timeout, metadata=metadata)
     except grpc.RpcError as e:
         code = e.code()
-        if code == grpc.StatusCode.UNAVAILABLE and "failed to connect" in (e.details() or ""):
+        details = e.details() or ""
+        if code == grpc.StatusCode.UNAVAILABLE and _tls_failure(details):
+            msg = (f"TLS with the zerotrace server at {args.server} failed: check --tls-ca "
+                   "(the CA that signed the server), --tls-cert/--tls-key (when it asks for a "
+                   "client certificate), and whether it speaks TLS at all")
+        elif code == grpc.StatusCode.UNAVAILABLE and "failed to connect" in details:
             msg = f"cannot reach the zerotrace server at {args.server} (--server HOST:PORT)"
         else:
             msg = f"{code.name.lower()}: {e.details()}"
@@ -103,6 +122,11 @@ def _call(args: argparse.Namespace, method: str, request: Any) -> Any:
         raise SystemExit(1) from None
     finally:
         ch.close()
+
+
+def _tls_failure(details: str) -> bool:
+    d = details.lower()
+    return any(w in d for w in ("ssl", "tls", "handshake", "certificate", "socket closed"))
 
 
 def _since_ns(args: argparse.Namespace) -> int:
@@ -131,6 +155,20 @@ def cmd_server(args: argparse.Namespace) -> int:
     from server.app import ZerotraceServer
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    from server.auth import AuthConfigError, TokenTable, exposure_problem
+
+    problem = exposure_problem(args.listen, bool(args.tls_cert), bool(args.token_file),
+                               args.insecure)
+    if problem:
+        print(f"zerotrace: {problem}", file=sys.stderr)
+        return 2
+    try:
+        tokens = TokenTable(args.token_file) if args.token_file else None
+        if bool(args.tls_cert) != bool(args.tls_key) or (args.tls_ca and not args.tls_cert):
+            raise AuthConfigError("TLS needs --tls-cert and --tls-key (and --tls-ca for mTLS)")
+    except AuthConfigError as e:
+        print(f"zerotrace: {e}", file=sys.stderr)
+        return 2
     store = None
     if args.clickhouse:
         from server.storage.clickhouse_store import ClickHouseStore
@@ -144,13 +182,19 @@ def cmd_server(args: argparse.Namespace) -> int:
         retention_s=(args.retention or 0) / 1e9,
         max_bytes=args.max_size or 0,
         metrics_listen=args.metrics,
+        tls_cert=args.tls_cert or "",
+        tls_key=args.tls_key or "",
+        tls_ca=args.tls_ca or "",
+        tokens=tokens,
     )
     port = srv.start()
     print(
         f"zerotrace server listening on {args.listen.rpartition(':')[0]}:{port} "
         f"data={args.data if store is None else args.clickhouse}"
         + (f" metrics=http://{args.metrics.rpartition(':')[0]}:{srv.metrics_port}/metrics"
-           if args.metrics else ""),
+           if args.metrics else "")
+        + f" tls={'mtls' if args.tls_ca else 'on' if args.tls_cert else 'off'}"
+        + f" tokens={len(tokens) if tokens is not None else 'off'}",
         flush=True,
     )
     stop = {"now": False}
@@ -160,6 +204,9 @@ def cmd_server(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
+    if tokens is not None:
+        # Rotating tokens needs no restart: edit the file, `kill -HUP` the server.
+        signal.signal(signal.SIGHUP, lambda *_: tokens.reload())
     while not stop["now"]:
         time.sleep(0.2)
     srv.stop()
@@ -282,6 +329,8 @@ def trace_tree_rows(spans: Sequence) -> list[dict[str, Any]]:
             "self_ns": st,
             "span_id": s.span_id,
             "agent": s.agent,
+            # why the agent left this span without a parent (it refuses to guess)
+            "parent_unknown": (s.attributes.get(PARENT_UNKNOWN, "") if d == 0 else ""),
         }
         for s, _p, d, st in walk(spans)
     ]
@@ -298,6 +347,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
             }
         )
         return 0
+    from rich.markup import escape
     from rich.tree import Tree
 
     rows = trace_tree_rows(spans)
@@ -328,6 +378,8 @@ def cmd_trace(args: argparse.Namespace) -> int:
             f"+{fmt_ns(r['offset_ns'])}  {fmt_ns(r['duration_ns'])}  "
             f"self {fmt_ns(r['self_ns'])}"
         )
+        if r["parent_unknown"]:
+            label += f"  [yellow]parent unknown: {escape(r['parent_unknown'])}[/]"
         node = stack[-1].add(label)
         stack.append(node)
     _console().print(root)
@@ -400,6 +452,9 @@ def _query_opts(p: argparse.ArgumentParser, output: bool = True) -> None:
         help=f"server HOST:PORT (default {DEFAULT_SERVER}, env ZEROTRACE_SERVER)",
     )
     p.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
+    from proto.credentials import add_client_options
+
+    add_client_options(p)
     if output:
         p.add_argument(
             "-o",
@@ -438,6 +493,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="HOST:PORT",
         help="serve the server's Prometheus metrics there (e.g. 0.0.0.0:9465); default off",
     )
+    g = p.add_argument_group("security (docs/server.md#security)")
+    g.add_argument("--tls-cert", metavar="FILE", help="serve TLS with this certificate (PEM)")
+    g.add_argument("--tls-key", metavar="FILE", help="its private key (PEM)")
+    g.add_argument("--tls-ca", metavar="FILE",
+                   help="require client certificates signed by this CA (mTLS)")
+    g.add_argument("--token-file", metavar="FILE",
+                   help="bearer tokens, one 'ROLE TOKEN [NAME]' a line, ROLE ingest or read; "
+                   "re-read on SIGHUP")
+    g.add_argument("--insecure", action="store_true",
+                   help="allow a non-loopback --listen without TLS or tokens")
     p.set_defaults(func=cmd_server)
 
     p = subparsers.add_parser("services", help="services with request rate, errors, p50/p99")

@@ -36,7 +36,7 @@ from agent.probes import abi
 from agent.probes.events import SocketEvent
 from agent.stitch import evidence
 from agent.stitch.runtime import GOROUTINE_BASE, MODE_GO, MODE_GO_GOID, RuntimeClassifier
-from proto.span import KIND_CLIENT, KIND_SERVER, Span, new_trace_id
+from proto.span import KIND_CLIENT, KIND_SERVER, PARENT_UNKNOWN, Span, new_trace_id
 
 _MS = 10**6
 _INGRESS = abi.DIR_INGRESS
@@ -370,7 +370,7 @@ class Stitcher:
                 item.thread_done = True  # two kinds of evidence disagree: no link
                 pc["refused: thread and propagated id disagree"] += 1
                 self.stats["refused"] += 1
-                item.span.attributes["zerotrace.parent.unknown"] = \
+                item.span.attributes[PARENT_UNKNOWN] = \
                     "thread and propagated id disagree"
                 return True
         if self._via_conn and how == "thread":
@@ -580,7 +580,7 @@ class Stitcher:
         self.per_process[item.span.pid][f"refused: {reason}"] += 1
         self.stats["refused"] += 1
         # say so on the span, so a trace view shows why it is a root ("parent unknown")
-        item.span.attributes["zerotrace.parent.unknown"] = reason
+        item.span.attributes[PARENT_UNKNOWN] = reason
         return True
 
     def _decide_remote(self, item: Item, now: int) -> bool:
@@ -615,7 +615,7 @@ class Stitcher:
         if len(cands) > 1:
             self.stats["remote_ambiguous"] += 1
             item.remote_done = True
-            s.attributes["zerotrace.parent.unknown"] = \
+            s.attributes[PARENT_UNKNOWN] = \
                 f"{len(cands)} client spans match the request"
             return True
         if now - s.end_ns < self.quiet_ns:

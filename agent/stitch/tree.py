@@ -5,12 +5,14 @@ from __future__ import annotations
 from collections import defaultdict
 
 from agent.stitch.stitcher import Trace
-from proto.span import Span
+from proto.span import PARENT_UNKNOWN, Span
 
 
 def _line(s: Span, t0: int) -> str:
     status = s.status_code or s.status
     inc = f"  [incomplete: {s.incomplete}]" if s.incomplete else ""
+    if s.attributes.get(PARENT_UNKNOWN):
+        inc += f"  [parent unknown: {s.attributes[PARENT_UNKNOWN]}]"
     return (f"{s.source} {s.kind:<6} {s.process}({s.pid}) {s.protocol} {s.operation[:70]} "
             f"{status}  +{(s.start_ns - t0) / 1e6:.3f}ms {s.duration_ns / 1e6:.3f}ms{inc}")
 

@@ -296,3 +296,26 @@ def test_join_across_nat_by_both_sequence_numbers(zt_server, capsys):
     _send(zt_server.addr, "node-b", [s2])
     rc, out, _ = run_cli(capsys, "trace", c2.trace_id, "--server", zt_server.addr, "-o", "json")
     assert json.loads(out)["join"] == {"linked": 0, "ambiguous": 0}
+
+
+def test_trace_view_says_why_a_span_has_no_parent(zt_server, capsys):
+    """A span the agent refused to link shows "parent unknown: <reason>", not a silent
+    root; once the span has a parent in the trace, the note is not shown."""
+    t0 = time.time_ns()
+    tid = new_trace_id()
+    root = server_span(tid, service="api", process="java", operation="GET /order",
+                       start_ns=t0, end_ns=t0 + 10 * MS)
+    orphan = Span(trace_id=tid, kind="client", source="S", protocol="redis",
+                  operation="GET stock", status="ok", service="api",
+                  start_ns=t0 + 2 * MS, end_ns=t0 + 3 * MS,
+                  attributes={"zerotrace.parent.unknown": "context already answered"})
+    linked = Span(trace_id=tid, parent_span_id=root.span_id, kind="client", source="S",
+                  protocol="redis", operation="SET stock", status="ok", service="api",
+                  start_ns=t0 + 4 * MS, end_ns=t0 + 5 * MS,
+                  attributes={"zerotrace.parent.unknown": "stale note"})
+    _send(zt_server.addr, "node-1", [root, orphan, linked])
+    rc, out, _ = run_cli(capsys, "trace", tid, "--server", zt_server.addr)
+    assert rc == 0
+    line = next(ln for ln in out.splitlines() if "GET stock" in ln)
+    assert "parent unknown: context already answered" in line
+    assert "stale note" not in out
