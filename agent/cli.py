@@ -10,6 +10,7 @@ import logging
 import sys
 
 from agent import check as checks_mod
+from proto.credentials import add_client_options
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -69,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "printing nothing, off otherwise; 0 = off)")
     a.add_argument("--node", help="this node's name (default: ZEROTRACE_NODE, else host name)")
     a.add_argument("--config", help="agent configuration file (default: $ZEROTRACE_CONFIG)")
+    # TLS/mTLS and a bearer token towards --server and --otlp (proto/credentials.py)
+    add_client_options(a)
     a.set_defaults(func=cmd_agent)
 
     _register_optional(sub, "server.cli")

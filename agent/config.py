@@ -5,6 +5,11 @@
     otlp: host:port        # any OTLP/gRPC collector; --otlp overrides
     metrics_port: 9464     # Prometheus /metrics (default 9464 with --print none); 0 = off
     node: name             # this node (default: ZEROTRACE_NODE, else the host name)
+    tls_ca: FILE           # TLS to the server and the OTLP collector (CA bundle, PEM)
+    tls_cert: FILE         # client certificate and key for mTLS
+    tls_key: FILE
+    tls_server_name: NAME  # name to check the server certificate against
+    token_file: FILE       # bearer token (else $ZEROTRACE_TOKEN); flags override all of these
 """
 
 from __future__ import annotations
@@ -15,7 +20,8 @@ from typing import Any
 
 import yaml
 
-KNOWN = {"enrich", "server", "otlp", "metrics_port", "node"}
+KNOWN = {"enrich", "server", "otlp", "metrics_port", "node",
+         "tls_ca", "tls_cert", "tls_key", "tls_server_name", "token_file"}
 
 
 class ConfigError(ValueError):

@@ -15,6 +15,7 @@ import grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
 
 from proto.zerotrace.v1 import query_pb2_grpc
+from server.auth import AuthConfigError, AuthInterceptor, TokenTable, server_credentials
 from server.ingest.admission import Admission
 from server.ingest.otlp import OtlpTraceService
 from server.ingest.service import IngestService
@@ -45,7 +46,16 @@ class ZerotraceServer:
         # 77 000 spans/s on one core (docs/benchmarks.md).
         workers: int = 32,
         metrics_listen: str = "",
+        tls_cert: str = "",
+        tls_key: str = "",
+        tls_ca: str = "",
+        tokens: TokenTable | None = None,
     ) -> None:
+        # TLS files are read now, so that a bad path fails before the store opens.
+        self._credentials = (server_credentials(tls_cert, tls_key, tls_ca)
+                             if tls_cert or tls_key else None)
+        if tls_ca and self._credentials is None:
+            raise AuthConfigError("--tls-ca needs --tls-cert and --tls-key (the server's own)")
         if store is None:
             if data_dir is None:
                 raise ValueError("give a data directory or a store")
@@ -63,9 +73,13 @@ class ZerotraceServer:
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
         ]
+        self.tls = self._credentials is not None
+        self.tokens = tokens
+        self.auth = AuthInterceptor(tokens) if tokens is not None else None
         self.grpc = grpc.server(
             futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="zt-rpc"),
             options=opts,
+            interceptors=[self.auth] if self.auth is not None else None,
             # 64 RPCs, as with 8 workers before: what queues in memory stays bounded.
             maximum_concurrent_rpcs=max(64, workers * 2),
         )
@@ -90,7 +104,10 @@ class ZerotraceServer:
 
     def start(self) -> int:
         """Bind and serve in the background; returns the bound port."""
-        self.port = self.grpc.add_insecure_port(self.listen)
+        if self._credentials is not None:
+            self.port = self.grpc.add_secure_port(self.listen, self._credentials)
+        else:
+            self.port = self.grpc.add_insecure_port(self.listen)
         if not self.port:
             raise OSError(f"cannot listen on {self.listen}")
         self.grpc.start()

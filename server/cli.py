@@ -155,7 +155,7 @@ def cmd_server(args: argparse.Namespace) -> int:
     from server.app import ZerotraceServer
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    from server.auth import AuthConfigError, TokenTable, exposure_problem
+    from server.auth import AuthConfigError, TokenTable, exposure_problem, server_credentials
 
     problem = exposure_problem(args.listen, bool(args.tls_cert), bool(args.token_file),
                                args.insecure)
@@ -166,6 +166,8 @@ def cmd_server(args: argparse.Namespace) -> int:
         tokens = TokenTable(args.token_file) if args.token_file else None
         if bool(args.tls_cert) != bool(args.tls_key) or (args.tls_ca and not args.tls_cert):
             raise AuthConfigError("TLS needs --tls-cert and --tls-key (and --tls-ca for mTLS)")
+        if args.tls_cert:
+            server_credentials(args.tls_cert, args.tls_key, args.tls_ca or "")  # readable?
     except AuthConfigError as e:
         print(f"zerotrace: {e}", file=sys.stderr)
         return 2

@@ -19,6 +19,7 @@ import pyarrow as pa
 from agent.export.base import ExportResult, SpanExporter
 from proto.columns import spans_to_table, table_to_ipc
 from proto.convert import span_to_pb
+from proto.credentials import ClientSecurity
 from proto.span import Span
 from proto.zerotrace.v1 import ingest_pb2, ingest_pb2_grpc
 
@@ -41,7 +42,8 @@ class GrpcSpanExporter(SpanExporter):
     """`export()` = one `IngestService/Push` call.
 
     `agent` names this node (stamped on spans that carry no `agent`);
-    `timeout_s` bounds each call so that a stuck server cannot stall the batcher.
+    `timeout_s` bounds each call so that a stuck server cannot stall the batcher;
+    `security` gives TLS/mTLS and a bearer token (plaintext, no token by default).
     """
 
     def __init__(
@@ -52,6 +54,7 @@ class GrpcSpanExporter(SpanExporter):
         compression: grpc.Compression = grpc.Compression.Gzip,
         max_message_bytes: int = 32 * 1024 * 1024,
         wire: str = "arrow",
+        security: ClientSecurity | None = None,
     ) -> None:
         if wire not in WIRES:
             raise ValueError(f"wire must be one of {WIRES}, not {wire!r}")
@@ -65,7 +68,10 @@ class GrpcSpanExporter(SpanExporter):
             version="0.1.0",
             instance=os.urandom(8).hex(),
         )
-        self._channel = grpc.insecure_channel(
+        # TLS / mTLS channel and bearer token when asked (proto/credentials.py).
+        security = security or ClientSecurity()
+        self._metadata = security.metadata()
+        self._channel = security.channel(
             target,
             options=[
                 ("grpc.max_send_message_length", max_message_bytes),
@@ -93,7 +99,8 @@ class GrpcSpanExporter(SpanExporter):
         if not sent:
             return ExportResult.SUCCESS
         try:
-            resp = self._stub.Push(req, timeout=self.timeout_s, compression=compression)
+            resp = self._stub.Push(req, timeout=self.timeout_s, compression=compression,
+                                   metadata=self._metadata)
         except grpc.RpcError as e:
             self.last_error = f"{e.code().name}: {e.details()}"
             if e.code() in _RETRYABLE:

@@ -21,6 +21,7 @@ from opentelemetry.trace import SpanContext, SpanKind, TraceFlags
 from opentelemetry.trace.status import Status, StatusCode
 
 from agent.export.base import ExportResult, SpanExporter
+from proto.credentials import ClientSecurity
 from proto.span import Span
 
 log = logging.getLogger(__name__)
@@ -89,9 +90,18 @@ def to_readable_span(s: Span) -> ReadableSpan:
 class OtlpSpanExporter(SpanExporter):
     """`export()` = one OTLP `TraceService/Export` to `endpoint` (HOST:PORT)."""
 
-    def __init__(self, endpoint: str = "127.0.0.1:4317", timeout_s: float = 10.0) -> None:
+    def __init__(self, endpoint: str = "127.0.0.1:4317", timeout_s: float = 10.0,
+                 security: ClientSecurity | None = None) -> None:
+        security = security or ClientSecurity()
+        creds = security.channel_credentials()
+        # The token travels as the standard `authorization` header (metadata): the
+        # SDK adds its headers to every call, TLS or not.
         self._otlp = OTLPSpanExporter(
-            endpoint=endpoint, insecure=True, timeout=timeout_s, retryable_error_codes=()
+            endpoint=endpoint, insecure=creds is None, credentials=creds,
+            headers=dict(security.metadata()) or None, timeout=timeout_s,
+            retryable_error_codes=(),
+            channel_options=((("grpc.ssl_target_name_override", security.server_name),)
+                             if security.server_name and creds is not None else None),
         )
         self.lost: dict[str, int] = {}
         self._warned = False

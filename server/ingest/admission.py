@@ -1,6 +1,7 @@
 """Per-sender admission and counters: one agent's flood cannot take ingest from the rest.
 
-A sender (the agent name a batch carries, else the peer address) may have at most
+A sender (the token identity when tokens are on, else the agent name a batch
+carries, else the peer address) may have at most
 `limit` batches inside the server at once.  One more is refused at once with
 RESOURCE_EXHAUSTED, which agents treat as retryable (they back off and resend), so
 nothing is acked that is not stored and a flood costs its sender, not the others: the
@@ -14,6 +15,8 @@ import threading
 from dataclasses import dataclass
 
 import grpc
+
+from server.auth import identity
 
 OTHER = "(other)"  # where senders beyond `max_senders` are counted
 
@@ -79,7 +82,11 @@ class Admission:
 
 
 def sender_of(agent: str, peer: str) -> str:
-    """The key a batch is admitted under: its agent name, else the peer's host."""
+    """The key a batch is admitted under: the caller's token identity when tokens are
+    on (a declared name proves nothing), else its agent name, else the peer's host."""
+    who = identity()
+    if who:
+        return who
     if agent:
         return agent[:128]
     # "ipv4:10.0.0.7:51234" / "ipv6:[::1]:51234": the port changes per connection
