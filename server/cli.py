@@ -159,6 +159,8 @@ def cmd_server(args: argparse.Namespace) -> int:
 
     problem = exposure_problem(args.listen, bool(args.tls_cert), bool(args.token_file),
                                args.insecure)
+    if not problem and args.http:  # the HTTP API has tokens but no TLS of its own
+        problem = exposure_problem(args.http, False, bool(args.token_file), args.insecure)
     if problem:
         print(f"zerotrace: {problem}", file=sys.stderr)
         return 2
@@ -199,6 +201,7 @@ def cmd_server(args: argparse.Namespace) -> int:
         + f" tokens={len(tokens) if tokens is not None else 'off'}",
         flush=True,
     )
+    http_api = _start_http(args, srv.store, tokens)
     stop = {"now": False}
 
     def _on_signal(signum, frame):  # noqa: ARG001
@@ -211,8 +214,31 @@ def cmd_server(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGHUP, lambda *_: tokens.reload())
     while not stop["now"]:
         time.sleep(0.2)
+    if http_api is not None:
+        http_api.stop()
     srv.stop()
     return 0
+
+
+def _start_http(args: argparse.Namespace, store: Any, tokens: Any) -> Any:
+    """The Tempo/Jaeger HTTP API (server/http/), or None when off or, at the default
+    address only, when the port is taken (a second local server still starts)."""
+    from server.http import DEFAULT_HTTP, HttpApi
+
+    listen = DEFAULT_HTTP if args.http is None else args.http
+    if not listen:
+        return None
+    api = HttpApi(store, listen, tokens=tokens)
+    try:
+        port = api.start()
+    except OSError as e:
+        if args.http is not None:
+            raise SystemExit(f"zerotrace: cannot serve HTTP on {listen}: {e}") from None
+        print(f"zerotrace: HTTP API off: {listen} is taken ({e}); use --http", file=sys.stderr)
+        return None
+    print(f"zerotrace HTTP API (Tempo, Jaeger) on http://{listen.rpartition(':')[0]}:{port}",
+          flush=True)
+    return api
 
 
 def cmd_services(args: argparse.Namespace) -> int:
@@ -494,6 +520,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="",
         metavar="HOST:PORT",
         help="serve the server's Prometheus metrics there (e.g. 0.0.0.0:9465); default off",
+    )
+    p.add_argument(
+        "--http",
+        default=None,
+        metavar="HOST:PORT",
+        help="Tempo and Jaeger query APIs for Grafana (default 127.0.0.1:3200; '' = off)",
     )
     g = p.add_argument_group("security (docs/server.md#security)")
     g.add_argument("--tls-cert", metavar="FILE", help="serve TLS with this certificate (PEM)")

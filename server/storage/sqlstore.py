@@ -247,6 +247,13 @@ class SqlStore(SpanStore, abc.ABC):
         candidate not yet read can beat them.  Otherwise read more candidates.
         """
         cond, icond, params = _search_conditions(q)
+        return self._search_where(cond, icond, params, limit)
+
+    def _search_where(
+        self, cond: str, icond: str, params: dict[str, Any], limit: int, matched: str = ""
+    ) -> list[dict[str, Any]]:
+        """`_search` for prepared conditions; `matched`: a trace-level condition
+        (aggregates over the trace's spans) replacing "some span meets `cond`"."""
         n = limit * 2
         while n <= 50_000:
             cands = self._select(
@@ -258,7 +265,8 @@ class SqlStore(SpanStore, abc.ABC):
                 return []
             complete = len(cands) < n
             bound = 0 if complete else int(cands[-1]["ts_max_ms"]) * 1_000_000
-            rows = self._summaries(list(dict.fromkeys(c["tid"] for c in cands)), cond, params)
+            rows = self._summaries(
+                list(dict.fromkeys(c["tid"] for c in cands)), cond, params, matched)
             rows = [r for r in rows if int(r["matched"]) > 0]
             rows.sort(key=lambda r: -int(r["last"]))
             sure = [r for r in rows if int(r["last"]) >= bound]
@@ -271,11 +279,11 @@ class SqlStore(SpanStore, abc.ABC):
             f"WHERE {cond} GROUP BY trace_id ORDER BY last DESC LIMIT {limit}",
             params,
         )
-        rows = self._summaries([r["tid"] for r in tids], cond, params)
+        rows = self._summaries([r["tid"] for r in tids], cond, params, matched)
         return [r for r in rows if int(r["matched"]) > 0]
 
     def _summaries(
-        self, tids: Sequence[str], cond: str, params: dict[str, Any]
+        self, tids: Sequence[str], cond: str, params: dict[str, Any], matched: str = ""
     ) -> list[dict[str, Any]]:
         if not tids:
             return []
@@ -285,7 +293,7 @@ class SqlStore(SpanStore, abc.ABC):
             "countIf(status = 'error') AS errors, groupUniqArray(service) AS services, "
             "argMin(service, (parent_span_id != '', start_ns)) AS root_service, "
             "argMin(operation, (parent_span_id != '', start_ns)) AS root_operation, "
-            f"countIf({cond}) AS matched, maxIf(start_ns, {cond}) AS last "
+            f"{matched or f'countIf({cond})'} AS matched, maxIf(start_ns, {cond}) AS last "
             f"FROM {self.table} WHERE trace_id IN ({_ids_list(tids)}) GROUP BY trace_id",
             params,
         )
@@ -366,6 +374,51 @@ SELECT parent, child, sum(calls) AS calls, sum(errs) AS errs FROM (
         q = TraceQuery(service=service, since_ns=since_ns, until_ns=until_ns, limit=n)
         ids = self._search(q, n)  # through the search index
         return self.get_traces([r["tid"] for r in ids])
+
+    # -- conditions built by the HTTP API (TraceQL -> SQL with bound parameters) --
+
+    def search_traces_where(
+        self, cond: str, icond: str, params: dict[str, Any], limit: int, matched: str = ""
+    ) -> list[TraceSummary]:
+        """`search_traces` for a span condition `cond` (SQL over the span table, values
+        as {name:Type} parameters), `icond` its superset on the search index, and an
+        optional trace-level `matched` (e.g. `countIf(a) > 0 AND countIf(b) > 0`)."""
+        limit = max(1, min(int(limit or 20), 10_000))
+        rows = self._search_where(cond, icond, params, limit, matched)
+        return [
+            TraceSummary(
+                trace_id=r["tid"], root_service=r["root_service"],
+                root_operation=r["root_operation"], start_ns=int(r["start"]),
+                duration_ns=int(r["dur"]), span_count=int(r["n"]),
+                error_count=int(r["errors"]), services=sorted(s for s in r["services"] if s),
+            )
+            for r in sorted(rows, key=lambda r: -int(r["start"]))
+        ]
+
+    def matching_spans(
+        self, trace_ids: Sequence[str], cond: str, params: dict[str, Any], per_trace: int
+    ) -> list[Span]:
+        """Up to `per_trace` spans meeting `cond` in each of `trace_ids`."""
+        if not trace_ids:
+            return []
+        rows = self._select(
+            f"SELECT {schema.SPAN_SELECT} FROM {self.table} "
+            f"WHERE trace_id IN ({_ids_list(trace_ids)}) AND ({cond}) "
+            f"ORDER BY start_ns, span_id LIMIT {max(1, int(per_trace))} BY trace_id",
+            params,
+        )
+        return [row_to_span(r) for r in rows]
+
+    def distinct_values(
+        self, expr: str, cond: str, params: dict[str, Any], limit: int
+    ) -> list[str]:
+        """Distinct non-empty values of the SQL expression `expr` over spans meeting `cond`."""
+        rows = self._select(
+            f"SELECT DISTINCT toString({expr}) AS v FROM {self.table} WHERE {cond} "
+            f"LIMIT {max(1, int(limit)) + 1}",
+            params,
+        )
+        return sorted(v for r in rows if (v := r["v"]))[: max(1, int(limit))]
 
     # -- retention -------------------------------------------------------------
 
