@@ -14,10 +14,12 @@ import time
 from collections.abc import Callable
 
 from agent.conn.assembler import SpanAssembler
+from agent.conn.listeners import ListenerRoles
 from agent.conn.spans import SpanContext
 from agent.probes import abi
 from agent.probes.events import SocketEvent
 from agent.probes.loader import ProbeConfig
+from agent.stitch.handoff import HandoffIndex
 from agent.stitch.runtime import GOROUTINE_BASE, MODE_GO
 from agent.stitch.stitcher import Stitcher, Trace
 from agent.stitch.tree import render
@@ -49,8 +51,15 @@ class Pipeline:
         self.on_trace_obj: Callable[[Trace], None] | None = None
         self.assembler = SpanAssembler(self._span, agent_name)
         self.tracker = self.assembler.tracker
+        # connections open before the agent: their role from listening ports, so a
+        # pool's pre-existing client connections carry context (docs/stitching.md)
+        self.tracker.roles = ListenerRoles()
         self.stitcher = Stitcher(self._trace)
         self.classifier = self.stitcher.classifier
+        # Go: who handed work to which goroutine (fed with the probes' wake records), so
+        # the stitcher can follow a pooled http.Client's call to the request behind it.
+        self.handoffs = HandoffIndex()
+        self.stitcher.handoffs = self.handoffs
         # Called with the pid of each Go process seen; returns True when its events
         # will carry goroutine ids (the probes' uprobe on runtime.execute).
         self.follow_go: Callable[[int], bool] | None = None
@@ -75,13 +84,23 @@ class Pipeline:
         p.enricher = Enricher(EnrichConfig.from_env(conf.get("enrich")))
         server = (getattr(args, "server", None) or conf.get("server")
                   or os.environ.get("ZEROTRACE_SERVER"))
+        otlp = getattr(args, "otlp", None) or conf.get("otlp")
+        if server or otlp:
+            from proto.credentials import ClientSecurity
+
+            # TLS/token flags, else the config file's settings of the same names.
+            opt = {k: getattr(args, k, None) or conf.get(k) for k in (
+                "tls_ca", "tls_cert", "tls_key", "tls_server_name", "token_file")}
+            sec = ClientSecurity.from_options(
+                ca=opt["tls_ca"], cert=opt["tls_cert"], key=opt["tls_key"],
+                server_name=opt["tls_server_name"], token_file=opt["token_file"])
         if server:
             from agent.export import GrpcSpanExporter
-            p.exporters.append(("server", BatchExporter(GrpcSpanExporter(server, agent=node))))
-        otlp = getattr(args, "otlp", None) or conf.get("otlp")
+            p.exporters.append(("server", BatchExporter(
+                GrpcSpanExporter(server, agent=node, security=sec))))
         if otlp:
             from agent.export import OtlpSpanExporter
-            p.exporters.append(("otlp", BatchExporter(OtlpSpanExporter(otlp))))
+            p.exporters.append(("otlp", BatchExporter(OtlpSpanExporter(otlp, security=sec))))
         port = getattr(args, "metrics_port", None)
         if port is None:
             # a daemon (nothing printed) serves metrics by default; a terminal session not
@@ -98,6 +117,7 @@ class Pipeline:
         m = AgentMetrics()
         m.add_source("assembler", lambda: dict(self.assembler.stats))
         m.add_source("connections", lambda: dict(self.tracker.stats))
+        m.add_source("midstream_roles", lambda: dict(self.tracker.roles.stats))
         m.add_source("stitcher", lambda: dict(self.stitcher.stats))
         m.add_source("protocols", _protocol_stats)
         if self.enricher is not None:
@@ -143,6 +163,9 @@ class Pipeline:
         observe = self.stitcher.observe
         data = abi.EV_DATA
         pids = self._pids
+        wakes = getattr(events, "wakes", None)  # an EventBatch from SocketTracer.poll
+        if wakes:
+            self.handoffs.add_all(wakes)
         for e in events:
             if e.pid not in pids:
                 self._new_pid(e.pid)

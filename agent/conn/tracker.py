@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+from agent.conn.listeners import ListenerRoles
 from agent.probes import abi
 from agent.probes.events import SocketEvent
 
@@ -40,8 +41,10 @@ class Conn:
 class ConnTracker:
     """Fills offset/role/MIDSTREAM of data events; forgets connections on close."""
 
-    def __init__(self, max_conns: int = 65536) -> None:
+    def __init__(self, max_conns: int = 65536, roles: ListenerRoles | None = None) -> None:
         self.conns: OrderedDict[int, Conn] = OrderedDict()
+        # the role of TCP connections first seen mid-way, from listening ports
+        self.roles = roles
         self.max_conns = max_conns
         self.stats = {"evicted": 0, "closed": 0, "midstream": 0}
         self._serial = 0
@@ -84,6 +87,8 @@ class ConnTracker:
                 c.midstream = False  # datagrams: no stream start to have missed
             else:
                 self.stats["midstream"] += 1
+                if self.roles is not None:
+                    c.role = self.roles.role_of(e.pid, e.netns, e.lport)
         d = e.direction
         e.role = c.role
         e.conn_id = c.conn_id
