@@ -12,7 +12,6 @@ import threading
 from concurrent import futures
 
 import grpc
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
 
 from proto.zerotrace.v1 import query_pb2_grpc
 from server.auth import AuthConfigError, AuthInterceptor, TokenTable, server_credentials
@@ -72,6 +71,9 @@ class ZerotraceServer:
         opts = [
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
+            # gRPC sets SO_REUSEPORT by default: a second server on the same port would
+            # start silently and queries would alternate between the two
+            ("grpc.so_reuseport", 0),
         ]
         self.tls = self._credentials is not None
         self.tokens = tokens
@@ -93,9 +95,8 @@ class ZerotraceServer:
         self.grpc.add_generic_rpc_handlers(
             (IngestService(self.writer, self.admissions["zerotrace"]).handler(),)
         )
-        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(
-            OtlpTraceService(self.writer, self.admissions["otlp"]), self.grpc
-        )
+        self.grpc.add_generic_rpc_handlers(
+            (OtlpTraceService(self.writer, self.admissions["otlp"]).handler(),))
         self.metrics_listen = metrics_listen
         self.metrics_port = 0
         self._metrics_http = None

@@ -191,7 +191,12 @@ def cmd_server(args: argparse.Namespace) -> int:
         tls_ca=args.tls_ca or "",
         tokens=tokens,
     )
-    port = srv.start()
+    try:
+        port = srv.start()
+    except (OSError, RuntimeError) as e:  # grpcio raises RuntimeError when bind fails
+        print(f"zerotrace: cannot listen on {args.listen} (in use, or not an address of "
+              f"this host): {e}", file=sys.stderr)
+        return 1
     print(
         f"zerotrace server listening on {args.listen.rpartition(':')[0]}:{port} "
         f"data={args.data if store is None else args.clickhouse}"
