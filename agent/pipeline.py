@@ -42,6 +42,21 @@ def _protocol_stats() -> dict:
     return {f"{proto}_{k}": v for proto, c in STATS.items() for k, v in c.items()}
 
 
+def export_ports(*addresses: str | None) -> set[int]:
+    """The ports of the export destinations (HOST:PORT, [V6]:PORT, URLs), so the agent
+    never traces a server's side of its own pushes (the span of every push would be
+    pushed in turn).  Any local socket bound to such a port is that server's, or
+    another trace collector's: neither is worth a span."""
+    out = set()
+    for a in addresses:
+        if not a:
+            continue
+        tail = a.rstrip("/").rsplit(":", 1)
+        if len(tail) == 2 and tail[1].isdigit() and 0 < int(tail[1]) < 65536:
+            out.add(int(tail[1]))
+    return out
+
+
 class Pipeline:
     """Wires the stages; each stage only knows the callable it hands results to."""
 
@@ -70,6 +85,9 @@ class Pipeline:
         self.exporters: list[tuple[str, object]] = []  # (name, BatchExporter)
         self.metrics = None  # agent.metrics.AgentMetrics
         self.kernel_drops: Callable[[], dict] | None = None
+        # Local ports of the servers this agent exports to: events of sockets bound
+        # to them (that server's side of our pushes) are dropped and counted
+        self.ignore_ports: frozenset[int] = frozenset()
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Pipeline:
@@ -94,6 +112,7 @@ class Pipeline:
             sec = ClientSecurity.from_options(
                 ca=opt["tls_ca"], cert=opt["tls_cert"], key=opt["tls_key"],
                 server_name=opt["tls_server_name"], token_file=opt["token_file"])
+        p.ignore_ports = frozenset(export_ports(server, otlp))
         if server:
             from agent.export import GrpcSpanExporter
             p.exporters.append(("server", BatchExporter(
@@ -166,7 +185,12 @@ class Pipeline:
         wakes = getattr(events, "wakes", None)  # an EventBatch from SocketTracer.poll
         if wakes:
             self.handoffs.add_all(wakes)
+        ignore = self.ignore_ports
         for e in events:
+            if ignore and e.lport in ignore:
+                # our own server's ingest: tracing it would make a span of every push
+                self.assembler.stats["ignored_own_export_port"] += 1
+                continue
             if e.pid not in pids:
                 self._new_pid(e.pid)
             if e.goid:
