@@ -39,9 +39,19 @@ def cmd_agent(args: argparse.Namespace) -> int:
     return runner.run(args)
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("zerotrace")
+    except PackageNotFoundError:  # run from a source tree that was not installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="zerotrace", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
+    p.add_argument("--version", action="version", version=f"zerotrace {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
     c = sub.add_parser("check", help="what this host offers the agent")
