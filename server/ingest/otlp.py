@@ -12,6 +12,7 @@ import logging
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.common.v1 import common_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
@@ -89,14 +90,45 @@ def otlp_to_span_list(req: trace_service_pb2.ExportTraceServiceRequest) -> span_
     return out
 
 
+class _Undecodable:
+    """A request body that is not an ExportTraceServiceRequest, and why."""
+
+    def __init__(self, why: str) -> None:
+        self.why = why
+
+
+def _decode(data: bytes) -> trace_service_pb2.ExportTraceServiceRequest | _Undecodable:
+    # Decoded here rather than by gRPC so that a bad body (invalid UTF-8 in a string,
+    # above all) gets INVALID_ARGUMENT with the reason, not a bare INTERNAL.
+    try:
+        return trace_service_pb2.ExportTraceServiceRequest.FromString(data)
+    except DecodeError as e:
+        return _Undecodable(str(e).rpartition(": ")[2] or "undecodable")
+
+
 class OtlpTraceService(trace_service_pb2_grpc.TraceServiceServicer):
     def __init__(self, writer: BatchWriter, admission: Admission | None = None) -> None:
         self.writer = writer
         self.admission = admission or Admission()
 
+    def handler(self) -> grpc.GenericRpcHandler:
+        """The gRPC handler for OTLP `TraceService` (the generated wire, own decoding)."""
+        return grpc.method_handlers_generic_handler(
+            "opentelemetry.proto.collector.trace.v1.TraceService",
+            {"Export": grpc.unary_unary_rpc_method_handler(
+                self.Export, request_deserializer=_decode,
+                response_serializer=trace_service_pb2.ExportTraceServiceResponse
+                .SerializeToString)},
+        )
+
     def Export(  # noqa: N802 - gRPC method name
         self, request: trace_service_pb2.ExportTraceServiceRequest, context: grpc.ServicerContext
     ) -> trace_service_pb2.ExportTraceServiceResponse:
+        if isinstance(request, _Undecodable):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"not a valid OTLP ExportTraceServiceRequest ({request.why}); "
+                          "nothing stored")
+
         def encode() -> Batch:
             spans = otlp_to_span_list(request)
             return Batch(spans.SerializeToString(), len(spans.spans))

@@ -30,7 +30,10 @@ SPAN_PROTO = Path(__file__).resolve().parents[2] / "proto" / "zerotrace" / "v1" 
 # Insert-side settings: the schema file of ProtobufList; one thread because the
 # ingest budget is one core and batches are small.
 _INSERT_SETTINGS = f"format_schema = '{SPAN_PROTO}:Span', max_insert_threads = 1, max_threads = 1"
-_SELECT_SETTINGS = " SETTINGS output_format_json_quote_64bit_integers = 0"
+# Invalid UTF-8 in stored strings (rows written before ingest refused it) is written
+# as U+FFFD instead of raw bytes, so that no stored value can make a query fail.
+_SELECT_SETTINGS = (" SETTINGS output_format_json_quote_64bit_integers = 0, "
+                    "output_format_json_validate_utf8 = 1")
 
 
 def _varint(n: int) -> bytes:
