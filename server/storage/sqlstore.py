@@ -2,7 +2,8 @@
 
 Subclasses supply `_select` (rows as dicts), `_command` and the insert; every query
 text lives here so that both engines run the same SQL.  Values come in as ClickHouse
-query parameters ({name:Type}); only validated hex ids and integers are inlined.
+query parameters ({name:Type}), trace ids too (`_ids_in`); only integers (limits)
+are inlined.
 """
 
 from __future__ import annotations
@@ -92,8 +93,21 @@ def _time_filter(since_ns: int, until_ns: int, where: list[str], params: dict) -
         params["until"] = int(until_ns)
 
 
-def _ids_list(trace_ids: Sequence[str]) -> str:
-    return ", ".join(f"unhex('{schema.check_hex(t, 32)}')" for t in trace_ids)
+IDS_PARAM = "zt_trace_ids"
+
+
+def _ids_in(trace_ids: Sequence[str], params: dict[str, Any] | None = None
+            ) -> tuple[str, dict[str, Any]]:
+    """(`IN` operand naming the trace ids, the parameters with them added).
+
+    The ids travel as one bound String parameter, never in the SQL text: spliced in,
+    20 000 of them made a query over max_query_size (262 144 bytes) and the search
+    failed (issue 14, item 5).  ClickHouse builds a set from the parameter before
+    reading, so the primary key (trace_id) still selects the granules.
+    """
+    p = dict(params or {})
+    p[IDS_PARAM] = ",".join(schema.check_hex(t, 32) for t in trace_ids)
+    return f"(SELECT unhex(arrayJoin(splitByChar(',', {{{IDS_PARAM}:String}}))))", p
 
 
 def _search_conditions(q: TraceQuery) -> tuple[str, str, dict[str, Any]]:
@@ -195,19 +209,23 @@ class SqlStore(SpanStore, abc.ABC):
         return [row_to_span(r) for r in rows]
 
     def get_trace(self, trace_id: str) -> list[Span]:
-        return self._spans_where(f"trace_id IN ({_ids_list([trace_id])})")
+        return self._spans_where("trace_id = unhex({tid:String})",
+                                 {"tid": schema.check_hex(trace_id, 32)})
 
     def get_traces(self, trace_ids: Sequence[str]) -> list[Span]:
         if not trace_ids:
             return []
-        return self._spans_where(f"trace_id IN ({_ids_list(trace_ids)})")
+        ids, params = _ids_in(trace_ids)
+        return self._spans_where(f"trace_id IN {ids}", params)
 
     def find_by_req_seq(self, seqs: Sequence[int], kind: str) -> list[Span]:
         if not seqs:
             return []
-        inlist = ", ".join(str(int(s)) for s in seqs)
+        # Bound like trace ids (a parameter, not SQL text), however many there are.
         return self._spans_where(
-            f"kind = {{kind:String}} AND req_seq IN ({inlist})", {"kind": kind}
+            "kind = {kind:String} AND req_seq IN "
+            "(SELECT toUInt64(arrayJoin(splitByChar(',', {seqs:String}))))",
+            {"kind": kind, "seqs": ",".join(str(int(s)) for s in seqs)},
         )
 
     def find_by_header(self, name: str, values: Sequence[str]) -> list[Span]:
@@ -287,6 +305,7 @@ class SqlStore(SpanStore, abc.ABC):
     ) -> list[dict[str, Any]]:
         if not tids:
             return []
+        ids, params = _ids_in(tids, params)
         return self._select(
             "SELECT lower(hex(trace_id)) AS tid, min(start_ns) AS start, "
             "max(end_ns) - min(start_ns) AS dur, count() AS n, "
@@ -294,7 +313,7 @@ class SqlStore(SpanStore, abc.ABC):
             "argMin(service, (parent_span_id != '', start_ns)) AS root_service, "
             "argMin(operation, (parent_span_id != '', start_ns)) AS root_operation, "
             f"{matched or f'countIf({cond})'} AS matched, maxIf(start_ns, {cond}) AS last "
-            f"FROM {self.table} WHERE trace_id IN ({_ids_list(tids)}) GROUP BY trace_id",
+            f"FROM {self.table} WHERE trace_id IN {ids} GROUP BY trace_id",
             params,
         )
 
@@ -401,9 +420,10 @@ SELECT parent, child, sum(calls) AS calls, sum(errs) AS errs FROM (
         """Up to `per_trace` spans meeting `cond` in each of `trace_ids`."""
         if not trace_ids:
             return []
+        ids, params = _ids_in(trace_ids, params)
         rows = self._select(
             f"SELECT {schema.SPAN_SELECT} FROM {self.table} "
-            f"WHERE trace_id IN ({_ids_list(trace_ids)}) AND ({cond}) "
+            f"WHERE trace_id IN {ids} AND ({cond}) "
             f"ORDER BY start_ns, span_id LIMIT {max(1, int(per_trace))} BY trace_id",
             params,
         )
