@@ -53,7 +53,10 @@ def parse_duration_ns(text: str, default_unit: str = "s") -> int:
     m = _DUR.match(text)
     if not m:
         raise argparse.ArgumentTypeError(f"bad duration {text!r} (e.g. 100ms, 15m, 2h)")
-    return int(float(m.group(1)) * _UNITS_NS[m.group(2) or default_unit])
+    ns = int(float(m.group(1)) * _UNITS_NS[m.group(2) or default_unit])
+    if ns >= 2**63:  # beyond what the wire (and the store) can hold
+        raise argparse.ArgumentTypeError(f"duration {text!r} is too large (e.g. 100ms, 15m, 2h)")
+    return ns
 
 
 def parse_size(text: str) -> int:
@@ -130,7 +133,15 @@ def _tls_failure(details: str) -> bool:
 
 
 def _since_ns(args: argparse.Namespace) -> int:
-    return time.time_ns() - args.since if args.since else 0
+    if not args.since:
+        return 0
+    now = time.time_ns()
+    if args.since >= now:
+        # Checked here, not by the server: a negative time was a traceback before.
+        print(f"zerotrace: --since reaches back before 1970 ({args.since / 86_400e9:.0f} days); "
+              "give e.g. 15m, 2h, 7d, or 0 for all time", file=sys.stderr)
+        raise SystemExit(2)
+    return now - args.since
 
 
 def _print_json(obj: Any) -> None:
