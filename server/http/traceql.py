@@ -392,6 +392,15 @@ class _Compiler:
         sql, _ = self.compare(col, f"{col} != ''", op, v, c.field)
         idx = "1"
         if name == "name" and op == "=" and v.kind == "string":
+            if "{id}" in v.value:
+                # The agent's RED metrics fold id-like path segments to `{id}` (and drop
+                # the query string); a dashboard link from such an operation must find
+                # the spans it counted, so `{id}` also matches any one segment.
+                rx = "^" + "[^/?]+".join(_re2_escape(x) for x in v.value.split("{id}")) \
+                    + r"(\?.*)?$"
+                ref = self.p(rx, "String")
+                return (f"({sql} OR match(operation, {ref}))",
+                        f"arrayExists(o -> match(o, {ref}), operations)")
             idx = f"has(operations, {self.p(v.value, 'String')})"
         return sql, idx
 
@@ -430,6 +439,11 @@ class _Compiler:
         if op == "!=":
             sql = f"({exists} AND {sql})"
         return sql, "1"
+
+
+def _re2_escape(text: str) -> str:
+    """Escape for ClickHouse's RE2 (which refuses Python's escaped spaces)."""
+    return re.sub(r"([.^$|?*+()\[\]{}\\])", r"\\\1", text)
 
 
 def _time(since_ns: int, until_ns: int, params: dict[str, Any]) -> tuple[list[str], list[str]]:

@@ -71,6 +71,7 @@ class Data:
     cart: str  # shop: GET /cart, error 503, a redis child
     evil: str  # a stored value that looks like SQL
     short: str  # a trace id with leading zeros
+    order: str  # GET /order/n3fa9c01?x=1, which the agent's metrics fold to GET /order/{id}
     sdk: str  # an OTLP (application) trace
     cart_root: Span
     cart_child: Span
@@ -123,7 +124,10 @@ def data(srv) -> Data:
     d.short = "0000" + new_trace_id()[4:]
     short = server_span(d.short, service="tiny", operation="GET /z", start_ns=t0 + 90 * MS,
                         end_ns=t0 + 91 * MS)
-    _push(srv.grpc, "node-c", [root, child, net, evil, short])
+    d.order = new_trace_id()
+    order = server_span(d.order, service="orders", operation="GET /order/n3fa9c01?x=1",
+                        start_ns=t0 + 95 * MS, end_ns=t0 + 96 * MS)
+    _push(srv.grpc, "node-c", [root, child, net, evil, short, order])
 
     d.sdk = new_trace_id()
     sdk = Span(trace_id=d.sdk, span_id=new_span_id(), kind="server", source="A",
@@ -375,9 +379,12 @@ def test_search_result_shape(srv, data):
     ('{span.customer!=nil && !(status=ok)}', {"cart"}),
     ('{span.nothing="here"}', set()),
     ('{duration>1s}', set()),
+    # a RED panel's operation label, id segments folded by the agent's metrics
+    ('{resource.service.name="orders" && name="GET /order/{id}"}', {"order"}),
+    ('{name="GET /order/{id}/items"}', set()),
 ])
 def test_traceql_search(srv, data, traceql, expect):
-    names = {getattr(data, k): k for k in ("ta", "tb", "cart", "evil", "short", "sdk")}
+    names = {getattr(data, k): k for k in ("ta", "tb", "cart", "evil", "short", "sdk", "order")}
     got = {names.get(t, t) for t in ids(search(srv, traceql))}
     assert got & set(names.values()) == expect
 
