@@ -97,7 +97,7 @@ def test_server_statefulset_volume_and_service_ports() -> None:
     pod = sts["spec"]["template"]["spec"]
     (c,) = pod["containers"]
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
-    assert set(ports) == {"grpc", "http"}
+    assert set(ports) == {"grpc", "http", "traces"}
     (claim,) = sts["spec"]["volumeClaimTemplates"]
     assert {m["name"] for m in c["volumeMounts"]} == {claim["metadata"]["name"]}
     services = {d["metadata"]["name"]: d for _, d in objs if d["kind"] == "Service"}
@@ -108,7 +108,7 @@ def test_server_statefulset_volume_and_service_ports() -> None:
         for p in svc["spec"]["ports"]:
             assert p["targetPort"] in ports
     public = services["zerotrace-server"]
-    assert {p["name"] for p in public["spec"]["ports"]} == {"grpc", "http"}
+    assert {p["name"] for p in public["spec"]["ports"]} == {"grpc", "http", "traces"}
     # The agents' server address points at that Service and gRPC port.
     env = {
         e["name"]: e.get("value")
@@ -198,5 +198,6 @@ def test_server_args_parse_and_serve_metrics_on_the_declared_port() -> None:
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     assert args.listen.rpartition(":")[2] == str(ports["grpc"])
     assert args.metrics.rpartition(":")[2] == str(ports["http"])
+    assert args.http.rpartition(":")[2] == str(ports["traces"])  # Grafana's data sources
     notes = sts["spec"]["template"]["metadata"]["annotations"]
     assert notes["prometheus.io/port"] == str(ports["http"])
