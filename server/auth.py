@@ -224,6 +224,15 @@ class AuthInterceptor(grpc.ServerInterceptor):
         return _as(handler, match.name)
 
 
+def certificate_name(context: grpc.ServicerContext) -> str:
+    """The name the caller's verified client certificate carries (mTLS), else ""."""
+    try:
+        names = context.peer_identities()
+    except Exception:  # noqa: BLE001 - no TLS, or a context without auth data
+        return ""
+    return names[0].decode("utf-8", "replace") if names else ""
+
+
 def server_credentials(cert: str, key: str, ca: str = "") -> grpc.ServerCredentials:
     """TLS credentials from PEM files; with `ca`, client certificates are required."""
     if not cert or not key:

@@ -81,12 +81,15 @@ class Admission:
             return {k: SenderStats(**vars(v)) for k, v in self._senders.items()}
 
 
-def sender_of(agent: str, peer: str) -> str:
+def sender_of(agent: str, peer: str, certificate: str = "") -> str:
     """The key a batch is admitted under: the caller's token identity when tokens are
-    on (a declared name proves nothing), else its agent name, else the peer's host."""
+    on (a declared name proves nothing), else the name in its client certificate
+    (mTLS), else its agent name, else the peer's host."""
     who = identity()
     if who:
         return who
+    if certificate:
+        return f"cert:{certificate[:128]}"
     if agent:
         return agent[:128]
     # "ipv4:10.0.0.7:51234" / "ipv6:[::1]:51234": the port changes per connection

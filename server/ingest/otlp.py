@@ -19,6 +19,7 @@ from opentelemetry.proto.trace.v1 import trace_pb2
 
 from proto.span import SOURCE_APP, STATUS_ERROR, STATUS_OK, STATUS_UNSET
 from proto.zerotrace.v1 import span_pb2
+from server.auth import certificate_name
 from server.ingest.admission import Admission, sender_of
 from server.ingest.service import Batch, store_admitted
 from server.ingest.writer import BatchWriter
@@ -133,8 +134,9 @@ class OtlpTraceService(trace_service_pb2_grpc.TraceServiceServicer):
             spans = otlp_to_span_list(request)
             return Batch(spans.SerializeToString(), len(spans.spans))
 
+        sender = sender_of("", context.peer(), certificate_name(context))
         _accepted, rejected, errors = store_admitted(
-            self.writer, self.admission, sender_of("", context.peer()), context, encode)
+            self.writer, self.admission, sender, context, encode)
         resp = trace_service_pb2.ExportTraceServiceResponse()
         if rejected:
             resp.partial_success.rejected_spans = rejected

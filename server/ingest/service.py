@@ -16,6 +16,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from proto.zerotrace.v1 import ingest_pb2, span_pb2
+from server.auth import certificate_name
 from server.ingest.admission import Admission, admit_or_abort, sender_of
 from server.ingest.columns import BadColumns, read_columns, split_valid
 from server.ingest.validate import span_problem
@@ -125,7 +126,7 @@ class IngestService:
         if request.span_columns and request.spans:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                           "a batch carries spans or span_columns, not both")
-        sender = sender_of(request.agent.agent, context.peer())
+        sender = sender_of(request.agent.agent, context.peer(), certificate_name(context))
 
         def encode() -> Batch:
             if request.span_columns:

@@ -353,3 +353,20 @@ def test_token_file_parsing():
         with pytest.raises(AuthConfigError, match=why) as ei:
             parse_tokens(text)
         assert READ_TOKEN not in str(ei.value)
+
+
+def test_mtls_without_tokens_keys_senders_on_the_certificate(tmp_path, pki):
+    """mTLS alone authenticates too: the sender is the certificate's name, not the
+    agent name the batch declares."""
+    srv = Server(tmp_path, "--tls-cert", pki.server_cert, "--tls-key", pki.server_key,
+                 "--tls-ca", pki.ca)
+    try:
+        assert "tls=mtls tokens=off" in srv.line
+        for i in range(2):
+            r = _push(srv.addr, _sec(pki), [server_span(start_ns=now_ns(), end_ns=now_ns() + 5)],
+                      agent=f"spoof-{i}")
+            assert r.accepted == 1
+        text = urllib.request.urlopen(srv.metrics, timeout=10).read().decode()
+        assert "spoof-" not in text and 'sender="cert:agent-1"' in text
+    finally:
+        srv.stop()
