@@ -99,7 +99,10 @@ def test_server_statefulset_volume_and_service_ports() -> None:
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     assert set(ports) == {"grpc", "http", "traces"}
     (claim,) = sts["spec"]["volumeClaimTemplates"]
-    assert {m["name"] for m in c["volumeMounts"]} == {claim["metadata"]["name"]}
+    # The data volume, and the bearer tokens from a Secret (never in the manifests).
+    assert {m["name"] for m in c["volumeMounts"]} == {claim["metadata"]["name"], "tokens"}
+    (tokens,) = pod["volumes"]
+    assert tokens["secret"]["secretName"] == "zerotrace-tokens"
     services = {d["metadata"]["name"]: d for _, d in objs if d["kind"] == "Service"}
     assert sts["spec"]["serviceName"] in services
     labels = sts["spec"]["template"]["metadata"]["labels"]
@@ -201,3 +204,36 @@ def test_server_args_parse_and_serve_metrics_on_the_declared_port() -> None:
     assert args.http.rpartition(":")[2] == str(ports["traces"])  # Grafana's data sources
     notes = sts["spec"]["template"]["metadata"]["annotations"]
     assert notes["prometheus.io/port"] == str(ports["http"])
+
+
+def test_server_is_not_exposed_without_tokens() -> None:
+    """The server listens on 0.0.0.0, which it refuses without TLS or tokens: the
+    manifests give it a token file from a Secret, the agents their ingest token from
+    the same Secret, and a NetworkPolicy keeps the unauthenticated HTTP ports in."""
+    import argparse
+
+    from server.auth import exposure_problem
+    from server.cli import register
+
+    objs = plain_objects()
+    sts = _one("StatefulSet", objs)
+    (c,) = sts["spec"]["template"]["spec"]["containers"]
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="cmd"))
+    args = parser.parse_args(c["args"])
+    assert not args.insecure
+    assert exposure_problem(args.listen, bool(args.tls_cert), bool(args.token_file),
+                            args.insecure) == ""
+    mount = next(m for m in c["volumeMounts"] if m["name"] == "tokens")
+    assert args.token_file.startswith(mount["mountPath"] + "/")
+    env = {e["name"]: e for e in _one("DaemonSet", objs)["spec"]["template"]["spec"]
+           ["containers"][0]["env"]}
+    ref = env["ZEROTRACE_TOKEN"]["valueFrom"]["secretKeyRef"]
+    assert ref == {"name": "zerotrace-tokens", "key": "ingest-token"}
+    pol = _one("NetworkPolicy", objs)
+    labels = sts["spec"]["template"]["metadata"]["labels"]
+    assert pol["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+    open_ports = {p["port"] for r in pol["spec"]["ingress"] if "from" not in r
+                  for p in r["ports"]}
+    assert open_ports == {"grpc"}  # the only port that checks tokens
+    assert not any(kind == "Secret" for kind in (d["kind"] for _, d in objs))
