@@ -26,6 +26,9 @@ APPS = Path(__file__).resolve().parent / "apps"
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 PG_SCHEMA = "CREATE TABLE orders (note text, qty int);\nCREATE INDEX ON orders (note);\n"
 
+# Where Debian's golang-*-dev packages install Go sources (GOPATH layout).
+GOPATH_DEBIAN = "/usr/share/gocode"
+
 PORTS = {"dns": 53, "gw": 80, "api": 8000, "inventory": 8080, "redis": 6379, "postgres": 5432}
 
 
@@ -49,12 +52,17 @@ def go_inventory_binary() -> Path:
     return go_binary(APPS / "inventory.go", "inventory")
 
 
-def go_binary(source: Path, name: str, ldflags: str = "") -> Path:
-    """A one-file, standard-library Go program built once per (source, Go version,
-    ldflags) under CACHE_DIR; `ldflags="-s -w"` strips symbols and DWARF."""
+def go_binary(source: Path, name: str, ldflags: str = "", gopath: str = "") -> Path:
+    """A one-file Go program built once per (source, Go version, ldflags) under
+    CACHE_DIR; `ldflags="-s -w"` strips symbols and DWARF.  Standard library only, or,
+    with `gopath` (e.g. GOPATH_DEBIAN), built in GOPATH mode against the Go packages
+    Debian installs there (golang-github-lib-pq-dev): no module download, ever."""
     src = source.read_bytes()
     version = subprocess.run(["go", "version"], capture_output=True, text=True,
                              check=True).stdout
+    if gopath:  # the packages' sources take part in the cache key
+        version += "".join(sorted(str(p.stat().st_mtime_ns) + str(p)
+                                  for p in Path(gopath).glob("src/*/*/*/*.go")))
     out = CACHE_DIR / f"{name}-go-{_digest(src, version.encode(), ldflags.encode())}"
     if out.exists():
         return out
@@ -63,10 +71,13 @@ def go_binary(source: Path, name: str, ldflags: str = "") -> Path:
             return out
         with tempfile.TemporaryDirectory(prefix="zt-demo-gobuild-") as tmp:
             (Path(tmp) / "main.go").write_bytes(src)
-            (Path(tmp) / "go.mod").write_text(f"module zt{name}\n\ngo 1.19\n")
             env = {**os.environ, "GOFLAGS": "-mod=mod", "CGO_ENABLED": "0",
                    "GO111MODULE": "on", "GOPATH": f"{tmp}/gopath",
                    "GOCACHE": str(CACHE_DIR / "go-build-cache"), "GOPROXY": "off"}
+            if gopath:
+                env.update(GO111MODULE="off", GOPATH=gopath, GOFLAGS="")
+            else:
+                (Path(tmp) / "go.mod").write_text(f"module zt{name}\n\ngo 1.19\n")
             argv = ["go", "build", "-o", f"{tmp}/{name}"]
             if ldflags:
                 argv.append(f"-ldflags={ldflags}")
