@@ -104,25 +104,28 @@ class HttpApi:
         parsed = urllib.parse.urlsplit(raw_path)
         path = urllib.parse.unquote(parsed.path)
         query = urllib.parse.parse_qs(parsed.query, keep_blank_values=True)
-        api = "tempo"
+        api = "jaeger" if path.startswith("/jaeger") else "tempo"
         try:
             if method not in ("GET", "HEAD"):
                 raise HttpError(405, f"method {method} not allowed")
-            if self.tokens is not None:
-                self._authorize(headers.get("authorization", ""))
             for rx, handler, route_api in self.routes:
                 m = rx.match(path)
                 if m:
                     api = route_api  # errors answer in this API's shape
-                    req = Request(path, query, headers, m.groupdict())
-                    return handler(self, req)
-            api = "jaeger" if path.startswith("/jaeger") else "tempo"
+                    if self.tokens is not None:
+                        self._authorize(headers.get("authorization", ""))
+                    return handler(self, Request(path, query, headers, m.groupdict()))
+            if self.tokens is not None:
+                self._authorize(headers.get("authorization", ""))
             raise HttpError(404, f"no such endpoint: {path}")
         except HttpError as e:
             return self.error(api, e.status, e.message)
         except StorageError as e:
             log.warning("storage query failed: %s", e)
             return self.error(api, 503, f"storage query failed: {str(e)[:300]}")
+        except Exception:  # noqa: BLE001 - a bug answers 500, the server keeps serving
+            log.exception("HTTP %s %s failed", method, path)
+            return self.error(api, 500, "internal error (see the server's log)")
 
     def _authorize(self, header: str) -> None:
         from server.auth import BAD_TOKEN, NO_TOKEN

@@ -649,3 +649,30 @@ def test_http_off_and_exposure_refused(tmp_path):
 
     from server.cli import _start_http
     assert _start_http(argparse.Namespace(http=""), None, None) is None
+
+
+def test_tokens_guard_the_http_api(tmp_path):
+    """With --token-file, every request needs a token of role `read` (as on gRPC)."""
+    from server.auth import BAD_TOKEN, NO_TOKEN, TokenTable
+    from server.http import HttpApi
+
+    path = tmp_path / "tokens"
+    read, ingest = "read-" + "c3" * 16, "ingest-" + "a1" * 16
+    path.write_text(f"read {read} grafana\ningest {ingest} node-a\n")
+    path.chmod(0o600)
+    api = HttpApi(store=None, listen="127.0.0.1:0", tokens=TokenTable(str(path)))  # type: ignore[arg-type]
+    port = api.start()
+    srv = type("S", (), {"http": f"127.0.0.1:{port}"})()
+    try:
+        code, _, body = get(srv, "/api/echo")
+        assert code == 401 and body.decode().strip() == NO_TOKEN
+        code, _, body = get(srv, "/api/echo", headers={"Authorization": "Bearer " + "x" * 40})
+        assert code == 401 and body.decode().strip() == BAD_TOKEN
+        code, _, body = get(srv, "/api/echo", headers={"Authorization": f"Bearer {ingest}"})
+        assert code == 403 and ingest.encode() not in body
+        code, _, body = get(srv, "/api/echo", headers={"Authorization": f"Bearer {read}"})
+        assert (code, body) == (200, b"echo")
+        code, _, body = get(srv, "/jaeger/api/services")
+        assert code == 401 and json.loads(body)["errors"][0]["code"] == 401
+    finally:
+        api.stop()
