@@ -6,6 +6,7 @@
 
 #define ZT_EV_DATA 1 /* bytes moved by a socket syscall; payload prefix follows */
 #define ZT_EV_CONN 2 /* connection life: connect, accept, close */
+#define ZT_EV_WAKE 3 /* Go: a goroutine made runnable, or entering a channel receive (struct zt_wake) */
 
 /* syscall kinds */
 #define ZT_SYS_WRITE 1
@@ -41,6 +42,7 @@
 #define ZT_DROP_RINGBUF_FULL 0
 #define ZT_DROP_ACTIVE_FULL 1 /* no in-flight slot could be had for the task */
 #define ZT_DROP_READ_FAULT 2
+#define ZT_DROP_WAKE_FULL 3 /* a struct zt_wake found the ring buffer full */
 #define ZT_DROP_SLOTS 4
 
 struct zt_event {
@@ -84,6 +86,37 @@ struct zt_config {
     __u8 filter_port;    /* only sockets whose local or remote port is in filter_ports */
     __u8 filter_netns;   /* only sockets in network namespaces of filter_netns */
     __u32 wakeup_events; /* wake the agent every this many events per CPU */
+};
+
+/* Go scheduler records (bpf/gowake.c), for linking a goroutine's writes to the goroutine
+ * that handed it the work (net/http's pooled client: handler -> writeLoop).  A record
+ * in the ring shorter than struct zt_event is a zt_wake. */
+#define ZT_WAKE_HANDOFF 1 /* runtime.send -> ready: a channel value handed to goid, parked on it */
+#define ZT_WAKE_OTHER 2   /* any other runtime.ready of goid: mutex, close, timer, GC, ... */
+#define ZT_WAKE_RECV 3    /* goid entered a channel receive or select (runtime.chanrecv, selectgo) */
+
+struct zt_wake {
+    __u64 ts;          /* bpf_ktime_get_ns(), the clock of zt_event */
+    __u64 waker;       /* goid of the goroutine that woke it; 0: none (scheduler, g0) or RECV */
+    __u64 goid;        /* the goroutine woken, or receiving */
+    __u64 thread_goid; /* goids[tid]: the goroutine runtime.execute last put on this thread */
+    __u32 pid;
+    __u32 tid;
+    __u32 lost;        /* zt_wake records lost so far (all CPUs): a change means a gap */
+    __u8 type;         /* ZT_EV_WAKE */
+    __u8 kind;         /* ZT_WAKE_* */
+    __u8 _pad[2];
+};
+
+/* Per Go process, offsets into the runtime's structs (from the binary's DWARF), map
+ * go_runtime keyed by tgid. */
+struct zt_go_runtime {
+    __u32 goid;     /* runtime.g.goid */
+    __u32 g_m;      /* runtime.g.m */
+    __u32 m_g0;     /* runtime.m.g0 */
+    __u32 m_curg;   /* runtime.m.curg */
+    __u32 sudog_g;  /* runtime.sudog.g */
+    __u32 _pad;
 };
 
 #endif

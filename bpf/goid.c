@@ -15,3 +15,6 @@ int zt_go_execute(struct pt_regs *ctx)
     goids.update(&tid, &goid);
     return 0;
 }
+
+/* Hand-offs between goroutines (who woke whom): same object, shares goids and the ring. */
+#include "gowake.c"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ctypes as ct
 import struct
 
-EV_DATA, EV_CONN = 1, 2
+EV_DATA, EV_CONN, EV_WAKE = 1, 2, 3
 
 SYS_NAMES = {
     1: "write", 2: "read", 3: "writev", 4: "readv", 5: "sendto", 6: "recvfrom",
@@ -25,8 +25,13 @@ ROLE_NAMES = {0: "?", 1: "client", 2: "server"}
 
 F_HAS_SEQ, F_MIDSTREAM, F_PEER_FROM_MSG, F_TRUNCATED = 1, 2, 4, 8
 
-DROP_SLOTS = {0: "ringbuf_full", 1: "inflight_slot_alloc", 2: "payload_read_fault"}
+DROP_SLOTS = {0: "ringbuf_full", 1: "inflight_slot_alloc", 2: "payload_read_fault",
+              3: "go_wake_ringbuf_full"}
 DROP_SLOT_COUNT = 4
+
+# struct zt_wake kinds (Go goroutine hand-offs, bpf/gowake.c)
+WAKE_HANDOFF, WAKE_OTHER, WAKE_RECV = 1, 2, 3
+WAKE_KIND_NAMES = {1: "handoff", 2: "other", 3: "recv"}
 
 AF_INET, AF_INET6 = 2, 10
 IPPROTO_TCP, IPPROTO_UDP = 6, 17
@@ -81,6 +86,36 @@ class ZtConfig(ct.Structure):
     ]
 
 
+class ZtWake(ct.Structure):
+    """struct zt_wake (bpf/abi.h): a Go goroutine woken, or entering a receive."""
+
+    _fields_ = [
+        ("ts", ct.c_uint64),
+        ("waker", ct.c_uint64),
+        ("goid", ct.c_uint64),
+        ("thread_goid", ct.c_uint64),
+        ("pid", ct.c_uint32),
+        ("tid", ct.c_uint32),
+        ("lost", ct.c_uint32),
+        ("type", ct.c_uint8),
+        ("kind", ct.c_uint8),
+        ("_pad", ct.c_uint8 * 2),
+    ]
+
+
+class ZtGoRuntime(ct.Structure):
+    """struct zt_go_runtime (bpf/abi.h): Go runtime struct offsets of one process."""
+
+    _fields_ = [
+        ("goid", ct.c_uint32),
+        ("g_m", ct.c_uint32),
+        ("m_g0", ct.c_uint32),
+        ("m_curg", ct.c_uint32),
+        ("sudog_g", ct.c_uint32),
+        ("_pad", ct.c_uint32),
+    ]
+
+
 _CODES = {
     ct.c_uint64: "Q", ct.c_int64: "q", ct.c_uint32: "I", ct.c_int32: "i",
     ct.c_uint16: "H", ct.c_uint8: "B",
@@ -110,3 +145,7 @@ EVENT_STRUCT = struct.Struct(struct_format(ZtEvent))
 EVENT_SIZE = EVENT_STRUCT.size
 EVENT_FIELDS = tuple(name for name, _ in ZtEvent._fields_ if not name.startswith("_"))
 assert EVENT_SIZE == ct.sizeof(ZtEvent)
+
+WAKE_STRUCT = struct.Struct(struct_format(ZtWake))
+WAKE_SIZE = WAKE_STRUCT.size
+assert WAKE_SIZE == ct.sizeof(ZtWake) < EVENT_SIZE  # records are told apart by length

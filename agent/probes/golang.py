@@ -14,6 +14,21 @@ import os
 from agent.probes.btf import CACHE_DIR
 
 EXECUTE_SYMBOL = "runtime.execute"
+# Hand-offs (bpf/gowake.c): symbol -> probe function.
+WAKE_SYMBOLS = {
+    "runtime.send": "zt_go_send",
+    "runtime.ready": "zt_go_ready",
+    "runtime.chanrecv": "zt_go_recv",
+    "runtime.selectgo": "zt_go_recv",
+}
+# (struct, member) -> key of runtime_offsets()
+_RUNTIME_MEMBERS = {
+    (b"runtime.g", b"goid"): "goid",
+    (b"runtime.g", b"m"): "g_m",
+    (b"runtime.m", b"g0"): "m_g0",
+    (b"runtime.m", b"curg"): "m_curg",
+    (b"runtime.sudog", b"g"): "sudog_g",
+}
 
 
 class GoBinaryError(RuntimeError):
@@ -73,6 +88,60 @@ def _goid_offset_from_dwarf(path: str) -> int:
                     if mn is not None and mn.value == b"goid":
                         return int(m.attributes["DW_AT_data_member_location"].value)
     raise GoBinaryError(f"{path}: runtime.g.goid not found in DWARF")
+
+
+def runtime_offsets(path: str, use_cache: bool = True) -> dict[str, int]:
+    """Offsets the hand-off probes need (keys of _RUNTIME_MEMBERS' values), from DWARF."""
+    digest = _digest(path)
+    cache = os.path.join(CACHE_DIR, f"go-runtime-{digest}.json")
+    if use_cache:
+        try:
+            with open(cache) as f:
+                got = {k: int(v) for k, v in json.load(f).items()}
+            if set(got) == set(_RUNTIME_MEMBERS.values()):
+                return got
+        except (OSError, ValueError, AttributeError):
+            pass
+    got = _runtime_offsets_from_dwarf(path)
+    if use_cache:
+        try:
+            os.makedirs(CACHE_DIR, exist_ok=True)
+            with open(cache, "w") as f:
+                json.dump(got, f)
+        except OSError:
+            pass
+    return got
+
+
+def _runtime_offsets_from_dwarf(path: str) -> dict[str, int]:
+    from elftools.elf.elffile import ELFFile
+
+    want = {s for s, _m in _RUNTIME_MEMBERS}
+    got: dict[str, int] = {}
+    with open(path, "rb") as f:
+        elf = ELFFile(f)
+        if not elf.has_dwarf_info():
+            raise GoBinaryError(f"{path}: no DWARF (stripped?)")
+        for cu in elf.get_dwarf_info().iter_CUs():
+            top = cu.get_top_DIE()
+            name = top.attributes.get("DW_AT_name")
+            if name is None or name.value != b"runtime":
+                continue
+            for die in top.iter_children():
+                dn = die.attributes.get("DW_AT_name")
+                if die.tag != "DW_TAG_structure_type" or dn is None or dn.value not in want:
+                    continue
+                for m in die.iter_children():
+                    mn = m.attributes.get("DW_AT_name")
+                    key = _RUNTIME_MEMBERS.get((dn.value, mn.value if mn else b""))
+                    if key is not None:
+                        got[key] = int(m.attributes["DW_AT_data_member_location"].value)
+            if len(got) == len(_RUNTIME_MEMBERS):
+                break
+    missing = set(_RUNTIME_MEMBERS.values()) - set(got)
+    if missing:
+        raise GoBinaryError(f"{path}: runtime offsets not in DWARF: {sorted(missing)}")
+    return got
 
 
 def exe_path(pid: int) -> str:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.probes import abi, btf, golang
-from agent.probes.events import SocketEvent, monotonic_to_wall_offset
+from agent.probes.events import EventBatch, SocketEvent, WakeEvent, monotonic_to_wall_offset
 from agent.probes.ringbuf import RingBuffer
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,9 @@ class ProbeConfig:
     ports: set[int] = field(default_factory=set)
     netns: set[int] = field(default_factory=set)
     trace_self: bool = False
+    # Go: record who hands work to which goroutine (uprobes on runtime.send/ready/chanrecv/
+    # selectgo, bpf/gowake.c), so a pooled http.Client's call joins the request behind it.
+    go_handoffs: bool = True
 
     def payload_max(self) -> int:
         """Payload capture size rounded up to a power of two (the probe masks with it)."""
@@ -81,6 +84,8 @@ class SocketTracer:
         self._go_pids: dict[int, str] = {}
         self._go_binaries: set[tuple[int, int]] = set()
         self._go_tracking = False
+        self._wake_binaries: set[tuple[int, int]] = set()
+        self._wakes = False  # some wake probe attached: ring records need sorting
         self._load()
 
     def _load(self) -> None:
@@ -181,6 +186,8 @@ class SocketTracer:
                                         fn_name=b"zt_go_execute")
                 self._go_binaries.add(key)
             self._bpf[b"go_goid_offset"][ct.c_uint32(pid)] = ct.c_uint32(off)
+            if self.config.go_handoffs:
+                self._follow_handoffs(pid, path, key)
             if not self._go_tracking:
                 self._go_tracking = True
                 c = self._bpf[b"config"][ct.c_int(0)]
@@ -193,23 +200,54 @@ class SocketTracer:
         self._go_pids[pid] = how
         return how
 
-    def poll(self, timeout_s: float = 0.05) -> list[SocketEvent]:
-        """Wait up to timeout_s for events, then return every event waiting."""
+    def _follow_handoffs(self, pid: int, path: str, key: tuple[int, int]) -> None:
+        """Wake records for pid (bpf/gowake.c); a binary that cannot say how only logs:
+        its goroutines are still followed, its hand-offs stay refused."""
+        try:
+            offs = golang.runtime_offsets(path)
+            if key not in self._wake_binaries:
+                for sym, fn in golang.WAKE_SYMBOLS.items():
+                    self._bpf.attach_uprobe(name=path.encode(), sym=sym.encode(),
+                                            fn_name=fn.encode())
+                self._wake_binaries.add(key)
+            self._bpf[b"go_runtime"][ct.c_uint32(pid)] = abi.ZtGoRuntime(**offs)
+            self._wakes = True
+        except (OSError, golang.GoBinaryError, Exception) as e:  # bcc raises bare Exception
+            log.warning("Go process %d: hand-offs not followed: %s", pid, e)
+
+    def poll(self, timeout_s: float = 0.05) -> EventBatch:
+        """Wait up to timeout_s for events, then return every event waiting: a list of
+        SocketEvents, with the Go wake records of the same drain in `.wakes`."""
         ring = self._ring
         if not ring.pending_bytes():
             ring.wait(timeout_s)
         records = ring.drain()
         off = self.wall_offset
-        out = [SocketEvent(r, off) for r in records]
+        if not self._wakes:
+            out = EventBatch([SocketEvent(r, off) for r in records])
+        else:
+            out, size = EventBatch(), abi.EVENT_SIZE
+            add, wakes = out.append, out.wakes
+            for r in records:
+                if len(r) < size:
+                    wakes.append(WakeEvent(r, off))
+                else:
+                    add(SocketEvent(r, off))
         self.events_read += len(out)
         return out
 
-    def poll_raw(self, timeout_s: float = 0.05) -> list[bytes]:
-        """Like poll() but without decoding (benchmarks, recorders)."""
+    def poll_raw(self, timeout_s: float = 0.05, wakes: bool = False) -> list[bytes]:
+        """Like poll() but without decoding (benchmarks, recorders): the socket event
+        records, and with wakes=True the Go wake records too (events.decode tells them
+        apart)."""
         ring = self._ring
         if not ring.pending_bytes():
             ring.wait(timeout_s)
-        return ring.drain()
+        records = ring.drain()
+        if self._wakes and not wakes:
+            size = abi.EVENT_SIZE
+            records = [r for r in records if len(r) >= size]
+        return records
 
     def drops(self) -> dict[str, int]:
         """Events lost in the kernel, by reason (summed over CPUs)."""

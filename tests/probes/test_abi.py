@@ -28,7 +28,9 @@ def c_layout(tmp_path: Path, struct: str, fields: list[str]) -> dict[str, int]:
     return {k: int(v) for k, v in (line.split() for line in out.splitlines())}
 
 
-@pytest.mark.parametrize("cls,cname", [(abi.ZtEvent, "zt_event"), (abi.ZtConfig, "zt_config")])
+@pytest.mark.parametrize("cls,cname", [(abi.ZtEvent, "zt_event"), (abi.ZtConfig, "zt_config"),
+                                      (abi.ZtWake, "zt_wake"),
+                                      (abi.ZtGoRuntime, "zt_go_runtime")])
 def test_python_mirror_matches_c(tmp_path, cls, cname):
     names = [n for n, _ in cls._fields_]
     c = c_layout(tmp_path, cname, names)
@@ -45,3 +47,17 @@ def test_struct_decoder_is_derived_from_ctypes():
     assert (vals["ts_enter"], vals["pid"], vals["lport"], vals["flags"], vals["seq"]) == (
         1, 7, 80, 3, 99)
     assert vals["comm"].rstrip(b"\0") == b"curl"
+
+
+def test_wake_records_decode_and_are_told_apart_by_length():
+    from agent.probes.events import WakeEvent, decode
+
+    w = abi.ZtWake(ts=5, waker=7, goid=9, thread_goid=3, pid=11, tid=12, lost=2,
+                   type=abi.EV_WAKE, kind=abi.WAKE_HANDOFF)
+    e = decode(bytes(w), 100)
+    assert isinstance(e, WakeEvent)
+    assert (e.ts, e.waker, e.goid, e.thread_goid, e.pid, e.tid, e.lost, e.kind) == (
+        105, 7, 9, 3, 11, 12, 2, abi.WAKE_HANDOFF)
+    assert e.type == abi.EV_WAKE
+    ev = abi.ZtEvent(ts_enter=1, pid=7, type=abi.EV_DATA)
+    assert decode(bytes(ev) + b"xy", 0).pid == 7
