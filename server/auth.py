@@ -144,12 +144,60 @@ NO_TOKEN = ("authentication required: send 'authorization: Bearer TOKEN' "
 BAD_TOKEN = "authentication failed: token not accepted"
 
 
-def _bearer(metadata: tuple | None) -> str | None:
+def _bearer_value(value: str | bytes | None) -> str | None:
+    """The token of an `authorization` value; "" when it is not `Bearer TOKEN`, None
+    when there is no value."""
+    if value is None:
+        return None
+    text = value if isinstance(value, str) else value.decode("latin-1")
+    scheme, _, token = text.strip().partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
+def _metadata_value(metadata: tuple | None, key: str = "authorization") -> str | bytes | None:
     for k, v in metadata or ():
-        if k == "authorization":
-            scheme, _, token = (v if isinstance(v, str) else v.decode("latin-1")).partition(" ")
-            return token.strip() if scheme.lower() == "bearer" else ""
+        if k == key:
+            return v
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The outcome of checking a caller: allowed as `identity`, or refused."""
+
+    identity: str = ""
+    code: grpc.StatusCode | None = None  # None: allowed
+    message: str = ""
+
+    @property
+    def allowed(self) -> bool:
+        return self.code is None
+
+    @property
+    def http_status(self) -> int:
+        """The HTTP status of the refusal: 401 (send `WWW-Authenticate: Bearer`), 403."""
+        if self.code is None:
+            return 200
+        return 401 if self.code == grpc.StatusCode.UNAUTHENTICATED else 403
+
+
+def authorize(tokens: TokenTable, authorization: str | bytes | None, role: str | None,
+              what: str) -> Decision:
+    """Check an `authorization` value (gRPC metadata or HTTP header) for `role`;
+    `what` names the method or path in a PERMISSION_DENIED message.  The same rules
+    and messages for every port: an HTTP API calls this with role "read"."""
+    token = _bearer_value(authorization)
+    if not token:
+        return Decision(code=grpc.StatusCode.UNAUTHENTICATED, message=NO_TOKEN)
+    entries = tokens.lookup(token)
+    if not entries:
+        return Decision(code=grpc.StatusCode.UNAUTHENTICATED, message=BAD_TOKEN)
+    match = next((e for e in entries if e.role == role), None) if role else None
+    if match is None:
+        need = f"needs the {role!r} role" if role else "is not open to token holders"
+        return Decision(code=grpc.StatusCode.PERMISSION_DENIED,
+                        message=f"permission denied: {what} {need}; this token does not have it")
+    return Decision(identity=match.name)
 
 
 def _refusal(handler: grpc.RpcMethodHandler, code: grpc.StatusCode,
@@ -204,24 +252,14 @@ class AuthInterceptor(grpc.ServerInterceptor):
         handler = continuation(handler_call_details)
         if handler is None:
             return None  # unknown method: gRPC answers UNIMPLEMENTED, nothing to protect
-        service = handler_call_details.method.lstrip("/").rpartition("/")[0]
-        need = SERVICE_ROLES.get(service)
-        token = _bearer(handler_call_details.invocation_metadata)
-        if not token:
-            self.refused["unauthenticated"] += 1
-            return _refusal(handler, grpc.StatusCode.UNAUTHENTICATED, NO_TOKEN)
-        entries = self.tokens.lookup(token)
-        if not entries:
-            self.refused["unauthenticated"] += 1
-            return _refusal(handler, grpc.StatusCode.UNAUTHENTICATED, BAD_TOKEN)
-        match = next((e for e in entries if e.role == need), None)
-        if match is None:
-            self.refused["permission_denied"] += 1
-            what = f"needs the {need!r} role" if need else "is not open to token holders"
-            return _refusal(handler, grpc.StatusCode.PERMISSION_DENIED,
-                            f"permission denied: {handler_call_details.method} {what}; "
-                            "this token does not have it")
-        return _as(handler, match.name)
+        method = handler_call_details.method
+        need = SERVICE_ROLES.get(method.lstrip("/").rpartition("/")[0])
+        d = authorize(self.tokens, _metadata_value(handler_call_details.invocation_metadata),
+                      need, method)
+        if not d.allowed:
+            self.refused[d.code.name.lower()] += 1
+            return _refusal(handler, d.code, d.message)
+        return _as(handler, d.identity)
 
 
 def certificate_name(context: grpc.ServicerContext) -> str:

@@ -370,3 +370,20 @@ def test_mtls_without_tokens_keys_senders_on_the_certificate(tmp_path, pki):
         assert "spoof-" not in text and 'sender="cert:agent-1"' in text
     finally:
         srv.stop()
+
+
+def test_authorize_for_other_ports(tmp_path):
+    """`server.auth.authorize` is what an HTTP API checks a header with: the same
+    refusals, mapped to 401/403."""
+    from server.auth import TokenTable, authorize
+
+    table = TokenTable(_token_file(tmp_path / "t", f"read {READ_TOKEN} grafana\n"
+                                                   f"ingest {INGEST_TOKEN}\n"))
+    ok = authorize(table, f"Bearer {READ_TOKEN}", "read", "GET /api/search")
+    assert ok.allowed and ok.identity == "grafana" and ok.http_status == 200
+    for header, status in ((None, 401), ("", 401), (f"Basic {READ_TOKEN}", 401),
+                           (f"Bearer {UNKNOWN_TOKEN}", 401), (f"Bearer {INGEST_TOKEN}", 403),
+                           (f"bearer  {READ_TOKEN}x", 401)):
+        d = authorize(table, header, "read", "GET /api/search")
+        assert not d.allowed and d.http_status == status, header
+        assert READ_TOKEN not in d.message and INGEST_TOKEN not in d.message
