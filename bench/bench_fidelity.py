@@ -3,9 +3,12 @@
     sudo .venv/bin/python -m bench.bench_fidelity [--requests 2000] [--rate 200]
         [--concurrency 8] [--variant go|node]
 
-Prints precision (no wrong parent), span recall, end-to-end completeness (every hop of
-a request in its one trace), spans never produced, per-process stitching modes, and
-the delay from a request's end to its trace leaving the agent."""
+The topology (agent/demo/topology.py) includes a round trip no parser knows (the api's
+licence check), a multi-round-trip SQL call (the Go inventory's lib/pq query with a
+bound parameter) and a Go-to-Go HTTP call through a pooled http.Client (inventory ->
+pricing).  Prints precision (no wrong parent), span recall, end-to-end completeness
+(every hop of a request in its one trace), spans never produced, per-process stitching
+modes, and the delay from a request's end to its trace leaving the agent."""
 
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ def run(requests: int, rate: int, concurrency: int, variant: str = "go",
         warmup: int = 20) -> dict:
     with DemoTopology(variant=variant) as topo:
         index = topo.pod_index()
+        hops = topo.required_hops
         cfg = ProbeConfig(netns={p.inode for p in topo.pods.values()})
         with SocketTracer(cfg) as tracer:
             pipeline = Pipeline()
@@ -71,7 +75,7 @@ def run(requests: int, rate: int, concurrency: int, variant: str = "go",
             pipeline.close()
             drops = tracer.drops()
     measured = [t.spans for t in traces[n_warm:]] + [t.spans for t in traces[:n_warm]]
-    report = measure(truth, measured, pod_index=index)
+    report = measure(truth, measured, pod_index=index, required_hops=hops)
     return {"report": report, "delays": delays[n_warm:], "drops": drops,
             "process": pipeline.stitcher.process_report(), "stats": pipeline.summary(),
             "agent_cpu_s": cpu[0], "catch_up_s": catch_up,

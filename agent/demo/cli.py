@@ -1,8 +1,11 @@
 """`zerotrace demo`: server + agent + a small traffic source, ending in a trace and a
 flame graph on screen.  Everything it starts it stops; the host is left as found.
 
-    gateway (nginx) -> api (Python, threads) -> postgres
+    gateway (nginx) -> api (Python, threads) -> licence (a line protocol: no span)
+                                            -> postgres
                                             -> inventory (Go) -> redis
+                                                              -> postgres (lib/pq)
+                                                              -> pricing (Go, pooled client)
     with DNS look-ups through dnsmasq; each "pod" is a network namespace.
 """
 
@@ -122,7 +125,7 @@ def _trace_and_capture(topo, server: str, args: argparse.Namespace) -> dict:
         th.join(timeout=30)
         pipeline.close()
         drops = tracer.drops()
-    fid = measure(truth, traces, pod_index=topo.pod_index())
+    fid = measure(truth, traces, pod_index=topo.pod_index(), required_hops=topo.required_hops)
     ok = sum(1 for r in truth if r.status == 200)
     return {"fidelity": fid, "ok": ok, "sent": len(truth), "drops": drops,
             "summary": pipeline.summary(), "export": exporter.metrics()}

@@ -42,6 +42,13 @@ REQUIRED_HOPS = (
     "inventory/client/redis",
     "redis/server/redis",
 )
+# The Go inventory's further hops: a lib/pq query (two round trips: the read between
+# them makes no span) and a call to the Go pricing service through a pooled http.Client.
+GO_HOPS = (
+    "inventory/client/postgresql",
+    "inventory/client/http",
+    "pricing/server/http",
+)
 
 
 @dataclass

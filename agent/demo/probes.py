@@ -1,4 +1,5 @@
-"""Small clients used for health checks and direct checks: DNS, HTTP, RESP, PostgreSQL.
+"""Small clients used for health checks and direct checks: DNS, HTTP, RESP, PostgreSQL,
+the licence line protocol.
 
 They take addresses, never names, and are meant to run inside a pod's namespace
 (`netns.run_in`).  Each raises on failure, with a message saying what answered what.
@@ -95,3 +96,13 @@ def pg_query(host: str, query: str, params: tuple = (), port: int = 5432) -> lis
     with psycopg.connect(host=host, port=port, user="postgres", dbname="postgres",
                          connect_timeout=3, autocommit=True) as conn:
         return conn.execute(query, params).fetchall()
+
+
+def licence_check(host: str, port: int, key: str = "healthz", timeout: float = 2.0) -> str:
+    """One round trip on the demo licence server's line protocol; its answer."""
+    with socket.create_connection((host, port), timeout=timeout) as s:
+        s.sendall(f"LIC? demo {key}\n".encode())
+        answer = s.makefile("rb").readline().decode().strip()
+    if not answer.startswith("LIC! granted"):
+        raise RuntimeError(f"licence answered {answer!r}")
+    return answer

@@ -29,7 +29,8 @@ PG_SCHEMA = "CREATE TABLE orders (note text, qty int);\nCREATE INDEX ON orders (
 # Where Debian's golang-*-dev packages install Go sources (GOPATH layout).
 GOPATH_DEBIAN = "/usr/share/gocode"
 
-PORTS = {"dns": 53, "gw": 80, "api": 8000, "inventory": 8080, "redis": 6379, "postgres": 5432}
+PORTS = {"dns": 53, "gw": 80, "api": 8000, "inventory": 8080, "redis": 6379, "postgres": 5432,
+         "licence": 7070, "pricing": 8081}
 
 
 @contextmanager
@@ -48,8 +49,13 @@ def _digest(*parts: bytes) -> str:
 
 
 def go_inventory_binary() -> Path:
-    """The Go inventory built with the standard library only (cached by source hash)."""
-    return go_binary(APPS / "inventory.go", "inventory")
+    """The Go inventory, built against Debian's lib/pq (cached by source hash)."""
+    return go_binary(APPS / "inventory.go", "inventory", gopath=GOPATH_DEBIAN)
+
+
+def go_pricing_binary() -> Path:
+    """The Go pricing service, standard library only (cached by source hash)."""
+    return go_binary(APPS / "pricing.go", "pricing")
 
 
 def go_binary(source: Path, name: str, ldflags: str = "", gopath: str = "") -> Path:
@@ -196,13 +202,24 @@ def postgres_argv(tmp: Path, addr: str) -> list[str]:
 def api_argv(addr: str) -> list[str]:
     return [sys.executable, str(APPS / "api.py"), "--listen", f"{addr}:{PORTS['api']}",
             "--postgres", "postgres.demo.zt:5432",
-            "--inventory", f"inventory.demo.zt:{PORTS['inventory']}"]
+            "--inventory", f"inventory.demo.zt:{PORTS['inventory']}",
+            "--licence", f"licence.demo.zt:{PORTS['licence']}"]
+
+
+def licence_argv(addr: str) -> list[str]:
+    return [sys.executable, str(APPS / "licence.py"), "--listen", f"{addr}:{PORTS['licence']}"]
+
+
+def pricing_argv(addr: str) -> list[str]:
+    return [str(go_pricing_binary()), "-listen", f"{addr}:{PORTS['pricing']}"]
 
 
 def inventory_argv(addr: str, variant: str) -> list[str]:
     listen = f"{addr}:{PORTS['inventory']}"
     if variant == "go":
-        return [str(go_inventory_binary()), "-listen", listen, "-redis", "redis.demo.zt"]
+        return [str(go_inventory_binary()), "-listen", listen, "-redis", "redis.demo.zt",
+                "-postgres", f"postgres.demo.zt:{PORTS['postgres']}",
+                "-pricing", f"http://pricing.demo.zt:{PORTS['pricing']}"]
     if variant == "node":
         return ["node", str(APPS / "inventory.js"), "--listen", listen,
                 "--redis", "redis.demo.zt"]

@@ -1,7 +1,11 @@
 """The demo topology: pods as network namespaces, real servers in them, torn down after.
 
-    client -> gw (nginx :80) -> api (Python :8000) -> postgres (:5432)
+    client -> gw (nginx :80) -> api (Python :8000) -> licence (:7070, a line protocol
+                                                       no parser knows: no span)
+                                                    -> postgres (:5432)
                                                     -> inventory (Go or Node :8080) -> redis (:6379)
+                          Go inventory only: -> postgres (lib/pq, two round trips a query)
+                                             -> pricing (Go :8081, pooled http.Client)
     every pod resolves names through dns (dnsmasq :53, UDP and TCP)
 
 `with DemoTopology(variant="go") as topo:` builds it, waits until every service
@@ -27,15 +31,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import netns, probes, services, stale
+from . import fidelity, netns, probes, services, stale
 from .load import LoadResult
 
 SUBNET = "10.232.0"
 POD_HOSTS = {"dns": 2, "gw": 3, "api": 4, "inventory": 5, "redis": 6, "postgres": 7,
-             "client": 8}
+             "client": 8, "licence": 9, "pricing": 10}
 DNS_NAMES = {f"{pod}.demo.zt": pod for pod in POD_HOSTS}
 # Start order; teardown is the reverse.
-SERVICES = ("dns", "redis", "postgres", "inventory", "api", "gw")
+SERVICES = ("dns", "redis", "postgres", "licence", "pricing", "inventory", "api", "gw")
 
 
 @dataclass
@@ -96,6 +100,12 @@ class DemoTopology:
     def gateway_url(self) -> str:
         return f"http://{self.pods['gw'].addr}"
 
+    @property
+    def required_hops(self) -> tuple[str, ...]:
+        """The hops (`pod/kind/protocol`) every request crosses in this variant, for
+        `fidelity.measure`; the licence check makes no span, so it is no hop."""
+        return fidelity.REQUIRED_HOPS + (fidelity.GO_HOPS if self.variant == "go" else ())
+
     def __enter__(self) -> DemoTopology:
         self.start()
         return self
@@ -114,6 +124,7 @@ class DemoTopology:
             # Slow one-off builds first, before any namespace exists.
             if self.variant == "go":
                 services.go_inventory_binary()
+            services.go_pricing_binary()
             services.pg_template()
             stale.remove_stale()
             self.tmp = Path(tempfile.mkdtemp(prefix=f"zt-demo-{self.tag}-", dir="/tmp"))
@@ -249,6 +260,8 @@ class DemoTopology:
                                          {n: a[p] for n, p in DNS_NAMES.items()}),
             "redis": services.redis_argv(self.tmp, a["redis"]),
             "postgres": services.postgres_argv(self.tmp, a["postgres"]),
+            "licence": services.licence_argv(a["licence"]),
+            "pricing": services.pricing_argv(a["pricing"]),
             "inventory": services.inventory_argv(a["inventory"], self.variant),
             "api": services.api_argv(a["api"]),
             "gw": services.nginx_argv(self.tmp, a["gw"],
@@ -272,6 +285,8 @@ class DemoTopology:
                 raise RuntimeError("redis did not answer PONG")
         elif svc == "postgres":
             probes.pg_query(a["postgres"], "SELECT count(*) FROM orders")
+        elif svc == "licence":
+            probes.licence_check(a["licence"], port, timeout=0.5)
         else:
             status, body = probes.http_get(a[svc], port, "/healthz", timeout=1.0)
             if status != 200:

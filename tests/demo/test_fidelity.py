@@ -181,3 +181,13 @@ def test_span_under_a_foreign_span_in_its_own_trace_is_wrong() -> None:
     assert f.links_wrong == 2
     assert any(f"({NONCES[0]})" in w and f"nearest nonce {NONCES[1]}" in w
                for w in f.wrong_examples)
+
+
+def test_go_variant_requires_its_further_hops() -> None:
+    from agent.demo.fidelity import GO_HOPS
+    from agent.demo.topology import DemoTopology
+
+    # a property of the variant: nothing is started
+    assert DemoTopology(variant="go").required_hops == REQUIRED_HOPS + GO_HOPS
+    assert DemoTopology(variant="node").required_hops == REQUIRED_HOPS
+    assert "pricing/server/http" in GO_HOPS and "inventory/client/postgresql" in GO_HOPS

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from agent.demo import services, stale
+from agent.demo import probes, services, stale
 from agent.demo.topology import DemoTopology, StartupError
 
 pytestmark = pytest.mark.kernel
@@ -63,14 +63,21 @@ def test_go_topology_end_to_end_and_teardown() -> None:
     with DemoTopology(variant="go") as topo:
         assert topo.startup_seconds < 30
         assert set(topo.pods) == {"dns", "gw", "api", "inventory", "redis", "postgres",
-                                  "client"}
-        assert len({p.inode for p in topo.pods.values()}) == 7
+                                  "client", "licence", "pricing"}
+        assert len({p.inode for p in topo.pods.values()}) == 9
         assert all(p.addr.startswith("10.232.0.") for p in topo.pods.values())
         assert len(topo.pods["gw"].pids) == 3  # nginx master + 2 workers
         assert topo.gateway_url == f"http://{topo.pods['gw'].addr}"
         with open(f"/etc/netns/{topo.pods['api'].netns}/resolv.conf") as f:
             assert topo.pods["dns"].addr in f.read()
         check_requests(topo, 20)
+        # the Go inventory's further calls: PostgreSQL through lib/pq, pricing over HTTP
+        status, body = topo.run_in("client", probes.http_get, topo.pods["inventory"].addr,
+                                   services.PORTS["inventory"], "/stock/n00000000000000aa")
+        assert status == 200 and b'"orders": 0' in body and b'"price": ' in body, body
+        answer = topo.run_in("client", probes.licence_check, topo.pods["licence"].addr,
+                             services.PORTS["licence"])
+        assert answer == "LIC! granted healthz"
         snap = snapshot(topo)
     assert_gone(snap)
 

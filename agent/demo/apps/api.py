@@ -1,11 +1,14 @@
 """api: the demo's Python service (stdlib ThreadingHTTPServer + psycopg, no tracing code).
 
-GET /order/<nonce>: resolves inventory and postgres names through DNS (getaddrinfo on
-every request), inserts and selects the nonce in PostgreSQL (extended protocol: the
-nonce is a literal in the SQL text, the quantity a bound parameter), then calls
-inventory with `GET /stock/<nonce>` on a new HTTP connection, and answers JSON.
-A thread per request; PostgreSQL connections come from a small pool shared by threads.
-Run as a script: `python api.py --listen ADDR:PORT --postgres NAME:PORT --inventory NAME:PORT`.
+GET /order/<nonce>: with --licence, first checks a licence on the licence server's line
+protocol (which no zerotrace parser knows: a round trip that makes no span); resolves
+inventory and postgres names through DNS (getaddrinfo on every request), inserts and
+selects the nonce in PostgreSQL (extended protocol: the nonce is a literal in the SQL
+text, the quantity a bound parameter), then calls inventory with `GET /stock/<nonce>` on
+a new HTTP connection, and answers JSON.  A thread per request; PostgreSQL and licence
+connections come from small pools shared by threads.
+Run as a script: `python api.py --listen ADDR:PORT --postgres NAME:PORT --inventory NAME:PORT
+[--licence NAME:PORT]`.
 """
 
 from __future__ import annotations
@@ -47,6 +50,32 @@ class PgPool:
             conn.close()
         else:
             q.put(conn)
+
+
+class LicencePool:
+    """Idle connections to the licence server, kept open across requests."""
+
+    def __init__(self, name: str, port: int) -> None:
+        self.name, self.port = name, port
+        self.idle: queue.SimpleQueue = queue.SimpleQueue()
+
+    def check(self, nonce: str) -> None:
+        """One `LIC? demo <nonce>` round trip; raises unless granted."""
+        try:
+            sock, rfile = self.idle.get_nowait()
+        except queue.Empty:
+            sock = socket.create_connection((resolve(self.name, self.port), self.port),
+                                            timeout=5)
+            rfile = sock.makefile("rb")
+        try:
+            sock.sendall(f"LIC? demo {nonce}\n".encode())
+            answer = rfile.readline()
+            if not answer.startswith(b"LIC! granted"):
+                raise RuntimeError(f"licence: {answer!r}")
+        except BaseException:
+            sock.close()
+            raise
+        self.idle.put((sock, rfile))
 
 
 def resolve(name: str, port: int) -> str:
@@ -91,13 +120,16 @@ class ApiServer(ThreadingHTTPServer):
     request_queue_size = 128
 
     def __init__(self, listen: tuple[str, int], pg: tuple[str, int],
-                 inventory: tuple[str, int]) -> None:
+                 inventory: tuple[str, int], licence: tuple[str, int] | None = None) -> None:
         super().__init__(listen, Handler)
         self.pg_name, pg_port = pg
         self.inv_name, self.inv_port = inventory
         self.pool = PgPool(pg_port)
+        self.licence = LicencePool(*licence) if licence else None
 
     def order(self, nonce: str) -> dict:
+        if self.licence is not None:
+            self.licence.check(nonce)
         inv_addr = resolve(self.inv_name, self.inv_port)
         pg_addr = resolve(self.pg_name, self.pool.port)
         conn = self.pool.get(pg_addr)
@@ -135,8 +167,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--listen", type=hostport, required=True)
     ap.add_argument("--postgres", type=hostport, required=True)
     ap.add_argument("--inventory", type=hostport, required=True)
+    ap.add_argument("--licence", type=hostport, help="licence server NAME:PORT")
     a = ap.parse_args(argv)
-    srv = ApiServer(a.listen, a.postgres, a.inventory)
+    srv = ApiServer(a.listen, a.postgres, a.inventory, a.licence)
     print(f"api listening on {a.listen[0]}:{a.listen[1]}", file=sys.stderr, flush=True)
     srv.serve_forever()
 
