@@ -29,7 +29,12 @@ SPAN_PROTO = Path(__file__).resolve().parents[2] / "proto" / "zerotrace" / "v1" 
 
 # Insert-side settings: the schema file of ProtobufList; one thread because the
 # ingest budget is one core and batches are small.
-_INSERT_SETTINGS = f"format_schema = '{SPAN_PROTO}:Span', max_insert_threads = 1, max_threads = 1"
+# A batch may hold spans of many days (late or replayed spans): ClickHouse's default
+# refuses an insert into more than 100 partitions (days), and the batch, retried,
+# could never be stored.  A part per day is the cost; such batches are rare.
+_MANY_DAYS = "max_partitions_per_insert_block = 0"
+_INSERT_SETTINGS = (f"format_schema = '{SPAN_PROTO}:Span', max_insert_threads = 1, "
+                    f"max_threads = 1, {_MANY_DAYS}")
 # Invalid UTF-8 in stored strings (rows written before ingest refused it) is written
 # as U+FFFD instead of raw bytes, so that no stored value can make a query fail.
 _SELECT_SETTINGS = (" SETTINGS output_format_json_quote_64bit_integers = 0, "
@@ -109,7 +114,7 @@ class ChdbStore(SqlStore):
         # Uncompressed: the columns are copied as they are (~1 us a span to insert,
         # against ~5 for ProtobufList).
         return self._insert("ArrowStream", table_to_ipc(table, compress=False),
-                            " SETTINGS max_insert_threads = 1, max_threads = 1")
+                            f" SETTINGS max_insert_threads = 1, max_threads = 1, {_MANY_DAYS}")
 
     def _insert(self, fmt: str, payload: bytes, settings: str) -> int:
         with self._lock:
