@@ -387,3 +387,41 @@ def test_authorize_for_other_ports(tmp_path):
         d = authorize(table, header, "read", "GET /api/search")
         assert not d.allowed and d.http_status == status, header
         assert READ_TOKEN not in d.message and INGEST_TOKEN not in d.message
+
+
+@pytest.mark.parametrize("via", ["flags", "config"])
+def test_agent_command_line_reaches_the_mtls_server(mtls_server, pki, tmp_path, via):
+    """`zerotrace agent --server ... --tls-ca ... --tls-cert ... --tls-key ...
+    --token-file ...` (or the same keys in its config file) builds exporters that the
+    server accepts: spans submitted to them are stored (probes are not needed)."""
+    import yaml
+
+    from agent.cli import build_parser
+    from agent.pipeline import Pipeline
+
+    tf = _token_file(tmp_path / "token", f"{INGEST_TOKEN}\n")
+    opts = {"tls-ca": pki.ca, "tls-cert": pki.client_cert, "tls-key": pki.client_key,
+            "token-file": tf}
+    argv = ["agent", "--server", mtls_server.addr, "--otlp", mtls_server.addr,
+            "--metrics-port", "0"]
+    if via == "flags":
+        for k, v in opts.items():
+            argv += [f"--{k}", v]
+    else:
+        cfg = tmp_path / "agent.yaml"
+        cfg.write_text(yaml.safe_dump({k.replace("-", "_"): v for k, v in opts.items()}))
+        argv += ["--config", str(cfg)]
+    p = Pipeline.from_args(build_parser().parse_args(argv))
+    spans = {name: server_span(service=f"agent-{via}-{name}", start_ns=now_ns(),
+                               end_ns=now_ns() + 5) for name, _ in p.exporters}
+    assert set(spans) == {"server", "otlp"}
+    try:
+        for name, batcher in p.exporters:
+            batcher.submit([spans[name]])
+            assert batcher.force_flush(20)
+            assert batcher.metrics()["zerotrace_export_sent_total"] == 1, batcher.metrics()
+    finally:
+        for _, batcher in p.exporters:
+            batcher.shutdown(5)
+    for s in spans.values():
+        assert len(_get(mtls_server.addr, _sec(pki, READ_TOKEN), s.trace_id).spans) == 1
