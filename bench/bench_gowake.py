@@ -13,6 +13,7 @@ the truth (which nonce the waker goroutine had read from its own client).  Rules
 - any wake, thread goroutine: the same with the waker taken as the goroutine
   runtime.execute last put on the thread (what goid.c knows), as a naive probe would;
 - hand-off (HandoffIndex): one receive, one channel hand-off, nothing else.
+--noise makes gohop wake goroutines for other reasons too (GOHOP_NOISE, gohop.go),
 --gogc lowers GOGC (more GC wake-ups), --hog N runs N CPU hogs in the namespace."""
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ SERVICES = ROOT / "tests" / "stitch" / "services"
 BACKEND, SERVICE = 9310, 9311
 
 
-def run(requests: int, concurrency: int, gogc: int, hogs: int) -> tuple[list, list, int]:
+def run(requests: int, concurrency: int, gogc: int, hogs: int,
+        noise: bool = False) -> tuple[list, list, int]:
     """(socket events, wake events, gohop pid) of one loaded run."""
     from agent.demo.services import go_binary
     from agent.probes.loader import ProbeConfig, SocketTracer
@@ -47,7 +49,8 @@ def run(requests: int, concurrency: int, gogc: int, hogs: int) -> tuple[list, li
         host = net.hosts[0]
         backend = net.spawn(host, sys.executable, str(SERVICES / "backend.py"), str(BACKEND),
                             stdout=subprocess.PIPE, text=True)
-        env = {**os.environ, "GOMAXPROCS": "2", "GOGC": str(gogc)}
+        env = {**os.environ, "GOMAXPROCS": "2", "GOGC": str(gogc),
+               "GOHOP_NOISE": "1" if noise else "0"}
         hop = net.spawn(host, str(binary), str(SERVICE), f"http://127.0.0.1:{BACKEND}",
                         stdout=subprocess.PIPE, text=True, env=env)
         wait_ready(backend, "backend")
@@ -165,6 +168,12 @@ def analyse(events: list, wakes: list, pid: int) -> dict:
                 ok = request_of(got[0] - GOROUTINE_BASE, got[1]) == nonce
                 c[f"hand-off: {'right' if ok else 'WRONG'}"] += 1
             prev = ts
+    for w in wakes:
+        if w.pid == pid and w.kind != abi.WAKE_RECV and not w.waker:
+            # the scheduler readied it (timer, netpoll deadline, finalizer): no goroutine
+            # did; runtime.execute's goroutine of the thread is stale there
+            c["scheduler wakes: thread's goroutine (execute) names one"
+              if w.thread_goid else "scheduler wakes: thread's goroutine none"] += 1
     kinds = collections.Counter(abi.WAKE_KIND_NAMES[w.kind] + ("" if w.waker or
                                 w.kind == abi.WAKE_RECV else " (scheduler)")
                                 for w in wakes if w.pid == pid)
@@ -179,10 +188,12 @@ def main() -> None:
     ap.add_argument("--gogc", type=int, default=100)
     ap.add_argument("--hog", type=int, default=0)
     ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--noise", action="store_true",
+                    help="GOHOP_NOISE=1: timers, deadlines, a contended mutex, idle closes")
     a = ap.parse_args()
     total: collections.Counter = collections.Counter()
     for _ in range(a.rounds):
-        events, wakes, pid = run(a.requests, a.concurrency, a.gogc, a.hog)
+        events, wakes, pid = run(a.requests, a.concurrency, a.gogc, a.hog, a.noise)
         got = analyse(events, wakes, pid)
         total.update(got)
     for k in sorted(total):
