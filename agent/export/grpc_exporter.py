@@ -105,6 +105,12 @@ class GrpcSpanExporter(SpanExporter):
             self.last_error = f"{e.code().name}: {e.details()}"
             if e.code() in _RETRYABLE:
                 return ExportResult.RETRYABLE
+            if e.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+                # A wrong or missing token refuses every batch: say it once, not per batch.
+                self._once(f"auth:{e.code().name}", "the server refused the credentials "
+                           "(--token-file / $ZEROTRACE_TOKEN; batches are dropped): %s",
+                           self.last_error)
+                return ExportResult.FAILURE
             log.warning("server refused a batch of %d spans: %s", len(spans), self.last_error)
             return ExportResult.FAILURE
         if self.wire == "arrow" and sent and not resp.accepted and not resp.rejected:
