@@ -16,7 +16,7 @@ fi
 
 # Packages: the agent's own needs, then the real programs that tests and the demo trace.
 AGENT_PKGS=(python3-bpfcc bpfcc-tools libbpfcc bpftool linux-headers-amd64 iproute2 python3-venv make)
-TEST_PKGS=(redis-server nginx-light dnsmasq-base mariadb-server postgresql haproxy golang-go
+TEST_PKGS=(redis-server memcached nginx-light dnsmasq-base mariadb-server postgresql haproxy golang-go
            wrk nodejs curl dnsutils openjdk-17-jdk-headless chromium iptables libmariadb-java libpostgresql-jdbc-java golang-github-lib-pq-dev memcached)
 missing=()
 for p in "${AGENT_PKGS[@]}" "${TEST_PKGS[@]}"; do

@@ -11,7 +11,7 @@ import re
 from collections import Counter
 
 from . import dns as _dns
-from . import http1, http2, mysql, postgresql, redis
+from . import http1, http2, memcached, mysql, postgresql, redis
 from .base import ConnectionParser
 
 _PARSERS: dict[str, type] = {
@@ -22,6 +22,7 @@ _PARSERS: dict[str, type] = {
     "dns": _dns.DnsParser,
     "postgresql": postgresql.PostgresParser,
     "mysql": mysql.MySQLParser,
+    "memcached": memcached.MemcachedParser,
 }
 # Drop/gap counters, reason -> count, one Counter per parser module ("grpc" shares
 # "http2"'s), for export as metrics.
@@ -32,6 +33,7 @@ STATS: dict[str, Counter] = {
     "dns": _dns.STATS,
     "postgresql": postgresql.STATS,
     "mysql": mysql.STATS,
+    "memcached": memcached.STATS,
 }
 
 PROTOCOLS = tuple(_PARSERS)
@@ -47,6 +49,23 @@ REDIS_PORTS = frozenset((6379, 6380, 26379))
 PG_PORTS = frozenset((5432, 5433))
 MYSQL_PORTS = frozenset((3306, 3307, 4000))
 DNS_PORTS = frozenset((53, 5353, 853))
+MEMCACHED_PORTS = frozenset((11211,))
+# memcached text commands in the shape clients write them (lower case, as the server
+# wants); keys are 1-250 bytes without spaces or control characters.
+_MC_KEY = rb"[!-~\x80-\xff]{1,250}"
+_MC_REQ = re.compile(
+    rb"(?:(?:set|add|replace|append|prepend) K \d{1,10} -?\d{1,10} \d{1,10}(?: noreply)?"
+    rb"|cas K \d{1,10} -?\d{1,10} \d{1,10} \d{1,20}(?: noreply)?"
+    rb"|gets? K(?: K)*|gats? -?\d{1,10}(?: K)+|delete K(?: 0)?(?: noreply)?"
+    rb"|(?:incr|decr) K \d{1,20}(?: noreply)?|touch K -?\d{1,10}(?: noreply)?"
+    rb"|m[gsdae] K(?: [!-~]{1,64})*|mn|version|stats(?: [a-z_]{1,20})*"
+    rb"|flush_all(?: -?\d{1,10})?(?: noreply)?|verbosity \d{1,3}(?: noreply)?)\r?\n"
+    .replace(b"K", _MC_KEY))
+_MC_VALUE = re.compile(rb"VALUE " + _MC_KEY + rb" \d{1,10} \d{1,10}(?: \d{1,20})?\r\n")
+_MC_REPLY = re.compile(rb"(?:STORED|NOT_STORED|EXISTS|NOT_FOUND|DELETED|TOUCHED|END|OK"
+                       rb"|VERSION [\w.-]{1,40}|STAT \w{1,40} [^\r\n]{0,200}|HD|EN|NF|NS|EX|MN"
+                       rb"|VA \d{1,10}|SERVER_ERROR [^\r\n]{0,200}|CLIENT_ERROR [^\r\n]{0,200})"
+                       rb"[ \r]")
 H2_FRAME_TYPES = frozenset(range(10))
 
 
@@ -70,6 +89,9 @@ def infer(data: bytes, direction: int, local_port: int, remote_port: int,
         return "postgresql"
     if _mysql(data, ports):
         return "mysql"
+    if memcached.binary_request(data) or (
+            memcached.binary_response(data) and _port(ports, MEMCACHED_PORTS)):
+        return "memcached"
     if _dns_tcp(data) and (_port(ports, DNS_PORTS) or _dns_message(data, 2)):
         return "dns"
     if _h2_frame(data):
@@ -78,6 +100,13 @@ def infer(data: bytes, direction: int, local_port: int, remote_port: int,
         return "redis"
     if _INLINE.match(data) and data[:4].upper() in (b"PING", b"HELL", b"AUTH"):
         return "redis"
+    if _MC_REQ.match(data):
+        # Redis takes inline commands too ("get k"): on its ports, it is Redis.
+        return "redis" if _port(ports, REDIS_PORTS) else "memcached"
+    if _MC_VALUE.match(data):
+        return "memcached"
+    if _port(ports, MEMCACHED_PORTS) and _MC_REPLY.match(data):
+        return "memcached"
     return None
 
 

@@ -75,7 +75,10 @@ def test_connection_closed_midway_flushes_incomplete_records():
     for proto, req in (("http", b"GET /slow HTTP/1.1\r\n\r\n"),
                        ("redis", b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"),
                        ("postgresql", b"Q\x00\x00\x00\x0eSELECT 1;\x00"),
-                       ("mysql", b"\x09\x00\x00\x00\x03SELECT 1")):
+                       ("mysql", b"\x09\x00\x00\x00\x03SELECT 1"),
+                       ("memcached", b"get k\r\n"),
+                       ("memcached", b"\x80\x00\x00\x01\x00\x00\x00\x00\x00\x00\x00\x01"
+                                     + bytes(12) + b"k")):
         c = Conn(proto)
         c.send(EGRESS, req)
         (r,) = c.close()
@@ -142,7 +145,7 @@ def test_postgres_ssl_request_then_tls_stops_parsing():
 
 
 def test_stats_are_exposed_per_protocol():
-    assert set(STATS) >= {"http", "redis", "dns", "postgresql", "mysql"}
+    assert set(STATS) >= {"http", "redis", "dns", "postgresql", "mysql", "memcached"}
     for counter in STATS.values():
         assert all(isinstance(v, int) for v in counter.values())
 

@@ -28,7 +28,7 @@ def _key(r: dict) -> tuple:
 
 def test_every_protocol_has_golden_files():
     protos = {p.parent.name for p in FILES}
-    assert {"http", "redis", "dns", "postgresql", "mysql"} <= protos
+    assert {"http", "redis", "dns", "postgresql", "mysql", "memcached"} <= protos
 
 
 @pytest.mark.parametrize("path", FILES, ids=IDS)

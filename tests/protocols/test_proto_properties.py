@@ -60,6 +60,10 @@ _PREFIXES = [
     b"\x00\x00\x00\x08\x04\xd2\x16\x2f", b"\x05\x00\x00\x00\x03ping", b"\x07\x00\x00\x01\x00",
     b"\x00\x1c\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00",
     b"\r\n", b"\r\n\r\n", b"0\r\n\r\n",
+    b"get k\r\n", b"set k 0 0 5\r\n", b"VALUE k 0 5\r\n", b"END\r\n", b"ms k 2 q\r\n",
+    b"VA 2 O1\r\n", b"mn\r\n", b"STAT pid 1\r\n",
+    b"\x80\x0d\x00\x01\x00\x00\x00\x00\x00\x00\x00\x01\x00\x00\x00\x07" + bytes(8) + b"k",
+    b"\x81\x10\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00" + bytes(12),
 ]
 pieces = st.lists(st.one_of(st.sampled_from(_PREFIXES), st.binary(max_size=40)), max_size=12)
 

@@ -36,6 +36,21 @@ def test_first_bytes_of_every_golden_connection(path):
     (b"Q\x00\x00\x00\x0eSELECT 1;\x00", (9999, 40000), "postgresql"),
     (b"\x09\x00\x00\x00\x03SELECT 1", (9999, 40000), "mysql"),
     (b"hello there, general kenobi", (80, 40000), None),
+    (b"get user:1 user:2\r\n", (40000, 8080), "memcached"),
+    (b"set k 0 3600 5\r\nhello\r\n", (40000, 8080), "memcached"),
+    (b"mg k v t\r\n", (40000, 8080), "memcached"),
+    (b"get k\r\n", (40000, 6379), "redis"),  # Redis takes inline commands too
+    (b"VALUE k 0 5\r\nhello\r\nEND\r\n", (8080, 40000), "memcached"),
+    (b"STORED\r\n", (11211, 40000), "memcached"),
+    (b"STORED\r\n", (8080, 40000), None),
+    (b"\x80\x00\x00\x01\x00\x00\x00\x00\x00\x00\x00\x01" + bytes(12) + b"k", (1, 2),
+     "memcached"),
+    (b"\x80\x00\x00\x01\x00\x00\x00\x00\x00\x00\x00\x09" + bytes(12) + b"k", (1, 2),
+     None),  # body longer than the key a get carries: not a get
+    (b"\x81\x00\x00\x00\x04\x00\x00\x00\x00\x00\x00\x05" + bytes(12), (11211, 40000),
+     "memcached"),
+    (b"get\r\n", (40000, 8080), None),
+
     (b"", (80, 40000), None),
 ])
 def test_infer_cases(data, ports, proto):
