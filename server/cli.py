@@ -99,7 +99,9 @@ def _stub(args: argparse.Namespace):
     from proto.zerotrace.v1 import query_pb2_grpc
 
     sec = _security(args)
-    ch = sec.channel(args.server)
+    # gRPC's default 4 MiB receive limit failed on larger traces; the server sends up
+    # to its own limit (server.app.MAX_MESSAGE_BYTES, 32 MiB).
+    ch = sec.channel(args.server, options=[("grpc.max_receive_message_length", 32 << 20)])
     return ch, query_pb2_grpc.QueryServiceStub(ch), sec.metadata()
 
 
