@@ -209,7 +209,7 @@ def floor(pairs: int = 50_000, rounds: int = 5) -> None:
         us = best[key] / pairs * 1e6
         print(f"{label:<44}{us:>9.2f}{1e6 / us:>10,.0f}{best[key] / best['toy']:>9.2f}")
     print("syscalls (chunks) per record in the golden workloads, steady, 1 KiB:")
-    for proto in ("http", "redis", "dns", "postgresql", "mysql", "grpc"):
+    for proto in ("http", "redis", "dns", "postgresql", "mysql", "grpc", "memcached"):
         work = workload(proto, 1024, "steady")
         chunks_n = sum(len(c) for _, _, c in work)
         records = 0
@@ -222,7 +222,7 @@ def floor(pairs: int = 50_000, rounds: int = 5) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("protocols", nargs="*", default=["http", "redis", "dns", "postgresql",
-                                                     "mysql", "grpc"])
+                                                     "mysql", "grpc", "memcached"])
     ap.add_argument("--seconds", type=float, default=3.0, help="CPU time per protocol")
     ap.add_argument("--capture", type=int, default=1024,
                     help="bytes kept per chunk (0: whole chunks)")

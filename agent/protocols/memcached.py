@@ -232,9 +232,11 @@ class MemcachedParser(StreamParser):
             toks = line.split()
             start = st.base + pos
             if not toks:
-                # memcached answers an empty line with ERROR: keep the count of replies.
-                self._request(st.message(start, st.base + j + 1), "", {"db.system":
-                              "memcached"}, _Req(b"", False, None, None), False, "", out)
+                # memcached answers an empty line with ERROR (a noreply block longer than
+                # announced leaves one): keep the count of replies.
+                self._request(st.message(start, st.base + j + 1), "(empty line)",
+                              {"db.system": "memcached"}, _Req(b"", False, None, None), False,
+                              "", out)
                 pos = j + 1
                 continue
             cmd = toks[0]

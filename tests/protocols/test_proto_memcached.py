@@ -97,6 +97,15 @@ def test_noreply_commands_are_recorded_at_once_and_skip_matching():
     assert not c.p.pending
 
 
+def test_noreply_block_longer_than_announced_keeps_pairs_in_step():
+    # memcached reads the announced 3 bytes + 2, then answers ERROR to the stray "\r\n".
+    c = Conn("memcached")
+    c.send(EGRESS, b"set k 0 0 3 noreply\r\nabcde\r\nget k\r\n")
+    c.send(INGRESS, b"ERROR\r\nEND\r\n")
+    assert _ops(c) == [("set", "unset", "", ""), ("(empty line)", "error", "ERROR", ""),
+                       ("get", "ok", "", "")]
+
+
 def test_pipelined_requests_in_one_write_and_replies_in_pieces():
     c = Conn("memcached")
     c.send(EGRESS, b"".join(b"set k%d 0 0 2\r\nv%d\r\n" % (i, i) for i in range(5))
