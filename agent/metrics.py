@@ -1,23 +1,43 @@
 """Prometheus metrics of the agent: RED per service/operation, and every loss.
 
-RED (rate, errors, duration) comes from server spans: the service's own view of the
-requests it answered.  Label cardinality is bounded: id-like path segments become
-`{id}`, and past `max_operations` distinct operations per service the rest count as
-`other`.  Losses and refusals of every stage are read at scrape time from the
-counters each stage keeps, so the hot path pays nothing for them."""
+RED (rate, errors, duration) comes twice, for two audiences:
+- `zerotrace_requests_total` / `zerotrace_request_duration_seconds`: every server span,
+  any protocol (DNS and database servers included), per service and operation;
+- the OpenTelemetry semantic conventions' instruments, as OTel's Prometheus exporter
+  names them: `http_server_request_duration_seconds`, `http_client_request_duration_seconds`,
+  `rpc_server_duration_seconds`, `rpc_client_duration_seconds`,
+  `db_client_operation_duration_seconds`, with the conventions' attribute names as
+  labels (`http_route`, `db_system_name`, ...).  Histograms carry the span's trace id as
+  an exemplar (exposed in the OpenMetrics format) so a slow bucket links to a trace.
+Label cardinality is bounded: id-like path segments become `{id}` (the same folding as
+span names), and past `max_operations` distinct operations per service the rest count
+as `other`.  Losses and refusals of every stage are read at scrape time from the
+counters each stage keeps, so the hot path pays nothing for them; each exporter's
+outcomes are counters of one unit each (spans, batches, attempts), so `sum()` over a
+family never adds spans to batches."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    start_http_server,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from proto.span import KIND_SERVER, STATUS_ERROR, Span
+from proto.span import KIND_CLIENT, KIND_SERVER, STATUS_ERROR, Span
 
 _ID_SEGMENT = re.compile(r"/(?=[^/]*\d)[A-Za-z0-9_\-.:]{6,}|/\d+")
 _BUCKETS = (.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10)
+_HTTP = ("http", "http2")
+_DB = ("postgresql", "mysql", "redis", "memcached")
 
 
 def normalise_operation(op: str) -> str:
@@ -29,46 +49,121 @@ def normalise_operation(op: str) -> str:
     return op[:80]
 
 
+def _route(path: str) -> str:
+    return _ID_SEGMENT.sub("/{id}", path.split("?", 1)[0])[:120] or "/"
+
+
 class AgentMetrics:
-    """RED histograms plus a collector over stage counters."""
+    """RED histograms (ours and OpenTelemetry's), process metrics, and collectors over
+    stage and exporter counters."""
 
     def __init__(self, max_operations: int = 100) -> None:
-        self.registry = CollectorRegistry()
+        r = self.registry = CollectorRegistry()
         self.max_operations = max_operations
         # namespace: from the span's Kubernetes tags ("" outside Kubernetes); bounded by
         # the cluster's namespaces
         labels = ["namespace", "service", "operation", "protocol"]
         self.requests = Counter("zerotrace_requests", "Requests answered (server spans)",
-                                labels + ["status"], registry=self.registry)
+                                labels + ["status"], registry=r)
         self.duration = Histogram("zerotrace_request_duration_seconds",
                                   "Server-side request duration", labels,
-                                  buckets=_BUCKETS, registry=self.registry)
-        self._ops: dict[str, set[str]] = {}
+                                  buckets=_BUCKETS, registry=r)
+        who = ["k8s_namespace_name", "service_name"]
+        http = who + ["http_request_method", "http_route", "http_response_status_code",
+                      "error_type"]
+        self.http_server = Histogram(
+            "http_server_request_duration", "Duration of HTTP server requests.", http,
+            unit="seconds", buckets=_BUCKETS, registry=r)
+        self.http_client = Histogram(
+            "http_client_request_duration", "Duration of HTTP client requests.",
+            who + ["http_request_method", "url_template", "http_response_status_code",
+                   "error_type"], unit="seconds", buckets=_BUCKETS, registry=r)
+        rpc = who + ["rpc_system", "rpc_service", "rpc_method", "rpc_grpc_status_code"]
+        self.rpc_server = Histogram("rpc_server_duration", "Duration of inbound RPCs.", rpc,
+                                    unit="seconds", buckets=_BUCKETS, registry=r)
+        self.rpc_client = Histogram("rpc_client_duration", "Duration of outbound RPCs.", rpc,
+                                    unit="seconds", buckets=_BUCKETS, registry=r)
+        self.db_client = Histogram(
+            "db_client_operation_duration", "Duration of database client operations.",
+            who + ["db_system_name", "db_operation_name", "db_collection_name",
+                   "error_type"], unit="seconds", buckets=_BUCKETS, registry=r)
+        # process_* (CPU, memory, fds), python_info, python_gc_*: the agent's own cost
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
+        self._ops: dict[tuple[str, str], set[str]] = {}
         self._sources: list[tuple[str, Callable[[], dict]]] = []
-        self.registry.register(_StageCollector(self._sources))
+        self._exporters: list[tuple[str, Callable[[], dict]]] = []
+        r.register(_StageCollector(self._sources))
+        r.register(_ExportCollector(self._exporters))
 
     def add_source(self, stage: str, counters: Callable[[], dict]) -> None:
         """counters() -> {reason: count}, exported as zerotrace_stage_events_total."""
         self._sources.append((stage, counters))
 
-    def record(self, span: Span) -> None:
-        if span.kind != KIND_SERVER:
-            return
-        op = normalise_operation(span.operation)
-        seen = self._ops.setdefault(span.service, set())
-        if op not in seen:
+    def add_exporter(self, name: str, counters: Callable[[], dict]) -> None:
+        """counters() -> BatchExporter.metrics(): exported as zerotrace_export_*."""
+        self._exporters.append((name, counters))
+
+    def _bounded(self, kind: str, service: str, value: str) -> str:
+        seen = self._ops.setdefault((kind, service), set())
+        if value not in seen:
             if len(seen) >= self.max_operations:
-                op = "other"
-            else:
-                seen.add(op)
-        status = "error" if span.status == STATUS_ERROR else "ok"
-        ns = span.resource.get("k8s.namespace.name", "")
-        self.requests.labels(ns, span.service, op, span.protocol, status).inc()
-        self.duration.labels(ns, span.service, op, span.protocol).observe(
-            span.duration_ns / 1e9)
+                return "other"
+            seen.add(value)
+        return value
+
+    def record(self, span: Span) -> None:
+        if span.kind == KIND_SERVER:
+            op = self._bounded("op", span.service, normalise_operation(span.operation))
+            status = "error" if span.status == STATUS_ERROR else "ok"
+            ns = span.resource.get("k8s.namespace.name", "")
+            self.requests.labels(ns, span.service, op, span.protocol, status).inc()
+            self.duration.labels(ns, span.service, op, span.protocol).observe(
+                span.duration_ns / 1e9)
+        elif span.kind != KIND_CLIENT:
+            return
+        self._record_semconv(span)
+
+    def _record_semconv(self, span: Span) -> None:
+        a = span.attributes
+        proto = span.protocol
+        server = span.kind == KIND_SERVER
+        who = (span.resource.get("k8s.namespace.name", ""), span.service)
+        err = _error_type(span)
+        if proto == "grpc":
+            h = self.rpc_server if server else self.rpc_client
+            method = self._bounded("rpc", span.service,
+                                   f"{a.get('rpc.service', '')}/{a.get('rpc.method', '')}")
+            svc, _, meth = method.partition("/")
+            labels = (*who, "grpc", svc, meth, str(a.get("rpc.grpc.status_code", "")))
+        elif proto in _HTTP:
+            method = str(a.get("http.request.method", ""))[:16]
+            route = self._bounded("route", span.service,
+                                  _route(str(a.get("url.path", ""))))
+            code = str(a.get("http.response.status_code", span.status_code or ""))[:3]
+            h = self.http_server if server else self.http_client
+            labels = (*who, method, route, code, err)
+        elif proto in _DB and not server:
+            h = self.db_client
+            op = str(a.get("db.operation.name", ""))[:32]
+            coll = self._bounded("coll", span.service, str(a.get("db.collection.name", ""))[:64])
+            labels = (*who, str(a.get("db.system", proto)), op, coll, err)
+        else:
+            return
+        tid = span.trace_id
+        h.labels(*labels).observe(span.duration_ns / 1e9,
+                                  exemplar={"trace_id": tid} if tid else None)
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> None:
         start_http_server(port, addr=addr, registry=self.registry)
+
+
+def _error_type(span: Span) -> str:
+    """OTel's error.type: the status code of a failed request, else empty."""
+    if span.status != STATUS_ERROR:
+        return ""
+    return (span.status_code or "error")[:32]
 
 
 class _StageCollector:
@@ -79,7 +174,8 @@ class _StageCollector:
         fam = CounterMetricFamily("zerotrace_stage_events",
                                   "Per-stage counters: losses, refusals, drops, by reason",
                                   labels=["stage", "reason"])
-        gauges = GaugeMetricFamily("zerotrace_stage_gauge", "Per-stage levels",
+        levels = GaugeMetricFamily("zerotrace_stage_queued_spans",
+                                   "Spans waiting in a stage's queue",
                                    labels=["stage", "name"])
         for stage, fn in self.sources:
             try:
@@ -89,8 +185,53 @@ class _StageCollector:
             for reason, value in counters.items():
                 if isinstance(value, (int, float)):
                     if reason.endswith("_spans") and "queue" in reason:
-                        gauges.add_metric([stage, reason], value)
+                        levels.add_metric([stage, reason], value)
                     else:
                         fam.add_metric([stage, str(reason)], value)
         yield fam
-        yield gauges
+        yield levels
+
+
+# BatchExporter counter -> (family, help, reason label value or None)
+_EXPORT_FAMILIES = {
+    "submitted": ("zerotrace_export_submitted_spans", "Spans handed to the exporter"),
+    "sent": ("zerotrace_export_sent_spans", "Spans the receiver acknowledged"),
+    "batches_sent": ("zerotrace_export_sent_batches", "Batches the receiver acknowledged"),
+    "export_errors": ("zerotrace_export_failed_attempts",
+                      "Export attempts that failed (each retried or dropped)"),
+    "retries": ("zerotrace_export_retries", "Export attempts made again after a failure"),
+}
+
+
+class _ExportCollector:
+    """Each exporter's outcomes, one unit per family: spans sent, spans dropped by
+    reason, batches, attempts; the queue as a gauge."""
+
+    def __init__(self, exporters: list[tuple[str, Callable[[], dict]]]) -> None:
+        self.exporters = exporters
+
+    def collect(self):
+        fams = {k: CounterMetricFamily(n, h, labels=["exporter"])
+                for k, (n, h) in _EXPORT_FAMILIES.items()}
+        dropped = CounterMetricFamily("zerotrace_export_dropped_spans",
+                                      "Spans the exporter gave up on, by reason",
+                                      labels=["exporter", "reason"])
+        queue = GaugeMetricFamily("zerotrace_export_queue_spans",
+                                  "Spans waiting to be exported", labels=["exporter"])
+        for name, fn in self.exporters:
+            try:
+                m = fn()
+            except Exception:  # an exporter's bug must not break the scrape
+                continue
+            for key, value in m.items():
+                if key == "zerotrace_export_queue_spans":
+                    queue.add_metric([name], value)
+                    continue
+                k = key.removeprefix("zerotrace_export_").removesuffix("_total")
+                if k in fams:
+                    fams[k].add_metric([name], value)
+                elif k.startswith("dropped_"):
+                    dropped.add_metric([name, k.removeprefix("dropped_")], value)
+        yield from fams.values()
+        yield dropped
+        yield queue

@@ -142,7 +142,7 @@ class Pipeline:
         if self.enricher is not None:
             m.add_source("enrich", self.enricher.counters)
         for name, b in self.exporters:
-            m.add_source(f"export_{name}", b.metrics)
+            m.add_exporter(name, b.metrics)
         if self.kernel_drops is not None:
             m.add_source("kernel", self.kernel_drops)
         try:

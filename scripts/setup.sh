@@ -17,7 +17,8 @@ fi
 # Packages: the agent's own needs, then the real programs that tests and the demo trace.
 AGENT_PKGS=(python3-bpfcc bpfcc-tools libbpfcc bpftool linux-headers-amd64 iproute2 python3-venv make)
 TEST_PKGS=(redis-server memcached nginx-light dnsmasq-base mariadb-server postgresql haproxy golang-go
-           wrk nodejs curl dnsutils openjdk-17-jdk-headless chromium iptables libmariadb-java libpostgresql-jdbc-java golang-github-lib-pq-dev memcached)
+           wrk nodejs curl dnsutils openjdk-17-jdk-headless chromium iptables libmariadb-java libpostgresql-jdbc-java golang-github-lib-pq-dev
+           prometheus)
 missing=()
 for p in "${AGENT_PKGS[@]}" "${TEST_PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

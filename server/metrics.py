@@ -4,21 +4,42 @@ why, and what the store did with it.  Read from the live counters at scrape time
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import fields
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from server.ingest.admission import Admission
+from server.ingest.admission import Admission, SenderStats
 from server.ingest.writer import BatchWriter
+
+# Label values of `sender` per protocol: a cluster of thousands of nodes (or OTLP
+# senders keyed by address) must not make thousands of series per metric.
+MAX_SENDERS = 200
+
+
+def _bounded(stats: dict[str, SenderStats], limit: int) -> list[tuple[str, SenderStats]]:
+    """The first `limit` senders seen keep their own series (stable: a sender never moves
+    between its series and "other", so every counter stays monotonic); the rest are
+    summed under sender="other"."""
+    items = list(stats.items())
+    if len(items) <= limit:
+        return items
+    rest = SenderStats()
+    for _k, st in items[limit:]:
+        for f in fields(SenderStats):
+            setattr(rest, f.name, getattr(rest, f.name) + getattr(st, f.name))
+    return items[:limit] + [("other", rest)]
 
 
 class ServerCollector:
     """Per-sender ingest counters (agents, and OTLP senders by address) and store writes."""
 
-    def __init__(self, admissions: dict[str, Admission], writer: BatchWriter) -> None:
+    def __init__(self, admissions: dict[str, Admission], writer: BatchWriter,
+                 max_senders: int = MAX_SENDERS) -> None:
         self.admissions = admissions  # protocol ("zerotrace", "otlp") -> its admission
         self.writer = writer
+        self.max_senders = max_senders
 
     def collect(self) -> Iterator[Metric]:
         labels = ["protocol", "sender"]
@@ -42,7 +63,7 @@ class ServerCollector:
         inflight = GaugeMetricFamily("zerotrace_server_batches_inflight",
                                      "Batches being stored now, by sender.", labels=labels)
         for proto, adm in self.admissions.items():
-            for sender, st in adm.snapshot().items():
+            for sender, st in _bounded(adm.snapshot(), self.max_senders):
                 for key, fam in fams.items():
                     fam.add_metric([proto, sender], getattr(st, key))
                 inflight.add_metric([proto, sender], st.inflight)
