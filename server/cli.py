@@ -162,6 +162,28 @@ def _console():
 # -- commands --------------------------------------------------------------------
 
 
+def _port_in_use(listen: str) -> str:
+    """Why listen (HOST:PORT) cannot be bound now, or "" (port 0 is always free)."""
+    import socket
+
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]") or "0.0.0.0"
+    if not port.isdigit() or int(port) == 0:
+        return ""
+    try:
+        infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+    except OSError as e:
+        return f"cannot resolve {host} ({e.strerror or e})"
+    fam, _t, _p, _c, addr = infos[0]
+    with socket.socket(fam, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is fine
+        try:
+            s.bind(addr)
+        except OSError as e:
+            return e.strerror or str(e)
+    return ""
+
+
 def cmd_server(args: argparse.Namespace) -> int:
     import logging
 
@@ -186,6 +208,10 @@ def cmd_server(args: argparse.Namespace) -> int:
     except AuthConfigError as e:
         print(f"zerotrace: {e}", file=sys.stderr)
         return 2
+    busy = _port_in_use(args.listen)
+    if busy:  # said before the store opens: nothing to shut down, nothing to corrupt
+        print(f"zerotrace: cannot listen on {args.listen}: {busy}", file=sys.stderr)
+        return 1
     store = None
     if args.clickhouse:
         from server.storage.clickhouse_store import ClickHouseStore
