@@ -21,8 +21,6 @@ from server.http import traceql
 from server.http.app import HttpApi, HttpError, Request, Response, json_response
 from server.http.otlp_map import (
     VIRTUAL_ATTRIBUTES,
-    resource_attributes,
-    span_attributes,
     to_traces_data,
     traces_data_json,
 )
@@ -148,16 +146,52 @@ def _store_method(api: HttpApi, name: str) -> Any:
     return fn
 
 
-def _field_value(s: Span, f: traceql.Field) -> Any:
-    if f.scope == "intrinsic":
-        return None
-    if f.scope in ("span", "any"):
-        v = span_attributes(s).get(f.name)
-        if v is not None:
-            return v
-    if f.scope in ("resource", "any"):
-        return resource_attributes(s).get(f.name)
-    return None
+def _field_columns(fields: list[traceql.Field], params: dict[str, Any]
+                   ) -> tuple[dict[str, str], list[tuple[str, str, str]]]:
+    """SQL columns that read the queried attributes of matched spans, and per column
+    (attribute name, alias, how to read the value: "str", "json" or "num")."""
+    cols: dict[str, str] = {}
+    reads: list[tuple[str, str, str]] = []
+    for i, f in enumerate(fields):
+        if f.scope == "intrinsic":
+            continue
+        if f.name == "service.name" and f.scope in ("resource", "any"):
+            continue  # every span shows service.name
+        key = f"mf{i}"
+        params[key] = f.name
+        ref = f"{{{key}:String}}"
+        if f.scope in ("span", "any"):
+            col = VIRTUAL_ATTRIBUTES.get(f.name)
+            if col:
+                cols[f"a{i}v"] = f"toString({col})"
+                reads.append((f.name, f"a{i}v", "num" if col in _NUMERIC_COLUMNS else "str"))
+            else:
+                cols[f"a{i}s"] = f"attributes[{ref}]"
+                cols[f"a{i}j"] = f"attributes_json[{ref}]"
+                reads += [(f.name, f"a{i}s", "str"), (f.name, f"a{i}j", "json")]
+        if f.scope in ("resource", "any"):
+            cols[f"a{i}r"] = f"resource[{ref}]"
+            reads.append((f.name, f"a{i}r", "str"))
+    return cols, reads
+
+
+def _row_attributes(row: dict[str, Any], reads: list[tuple[str, str, str]]
+                    ) -> list[dict[str, Any]]:
+    out: dict[str, Any] = {}
+    for name, alias, how in reads:
+        v = row.get(alias)
+        if name in out or v in (None, "") or (how == "num" and v == "0"):
+            continue  # not set on this span (a column of ours holds 0 when unknown)
+        if how in ("json", "num"):
+            try:
+                v = json.loads(v)
+            except ValueError:
+                pass
+        out[name] = v
+    attrs = [_attr_json(k, v) for k, v in out.items()]
+    if row.get("service"):
+        attrs.append(_attr_json("service.name", row["service"]))
+    return attrs
 
 
 def _attr_json(key: str, v: Any) -> dict[str, Any]:
@@ -189,27 +223,21 @@ def search(api: HttpApi, req: Request) -> Response:
         raise HttpError(400, f"unsupported TraceQL: {e}") from None
     found = _store_method(api, "search_traces_where")(
         sql.cond, sql.icond, sql.params, limit, sql.matched)
+    cols, reads = _field_columns(traceql.spanset_fields(tree), sql.params)
     matched = _store_method(api, "matching_spans")(
-        [t.trace_id for t in found], sql.cond, sql.params, spss)
-    by_trace: dict[str, list[Span]] = {}
-    for s in matched:
-        by_trace.setdefault(s.trace_id, []).append(s)
-    fields = traceql.spanset_fields(tree)
+        [t.trace_id for t in found], sql.cond, sql.params, spss, cols)
+    by_trace: dict[str, list[dict[str, Any]]] = {}
+    for r in matched:
+        by_trace.setdefault(r["tid"], []).append(r)
     traces = []
     for t in found:
-        spans = []
-        for s in by_trace.get(t.trace_id, []):
-            attrs = [_attr_json(f.name, v) for f in fields
-                     if (v := _field_value(s, f)) is not None]
-            if s.service and not any(a["key"] == "service.name" for a in attrs):
-                attrs.append(_attr_json("service.name", s.service))
-            spans.append({
-                "spanID": s.span_id,
-                "name": s.operation,
-                "startTimeUnixNano": str(s.start_ns),
-                "durationNanos": str(max(0, s.end_ns - s.start_ns)),
-                "attributes": attrs,
-            })
+        spans = [{
+            "spanID": r["sid"],
+            "name": r["operation"],
+            "startTimeUnixNano": str(r["start_ns"]),
+            "durationNanos": str(max(0, int(r["end_ns"]) - int(r["start_ns"]))),
+            "attributes": _row_attributes(r, reads),
+        } for r in by_trace.get(t.trace_id, [])]
         spanset = {"spans": spans, "matched": len(spans)}
         traces.append({
             "traceID": t.trace_id,

@@ -415,19 +415,27 @@ SELECT parent, child, sum(calls) AS calls, sum(errs) AS errs FROM (
         ]
 
     def matching_spans(
-        self, trace_ids: Sequence[str], cond: str, params: dict[str, Any], per_trace: int
-    ) -> list[Span]:
-        """Up to `per_trace` spans meeting `cond` in each of `trace_ids`."""
+        self, trace_ids: Sequence[str], cond: str, params: dict[str, Any], per_trace: int,
+        columns: dict[str, str] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Up to `per_trace` spans meeting `cond` in each of `trace_ids`, as rows of
+        `tid`, `sid` (hex ids), `start_ns`, `end_ns`, `operation`, `service` and
+        each of `columns` (alias -> SQL expression).  Only these columns are read: a
+        search result shows a few fields, and reading every column of every granule
+        of the found traces cost more than the search itself."""
         if not trace_ids:
             return []
         ids, params = _ids_in(trace_ids, params)
-        rows = self._select(
-            f"SELECT {schema.SPAN_SELECT} FROM {self.table} "
+        extra = "".join(f", {expr} AS {alias}" for alias, expr in (columns or {}).items())
+        return self._select(
+            # aliases unlike the columns: an alias named like its column would shadow
+            # the column in WHERE
+            "SELECT lower(hex(trace_id)) AS tid, lower(hex(span_id)) AS sid, "
+            f"start_ns, end_ns, operation, service{extra} FROM {self.table} "
             f"WHERE trace_id IN {ids} AND ({cond}) "
             f"ORDER BY start_ns, span_id LIMIT {max(1, int(per_trace))} BY trace_id",
             params,
         )
-        return [row_to_span(r) for r in rows]
 
     def distinct_values(
         self, expr: str, cond: str, params: dict[str, Any], limit: int
