@@ -212,6 +212,10 @@ def cmd_server(args: argparse.Namespace) -> int:
     if busy:  # said before the store opens: nothing to shut down, nothing to corrupt
         print(f"zerotrace: cannot listen on {args.listen}: {busy}", file=sys.stderr)
         return 1
+    busy = _port_in_use(args.http) if args.http else ""
+    if busy:  # an explicit --http, likewise (the default's port may be taken: see below)
+        print(f"zerotrace: cannot serve HTTP on {args.http}: {busy}", file=sys.stderr)
+        return 1
     store = None
     if args.clickhouse:
         from server.storage.clickhouse_store import ClickHouseStore
@@ -245,7 +249,12 @@ def cmd_server(args: argparse.Namespace) -> int:
         + f" tokens={len(tokens) if tokens is not None else 'off'}",
         flush=True,
     )
-    http_api = _start_http(args, srv.store, tokens)
+    try:
+        http_api = _start_http(args, srv.store, tokens)
+    except OSError as e:  # taken since the check: stop cleanly (chDB dislikes exit())
+        print(f"zerotrace: cannot serve HTTP on {args.http}: {e}", file=sys.stderr)
+        srv.stop()
+        return 1
     stop = {"now": False}
 
     def _on_signal(signum, frame):  # noqa: ARG001
@@ -277,7 +286,7 @@ def _start_http(args: argparse.Namespace, store: Any, tokens: Any) -> Any:
         port = api.start()
     except OSError as e:
         if args.http is not None:
-            raise SystemExit(f"zerotrace: cannot serve HTTP on {listen}: {e}") from None
+            raise
         print(f"zerotrace: HTTP API off: {listen} is taken ({e}); use --http", file=sys.stderr)
         return None
     print(f"zerotrace HTTP API (Tempo, Jaeger) on http://{listen.rpartition(':')[0]}:{port}",

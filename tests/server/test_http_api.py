@@ -646,9 +646,21 @@ def test_http_off_and_exposure_refused(tmp_path):
     assert r.returncode == 2 and "refusing to listen on 0.0.0.0:0" in r.stderr
 
     import argparse
+    import socket
 
     from server.cli import _start_http
     assert _start_http(argparse.Namespace(http=""), None, None) is None
+
+    with socket.socket() as busy:  # an explicit --http on a taken port: exit 1, at once
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r = subprocess.run(
+            [sys.executable, "-m", "server.cli", "server", "--listen", "127.0.0.1:0",
+             "--data", str(tmp_path / "d"), "--http", f"127.0.0.1:{port}"],
+            cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and f"cannot serve HTTP on 127.0.0.1:{port}" in r.stderr
+    assert not (tmp_path / "d").exists()  # found before the store opened
 
 
 def test_tokens_guard_the_http_api(tmp_path):
