@@ -15,12 +15,12 @@ import json
 import time
 from typing import Any
 
+from server.http import traceql
 from server.http.app import HttpApi, HttpError, Request, Response, json_response
 from server.http.otlp_map import envelope, jaeger_trace
 from server.http.params import go_duration_ns, int_param, logfmt, maybe_double_decoded
 from server.http.tempo import parse_trace_id
 from server.join import join_trace
-from server.storage.base import TraceQuery
 
 _US = 1_000
 _MS = 1_000_000
@@ -76,7 +76,50 @@ def _tags(text: str) -> dict[str, str]:
     return logfmt(text)
 
 
+def _eq(f: traceql.Field, v: str) -> traceql.Cmp:
+    return traceql.Cmp(f, "=", traceql.Value("string", v))
+
+
+def search_tree(service: str, operation: str, tags: dict[str, str], min_ns: int,
+                max_ns: int) -> traceql.Spanset:
+    """Jaeger's search (one span meeting every condition) as a one-spanset TraceQL tree,
+    so both APIs search the same way; Jaeger's own tag names map to intrinsics."""
+    conds: list[Any] = [_eq(traceql.Field("resource", "service.name"), service)]
+    if operation:
+        conds.append(_eq(traceql.Field("intrinsic", "name"), operation))
+    for k, v in tags.items():
+        if k == "error" and v in ("true", "false"):
+            conds.append(traceql.Cmp(traceql.Field("intrinsic", "status"),
+                                     "=" if v == "true" else "!=",
+                                     traceql.Value("status", "error")))
+        elif k == "otel.status_code":
+            conds.append(_eq(traceql.Field("intrinsic", "status"), v.lower()))
+        elif k == "span.kind":
+            conds.append(_eq(traceql.Field("intrinsic", "kind"), v.lower()))
+        else:
+            conds.append(_eq(traceql.Field("any", k), v))
+    if min_ns:
+        conds.append(traceql.Cmp(traceql.Field("intrinsic", "duration"), ">=",
+                                 traceql.Value("duration", min_ns)))
+    if max_ns:
+        conds.append(traceql.Cmp(traceql.Field("intrinsic", "duration"), "<=",
+                                 traceql.Value("duration", max_ns)))
+    expr = conds[0]
+    for c in conds[1:]:
+        expr = traceql.BoolOp("&&", expr, c)
+    return traceql.Spanset(expr)
+
+
 def find_traces(api: HttpApi, req: Request) -> Response:
+    ids = req.all("traceID")
+    if ids:  # the Jaeger UI's "compare"/permalink form: these traces, no search
+        data = []
+        for text in ids:
+            tid = parse_trace_id(text)
+            spans = join_trace(api.store, tid).spans
+            if spans:
+                data.append(jaeger_trace(tid, spans))
+        return json_response(envelope(data))
     svc = req.get("service")
     if not svc:
         raise HttpError(400, "parameter 'service' is required")
@@ -86,23 +129,15 @@ def find_traces(api: HttpApi, req: Request) -> Response:
     if not start_us and lookback and lookback != "custom":
         start_us = ((end_us * _US or time.time_ns()) - go_duration_ns(lookback, "lookback")) \
             // _US
-    tags = _tags(req.get("tags"))
-    status = ""
-    if tags.get("error") in ("true", "1"):
-        tags.pop("error")
-        status = "error"
-    q = TraceQuery(
-        service=svc,
-        operation=req.get("operation"),
-        since_ns=start_us * _US,
-        until_ns=end_us * _US,
-        min_duration_ns=go_duration_ns(req.get("minDuration"), "minDuration"),
-        max_duration_ns=go_duration_ns(req.get("maxDuration"), "maxDuration"),
-        status=status,
-        tags=tags,
-        limit=max(1, min(int_param(req.get("limit"), "limit", 20), 1500)),
-    )
-    found = api.store.search_traces(q)
+    tree = search_tree(svc, req.get("operation"), _tags(req.get("tags")),
+                       go_duration_ns(req.get("minDuration"), "minDuration"),
+                       go_duration_ns(req.get("maxDuration"), "maxDuration"))
+    sql = traceql.to_sql(tree, start_us * _US, end_us * _US)
+    search = getattr(api.store, "search_traces_where", None)
+    if search is None:
+        raise HttpError(501, "this storage backend does not answer searches")
+    limit = max(1, min(int_param(req.get("limit"), "limit", 20), 1500))
+    found = search(sql.cond, sql.icond, sql.params, limit, sql.matched)
     spans = api.store.get_traces([t.trace_id for t in found])
     by_trace: dict[str, list] = {}
     for s in spans:

@@ -588,6 +588,20 @@ def test_jaeger_find_traces(srv, data):
     assert get_json(srv, f"{base}&maxDuration=2500us")["data"]
     err = q(json.dumps({"error": "true"}))
     assert [t["traceID"] for t in get_json(srv, f"{base}&tags={err}")["data"]] == [data.cart]
+    # Jaeger searches the way TraceQL does: zerotrace's own fields, Jaeger's tag names
+    for tags, expect in [({"zerotrace.protocol": "redis"}, [data.cart]),
+                         ({"span.kind": "client", "zerotrace.source": "N"}, [data.cart]),
+                         ({"otel.status_code": "ERROR"}, [data.cart]),
+                         ({"error": "false", "customer": "vip"}, []),
+                         ({"k8s.namespace.name": "prod"}, [data.cart])]:
+        got = get_json(srv, f"{base}&tags={q(json.dumps(tags))}")["data"]
+        assert [t["traceID"] for t in got] == expect, tags
+    # logfmt tags, as typed in the Jaeger UI
+    got = get_json(srv, f"{base}&tags={q('customer=vip retry=true')}")["data"]
+    assert [t["traceID"] for t in got] == [data.cart]
+    # several traces by id (the Jaeger UI's compare view)
+    got = get_json(srv, f"/jaeger/api/traces?traceID={data.cart}&traceID={data.short}")
+    assert [t["traceID"] for t in got["data"]] == [data.cart, data.short]
     body = get_json(srv, "/jaeger/api/traces?limit=20", status=400)
     assert body["data"] is None and body["errors"][0]["code"] == 400
     assert "service" in body["errors"][0]["msg"]
