@@ -386,7 +386,13 @@ def tag_values_v1(api: HttpApi, req: Request) -> Response:
 
 def tag_values_v2(api: HttpApi, req: Request) -> Response:
     cond, params = _window(req)
-    vals = tag_values(api, _tag_field(req.args["name"], scoped=True), cond, params)
+    name = req.args["name"]
+    if name.partition(":")[2] or name in traceql.OTHER_INTRINSICS:
+        # Grafana's autocomplete asks for intrinsics of its own list (trace:rootService,
+        # event:name, ...); ones this server does not have simply have no values.
+        if traceql.parse_field_or_none(name) is None:
+            return json_response({"tagValues": [], "metrics": {}})
+    vals = tag_values(api, _tag_field(name, scoped=True), cond, params)
     return json_response({"tagValues": vals, "metrics": {}})
 
 

@@ -92,7 +92,7 @@ _TOKEN = re.compile(r"""
 
 INTRINSICS = {"name", "status", "statusMessage", "duration", "kind"}
 # Intrinsics Tempo has that this server does not translate (trace-level, structural).
-_OTHER_INTRINSICS = {"traceDuration", "rootName", "rootServiceName", "nestedSetLeft",
+OTHER_INTRINSICS = {"traceDuration", "rootName", "rootServiceName", "nestedSetLeft",
                      "nestedSetRight", "nestedSetParent", "childCount", "parent", "spanID",
                      "traceID", "instrumentation"}
 STATUS_VALUES = {"error", "ok", "unset"}
@@ -232,7 +232,7 @@ class _Parser:
         if "." not in text:
             if text in INTRINSICS:
                 return Field("intrinsic", text)
-            if text in _OTHER_INTRINSICS:
+            if text in OTHER_INTRINSICS:
                 raise Unsupported(f"intrinsic {text!r} is not supported")
             raise Unsupported(f"unknown field {text!r} (attributes are written "
                               "span.<name>, resource.<name> or .<name>)")
@@ -277,6 +277,13 @@ def parse_field(text: str) -> Field:
     if p.peek()[0] != "eof":
         raise Unsupported(f"{text!r} is not one field name")
     return f
+
+
+def parse_field_or_none(text: str) -> Field | None:
+    try:
+        return parse_field(text)
+    except Unsupported:
+        return None
 
 
 def parse(text: str) -> Any:

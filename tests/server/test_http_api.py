@@ -501,6 +501,10 @@ def test_tag_values_v2_typed(srv, data):
     # Grafana narrows values with the query being typed
     narrowed = values("name", "?q=" + q('{resource.service.name="tiny"}'))
     assert narrowed == [{"type": "string", "value": "GET /z"}]
+    # intrinsics from Grafana's own list that this server lacks: no values, no error
+    assert values("trace:rootService") == [] and values("event:name") == []
+    assert values("traceDuration") == []
+    assert get(srv, f"/api/v2/search/tag/{q('span.a b')}/values")[0] == 400
     # an old window has nothing
     assert values("resource.service.name", "?start=1000&end=2000") == []
 
