@@ -36,9 +36,17 @@ SERVICES = ROOT / "tests" / "stitch" / "services"
 BACKEND, SERVICE = 9310, 9311
 
 
-def run(requests: int, concurrency: int, gogc: int, hogs: int,
-        noise: bool = False) -> tuple[list, list, int]:
-    """(socket events, wake events, gohop pid) of one loaded run."""
+def _cpu_s(pid: int) -> float:
+    """User + system CPU of pid so far (uprobe handling is system time of the process)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run(requests: int, concurrency: int, gogc: int, hogs: int, noise: bool = False,
+        handoffs: bool = True, cpu: list | None = None) -> tuple[list, list, int]:
+    """(socket events, wake events, gohop pid) of one loaded run; with `cpu`, gohop's
+    CPU seconds during the load are appended to it."""
     from agent.demo.services import go_binary
     from agent.probes.loader import ProbeConfig, SocketTracer
     from tests.helpers.netns import network
@@ -59,7 +67,7 @@ def run(requests: int, concurrency: int, gogc: int, hogs: int,
             net.spawn(host, sys.executable, "-c", "while True: pass")
         events: list = []
         wakes: list = []
-        with SocketTracer(ProbeConfig(netns={host.inode})) as tracer:
+        with SocketTracer(ProbeConfig(netns={host.inode}, go_handoffs=handoffs)) as tracer:
             how = tracer.follow_go(hop.pid)
             assert how.startswith("goroutine"), how
             stop = threading.Event()
@@ -73,7 +81,11 @@ def run(requests: int, concurrency: int, gogc: int, hogs: int,
             th = threading.Thread(target=drain)
             th.start()
             try:
+                load(host, SERVICE, min(requests, 16), concurrency)  # connections, warm-up
+                c0 = _cpu_s(hop.pid)
                 load(host, SERVICE, requests, concurrency)
+                if cpu is not None:
+                    cpu.append(_cpu_s(hop.pid) - c0)
                 time.sleep(1.0)
             finally:
                 stop.set()
@@ -190,7 +202,17 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--noise", action="store_true",
                     help="GOHOP_NOISE=1: timers, deadlines, a contended mutex, idle closes")
+    ap.add_argument("--cost", action="store_true",
+                    help="gohop CPU per request with the hand-off probes off and on")
     a = ap.parse_args()
+    if a.cost:
+        for _ in range(a.rounds):
+            for on in (False, True):
+                cpu: list = []
+                run(a.requests, a.concurrency, a.gogc, a.hog, a.noise, on, cpu)
+                print(f"hand-off probes {'on ' if on else 'off'}: gohop "
+                      f"{cpu[0] / a.requests * 1e6:.0f} us CPU per request")
+        return
     total: collections.Counter = collections.Counter()
     for _ in range(a.rounds):
         events, wakes, pid = run(a.requests, a.concurrency, a.gogc, a.hog, a.noise)

@@ -116,7 +116,7 @@ struct zt_go_runtime {
     __u32 m_g0;     /* runtime.m.g0 */
     __u32 m_curg;   /* runtime.m.curg */
     __u32 sudog_g;  /* runtime.sudog.g */
-    __u32 _pad;
+    __u32 hchan_elemsize; /* runtime.hchan.elemsize (uint16) */
 };
 
 #endif

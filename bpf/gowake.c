@@ -1,7 +1,10 @@
 /* Go: who hands work to whom.  Uprobes in each followed Go binary (Go >= 1.17, amd64
  * register ABI: arguments in RAX, RBX, RCX..., the current g in R14):
  *   runtime.send(c, sg, ...)        a channel value goes straight to a receiver parked on
- *                                   it (sg->g); send() then readies it on this thread
+ *                                   it (sg->g); send() then readies it on this thread.
+ *                                   Not for a chan struct{}: a signal carries no work
+ *                                   (the work is elsewhere, e.g. grpc-go's controlbuf list,
+ *                                   filled by any goroutine), so that wake counts as other
  *   runtime.ready(gp, ...)          gp becomes runnable: the hand-off above, or anything
  *                                   else (mutex, close, timer, GC)
  *   runtime.chanrecv, runtime.selectgo   the current goroutine starts a receive
@@ -72,6 +75,10 @@ int zt_go_send(struct pt_regs *ctx)
     __u32 tgid = id >> 32, tid = (__u32)id;
     struct zt_go_runtime *rt = go_runtime.lookup(&tgid);
     if (!rt)
+        return 0;
+    __u16 elemsize = 0;
+    if (bpf_probe_read_user(&elemsize, sizeof(elemsize), (void *)(ctx->ax + rt->hchan_elemsize)) != 0
+        || !elemsize)
         return 0;
     __u64 gp = 0;
     if (bpf_probe_read_user(&gp, sizeof(gp), (void *)(ctx->bx + rt->sudog_g)) != 0 || !gp)

@@ -112,7 +112,7 @@ class ZtGoRuntime(ct.Structure):
         ("m_g0", ct.c_uint32),
         ("m_curg", ct.c_uint32),
         ("sudog_g", ct.c_uint32),
-        ("_pad", ct.c_uint32),
+        ("hchan_elemsize", ct.c_uint32),
     ]
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterable
 
 from agent.probes.btf import CACHE_DIR
 
@@ -28,6 +29,7 @@ _RUNTIME_MEMBERS = {
     (b"runtime.m", b"g0"): "m_g0",
     (b"runtime.m", b"curg"): "m_curg",
     (b"runtime.sudog", b"g"): "sudog_g",
+    (b"runtime.hchan", b"elemsize"): "hchan_elemsize",
 }
 
 
@@ -142,6 +144,23 @@ def _runtime_offsets_from_dwarf(path: str) -> dict[str, int]:
     if missing:
         raise GoBinaryError(f"{path}: runtime offsets not in DWARF: {sorted(missing)}")
     return got
+
+
+def symbols_present(path: str, names: Iterable[str]) -> list[str]:
+    """Those of names that the ELF symbol table of path defines, in the order given."""
+    from elftools.elf.elffile import ELFFile
+
+    want = list(names)
+    found: set[str] = set()
+    with open(path, "rb") as f:
+        symtab = ELFFile(f).get_section_by_name(".symtab")
+        if symtab is None:
+            return []
+        wanted = set(want)
+        for sym in symtab.iter_symbols():
+            if sym.name in wanted and sym["st_value"]:
+                found.add(sym.name)
+    return [n for n in want if n in found]
 
 
 def exe_path(pid: int) -> str:

@@ -38,7 +38,9 @@ class ProbeConfig:
     trace_self: bool = False
     # Go: record who hands work to which goroutine (uprobes on runtime.send/ready/chanrecv/
     # selectgo, bpf/gowake.c), so a pooled http.Client's call joins the request behind it.
-    go_handoffs: bool = True
+    # On unless ZEROTRACE_GO_HANDOFFS=0: each probe hit is a uprobe trap (docs/stitching.md).
+    go_handoffs: bool = field(
+        default_factory=lambda: os.environ.get("ZEROTRACE_GO_HANDOFFS", "1") != "0")
 
     def payload_max(self) -> int:
         """Payload capture size rounded up to a power of two (the probe masks with it)."""
@@ -206,9 +208,21 @@ class SocketTracer:
         try:
             offs = golang.runtime_offsets(path)
             if key not in self._wake_binaries:
-                for sym, fn in golang.WAKE_SYMBOLS.items():
-                    self._bpf.attach_uprobe(name=path.encode(), sym=sym.encode(),
-                                            fn_name=fn.encode())
+                present = golang.symbols_present(path, golang.WAKE_SYMBOLS)
+                if "runtime.ready" not in present:
+                    raise golang.GoBinaryError(f"{path}: no runtime.ready")
+                # a symbol the linker left out is code that never runs (no select
+                # statement: no selectgo), so nothing to record there
+                done: list[str] = []
+                try:
+                    for sym in present:
+                        self._bpf.attach_uprobe(name=path.encode(), sym=sym.encode(),
+                                                fn_name=golang.WAKE_SYMBOLS[sym].encode())
+                        done.append(sym)
+                except Exception:  # all or none: a probe alone costs traps, records nothing
+                    for sym in done:
+                        self._bpf.detach_uprobe(name=path.encode(), sym=sym.encode())
+                    raise
                 self._wake_binaries.add(key)
             self._bpf[b"go_runtime"][ct.c_uint32(pid)] = abi.ZtGoRuntime(**offs)
             self._wakes = True
