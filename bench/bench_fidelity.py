@@ -17,7 +17,7 @@ import statistics
 import threading
 import time
 
-from agent.demo.fidelity import measure
+from agent.demo.fidelity import GO_HOPS, REQUIRED_HOPS, measure
 from agent.demo.topology import DemoTopology
 from agent.pipeline import Pipeline, tune_gc
 from agent.probes.loader import ProbeConfig, SocketTracer
@@ -76,7 +76,18 @@ def run(requests: int, rate: int, concurrency: int, variant: str = "go",
             drops = tracer.drops()
     measured = [t.spans for t in traces[n_warm:]] + [t.spans for t in traces[:n_warm]]
     report = measure(truth, measured, pod_index=index, required_hops=hops)
-    return {"report": report, "delays": delays[n_warm:], "drops": drops,
+    # End to end over growing sets of hops, so a loss is put on the pattern it comes
+    # from; "of requests with spans" leaves out requests the kernel ring lost whole.
+    breakdown = []
+    for name, extra in (("base hops (the api's calls follow its unparsed licence check)", ()),
+                        ("+ Go lib/pq (two round trips)", ("inventory/client/postgresql",)),
+                        ("+ Go-to-Go pooled http.Client", GO_HOPS)):
+        if extra and variant != "go":
+            continue
+        f = measure(truth, measured, pod_index=index, required_hops=REQUIRED_HOPS + extra)
+        seen = f.requests - f.failed_requests - f.requests_without_spans
+        breakdown.append((name, f.end_to_end or 0.0, f.complete_requests / max(1, seen), seen))
+    return {"report": report, "breakdown": breakdown, "delays": delays[n_warm:], "drops": drops,
             "process": pipeline.stitcher.process_report(), "stats": pipeline.summary(),
             "agent_cpu_s": cpu[0], "catch_up_s": catch_up,
             "ok": sum(1 for r in truth if r.status == 200),
@@ -94,6 +105,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"# fidelity: demo topology ({args.variant}), {r['sent']} requests at {args.rate}/s, "
           f"{args.concurrency} clients; {r['ok']} answered 200")
     print(r["report"].text())
+    for name, e2e, of_seen, seen in r["breakdown"]:
+        print(f"end to end, {name}: {100 * e2e:.2f} %; {100 * of_seen:.2f} % of the {seen} "
+              f"requests with spans")
     d = sorted(r["delays"]) or [0.0]
     print(f"request end -> trace emitted: p50 {statistics.median(d):.2f} s, "
           f"p99 {d[int(0.99 * (len(d) - 1))]:.2f} s, max {d[-1]:.2f} s")
