@@ -132,6 +132,8 @@ class BatchExporter:
         delay = self.backoff_initial_s
         for attempt in range(1, self.max_attempts + 1):
             try:
+                # The same list object on every attempt: exporters key a batch's
+                # idempotency (sender, seq) on it, so a resend is stored only once.
                 res = self.exporter.export(batch)
             except Exception as e:  # noqa: BLE001 - an exporter bug must not kill the worker
                 self._trouble(f"exporter raised {type(e).__name__}: {e}")

@@ -4,10 +4,15 @@ The ack is sent after the batch is stored (group-committed by `BatchWriter`).  A
 batch the store refuses is split: invalid spans are rejected with reasons, valid
 ones stored.  Storage failures (disk full) become an error to that caller only, and
 nothing from its batch is acked.
+
+A batch with an idempotency key (`sender_id`, `sender_seq`) is stored at most once:
+a copy (a retry whose first attempt's ack was lost) is acked with the stored counts
+(`BatchWriter`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -20,7 +25,7 @@ from server.auth import certificate_name
 from server.ingest.admission import Admission, admit_or_abort, sender_of
 from server.ingest.columns import BadColumns, read_columns, split_valid
 from server.ingest.validate import span_problem
-from server.ingest.writer import BatchWriter, Payload
+from server.ingest.writer import BatchKey, BatchWriter, Payload
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +42,23 @@ class Batch:
     count: int
     rejected: int = 0
     errors: list[str] = field(default_factory=list)
+    key: BatchKey | None = None  # stored at most once per key
 
 
-def store_span_list(writer: BatchWriter, data: bytes, n: int) -> tuple[int, int, list[str]]:
+def batch_key(sender: str, sender_id: str, seq: int) -> BatchKey | None:
+    """The idempotency key of a batch: None without a sender id (older agents).
+
+    Scoped by the admission `sender` (the token's name when tokens are on), so that
+    a client cannot have another's batches dropped by sending their sender id; hashed,
+    so that the key stored is short hex whatever the client sent."""
+    if not sender_id:
+        return None
+    digest = hashlib.blake2b(f"{sender}\0{sender_id}".encode(), digest_size=16)
+    return digest.hexdigest(), seq
+
+
+def store_span_list(writer: BatchWriter, data: bytes, n: int,
+                    key: BatchKey | None = None) -> tuple[int, int, list[str]]:
     """Store `data`, a serialized SpanList of `n` spans; (accepted, rejected, errors).
 
     Raises the storage error when the spans are valid but cannot be written.
@@ -47,7 +66,7 @@ def store_span_list(writer: BatchWriter, data: bytes, n: int) -> tuple[int, int,
     if n == 0:
         return 0, 0, []
     try:
-        return writer.write(data, n), 0, []
+        return writer.write(data, n, key=key), 0, []
     except Exception as first:
         spans_msg = span_pb2.SpanList.FromString(data)
         problems = [(i, span_problem(s)) for i, s in enumerate(spans_msg.spans)]
@@ -58,7 +77,7 @@ def store_span_list(writer: BatchWriter, data: bytes, n: int) -> tuple[int, int,
         good.spans.extend(s for (i, p), s in zip(problems, spans_msg.spans, strict=True) if not p)
         accepted = 0
         if good.spans:
-            accepted = writer.write(good.SerializeToString(), len(good.spans))
+            accepted = writer.write(good.SerializeToString(), len(good.spans), key=key)
         errors = [f"span {i}: {p}" for i, p in bad[:_MAX_ERRORS]]
         return accepted, len(bad), errors
 
@@ -66,10 +85,11 @@ def store_span_list(writer: BatchWriter, data: bytes, n: int) -> tuple[int, int,
 def store_batch(writer: BatchWriter, batch: Batch) -> tuple[int, int, list[str]]:
     """Store `batch`; (accepted, rejected, errors).  Raises the storage error."""
     if isinstance(batch.payload, bytes):
-        accepted, rejected, errors = store_span_list(writer, batch.payload, batch.count)
+        accepted, rejected, errors = store_span_list(writer, batch.payload, batch.count,
+                                                     batch.key)
         return (accepted, rejected + batch.rejected,
                 (batch.errors + errors)[:_MAX_ERRORS])
-    accepted = writer.write(batch.payload, batch.count) if batch.count else 0
+    accepted = writer.write(batch.payload, batch.count, key=batch.key) if batch.count else 0
     return accepted, batch.rejected, batch.errors
 
 
@@ -127,8 +147,14 @@ class IngestService:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                           "a batch carries spans or span_columns, not both")
         sender = sender_of(request.agent.agent, context.peer(), certificate_name(context))
+        key = batch_key(sender, request.sender_id, request.sender_seq)
 
         def encode() -> Batch:
+            batch = encode_spans()
+            batch.key = key
+            return batch
+
+        def encode_spans() -> Batch:
             if request.span_columns:
                 return self._columns(request.span_columns, context)
             n = len(request.spans)
@@ -138,6 +164,8 @@ class IngestService:
             # stamps its agent name on spans; the server does not open them.)
             request.ClearField("agent")
             request.ClearField("batch_seq")
+            request.ClearField("sender_id")
+            request.ClearField("sender_seq")
             data = request.SerializeToString()
             bad = undecodable_spans(data, request.spans)
             if not bad:

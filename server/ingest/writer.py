@@ -6,13 +6,20 @@ thread concatenates whatever is pending of each kind (tables by their columns;
 concatenated serialized messages are one message with the repeated field merged),
 inserts once per kind, and wakes everyone.  When a combined insert fails, each
 payload is retried alone so that one bad batch fails only its own sender.
+
+Idempotency: a batch may carry a key (sender, seq).  Before each insert the writer
+asks the store which keys of the group it has already stored and acks those with
+the stored count instead of storing them again; copies of one key inside a group
+share the first copy's outcome; the keys are recorded right after their spans.  A
+store without `stored_batches` (the ClickHouse backend, for now) stores every copy.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Any
 
@@ -20,7 +27,11 @@ import pyarrow as pa
 
 from server.storage.base import SpanStore
 
+log = logging.getLogger(__name__)
+
 Payload = bytes | pa.Table
+BatchKey = tuple[str, int]  # (sender, seq) of an idempotent batch
+_Item = tuple[Payload, int, "Future[int]", BatchKey | None]
 
 
 class BatchWriter:
@@ -37,29 +48,34 @@ class BatchWriter:
         self.store = store
         self.max_spans = max_spans
         self.max_delay_s = max_delay_s
-        self._pending: list[tuple[Payload, int, Future[int]]] = []
+        self._pending: list[_Item] = []
         self._pending_spans = 0
         self._cv = threading.Condition()
         self._stop = False
         self.inserts = 0
+        self.deduplicated = 0  # batches acked as already stored, not stored again
         self._thread = threading.Thread(target=self._run, name="zt-writer", daemon=True)
         self._thread.start()
 
-    def submit(self, data: Payload, count: int) -> Future[int]:
+    def submit(self, data: Payload, count: int, key: BatchKey | None = None) -> Future[int]:
+        """Queue a batch; its future is the number of spans stored (for a `key`
+        already stored: the count stored then)."""
         fut: Future[int] = Future()
         with self._cv:
             if self._stop:
                 fut.set_exception(RuntimeError("server is shutting down"))
                 return fut
-            self._pending.append((data, count, fut))
+            self._pending.append((data, count, fut, key))
             self._pending_spans += count
             self._cv.notify()
         return fut
 
-    def write(self, data: Payload, count: int, timeout: float | None = 60.0) -> int:
-        return self.submit(data, count).result(timeout)
+    def write(self, data: Payload, count: int, timeout: float | None = 60.0,
+              key: BatchKey | None = None) -> int:
+        """Store a batch and wait: spans stored (see `submit`)."""
+        return self.submit(data, count, key).result(timeout)
 
-    def _take(self) -> list[tuple[Payload, int, Future[int]]]:
+    def _take(self) -> list[_Item]:
         with self._cv:
             while not self._pending and not self._stop:
                 self._cv.wait()
@@ -82,7 +98,52 @@ class BatchWriter:
                 return
             self._commit(group)
 
-    def _commit(self, group: list[tuple[Payload, int, Future[int]]]) -> None:
+    def _dedup(self, group: list[_Item]) -> list[_Item]:
+        """The items of `group` to insert: those whose key is not stored yet, once
+        each.  The others are answered here or follow their first copy."""
+        keys = [k for *_, k in group if k is not None]
+        lookup = getattr(self.store, "stored_batches", None)
+        if not keys or lookup is None:
+            return group
+        try:
+            known = lookup(keys)
+        except Exception as e:  # noqa: BLE001 - cannot tell: store nothing, senders retry
+            for *_, fut, _k in group:
+                fut.set_exception(e)
+            return []
+        first: dict[BatchKey, Future[int]] = {}
+        out = []
+        for item in group:
+            key, fut = item[3], item[2]
+            if key is None:
+                out.append(item)
+            elif key in known:
+                self.deduplicated += 1
+                fut.set_result(known[key])
+            elif key in first:
+                # The same batch twice in one group (a resend while the first copy
+                # waited): one insert, both answered by it.
+                self.deduplicated += 1
+                first[key].add_done_callback(lambda f, fut=fut: _follow(f, fut))
+            else:
+                first[key] = fut
+                out.append(item)
+        return out
+
+    def _record(self, items: Sequence[_Item]) -> None:
+        """Remember the keys of `items`, just stored."""
+        rows = [(k, n) for _, n, _, k in items if k is not None]
+        record = getattr(self.store, "record_batches", None)
+        if not rows or record is None:
+            return
+        try:
+            record(rows)
+        except Exception as e:  # noqa: BLE001 - the spans are stored: still ack them
+            # Only a resend of these batches (their ack lost too) would be stored twice.
+            log.warning("stored %d batches but could not record their keys: %s", len(rows), e)
+
+    def _commit(self, group: list[_Item]) -> None:
+        group = self._dedup(group)
         tables = [g for g in group if isinstance(g[0], pa.Table)]
         lists = [g for g in group if not isinstance(g[0], pa.Table)]
         if tables:
@@ -91,22 +152,25 @@ class BatchWriter:
         if lists:
             self._commit_kind(lists, b"".join, self.store.write_span_list)
 
-    def _commit_kind(self, group: list[tuple[Payload, int, Future[int]]],
+    def _commit_kind(self, group: list[_Item],
                      combine: Callable[[list[Any]], Payload],
                      write: Callable[[Any], int]) -> None:
         if len(group) > 1:
             try:
-                write(combine([d for d, _, _ in group]))
+                write(combine([d for d, *_ in group]))
                 self.inserts += 1
-                for _, n, fut in group:
+                self._record(group)
+                for _, n, fut, _k in group:
                     fut.set_result(n)
                 return
             except Exception:  # noqa: BLE001 - isolate the culprit below
                 pass
-        for data, n, fut in group:
+        for item in group:
+            data, n, fut, _k = item
             try:
                 write(data)
                 self.inserts += 1
+                self._record([item])
                 fut.set_result(n)
             except Exception as e:  # noqa: BLE001 - reported to that caller only
                 fut.set_exception(e)
@@ -116,3 +180,12 @@ class BatchWriter:
             self._stop = True
             self._cv.notify_all()
         self._thread.join(10)
+
+
+def _follow(done: Future[int], fut: Future[int]) -> None:
+    """Give `fut` the outcome of `done` (a copy of the same batch)."""
+    e = done.exception()
+    if e is not None:
+        fut.set_exception(e)
+    else:
+        fut.set_result(done.result())

@@ -41,6 +41,12 @@ _SELECT_SETTINGS = (" SETTINGS output_format_json_quote_64bit_integers = 0, "
                     "output_format_json_validate_utf8 = 1")
 
 
+# Keys of the batches stored (server/ingest/writer.py: a resent batch is acked, not
+# stored again).  A day is far longer than an agent retries a batch (8 attempts,
+# backoff up to 10 s); the TTL keeps the table small (~20 bytes a batch).
+BATCHES_TABLE = "ingest_batches"
+
+
 def _varint(n: int) -> bytes:
     out = bytearray()
     while True:
@@ -78,6 +84,47 @@ class ChdbStore(SqlStore):
                 raise StorageError(f"cannot open chDB data directory {self.data_dir}: {e}") from e
             self._lock = threading.Lock()
         self._create()
+
+    def _create(self, engine: str = "MergeTree") -> None:
+        super()._create(engine)
+        self._command(
+            f"CREATE TABLE IF NOT EXISTS {self.db}.{BATCHES_TABLE} "
+            "(sender String, seq UInt64, spans UInt32, at DateTime DEFAULT now()) "
+            "ENGINE = MergeTree ORDER BY (sender, seq) TTL at + INTERVAL 1 DAY"
+        )
+
+    def stored_batches(self, keys: Sequence[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        """{(sender, seq): spans stored} of the `keys` already stored."""
+        if not keys:
+            return {}
+        # Senders are hex (server/ingest/service.py hashes them): a comma list is safe,
+        # and bound as one parameter, never spliced into the SQL.
+        rows = self._select(
+            f"SELECT sender, seq, max(spans) AS spans FROM {self.db}.{BATCHES_TABLE} "
+            "WHERE sender IN (SELECT arrayJoin(splitByChar(',', {s:String}))) "
+            "AND seq IN (SELECT toUInt64(arrayJoin(splitByChar(',', {q:String})))) "
+            "GROUP BY sender, seq",
+            {"s": ",".join(sorted({k for k, _ in keys})),
+             "q": ",".join(sorted({str(int(q)) for _, q in keys}))},
+        )
+        wanted = set(keys)
+        found = {(r["sender"], int(r["seq"])): int(r["spans"]) for r in rows}
+        return {k: n for k, n in found.items() if k in wanted}
+
+    def record_batches(self, batches: Sequence[tuple[tuple[str, int], int]]) -> None:
+        """Remember ((sender, seq), spans) of batches just stored."""
+        if not batches:
+            return
+        for (sender, _), _ in batches:
+            if not sender or not all(c in "0123456789abcdef" for c in sender):
+                raise ValueError(f"batch sender must be lowercase hex, not {sender!r}")
+        rows = ",".join(f"{s}:{int(q)}:{int(n)}" for (s, q), n in batches)
+        self._command(
+            f"INSERT INTO {self.db}.{BATCHES_TABLE} (sender, seq, spans) "
+            "SELECT x[1], toUInt64(x[2]), toUInt32(x[3]) FROM "
+            "(SELECT splitByChar(':', arrayJoin(splitByChar(',', {r:String}))) AS x)",
+            {"r": rows},
+        )
 
     def for_database(self, db: str) -> ChdbStore:
         """A store on another database of the same session (one chDB per process)."""

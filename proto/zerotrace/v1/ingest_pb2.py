@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from proto.zerotrace.v1 import span_pb2 as proto_dot_zerotrace_dot_v1_dot_span__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fproto/zerotrace/v1/ingest.proto\x12\x0czerotrace.v1\x1a\x1dproto/zerotrace/v1/span.proto\"S\n\rAgentIdentity\x12\r\n\x05\x61gent\x18\x01 \x01(\t\x12\x10\n\x08hostname\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x10\n\x08instance\x18\x04 \x01(\t\"\x85\x01\n\x0bPushRequest\x12!\n\x05spans\x18\x01 \x03(\x0b\x32\x12.zerotrace.v1.Span\x12*\n\x05\x61gent\x18\x02 \x01(\x0b\x32\x1b.zerotrace.v1.AgentIdentity\x12\x11\n\tbatch_seq\x18\x03 \x01(\x04\x12\x14\n\x0cspan_columns\x18\x04 \x01(\x0c\"r\n\x0cPushEnvelope\x12\r\n\x05spans\x18\x01 \x03(\x0c\x12*\n\x05\x61gent\x18\x02 \x01(\x0b\x32\x1b.zerotrace.v1.AgentIdentity\x12\x11\n\tbatch_seq\x18\x03 \x01(\x04\x12\x14\n\x0cspan_columns\x18\x04 \x01(\x0c\"B\n\x0cPushResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\r\x12\x10\n\x08rejected\x18\x02 \x01(\r\x12\x0e\n\x06\x65rrors\x18\x03 \x03(\t2N\n\rIngestService\x12=\n\x04Push\x12\x19.zerotrace.v1.PushRequest\x1a\x1a.zerotrace.v1.PushResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fproto/zerotrace/v1/ingest.proto\x12\x0czerotrace.v1\x1a\x1dproto/zerotrace/v1/span.proto\"S\n\rAgentIdentity\x12\r\n\x05\x61gent\x18\x01 \x01(\t\x12\x10\n\x08hostname\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x10\n\x08instance\x18\x04 \x01(\t\"\xac\x01\n\x0bPushRequest\x12!\n\x05spans\x18\x01 \x03(\x0b\x32\x12.zerotrace.v1.Span\x12*\n\x05\x61gent\x18\x02 \x01(\x0b\x32\x1b.zerotrace.v1.AgentIdentity\x12\x11\n\tbatch_seq\x18\x03 \x01(\x04\x12\x14\n\x0cspan_columns\x18\x04 \x01(\x0c\x12\x11\n\tsender_id\x18\x05 \x01(\t\x12\x12\n\nsender_seq\x18\x06 \x01(\x04\"\x99\x01\n\x0cPushEnvelope\x12\r\n\x05spans\x18\x01 \x03(\x0c\x12*\n\x05\x61gent\x18\x02 \x01(\x0b\x32\x1b.zerotrace.v1.AgentIdentity\x12\x11\n\tbatch_seq\x18\x03 \x01(\x04\x12\x14\n\x0cspan_columns\x18\x04 \x01(\x0c\x12\x11\n\tsender_id\x18\x05 \x01(\t\x12\x12\n\nsender_seq\x18\x06 \x01(\x04\"B\n\x0cPushResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\r\x12\x10\n\x08rejected\x18\x02 \x01(\r\x12\x0e\n\x06\x65rrors\x18\x03 \x03(\t2N\n\rIngestService\x12=\n\x04Push\x12\x19.zerotrace.v1.PushRequest\x1a\x1a.zerotrace.v1.PushResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,11 +35,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_AGENTIDENTITY']._serialized_start=80
   _globals['_AGENTIDENTITY']._serialized_end=163
   _globals['_PUSHREQUEST']._serialized_start=166
-  _globals['_PUSHREQUEST']._serialized_end=299
-  _globals['_PUSHENVELOPE']._serialized_start=301
-  _globals['_PUSHENVELOPE']._serialized_end=415
-  _globals['_PUSHRESPONSE']._serialized_start=417
-  _globals['_PUSHRESPONSE']._serialized_end=483
-  _globals['_INGESTSERVICE']._serialized_start=485
-  _globals['_INGESTSERVICE']._serialized_end=563
+  _globals['_PUSHREQUEST']._serialized_end=338
+  _globals['_PUSHENVELOPE']._serialized_start=341
+  _globals['_PUSHENVELOPE']._serialized_end=494
+  _globals['_PUSHRESPONSE']._serialized_start=496
+  _globals['_PUSHRESPONSE']._serialized_end=562
+  _globals['_INGESTSERVICE']._serialized_start=564
+  _globals['_INGESTSERVICE']._serialized_end=642
 # @@protoc_insertion_point(module_scope)
