@@ -10,7 +10,8 @@
  *   runtime.chanrecv, runtime.selectgo   the current goroutine starts a receive
  * Each becomes a struct zt_wake in the ring; the agent (agent/stitch/handoff.py) links a
  * goroutine's write to its waker only when the write was preceded by exactly one receive,
- * satisfied by exactly one hand-off, and nothing else woke it. */
+ * satisfied by exactly one hand-off, and nothing else woke it.  (A Go function whose stack
+ * must grow runs its entry twice, so a receive may be recorded twice: that only refuses.) */
 
 BPF_HASH(go_runtime, __u32, struct zt_go_runtime, 1024);
 /* thread -> the g that runtime.send is handing a value to, until its ready() */

@@ -80,9 +80,10 @@ class HandoffIndex:
         """One record: goroutine goid woken by waker (kind HANDOFF/OTHER; waker 0 is the
         scheduler) or starting a receive (kind RECV), at ts."""
         self.stats["records"] += 1
-        if lost != self._lost_seen:
-            # the kernel lost records (ring full) somewhere before this one
-            self._lost_seen = max(self._lost_seen, lost)
+        if lost > self._lost_seen:
+            # the kernel lost records (ring full) somewhere before this one (a record of
+            # another CPU may still arrive with the older count: that says nothing new)
+            self._lost_seen = lost
             self._lost_horizon = max(self._lost_horizon, ts)
         p = self._procs.get(pid)
         if p is None:
