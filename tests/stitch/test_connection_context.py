@@ -57,8 +57,8 @@ JARS = {"mariadb": "/usr/share/java/mariadb-java-client.jar",
 @dataclass
 class Case:
     """One service under test: where it listens, what path its requests take, which
-    downstream calls each request must make (protocol -> operations), and on which
-    port that downstream listens."""
+    downstream calls each request must make (protocol -> operations), and which calls
+    carry no nonce (attributed by the connection the service held)."""
 
     port: int
     prefix: str
