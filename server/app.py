@@ -15,7 +15,7 @@ import grpc
 
 from proto.zerotrace.v1 import query_pb2_grpc
 from server.auth import AuthConfigError, AuthInterceptor, TokenTable, server_credentials
-from server.ingest.admission import Admission
+from server.ingest.admission import DEFAULT_MAX_INFLIGHT_BYTES, Admission, ByteBudget
 from server.ingest.otlp import OtlpTraceService
 from server.ingest.service import IngestService
 from server.ingest.writer import BatchWriter
@@ -49,6 +49,7 @@ class ZerotraceServer:
         tls_key: str = "",
         tls_ca: str = "",
         tokens: TokenTable | None = None,
+        max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES,
     ) -> None:
         # TLS files are read now, so that a bad path fails before the store opens.
         self._credentials = (server_credentials(tls_cert, tls_key, tls_ca)
@@ -92,11 +93,13 @@ class ZerotraceServer:
             "zerotrace": Admission(limit=max(1, workers // 8)),
             "otlp": Admission(limit=max(1, workers // 2)),
         }
+        # Request bytes in flight, server-wide (docs/server.md, "Admission by bytes").
+        self.budget = ByteBudget(max_inflight_bytes)
         self.grpc.add_generic_rpc_handlers(
-            (IngestService(self.writer, self.admissions["zerotrace"]).handler(),)
+            (IngestService(self.writer, self.admissions["zerotrace"], self.budget).handler(),)
         )
         self.grpc.add_generic_rpc_handlers(
-            (OtlpTraceService(self.writer, self.admissions["otlp"]).handler(),))
+            (OtlpTraceService(self.writer, self.admissions["otlp"], self.budget).handler(),))
         self.metrics_listen = metrics_listen
         self.metrics_port = 0
         self._metrics_http = None
@@ -116,7 +119,7 @@ class ZerotraceServer:
             from server.metrics import serve_metrics
 
             self._metrics_http, self.metrics_port = serve_metrics(
-                self.metrics_listen, self.admissions, self.writer)
+                self.metrics_listen, self.admissions, self.writer, self.budget)
         if self.retention_s or self.max_bytes:
             threading.Thread(target=self._retention_loop, daemon=True).start()
         log.info("zerotrace server on port %d", self.port)

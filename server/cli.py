@@ -233,6 +233,7 @@ def cmd_server(args: argparse.Namespace) -> int:
         tls_key=args.tls_key or "",
         tls_ca=args.tls_ca or "",
         tokens=tokens,
+        max_inflight_bytes=args.max_inflight_bytes,
     )
     try:
         port = srv.start()
@@ -562,6 +563,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=parse_size,
         default=0,
         help="delete oldest spans above this size on disk (e.g. 10GB)",
+    )
+    p.add_argument(
+        "--max-inflight-bytes",
+        type=parse_size,
+        default=256 * 1024 * 1024,  # server.ingest.admission's default (not imported: CLI start)
+        metavar="SIZE",
+        help="cap on request bytes being ingested at once; beyond it pushes are refused "
+        "(RESOURCE_EXHAUSTED, agents retry) before they are decoded (default 256MiB; 0 = off)",
     )
     p.add_argument(
         "--clickhouse",

@@ -10,7 +10,7 @@ from wsgiref.simple_server import WSGIServer
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from server.ingest.admission import Admission, SenderStats
+from server.ingest.admission import Admission, ByteBudget, SenderStats
 from server.ingest.writer import BatchWriter
 
 # Label values of `sender` per protocol: a cluster of thousands of nodes (or OTLP
@@ -36,10 +36,11 @@ class ServerCollector:
     """Per-sender ingest counters (agents, and OTLP senders by address) and store writes."""
 
     def __init__(self, admissions: dict[str, Admission], writer: BatchWriter,
-                 max_senders: int = MAX_SENDERS) -> None:
+                 max_senders: int = MAX_SENDERS, budget: ByteBudget | None = None) -> None:
         self.admissions = admissions  # protocol ("zerotrace", "otlp") -> its admission
         self.writer = writer
         self.max_senders = max_senders
+        self.budget = budget
 
     def collect(self) -> Iterator[Metric]:
         labels = ["protocol", "sender"]
@@ -73,13 +74,24 @@ class ServerCollector:
                                       "Inserts into the store (group commits).")
         inserts.add_metric([], self.writer.inserts)
         yield inserts
+        # Per protocol only (two values): the cap is server-wide, not per sender.
+        over = CounterMetricFamily(
+            "zerotrace_server_requests_over_inflight_bytes",
+            "Requests refused with RESOURCE_EXHAUSTED before decoding: the server's "
+            "request bytes in flight would pass --max-inflight-bytes.",
+            labels=["protocol"])
+        refused = dict(self.budget.refused) if self.budget is not None else {}
+        for proto in self.admissions:
+            over.add_metric([proto], refused.get(proto, 0))
+        yield over
 
 
 def serve_metrics(listen: str, admissions: dict[str, Admission],
-                  writer: BatchWriter) -> tuple[WSGIServer, int]:
+                  writer: BatchWriter,
+                  budget: ByteBudget | None = None) -> tuple[WSGIServer, int]:
     """Serve /metrics on `listen` ("HOST:PORT"); (the HTTP server, its port)."""
     registry = CollectorRegistry()
-    registry.register(ServerCollector(admissions, writer))
+    registry.register(ServerCollector(admissions, writer, budget=budget))
     host, _, port = listen.rpartition(":")
     server, _thread = start_http_server(int(port), addr=host or "0.0.0.0", registry=registry)
     return server, server.server_port

@@ -20,7 +20,7 @@ from opentelemetry.proto.trace.v1 import trace_pb2
 from proto.span import SOURCE_APP, STATUS_ERROR, STATUS_OK, STATUS_UNSET
 from proto.zerotrace.v1 import span_pb2
 from server.auth import certificate_name
-from server.ingest.admission import Admission, sender_of
+from server.ingest.admission import Admission, ByteBudget, bytes_or_abort, sender_of
 from server.ingest.service import Batch, store_admitted
 from server.ingest.writer import BatchWriter
 
@@ -108,22 +108,32 @@ def _decode(data: bytes) -> trace_service_pb2.ExportTraceServiceRequest | _Undec
 
 
 class OtlpTraceService(trace_service_pb2_grpc.TraceServiceServicer):
-    def __init__(self, writer: BatchWriter, admission: Admission | None = None) -> None:
+    def __init__(self, writer: BatchWriter, admission: Admission | None = None,
+                 budget: ByteBudget | None = None) -> None:
         self.writer = writer
         self.admission = admission or Admission()
+        self.budget = budget
 
     def handler(self) -> grpc.GenericRpcHandler:
         """The gRPC handler for OTLP `TraceService` (the generated wire, own decoding)."""
         return grpc.method_handlers_generic_handler(
             "opentelemetry.proto.collector.trace.v1.TraceService",
             {"Export": grpc.unary_unary_rpc_method_handler(
-                self.Export, request_deserializer=_decode,
+                # Raw bytes: the byte cap is checked before the request is decoded.
+                self.Export, request_deserializer=None,
                 response_serializer=trace_service_pb2.ExportTraceServiceResponse
                 .SerializeToString)},
         )
 
     def Export(  # noqa: N802 - gRPC method name
-        self, request: trace_service_pb2.ExportTraceServiceRequest, context: grpc.ServicerContext
+        self, data: bytes, context: grpc.ServicerContext
+    ) -> trace_service_pb2.ExportTraceServiceResponse:
+        with bytes_or_abort(self.budget, len(data), "otlp", context):
+            return self._export(_decode(data), context)
+
+    def _export(
+        self, request: trace_service_pb2.ExportTraceServiceRequest | _Undecodable,
+        context: grpc.ServicerContext,
     ) -> trace_service_pb2.ExportTraceServiceResponse:
         if isinstance(request, _Undecodable):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT,

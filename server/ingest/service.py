@@ -22,7 +22,13 @@ from google.protobuf.message import DecodeError
 
 from proto.zerotrace.v1 import ingest_pb2, span_pb2
 from server.auth import certificate_name
-from server.ingest.admission import Admission, admit_or_abort, sender_of
+from server.ingest.admission import (
+    Admission,
+    ByteBudget,
+    admit_or_abort,
+    bytes_or_abort,
+    sender_of,
+)
 from server.ingest.columns import BadColumns, read_columns, split_valid
 from server.ingest.validate import span_problem
 from server.ingest.writer import BatchKey, BatchWriter, Payload
@@ -123,9 +129,11 @@ def store_admitted(writer: BatchWriter, admission: Admission, sender: str,
 class IngestService:
     """`Push` decodes requests as `PushEnvelope` (spans left as bytes): see `handler()`."""
 
-    def __init__(self, writer: BatchWriter, admission: Admission | None = None) -> None:
+    def __init__(self, writer: BatchWriter, admission: Admission | None = None,
+                 budget: ByteBudget | None = None) -> None:
         self.writer = writer
         self.admission = admission or Admission()
+        self.budget = budget
 
     def handler(self) -> grpc.GenericRpcHandler:
         """The gRPC handler for `zerotrace.v1.IngestService` (same wire as generated)."""
@@ -134,15 +142,27 @@ class IngestService:
             {
                 "Push": grpc.unary_unary_rpc_method_handler(
                     self.Push,
-                    request_deserializer=ingest_pb2.PushEnvelope.FromString,
+                    # Raw bytes: the byte cap is checked before the request is decoded.
+                    request_deserializer=None,
                     response_serializer=ingest_pb2.PushResponse.SerializeToString,
                 )
             },
         )
 
     def Push(  # noqa: N802 - gRPC method name
-        self, request: ingest_pb2.PushEnvelope, context: grpc.ServicerContext
+        self, data: bytes, context: grpc.ServicerContext
     ) -> ingest_pb2.PushResponse:
+        with bytes_or_abort(self.budget, len(data), "zerotrace", context):
+            try:
+                request = ingest_pb2.PushEnvelope.FromString(data)
+            except DecodeError as e:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                              f"not a valid PushRequest ({e}); nothing stored")
+            del data  # the envelope holds what is needed
+            return self._push(request, context)
+
+    def _push(self, request: ingest_pb2.PushEnvelope,
+              context: grpc.ServicerContext) -> ingest_pb2.PushResponse:
         if request.span_columns and request.spans:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                           "a batch carries spans or span_columns, not both")
