@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 from collections import deque
+from itertools import islice
 
 from . import redact
 from .base import (
@@ -448,10 +449,26 @@ class MemcachedParser(StreamParser):
         i = 0
         for p in self.pending:
             q = p.extra
-            if not q.quiet or self._fits(r, q):
+            if not q.quiet:
+                return i
+            if self._fits(r, q):
+                self._ambiguous(r, p, i)
                 return i
             i += 1
         return -1
+
+    def _ambiguous(self, r: _Reply, p: Pending, i: int) -> None:
+        """Another quiet request further on could take r as well (no distinct opaque or
+        key tells them apart): which got what is a guess, so neither is reported whole."""
+        amb = False
+        for p2 in islice(self.pending, i + 1, None):
+            if not p2.extra.quiet:
+                break
+            if self._fits(r, p2.extra):
+                amb = True
+                p2.incomplete = p2.incomplete or "ambiguous"
+        if amb:
+            p.incomplete = p.incomplete or "ambiguous"
 
     def _dropped_replies(self, r: _Reply, i: int, out: list[Record]) -> int:
         """A retrieval with a key over 250 bytes makes memcached drop the replies queued

@@ -147,6 +147,14 @@ def test_meta_quiet_mode_and_opaque_matching():
     assert not c.p.pending
 
 
+def test_quiet_requests_a_reply_cannot_tell_apart_are_not_reported_whole():
+    c = Conn("memcached")
+    c.send(EGRESS, b"mg a v q\r\nmg b v q\r\nmn\r\n")  # no O or k flag
+    c.send(INGRESS, b"VA 1\r\nx\r\nMN\r\n")
+    assert [(r.operation, r.incomplete) for r in c.records] == [
+        ("mg", "ambiguous"), ("mg", "ambiguous"), ("mn", "")]
+
+
 def test_binary_quiet_multiget_then_noop():
     c = Conn("memcached")
     c.send(EGRESS, _bin(0x0D, b"a", opaque=1) + _bin(0x0D, b"b", opaque=2)
