@@ -284,6 +284,10 @@ class Stitcher:
                 return self._context_of_conn_read(conn_id, ts, now, depth)
             return "pending", None
         if it.parent is None:
+            if it.link == "root":
+                # the answer to a call the thread began on its own (a client, a periodic
+                # job): what it writes next begins anew too, it is not a lost context
+                return "root", None
             return "resumed context unknown", None
         if it.link == "header":
             # Its parent came from a propagated id, not from a thread's history: the
@@ -360,6 +364,7 @@ class Stitcher:
                         self._server_inflight(s.pid, c.out_ns):
                     return False  # a request read before it may carry that id
             item.thread_done = True
+            item.link = "root"
             pc["root client (no read before it)"] += 1
             return True
         if status != "ok":
@@ -409,6 +414,8 @@ class Stitcher:
                 if now - rts < self.max_wait_ns:
                     return "pending", None, ""
                 return NO_SPAN, None, ""
+            if status == "root" and not contexts and (i == 0 or lst[i - 1][1] != _INGRESS):
+                return "root", None, ""  # its only read answers a call of its own
             if status != "ok":
                 return status, None, ""
             if ctxt not in contexts:

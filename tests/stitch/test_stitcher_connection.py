@@ -186,3 +186,16 @@ def test_go_wake_by_a_goroutine_that_already_answered_is_refused():
     spans = w.run()
     assert spans["GET /down"].parent_span_id == ""
     assert spans["GET /down"].attributes["zerotrace.parent.unknown"].startswith("hand-off:")
+
+
+def test_a_client_threads_next_call_is_a_root_not_a_refusal():
+    # a load generator: call, read its answer, call again; the second call is the start
+    # of a request of its own, not a span whose parent was lost
+    w = World()
+    conn = next(_conn)
+    w.client(1, 30, T0 + 1 * MS, T0 + 2 * MS, "GET /1", conn=conn)
+    w.client(1, 30, T0 + 3 * MS, T0 + 4 * MS, "GET /2", conn=next(_conn))
+    spans = w.run()
+    assert spans["GET /2"].parent_span_id == ""
+    assert "zerotrace.parent.unknown" not in spans["GET /2"].attributes
+    assert w.st.per_process[1]["root client (no read before it)"] == 2
