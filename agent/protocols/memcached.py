@@ -7,13 +7,15 @@ Binary frames have a 24-byte header (magic 0x80 request / 0x81 response) with th
 length, so they are skipped by length like a RESP bulk.  Data blocks and values are
 never buffered beyond `WAIT_BLOCK` and never read: records carry commands and keys only.
 
-Matching is first in, first out, as the server answers in order, with three twists:
+Matching is first in, first out, as the server answers in order, with these twists:
 classic `noreply` commands get no reply at all (their record goes out at once, outcome
 unknown); meta commands with the `q` flag and binary quiet opcodes are answered only
 when something is worth saying (a hit, an error), so a reply may skip them: it is paired
 with the first pending request it fits (same opaque `O` token or `k` key, a reply code
 that command can give, the same binary opcode and opaque), and the quiet requests it
-passed over are done (quiet means "success" or "miss").
+passed over are done (quiet means "success" or "miss"); if a later quiet request could
+have taken it too, both are marked `ambiguous`.  memcached 1.6 drops the replies queued
+before the CLIENT_ERROR of a retrieval with an over-long key: seen, that is undone.
 """
 
 from __future__ import annotations
