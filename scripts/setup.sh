@@ -15,7 +15,9 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 # Packages: the agent's own needs, then the real programs that tests and the demo trace.
-AGENT_PKGS=(python3-bpfcc bpfcc-tools libbpfcc bpftool linux-headers-amd64 iproute2 python3-venv make)
+# python3-dev, gcc and libc6-dev: pip compiles the agent's Cython modules (setup.py).
+AGENT_PKGS=(python3-bpfcc bpfcc-tools libbpfcc bpftool linux-headers-amd64 iproute2 python3-venv make
+            python3-dev gcc libc6-dev)
 TEST_PKGS=(redis-server memcached nginx-light dnsmasq-base mariadb-server postgresql haproxy golang-go
            wrk nodejs curl dnsutils openjdk-17-jdk-headless chromium iptables libmariadb-java libpostgresql-jdbc-java golang-github-lib-pq-dev
            prometheus)
@@ -55,13 +57,24 @@ mountpoint -q /sys/kernel/debug || { say "mounting debugfs"; mount -t debugfs no
 mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf 2>/dev/null || true
 
 # Virtual environment: Debian's python (bcc's module is built for it), system site
-# packages visible.  Re-installs only when pyproject.toml changed.
+# packages visible.  Re-installs only when pyproject.toml, setup.py or a compiled
+# source under agent/ (*.pyx, *.pxd, hand-written *.c/*.h) changed: the install is
+# what compiles them.
 if [ ! -x .venv/bin/python ]; then
     say "creating .venv"
     /usr/bin/python3 -m venv --system-site-packages .venv
 fi
 stamp=.venv/.zerotrace-installed
-want=$(sha256sum pyproject.toml | cut -c1-16)
+compiled_sources() {
+    # Generated C (a .c beside its .pyx) is output, not source.
+    find agent \( -name '*.pyx' -o -name '*.pxd' -o -name '*.c' -o -name '*.h' \) -type f |
+        while read -r f; do
+            case "$f" in *.c) [ -e "${f%.c}.pyx" ] && continue ;; esac
+            echo "$f"
+        done | LC_ALL=C sort
+}
+want=$({ sha256sum pyproject.toml setup.py; compiled_sources | xargs -r sha256sum; } |
+       sha256sum | cut -c1-16)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     say "installing zerotrace and its dependencies into .venv"
     log=.venv/pip-install.log

@@ -1,0 +1,37 @@
+"""Build of the agent's compiled per-event code (Cython 3 -> C -> extension modules).
+
+Metadata lives in pyproject.toml; this file only declares the extension modules, so
+that `pip install -e .` (scripts/setup.sh) and `pip install .` (the Docker image)
+compile them with the system C compiler through setuptools' build backend.
+
+ZT_ASAN=1 builds them with AddressSanitizer (scripts/asan-tests.sh runs the parser
+tests and a fuzz run against that build).
+"""
+
+from __future__ import annotations
+
+import os
+
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+# One entry per compiled module: (module, source).
+MODULES = [
+    ("agent.protocols._http1", "agent/protocols/_http1.pyx"),
+]
+
+
+def extensions() -> list[Extension]:
+    """The extension modules, with AddressSanitizer flags when ZT_ASAN=1."""
+    cflags = ["-O2"]
+    ldflags: list[str] = []
+    if os.environ.get("ZT_ASAN") == "1":
+        # -O1 keeps ASan's reports readable; frame pointers give whole stacks.
+        cflags = ["-O1", "-g", "-fsanitize=address", "-fno-omit-frame-pointer"]
+        ldflags = ["-fsanitize=address"]
+    return [Extension(name, [src], extra_compile_args=cflags, extra_link_args=ldflags)
+            for name, src in MODULES]
+
+
+setup(ext_modules=cythonize(extensions(), quiet=True,
+                            compiler_directives={"language_level": "3"}))
