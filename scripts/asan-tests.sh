@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# The compiled parsers under AddressSanitizer (issue 13: they read untrusted bytes as
+# root).  Builds the extension modules with -fsanitize=address (ZT_ASAN=1, setup.py) in
+# a scratch copy of the tree, so the .venv's own build is never touched, then runs the
+# protocol tests and a fixed-size hypothesis fuzz run (ZT_FUZZ_EXAMPLES per protocol)
+# against that build.  Any ASan report aborts the run and fails this script.
+#   scripts/asan-tests.sh [pytest args...]
+# Default: the protocol tests of the compiled parsers (COMPILED, test ids naming them)
+# and every protocol test that is not parametrized by protocol; CPython under ASan with
+# malloc for every object runs ~10x slower, so the rest would cost minutes of CI.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+py=${PYTHON:-$root/.venv/bin/python}
+examples=${ZT_FUZZ_EXAMPLES:-300}
+COMPILED=(http)  # protocols whose parser is compiled
+
+libasan=$(gcc -print-file-name=libasan.so)
+[ -e "$libasan" ] || { echo "asan-tests: no libasan.so (gcc's libasan8 package)" >&2; exit 1; }
+
+work=$(mktemp -d /tmp/zt-asan.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+# Sources only: built modules and generated C stay behind.
+tar -C "$root" --exclude='*.so' --exclude='__pycache__' --exclude='agent/*/_*.c' \
+    -cf - setup.py pyproject.toml agent proto tests | tar -C "$work" -xf -
+
+echo "asan-tests: building with AddressSanitizer in $work"
+(cd "$work" && ZT_ASAN=1 "$py" setup.py -q build_ext --inplace >build.log 2>&1) ||
+    { cat "$work/build.log" >&2; exit 1; }
+
+cd "$work"
+if [ $# -eq 0 ]; then
+    alt=$(IFS='|'; echo "${COMPILED[*]}")
+    # Collected in the source tree: the ASan build cannot load before the runtime is.
+    mapfile -t nodes < <(cd "$root" && "$py" -m pytest -q --collect-only -p no:cacheprovider \
+        tests/protocols/test_proto_{bad_input,golden,properties,fuzz,registry}.py 2>/dev/null |
+        grep -E "::[^[]*\$|\[(.*[-/])?($alt)([/-]|\])")
+    [ ${#nodes[@]} -gt 0 ] || { echo "asan-tests: no tests collected" >&2; exit 1; }
+    set -- "${nodes[@]}"
+fi
+# Reports go to files: pytest captures stderr, and an aborted run would lose them.
+export ASAN_OPTIONS=detect_leaks=0:halt_on_error=1:abort_on_error=1:log_path=$work/asan-report:${ASAN_OPTIONS:-}
+# CPython itself is not instrumented: the runtime has to be loaded first, and objects
+# must come from malloc (not pymalloc's arenas) to get red zones around each one.
+export LD_PRELOAD=$libasan${LD_PRELOAD:+:$LD_PRELOAD}
+export PYTHONMALLOC=malloc
+export ZT_ASAN_TREE=$work
+export ZT_FUZZ_EXAMPLES=$examples
+# The modules under test must be the ASan build of this scratch tree, not the .venv's.
+"$py" - <<'EOF'
+import os
+import sys
+
+sys.path.insert(0, os.getcwd())
+from agent.protocols import _http1
+
+path = os.path.realpath(_http1.__file__)
+assert path.startswith(os.getcwd() + "/"), f"not the scratch ASan build: {path}"
+assert b"__asan_init" in open(path, "rb").read(), f"{path} is not built with ASan"
+print("asan-tests: testing", path)
+EOF
+status=0
+"$py" -m pytest -q -p no:cacheprovider "$@" || status=$?
+if compgen -G "$work/asan-report*" >/dev/null; then
+    cat "$work"/asan-report* >&2
+    echo "asan-tests: AddressSanitizer reported errors (above)" >&2
+    exit 1
+fi
+exit "$status"

@@ -1,0 +1,33 @@
+"""The compiled per-event code: built by `pip install` from the current sources, and
+clean under AddressSanitizer (scripts/asan-tests.sh: parser tests plus a fuzz run)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+# (module, source) of every compiled module, as setup.py declares them.
+MODULES = [("agent.protocols._http1", "agent/protocols/_http1.pyx")]
+
+
+def test_compiled_modules_are_extensions_built_from_the_current_source():
+    import importlib
+
+    for name, src in MODULES:
+        mod = importlib.import_module(name)
+        so = Path(mod.__file__)
+        assert so.suffix == ".so", f"{name} is not compiled: {so}"
+        # scripts/setup.sh reinstalls (so recompiles) when a .pyx changes; a stale
+        # build means it did not run: `make setup`.
+        assert so.stat().st_mtime >= (ROOT / src).stat().st_mtime, f"{so} older than {src}"
+
+
+def test_parsers_and_fuzz_run_clean_under_address_sanitizer():
+    env = dict(os.environ, PYTHON=sys.executable, ZT_FUZZ_EXAMPLES="300")
+    r = subprocess.run(["bash", str(ROOT / "scripts/asan-tests.sh")], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-8000:]
+    assert " passed" in r.stdout and "AddressSanitizer" not in r.stderr
