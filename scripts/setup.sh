@@ -87,4 +87,13 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     echo "$want" > "$stamp"
 fi
 .venv/bin/python -c "import bcc" 2>/dev/null || { echo "setup: bcc does not import in .venv" >&2; exit 1; }
+
+# The speedscope app (npm registry), which tests/server/test_http_browser.py opens in
+# Chromium with the server's flame-graph JSON; installed here so tests need no registry.
+speedscope=1.25.0  # keep equal to SPEEDSCOPE_VERSION in that test
+if [ ! -d .venv/share/speedscope/node_modules/speedscope/dist/release ]; then
+    say "installing the speedscope app $speedscope (npm)"
+    npm install -q --no-audit --no-fund --prefix .venv/share/speedscope "speedscope@$speedscope" >/dev/null 2>&1 ||
+        { echo "setup: npm install speedscope@$speedscope failed" >&2; exit 1; }
+fi
 say "ready"
