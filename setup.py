@@ -11,14 +11,16 @@ tests and a fuzz run against that build).
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
-# One entry per compiled module: (module, source).
-MODULES = [
-    ("agent.protocols._http1", "agent/protocols/_http1.pyx"),
-]
+# Every .pyx under agent/ is a compiled module named after its path, so a new compiled
+# module is one new file (agent/protocols/_redis.pyx -> agent.protocols._redis).
+MODULES = sorted(
+    (str(p.with_suffix("")).replace(os.sep, "."), str(p))
+    for p in Path("agent").rglob("*.pyx"))
 
 
 def extensions() -> list[Extension]:

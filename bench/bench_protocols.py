@@ -15,6 +15,12 @@ time (`time.process_time`, so other load on the machine does not count) spent in
 
 `--capture N` keeps only N bytes of each chunk, as the probes do (default: 1024).
 
+`--compare REV` times, side by side in one run (rounds alternating), the HTTP/1.1 parser
+of this tree (compiled, agent/protocols/_http1.pyx) against the Python one of git
+revision REV (loaded from `git show REV:agent/protocols/http1.py` under another module
+name): golden workloads steady/1 KiB, steady/whole and conn/1 KiB, and the synthetic
+pairs of `--floor`.
+
 `--floor` instead measures, side by side in one run, what one HTTP/1.1 pair costs in
 CPython at the least: a toy loop doing only the work every parser must do (find the
 head's end, method, path, Host, User-Agent, Content-Length, two `Message`s and a
@@ -28,8 +34,10 @@ from __future__ import annotations
 
 import argparse
 import gc
+import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,13 +100,16 @@ def steady(proto: str, transport: str, cks: list[Chunk], reps: int = 200) -> lis
     return out
 
 
-def one_round(work: list, budget: float) -> tuple[int, float]:
+def one_round(work: list, budget: float, new=None) -> tuple[int, float]:
+    """(records, CPU seconds) of replaying `work` for about `budget` CPU seconds;
+    `new(proto, transport)` makes the parsers (default: the registry's)."""
+    new = new or _new
     records = 0
     spent = 0.0
     while spent < budget:
         for proto, transport, cks in work:
             t0 = time.process_time()
-            p = _new(proto, transport)
+            p = new(proto, transport)
             feed = p.feed
             n = 0
             for c in cks:
@@ -171,8 +182,9 @@ def _toy_pair_loop(pairs: int) -> float:
     return time.process_time() - t0
 
 
-def _parser_pair_loop(pairs: int, split: bool) -> float:
-    """CPU seconds of the real HTTP/1.1 parser for `pairs` pairs on one connection."""
+def _parser_pair_loop(pairs: int, split: bool, cls=None) -> float:
+    """CPU seconds of the real HTTP/1.1 parser for `pairs` pairs on one connection
+    (`cls`: another parser class, as for --compare)."""
     if split:
         # The response's head and body in two writes (3 syscalls a pair).
         msgs = [(0, _REQ), (1, _RESP_HEAD), (1, _RESP_BODY)]
@@ -184,7 +196,7 @@ def _parser_pair_loop(pairs: int, split: bool) -> float:
         for d, data in msgs:
             cks.append(Chunk(d, data, len(data), off[d], i * 1000 + d, 7, None))
             off[d] += len(data)
-    p = new_parser("http", True)
+    p = cls(True) if cls is not None else new_parser("http", True)
     feed = p.feed
     t0 = time.process_time()
     n = 0
@@ -219,6 +231,51 @@ def floor(pairs: int = 50_000, rounds: int = 5) -> None:
         print(f"  {proto:<12}{chunks_n / max(records, 1):>6.2f}")
 
 
+def baseline_http1(rev: str) -> types.ModuleType:
+    """The HTTP/1.1 parser module of git revision `rev`, imported as
+    agent.protocols._http1_baseline (its relative imports resolve in this tree)."""
+    path = "agent/protocols/http1.py"
+    src = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:{path}"],
+                         capture_output=True, text=True, check=True).stdout
+    mod = types.ModuleType("agent.protocols._http1_baseline")
+    mod.__package__ = "agent.protocols"
+    mod.__file__ = f"{rev}:{path}"
+    sys.modules[mod.__name__] = mod
+    exec(compile(src, mod.__file__, "exec"), mod.__dict__)
+    return mod
+
+
+def compare_http(rev: str, seconds: float, rounds: int = 5, pairs: int = 30_000) -> None:
+    """This tree's HTTP/1.1 parser against REV's, side by side, rounds alternating."""
+    import agent.protocols.http1 as current
+
+    old = baseline_http1(rev).Http1Parser
+    cur = current.Http1Parser
+    print(f"HTTP/1.1 parser: this tree ({cur.__module__}) against {rev} (Python); "
+          f"records/s per CPU second, best of {rounds} alternating rounds")
+    print(f"{'workload':<40}{rev:>12}{'this tree':>12}{'x':>7}")
+    for mode, capture in (("steady", 1024), ("steady", None), ("conn", 1024)):
+        work = workload("http", capture, mode)
+        best = {"old": 0.0, "cur": 0.0}
+        for _ in range(rounds):
+            for key, cls in (("old", old), ("cur", cur)):
+                gc.collect()
+                records, spent = one_round(work, seconds / rounds,
+                                           lambda _p, _t, c=cls: c(True))
+                best[key] = max(best[key], records / spent)
+        label = f"golden, {mode}, {f'{capture} B' if capture else 'whole'} chunks"
+        print(f"{label:<40}{best['old']:>12,.0f}{best['cur']:>12,.0f}"
+              f"{best['cur'] / best['old']:>7.2f}")
+    for split, label in ((False, "pair, one syscall a message"),
+                         (True, "pair, response head and body apart")):
+        best = {"old": 1e9, "cur": 1e9}
+        for _ in range(rounds):
+            for key, cls in (("old", old), ("cur", cur)):
+                best[key] = min(best[key], _parser_pair_loop(pairs, split, cls))
+        print(f"{label:<40}{pairs / best['old']:>12,.0f}{pairs / best['cur']:>12,.0f}"
+              f"{best['old'] / best['cur']:>7.2f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("protocols", nargs="*", default=["http", "redis", "dns", "postgresql",
@@ -229,7 +286,12 @@ def main() -> None:
     ap.add_argument("--mode", choices=("steady", "conn"), default="steady")
     ap.add_argument("--floor", action="store_true",
                     help="HTTP/1.1: the parser against the least Python can do")
+    ap.add_argument("--compare", metavar="REV",
+                    help="HTTP/1.1: this tree's parser against the Python one of git REV")
     args = ap.parse_args()
+    if args.compare:
+        compare_http(args.compare, args.seconds)
+        return
     if args.floor:
         floor()
         return

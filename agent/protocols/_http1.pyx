@@ -17,7 +17,7 @@ comma-separated Content-Length lists) use Python's `re` and `int` on slices inst
 from collections import deque
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from libc.string cimport memcmp
+from libc.string cimport memchr, memcmp
 
 import re
 
@@ -35,10 +35,6 @@ from .base import (
     checked_trace_headers,
     new_stats,
 )
-
-cdef extern from "string.h" nogil:
-    # GNU extension; Python.h defines _GNU_SOURCE before string.h is included.
-    void *memmem(const void *hay, size_t hlen, const void *needle, size_t nlen)
 
 STATS = new_stats()
 
@@ -98,24 +94,44 @@ cdef inline int _at(_Bytes v, Py_ssize_t i):
     return v.p[i]
 
 
-cdef Py_ssize_t _find(_Bytes v, Py_ssize_t start, Py_ssize_t stop, const char *needle,
-                      Py_ssize_t k):
-    """Index of needle in v[start:stop], or -1 (bytes.find)."""
+cdef Py_ssize_t _crlf(_Bytes v, Py_ssize_t start, Py_ssize_t stop):
+    """Index of the first CRLF in v[start:stop], or -1 (memchr: memmem's set-up costs
+    more than the search on lines this short)."""
     cdef const void *hit
+    cdef Py_ssize_t i
     if start < 0:
         start = 0
     if stop > v.n:
         stop = v.n
-    if k <= 0 or stop - start < k:
-        return -1
-    hit = memmem(v.p + start, <size_t>(stop - start), needle, <size_t>k)
-    if hit == NULL:
-        return -1
-    return <const unsigned char *>hit - v.p
+    while stop - start >= 2:
+        # The '\r' is looked for where a '\n' can still follow it inside the range.
+        hit = memchr(v.p + start, 13, <size_t>(stop - start - 1))
+        if hit == NULL:
+            return -1
+        i = <const unsigned char *>hit - v.p
+        if v.p[i + 1] == 10:
+            return i
+        start = i + 1
+    return -1
 
 
-cdef inline Py_ssize_t _crlf(_Bytes v, Py_ssize_t start, Py_ssize_t stop):
-    return _find(v, start, stop, b"\r\n", 2)
+cdef Py_ssize_t _blank(_Bytes v, Py_ssize_t start, Py_ssize_t stop):
+    """Index of the first CRLF CRLF (a head's end) in v[start:stop], or -1."""
+    cdef const void *hit
+    cdef Py_ssize_t i
+    if start < 0:
+        start = 0
+    if stop > v.n:
+        stop = v.n
+    while stop - start >= 4:
+        hit = memchr(v.p + start, 13, <size_t>(stop - start - 3))
+        if hit == NULL:
+            return -1
+        i = <const unsigned char *>hit - v.p
+        if v.p[i + 1] == 10 and v.p[i + 2] == 13 and v.p[i + 3] == 10:
+            return i
+        start = i + 1
+    return -1
 
 
 cdef inline bint _starts(_Bytes v, Py_ssize_t at, const char *s, Py_ssize_t k):
@@ -154,19 +170,6 @@ cdef bytes _strip(_Bytes v, Py_ssize_t i, Py_ssize_t j):
     return PyBytes_FromStringAndSize(<const char *>v.p + i, j - i)
 
 
-cdef bint _ieq(_Bytes v, Py_ssize_t at, bytes low_key):
-    """v[at:at+len(key)].lower() == key (ASCII lower case, as bytes.lower())."""
-    cdef Py_ssize_t k = PyBytes_GET_SIZE(low_key)
-    cdef const unsigned char *key = <const unsigned char *>PyBytes_AS_STRING(low_key)
-    cdef Py_ssize_t i
-    if at < 0 or at + k > v.n:
-        return False
-    for i in range(k):
-        if _lower(v.p[at + i]) != key[i]:
-            return False
-    return True
-
-
 # -- head scan ------------------------------------------------------------------------
 # Header names looked up, lower case with their colon.  A header is found where the
 # lower-cased head has "\r\n" + name + ":" (the first such place), exactly what
@@ -190,14 +193,20 @@ _KEYS += [(n + ":").encode() for n in _TRACE_NAMES]
 cdef Py_ssize_t _NKEYS = len(_KEYS)
 if _NKEYS > K_MAX:
     raise ImportError("too many HTTP header keys for the compiled head scan")
+# The keys as C strings (the bytes objects live in _KEYS for the module's lifetime).
+cdef const unsigned char *_KP[K_MAX]
+cdef Py_ssize_t _KL[K_MAX]
+for _k in range(_NKEYS):
+    _KP[_k] = <const unsigned char *>PyBytes_AS_STRING(_KEYS[_k])
+    _KL[_k] = PyBytes_GET_SIZE(_KEYS[_k])
 
 
 cdef void _scan(_Bytes v, Py_ssize_t start, Py_ssize_t stop, Py_ssize_t *found):
     """found[k] = index just past key k's "name:" in v[start:stop] (first line that
     starts with it), or -1."""
-    cdef Py_ssize_t i, r, ls, k, klen
+    cdef Py_ssize_t i, r, ls, k, klen, m
     cdef int c
-    cdef bytes key
+    cdef const unsigned char *key
     cdef _Bytes blk
     for k in range(_NKEYS):
         found[k] = -1
@@ -215,13 +224,16 @@ cdef void _scan(_Bytes v, Py_ssize_t start, Py_ssize_t stop, Py_ssize_t *found):
         if c < 0:
             continue
         for k in range(_NKEYS):
-            if found[k] >= 0:
+            key = _KP[k]
+            if key[0] != c or found[k] >= 0:
                 continue
-            key = <bytes>_KEYS[k]
-            if (<const unsigned char *>PyBytes_AS_STRING(key))[0] != c:
+            klen = _KL[k]
+            if ls + klen > blk.n:
                 continue
-            klen = PyBytes_GET_SIZE(key)
-            if _ieq(blk, ls, key):
+            for m in range(1, klen):
+                if _lower(blk.p[ls + m]) != key[m]:
+                    break
+            else:
                 found[k] = ls + klen
 
 
@@ -679,7 +691,7 @@ cdef class Http1Parser:
                 and side.mode == M_HEAD and not self.closed and self.rdir >= 0
                 and not self.uncertain):
             return self._feed(chunk)
-        e = _find(_view(data), 0, n, b"\r\n\r\n", 4)
+        e = _blank(_view(data), 0, n)
         if e < 0:
             return self._feed(chunk)
         size = chunk.size
@@ -903,7 +915,7 @@ cdef class Http1Parser:
         while pos < n:
             mode = side.mode
             if mode == M_HEAD:
-                e = _find(v, pos, n, b"\r\n\r\n", 4)
+                e = _blank(v, pos, n)
                 if e < 0:
                     if n - pos >= 16 and not (_req_start(v, pos) if is_req
                                               else _starts(v, pos, b"HTTP/1.", 7)):
@@ -1113,7 +1125,7 @@ cdef class Http1Parser:
                 if _starts(v, pos, b"\r\n", 2):
                     stop = pos + 2
                 else:
-                    e = _find(v, pos, n, b"\r\n\r\n", 4)
+                    e = _blank(v, pos, n)
                     if e < 0:
                         return pos
                     stop = e + 4
