@@ -13,7 +13,12 @@ cd "$(dirname "$0")/.."
 root=$PWD
 py=${PYTHON:-$root/.venv/bin/python}
 examples=${ZT_FUZZ_EXAMPLES:-300}
-COMPILED=(http)  # protocols whose parser is compiled
+# Protocols whose parser is compiled: one agent/protocols/_NAME.pyx each (_http1 is the
+# registry's "http"; _http2 also serves "grpc").
+mapfile -t COMPILED < <(cd agent/protocols && for f in _*.pyx; do
+    n=${f#_}; n=${n%.pyx}
+    case $n in http1) echo http ;; http2) echo http2; echo grpc ;; *) echo "$n" ;; esac
+done)
 
 libasan=$(gcc -print-file-name=libasan.so)
 [ -e "$libasan" ] || { echo "asan-tests: no libasan.so (gcc's libasan8 package)" >&2; exit 1; }
@@ -52,12 +57,15 @@ import os
 import sys
 
 sys.path.insert(0, os.getcwd())
-from agent.protocols import _http1
+import importlib
+import pathlib
 
-path = os.path.realpath(_http1.__file__)
-assert path.startswith(os.getcwd() + "/"), f"not the scratch ASan build: {path}"
-assert b"__asan_init" in open(path, "rb").read(), f"{path} is not built with ASan"
-print("asan-tests: testing", path)
+for src in sorted(pathlib.Path("agent").rglob("*.pyx")):
+    mod = importlib.import_module(str(src.with_suffix("")).replace(os.sep, "."))
+    path = os.path.realpath(mod.__file__)
+    assert path.startswith(os.getcwd() + "/"), f"not the scratch ASan build: {path}"
+    assert b"__asan_init" in open(path, "rb").read(), f"{path} is not built with ASan"
+    print("asan-tests: testing", path)
 EOF
 status=0
 "$py" -m pytest -q -p no:cacheprovider "$@" || status=$?

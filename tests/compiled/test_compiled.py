@@ -10,12 +10,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 # (module, source) of every compiled module, as setup.py declares them.
-MODULES = [("agent.protocols._http1", "agent/protocols/_http1.pyx")]
+MODULES = sorted((str(p.relative_to(ROOT).with_suffix("")).replace(os.sep, "."),
+                  str(p.relative_to(ROOT))) for p in (ROOT / "agent").rglob("*.pyx"))
 
 
 def test_compiled_modules_are_extensions_built_from_the_current_source():
     import importlib
 
+    assert MODULES, "no .pyx under agent/"
     for name, src in MODULES:
         mod = importlib.import_module(name)
         so = Path(mod.__file__)
