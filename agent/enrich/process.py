@@ -6,6 +6,8 @@ import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from agent.protocols import redact
+
 # A command line is a resource attribute on every span: bound it so one process with
 # a megabyte of arguments cannot bloat every span it produces.
 MAX_CMDLINE = 512
@@ -47,7 +49,9 @@ def read_process(pid: int, proc_root: str = "/proc") -> ProcessInfo | None:
     except OSError:
         return None
     cmdline = raw.rstrip(b"\0").replace(b"\0", b" ").decode("utf-8", "replace")
-    return ProcessInfo(name, cmdline[:MAX_CMDLINE], st)
+    # Masked before it goes anywhere (--password=..., postgres://app:secret@db, tokens):
+    # it is a resource attribute on every span of the process.
+    return ProcessInfo(name, redact.command_line(cmdline[:MAX_CMDLINE]), st)
 
 
 def read_environ(pid: int, keys: Iterable[str], proc_root: str = "/proc") -> dict[str, str]:

@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterable
 
 from agent.export.base import ExportResult, SpanExporter
+from agent.protocols import redact
 from proto.span import Span
 
 log = logging.getLogger(__name__)
@@ -171,7 +172,12 @@ class BatchExporter:
             batch = self._next_batch()
             if batch is None:
                 return
-            self._export_with_retry(batch)
+            # Redaction (default on) where every exported span passes, whichever
+            # parser or enricher made it: URL query secrets, SQL literals, tokens,
+            # JWTs, URL credentials, command-line secrets (agent/protocols/redact.py).
+            # Here, on the export thread, so that it costs the capture path nothing;
+            # spans that change are copies (others may hold the originals).
+            self._export_with_retry(redact.spans(batch))
             with self._cv:
                 self._busy = False
                 self._cv.notify_all()

@@ -72,3 +72,192 @@ def header(name: str, value: str) -> str:
     if REDACT and name in SENSITIVE_HEADERS:
         return MASK
     return value
+
+
+# -- captured attributes, at the export boundary ------------------------------------
+#
+# The parsers mask what they extract (above).  What follows is applied to every span
+# the agent exports (agent/export/batcher.py), whatever produced it: URL query values
+# of sensitive names, SQL literals in statement text, bearer tokens, JWTs, well-known
+# API key shapes and credentials in URLs, anywhere in attribute and resource values,
+# and secrets in process command lines.
+
+# Query parameter names whose values are secrets: matched as a part of the name
+# ("api_key", "X-Amz-Signature", "client_secret", "sessionid").
+_SENSITIVE_NAME = re.compile(
+    r"(?i)(pass(?:wd|word)?|pwd|secret|token|api[-_]?key|apikey|access[-_]?key|"
+    r"private[-_]?key|auth|credential|session|sig(?:nature)?$|signature|"
+    r"^code$|^key$|^sid$|cookie|otp|pin$|ssn)")
+_QUERY_HINTS = ("pass", "pwd", "secret", "token", "key", "auth", "credential", "session",
+                "sig", "code", "sid", "cookie", "otp", "pin", "ssn")
+_QUERY_PAIR = re.compile(r"([^&;=]*)=([^&;]*)")
+# Authorization schemes written into any text, and tokens of known shapes.
+_TOKENS = re.compile(
+    r"""(?x)
+    (?P<scheme>\b(?:[Bb]earer|BEARER|[Bb]asic|BASIC|[Tt]oken|[Dd]igest)\s+)
+        (?=[A-Za-z]*[0-9._~+/=-])[A-Za-z0-9._~+/=-]{8,}   # not an English word
+    | eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*     # JWT / JWS
+    | \b(?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9]{8,}               # Stripe-style keys
+    | \bgh[pousr]_[A-Za-z0-9]{20,}                               # GitHub tokens
+    | \bxox[abprs]-[A-Za-z0-9-]{10,}                             # Slack tokens
+    | \bAKIA[0-9A-Z]{16}\b                                       # AWS access key ids
+    | \bglpat-[A-Za-z0-9_-]{20,}                                 # GitLab tokens
+    """)
+# user:password@ in a URL (postgres://app:s3cr3t@db, https://u:p@host/).
+_URL_CREDENTIALS = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]*:)([^@/\s]+)(@)")
+# --password=x, --db-password x, -p x is not matched (too common a flag for other
+# things); PASSWORD=x, api_key=x, --token=x ...
+_SECRET_FLAG = re.compile(
+    r"""(?ix)
+    (--?[\w.-]*(?:pass(?:wd|word)?|pwd|secret|token|api[-_]?key|apikey|access[-_]?key|
+        private[-_]?key|credentials?)[\w.-]*(?:=|\s+))
+    (?!-)(\S+)
+    | (\b[\w.]*(?:PASS(?:WD|WORD)?|PWD|SECRET|TOKEN|API_?KEY|ACCESS_?KEY)[\w.]*=)(\S+)
+    """)
+# SQL: literals become "?" (pg_stat_statements style); identifiers, comments,
+# placeholders ($1, ?, :name) and keywords stay, so the statement's shape is kept.
+_SQL_LITERAL = re.compile(
+    r"""(?xs)
+    (?P<keep>"(?:[^"]|"")*"|`[^`]*`|--[^\n]*|/\*.*?\*/|\$\d+)
+    | (?P<str>(?:[eEnNbBxXuU]&?)?'(?:[^'\\]|''|\\.)*(?:'|$)
+        | \$(?P<tag>[A-Za-z_]\w*)?\$.*?(?:\$(?P=tag)?\$|$))
+    | (?P<num>(?<![\w$.:])-?(?:0[xX][0-9a-fA-F]+|\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?)
+        (?![\w.]))
+    """)
+_SQL_CACHE: dict[str, str] = {}
+_VALUE_CACHE: dict[tuple[str, str], str] = {}
+_MAX_SCAN = 64 * 1024  # longer values are capped by the server (4 KiB) anyway
+
+
+def _literal(m: re.Match) -> str:
+    return m.group("keep") or "?"
+
+
+def sql_literals(text: str) -> str:
+    """`text` with every string and number literal replaced by `?` (if REDACT)."""
+    if not REDACT or not text:
+        return text
+    hit = _SQL_CACHE.get(text)
+    if hit is None:
+        hit = _SQL_LITERAL.sub(_literal, text)
+        if len(text) <= 2048:  # statements repeat (prepared, ORMs): a bounded cache
+            if len(_SQL_CACHE) >= 1024:
+                _SQL_CACHE.clear()
+            _SQL_CACHE[text] = hit
+    return hit
+
+
+def url_query(query: str) -> str:
+    """A URL query string with the values of sensitive parameters masked (if REDACT)."""
+    if not REDACT or "=" not in query:
+        return query
+    low = query.lower()
+    if not any(h in low for h in _QUERY_HINTS):
+        return query
+    return _QUERY_PAIR.sub(
+        lambda m: f"{m.group(1)}={MASK}" if _SENSITIVE_NAME.search(m.group(1).strip())
+        else m.group(0), query)
+
+
+def _token_hint(v: str) -> bool:
+    # Substring tests (tens of ns each) spare the regex on the common value, which
+    # holds no token: the regex costs 10-40 us a value on a busy machine.
+    return ("earer" in v or "EARER" in v or "asic" in v or "ASIC" in v or "oken" in v
+            or "igest" in v or "eyJ" in v or "_live_" in v or "_test_" in v or "gh" in v
+            or "xox" in v or "AKIA" in v or "glpat-" in v)
+
+
+def text(value: str) -> str:
+    """Any captured text with bearer tokens, JWTs, known API key shapes and URL
+    credentials masked (if REDACT)."""
+    if not REDACT or len(value) < 12:
+        return value
+    if "://" in value and "@" in value:
+        value = _URL_CREDENTIALS.sub(lambda m: m.group(1) + MASK + m.group(3), value)
+    if not _token_hint(value):
+        return value
+    return _TOKENS.sub(lambda m: (m.group("scheme") or "") + MASK, value)
+
+
+def command_line(cmdline: str) -> str:
+    """A process command line with password-like flags and URL credentials masked."""
+    if not REDACT or not cmdline:
+        return cmdline
+    cmdline = _SECRET_FLAG.sub(
+        lambda m: (m.group(1) or m.group(3)) + MASK, cmdline)
+    return text(cmdline)
+
+
+def _value(key: str, value: str) -> str:
+    # Most values repeat (hosts, user agents, statements, command lines): cached.
+    if len(value) <= 256:
+        hit = _VALUE_CACHE.get((key, value))
+        if hit is None:
+            if len(_VALUE_CACHE) >= 8192:
+                _VALUE_CACHE.clear()
+            hit = _VALUE_CACHE[(key, value)] = _scrub(key, value)
+        return hit
+    return _scrub(key, value)
+
+
+def _scrub(key: str, value: str) -> str:
+    if len(value) > _MAX_SCAN:
+        value = value[:_MAX_SCAN]
+    if key == "url.query":
+        value = url_query(value)
+    elif key == "url.full" and "?" in value:
+        head, _, q = value.partition("?")
+        value = head + "?" + url_query(q)
+    elif key in ("db.query.text", "db.statement"):
+        value = sql_literals(value)
+    elif key == "process.command_line":
+        return command_line(value)
+    return text(value)
+
+
+def attributes(attrs: dict) -> dict:
+    """A span's attribute or resource dict redacted (if REDACT): the same dict when
+    nothing needs masking, else a new one (the caller's is never changed)."""
+    if not REDACT:
+        return attrs
+    out = attrs
+    for k, v in attrs.items():
+        if isinstance(v, str) and v:
+            new = _value(k, v)
+            if new != v:
+                if out is attrs:
+                    out = dict(attrs)
+                out[k] = new
+    return out
+
+
+def spans(batch: list) -> list:
+    """`batch` with every span redacted: attributes, resource and the free-text
+    fields (error text, operation) that can quote a request.  Spans that change are
+    copies: the originals may be held elsewhere (printed traces, the demo's fidelity
+    count), and are left as they are.  Returns `batch` itself when nothing changed."""
+    if not REDACT:
+        return batch
+    from dataclasses import replace
+
+    resources: dict[int, dict] = {}  # resources are shared by the spans of a process
+    out = []
+    changed = False
+    for s in batch:
+        attrs = attributes(s.attributes)
+        res = resources.get(id(s.resource))
+        if res is None:
+            res = resources[id(s.resource)] = attributes(s.resource)
+        error = text(s.error) if s.error else s.error
+        op = s.operation
+        if "?" in op or len(op) >= 12:
+            head, sep, q = op.partition("?")
+            if sep:
+                op = head + "?" + url_query(q)
+            op = text(op)
+        if (attrs is not s.attributes or res is not s.resource or error != s.error
+                or op != s.operation):
+            s = replace(s, attributes=attrs, resource=res, error=error, operation=op)
+            changed = True
+        out.append(s)
+    return out if changed else batch
