@@ -21,6 +21,9 @@ from proto.span import SOURCE_APP, STATUS_ERROR, STATUS_OK, STATUS_UNSET
 from proto.zerotrace.v1 import span_pb2
 from server.auth import certificate_name
 from server.ingest.admission import Admission, ByteBudget, bytes_or_abort, sender_of
+from server.ingest.caps import FLAG as CAP_FLAG
+from server.ingest.caps import cap_maps
+from server.ingest.caps import flag as cap_flag
 from server.ingest.service import Batch, store_admitted
 from server.ingest.writer import BatchWriter
 
@@ -61,6 +64,8 @@ def otlp_to_span_list(req: trace_service_pb2.ExportTraceServiceRequest) -> span_
     out = span_pb2.SpanList()
     for rs in req.resource_spans:
         resource = {kv.key: _text(any_value(kv.value)) for kv in rs.resource.attributes}
+        # Capped once, before the copy into each span (server/ingest/caps.py).
+        rcuts, rdrops = cap_maps({}, {}, resource)
         service = resource.get("service.name", "")
         for ss in rs.scope_spans:
             for o in ss.spans:
@@ -88,6 +93,9 @@ def otlp_to_span_list(req: trace_service_pb2.ExportTraceServiceRequest) -> span_
                 m.resource.update(resource)
                 if ss.scope.name:
                     m.attributes["otel.scope.name"] = ss.scope.name
+                cuts, drops = cap_maps(m.attributes, m.attributes_json, None)
+                if cuts or drops or rcuts or rdrops:
+                    m.attributes[CAP_FLAG] = cap_flag(cuts + rcuts, drops + rdrops)
     return out
 
 

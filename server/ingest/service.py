@@ -29,6 +29,7 @@ from server.ingest.admission import (
     bytes_or_abort,
     sender_of,
 )
+from server.ingest.caps import cap_raw_spans, cap_table
 from server.ingest.columns import BadColumns, read_columns, split_valid
 from server.ingest.validate import span_problem
 from server.ingest.writer import BatchKey, BatchWriter, Payload
@@ -188,13 +189,15 @@ class IngestService:
             request.ClearField("sender_seq")
             data = request.SerializeToString()
             bad = undecodable_spans(data, request.spans)
-            if not bad:
-                return Batch(data, n)
-            # Refused with a reason, the rest stored: see undecodable_spans.
-            good = [b for i, b in enumerate(request.spans) if i not in bad]
-            del request.spans[:]
-            request.spans.extend(good)
-            return Batch(request.SerializeToString(), len(good), len(bad),
+            if bad:
+                # Refused with a reason, the rest stored: see undecodable_spans.
+                good = [b for i, b in enumerate(request.spans) if i not in bad]
+                del request.spans[:]
+                request.spans.extend(good)
+            # Attribute caps (server/ingest/caps.py): only large spans are opened.
+            if cap_raw_spans(request.spans) or bad:
+                data = request.SerializeToString()
+            return Batch(data, len(request.spans), len(bad),
                          [f"span {i}: {why}" for i, why in list(bad.items())[:_MAX_ERRORS]])
 
         accepted, rejected, errors = store_admitted(self.writer, self.admission, sender,
@@ -209,6 +212,7 @@ class IngestService:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         _check_size(table.num_rows, context)
         good, rejected, errors = split_valid(table)
+        good, _capped = cap_table(good)
         return Batch(good, good.num_rows, rejected, errors)
 
 
