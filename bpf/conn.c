@@ -85,11 +85,12 @@ static __always_inline int zt_conn_exit(long ret)
 }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_connect) { return zt_conn_enter(args->fd, ZT_SYS_CONNECT); }
-TRACEPOINT_PROBE(syscalls, sys_exit_connect) { return zt_conn_exit(args->ret); }
 TRACEPOINT_PROBE(syscalls, sys_enter_accept) { return zt_conn_enter(args->fd, ZT_SYS_ACCEPT); }
-TRACEPOINT_PROBE(syscalls, sys_exit_accept) { return zt_conn_exit(args->ret); }
 TRACEPOINT_PROBE(syscalls, sys_enter_accept4) { return zt_conn_enter(args->fd, ZT_SYS_ACCEPT4); }
-TRACEPOINT_PROBE(syscalls, sys_exit_accept4) { return zt_conn_exit(args->ret); }
+/* One exit program for the three, as for the data syscalls (data.c). */
+TRACEPOINT_PROBE(syscalls, sys_exit_connect) { return zt_conn_exit(args->ret); }
+ZT_ATTACH_ALSO(syscalls, sys_exit_connect, sys_exit_accept)
+ZT_ATTACH_ALSO(syscalls, sys_exit_connect, sys_exit_accept4)
 
 TRACEPOINT_PROBE(syscalls, sys_enter_close)
 {

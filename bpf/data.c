@@ -94,22 +94,31 @@ static __always_inline int zt_data_enter(int fd, __u8 sys, __u64 buf, __u64 coun
     return 0;
 }
 
-/* Copy up to `want` bytes (<= ZT_PAYLOAD_MAX) spread over an iovec array. */
-static __always_inline __u32 zt_copy_iov(__u8 *dst, __u64 iov_ptr, __u64 iovcnt, __u64 want)
+/* struct iovec of the user ABI (64-bit), declared here: <linux/uio.h> pulls in a large
+ * part of the kernel's headers, 0.8 CPU-s of clang at every start. */
+struct zt_iovec {
+    __u64 iov_base;
+    __u64 iov_len;
+};
+
+/* Copy up to `want` bytes (<= ZT_PAYLOAD_MAX) spread over the first max_iov entries of
+ * an iovec array (max_iov a constant: the verifier walks every iteration). */
+static __always_inline __u32 zt_copy_iov(__u8 *dst, __u64 iov_ptr, __u64 iovcnt, __u64 want,
+                                         const int max_iov)
 {
     __u32 copied = 0;
-    for (int i = 0; i < ZT_IOV_MAX; i++) {
+    for (int i = 0; i < max_iov; i++) {
         if (i >= iovcnt || copied >= want)
             break;
-        struct iovec v = {};
-        bpf_probe_read_user(&v, sizeof(v), (void *)(iov_ptr + i * sizeof(struct iovec)));
+        struct zt_iovec v = {};
+        bpf_probe_read_user(&v, sizeof(v), (void *)(iov_ptr + i * sizeof(struct zt_iovec)));
         __u64 n = v.iov_len;
         if (n > want - copied)
             n = want - copied;
         if (n > ZT_PAYLOAD_MAX)
             n = ZT_PAYLOAD_MAX;
         __u32 off = copied & (ZT_PAYLOAD_MAX - 1);
-        if (bpf_probe_read_user(dst + off, n, v.iov_base) != 0)
+        if (bpf_probe_read_user(dst + off, n, (void *)v.iov_base) != 0)
             break;
         copied += n;
     }
@@ -180,14 +189,14 @@ static __always_inline void zt_emit_data(struct zt_scratch *s, struct zt_config 
 /* One message of sendmsg/recvmsg/…mmsg: payload from its iovecs, peer from msg_name. */
 static __always_inline void zt_emit_msghdr(struct zt_scratch *s, struct zt_config *cfg,
                                            struct zt_active *a, __u64 msg, __u64 len,
-                                           __u32 seq_delta)
+                                           __u32 seq_delta, const int max_iov)
 {
     __u64 name = 0, iov = 0, iovlen = 0;
     bpf_probe_read_user(&name, sizeof(name), (void *)msg);
     bpf_probe_read_user(&iov, sizeof(iov), (void *)(msg + 16));
     bpf_probe_read_user(&iovlen, sizeof(iovlen), (void *)(msg + 24));
     __u64 want = len < ZT_PAYLOAD_MAX ? len : ZT_PAYLOAD_MAX;
-    s->ev.captured = zt_copy_iov(s->payload, iov, iovlen, want);
+    s->ev.captured = zt_copy_iov(s->payload, iov, iovlen, want, max_iov);
     s->ev.flags &= ~ZT_F_PEER_FROM_MSG;
     if (s->ev.transport == ZT_IPPROTO_UDP && name)
         zt_user_peer((void *)name, &s->ev);
@@ -216,18 +225,24 @@ static __always_inline int zt_data_exit(long ret)
             __u64 m = a.buf + i * 64;
             __u32 mlen = 0;
             bpf_probe_read_user(&mlen, sizeof(mlen), (void *)(m + 56));
-            zt_emit_msghdr(s, cfg, &a, m, mlen, seq_delta);
+            zt_emit_msghdr(s, cfg, &a, m, mlen, seq_delta, ZT_MMSG_IOV_MAX);
             seq_delta += mlen;
         }
         return 0;
     }
-    if (a.sys == ZT_SYS_SENDMSG || a.sys == ZT_SYS_RECVMSG) {
-        zt_emit_msghdr(s, cfg, &a, a.buf, ret, 0);
-        return 0;
-    }
+    /* One copy loop serves readv/writev and sendmsg/recvmsg (their iovecs are named by
+     * the user_msghdr): the verifier walks each copy of a loop, iteration by iteration. */
     __u64 want = ret < ZT_PAYLOAD_MAX ? ret : ZT_PAYLOAD_MAX;
-    if (a.sys == ZT_SYS_WRITEV || a.sys == ZT_SYS_READV) {
-        s->ev.captured = zt_copy_iov(s->payload, a.buf, a.count, want);
+    __u64 iov = a.buf, iovcnt = a.count, peer = a.addr;
+    int vectored = a.sys == ZT_SYS_WRITEV || a.sys == ZT_SYS_READV;
+    if (a.sys == ZT_SYS_SENDMSG || a.sys == ZT_SYS_RECVMSG) {
+        bpf_probe_read_user(&peer, sizeof(peer), (void *)a.buf);
+        bpf_probe_read_user(&iov, sizeof(iov), (void *)(a.buf + 16));
+        bpf_probe_read_user(&iovcnt, sizeof(iovcnt), (void *)(a.buf + 24));
+        vectored = 1;
+    }
+    if (vectored) {
+        s->ev.captured = zt_copy_iov(s->payload, iov, iovcnt, want, ZT_IOV_MAX);
     } else {
         if (want > ZT_PAYLOAD_MAX)
             want = ZT_PAYLOAD_MAX;
@@ -236,29 +251,32 @@ static __always_inline int zt_data_exit(long ret)
         else
             zt_count_drop(ZT_DROP_READ_FAULT);
     }
-    if (s->ev.transport == ZT_IPPROTO_UDP && a.addr)
-        zt_user_peer((void *)a.addr, &s->ev);
+    if (s->ev.transport == ZT_IPPROTO_UDP && peer)
+        zt_user_peer((void *)peer, &s->ev);
     zt_emit_data(s, cfg, &a, ret, 0);
     return 0;
 }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_write) { return zt_data_enter(args->fd, ZT_SYS_WRITE, (__u64)args->buf, 0, 0, 0); }
-TRACEPOINT_PROBE(syscalls, sys_exit_write) { return zt_data_exit(args->ret); }
 TRACEPOINT_PROBE(syscalls, sys_enter_read) { return zt_data_enter(args->fd, ZT_SYS_READ, (__u64)args->buf, 0, 0, 0); }
-TRACEPOINT_PROBE(syscalls, sys_exit_read) { return zt_data_exit(args->ret); }
 TRACEPOINT_PROBE(syscalls, sys_enter_writev) { return zt_data_enter(args->fd, ZT_SYS_WRITEV, (__u64)args->vec, args->vlen, 0, 0); }
-TRACEPOINT_PROBE(syscalls, sys_exit_writev) { return zt_data_exit(args->ret); }
 TRACEPOINT_PROBE(syscalls, sys_enter_readv) { return zt_data_enter(args->fd, ZT_SYS_READV, (__u64)args->vec, args->vlen, 0, 0); }
-TRACEPOINT_PROBE(syscalls, sys_exit_readv) { return zt_data_exit(args->ret); }
 TRACEPOINT_PROBE(syscalls, sys_enter_sendto) { return zt_data_enter(args->fd, ZT_SYS_SENDTO, (__u64)args->buff, 0, (__u64)args->addr, 0); }
-TRACEPOINT_PROBE(syscalls, sys_exit_sendto) { return zt_data_exit(args->ret); }
 TRACEPOINT_PROBE(syscalls, sys_enter_recvfrom) { return zt_data_enter(args->fd, ZT_SYS_RECVFROM, (__u64)args->ubuf, 0, (__u64)args->addr, args->flags); }
-TRACEPOINT_PROBE(syscalls, sys_exit_recvfrom) { return zt_data_exit(args->ret); }
 TRACEPOINT_PROBE(syscalls, sys_enter_sendmsg) { return zt_data_enter(args->fd, ZT_SYS_SENDMSG, (__u64)args->msg, 0, 0, 0); }
-TRACEPOINT_PROBE(syscalls, sys_exit_sendmsg) { return zt_data_exit(args->ret); }
 TRACEPOINT_PROBE(syscalls, sys_enter_recvmsg) { return zt_data_enter(args->fd, ZT_SYS_RECVMSG, (__u64)args->msg, 0, 0, args->flags); }
-TRACEPOINT_PROBE(syscalls, sys_exit_recvmsg) { return zt_data_exit(args->ret); }
 TRACEPOINT_PROBE(syscalls, sys_enter_sendmmsg) { return zt_data_enter(args->fd, ZT_SYS_SENDMMSG, (__u64)args->mmsg, args->vlen, 0, 0); }
-TRACEPOINT_PROBE(syscalls, sys_exit_sendmmsg) { return zt_data_exit(args->ret); }
 TRACEPOINT_PROBE(syscalls, sys_enter_recvmmsg) { return zt_data_enter(args->fd, ZT_SYS_RECVMMSG, (__u64)args->mmsg, args->vlen, 0, args->flags); }
-TRACEPOINT_PROBE(syscalls, sys_exit_recvmmsg) { return zt_data_exit(args->ret); }
+
+/* One exit program for every data syscall: the syscall is known from the in-flight slot
+ * its entry wrote, and all sys_exit_* records are alike (ret at the same offset). */
+TRACEPOINT_PROBE(syscalls, sys_exit_read) { return zt_data_exit(args->ret); }
+ZT_ATTACH_ALSO(syscalls, sys_exit_read, sys_exit_write)
+ZT_ATTACH_ALSO(syscalls, sys_exit_read, sys_exit_readv)
+ZT_ATTACH_ALSO(syscalls, sys_exit_read, sys_exit_writev)
+ZT_ATTACH_ALSO(syscalls, sys_exit_read, sys_exit_sendto)
+ZT_ATTACH_ALSO(syscalls, sys_exit_read, sys_exit_recvfrom)
+ZT_ATTACH_ALSO(syscalls, sys_exit_read, sys_exit_sendmsg)
+ZT_ATTACH_ALSO(syscalls, sys_exit_read, sys_exit_recvmsg)
+ZT_ATTACH_ALSO(syscalls, sys_exit_read, sys_exit_sendmmsg)
+ZT_ATTACH_ALSO(syscalls, sys_exit_read, sys_exit_recvmmsg)

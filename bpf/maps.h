@@ -15,6 +15,29 @@
 #ifndef ZT_MMSG_MAX
 #define ZT_MMSG_MAX 4
 #endif
+#ifndef ZT_MMSG_IOV_MAX
+/* iovecs read per message of sendmmsg/recvmmsg (their users, DNS resolvers and QUIC,
+ * send one or two; a message with more is captured in part and flagged TRUNCATED).  The
+ * verifier walks ZT_MMSG_MAX x this many copy iterations: at 32 the exit program took
+ * 375 000 instructions and 1-3.5 s to verify, at 4 it takes 55 000. */
+#define ZT_MMSG_IOV_MAX 4
+#endif
+
+/* bcc 0.26 reads all of /proc/kallsyms (122 000 symbols here) again for every call
+ * written `bpf_probe_read_user(...)`, to check that the kernel has that helper: ~0.1 s
+ * per call site, 2 of the 5 CPU-seconds the socket probes took to compile.  Every kernel
+ * the probes can load on has it (ring buffers need 5.8, the helper came in 5.5), so the
+ * same helper is called under a name bcc does not check. */
+static long (*zt_probe_read_user)(void *dst, __u32 size, const void *unsafe_ptr) =
+    (void *)BPF_FUNC_probe_read_user;
+#define bpf_probe_read_user zt_probe_read_user
+
+/* ZT_ATTACH_ALSO(category, event, other): the loader (agent/probes/loader.py) attaches
+ * the program of TRACEPOINT_PROBE(category, event) to category:other as well, after
+ * checking in tracefs that both tracepoints have the same record layout.  The kernel
+ * verifies a program once however many tracepoints it serves (the data syscalls' exit
+ * took 1-2 s to verify, ten times over). */
+#define ZT_ATTACH_ALSO(category, event, other)
 
 /* A syscall in flight on a thread, from enter to exit. */
 struct zt_active {

@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent import check
 from agent.probes import abi, btf, golang
 from agent.probes.events import EventBatch, SocketEvent, WakeEvent, monotonic_to_wall_offset
 from agent.probes.ringbuf import RingBuffer
@@ -69,6 +70,41 @@ def inline_includes(path: Path, seen: set[Path] | None = None) -> str:
     return _LOCAL_INCLUDE.sub(paste, path.read_text())
 
 
+_TP_PROBE = re.compile(r"^TRACEPOINT_PROBE\((\w+),\s*(\w+)\)", re.M)
+_TP_ALSO = re.compile(r"^ZT_ATTACH_ALSO\((\w+),\s*(\w+),\s*(\w+)\)", re.M)
+
+
+def tracepoint_fields(category: str, event: str) -> list[str]:
+    """The record layout of a tracepoint (its tracefs format's field lines)."""
+    path = f"{check.TRACEFS}/events/{category}/{event}/format"
+    with open(path) as f:
+        return [line.strip() for line in f if line.strip().startswith("field:")]
+
+
+def tracepoint_attachments(src: str) -> list[tuple[bytes, bytes]]:
+    """(category:event, program) for every TRACEPOINT_PROBE of src and every
+    ZT_ATTACH_ALSO (bpf/maps.h) that lends one of those programs to another tracepoint.
+
+    A program reads its arguments at the offsets of its own tracepoint's record, so a
+    loan is refused (ProbeError) unless the other record's layout is the same."""
+    out = [(f"{c}:{e}".encode(), f"tracepoint__{c}__{e}".encode())
+           for c, e in _TP_PROBE.findall(src)]
+    own = {tp for tp, _fn in out}
+    for c, e, other in _TP_ALSO.findall(src):
+        if f"{c}:{e}".encode() not in own:
+            raise ProbeError(f"ZT_ATTACH_ALSO({c}, {e}, {other}): no TRACEPOINT_PROBE({c}, {e})")
+        try:
+            same = tracepoint_fields(c, e) == tracepoint_fields(c, other)
+        except OSError as err:
+            raise ProbeError(f"tracepoint {c}:{other}: {err.strerror}; see `zerotrace check`"
+                             ) from err
+        if not same:
+            raise ProbeError(f"tracepoints {c}:{e} and {c}:{other} differ in layout on this "
+                             "kernel; the program of one cannot serve the other")
+        out.append((f"{c}:{other}".encode(), f"tracepoint__{c}__{e}".encode()))
+    return out
+
+
 def netns_inode(path: str) -> int:
     """Inode number of a network namespace file (/proc/PID/ns/net, /run/netns/NAME)."""
     return os.stat(path).st_ino
@@ -88,6 +124,8 @@ class SocketTracer:
         self._go_tracking = False
         self._wake_binaries: set[tuple[int, int]] = set()
         self._wakes = False  # some wake probe attached: ring records need sorting
+        self._attachments: list[tuple[bytes, bytes]] = []
+        self.timings: dict[str, float] = {}  # start-up phases, seconds (bench_startup)
         self._load()
 
     def _load(self) -> None:
@@ -119,21 +157,34 @@ class SocketTracer:
             def _trace_autoload(self) -> None:
                 pass
 
+        src = inline_includes(SOCKET_TRACE_C)
+        attachments = tracepoint_attachments(src)
         try:
-            self._bpf = _Manual(text=inline_includes(SOCKET_TRACE_C).encode(), cflags=cflags)
+            self._bpf = _Manual(text=src.encode(), cflags=cflags)
         except Exception as e:  # bcc raises bare Exception for compile errors
             raise ProbeError(f"the kernel or bcc refused the socket probes: {e}; "
                              "see `zerotrace check`") from e
+        t1 = time.monotonic()
         try:
             self._configure()
-            BPF._trace_autoload(self._bpf)
+            self._attachments = attachments
+            programs = sorted({fn for _tp, fn in attachments})
+            for fn in programs:  # the kernel verifies each program here, once
+                self._bpf.load_func(fn, BPF.TRACEPOINT)
+            t2 = time.monotonic()
+            for tp, fn in attachments:
+                self._bpf.attach_tracepoint(tp=tp, fn_name=fn)
             events = self._bpf[b"events"]
             self._ring = RingBuffer(events.map_fd, cfg.ring_pages * os.sysconf("SC_PAGESIZE"))
         except Exception as e:  # load or attach refused: detach what was attached
             self.close()
             raise ProbeError(f"the kernel refused the socket probes: {e}; "
                              "see `zerotrace check`") from e
-        log.info("socket probes compiled and attached in %.1fs", time.monotonic() - t0)
+        t3 = time.monotonic()
+        self.timings = {"compile": t1 - t0, "verify": t2 - t1, "attach": t3 - t2}
+        log.info("socket probes attached in %.1fs (compiled in %.1fs, %d programs verified "
+                 "in %.1fs, attached to %d tracepoints in %.1fs)", t3 - t0, t1 - t0,
+                 len(programs), t2 - t1, len(attachments), t3 - t2)
 
     def _configure(self) -> None:
         b, cfg = self._bpf, self.config
@@ -160,10 +211,9 @@ class SocketTracer:
         b[b"config"][ct.c_int(0)] = c
 
     def tracepoints(self) -> list[tuple[bytes, bytes]]:
-        """(category:event, function) of every tracepoint probe in the object."""
-        src = inline_includes(SOCKET_TRACE_C)
-        return [(f"{c}:{e}".encode(), f"tracepoint__{c}__{e}".encode())
-                for c, e in re.findall(r"TRACEPOINT_PROBE\((\w+),\s*(\w+)\)", src)]
+        """(category:event, program) of every tracepoint attachment; a program may
+        serve several tracepoints."""
+        return list(self._attachments)
 
     def pause(self) -> None:
         """Detach every tracepoint, keeping programs and maps (benchmarks' baseline)."""

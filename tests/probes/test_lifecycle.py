@@ -49,12 +49,21 @@ def start_agent(*extra: str) -> subprocess.Popen:
                             start_new_session=True)
 
 
+def tracepoint_programs() -> int:
+    """How many programs the socket probes load (several tracepoints share one)."""
+    from agent.probes import loader
+
+    src = loader.inline_includes(loader.SOCKET_TRACE_C)
+    return len({fn for _tp, fn in loader.tracepoint_attachments(src)})
+
+
 def wait_attached(p: subprocess.Popen, timeout: float = 90) -> set[int]:
     """The agent's program ids, once its probes are loaded (tracepoints + socket maps)."""
     deadline = time.monotonic() + timeout
+    want = tracepoint_programs()
     while time.monotonic() < deadline:
         ids = programs_of(p.pid)
-        if len(ids) >= 20:  # every tracepoint program is loaded
+        if len(ids) >= want:  # every tracepoint program is loaded
             time.sleep(0.3)
             return programs_of(p.pid)
         if p.poll() is not None:
