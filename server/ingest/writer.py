@@ -12,6 +12,9 @@ asks the store which keys of the group it has already stored and acks those with
 the stored count instead of storing them again; copies of one key inside a group
 share the first copy's outcome; the keys are recorded right after their spans.  A
 store without `stored_batches` (the ClickHouse backend, for now) stores every copy.
+Before the insert, the group's keys are recorded with 0 spans ("being inserted"): a
+resend finding its key so (the server was killed mid-insert) is written span by span
+minus what is already stored, as for a partial commit below.
 
 Partial commits: a failed insert may have committed part of its rows (a full disk
 between two parts of one insert, a combined insert of several batches cut short).
@@ -20,9 +23,7 @@ of them, and the batch is acked after all; some, and the batch's key is remember
 so that its retry stores only the spans still missing; and batches of a failed
 combined insert are written alone with the spans already stored left out.  Before,
 the retry stored the committed part again (issue 14 item 3: 114 000 rows for 112 000
-ids).  The memory of partial batches does not survive a restart: a kill -9 in the
-middle of a multi-part insert can still store those parts twice (closing that needs
-the store's own block deduplication).
+ids).
 """
 
 from __future__ import annotations
@@ -133,6 +134,11 @@ class BatchWriter:
         out = []
         for item in group:
             key, fut = item[3], item[2]
+            if key is not None and known.get(key) == 0:
+                # Marked before an insert that never reported back (the server was
+                # killed, or the insert failed): some of its spans may be in.
+                self._partial[key] = None
+                known.pop(key)
             if key is None:
                 out.append(item)
             elif key in known:
@@ -160,8 +166,24 @@ class BatchWriter:
             # Only a resend of these batches (their ack lost too) would be stored twice.
             log.warning("stored %d batches but could not record their keys: %s", len(rows), e)
 
+    def _mark(self, group: list[_Item]) -> list[_Item]:
+        """Record the keys of `group` as being inserted (0 spans) before the insert, so
+        that after a crash in the middle of it a resend is checked span by span
+        (`_dedup`).  When that fails nothing is inserted: the senders retry."""
+        rows = [(k, 0) for *_, k in group if k is not None]
+        record = getattr(self.store, "record_batches", None)
+        if not rows or record is None:
+            return group
+        try:
+            record(rows)
+        except Exception as e:  # noqa: BLE001 - store nothing, senders retry
+            for *_, fut, _k in group:
+                fut.set_exception(e)
+            return []
+        return group
+
     def _commit(self, group: list[_Item]) -> None:
-        group = self._dedup(group)
+        group = self._mark(self._dedup(group))
         tables = [g for g in group if isinstance(g[0], pa.Table)]
         lists = [g for g in group if not isinstance(g[0], pa.Table)]
         if tables:
@@ -174,6 +196,12 @@ class BatchWriter:
                      combine: Callable[[list[Any]], Payload],
                      write: Callable[[Any], int]) -> None:
         suspect = False
+        # Batches that may be in part already are written alone, minus what is in.
+        alone = [g for g in group if g[3] is not None and g[3] in self._partial]
+        if alone:
+            group = [g for g in group if g[3] is None or g[3] not in self._partial]
+            for item in alone:
+                self._write_one(item, write, False)
         if len(group) > 1:
             try:
                 write(combine([d for d, *_ in group]))
