@@ -28,31 +28,61 @@ import time
 from pathlib import Path
 
 from agent.probes import abi
-from agent.stitch.handoff import HandoffIndex
+from agent.stitch.handoff import (
+    KIND_NAMES,
+    WAKE_DEQ,
+    WAKE_DIRECT,
+    WAKE_ENQ,
+    WAKE_MIXED,
+    WAKE_SWAP,
+    HandoffIndex,
+)
 from agent.stitch.runtime import GOROUTINE_BASE
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVICES = ROOT / "tests" / "stitch" / "services"
 BACKEND, SERVICE = 9310, 9311
+_WAKES = (abi.WAKE_HANDOFF, abi.WAKE_OTHER)  # runtime.ready records
 
 
 def _cpu_s(pid: int) -> float:
-    """User + system CPU of pid so far (uprobe handling is system time of the process)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU time of pid's threads so far, in seconds, to the nanosecond (schedstat: user
+    and system time alike; uprobe handling is system time of the process)."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass  # a thread gone meanwhile
+    return total / 1e9
+
+
+PROBES = ("send", "ready", "chanrecv", "selectgo", "chansend", "recv", "typedmemmove",
+          "newstack")
+
+
+def _hits(tracer) -> dict[str, int]:
+    """Uprobe hits so far per hand-off probe (bpf/gowake.c go_probe_hits, all CPUs)."""
+    import ctypes as ct
+
+    table = tracer._bpf[b"go_probe_hits"]
+    return {name: sum(table[ct.c_int(i)]) for i, name in enumerate(PROBES)}
 
 
 def run(requests: int, concurrency: int, gogc: int, hogs: int, noise: bool = False,
-        handoffs: bool = True, cpu: list | None = None) -> tuple[list, list, int]:
+        handoffs: bool = True, cpu: list | None = None,
+        buffers: bool = True) -> tuple[list, list, int]:
     """(socket events, wake events, gohop pid) of one loaded run; with `cpu`, gohop's
-    CPU seconds during the load are appended to it."""
+    CPU seconds during the load and the hand-off probes' hits are appended to it.
+    buffers=False leaves the buffer probes off (ZEROTRACE_GO_BUFFERS=0)."""
     from agent.demo.services import go_binary
     from agent.probes.loader import ProbeConfig, SocketTracer
     from tests.helpers.netns import network
     from tests.stitch.hops import load, wait_ready
 
     binary = go_binary(SERVICES / "gohop.go", "gohop")
+    os.environ["ZEROTRACE_GO_BUFFERS"] = "1" if buffers else "0"
     with network(1, subnet=236) as net:
         host = net.hosts[0]
         backend = net.spawn(host, sys.executable, str(SERVICES / "backend.py"), str(BACKEND),
@@ -82,10 +112,12 @@ def run(requests: int, concurrency: int, gogc: int, hogs: int, noise: bool = Fal
             th.start()
             try:
                 load(host, SERVICE, min(requests, 16), concurrency)  # connections, warm-up
-                c0 = _cpu_s(hop.pid)
+                c0, h0 = _cpu_s(hop.pid), _hits(tracer)
                 load(host, SERVICE, requests, concurrency)
                 if cpu is not None:
+                    h1 = _hits(tracer)
                     cpu.append(_cpu_s(hop.pid) - c0)
+                    cpu.append({k: h1[k] - h0[k] for k in h1})
                 time.sleep(1.0)
             finally:
                 stop.set()
@@ -106,7 +138,7 @@ def _nonce(payload: bytes) -> str | None:
     return m.group(0) if m else None
 
 
-def analyse(events: list, wakes: list, pid: int) -> dict:
+def analyse(events: list, wakes: list, pid: int, show_refused: bool = False) -> dict:
     """Counts per rule: right, wrong, none; and what the wakes before writes were."""
     reads: dict[int, list] = collections.defaultdict(list)  # goid -> [(ts, nonce)]
     writes: dict[int, list] = collections.defaultdict(list)  # goid -> [(ts, nonce)]
@@ -127,6 +159,10 @@ def analyse(events: list, wakes: list, pid: int) -> dict:
         if w.pid == pid:
             by_wakee[w.goid].append(w)
     index.add_all(w for w in wakes if w.pid == pid)
+    slot_recs: dict[int, list] = collections.defaultdict(list)  # address -> records
+    for w in wakes:
+        if w.pid == pid and w.kind in (WAKE_ENQ, WAKE_DEQ, WAKE_SWAP):
+            slot_recs[w.waker].append(w)
     for v in by_wakee.values():
         v.sort(key=lambda w: w.ts)
 
@@ -147,7 +183,11 @@ def analyse(events: list, wakes: list, pid: int) -> dict:
                 continue
             c["writes"] += 1
             inside = [w for w in by_wakee.get(w_goid, ()) if prev < w.ts < ts]
-            readies = [w for w in inside if w.kind != abi.WAKE_RECV]
+            readies = [w for w in inside if w.kind in _WAKES]
+            values = collections.Counter(KIND_NAMES[w.kind] for w in inside
+                                         if w.kind in (WAKE_DEQ, WAKE_SWAP, WAKE_DIRECT,
+                                                       WAKE_MIXED))
+            c[f"values taken before write: {dict(values) or 'none'}"] += 1
             c[f"readies before write: {min(len(readies), 3)}"] += 1
             for w in readies:
                 if not w.waker:
@@ -173,21 +213,36 @@ def analyse(events: list, wakes: list, pid: int) -> dict:
             else:
                 c["any wake: none"] += 1
                 c["any wake, thread goroutine: none"] += 1
+            by_buffer = index.stats["answered by buffer"]
             got = index.waker(pid, GOROUTINE_BASE + w_goid, prev, ts)
+            how = "buffer" if index.stats["answered by buffer"] > by_buffer else "wake"
             if got is None:
                 c["hand-off: none"] += 1
+                if show_refused:
+                    print(f"refused: writer {w_goid} write {ts} ({nonce}), records since "
+                          f"{prev}:")
+                    for w in by_wakee.get(w_goid, ()):
+                        if prev < w.ts < ts:
+                            print(f"  {w.ts} {KIND_NAMES.get(w.kind, w.kind)} waker={w.waker:#x}"
+                                  f" other={w.thread_goid} lost={w.lost}")
+                            if w.kind in (WAKE_DEQ, WAKE_SWAP):
+                                before = [x for x in slot_recs.get(w.waker, ()) if x.ts < w.ts]
+                                for x in before[-2:]:
+                                    print(f"    slot before: {x.ts} {KIND_NAMES[x.kind]} by "
+                                          f"{x.goid} lost={x.lost}")
             else:
                 ok = request_of(got[0] - GOROUTINE_BASE, got[1]) == nonce
                 c[f"hand-off: {'right' if ok else 'WRONG'}"] += 1
+                c[f"hand-off: {'right' if ok else 'WRONG'} (by {how})"] += 1
             prev = ts
     for w in wakes:
-        if w.pid == pid and w.kind != abi.WAKE_RECV and not w.waker:
+        if w.pid == pid and w.kind in _WAKES and not w.waker:
             # the scheduler readied it (timer, netpoll deadline, finalizer): no goroutine
             # did; runtime.execute's goroutine of the thread is stale there
             c["scheduler wakes: thread's goroutine (execute) names one"
               if w.thread_goid else "scheduler wakes: thread's goroutine none"] += 1
-    kinds = collections.Counter(abi.WAKE_KIND_NAMES[w.kind] + ("" if w.waker or
-                                w.kind == abi.WAKE_RECV else " (scheduler)")
+    kinds = collections.Counter(KIND_NAMES[w.kind] + ("" if w.waker or
+                                w.kind not in _WAKES else " (scheduler)")
                                 for w in wakes if w.pid == pid)
     c.update({f"records: {k}": v for k, v in kinds.items()})
     return dict(c)
@@ -202,21 +257,38 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--noise", action="store_true",
                     help="GOHOP_NOISE=1: timers, deadlines, a contended mutex, idle closes")
+    ap.add_argument("--show-refused", action="store_true",
+                    help="print the records before each write the index refuses")
     ap.add_argument("--cost", action="store_true",
                     help="gohop CPU per request with the hand-off probes off and on")
     a = ap.parse_args()
     if a.cost:
+        # off: goroutines followed (runtime.execute) but no hand-off probes; wakes: the
+        # hand-off probes without the buffer ones; all: every probe
+        modes = {"off": (False, False), "wakes": (True, False), "all": (True, True)}
+        got: dict[str, list] = {m: [] for m in modes}
         for _ in range(a.rounds):
-            for on in (False, True):
+            for mode, (on, buffers) in modes.items():
                 cpu: list = []
-                run(a.requests, a.concurrency, a.gogc, a.hog, a.noise, on, cpu)
-                print(f"hand-off probes {'on ' if on else 'off'}: gohop "
-                      f"{cpu[0] / a.requests * 1e6:.0f} us CPU per request")
+                run(a.requests, a.concurrency, a.gogc, a.hog, a.noise, on, cpu, buffers)
+                got[mode].append(cpu)
+                hits = sum(cpu[1].values()) if on else 0
+                print(f"{mode:5s}: gohop {cpu[0] / a.requests * 1e6:6.0f} us CPU per request,"
+                      f" {hits / a.requests:5.1f} probe hits per request "
+                      f"{ {k: round(v / a.requests, 2) for k, v in cpu[1].items() if v} }")
+        base = sorted(c[0] for c in got["off"])[len(got["off"]) // 2]
+        for mode in ("wakes", "all"):
+            cpu_s = sorted(c[0] for c in got[mode])[len(got[mode]) // 2]
+            hits = sorted(sum(c[1].values()) for c in got[mode])[len(got[mode]) // 2]
+            extra = (cpu_s - base) / a.requests * 1e6
+            print(f"median {mode}: +{extra:.0f} us CPU per request over off, "
+                  f"{hits / a.requests:.1f} hits per request, "
+                  f"{(cpu_s - base) / max(hits, 1) * 1e9:.0f} ns per hit")
         return
     total: collections.Counter = collections.Counter()
     for _ in range(a.rounds):
         events, wakes, pid = run(a.requests, a.concurrency, a.gogc, a.hog, a.noise)
-        got = analyse(events, wakes, pid)
+        got = analyse(events, wakes, pid, a.show_refused)
         total.update(got)
     for k in sorted(total):
         print(f"{k:55s} {total[k]}")
