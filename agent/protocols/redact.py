@@ -86,16 +86,16 @@ def header(name: str, value: str) -> str:
 # ("api_key", "X-Amz-Signature", "client_secret", "sessionid").
 _SENSITIVE_NAME = re.compile(
     r"(?i)(pass(?:wd|word)?|pwd|secret|token|api[-_]?key|apikey|access[-_]?key|"
-    r"private[-_]?key|auth|credential|session|sig(?:nature)?$|signature|"
-    r"^code$|^key$|^sid$|cookie|otp|pin$|ssn)")
+    r"private[-_]?key|auth(?!or)|credential|session|sig(?:nature)?$|signature|"
+    r"^code$|^key$|^sid$|cookie|^otp$|^pin$|^ssn$)")
 _QUERY_HINTS = ("pass", "pwd", "secret", "token", "key", "auth", "credential", "session",
                 "sig", "code", "sid", "cookie", "otp", "pin", "ssn")
 _QUERY_PAIR = re.compile(r"([^&;=]*)=([^&;]*)")
 # Authorization schemes written into any text, and tokens of known shapes.
 _TOKENS = re.compile(
     r"""(?x)
-    (?P<scheme>\b(?:[Bb]earer|BEARER|[Bb]asic|BASIC|[Tt]oken|[Dd]igest)\s+)
-        (?=[A-Za-z]*[0-9._~+/=-])[A-Za-z0-9._~+/=-]{8,}   # not an English word
+    (?P<scheme>(?<![\w/.-])(?:[Bb]earer|BEARER|[Bb]asic|BASIC|[Tt]oken|[Dd]igest)\s+)
+        (?!-)(?=[A-Za-z]*[0-9._~+/=-])[A-Za-z0-9._~+/=-]{8,}   # not a word, not a flag
     | eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*     # JWT / JWS
     | \b(?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9]{8,}               # Stripe-style keys
     | \bgh[pousr]_[A-Za-z0-9]{20,}                               # GitHub tokens
@@ -179,12 +179,19 @@ def text(value: str) -> str:
     return _TOKENS.sub(lambda m: (m.group("scheme") or "") + MASK, value)
 
 
+def _flag_value(m: re.Match) -> str:
+    flag = m.group(1) or m.group(3)
+    # --token-file PATH, --password-file=PATH: a path to a secret, not the secret.
+    if re.search(r"(?i)[-_.](file|path|dir)\W*$", flag):
+        return m.group(0)
+    return flag + MASK
+
+
 def command_line(cmdline: str) -> str:
     """A process command line with password-like flags and URL credentials masked."""
     if not REDACT or not cmdline:
         return cmdline
-    cmdline = _SECRET_FLAG.sub(
-        lambda m: (m.group(1) or m.group(3)) + MASK, cmdline)
+    cmdline = _SECRET_FLAG.sub(_flag_value, cmdline)
     return text(cmdline)
 
 

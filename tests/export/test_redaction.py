@@ -120,6 +120,12 @@ def test_sql_literals(sql, want):
     assert redact.sql_literals(sql) == want
 
 
+def test_query_names_that_only_contain_a_sensitive_word_are_kept():
+    q = "classname=Foo&footprint=3&author=bob&api_key=k1&otp=123456&Auth=x"
+    assert redact.url_query(q) == ("classname=Foo&footprint=3&author=bob"
+                                   "&api_key=[REDACTED]&otp=[REDACTED]&Auth=[REDACTED]")
+
+
 @pytest.mark.parametrize("cmd, secret", [
     ("mysql -u root --password hunter2 -h db", "hunter2"),
     ("java -Dspring.datasource.password=hunter2 -jar app.jar", "hunter2"),
@@ -136,6 +142,7 @@ def test_command_line_secrets(cmd, secret):
 @pytest.mark.parametrize("ordinary", [
     "python -m http.server 8000", "nginx -g daemon off;", "postgres -D /var/lib/pg",
     "GET /users/42?page=3&sort=name", "Token expired", "https://example.com:8443/path",
+    "zerotrace agent --token-file /etc/zerotrace/token --server zt:4317",
 ])
 def test_ordinary_values_unchanged(ordinary):
     assert redact.command_line(ordinary) == ordinary
