@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 
 from agent import check
@@ -45,6 +46,30 @@ class StopFlag:
         self.stopped = True
 
 
+class ProbeLoad:
+    """SocketTracer(cfg) built on a thread; result() waits for it."""
+
+    def __init__(self, cfg: ProbeConfig) -> None:
+        self._tracer: SocketTracer
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._load, args=(cfg,), name="zt-probes",
+                                        daemon=True)
+        self._thread.start()
+
+    def _load(self, cfg: ProbeConfig) -> None:
+        try:
+            self._tracer = SocketTracer(cfg)
+        except BaseException as e:  # handed to the caller of result()
+            self._error = e
+
+    def result(self) -> SocketTracer:
+        """The tracer, or the loader's exception raised here."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._tracer
+
+
 def _writer(out):
     def write_lines(lines: list[str]) -> None:
         if lines:
@@ -66,19 +91,26 @@ def run(args: argparse.Namespace) -> int:
         print(f"zerotrace: the agent cannot run here: {reason}", file=sys.stderr)
         return 1
     stop = StopFlag()
-    try:
-        tracer = SocketTracer(cfg)
-    except ProbeError as e:
-        print(f"zerotrace: {e}", file=sys.stderr)
-        return 1
+    # Compiling the probes is most of the start-up (clang inside bcc, which releases the
+    # GIL): it runs on a thread while this one builds the pipeline (configuration,
+    # enrichment, exporters and their imports).
+    probes = ProbeLoad(cfg)
     write = _writer(sys.stdout)
     what = args.print_what
     try:
         pipeline = Pipeline.from_args(args)
     except ValueError as e:  # config errors: unknown keys, bad mappings
-        tracer.close()
+        try:
+            probes.result().close()
+        except ProbeError:
+            pass  # the configuration error is the one to fix first
         print(f"zerotrace: configuration: {e}", file=sys.stderr)
         return 2
+    try:
+        tracer = probes.result()
+    except ProbeError as e:
+        print(f"zerotrace: {e}", file=sys.stderr)
+        return 1
     pipeline.kernel_drops = tracer.drops
     tune_gc()
     pipeline.follow_go = lambda pid: tracer.follow_go(pid).startswith("goroutine")

@@ -197,7 +197,8 @@ static __always_inline void zt_emit_msghdr(struct zt_scratch *s, struct zt_confi
     bpf_probe_read_user(&iovlen, sizeof(iovlen), (void *)(msg + 24));
     __u64 want = len < ZT_PAYLOAD_MAX ? len : ZT_PAYLOAD_MAX;
     s->ev.captured = zt_copy_iov(s->payload, iov, iovlen, want, max_iov);
-    s->ev.flags &= ~ZT_F_PEER_FROM_MSG;
+    /* per message: the previous message of the same sendmmsg/recvmmsg set them */
+    s->ev.flags &= ~(ZT_F_PEER_FROM_MSG | ZT_F_TRUNCATED);
     if (s->ev.transport == ZT_IPPROTO_UDP && name)
         zt_user_peer((void *)name, &s->ev);
     zt_emit_data(s, cfg, a, len, seq_delta);
