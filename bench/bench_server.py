@@ -23,6 +23,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import shutil
@@ -533,6 +534,203 @@ def bench_queries(n: int, queries: int) -> dict:
     }
 
 
+# -- HTTP latency (issue 16): Tempo API over HTTP on a store with cross-node fragments --
+
+# 15 numbers per logical request: fragment A (numbers 0-9: an HTTP server span of one
+# service and 9 client calls, one of them HTTP to a second service, stored by one
+# agent) and fragment B (10-14: that second service's server span, parentless, and 4
+# client calls, stored by another agent under its own trace id).  The HTTP pair shares
+# req_seq and resp_seq and, on every other request, an x-request-id header: exactly
+# what the cross-node join has to find.  Roots carry http.response.status_code (500 on
+# 1 root in 97, with status error); one hour of traffic, 40 services, 5 agents.
+HTTP_FILL_SQL = """
+INSERT INTO {db}.spans SELECT
+  substring(MD5(concat(toString(g), if(p >= 10, 'b', 'a'))), 1, 16) AS trace_id,
+  substring(MD5(concat('s', toString(number))), 1, 8) AS span_id,
+  if(p IN (0, 10), '',
+     substring(MD5(concat('s', toString(number - if(p >= 10, p - 10, p)))), 1, 8))
+    AS parent_span_id,
+  if(p IN (0, 10), 'server', 'client') AS kind, 'S' AS source,
+  multiIf(p IN (0, 1, 10), 'http', p % 2 = 0, 'postgresql', 'redis') AS protocol,
+  multiIf(p = 0, concat('GET /api/v1/items/', toString(g % 30)),
+          p IN (1, 10), 'GET /api/v1/stock', p % 2 = 0, 'SELECT orders', 'GET') AS operation,
+  if(p = 0 AND cityHash64(g) % 97 = 0, 'error', 'ok') AS status,
+  multiIf(p IN (0, 1, 10), if(status = 'error', '500', '200'), '') AS status_code,
+  '' AS error,
+  {t0} + g * {step} + p * 100000 AS start_ns,
+  start_ns + if(p = 0, 20000000, 50000) + cityHash64(number, 1) % 60000000 AS end_ns,
+  concat('svc-', toString(if(p >= 10, (cityHash64(g) + 1 + cityHash64(g, 5) % 39) % 40,
+                                cityHash64(g) % 40))) AS service,
+  1000 + cityHash64(service) % 1000 AS pid, pid + 1 AS tid,
+  concat(service, '-bin') AS process, 123456 AS cgroup_id, 4026531992 AS netns,
+  'tcp' AS transport,
+  if(p >= 10, '10.0.2.20', '10.0.1.10') AS local_addr,
+  toUInt16(multiIf(p IN (0, 10), 8080, p = 1, 30000 + cityHash64(g, 2) % 30000,
+                   30000 + cityHash64(number, 2) % 30000)) AS local_port,
+  multiIf(p = 1, '10.0.2.20', p = 10, '10.0.1.10', p IN (0, 10), '10.0.9.9',
+          '10.0.3.30') AS remote_addr,
+  toUInt16(multiIf(p = 1, 8080, p = 10, 30000 + cityHash64(g, 2) % 30000, p = 0,
+                   40000 + cityHash64(number, 2) % 20000, p % 2 = 0, 5432, 6379))
+    AS remote_port,
+  toNullable(if(p IN (1, 10), cityHash64(g, 30), cityHash64(number, 3)) % 4294967296) AS req_seq,
+  toNullable(if(p IN (1, 10), cityHash64(g, 40), cityHash64(number, 4)) % 4294967296)
+    AS resp_seq,
+  toNullable(toUInt64((p % 10) * 40)) AS req_offset,
+  toNullable(toUInt64((p % 10) * 80)) AS resp_offset,
+  toUInt64(40 + number % 300) AS req_bytes, toUInt64(80 + number % 1200) AS resp_bytes,
+  if(p IN (1, 10) AND g % 2 = 0, map('x-request-id', lower(hex(MD5(toString(g))))), map())
+    AS trace_headers,
+  multiIf(p IN (0, 10), map('http.request.method', 'GET', 'http.route', '/api/v1/items/{{id}}'),
+          p = 1, map('http.request.method', 'GET', 'url.full', 'http://10.0.2.20:8080/api/v1/stock'),
+          map('db.system', if(p % 2 = 0, 'postgresql', 'redis'))) AS attributes,
+  if(p IN (0, 10), map('http.response.status_code', status_code), map()) AS attributes_json,
+  map('k8s.namespace.name', 'shop', 'k8s.pod.name', concat(service, '-7d9c-xk2'),
+      'host.name', agent) AS resource,
+  '' AS incomplete,
+  concat('node-', toString((cityHash64(g) + if(p >= 10, 1, 0)) % 5)) AS agent
+FROM (SELECT number, intDiv(number, 15) AS g, number % 15 AS p FROM numbers({off}, {n}))
+SETTINGS max_insert_threads = 2, max_threads = 2
+"""
+HTTP_TRACEQL = {
+    # name -> TraceQL as Grafana's query builder writes it (two attribute conditions)
+    "service+status_code=500": '{ resource.service.name = "svc-3" && '
+                               "span.http.response.status_code = 500 }",
+    "pod+db.system": '{ resource.k8s.pod.name = "svc-7-7d9c-xk2" && '
+                     'span.db.system = "redis" }',
+    "method+status_code=500": '{ span.http.request.method = "GET" && '
+                              "span.http.response.status_code = 500 }",
+    "service+route": '{ resource.service.name = "svc-11" && '
+                     'span.http.route = "/api/v1/items/{id}" }',
+}
+
+
+def start_http_server(data: str, root: Path = ROOT) -> tuple[subprocess.Popen, str]:
+    """`zerotrace server` (of the tree at `root`) with its HTTP API on a free port:
+    (process, host:port)."""
+    cmd = [sys.executable, "-m", "server.cli", "server", "--listen", "127.0.0.1:0",
+           "--data", data, "--http", "127.0.0.1:0"]
+    p = subprocess.Popen(cmd, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                         text=True, start_new_session=True)
+    for _ in range(5):
+        line = p.stdout.readline()
+        if "HTTP API" in line:
+            return p, line.rsplit("http://", 1)[1].strip()
+        if not line:
+            break
+    stop(p)
+    raise RuntimeError(f"server did not start its HTTP API: {line!r}")
+
+
+def fill_http_store(data: str, n: int) -> dict:
+    """`n` spans (a multiple of 15) in a new store under `data`, merged."""
+    from server.storage.chdb_store import ChdbStore
+
+    st = ChdbStore(data)
+    now = time.time_ns()
+    window_ns = 3_600_000_000_000
+    step = window_ns // max(n // 15, 1)
+    t = time.perf_counter()
+    done, chunk = 0, 1_500_000
+    while done < n:
+        k = min(chunk, n - done)
+        st._command(HTTP_FILL_SQL.format(db=st.db, t0=now - window_ns, step=step,
+                                         off=done, n=k))
+        done += k
+    fill_s = time.perf_counter() - t
+    t = time.perf_counter()
+    st.flush()
+    merge_s = time.perf_counter() - t
+    stats = st.stats()
+    # requests to ask for: fragment A ids (the one a search shows) and, one in three,
+    # fragment B ids (the join then finds A from the server side)
+    rng = random.Random(16)
+    gs = rng.sample(range(n // 15), min(n // 15, 2000))
+    ids = [r["t"] for r in st._select(
+        "SELECT lower(hex(substring(MD5(concat(toString(g), f)), 1, 16))) AS t FROM "
+        "(SELECT arrayJoin(splitByChar(',', {gs:String})) AS g, "
+        "if(cityHash64(g) % 3 = 0, 'b', 'a') AS f)",
+        {"gs": ",".join(map(str, gs))})]
+    st.close()
+    return {"spans": stats["spans"], "bytes": stats["bytes"], "fill_s": fill_s,
+            "merge_s": merge_s, "ids": ids}
+
+
+def bench_http(n: int, queries: int, data: str = "", keep: bool = False,
+               server_root: Path = ROOT) -> dict:
+    """p50/p99 of Tempo's trace by id and two-condition TraceQL searches, over HTTP
+    (keep-alive connection, as Grafana's), from a `zerotrace server --http` process
+    on a store of `n` spans; `data`: an existing store made by a previous run;
+    `server_root`: the source tree whose server answers (`git archive REV` of another
+    revision, for before/after on the same store)."""
+    import http.client
+    import urllib.parse
+
+    n -= n % 15
+    made = not data
+    data = data or tempfile.mkdtemp(prefix="zt-bench-http-")
+    info: dict = {}
+    if made or not Path(data, ".bench_ids").exists():
+        info = fill_http_store(data, n)
+        Path(data, ".bench_ids").write_text("\n".join(info.pop("ids")))
+    ids = Path(data, ".bench_ids").read_text().split()
+    p, addr = start_http_server(data, server_root)
+    out: dict = {"fill": info, "load_before": os.getloadavg()[0]}
+    try:
+        conn = http.client.HTTPConnection(addr, timeout=120)
+
+        def get(path: str, accept: str = "") -> tuple[float, bytes]:
+            t = time.perf_counter()
+            conn.request("GET", path, headers={"Accept": accept} if accept else {})
+            r = conn.getresponse()
+            body = r.read()
+            took = time.perf_counter() - t
+            if r.status != 200:
+                raise RuntimeError(f"GET {path}: {r.status} {body[:200]!r}")
+            return took, body
+
+        from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
+
+        for tid in ids[:5]:  # warm-up: marks and primary index into memory
+            get(f"/api/traces/{tid}", "application/protobuf")
+        lat: dict[str, list[float]] = {"trace by id (protobuf)": [], "trace by id (JSON)": []}
+        joined = spans_seen = 0
+        for i, tid in enumerate(ids[5:5 + queries]):
+            took, body = get(f"/api/traces/{tid}", "application/protobuf")
+            lat["trace by id (protobuf)"].append(took)
+            td = TracesData.FromString(body)
+            k = sum(len(ss.spans) for rs in td.resource_spans for ss in rs.scope_spans)
+            spans_seen += k
+            joined += k == 15
+            if i % 4 == 0:
+                lat["trace by id (JSON)"].append(get(f"/api/traces/{tid}")[0])
+        out["trace_spans_avg"] = spans_seen / max(1, len(lat["trace by id (protobuf)"]))
+        out["trace_joined_frac"] = joined / max(1, len(lat["trace by id (protobuf)"]))
+        end = int(time.time())
+        found = {}
+        for i in range(queries):
+            name = list(HTTP_TRACEQL)[i % len(HTTP_TRACEQL)]
+            qs = urllib.parse.urlencode({"q": HTTP_TRACEQL[name], "limit": 20, "spss": 3,
+                                         "start": end - 3600, "end": end})
+            took, body = get(f"/api/search?{qs}")
+            if i >= len(HTTP_TRACEQL):  # the first round warms up
+                lat.setdefault(f"TraceQL {name}", []).append(took)
+            found[name] = len(json.loads(body)["traces"])
+        out["found"] = found
+        conn.close()
+    finally:
+        stop(p)
+        if made and not keep:
+            shutil.rmtree(data, ignore_errors=True)
+    out["data"] = data
+    out["load_after"] = os.getloadavg()[0]
+    out["latency_ms"] = {k: (1e3 * statistics.median(v), 1e3 * pct(v, 0.99), len(v))
+                         for k, v in lat.items() if v}
+    search = [x for k, v in lat.items() if k.startswith("TraceQL") for x in v]
+    out["latency_ms"]["TraceQL, all four"] = (1e3 * statistics.median(search),
+                                              1e3 * pct(search, 0.99), len(search))
+    return out
+
+
 def bench_flamegraph() -> dict:
     from server.flamegraph import render_trace
 
@@ -585,10 +783,20 @@ def main() -> int:
     ap.add_argument("--merge-spans", type=int, default=800_000)
     ap.add_argument("--merge-variants", default=",".join(MERGE_VARIANTS),
                     help=f"comma list of: {','.join(MERGE_VARIANTS)}")
+    ap.add_argument("--http-spans", type=int, default=10_000_000,
+                    help="spans stored for the HTTP latency run (issue 16)")
+    ap.add_argument("--http-data", default="",
+                    help="reuse (or make and keep) the HTTP run's store in this directory")
+    ap.add_argument("--server-root", default=str(ROOT),
+                    help="source tree of the server the HTTP run asks (before/after)")
     ap.add_argument("--skip", default="",
-                    help="comma list of: encode,ingest,merge,queries,flamegraph")
+                    help="comma list of: encode,ingest,merge,queries,http,flamegraph")
+    ap.add_argument("--only", default="", help="comma list: run only these parts")
     a = ap.parse_args()
     skip = set(filter(None, a.skip.split(",")))
+    if a.only:
+        skip = {"encode", "ingest", "merge", "queries", "http", "flamegraph"} - set(
+            a.only.split(","))
     print(
         f"cpus: {os.cpu_count()}  load average {os.getloadavg()[0]:.1f}  "
         f"python {sys.version.split()[0]}"
@@ -648,6 +856,23 @@ def main() -> int:
             f"p99 {r['join_p99_ms']:.1f} ms"
         )
         print(f"  services (1h, all): {r['services_ms']:.0f} ms")
+    if "http" not in skip:
+        data = a.http_data
+        if data:
+            Path(data).mkdir(parents=True, exist_ok=True)
+        r = bench_http(a.http_spans, a.queries, data=data, keep=bool(data),
+                       server_root=Path(a.server_root))
+        f = r["fill"]
+        if f:
+            print(f"HTTP store: {f['spans']:,} spans (filled in {f['fill_s']:.0f}s, merged in "
+                  f"{f['merge_s']:.0f}s), {f['bytes'] / max(f['spans'], 1):.1f} bytes/span "
+                  "(span table, search index, join keys)")
+        print(f"  HTTP API of `zerotrace server` (load {r['load_before']:.1f} -> "
+              f"{r['load_after']:.1f}); traces fetched: {r['trace_spans_avg']:.1f} spans "
+              f"on average, {100 * r['trace_joined_frac']:.0f} % joined across nodes")
+        for k, (p50, p99, cnt) in r["latency_ms"].items():
+            print(f"    {k:<36} p50 {p50:7.1f} ms  p99 {p99:7.1f} ms  ({cnt} requests)")
+        print(f"  traces found per search (limit 20): {r['found']}")
     print(
         f"load average at the end: {os.getloadavg()[0]:.1f} (machine shared; figures vary with it)"
     )

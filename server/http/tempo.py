@@ -221,11 +221,10 @@ def search(api: HttpApi, req: Request) -> Response:
         sql = traceql.to_sql(tree, since, until)
     except traceql.Unsupported as e:
         raise HttpError(400, f"unsupported TraceQL: {e}") from None
-    found = _store_method(api, "search_traces_where")(
-        sql.cond, sql.icond, sql.params, limit, sql.matched)
     cols, reads = _field_columns(traceql.spanset_fields(tree), sql.params)
-    matched = _store_method(api, "matching_spans")(
-        [t.trace_id for t in found], sql.cond, sql.params, spss, cols)
+    # the traces and their matching spans in one read (SqlStore.search_spansets)
+    found, matched = _store_method(api, "search_spansets")(
+        sql.cond, sql.icond, sql.params, limit, sql.matched, spss, cols)
     by_trace: dict[str, list[dict[str, Any]]] = {}
     for r in matched:
         by_trace.setdefault(r["tid"], []).append(r)

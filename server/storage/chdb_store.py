@@ -183,28 +183,29 @@ class ChdbStore(SqlStore):
             # chDB's streaming insert can report rows written yet commit nothing (a
             # CHECK violation is swallowed), so the ack is based on the table count,
             # which is exact here because every write holds the lock.
-            # The search index's materialized view counts in rows_written too.
+            # The search index's and join keys' materialized views count in
+            # rows_written too.
             written = int(getattr(res, "rows_written", 0))
             after = self._count_locked()
             stored = after[0] - before[0]
-        if stored + after[1] - before[1] != written:
+        if stored + sum(after[1:]) - sum(before[1:]) != written:
             raise StorageError(
                 f"insert of {written} spans stored {stored}: rows refused by the table "
                 "constraints (bad ids or times) or the write failed"
             )
         return stored
 
-    def _count_locked(self) -> tuple[int, int]:
-        """(rows in the span table, rows in the search index)."""
+    def _count_locked(self) -> tuple[int, ...]:
+        """(rows in the span table, in the search index, in the join-key table)."""
         try:
             res = self._s.query(
-                f"SELECT (SELECT count() FROM {self.table}), (SELECT count() FROM {self.index})",
+                f"SELECT (SELECT count() FROM {self.table}), (SELECT count() FROM {self.index}), "
+                f"(SELECT count() FROM {self.join_keys})",
                 "CSV",
             )
         except Exception as e:
             raise StorageError(str(e)) from e
-        a, b = res.bytes().decode().strip().split(",")
-        return int(a), int(b)
+        return tuple(int(x) for x in res.bytes().decode().strip().split(","))
 
     def write_spans(self, spans: Sequence[Span]) -> int:
         if not spans:

@@ -15,6 +15,8 @@ DATABASE = "zerotrace"
 TABLE = "spans"
 INDEX_TABLE = "search_index"
 INDEX_VIEW = "search_index_mv"
+JOIN_TABLE = "join_keys"
+JOIN_VIEW = "join_keys_mv"
 
 # (name, type) in `zerotrace.v1.Span` order.
 COLUMNS: list[tuple[str, str]] = [
@@ -147,6 +149,65 @@ TO {db}.{INDEX_TABLE} AS SELECT
                                             {_kv("resource")}))) AS tags
 FROM {db}.{TABLE}
 GROUP BY trace_id, service"""
+
+
+# -- join keys (issue 16) ------------------------------------------------------------
+# The cross-node join (server/join/joiner.py) looks spans up by correlation key: a
+# request's sequence number or a trace header's value.  The span table is sorted by
+# trace id, so such a lookup read the key column of many granules (a bloom filter on
+# req_seq still left ~40 granules of every column per lookup, and header values had
+# no index at all): ~70-110 ms a lookup at 1 M spans, several per trace fetched.  This
+# table holds one row per key of each client or server span, sorted by key, with the
+# first 4 bytes of the span's trace id: a lookup is a primary-key read here, then a
+# primary-key range read of the few traces named (trace ids sharing those 4 bytes).
+# A row says "a trace starting with these bytes may hold a span with this key"; the
+# joiner checks every candidate exactly on the spans, so a hash collision or a row
+# left over after retention only costs a read.  ~6 bytes a span on disk.
+# Carrying this over to another schema declaration: the table, the view, the
+# backfill in SqlStore._create, the row count in ChdbStore._count_locked and the
+# retention delete in SqlStore._delete_before belong together.
+
+
+def create_join_table(db: str = DATABASE, engine: str = "MergeTree") -> str:
+    """DDL of the join-key table: (key_type, key, kind) -> trace id prefix.
+
+    key_type 'seq': key = req_seq; key_type 'header': key = cityHash64(name, value)
+    of a trace header (x-request-id, traceparent, ...).  Partitioned by day like the
+    span table so that retention can drop old keys; a small granularity because each
+    lookup reads one granule per key.
+    """
+    return f"""CREATE TABLE IF NOT EXISTS {db}.{JOIN_TABLE} (
+  day Date,
+  key_type LowCardinality(String),
+  key UInt64 CODEC(Delta, ZSTD(1)),
+  kind LowCardinality(String),
+  trace_prefix UInt32 CODEC(ZSTD(1))
+) ENGINE = {engine}
+PARTITION BY day
+ORDER BY (key_type, key, kind)
+SETTINGS index_granularity = 1024"""
+
+
+def trace_prefix(trace_id_hex: str) -> int:
+    """The join-key table's `trace_prefix` of a trace id (its first 4 bytes, big-endian)."""
+    return int(trace_id_hex[:8], 16)
+
+
+def create_join_view(db: str = DATABASE) -> str:
+    """The materialized view that fills the join-key table from each span insert."""
+    return f"""CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.{JOIN_VIEW}
+TO {db}.{JOIN_TABLE} AS SELECT
+  toDate(toDateTime(intDiv(start_ns, 1000000000))) AS day,
+  k.1 AS key_type,
+  k.2 AS key,
+  kind,
+  reinterpretAsUInt32(reverse(substring(trace_id, 1, 4))) AS trace_prefix
+FROM {db}.{TABLE}
+ARRAY JOIN arrayConcat(
+  if(isNull(req_seq), [], [('seq', assumeNotNull(req_seq))]),
+  arrayMap((n, v) -> ('header', cityHash64(toString(n), v)),
+           mapKeys(trace_headers), mapValues(trace_headers))) AS k
+WHERE kind IN ('client', 'server')"""
 
 
 def check_hex(value: str, length: int) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import abc
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from proto.convert import merge_attributes
@@ -168,6 +168,7 @@ class SqlStore(SpanStore, abc.ABC):
         self.db = db
         self.table = f"{db}.{schema.TABLE}"
         self.index = f"{db}.{schema.INDEX_TABLE}"
+        self.join_keys = f"{db}.{schema.JOIN_TABLE}"
 
     @abc.abstractmethod
     def _select(self, sql: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
@@ -187,16 +188,24 @@ class SqlStore(SpanStore, abc.ABC):
             )
         self._command(schema.create_database(self.db))
         self._command(schema.create_table(self.db, engine))
-        had_index = self._select(
-            "SELECT name FROM system.tables WHERE database = {db:String} AND name = {t:String}",
-            {"db": self.db, "t": schema.INDEX_TABLE},
-        )
+        had = {r["name"] for r in self._select(
+            "SELECT name FROM system.tables WHERE database = {db:String} "
+            "AND name IN ({t:String}, {j:String})",
+            {"db": self.db, "t": schema.INDEX_TABLE, "j": schema.JOIN_TABLE},
+        )}
         self._command(schema.create_index_table(self.db, index_engine))
         self._command(schema.create_index_view(self.db))
-        if not had_index:
+        if schema.INDEX_TABLE not in had:
             # A data directory from before the search index: index what is stored.
             select = schema.create_index_view(self.db).split(" AS SELECT", 1)[1]
             self._command(f"INSERT INTO {self.index} SELECT {select}")
+        self._command(schema.create_join_table(
+            self.db, engine.replace(schema.TABLE, schema.JOIN_TABLE)))
+        self._command(schema.create_join_view(self.db))
+        if schema.JOIN_TABLE not in had:
+            # From before the join-key table (issue 16): its keys of what is stored.
+            select = schema.create_join_view(self.db).split(" AS SELECT", 1)[1]
+            self._command(f"INSERT INTO {self.join_keys} SELECT {select}")
 
     # -- reads -----------------------------------------------------------------
 
@@ -237,6 +246,67 @@ class SqlStore(SpanStore, abc.ABC):
         inlist = ", ".join(f"{{v{i}:String}}" for i in range(len(values)))
         return self._spans_where(f"trace_headers[{{name:String}}] IN ({inlist})", params)
 
+    def find_join_fragments(
+        self, lookups: Collection[tuple[str, Any, str]], known: dict[str, list[Span]]
+    ) -> dict[str, list[Span]]:
+        """Every stored trace not in `known` that may hold a span with one of the
+        correlation keys `lookups`, with all its spans: {trace id: spans}.
+
+        A lookup is ("seq", req_seq, kind) or ("header", (name, value), kind).  One
+        primary-key read of the join-key table (schema.create_join_table) gives, per
+        trace id prefix, how many spans carry one of the keys; a prefix whose count the
+        spans of `known` traces account for exactly needs no read (the usual case
+        once a trace's fragments are all in), the others are read by primary-key
+        range.  A superset: the caller checks every key on the spans themselves.
+        """
+        seqs = sorted({(int(k), kind) for t, k, kind in lookups if t == "seq"})
+        hdrs = sorted({(k[0], k[1], kind) for t, k, kind in lookups if t == "header"})
+        if not seqs and not hdrs:
+            return {}
+        params: dict[str, Any] = {}
+        sets = []
+        if seqs:
+            params["js"] = ",".join(f"{k}:{kind}" for k, kind in seqs)
+            sets.append("SELECT 'seq', toUInt64(x[1]), x[2] FROM "
+                        "(SELECT splitByChar(':', arrayJoin(splitByChar(',', {js:String}))) AS x)")
+        if hdrs:
+            # hex: header values may hold any character, the list needs separators
+            params["jh"] = ",".join(f"{n.encode().hex()}:{v.encode().hex()}:{kind}"
+                                    for n, v, kind in hdrs)
+            sets.append("SELECT 'header', cityHash64(unhex(x[1]), unhex(x[2])), x[3] FROM "
+                        "(SELECT splitByChar(':', arrayJoin(splitByChar(',', {jh:String}))) AS x)")
+        rows = self._select(
+            f"SELECT trace_prefix AS p, count() AS n FROM {self.join_keys} "
+            f"WHERE (key_type, key, kind) IN ({' UNION ALL '.join(sets)}) GROUP BY p",
+            params,
+        )
+        # Rows the known traces account for: one per (lookup, span) that matches it.
+        seq_set, hdr_set = set(seqs), {(n, v, kind) for n, v, kind in hdrs}
+        mine: dict[int, int] = {}
+        for tid, spans in known.items():
+            p = schema.trace_prefix(tid)
+            for s in spans:
+                n = (s.req_seq is not None and (s.req_seq, s.kind) in seq_set) + sum(
+                    (name, v, s.kind) in hdr_set for name, v in s.trace_headers.items())
+                if n:
+                    mine[p] = mine.get(p, 0) + n
+        todo = sorted(int(r["p"]) for r in rows if int(r["n"]) > mine.get(int(r["p"]), 0))
+        out: dict[str, list[Span]] = {}
+        for i in range(0, len(todo), 200):  # a few per round; bounded query size anyway
+            where, rp = [], {}
+            for j, p in enumerate(todo[i:i + 200]):
+                rp[f"lo{j}"] = f"{p:08x}"
+                if p < 0xFFFFFFFF:
+                    rp[f"hi{j}"] = f"{p + 1:08x}"
+                    where.append(f"(trace_id >= unhex({{lo{j}:String}}) "
+                                 f"AND trace_id < unhex({{hi{j}:String}}))")
+                else:
+                    where.append(f"trace_id >= unhex({{lo{j}:String}})")
+            for s in self._spans_where(" OR ".join(where), rp):
+                if s.trace_id not in known:
+                    out.setdefault(s.trace_id, []).append(s)
+        return out
+
     def search_traces(self, q: TraceQuery) -> list[TraceSummary]:
         limit = max(1, min(int(q.limit or 20), 10_000))
         rows = self._search(q, limit)
@@ -268,10 +338,12 @@ class SqlStore(SpanStore, abc.ABC):
         return self._search_where(cond, icond, params, limit)
 
     def _search_where(
-        self, cond: str, icond: str, params: dict[str, Any], limit: int, matched: str = ""
+        self, cond: str, icond: str, params: dict[str, Any], limit: int, matched: str = "",
+        spans: tuple[int, dict[str, str]] | None = None,
     ) -> list[dict[str, Any]]:
         """`_search` for prepared conditions; `matched`: a trace-level condition
-        (aggregates over the trace's spans) replacing "some span meets `cond`"."""
+        (aggregates over the trace's spans) replacing "some span meets `cond`";
+        `spans`: see `_summaries`."""
         n = limit * 2
         while n <= 50_000:
             cands = self._select(
@@ -284,7 +356,7 @@ class SqlStore(SpanStore, abc.ABC):
             complete = len(cands) < n
             bound = 0 if complete else int(cands[-1]["ts_max_ms"]) * 1_000_000
             rows = self._summaries(
-                list(dict.fromkeys(c["tid"] for c in cands)), cond, params, matched)
+                list(dict.fromkeys(c["tid"] for c in cands)), cond, params, matched, spans)
             rows = [r for r in rows if int(r["matched"]) > 0]
             rows.sort(key=lambda r: -int(r["last"]))
             sure = [r for r in rows if int(r["last"]) >= bound]
@@ -297,25 +369,44 @@ class SqlStore(SpanStore, abc.ABC):
             f"WHERE {cond} GROUP BY trace_id ORDER BY last DESC LIMIT {limit}",
             params,
         )
-        rows = self._summaries([r["tid"] for r in tids], cond, params, matched)
+        rows = self._summaries([r["tid"] for r in tids], cond, params, matched, spans)
         return [r for r in rows if int(r["matched"]) > 0]
 
     def _summaries(
-        self, tids: Sequence[str], cond: str, params: dict[str, Any], matched: str = ""
+        self, tids: Sequence[str], cond: str, params: dict[str, Any], matched: str = "",
+        spans: tuple[int, dict[str, str]] | None = None,
     ) -> list[dict[str, Any]]:
+        """One row per trace of `tids`: its summary, whether it matches, and with
+        `spans` = (per_trace, columns) its first `per_trace` spans meeting `cond` as
+        `matching_spans` rows (in `spans_list`), from the same read of the traces'
+        granules: reading them twice (summaries, then spans) was half of a search."""
         if not tids:
             return []
         ids, params = _ids_in(tids, params)
-        return self._select(
+        extra = ""
+        if spans is not None:
+            per_trace, columns = spans
+            fields = ", ".join(["start_ns", "lower(hex(span_id))", "end_ns", "operation",
+                                "service", *columns.values()])
+            # tuples sort by start, then span id: matching_spans' order
+            extra = (f", arraySlice(arraySort(groupArrayIf(tuple({fields}), {cond})), 1, "
+                     f"{max(1, int(per_trace))}) AS spans_list")
+        rows = self._select(
             "SELECT lower(hex(trace_id)) AS tid, min(start_ns) AS start, "
             "max(end_ns) - min(start_ns) AS dur, count() AS n, "
             "countIf(status = 'error') AS errors, groupUniqArray(service) AS services, "
             "argMin(service, (parent_span_id != '', start_ns)) AS root_service, "
             "argMin(operation, (parent_span_id != '', start_ns)) AS root_operation, "
-            f"{matched or f'countIf({cond})'} AS matched, maxIf(start_ns, {cond}) AS last "
-            f"FROM {self.table} WHERE trace_id IN {ids} GROUP BY trace_id",
+            f"{matched or f'countIf({cond})'} AS matched, maxIf(start_ns, {cond}) AS last"
+            f"{extra} FROM {self.table} WHERE trace_id IN {ids} GROUP BY trace_id",
             params,
         )
+        if spans is not None:
+            names = ["start_ns", "sid", "end_ns", "operation", "service", *spans[1]]
+            for r in rows:
+                r["spans_list"] = [{"tid": r["tid"], **dict(zip(names, t, strict=True))}
+                                   for t in r["spans_list"]]
+        return rows
 
     def services(self, since_ns: int, until_ns: int) -> list[ServiceStats]:
         where: list[str] = ["service != ''"]
@@ -402,8 +493,23 @@ SELECT parent, child, sum(calls) AS calls, sum(errs) AS errs FROM (
         """`search_traces` for a span condition `cond` (SQL over the span table, values
         as {name:Type} parameters), `icond` its superset on the search index, and an
         optional trace-level `matched` (e.g. `countIf(a) > 0 AND countIf(b) > 0`)."""
+        return self.search_spansets(cond, icond, params, limit, matched)[0]
+
+    def search_spansets(
+        self, cond: str, icond: str, params: dict[str, Any], limit: int, matched: str = "",
+        per_trace: int = 0, columns: dict[str, str] | None = None,
+    ) -> tuple[list[TraceSummary], list[dict[str, Any]]]:
+        """`search_traces_where` and, when `per_trace` > 0, what `matching_spans`
+        would answer for the traces found, both from one read of their spans."""
         limit = max(1, min(int(limit or 20), 10_000))
-        rows = self._search_where(cond, icond, params, limit, matched)
+        spans = (per_trace, columns or {}) if per_trace > 0 else None
+        rows = self._search_where(cond, icond, params, limit, matched, spans)
+        matched_rows = [s for r in sorted(rows, key=lambda r: -int(r["start"]))
+                        for s in r.get("spans_list", [])]
+        return self._trace_summaries(rows), matched_rows
+
+    @staticmethod
+    def _trace_summaries(rows: list[dict[str, Any]]) -> list[TraceSummary]:
         return [
             TraceSummary(
                 trace_id=r["tid"], root_service=r["root_service"],
@@ -451,12 +557,13 @@ SELECT parent, child, sum(calls) AS calls, sum(errs) AS errs FROM (
     # -- retention -------------------------------------------------------------
 
     def _bytes_on_disk(self) -> tuple[int, int]:
-        """(spans stored, bytes on disk of the span table and its search index)."""
+        """(spans stored, bytes on disk of the span table, search index and join keys)."""
         rows = self._select(
             "SELECT sumIf(rows, table = {tbl:String}) AS r, sum(bytes_on_disk) AS b "
             "FROM system.parts WHERE database = {db:String} AND active "
-            "AND table IN ({tbl:String}, {idx:String})",
-            {"db": self.db, "tbl": schema.TABLE, "idx": schema.INDEX_TABLE},
+            "AND table IN ({tbl:String}, {idx:String}, {jk:String})",
+            {"db": self.db, "tbl": schema.TABLE, "idx": schema.INDEX_TABLE,
+             "jk": schema.JOIN_TABLE},
         )
         if not rows:
             return 0, 0
@@ -482,6 +589,14 @@ SELECT parent, child, sum(calls) AS calls, sum(errs) AS errs FROM (
             self._command(
                 f"ALTER TABLE {self.index} DELETE "
                 "WHERE ts_max_ms * 1000000 < {cut:UInt64} "
+                "SETTINGS mutations_sync = 2",
+                params,
+            )
+            # Join keys by whole days (their only time); a key left over names a trace
+            # that is gone, which the joiner's read finds empty.
+            self._command(
+                f"ALTER TABLE {self.join_keys} DELETE "
+                "WHERE day < toDate(toDateTime(intDiv({cut:UInt64}, 1000000000))) "
                 "SETTINGS mutations_sync = 2",
                 params,
             )
@@ -513,3 +628,4 @@ SELECT parent, child, sum(calls) AS calls, sum(errs) AS errs FROM (
     def flush(self) -> None:
         self._command(f"OPTIMIZE TABLE {self.table} FINAL")
         self._command(f"OPTIMIZE TABLE {self.index} FINAL")
+        self._command(f"OPTIMIZE TABLE {self.join_keys} FINAL")

@@ -366,6 +366,11 @@ def test_search_result_shape(srv, data):
     ('{.customer="vip"}', {"cart"}),
     ('{resource.k8s.namespace.name="prod" && kind=client}', {"cart"}),
     ('{span.retry=true}', {"cart"}),
+    # typed equalities narrowed on the search index by their stored JSON spellings
+    ('{span.ratio=0.25}', {"cart"}),
+    ('{span.http.response.status_code=503.0 && span.retry=true}', {"cart"}),
+    ('{span.http.response.status_code=500}', set()),
+    ('{span.retry=false}', set()),
     ('{span.ratio<0.5 && span.ratio>0.1}', {"cart"}),
     ('{span.zerotrace.protocol="redis" && span.zerotrace.source="N"}', {"cart"}),
     ('{span.process.pid=4242}', {"cart"}),
