@@ -131,6 +131,93 @@ def run(requests: int, concurrency: int, gogc: int, hogs: int, noise: bool = Fal
         return events, wakes, hop.pid
 
 
+# --micro: one goroutine sending a value into a channel's buffer and taking it out again,
+# its thread's CPU time per round trip; the probes it hits per round trip: chanrecv
+# (hand-off probes), and chansend plus typedmemmove twice (buffer probes)
+_MICRO_GO = """package main
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+)
+
+type req struct{ p *int; n int }
+
+// CPU time of this thread in ns (schedstat: exact, and blind to the time spent waiting
+// for a CPU on a loaded machine)
+func cpuNs() int64 {
+	b, _ := os.ReadFile("/proc/thread-self/schedstat")
+	v, _ := strconv.ParseInt(strings.Fields(string(b))[0], 10, 64)
+	return v
+}
+
+func main() {
+	runtime.LockOSThread()
+	n, _ := strconv.Atoi(os.Args[1])
+	ch := make(chan req, 1)
+	x := 0
+	fmt.Println("ready")
+	in := bufio.NewScanner(os.Stdin)
+	for in.Scan() {
+		t0 := cpuNs()
+		for i := 0; i < n; i++ {
+			ch <- req{&x, i}
+			r := <-ch
+			x += r.n
+		}
+		fmt.Println((cpuNs() - t0) / int64(n))
+	}
+}
+"""
+
+
+def micro(rounds: int, n: int = 20000) -> None:
+    """ns per buffered channel round trip with no probes, with the hand-off probes and
+    with the buffer probes too; the differences per probe hit."""
+    import tempfile
+
+    from agent.demo.services import CACHE_DIR, go_binary
+    from agent.probes.loader import ProbeConfig, SocketTracer
+
+    with tempfile.TemporaryDirectory(dir=CACHE_DIR) as tmp:
+        src = Path(tmp) / "gochanloop.go"
+        src.write_text(_MICRO_GO)
+        binary = go_binary(src, "gochanloop")
+    p = subprocess.Popen([str(binary), str(n)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         text=True, env={**os.environ, "GOMAXPROCS": "1"})
+    assert p.stdout.readline().strip() == "ready"
+
+    def once() -> int:
+        p.stdin.write("go\n")
+        p.stdin.flush()
+        return int(p.stdout.readline())
+
+    got: dict[str, list[int]] = collections.defaultdict(list)
+    try:
+        for _ in range(rounds):
+            got["bare"].append(once())
+            for mode, buffers in (("wakes", False), ("all", True)):
+                os.environ["ZEROTRACE_GO_BUFFERS"] = "1" if buffers else "0"
+                with SocketTracer(ProbeConfig(pids={p.pid})) as tracer:
+                    assert tracer.follow_go(p.pid).startswith("goroutine")
+                    once()  # warm
+                    got[mode].append(once())
+    finally:
+        p.kill()
+        p.wait()
+    best = {k: min(v) for k, v in got.items()}
+    print(dict(got))
+    print(f"buffered channel round trip, CPU ns, min of {rounds}: " + ", ".join(
+        f"{k} {v} ns" for k, v in best.items()))
+    print(f"hand-off probes: +{best['wakes'] - best['bare']} ns (1 hit: chanrecv); buffer "
+          f"probes: +{best['all'] - best['wakes']} ns (3 hits: chansend, typedmemmove x2): "
+          f"{(best['all'] - best['wakes']) / 3:.0f} ns per hit")
+
+
 def _nonce(payload: bytes) -> str | None:
     from tests.stitch.hops import NONCE
 
@@ -259,9 +346,14 @@ def main() -> None:
                     help="GOHOP_NOISE=1: timers, deadlines, a contended mutex, idle closes")
     ap.add_argument("--show-refused", action="store_true",
                     help="print the records before each write the index refuses")
+    ap.add_argument("--micro", action="store_true",
+                    help="ns per probe hit on a buffered channel round trip in a loop")
     ap.add_argument("--cost", action="store_true",
                     help="gohop CPU per request with the hand-off probes off and on")
     a = ap.parse_args()
+    if a.micro:
+        micro(max(a.rounds, 3))
+        return
     if a.cost:
         # off: goroutines followed (runtime.execute) but no hand-off probes; wakes: the
         # hand-off probes without the buffer ones; all: every probe

@@ -70,6 +70,8 @@ _PARAMS = {
 # chansend's buffered send, chanrecv's buffered receive, selectgo's bufrecv and bufsend,
 # recv's two.  Another count means the code differs (an inlined copy would be one the
 # probes misread): the buffer probes stay off.
+# bumped when the checks' code changes: their cached verdicts are then not used
+_CHECKS_VERSION = 2
 _COPY_CALLS = {"runtime.chansend": 1, "runtime.chanrecv": 1, "runtime.selectgo": 2,
                "runtime.recv": 2}
 
@@ -147,7 +149,7 @@ def buffer_check(path: str, use_cache: bool = True) -> str:
 
 def _runtime_facts(path: str, use_cache: bool) -> dict:
     # the checks take part in the key: a cached verdict of other checks is not used
-    checks = hashlib.sha256(repr((_RUNTIME_MEMBERS, _FIXED_MEMBERS, _PARAMS,
+    checks = hashlib.sha256(repr((_CHECKS_VERSION, _RUNTIME_MEMBERS, _FIXED_MEMBERS, _PARAMS,
                                   _COPY_CALLS)).encode()).hexdigest()[:8]
     cache = os.path.join(CACHE_DIR, f"go-runtime-{checks}-{_digest(path)}.json")
     if use_cache:
@@ -223,7 +225,10 @@ def _runtime_offsets_from_dwarf(path: str) -> tuple[dict[str, int], str]:
         if fixed.get(member) != off:
             return got, (f"{member[0].decode()}.{member[1].decode()} at {fixed.get(member)}, "
                          f"not {off}")
+    linked = set(_defined(path, (fn.decode() for fn in _PARAMS)))
     for fn, names in _PARAMS.items():
+        if fn not in params and fn.decode() not in linked:
+            continue  # the linker left it out: it never runs
         if tuple(params.get(fn, ())[:len(names)]) != names:
             return got, f"{fn.decode()} has parameters {params.get(fn)}"
     return got, ""
@@ -266,18 +271,8 @@ def symbols_present(path: str, names: Iterable[str]) -> list[str]:
     """Those of names that the ELF symbol table of path defines, in the order given;
     of BUFFER_SYMBOLS, none unless buffer_check passes and ZEROTRACE_GO_BUFFERS is not 0
     (then all that are defined)."""
-    from elftools.elf.elffile import ELFFile
-
     want = list(names)
-    found: set[str] = set()
-    with open(path, "rb") as f:
-        symtab = ELFFile(f).get_section_by_name(".symtab")
-        if symtab is None:
-            return []
-        wanted = set(want)
-        for sym in symtab.iter_symbols():
-            if sym.name in wanted and sym["st_value"]:
-                found.add(sym.name)
+    found = set(_defined(path, want))
     if found & set(BUFFER_SYMBOLS):
         why = ("ZEROTRACE_GO_BUFFERS=0" if os.environ.get("ZEROTRACE_GO_BUFFERS", "1") == "0"
                else _buffer_check_quiet(path))
@@ -285,6 +280,22 @@ def symbols_present(path: str, names: Iterable[str]) -> list[str]:
             log.warning("%s: buffered channel values not followed: %s", path, why)
             found -= set(BUFFER_SYMBOLS)
     return [n for n in want if n in found]
+
+
+def _defined(path: str, names: Iterable[str]) -> list[str]:
+    """Those of names that the ELF symbol table of path defines."""
+    from elftools.elf.elffile import ELFFile
+
+    wanted = set(names)
+    found: list[str] = []
+    with open(path, "rb") as f:
+        symtab = ELFFile(f).get_section_by_name(".symtab")
+        if symtab is None:
+            return []
+        for sym in symtab.iter_symbols():
+            if sym.name in wanted and sym["st_value"]:
+                found.append(sym.name)
+    return found
 
 
 def _buffer_check_quiet(path: str) -> str:
