@@ -20,7 +20,7 @@ def test_events_on_an_export_port_are_dropped_and_counted():
     p.ignore_ports = frozenset({4317})
     seen = []
     p.assembler.handle = seen.append  # what would become spans
-    ev = SimpleNamespace(lport=4317, pid=1, goid=0, tid=1, type=0)
+    ev = SimpleNamespace(lport=4317, pid=1, goid=0, tid=1, type=0, ts_exit=1)
     p.process([ev, ev])
     assert seen == []
     assert p.assembler.stats["ignored_own_export_port"] == 2

@@ -12,6 +12,7 @@ import sys
 import pytest
 
 from agent.pipeline import Pipeline
+from proto.span import PARENT_UNKNOWN
 from agent.probes.loader import ProbeConfig, SocketTracer
 from tests.helpers.netns import network
 from tests.helpers.tracing import Draining
@@ -55,11 +56,12 @@ def traced():
         with SocketTracer(ProbeConfig(netns={host.inode})) as tracer, \
                 Draining([(tracer, pipeline)], settle_s=2.5):
             sent = load(host, SERVICE, REQUESTS, CONCURRENCY)
-        yield set(sent), traces, pipeline, svc.pid
+            drops = tracer.drops()
+        yield set(sent), traces, pipeline, svc.pid, drops
 
 
 def test_no_link_joins_two_requests(traced):
-    sent, traces, _pipeline, _pid = traced
+    sent, traces, _pipeline, _pid, _drops = traced
     checked = wrong = 0
     for p, c in links(traces):
         pn, cn = nonce(p), nonce(c)
@@ -71,15 +73,21 @@ def test_no_link_joins_two_requests(traced):
 
 
 def test_every_request_complete_end_to_end(traced):
-    sent, traces, pipeline, pid = traced
-    complete = 0
+    """Every request whose four spans exist is one chain; a request may lack a span
+    only when the kernel counted lost events (a loaded machine), never otherwise."""
+    sent, traces, pipeline, pid, drops = traced
+    want = [("client", SERVICE), ("server", SERVICE), ("client", REDIS), ("server", REDIS)]
+    complete, present, broken = 0, {n: set() for n in sent}, []
     for tr in traces:
         by_id = {s.span_id: s for s in tr.spans}
         for s in tr.spans:
             n = nonce(s)
+            if n not in sent:
+                continue
+            present[n].add((s.kind, s.local.port if s.kind == "server" else s.remote.port))
             # Redis's own server span, reached from the load client's span of the
             # same request through the service: the whole chain in one trace
-            if n not in sent or s.kind != "server" or s.local.port != REDIS:
+            if s.kind != "server" or s.local.port != REDIS:
                 continue
             chain, cur = [], s
             while cur is not None:
@@ -87,11 +95,19 @@ def test_every_request_complete_end_to_end(traced):
                 cur = by_id.get(cur.parent_span_id)
             kinds = [(x.kind, x.local.port if x.kind == "server" else x.remote.port)
                      for x in reversed(chain)]
-            if kinds == [("client", SERVICE), ("server", SERVICE), ("client", REDIS),
-                         ("server", REDIS)] and all(nonce(x) == n for x in chain):
+            if kinds == want and all(nonce(x) == n for x in chain):
                 complete += 1
+            else:
+                broken.append((n, kinds, [x.attributes.get(PARENT_UNKNOWN, "") for x in chain]))
+    lacking = sum(1 for n in sent if not set(want) <= present[n])
     report = next((p["counts"] for p in pipeline.stitcher.process_report()
                    if p["pid"] == pid), {})
-    print(f"complete end to end: {complete}/{len(sent)}; service: {report}")
-    assert complete == len(sent), report
+    lost = sum(drops.values())
+    print(f"complete end to end: {complete}/{len(sent)}; lacking a span: {lacking}; "
+          f"kernel drops: {drops}; service: {report}; broken chains: {broken[:5]}")
+    # every request with all its spans is complete: stitching lost nothing
+    assert complete == len(sent) - lacking, report
+    # and spans are missing only where the kernel said it lost events
+    assert lacking == 0 or lost > 0, (lacking, drops)
+    assert lacking <= len(sent) * 0.05, (lacking, drops)
     assert report.get("linked by thread via connection", 0) >= len(sent) * 0.9, report
