@@ -2,7 +2,7 @@
 request: the measurement behind agent/stitch/handoff.py.
 
     sudo .venv/bin/python -m bench.bench_gowake [--requests 160] [--concurrency 8]
-        [--gogc 100] [--hog 0] [--rounds 1]
+        [--gogc 100] [--hog 0] [--rounds 1] [--noise] [--show-refused] [--cost|--micro]
 
 Runs tests/stitch/services/gohop.go (GOMAXPROCS=2) in a network namespace in front of a
 backend, under the real probes with the wake probes on, sends requests whose URL carries
@@ -12,9 +12,15 @@ the truth (which nonce the waker goroutine had read from its own client).  Rules
 - any wake: exactly one runtime.ready of the writer, waker from R14 (g0 -> m.curg);
 - any wake, thread goroutine: the same with the waker taken as the goroutine
   runtime.execute last put on the thread (what goid.c knows), as a naive probe would;
-- hand-off (HandoffIndex): one receive, one channel hand-off, nothing else.
+- hand-off (HandoffIndex): one receive, one value of known sender (a channel hand-off,
+  or a value the writer took from the channel's buffer, named by the slot's records),
+  nothing else.
 --noise makes gohop wake goroutines for other reasons too (GOHOP_NOISE, gohop.go),
---gogc lowers GOGC (more GC wake-ups), --hog N runs N CPU hogs in the namespace."""
+--gogc lowers GOGC (more GC wake-ups), --hog N runs N CPU hogs in the namespace,
+--show-refused prints the records before each write the index refuses.
+--cost: gohop's CPU a request and probe hits a request with the probes off, the hand-off
+probes only (ZEROTRACE_GO_BUFFERS=0) and all; --micro: CPU per probe hit on a tight
+buffered-channel loop."""
 
 from __future__ import annotations
 
