@@ -116,7 +116,10 @@ def run(args: argparse.Namespace) -> int:
     pipeline.follow_go = lambda pid: tracer.follow_go(pid).startswith("goroutine")
     # Go processes already running: follow their goroutines before their first request
     # rather than after it (reading DWARF takes a couple of seconds per binary).
+    t0 = time.monotonic()
     pipeline.prescan(cfg)
+    log.info("processes scanned in %.1fs (%d Go processes followed)", time.monotonic() - t0,
+             tracer.go_processes())
     if what == "spans":
         pipeline.on_span = lambda ctx: write([span_line(ctx.span)])
     elif what == "traces":

@@ -41,6 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 READY = "tracing; stop with Ctrl-C"
 PHASES = re.compile(r"compiled in ([\d.]+)s, (\d+) programs verified in ([\d.]+)s, "
                     r"attached to (\d+) tracepoints in ([\d.]+)s")
+PRESCAN = re.compile(r"processes scanned in ([\d.]+)s \((\d+) Go")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -83,6 +84,7 @@ class Run:
     cpu_s: float = 0.0
     phases: dict[str, float] = field(default_factory=dict)
     programs: int = 0
+    go: int = 0  # Go processes the agent found running (each costs uprobes and ELF reads)
     stop_s: float = 0.0
     left: int = 0  # programs of this agent still loaded after it stopped
 
@@ -100,6 +102,10 @@ def start_once(label: str, tree: Path, timeout: float = 120) -> Run:
             if m:
                 run.phases = {"compile": float(m[1]), "verify": float(m[3]),
                               "attach": float(m[5])}
+            m = PRESCAN.search(line)
+            if m:
+                run.phases["prescan"] = float(m[1])
+                run.go = int(m[2])
             if READY in line:
                 run.ready_s = time.monotonic() - t0
                 run.cpu_s = cpu_seconds(p.pid)
@@ -150,8 +156,8 @@ def report(runs: list[Run]) -> None:
         print(f"{label:>12}: ready best {best.ready_s:.2f}s median "
               f"{statistics.median(r.ready_s for r in rs):.2f}s | CPU to ready best "
               f"{min(r.cpu_s for r in rs):.2f}s | best run: {ph}; {best.programs} "
-              f"programs | stop {max(r.stop_s for r in rs):.2f}s max | programs left "
-              f"after stop: {sum(r.left for r in rs)}")
+              f"programs, {best.go} Go processes | stop {max(r.stop_s for r in rs):.2f}s "
+              f"max | programs left after stop: {sum(r.left for r in rs)}")
 
 
 def programs_report() -> None:

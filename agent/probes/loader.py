@@ -252,6 +252,10 @@ class SocketTracer:
         self._go_pids[pid] = how
         return how
 
+    def go_processes(self) -> int:
+        """How many Go processes follow_go was asked about (followed or not)."""
+        return len(self._go_pids)
+
     def _follow_handoffs(self, pid: int, path: str, key: tuple[int, int]) -> None:
         """Wake records for pid (bpf/gowake.c); a binary that cannot say how only logs:
         its goroutines are still followed, its hand-offs stay refused."""
