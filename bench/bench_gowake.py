@@ -163,12 +163,12 @@ func cpuNs() int64 {
 
 func main() {
 	runtime.LockOSThread()
-	n, _ := strconv.Atoi(os.Args[1])
 	ch := make(chan req, 1)
 	x := 0
 	fmt.Println("ready")
 	in := bufio.NewScanner(os.Stdin)
-	for in.Scan() {
+	for in.Scan() { // each line: how many round trips
+		n, _ := strconv.Atoi(in.Text())
 		t0 := cpuNs()
 		for i := 0; i < n; i++ {
 			ch <- req{&x, i}
@@ -193,19 +193,20 @@ def micro(rounds: int, n: int = 20000) -> None:
         src = Path(tmp) / "gochanloop.go"
         src.write_text(_MICRO_GO)
         binary = go_binary(src, "gochanloop")
-    p = subprocess.Popen([str(binary), str(n)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    p = subprocess.Popen([str(binary)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                          text=True, env={**os.environ, "GOMAXPROCS": "1"})
     assert p.stdout.readline().strip() == "ready"
 
-    def once() -> int:
-        p.stdin.write("go\n")
+    def once(k: int = n) -> int:
+        p.stdin.write(f"{k}\n")
         p.stdin.flush()
         return int(p.stdout.readline())
 
     got: dict[str, list[int]] = collections.defaultdict(list)
     try:
         for _ in range(rounds):
-            got["bare"].append(once())
+            # schedstat moves in scheduler ticks: bare, many more round trips
+            got["bare"].append(once(n * 200))
             for mode, buffers in (("wakes", False), ("all", True)):
                 os.environ["ZEROTRACE_GO_BUFFERS"] = "1" if buffers else "0"
                 with SocketTracer(ProbeConfig(pids={p.pid})) as tracer:
