@@ -52,7 +52,8 @@ KIND_NAMES = {**abi.WAKE_KIND_NAMES, WAKE_ENQ: "enq", WAKE_DEQ: "deq", WAKE_SWAP
 PER_GOROUTINE = 1024
 MAX_PER_PROCESS = 262_144
 MAX_GOROUTINES = 20_000
-MAX_SLOTS = 65_536  # buffer slots per process whose last record is kept (~150 B each)
+MAX_SLOTS = 16_384  # buffer slots per process whose last record is kept (~200 B each):
+# a DEQ is resolved as its record arrives, microseconds to milliseconds after its ENQ
 MAX_AGE_NS = 30 * 10**9  # > the stitcher's max_wait (5 s): queries come that late
 MAX_PROCESSES = 1024
 _PRUNE_EVERY = 4096
