@@ -58,6 +58,9 @@ MAX_AGE_NS = 30 * 10**9  # > the stitcher's max_wait (5 s): queries come that la
 MAX_PROCESSES = 1024
 _PRUNE_EVERY = 4096
 _INF = float("inf")
+# Why waker() found no hand-off when nothing at all was recorded for the goroutine in
+# the interval: the write is a call of its own (a root), not a refused link.
+NOTHING_SEEN = "nothing received"
 # what satisfies a receive: exactly one of these, with a known sender, links
 _SOURCES = (abi.WAKE_HANDOFF, WAKE_DEQ, WAKE_DIRECT)
 
@@ -126,6 +129,7 @@ class HandoffIndex:
         self._procs: dict[int, _Process] = {}
         self._lost_seen = 0
         self._lost_horizon = 0  # records lost in the kernel before this time
+        self.last_refusal = ""  # why the last waker() call answered None
         self._since_prune = 0
         self._newest = 0  # newest record of any process: the clock pruning goes by
         self.stats = {"records": 0, "answered": 0, "refused": 0,
@@ -252,9 +256,11 @@ class HandoffIndex:
         buffered value whose sender is known, or one direct receive, with nothing else
         waking it; and the interval must lie wholly in what the index remembers."""
         got = self._waker(pid, wakee_tid, after_ns, before_ns)
-        if got is None:
+        if isinstance(got, str):
             self.stats["refused"] += 1
+            self.last_refusal = got
             return None
+        self.last_refusal = ""
         self.stats["answered"] += 1
         if got[2] == WAKE_DEQ:
             self.stats["answered by buffer"] += 1
@@ -263,13 +269,24 @@ class HandoffIndex:
         return got[0], got[1]
 
     def _waker(self, pid: int, wakee_tid: int, after_ns: int,
-               before_ns: int) -> tuple[int, int, int] | None:
+               before_ns: int) -> tuple[int, int, int] | str:
+        """The hand-off, or why there is none: NOTHING_SEEN when the index remembers
+        the whole interval and the goroutine received nothing in it (a call of its own),
+        any other string when something was there that could not be attributed."""
         p = self._procs.get(pid)
-        if p is None or wakee_tid <= GOROUTINE_BASE or after_ns < self._lost_horizon:
-            return None
+        if p is None:
+            return "no wake records for the process"
+        if wakee_tid <= GOROUTINE_BASE:
+            return "not a goroutine"
+        if after_ns < self._lost_horizon:
+            return "wake records lost"
         g = p.gs.get(wakee_tid - GOROUTINE_BASE)
-        if g is None or after_ns < g.floor:
-            return None
+        if g is None:
+            # never woken through a channel: forgotten (its goid is old) or never seen
+            return "history forgotten" if wakee_tid - GOROUTINE_BASE <= p.forgot_below \
+                else NOTHING_SEEN
+        if after_ns < g.floor:
+            return "history forgotten"
         src = None
         recv = None
         recs = g.recs
@@ -278,18 +295,22 @@ class HandoffIndex:
                 break
             if kind == abi.WAKE_RECV:
                 if recv is not None:
-                    return None  # two receives: which one's value was written?
+                    return "two receives"  # which one's value was written?
                 recv = ts
             else:
                 if src is not None:
-                    return None  # woken twice, or two values
+                    return "woken twice"  # or two values
                 if kind not in _SOURCES or not waker:
                     # woken by a mutex, timer, close, GC or the scheduler; a value of
                     # unknown sender or direction
-                    return None
+                    return "woken by the runtime, not a sender"
                 src = (GOROUTINE_BASE + waker, at, kind, ts)
-        if src is None or recv is None or recv > src[3]:
-            return None
+        if src is None and recv is None:
+            return NOTHING_SEEN
+        if src is None:
+            return "a receive with no sender seen"
+        if recv is None or recv > src[3]:
+            return "a wake with no receive before it"
         return src[0], src[1], src[2]
 
     def __len__(self) -> int:

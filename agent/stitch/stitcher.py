@@ -35,6 +35,7 @@ from agent.conn.spans import SpanContext
 from agent.probes import abi
 from agent.probes.events import SocketEvent
 from agent.stitch import evidence
+from agent.stitch.handoff import NOTHING_SEEN
 from agent.stitch.runtime import GOROUTINE_BASE, MODE_GO, MODE_GO_GOID, RuntimeClassifier
 from proto.span import KIND_CLIENT, KIND_SERVER, PARENT_UNKNOWN, Span, new_trace_id
 
@@ -469,7 +470,11 @@ class Stitcher:
             return "chain of calls too deep", None, ""
         w = self.handoffs.waker(pid, tid, last_write if last_write < t else 0, t)
         if w is None:
-            return "root", None, ""
+            why = self.handoffs.last_refusal
+            # a goroutine that received nothing since its last write calls on its own;
+            # anything else it received, from whom we cannot say: refused, and said
+            return ("root", None, "") if why in ("", NOTHING_SEEN) else \
+                (f"hand-off: {why}", None, "")
         status, parent, _how = self._thread_context(pid, w[0], w[1], start_ns, now, child,
                                                     depth + 1)
         if status == "ok":

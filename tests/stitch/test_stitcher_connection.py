@@ -5,7 +5,9 @@ the wake-up.  Synthetic timelines, each rule with the refusals that guard it."""
 from __future__ import annotations
 
 from agent.probes import abi
+from agent.stitch.handoff import NOTHING_SEEN
 from agent.stitch.runtime import GOROUTINE_BASE, MODE_GO_GOID
+from proto.span import PARENT_UNKNOWN
 from tests.stitch.test_stitcher import MS, T0, FakeEvent, World, _conn, parent_of
 
 
@@ -133,11 +135,14 @@ class Wakes:
 
     def __init__(self, wakes: list[tuple[int, int, int, int]]) -> None:
         self.wakes = wakes  # (pid, waker, wakee, ts)
+        self.last_refusal = ""
 
     def waker(self, pid: int, wakee: int, after: int, before: int) -> tuple[int, int] | None:
         hits = [(w, ts) for p, w, e, ts in self.wakes
                 if p == pid and e == wakee and after < ts < before]
-        return hits[0] if len({h[0] for h in hits}) == 1 else None
+        self.last_refusal = "" if len({h[0] for h in hits}) == 1 else \
+            NOTHING_SEEN if not hits else "woken twice"
+        return None if self.last_refusal else hits[0]
 
 
 G = GOROUTINE_BASE
@@ -177,6 +182,17 @@ def test_go_write_loop_woken_by_two_goroutines_is_not_linked():
     w.client(7, G + 99, T0 + 2 * MS, T0 + 3 * MS, "GET /down", in_tid=G + 98)
     spans = w.run()
     assert spans["GET /down"].parent_span_id == ""
+    # refused, and said on the span: not a silent root
+    assert spans["GET /down"].attributes[PARENT_UNKNOWN] == "hand-off: woken twice"
+
+
+def test_go_write_loop_that_received_nothing_calls_on_its_own():
+    # no wake since its last write: the goroutine's own call, a root (no refusal)
+    w = go_world([])
+    w.client(7, G + 99, T0 + 2 * MS, T0 + 3 * MS, "GET /down", in_tid=G + 98)
+    spans = w.run()
+    assert spans["GET /down"].parent_span_id == ""
+    assert PARENT_UNKNOWN not in spans["GET /down"].attributes
 
 
 def test_go_wake_by_a_goroutine_that_already_answered_is_refused():
