@@ -94,6 +94,15 @@ struct zt_config {
 #define ZT_WAKE_HANDOFF 1 /* runtime.send -> ready: a channel value handed to goid, parked on it */
 #define ZT_WAKE_OTHER 2   /* any other runtime.ready of goid: mutex, close, timer, GC, ... */
 #define ZT_WAKE_RECV 3    /* goid entered a channel receive or select (runtime.chanrecv, selectgo) */
+/* Channel-buffer record kinds (agent/stitch/handoff.py).  zt_wake fields:
+ * goid = the goroutine acting, waker = the buffer slot's address, except as noted. */
+#define ZT_WAKE_ENQ 4    /* goid copied a value into slot waker */
+#define ZT_WAKE_DEQ 5    /* goid copied slot waker's value out */
+#define ZT_WAKE_SWAP 6   /* goid took slot waker's value; the parked sender thread_goid's
+                            value took its place */
+#define ZT_WAKE_DIRECT 7 /* goid received from parked sender waker (a goid) directly */
+#define ZT_WAKE_MIXED 8  /* goid copied between waker and thread_goid (addresses), in a
+                            select with send and receive cases: which was the slot unknown */
 
 struct zt_wake {
     __u64 ts;          /* bpf_ktime_get_ns(), the clock of zt_event */

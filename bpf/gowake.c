@@ -34,16 +34,6 @@
  * runs its entry twice: runtime.newstack (probed) marks that frame, and the second entry
  * records nothing. */
 
-/* Channel-buffer record kinds (agent/stitch/handoff.py; abi.h has 1-3).  zt_wake fields:
- * goid = the goroutine acting, waker = the buffer slot's address, except as noted. */
-#define ZT_WAKE_ENQ 4    /* goid copied a value into slot waker */
-#define ZT_WAKE_DEQ 5    /* goid copied slot waker's value out */
-#define ZT_WAKE_SWAP 6   /* goid took slot waker's value; the parked sender thread_goid's
-                            value took its place */
-#define ZT_WAKE_DIRECT 7 /* goid received from parked sender waker (a goid) directly */
-#define ZT_WAKE_MIXED 8  /* goid copied between waker and thread_goid (addresses), in a
-                            select with send and receive cases: which was the slot unknown */
-
 /* Runtime offsets these probes assume; agent/probes/golang.py checks each against the
  * binary's DWARF and follows no hand-offs of a binary where one differs. */
 #define ZT_G_STACK_HI 8      /* runtime.g.stack.hi */

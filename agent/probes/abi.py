@@ -31,7 +31,10 @@ DROP_SLOT_COUNT = 4
 
 # struct zt_wake kinds (Go goroutine hand-offs, bpf/gowake.c)
 WAKE_HANDOFF, WAKE_OTHER, WAKE_RECV = 1, 2, 3
-WAKE_KIND_NAMES = {1: "handoff", 2: "other", 3: "recv"}
+# channel-buffer records (bpf/abi.h: ZT_WAKE_ENQ ...; agent/stitch/handoff.py reads them)
+WAKE_ENQ, WAKE_DEQ, WAKE_SWAP, WAKE_DIRECT, WAKE_MIXED = 4, 5, 6, 7, 8
+WAKE_KIND_NAMES = {1: "handoff", 2: "other", 3: "recv", 4: "enq", 5: "deq", 6: "swap",
+                   7: "direct", 8: "mixed"}
 
 AF_INET, AF_INET6 = 2, 10
 IPPROTO_TCP, IPPROTO_UDP = 6, 17

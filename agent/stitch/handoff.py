@@ -41,9 +41,9 @@ from agent.stitch.runtime import GOROUTINE_BASE
 # Channel-buffer record kinds (bpf/gowake.c; abi.WAKE_* are 1-3).  For these the record's
 # `waker` field is a buffer slot's address (a goid for DIRECT) and `thread_goid` carries
 # the parked sender's goid (SWAP) or the second address (MIXED).
-WAKE_ENQ, WAKE_DEQ, WAKE_SWAP, WAKE_DIRECT, WAKE_MIXED = 4, 5, 6, 7, 8
-KIND_NAMES = {**abi.WAKE_KIND_NAMES, WAKE_ENQ: "enq", WAKE_DEQ: "deq", WAKE_SWAP: "swap",
-              WAKE_DIRECT: "direct", WAKE_MIXED: "mixed"}
+WAKE_ENQ, WAKE_DEQ, WAKE_SWAP, WAKE_DIRECT, WAKE_MIXED = (
+    abi.WAKE_ENQ, abi.WAKE_DEQ, abi.WAKE_SWAP, abi.WAKE_DIRECT, abi.WAKE_MIXED)
+KIND_NAMES = abi.WAKE_KIND_NAMES
 
 # A connection's writeLoop gathers a receive and a hand-off per request: at 16 records
 # a busy connection kept 70-140 ms of history, less than the agent's lag plus the

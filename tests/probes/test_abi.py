@@ -61,3 +61,18 @@ def test_wake_records_decode_and_are_told_apart_by_length():
     assert e.type == abi.EV_WAKE
     ev = abi.ZtEvent(ts_enter=1, pid=7, type=abi.EV_DATA)
     assert decode(bytes(ev) + b"xy", 0).pid == 7
+
+
+def test_record_kinds_agree_with_bpf_abi_h():
+    """Every ZT_EV_* and ZT_WAKE_* of bpf/abi.h has the same value in agent/probes/abi.py
+    (a kind added on one side only would be read as another kind)."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "bpf/abi.h").read_text()
+    defs = dict(re.findall(r"^#define ZT_((?:EV|WAKE)_\w+) (\d+)", text, re.M))
+    assert len(defs) >= 11, defs
+    for name, value in defs.items():
+        assert getattr(abi, name) == int(value), name
+    wakes = {int(v) for k, v in defs.items() if k.startswith("WAKE_")}
+    assert set(abi.WAKE_KIND_NAMES) == wakes

@@ -241,7 +241,11 @@ def traced():
                         case.pid = svc[name].pid
                         case.sent = load(host, case.port, case.prefix, REQUESTS, CONCURRENCY)
                 drops = tracer.drops()
-            print(f"kernel drops: {drops}")
+                # how each Go process was followed (goroutine ids, or why not)
+                followed = {n: tracer.follow_go(c.pid) for n, c in CASES.items()
+                            if n.startswith("go")}
+            print(f"kernel drops: {drops}; Go followed: {followed}; "
+                  f"modes: {[(c.pid, pipeline.classifier.mode(c.pid)) for c in CASES.values()]}")
             yield traces, pipeline
         finally:
             if pg_proc is not None and pg_proc.poll() is None:
