@@ -47,7 +47,9 @@ from agent.protocols.base import Chunk  # noqa: E402
 from agent.protocols.registry import new_parser  # noqa: E402
 from tests.protocols.golden import captures, chunks, load_capture  # noqa: E402
 
-TARGETS = {"http": 100_000, "redis": 150_000}
+# issue 13: HTTP/1.1 100 000, Redis 150 000, HTTP/2 + gRPC 30 000, the rest 50 000
+TARGETS = {"http": 100_000, "redis": 150_000, "grpc": 30_000, "http2": 30_000,
+           "dns": 50_000, "postgresql": 50_000, "mysql": 50_000, "memcached": 50_000}
 DEFAULT_TARGET = 30_000
 
 
