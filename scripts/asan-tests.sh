@@ -30,7 +30,7 @@ tar -C "$root" --exclude='*.so' --exclude='__pycache__' --exclude='agent/*/_*.c'
     -cf - setup.py pyproject.toml agent proto tests | tar -C "$work" -xf -
 
 echo "asan-tests: building with AddressSanitizer in $work"
-(cd "$work" && ZT_ASAN=1 "$py" setup.py -q build_ext --inplace >build.log 2>&1) ||
+(cd "$work" && ZT_ASAN=1 "$py" setup.py -q build_ext --inplace -j "$(nproc)" >build.log 2>&1) ||
     { cat "$work/build.log" >&2; exit 1; }
 
 cd "$work"

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 # (module, source) of every compiled module, as setup.py declares them.
 MODULES = sorted((str(p.relative_to(ROOT).with_suffix("")).replace(os.sep, "."),
@@ -27,9 +29,11 @@ def test_compiled_modules_are_extensions_built_from_the_current_source():
         assert so.stat().st_mtime >= (ROOT / src).stat().st_mtime, f"{so} older than {src}"
 
 
+# Every compiled module built with ASan, then the protocol tests under it: minutes.
+@pytest.mark.timeout(900)
 def test_parsers_and_fuzz_run_clean_under_address_sanitizer():
     env = dict(os.environ, PYTHON=sys.executable, ZT_FUZZ_EXAMPLES="300")
     r = subprocess.run(["bash", str(ROOT / "scripts/asan-tests.sh")], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=600)
+                       capture_output=True, text=True, timeout=880)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-8000:]
     assert " passed" in r.stdout and "AddressSanitizer" not in r.stderr
