@@ -1,0 +1,242 @@
+"""TC hop probes (bpf/tc.c): compile, attach to clsact ingress+egress of the interfaces
+whose names match a regex, in the host and in given network namespaces, and read the
+hop records (one per sighting of a socket write's first byte at a hook).
+
+A separate BPF object from the socket tracer (agent/probes/loader.py): it is loaded only
+when `--interfaces` asks for it, and its maps are its own.  Attached with pyroute2, the
+project's netlink dependency; clsact qdiscs it creates are removed again on close, ones
+it found are left with only its own filters removed.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import re
+import socket
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agent.probes import btf
+from agent.probes.ringbuf import RingBuffer
+
+log = logging.getLogger(__name__)
+
+TC_C = Path(__file__).resolve().parents[2] / "bpf" / "tc.c"
+RING_PAGES = 256  # BPF_RINGBUF_OUTPUT(hops, 256) in bpf/tc.c
+PARENT_INGRESS = "ffff:fff2"
+PARENT_EGRESS = "ffff:fff3"
+FILTER_PRIO = 49152 - 7  # ours, below tc's default priorities, easy to tell apart
+ARPHRD_ETHER = 1
+ARPHRD_LOOPBACK = 772
+
+# struct zt_hop of bpf/tc.c (64 bytes).
+HOP = struct.Struct("<QI4xQIII4s4sIHHHHHBBH2x")
+assert HOP.size == 64
+
+
+class TcError(RuntimeError):
+    """The TC probes could not be loaded or attached; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class HopRecord:
+    """One sighting of a message start at one hook (decoded struct zt_hop)."""
+
+    ts: int
+    netns: int  # inode of the interface's netns
+    start_ts: int
+    seq: int
+    ifindex: int
+    writer_netns: int
+    saddr: str
+    daddr: str
+    length: int
+    sport: int
+    dport: int
+    writer_lport: int
+    writer_rport: int
+    payload: int
+    direction: int  # 0 egress, 1 ingress
+    tcp_flags: int
+    window: int
+
+    @classmethod
+    def decode(cls, raw: bytes) -> HopRecord:
+        if len(raw) < HOP.size:
+            raise ValueError(f"hop record of {len(raw)} bytes, want {HOP.size}")
+        (ts, netns, start_ts, seq, ifindex, wns, sa, da, length, sport, dport, wl, wr,
+         payload, direction, flags, window) = HOP.unpack_from(raw, 0)
+        return cls(ts, netns, start_ts, seq, ifindex, wns, socket.inet_ntoa(sa),
+                   socket.inet_ntoa(da), length, sport, dport, wl, wr, payload, direction,
+                   flags, window)
+
+
+@dataclass(frozen=True, slots=True)
+class Hook:
+    """An interface the probes are attached to, and how to name it."""
+
+    netns: str  # "host" or the namespace name
+    netns_inode: int
+    ifindex: int
+    ifname: str
+    l3: bool  # no MAC header (tun)
+
+
+@dataclass
+class _Attached:
+    hook: Hook
+    made_clsact: bool
+
+
+@dataclass
+class TcConfig:
+    interfaces: str  # regex on interface names, matched with re.search
+    netns: list[str] = field(default_factory=list)  # names under /run/netns
+    host: bool = True
+
+
+def netns_inode(name: str | None) -> int:
+    """Inode of namespace `name` under /run/netns (None: the agent's own)."""
+    return os.stat("/proc/self/ns/net" if name is None else f"/run/netns/{name}").st_ino
+
+
+def _skb_offsets() -> list[str]:
+    """-D flags for the two members only the TC probes walk (sk_buff.dev, net_device's
+    netns), read from this kernel's BTF like every other offset (btf.py)."""
+    with open(btf.VMLINUX_BTF, "rb") as f:
+        b = btf.BTF(f.read())
+    return [f"-DOFF_SKB_DEV={b.offset('sk_buff', 'dev')}",
+            f"-DOFF_DEV_ND_NET={b.offset('net_device', 'nd_net.net')}"]
+
+
+class TcTracer:
+    """The loaded TC probes; a context manager so filters and qdiscs always go."""
+
+    def __init__(self, config: TcConfig) -> None:
+        self.config = config
+        self._pattern = re.compile(config.interfaces)
+        self._bpf = None
+        self._ring: RingBuffer | None = None
+        self._fns: dict[tuple[bool, int], int] = {}  # (l3, direction) -> prog fd
+        self._attached: list[_Attached] = []
+        self.hooks: dict[tuple[int, int], Hook] = {}  # (netns inode, ifindex) -> hook
+        self._load()
+        try:
+            self.refresh()
+        except Exception:
+            self.close()
+            raise
+
+    def _load(self) -> None:
+        try:
+            from bcc import BPF
+        except ImportError as e:
+            raise TcError("python module bcc is missing (Debian python3-bpfcc)") from e
+        cflags = btf.cflags(btf.kernel_offsets()) + _skb_offsets() + [
+            f"-I{TC_C.parent}", "-Wno-macro-redefined", "-Wno-pass-failed"]
+        try:
+            self._bpf = BPF(src_file=str(TC_C).encode(), cflags=cflags)
+            self._bpf[b"tc_self"][ctypes.c_int(0)] = ctypes.c_uint32(os.getpid())
+            for l3 in (False, True):
+                for direction, d in ((0, "egress"), (1, "ingress")):
+                    fn = self._bpf.load_func(
+                        f"zt_tc_{'l3' if l3 else 'eth'}_{d}".encode(), BPF.SCHED_CLS)
+                    self._fns[(l3, direction)] = fn.fd
+            hops = self._bpf[b"hops"]
+            self._ring = RingBuffer(hops.map_fd, RING_PAGES * os.sysconf("SC_PAGESIZE"))
+        except Exception as e:  # bcc raises bare Exception
+            self.close()
+            raise TcError(f"the kernel or bcc refused the TC probes: {e}") from e
+
+    def _namespaces(self) -> list[str | None]:
+        return ([None] if self.config.host else []) + list(self.config.netns)
+
+    def refresh(self) -> int:
+        """Attach to matching interfaces not yet attached (ones that appeared since);
+        returns how many were added."""
+        from pyroute2 import IPRoute
+
+        known = {(a.hook.netns_inode, a.hook.ifindex) for a in self._attached}
+        added = 0
+        for ns in self._namespaces():
+            inode = netns_inode(ns)
+            with (IPRoute() if ns is None else IPRoute(netns=ns)) as ipr:
+                for link in ipr.get_links():
+                    name = link.get_attr("IFLA_IFNAME")
+                    idx = link["index"]
+                    if (link["ifi_type"] == ARPHRD_LOOPBACK or (inode, idx) in known
+                            or not self._pattern.search(name)):
+                        continue
+                    hook = Hook(ns or "host", inode, idx, name,
+                                l3=link["ifi_type"] != ARPHRD_ETHER)
+                    self._attach(ipr, hook)
+                    added += 1
+        return added
+
+    def _attach(self, ipr, hook: Hook) -> None:
+        made = False
+        try:
+            ipr.tc("add", "clsact", hook.ifindex)
+            made = True
+        except Exception as e:  # pyroute2 NetlinkError: EEXIST means one is there
+            if getattr(e, "code", None) != 17:
+                raise TcError(f"clsact on {hook.netns}/{hook.ifname}: {e}") from e
+        att = _Attached(hook, made)
+        self._attached.append(att)
+        self.hooks[(hook.netns_inode, hook.ifindex)] = hook
+        for direction, parent in ((0, PARENT_EGRESS), (1, PARENT_INGRESS)):
+            ipr.tc("add-filter", "bpf", hook.ifindex, ":1", fd=self._fns[(hook.l3, direction)],
+                   name=f"zt_tc_{direction}", parent=parent, prio=FILTER_PRIO, classid=1,
+                   direct_action=True)
+        log.info("TC hop probes on %s/%s (ifindex %d)", hook.netns, hook.ifname, hook.ifindex)
+
+    def _detach_all(self) -> None:
+        from pyroute2 import IPRoute
+
+        by_ns: dict[str, list[_Attached]] = {}
+        for a in self._attached:
+            by_ns.setdefault(a.hook.netns, []).append(a)
+        for ns, atts in by_ns.items():
+            try:
+                ipr = IPRoute() if ns == "host" else IPRoute(netns=ns)
+            except Exception as e:  # the namespace went away: its devices with it
+                log.debug("netns %s gone: %s", ns, e)
+                continue
+            with ipr:
+                for a in atts:
+                    try:
+                        if a.made_clsact:  # ours: goes with every filter on it
+                            ipr.tc("del", "clsact", a.hook.ifindex)
+                        else:
+                            for parent in (PARENT_EGRESS, PARENT_INGRESS):
+                                ipr.tc("del-filter", "bpf", a.hook.ifindex, ":1",
+                                       parent=parent, prio=FILTER_PRIO)
+                    except Exception as e:  # device deleted meanwhile
+                        log.debug("detach %s/%s: %s", ns, a.hook.ifname, e)
+        self._attached.clear()
+
+    def poll(self, timeout_s: float = 0.05) -> list[HopRecord]:
+        """Hop records waiting (waits up to timeout_s when none are)."""
+        ring = self._ring
+        if not ring.pending_bytes():
+            ring.wait(timeout_s)
+        return [HopRecord.decode(r) for r in ring.drain()]
+
+    def close(self) -> None:
+        """Detach every filter (and clsact qdisc we made) and free the maps; idempotent."""
+        self._detach_all()
+        if self._ring is not None:
+            self._ring.close()
+            self._ring = None
+        if self._bpf is not None:
+            self._bpf.cleanup()
+            self._bpf = None
+
+    def __enter__(self) -> TcTracer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,166 @@
+/* Network hops (issue 18): TC classifiers on clsact ingress/egress that report when a
+ * packet carrying the first byte of a socket write passes an interface.
+ *
+ * Its own BPF object (agent/probes/tc.py), apart from the socket tracer:
+ *  - syscall-entry tracepoints of the write family read the TCP write_seq of the
+ *    socket (the sequence number of the write's first byte) into `starts`, keyed by
+ *    that seq alone;
+ *  - the TC programs parse IPv4/TCP, look the segment's seq up in `starts`, and for a
+ *    hit emit a struct zt_hop into the ring `hops`.  Nothing else reaches user space.
+ *
+ * Why seq alone: NAT (MASQUERADE, DNAT) rewrites addresses and may rewrite either port,
+ * never the TCP sequence number.  To keep an unrelated flow whose segment happens to
+ * carry the same 32-bit seq from matching, the hit must also share at least one port
+ * with the writer's socket (in either orientation): a NAT rewrites at most one side
+ * per direction.  The residual collision risk is in docs/network.md. */
+#include <uapi/linux/ptrace.h>
+#include "sock.h"
+
+#define ZT_ETH_P_IP 0x0800
+#define ZT_TC_ACT_OK 0 /* let the packet go on, whatever we saw */
+
+struct zt_start {
+    __u64 ts;      /* write syscall entry */
+    __u32 netns;   /* writer socket's netns inode */
+    __u32 tgid;
+    __u16 lport;   /* writer socket, host byte order */
+    __u16 rport;
+    __u32 _pad;
+};
+
+/* One sighting of a message start at a hook.  Mirrored in agent/probes/tc.py. */
+struct zt_hop {
+    __u64 ts;
+    __u32 netns;        /* inode of the interface's netns (skb->dev->nd_net) */
+    __u32 _pad0;
+    __u64 start_ts;     /* struct zt_start.ts: the write */
+    __u32 seq;
+    __u32 ifindex;
+    __u32 writer_netns;
+    __u32 saddr;        /* the packet's, network byte order */
+    __u32 daddr;
+    __u32 len;          /* skb->len */
+    __u16 sport;        /* the packet's, host byte order */
+    __u16 dport;
+    __u16 writer_lport;
+    __u16 writer_rport;
+    __u16 payload;      /* TCP payload bytes (of a GSO packet: all of it) */
+    __u8 direction;     /* 0 egress, 1 ingress */
+    __u8 tcp_flags;
+    __u16 window;       /* raw TCP window field */
+    __u8 _pad[2];       /* 64 bytes in all */
+};
+
+BPF_TABLE("lru_hash", __u32, struct zt_start, starts, 65536);
+BPF_RINGBUF_OUTPUT(hops, 256);
+BPF_ARRAY(tc_self, __u32, 1); /* the agent's tgid: its own writes are not marked */
+
+static __always_inline int zt_mark_write(int fd)
+{
+    __u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    int zero = 0;
+    __u32 *self = tc_self.lookup(&zero);
+    if (self && *self == tgid)
+        return 0;
+    __u64 sk = zt_fd_to_sock(fd);
+    if (!sk)
+        return 0;
+    __u8 family = 0, transport = 0;
+    __u16 lport = 0, rport = 0;
+    if (!zt_sock_basics(sk, &family, &transport, &lport, &rport))
+        return 0;
+    if (transport != ZT_IPPROTO_TCP || family != ZT_AF_INET)
+        return 0;
+    struct zt_start st = {};
+    __u32 seq = 0;
+    ZT_READ(seq, sk, OFF_TCP_WRITE_SEQ);
+    st.ts = bpf_ktime_get_ns();
+    st.netns = zt_sock_netns(sk);
+    st.tgid = tgid;
+    st.lport = lport;
+    st.rport = rport;
+    starts.update(&seq, &st);
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_write) { return zt_mark_write(args->fd); }
+TRACEPOINT_PROBE(syscalls, sys_enter_writev) { return zt_mark_write(args->fd); }
+TRACEPOINT_PROBE(syscalls, sys_enter_sendto) { return zt_mark_write(args->fd); }
+TRACEPOINT_PROBE(syscalls, sys_enter_sendmsg) { return zt_mark_write(args->fd); }
+
+/* The netns of the device the packet is at.  bpf_get_netns_cookie() would name the
+ * netns of skb->sk while the sending socket is still attached (seen at the host end of
+ * a pod's veth), so the device's own netns is read: a TC program's context is the
+ * kernel's struct sk_buff, and OFF_SKB_DEV / OFF_DEV_ND_NET come from BTF (tc.py). */
+static __always_inline __u32 zt_skb_netns(struct __sk_buff *skb)
+{
+    void *dev = 0, *net = 0;
+    __u32 inum = 0;
+    bpf_probe_read_kernel(&dev, sizeof(dev), (char *)skb + OFF_SKB_DEV);
+    if (!dev)
+        return 0;
+    bpf_probe_read_kernel(&net, sizeof(net), (char *)dev + OFF_DEV_ND_NET);
+    if (!net)
+        return 0;
+    bpf_probe_read_kernel(&inum, sizeof(inum), (char *)net + OFF_NET_NS_INUM);
+    return inum;
+}
+
+static __always_inline int zt_tc(struct __sk_buff *skb, int l3off, __u8 direction)
+{
+    if (skb->protocol != __builtin_bswap16(ZT_ETH_P_IP))
+        return ZT_TC_ACT_OK;
+    __u8 ip[20];
+    if (bpf_skb_load_bytes(skb, l3off, ip, sizeof(ip)) != 0)
+        return ZT_TC_ACT_OK;
+    if ((ip[0] >> 4) != 4 || ip[9] != ZT_IPPROTO_TCP)
+        return ZT_TC_ACT_OK;
+    if (((ip[6] & 0x1f) | ip[7]) != 0) /* a non-first fragment: no TCP header */
+        return ZT_TC_ACT_OK;
+    int ihl = (ip[0] & 0xf) * 4;
+    if (ihl < 20)
+        return ZT_TC_ACT_OK;
+    __u8 tcp[20];
+    if (bpf_skb_load_bytes(skb, l3off + ihl, tcp, sizeof(tcp)) != 0)
+        return ZT_TC_ACT_OK;
+    int doff = (tcp[12] >> 4) * 4;
+    int tot = ((int)ip[2] << 8) | ip[3];
+    int payload = tot - ihl - doff;
+    if (payload <= 0 || doff < 20)
+        return ZT_TC_ACT_OK;
+    __u32 seq = ((__u32)tcp[4] << 24) | ((__u32)tcp[5] << 16) | ((__u32)tcp[6] << 8) | tcp[7];
+    struct zt_start *st = starts.lookup(&seq);
+    if (!st)
+        return ZT_TC_ACT_OK;
+    __u16 sport = ((__u16)tcp[0] << 8) | tcp[1];
+    __u16 dport = ((__u16)tcp[2] << 8) | tcp[3];
+    if (sport != st->lport && dport != st->rport && sport != st->rport && dport != st->lport)
+        return ZT_TC_ACT_OK;
+    struct zt_hop h = {};
+    h.ts = bpf_ktime_get_ns();
+    h.netns = zt_skb_netns(skb);
+    h.start_ts = st->ts;
+    h.seq = seq;
+    h.ifindex = skb->ifindex;
+    h.writer_netns = st->netns;
+    h.writer_lport = st->lport;
+    h.writer_rport = st->rport;
+    __builtin_memcpy(&h.saddr, &ip[12], 4);
+    __builtin_memcpy(&h.daddr, &ip[16], 4);
+    h.len = skb->len;
+    h.sport = sport;
+    h.dport = dport;
+    h.payload = payload > 0xffff ? 0xffff : payload;
+    h.direction = direction;
+    h.tcp_flags = tcp[13];
+    h.window = ((__u16)tcp[14] << 8) | tcp[15];
+    hops.ringbuf_output(&h, sizeof(h), 0);
+    return ZT_TC_ACT_OK;
+}
+
+/* Ethernet devices (veth, bridge, NIC): the IP header follows 14 bytes of MAC header.
+ * L3 devices (tun, wireguard, ...): the packet starts at the IP header. */
+int zt_tc_eth_egress(struct __sk_buff *skb) { return zt_tc(skb, 14, 0); }
+int zt_tc_eth_ingress(struct __sk_buff *skb) { return zt_tc(skb, 14, 1); }
+int zt_tc_l3_egress(struct __sk_buff *skb) { return zt_tc(skb, 0, 0); }
+int zt_tc_l3_ingress(struct __sk_buff *skb) { return zt_tc(skb, 0, 1); }
