@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.probes import btf
+from agent.probes.events import monotonic_to_wall_offset
 from agent.probes.ringbuf import RingBuffer
 
 log = logging.getLogger(__name__)
@@ -123,6 +124,7 @@ class TcTracer:
         self._fns: dict[tuple[bool, int], int] = {}  # (l3, direction) -> prog fd
         self._attached: list[_Attached] = []
         self.hooks: dict[tuple[int, int], Hook] = {}  # (netns inode, ifindex) -> hook
+        self.wall_offset = monotonic_to_wall_offset()  # add to a record's ts: Unix ns
         self._load()
         try:
             self.refresh()

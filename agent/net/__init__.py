@@ -1,0 +1,1 @@
+"""Network hops (N spans) from the TC probes: agent/net/hops.py."""

@@ -1,0 +1,149 @@
+"""Hop records (agent/probes/tc.py) become N spans: one per hop of a request and of its
+response, from the packet carrying the message's first byte at one hook to the same
+packet at the next.
+
+A message is named by what the writing socket saw: (netns inode, local port, remote
+port, TCP seq of the first byte).  That is exactly the key a client S span carries for
+its request (netns, local.port, remote.port, req_seq), so joining a request's hops to
+its span needs no guess.  The response is written by the server, whose ports differ
+behind NAT; it is found by its seq (the client span's resp_seq) and accepted only when
+the response's sighting in the client's own netns is addressed to the client's port.
+
+Per hop:
+- the span runs from the first sighting at the earlier hook to the first sighting at
+  the later one (what the hop added to the exchange, retransmission waits included);
+- `zerotrace.net.hop_latency_ns` is the transit of the copy that got through: the first
+  sighting at the later hook minus the last sighting at the earlier hook before it;
+- `zerotrace.net.retransmissions` counts copies beyond the first at the earlier hook,
+  `zerotrace.net.lost` the copies seen there and never at the later hook.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from agent.probes.tc import Hook, HopRecord
+from proto.span import KIND_INTERNAL, SOURCE_NETWORK, STATUS_OK, Span
+
+TCP_RST = 0x04
+MessageKey = tuple[int, int, int, int]  # writer netns, writer lport, writer rport, seq
+HookKey = tuple[int, int, int]  # netns inode, ifindex, direction
+
+
+@dataclass
+class Sighting:
+    """Every time one message start passed one hook."""
+
+    hook: HookKey
+    times: list[int] = field(default_factory=list)
+    flags: int = 0
+    zero_window: bool = False
+    dport: int = 0
+
+    @property
+    def first(self) -> int:
+        return self.times[0]
+
+
+class HopIndex:
+    """Hop records of recent messages, grouped by message; bounded (oldest go first)."""
+
+    def __init__(self, max_messages: int = 65536) -> None:
+        self.max_messages = max_messages
+        self._msgs: OrderedDict[MessageKey, dict[HookKey, Sighting]] = OrderedDict()
+        self._by_seq: dict[int, list[MessageKey]] = {}
+
+    def add(self, records: list[HopRecord]) -> None:
+        for r in records:
+            key = (r.writer_netns, r.writer_lport, r.writer_rport, r.seq)
+            hooks = self._msgs.get(key)
+            if hooks is None:
+                hooks = self._msgs[key] = {}
+                self._by_seq.setdefault(r.seq, []).append(key)
+                if len(self._msgs) > self.max_messages:
+                    self._forget()
+            hk = (r.netns, r.ifindex, r.direction)
+            s = hooks.get(hk)
+            if s is None:
+                s = hooks[hk] = Sighting(hk, dport=r.dport)
+            s.times.append(r.ts)
+            s.flags |= r.tcp_flags
+            s.zero_window |= r.window == 0
+
+    def _forget(self) -> None:
+        old, _ = self._msgs.popitem(last=False)
+        keys = self._by_seq.get(old[3], [])
+        if old in keys:
+            keys.remove(old)
+        if not keys:
+            self._by_seq.pop(old[3], None)
+
+    def path(self, key: MessageKey) -> list[Sighting]:
+        """The hooks the message passed, in the order it first reached them."""
+        hooks = self._msgs.get(key, {})
+        for s in hooks.values():
+            s.times.sort()
+        return sorted(hooks.values(), key=lambda s: s.first)
+
+    def response_key(self, seq: int, client_netns: int, client_port: int) -> MessageKey | None:
+        """The response message with this seq that reached the client's netns addressed
+        to its port; None when there is none or more than one (never a guess)."""
+        found = [k for k in self._by_seq.get(seq, ())
+                 if any(s.hook[0] == client_netns and s.dport == client_port
+                        for s in self._msgs[k].values())]
+        return found[0] if len(found) == 1 else None
+
+
+def _hook_name(hooks: dict[tuple[int, int], Hook], hk: HookKey) -> tuple[str, str]:
+    h = hooks.get((hk[0], hk[1]))
+    if h is None:
+        return f"netns:{hk[0]}", f"if{hk[1]}"
+    return h.netns, h.ifname
+
+
+def hop_spans(path: list[Sighting], hooks: dict[tuple[int, int], Hook], parent: Span,
+              leg: str, wall_offset: int) -> list[Span]:
+    """One N span per consecutive pair of hooks of `path`, children of `parent`."""
+    out = []
+    for a, b in zip(path, path[1:], strict=False):
+        arrived = b.first
+        before = [t for t in a.times if t <= arrived]
+        transit = arrived - (before[-1] if before else a.first)
+        a_ns, a_if = _hook_name(hooks, a.hook)
+        b_ns, b_if = _hook_name(hooks, b.hook)
+        a_dir = "egress" if a.hook[2] == 0 else "ingress"
+        b_dir = "egress" if b.hook[2] == 0 else "ingress"
+        out.append(Span(
+            trace_id=parent.trace_id, parent_span_id=parent.span_id, kind=KIND_INTERNAL,
+            source=SOURCE_NETWORK, protocol=parent.protocol,
+            operation=f"{leg} {a_ns}/{a_if} {a_dir} -> {b_ns}/{b_if} {b_dir}",
+            status=STATUS_OK, start_ns=a.first + wall_offset, end_ns=arrived + wall_offset,
+            service=parent.service, netns=b.hook[0], transport="tcp", agent=parent.agent,
+            attributes={
+                "zerotrace.net.leg": leg,
+                "zerotrace.net.from.interface": a_if, "zerotrace.net.from.netns": a_ns,
+                "zerotrace.net.from.direction": a_dir,
+                "zerotrace.net.interface": b_if, "zerotrace.net.netns": b_ns,
+                "zerotrace.net.direction": b_dir,
+                "zerotrace.net.hop_latency_ns": transit,
+                "zerotrace.net.retransmissions": len(a.times) - 1,
+                "zerotrace.net.lost": max(0, len(a.times) - len(b.times)),
+                "zerotrace.net.rst": bool((a.flags | b.flags) & TCP_RST),
+                "zerotrace.net.zero_window": a.zero_window or b.zero_window,
+            }))
+    return out
+
+
+def spans_for_client(index: HopIndex, client: Span, hooks: dict[tuple[int, int], Hook],
+                     wall_offset: int) -> list[Span]:
+    """N spans of a client S span's request and response (children of it)."""
+    out: list[Span] = []
+    if client.req_seq is not None:
+        key = (client.netns, client.local.port, client.remote.port, client.req_seq)
+        out += hop_spans(index.path(key), hooks, client, "request", wall_offset)
+    if client.resp_seq is not None:
+        rkey = index.response_key(client.resp_seq, client.netns, client.local.port)
+        if rkey is not None:
+            out += hop_spans(index.path(rkey), hooks, client, "response", wall_offset)
+    return out

@@ -1,0 +1,138 @@
+"""Issue 18's must-show: per-hop N spans on a real NAT path with a slow link.
+
+client netns -> veth -> bridge -> veth -> gateway netns (MASQUERADE) -> tun ~5 ms~ tun
+-> server netns.  The TC probes (bpf/tc.c) and the socket probes run for real; the
+client's S spans come from the real pipeline, and their N spans from agent/net/hops.py.
+The +5 ms must show on the request's hop across the slow link and on no other hop;
+with 20 % loss on that link, lost copies must show on that hop and no other."""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agent.net.hops import HopIndex, spans_for_client
+from agent.pipeline import Pipeline
+from agent.probes.loader import ProbeConfig, SocketTracer
+from agent.probes.tc import TcConfig, TcTracer
+from tests.helpers.tracing import Draining
+from tests.net.topology import nat_path
+
+HERE = Path(__file__).resolve().parent
+PORT = 8089
+DELAY_MS = 5.0
+
+
+def run(delay_ms: float, loss: float, requests: int, seed: int) -> dict:
+    """Send `requests` on one connection across the path; the client spans with their
+    N spans, and the path's interface names."""
+    with nat_path(delay_ms, loss, seed=seed) as p:
+        srv = p.spawn(p.server, sys.executable, str(HERE / "http_peer.py"), "server",
+                      p.server_addr, str(PORT), stdout=subprocess.PIPE, text=True)
+        assert srv.stdout.readline().strip() == "ready"
+        pipeline = Pipeline()
+        traces: list = []
+        pipeline.on_trace_obj = traces.append
+        names = [p.client.name, p.gateway.name, p.server.name]
+        with TcTracer(TcConfig(interfaces=f"^{p.prefix}", netns=names)) as tc:
+            with SocketTracer(ProbeConfig(netns={p.client.inode, p.server.inode})) as st, \
+                    Draining([(st, pipeline)], settle_s=1.5):
+                subprocess.run(p.client.cmd(sys.executable, str(HERE / "http_peer.py"),
+                                            "client", p.server_addr, str(PORT),
+                                            str(requests)),
+                               check=True, timeout=120, capture_output=True)
+            index = HopIndex()
+            while recs := tc.poll(0.2):
+                index.add(recs)
+            hooks = dict(tc.hooks)
+            clients = [s for tr in traces for s in tr.spans
+                       if s.kind == "client" and s.netns == p.client.inode
+                       and s.source == "S" and s.operation.startswith("GET /hop/")]
+            spans = {c.span_id: (c, spans_for_client(index, c, hooks, tc.wall_offset))
+                     for c in clients}
+        return {"prefix": p.prefix, "spans": spans, "requests": requests}
+
+
+def hop_name(n) -> str:
+    a = n.attributes
+    return (f"{a['zerotrace.net.leg']}:{a['zerotrace.net.from.interface']}>"
+            f"{a['zerotrace.net.interface']}")
+
+
+def by_hop(result: dict) -> dict[str, list]:
+    out: dict[str, list] = {}
+    for _c, ns in result["spans"].values():
+        for n in ns:
+            out.setdefault(hop_name(n), []).append(n)
+    return out
+
+
+@pytest.fixture(scope="module")
+def slow() -> dict:
+    return run(DELAY_MS, 0.0, requests=20, seed=1)
+
+
+@pytest.fixture(scope="module")
+def lossy() -> dict:
+    return run(DELAY_MS, 0.2, requests=30, seed=3)
+
+
+def expected_hops(prefix: str) -> tuple[list[str], list[str]]:
+    path = [f"{prefix}c", f"{prefix}ch", f"{prefix}gh", f"{prefix}g", f"{prefix}ta",
+            f"{prefix}tb"]
+    req = [f"request:{a}>{b}" for a, b in zip(path, path[1:], strict=False)]
+    back = path[::-1]
+    resp = [f"response:{a}>{b}" for a, b in zip(back, back[1:], strict=False)]
+    return req, resp
+
+
+def test_every_request_has_its_hops_in_path_order(slow):
+    req, resp = expected_hops(slow["prefix"])
+    assert len(slow["spans"]) >= 0.9 * slow["requests"], "client S spans missing"
+    complete = 0
+    for c, ns in slow["spans"].values():
+        got = [hop_name(n) for n in ns]
+        if got == req + resp:
+            complete += 1
+        for n in ns:  # children of the client span, inside the trace
+            assert n.parent_span_id == c.span_id and n.trace_id == c.trace_id
+            assert n.source == "N" and n.start_ns <= n.end_ns
+    assert complete >= 0.9 * slow["requests"], f"{complete} with the full path"
+
+
+def test_the_slow_hop_and_only_it_shows_the_delay(slow):
+    prefix = slow["prefix"]
+    link = f"request:{prefix}ta>{prefix}tb"
+    hops = by_hop(slow)
+    report = {}
+    for name, ns in hops.items():
+        ms = [n.attributes["zerotrace.net.hop_latency_ns"] / 1e6 for n in ns]
+        report[name] = (statistics.median(ms), max(ms))
+    for name, (med, mx) in sorted(report.items()):
+        print(f"{name:<40} median {med:7.3f} ms  max {mx:7.3f} ms")
+    med, _ = report.pop(link)
+    assert abs(med - DELAY_MS) <= 1.0, f"slow hop {med:.3f} ms"
+    # the forwarder holds every packet at least DELAY_MS after the TC egress hook
+    assert min(n.attributes["zerotrace.net.hop_latency_ns"] for n in hops[link]) >= \
+        DELAY_MS * 1e6 * 0.98
+    for name, (med, _mx) in report.items():
+        assert med < 1.0, f"{name}: {med:.3f} ms on a hop with no delay"
+
+
+def test_loss_shows_on_the_lossy_hop_only(lossy):
+    prefix = lossy["prefix"]
+    link = f"request:{prefix}ta>{prefix}tb"
+    hops = by_hop(lossy)
+    lost = {name: sum(n.attributes["zerotrace.net.lost"] for n in ns)
+            for name, ns in hops.items()}
+    retrans = sum(n.attributes["zerotrace.net.retransmissions"] for n in hops[link])
+    print(f"lost copies per hop: {lost}; retransmissions entering the link: {retrans}")
+    assert lost.pop(link) > 0 and retrans > 0
+    assert all(v == 0 for v in lost.values())
+    # a request that lost a copy still measures the copy that got through
+    for n in hops[link]:
+        assert n.attributes["zerotrace.net.hop_latency_ns"] >= DELAY_MS * 1e6 * 0.98
