@@ -27,10 +27,10 @@ PORT = 8089
 DELAY_MS = 5.0
 
 
-def run(delay_ms: float, loss: float, requests: int, seed: int) -> dict:
+def run(delay_ms: float, loss: float, requests: int, seed: int, slow: str = "ab") -> dict:
     """Send `requests` on one connection across the path; the client spans with their
     N spans, and the path's interface names."""
-    with nat_path(delay_ms, loss, seed=seed) as p:
+    with nat_path(delay_ms, loss, seed=seed, slow=slow) as p:
         srv = p.spawn(p.server, sys.executable, str(HERE / "http_peer.py"), "server",
                       p.server_addr, str(PORT), stdout=subprocess.PIPE, text=True)
         assert srv.stdout.readline().strip() == "ready"
@@ -77,6 +77,11 @@ def slow() -> dict:
 
 
 @pytest.fixture(scope="module")
+def slow_back() -> dict:
+    return run(DELAY_MS, 0.0, requests=20, seed=1, slow="ba")
+
+
+@pytest.fixture(scope="module")
 def lossy() -> dict:
     return run(DELAY_MS, 0.2, requests=30, seed=3)
 
@@ -104,10 +109,8 @@ def test_every_request_has_its_hops_in_path_order(slow):
     assert complete >= 0.9 * slow["requests"], f"{complete} with the full path"
 
 
-def test_the_slow_hop_and_only_it_shows_the_delay(slow):
-    prefix = slow["prefix"]
-    link = f"request:{prefix}ta>{prefix}tb"
-    hops = by_hop(slow)
+def check_delay_on(result: dict, link: str) -> None:
+    hops = by_hop(result)
     report = {}
     for name, ns in hops.items():
         ms = [n.attributes["zerotrace.net.hop_latency_ns"] / 1e6 for n in ns]
@@ -121,6 +124,16 @@ def test_the_slow_hop_and_only_it_shows_the_delay(slow):
         DELAY_MS * 1e6 * 0.98
     for name, (med, _mx) in report.items():
         assert med < 1.0, f"{name}: {med:.3f} ms on a hop with no delay"
+
+
+def test_the_slow_hop_and_only_it_shows_the_delay(slow):
+    prefix = slow["prefix"]
+    check_delay_on(slow, f"request:{prefix}ta>{prefix}tb")
+
+
+def test_the_response_hop_shows_a_delay_towards_the_client(slow_back):
+    prefix = slow_back["prefix"]
+    check_delay_on(slow_back, f"response:{prefix}tb>{prefix}ta")
 
 
 def test_loss_shows_on_the_lossy_hop_only(lossy):

@@ -38,8 +38,10 @@ class Path4:
 
 
 @contextmanager
-def nat_path(delay_ms: float, loss: float = 0.0, subnet: int = 236,
-             seed: int = 1) -> Iterator[Path4]:
+def nat_path(delay_ms: float, loss: float = 0.0, subnet: int = 236, seed: int = 1,
+             slow: str = "ab") -> Iterator[Path4]:
+    """The path, its link slowed (and lossy) towards the server (slow="ab") or towards
+    the client ("ba")."""
     tag = uuid.uuid4().hex[:6]
     pre = f"zq{tag}"
     c = Host(f"zq-{tag}-client", f"10.{subnet}.1.2")
@@ -68,7 +70,7 @@ def nat_path(delay_ms: float, loss: float = 0.0, subnet: int = 236,
         tun_a, tun_b = f"{pre}ta", f"{pre}tb"
         link = subprocess.Popen(
             [sys.executable, str(HERE / "tun_link.py"), g.name, tun_a, s.name, tun_b,
-             str(delay_ms), str(loss), str(seed)], stdout=subprocess.PIPE, text=True,
+             str(delay_ms), str(loss), str(seed), slow], stdout=subprocess.PIPE, text=True,
             start_new_session=True)
         p.procs.append(link)
         if link.stdout.readline().strip() != "ready":

@@ -1,12 +1,12 @@
 """A slow point-to-point link for tests: two TUN devices, one in each of two network
 namespaces, joined by this process, which copies packets between them and delays (and
-optionally drops a share of) the packets going from the first to the second.
+optionally drops a share of) the packets going one way (SLOW: "ab" or "ba").
 
-    python tun_link.py NS_A DEV_A NS_B DEV_B DELAY_MS LOSS SEED
+    python tun_link.py NS_A DEV_A NS_B DEV_B DELAY_MS LOSS SEED [SLOW]
 
 This kernel has no netem (docs/network.md), so the delay is a real one: the packet sits
 in this process for DELAY_MS.  Prints "ready" once both devices exist; runs until
-killed.  Only the A->B direction is slowed; B->A is copied at once.
+killed.  The other direction is copied at once.
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ def send(fd: int, pkt: bytes) -> None:
 
 def main() -> None:
     ns_a, dev_a, ns_b, dev_b, delay_ms, loss, seed = sys.argv[1:8]
+    slow_ab = (sys.argv[8] if len(sys.argv) > 8 else "ab") == "ab"
     delay_ns = int(float(delay_ms) * 1e6)
     drop = float(loss)
     rng = random.Random(int(seed))
@@ -65,12 +66,13 @@ def main() -> None:
     except OSError:
         pass
     print("ready", flush=True)
-    due: list[tuple[int, int, bytes]] = []  # (deliver at, order, packet) A->B
+    src, dst = (a, b) if slow_ab else (b, a)
+    due: list[tuple[int, int, bytes]] = []  # (deliver at, order, packet) src->dst
     n = 0
     while True:
         now = time.monotonic_ns()
         while due and due[0][0] <= now:
-            send(b, heapq.heappop(due)[2])
+            send(dst, heapq.heappop(due)[2])
         wait = None
         if due:
             left = due[0][0] - now
@@ -83,8 +85,8 @@ def main() -> None:
                 pkt = os.read(fd, 65536)
             except BlockingIOError:
                 continue
-            if fd == b:
-                send(a, pkt)
+            if fd != src:
+                send(src, pkt)
             elif drop and rng.random() < drop:
                 continue
             else:
