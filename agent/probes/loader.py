@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent import check
-from agent.probes import abi, btf, golang
+from agent.probes import abi, btf, golang, tls
 from agent.probes.events import EventBatch, SocketEvent, WakeEvent, monotonic_to_wall_offset
 from agent.probes.ringbuf import RingBuffer
 
@@ -42,6 +42,10 @@ class ProbeConfig:
     # On unless ZEROTRACE_GO_HANDOFFS=0: each probe hit is a uprobe trap (docs/stitching.md).
     go_handoffs: bool = field(
         default_factory=lambda: os.environ.get("ZEROTRACE_GO_HANDOFFS", "1") != "0")
+
+    # TLS plaintext of dynamically linked OpenSSL (bpf/tls.c, docs/tls.md): uprobes on
+    # libssl's SSL_read/SSL_write.  On unless ZEROTRACE_TLS=0.
+    tls: bool = field(default_factory=lambda: os.environ.get("ZEROTRACE_TLS", "1") != "0")
 
     def payload_max(self) -> int:
         """Payload capture size rounded up to a power of two (the probe masks with it)."""
@@ -126,6 +130,9 @@ class SocketTracer:
         self._wakes = False  # some wake probe attached: ring records need sorting
         self._attachments: list[tuple[bytes, bytes]] = []
         self.timings: dict[str, float] = {}  # start-up phases, seconds (bench_startup)
+        self.tls: tls.TlsAttacher | None = None  # TLS: libraries with probes
+        self._tls_stream: tls.TlsStream | None = None
+        self._tls_tp_fds: list[int] = []
         self._load()
 
     def _load(self) -> None:
@@ -158,6 +165,8 @@ class SocketTracer:
                 pass
 
         src = inline_includes(SOCKET_TRACE_C)
+        if cfg.tls:
+            src += "\n" + inline_includes(BPF_DIR / "tls.c")
         attachments = tracepoint_attachments(src)
         try:
             self._bpf = _Manual(text=src.encode(), cflags=cflags)
@@ -174,6 +183,8 @@ class SocketTracer:
             t2 = time.monotonic()
             for tp, fn in attachments:
                 self._bpf.attach_tracepoint(tp=tp, fn_name=fn)
+            if cfg.tls:
+                self._attach_tls()
             events = self._bpf[b"events"]
             self._ring = RingBuffer(events.map_fd, cfg.ring_pages * os.sysconf("SC_PAGESIZE"))
         except Exception as e:  # load or attach refused: detach what was attached
@@ -185,6 +196,38 @@ class SocketTracer:
         log.info("socket probes attached in %.1fs (compiled in %.1fs, %d programs verified "
                  "in %.1fs, attached to %d tracepoints in %.1fs)", t3 - t0, t1 - t0,
                  len(programs), t2 - t1, len(attachments), t3 - t2)
+
+    # -- TLS (bpf/tls.c, agent/probes/tls.py) -----------------------------------------
+    def _attach_tls(self) -> None:
+        """The syscall-enter program of tls.c, after data.c's (it reads the in-flight slot
+        data.c's fills), and the uprobes of the system's libssl and of running processes'.
+        bcc keeps one fd per tracepoint name, so these go through libbcc directly."""
+        from bcc import BPF, lib
+
+        fn = self._bpf.load_func(b"zt_tls_sys_enter", BPF.TRACEPOINT)
+        for tp in tls.SYSCALL_TRACEPOINTS:
+            cat, name = tp.encode().split(b":")
+            fd = lib.bpf_attach_tracepoint(fn.fd, cat, name)
+            if fd < 0:
+                raise ProbeError(f"TLS: cannot attach to {tp}")
+            self._tls_tp_fds.append(fd)
+        self.tls = tls.TlsAttacher(self._bpf)
+        self._tls_stream = tls.TlsStream()
+        for path in tls.system_libssl():
+            self.tls.attach_file(path)
+        self.tls.scan(self.config.pids or None, force=True)
+
+    def tls_stats(self) -> dict[str, int]:
+        """TLS counters: libraries with probes, connections, plaintext/ciphertext events."""
+        if self.tls is None:
+            return {}
+        out = dict(self._tls_stream.stats)
+        out["tls_libraries"] = self.tls.attached()
+        return out
+
+    def _tls_records(self, records: list[bytes]) -> list[bytes]:
+        self.tls.scan(self.config.pids or None)  # new processes' own libssl files
+        return self._tls_stream.rewrite(records)
 
     def _configure(self) -> None:
         b, cfg = self._bpf, self.config
@@ -290,6 +333,8 @@ class SocketTracer:
         if not ring.pending_bytes():
             ring.wait(timeout_s)
         records = ring.drain()
+        if self.tls is not None:
+            records = self._tls_records(records)
         off = self.wall_offset
         if not self._wakes:
             out = EventBatch([SocketEvent(r, off) for r in records])
@@ -330,6 +375,12 @@ class SocketTracer:
         if self._ring is not None:
             self._ring.close()
             self._ring = None
+        if self._tls_tp_fds:
+            from bcc import lib
+
+            for fd in self._tls_tp_fds:
+                lib.bpf_close_perf_event_fd(fd)
+            self._tls_tp_fds = []
         if self._bpf is not None:
             self._bpf.cleanup()
             self._bpf = None

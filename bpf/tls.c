@@ -1,0 +1,234 @@
+/* TLS plaintext of dynamically linked OpenSSL 1.1/3 (libssl.so): uprobes on SSL_write,
+ * SSL_write_ex, SSL_read, SSL_read_ex and SSL_do_handshake (entry and return).
+ *
+ * The socket is not read from the SSL object (its layout changes between OpenSSL
+ * versions): while a thread is inside an SSL call, a program on the data syscalls'
+ * enter tracepoints (attached after data.c's, so the in-flight slot `active` already
+ * holds this syscall's socket and TCP seq) notes the socket and the TCP seqs of the
+ * ciphertext the call moves.  At the call's return the plaintext is emitted as a data
+ * event on the pseudo-socket sk|1 (a struct sock is 8-aligned: the low bit is free), a
+ * connection of its own in the agent, flagged ZT_F_TLS.
+ *
+ * Sequence numbers of plaintext events: a "virtual" TCP seq per direction, base + the
+ * plaintext bytes moved so far, so that the agent's stream offsets are plaintext
+ * offsets and both ends of a connection agree on every byte's seq.  The base is the
+ * TCP seq of the first ciphertext record that carried plaintext in that direction:
+ * egress, the first write syscall of the first SSL_write; ingress, the last 5-byte
+ * record header read of the first SSL_read (OpenSSL without read-ahead reads a record
+ * as header then body, and a TLS 1.3 client's first SSL_read reads the server's
+ * session tickets before the data).  Both ends thus name the same ciphertext record:
+ * exact matches for the stitcher; when a side misses that record the two virtual
+ * spaces differ by the records' overhead and never match (no link, never a wrong one).
+ *
+ * The first time a socket is seen inside an SSL call a mark event (ZT_EV_CONN,
+ * syscall ZT_SYS_TLS_MARK) tells the agent to drop that socket's ciphertext. */
+
+#define ZT_SYS_TLS_MARK 32 /* agent/probes/tls.py: SYS_TLS_MARK; not an abi.h syscall */
+#define ZT_F_TLS 16        /* agent/probes/tls.py: F_TLS; a plaintext event of TLS */
+#define ZT_TLS_HDR 5       /* TLS record header length */
+
+struct zt_tls_call {
+    __u64 ts_enter;
+    __u64 buf;
+    __u64 outlen;     /* SSL_*_ex: size_t * receiving the bytes moved */
+    struct zt_active act; /* the socket of the call's first ciphertext syscall */
+    __u32 seq_first;  /* TCP seq of that syscall */
+    __u32 seq_hdr;    /* ingress: TCP seq of the last 5-byte read (a record header) */
+    __u32 depth;      /* nested SSL calls of ours (ignored) */
+    __u8 kind;        /* ZT_TLS_WRITE, ZT_TLS_READ, ZT_TLS_HANDSHAKE */
+    __u8 ex;
+    __u8 have_sock;
+    __u8 have_hdr;
+};
+
+struct zt_tls_sock {
+    __u64 moved[2];   /* plaintext bytes per direction so far */
+    __u32 base[2];    /* virtual seq base per direction */
+    __u8 have_base[2];
+};
+
+#define ZT_TLS_WRITE 1
+#define ZT_TLS_READ 2
+#define ZT_TLS_HANDSHAKE 3
+
+BPF_HASH(tls_calls, __u32, struct zt_tls_call, 16384);
+BPF_TABLE("lru_hash", __u64, struct zt_tls_sock, tls_socks, 65536);
+/* SSL object -> its socket, for calls that made no syscall (data already buffered) */
+BPF_TABLE("lru_hash", __u64, struct zt_active, tls_ssl_sock, 65536);
+
+static __always_inline int zt_tls_enter(struct pt_regs *ctx, __u8 kind, __u8 ex)
+{
+    __u64 id = bpf_get_current_pid_tgid();
+    struct zt_config *cfg = zt_cfg();
+    if (!cfg || !zt_task_wanted(cfg, id >> 32))
+        return 0;
+    __u32 tid = (__u32)id;
+    __u64 now = bpf_ktime_get_ns();
+    struct zt_tls_call *old = tls_calls.lookup(&tid);
+    /* a call of ours inside another (SSL_read running the handshake): the outer one
+     * owns the syscalls; an entry 10 s old is a call that never returned */
+    if (old && now - old->ts_enter < 10000000000ULL) {
+        old->depth++;
+        return 0;
+    }
+    struct zt_tls_call c = {};
+    c.ts_enter = now;
+    c.kind = kind;
+    c.ex = ex;
+    c.buf = PT_REGS_PARM2(ctx);
+    c.outlen = ex ? PT_REGS_PARM4(ctx) : 0;
+    __u64 ssl = PT_REGS_PARM1(ctx);
+    struct zt_active *known = tls_ssl_sock.lookup(&ssl);
+    if (known) {
+        c.act = *known;
+        c.have_sock = 2; /* known, but no syscall of this call seen yet */
+    }
+    c.act.addr = ssl; /* zt_active.addr is unused for TCP: the SSL object */
+    tls_calls.update(&tid, &c);
+    return 0;
+}
+
+/* The data syscalls' enter (after data.c's program): note the ciphertext's socket and
+ * seqs when the thread is inside an SSL call. */
+int zt_tls_sys_enter(void *ctx)
+{
+    __u32 tid = (__u32)bpf_get_current_pid_tgid();
+    struct zt_tls_call *c = tls_calls.lookup(&tid);
+    if (!c)
+        return 0;
+    struct zt_active *a = zt_active_get(0);
+    if (!a || !a->busy || a->transport != ZT_IPPROTO_TCP || !a->has_seq)
+        return 0;
+    int egress = zt_is_egress(a->sys);
+    if (c->have_sock != 1) {
+        /* the first ciphertext syscall of this call names its socket (over what an
+         * earlier call of this SSL object said: the address may be reused) */
+        __u64 ssl = c->act.addr;
+        c->act = *a;
+        c->act.addr = ssl;
+        c->have_sock = 1;
+        c->seq_first = a->seq;
+        tls_ssl_sock.update(&ssl, a);
+        __u64 sk = a->sk;
+        struct zt_tls_sock *known = tls_socks.lookup(&sk);
+        /* a handshake on a socket that already moved plaintext: the address of a
+         * closed connection, reused (TLS 1.3 has no renegotiation) */
+        if (known && c->kind == ZT_TLS_HANDSHAKE && (known->moved[0] || known->moved[1]))
+            known = 0;
+        if (!known) {
+            struct zt_tls_sock z = {};
+            tls_socks.update(&sk, &z);
+            /* tell the agent before this syscall's ciphertext event (emitted at exit) */
+            struct zt_config *cfg = zt_cfg();
+            int zero = 0;
+            struct zt_scratch *s = scratch.lookup(&zero);
+            if (cfg && s) {
+                __u64 id = bpf_get_current_pid_tgid();
+                zt_fill(&s->ev, a, id, 0, bpf_ktime_get_ns(), cfg);
+                s->ev.type = ZT_EV_CONN;
+                s->ev.syscall = ZT_SYS_TLS_MARK;
+                s->ev.direction = 0;
+                s->ev.seq = 0;
+                struct zt_sockstate *st = socks.lookup(&sk);
+                s->ev.role = st ? st->role : ZT_ROLE_UNKNOWN;
+                zt_submit(s, sizeof(struct zt_event), cfg);
+            }
+        }
+    } else if (c->act.sk != a->sk) {
+        return 0;
+    }
+    if (c->kind == ZT_TLS_READ && !egress && (a->sys == ZT_SYS_READ || a->sys == ZT_SYS_RECVFROM)) {
+        /* read(fd, buf, count) and recvfrom(fd, buf, size, ...): count at +32 */
+        __u64 count = 0;
+        bpf_probe_read_kernel(&count, sizeof(count), (char *)ctx + 32);
+        if (count == ZT_TLS_HDR) {
+            c->seq_hdr = a->seq;
+            c->have_hdr = 1;
+        }
+    }
+    return 0;
+}
+
+static __always_inline int zt_tls_exit(struct pt_regs *ctx)
+{
+    __u64 id = bpf_get_current_pid_tgid();
+    __u32 tid = (__u32)id;
+    struct zt_tls_call *cp = tls_calls.lookup(&tid);
+    if (!cp)
+        return 0;
+    if (cp->depth) {
+        cp->depth--;
+        return 0;
+    }
+    struct zt_tls_call c = *cp;
+    tls_calls.delete(&tid);
+    if (c.kind == ZT_TLS_HANDSHAKE || !c.have_sock)
+        return 0;
+    long rc = PT_REGS_RC(ctx);
+    __u64 len = 0;
+    if (c.ex) {
+        if (rc != 1)
+            return 0;
+        bpf_probe_read_user(&len, sizeof(len), (void *)c.outlen);
+    } else {
+        if (rc <= 0)
+            return 0;
+        len = rc;
+    }
+    if (!len)
+        return 0;
+    __u64 sk = c.act.sk;
+    struct zt_tls_sock *ts = tls_socks.lookup(&sk);
+    if (!ts)
+        return 0;
+    int d = c.kind == ZT_TLS_WRITE ? ZT_DIR_EGRESS : ZT_DIR_INGRESS;
+    if (!ts->have_base[d & 1]) {
+        __u32 base;
+        if (c.have_sock != 1)
+            base = bpf_get_prandom_u32(); /* no ciphertext seen: match nothing */
+        else if (d == ZT_DIR_INGRESS && c.have_hdr)
+            base = c.seq_hdr;
+        else
+            base = c.seq_first;
+        ts->base[d & 1] = base;
+        ts->have_base[d & 1] = 1;
+    }
+    __u32 vseq = ts->base[d & 1] + (__u32)ts->moved[d & 1];
+    ts->moved[d & 1] += len;
+
+    struct zt_config *cfg = zt_cfg();
+    int zero = 0;
+    struct zt_scratch *s = scratch.lookup(&zero);
+    if (!cfg || !s)
+        return 0;
+    struct zt_active a = c.act;
+    a.sys = d == ZT_DIR_EGRESS ? ZT_SYS_WRITE : ZT_SYS_READ;
+    a.seq = vseq;
+    a.has_seq = 1;
+    a.ts_enter = c.ts_enter;
+    zt_fill(&s->ev, &a, id, len, bpf_ktime_get_ns(), cfg);
+    s->ev.sock_id = sk | 1; /* after zt_fill: it reads the socket at a.sk */
+    __u32 want = len < ZT_PAYLOAD_MAX ? len : ZT_PAYLOAD_MAX;
+    if (bpf_probe_read_user(s->payload, want, (void *)c.buf) != 0) {
+        want = 0;
+        zt_count_drop(ZT_DROP_READ_FAULT);
+    }
+    struct zt_event *ev = &s->ev;
+    ev->type = ZT_EV_DATA;
+    ev->direction = d;
+    ev->seq = vseq;
+    ev->captured = want;
+    ev->flags |= ZT_F_TLS | ZT_F_HAS_SEQ;
+    if (want < len)
+        ev->flags |= ZT_F_TRUNCATED;
+    /* the mask keeps the size provably bounded for the verifier (want <= MAX) */
+    zt_submit(s, sizeof(struct zt_event) + (want & (2 * ZT_PAYLOAD_MAX - 1)), cfg);
+    return 0;
+}
+
+int zt_ssl_write(struct pt_regs *ctx) { return zt_tls_enter(ctx, ZT_TLS_WRITE, 0); }
+int zt_ssl_write_ex(struct pt_regs *ctx) { return zt_tls_enter(ctx, ZT_TLS_WRITE, 1); }
+int zt_ssl_read(struct pt_regs *ctx) { return zt_tls_enter(ctx, ZT_TLS_READ, 0); }
+int zt_ssl_read_ex(struct pt_regs *ctx) { return zt_tls_enter(ctx, ZT_TLS_READ, 1); }
+int zt_ssl_handshake(struct pt_regs *ctx) { return zt_tls_enter(ctx, ZT_TLS_HANDSHAKE, 0); }
+int zt_ssl_ret(struct pt_regs *ctx) { return zt_tls_exit(ctx); }
