@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.net.hops import HopIndex, spans_for_client
+from agent.net.live import NetHops
 from agent.pipeline import Pipeline
 from agent.probes.loader import ProbeConfig, SocketTracer
-from agent.probes.tc import TcConfig, TcTracer
+from agent.probes.tc import TcConfig
 from tests.helpers.tracing import Draining
 from tests.net.topology import nat_path
 
@@ -28,8 +28,9 @@ DELAY_MS = 5.0
 
 
 def run(delay_ms: float, loss: float, requests: int, seed: int, slow: str = "ab") -> dict:
-    """Send `requests` on one connection across the path; the client spans with their
-    N spans, and the path's interface names."""
+    """Send `requests` on one connection across the path, traced by a real pipeline with
+    the TC probes installed on it (agent/net/live.py); the client spans with the N spans
+    of their traces, and the server spans."""
     with nat_path(delay_ms, loss, seed=seed, slow=slow) as p:
         srv = p.spawn(p.server, sys.executable, str(HERE / "http_peer.py"), "server",
                       p.server_addr, str(PORT), stdout=subprocess.PIPE, text=True)
@@ -38,23 +39,29 @@ def run(delay_ms: float, loss: float, requests: int, seed: int, slow: str = "ab"
         traces: list = []
         pipeline.on_trace_obj = traces.append
         names = [p.client.name, p.gateway.name, p.server.name]
-        with TcTracer(TcConfig(interfaces=f"^{p.prefix}", netns=names)) as tc:
+        net = NetHops(TcConfig(interfaces=f"^{p.prefix}", netns=names))
+        try:
+            net.install(pipeline)
             with SocketTracer(ProbeConfig(netns={p.client.inode, p.server.inode})) as st, \
                     Draining([(st, pipeline)], settle_s=1.5):
                 subprocess.run(p.client.cmd(sys.executable, str(HERE / "http_peer.py"),
                                             "client", p.server_addr, str(PORT),
                                             str(requests)),
                                check=True, timeout=120, capture_output=True)
-            index = HopIndex()
-            while recs := tc.poll(0.2):
-                index.add(recs)
-            hooks = dict(tc.hooks)
-            clients = [s for tr in traces for s in tr.spans
-                       if s.kind == "client" and s.netns == p.client.inode
-                       and s.source == "S" and s.operation.startswith("GET /hop/")]
-            spans = {c.span_id: (c, spans_for_client(index, c, hooks, tc.wall_offset))
-                     for c in clients}
-        return {"prefix": p.prefix, "spans": spans, "requests": requests}
+        finally:
+            net.close()
+        spans = {}
+        servers = []
+        for tr in traces:
+            for c in tr.spans:
+                if (c.kind == "client" and c.netns == p.client.inode and c.source == "S"
+                        and c.operation.startswith("GET /hop/")):
+                    spans[c.span_id] = (c, [n for n in tr.spans if n.source == "N"
+                                            and n.parent_span_id == c.span_id])
+                elif c.kind == "server" and c.netns == p.server.inode and c.source == "S":
+                    servers.append((c, {n.span_id: n for n in tr.spans if n.source == "N"}))
+        return {"prefix": p.prefix, "spans": spans, "servers": servers,
+                "requests": requests}
 
 
 def hop_name(n) -> str:
@@ -107,6 +114,18 @@ def test_every_request_has_its_hops_in_path_order(slow):
             assert n.parent_span_id == c.span_id and n.trace_id == c.trace_id
             assert n.source == "N" and n.start_ns <= n.end_ns
     assert complete >= 0.9 * slow["requests"], f"{complete} with the full path"
+
+
+def test_server_spans_are_children_of_the_last_request_hop(slow):
+    prefix = slow["prefix"]
+    under = 0
+    for srv, n_spans in slow["servers"]:
+        parent = n_spans.get(srv.parent_span_id)
+        if parent is not None:
+            assert hop_name(parent) == f"request:{prefix}ta>{prefix}tb"
+            assert parent.end_ns <= srv.start_ns + 1_000_000  # clocks of two probes
+            under += 1
+    assert under >= 0.9 * slow["requests"], f"{under} server spans under an N span"
 
 
 def check_delay_on(result: dict, link: str) -> None:

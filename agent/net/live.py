@@ -1,0 +1,107 @@
+"""The TC hop probes in a running agent: a thread drains hop records into a HopIndex,
+and every trace the stitcher emits gets, before it leaves, the N spans of each of its
+client S spans (agent/net/hops.py) — so exporters, metrics and `zerotrace trace` see
+them like any span.
+
+Nothing in the stitcher changes: `install` wraps `pipeline.stitcher.emit`.  A server S
+span the stitcher already made a child of a client span, for the same request (same
+req_seq), is re-parented to the request's last N span: the network path sits between
+the two.  Any other server span is left as the stitcher decided.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from agent.net.hops import HopIndex, spans_for_client
+from agent.probes.tc import TcConfig, TcTracer
+from proto.span import KIND_CLIENT, KIND_SERVER, SOURCE_SYSCALL, Span
+
+log = logging.getLogger(__name__)
+
+
+def place(spans: list[Span], index: HopIndex, hooks: dict, wall_offset: int) -> list[Span]:
+    """N spans for the client S spans of one trace; re-parents their server spans."""
+    added: list[Span] = []
+    servers = {}
+    for s in spans:
+        if s.kind == KIND_SERVER and s.source == SOURCE_SYSCALL and s.parent_span_id:
+            servers.setdefault(s.parent_span_id, []).append(s)
+    for c in spans:
+        if c.kind != KIND_CLIENT or c.source != SOURCE_SYSCALL:
+            continue
+        ns = spans_for_client(index, c, hooks, wall_offset)
+        if not ns:
+            continue
+        added += ns
+        last_req = [n for n in ns if n.attributes["zerotrace.net.leg"] == "request"]
+        for srv in servers.get(c.span_id, ()):
+            if last_req and srv.req_seq is not None and srv.req_seq == c.req_seq:
+                srv.parent_span_id = last_req[-1].span_id
+    return added
+
+
+class NetHops:
+    """TC probes + hop index for one agent; close() detaches everything."""
+
+    def __init__(self, config: TcConfig) -> None:
+        self.tc = TcTracer(config)
+        self.index = HopIndex()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self.records = 0
+        self.spans = 0
+        self._thread = threading.Thread(target=self._run, name="zt-tc-hops", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        n = 0
+        while not self._stop.is_set():
+            recs = self.tc.poll(0.05)
+            if recs:
+                with self._lock:
+                    self.index.add(recs)
+                self.records += len(recs)
+            n += 1
+            if n % 100 == 0:  # ~5 s: interfaces that appeared since (new pods)
+                try:
+                    self.tc.refresh()
+                except Exception as e:  # a namespace going away mid-scan
+                    log.debug("TC refresh: %s", e)
+
+    def drain(self) -> None:
+        """Take what is in the ring now (before the last traces are emitted)."""
+        recs = self.tc.poll(0)
+        with self._lock:
+            self.index.add(recs)
+        self.records += len(recs)
+
+    def install(self, pipeline) -> None:
+        """Add N spans to every trace `pipeline`'s stitcher emits."""
+        inner: Callable = pipeline.stitcher.emit
+
+        def emit(trace) -> None:
+            with self._lock:
+                added = place(trace.spans, self.index, self.tc.hooks, self.tc.wall_offset)
+            trace.spans.extend(added)
+            self.spans += len(added)
+            inner(trace)
+
+        pipeline.stitcher.emit = emit
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.tc.close()
+
+
+def start(args, pipeline) -> NetHops | None:
+    """NetHops for `zerotrace agent --interfaces REGEX` (host + each --netns), or None."""
+    regex = getattr(args, "interfaces", None)
+    if not regex:
+        return None
+    net = NetHops(TcConfig(interfaces=regex, netns=list(getattr(args, "netns", []) or [])))
+    net.install(pipeline)
+    return net
