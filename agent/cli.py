@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="trace only sockets with this local or remote port")
     a.add_argument("--netns", action="append", default=[],
                    help="trace only sockets of this network namespace (name or path)")
+    a.add_argument("--interfaces", metavar="REGEX",
+                   help="network hops: TC probes on interfaces matching REGEX in the host "
+                   "and each --netns (N spans; docs/network.md)")
     a.add_argument("--cgroup", action="append", default=[],
                    help="trace only processes of this cgroup v2 directory")
     a.add_argument("--payload-bytes", type=int, default=1024,
