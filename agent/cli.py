@@ -48,14 +48,28 @@ def _version() -> str:
         return "unknown (not installed)"
 
 
+EXIT_USAGE = 2  # as argparse; the codes are listed in docs/cli.md
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose errors are one line (`zerotrace: ...`), exit 2, no usage block."""
+
+    def error(self, message: str):  # type: ignore[override]
+        print(f"zerotrace: {self.prog.removeprefix('zerotrace ')}: {message} (see --help)",
+              file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="zerotrace", description=__doc__)
+    p = OneLineParser(prog="zerotrace", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
     p.add_argument("--version", action="version", version=f"zerotrace {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
     c = sub.add_parser("check", help="what this host offers the agent")
-    c.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    # table (alias text, its old name) or json, as the query commands
+    c.add_argument("-o", "--output", choices=["table", "text", "json"], default="table")
+    c.add_argument("--out", metavar="FILE", help="write the output to FILE, not stdout")
     c.add_argument("--quick", action="store_true", help="skip the fentry load test (~3 s)")
     c.set_defaults(func=cmd_check)
 
@@ -108,6 +122,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
+    # server.cli.run gives every command --out FILE and one-line errors; it is there
+    # whenever the server package is (registered above), else run the command bare.
+    server_cli = sys.modules.get("server.cli")
+    if server_cli is not None:
+        return server_cli.run(args)
     return args.func(args) or 0
 
 

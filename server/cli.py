@@ -3,15 +3,28 @@
 `register(subparsers)` adds them to the `zerotrace` entry point (agent/cli.py);
 `python -m server.cli ...` runs them alone.  Query commands reach the server at
 `--server HOST:PORT` (default $ZEROTRACE_SERVER or 127.0.0.1:4317, the port the
-server listens on by default) and print rich tables/trees, or JSON with `-o json`.
+server listens on by default) and print tables/trees, JSON (`-o json`) or, for one
+trace, OTLP/JSON (`-o otlp-json`); `--out FILE` writes that to a file.
+
+Conventions (docs/cli.md): times are UTC RFC 3339 with the date; JSON carries
+nanoseconds as strings (as OTLP/JSON does: jq and JavaScript lose digits past 2^53);
+`--since/--until` take a duration ago (15m, 2h) or an RFC 3339 time; trace ids are
+16 or 32 hex digits (a 16-digit one is zero-padded, as W3C says for 64-bit ids);
+tables are plain text, width-aware (terminal width, or $COLUMNS), with no colour or
+box drawing when stdout is not a terminal.  Errors are one line on stderr; exit codes:
+0 ok, 1 the request failed (server unreachable or it refused/failed, trace not found),
+2 usage (bad option, value, trace id or output file), 130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import datetime as _dt
 import json
 import os
 import re
+import shutil
 import signal
 import sys
 import time
@@ -79,6 +92,139 @@ def fmt_ns(ns: int) -> str:
     return f(int(ns))
 
 
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+_RFC3339 = re.compile(
+    r"^(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?([Zz]|[+-]\d{2}:\d{2})$")
+
+
+def parse_time_ns(text: str, name: str = "time") -> int:
+    """A point in time as Unix ns: a duration ago ('15m', '2h', '7d'; '0' = unbounded,
+    returned as 0) or an RFC 3339 time ('2026-12-03T07:00:00Z', '...+01:00', with up to
+    nine fractional digits)."""
+    m = _RFC3339.match(text.strip())
+    if m:
+        date, clock, frac, tz = m.groups()
+        tz = "+00:00" if tz in ("Z", "z") else tz
+        try:
+            t = _dt.datetime.fromisoformat(f"{date}T{clock}{tz}")
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(f"bad time {text!r}: {e}") from None
+        ns = int(t.timestamp()) * 1_000_000_000 + int((frac or "0").ljust(9, "0"))
+        if ns < 0:
+            raise argparse.ArgumentTypeError(f"time {text!r} is before 1970")
+        return ns
+    if re.match(r"^\s*\d{4}-\d", text):
+        raise argparse.ArgumentTypeError(
+            f"bad time {text!r}: RFC 3339 with a zone, e.g. 2026-12-03T07:00:00Z")
+    ago = parse_duration_ns(text)
+    if ago == 0:
+        return 0
+    now = time.time_ns()
+    if ago >= now:
+        raise argparse.ArgumentTypeError(
+            f"{name} reaches back before 1970 ({text} = {ago / 86_400e9:.0f} days); "
+            "give e.g. 15m, 2h, 7d, an RFC 3339 time, or 0 for all time")
+    return now - ago
+
+
+def parse_trace_id(text: str) -> str:
+    """32 lower-case hex digits from a 32- or 16-digit trace id (16 digits are a 64-bit
+    id, zero-padded on the left as W3C Trace Context and Jaeger do)."""
+    t = text.strip().lower()
+    if len(t) not in (16, 32) or not re.fullmatch(r"[0-9a-f]+", t):
+        raise argparse.ArgumentTypeError(
+            f"bad trace id {text!r}: want 16 or 32 hex digits")
+    if t == "0" * len(t):
+        raise argparse.ArgumentTypeError(f"bad trace id {text!r}: all zeros is invalid")
+    return t.zfill(32)
+
+
+def fmt_time(ns: int, digits: int = 9) -> str:
+    """UTC RFC 3339 with `digits` fractional digits (0-9): 2026-12-03T07:00:00.123Z."""
+    ns = int(ns)
+    sec, frac = divmod(ns, 1_000_000_000)
+    base = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+    if digits <= 0:
+        return base + "Z"
+    return f"{base}.{frac:09d}"[: len(base) + 1 + digits] + "Z"
+
+
+def json_ns(obj: Any) -> Any:
+    """`obj` with every integer under a key ending in `_ns` as a decimal string, and an
+    RFC 3339 `<name>_time` beside every `start_ns`/`end_ns` (absolute times)."""
+    if isinstance(obj, dict):
+        out: dict[str, Any] = {}
+        for k, v in obj.items():
+            if k.endswith("_ns") and isinstance(v, int) and not isinstance(v, bool):
+                out[k] = str(v)
+                if k in ("start_ns", "end_ns") and v > 0:
+                    out[k[:-3] + "_time"] = fmt_time(v)
+            else:
+                out[k] = json_ns(v)
+        return out
+    if isinstance(obj, list):
+        return [json_ns(x) for x in obj]
+    return obj
+
+
+class Column:
+    """A table column: `flex` columns shrink (cut with '...') to fit the width, and
+    columns with a `drop` rank are left out, lowest rank first, when even that is
+    not enough."""
+
+    def __init__(self, name: str, right: bool = False, flex: bool = False,
+                 drop: int = 0, min_width: int = 8) -> None:
+        self.name, self.right, self.flex, self.drop, self.min = name, right, flex, drop, min_width
+
+
+def _width() -> int | None:
+    """Columns to fit: the terminal's; when piped, $COLUMNS if set, else unlimited."""
+    if sys.stdout.isatty():
+        return shutil.get_terminal_size().columns
+    c = os.environ.get("COLUMNS", "")
+    return int(c) if c.isdigit() and int(c) > 0 else None
+
+
+def render_table(cols: list[Column], rows: list[list[str]], width: int | None) -> str:
+    """Plain text columns two spaces apart, the header first, fitted to `width`."""
+    cols = list(cols)
+    rows = [list(r) for r in rows]
+
+    def widths() -> list[int]:
+        return [max([len(c.name)] + [len(r[i]) for r in rows]) for i, c in enumerate(cols)]
+
+    w = widths()
+    if width:
+        # Drop optional columns (lowest rank first) until the rigid ones fit.
+        def rigid() -> int:
+            return sum(c.min if c.flex else wi for c, wi in zip(cols, w, strict=True))
+
+        while rigid() + 2 * (len(cols) - 1) > width and any(c.drop for c in cols):
+            i = min((c.drop, i) for i, c in enumerate(cols) if c.drop)[1]
+            del cols[i]
+            for r in rows:
+                del r[i]
+            w = widths()
+        over = sum(w) + 2 * (len(cols) - 1) - width
+        for i, c in enumerate(cols):  # then shrink flexible columns, widest first
+            if over <= 0:
+                break
+            if c.flex and w[i] > c.min:
+                cut = min(over, w[i] - c.min)
+                w[i] -= cut
+                over -= cut
+
+    def cell(text: str, i: int) -> str:
+        if len(text) > w[i]:
+            text = text[: max(0, w[i] - 3)] + "..."
+        return text.rjust(w[i]) if cols[i].right else text.ljust(w[i])
+
+    lines = ["  ".join(cell(c.name, i) for i, c in enumerate(cols)).rstrip()]
+    lines += ["  ".join(cell(v, i) for i, v in enumerate(r)).rstrip() for r in rows]
+    return "\n".join(lines) + "\n"
+
+
 # -- plumbing --------------------------------------------------------------------
 
 
@@ -135,19 +281,26 @@ def _tls_failure(details: str) -> bool:
 
 
 def _since_ns(args: argparse.Namespace) -> int:
-    if not args.since:
-        return 0
-    now = time.time_ns()
-    if args.since >= now:
-        # Checked here, not by the server: a negative time was a traceback before.
-        print(f"zerotrace: --since reaches back before 1970 ({args.since / 86_400e9:.0f} days); "
-              "give e.g. 15m, 2h, 7d, or 0 for all time", file=sys.stderr)
-        raise SystemExit(2)
-    return now - args.since
+    """--since as Unix ns (already absolute: parse_time_ns), 0 = unbounded."""
+    return int(getattr(args, "since", 0) or 0)
+
+
+def _until_ns(args: argparse.Namespace) -> int:
+    """--until as Unix ns, 0 = now (unbounded); refused when not after --since."""
+    until = int(getattr(args, "until", 0) or 0)
+    if until and until <= _since_ns(args):
+        print(f"zerotrace: --until ({fmt_time(until)}) is not after --since "
+              f"({fmt_time(_since_ns(args))})", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+    return until
 
 
 def _print_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    sys.stdout.write(json.dumps(json_ns(obj), indent=2, sort_keys=True) + "\n")
+
+
+def _print_table(cols: list[Column], rows: list[list[str]]) -> None:
+    sys.stdout.write(render_table(cols, rows, _width()))
 
 
 def _console():
@@ -298,7 +451,8 @@ def _start_http(args: argparse.Namespace, store: Any, tokens: Any) -> Any:
 def cmd_services(args: argparse.Namespace) -> int:
     from proto.zerotrace.v1 import query_pb2
 
-    resp = _call(args, "Services", query_pb2.ServicesRequest(since_ns=_since_ns(args)))
+    resp = _call(args, "Services", query_pb2.ServicesRequest(
+        since_ns=_since_ns(args), until_ns=_until_ns(args)))
     rows = [
         {
             "service": s.service,
@@ -313,32 +467,28 @@ def cmd_services(args: argparse.Namespace) -> int:
     if args.output == "json":
         _print_json(rows)
         return 0
-    from rich.table import Table
-
-    t = Table(title="services")
-    for col in ("service", "requests", "req/s", "errors", "p50", "p99"):
-        t.add_column(col, justify="left" if col == "service" else "right")
-    for r in rows:
-        t.add_row(
-            r["service"],
-            str(r["requests"]),
-            f"{r['rate_per_s']:.2f}",
-            f"{100 * r['error_rate']:.1f}%",
-            fmt_ns(r["p50_ns"]),
-            fmt_ns(r["p99_ns"]),
-        )
-    _console().print(t)
+    cols = [Column("service", flex=True), Column("requests", right=True),
+            Column("req/s", right=True), Column("errors", right=True),
+            Column("p50", right=True, drop=2), Column("p99", right=True, drop=1)]
+    _print_table(cols, [[r["service"], str(r["requests"]), f"{r['rate_per_s']:.2f}",
+                         f"{100 * r['error_rate']:.1f}%", fmt_ns(r["p50_ns"]),
+                         fmt_ns(r["p99_ns"])] for r in rows])
     return 0
 
 
 def cmd_traces(args: argparse.Namespace) -> int:
     from proto.zerotrace.v1 import query_pb2
 
+    if args.min_duration and args.max_duration and args.max_duration < args.min_duration:
+        print("zerotrace: --max-duration is below --min-duration", file=sys.stderr)
+        return EXIT_USAGE
     req = query_pb2.SearchTracesRequest(
         service=args.service or "",
         operation=args.operation or "",
         since_ns=_since_ns(args),
+        until_ns=_until_ns(args),
         min_duration_ns=args.min_duration or 0,
+        max_duration_ns=args.max_duration or 0,
         status=args.status or "",
         tags=dict(args.tag or []),
         limit=args.limit,
@@ -360,24 +510,12 @@ def cmd_traces(args: argparse.Namespace) -> int:
     if args.output == "json":
         _print_json(rows)
         return 0
-    from rich.table import Table
-
-    t = Table(title=f"{len(rows)} traces, newest first")
-    t.add_column("trace id", no_wrap=True, min_width=32)
-    for col in ("start", "root", "duration", "spans", "errors", "services"):
-        t.add_column(col, justify="right" if col in ("duration", "spans", "errors") else "left")
-    for r in rows:
-        start = time.strftime("%H:%M:%S", time.localtime(r["start_ns"] / 1e9))
-        t.add_row(
-            r["trace_id"],
-            start,
-            f"{r['root_service']}: {r['root_operation']}",
-            fmt_ns(r["duration_ns"]),
-            str(r["spans"]),
-            f"[red]{r['errors']}[/]" if r["errors"] else "0",
-            ", ".join(r["services"]),
-        )
-    _console().print(t)
+    cols = [Column("trace id"), Column("start (UTC)"), Column("duration", right=True),
+            Column("root", flex=True, min_width=10), Column("spans", right=True, drop=2),
+            Column("errors", right=True, drop=3), Column("services", flex=True, drop=1)]
+    _print_table(cols, [[r["trace_id"], fmt_time(r["start_ns"], 3), fmt_ns(r["duration_ns"]),
+                         f"{r['root_service']}: {r['root_operation']}", str(r["spans"]),
+                         str(r["errors"]), ", ".join(r["services"])] for r in rows])
     return 0
 
 
@@ -420,6 +558,13 @@ def trace_tree_rows(spans: Sequence) -> list[dict[str, Any]]:
 
 def cmd_trace(args: argparse.Namespace) -> int:
     spans, join = _fetch_trace(args)
+    if args.output == "otlp-json":
+        # The OTLP model Tempo serves (server/http/otlp_map.py): ids in hex, times in
+        # nanosecond strings, as the OTLP/JSON encoding specifies.
+        from server.http.otlp_map import to_traces_data, traces_data_json
+
+        sys.stdout.write(json.dumps(traces_data_json(to_traces_data(spans)), indent=2) + "\n")
+        return 0
     if args.output == "json":
         _print_json(
             {
@@ -429,53 +574,71 @@ def cmd_trace(args: argparse.Namespace) -> int:
             }
         )
         return 0
-    from rich.markup import escape
-    from rich.tree import Tree
-
     rows = trace_tree_rows(spans)
-    total = max(s.end_ns for s in spans) - min(s.start_ns for s in spans)
-    root = Tree(
-        f"trace [bold]{args.trace_id}[/]  {len(spans)} spans  {fmt_ns(total)}"
-        + (f"  joined {join.linked} fragment link(s)" if join.linked else "")
-        + (
-            f"  [yellow]{join.ambiguous} ambiguous key(s) left unlinked[/]"
-            if join.ambiguous
-            else ""
-        )
-    )
-    stack: list[Any] = [root]
-    colours = {"S": "cyan", "N": "blue", "A": "green"}
+    t0 = min(s.start_ns for s in spans)
+    total = max(s.end_ns for s in spans) - t0
+    head = (f"trace {args.trace_id}  {fmt_time(t0, 6)}  {len(spans)} spans  {fmt_ns(total)}"
+            + (f"  joined {join.linked} fragment link(s)" if join.linked else "")
+            + (f"  {join.ambiguous} ambiguous key(s) left unlinked" if join.ambiguous else ""))
+    labels = []
     for r in rows:
-        del stack[r["depth"] + 1 :]
         who = r["service"] or "?"
         if r["process"] and r["process"] != r["service"]:
             who += f"/{r['process']}"
-        st = r["status"]
-        st_txt = "[red]error[/]" if st == "error" else st
-        if r["status_code"]:
-            st_txt += f" {r['status_code']}"
-        label = (
-            f"[{colours.get(r['source'], 'white')}]{r['source']}[/] "
-            f"[dim]{r['kind'][:3]}[/] [bold]{who}[/] {r['operation']}  {st_txt}  "
-            f"+{fmt_ns(r['offset_ns'])}  {fmt_ns(r['duration_ns'])}  "
-            f"self {fmt_ns(r['self_ns'])}"
-        )
+        st = r["status"] + (f" {r['status_code']}" if r["status_code"] else "")
+        label = (f"{r['source']} {r['kind'][:3]} {who} {r['operation']}  {st}  "
+                 f"+{fmt_ns(r['offset_ns'])}  {fmt_ns(r['duration_ns'])}  "
+                 f"self {fmt_ns(r['self_ns'])}")
         if r["parent_unknown"]:
-            label += f"  [yellow]parent unknown: {escape(r['parent_unknown'])}[/]"
-        node = stack[-1].add(label)
-        stack.append(node)
+            label += f"  parent unknown: {r['parent_unknown']}"
+        labels.append(label)
+    if not sys.stdout.isatty():
+        # Plain text for pipes and files: indentation, no box drawing, no colour.
+        width = _width()
+        out = [head] + ["  " * (r["depth"] + 1) + lab for r, lab in zip(rows, labels, strict=True)]
+        if width:
+            out = [x if len(x) <= width else x[: max(0, width - 3)] + "..." for x in out]
+        sys.stdout.write("\n".join(out) + "\n")
+        return 0
+    from rich.markup import escape
+    from rich.tree import Tree
+
+    root = Tree(escape(head))
+    stack: list[Any] = [root]
+    colours = {"S": "cyan", "N": "blue", "A": "green"}
+    for r, lab in zip(rows, labels, strict=True):
+        del stack[r["depth"] + 1 :]
+        style = "red" if r["status"] == "error" else colours.get(r["source"], "")
+        stack.append(stack[-1].add(escape(lab), style=style))
     _console().print(root)
     return 0
+
+
+FLAME_FORMATS = ("svg", "html", "speedscope", "folded")
 
 
 def cmd_flamegraph(args: argparse.Namespace) -> int:
     from server.flamegraph import format_for, render_stacks, render_trace
 
-    try:
-        fmt = format_for(args.out)
-    except ValueError as e:
-        print(f"zerotrace: {e}", file=sys.stderr)
-        return 2
+    fmt = args.output
+    if fmt and fmt not in FLAME_FORMATS:
+        # `-o FILE` was this command's file option before `-o` meant a format everywhere:
+        # still understood when --out is not given (a file name is no format name).
+        if args.out:
+            print(f"zerotrace: unknown flame graph format {fmt!r}: use one of "
+                  f"{', '.join(FLAME_FORMATS)}", file=sys.stderr)
+            return EXIT_USAGE
+        args.out, fmt = fmt, None
+    if not args.out:
+        print("zerotrace: flamegraph needs --out FILE (.svg, .html, .json, .folded)",
+              file=sys.stderr)
+        return EXIT_USAGE
+    if not fmt:
+        try:
+            fmt = format_for(args.out)
+        except ValueError as e:
+            print(f"zerotrace: {e}, or -o FORMAT", file=sys.stderr)
+            return EXIT_USAGE
     if args.trace_id:
         spans, _join = _fetch_trace(args)
         text = render_trace(spans, fmt, f"trace {args.trace_id}")
@@ -483,21 +646,21 @@ def cmd_flamegraph(args: argparse.Namespace) -> int:
     else:
         if not args.service:
             print("zerotrace: give a trace id, or --service for an aggregate", file=sys.stderr)
-            return 2
+            return EXIT_USAGE
         from proto.zerotrace.v1 import query_pb2
 
         resp = _call(
             args,
             "FlameGraph",
             query_pb2.FlameGraphRequest(
-                service=args.service, since_ns=_since_ns(args), max_traces=args.max_traces
+                service=args.service, since_ns=_since_ns(args), until_ns=_until_ns(args),
+                max_traces=args.max_traces
             ),
         )
         stacks = {s.stack: s.value for s in resp.stacks}
         text = render_stacks(stacks, fmt, f"service {args.service}, {resp.traces} traces")
         what = f"{resp.traces} traces, {len(stacks)} stacks"
-    with open(args.out, "w", encoding="utf-8") as f:
-        f.write(text)
+    _write_file(args.out, text)
     print(f"wrote {args.out} ({fmt}, {what})", file=sys.stderr)
     return 0
 
@@ -505,7 +668,8 @@ def cmd_flamegraph(args: argparse.Namespace) -> int:
 def cmd_dependencies(args: argparse.Namespace) -> int:
     from proto.zerotrace.v1 import query_pb2
 
-    resp = _call(args, "Dependencies", query_pb2.DependenciesRequest(since_ns=_since_ns(args)))
+    resp = _call(args, "Dependencies", query_pb2.DependenciesRequest(
+        since_ns=_since_ns(args), until_ns=_until_ns(args)))
     rows = [
         {"parent": d.parent, "child": d.child, "calls": d.call_count, "errors": d.error_count}
         for d in resp.links
@@ -513,21 +677,32 @@ def cmd_dependencies(args: argparse.Namespace) -> int:
     if args.output == "json":
         _print_json(rows)
         return 0
-    from rich.table import Table
-
-    t = Table(title="dependencies")
-    for col in ("caller", "callee", "calls", "errors"):
-        t.add_column(col)
-    for r in rows:
-        t.add_row(r["parent"], r["child"], str(r["calls"]), str(r["errors"]))
-    _console().print(t)
+    _print_table([Column("caller", flex=True), Column("callee", flex=True),
+                  Column("calls", right=True), Column("errors", right=True)],
+                 [[r["parent"], r["child"], str(r["calls"]), str(r["errors"])] for r in rows])
     return 0
+
+
+def _write_file(path: str, text: str) -> None:
+    """Write `text` to `path` whole (a temporary file renamed over it): a failed
+    command leaves no half-written file; an unwritable path is a usage error."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        print(f"zerotrace: cannot write {path}: {e.strerror or e}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE) from None
 
 
 # -- argparse --------------------------------------------------------------------
 
 
-def _query_opts(p: argparse.ArgumentParser, output: bool = True) -> None:
+def _query_opts(p: argparse.ArgumentParser, output: tuple[str, ...] = ("table", "json")
+                ) -> None:
     p.add_argument(
         "--server",
         default=DEFAULT_SERVER,
@@ -538,17 +713,21 @@ def _query_opts(p: argparse.ArgumentParser, output: bool = True) -> None:
 
     add_client_options(p)
     if output:
-        p.add_argument(
-            "-o",
-            "--output",
-            choices=("table", "json"),
-            default="table",
-            help="table/tree (default) or json",
-        )
+        p.add_argument("-o", "--output", choices=output, default="table",
+                       help=f"{' or '.join(output)} (default table)")
+        p.add_argument("--out", metavar="FILE", help="write the output to FILE, not stdout")
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the server and query sub-commands to the `zerotrace` parser."""
+def _window_opts(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--since", type=lambda t: parse_time_ns(t, "--since"), default="1h",
+                   metavar="TIME",
+                   help="from this time: a duration ago (15m, 2h, 7d; 0 = all time) or "
+                   "RFC 3339 (2026-12-03T07:00:00Z); default 1h")
+    p.add_argument("--until", type=lambda t: parse_time_ns(t, "--until"), default=0, metavar="TIME",
+                   help="up to this time, same forms as --since (default now)")
+
+
+def _register_server(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("server", help="run the zerotrace server (ingest, OTLP, queries)")
     p.add_argument("--listen", default="127.0.0.1:4317", help="HOST:PORT (default %(default)s)")
     p.add_argument("--data", default=DEFAULT_DATA, help="data directory (default %(default)s)")
@@ -601,30 +780,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="allow a non-loopback --listen without TLS or tokens")
     p.set_defaults(func=cmd_server)
 
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the server and query sub-commands to the `zerotrace` parser."""
+    _register_server(subparsers)
+
     p = subparsers.add_parser("services", help="services with request rate, errors, p50/p99")
     _query_opts(p)
-    p.add_argument(
-        "--since",
-        type=parse_duration_ns,
-        default=parse_duration_ns("1h"),
-        help="look back this far (default 1h)",
-    )
+    _window_opts(p)
     p.set_defaults(func=cmd_services)
 
     p = subparsers.add_parser("traces", help="search traces, newest first")
     _query_opts(p)
     p.add_argument("--service", help="spans of this service")
     p.add_argument("--operation", help="spans with this operation, e.g. 'GET /users'")
-    p.add_argument(
-        "--since",
-        type=parse_duration_ns,
-        default=parse_duration_ns("1h"),
-        help="look back this far (default 1h)",
-    )
+    _window_opts(p)
     p.add_argument(
         "--min-duration",
         type=lambda t: parse_duration_ns(t, "ms"),
-        help="spans at least this long (100ms, 1.5s; bare number = ms)",
+        help="traces with a span at least this long (100ms, 1.5s; bare number = ms)",
+    )
+    p.add_argument(
+        "--max-duration",
+        type=lambda t: parse_duration_ns(t, "ms"),
+        help="traces with a span at most this long (same forms)",
     )
     p.add_argument("--status", choices=("ok", "error", "unset"), help="span status")
     p.add_argument("--tag", type=_tag, action="append", help="key=value (repeatable)")
@@ -632,37 +811,72 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_traces)
 
     p = subparsers.add_parser("trace", help="one trace as a tree")
-    _query_opts(p)
-    p.add_argument("trace_id")
+    _query_opts(p, ("table", "json", "otlp-json"))
+    p.add_argument("trace_id", type=parse_trace_id, help="16 or 32 hex digits")
     p.add_argument("--no-join", action="store_true", help="skip the cross-node join")
     p.set_defaults(func=cmd_trace)
 
     p = subparsers.add_parser("flamegraph", help="flame graph of a trace, or of a service")
-    _query_opts(p, output=False)
-    p.add_argument("trace_id", nargs="?")
-    p.add_argument(
-        "-o",
-        "--out",
-        required=True,
-        help="output file: .svg, .html (interactive), .json (speedscope), .folded",
-    )
+    _query_opts(p, ())
+    p.add_argument("trace_id", nargs="?", type=parse_trace_id)
+    p.add_argument("--out", metavar="FILE",
+                   help="output file (required): .svg, .html (interactive), "
+                   ".json (speedscope), .folded")
+    p.add_argument("-o", "--output", metavar="FORMAT",
+                   help=f"{', '.join(FLAME_FORMATS)} (default: by --out's extension)")
     p.add_argument("--service", help="aggregate over this service's recent traces")
-    p.add_argument("--since", type=parse_duration_ns, default=parse_duration_ns("1h"))
+    _window_opts(p)
     p.add_argument("--max-traces", type=int, default=1000)
     p.add_argument("--no-join", action="store_true", help=argparse.SUPPRESS)
-    p.set_defaults(func=cmd_flamegraph)
+    p.set_defaults(func=cmd_flamegraph, writes_file=True)
 
     p = subparsers.add_parser("dependencies", help="service call graph")
     _query_opts(p)
-    p.add_argument("--since", type=parse_duration_ns, default=parse_duration_ns("1h"))
+    _window_opts(p)
     p.set_defaults(func=cmd_dependencies)
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose errors are one line (`zerotrace: ...`), exit 2, no usage block."""
+
+    def error(self, message: str):  # type: ignore[override]
+        print(f"zerotrace: {self.prog.removeprefix('zerotrace ')}: {message} (see --help)",
+              file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run a parsed command: `--out FILE` gets what stdout would have (written whole,
+    only on success); unexpected failures are one line, exit 1 (the traceback with
+    ZEROTRACE_DEBUG=1)."""
+    out = getattr(args, "out", None)
+    try:
+        if out and not getattr(args, "writes_file", False):
+            import io
+
+            buf = io.StringIO()
+            with contextlib.redirect_stdout(buf):
+                rc = int(args.func(args) or 0)
+            if rc == 0:
+                _write_file(out, buf.getvalue())
+            return rc
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("zerotrace: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (OSError, RuntimeError, ValueError) as e:
+        if os.environ.get("ZEROTRACE_DEBUG") or getattr(args, "verbose", False):
+            raise
+        print(f"zerotrace: {type(e).__name__}: {e} (ZEROTRACE_DEBUG=1 for the traceback)",
+              file=sys.stderr)
+        return EXIT_FAILED
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="zerotrace", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="zerotrace", description=__doc__.splitlines()[0])
     register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
-    return int(args.func(args) or 0)
+    return run(args)
 
 
 if __name__ == "__main__":

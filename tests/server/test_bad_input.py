@@ -239,7 +239,7 @@ def test_unknown_and_malformed_trace_ids(zt_server, capsys):
     rc, _, err = run_cli(capsys, "trace", new_trace_id(), "--server", zt_server.addr)
     assert rc == 1 and "not_found" in err and "not found" in err
     rc, _, err = run_cli(capsys, "trace", "nothex", "--server", zt_server.addr)
-    assert rc == 1 and "invalid_argument" in err
+    assert rc == 2 and "bad trace id" in err  # refused by the CLI (usage), one line
     rc, _, err = run_cli(capsys, "trace", new_trace_id(), "--server", "127.0.0.1:1")
     assert rc == 1 and "cannot reach" in err
 
