@@ -164,7 +164,8 @@ static __always_inline int zt_tls_exit(struct pt_regs *ctx)
     tls_calls.delete(&tid);
     if (c.kind == ZT_TLS_HANDSHAKE || !c.have_sock)
         return 0;
-    long rc = PT_REGS_RC(ctx);
+    /* int: SSL_read/SSL_write return an int, the upper half of rax is not its sign */
+    int rc = (int)PT_REGS_RC(ctx);
     __u64 len = 0;
     if (c.ex) {
         if (rc != 1)
