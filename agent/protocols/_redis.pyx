@@ -985,7 +985,7 @@ cdef class RedisParser:
             # One confirmation per channel: the first answers the command, the rest
             # answer nothing.
             if not (self.pending and (<_Pending>self.pending[0]).operation.lower()
-                    == first.decode()):
+                    == first.decode("latin-1")):
                 _count("push")
                 return
         elif kind == 62:

@@ -37,7 +37,9 @@ def _compare(baseline, side, chunks, rng: Random) -> str | None:
     try:
         return compare(baseline.RedisParser, redis.RedisParser, baseline.STATS, redis.STATS,
                        side, chunks, rng.choice(["closed", "", "timeout"]),
-                       extra=("subscribed",))
+                       extra=("subscribed",),
+                       # the Python parser raised on a non-UTF-8 subscribe reply
+                       fixed=("UnicodeDecodeError",))
     finally:
         redact.REDACT = saved
 
@@ -163,3 +165,20 @@ def test_the_comparison_sees_a_difference(baseline):
                           0.0)
     assert compare(baseline.RedisParser, Lossy, baseline.STATS, redis.STATS, True,
                    chunks) is not None
+
+
+def test_a_non_utf8_subscribe_reply_is_a_push_not_an_exception():
+    """The Python parser decoded a reply's first element strictly and stopped parsing
+    the connection on `\\xffsubscribe`; the compiled one reads it as Latin-1."""
+    from agent.protocols.base import Chunk
+
+    p = redis.RedisParser(True)
+    req = b"*2\r\n$9\r\nSUBSCRIBE\r\n$1\r\nc\r\n"
+    rep = b"*3\r\n$9\r\nsubscribe\r\n$1\r\nc\r\n:1\r\n"
+    bad = b"*3\r\n$10\r\n\xffsubscribe\r\n$1\r\nc\r\n:2\r\n"
+    recs = []
+    off = [0, 0]
+    for i, (d, data) in enumerate([(0, req), (1, rep), (1, bad)]):
+        recs += p.feed(Chunk(d, data, len(data), off[d], i, 7, None))
+        off[d] += len(data)
+    assert [r.operation for r in recs] == ["SUBSCRIBE"]
