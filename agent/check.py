@@ -127,6 +127,41 @@ def check_headers() -> Check:
     return Check("kernel headers", True, f"{target}{note}", True)
 
 
+def check_tls() -> list[Check]:
+    """The TLS libraries the agent would put uprobes on (docs/tls.md): the system's
+    libssl files, and the distinct libssl files running processes map (containers
+    bring their own), each with the symbols it exports and how many processes map it."""
+    from agent.probes import tls
+
+    files: dict[tuple[int, int], tuple[str, set[int]]] = {}
+    for path in tls.system_libssl():
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        files.setdefault((st.st_dev, st.st_ino), (path, set()))
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        for path in tls.mapped_libssl(int(name)):
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            files.setdefault((st.st_dev, st.st_ino), (path, set()))[1].add(int(name))
+    if not files:
+        return [Check("TLS (OpenSSL)", False, "no libssl.so found: TLS stays ciphertext")]
+    out = []
+    for path, pids in files.values():
+        syms = tls.exported_symbols(path)
+        ok = {"SSL_read", "SSL_write"} <= syms
+        probes = [s for s in tls.SSL_SYMBOLS if s in syms]
+        detail = (f"{tls.display_path(path)}: {', '.join(probes) or 'no SSL_* symbols'}; "
+                  f"mapped by {len(pids)} process(es)")
+        out.append(Check("TLS (OpenSSL)", ok, detail))
+    return out
+
+
 def run_checks(with_fentry: bool = True, with_tc: bool = True) -> list[Check]:
     checks = [check_root()]
     if not checks[0].ok:
@@ -138,6 +173,7 @@ def run_checks(with_fentry: bool = True, with_tc: bool = True) -> list[Check]:
         checks.append(check_tc())
     if with_fentry:
         checks.append(check_fentry())
+    checks += check_tls()
     return checks
 
 

@@ -97,6 +97,30 @@ def system_libssl() -> list[str]:
     return out
 
 
+def exported_symbols(path: str) -> set[str]:
+    """Those of SSL_SYMBOLS that path's dynamic symbol table defines (a stripped
+    libssl.so keeps .dynsym: that is what dynamic linking reads)."""
+    try:
+        from elftools.elf.elffile import ELFFile
+
+        with open(path, "rb") as f:
+            dynsym = ELFFile(f).get_section_by_name(".dynsym")
+            if dynsym is None:
+                return set()
+            return {s.name for s in dynsym.iter_symbols()
+                    if s.name in SSL_SYMBOLS and s["st_shndx"] != "SHN_UNDEF"}
+    except Exception:  # noqa: BLE001 - not an ELF file, unreadable: no symbols
+        return set()
+
+
+def display_path(path: str) -> str:
+    """/proc/PID/root/usr/lib/... said as "/usr/lib/... (root of PID)"."""
+    parts = path.split("/", 4)
+    if path.startswith("/proc/") and len(parts) == 5 and parts[3] == "root":
+        return f"/{parts[4]} (root of pid {parts[2]})"
+    return path
+
+
 @dataclass
 class TlsLibrary:
     """One distinct libssl file with probes (or why not)."""
