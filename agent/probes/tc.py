@@ -100,8 +100,10 @@ class TcConfig:
 
 
 def netns_inode(name: str | None) -> int:
-    """Inode of namespace `name` under /run/netns (None: the agent's own)."""
-    return os.stat("/proc/self/ns/net" if name is None else f"/run/netns/{name}").st_ino
+    """Inode of namespace `name` (under /run/netns, or a path; None: the agent's own)."""
+    if name is None:
+        return os.stat("/proc/self/ns/net").st_ino
+    return os.stat(name if name.startswith("/") else f"/run/netns/{name}").st_ino
 
 
 def _skb_offsets() -> list[str]:
@@ -219,6 +221,22 @@ class TcTracer:
                     except Exception as e:  # device deleted meanwhile
                         log.debug("detach %s/%s: %s", ns, a.hook.ifname, e)
         self._attached.clear()
+
+    MARK_TRACEPOINTS = (b"sys_enter_write", b"sys_enter_writev", b"sys_enter_sendto",
+                        b"sys_enter_sendmsg")
+
+    def set_marking(self, on: bool) -> None:
+        """Attach or detach the write-marking tracepoints (benchmarks' baselines)."""
+        for ev in self.MARK_TRACEPOINTS:
+            tp = b"syscalls:" + ev
+            if on:
+                self._bpf.attach_tracepoint(tp=tp, fn_name=b"tracepoint__syscalls__" + ev)
+            else:
+                self._bpf.detach_tracepoint(tp)
+
+    def detach_filters(self) -> None:
+        """Remove every filter (and clsact qdisc made); refresh() puts them back."""
+        self._detach_all()
 
     def poll(self, timeout_s: float = 0.05) -> list[HopRecord]:
         """Hop records waiting (waits up to timeout_s when none are)."""
