@@ -558,6 +558,8 @@ def trace_tree_rows(spans: Sequence) -> list[dict[str, Any]]:
 
 def cmd_trace(args: argparse.Namespace) -> int:
     spans, join = _fetch_trace(args)
+    # A fragment's id resolves to the joined trace's one id (server/query/joined.py).
+    args.trace_id = spans[0].trace_id if spans else args.trace_id
     if args.output == "otlp-json":
         # The OTLP model Tempo serves (server/http/otlp_map.py): ids in hex, times in
         # nanosecond strings, as the OTLP/JSON encoding specifies.

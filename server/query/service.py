@@ -8,6 +8,7 @@ from proto.convert import span_to_pb
 from proto.zerotrace.v1 import query_pb2, query_pb2_grpc
 from server.flamegraph.stacks import fold
 from server.join import join_trace
+from server.query.joined import join_results, joined_trace
 from server.storage.base import SpanStore, StorageError, TraceQuery
 from server.storage.schema import check_hex
 
@@ -28,7 +29,8 @@ class QueryService(query_pb2_grpc.QueryServiceServicer):
             if request.no_join:
                 spans, linked, ambiguous = self.store.get_trace(tid), 0, 0
             else:
-                r = join_trace(self.store, tid)
+                # under the joined trace's one id, whichever fragment's id was asked
+                _tid, r = joined_trace(self.store, tid)
                 spans, linked, ambiguous = r.spans, r.linked, r.ambiguous
         except StorageError as e:
             self._abort_storage(context, e)
@@ -55,6 +57,8 @@ class QueryService(query_pb2_grpc.QueryServiceServicer):
         )
         try:
             found = self.store.search_traces(q)
+            # each joined trace once, under its one id (not once per fragment)
+            found = join_results(self.store, found)
         except StorageError as e:
             self._abort_storage(context, e)
         resp = query_pb2.SearchTracesResponse()
