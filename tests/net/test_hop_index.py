@@ -1,0 +1,85 @@
+"""agent/net/hops.py on hand-made hop records: hop order, the lost/retransmission
+arithmetic, and the response match refusing to guess."""
+
+from __future__ import annotations
+
+from agent.net.hops import HopIndex, spans_for_client
+from agent.probes.tc import HOP, Hook, HopRecord
+from proto.span import Endpoint, Span
+
+CLIENT_NS, GW_NS, SERVER_NS = 101, 102, 103
+HOOKS = {(CLIENT_NS, 2): Hook("client", CLIENT_NS, 2, "c0", False),
+         (GW_NS, 3): Hook("gw", GW_NS, 3, "tun0", True),
+         (SERVER_NS, 2): Hook("server", SERVER_NS, 2, "tun1", True)}
+
+
+def rec(ts: int, ns: int, ifindex: int, direction: int, seq: int, writer: tuple,
+        dport: int, flags: int = 0x18, window: int = 500) -> HopRecord:
+    wns, wl, wr = writer
+    return HopRecord(ts, ns, 0, seq, ifindex, wns, "10.0.0.1", "10.0.0.2", 100, 1, dport,
+                     wl, wr, 40, direction, flags, window)
+
+
+def client_span(req_seq: int, resp_seq: int) -> Span:
+    return Span(kind="client", netns=CLIENT_NS, local=Endpoint("10.0.0.1", 40000),
+                remote=Endpoint("10.0.9.9", 80), req_seq=req_seq, resp_seq=resp_seq,
+                trace_id="t" * 32)
+
+
+def test_decode_round_trip():
+    raw = HOP.pack(5, 7, 3, 99, 4, 8, bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2]), 70,
+                   1000, 80, 1000, 80, 4, 1, 0x18, 0)
+    r = HopRecord.decode(raw)
+    assert (r.ts, r.netns, r.seq, r.ifindex, r.saddr, r.dport, r.direction, r.window) == \
+        (5, 7, 99, 4, "10.0.0.1", 80, 1, 0)
+
+
+def test_lost_copy_is_charged_to_the_hop_that_lost_it():
+    writer = (CLIENT_NS, 40000, 80)
+    idx = HopIndex()
+    idx.add([
+        rec(1_000, CLIENT_NS, 2, 0, 7, writer, 80),
+        rec(2_000, GW_NS, 3, 0, 7, writer, 80),           # first copy, lost after
+        rec(200_000, CLIENT_NS, 2, 0, 7, writer, 80),     # retransmission
+        rec(201_000, GW_NS, 3, 0, 7, writer, 80),
+        rec(206_000, SERVER_NS, 2, 1, 7, writer, 80),     # 5 us after the copy that made it
+    ])
+    spans = spans_for_client(idx, client_span(7, None), HOOKS, 0)
+    assert [s.attributes["zerotrace.net.interface"] for s in spans] == ["tun0", "tun1"]
+    first, link = spans
+    assert first.attributes["zerotrace.net.lost"] == 0
+    assert first.attributes["zerotrace.net.retransmissions"] == 1
+    assert link.attributes["zerotrace.net.lost"] == 1
+    assert link.attributes["zerotrace.net.hop_latency_ns"] == 5_000
+    assert (link.start_ns, link.end_ns) == (2_000, 206_000)  # the wait is in the span
+
+
+def test_response_is_refused_when_two_messages_could_be_it():
+    idx = HopIndex()
+    for server_port in (8080, 8081):  # two servers' writes with the same seq
+        w = (SERVER_NS, server_port, 40000)
+        idx.add([rec(10, SERVER_NS, 2, 0, 55, w, 40000),
+                 rec(20, CLIENT_NS, 2, 1, 55, w, 40000)])
+    assert spans_for_client(idx, client_span(1, 55), HOOKS, 0) == []
+
+
+def test_response_needs_the_client_port_in_the_client_netns():
+    idx = HopIndex()
+    w = (SERVER_NS, 8080, 40001)
+    idx.add([rec(10, SERVER_NS, 2, 0, 55, w, 40001), rec(20, CLIENT_NS, 2, 1, 55, w, 40001)])
+    assert spans_for_client(idx, client_span(1, 55), HOOKS, 0) == []  # port 40000's span
+    w = (SERVER_NS, 8080, 40000)
+    idx.add([rec(30, SERVER_NS, 2, 0, 56, w, 40000), rec(45, CLIENT_NS, 2, 1, 56, w, 40000,
+                                                          flags=0x1C, window=0)])
+    (s,) = spans_for_client(idx, client_span(1, 56), HOOKS, 0)
+    assert s.attributes["zerotrace.net.leg"] == "response"
+    assert s.attributes["zerotrace.net.rst"] and s.attributes["zerotrace.net.zero_window"]
+
+
+def test_index_is_bounded():
+    idx = HopIndex(max_messages=3)
+    for seq in range(10):
+        idx.add([rec(seq, CLIENT_NS, 2, 0, seq, (CLIENT_NS, 1, 2), 2)])
+    assert idx.path((CLIENT_NS, 1, 2, 0)) == []
+    assert len(idx.path((CLIENT_NS, 1, 2, 9))) == 1
+    assert sum(len(v) for v in idx._by_seq.values()) == 3
