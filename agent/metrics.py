@@ -18,7 +18,6 @@ family never adds spans to batches."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 
 from prometheus_client import (
@@ -32,25 +31,13 @@ from prometheus_client import (
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from agent.routes import normalise_operation
+from agent.routes import route as _route  # shared with span names (agent/routes.py)
 from proto.span import KIND_CLIENT, KIND_SERVER, STATUS_ERROR, Span
 
-_ID_SEGMENT = re.compile(r"/(?=[^/]*\d)[A-Za-z0-9_\-.:]{6,}|/\d+")
 _BUCKETS = (.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10)
 _HTTP = ("http", "http2")
 _DB = ("postgresql", "mysql", "redis", "memcached")
-
-
-def normalise_operation(op: str) -> str:
-    """`GET /order/n3fa9c01` -> `GET /order/{id}`; SQL and commands pass unchanged."""
-    if " /" in op:
-        verb, _, path = op.partition(" ")
-        path = path.split("?", 1)[0]
-        return f"{verb} {_ID_SEGMENT.sub('/{id}', path)}"
-    return op[:80]
-
-
-def _route(path: str) -> str:
-    return _ID_SEGMENT.sub("/{id}", path.split("?", 1)[0])[:120] or "/"
 
 
 class AgentMetrics:

@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Iterable
 
+from agent import routes
 from agent.export.base import ExportResult, SpanExporter
 from agent.protocols import redact
 from proto.span import Span
@@ -172,6 +173,9 @@ class BatchExporter:
             batch = self._next_batch()
             if batch is None:
                 return
+            # HTTP span names low-cardinality (`GET /order/{id}`), the real path kept
+            # in url.path: the OTel HTTP conventions (agent/routes.py).
+            batch = routes.fold_spans(batch)
             # Redaction (default on) where every exported span passes, whichever
             # parser or enricher made it: URL query secrets, SQL literals, tokens,
             # JWTs, URL credentials, command-line secrets (agent/protocols/redact.py).
