@@ -69,6 +69,16 @@ def create_database(db: str = DATABASE) -> str:
     return f"CREATE DATABASE IF NOT EXISTS {db}"
 
 
+# Reads of the span table are by trace id: one trace (trace by id), or the 40 candidate
+# traces of a search, each in its own granule.  ClickHouse reads and decompresses whole
+# granules (and the compressed blocks holding them), so what a read costs grows with
+# the granule, Map columns most: 1 024-row granules and 16-64 KiB compressed blocks
+# (defaults 8 192 rows, 64 KiB-1 MiB) made a search's check of 40 traces 2-3x cheaper
+# at 1 M spans for +1 % bytes (issue 16).  Applies to tables created with it.
+SPAN_TABLE_SETTINGS = ("index_granularity = 1024, min_compress_block_size = 16384, "
+                       "max_compress_block_size = 65536")
+
+
 def create_table(db: str = DATABASE, engine: str = "MergeTree") -> str:
     """DDL of the span table; `engine` may be a ReplicatedMergeTree(...) for clusters."""
     cols = ",\n  ".join(f"{n} {t}" for n, t in COLUMNS)
@@ -82,7 +92,7 @@ def create_table(db: str = DATABASE, engine: str = "MergeTree") -> str:
 ) ENGINE = {engine}
 PARTITION BY toDate(toDateTime(intDiv(start_ns, 1000000000)))
 ORDER BY trace_id
-SETTINGS index_granularity = 8192"""
+SETTINGS {SPAN_TABLE_SETTINGS}"""
 
 
 def create_index_table(db: str = DATABASE, engine: str = "MergeTree") -> str:
