@@ -210,6 +210,12 @@ class TlsAttacher:
     def attached(self) -> int:
         return sum(1 for lib in self.libraries.values() if lib.symbols)
 
+    def reattach_all(self) -> None:
+        """Attach again every library detach_all detached (benchmarks' traced rounds)."""
+        for lib in self.libraries.values():
+            if not lib.symbols and not lib.error:
+                self._attach(lib)
+
     def detach_all(self) -> None:
         for lib in self.libraries.values():
             name = lib.path.encode()
