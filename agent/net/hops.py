@@ -40,6 +40,7 @@ class Sighting:
     flags: int = 0
     zero_window: bool = False
     dport: int = 0
+    packet: str = ""  # "saddr:sport>daddr:dport" at this hook: shows NAT rewrites
 
     @property
     def first(self) -> int:
@@ -66,7 +67,8 @@ class HopIndex:
             hk = (r.netns, r.ifindex, r.direction)
             s = hooks.get(hk)
             if s is None:
-                s = hooks[hk] = Sighting(hk, dport=r.dport)
+                s = hooks[hk] = Sighting(hk, dport=r.dport, packet=(
+                    f"{r.saddr}:{r.sport}>{r.daddr}:{r.dport}"))
             s.times.append(r.ts)
             s.flags |= r.tcp_flags
             s.zero_window |= r.window == 0
@@ -131,6 +133,7 @@ def hop_spans(path: list[Sighting], hooks: dict[tuple[int, int], Hook], parent: 
                 "zerotrace.net.lost": max(0, len(a.times) - len(b.times)),
                 "zerotrace.net.rst": bool((a.flags | b.flags) & TCP_RST),
                 "zerotrace.net.zero_window": a.zero_window or b.zero_window,
+                "zerotrace.net.packet": b.packet,
             }))
     return out
 

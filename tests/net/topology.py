@@ -29,6 +29,7 @@ class Path4:
     gateway: Host
     server: Host
     server_addr: str
+    gw_link: str = ""  # the gateway's end of the slow link: MASQUERADE's source
     procs: list[subprocess.Popen] = field(default_factory=list)
 
     def spawn(self, host: Host, *argv: str, **kw) -> subprocess.Popen:
@@ -76,6 +77,7 @@ def nat_path(delay_ms: float, loss: float = 0.0, subnet: int = 236, seed: int = 
         if link.stdout.readline().strip() != "ready":
             raise RuntimeError("tun_link.py did not start")
         gw_link, srv_link = f"10.{subnet}.2.1", s.addr
+        p.gw_link = gw_link
         sh(*g.cmd("ip", "addr", "add", gw_link, "peer", srv_link, "dev", tun_a))
         sh(*g.cmd("ip", "link", "set", tun_a, "up"))
         sh(*s.cmd("ip", "addr", "add", srv_link, "peer", gw_link, "dev", tun_b))
