@@ -3,8 +3,10 @@
 It understands only what the chart is allowed to use, so the chart stays simple
 enough to check offline: `{{ .Values.a.b }}`, `{{ .Release.Namespace }}`,
 `{{ .Release.Name }}`, `{{ .Chart.Name }}` / `.Chart.Version` / `.Chart.AppVersion`,
-the pipes `quote`, `toYaml`, `nindent N`, `indent N`, and `{{-` / `-}}` whitespace
-trimming.  Anything else raises `Unsupported`: a template construct the test cannot
+the pipes `quote`, `toYaml`, `nindent N`, `indent N`, `{{-` / `-}}` whitespace
+trimming, and `{{ if FIELD }}` / `{{ if not FIELD }}` ... `{{ else }}` ... `{{ end }}`
+blocks (Go templates' truth: false, 0, "", empty map or list and missing are false).
+Anything else raises `Unsupported`: a template construct the test cannot
 render is a construct the chart must not use.
 """
 
@@ -72,23 +74,60 @@ def _evaluate(expr: str, scope: dict[str, Any]) -> str:
     return text if text is not None else _scalar(value)
 
 
+def _truth(cond: str, scope: dict[str, Any]) -> bool:
+    neg = cond.startswith("not ")
+    path = cond[4:].strip() if neg else cond
+    try:
+        value = _lookup(path, scope)
+    except Unsupported:
+        if not path.startswith(".Values."):
+            raise
+        value = None  # an unset value is false, as in Helm
+    return bool(value) != neg
+
+
 def render(template: str, scope: dict[str, Any]) -> str:
     out: list[str] = []
     pos = 0
     trim_next = False
+    # One frame a nested `if`: (emitting, this branch taken).
+    stack: list[tuple[bool, bool]] = []
+
+    def emitting() -> bool:
+        return all(f[0] for f in stack)
+
     for m in _ACTION.finditer(template):
         text = template[pos : m.start()]
         if trim_next:
             text = text.lstrip()
         if m.group(1):
             text = text.rstrip()
-        out.append(text)
+        if emitting():
+            out.append(text)
         expr = m.group(2)
-        if expr.startswith("/*"):
-            raise Unsupported("comments")
-        out.append(_evaluate(expr, scope))
         trim_next = bool(m.group(3))
         pos = m.end()
+        if expr.startswith("/*"):
+            raise Unsupported("comments")
+        word = expr.split(" ", 1)[0]
+        if word == "if":
+            taken = _truth(expr[3:].strip(), scope)
+            stack.append((taken, taken))
+        elif word == "else" and expr == "else":
+            if not stack:
+                raise Unsupported("else without if")
+            _, taken = stack[-1]
+            stack[-1] = (not taken, True)
+        elif word == "end" and expr == "end":
+            if not stack:
+                raise Unsupported("end without if")
+            stack.pop()
+        elif word in ("range", "with", "define", "template", "include", "else", "end"):
+            raise Unsupported(f"action {expr!r}")
+        elif emitting():
+            out.append(_evaluate(expr, scope))
+    if stack:
+        raise Unsupported("if without end")
     rest = template[pos:]
     out.append(rest.lstrip() if trim_next else rest)
     return "".join(out)
