@@ -182,3 +182,69 @@ def test_python_ssl_http_client(world):
         assert_linked(c, s, traced)
     # plaintext offsets: the second request starts where the first ended, in plaintext
     assert tcs[1].req_offset == tcs[0].req_bytes
+
+
+def _wait_library(tracer: SocketTracer, path: str, timeout: float = 15.0):
+    """Poll (the rescan runs from poll) until the file at path has probes."""
+    st = os.stat(path)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        lib = tracer.tls.libraries.get((st.st_dev, st.st_ino))
+        if lib is not None and lib.symbols:
+            return lib
+        tracer.poll(0.1)
+    raise AssertionError(f"{path} never got probes: {tracer.tls.libraries}")
+
+
+def test_own_libssl_started_after_and_upgraded_on_disk(world, tmp_path):
+    """A server loading its own copy of libssl (as a container would), started after
+    the tracer: found by the rescan, its TLS traced and linked.  Then the file is
+    replaced on disk while the server runs (an upgrade: a new inode): the running server
+    stays traced on the old one, and a server started afterwards is found on the new."""
+    net, tracer, _ = world
+    cli, srv = net.hosts[CLIENT], net.hosts[SERVER]
+    system = [p for p in tracer.tls.libraries.values() if p.symbols][0].path
+    libdir = tmp_path / "lib"
+    libdir.mkdir()
+    shutil.copy2(system, libdir / "libssl.so.3")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
+                    str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=own"],
+                   check=True, capture_output=True)
+    env = dict(os.environ, LD_LIBRARY_PATH=str(libdir))
+    server = os.path.join(PROGRAMS, "https_server.py")
+    client = os.path.join(PROGRAMS, "https_client.py")
+
+    def start(port):
+        p = net.spawn(srv, PY, server, srv.addr, str(port), str(cert), str(key), env=env,
+                      stdout=subprocess.DEVNULL)
+        wait_tcp(srv, srv.addr, port)
+        return p
+
+    def request(port):
+        def go():
+            return json.loads(run_client(cli, PY, client, "https", srv.addr, str(port),
+                                         "/echo?n=5").stdout)
+        return capture(tracer, go, lambda ss: all(pairs_of(ss, port)))
+
+    p1 = start(8444)
+    old = _wait_library(tracer, str(libdir / "libssl.so.3"))
+    assert p1.pid in old.pids
+    for _ in range(2):  # before and after the upgrade on disk
+        out, spans, traced = request(8444)
+        assert out == [[200, 5]]
+        (c,), (s,) = pairs_of(spans, 8444)
+        assert (c.operation, s.operation, s.status_code) == ("GET /echo", "GET /echo", "200")
+        assert_linked(c, s, traced)
+        # the upgrade: a new file renamed over the old path (the running server keeps
+        # the old inode mapped)
+        shutil.copy2(system, libdir / "libssl.so.3.new")
+        os.rename(libdir / "libssl.so.3.new", libdir / "libssl.so.3")
+    p2 = start(8445)
+    new = _wait_library(tracer, str(libdir / "libssl.so.3"))
+    assert new.key != old.key and p2.pid in new.pids
+    out, spans, traced = request(8445)
+    (c,), (s,) = pairs_of(spans, 8445)
+    assert_linked(c, s, traced)
+    for p in (p1, p2):
+        kill_group(p)
