@@ -25,7 +25,7 @@ import sys
 import time
 import uuid
 
-from agent.probes.tc import TcConfig, TcTracer
+from agent.probes.tc import TcConfig, TcTracer, has_sendmsg_tracepoint
 
 BPF_PROG_TEST_RUN = 10
 SYS_BPF = 321  # x86_64
@@ -121,7 +121,7 @@ else:
 """
 
 
-def end_to_end(rounds: int, n: int) -> None:
+def end_to_end(rounds: int, n: int, marks: str = "auto") -> None:
     tag = uuid.uuid4().hex[:6]
     a, b = f"zb-{tag}-a", f"zb-{tag}-b"
     va, vb = f"zb{tag}a", f"zb{tag}b"
@@ -145,9 +145,12 @@ def end_to_end(rounds: int, n: int) -> None:
                                  capture_output=True, text=True).stdout
             return float(out)
 
-        states = ("untraced", "write marks only", "write marks + TC")
+        raw = marks == "auto" and has_sendmsg_tracepoint()
+        how = "tcp_sendmsg_locked" if raw else "syscall entry"
+        states = ("untraced", f"marks ({how})", "marks + TC")
         res: dict[str, list[float]] = {k: [] for k in states}
-        tc = TcTracer(TcConfig(interfaces=f"^zb{tag}", netns=[a, b], host=False))
+        tc = TcTracer(TcConfig(interfaces=f"^zb{tag}", netns=[a, b], host=False,
+                               marks=marks))
         try:
             for _ in range(rounds):
                 res[states[2]].append(once())
@@ -165,7 +168,7 @@ def end_to_end(rounds: int, n: int) -> None:
               f"and egress), {n} per round, median of {rounds}")
         for k in states:
             m = statistics.median(res[k])
-            print(f"  {k:<20} {m:8.2f} us   +{1000 * (m - base):6.0f} ns per round trip"
+            print(f"  {k:<32} {m:8.2f} us   +{1000 * (m - base):6.0f} ns per round trip"
                   f"   untraced/this {base / m:.3f}")
     finally:
         if server is not None:
@@ -180,10 +183,12 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--repeat", type=int, default=200000)
     ap.add_argument("--round-trips", type=int, default=5000)
+    ap.add_argument("--marks", choices=["auto", "syscalls"], default="auto",
+                    help="where writes are marked (TcConfig.marks)")
     args = ap.parse_args()
     print(f"# load: {os.getloadavg()[0]:.2f} (2 vCPUs shared; figures are indicative)")
     per_hook(args.rounds, args.repeat)
-    end_to_end(args.rounds, args.round_trips)
+    end_to_end(args.rounds, args.round_trips, args.marks)
 
 
 if __name__ == "__main__":

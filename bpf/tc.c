@@ -2,9 +2,9 @@
  * packet carrying the first byte of a socket write passes an interface.
  *
  * Its own BPF object (agent/probes/tc.py), apart from the socket tracer:
- *  - syscall-entry tracepoints of the write family read the TCP write_seq of the
- *    socket (the sequence number of the write's first byte) into `starts`, keyed by
- *    that seq alone;
+ *  - a raw tracepoint on tcp_sendmsg_locked (or, on kernels without it, the
+ *    write-family syscalls' entry) reads the TCP write_seq of the socket (the sequence
+ *    number of the write's first byte) into `starts`, keyed by that seq alone;
  *  - the TC programs parse IPv4/TCP, look the segment's seq up in `starts`, and for a
  *    hit emit a struct zt_hop into the ring `hops`.  Nothing else reaches user space.
  *
@@ -55,16 +55,8 @@ BPF_TABLE("lru_hash", __u32, struct zt_start, starts, 65536);
 BPF_RINGBUF_OUTPUT(hops, 256);
 BPF_ARRAY(tc_self, __u32, 1); /* the agent's tgid: its own writes are not marked */
 
-static __always_inline int zt_mark_write(int fd)
+static __always_inline int zt_mark_sock(__u64 sk, __u32 tgid)
 {
-    __u32 tgid = bpf_get_current_pid_tgid() >> 32;
-    int zero = 0;
-    __u32 *self = tc_self.lookup(&zero);
-    if (self && *self == tgid)
-        return 0;
-    __u64 sk = zt_fd_to_sock(fd);
-    if (!sk)
-        return 0;
     __u8 family = 0, transport = 0;
     __u16 lport = 0, rport = 0;
     if (!zt_sock_basics(sk, &family, &transport, &lport, &rport))
@@ -83,10 +75,44 @@ static __always_inline int zt_mark_write(int fd)
     return 0;
 }
 
+static __always_inline int zt_not_self(__u32 tgid)
+{
+    int zero = 0;
+    __u32 *self = tc_self.lookup(&zero);
+    return !(self && *self == tgid);
+}
+
+#ifdef ZT_TC_MARK_RAW
+/* tcp_sendmsg_locked (kernels >= 6.10): fires only for TCP sends, with the socket at
+ * hand (no fd walk, no cost on other syscalls), once per chunk of up to size_goal bytes
+ * of a send: write_seq is then the seq of that chunk's first byte.  The first chunk's
+ * is the write's; the others (every ~64 KiB of a large write) are marked too, and the
+ * agent ignores them as it does any write that starts no message. */
+RAW_TRACEPOINT_PROBE(tcp_sendmsg_locked)
+{
+    __u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    if (!zt_not_self(tgid))
+        return 0;
+    return zt_mark_sock((__u64)ctx->args[0], tgid);
+}
+#else
+/* Older kernels: the write-family syscalls' entry, socket found from the fd. */
+static __always_inline int zt_mark_write(int fd)
+{
+    __u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    if (!zt_not_self(tgid))
+        return 0;
+    __u64 sk = zt_fd_to_sock(fd);
+    if (!sk)
+        return 0;
+    return zt_mark_sock(sk, tgid);
+}
+
 TRACEPOINT_PROBE(syscalls, sys_enter_write) { return zt_mark_write(args->fd); }
 TRACEPOINT_PROBE(syscalls, sys_enter_writev) { return zt_mark_write(args->fd); }
 TRACEPOINT_PROBE(syscalls, sys_enter_sendto) { return zt_mark_write(args->fd); }
 TRACEPOINT_PROBE(syscalls, sys_enter_sendmsg) { return zt_mark_write(args->fd); }
+#endif
 
 /* The netns of the device the packet is at.  bpf_get_netns_cookie() would name the
  * netns of skb->sk while the sending socket is still attached (seen at the host end of

@@ -97,6 +97,9 @@ class TcConfig:
     interfaces: str  # regex on interface names, matched with re.search
     netns: list[str] = field(default_factory=list)  # names under /run/netns
     host: bool = True
+    # where writes are marked: "auto" (tcp_sendmsg_locked when the kernel has it),
+    # "raw" (that, or fail) or "syscalls" (write-family syscall entry)
+    marks: str = "auto"
 
 
 def netns_inode(name: str | None) -> int:
@@ -104,6 +107,14 @@ def netns_inode(name: str | None) -> int:
     if name is None:
         return os.stat("/proc/self/ns/net").st_ino
     return os.stat(name if name.startswith("/") else f"/run/netns/{name}").st_ino
+
+
+def has_sendmsg_tracepoint() -> bool:
+    """The kernel has tcp:tcp_sendmsg_locked (6.10+): writes are marked there, where
+    only TCP sends pay, instead of at every write-family syscall's entry.  Asked of the
+    BTF (its btf_trace_ typedef), which needs no tracefs mount."""
+    with open(btf.VMLINUX_BTF, "rb") as f:
+        return b"\0btf_trace_tcp_sendmsg_locked\0" in f.read()
 
 
 def _skb_offsets() -> list[str]:
@@ -141,6 +152,10 @@ class TcTracer:
             raise TcError("python module bcc is missing (Debian python3-bpfcc)") from e
         cflags = btf.cflags(btf.kernel_offsets()) + _skb_offsets() + [
             f"-I{TC_C.parent}", "-Wno-macro-redefined", "-Wno-pass-failed"]
+        self.raw_marks = (self.config.marks == "raw" or
+                          (self.config.marks == "auto" and has_sendmsg_tracepoint()))
+        if self.raw_marks:
+            cflags.append("-DZT_TC_MARK_RAW")
         try:
             self._bpf = BPF(src_file=str(TC_C).encode(), cflags=cflags)
             self._bpf[b"tc_self"][ctypes.c_int(0)] = ctypes.c_uint32(os.getpid())
@@ -227,6 +242,13 @@ class TcTracer:
 
     def set_marking(self, on: bool) -> None:
         """Attach or detach the write-marking tracepoints (benchmarks' baselines)."""
+        if self.raw_marks:
+            if on:
+                self._bpf.attach_raw_tracepoint(tp=b"tcp_sendmsg_locked",
+                                                fn_name=b"raw_tracepoint__tcp_sendmsg_locked")
+            else:
+                self._bpf.detach_raw_tracepoint(tp=b"tcp_sendmsg_locked")
+            return
         for ev in self.MARK_TRACEPOINTS:
             tp = b"syscalls:" + ev
             if on:

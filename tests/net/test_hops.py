@@ -28,7 +28,7 @@ DELAY_MS = 5.0
 
 
 def run(delay_ms: float, loss: float, requests: int, seed: int, slow: str = "ab",
-        clients: int = 1) -> dict:
+        clients: int = 1, marks: str = "auto") -> dict:
     """Send `requests` on one connection across the path, traced by a real pipeline with
     the TC probes installed on it (agent/net/live.py); the client spans with the N spans
     of their traces, and the server spans."""
@@ -40,7 +40,7 @@ def run(delay_ms: float, loss: float, requests: int, seed: int, slow: str = "ab"
         traces: list = []
         pipeline.on_trace_obj = traces.append
         names = [p.client.name, p.gateway.name, p.server.name]
-        net = NetHops(TcConfig(interfaces=f"^{p.prefix}", netns=names))
+        net = NetHops(TcConfig(interfaces=f"^{p.prefix}", netns=names, marks=marks))
         try:
             net.install(pipeline)
             with SocketTracer(ProbeConfig(netns={p.client.inode, p.server.inode})) as st, \
@@ -201,3 +201,14 @@ def test_concurrent_connections_never_borrow_hops(concurrent):
             last = ns[-1].attributes["zerotrace.net.packet"]
             assert last.endswith(f">{c.local.addr}:{c.local.port}")
     assert len(ports) == 4
+
+
+def test_syscall_marks_give_the_same_hops():
+    # kernels before 6.10 (no tcp_sendmsg_locked) mark writes at syscall entry instead
+    r = run(DELAY_MS, 0.0, requests=8, seed=1, marks="syscalls")
+    req, resp = expected_hops(r["prefix"])
+    full = [ns for _c, ns in r["spans"].values() if [hop_name(n) for n in ns] == req + resp]
+    assert len(full) >= 7
+    link = [n for ns in full for n in ns if hop_name(n) == req[-1]]
+    med = statistics.median(n.attributes["zerotrace.net.hop_latency_ns"] for n in link)
+    assert abs(med / 1e6 - DELAY_MS) <= 1.0
