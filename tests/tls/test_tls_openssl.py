@@ -59,6 +59,12 @@ def world():
             wait_tcp(srv, srv.addr, NGINX_TLS)
             wait_tcp(srv, srv.addr, NGINX_CLEAR)
             nginx_pid = int(open(f"{tmp}/nginx.pid").read())
+            # a TLS connection opened (handshake, one request) before the tracer
+            early = net.spawn(net.hosts[CLIENT], PY,
+                              os.path.join(PROGRAMS, "keepalive_client.py"), srv.addr,
+                              str(NGINX_TLS), "/file.txt", stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+            assert json.loads(early.stdout.readline()) == [200, 700]
             cfg = ProbeConfig(netns={h.inode for h in net.hosts})
             with SocketTracer(cfg) as tracer:
                 server = os.path.join(PROGRAMS, "https_server.py")
@@ -67,7 +73,7 @@ def world():
                 net.spawn(srv, PY, server, srv.addr, str(PY_CLEAR), stdout=subprocess.DEVNULL)
                 wait_tcp(srv, srv.addr, PY_TLS)
                 wait_tcp(srv, srv.addr, PY_CLEAR)
-                yield net, tracer, nginx_pid
+                yield net, tracer, nginx_pid, early
         finally:
             for p in net.procs:
                 kill_group(p)
@@ -118,7 +124,7 @@ def curl(host, url):
 
 
 def test_libssl_found(world):
-    net, tracer, nginx_pid = world
+    net, tracer, nginx_pid, _ = world
     libs = [lib for lib in tracer.tls.libraries.values() if lib.symbols]
     assert libs, [(lib.path, lib.error) for lib in tracer.tls.libraries.values()]
     assert {"SSL_read", "SSL_write"} <= set(libs[0].symbols)
@@ -129,7 +135,7 @@ def test_libssl_found(world):
 @pytest.mark.parametrize("path,code", [("/file.txt", "200"), ("/big.bin", "200"),
                                        ("/nothere", "404")])
 def test_nginx_https_curl(world, path, code):
-    net, tracer, _ = world
+    net, tracer, _, _ = world
     cli, srv = net.hosts[CLIENT], net.hosts[SERVER]
 
     def both():
@@ -157,7 +163,7 @@ def test_nginx_https_curl(world, path, code):
 def test_python_ssl_http_client(world):
     """Three requests on one keep-alive TLS connection (http.client to a Python server
     started after the tracer), against the same in clear text."""
-    net, tracer, _ = world
+    net, tracer, _, _ = world
     cli, srv = net.hosts[CLIENT], net.hosts[SERVER]
     paths = ["/echo?n=10", "/echo?n=2000", "/nothere"]
     client = os.path.join(PROGRAMS, "https_client.py")
@@ -201,7 +207,7 @@ def test_own_libssl_started_after_and_upgraded_on_disk(world, tmp_path):
     the tracer: found by the rescan, its TLS traced and linked.  Then the file is
     replaced on disk while the server runs (an upgrade: a new inode): the running server
     stays traced on the old one, and a server started afterwards is found on the new."""
-    net, tracer, _ = world
+    net, tracer, _, _ = world
     cli, srv = net.hosts[CLIENT], net.hosts[SERVER]
     system = [p for p in tracer.tls.libraries.values() if p.symbols][0].path
     libdir = tmp_path / "lib"
@@ -248,3 +254,32 @@ def test_own_libssl_started_after_and_upgraded_on_disk(world, tmp_path):
     assert_linked(c, s, traced)
     for p in (p1, p2):
         kill_group(p)
+
+
+def test_connection_opened_before_the_tracer(world):
+    """Requests on a TLS connection whose handshake the agent missed (opened before
+    it): counted as such, parsed from the next request on, and linked, since both ends
+    start their virtual seqs at the same ciphertext record (the first one each traced
+    call carried)."""
+    net, tracer, _, early = world
+    before = tracer.tls_stats().get("tls_connections_midstream", 0)
+
+    def go():
+        out = []
+        for path in ("/file.txt", "/nothere"):
+            early.stdin.write(path + "\n")
+            early.stdin.flush()
+            out.append(json.loads(early.stdout.readline()))
+        return out
+
+    out, spans, traced = capture(tracer, go, lambda ss: all(len(x) >= 2 for x in
+                                                            pairs_of(ss, NGINX_TLS)))
+    assert [o[0] for o in out] == [200, 404] and out[0][1] == 700
+    cs, ss = pairs_of(spans, NGINX_TLS)
+    assert [s.operation for s in cs] == [s.operation for s in ss] == \
+        ["GET /file.txt", "GET /nothere"]
+    assert [s.status_code for s in ss] == ["200", "404"]
+    assert all(s.attributes.get("zerotrace.midstream") for s in cs + ss)
+    for c, s in zip(cs, ss, strict=True):
+        assert_linked(c, s, traced)
+    assert tracer.tls_stats()["tls_connections_midstream"] >= before + 2  # both ends
