@@ -9,8 +9,12 @@ connections, protocols, spans, stitching) without the kernel, so the figure does
 depend on the machine's other load.  --profile prints the top of a cProfile run: the
 hot paths named there are where optimisation goes.  --stages adds CPU per span of
 decode alone, of the span stage alone (connections, parsers, spans; no stitcher) and of
-the whole pipeline, the stitcher being the difference; --agent-gc runs with the
-collector settings the agent command uses (pipeline.tune_gc) instead of Python's."""
+the whole pipeline, the stitcher being the difference, and of the export side on the
+stitched spans: enrichment (Enricher, /proc only), redaction (redact.spans, on the
+export thread) and Arrow encoding (spans_to_table + table_to_ipc, what the gRPC
+exporter sends), in batches of 4 096 as BatchExporter hands them; --agent-gc runs
+with the collector settings the agent command uses (pipeline.tune_gc) instead of
+Python's."""
 
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ import cProfile
 import os
 import pickle
 import pstats
+import resource
 import threading
 import time
 
@@ -57,15 +62,16 @@ def record(requests: int) -> tuple[list[bytes], int, dict]:
             return raw, tr.wall_offset, dict(p.classifier._by_pid)
 
 
-def replay(raw: list[bytes], off: int, modes: dict,
-           stitch: bool = True) -> tuple[int, int, float]:
-    """(spans, traces, CPU seconds); stitch=False: spans are made, not stitched."""
+def replay(raw: list[bytes], off: int, modes: dict, stitch: bool = True,
+           keep: list | None = None) -> tuple[int, int, float]:
+    """(spans, traces, CPU seconds); stitch=False: spans are made, not stitched;
+    keep: a list the stitched traces are appended to."""
     from agent.pipeline import Pipeline
 
     p = Pipeline()
     p.classifier._by_pid.update(modes)
     p._pids.update(modes)
-    traces = []
+    traces = [] if keep is None else keep
     p.on_trace_obj = traces.append
     made = [0]
     if not stitch:
@@ -92,6 +98,35 @@ def decode(raw: list[bytes], off: int) -> float:
     for i in range(0, len(raw), 500):
         [SocketEvent(r, off) for r in raw[i:i + 500]]
     return time.process_time() - t0
+
+
+def export_stages(traces: list, batch: int = 4096) -> dict[str, float]:
+    """CPU seconds of enrichment, redaction and Arrow encoding of the traces' spans,
+    batch by batch (enrichment in place, as Pipeline._trace does)."""
+    from agent.enrich import EnrichConfig, Enricher
+    from agent.protocols import redact
+    from proto.columns import spans_to_table, table_to_ipc
+
+    spans = [s for t in traces for s in t.spans]
+    en = Enricher(EnrichConfig())
+    out = {"enrich": 0.0, "redact": 0.0, "encode": 0.0}
+    try:
+        for i in range(0, len(spans), batch):
+            b = spans[i:i + batch]
+            t0 = time.process_time()
+            for s in b:
+                en.enrich(s)
+            t1 = time.process_time()
+            b = redact.spans(b)
+            t2 = time.process_time()
+            table_to_ipc(spans_to_table(b, "bench"))
+            t3 = time.process_time()
+            out["enrich"] += t1 - t0
+            out["redact"] += t2 - t1
+            out["encode"] += t3 - t2
+    finally:
+        en.close()
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -130,6 +165,19 @@ def main(argv: list[str] | None = None) -> None:
         print(f"us/span: decode {dec * us:.1f}, connections+parsers+spans "
               f"{(span_cpu - dec) * us:.1f}, stitcher {(cpu - span_cpu) * us:.1f}, "
               f"total {cpu * us:.1f}")
+        traces: list = []
+        replay(raw, off, modes, keep=traces)
+        n = sum(len(t.spans) for t in traces)
+        runs = [export_stages(traces) for _ in range(args.rounds)]
+        ex = {k: min(r[k] for r in runs) for k in runs[0]}
+        ex_us = {k: v * 1e6 / n for k, v in ex.items()}
+        print(f"us/span (export side, {n} stitched spans): "
+              + ", ".join(f"{k} {v:.1f}" for k, v in ex_us.items())
+              + f"; pipeline + export {cpu * us + sum(ex_us.values()):.1f}; redact on "
+              f"cold caches (first round) {runs[0]['redact'] * 1e6 / n:.1f}")
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(f"peak resident memory of this process: {rss:.0f} MiB (the recorded "
+              f"stream and kept traces included)")
 
 
 if __name__ == "__main__":

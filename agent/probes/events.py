@@ -1,25 +1,18 @@
-"""Decoded socket events: what the probes saw, as plain Python objects.
+"""Decoded socket events: what the probes saw.
 
-Decoding is on the hot path (one object per syscall): the integer fields are unpacked
-eagerly with one `struct` call, the byte fields (addresses, comm) only when asked
-for, from the record kept alongside.  Measured: 0.8 µs per event against 1.35 µs
-for decoding everything (docs/benchmarks.md)."""
+Decoding is on the hot path (one object per syscall): SocketEvent is compiled
+(agent/probes/_events.pyx), a C struct copied from the record with its integer fields
+read from there; the byte fields (addresses, comm) are decoded only when asked for.
+Go wake records (WakeEvent) are few and stay Python objects."""
 
 from __future__ import annotations
 
 import socket
-import struct
 import time
 
-from agent.probes import abi
+from agent.probes import _events, abi
 
 _HDR = abi.EVENT_SIZE
-_OFF_LADDR = abi.ZtEvent.laddr.offset
-_OFF_RADDR = abi.ZtEvent.raddr.offset
-_OFF_COMM = abi.ZtEvent.comm.offset
-# The integer prefix of struct zt_event, up to (not including) the byte arrays.
-_INTS = struct.Struct(abi.struct_format(abi.ZtEvent).split("16s")[0])
-_unpack_ints = _INTS.unpack_from
 
 
 def monotonic_to_wall_offset() -> int:
@@ -44,59 +37,11 @@ def format_addr(family: int, raw: bytes) -> str:
     return ""
 
 
-class SocketEvent:
-    """One syscall's worth of socket activity (data) or a connection change (conn).
-
-    `offset`, `role`, `conn_id` and the MIDSTREAM flag of data events are filled in by
-    the connection tracker (agent/conn/tracker.py), not by the kernel."""
-
-    __slots__ = (
-        "ts_enter", "ts_exit", "cgroup_id", "sock_id", "offset", "ret", "goid", "pid", "tid", "fd",
-        "seq", "netns", "captured", "lport", "rport", "type", "syscall", "direction", "role",
-        "family", "transport", "flags", "payload", "_rec", "conn_id",
-    )
-
-    def __init__(self, record: bytes, wall_offset: int = 0) -> None:
-        (ts_enter, ts_exit, self.cgroup_id, self.sock_id, self.offset, self.ret, self.goid,
-         self.pid, self.tid, self.fd, self.seq, self.netns, captured, self.lport,
-         self.rport, self.type, self.syscall, self.direction, self.role, self.family,
-         self.transport, self.flags) = _unpack_ints(record)
-        self.ts_enter = ts_enter + wall_offset
-        self.ts_exit = ts_exit + wall_offset
-        self.captured = captured
-        self.payload = record[_HDR:_HDR + captured]
-        self._rec = record
-        self.conn_id = 0  # set by the connection tracker: sock addresses get reused
-
-    @property
-    def laddr(self) -> str:
-        return format_addr(self.family, self._rec[_OFF_LADDR:_OFF_LADDR + 16])
-
-    @property
-    def raddr(self) -> str:
-        return format_addr(self.family, self._rec[_OFF_RADDR:_OFF_RADDR + 16])
-
-    @property
-    def comm(self) -> str:
-        return self._rec[_OFF_COMM:_OFF_COMM + 16].split(b"\0", 1)[0].decode(errors="replace")
-
-    @property
-    def syscall_name(self) -> str:
-        return abi.SYS_NAMES.get(self.syscall, str(self.syscall))
-
-    @property
-    def has_seq(self) -> bool:
-        return bool(self.flags & abi.F_HAS_SEQ)
-
-    @property
-    def transport_name(self) -> str:
-        return "tcp" if self.transport == abi.IPPROTO_TCP else "udp"
-
-    def __repr__(self) -> str:
-        return (f"SocketEvent({self.syscall_name} pid={self.pid} tid={self.tid} fd={self.fd} "
-                f"{self.laddr}:{self.lport}->{self.raddr}:{self.rport} ret={self.ret} "
-                f"dir={self.direction} seq={self.seq} off={self.offset} "
-                f"payload={self.payload[:32]!r})")
+# One syscall's worth of socket activity (data) or a connection change (conn), compiled
+# (issue 13): the record is copied once into a C struct, integer fields are read from
+# it on access, the payload is the one Python object made per event.  The Python class
+# it replaced (up to c41447f) decoded all integer fields eagerly with one struct call.
+SocketEvent = _events.SocketEvent
 
 
 _unpack_wake = abi.WAKE_STRUCT.unpack_from

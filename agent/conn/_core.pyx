@@ -1,0 +1,543 @@
+# cython: language_level=3, boundscheck=True, wraparound=False
+"""Compiled per-event connection layer (issue 13): ConnTracker, SpanAssembler and the
+record -> span step, replacing the Python code of agent/conn/{tracker,assembler,spans}.py
+(those modules re-export these names; their docstrings describe the rules).
+
+Events that are the compiled SocketEvent (agent/probes/_events.pyx) are read and
+annotated through its C struct, without a Python object per field; any other object
+with the same attribute names (tests' stand-ins) goes through attribute access, with
+the same results.  Stream offsets are computed in 64-bit integers: a direction would
+need 2^63 bytes to overflow them."""
+
+from collections import OrderedDict, Counter
+import logging
+import random
+
+from agent.probes._events cimport SocketEvent
+
+from agent.probes import abi
+from agent.protocols import registry
+from agent.protocols.base import EGRESS, Chunk
+from agent.stitch.runtime import GOROUTINE_BASE as _GOROUTINE_BASE_PY
+from proto.span import KIND_CLIENT, KIND_SERVER, SOURCE_SYSCALL, Endpoint, Span
+
+log = logging.getLogger("agent.conn.assembler")
+
+cdef long long MASK = 0xFFFFFFFF
+cdef long long NOT_MASK = ~MASK
+cdef long long WRAP = 1LL << 32
+cdef long long HALF = WRAP >> 1
+cdef int EV_CONN = abi.EV_CONN
+cdef int SYS_CONNECT = abi.SYS_CONNECT
+cdef int SYS_ACCEPT = abi.SYS_ACCEPT
+cdef int SYS_ACCEPT4 = abi.SYS_ACCEPT4
+cdef int SYS_CLOSE = abi.SYS_CLOSE
+cdef int SYS_STATE_CLOSE = abi.SYS_STATE_CLOSE
+cdef int UDP = abi.IPPROTO_UDP
+cdef int F_HAS_SEQ = abi.F_HAS_SEQ
+cdef int F_MIDSTREAM = abi.F_MIDSTREAM
+cdef int INGRESS = abi.DIR_INGRESS
+cdef int ROLE_CLIENT = abi.ROLE_CLIENT
+cdef int ROLE_SERVER = abi.ROLE_SERVER
+cdef int ROLE_UNKNOWN = abi.ROLE_UNKNOWN
+cdef long long GOROUTINE_BASE = _GOROUTINE_BASE_PY
+cdef Py_ssize_t RADDR_OFF = abi.ZtEvent.raddr.offset
+
+# Undecided connections keep their first chunks until inference succeeds.
+INFER_MAX_CHUNKS = 8
+INFER_MAX_BYTES = 16 * 1024
+# Connections silent this long are flushed (pending requests out as incomplete).
+IDLE_NS = 120 * 10**9
+MAX_SESSIONS = 50_000
+cdef Py_ssize_t C_INFER_MAX_CHUNKS = INFER_MAX_CHUNKS
+cdef Py_ssize_t C_INFER_MAX_BYTES = INFER_MAX_BYTES
+cdef Py_ssize_t C_MAX_SESSIONS = MAX_SESSIONS
+
+
+# -- connections (agent/conn/tracker.py) ------------------------------------------------
+
+cdef class Conn:
+    """One connection: role, whether first seen mid-way, per-direction base seq and
+    last offset (TCP) or byte count (UDP)."""
+
+    cdef public object sock_id
+    cdef public unsigned long long conn_id
+    cdef public int role
+    cdef public bint midstream
+    cdef public object pid
+    cdef long long base[2]
+    cdef bint has_base[2]
+    cdef long long last[2]
+    cdef long long udp_bytes[2]
+
+    def __init__(self, sock_id, unsigned long long conn_id, int role=ROLE_UNKNOWN,
+                 bint midstream=True, pid=0):
+        self.sock_id, self.conn_id, self.role, self.midstream, self.pid = (
+            sock_id, conn_id, role, midstream, pid)
+
+    @property
+    def base(self) -> list:
+        return [self.base[d] if self.has_base[d] else None for d in range(2)]
+
+    @property
+    def last(self) -> list:
+        return [self.last[0], self.last[1]]
+
+    @property
+    def udp_bytes(self) -> list:
+        return [self.udp_bytes[0], self.udp_bytes[1]]
+
+    def __repr__(self) -> str:
+        return (f"Conn(sock_id={self.sock_id}, conn_id={self.conn_id}, role={self.role}, "
+                f"midstream={self.midstream}, base={self.base}, last={self.last})")
+
+
+cdef inline long long _offset(Conn c, int d, long long seq):
+    """The stream offset of seq in direction d (d is 0 or 1): nearest to the last
+    offset seen, wrapped forward, or a slightly late event."""
+    if not c.has_base[d]:
+        c.base[d] = seq
+        c.has_base[d] = True
+    cdef long long last = c.last[d]
+    cdef long long off = (last & NOT_MASK) | ((seq - c.base[d]) & MASK)
+    if off < last - HALF:
+        off += WRAP
+    elif off > last + HALF and off >= WRAP:
+        off -= WRAP
+    if off > last:
+        c.last[d] = off
+    return off
+
+
+cdef class ConnTracker:
+    """Fills offset/role/MIDSTREAM of data events; forgets connections on close."""
+
+    cdef public object conns
+    cdef public object roles
+    cdef public Py_ssize_t max_conns
+    cdef public dict stats
+    cdef unsigned long long _serial
+    cdef dict __dict__
+
+    def __init__(self, Py_ssize_t max_conns=65536, roles=None):
+        self.conns = OrderedDict()
+        # the role of TCP connections first seen mid-way, from listening ports
+        self.roles = roles
+        self.max_conns = max_conns
+        self.stats = {"evicted": 0, "closed": 0, "midstream": 0}
+        self._serial = 0
+
+    cdef Conn _new(self, sock_id):
+        self._serial += 1
+        c = Conn(sock_id, self._serial)
+        self.conns[sock_id] = c
+        if len(self.conns) > self.max_conns:
+            self.conns.popitem(last=False)
+            self.stats["evicted"] += 1
+        return c
+
+    def closed(self, sock_id):
+        c = self.conns.pop(sock_id, None)
+        if c is not None:
+            self.stats["closed"] += 1
+        return c
+
+    cpdef Conn update(self, e):
+        """Annotate e in place; returns its connection (None for closes)."""
+        if type(e) is SocketEvent:
+            return self._update_ev(<SocketEvent>e)
+        return self._update_obj(e)
+
+    cdef Conn _update_ev(self, SocketEvent e):
+        cdef Conn c
+        cdef int d, flags
+        sid = e.ev.sock_id
+        if e.ev.type == EV_CONN:
+            if e.ev.syscall == SYS_CONNECT or e.ev.syscall == SYS_ACCEPT \
+                    or e.ev.syscall == SYS_ACCEPT4:
+                c = self._new(sid)  # a new connection, even if the address was seen
+                c.role, c.midstream, c.pid = e.role, False, e.ev.pid
+                e.conn_id = c.conn_id
+                if e.flags & F_HAS_SEQ:
+                    c.base[0], c.base[1] = e.ev.seq, e.offset & MASK
+                    c.has_base[0] = c.has_base[1] = True
+                    c.last[0] = c.last[1] = 0
+                return c
+            c = self.conns.get(sid)
+            if c is not None:
+                e.conn_id = c.conn_id
+            return None  # close / tcp_close: the caller flushes, then calls closed()
+        c = self.conns.get(sid)
+        if c is None:
+            c = self._new(sid)
+            c.pid = e.ev.pid
+            if e.ev.transport == UDP:
+                c.midstream = False  # datagrams: no stream start to have missed
+            else:
+                self.stats["midstream"] += 1
+                if self.roles is not None:
+                    c.role = self.roles.role_of(e.ev.pid, e.ev.netns, e.ev.lport)
+        d = e.ev.direction
+        if d != 0 and d != 1:
+            raise ValueError(f"event direction {d}")
+        e.role = c.role
+        e.conn_id = c.conn_id
+        flags = e.flags
+        if c.midstream:
+            e.flags = flags = flags | F_MIDSTREAM
+        if flags & F_HAS_SEQ:
+            e.offset = _offset(c, d, e.ev.seq)
+        else:
+            e.offset = c.udp_bytes[d]
+            c.udp_bytes[d] += e.ev.ret
+        return c
+
+    cdef Conn _update_obj(self, e):
+        cdef Conn c
+        cdef int d
+        sid = e.sock_id
+        if e.type == EV_CONN:
+            syscall = e.syscall
+            if syscall == SYS_CONNECT or syscall == SYS_ACCEPT or syscall == SYS_ACCEPT4:
+                c = self._new(sid)
+                c.role, c.midstream, c.pid = e.role, False, e.pid
+                e.conn_id = c.conn_id
+                if e.flags & F_HAS_SEQ:
+                    c.base[0], c.base[1] = e.seq, e.offset & MASK
+                    c.has_base[0] = c.has_base[1] = True
+                    c.last[0] = c.last[1] = 0
+                return c
+            c = self.conns.get(sid)
+            if c is not None:
+                e.conn_id = c.conn_id
+            return None
+        c = self.conns.get(sid)
+        if c is None:
+            c = self._new(sid)
+            c.pid = e.pid
+            if e.transport == UDP:
+                c.midstream = False
+            else:
+                self.stats["midstream"] += 1
+                if self.roles is not None:
+                    c.role = self.roles.role_of(e.pid, e.netns, e.lport)
+        d = e.direction
+        if d != 0 and d != 1:
+            raise ValueError(f"event direction {d}")
+        e.role = c.role
+        e.conn_id = c.conn_id
+        flags = e.flags
+        if c.midstream:
+            e.flags = flags = flags | F_MIDSTREAM
+        if flags & F_HAS_SEQ:
+            e.offset = _offset(c, d, e.seq)
+        else:
+            e.offset = c.udp_bytes[d]
+            c.udp_bytes[d] += e.ret
+        return c
+
+    def update_all(self, events) -> None:
+        """update() each event, and forget connections their close events end."""
+        for e in events:
+            self.update(e)
+            if e.type == EV_CONN and e.syscall in (SYS_CLOSE, SYS_STATE_CLOSE):
+                self.closed(e.sock_id)
+
+
+# -- spans (agent/conn/spans.py) ----------------------------------------------------------
+
+_getrandbits = random.getrandbits
+
+
+def new_span_id() -> str:
+    """A random 64-bit span id, 16 hex digits: a span id needs to be unique, not
+    secret, and random.getrandbits costs half of os.urandom (0.3 against 0.66 us)."""
+    return "%016x" % (_getrandbits(64) or 1)
+
+
+cdef class ConnMeta:
+    """What every span of one connection shares, computed once per connection."""
+
+    cdef public object laddr, lport, raddr, rport, comm, pid, cgroup_id, netns
+    cdef public str transport
+    cdef public bint midstream
+
+    def __init__(self, e):
+        self.laddr, self.lport, self.raddr, self.rport = e.laddr, e.lport, e.raddr, e.rport
+        self.comm, self.pid, self.cgroup_id, self.netns = e.comm, e.pid, e.cgroup_id, e.netns
+        self.transport = "udp" if e.transport == UDP else "tcp"
+        self.midstream = bool(e.flags & F_MIDSTREAM)
+
+
+def record_to_span(r, ConnMeta e, int role, req_dir, agent="", conn_id=0):
+    """The span of record r on the connection described by e."""
+    req, resp = r.request, r.response
+    if req is None and resp is None:
+        return None
+    if role == ROLE_CLIENT or (role == ROLE_UNKNOWN and req_dir == EGRESS):
+        kind = KIND_CLIENT
+    elif role == ROLE_SERVER or req_dir is not None:
+        kind = KIND_SERVER
+    else:
+        return None  # neither the socket nor the bytes say who asked
+    if req is not None:
+        start = req.start_ns
+        tid = req.tid
+        req_seq, req_offset, req_bytes = req.seq, req.offset, req.size
+    else:
+        start = resp.start_ns
+        tid = resp.tid
+        req_seq = req_offset = None
+        req_bytes = 0
+    if resp is not None:
+        end = resp.end_ns
+        resp_seq, resp_offset, resp_bytes = resp.seq, resp.offset, resp.size
+    else:
+        end = req.end_ns
+        resp_seq = resp_offset = None
+        resp_bytes = 0
+    remote = Endpoint(e.raddr, e.rport)
+    cdef dict a = dict(r.attributes)
+    if tid >= GOROUTINE_BASE:  # Go: the pipeline keyed work by goroutine
+        a["go.goroutine.id"] = tid - GOROUTINE_BASE
+        tid = 0
+    comm = e.comm
+    transport = e.transport
+    span = Span(
+        "", new_span_id(), "", kind, SOURCE_SYSCALL, r.protocol, r.operation,
+        r.status, r.status_code, r.error, start, end if end > start else start, comm,
+        e.pid, tid, comm, e.cgroup_id, e.netns, transport,
+        Endpoint(e.laddr, e.lport), remote, req_seq, resp_seq, req_offset, resp_offset,
+        req_bytes, resp_bytes, dict(r.trace_headers), a, {}, r.incomplete, agent)
+    if "network.transport" not in a:
+        a["network.transport"] = transport
+    if kind == KIND_CLIENT:
+        if "server.address" not in a:
+            a["server.address"] = remote.addr
+        if "server.port" not in a:
+            a["server.port"] = remote.port
+    else:
+        if "client.address" not in a:
+            a["client.address"] = remote.addr
+        if "client.port" not in a:
+            a["client.port"] = remote.port
+    if e.midstream:
+        a["zerotrace.midstream"] = True
+    # Moments on threads (request end/response start, or request start/response end).
+    if kind == KIND_SERVER:
+        in_tid, in_ns = (req.end_tid, req.end_ns) if req is not None else (0, start)
+        out_tid, out_ns = (resp.tid, resp.start_ns) if resp is not None else (0, end)
+    else:
+        out_tid, out_ns = (req.tid, req.start_ns) if req is not None else (0, start)
+        in_tid, in_ns = (resp.end_tid, resp.end_ns) if resp is not None else (0, end)
+    return SpanContext(span, conn_id, in_tid, in_ns, out_tid, out_ns, resp is not None)
+
+
+# -- sessions and parsers (agent/conn/assembler.py) ---------------------------------------
+
+cdef class Session:
+    """One connection as the agent follows it."""
+
+    cdef public object key  # conn_id or, for unconnected UDP, (conn_id, peer addr, port)
+    cdef public object event  # first data event: tuple, process, cgroup, netns
+    cdef public int role
+    cdef public object parser
+    cdef public object protocol
+    cdef public list undecided
+    cdef public Py_ssize_t undecided_bytes
+    cdef public bint unknown
+    cdef public long long last_ns
+    cdef public ConnMeta meta  # addresses and process, decoded once
+
+    def __init__(self, key, event, int role, parser=None, protocol=None, undecided=None,
+                 Py_ssize_t undecided_bytes=0, bint unknown=False, long long last_ns=0,
+                 ConnMeta meta=None):
+        self.key, self.event, self.role, self.parser, self.protocol = (
+            key, event, role, parser, protocol)
+        self.undecided = undecided if undecided is not None else []
+        self.undecided_bytes, self.unknown, self.last_ns, self.meta = (
+            undecided_bytes, unknown, last_ns, meta)
+
+
+cdef dict _CLIENT_SIDE = {ROLE_CLIENT: True, ROLE_SERVER: False}
+
+
+cdef class SpanAssembler:
+    """Feeds events (already annotated by ConnTracker) to parsers; emits spans."""
+
+    cdef public object emit
+    cdef public object agent_name
+    cdef public ConnTracker tracker
+    cdef public dict sessions
+    cdef public dict udp_keys
+    cdef public object stats
+    cdef dict __dict__  # instance overrides (tests replace handle)
+
+    def __init__(self, emit, agent_name=""):
+        self.emit = emit
+        self.agent_name = agent_name
+        self.tracker = ConnTracker()
+        self.sessions = {}
+        self.udp_keys = {}  # conn_id -> its per-peer sessions
+        self.stats = Counter()
+
+    # -- events -----------------------------------------------------------------------
+    def handle(self, e) -> None:
+        cdef Conn conn = self.tracker.update(e)
+        cdef SocketEvent se
+        cdef int etype, syscall, transport, d, flags
+        cdef bint typed = type(e) is SocketEvent
+        if typed:
+            se = <SocketEvent>e
+            etype, syscall, transport = se.ev.type, se.ev.syscall, se.ev.transport
+        else:
+            etype, syscall, transport = e.type, e.syscall, e.transport
+        conn_id = e.conn_id
+        if etype == EV_CONN:
+            if syscall == SYS_CLOSE or syscall == SYS_STATE_CLOSE:
+                if conn_id:
+                    self._close_conn(conn_id, "closed")
+                self.tracker.closed(e.sock_id)
+            return
+        if transport == UDP:
+            if typed:
+                key = (conn_id, se._rec[RADDR_OFF:RADDR_OFF + 16], se.ev.rport)
+            else:
+                key = (conn_id, e._rec[RADDR_OFF:RADDR_OFF + 16], e.rport)
+        else:
+            key = conn_id
+        cdef Session s = self.sessions.get(key)
+        if s is None:
+            if len(self.sessions) >= C_MAX_SESSIONS:
+                self.stats["sessions_full"] += 1
+                return
+            s = Session(key, e, conn.role if conn is not None else 0)
+            self.sessions[key] = s
+            if type(key) is tuple:
+                self.udp_keys.setdefault(conn_id, []).append(key)
+        if typed:
+            d = se.ev.direction
+            ts_exit, ts_enter, ret = se.ts_exit, se.ts_enter, se.ev.ret
+            flags = se.flags
+            payload, offset, tid = se.payload, se.offset, se.tid
+            seq = se.ev.seq if flags & F_HAS_SEQ else None
+        else:
+            d = e.direction
+            ts_exit, ts_enter, ret = e.ts_exit, e.ts_enter, e.ret
+            flags = e.flags
+            payload, offset, tid = e.payload, e.offset, e.tid
+            seq = e.seq if flags & F_HAS_SEQ else None
+        s.last_ns = ts_exit
+        if s.unknown:
+            self.stats["unknown_protocol_bytes"] += ret
+            return
+        chunk = Chunk(d, payload, ret, offset, ts_exit if d == INGRESS else ts_enter, tid, seq)
+        parser = s.parser
+        if parser is None:
+            self._infer(s, chunk)
+            return
+        try:
+            records = parser.feed(chunk)
+        except Exception as exc:  # noqa: BLE001 - a parser bug must not stop the agent
+            self._parser_failed(s, exc)
+            return
+        if records:
+            self._records(s, records)
+
+    cdef _parser_failed(self, Session s, exc):
+        """A parser raised: stop parsing this connection (its bytes are counted as
+        unknown from now on), count it, and say it once per protocol."""
+        s.unknown = True
+        s.parser = None
+        self.stats["parser_errors"] += 1
+        key = f"parser_errors_{s.protocol}"
+        self.stats[key] += 1
+        if self.stats[key] == 1:
+            log.warning("the %s parser failed on a connection (%s: %s); that connection is "
+                        "no longer parsed, later failures are only counted "
+                        "(zerotrace_stage_events_total{stage=\"assembler\"})",
+                        s.protocol, type(exc).__name__, exc)
+
+    cdef bint _guarded(self, Session s, call, arg):
+        """Records of the parser's `call(arg)` (feed or flush); False if it raised."""
+        try:
+            records = call(arg)
+        except Exception as exc:  # noqa: BLE001 - as in handle()
+            self._parser_failed(s, exc)
+            return False
+        self._records(s, records)
+        return True
+
+    cdef _flush(self, Session s, reason):
+        if s.parser is not None:
+            self._guarded(s, s.parser.flush, reason)
+
+    cdef _infer(self, Session s, chunk):
+        s.undecided.append(chunk)
+        s.undecided_bytes += len(chunk.data)
+        e = s.event
+        transport = "udp" if e.transport == UDP else "tcp"
+        proto = registry.infer(chunk.data, chunk.direction, e.lport, e.rport, transport)
+        if proto is None:
+            if (len(s.undecided) >= C_INFER_MAX_CHUNKS
+                    or s.undecided_bytes >= C_INFER_MAX_BYTES):
+                s.unknown = True
+                s.undecided = []
+                self.stats["unknown_protocol_conns"] += 1
+            return
+        client_side = _CLIENT_SIDE.get(s.role)
+        s.protocol = proto
+        s.parser = registry.new_parser(proto, client_side, transport)
+        self.stats[f"conns_{proto}"] += 1
+        chunks, s.undecided = s.undecided, []
+        for c in chunks:
+            if not self._guarded(s, s.parser.feed, c):
+                return
+
+    cdef _records(self, Session s, records):
+        if not records:
+            return
+        cdef ConnMeta meta = s.meta
+        if meta is None:
+            meta = s.meta = ConnMeta(s.event)
+        role, req_dir = s.role, getattr(s.parser, "req_dir", None)
+        agent, conn_id, emit, stats = self.agent_name, s.event.conn_id, self.emit, self.stats
+        for r in records:
+            ctx = record_to_span(r, meta, role, req_dir, agent, conn_id)
+            if ctx is None:
+                stats["records_unusable"] += 1
+                continue
+            stats["spans"] += 1
+            emit(ctx)
+
+    # -- life -------------------------------------------------------------------------
+    cdef _close_conn(self, conn_id, reason):
+        for key in self.udp_keys.pop(conn_id, None) or (conn_id,):
+            s = self.sessions.pop(key, None)
+            if s is not None:
+                self._flush(s, reason)
+
+    def expire(self, now_ns, idle_ns=IDLE_NS) -> None:
+        """Flush connections idle for longer than idle_ns."""
+        cdef Session s
+        for key in [k for k, s in self.sessions.items() if now_ns - s.last_ns > idle_ns]:
+            s = self.sessions.pop(key)
+            if type(key) is tuple:
+                keys = self.udp_keys.get(key[0], [])
+                if key in keys:
+                    keys.remove(key)
+                if not keys:
+                    self.udp_keys.pop(key[0], None)
+            self.stats["sessions_expired"] += 1
+            self._flush(s, "idle")
+
+    def close(self) -> None:
+        self.udp_keys.clear()
+        for key in list(self.sessions):
+            s = self.sessions.pop(key)
+            self._flush(s, "agent stopped")
+
+
+# Last: agent/conn/spans.py imports record_to_span from here, so it must be defined
+# before this module asks spans.py for SpanContext (either may be imported first).
+from agent.conn.spans import SpanContext
