@@ -18,6 +18,11 @@
 3b. merge: the CPU one merge level costs per row (8 parts into one), for the schema
    and variants of it; merges are what keeps ingest on one core short of its target.
 4. flame graph of a 1 000-span trace: each renderer, best of 5.
+5. http (issue 16; `--only http`): --http-spans spans with cross-node fragments
+   (HTTP_FILL_SQL), a `zerotrace server --http` process on them, and p50/p99 of
+   Grafana's requests over one keep-alive connection: Tempo trace by id (protobuf,
+   JSON) and TraceQL searches with two attribute conditions.  --http-data keeps the
+   store for another run; --server-root runs another tree's server on it (before/after).
 """
 
 from __future__ import annotations

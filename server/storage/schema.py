@@ -172,7 +172,8 @@ GROUP BY trace_id, service"""
 # primary-key range read of the few traces named (trace ids sharing those 4 bytes).
 # A row says "a trace starting with these bytes may hold a span with this key"; the
 # joiner checks every candidate exactly on the spans, so a hash collision or a row
-# left over after retention only costs a read.  ~6 bytes a span on disk.
+# left over after retention only costs a read.  6.5 bytes a span on disk and ~4 us a
+# span of ingest CPU (the view's ARRAY JOIN), measured at 10 M / 200 000 spans.
 # Carrying this over to another schema declaration: the table, the view, the
 # backfill in SqlStore._create, the row count in ChdbStore._count_locked and the
 # retention delete in SqlStore._delete_before belong together.
