@@ -50,6 +50,7 @@ class ZerotraceServer:
         tls_ca: str = "",
         tokens: TokenTable | None = None,
         max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES,
+        forward_otlp: str = "",
     ) -> None:
         # TLS files are read now, so that a bad path fails before the store opens.
         self._credentials = (server_credentials(tls_cert, tls_key, tls_ca)
@@ -65,6 +66,13 @@ class ZerotraceServer:
         self.store = store
         self.listen = listen
         self.writer = BatchWriter(store)
+        # --forward-otlp: what is stored is also sent to an OTLP endpoint (server/forward.py)
+        self.forwarder = None
+        if forward_otlp:
+            from server.forward import OtlpForwarder
+
+            self.forwarder = OtlpForwarder(forward_otlp)
+            self.writer = self.forwarder.wrap(self.writer)
         self.retention_s = retention_s
         self.max_bytes = max_bytes
         self.retention_interval_s = retention_interval_s
@@ -115,7 +123,15 @@ class ZerotraceServer:
         if not self.port:
             raise OSError(f"cannot listen on {self.listen}")
         self.grpc.start()
-        if self.metrics_listen:
+        if self.metrics_listen and self.forwarder is not None:
+            from server.forward import serve_metrics_with
+            from server.metrics import ServerCollector
+
+            self._metrics_http, self.metrics_port = serve_metrics_with(
+                self.metrics_listen,
+                ServerCollector(self.admissions, self.writer, budget=self.budget),
+                self.forwarder.collector())
+        elif self.metrics_listen:
             from server.metrics import serve_metrics
 
             self._metrics_http, self.metrics_port = serve_metrics(
@@ -145,4 +161,6 @@ class ZerotraceServer:
             self._metrics_http.shutdown()
             self._metrics_http.server_close()
         self.writer.close()
+        if self.forwarder is not None:  # after the writer: its last batches go too
+            self.forwarder.close()
         self.store.close()

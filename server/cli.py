@@ -387,6 +387,7 @@ def cmd_server(args: argparse.Namespace) -> int:
         tls_ca=args.tls_ca or "",
         tokens=tokens,
         max_inflight_bytes=args.max_inflight_bytes,
+        forward_otlp=args.forward_otlp or "",
     )
     try:
         port = srv.start()
@@ -769,6 +770,13 @@ def _register_server(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         metavar="HOST:PORT",
         help="Tempo and Jaeger query APIs for Grafana (default 127.0.0.1:3200; '' = off)",
+    )
+    p.add_argument(
+        "--forward-otlp",
+        metavar="HOST:PORT",
+        help="also send every stored span to this OTLP/gRPC endpoint (an OpenTelemetry "
+        "Collector; https://HOST:PORT for TLS), with retry; drops are counted in "
+        "zerotrace_server_forward_dropped_spans_total",
     )
     g = p.add_argument_group("security (docs/server.md#security)")
     g.add_argument("--tls-cert", metavar="FILE", help="serve TLS with this certificate (PEM)")
