@@ -10,6 +10,8 @@
 2. End to end: request/response round trips on one TCP connection between two network
    namespaces joined by a veth pair, probes attached (both veth ends, ingress+egress,
    plus the write-marking tracepoints) vs detached, alternating rounds; medians.
+3. Throughput: wrk against nginx across a bridge, traced vs untraced (issue target:
+   ratio >= 0.95).
 """
 
 from __future__ import annotations
@@ -178,6 +180,79 @@ def end_to_end(rounds: int, n: int, marks: str = "auto") -> None:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
 
+def throughput(rounds: int, seconds: int, body: int) -> None:
+    """wrk against nginx across a bridge (ns a -> veth -> bridge -> veth -> ns b),
+    TC on all four veth ends, traced vs untraced rounds alternating; requests/s."""
+    import re
+    import tempfile
+
+    tag = uuid.uuid4().hex[:6]
+    a, b, br = f"zb-{tag}-a", f"zb-{tag}-b", f"zb{tag}br"
+    nginx = None
+    try:
+        sh("ip", "link", "add", br, "type", "bridge")
+        sh("ip", "link", "set", br, "up")
+        for ns, ip in ((a, "10.239.1.1/24"), (b, "10.239.1.2/24")):
+            sh("ip", "netns", "add", ns)
+            outer, inner = f"zb{tag}{ns[-1]}h", f"zb{tag}{ns[-1]}"
+            sh("ip", "link", "add", outer, "type", "veth", "peer", "name", inner)
+            sh("ip", "link", "set", inner, "netns", ns)
+            sh("ip", "link", "set", outer, "master", br)
+            sh("ip", "link", "set", outer, "up")
+            sh("ip", "netns", "exec", ns, "ip", "addr", "add", ip, "dev", inner)
+            sh("ip", "netns", "exec", ns, "ip", "link", "set", inner, "up")
+            sh("ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up")
+        tmp = tempfile.mkdtemp(prefix="zt-bench-tc-")
+        os.makedirs(f"{tmp}/www")
+        with open(f"{tmp}/www/body", "wb") as f:
+            f.write(b"x" * body)
+        with open(f"{tmp}/nginx.conf", "w") as f:
+            f.write(f"""daemon off; master_process off; worker_processes 1;
+error_log {tmp}/error.log; pid {tmp}/nginx.pid;
+events {{ worker_connections 256; }}
+http {{ access_log off; client_body_temp_path {tmp}/b; proxy_temp_path {tmp}/p;
+  fastcgi_temp_path {tmp}/f; uwsgi_temp_path {tmp}/u; scgi_temp_path {tmp}/s;
+  server {{ listen 10.239.1.2:8090; root {tmp}/www; }} }}
+""")
+        nginx = subprocess.Popen(["ip", "netns", "exec", b, "nginx", "-c", f"{tmp}/nginx.conf",
+                                  "-p", tmp], start_new_session=True,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(1.0)
+
+        def wrk() -> float:
+            out = subprocess.run(["ip", "netns", "exec", a, "wrk", "-t1", "-c8",
+                                  f"-d{seconds}s", "http://10.239.1.2:8090/body"],
+                                 check=True, capture_output=True, text=True).stdout
+            return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+
+        on, off = [], []
+        tc = TcTracer(TcConfig(interfaces=f"^zb{tag}[ab]h?$", netns=[a, b]))
+        try:
+            assert len(tc.hooks) == 4, tc.hooks
+            for _ in range(rounds):
+                on.append(wrk())
+                tc.poll(0)
+                tc.detach_filters()
+                tc.set_marking(False)
+                off.append(wrk())
+                tc.set_marking(True)
+                tc.refresh()
+        finally:
+            tc.close()
+        mon, moff = statistics.median(on), statistics.median(off)
+        print(f"# wrk -c8 across a bridge, {body}-byte responses, {seconds} s rounds, "
+              f"median of {rounds}; TC on 4 veth ends")
+        print(f"  untraced {moff:9.0f} req/s   traced {mon:9.0f} req/s   "
+              f"traced/untraced {mon / moff:.3f}")
+    finally:
+        if nginx is not None:
+            os.killpg(nginx.pid, 9)
+            nginx.wait()
+        for ns in (a, b):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        subprocess.run(["ip", "link", "del", br], capture_output=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=5)
@@ -189,6 +264,8 @@ def main() -> None:
     print(f"# load: {os.getloadavg()[0]:.2f} (2 vCPUs shared; figures are indicative)")
     per_hook(args.rounds, args.repeat)
     end_to_end(args.rounds, args.round_trips, args.marks)
+    for body in (64, 65536):
+        throughput(args.rounds, 3, body)
 
 
 if __name__ == "__main__":
