@@ -21,7 +21,9 @@
  * spaces differ by the records' overhead and never match (no link, never a wrong one).
  *
  * The first time a socket is seen inside an SSL call a mark event (ZT_EV_CONN,
- * syscall ZT_SYS_TLS_MARK) tells the agent to drop that socket's ciphertext. */
+ * syscall ZT_SYS_TLS_MARK) tells the agent to drop that socket's ciphertext; the
+ * ciphertext syscalls made inside SSL calls (all of it, for OpenSSL's socket BIO) are
+ * not even emitted: this program clears the in-flight slot data.c's exit would use. */
 
 #define ZT_SYS_TLS_MARK 32 /* agent/probes/tls.py: SYS_TLS_MARK; not an abi.h syscall */
 #define ZT_F_TLS 16        /* agent/probes/tls.py: F_TLS; a plaintext event of TLS */
@@ -52,6 +54,10 @@ struct zt_tls_sock {
 #define ZT_TLS_HANDSHAKE 3
 
 BPF_HASH(tls_calls, __u32, struct zt_tls_call, 16384);
+/* marks emitted so far: the agent looks for marks in a batch only when this moved */
+BPF_ARRAY(tls_marks, __u64, 1);
+/* ciphertext syscalls inside SSL calls, not emitted */
+BPF_PERCPU_ARRAY(tls_cipher_skipped, __u64, 1);
 BPF_TABLE("lru_hash", __u64, struct zt_tls_sock, tls_socks, 65536);
 /* SSL object -> its socket, for calls that made no syscall (data already buffered) */
 BPF_TABLE("lru_hash", __u64, struct zt_active, tls_ssl_sock, 65536);
@@ -131,6 +137,10 @@ int zt_tls_sys_enter(void *ctx)
                 s->ev.seq = 0;
                 struct zt_sockstate *st = socks.lookup(&sk);
                 s->ev.role = st ? st->role : ZT_ROLE_UNKNOWN;
+                int zero0 = 0;
+                __u64 *n = tls_marks.lookup(&zero0);
+                if (n)
+                    __sync_fetch_and_add(n, 1);
                 zt_submit(s, sizeof(struct zt_event), cfg);
             }
         }
@@ -146,6 +156,13 @@ int zt_tls_sys_enter(void *ctx)
             c->have_hdr = 1;
         }
     }
+    /* The ciphertext itself is not wanted: data.c's exit finds no syscall in flight
+     * and emits nothing (cheaper than shipping it to the agent to be dropped there). */
+    a->busy = 0;
+    int slot = 0;
+    __u64 *n = tls_cipher_skipped.lookup(&slot);
+    if (n)
+        *n += 1;
     return 0;
 }
 

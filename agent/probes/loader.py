@@ -133,6 +133,7 @@ class SocketTracer:
         self.tls: tls.TlsAttacher | None = None  # TLS: libraries with probes
         self._tls_stream: tls.TlsStream | None = None
         self._tls_tp_fds: list[int] = []
+        self._tls_s = 0.0
         self._load()
 
     def _load(self) -> None:
@@ -193,6 +194,8 @@ class SocketTracer:
                              "see `zerotrace check`") from e
         t3 = time.monotonic()
         self.timings = {"compile": t1 - t0, "verify": t2 - t1, "attach": t3 - t2}
+        if self.tls is not None:
+            self.timings["tls"] = self._tls_s  # part of "attach"
         log.info("socket probes attached in %.1fs (compiled in %.1fs, %d programs verified "
                  "in %.1fs, attached to %d tracepoints in %.1fs)", t3 - t0, t1 - t0,
                  len(programs), t2 - t1, len(attachments), t3 - t2)
@@ -204,6 +207,7 @@ class SocketTracer:
         bcc keeps one fd per tracepoint name, so these go through libbcc directly."""
         from bcc import BPF, lib
 
+        t0 = time.monotonic()
         fn = self._bpf.load_func(b"zt_tls_sys_enter", BPF.TRACEPOINT)
         for tp in tls.SYSCALL_TRACEPOINTS:
             cat, name = tp.encode().split(b":")
@@ -216,6 +220,9 @@ class SocketTracer:
         for path in tls.system_libssl():
             self.tls.attach_file(path)
         self.tls.scan(self.config.pids or None, force=True)
+        self._tls_s = time.monotonic() - t0
+        log.info("TLS: %d libssl file(s) with uprobes in %.2fs", self.tls.attached(),
+                 self._tls_s)
 
     def tls_stats(self) -> dict[str, int]:
         """TLS counters: libraries with probes, connections, plaintext/ciphertext events."""
@@ -223,11 +230,14 @@ class SocketTracer:
             return {}
         out = dict(self._tls_stream.stats)
         out["tls_libraries"] = self.tls.attached()
+        out["tls_ciphertext_syscalls_skipped"] = sum(
+            self._bpf[b"tls_cipher_skipped"][ct.c_int(0)])
         return out
 
     def _tls_records(self, records: list[bytes]) -> list[bytes]:
         self.tls.scan(self.config.pids or None)  # new processes' own libssl files
-        return self._tls_stream.rewrite(records)
+        marks = self._bpf[b"tls_marks"][ct.c_int(0)].value
+        return self._tls_stream.rewrite(records, marks)
 
     def _configure(self) -> None:
         b, cfg = self._bpf, self.config
