@@ -13,14 +13,14 @@ import os
 import time
 from collections.abc import Callable
 
+from agent.conn._core import process_events
 from agent.conn.assembler import SpanAssembler
 from agent.conn.listeners import ListenerRoles
 from agent.conn.spans import SpanContext
-from agent.probes import abi
 from agent.probes.events import SocketEvent
 from agent.probes.loader import ProbeConfig
 from agent.stitch.handoff import HandoffIndex
-from agent.stitch.runtime import GOROUTINE_BASE, MODE_GO
+from agent.stitch.runtime import MODE_GO
 from agent.stitch.stitcher import Stitcher, Trace
 from agent.stitch.tree import render
 
@@ -186,7 +186,6 @@ class Pipeline:
     def process(self, events: list[SocketEvent]) -> None:
         handle = self.assembler.handle
         observe = self.stitcher.observe
-        data = abi.EV_DATA
         pids = self._pids
         if events:
             last = events[-1].ts_exit  # the ring is in time order, near enough
@@ -197,19 +196,12 @@ class Pipeline:
         wakes = getattr(events, "wakes", None)  # an EventBatch from SocketTracer.poll
         if wakes:
             self.handoffs.add_all(wakes)
-        ignore = self.ignore_ports
-        for e in events:
-            if ignore and e.lport in ignore:
-                # our own server's ingest: tracing it would make a span of every push
-                self.assembler.stats["ignored_own_export_port"] += 1
-                continue
-            if e.pid not in pids:
-                self._new_pid(e.pid)
-            if e.goid:
-                e.tid = GOROUTINE_BASE + e.goid  # the goroutine is the unit of work
-            handle(e)
-            if e.type == data:
-                observe(e)
+        # Compiled loop (agent/conn/_core.pyx): events of our own server's ingest port
+        # dropped (tracing it would make a span of every push), new pids classified,
+        # Go events keyed by goroutine (the goroutine is the unit of work), then the
+        # assembler and, for data events, the stitcher.
+        process_events(events, handle, observe, pids, self._new_pid, self.ignore_ports,
+                       self.assembler.stats)
 
     def prescan(self, cfg: ProbeConfig) -> None:
         """Classify the processes in scope now (pid and netns filters honoured)."""

@@ -28,6 +28,7 @@ cdef long long NOT_MASK = ~MASK
 cdef long long WRAP = 1LL << 32
 cdef long long HALF = WRAP >> 1
 cdef int EV_CONN = abi.EV_CONN
+cdef int EV_DATA = abi.EV_DATA
 cdef int SYS_CONNECT = abi.SYS_CONNECT
 cdef int SYS_ACCEPT = abi.SYS_ACCEPT
 cdef int SYS_ACCEPT4 = abi.SYS_ACCEPT4
@@ -261,12 +262,17 @@ cdef class ConnMeta:
     cdef public object laddr, lport, raddr, rport, comm, pid, cgroup_id, netns
     cdef public str transport
     cdef public bint midstream
+    # The two ends as Endpoints, made once: the spans of a connection share them (no
+    # code changes a span's Endpoint; the exporters and the server copy them out).
+    cdef public object local, remote
 
     def __init__(self, e):
         self.laddr, self.lport, self.raddr, self.rport = e.laddr, e.lport, e.raddr, e.rport
         self.comm, self.pid, self.cgroup_id, self.netns = e.comm, e.pid, e.cgroup_id, e.netns
         self.transport = "udp" if e.transport == UDP else "tcp"
         self.midstream = bool(e.flags & F_MIDSTREAM)
+        self.local = Endpoint(self.laddr, self.lport)
+        self.remote = Endpoint(self.raddr, self.rport)
 
 
 def record_to_span(r, ConnMeta e, int role, req_dir, agent="", conn_id=0):
@@ -296,7 +302,7 @@ def record_to_span(r, ConnMeta e, int role, req_dir, agent="", conn_id=0):
         end = req.end_ns
         resp_seq = resp_offset = None
         resp_bytes = 0
-    remote = Endpoint(e.raddr, e.rport)
+    remote = e.remote
     cdef dict a = dict(r.attributes)
     if tid >= GOROUTINE_BASE:  # Go: the pipeline keyed work by goroutine
         a["go.goroutine.id"] = tid - GOROUTINE_BASE
@@ -307,7 +313,7 @@ def record_to_span(r, ConnMeta e, int role, req_dir, agent="", conn_id=0):
         "", new_span_id(), "", kind, SOURCE_SYSCALL, r.protocol, r.operation,
         r.status, r.status_code, r.error, start, end if end > start else start, comm,
         e.pid, tid, comm, e.cgroup_id, e.netns, transport,
-        Endpoint(e.laddr, e.lport), remote, req_seq, resp_seq, req_offset, resp_offset,
+        e.local, remote, req_seq, resp_seq, req_offset, resp_offset,
         req_bytes, resp_bytes, dict(r.trace_headers), a, {}, r.incomplete, agent)
     if "network.transport" not in a:
         a["network.transport"] = transport
@@ -537,6 +543,43 @@ cdef class SpanAssembler:
             s = self.sessions.pop(key)
             self._flush(s, "agent stopped")
 
+
+# -- the pipeline's loop (agent/pipeline.py Pipeline.process) ---------------------------
+
+def process_events(events, handle, observe, set pids, new_pid, ignore, stats) -> None:
+    """Pipeline.process's per-event loop: events of sockets bound to `ignore` ports
+    dropped (counted in stats), `new_pid` told of each pid not in `pids`, Go events
+    keyed by goroutine (tid = GOROUTINE_BASE + goid), then `handle(e)` and, for data
+    events, `observe(e)`."""
+    cdef SocketEvent se
+    cdef int etype
+    cdef bint ign = bool(ignore)
+    for e in events:
+        if type(e) is SocketEvent:
+            se = <SocketEvent>e
+            if ign and se.ev.lport in ignore:
+                stats["ignored_own_export_port"] += 1
+                continue
+            if se.ev.pid not in pids:
+                new_pid(se.ev.pid)
+            if se.ev.goid:
+                se.tid = GOROUTINE_BASE + <long long>se.ev.goid
+            handle(e)
+            etype = se.ev.type
+        else:
+            if ign and e.lport in ignore:
+                stats["ignored_own_export_port"] += 1
+                continue
+            pid = e.pid
+            if pid not in pids:
+                new_pid(pid)
+            goid = e.goid
+            if goid:
+                e.tid = GOROUTINE_BASE + goid
+            handle(e)
+            etype = e.type
+        if etype == EV_DATA:
+            observe(e)
 
 # Last: agent/conn/spans.py imports record_to_span from here, so it must be defined
 # before this module asks spans.py for SpanContext (either may be imported first).
