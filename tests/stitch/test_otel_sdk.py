@@ -61,7 +61,9 @@ def test_sdk_spans_and_ebpf_spans_share_the_trace(zt_server):
         sources = {s["source"] for s in spans}
         if {"A", "S"} <= sources:
             shared += 1
-            ops = " ".join(s["operation"] for s in spans)
+            # span names are route-folded at export: the path is in url.path
+            ops = " ".join(f'{s["operation"]} {s["attributes"].get("url.path", "")}'
+                           for s in spans)
             assert sum(n in ops for n in nonces) == 1  # one request per trace
             backend = [s for s in spans if s["source"] == "S" and s["kind"] == "server"
                        and s["local"]["port"] == 9300]
