@@ -119,7 +119,9 @@ def hop_spans(path: list[Sighting], hooks: dict[tuple[int, int], Hook], parent: 
         out.append(Span(
             trace_id=parent.trace_id, parent_span_id=parent.span_id, kind=KIND_INTERNAL,
             source=SOURCE_NETWORK, protocol=parent.protocol,
-            operation=f"{leg} {a_ns}/{a_if} {a_dir} -> {b_ns}/{b_if} {b_dir}",
+            # interfaces only: `zerotrace trace` cuts operations at 70 characters, and
+            # the namespaces are in the attributes
+            operation=f"{leg} {a_if} {a_dir} -> {b_if} {b_dir}",
             status=STATUS_OK, start_ns=a.first + wall_offset, end_ns=arrived + wall_offset,
             service=parent.service, netns=b.hook[0], transport="tcp", agent=parent.agent,
             attributes={
