@@ -135,6 +135,9 @@ def main() -> None:
                        ("zerotrace's own", "traced", "empty uprobes")):
         d = [med[a][i] - med[b][i] for i in range(3)]
         print(f"{name:18} {d[0]:12.0f} {d[1]:15.0f} {d[2]:12.0f}")
+    for m in MODES:  # the spread says how much the medians can be trusted
+        print(f"  {m:15} client ns/call by round: " +
+              " ".join(f"{r[0]:.0f}" for r in res[m]) + f"  (min {min(r[0] for r in res[m]):.0f})")
     expected = 4 * args.iterations * args.rounds
     print(f"plaintext events seen in traced rounds: {plaintext} (expected {expected}); "
           f"kernel drops: {drops}")

@@ -58,6 +58,8 @@ BPF_HASH(tls_calls, __u32, struct zt_tls_call, 16384);
 BPF_ARRAY(tls_marks, __u64, 1);
 /* ciphertext syscalls inside SSL calls, not emitted */
 BPF_PERCPU_ARRAY(tls_cipher_skipped, __u64, 1);
+/* plaintext events emitted */
+BPF_PERCPU_ARRAY(tls_plain_emitted, __u64, 1);
 BPF_TABLE("lru_hash", __u64, struct zt_tls_sock, tls_socks, 65536);
 /* SSL object -> its socket, for calls that made no syscall (data already buffered) */
 BPF_TABLE("lru_hash", __u64, struct zt_active, tls_ssl_sock, 65536);
@@ -241,6 +243,10 @@ static __always_inline int zt_tls_exit(struct pt_regs *ctx)
         ev->flags |= ZT_F_TRUNCATED;
     /* the mask keeps the size provably bounded for the verifier (want <= MAX) */
     zt_submit(s, sizeof(struct zt_event) + (want & (2 * ZT_PAYLOAD_MAX - 1)), cfg);
+    int slot = 0;
+    __u64 *n = tls_plain_emitted.lookup(&slot);
+    if (n)
+        *n += 1;
     return 0;
 }
 

@@ -230,8 +230,9 @@ class SocketTracer:
             return {}
         out = dict(self._tls_stream.stats)
         out["tls_libraries"] = self.tls.attached()
-        out["tls_ciphertext_syscalls_skipped"] = sum(
-            self._bpf[b"tls_cipher_skipped"][ct.c_int(0)])
+        for key, table in (("tls_ciphertext_syscalls_skipped", b"tls_cipher_skipped"),
+                           ("tls_plaintext_events", b"tls_plain_emitted")):
+            out[key] = sum(self._bpf[table][ct.c_int(0)])
         return out
 
     def _tls_records(self, records: list[bytes]) -> list[bytes]:

@@ -300,7 +300,6 @@ class TlsStream:
                     add(_with_sock_id(r, _SOCK_ID.unpack(key)[0] | 1))
                     socks.discard(key)
             elif r[_OFF_FLAGS] & F_TLS:
-                stats["tls_plaintext_events"] += 1
                 add(r)
             elif key in socks:
                 # ciphertext of a TLS connection: its plaintext comes on sk|1
