@@ -112,6 +112,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"zerotrace: {e}", file=sys.stderr)
         return 1
     pipeline.kernel_drops = tracer.drops
+    net = None
+    if getattr(args, "interfaces", None):
+        from agent.net import live
+
+        try:
+            net = live.start(args, pipeline)  # TC hop probes: N spans (docs/network.md)
+        except Exception as e:  # no clsact, no BTF for the skb offsets, a bad regex ...
+            print(f"zerotrace: network spans off: {e}", file=sys.stderr)
     tune_gc()
     pipeline.follow_go = lambda pid: tracer.follow_go(pid).startswith("goroutine")
     # Go processes already running: follow their goroutines before their first request
@@ -139,9 +147,14 @@ def run(args: argparse.Namespace) -> int:
                     pipeline.process(events)
                 pipeline.tick()
             drops = tracer.drops()
+            if net is not None:
+                net.drain()  # hop records of the last requests, before their traces go
             pipeline.close()
     except BrokenPipeError:
         return 0
+    finally:
+        if net is not None:
+            net.close()
     lost = sum(drops.values())
     print(f"zerotrace: {n_events} events; lost in kernel: {lost} "
           f"({', '.join(f'{k}={v}' for k, v in drops.items())})", file=sys.stderr)
