@@ -53,6 +53,7 @@ _OFF_FLAGS = abi.ZtEvent.flags.offset
 _OFF_TYPE = abi.ZtEvent.type.offset
 _OFF_ROLE = abi.ZtEvent.role.offset
 _sock_key = operator.itemgetter(slice(_OFF_SOCK_ID, _OFF_SOCK_ID + 8))
+_OPENS = (abi.SYS_CONNECT, abi.SYS_ACCEPT, abi.SYS_ACCEPT4)
 _OPEN_BY_ROLE = {abi.ROLE_CLIENT: abi.SYS_CONNECT, abi.ROLE_SERVER: abi.SYS_ACCEPT}
 
 
@@ -296,9 +297,14 @@ class TlsStream:
                         add(_with_sock_id(r, _SOCK_ID.unpack(key)[0] | 1, op))
                     continue
                 add(r)
-                if key in socks and sys_ in (abi.SYS_CLOSE, abi.SYS_STATE_CLOSE):
-                    add(_with_sock_id(r, _SOCK_ID.unpack(key)[0] | 1))
-                    socks.discard(key)
+                if key in socks:
+                    if sys_ in (abi.SYS_CLOSE, abi.SYS_STATE_CLOSE):
+                        add(_with_sock_id(r, _SOCK_ID.unpack(key)[0] | 1))
+                        socks.discard(key)
+                    elif sys_ in _OPENS:
+                        # a new connection at the address of one whose close was lost:
+                        # clear text until a mark says otherwise
+                        socks.discard(key)
             elif r[_OFF_FLAGS] & F_TLS:
                 add(r)
             elif key in socks:
