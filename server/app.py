@@ -12,6 +12,7 @@ import threading
 from concurrent import futures
 
 import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from proto.zerotrace.v1 import query_pb2_grpc
 from server.auth import AuthConfigError, AuthInterceptor, TokenTable, server_credentials
@@ -112,6 +113,10 @@ class ZerotraceServer:
         self.metrics_port = 0
         self._metrics_http = None
         query_pb2_grpc.add_QueryServiceServicer_to_server(QueryService(store), self.grpc)
+        # grpc.health.v1 (kubelet's `grpc` probes, load balancers): NOT_SERVING until
+        # start() and again from stop(), so a draining server is taken out of rotation.
+        self.health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         self.port = 0
 
     def start(self) -> int:
@@ -123,6 +128,7 @@ class ZerotraceServer:
         if not self.port:
             raise OSError(f"cannot listen on {self.listen}")
         self.grpc.start()
+        self._set_health(health_pb2.HealthCheckResponse.SERVING)
         if self.metrics_listen and self.forwarder is not None:
             from server.forward import serve_metrics_with
             from server.metrics import ServerCollector
@@ -153,9 +159,15 @@ class ZerotraceServer:
     def wait(self) -> None:
         self.grpc.wait_for_termination()
 
+    def _set_health(self, status: int) -> None:
+        for name in ("", "zerotrace.v1.IngestService", "zerotrace.v1.QueryService",
+                     "opentelemetry.proto.collector.trace.v1.TraceService"):
+            self.health.set(name, status)
+
     def stop(self, grace: float = 2.0) -> None:
         """Stop accepting, finish in-flight writes, close the store."""
         self._stop.set()
+        self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         self.grpc.stop(grace).wait(grace + 1)
         if self._metrics_http is not None:
             self._metrics_http.shutdown()

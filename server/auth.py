@@ -35,6 +35,9 @@ MIN_TOKEN_CHARS = 16  # a short token can be guessed over the network
 
 # The role each service needs.  A method of any other service is refused: a service
 # added later must be given a role here before anyone can call it with tokens on.
+# The gRPC health checking protocol: open without a token (see AuthInterceptor).
+HEALTH_SERVICE = "grpc.health.v1.Health"
+
 SERVICE_ROLES = {
     "zerotrace.v1.IngestService": "ingest",
     "opentelemetry.proto.collector.trace.v1.TraceService": "ingest",
@@ -253,7 +256,10 @@ class AuthInterceptor(grpc.ServerInterceptor):
         if handler is None:
             return None  # unknown method: gRPC answers UNIMPLEMENTED, nothing to protect
         method = handler_call_details.method
-        need = SERVICE_ROLES.get(method.lstrip("/").rpartition("/")[0])
+        service = method.lstrip("/").rpartition("/")[0]
+        if service == HEALTH_SERVICE:
+            return handler  # kubelet's gRPC probe sends no token; it learns only "SERVING"
+        need = SERVICE_ROLES.get(service)
         d = authorize(self.tokens, _metadata_value(handler_call_details.invocation_metadata),
                       need, method)
         if not d.allowed:

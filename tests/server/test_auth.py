@@ -425,3 +425,23 @@ def test_agent_command_line_reaches_the_mtls_server(mtls_server, pki, tmp_path, 
             batcher.shutdown(5)
     for s in spans.values():
         assert len(_get(mtls_server.addr, _sec(pki, READ_TOKEN), s.trace_id).spans) == 1
+
+
+def test_health_check_needs_no_token_and_opens_nothing_else(token_server):
+    """grpc.health.v1 answers without a token (kubelet's gRPC probe sends none); the
+    same tokenless channel is still refused by every other service."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(token_server.addr) as ch:
+        check = health_pb2_grpc.HealthStub(ch).Check
+        for service in ("", "zerotrace.v1.IngestService", "zerotrace.v1.QueryService"):
+            r = check(health_pb2.HealthCheckRequest(service=service), timeout=10)
+            assert r.status == health_pb2.HealthCheckResponse.SERVING, service
+        with pytest.raises(grpc.RpcError) as e:
+            check(health_pb2.HealthCheckRequest(service="no.such.Service"), timeout=10)
+        assert e.value.code() == grpc.StatusCode.NOT_FOUND
+    with grpc.insecure_channel(token_server.addr) as ch:
+        with pytest.raises(grpc.RpcError) as e:
+            query_pb2_grpc.QueryServiceStub(ch).GetTrace(
+                query_pb2.GetTraceRequest(trace_id="ab" * 16), timeout=10)
+        assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
