@@ -41,6 +41,7 @@ struct zt_tls_call {
     __u8 ex;
     __u8 have_sock;
     __u8 have_hdr;
+    __u8 busy;        /* inside a call (task storage is not deleted at return) */
 };
 
 struct zt_tls_sock {
@@ -53,7 +54,27 @@ struct zt_tls_sock {
 #define ZT_TLS_READ 2
 #define ZT_TLS_HANDSHAKE 3
 
+/* The SSL call in flight on a thread: task storage, as data.c's `active` (no bucket
+ * lock, and the syscall program's look-up outside SSL calls is cheap) */
+#ifdef ZT_ACTIVE_HASH
 BPF_HASH(tls_calls, __u32, struct zt_tls_call, 16384);
+static __always_inline struct zt_tls_call *zt_tls_call_get(int create)
+{
+    __u32 tid = (__u32)bpf_get_current_pid_tgid();
+    if (create) {
+        struct zt_tls_call zero = {};
+        tls_calls.insert(&tid, &zero); /* keeps an existing entry */
+    }
+    return tls_calls.lookup(&tid);
+}
+#else
+BPF_TASK_STORAGE(tls_calls, struct zt_tls_call);
+static __always_inline struct zt_tls_call *zt_tls_call_get(int create)
+{
+    struct task_struct *t = (struct task_struct *)bpf_get_current_task_btf();
+    return tls_calls.task_storage_get(t, 0, create ? BPF_LOCAL_STORAGE_GET_F_CREATE : 0);
+}
+#endif
 /* marks emitted so far: the agent looks for marks in a batch only when this moved */
 BPF_ARRAY(tls_marks, __u64, 1);
 /* ciphertext syscalls inside SSL calls, not emitted */
@@ -70,13 +91,14 @@ static __always_inline int zt_tls_enter(struct pt_regs *ctx, __u8 kind, __u8 ex)
     struct zt_config *cfg = zt_cfg();
     if (!cfg || !zt_task_wanted(cfg, id >> 32))
         return 0;
-    __u32 tid = (__u32)id;
     __u64 now = bpf_ktime_get_ns();
-    struct zt_tls_call *old = tls_calls.lookup(&tid);
+    struct zt_tls_call *slot = zt_tls_call_get(1);
+    if (!slot)
+        return 0;
     /* a call of ours inside another (SSL_read running the handshake): the outer one
      * owns the syscalls; an entry 10 s old is a call that never returned */
-    if (old && now - old->ts_enter < 10000000000ULL) {
-        old->depth++;
+    if (slot->busy && now - slot->ts_enter < 10000000000ULL) {
+        slot->depth++;
         return 0;
     }
     struct zt_tls_call c = {};
@@ -92,7 +114,8 @@ static __always_inline int zt_tls_enter(struct pt_regs *ctx, __u8 kind, __u8 ex)
         c.have_sock = 2; /* known, but no syscall of this call seen yet */
     }
     c.act.addr = ssl; /* zt_active.addr is unused for TCP: the SSL object */
-    tls_calls.update(&tid, &c);
+    c.busy = 1;
+    *slot = c;
     return 0;
 }
 
@@ -100,12 +123,11 @@ static __always_inline int zt_tls_enter(struct pt_regs *ctx, __u8 kind, __u8 ex)
  * seqs when the thread is inside an SSL call. */
 int zt_tls_sys_enter(void *ctx)
 {
-    __u32 tid = (__u32)bpf_get_current_pid_tgid();
-    struct zt_tls_call *c = tls_calls.lookup(&tid);
-    if (!c)
-        return 0;
     struct zt_active *a = zt_active_get(0);
     if (!a || !a->busy || a->transport != ZT_IPPROTO_TCP || !a->has_seq)
+        return 0;
+    struct zt_tls_call *c = zt_tls_call_get(0);
+    if (!c || !c->busy)
         return 0;
     int egress = zt_is_egress(a->sys);
     if (c->have_sock != 1) {
@@ -171,16 +193,15 @@ int zt_tls_sys_enter(void *ctx)
 static __always_inline int zt_tls_exit(struct pt_regs *ctx)
 {
     __u64 id = bpf_get_current_pid_tgid();
-    __u32 tid = (__u32)id;
-    struct zt_tls_call *cp = tls_calls.lookup(&tid);
-    if (!cp)
+    struct zt_tls_call *cp = zt_tls_call_get(0);
+    if (!cp || !cp->busy)
         return 0;
     if (cp->depth) {
         cp->depth--;
         return 0;
     }
     struct zt_tls_call c = *cp;
-    tls_calls.delete(&tid);
+    cp->busy = 0;
     if (c.kind == ZT_TLS_HANDSHAKE || !c.have_sock)
         return 0;
     /* int: SSL_read/SSL_write return an int, the upper half of rax is not its sign */

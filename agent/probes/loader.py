@@ -205,16 +205,8 @@ class SocketTracer:
         """The syscall-enter program of tls.c, after data.c's (it reads the in-flight slot
         data.c's fills), and the uprobes of the system's libssl and of running processes'.
         bcc keeps one fd per tracepoint name, so these go through libbcc directly."""
-        from bcc import BPF, lib
-
         t0 = time.monotonic()
-        fn = self._bpf.load_func(b"zt_tls_sys_enter", BPF.TRACEPOINT)
-        for tp in tls.SYSCALL_TRACEPOINTS:
-            cat, name = tp.encode().split(b":")
-            fd = lib.bpf_attach_tracepoint(fn.fd, cat, name)
-            if fd < 0:
-                raise ProbeError(f"TLS: cannot attach to {tp}")
-            self._tls_tp_fds.append(fd)
+        self._tls_attach_syscalls()
         self.tls = tls.TlsAttacher(self._bpf)
         self._tls_stream = tls.TlsStream()
         for path in tls.system_libssl():
@@ -223,6 +215,24 @@ class SocketTracer:
         self._tls_s = time.monotonic() - t0
         log.info("TLS: %d libssl file(s) with uprobes in %.2fs", self.tls.attached(),
                  self._tls_s)
+
+    def _tls_attach_syscalls(self) -> None:
+        from bcc import BPF, lib
+
+        fn = self._bpf.load_func(b"zt_tls_sys_enter", BPF.TRACEPOINT)
+        for tp in tls.SYSCALL_TRACEPOINTS:
+            cat, name = tp.encode().split(b":")
+            fd = lib.bpf_attach_tracepoint(fn.fd, cat, name)
+            if fd < 0:
+                raise ProbeError(f"TLS: cannot attach to {tp}")
+            self._tls_tp_fds.append(fd)
+
+    def _tls_detach_syscalls(self) -> None:
+        from bcc import lib
+
+        for fd in self._tls_tp_fds:
+            lib.bpf_close_perf_event_fd(fd)
+        self._tls_tp_fds = []
 
     def tls_stats(self) -> dict[str, int]:
         """TLS counters: libraries with probes, connections, plaintext/ciphertext events."""
@@ -273,10 +283,16 @@ class SocketTracer:
         """Detach every tracepoint, keeping programs and maps (benchmarks' baseline)."""
         for tp, _fn in self.tracepoints():
             self._bpf.detach_tracepoint(tp)
+        if self.tls is not None:  # TLS: its syscall program and uprobes too
+            self._tls_detach_syscalls()
+            self.tls.detach_all()
 
     def resume(self) -> None:
         for tp, fn in self.tracepoints():
             self._bpf.attach_tracepoint(tp=tp, fn_name=fn)
+        if self.tls is not None:
+            self._tls_attach_syscalls()
+            self.tls.reattach_all()
 
     def follow_go(self, pid: int) -> str:
         """Track goroutine ids of Go process pid; returns how (or why not)."""
@@ -387,11 +403,7 @@ class SocketTracer:
             self._ring.close()
             self._ring = None
         if self._tls_tp_fds:
-            from bcc import lib
-
-            for fd in self._tls_tp_fds:
-                lib.bpf_close_perf_event_fd(fd)
-            self._tls_tp_fds = []
+            self._tls_detach_syscalls()
         if self._bpf is not None:
             self._bpf.cleanup()
             self._bpf = None
