@@ -134,11 +134,14 @@ int zt_tls_sys_enter(void *ctx)
         /* the first ciphertext syscall of this call names its socket (over what an
          * earlier call of this SSL object said: the address may be reused) */
         __u64 ssl = c->act.addr;
+        /* an LRU update costs; the SSL object keeps its socket for its life */
+        int changed = c->have_sock != 2 || c->act.sk != a->sk;
         c->act = *a;
         c->act.addr = ssl;
         c->have_sock = 1;
         c->seq_first = a->seq;
-        tls_ssl_sock.update(&ssl, a);
+        if (changed)
+            tls_ssl_sock.update(&ssl, a);
         __u64 sk = a->sk;
         struct zt_tls_sock *known = tls_socks.lookup(&sk);
         /* a handshake on a socket that already moved plaintext: the address of a
