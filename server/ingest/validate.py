@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+from proto.schema import KINDS, MAX_STRING, SOURCES
 from proto.zerotrace.v1 import span_pb2
 
-KINDS = {"server", "client", "internal", ""}
-SOURCES = {"S", "N", "A", ""}
-MAX_STRING = 64 * 1024
+__all__ = ["KINDS", "MAX_STRING", "SOURCES", "span_problem"]
 
 
 def span_problem(s: span_pb2.Span) -> str:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import re
 
+from proto import schema as span_schema
+
 DATABASE = "zerotrace"
 TABLE = "spans"
 INDEX_TABLE = "search_index"
@@ -18,48 +20,9 @@ INDEX_VIEW = "search_index_mv"
 JOIN_TABLE = "join_keys"
 JOIN_VIEW = "join_keys_mv"
 
-# (name, type) in `zerotrace.v1.Span` order.
-COLUMNS: list[tuple[str, str]] = [
-    # Raw bytes as String, not FixedString: FixedString would silently zero-pad a
-    # short id, and the length CHECK below is how a malformed batch gets refused.
-    ("trace_id", "String"),
-    ("span_id", "String CODEC(ZSTD(1))"),
-    ("parent_span_id", "String CODEC(ZSTD(1))"),
-    ("kind", "LowCardinality(String)"),
-    ("source", "LowCardinality(String)"),
-    ("protocol", "LowCardinality(String)"),
-    ("operation", "LowCardinality(String)"),
-    ("status", "LowCardinality(String)"),
-    ("status_code", "LowCardinality(String)"),
-    ("error", "String CODEC(ZSTD(1))"),
-    # Spans of a trace sit together and start close in time: Delta takes start_ns
-    # from 4.2 to 0.6 bytes/span, T64 end_ns from 6.1 to 4.5 (10 M synthetic spans).
-    ("start_ns", "UInt64 CODEC(Delta, ZSTD(1))"),
-    ("end_ns", "UInt64 CODEC(T64, ZSTD(1))"),
-    ("service", "LowCardinality(String)"),
-    ("pid", "UInt32 CODEC(ZSTD(1))"),
-    ("tid", "UInt32 CODEC(ZSTD(1))"),
-    ("process", "LowCardinality(String)"),
-    ("cgroup_id", "UInt64 CODEC(ZSTD(1))"),
-    ("netns", "UInt64 CODEC(ZSTD(1))"),
-    ("transport", "LowCardinality(String)"),
-    ("local_addr", "LowCardinality(String)"),
-    ("local_port", "UInt16 CODEC(ZSTD(1))"),
-    ("remote_addr", "LowCardinality(String)"),
-    ("remote_port", "UInt16 CODEC(ZSTD(1))"),
-    ("req_seq", "Nullable(UInt64) CODEC(ZSTD(1))"),
-    ("resp_seq", "Nullable(UInt64) CODEC(ZSTD(1))"),
-    ("req_offset", "Nullable(UInt64) CODEC(ZSTD(1))"),
-    ("resp_offset", "Nullable(UInt64) CODEC(ZSTD(1))"),
-    ("req_bytes", "UInt64 CODEC(ZSTD(1))"),
-    ("resp_bytes", "UInt64 CODEC(ZSTD(1))"),
-    ("trace_headers", "Map(LowCardinality(String), String) CODEC(ZSTD(1))"),
-    ("attributes", "Map(LowCardinality(String), String) CODEC(ZSTD(1))"),
-    ("attributes_json", "Map(LowCardinality(String), String) CODEC(ZSTD(1))"),
-    ("resource", "Map(LowCardinality(String), String) CODEC(ZSTD(1))"),
-    ("incomplete", "LowCardinality(String)"),
-    ("agent", "LowCardinality(String)"),
-]
+# (name, type with codec) in `zerotrace.v1.Span` order: from the one declaration of
+# the span's fields (proto/schema.py, where each codec's reason is written).
+COLUMNS: list[tuple[str, str]] = span_schema.clickhouse_columns()
 COLUMN_NAMES = [c for c, _ in COLUMNS]
 
 _HEX = re.compile(r"^[0-9a-f]*$")
@@ -232,6 +195,6 @@ def check_hex(value: str, length: int) -> str:
 # Every span-returning query selects these, so one row decoder serves all.  Ids get
 # new names: an alias named like its column would shadow the column in WHERE.
 SPAN_SELECT = ", ".join(
-    f"lower(hex({c})) AS {c}_hex" if c in ("trace_id", "span_id", "parent_span_id") else c
-    for c in COLUMN_NAMES
+    f"lower(hex({f.name})) AS {f.name}_hex" if f.role == span_schema.ID else f.name
+    for f in span_schema.FIELDS
 )

@@ -13,8 +13,8 @@ import time
 from collections.abc import Collection, Sequence
 from typing import Any
 
-from proto.convert import merge_attributes
-from proto.span import Endpoint, Span
+from proto import schema as span_schema
+from proto.span import Span
 from server.storage import schema
 from server.storage.base import (
     DependencyLink,
@@ -40,48 +40,12 @@ RESOURCE_PREFIXES = (
 )
 
 
-def _opt(v: Any) -> int | None:
-    return None if v is None else int(v)
+_DECODE_ROW = span_schema.row_decoder()
 
 
 def row_to_span(r: dict[str, Any]) -> Span:
     """A `Span` from a row selected with `schema.SPAN_SELECT`."""
-    tid = r["trace_id_hex"]
-    parent = r["parent_span_id_hex"]
-    return Span(
-        trace_id=tid,
-        span_id=r["span_id_hex"],
-        parent_span_id=parent,
-        kind=r["kind"],
-        source=r["source"],
-        protocol=r["protocol"],
-        operation=r["operation"],
-        status=r["status"],
-        status_code=r["status_code"],
-        error=r["error"],
-        start_ns=int(r["start_ns"]),
-        end_ns=int(r["end_ns"]),
-        service=r["service"],
-        pid=int(r["pid"]),
-        tid=int(r["tid"]),
-        process=r["process"],
-        cgroup_id=int(r["cgroup_id"]),
-        netns=int(r["netns"]),
-        transport=r["transport"],
-        local=Endpoint(r["local_addr"], int(r["local_port"])),
-        remote=Endpoint(r["remote_addr"], int(r["remote_port"])),
-        req_seq=_opt(r["req_seq"]),
-        resp_seq=_opt(r["resp_seq"]),
-        req_offset=_opt(r["req_offset"]),
-        resp_offset=_opt(r["resp_offset"]),
-        req_bytes=int(r["req_bytes"]),
-        resp_bytes=int(r["resp_bytes"]),
-        trace_headers=dict(r["trace_headers"]),
-        attributes=merge_attributes(dict(r["attributes"]), dict(r["attributes_json"])),
-        resource=dict(r["resource"]),
-        incomplete=r["incomplete"],
-        agent=r["agent"],
-    )
+    return Span(**_DECODE_ROW(r))
 
 
 def _time_filter(since_ns: int, until_ns: int, where: list[str], params: dict) -> None:
