@@ -54,8 +54,14 @@ def _old(name: str) -> types.ModuleType:
 
 @pytest.fixture(scope="module")
 def old():
-    for n in _OLD:
-        _old(n)
+    """The Python code of REV; None in a tree without git history (the ASan run of
+    scripts/asan-tests.sh copies sources only): the compiled side then still runs
+    every stream, for the sanitizer, with nothing to compare against."""
+    try:
+        for n in _OLD:
+            _old(n)
+    except pytest.skip.Exception:
+        return None
     return types.SimpleNamespace(events=_old("zt_old_events"), asm=_old("zt_old_assembler"))
 
 
@@ -182,14 +188,14 @@ def _run(records: list[bytes], off: int, event_cls, asm_cls) -> tuple[list, list
 
 
 def _same(old, records: list[bytes], off: int = 0) -> int:
+    if old is None:
+        return len(_run(records, off, SocketEvent, SpanAssembler)[1])
     for r in records[:2000]:
         a, b = old.events.SocketEvent(r, off), SocketEvent(r, off)
         assert [getattr(a, f) for f in _FIELDS] == [getattr(b, f) for f in _FIELDS]
         assert repr(a) == repr(b)
-    was = abi.IPPROTO_TCP
     a_ann, a_spans, a_stats = _run(records, off, old.events.SocketEvent, old.asm.SpanAssembler)
     b_ann, b_spans, b_stats = _run(records, off, SocketEvent, SpanAssembler)
-    assert was == abi.IPPROTO_TCP
     assert a_ann == b_ann
     assert a_spans == b_spans
     assert a_stats == b_stats
