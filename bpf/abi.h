@@ -37,6 +37,7 @@
 #define ZT_F_MIDSTREAM 2    /* set by the agent: connection first seen after it started */
 #define ZT_F_PEER_FROM_MSG 4 /* raddr/rport come from the syscall's sockaddr (unconnected UDP) */
 #define ZT_F_TRUNCATED 8    /* captured < ret: payload beyond the capture limit */
+#define ZT_F_TLS 16         /* plaintext of a TLS connection (bpf/tls.c), on pseudo-socket sk|1 */
 
 /* drop counter slots (per-CPU array "drops") */
 #define ZT_DROP_RINGBUF_FULL 0

@@ -26,7 +26,6 @@
  * not even emitted: this program clears the in-flight slot data.c's exit would use. */
 
 #define ZT_SYS_TLS_MARK 32 /* agent/probes/tls.py: SYS_TLS_MARK; not an abi.h syscall */
-#define ZT_F_TLS 16        /* agent/probes/tls.py: F_TLS; a plaintext event of TLS */
 #define ZT_TLS_HDR 5       /* TLS record header length */
 
 struct zt_tls_call {

@@ -37,6 +37,7 @@ cdef int SYS_STATE_CLOSE = abi.SYS_STATE_CLOSE
 cdef int UDP = abi.IPPROTO_UDP
 cdef int F_HAS_SEQ = abi.F_HAS_SEQ
 cdef int F_MIDSTREAM = abi.F_MIDSTREAM
+cdef int F_TLS = abi.F_TLS
 cdef int INGRESS = abi.DIR_INGRESS
 cdef int ROLE_CLIENT = abi.ROLE_CLIENT
 cdef int ROLE_SERVER = abi.ROLE_SERVER
@@ -262,6 +263,7 @@ cdef class ConnMeta:
     cdef public object laddr, lport, raddr, rport, comm, pid, cgroup_id, netns
     cdef public str transport
     cdef public bint midstream
+    cdef public bint tls  # plaintext read from the TLS library (bpf/tls.c)
     # The two ends as Endpoints, made once: the spans of a connection share them (no
     # code changes a span's Endpoint; the exporters and the server copy them out).
     cdef public object local, remote
@@ -271,6 +273,7 @@ cdef class ConnMeta:
         self.comm, self.pid, self.cgroup_id, self.netns = e.comm, e.pid, e.cgroup_id, e.netns
         self.transport = "udp" if e.transport == UDP else "tcp"
         self.midstream = bool(e.flags & F_MIDSTREAM)
+        self.tls = bool(e.flags & F_TLS)
         self.local = Endpoint(self.laddr, self.lport)
         self.remote = Endpoint(self.raddr, self.rport)
 
@@ -329,6 +332,8 @@ def record_to_span(r, ConnMeta e, int role, req_dir, agent="", conn_id=0):
             a["client.port"] = remote.port
     if e.midstream:
         a["zerotrace.midstream"] = True
+    if e.tls:
+        a["tls"] = True  # the bytes were encrypted on the wire (docs/tls.md)
     # Moments on threads (request end/response start, or request start/response end).
     if kind == KIND_SERVER:
         in_tid, in_ns = (req.end_tid, req.end_ns) if req is not None else (0, start)

@@ -23,7 +23,7 @@ DIR_EGRESS, DIR_INGRESS = 0, 1
 ROLE_UNKNOWN, ROLE_CLIENT, ROLE_SERVER = 0, 1, 2
 ROLE_NAMES = {0: "?", 1: "client", 2: "server"}
 
-F_HAS_SEQ, F_MIDSTREAM, F_PEER_FROM_MSG, F_TRUNCATED = 1, 2, 4, 8
+F_HAS_SEQ, F_MIDSTREAM, F_PEER_FROM_MSG, F_TRUNCATED, F_TLS = 1, 2, 4, 8, 16
 
 DROP_SLOTS = {0: "ringbuf_full", 1: "inflight_slot_alloc", 2: "payload_read_fault",
               3: "go_wake_ringbuf_full"}

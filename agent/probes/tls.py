@@ -31,7 +31,7 @@ from agent.probes import abi
 log = logging.getLogger(__name__)
 
 SYS_TLS_MARK = 32  # bpf/tls.c ZT_SYS_TLS_MARK
-F_TLS = 16  # bpf/tls.c ZT_F_TLS
+F_TLS = abi.F_TLS  # bpf/abi.h ZT_F_TLS
 # (symbol, entry program); every one also gets the return program zt_ssl_ret
 SSL_SYMBOLS = {
     "SSL_write": "zt_ssl_write",

@@ -70,7 +70,7 @@ def test_record_kinds_agree_with_bpf_abi_h():
     from pathlib import Path
 
     text = (Path(__file__).resolve().parents[2] / "bpf/abi.h").read_text()
-    defs = dict(re.findall(r"^#define ZT_((?:EV|WAKE)_\w+) (\d+)", text, re.M))
+    defs = dict(re.findall(r"^#define ZT_((?:EV|WAKE|F)_\w+) (\d+)", text, re.M))
     assert len(defs) >= 11, defs
     for name, value in defs.items():
         assert getattr(abi, name) == int(value), name

@@ -114,7 +114,7 @@ def shape(s):
             s.incomplete)
 
 
-def assert_linked(client, server, traced) -> None:
+def assert_linked(client, server, traced, tls: bool = True) -> None:
     """The stitcher made the client span the server span's parent, by TCP seq."""
     assert server.span_id in traced and client.span_id in traced
     assert traced[server.span_id].parent_span_id == client.span_id, (
@@ -122,6 +122,9 @@ def assert_linked(client, server, traced) -> None:
     assert server.trace_id == client.trace_id
     assert (client.req_seq, client.resp_seq) == (server.req_seq, server.resp_seq)
     assert client.start_ns <= server.start_ns <= server.end_ns <= client.end_ns
+    # TLS plaintext spans say so (tls=true); clear-text spans never do
+    assert client.attributes.get("tls", False) is tls
+    assert server.attributes.get("tls", False) is tls
 
 
 def curl(host, url):
@@ -160,7 +163,7 @@ def test_nginx_https_curl(world, path, code):
     # nothing but the Date value, of the same length)
     assert shape(tc) == shape(cc) and shape(ts) == shape(cs)
     assert_linked(tc, ts, traced)
-    assert_linked(cc, cs, traced)
+    assert_linked(cc, cs, traced, tls=False)
     st = tracer.tls_stats()
     assert st["tls_plaintext_events"] > 0 and st["tls_ciphertext_syscalls_skipped"] > 0
     # no ciphertext reached the parsers: every connection spoke HTTP
