@@ -41,7 +41,9 @@ if [ $# -eq 0 ]; then
         tests/protocols/test_proto_{bad_input,golden,properties,fuzz,registry}.py 2>/dev/null |
         grep -E "::[^[]*\$|\[(.*[-/])?($alt)([/-]|\])")
     [ ${#nodes[@]} -gt 0 ] || { echo "asan-tests: no tests collected" >&2; exit 1; }
-    set -- "${nodes[@]}"
+    # The compiled event decoding and connection core (agent/probes/_events.pyx,
+    # agent/conn/_core.pyx) on random event streams (~15 s under ASan).
+    set -- "${nodes[@]}" tests/conn/test_compiled_core.py
 fi
 # Reports go to files: pytest captures stderr, and an aborted run would lose them.
 export ASAN_OPTIONS=detect_leaks=0:halt_on_error=1:abort_on_error=1:log_path=$work/asan-report:${ASAN_OPTIONS:-}
