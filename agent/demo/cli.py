@@ -34,8 +34,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--concurrency", type=int, default=4)
     p.add_argument("--variant", choices=["go", "node"], default="go",
                    help="language of the inventory service")
-    p.add_argument("--out", default="demo-out", help="where the flame graph files go")
-    p.set_defaults(func=run)
+    p.add_argument("--out", default="demo-out",
+                   help="directory the flame graph files go to (the screen output stays on "
+                        "stdout, unlike other commands' --out FILE)")
+    p.set_defaults(func=run, writes_file=True)
 
 
 def _free_port() -> int:
@@ -175,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
         os.makedirs(args.out, exist_ok=True)
         for ext in ("svg", "html", "json", "folded"):
             path = os.path.join(args.out, f"trace-{tid[:12]}.{ext}")
-            _zt("flamegraph", tid, "--server", server, "-o", path)
+            _zt("flamegraph", tid, "--server", server, "--out", path)
         print(f"\ndemo: flame graph files in {args.out}/trace-{tid[:12]}.{{svg,html,json,folded}}"
               " (the .html is interactive: hover, click to zoom, search)")
         return 0

@@ -12,6 +12,8 @@ from collections import defaultdict
 def text_flamegraph(spans: list[dict], width: int = 60) -> str:
     if not spans:
         return "(no spans)"
+    # `zerotrace trace -o json` writes nanoseconds as strings (as OTLP JSON does)
+    spans = [{**s, "start_ns": int(s["start_ns"]), "end_ns": int(s["end_ns"])} for s in spans]
     ids = {s["span_id"] for s in spans}
     kids: dict[str, list[dict]] = defaultdict(list)
     roots = []
