@@ -112,5 +112,5 @@ def spans_from_table(table: pa.Table) -> list[Span]:
     for r in table.to_pylist():
         for name in ids:
             r[name] = r[name].hex()
-        out.append(Span(**_DECODE(r)))
+        out.append(_DECODE(r))
     return out

@@ -168,59 +168,46 @@ def _opt(v: Any) -> int | None:
     return None if v is None else int(v)
 
 
-def _merge(plain: dict[str, str], typed_json: dict[str, str]) -> dict[str, Any]:
-    from proto.convert import merge_attributes  # convert imports span: no cycle here
-
-    return merge_attributes(plain, typed_json)
-
-
-def row_decoder(fields: Sequence[Field] = FIELDS,
-                id_suffix: str = "_hex") -> Callable[[dict[str, Any]], dict[str, Any]]:
+def row_decoder(fields: Sequence[Field] = FIELDS, id_suffix: str = "_hex",
+                make: Callable[..., Any] | None = None) -> Callable[[dict[str, Any]], Any]:
     """A function from one stored row (a dict by column name; ids selected as hex text
-    under `name + id_suffix`) to the keyword arguments of `Span`.
+    under `name + id_suffix`) to a `Span` (or to `make(**attributes)`).
 
-    The per-column steps are worked out here, once, so that decoding a row is one
-    loop over precomputed (column, conversion) pairs.
+    The function's source is written here from the declaration and compiled once,
+    as `dataclasses` does for `__init__`: a loop over the columns per row cost half
+    as much again as the hand-written decoder it replaces (11.3 against 7.6 us a
+    row), and queries decode every span they return.
     """
-    from proto.span import Endpoint
+    from proto.convert import merge_attributes  # imports proto.span: not at module level
+    from proto.span import Endpoint, Span
 
-    raw: list[tuple[str, str]] = []  # (key in row, attr): taken as they are
-    plain: list[tuple[str, str, Callable[[Any], Any]]] = []  # (key in row, attr, convert)
-    nested: dict[str, list[tuple[str, str, Callable[[Any], Any]]]] = {}
-    attrs: tuple[str, str] | None = None  # (ATTRS column, ATTRS_JSON column)
-    # Drivers may return other integer types (numpy, or text for 64-bit values).
-    conv: dict[str, Callable[[Any], Any]] = {"int": int}
+    def conv(f: Field, key: str) -> str:
+        v = f"r[{key!r}]"
+        if f.role == OPTIONAL:
+            return f"_opt({v})"
+        if f.role == MAP:
+            return f"dict({v})"
+        return f"int({v})" if f.py == "int" else v  # drivers may return other ints
+
+    args: dict[str, str] = {}  # Span attribute -> expression
+    nested: dict[str, list[str]] = {}
+    attrs = {ATTRS: "{}", ATTRS_JSON: "{}"}
     for f in fields:
+        top, dot, part = f.path.partition(".")
         if f.role == ID:
-            raw.append((f.name + id_suffix, f.path))
-        elif f.role == OPTIONAL:
-            plain.append((f.name, f.path, _opt))
-        elif f.role == MAP:
-            plain.append((f.name, f.path, dict))
-        elif f.role in (ATTRS, ATTRS_JSON):
-            pair = attrs or ("", "")
-            attrs = (f.name, pair[1]) if f.role == ATTRS else (pair[0], f.name)
-        elif "." in f.path:
-            top, _, part = f.path.partition(".")
-            nested.setdefault(top, []).append((f.name, part, conv.get(f.py, _same)))
-        elif f.py in conv:
-            plain.append((f.name, f.path, conv[f.py]))
+            args[f.path] = f"r[{f.name + id_suffix!r}]"
+        elif f.role in attrs:
+            attrs[f.role] = f"dict(r[{f.name!r}])"
+        elif dot:
+            nested.setdefault(top, []).append(f"{part}={conv(f, f.name)}")
         else:
-            raw.append((f.name, f.path))
-
-    def decode(r: dict[str, Any]) -> dict[str, Any]:
-        kw = {attr: r[key] for key, attr in raw}
-        for key, attr, c in plain:
-            kw[attr] = c(r[key])
-        for top, parts in nested.items():
-            kw[top] = Endpoint(**{part: c(r[key]) for key, part, c in parts})
-        if attrs is not None:
-            a, j = attrs
-            kw["attributes"] = _merge(dict(r[a]) if a else {}, dict(r[j]) if j else {})
-        return kw
-
-    return decode
-
-
-def _same(v: Any) -> Any:
-    return v
+            args[f.path] = conv(f, f.name)
+        if f.role in (ATTRS, ATTRS_JSON):
+            args["attributes"] = f"_merge({attrs[ATTRS]}, {attrs[ATTRS_JSON]})"
+        elif dot:
+            args[top] = f"Endpoint({', '.join(nested[top])})"
+    body = ",\n        ".join(f"{k}={v}" for k, v in args.items())
+    src = f"def decode(r):\n    return make(\n        {body})\n"
+    env = {"make": make or Span, "Endpoint": Endpoint, "_opt": _opt, "_merge": merge_attributes}
+    exec(compile(src, "<proto.schema.row_decoder>", "exec"), env)  # noqa: S102 - our text
+    return env["decode"]

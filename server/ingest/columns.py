@@ -22,10 +22,10 @@ class BadColumns(ValueError):
     """The batch as a whole cannot be read: not Arrow, or not the span table's columns."""
 
 
-def read_columns(data: bytes) -> pa.Table:
-    """The batch's table, cast to `SCHEMA` (field order and names must match)."""
+def read_columns(data: bytes, schema: pa.Schema = SCHEMA) -> pa.Table:
+    """The batch's table, cast to `schema` (field order and names must match)."""
     try:
-        return _read(data)
+        return _read(data, schema)
     except BadColumns:
         raise
     except (pa.ArrowException, OSError, ValueError, MemoryError) as e:
@@ -35,21 +35,21 @@ def read_columns(data: bytes) -> pa.Table:
                          f"{type(e).__name__}: {str(e)[:200]}") from e
 
 
-def _read(data: bytes) -> pa.Table:
+def _read(data: bytes, schema: pa.Schema) -> pa.Table:
     # Offsets, UTF-8 and dictionary indices are checked in full: the IPC reader
     # trusts them, and a kernel or ClickHouse reading a corrupt buffer can crash.
     table = ipc_to_table(data)
     table.validate(full=True)
-    if table.schema.names != SCHEMA.names:
+    if table.schema.names != schema.names:
         raise BadColumns(
-            f"span_columns must have the columns {SCHEMA.names} in that order "
+            f"span_columns must have the columns {schema.names} in that order "
             f"(got {table.schema.names})")
-    if not table.schema.equals(SCHEMA):
+    if not table.schema.equals(schema):
         try:
-            table = table.cast(SCHEMA)
+            table = table.cast(schema)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as e:
             raise BadColumns(f"span_columns has wrong column types: {e}") from e
-    nulls = [f.name for f in SCHEMA if not f.nullable and _has_nulls(table[f.name])]
+    nulls = [f.name for f in schema if not f.nullable and _has_nulls(table[f.name])]
     if nulls:
         raise BadColumns(f"span_columns has nulls in {nulls}, which cannot be null")
     return table

@@ -18,6 +18,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from proto import schema as span_schema
 from proto.columns import table_to_ipc
 from proto.convert import spans_to_list
 from proto.span import Span
@@ -67,8 +68,11 @@ class ChdbStore(SqlStore):
         data_dir: str | os.PathLike,
         db: str = schema.DATABASE,
         _parent: ChdbStore | None = None,
+        *,
+        fields: Sequence[span_schema.Field] = span_schema.FIELDS,
+        span_type: type[Span] = Span,
     ) -> None:
-        super().__init__(db)
+        super().__init__(db, fields, span_type)
         self.data_dir = str(Path(data_dir).resolve())
         self._closed = False
         self._owner = _parent is None
@@ -128,7 +132,8 @@ class ChdbStore(SqlStore):
 
     def for_database(self, db: str) -> ChdbStore:
         """A store on another database of the same session (one chDB per process)."""
-        return ChdbStore(self.data_dir, db, _parent=self)
+        return ChdbStore(self.data_dir, db, _parent=self, fields=self.fields,
+                         span_type=self.span_type)
 
     def _select(self, sql: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         with self._lock:

@@ -10,6 +10,7 @@ table is partitioned by day so that age retention drops whole parts.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 from proto import schema as span_schema
 
@@ -42,9 +43,11 @@ SPAN_TABLE_SETTINGS = ("index_granularity = 1024, min_compress_block_size = 1638
                        "max_compress_block_size = 65536")
 
 
-def create_table(db: str = DATABASE, engine: str = "MergeTree") -> str:
-    """DDL of the span table; `engine` may be a ReplicatedMergeTree(...) for clusters."""
-    cols = ",\n  ".join(f"{n} {t}" for n, t in COLUMNS)
+def create_table(db: str = DATABASE, engine: str = "MergeTree",
+                 fields: Sequence[span_schema.Field] = span_schema.FIELDS) -> str:
+    """DDL of the span table; `engine` may be a ReplicatedMergeTree(...) for clusters,
+    `fields` another declaration of the span (tests' fixture schemas)."""
+    cols = ",\n  ".join(f"{n} {t}" for n, t in span_schema.clickhouse_columns(fields))
     return f"""CREATE TABLE IF NOT EXISTS {db}.{TABLE} (
   {cols},
   INDEX idx_req_seq req_seq TYPE bloom_filter(0.01) GRANULARITY 4,
@@ -194,7 +197,12 @@ def check_hex(value: str, length: int) -> str:
 
 # Every span-returning query selects these, so one row decoder serves all.  Ids get
 # new names: an alias named like its column would shadow the column in WHERE.
-SPAN_SELECT = ", ".join(
-    f"lower(hex({f.name})) AS {f.name}_hex" if f.role == span_schema.ID else f.name
-    for f in span_schema.FIELDS
-)
+def span_select(fields: Sequence[span_schema.Field] = span_schema.FIELDS) -> str:
+    """The select list of span-returning queries (what `row_decoder` reads)."""
+    return ", ".join(
+        f"lower(hex({f.name})) AS {f.name}_hex" if f.role == span_schema.ID else f.name
+        for f in fields
+    )
+
+
+SPAN_SELECT = span_select()

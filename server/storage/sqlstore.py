@@ -45,7 +45,7 @@ _DECODE_ROW = span_schema.row_decoder()
 
 def row_to_span(r: dict[str, Any]) -> Span:
     """A `Span` from a row selected with `schema.SPAN_SELECT`."""
-    return Span(**_DECODE_ROW(r))
+    return _DECODE_ROW(r)
 
 
 def _time_filter(since_ns: int, until_ns: int, where: list[str], params: dict) -> None:
@@ -128,8 +128,19 @@ def _search_conditions(q: TraceQuery) -> tuple[str, str, dict[str, Any]]:
 class SqlStore(SpanStore, abc.ABC):
     """A `SpanStore` over ClickHouse SQL; `db` is the database holding `spans`."""
 
-    def __init__(self, db: str = schema.DATABASE) -> None:
+    def __init__(self, db: str = schema.DATABASE,
+                 fields: Sequence[span_schema.Field] = span_schema.FIELDS,
+                 span_type: type[Span] = Span) -> None:
+        """`fields` and `span_type`: another declaration of the span and the `Span`
+        subclass holding its extra attributes (tests' fixture schemas)."""
         self.db = db
+        self.fields = tuple(fields)
+        self.span_type = span_type
+        if self.fields == span_schema.FIELDS and span_type is Span:
+            self._span_select, self._decode_row = schema.SPAN_SELECT, _DECODE_ROW
+        else:
+            self._span_select = schema.span_select(self.fields)
+            self._decode_row = span_schema.row_decoder(self.fields, make=span_type)
         self.table = f"{db}.{schema.TABLE}"
         self.index = f"{db}.{schema.INDEX_TABLE}"
         self.join_keys = f"{db}.{schema.JOIN_TABLE}"
@@ -151,7 +162,7 @@ class SqlStore(SpanStore, abc.ABC):
                 f"('{schema.TABLE}', replaced by '{schema.INDEX_TABLE}' for the search index)"
             )
         self._command(schema.create_database(self.db))
-        self._command(schema.create_table(self.db, engine))
+        self._command(schema.create_table(self.db, engine, self.fields))
         had = {r["name"] for r in self._select(
             "SELECT name FROM system.tables WHERE database = {db:String} "
             "AND name IN ({t:String}, {j:String})",
@@ -175,11 +186,12 @@ class SqlStore(SpanStore, abc.ABC):
 
     def _spans_where(self, where: str, params: dict | None = None) -> list[Span]:
         rows = self._select(
-            f"SELECT {schema.SPAN_SELECT} FROM {self.table} WHERE {where} "
+            f"SELECT {self._span_select} FROM {self.table} WHERE {where} "
             "ORDER BY start_ns, span_id",
             params,
         )
-        return [row_to_span(r) for r in rows]
+        decode = self._decode_row
+        return [decode(r) for r in rows]
 
     def get_trace(self, trace_id: str) -> list[Span]:
         return self._spans_where("trace_id = unhex({tid:String})",

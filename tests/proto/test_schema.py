@@ -134,6 +134,6 @@ def test_row_decoder_reads_every_column():
     for f in S.FIELDS:
         if f.role == S.ID:
             row[f.name + "_hex"] = row.pop(f.name).hex()
-    assert Span(**S.row_decoder()(row)) == s
+    assert S.row_decoder()(row) == s
     with pytest.raises(KeyError):
         S.row_decoder()({})
