@@ -57,7 +57,9 @@ class Field:
     `number` and `proto` are the `zerotrace.v1.Span` field (for a dotted `attr`, the
     number of the message field and the type of its part).  `py` is the `Span`
     attribute's annotation (for a dotted `attr`, the part's).  `sizes` are the byte
-    lengths a stored value may have (empty: any); `max_bytes` a UTF-8 length limit.
+    lengths a stored value may have (empty: any; a single size also means "not all
+    zero bytes", as for required W3C ids); `max_bytes` a UTF-8 length limit;
+    `values` the only values allowed.
     """
 
     name: str
@@ -71,6 +73,7 @@ class Field:
     nullable: bool = False
     sizes: tuple[int, ...] = ()
     max_bytes: int = 0
+    values: frozenset[str] = frozenset()
 
     @property
     def path(self) -> str:
@@ -91,8 +94,8 @@ FIELDS: tuple[Field, ...] = (
        sizes=(8,)),
     _f("parent_span_id", 3, "bytes", "str", pa.binary(), "String CODEC(ZSTD(1))", role=ID,
        sizes=(0, 8)),
-    _f("kind", 4, "string", "str", _LC, _CH_LC),
-    _f("source", 5, "string", "str", _LC, _CH_LC),
+    _f("kind", 4, "string", "str", _LC, _CH_LC, values=KINDS),
+    _f("source", 5, "string", "str", _LC, _CH_LC, values=SOURCES),
     _f("protocol", 6, "string", "str", _LC, _CH_LC),
     _f("operation", 7, "string", "str", _LC, _CH_LC, max_bytes=MAX_STRING),
     _f("status", 8, "string", "str", _LC, _CH_LC),

@@ -7,13 +7,13 @@ where a Python call per span would cost more than the insert itself.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from proto import schema as span_schema
 from proto.columns import SCHEMA, ipc_to_table
-from server.ingest.validate import KINDS, MAX_STRING, SOURCES
 
 _MAX_ERRORS = 5
 
@@ -77,32 +77,58 @@ def _per_span(col: pa.ChunkedArray, test: Callable[[pa.Array], pa.Array]) -> pa.
                             type=pa.bool_())
 
 
-def _short(a: pa.Array) -> pa.Array:
-    return pc.less_equal(pc.binary_length(a), MAX_STRING)
+def _sizes_ok(col: pa.ChunkedArray, sizes: tuple[int, ...]) -> pa.ChunkedArray:
+    length = pc.binary_length(col)
+    if 0 not in sizes and len(sizes) == 1:
+        # A required id of all zero bytes is as invalid as a wrong length (W3C).
+        return _nonzero_id(col, sizes[0])
+    ok = None
+    for n in sizes:
+        one = pc.equal(length, n)
+        ok = one if ok is None else pc.or_(ok, one)
+    return ok
 
 
-def _checks(t: pa.Table) -> list[tuple[str, pa.ChunkedArray]]:
-    """(reason, mask of spans that pass) in `span_problem`'s order."""
-    parent_len = pc.binary_length(t["parent_span_id"])
-    kinds, sources = pa.array(sorted(KINDS)), pa.array(sorted(SOURCES))
-    return [
-        ("trace_id must be 16 non-zero bytes", _nonzero_id(t["trace_id"], 16)),
-        ("span_id must be 8 non-zero bytes", _nonzero_id(t["span_id"], 8)),
-        ("parent_span_id must be empty or 8 bytes",
-         pc.or_(pc.equal(parent_len, 0), pc.equal(parent_len, 8))),
-        ("end_ns before start_ns", pc.greater_equal(t["end_ns"], t["start_ns"])),
-        ("unknown kind", _per_span(t["kind"], lambda a: pc.is_in(a, value_set=kinds))),
-        ("unknown source", _per_span(t["source"], lambda a: pc.is_in(a, value_set=sources))),
-        ("operation or error longer than 64 KiB",
-         pc.and_(_per_span(t["operation"], _short), _short(t["error"]))),
-    ]
+def _size_reason(f: span_schema.Field) -> str:
+    sizes = [n for n in f.sizes if n]
+    what = " or ".join(str(n) for n in sizes)
+    if 0 in f.sizes:
+        return f"{f.name} must be empty or {what} bytes"
+    return f"{f.name} must be {what}{' non-zero' if len(sizes) == 1 else ''} bytes"
 
 
-def split_valid(table: pa.Table) -> tuple[pa.Table, int, list[str]]:
-    """(the valid spans, how many were rejected, the first few reasons)."""
+def _checks(t: pa.Table, fields: Sequence[span_schema.Field]
+            ) -> list[tuple[str, pa.ChunkedArray]]:
+    """(reason, mask of spans that pass) in `span_problem`'s order, from the limits
+    declared in proto/schema.py: id sizes, the time order, allowed values, lengths."""
+    out = [(_size_reason(f), _sizes_ok(t[f.name], f.sizes)) for f in fields if f.sizes]
+    out.append(("end_ns before start_ns", pc.greater_equal(t["end_ns"], t["start_ns"])))
+    for f in fields:
+        if f.values:
+            allowed = pa.array(sorted(f.values))
+            out.append((f"unknown {f.name}",
+                        _per_span(t[f.name], lambda a, v=allowed: pc.is_in(a, value_set=v))))
+    limits: dict[int, list[str]] = {}
+    for f in fields:
+        if f.max_bytes:
+            limits.setdefault(f.max_bytes, []).append(f.name)
+    for limit, names in limits.items():
+        size = f"{limit // 1024} KiB" if limit % 1024 == 0 else f"{limit} bytes"
+        ok = None
+        for name in names:
+            short = _per_span(t[name], lambda a, n=limit: pc.less_equal(pc.binary_length(a), n))
+            ok = short if ok is None else pc.and_(ok, short)
+        out.append((f"{' or '.join(names)} longer than {size}", ok))
+    return out
+
+
+def split_valid(table: pa.Table, fields: Sequence[span_schema.Field] = span_schema.FIELDS
+                ) -> tuple[pa.Table, int, list[str]]:
+    """(the valid spans, how many were rejected, the first few reasons); `fields`
+    the declaration whose limits apply."""
     ok = None
     errors: list[str] = []
-    for reason, passed in _checks(table):
+    for reason, passed in _checks(table, fields):
         if len(errors) < _MAX_ERRORS and not pc.all(passed).as_py():
             bad = pc.indices_nonzero(pc.invert(passed)).to_pylist()
             errors += [f"span {i}: {reason}" for i in bad[: _MAX_ERRORS - len(errors)]]

@@ -23,7 +23,7 @@ from server.storage.base import TraceQuery
 from server.storage.chdb_store import ChdbStore
 
 EXTRA = S.Field("tls_version", 34, "string", "str", pa.dictionary(pa.int32(), pa.string()),
-                "LowCardinality(String)")
+                "LowCardinality(String)", max_bytes=16)
 XFIELDS = (*S.FIELDS, EXTRA)
 XSpan = dataclasses.make_dataclass(
     "XSpan", [("tls_version", str, dataclasses.field(default=""))], bases=(Span,), slots=True)
@@ -48,13 +48,16 @@ def test_extra_field_flows_through_encoding_validation_storage_query(xstore):
     plain = _xspan(trace_id=tls13.trace_id, start_ns=11, end_ns=12, parent_span_id=tls13.span_id)
     backwards = _xspan(start_ns=30, end_ns=5)  # invalid: the checks still run
     backwards.tls_version = "TLSv1.2"
+    too_long = _xspan(start_ns=1, end_ns=2)  # breaks the extra field's declared limit
+    too_long.tls_version = "TLSv1.3-draft-28-x"
 
-    wire = columns.table_to_ipc(columns.spans_to_table([tls13, plain, backwards], "node-a",
-                                                       fields=XFIELDS))
+    wire = columns.table_to_ipc(columns.spans_to_table(
+        [tls13, plain, backwards, too_long], "node-a", fields=XFIELDS))
     table = read_columns(wire, S.arrow_schema(XFIELDS))
     assert table.schema.names[-1] == "tls_version"
-    good, rejected, errors = split_valid(table)
-    assert (rejected, errors) == (1, ["span 2: end_ns before start_ns"])
+    good, rejected, errors = split_valid(table, XFIELDS)
+    assert (rejected, errors) == (2, ["span 2: end_ns before start_ns",
+                                      "span 3: tls_version longer than 16 bytes"])
     assert good["tls_version"].to_pylist() == ["TLSv1.3", ""]
 
     assert xstore.write_span_table(good) == 2
