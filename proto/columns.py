@@ -33,9 +33,23 @@ NAMES = span_schema.names()
 _WRITE = ipc.IpcWriteOptions(compression="lz4")
 
 
+# json.dumps(v, separators=...) builds a JSONEncoder per call (~3 us); one encoder,
+# and ints and bools written directly (the same text json writes), cost a fraction:
+# this ran once per non-string attribute value of every exported span.
+_ENCODE = json.JSONEncoder(separators=(",", ":")).encode
+
+
+def _json_value(v: Any) -> str:
+    t = type(v)
+    if t is int:
+        return int.__repr__(v)
+    if t is bool:
+        return "true" if v else "false"
+    return _ENCODE(v)
+
+
 def _typed_json(attrs: dict[str, Any]) -> list[tuple[str, str]]:
-    return [(k, json.dumps(v, separators=(",", ":"))) for k, v in attrs.items()
-            if not isinstance(v, str)]
+    return [(k, _json_value(v)) for k, v in attrs.items() if not isinstance(v, str)]
 
 
 def _ids(get: Callable[[Span], str]) -> Callable[[Sequence[Span]], list[bytes]]:
