@@ -117,6 +117,16 @@ def check_tc() -> Check:
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
 
+def check_tc_marks() -> Check:
+    """How the network hops learn where a message starts (docs/network.md)."""
+    from agent.probes.tc import has_sendmsg_tracepoint
+
+    if has_sendmsg_tracepoint():
+        return Check("TC hop marks", True, "raw tracepoint tcp_sendmsg_locked (TCP sends only)")
+    return Check("TC hop marks", True, "syscall entry fallback: no tcp_sendmsg_locked "
+                 "tracepoint (kernel < 6.10), one more fd walk per write")
+
+
 def check_headers() -> Check:
     build = f"/lib/modules/{platform.release()}/build"
     if not os.path.exists(os.path.join(build, "include")):
@@ -170,7 +180,7 @@ def run_checks(with_fentry: bool = True, with_tc: bool = True) -> list[Check]:
                check_syscall_tracepoints(), check_pmu("kprobe", "kprobes"),
                check_pmu("uprobe", "uprobes"), check_headers()]
     if with_tc:
-        checks.append(check_tc())
+        checks += [check_tc(), check_tc_marks()]
     if with_fentry:
         checks.append(check_fentry())
     checks += check_tls()

@@ -35,7 +35,13 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_agent(args: argparse.Namespace) -> int:
-    from agent import runner
+    from agent import config, runner
+
+    if not args.interfaces:  # the flag wins over the configuration file
+        try:
+            args.interfaces = config.load(args.config).get("interfaces") or None
+        except config.ConfigError:
+            pass  # said, with its reason, when the pipeline reads the file
     return runner.run(args)
 
 

@@ -10,6 +10,7 @@
     tls_key: FILE
     tls_server_name: NAME  # name to check the server certificate against
     token_file: FILE       # bearer token (else $ZEROTRACE_TOKEN); flags override all of these
+    interfaces: REGEX      # network hops: TC probes on matching interfaces (--interfaces)
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from typing import Any
 import yaml
 
 KNOWN = {"enrich", "server", "otlp", "metrics_port", "node",
-         "tls_ca", "tls_cert", "tls_key", "tls_server_name", "token_file"}
+         "tls_ca", "tls_cert", "tls_key", "tls_server_name", "token_file",
+         "interfaces"}
 
 
 class ConfigError(ValueError):

@@ -54,6 +54,8 @@ struct zt_hop {
 BPF_TABLE("lru_hash", __u32, struct zt_start, starts, 65536);
 BPF_RINGBUF_OUTPUT(hops, 256);
 BPF_ARRAY(tc_self, __u32, 1); /* the agent's tgid: its own writes are not marked */
+/* hop records the ring had no room for: counted, exported as a metric (never silent) */
+BPF_PERCPU_ARRAY(tc_lost, __u64, 1);
 
 static __always_inline int zt_mark_sock(__u64 sk, __u32 tgid)
 {
@@ -182,7 +184,12 @@ static __always_inline int zt_tc(struct __sk_buff *skb, int l3off, __u8 directio
     h.window = ((__u16)tcp[14] << 8) | tcp[15];
     /* no wake-up: the agent drains on a 50 ms timer, and a hop's record is wanted only
      * when its trace is emitted (after 0.5 s of quiet), so no IPI per packet */
-    hops.ringbuf_output(&h, sizeof(h), BPF_RB_NO_WAKEUP);
+    if (hops.ringbuf_output(&h, sizeof(h), BPF_RB_NO_WAKEUP) != 0) {
+        int zero = 0;
+        __u64 *lost = tc_lost.lookup(&zero);
+        if (lost)
+            *lost += 1;
+    }
     return ZT_TC_ACT_OK;
 }
 

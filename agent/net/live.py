@@ -16,6 +16,7 @@ import threading
 from collections.abc import Callable
 
 from agent.net.hops import HopIndex, spans_for_client
+from agent.net.metrics import HopMetrics
 from agent.probes.tc import TcConfig, TcTracer
 from proto.span import KIND_CLIENT, KIND_SERVER, SOURCE_SYSCALL, Span
 
@@ -53,6 +54,7 @@ class NetHops:
         self._stop = threading.Event()
         self.records = 0
         self.spans = 0
+        self.metrics: HopMetrics | None = None
         self._thread = threading.Thread(target=self._run, name="zt-tc-hops", daemon=True)
         self._thread.start()
 
@@ -78,15 +80,27 @@ class NetHops:
             self.index.add(recs)
         self.records += len(recs)
 
+    def counters(self) -> dict[str, int]:
+        """Stage counters (zerotrace_stage_events_total{stage="network"})."""
+        return {"hop_records": self.records, "hop_spans": self.spans,
+                "ring_full": self.tc.lost()}
+
     def install(self, pipeline) -> None:
-        """Add N spans to every trace `pipeline`'s stitcher emits."""
+        """Add N spans to every trace `pipeline`'s stitcher emits; with the pipeline's
+        Prometheus metrics on, per-hop histograms and the stage counters too."""
         inner: Callable = pipeline.stitcher.emit
+        agent_metrics = getattr(pipeline, "metrics", None)
+        if agent_metrics is not None:
+            self.metrics = HopMetrics(agent_metrics.registry)
+            agent_metrics.add_source("network", self.counters)
 
         def emit(trace) -> None:
             with self._lock:
                 added = place(trace.spans, self.index, self.tc.hooks, self.tc.wall_offset)
             trace.spans.extend(added)
             self.spans += len(added)
+            if self.metrics is not None and added:
+                self.metrics.observe(added)
             inner(trace)
 
         pipeline.stitcher.emit = emit

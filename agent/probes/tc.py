@@ -267,6 +267,12 @@ class TcTracer:
             ring.wait(timeout_s)
         return [HopRecord.decode(r) for r in ring.drain()]
 
+    def lost(self) -> int:
+        """Hop records the kernel could not put in the full ring, since start."""
+        if self._bpf is None:
+            return 0
+        return sum(self._bpf[b"tc_lost"][ctypes.c_int(0)])
+
     def close(self) -> None:
         """Detach every filter (and clsact qdisc we made) and free the maps; idempotent."""
         self._detach_all()

@@ -46,3 +46,20 @@ def test_config_file(tmp_path):
         config.load(str(bad))
     with pytest.raises(config.ConfigError):
         config.load(str(tmp_path / "missing.yaml"))
+
+
+def test_interfaces_come_from_the_config_file_unless_the_flag_says(tmp_path, monkeypatch):
+    from agent import cli, runner
+
+    monkeypatch.delenv("ZEROTRACE_CONFIG", raising=False)
+    conf = tmp_path / "agent.yaml"
+    conf.write_text("interfaces: ^veth\n")
+    seen = []
+    monkeypatch.setattr(runner, "run", lambda args: seen.append(args.interfaces) or 0)
+    parser = cli.build_parser()
+    for argv in (["agent", "--config", str(conf)],
+                 ["agent", "--config", str(conf), "--interfaces", "^eth0$"],
+                 ["agent"]):
+        args = parser.parse_args(argv)
+        assert args.func(args) == 0
+    assert seen == ["^veth", "^eth0$", None]

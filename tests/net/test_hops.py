@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.metrics import AgentMetrics
 from agent.net.live import NetHops
 from agent.pipeline import Pipeline
 from agent.probes.loader import ProbeConfig, SocketTracer
@@ -37,6 +38,7 @@ def run(delay_ms: float, loss: float, requests: int, seed: int, slow: str = "ab"
                       p.server_addr, str(PORT), stdout=subprocess.PIPE, text=True)
         assert srv.stdout.readline().strip() == "ready"
         pipeline = Pipeline()
+        pipeline.metrics = AgentMetrics()  # the per-hop histograms register on it
         traces: list = []
         pipeline.on_trace_obj = traces.append
         names = [p.client.name, p.gateway.name, p.server.name]
@@ -63,8 +65,10 @@ def run(delay_ms: float, loss: float, requests: int, seed: int, slow: str = "ab"
                                             and n.parent_span_id == c.span_id])
                 elif c.kind == "server" and c.netns == p.server.inode and c.source == "S":
                     servers.append((c, {n.span_id: n for n in tr.spans if n.source == "N"}))
+        samples = [s for f in pipeline.metrics.registry.collect() for s in f.samples]
         return {"prefix": p.prefix, "spans": spans, "servers": servers,
-                "requests": requests * clients, "gw_link": p.gw_link}
+                "requests": requests * clients, "gw_link": p.gw_link, "samples": samples,
+                "net": net.counters()}
 
 
 def hop_name(n) -> str:
@@ -158,6 +162,32 @@ def test_the_slow_hop_and_only_it_shows_the_delay(slow):
     check_delay_on(slow, f"request:{prefix}ta>{prefix}tb")
 
 
+def test_hop_latency_histograms(slow):
+    # one histogram series per hop and leg; the slow link's requests all fall in the
+    # buckets above 5 ms, every other hop's below 1 ms
+    prefix = slow["prefix"]
+    count = {}
+    under_1ms = {}
+    for s in slow["samples"]:
+        key = (s.labels.get("leg"), s.labels.get("from_interface"), s.labels.get("interface"))
+        if s.name == "zerotrace_network_hop_latency_seconds_count":
+            count[key] = s.value
+        elif (s.name == "zerotrace_network_hop_latency_seconds_bucket"
+              and s.labels["le"] == "0.001"):
+            under_1ms[key] = s.value
+    req, resp = expected_hops(prefix)
+    names = {f"{leg}:{a}>{b}" for leg, a, b in count}
+    assert names == set(req + resp)
+    link = ("request", f"{prefix}ta", f"{prefix}tb")
+    n_link = sum(1 for _c, ns in slow["spans"].values() for n in ns
+                 if hop_name(n) == f"request:{prefix}ta>{prefix}tb")
+    assert count[link] == n_link >= 0.9 * slow["requests"]
+    assert under_1ms[link] == 0
+    assert all(under_1ms[k] == count[k] for k in count if k != link)
+    assert slow["net"]["hop_spans"] == sum(count.values())
+    assert slow["net"]["ring_full"] == 0 and slow["net"]["hop_records"] > 0
+
+
 def test_the_response_hop_shows_a_delay_towards_the_client(slow_back):
     prefix = slow_back["prefix"]
     check_delay_on(slow_back, f"response:{prefix}tb>{prefix}ta")
@@ -171,11 +201,16 @@ def test_loss_shows_on_the_lossy_hop_only(lossy):
             for name, ns in hops.items()}
     retrans = sum(n.attributes["zerotrace.net.retransmissions"] for n in hops[link])
     print(f"lost copies per hop: {lost}; retransmissions entering the link: {retrans}")
-    assert lost.pop(link) > 0 and retrans > 0
+    lost_on_link = lost.pop(link)
+    assert lost_on_link > 0 and retrans > 0
     assert all(v == 0 for v in lost.values())
     # a request that lost a copy still measures the copy that got through
     for n in hops[link]:
         assert n.attributes["zerotrace.net.hop_latency_ns"] >= DELAY_MS * 1e6 * 0.98
+    # Prometheus: the lost copies are counted on that hop's labels and no other
+    prom_lost = {(s.labels["leg"], s.labels["from_interface"], s.labels["interface"]): s.value
+                 for s in lossy["samples"] if s.name == "zerotrace_network_hop_lost_total"}
+    assert prom_lost == {("request", f"{prefix}ta", f"{prefix}tb"): lost_on_link}
 
 
 def test_concurrent_connections_never_borrow_hops(concurrent):

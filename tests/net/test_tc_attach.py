@@ -36,3 +36,16 @@ def test_attach_and_leave_as_found():
         assert "u32" in kept and "zt_tc_" not in kept
         assert "zt_tc_" not in tc_show(None, "filter", "show", "dev", own, "egress")
         assert "clsact" not in tc_show(h0.name, "qdisc", "show", "dev", peer0)
+
+
+def test_check_names_how_hops_are_marked():
+    # `zerotrace check` says which marking the agent's default (marks="auto") will use
+    from agent.check import check_tc_marks
+    from agent.probes.tc import has_sendmsg_tracepoint
+
+    c = check_tc_marks()
+    assert c.ok
+    assert ("tcp_sendmsg_locked" in c.detail.split(":")[0]) == has_sendmsg_tracepoint()
+    with TcTracer(TcConfig(interfaces="^zt-none-such$")) as t:
+        assert t.raw_marks == has_sendmsg_tracepoint()
+        assert t.lost() == 0
