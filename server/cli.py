@@ -617,19 +617,16 @@ def cmd_trace(args: argparse.Namespace) -> int:
     return 0
 
 
-FLAME_FORMATS = ("svg", "html", "speedscope", "folded")
-
-
 def cmd_flamegraph(args: argparse.Namespace) -> int:
-    from server.flamegraph import format_for, render_stacks, render_trace
+    from server.flamegraph import format_for, formats, render_stacks, render_trace
 
     fmt = args.output
-    if fmt and fmt not in FLAME_FORMATS:
+    if fmt and fmt not in formats():
         # `-o FILE` was this command's file option before `-o` meant a format everywhere:
         # still understood when --out is not given (a file name is no format name).
         if args.out:
             print(f"zerotrace: unknown flame graph format {fmt!r}: use one of "
-                  f"{', '.join(FLAME_FORMATS)}", file=sys.stderr)
+                  f"{', '.join(formats())}", file=sys.stderr)
             return EXIT_USAGE
         args.out, fmt = fmt, None
     if not args.out:
@@ -833,7 +830,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="output file (required): .svg, .html (interactive), "
                    ".json (speedscope), .folded")
     p.add_argument("-o", "--output", metavar="FORMAT",
-                   help=f"{', '.join(FLAME_FORMATS)} (default: by --out's extension)")
+                   help="svg, html, speedscope, folded or another registered format "
+                   "(default: by --out's extension)")
     p.add_argument("--service", help="aggregate over this service's recent traces")
     _window_opts(p)
     p.add_argument("--max-traces", type=int, default=1000)

@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from html import escape
 
-from server.flamegraph.stacks import Bar
+from server.flamegraph.registry import Renderer, register
+from server.flamegraph.stacks import Bar, folded_bars, trace_bars
 from server.flamegraph.svg import PAD, WIDTH, fmt_ns, svg_body
 
 _SCRIPT = r"""
@@ -105,3 +106,9 @@ text {{ pointer-events: none; font-size: 11px; }}
 <script>{script}</script>
 </body></html>
 """
+
+
+register(Renderer(
+    "html", (".html", ".htm"), "text/html; charset=utf-8",
+    stacks=lambda stacks, title: render_html(*folded_bars(stacks), title),
+    trace=lambda spans, title: render_html(*trace_bars(spans), title)))

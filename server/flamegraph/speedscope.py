@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 
+from server.flamegraph.registry import Renderer, register
+
 
 def render_speedscope(stacks: dict[str, int], title: str) -> str:
     frames: list[dict[str, str]] = []
@@ -42,3 +44,6 @@ def render_speedscope(stacks: dict[str, int], title: str) -> str:
         "exporter": "zerotrace",
     }
     return json.dumps(doc, separators=(",", ":"))
+
+
+register(Renderer("speedscope", (".json",), "application/json", stacks=render_speedscope))

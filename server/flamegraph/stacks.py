@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from proto.span import Span
+from server.flamegraph.registry import Renderer, register
 
 _UNSAFE = re.compile(r"[;\n\r\t]")
 
@@ -214,3 +215,7 @@ def folded_bars(stacks: dict[str, int]) -> tuple[list[Bar], int]:
             x += total
     total = sum(v for v in stacks.values())
     return bars, max(1, total)
+
+
+register(Renderer("folded", (".folded", ".txt"), "text/plain; charset=utf-8",
+                  stacks=lambda stacks, _title: format_folded(stacks)))

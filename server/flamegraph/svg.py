@@ -11,7 +11,8 @@ import zlib
 from collections.abc import Sequence
 from html import escape
 
-from server.flamegraph.stacks import Bar
+from server.flamegraph.registry import Renderer, register
+from server.flamegraph.stacks import Bar, folded_bars, trace_bars
 
 WIDTH = 1200
 ROW = 18
@@ -81,3 +82,9 @@ def render_svg(bars: Sequence[Bar], total: int, title: str) -> str:
         f"{escape(title)} — {fmt_ns(total)}</text>\n"
         f"{body}\n</svg>\n"
     )
+
+
+register(Renderer(
+    "svg", (".svg",), "image/svg+xml",
+    stacks=lambda stacks, title: render_svg(*folded_bars(stacks), title),
+    trace=lambda spans, title: render_svg(*trace_bars(spans), title)))
