@@ -19,9 +19,10 @@ from agent.conn.listeners import ListenerRoles
 from agent.conn.spans import SpanContext
 from agent.probes.events import SocketEvent
 from agent.probes.loader import ProbeConfig
+from agent.stitch._stitcher import Stitcher  # compiled; stitcher.py is the reference
 from agent.stitch.handoff import HandoffIndex
 from agent.stitch.runtime import MODE_GO
-from agent.stitch.stitcher import Stitcher, Trace
+from agent.stitch.stitcher import Trace
 from agent.stitch.tree import render
 
 log = logging.getLogger(__name__)

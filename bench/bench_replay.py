@@ -62,13 +62,26 @@ def record(requests: int) -> tuple[list[bytes], int, dict]:
             return raw, tr.wall_offset, dict(p.classifier._by_pid)
 
 
+class _NoStitcher:
+    """In place of the stitcher when only spans are timed: data events go nowhere."""
+
+    def observe(self, _e: SocketEvent) -> None:
+        pass
+
+
 def replay(raw: list[bytes], off: int, modes: dict, stitch: bool = True,
-           keep: list | None = None) -> tuple[int, int, float]:
+           keep: list | None = None, python_stitcher: bool = False) -> tuple[int, int, float]:
     """(spans, traces, CPU seconds); stitch=False: spans are made, not stitched;
-    keep: a list the stitched traces are appended to."""
+    keep: a list the stitched traces are appended to; python_stitcher: the Python
+    reference stitcher (agent/stitch/stitcher.py) in place of the compiled one."""
     from agent.pipeline import Pipeline
 
     p = Pipeline()
+    if python_stitcher:
+        from agent.stitch.stitcher import Stitcher
+
+        p.stitcher = Stitcher(p._trace, classifier=p.classifier)
+        p.stitcher.handoffs = p.handoffs
     p.classifier._by_pid.update(modes)
     p._pids.update(modes)
     traces = [] if keep is None else keep
@@ -79,7 +92,7 @@ def replay(raw: list[bytes], off: int, modes: dict, stitch: bool = True,
             made[0] += 1
 
         p.assembler.emit = count
-        p.stitcher.observe = lambda _e: None
+        p.stitcher = _NoStitcher()
     t0 = time.process_time()
     for i in range(0, len(raw), 500):
         evs = [SocketEvent(r, off) for r in raw[i:i + 500]]
@@ -136,6 +149,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--stages", action="store_true")
     ap.add_argument("--agent-gc", action="store_true")
+    ap.add_argument("--python-stitcher", action="store_true",
+                    help="with --stages: also the Python reference stitcher, rounds "
+                         "alternating with the compiled one")
     args = ap.parse_args(argv or [])
     path = CACHE.format(n=args.requests)
     try:
@@ -165,6 +181,15 @@ def main(argv: list[str] | None = None) -> None:
         print(f"us/span: decode {dec * us:.1f}, connections+parsers+spans "
               f"{(span_cpu - dec) * us:.1f}, stitcher {(cpu - span_cpu) * us:.1f}, "
               f"total {cpu * us:.1f}")
+        if args.python_stitcher:
+            # alternate rounds, so both see the same machine load
+            cy, py = [], []
+            for _ in range(args.rounds):
+                cy.append(replay(raw, off, modes)[2])
+                py.append(replay(raw, off, modes, python_stitcher=True)[2])
+            print(f"us/span stitcher, alternating rounds: compiled "
+                  f"{(min(cy) - span_cpu) * us:.1f}, Python reference "
+                  f"{(min(py) - span_cpu) * us:.1f}")
         traces: list = []
         replay(raw, off, modes, keep=traces)
         n = sum(len(t.spans) for t in traces)

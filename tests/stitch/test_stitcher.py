@@ -5,15 +5,28 @@ from __future__ import annotations
 
 import itertools
 
+import pytest
+
 from agent.conn.spans import SpanContext
 from agent.probes import abi
+from agent.stitch import _stitcher, stitcher
 from agent.stitch.runtime import MODE_GO, MODE_THREADS
-from agent.stitch.stitcher import Stitcher, Trace
+from agent.stitch.stitcher import Trace
 from proto.span import KIND_CLIENT, KIND_SERVER, Endpoint, Span
 
 MS = 10**6
 T0 = 1_700_000_000 * 10**9
 _conn = itertools.count(1)
+# Every case runs on the compiled stitcher (the agent's) and the Python reference.
+IMPLS = {"compiled": _stitcher.Stitcher, "python": stitcher.Stitcher}
+_impl = [_stitcher.Stitcher]
+
+
+@pytest.fixture(autouse=True, params=sorted(IMPLS))
+def implementation(request):
+    _impl[0] = IMPLS[request.param]
+    yield request.param
+    _impl[0] = _stitcher.Stitcher
 
 
 class FakeEvent:
@@ -39,7 +52,7 @@ class World:
 
     def __init__(self, modes=None):
         self.traces: list[Trace] = []
-        self.st = Stitcher(self.traces.append, classifier=Fixed(modes))
+        self.st = _impl[0](self.traces.append, classifier=Fixed(modes))
         self.spans: list[SpanContext] = []
 
     def server(self, pid, tid, t_in, t_out, op, out_tid=None, seq=None, conn=None, size=10):
@@ -187,7 +200,7 @@ def test_traceparent_sets_the_trace_id():
 
 def test_a_decision_waits_for_the_parent_span_to_complete():
     traces = []
-    st = Stitcher(traces.append, classifier=Fixed())
+    st = _impl[0](traces.append, classifier=Fixed())
     conn_s, conn_c = next(_conn), next(_conn)
     st.observe(FakeEvent(1, 11, conn_s, abi.DIR_INGRESS, 0, T0))
     st.observe(FakeEvent(1, 11, conn_c, abi.DIR_EGRESS, 0, T0 + 1 * MS))

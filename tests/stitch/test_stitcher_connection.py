@@ -8,7 +8,15 @@ from agent.probes import abi
 from agent.stitch.handoff import NOTHING_SEEN
 from agent.stitch.runtime import GOROUTINE_BASE, MODE_GO_GOID
 from proto.span import PARENT_UNKNOWN
-from tests.stitch.test_stitcher import MS, T0, FakeEvent, World, _conn, parent_of
+from tests.stitch.test_stitcher import (  # noqa: F401 (implementation: both stitchers)
+    MS,
+    T0,
+    FakeEvent,
+    World,
+    _conn,
+    implementation,
+    parent_of,
+)
 
 
 def raw(w: World, pid: int, tid: int, conn: int, direction: int, t: int,

@@ -12,8 +12,8 @@ import sys
 import pytest
 
 from agent.pipeline import Pipeline
-from proto.span import PARENT_UNKNOWN
 from agent.probes.loader import ProbeConfig, SocketTracer
+from proto.span import PARENT_UNKNOWN
 from tests.helpers.netns import network
 from tests.helpers.tracing import Draining
 from tests.stitch.hops import HERE, NONCE, links, load, wait_ready
