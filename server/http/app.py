@@ -5,6 +5,9 @@ lock anyway, so an async framework would buy nothing) and a small regex router.
 Routes: Tempo's API at `/api/...` (and `/tempo/api/...`), Jaeger's at `/jaeger/api/...`
 and, where the paths do not collide with Tempo's, at `/api/...` too.  `/api/traces/<id>`
 is Tempo's at the root: point Grafana's Jaeger data source at `http://HOST:PORT/jaeger`.
+With an OTLP receiver (`otlp=OtlpHttpReceiver.for_server(srv)`), `POST /v1/traces`
+takes OTLP/HTTP exports (server/http/otlp_http.py), with the `ingest` role when
+tokens are on.
 """
 
 from __future__ import annotations
@@ -19,10 +22,13 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
+import grpc
+
 from server.storage.base import SpanStore, StorageError
 
 if TYPE_CHECKING:
     from server.auth import TokenTable
+    from server.http.otlp_http import OtlpHttpReceiver
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +67,7 @@ class Response:
     status: int
     body: bytes
     content_type: str = "application/json"
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 def json_response(obj: Any, status: int = 200) -> Response:
@@ -74,7 +81,8 @@ class HttpApi:
     """The routes over one store; `start()` serves them in background threads."""
 
     def __init__(self, store: SpanStore, listen: str = DEFAULT_HTTP,
-                 tokens: TokenTable | None = None) -> None:
+                 tokens: TokenTable | None = None,
+                 otlp: OtlpHttpReceiver | None = None) -> None:
         from server.http import flamegraph, jaeger, tempo
 
         self.store = store
@@ -82,6 +90,7 @@ class HttpApi:
         # With --token-file, every request needs a `read` token, as on the gRPC port
         # (Grafana: the data source's Authorization header).
         self.tokens = tokens
+        self.otlp = otlp  # POST /v1/traces; None: answered 404
         self.port = 0
         self._httpd: ThreadingHTTPServer | None = None
         self.routes: list[tuple[re.Pattern[str], Handler, str]] = []
@@ -99,10 +108,16 @@ class HttpApi:
     def _add(self, pattern: str, handler: Handler, api: str) -> None:
         self.routes.append((re.compile(pattern + r"/?$"), handler, api))
 
-    def handle(self, method: str, raw_path: str, headers: dict[str, str]) -> Response:
-        """Route one request; errors become 4xx/5xx answers in the API's own shape."""
+    def handle(self, method: str, raw_path: str, headers: dict[str, str],
+               read_body: Callable[[int], bytes] | None = None,
+               peer: str = "") -> Response:
+        """Route one request; errors become 4xx/5xx answers in the API's own shape.
+        `read_body(limit)` reads a POST's body (after its caller is authorized);
+        `peer` is the caller's address as gRPC writes it ("ipv4:HOST:PORT")."""
         parsed = urllib.parse.urlsplit(raw_path)
         path = urllib.parse.unquote(parsed.path)
+        if path.rstrip("/") in ("/v1/traces", "/otlp/v1/traces"):
+            return self._otlp(method, headers, read_body, peer)
         query = urllib.parse.parse_qs(parsed.query, keep_blank_values=True)
         api = "jaeger" if path.startswith("/jaeger") else "tempo"
         try:
@@ -126,6 +141,50 @@ class HttpApi:
         except Exception:  # noqa: BLE001 - a bug answers 500, the server keeps serving
             log.exception("HTTP %s %s failed", method, path)
             return self.error(api, 500, "internal error (see the server's log)")
+
+    def _otlp(self, method: str, headers: dict[str, str],
+              read_body: Callable[[int], bytes] | None, peer: str) -> Response:
+        """OTLP/HTTP export: errors answered as OTLP asks (google.rpc.Status)."""
+        from server.auth import authorize
+        from server.http.otlp_http import JSON, PROTOBUF, OtlpHttpError, error_body, media_type
+        from server.ingest.admission import sender_of
+
+        ctype = JSON if media_type(headers.get("content-type", "")) == JSON else PROTOBUF
+        try:
+            if method != "POST":
+                raise OtlpHttpError(405, grpc.StatusCode.UNIMPLEMENTED,
+                                    f"method {method} not allowed: POST spans here")
+            if self.otlp is None:
+                raise OtlpHttpError(404, grpc.StatusCode.UNIMPLEMENTED,
+                                    "no OTLP receiver on this port")
+            sender = sender_of("", peer)
+            if self.tokens is not None:
+                d = authorize(self.tokens, headers.get("authorization"), "ingest",
+                              "POST /v1/traces")
+                if not d.allowed:
+                    raise OtlpHttpError(d.http_status, d.code or grpc.StatusCode.UNKNOWN,
+                                        d.message)
+                sender = d.identity
+            if read_body is None:
+                raise OtlpHttpError(400, grpc.StatusCode.INVALID_ARGUMENT, "no body")
+            body, rtype = self.otlp.export(headers, read_body, sender)
+            return Response(200, body, rtype)
+        except OtlpHttpError as e:
+            extra = {}
+            if e.status in (429, 503):
+                from server.http.otlp_http import RETRY_AFTER_S
+
+                extra["Retry-After"] = str(RETRY_AFTER_S)
+            elif e.status == 401:
+                extra["WWW-Authenticate"] = "Bearer"
+            elif e.status == 405:
+                extra["Allow"] = "POST"
+            return Response(e.status, error_body(e, ctype), ctype, extra)
+        except Exception:  # noqa: BLE001 - a bug answers 500, the server keeps serving
+            log.exception("OTLP/HTTP export failed")
+            err = OtlpHttpError(500, grpc.StatusCode.INTERNAL,
+                                "internal error (see the server's log)")
+            return Response(500, error_body(err, ctype), ctype)
 
     def _authorize(self, header: str) -> None:
         from server.auth import BAD_TOKEN, NO_TOKEN
@@ -159,16 +218,40 @@ class HttpApi:
             server_version = "zerotrace"
 
             def _serve(self) -> None:
+                from server.http.otlp_http import read_chunked, read_sized
+
                 headers = {k.lower(): v for k, v in self.headers.items()}
-                resp = api.handle(self.command, self.path, headers)
+                read = [False]  # whether the body was read whole
+
+                def read_body(limit: int) -> bytes:
+                    if "chunked" in headers.get("transfer-encoding", "").lower():
+                        data = read_chunked(self.rfile, limit)
+                    else:
+                        data = read_sized(self.rfile, headers.get("content-length"), limit)
+                    read[0] = True
+                    return data
+
+                host, port = self.client_address[:2]
+                peer = f"ipv6:[{host}]:{port}" if ":" in host else f"ipv4:{host}:{port}"
+                resp = api.handle(self.command, self.path, headers, read_body, peer)
+                # A body left unread would be taken for the next request: close instead.
+                has_body = ("content-length" in headers and headers["content-length"] != "0"
+                            or "transfer-encoding" in headers)
+                if has_body and not read[0]:
+                    self.close_connection = True
                 self.send_response(resp.status)
                 self.send_header("Content-Type", resp.content_type)
                 self.send_header("Content-Length", str(len(resp.body)))
+                for k, v in resp.headers.items():
+                    self.send_header(k, v)
+                if self.close_connection:
+                    self.send_header("Connection", "close")
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(resp.body)
 
-            do_GET = do_HEAD = _serve  # noqa: N815 - http.server's names (others: 501)
+            # http.server's names (others: 501)
+            do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = _serve  # noqa: N815
 
             def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
                 log.debug("http %s " + format, self.client_address[0], *args)

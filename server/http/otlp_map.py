@@ -20,7 +20,8 @@ from opentelemetry.proto.common.v1 import common_pb2
 from opentelemetry.proto.resource.v1 import resource_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 
-from proto.span import Span, valid_traceparent
+from proto.span import SOURCE_APP, Span, valid_traceparent
+from server.ingest.otlp import MODEL_KEY, SCOPE_NAME_KEY
 
 SCOPE_NAME = "zerotrace"
 SCOPE_VERSION = "0.1.0"
@@ -57,9 +58,17 @@ VIRTUAL_ATTRIBUTES: dict[str, str] = {
 }
 
 
+def otlp_model(s: Span) -> dict[str, Any]:
+    """The OTLP fields stored with an OTLP-received span that have no column of their
+    own (server/ingest/otlp.py MODEL_KEY): events, links, scope, ...; {} if none."""
+    m = s.attributes.get(MODEL_KEY)
+    return m if isinstance(m, dict) else {}
+
+
 def span_attributes(s: Span) -> dict[str, Any]:
     """The span's attributes plus its zerotrace-only fields (empty ones left out)."""
     attrs: dict[str, Any] = dict(s.attributes)
+    attrs.pop(MODEL_KEY, None)  # not an attribute: OTLP fields (see otlp_model)
     values = {
         "zerotrace.source": s.source,
         "zerotrace.protocol": s.protocol,
@@ -83,8 +92,12 @@ def span_attributes(s: Span) -> dict[str, Any]:
     return attrs
 
 
-def resource_attributes(s: Span) -> dict[str, str]:
-    res = dict(s.resource)
+def resource_attributes(s: Span) -> dict[str, Any]:
+    """The span's resource attributes; typed values of an OTLP resource typed again."""
+    res: dict[str, Any] = dict(s.resource)
+    typed = otlp_model(s).get("resource", {}).get("typed")
+    if isinstance(typed, dict):
+        res.update((k, v) for k, v in typed.items() if k in res)
     if s.service:
         res["service.name"] = s.service
     return res
@@ -130,48 +143,106 @@ def key_values(attrs: dict[str, Any]) -> list[common_pb2.KeyValue]:
     return [common_pb2.KeyValue(key=k, value=any_value(v)) for k, v in sorted(attrs.items())]
 
 
+_KEPT_KINDS = {
+    "producer": trace_pb2.Span.SPAN_KIND_PRODUCER,
+    "consumer": trace_pb2.Span.SPAN_KIND_CONSUMER,
+    "unspecified": trace_pb2.Span.SPAN_KIND_UNSPECIFIED,
+}
+
+
+def _int(v: Any) -> int:
+    return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else 0
+
+
+def _kv_items(attrs: Any) -> list[common_pb2.KeyValue]:
+    return key_values(attrs) if isinstance(attrs, dict) else []
+
+
 def to_otlp_span(s: Span) -> trace_pb2.Span:
+    model = otlp_model(s)
     attrs = span_attributes(s)
-    attrs.pop("otel.scope.name", None)  # carried on the ScopeSpans, not the span
+    attrs.pop(SCOPE_NAME_KEY, None)  # carried on the ScopeSpans, not the span
+    message = s.error if s.status == "error" else str(model.get("status_message", ""))
     m = trace_pb2.Span(
         trace_id=bytes.fromhex(s.trace_id),
         span_id=bytes.fromhex(s.span_id),
         parent_span_id=bytes.fromhex(s.parent_span_id) if s.parent_span_id else b"",
         name=s.operation or s.protocol or s.kind,
-        kind=_KIND.get(s.kind, trace_pb2.Span.SPAN_KIND_UNSPECIFIED),
+        kind=_KEPT_KINDS.get(str(model.get("kind")),
+                             _KIND.get(s.kind, trace_pb2.Span.SPAN_KIND_UNSPECIFIED)),
         start_time_unix_nano=s.start_ns,
         end_time_unix_nano=s.end_ns,
         attributes=key_values(attrs),
         status=trace_pb2.Status(
             code=_STATUS.get(s.status, trace_pb2.Status.STATUS_CODE_UNSET),
-            message=s.error if s.status == "error" else "",
+            message=message,
         ),
+        flags=_int(model.get("flags")),
     )
+    for e in model.get("events") or ():
+        m.events.add(time_unix_nano=_int(e.get("time")), name=str(e.get("name", "")),
+                     attributes=_kv_items(e.get("attributes")),
+                     dropped_attributes_count=_int(e.get("dropped")))
+    for lk in model.get("links") or ():
+        try:
+            tid, sid = bytes.fromhex(lk["trace_id"]), bytes.fromhex(lk["span_id"])
+        except (KeyError, TypeError, ValueError):
+            continue
+        m.links.add(trace_id=tid, span_id=sid, trace_state=str(lk.get("trace_state", "")),
+                    attributes=_kv_items(lk.get("attributes")),
+                    dropped_attributes_count=_int(lk.get("dropped")),
+                    flags=_int(lk.get("flags")))
     for tid, sid, why in span_links(s):
         m.links.add(trace_id=bytes.fromhex(tid), span_id=bytes.fromhex(sid),
                     attributes=key_values({"zerotrace.link": why}))
+    dropped = model.get("dropped") or {}
+    m.dropped_attributes_count = _int(dropped.get("attributes"))
+    m.dropped_events_count = _int(dropped.get("events"))
+    m.dropped_links_count = _int(dropped.get("links"))
     tp = s.trace_headers.get("tracestate")
     if tp:
         m.trace_state = tp
     return m
 
 
+def _key(obj: Any) -> str:
+    """A hashable, order-independent key of a JSON-able value."""
+    import json
+
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
 def to_traces_data(spans: Sequence[Span]) -> trace_pb2.TracesData:
-    """OTLP `TracesData`: one ResourceSpans per (service, resource), one ScopeSpans
-    per instrumentation scope (the SDK's for A spans, `zerotrace` for S and N)."""
+    """OTLP `TracesData`: one ResourceSpans per resource, one ScopeSpans per
+    instrumentation scope (the SDK's for A spans, `zerotrace` for S and N); scope
+    version, attributes and schema URLs as received over OTLP."""
     td = trace_pb2.TracesData()
-    groups: dict[tuple, dict[str, list[Span]]] = {}
+    groups: dict[str, tuple[dict[str, Any], dict[str, tuple[str, dict, list[Span]]]]] = {}
     for s in spans:
-        key = tuple(sorted(resource_attributes(s).items()))
-        scope = str(s.attributes.get("otel.scope.name") or SCOPE_NAME)
-        groups.setdefault(key, {}).setdefault(scope, []).append(s)
-    for key, scopes in groups.items():
-        rs = td.resource_spans.add(resource=resource_pb2.Resource(attributes=key_values(dict(key))))
-        for scope, members in scopes.items():
+        model = otlp_model(s)
+        res = resource_attributes(s)
+        res_model = model.get("resource") or {}
+        rkey = _key([res, res_model.get("schema_url", ""), res_model.get("dropped", 0)])
+        if s.source == SOURCE_APP:  # the scope it came with, even an empty one
+            scope = str(s.attributes.get(SCOPE_NAME_KEY, ""))
+            scope_model = model.get("scope") or {}
+        else:
+            scope, scope_model = SCOPE_NAME, {"version": SCOPE_VERSION}
+        skey = _key([scope, scope_model])
+        entry = groups.setdefault(rkey, ({"attributes": res, **res_model}, {}))
+        entry[1].setdefault(skey, (scope, scope_model, []))[2].append(s)
+    for res_info, scopes in groups.values():
+        rs = td.resource_spans.add(resource=resource_pb2.Resource(
+            attributes=key_values(res_info["attributes"]),
+            dropped_attributes_count=_int(res_info.get("dropped"))))
+        rs.schema_url = str(res_info.get("schema_url", ""))
+        for scope, scope_model, members in scopes.values():
             ss = rs.scope_spans.add()
             ss.scope.name = scope
-            if scope == SCOPE_NAME:
-                ss.scope.version = SCOPE_VERSION
+            ss.scope.version = str(scope_model.get("version", ""))
+            ss.scope.attributes.extend(_kv_items(scope_model.get("attributes")))
+            ss.scope.dropped_attributes_count = _int(scope_model.get("dropped"))
+            ss.schema_url = str(scope_model.get("schema_url", ""))
             ss.spans.extend(to_otlp_span(s) for s in members)
     return td
 
@@ -213,29 +284,50 @@ def jaeger_tag(key: str, v: Any) -> dict[str, Any]:
     return {"key": key, "type": "string", "value": str(v)}
 
 
+def _jaeger_log(event: dict[str, Any]) -> dict[str, Any]:
+    """An OTLP span event as a Jaeger log: its name under `event`, as OTel maps it."""
+    fields = [jaeger_tag("event", event.get("name", ""))]
+    attrs = event.get("attributes")
+    if isinstance(attrs, dict):
+        fields += [jaeger_tag(k, v) for k, v in sorted(attrs.items())]
+    return {"timestamp": _int(event.get("time")) // 1000, "fields": fields}
+
+
 def jaeger_trace(trace_id: str, spans: Sequence[Span]) -> dict[str, Any]:
     """One trace in the Jaeger query service's JSON model (`structuredui.Trace`)."""
     processes: dict[str, dict[str, Any]] = {}
-    pids: dict[tuple, str] = {}
+    pids: dict[str, str] = {}
     out_spans = []
     ids = {s.span_id for s in spans}
     for s in spans:
         res = resource_attributes(s)
-        pkey = tuple(sorted(res.items()))
+        pkey = _key(res)
         if pkey not in pids:
             pids[pkey] = f"p{len(pids) + 1}"
             processes[pids[pkey]] = {
                 "serviceName": s.service or "unknown",
                 "tags": [jaeger_tag(k, v) for k, v in sorted(res.items()) if k != "service.name"],
             }
+        model = otlp_model(s)
         refs = []
         if s.parent_span_id:
             refs.append({"refType": "CHILD_OF", "traceID": trace_id,
                          "spanID": s.parent_span_id})
+        for lk in model.get("links") or ():
+            if isinstance(lk, dict) and lk.get("trace_id") and lk.get("span_id"):
+                refs.append({"refType": "FOLLOWS_FROM", "traceID": lk["trace_id"],
+                             "spanID": lk["span_id"]})
         for tid, sid, _why in span_links(s):
             refs.append({"refType": "FOLLOWS_FROM", "traceID": tid, "spanID": sid})
         tags = [jaeger_tag(k, v) for k, v in sorted(span_attributes(s).items())]
         kind = s.kind if s.kind in ("server", "client") else "internal"
+        if model.get("kind") in ("producer", "consumer"):
+            kind = model["kind"]
+        # OTel's mapping to non-OTLP formats: dropped counts and the scope version as tags
+        for what, n in sorted((model.get("dropped") or {}).items()):
+            tags.append(jaeger_tag(f"otel.dropped_{what}_count", n))
+        if (model.get("scope") or {}).get("version"):
+            tags.append(jaeger_tag("otel.scope.version", model["scope"]["version"]))
         tags.append(jaeger_tag("span.kind", kind))
         if s.status == "error":
             tags.append(jaeger_tag("error", True))
@@ -259,7 +351,8 @@ def jaeger_trace(trace_id: str, spans: Sequence[Span]) -> dict[str, Any]:
             "startTime": s.start_ns // 1000,
             "duration": max(0, s.end_ns - s.start_ns) // 1000,
             "tags": tags,
-            "logs": [],
+            "logs": [_jaeger_log(e) for e in model.get("events") or ()
+                     if isinstance(e, dict)],
             "processID": pids[pkey],
             "warnings": warnings,
         })

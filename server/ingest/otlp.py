@@ -22,23 +22,50 @@ from proto.zerotrace.v1 import span_pb2
 from server.auth import certificate_name
 from server.ingest.admission import Admission, ByteBudget, bytes_or_abort, sender_of
 from server.ingest.caps import FLAG as CAP_FLAG
-from server.ingest.caps import cap_maps
+from server.ingest.caps import MAX_ATTRIBUTES, MAX_KEY_BYTES, cap_maps, cut
 from server.ingest.caps import flag as cap_flag
 from server.ingest.service import Batch, store_admitted
 from server.ingest.writer import BatchWriter
 
 log = logging.getLogger(__name__)
 
+# OTLP kinds onto the stored kind (what stitching and search reason about); a kind
+# the column cannot say (producer, consumer, unspecified) is kept in MODEL_KEY.
 _KINDS = {
     trace_pb2.Span.SPAN_KIND_SERVER: "server",
     trace_pb2.Span.SPAN_KIND_CONSUMER: "server",
     trace_pb2.Span.SPAN_KIND_CLIENT: "client",
     trace_pb2.Span.SPAN_KIND_PRODUCER: "client",
+    trace_pb2.Span.SPAN_KIND_INTERNAL: "internal",
+}
+_KIND_KEPT = {
+    trace_pb2.Span.SPAN_KIND_CONSUMER: "consumer",
+    trace_pb2.Span.SPAN_KIND_PRODUCER: "producer",
+    trace_pb2.Span.SPAN_KIND_UNSPECIFIED: "unspecified",
 }
 _STATUS = {
     trace_pb2.Status.STATUS_CODE_OK: STATUS_OK,
     trace_pb2.Status.STATUS_CODE_ERROR: STATUS_ERROR,
 }
+
+# Where the parts of the OTLP model that have no column of their own are stored:
+# one JSON object in `attributes_json` under MODEL_KEY (events, links, flags, a kind
+# the column cannot say, a status message of a span that is not an error, the
+# scope's version/attributes/schema URL, the resource's typed values/schema URL,
+# dropped counts).  In the maps rather than new columns so that stored data, the
+# agent's Arrow batches and tables made by earlier versions all stay as they are;
+# server/http/otlp_map.py puts every part back in its OTLP field.  The scope name
+# stays a plain attribute (SCOPE_NAME_KEY, searchable); trace state goes into
+# `trace_headers["tracestate"]`, where the agent keeps the header it saw.
+MODEL_KEY = "zerotrace.otlp"
+SCOPE_NAME_KEY = "otel.scope.name"
+# At most this many events and links a span (the SDK's default limits), attributes
+# an event or link (as a span's), and bytes of the whole MODEL_KEY value: beyond,
+# they are dropped and added to the OTLP dropped counts, and the span is flagged
+# (caps.FLAG) as a capped span's attributes are.
+MAX_EVENTS = 128
+MAX_LINKS = 128
+MAX_MODEL_BYTES = 256 * 1024
 
 
 def any_value(v: common_pb2.AnyValue) -> Any:
@@ -56,18 +83,164 @@ def any_value(v: common_pb2.AnyValue) -> Any:
 
 
 def _text(v: Any) -> str:
-    return v if isinstance(v, str) else str(v)
+    return v if isinstance(v, str) else json.dumps(v, separators=(",", ":"))
+
+
+def _json(v: Any) -> str:
+    return json.dumps(v, separators=(",", ":"))
+
+
+class _Capper:
+    """Caps applied to the parts of a span kept under MODEL_KEY: counts what it cut
+    and dropped, for the span's caps.FLAG."""
+
+    def __init__(self) -> None:
+        self.cuts = 0
+        self.drops = 0
+
+    def value(self, v: Any) -> Any:
+        if isinstance(v, str):
+            out = cut(v)
+            self.cuts += out is not v
+            return out
+        if isinstance(v, list):
+            return [self.value(x) for x in v]
+        if isinstance(v, dict):
+            return {k: self.value(x) for k, x in v.items()}
+        return v
+
+    def attributes(self, kvs: Any) -> tuple[dict[str, Any], int]:
+        """Capped attributes of a repeated KeyValue; (attributes, how many dropped)."""
+        out: dict[str, Any] = {}
+        dropped = 0
+        for kv in kvs:
+            if len(out) >= MAX_ATTRIBUTES or len(kv.key.encode()) > MAX_KEY_BYTES:
+                dropped += 1
+                continue
+            out[kv.key] = self.value(any_value(kv.value))
+        self.drops += dropped
+        return out, dropped
+
+
+def _event(e: trace_pb2.Span.Event, capper: _Capper) -> dict[str, Any]:
+    attrs, dropped = capper.attributes(e.attributes)
+    out: dict[str, Any] = {"time": e.time_unix_nano, "name": cut(e.name)}
+    if attrs:
+        out["attributes"] = attrs
+    if e.dropped_attributes_count + dropped:
+        out["dropped"] = e.dropped_attributes_count + dropped
+    return out
+
+
+def _link(lk: trace_pb2.Span.Link, capper: _Capper) -> dict[str, Any]:
+    attrs, dropped = capper.attributes(lk.attributes)
+    out: dict[str, Any] = {"trace_id": lk.trace_id.hex(), "span_id": lk.span_id.hex()}
+    if lk.trace_state:
+        out["trace_state"] = cut(lk.trace_state)
+    if attrs:
+        out["attributes"] = attrs
+    if lk.dropped_attributes_count + dropped:
+        out["dropped"] = lk.dropped_attributes_count + dropped
+    if lk.flags:
+        out["flags"] = lk.flags
+    return out
+
+
+def _bounded(items: Any, make: Any, limit: int, budget: list[int],
+             capper: _Capper) -> tuple[list[dict[str, Any]], int]:
+    """Up to `limit` converted items while `budget[0]` bytes last; (items, dropped)."""
+    out: list[dict[str, Any]] = []
+    for x in items:
+        if len(out) >= limit:
+            break
+        d = make(x, capper)
+        size = len(_json(d))
+        if size > budget[0]:
+            break
+        budget[0] -= size
+        out.append(d)
+    dropped = len(items) - len(out)
+    capper.drops += dropped
+    return out, dropped
+
+
+def _scope_model(ss: trace_pb2.ScopeSpans, capper: _Capper) -> dict[str, Any]:
+    scope: dict[str, Any] = {}
+    if ss.scope.version:
+        scope["version"] = cut(ss.scope.version)
+    attrs, dropped = capper.attributes(ss.scope.attributes)
+    if attrs:
+        scope["attributes"] = attrs
+    if ss.scope.dropped_attributes_count + dropped:
+        scope["dropped"] = ss.scope.dropped_attributes_count + dropped
+    if ss.schema_url:
+        scope["schema_url"] = cut(ss.schema_url)
+    return scope
+
+
+def _resource_model(rs: trace_pb2.ResourceSpans, typed: dict[str, Any],
+                    dropped: int) -> dict[str, Any]:
+    res: dict[str, Any] = {}
+    if typed:
+        res["typed"] = typed  # the resource map holds their JSON text
+    if rs.resource.dropped_attributes_count + dropped:
+        res["dropped"] = rs.resource.dropped_attributes_count + dropped
+    if rs.schema_url:
+        res["schema_url"] = cut(rs.schema_url)
+    return res
+
+
+def _span_model(o: trace_pb2.Span, capper: _Capper, shared: dict[str, Any]) -> dict[str, Any]:
+    """The MODEL_KEY object of span `o` ({} when the span has nothing to keep there)."""
+    model: dict[str, Any] = dict(shared)
+    budget = [MAX_MODEL_BYTES - len(_json(shared))]
+    if o.kind in _KIND_KEPT:
+        model["kind"] = _KIND_KEPT[o.kind]
+    if o.flags:
+        model["flags"] = o.flags
+    if o.status.message and o.status.code != trace_pb2.Status.STATUS_CODE_ERROR:
+        model["status_message"] = cut(o.status.message)
+    events, lost_events = _bounded(o.events, _event, MAX_EVENTS, budget, capper)
+    links, lost_links = _bounded(o.links, _link, MAX_LINKS, budget, capper)
+    if events:
+        model["events"] = events
+    if links:
+        model["links"] = links
+    dropped = {"attributes": o.dropped_attributes_count,
+               "events": o.dropped_events_count + lost_events,
+               "links": o.dropped_links_count + lost_links}
+    dropped = {k: v for k, v in dropped.items() if v}
+    if dropped:
+        model["dropped"] = dropped
+    return model
 
 
 def otlp_to_span_list(req: trace_service_pb2.ExportTraceServiceRequest) -> span_pb2.SpanList:
-    """Convert an OTLP export request to our wire spans."""
+    """Convert an OTLP export request to our wire spans, keeping every OTLP field
+    (see MODEL_KEY) within the ingest caps."""
     out = span_pb2.SpanList()
     for rs in req.resource_spans:
-        resource = {kv.key: _text(any_value(kv.value)) for kv in rs.resource.attributes}
+        resource: dict[str, str] = {}
+        typed: dict[str, Any] = {}
+        for kv in rs.resource.attributes:
+            val = any_value(kv.value)
+            resource[kv.key] = _text(val)
+            if not isinstance(val, str):
+                typed[kv.key] = val
         # Capped once, before the copy into each span (server/ingest/caps.py).
         rcuts, rdrops = cap_maps({}, {}, resource)
+        rcapper = _Capper()
+        typed = {k: rcapper.value(v) for k, v in typed.items() if k in resource}
+        res_model = _resource_model(rs, typed, len(rs.resource.attributes) - len(resource))
         service = resource.get("service.name", "")
         for ss in rs.scope_spans:
+            scope_capper = _Capper()
+            shared: dict[str, Any] = {}
+            scope = _scope_model(ss, scope_capper)
+            if scope:
+                shared["scope"] = scope
+            if res_model:
+                shared["resource"] = res_model
             for o in ss.spans:
                 m = out.spans.add()
                 m.trace_id = o.trace_id
@@ -86,16 +259,26 @@ def otlp_to_span_list(req: trace_service_pb2.ExportTraceServiceRequest) -> span_
                     if isinstance(val, str):
                         m.attributes[kv.key] = val
                     else:
-                        m.attributes_json[kv.key] = json.dumps(val, separators=(",", ":"))
+                        m.attributes_json[kv.key] = _json(val)
                 code = m.attributes_json.get("http.response.status_code", "")
                 m.status_code = code or m.attributes.get("rpc.grpc.status_code", "")
                 m.protocol = "http" if "http.request.method" in m.attributes else ""
                 m.resource.update(resource)
-                if ss.scope.name:
-                    m.attributes["otel.scope.name"] = ss.scope.name
+                if o.trace_state:
+                    m.trace_headers["tracestate"] = cut(o.trace_state)
                 cuts, drops = cap_maps(m.attributes, m.attributes_json, None)
-                if cuts or drops or rcuts or rdrops:
-                    m.attributes[CAP_FLAG] = cap_flag(cuts + rcuts, drops + rdrops)
+                # The model's parts are added after the caps: they are not attributes
+                # and are capped by their own rules (_Capper, MAX_MODEL_BYTES).
+                if ss.scope.name:
+                    m.attributes[SCOPE_NAME_KEY] = cut(ss.scope.name)
+                capper = _Capper()
+                model = _span_model(o, capper, shared)
+                if model:
+                    m.attributes_json[MODEL_KEY] = _json(model)
+                cuts += capper.cuts + scope_capper.cuts + rcapper.cuts + rcuts
+                drops += capper.drops + scope_capper.drops + rdrops
+                if cuts or drops:
+                    m.attributes[CAP_FLAG] = cap_flag(cuts, drops)
     return out
 
 
@@ -147,12 +330,20 @@ class OtlpTraceService(trace_service_pb2_grpc.TraceServiceServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                           f"not a valid OTLP ExportTraceServiceRequest ({request.why}); "
                           "nothing stored")
+        sender = sender_of("", context.peer(), certificate_name(context))
+        return self.export(request, context, sender)
+
+    def export(self, request: trace_service_pb2.ExportTraceServiceRequest,
+               context: grpc.ServicerContext, sender: str,
+               ) -> trace_service_pb2.ExportTraceServiceResponse:
+        """Admit, convert and store a decoded request of `sender`: shared by OTLP/gRPC
+        and OTLP/HTTP (server/http/otlp_http.py, whose `context` maps `abort` to an
+        HTTP status).  Some spans refused: `partial_success` says how many and why."""
 
         def encode() -> Batch:
             spans = otlp_to_span_list(request)
             return Batch(spans.SerializeToString(), len(spans.spans))
 
-        sender = sender_of("", context.peer(), certificate_name(context))
         _accepted, rejected, errors = store_admitted(
             self.writer, self.admission, sender, context, encode)
         resp = trace_service_pb2.ExportTraceServiceResponse()
