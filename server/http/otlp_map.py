@@ -122,6 +122,8 @@ def span_links(s: Span) -> list[tuple[str, str, str]]:
 
 def any_value(v: Any) -> common_pb2.AnyValue:
     """A Python value as an OTLP AnyValue (bool before int: bool is an int)."""
+    if v is None:  # an empty AnyValue (OTLP allows one), stored as JSON null
+        return common_pb2.AnyValue()
     if isinstance(v, bool):
         return common_pb2.AnyValue(bool_value=v)
     if isinstance(v, int) and -(2**63) <= v < 2**63:
@@ -167,7 +169,8 @@ def to_otlp_span(s: Span) -> trace_pb2.Span:
         trace_id=bytes.fromhex(s.trace_id),
         span_id=bytes.fromhex(s.span_id),
         parent_span_id=bytes.fromhex(s.parent_span_id) if s.parent_span_id else b"",
-        name=s.operation or s.protocol or s.kind,
+        # An application span keeps its name, even an empty one
+        name=s.operation if s.source == SOURCE_APP else s.operation or s.protocol or s.kind,
         kind=_KEPT_KINDS.get(str(model.get("kind")),
                              _KIND.get(s.kind, trace_pb2.Span.SPAN_KIND_UNSPECIFIED)),
         start_time_unix_nano=s.start_ns,
