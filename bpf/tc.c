@@ -5,6 +5,15 @@
  *  - a raw tracepoint on tcp_sendmsg_locked (or, on kernels without it, the
  *    write-family syscalls' entry) reads the TCP write_seq of the socket (the sequence
  *    number of the write's first byte) into `starts`, keyed by that seq alone;
+ *  - reads mark too (ZT_TC_READ_MARKS, kernels with sock:sock_recv_length): when a
+ *    reader has consumed everything its socket received (copied_seq == rcv_nxt), the
+ *    next byte to arrive starts the peer's next message in a request/response
+ *    exchange; that seq is marked with the reader's key (role 1), as is rcv_nxt when a
+ *    connection becomes established.  So an agent that sees only the receiving end
+ *    (the other end on another node) still matches the incoming message's packets;
+ *    a write mark of the same seq, when both ends are on this node, replaces it;
+ *  - marks are taken only for sockets of the netns in `mark_netns`, unless
+ *    `mark_all` is set (one agent per kernel: every netns of the node);
  *  - the TC programs parse IPv4/TCP, look the segment's seq up in `starts`, and for a
  *    hit emit a struct zt_hop into the ring `hops`.  Nothing else reaches user space.
  *
@@ -25,7 +34,8 @@ struct zt_start {
     __u32 tgid;
     __u16 lport;   /* writer socket, host byte order */
     __u16 rport;
-    __u32 _pad;
+    __u8 role;     /* 0: the socket writes this seq; 1: it expects to read it next */
+    __u8 _pad[3];
 };
 
 /* One sighting of a message start at a hook.  Mirrored in agent/probes/tc.py. */
@@ -48,7 +58,8 @@ struct zt_hop {
     __u8 direction;     /* 0 egress, 1 ingress */
     __u8 tcp_flags;
     __u16 window;       /* raw TCP window field */
-    __u8 _pad[2];       /* 64 bytes in all */
+    __u8 role;          /* struct zt_start.role: writer_* name the writer or the reader */
+    __u8 _pad;          /* 64 bytes in all */
 };
 
 BPF_TABLE("lru_hash", __u32, struct zt_start, starts, 65536);
@@ -56,8 +67,19 @@ BPF_RINGBUF_OUTPUT(hops, 256);
 BPF_ARRAY(tc_self, __u32, 1); /* the agent's tgid: its own writes are not marked */
 /* hop records the ring had no room for: counted, exported as a metric (never silent) */
 BPF_PERCPU_ARRAY(tc_lost, __u64, 1);
+BPF_HASH(mark_netns, __u32, __u8, 4096); /* netns inodes whose sockets are marked */
+BPF_ARRAY(mark_all, __u32, 1);           /* 1: every netns (the agent's whole node) */
 
-static __always_inline int zt_mark_sock(__u64 sk, __u32 tgid)
+static __always_inline int zt_netns_marked(__u32 netns)
+{
+    int zero = 0;
+    __u32 *all = mark_all.lookup(&zero);
+    if (all && *all)
+        return 1;
+    return mark_netns.lookup(&netns) != 0;
+}
+
+static __always_inline int zt_mark_seq(__u64 sk, __u32 tgid, __u8 role)
 {
     __u8 family = 0, transport = 0;
     __u16 lport = 0, rport = 0;
@@ -65,16 +87,36 @@ static __always_inline int zt_mark_sock(__u64 sk, __u32 tgid)
         return 0;
     if (transport != ZT_IPPROTO_TCP || family != ZT_AF_INET)
         return 0;
-    struct zt_start st = {};
+    __u32 netns = zt_sock_netns(sk);
+    if (!zt_netns_marked(netns))
+        return 0;
     __u32 seq = 0;
-    ZT_READ(seq, sk, OFF_TCP_WRITE_SEQ);
+    if (role == 0) {
+        ZT_READ(seq, sk, OFF_TCP_WRITE_SEQ);
+    } else {
+        __u32 copied = 0;
+        ZT_READ(seq, sk, OFF_TCP_RCV_NXT);
+        ZT_READ(copied, sk, OFF_TCP_COPIED_SEQ);
+        if (copied != seq) /* unread bytes wait: the next arrival continues them */
+            return 0;
+        struct zt_start *old = starts.lookup(&seq);
+        if (old && old->role == 0)
+            return 0; /* a writer on this node named it first: keep its key */
+    }
+    struct zt_start st = {};
     st.ts = bpf_ktime_get_ns();
-    st.netns = zt_sock_netns(sk);
+    st.netns = netns;
     st.tgid = tgid;
     st.lport = lport;
     st.rport = rport;
+    st.role = role;
     starts.update(&seq, &st);
     return 0;
+}
+
+static __always_inline int zt_mark_sock(__u64 sk, __u32 tgid)
+{
+    return zt_mark_seq(sk, tgid, 0);
 }
 
 static __always_inline int zt_not_self(__u32 tgid)
@@ -97,7 +139,29 @@ RAW_TRACEPOINT_PROBE(tcp_sendmsg_locked)
         return 0;
     return zt_mark_sock((__u64)ctx->args[0], tgid);
 }
-#else
+#endif
+
+#ifdef ZT_TC_READ_MARKS
+/* After every recvmsg (any socket; zt_mark_seq keeps TCP/IPv4 of marked netns). */
+RAW_TRACEPOINT_PROBE(sock_recv_length)
+{
+    int ret = (int)ctx->args[1];
+    int flags = (int)ctx->args[2];
+    if (ret <= 0 || (flags & 2 /* MSG_PEEK */))
+        return 0;
+    return zt_mark_seq((__u64)ctx->args[0], 0, 1);
+}
+
+/* A connection established (either end): its first incoming byte is rcv_nxt. */
+RAW_TRACEPOINT_PROBE(inet_sock_set_state)
+{
+    if ((int)ctx->args[2] != 1 /* TCP_ESTABLISHED */)
+        return 0;
+    return zt_mark_seq((__u64)ctx->args[0], 0, 1);
+}
+#endif
+
+#ifndef ZT_TC_MARK_RAW
 /* Older kernels: the write-family syscalls' entry, socket found from the fd. */
 static __always_inline int zt_mark_write(int fd)
 {
@@ -182,6 +246,7 @@ static __always_inline int zt_tc(struct __sk_buff *skb, int l3off, __u8 directio
     h.direction = direction;
     h.tcp_flags = tcp[13];
     h.window = ((__u16)tcp[14] << 8) | tcp[15];
+    h.role = st->role;
     /* no wake-up: the agent drains on a 50 ms timer, and a hop's record is wanted only
      * when its trace is emitted (after 0.5 s of quiet), so no IPI per packet */
     if (hops.ringbuf_output(&h, sizeof(h), BPF_RB_NO_WAKEUP) != 0) {

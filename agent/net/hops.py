@@ -140,15 +140,77 @@ def hop_spans(path: list[Sighting], hooks: dict[tuple[int, int], Hook], parent: 
     return out
 
 
-def spans_for_client(index: HopIndex, client: Span, hooks: dict[tuple[int, int], Hook],
-                     wall_offset: int) -> list[Span]:
-    """N spans of a client S span's request and response (children of it)."""
+def boundary(s: Sighting, hooks: dict[tuple[int, int], Hook], wall_offset: int) -> dict:
+    """A message's sightings at one hook, for the hop that crosses to another node (the
+    server builds it from both nodes' boundaries: server/join/network.py)."""
+    ns, ifname = _hook_name(hooks, s.hook)
+    return {"netns": ns, "interface": ifname,
+            "direction": "egress" if s.hook[2] == 0 else "ingress",
+            "first_ns": s.times[0] + wall_offset, "last_ns": s.times[-1] + wall_offset,
+            "copies": len(s.times), "rst": bool(s.flags & TCP_RST),
+            "zero_window": s.zero_window, "packet": s.packet}
+
+
+def _leg(index: HopIndex, key: MessageKey | None, hooks: dict[tuple[int, int], Hook],
+         parent: Span, leg: str, wall_offset: int) -> tuple[list[Span], list[Sighting]]:
+    if key is None:
+        return [], []
+    path = index.path(key)
+    return hop_spans(path, hooks, parent, leg, wall_offset), path
+
+
+def client_hops(index: HopIndex, client: Span, hooks: dict[tuple[int, int], Hook],
+                wall_offset: int) -> list[Span]:
+    """`spans_for_client`, and on the client span where its request left this node and
+    its response arrived (`zerotrace.net.request.left`, `zerotrace.net.response.arrived`)
+    for a server on another node."""
     out: list[Span] = []
     if client.req_seq is not None:
         key = (client.netns, client.local.port, client.remote.port, client.req_seq)
-        out += hop_spans(index.path(key), hooks, client, "request", wall_offset)
+        spans, path = _leg(index, key, hooks, client, "request", wall_offset)
+        out += spans
+        if path:
+            client.attributes["zerotrace.net.request.left"] = boundary(
+                path[-1], hooks, wall_offset)
     if client.resp_seq is not None:
-        rkey = index.response_key(client.resp_seq, client.netns, client.local.port)
-        if rkey is not None:
-            out += hop_spans(index.path(rkey), hooks, client, "response", wall_offset)
+        # marked by this node's reader (the writer is elsewhere), else by the writer here
+        own = (client.netns, client.local.port, client.remote.port, client.resp_seq)
+        rkey = own if index.path(own) else index.response_key(
+            client.resp_seq, client.netns, client.local.port)
+        spans, path = _leg(index, rkey, hooks, client, "response", wall_offset)
+        out += spans
+        if path:
+            client.attributes["zerotrace.net.response.arrived"] = boundary(
+                path[0], hooks, wall_offset)
     return out
+
+
+def server_hops(index: HopIndex, server: Span, hooks: dict[tuple[int, int], Hook],
+                wall_offset: int) -> list[Span]:
+    """For a server span whose client is not on this node: the hops of its request from
+    where it entered this node, and of its response until it left, as children of the
+    server span (the server re-parents them under the client span when it joins the
+    two nodes' fragments), and the boundaries on the server span
+    (`zerotrace.net.request.arrived`, `zerotrace.net.response.left`)."""
+    out: list[Span] = []
+    me = (server.netns, server.local.port, server.remote.port)
+    if server.req_seq is not None:
+        spans, path = _leg(index, (*me, server.req_seq), hooks, server, "request",
+                           wall_offset)
+        out += spans
+        if path:
+            server.attributes["zerotrace.net.request.arrived"] = boundary(
+                path[0], hooks, wall_offset)
+    if server.resp_seq is not None:
+        spans, path = _leg(index, (*me, server.resp_seq), hooks, server, "response",
+                           wall_offset)
+        out += spans
+        if path:
+            server.attributes["zerotrace.net.response.left"] = boundary(
+                path[-1], hooks, wall_offset)
+    for n in out:
+        n.attributes["zerotrace.net.placement"] = "server side"
+    return out
+
+
+spans_for_client = client_hops  # the name tests and benchmarks know

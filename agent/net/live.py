@@ -15,7 +15,7 @@ import logging
 import threading
 from collections.abc import Callable
 
-from agent.net.hops import HopIndex, spans_for_client
+from agent.net.hops import HopIndex, client_hops, server_hops
 from agent.net.metrics import HopMetrics
 from agent.probes.tc import TcConfig, TcTracer
 from proto.span import KIND_CLIENT, KIND_SERVER, SOURCE_SYSCALL, Span
@@ -24,16 +24,23 @@ log = logging.getLogger(__name__)
 
 
 def place(spans: list[Span], index: HopIndex, hooks: dict, wall_offset: int) -> list[Span]:
-    """N spans for the client S spans of one trace; re-parents their server spans."""
+    """N spans for the client S spans of one trace (re-parenting their server spans),
+    and for server S spans whose client is on another node."""
     added: list[Span] = []
     servers = {}
+    clients = {}
     for s in spans:
-        if s.kind == KIND_SERVER and s.source == SOURCE_SYSCALL and s.parent_span_id:
-            servers.setdefault(s.parent_span_id, []).append(s)
-    for c in spans:
-        if c.kind != KIND_CLIENT or c.source != SOURCE_SYSCALL:
+        if s.source != SOURCE_SYSCALL:
             continue
-        ns = spans_for_client(index, c, hooks, wall_offset)
+        if s.kind == KIND_SERVER and s.parent_span_id:
+            servers.setdefault(s.parent_span_id, []).append(s)
+        elif s.kind == KIND_CLIENT:
+            clients[s.span_id] = s
+    # a server span whose client is on this node gets its hops through the client
+    remote_client = [s for s in spans if s.kind == KIND_SERVER and s.source == SOURCE_SYSCALL
+                     and s.parent_span_id not in clients]
+    for c in clients.values():
+        ns = client_hops(index, c, hooks, wall_offset)
         if not ns:
             continue
         added += ns
@@ -41,6 +48,8 @@ def place(spans: list[Span], index: HopIndex, hooks: dict, wall_offset: int) -> 
         for srv in servers.get(c.span_id, ()):
             if last_req and srv.req_seq is not None and srv.req_seq == c.req_seq:
                 srv.parent_span_id = last_req[-1].span_id
+    for s in remote_client:
+        added += server_hops(index, s, hooks, wall_offset)
     return added
 
 

@@ -34,7 +34,7 @@ ARPHRD_ETHER = 1
 ARPHRD_LOOPBACK = 772
 
 # struct zt_hop of bpf/tc.c (64 bytes).
-HOP = struct.Struct("<QI4xQIII4s4sIHHHHHBBH2x")
+HOP = struct.Struct("<QI4xQIII4s4sIHHHHHBBHBx")
 assert HOP.size == 64
 
 
@@ -63,16 +63,17 @@ class HopRecord:
     direction: int  # 0 egress, 1 ingress
     tcp_flags: int
     window: int
+    role: int = 0  # 0: writer_* is the socket that wrote the seq; 1: the one reading it
 
     @classmethod
     def decode(cls, raw: bytes) -> HopRecord:
         if len(raw) < HOP.size:
             raise ValueError(f"hop record of {len(raw)} bytes, want {HOP.size}")
         (ts, netns, start_ts, seq, ifindex, wns, sa, da, length, sport, dport, wl, wr,
-         payload, direction, flags, window) = HOP.unpack_from(raw, 0)
+         payload, direction, flags, window, role) = HOP.unpack_from(raw, 0)
         return cls(ts, netns, start_ts, seq, ifindex, wns, socket.inet_ntoa(sa),
                    socket.inet_ntoa(da), length, sport, dport, wl, wr, payload, direction,
-                   flags, window)
+                   flags, window, role)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +101,13 @@ class TcConfig:
     # where writes are marked: "auto" (tcp_sendmsg_locked when the kernel has it),
     # "raw" (that, or fail) or "syscalls" (write-family syscall entry)
     marks: str = "auto"
+    # sockets of which netns are marked (names under /run/netns, "host" for the host's);
+    # None: every netns of the kernel, the agent's whole node
+    mark_netns: list[str] | None = None
+    # mark the next incoming seq of sockets that have read all they received (kernels
+    # with sock:sock_recv_length): the receiving end alone then matches the packets of
+    # a message written on another node
+    read_marks: bool = True
 
 
 def netns_inode(name: str | None) -> int:
@@ -117,13 +125,20 @@ def has_sendmsg_tracepoint() -> bool:
         return b"\0btf_trace_tcp_sendmsg_locked\0" in f.read()
 
 
+def has_recv_tracepoint() -> bool:
+    """The kernel has sock:sock_recv_length (6.2+), where reads are marked."""
+    with open(btf.VMLINUX_BTF, "rb") as f:
+        return b"\0btf_trace_sock_recv_length\0" in f.read()
+
+
 def _skb_offsets() -> list[str]:
-    """-D flags for the two members only the TC probes walk (sk_buff.dev, net_device's
-    netns), read from this kernel's BTF like every other offset (btf.py)."""
+    """-D flags for the members only the TC probes walk (sk_buff.dev, net_device's
+    netns, tcp_sock.rcv_nxt), read from this kernel's BTF like every other offset."""
     with open(btf.VMLINUX_BTF, "rb") as f:
         b = btf.BTF(f.read())
     return [f"-DOFF_SKB_DEV={b.offset('sk_buff', 'dev')}",
-            f"-DOFF_DEV_ND_NET={b.offset('net_device', 'nd_net.net')}"]
+            f"-DOFF_DEV_ND_NET={b.offset('net_device', 'nd_net.net')}",
+            f"-DOFF_TCP_RCV_NXT={b.offset('tcp_sock', 'rcv_nxt')}"]
 
 
 class TcTracer:
@@ -156,9 +171,13 @@ class TcTracer:
                           (self.config.marks == "auto" and has_sendmsg_tracepoint()))
         if self.raw_marks:
             cflags.append("-DZT_TC_MARK_RAW")
+        self.read_marks = self.config.read_marks and has_recv_tracepoint()
+        if self.read_marks:
+            cflags.append("-DZT_TC_READ_MARKS")
         try:
             self._bpf = BPF(src_file=str(TC_C).encode(), cflags=cflags)
             self._bpf[b"tc_self"][ctypes.c_int(0)] = ctypes.c_uint32(os.getpid())
+            self._mark_netns()
             for l3 in (False, True):
                 for direction, d in ((0, "egress"), (1, "ingress")):
                     fn = self._bpf.load_func(
@@ -169,6 +188,16 @@ class TcTracer:
         except Exception as e:  # bcc raises bare Exception
             self.close()
             raise TcError(f"the kernel or bcc refused the TC probes: {e}") from e
+
+    def _mark_netns(self) -> None:
+        names = self.config.mark_netns
+        if names is None:
+            self._bpf[b"mark_all"][ctypes.c_int(0)] = ctypes.c_uint32(1)
+            return
+        table = self._bpf[b"mark_netns"]
+        for name in names:
+            inode = netns_inode(None if name == "host" else name)
+            table[ctypes.c_uint32(inode)] = ctypes.c_uint8(1)
 
     def _namespaces(self) -> list[str | None]:
         return ([None] if self.config.host else []) + list(self.config.netns)
@@ -240,8 +269,16 @@ class TcTracer:
     MARK_TRACEPOINTS = (b"sys_enter_write", b"sys_enter_writev", b"sys_enter_sendto",
                         b"sys_enter_sendmsg")
 
+    READ_MARK_TRACEPOINTS = (b"sock_recv_length", b"inet_sock_set_state")
+
     def set_marking(self, on: bool) -> None:
-        """Attach or detach the write-marking tracepoints (benchmarks' baselines)."""
+        """Attach or detach the marking tracepoints (benchmarks' baselines)."""
+        if self.read_marks:
+            for tp in self.READ_MARK_TRACEPOINTS:
+                if on:
+                    self._bpf.attach_raw_tracepoint(tp=tp, fn_name=b"raw_tracepoint__" + tp)
+                else:
+                    self._bpf.detach_raw_tracepoint(tp=tp)
         if self.raw_marks:
             if on:
                 self._bpf.attach_raw_tracepoint(tp=b"tcp_sendmsg_locked",

@@ -32,6 +32,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from proto.span import KIND_CLIENT, KIND_SERVER, Span
+from server.join.network import place_across_nodes
 from server.storage.base import SpanStore
 
 SKEW_NS = 5_000_000_000
@@ -240,5 +241,7 @@ def join_trace(store: SpanStore, trace_id: str) -> JoinResult:
                 s.attributes["zerotrace.fragment_trace_id"] = tid
                 s.trace_id = trace_id
             out.append(s)
+    if j.linked:
+        place_across_nodes(out)  # network hops between the linked nodes
     out.sort(key=lambda s: (s.start_ns, s.span_id))
     return JoinResult(out, j.linked, j.ambiguous)

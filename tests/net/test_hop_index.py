@@ -28,10 +28,10 @@ def client_span(req_seq: int, resp_seq: int) -> Span:
 
 def test_decode_round_trip():
     raw = HOP.pack(5, 7, 3, 99, 4, 8, bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2]), 70,
-                   1000, 80, 1000, 80, 4, 1, 0x18, 0)
+                   1000, 80, 1000, 80, 4, 1, 0x18, 0, 1)
     r = HopRecord.decode(raw)
-    assert (r.ts, r.netns, r.seq, r.ifindex, r.saddr, r.dport, r.direction, r.window) == \
-        (5, 7, 99, 4, "10.0.0.1", 80, 1, 0)
+    assert (r.ts, r.netns, r.seq, r.ifindex, r.saddr, r.dport, r.direction, r.window,
+            r.role) == (5, 7, 99, 4, "10.0.0.1", 80, 1, 0, 1)
 
 
 def test_lost_copy_is_charged_to_the_hop_that_lost_it():
