@@ -47,6 +47,10 @@ struct zt_tls_sock {
     __u64 moved[2];   /* plaintext bytes per direction so far */
     __u32 base[2];    /* virtual seq base per direction */
     __u8 have_base[2];
+    __u8 go;          /* Go crypto/tls (bpf/gotls.c): its ciphertext is skipped by socket */
+    __u8 _pad;
+    __u16 lport, rport; /* Go: the connection it was made for (an address reused by */
+    __u32 tgid;         /* another connection does not match) */
 };
 
 #define ZT_TLS_WRITE 1
@@ -83,6 +87,79 @@ BPF_PERCPU_ARRAY(tls_plain_emitted, __u64, 1);
 BPF_TABLE("lru_hash", __u64, struct zt_tls_sock, tls_socks, 65536);
 /* SSL object -> its socket, for calls that made no syscall (data already buffered) */
 BPF_TABLE("lru_hash", __u64, struct zt_active, tls_ssl_sock, 65536);
+
+/* Tell the agent that socket a->sk carries TLS (ZT_EV_CONN, ZT_SYS_TLS_MARK): it drops
+ * the socket's ciphertext and opens sk|1 with the role the kernel saw. */
+static __always_inline void zt_tls_mark(struct zt_active *a)
+{
+    struct zt_config *cfg = zt_cfg();
+    int zero = 0;
+    struct zt_scratch *s = scratch.lookup(&zero);
+    if (!cfg || !s)
+        return;
+    __u64 id = bpf_get_current_pid_tgid(), sk = a->sk;
+    zt_fill(&s->ev, a, id, 0, bpf_ktime_get_ns(), cfg);
+    s->ev.type = ZT_EV_CONN;
+    s->ev.syscall = ZT_SYS_TLS_MARK;
+    s->ev.direction = 0;
+    s->ev.seq = 0;
+    struct zt_sockstate *st = socks.lookup(&sk);
+    s->ev.role = st ? st->role : ZT_ROLE_UNKNOWN;
+    __u64 *n = tls_marks.lookup(&zero);
+    if (n)
+        __sync_fetch_and_add(n, 1);
+    zt_submit(s, sizeof(struct zt_event), cfg);
+}
+
+/* Emit len plaintext bytes at user address buf moved in direction d on the connection of
+ * act (its sk|1), at the direction's virtual seq; `base` is the direction's base when it
+ * has none yet. */
+static __always_inline void zt_tls_emit(struct zt_tls_sock *ts, struct zt_active *act,
+                                        __u64 ts_enter, __u64 buf, __u64 len, int d,
+                                        __u32 base)
+{
+    if (!ts->have_base[d & 1]) {
+        ts->base[d & 1] = base;
+        ts->have_base[d & 1] = 1;
+    }
+    __u32 vseq = ts->base[d & 1] + (__u32)ts->moved[d & 1];
+    ts->moved[d & 1] += len;
+
+    struct zt_config *cfg = zt_cfg();
+    int zero = 0;
+    struct zt_scratch *s = scratch.lookup(&zero);
+    if (!cfg || !s)
+        return;
+    __u64 id = bpf_get_current_pid_tgid(), sk = act->sk;
+    struct zt_active a = *act;
+    a.sys = d == ZT_DIR_EGRESS ? ZT_SYS_WRITE : ZT_SYS_READ;
+    a.seq = vseq;
+    a.has_seq = 1;
+    a.ts_enter = ts_enter;
+    zt_fill(&s->ev, &a, id, len, bpf_ktime_get_ns(), cfg);
+    s->ev.sock_id = sk | 1; /* after zt_fill: it reads the socket at a.sk */
+    __u32 want = len < ZT_PAYLOAD_MAX ? len : ZT_PAYLOAD_MAX;
+    if (bpf_probe_read_user(s->payload, want, (void *)buf) != 0) {
+        want = 0;
+        zt_count_drop(ZT_DROP_READ_FAULT);
+    }
+    struct zt_event *ev = &s->ev;
+    ev->type = ZT_EV_DATA;
+    ev->direction = d;
+    ev->seq = vseq;
+    ev->captured = want;
+    ev->flags |= ZT_F_TLS | ZT_F_HAS_SEQ;
+    if (want < len)
+        ev->flags |= ZT_F_TRUNCATED;
+    /* the mask keeps the size provably bounded for the verifier (want <= MAX) */
+    zt_submit(s, sizeof(struct zt_event) + (want & (2 * ZT_PAYLOAD_MAX - 1)), cfg);
+    __u64 *n = tls_plain_emitted.lookup(&zero);
+    if (n)
+        *n += 1;
+}
+
+/* Go crypto/tls: its own uprobes, sharing tls_socks, the mark and the emission */
+#include "gotls.c"
 
 static __always_inline int zt_tls_enter(struct pt_regs *ctx, __u8 kind, __u8 ex)
 {
@@ -127,7 +204,7 @@ int zt_tls_sys_enter(void *ctx)
         return 0;
     struct zt_tls_call *c = zt_tls_call_get(0);
     if (!c || !c->busy)
-        return 0;
+        return zt_gotls_sys_enter(a); /* a Go TLS socket's ciphertext? */
     int egress = zt_is_egress(a->sys);
     if (c->have_sock != 1) {
         /* the first ciphertext syscall of this call names its socket (over what an
@@ -150,25 +227,7 @@ int zt_tls_sys_enter(void *ctx)
         if (!known) {
             struct zt_tls_sock z = {};
             tls_socks.update(&sk, &z);
-            /* tell the agent before this syscall's ciphertext event (emitted at exit) */
-            struct zt_config *cfg = zt_cfg();
-            int zero = 0;
-            struct zt_scratch *s = scratch.lookup(&zero);
-            if (cfg && s) {
-                __u64 id = bpf_get_current_pid_tgid();
-                zt_fill(&s->ev, a, id, 0, bpf_ktime_get_ns(), cfg);
-                s->ev.type = ZT_EV_CONN;
-                s->ev.syscall = ZT_SYS_TLS_MARK;
-                s->ev.direction = 0;
-                s->ev.seq = 0;
-                struct zt_sockstate *st = socks.lookup(&sk);
-                s->ev.role = st ? st->role : ZT_ROLE_UNKNOWN;
-                int zero0 = 0;
-                __u64 *n = tls_marks.lookup(&zero0);
-                if (n)
-                    __sync_fetch_and_add(n, 1);
-                zt_submit(s, sizeof(struct zt_event), cfg);
-            }
+            zt_tls_mark(a); /* before this syscall's ciphertext event (emitted at exit) */
         }
     } else if (c->act.sk != a->sk) {
         return 0;
@@ -194,7 +253,6 @@ int zt_tls_sys_enter(void *ctx)
 
 static __always_inline int zt_tls_exit(struct pt_regs *ctx)
 {
-    __u64 id = bpf_get_current_pid_tgid();
     struct zt_tls_call *cp = zt_tls_call_get(0);
     if (!cp || !cp->busy)
         return 0;
@@ -225,51 +283,14 @@ static __always_inline int zt_tls_exit(struct pt_regs *ctx)
     if (!ts)
         return 0;
     int d = c.kind == ZT_TLS_WRITE ? ZT_DIR_EGRESS : ZT_DIR_INGRESS;
-    if (!ts->have_base[d & 1]) {
-        __u32 base;
-        if (c.have_sock != 1)
-            base = bpf_get_prandom_u32(); /* no ciphertext seen: match nothing */
-        else if (d == ZT_DIR_INGRESS && c.have_hdr)
-            base = c.seq_hdr;
-        else
-            base = c.seq_first;
-        ts->base[d & 1] = base;
-        ts->have_base[d & 1] = 1;
-    }
-    __u32 vseq = ts->base[d & 1] + (__u32)ts->moved[d & 1];
-    ts->moved[d & 1] += len;
-
-    struct zt_config *cfg = zt_cfg();
-    int zero = 0;
-    struct zt_scratch *s = scratch.lookup(&zero);
-    if (!cfg || !s)
-        return 0;
-    struct zt_active a = c.act;
-    a.sys = d == ZT_DIR_EGRESS ? ZT_SYS_WRITE : ZT_SYS_READ;
-    a.seq = vseq;
-    a.has_seq = 1;
-    a.ts_enter = c.ts_enter;
-    zt_fill(&s->ev, &a, id, len, bpf_ktime_get_ns(), cfg);
-    s->ev.sock_id = sk | 1; /* after zt_fill: it reads the socket at a.sk */
-    __u32 want = len < ZT_PAYLOAD_MAX ? len : ZT_PAYLOAD_MAX;
-    if (bpf_probe_read_user(s->payload, want, (void *)c.buf) != 0) {
-        want = 0;
-        zt_count_drop(ZT_DROP_READ_FAULT);
-    }
-    struct zt_event *ev = &s->ev;
-    ev->type = ZT_EV_DATA;
-    ev->direction = d;
-    ev->seq = vseq;
-    ev->captured = want;
-    ev->flags |= ZT_F_TLS | ZT_F_HAS_SEQ;
-    if (want < len)
-        ev->flags |= ZT_F_TRUNCATED;
-    /* the mask keeps the size provably bounded for the verifier (want <= MAX) */
-    zt_submit(s, sizeof(struct zt_event) + (want & (2 * ZT_PAYLOAD_MAX - 1)), cfg);
-    int slot = 0;
-    __u64 *n = tls_plain_emitted.lookup(&slot);
-    if (n)
-        *n += 1;
+    __u32 base;
+    if (c.have_sock != 1)
+        base = bpf_get_prandom_u32(); /* no ciphertext seen: match nothing */
+    else if (d == ZT_DIR_INGRESS && c.have_hdr)
+        base = c.seq_hdr;
+    else
+        base = c.seq_first;
+    zt_tls_emit(ts, &c.act, c.ts_enter, c.buf, len, d, base);
     return 0;
 }
 

@@ -1,5 +1,6 @@
-"""TLS plaintext from dynamically linked OpenSSL (bpf/tls.c): finding libssl, attaching
-its uprobes once per distinct file, and turning the probes' records into what the
+"""TLS plaintext from dynamically linked OpenSSL (bpf/tls.c) and Go crypto/tls
+(bpf/gotls.c, agent/probes/gotls.py): finding libssl and Go executables, attaching
+their uprobes once per distinct file, and turning the probes' records into what the
 pipeline expects.
 
 Uprobes live on a file (its inode), not on a process: once a libssl.so file has its
@@ -26,7 +27,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from agent.probes import abi
+from agent.probes import abi, gotls
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +142,9 @@ class TlsAttacher:
     def __init__(self, bpf) -> None:
         self.bpf = bpf
         self.libraries: dict[tuple[int, int], TlsLibrary] = {}
+        # Go executables (crypto/tls is linked into each): probes per file, offsets per
+        # process, detached when the file's last process exits
+        self.go = gotls.GoTlsAttacher(bpf)
         self._seen_pids: set[int] = set()
         self._next_scan = 0.0
 
@@ -199,15 +203,25 @@ class TlsAttacher:
         except OSError:
             names = []
         me = os.getpid()
+        alive: set[int] = set()
         for n in names:
             if not n.isdigit():
                 continue
             pid = int(n)
-            if pid == me or pid in self._seen_pids or (pids and pid not in pids):
+            if pid == me or (pids and pid not in pids):
+                continue
+            alive.add(pid)
+            # every scan: a process seen before its exec runs another executable now
+            try:
+                self.go.consider(pid)
+            except Exception as e:  # noqa: BLE001 - bcc raises bare Exception; never fatal
+                log.warning("Go TLS: pid %d: %s", pid, e)
+            if pid in self._seen_pids:
                 continue
             self._seen_pids.add(pid)
             for path in mapped_libssl(pid):
                 self.attach_file(path, pid)
+        self.go.prune(alive)
         return self.attached()
 
     def attached(self) -> int:
@@ -218,6 +232,7 @@ class TlsAttacher:
         for lib in self.libraries.values():
             if not lib.symbols and not lib.error:
                 self._attach(lib)
+        self.go.reattach_all()
 
     def detach_all(self) -> None:
         for lib in self.libraries.values():
@@ -229,6 +244,7 @@ class TlsAttacher:
                     except Exception:  # noqa: BLE001 - best effort at shutdown
                         pass
             lib.symbols = []
+        self.go.detach_all()
 
 
 def _with_sock_id(rec: bytes, sock_id: int, syscall: int | None = None) -> bytes:

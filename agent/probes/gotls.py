@@ -1,0 +1,541 @@
+"""Go crypto/tls plaintext (bpf/gotls.c): which Go binaries can be followed, the facts
+their probes need, attaching them once per distinct file and detaching them when no
+process runs the file any more.
+
+A Go program links crypto/tls statically: there is no library to find, the probes go
+into each executable.  What they need, read once per file (cached by content):
+- the Go version (the build info of the binary): the register ABI (Go >= 1.17 on
+  amd64) puts the arguments in RAX, RBX, RCX and the current g in R14, which the probes
+  read; older binaries are refused;
+- the addresses of `crypto/tls.(*Conn).Write`, `Read`, `readRecordOrCCS` and
+  `handshakeContext` (the ELF symbol table) and of the itab that says an interface
+  holds a *net.TCPConn;
+- every RET instruction of Write and Read, found by disassembling their bytes (a
+  uretprobe would corrupt goroutine stacks, which the runtime moves): capstone when it
+  is installed, else binutils' objdump; both are complete x86-64 decoders, and Go puts
+  no data inside function bodies, so a linear sweep from the symbol meets every
+  instruction boundary;
+- struct offsets from DWARF: tls.Conn.conn, .rawInput and the handshake flag,
+  TCPConn -> netFD -> poll.FD.Sysfd, bytes.Buffer's fields.
+A stripped binary (no DWARF) or one without crypto/tls gets no probes.
+"""
+
+from __future__ import annotations
+
+import ctypes as ct
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+
+from agent.probes import golang
+from agent.probes.btf import CACHE_DIR
+
+log = logging.getLogger(__name__)
+
+WRITE = "crypto/tls.(*Conn).Write"
+READ = "crypto/tls.(*Conn).Read"
+RECORD = "crypto/tls.(*Conn).readRecordOrCCS"
+# Go >= 1.18 inlines HandshakeContext into handshakeContext; before, Handshake
+HANDSHAKES = ("crypto/tls.(*Conn).handshakeContext", "crypto/tls.(*Conn).Handshake")
+ITAB = "go.itab.*net.TCPConn,net.Conn"
+ENTRY_PROGRAMS = {WRITE: "zt_gotls_write", READ: "zt_gotls_read", RECORD: "zt_gotls_record"}
+HANDSHAKE_PROGRAM = "zt_gotls_handshake"
+RET_PROGRAM = "zt_gotls_ret"
+MIN_VERSION = (1, 17)  # the register ABI on amd64
+# bumped when the facts or how they are found change: older cached facts are not used
+_FACTS_VERSION = 2
+# (struct, member path) -> key of the offsets bpf/gotls.c's struct zt_gotls_offsets takes
+_MEMBERS = {
+    "conn_conn": ("crypto/tls.Conn", ("conn",)),
+    "conn_rawinput": ("crypto/tls.Conn", ("rawInput",)),
+    "tcpconn_fd": ("net.TCPConn", ("conn", "fd")),
+    "netfd_sysfd": ("net.netFD", ("pfd", "Sysfd")),
+    "buffer_buf": ("bytes.Buffer", ("buf",)),
+    "buffer_off": ("bytes.Buffer", ("off",)),
+}
+# the handshake flag: a uint32 before Go 1.21, an atomic.Bool (its uint32 v) after
+_HANDSHAKE_FLAGS = (("handshakeStatus",), ("isHandshakeComplete", "v"))
+# parameters the probes read by register: (*Conn).Read/Write(c, b []byte)
+_PARAMS = {WRITE: ("c", "b"), READ: ("c", "b"), RECORD: ("c",)}
+
+
+class GoTlsError(RuntimeError):
+    """The binary's crypto/tls cannot be followed (why)."""
+
+
+def go_version(path: str) -> str:
+    """The Go version a binary was built with ("go1.19.8"), from its build info
+    (.go.buildinfo); "" for a binary that is not Go."""
+    from elftools.elf.elffile import ELFFile
+
+    with open(path, "rb") as f:
+        elf = ELFFile(f)
+        sec = elf.get_section_by_name(".go.buildinfo")
+        if sec is None:
+            return ""
+        data = sec.data()
+        if len(data) < 32 or not data.startswith(b"\xff Go buildinf:"):
+            return ""
+        ptr_size, flags = data[14], data[15]
+        if flags & 2:  # Go >= 1.18: the strings inline, each a varint length then bytes
+            n, shift, i = 0, 0, 32
+            while i < len(data):
+                b = data[i]
+                n |= (b & 0x7F) << shift
+                shift += 7
+                i += 1
+                if not b & 0x80:
+                    break
+            return data[i:i + n].decode("ascii", "replace")
+        if ptr_size != 8:
+            return ""
+        # Go 1.13-1.17: a pointer to a Go string header (data pointer, length)
+        hdr_addr = int.from_bytes(data[16:24], "little")
+        hdr = _read_vaddr(elf, f, hdr_addr, 16)
+        if len(hdr) < 16:
+            return ""
+        sptr, slen = int.from_bytes(hdr[:8], "little"), int.from_bytes(hdr[8:], "little")
+        return _read_vaddr(elf, f, sptr, min(slen, 64)).decode("ascii", "replace")
+
+
+def _read_vaddr(elf, f, addr: int, size: int) -> bytes:
+    for seg in elf.iter_segments():
+        if seg["p_type"] == "PT_LOAD" and seg["p_vaddr"] <= addr < seg["p_vaddr"] + seg["p_filesz"]:
+            f.seek(seg["p_offset"] + addr - seg["p_vaddr"])
+            return f.read(size)
+    return b""
+
+
+def parse_version(v: str) -> tuple[int, int]:
+    """(major, minor) of "go1.19.8" / "go1.21rc2"; (0, 0) when not a release name."""
+    m = re.match(r"go(\d+)\.(\d+)", v)
+    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+
+
+def ret_offsets(code: bytes, addr: int) -> list[int]:
+    """Offsets of the RET instructions in a function's machine code (x86-64), by a
+    linear sweep with a real decoder: capstone when installed, else objdump."""
+    try:
+        import capstone  # type: ignore[import-not-found]
+    except ImportError:
+        capstone = None
+    if capstone is not None:
+        md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+        out, end = [], 0
+        for insn in md.disasm(code, addr):
+            if insn.mnemonic in ("ret", "retq"):
+                out.append(insn.address - addr)
+            end = insn.address + insn.size - addr
+        if end != len(code):
+            raise GoTlsError(f"capstone stopped at +{end:#x} of {len(code):#x}")
+        return out
+    return _ret_offsets_objdump(code, addr)
+
+
+_OBJDUMP_LINE = re.compile(r"^\s*([0-9a-f]+):\s+(\S.*)$")
+
+
+def _ret_offsets_objdump(code: bytes, addr: int) -> list[int]:
+    objdump = shutil.which("objdump")
+    if objdump is None:
+        raise GoTlsError("no x86-64 decoder: install capstone (Python) or binutils")
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(suffix=".bin") as tmp:
+        tmp.write(code)
+        tmp.flush()
+        r = subprocess.run([objdump, "-D", "-b", "binary", "-m", "i386:x86-64",
+                            "--no-show-raw-insn", f"--adjust-vma={addr:#x}", tmp.name],
+                           capture_output=True, text=True, timeout=60)
+    if r.returncode != 0:
+        raise GoTlsError(f"objdump failed: {r.stderr.strip()[:200]}")
+    out, seen = [], 0
+    for line in r.stdout.splitlines():
+        m = _OBJDUMP_LINE.match(line)
+        if not m:
+            continue
+        at = int(m.group(1), 16)
+        mnemonic = m.group(2).split()[0]
+        seen += 1
+        if mnemonic in ("ret", "retq"):
+            out.append(at - addr)
+        if mnemonic == "(bad)":
+            raise GoTlsError(f"objdump could not decode +{at - addr:#x}")
+    if not seen:
+        raise GoTlsError("objdump decoded nothing")
+    return out
+
+
+def _symbols(path: str, names: set[str]) -> dict[str, tuple[int, int]]:
+    from elftools.elf.elffile import ELFFile
+
+    with open(path, "rb") as f:
+        symtab = ELFFile(f).get_section_by_name(".symtab")
+        if symtab is None:
+            return {}
+        return {s.name: (s["st_value"], s["st_size"]) for s in symtab.iter_symbols()
+                if s.name in names and s["st_value"]}
+
+
+def _code(path: str, addr: int, size: int) -> bytes:
+    from elftools.elf.elffile import ELFFile
+
+    with open(path, "rb") as f:
+        return _read_vaddr(ELFFile(f), f, addr, size)
+
+
+def _dwarf_offsets(path: str) -> dict[str, int]:
+    """The offsets of _MEMBERS (and conn_hs) from the runtime unit's type DIEs (the Go
+    linker puts every type there)."""
+    from elftools.elf.elffile import ELFFile
+
+    wanted = {s for s, _p in _MEMBERS.values()} | {"internal/poll.FD", "net.conn"}
+    structs: dict[str, dict[str, tuple[int, object]]] = {}
+    params: dict[str, list[str]] = {}
+    with open(path, "rb") as f:
+        elf = ELFFile(f)
+        if not elf.has_dwarf_info():
+            raise GoTlsError("no DWARF (stripped?)")
+        for cu in elf.get_dwarf_info().iter_CUs():
+            top = cu.get_top_DIE()
+            unit = top.attributes.get("DW_AT_name")
+            unit = unit.value.decode() if unit else ""
+            for die in top.iter_children():
+                dn = die.attributes.get("DW_AT_name")
+                if dn is None:
+                    continue
+                name = dn.value.decode(errors="replace")
+                if die.tag == "DW_TAG_subprogram" and name in _PARAMS:
+                    params[name] = [c.attributes["DW_AT_name"].value.decode()
+                                    for c in die.iter_children()
+                                    if c.tag == "DW_TAG_formal_parameter"
+                                    and "DW_AT_name" in c.attributes
+                                    and not (c.attributes.get("DW_AT_variable_parameter")
+                                             and c.attributes["DW_AT_variable_parameter"].value)]
+                elif die.tag == "DW_TAG_structure_type" and name in wanted \
+                        and name not in structs:
+                    members = {}
+                    for m in die.iter_children():
+                        mn, loc = m.attributes.get("DW_AT_name"), \
+                            m.attributes.get("DW_AT_data_member_location")
+                        if mn is None or loc is None:
+                            continue
+                        tref = m.get_DIE_from_attribute("DW_AT_type") \
+                            if "DW_AT_type" in m.attributes else None
+                        members[mn.value.decode()] = (int(loc.value), tref)
+                    structs[name] = members
+            if unit == "runtime" and len(structs) == len(wanted):
+                break
+    missing = wanted - set(structs)
+    if missing:
+        raise GoTlsError(f"DWARF lacks {sorted(missing)}")
+    for fn, names in _PARAMS.items():
+        if fn in params and tuple(params[fn][:len(names)]) != names:
+            raise GoTlsError(f"{fn} has parameters {params[fn]}")
+
+    def walk(struct: str, chain: tuple[str, ...]) -> int:
+        members, off = structs[struct], 0
+        for i, name in enumerate(chain):
+            if name not in members:
+                raise GoTlsError(f"{struct} has no {'.'.join(chain[:i + 1])}")
+            o, tref = members[name]
+            off += o
+            if i + 1 < len(chain):
+                members = _members_of(tref)
+        return off
+
+    out = {key: walk(s, chain) for key, (s, chain) in _MEMBERS.items()}
+    for chain in _HANDSHAKE_FLAGS:
+        try:
+            out["conn_hs"] = walk("crypto/tls.Conn", chain)
+            break
+        except GoTlsError:
+            continue
+    else:
+        raise GoTlsError("crypto/tls.Conn has no handshake flag")
+    # a slice is (data, len, cap); an interface (itab, data); int and pointers 8 bytes:
+    # checked, as the probe reads them so
+    if _members_of(structs["bytes.Buffer"]["buf"][1]).keys() >= {"array", "len"}:
+        sl = _members_of(structs["bytes.Buffer"]["buf"][1])
+        out["buffer_ptr"] = out["buffer_buf"] + sl["array"][0]
+        out["buffer_len"] = out["buffer_buf"] + sl["len"][0]
+    else:
+        raise GoTlsError("bytes.Buffer.buf is not a slice")
+    return out
+
+
+def _members_of(tref) -> dict[str, tuple[int, object]]:
+    """Members of the struct a DWARF type reference names (through typedefs)."""
+    die = tref
+    for _ in range(8):
+        if die is None:
+            return {}
+        if die.tag == "DW_TAG_structure_type":
+            out = {}
+            for m in die.iter_children():
+                mn, loc = m.attributes.get("DW_AT_name"), m.attributes.get(
+                    "DW_AT_data_member_location")
+                if mn is not None and loc is not None:
+                    t = m.get_DIE_from_attribute("DW_AT_type") \
+                        if "DW_AT_type" in m.attributes else None
+                    out[mn.value.decode()] = (int(loc.value), t)
+            return out
+        if "DW_AT_type" not in die.attributes:
+            return {}
+        die = die.get_DIE_from_attribute("DW_AT_type")
+    return {}
+
+
+def facts(path: str, use_cache: bool = True) -> dict:
+    """What the probes need of the Go binary at path (see the module docstring);
+    GoTlsError when it cannot be followed.  Cached by file content."""
+    cache = os.path.join(CACHE_DIR, f"gotls-{_FACTS_VERSION}-{golang._digest(path)}.json")
+    if use_cache:
+        try:
+            with open(cache) as f:
+                got = json.load(f)
+            if got.get("error"):
+                raise GoTlsError(got["error"])
+            return got
+        except (OSError, ValueError):
+            pass
+    try:
+        got = _facts(path)
+    except GoTlsError as e:
+        got = {"error": str(e)}
+    except Exception as e:  # noqa: BLE001 - a malformed ELF/DWARF: not followed
+        got = {"error": f"{type(e).__name__}: {e}"}
+    if use_cache:
+        try:
+            os.makedirs(CACHE_DIR, exist_ok=True)
+            with open(cache, "w") as f:
+                json.dump(got, f)
+        except OSError:
+            pass
+    if got.get("error"):
+        raise GoTlsError(got["error"])
+    return got
+
+
+def _facts(path: str) -> dict:
+    version = go_version(path)
+    if not version:
+        raise GoTlsError("not a Go binary")
+    if parse_version(version) < MIN_VERSION:
+        raise GoTlsError(f"{version}: before the register ABI (Go 1.17)")
+    syms = _symbols(path, {WRITE, READ, RECORD, ITAB, *HANDSHAKES})
+    if WRITE not in syms or READ not in syms:
+        raise GoTlsError("no crypto/tls")
+    if ITAB not in syms:
+        raise GoTlsError(f"no {ITAB}: its TLS connections are not TCP")
+    rets = {}
+    for fn in (WRITE, READ):
+        addr, size = syms[fn]
+        code = _code(path, addr, size)
+        if len(code) != size or not size:
+            raise GoTlsError(f"{fn}: code not readable")
+        rets[fn] = ret_offsets(code, addr)
+        if not rets[fn]:
+            raise GoTlsError(f"{fn}: no RET found")
+    from elftools.elf.elffile import ELFFile
+
+    with open(path, "rb") as f:
+        pie = ELFFile(f)["e_type"] == "ET_DYN"
+    handshake = next((h for h in HANDSHAKES if h in syms), "")
+    return {"version": version, "offsets": _dwarf_offsets(path), "rets": rets,
+            "syms": {k: v[0] for k, v in syms.items()},
+            "itab": syms[ITAB][0], "pie": pie, "record": RECORD in syms,
+            "handshake": handshake}
+
+
+def load_bias(pid: int, path: str) -> int:
+    """Where process pid loaded a PIE executable (its first mapping of the file, at file
+    offset 0, minus the lowest p_vaddr, which Go's PIE links at 0)."""
+    target = os.path.realpath(f"/proc/{pid}/exe")
+    with open(f"/proc/{pid}/maps") as f:
+        for line in f:
+            parts = line.split(None, 5)
+            if len(parts) == 6 and parts[5].strip() == target and int(parts[2], 16) == 0:
+                return int(parts[0].split("-")[0], 16)
+    raise GoTlsError(f"pid {pid}: {path} not mapped")
+
+
+@dataclass
+class GoTlsBinary:
+    """One distinct Go executable (by device and inode) and its probes."""
+
+    path: str
+    key: tuple[int, int]
+    version: str = ""
+    error: str = ""
+    probes: list[tuple[str, int]] = field(default_factory=list)  # (symbol, offset)
+    pids: set[int] = field(default_factory=set)
+    facts: dict = field(default_factory=dict)
+
+
+class GoTlsAttacher:
+    """Follows Go processes' crypto/tls: probes per executable file, offsets per
+    process (map gotls_procs); detaches a file's probes when its last process exits."""
+
+    def __init__(self, bpf) -> None:
+        self.bpf = bpf
+        self.binaries: dict[tuple[int, int], GoTlsBinary] = {}
+        self._pids: dict[int, tuple[int, int]] = {}  # pid -> its executable's key
+
+    def consider(self, pid: int) -> None:
+        """Look at process pid's executable (again if it changed: an exec)."""
+        try:
+            st = os.stat(f"/proc/{pid}/exe")
+        except OSError:
+            return
+        key = (st.st_dev, st.st_ino)
+        if self._pids.get(pid) == key:
+            return
+        self._forget(pid)
+        b = self.binaries.get(key)
+        if b is None:
+            try:
+                path = golang.exe_path(pid)
+            except OSError:
+                return
+            b = self.binaries[key] = GoTlsBinary(path, key)
+            self._inspect(b)
+        self._pids[pid] = key
+        if b.error:
+            return
+        if not b.probes:
+            self._attach(b)
+            if b.error:
+                return
+        self._add_process(b, pid)
+
+    def _inspect(self, b: GoTlsBinary) -> None:
+        try:
+            # a quick look first: most executables are not Go, or have no crypto/tls
+            if not go_version(b.path):
+                b.error = "not a Go binary"
+                return
+            b.facts = facts(b.path)
+            b.version = b.facts["version"]
+        except OSError as e:  # gone, or no file (memfd): nothing to probe
+            b.error = f"unreadable: {e.strerror}"
+            return
+        except GoTlsError as e:
+            b.error = str(e)
+        except Exception as e:  # noqa: BLE001 - not an ELF file
+            b.error = f"{type(e).__name__}: {e}"
+        if b.error and b.error not in ("not a Go binary", "no crypto/tls"):
+            log.warning("Go TLS: %s not followed: %s", b.path, b.error)
+
+    def _attach(self, b: GoTlsBinary) -> None:
+        f, name = b.facts, b.path.encode()
+        plan = [(sym, 0, fn) for sym, fn in golang_entry_programs(f)]
+        plan += [(sym, off, RET_PROGRAM) for sym in (WRITE, READ) for off in f["rets"][sym]]
+        done: list[tuple[str, int]] = []
+        try:
+            for sym, off, fn in plan:
+                self.bpf.attach_uprobe(name=name, sym=sym.encode(), fn_name=fn.encode(),
+                                       sym_off=off)
+                done.append((sym, off))
+        except Exception as e:  # all or none: an entry without its RETs leaks state
+            for sym, off in done:
+                self._detach_one(name, sym, off)
+            b.error = str(e).splitlines()[0] if str(e) else type(e).__name__
+            log.warning("Go TLS: %s not followed: %s", b.path, b.error)
+            return
+        b.probes = done
+        if not f["pie"]:  # processes the scan has not seen yet: by probed address
+            leaf = self._leaf(f, 0)
+            table = self.bpf[b"gotls_addrs"]
+            for sym, _fn in golang_entry_programs(f):
+                table[ct.c_uint64(f["syms"][sym])] = leaf
+        self.bpf[b"gotls_on"][ct.c_int(0)] = ct.c_uint32(1)
+        log.info("Go TLS: %d uprobes on %s (%s)", len(done), b.path, b.version)
+
+    def _detach_one(self, name: bytes, sym: str, off: int) -> None:
+        try:
+            self.bpf.detach_uprobe(name=name, sym=sym.encode(), sym_off=off)
+        except Exception:  # noqa: BLE001 - best effort
+            pass
+
+    def _add_process(self, b: GoTlsBinary, pid: int) -> None:
+        f = b.facts
+        try:
+            bias = load_bias(pid, b.path) if f["pie"] else 0
+        except (OSError, GoTlsError) as e:
+            log.warning("Go TLS: pid %d: %s", pid, e)
+            return
+        self.bpf[b"gotls_procs"][ct.c_uint32(pid)] = self._leaf(f, bias)
+        b.pids.add(pid)
+
+    def _leaf(self, f: dict, bias: int):
+        leaf = self.bpf[b"gotls_procs"].Leaf()
+        leaf.itab = f["itab"] + bias
+        for k, v in f["offsets"].items():
+            if k != "buffer_buf":
+                setattr(leaf, k, v)
+        return leaf
+
+    def _forget(self, pid: int) -> None:
+        key = self._pids.pop(pid, None)
+        b = self.binaries.get(key) if key else None
+        if b is None or pid not in b.pids:
+            return
+        b.pids.discard(pid)
+        try:
+            del self.bpf[b"gotls_procs"][ct.c_uint32(pid)]
+        except KeyError:
+            pass
+
+    def prune(self, alive: set[int]) -> None:
+        """Forget exited processes; detach the probes of files no process runs."""
+        for pid in [p for p in self._pids if p not in alive]:
+            self._forget(pid)
+        for b in self.binaries.values():
+            if b.probes and not b.pids:
+                self.detach(b)
+        # a file no process runs is looked at again if one starts it (a new process)
+        for key in [k for k, b in self.binaries.items() if not b.pids and not b.probes
+                    and not b.error]:
+            del self.binaries[key]
+
+    def detach(self, b: GoTlsBinary) -> None:
+        name = b.path.encode()
+        for sym, off in b.probes:
+            self._detach_one(name, sym, off)
+        if b.facts and not b.facts["pie"]:
+            table = self.bpf[b"gotls_addrs"]
+            for sym, _fn in golang_entry_programs(b.facts):
+                try:
+                    del table[ct.c_uint64(b.facts["syms"][sym])]
+                except KeyError:
+                    pass
+        log.info("Go TLS: uprobes of %s detached", b.path)
+        b.probes = []
+
+    def detach_all(self) -> None:
+        for b in self.binaries.values():
+            if b.probes:
+                self.detach(b)
+
+    def reattach_all(self) -> None:
+        for b in self.binaries.values():
+            if b.pids and not b.probes and not b.error:
+                self._attach(b)
+
+    def attached(self) -> list[GoTlsBinary]:
+        return [b for b in self.binaries.values() if b.probes]
+
+
+def golang_entry_programs(f: dict) -> list[tuple[str, str]]:
+    """(symbol, program) of the entry probes for a binary's facts."""
+    out = [(WRITE, ENTRY_PROGRAMS[WRITE]), (READ, ENTRY_PROGRAMS[READ])]
+    if f.get("record"):
+        out.append((RECORD, ENTRY_PROGRAMS[RECORD]))
+    if f.get("handshake"):
+        out.append((f["handshake"], HANDSHAKE_PROGRAM))
+    return out

@@ -1,0 +1,220 @@
+"""Go crypto/tls plaintext (bpf/gotls.c, agent/probes/gotls.py) under the real probes:
+a Go net/http HTTPS server and a Go client (one binary, tests/tls/programs/gotls.go,
+built here with the Debian Go toolchain), each request compared with the same request
+in clear text, client and server spans linked by the stitcher; curl (OpenSSL) to the Go
+server and the Go client to a Python `ssl` server, so the virtual seqs of the two
+implementations are checked to agree; a Go program without crypto/tls gets no probes;
+a binary's probes go when its last process exits."""
+
+from __future__ import annotations
+
+import ctypes as ct
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from agent.demo.services import go_binary
+from agent.probes import gotls
+from agent.probes.loader import ProbeConfig, SocketTracer
+from tests.e2e.conftest import PY, run_client, wait_tcp
+from tests.helpers.netns import kill_group, network
+from tests.tls.test_tls_openssl import LAST_STATS, assert_linked, capture, pairs_of, shape
+
+pytestmark = [pytest.mark.kernel,
+              pytest.mark.skipif(shutil.which("go") is None, reason="no Go toolchain")]
+CLIENT, SERVER = 0, 1
+GO_TLS, GO_CLEAR, PY_TLS, GO_LATE = 9443, 9080, 9444, 9445
+PROGRAMS = Path(__file__).resolve().parent / "programs"
+PATHS = ["/echo?n=10", "/echo?n=2000", "/nothere"]
+# Go's 404 body is "404 page not found\n"
+ANSWERS = [[200, 10], [200, 2000], [404, 19]]
+
+
+def wait_probed(tracer: SocketTracer, pid: int, timeout: float = 30.0):
+    """Poll (the scan runs from poll) until pid's executable has Go TLS probes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for b in tracer.tls.go.attached():
+            if pid in b.pids:
+                return b
+        tracer.poll(0.1)
+    raise AssertionError(f"pid {pid} never probed: "
+                         f"{[(b.path, b.error, b.pids) for b in tracer.tls.go.binaries.values()]}")
+
+
+@pytest.fixture(scope="module")
+def world():
+    """Two namespaces, a certificate, the tracer, then the Go servers (TLS and clear)
+    and a Python TLS server, all started after the tracer."""
+    binary = str(go_binary(PROGRAMS / "gotls.go", "gotls"))
+    tmp = tempfile.mkdtemp(prefix="zt-gotls-")
+    with network(2, subnet=238) as net:
+        try:
+            srv = net.hosts[SERVER]
+            subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes",
+                            "-keyout", f"{tmp}/key.pem", "-out", f"{tmp}/cert.pem",
+                            "-days", "1", "-subj", "/CN=zerotrace-go-test"],
+                           check=True, capture_output=True)
+            cfg = ProbeConfig(netns={h.inode for h in net.hosts})
+            with SocketTracer(cfg) as tracer:
+                tls_srv = net.spawn(srv, binary, "server", f"{srv.addr}:{GO_TLS}",
+                                    f"{tmp}/cert.pem", f"{tmp}/key.pem",
+                                    stdout=subprocess.DEVNULL)
+                net.spawn(srv, binary, "server", f"{srv.addr}:{GO_CLEAR}",
+                          stdout=subprocess.DEVNULL)
+                net.spawn(srv, PY, str(PROGRAMS / "https_server.py"), srv.addr, str(PY_TLS),
+                          f"{tmp}/cert.pem", f"{tmp}/key.pem", stdout=subprocess.DEVNULL)
+                for port in (GO_TLS, GO_CLEAR, PY_TLS):
+                    wait_tcp(srv, srv.addr, port)
+                wait_probed(tracer, tls_srv.pid)
+                yield net, tracer, binary, tmp
+        finally:
+            for p in net.procs:
+                kill_group(p)
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def in_order(pair):
+    """(clients, servers), each in the order the requests were sent."""
+    return tuple(sorted(x, key=lambda s: s.start_ns) for x in pair)
+
+
+def go_client(host, binary, base):
+    return json.loads(run_client(host, binary, "client", base, *PATHS).stdout)
+
+
+def test_facts_of_the_go_binary(world):
+    """Version, offsets and RET sites; the RETs are those Go's own disassembler lists."""
+    _, tracer, binary, _ = world
+    f = gotls.facts(binary)
+    assert gotls.parse_version(f["version"]) >= (1, 17)
+    assert f["record"] and f["handshake"] and f["itab"]
+    for key in ("conn_rawinput", "netfd_sysfd", "conn_hs", "buffer_off", "buffer_len"):
+        assert key in f["offsets"]
+    listing = subprocess.run(["go", "tool", "objdump", "-s",
+                              r"^crypto/tls\.\(\*Conn\)\.(Read|Write)$", binary],
+                             capture_output=True, text=True, check=True).stdout
+    want: dict[str, list[int]] = {}
+    fn = ""
+    for line in listing.splitlines():
+        if line.startswith("TEXT "):
+            fn = line.split()[1].removesuffix("(SB)")
+        elif line.split()[-1:] == ["RET"]:
+            want.setdefault(fn, []).append(int(line.split()[1], 16) - f["syms"][fn])
+    assert want == f["rets"] and len(want) == 2
+
+
+def test_go_client_to_go_server(world):
+    """Three requests on one keep-alive TLS connection, against the same in clear text:
+    the same spans, the TLS ones in plaintext, tls=true, client and server linked."""
+    net, tracer, binary, _ = world
+    cli, srv = net.hosts[CLIENT], net.hosts[SERVER]
+    before = tracer.tls_stats()
+
+    def both():
+        return [go_client(cli, binary, f"{scheme}://{srv.addr}:{port}")
+                for scheme, port in (("https", GO_TLS), ("http", GO_CLEAR))]
+
+    def want(ss):
+        return all(len(x) >= 3 for port in (GO_TLS, GO_CLEAR) for x in pairs_of(ss, port))
+
+    results, spans, traced = capture(tracer, both, want)
+    assert results == [ANSWERS, ANSWERS]
+    tcs, tss = in_order(pairs_of(spans, GO_TLS))
+    ccs, css = in_order(pairs_of(spans, GO_CLEAR))
+    assert [s.operation for s in tcs] == ["GET /echo", "GET /echo", "GET /nothere"]
+    assert [s.status_code for s in tss] == ["200", "200", "404"]
+    assert [shape(s) for s in tcs] == [shape(s) for s in ccs]
+    assert [shape(s) for s in tss] == [shape(s) for s in css]
+    for c, s in zip(tcs, tss, strict=True):
+        assert_linked(c, s, traced)
+    for c, s in zip(ccs, css, strict=True):
+        assert_linked(c, s, traced, tls=False)
+    assert tcs[1].req_offset == tcs[0].req_bytes  # plaintext offsets
+    after = tracer.tls_stats()
+    assert after["tls_plaintext_events"] > before.get("tls_plaintext_events", 0)
+    # the Go sockets' ciphertext was skipped in the kernel, not parsed
+    assert after["tls_ciphertext_syscalls_skipped"] > before.get(
+        "tls_ciphertext_syscalls_skipped", 0)
+    assert LAST_STATS.get("conns_http", 0) >= 4 and not LAST_STATS.get(
+        "unknown_protocol_conns"), LAST_STATS
+
+
+def test_openssl_and_go_ends_link(world):
+    """curl (OpenSSL) to the Go server, and the Go client to a Python `ssl` server:
+    the two implementations' virtual seqs agree, so their spans link."""
+    net, tracer, binary, _ = world
+    cli, srv = net.hosts[CLIENT], net.hosts[SERVER]
+
+    def both():
+        code = run_client(cli, "curl", "--http1.1", "-k", "-s", "-o", "/dev/null", "-w",
+                          "%{http_code}",
+                          f"https://{srv.addr}:{GO_TLS}/echo?n=5").stdout
+        return code, go_client(cli, binary, f"https://{srv.addr}:{PY_TLS}")
+
+    def want(ss):
+        return len(pairs_of(ss, GO_TLS)[1]) >= 1 and len(pairs_of(ss, PY_TLS)[1]) >= 3
+
+    (code, py), spans, traced = capture(tracer, both, want)
+    assert code == "200" and py == [[200, 10], [200, 2000], [404, 9]]
+    (c,), (s,) = pairs_of(spans, GO_TLS)
+    assert (c.process, c.operation, s.status_code) == ("curl", "GET /echo", "200")
+    assert_linked(c, s, traced)
+    cs, ss = in_order(pairs_of(spans, PY_TLS))
+    assert [x.operation for x in cs] == ["GET /echo", "GET /echo", "GET /nothere"]
+    for c, s in zip(cs, ss, strict=True):
+        assert_linked(c, s, traced)
+
+
+def test_go_without_crypto_tls_gets_no_probes(world):
+    net, tracer, _, _ = world
+    srv = net.hosts[SERVER]
+    plain = str(go_binary(PROGRAMS / "goplain.go", "goplain"))
+    p = net.spawn(srv, plain, f"{srv.addr}:9099", stdout=subprocess.DEVNULL)
+    try:
+        wait_tcp(srv, srv.addr, 9099)
+        st = os.stat(plain)
+        deadline = time.monotonic() + 30
+        b = None
+        while time.monotonic() < deadline and b is None:
+            tracer.poll(0.1)
+            b = tracer.tls.go.binaries.get((st.st_dev, st.st_ino))
+        assert b is not None and b.error == "no crypto/tls" and not b.probes
+        assert p.pid not in [k.value for k in tracer._bpf[b"gotls_procs"].keys()]
+    finally:
+        kill_group(p)
+
+
+def test_probes_detached_when_the_last_process_exits(world, tmp_path):
+    """A copy of the binary (a file of its own) started after the tracer: probed, its
+    TLS traced; killed: its probes and its process entry go at the next scan."""
+    net, tracer, binary, tmp = world
+    cli, srv = net.hosts[CLIENT], net.hosts[SERVER]
+    copy = tmp_path / "gotls-copy"
+    shutil.copy2(binary, copy)
+    p = net.spawn(srv, str(copy), "server", f"{srv.addr}:{GO_LATE}", f"{tmp}/cert.pem",
+                  f"{tmp}/key.pem", stdout=subprocess.DEVNULL)
+    wait_tcp(srv, srv.addr, GO_LATE)
+    b = wait_probed(tracer, p.pid)
+    assert b.path.endswith("gotls-copy") and b.probes
+    out, spans, traced = capture(
+        tracer, lambda: go_client(cli, binary, f"https://{srv.addr}:{GO_LATE}"),
+        lambda ss: len(pairs_of(ss, GO_LATE)[1]) >= 3)
+    assert out == ANSWERS
+    cs, ss = in_order(pairs_of(spans, GO_LATE))
+    assert [x.status_code for x in ss] == ["200", "200", "404"]
+    for c, s in zip(cs, ss, strict=True):
+        assert_linked(c, s, traced)
+    kill_group(p)
+    p.wait(timeout=10)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and b.probes:
+        tracer.poll(0.1)
+    assert not b.probes
+    assert ct.c_uint32(p.pid) not in tracer._bpf[b"gotls_procs"]
