@@ -34,6 +34,23 @@ def resident_kb() -> int:
     return 0
 
 
+def compiler_private_clean_kb() -> int:
+    """Clean pages of the compiler libraries mapped by this process alone: what
+    `release` can give back (pages other processes map too stay, and are theirs too)."""
+    total, inside = 0, False
+    try:
+        with open("/proc/self/smaps") as f:
+            for line in f:
+                if "-" in line.split(" ", 1)[0]:  # a mapping's header line
+                    parts = line.split()
+                    inside = len(parts) >= 6 and bool(_COMPILER.search(parts[5]))
+                elif inside and line.startswith("Private_Clean:"):
+                    total += int(line.split()[1])
+    except OSError:
+        return 0
+    return total
+
+
 def _compiler_ranges() -> list[tuple[int, int]]:
     out = []
     with open("/proc/self/maps") as f:
@@ -49,6 +66,7 @@ def release() -> dict[str, int]:
     """Reclaim the compiler's code pages and free heap; returns what it did, in KiB and
     ranges.  Never raises: a kernel without MADV_PAGEOUT keeps the pages (said once)."""
     before = resident_kb()
+    private_before = compiler_private_clean_kb()
     paged = failed = 0
     try:
         libc = ctypes.CDLL(None, use_errno=True)
@@ -69,4 +87,6 @@ def release() -> dict[str, int]:
     after = resident_kb()
     log.info("memory: resident %d -> %d MiB after releasing the probe compiler's pages",
              before // 1024, after // 1024)
-    return {"before_kb": before, "after_kb": after, "ranges": paged, "refused": failed}
+    return {"before_kb": before, "after_kb": after, "ranges": paged, "refused": failed,
+            "compiler_private_before_kb": private_before,
+            "compiler_private_after_kb": compiler_private_clean_kb()}

@@ -43,6 +43,10 @@ def test_release_gives_back_compiler_pages_and_probes_still_fire():
     out = json.loads(r.stdout.strip().splitlines()[-1])
     print(out)
     assert out["ranges"] > 0 and out["refused"] == 0
-    # LLVM and clang code alone is ~75 MB here; at least 30 MB must go
-    assert out["before_kb"] - out["after_kb"] > 30 * 1024
+    # The compiler's code pages this process alone maps go (~50 MB here when no other
+    # bcc process runs; pages another process maps too are not reclaimed, they are
+    # that process's as well), and the compiler's freed heap (~25 MB)
+    assert out["compiler_private_after_kb"] <= 0.1 * out["compiler_private_before_kb"] + 1024
+    assert out["before_kb"] - out["after_kb"] > 10 * 1024 + 0.8 * out[
+        "compiler_private_before_kb"]
     assert out["hits"] >= 5  # the attached program runs on, unaffected
