@@ -23,7 +23,6 @@ import threading
 import time
 
 import grpc
-import pytest
 from factory import client_server_pair, now_ns, server_span
 from zt_process import ServerProcess
 
@@ -33,7 +32,8 @@ from proto.zerotrace.v1 import ingest_pb2, ingest_pb2_grpc, query_pb2, query_pb2
 
 SPANS = int(os.environ.get("ZT_QUERY_SPANS", "300000"))
 SECONDS = float(os.environ.get("ZT_QUERY_SECONDS", "10"))
-PUSH_P99_BOUND_S = float(os.environ.get("ZT_PUSH_P99_BOUND_S", "2.0"))
+PUSH_P99_FACTOR = float(os.environ.get("ZT_PUSH_P99_FACTOR", "3.0"))
+PUSH_P99_SLACK_S = float(os.environ.get("ZT_PUSH_P99_SLACK_S", "0.5"))
 AGENTS = 4
 BATCH = 200  # spans a push
 
@@ -57,17 +57,22 @@ def _preload(addr: str) -> None:
             assert stub.Push(req, timeout=300).accepted == len(spans)
 
 
-@pytest.mark.xfail(reason="one store lock serialises queries and inserts "
-                   "(ChdbStore._lock): storage-side fix pending", strict=False)
+def _p(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(len(xs) * q))]
+
+
 def test_heavy_queries_do_not_stall_pushes(tmp_path):
     srv = ServerProcess(tmp_path / "data")
     srv.start()
+    query_times: list[float] = []
+    alone: list[float] = []  # push latencies with no query running
+    during: list[float] = []  # and while the queries run
+    failures: list[str] = []
     try:
         _preload(srv.addr)
         stop = threading.Event()
-        query_times: list[float] = []
-        push_times: list[float] = []
-        failures: list[str] = []
+        querying = threading.Event()
 
         def querier(k: int) -> None:
             with grpc.insecure_channel(srv.addr) as ch:
@@ -99,33 +104,45 @@ def test_heavy_queries_do_not_stall_pushes(tmp_path):
                     for j in range(BATCH):
                         span_to_pb(server_span(start_ns=t0 + j, end_ns=t0 + j + 5000,
                                                service=f"live-{k}"), req.spans.add())
+                    phase = during if querying.is_set() else alone
                     t = time.monotonic()
                     try:
                         assert stub.Push(req, timeout=60).accepted == BATCH
                     except grpc.RpcError as e:
                         failures.append(f"push: {e.code().name} {e.details()}")
-                    push_times.append(time.monotonic() - t)
+                    # a push that began alone and ended during the queries counts alone
+                    phase.append(time.monotonic() - t)
                     seq += 1
                     time.sleep(0.05)
 
-        threads = ([threading.Thread(target=querier, args=(k,)) for k in range(2)]
-                   + [threading.Thread(target=pusher, args=(k,)) for k in range(AGENTS)])
-        for t in threads:
+        pushers = [threading.Thread(target=pusher, args=(k,)) for k in range(AGENTS)]
+        queriers = [threading.Thread(target=querier, args=(k,)) for k in range(2)]
+        for t in pushers:
+            t.start()
+        time.sleep(SECONDS)
+        querying.set()
+        for t in queriers:
             t.start()
         time.sleep(SECONDS)
         stop.set()
-        for t in threads:
+        for t in pushers + queriers:
             t.join(180)
     finally:
         srv.stop()
-    push_times.sort()
-    p50 = statistics.median(push_times)
-    p99 = push_times[min(len(push_times) - 1, int(len(push_times) * 0.99))]
-    slowest_query = max(query_times)
-    print(f"\n{SPANS} spans stored; {len(query_times)} queries (longest {slowest_query:.2f} s, "
-          f"median {statistics.median(query_times):.2f} s); {len(push_times)} pushes of "
-          f"{BATCH}: p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms, max "
-          f"{push_times[-1] * 1000:.0f} ms; load {os.getloadavg()[0]:.1f}")
     assert not failures, failures[:5]
-    assert len(push_times) >= 20 and len(query_times) >= 4
-    assert p99 < PUSH_P99_BOUND_S, f"push p99 {p99:.2f} s"
+    # the queriers loop until the end: each query in flight the whole phase
+    assert len(alone) >= 20 and len(during) >= 20 and len(query_times) >= 2
+    p99_alone, p99_during = _p(alone, 0.99), _p(during, 0.99)
+    median_query = statistics.median(query_times)
+    print(f"\n{SPANS} spans stored; {len(query_times)} queries (longest "
+          f"{max(query_times):.2f} s, median {median_query:.2f} s); pushes of {BATCH} "
+          f"without / with queries: {len(alone)} / {len(during)}, p50 "
+          f"{_p(alone, 0.5) * 1000:.0f} / {_p(during, 0.5) * 1000:.0f} ms, p99 "
+          f"{p99_alone * 1000:.0f} / {p99_during * 1000:.0f} ms, max "
+          f"{max(alone) * 1000:.0f} / {max(during) * 1000:.0f} ms; load "
+          f"{os.getloadavg()[0]:.1f}")
+    bound = PUSH_P99_FACTOR * p99_alone + PUSH_P99_SLACK_S
+    assert p99_during < bound, (
+        f"push p99 {p99_during:.2f} s with queries, {p99_alone:.2f} s without (bound "
+        f"{bound:.2f} s)")
+    assert p99_during < median_query, "a push waited for a whole query"

@@ -123,3 +123,43 @@ class TestChdbConformance(StorageConformance):
 
         with pytest.raises(StorageError, match="replication path"):
             store._create("ReplicatedMergeTree('/clickhouse/tables/{shard}/zt', '{replica}')")
+
+
+def test_queries_run_apart_from_writes_with_their_own_limits(chdb_root):
+    """A query in progress holds a read session, not the write lock: an insert and the
+    write path's reads complete meanwhile; a query beyond the pool's limits is refused
+    with a retryable error instead of holding an RPC worker (issue 14 item 4)."""
+    import threading
+    import time
+
+    from factory import server_span
+
+    from server.storage.chdb_store import ChdbStore, QueryLimits, QueryPoolBusy
+
+    s = ChdbStore(chdb_root.data_dir, f"q_{uuid.uuid4().hex[:12]}",
+                  query_limits=QueryLimits(sessions=1, waiting=0))
+    try:
+        started, done = threading.Event(), []
+
+        def slow_query() -> None:
+            started.set()
+            # ~3 s in ClickHouse (sleepEachRow), the GIL released meanwhile
+            done.append(s._select("SELECT sum(sleepEachRow(0.5)) AS z FROM numbers(6)"))
+
+        t = threading.Thread(target=slow_query)
+        t.start()
+        started.wait()
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        assert s.write_spans([server_span(start_ns=1, end_ns=2) for _ in range(50)]) == 50
+        assert s.stored_batches([("ab", 1)]) == {}
+        write_s = time.monotonic() - t0
+        with pytest.raises(QueryPoolBusy, match="query pool busy"):
+            s.services(0, 0)
+        assert not done, "the query ended before the write: nothing was shown"
+        t.join(30)
+        assert done and write_s < 2.5, f"write took {write_s:.2f} s during a query"
+        assert s._count("1") == 50  # the pool is free again
+    finally:
+        s.drop()
+        s.close()
