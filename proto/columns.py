@@ -81,14 +81,12 @@ _BUILDERS = builders()
 _AGENT = NAMES.index("agent")
 
 
-def spans_to_table(spans: Sequence[Span], agent: str = "", *,
-                   fields: Sequence[span_schema.Field] | None = None) -> pa.Table:
-    """The spans as a table of `SCHEMA` (or of `fields`); `agent` fills spans that
-    name none.
-
-    Raises ValueError when an id is not hex, TypeError or ArrowException when a
-    value has the wrong type.
-    """
+def reference_spans_to_table(spans: Sequence[Span], agent: str = "", *,
+                             fields: Sequence[span_schema.Field] | None = None
+                             ) -> pa.Table:
+    """The Python encoder: a list per column, converted by `pa.array`.  What the
+    compiled encoder must equal (tests), and what encodes the batches it leaves
+    (custom `fields`, values of unusual types, errors to report)."""
     if fields is None:
         fields, build, schema, agent_col = span_schema.FIELDS, _BUILDERS, SCHEMA, _AGENT
     else:
@@ -99,6 +97,72 @@ def spans_to_table(spans: Sequence[Span], agent: str = "", *,
         cols[agent_col] = [a or agent for a in cols[agent_col]]
     arrays = [pa.array(c, type=f.arrow) for c, f in zip(cols, fields, strict=True)]
     return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def _fast_columns(fields: Sequence[span_schema.Field]) -> list[tuple[int, str, str, Any]] | None:
+    """The compiled encoder's column list for `fields`, or None when a column is of
+    a kind it does not write."""
+    from agent.export import _columns as c
+
+    plain = {pa.string(): c.STR, pa.uint64(): c.U64, pa.uint32(): c.U32,
+             pa.uint16(): c.U16}
+    roles = {span_schema.ID: c.ID, span_schema.MAP: c.MAP, span_schema.ATTRS: c.ATTRS,
+             span_schema.ATTRS_JSON: c.ATTRS_JSON}
+    out = []
+    for f in fields:
+        t = f.arrow
+        if f.role in roles:
+            kind = roles[f.role]
+        elif f.role == span_schema.OPTIONAL and t == pa.uint64():
+            kind = c.OPT64
+        elif f.role != span_schema.PLAIN:
+            return None
+        elif t == pa.dictionary(pa.int32(), pa.string()):
+            kind = c.AGENT if f.name == "agent" else c.DICT
+        elif t in plain:
+            kind = plain[t]
+        else:
+            return None
+        attr, _, part = f.path.partition(".")
+        out.append((kind, attr, part, t))
+    return out
+
+
+_ENCODER: Any = None  # the compiled encoder of FIELDS; False: not available
+
+
+def _encoder() -> Any:
+    global _ENCODER
+    if _ENCODER is None:
+        try:
+            from agent.export._columns import Encoder
+            cols = _fast_columns(span_schema.FIELDS)
+            from proto.span import Endpoint
+            _ENCODER = (Encoder(cols, _json_value, Span, Endpoint) if cols is not None
+                        else False)
+        except ImportError:  # not built (a server-only install): the Python encoder
+            _ENCODER = False
+    return _ENCODER
+
+
+def spans_to_table(spans: Sequence[Span], agent: str = "", *,
+                   fields: Sequence[span_schema.Field] | None = None) -> pa.Table:
+    """The spans as a table of `SCHEMA` (or of `fields`); `agent` fills spans that
+    name none.
+
+    The compiled encoder (agent/export/_columns.pyx) writes the table; a batch it
+    leaves (a value of a type it does not take as pa.array would, a malformed id)
+    goes through the Python encoder, which converts it or raises as it always did.
+    Raises ValueError when an id is not hex, TypeError or ArrowException when a
+    value has the wrong type.
+    """
+    enc = _encoder() if fields is None else False
+    if enc:
+        try:
+            return pa.Table.from_arrays(enc.arrays(spans, agent), schema=SCHEMA)
+        except Exception:  # noqa: BLE001, S110 - the Python encoder decides (or raises)
+            pass
+    return reference_spans_to_table(spans, agent, fields=fields)
 
 
 def table_to_ipc(table: pa.Table, compress: bool = True) -> bytes:
