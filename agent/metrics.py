@@ -88,6 +88,13 @@ class AgentMetrics:
         """counters() -> {reason: count}, exported as zerotrace_stage_events_total."""
         self._sources.append((stage, counters))
 
+    def add_kernel(self, stats: Callable[[], dict], keep_ratio: Callable[[], float],
+                   ring_fill: Callable[[], float]) -> None:
+        """The probes' counters (SocketTracer.stats): what went into the ring, what was
+        left out on purpose (zerotrace_shed_*: sampling under overload; zerotrace_skipped_*:
+        bodies the parsers skip), and the sampling rate and ring fill as gauges."""
+        self.registry.register(_KernelCollector(stats, keep_ratio, ring_fill))
+
     def add_exporter(self, name: str, counters: Callable[[], dict]) -> None:
         """counters() -> BatchExporter.metrics(): exported as zerotrace_export_*."""
         self._exporters.append((name, counters))
@@ -177,6 +184,44 @@ class _StageCollector:
                         fam.add_metric([stage, str(reason)], value)
         yield fam
         yield levels
+
+
+# SocketTracer.stats() key -> (counter family, help)
+_KERNEL_FAMILIES = {
+    "ring_records": ("zerotrace_ring_records", "Records the probes put in the ring buffer"),
+    "ring_bytes": ("zerotrace_ring_bytes", "Bytes of those records (headers and payloads)"),
+    "shed_exchanges": ("zerotrace_shed_exchanges",
+                       "Request/response exchanges not traced on purpose (overload sampling)"),
+    "shed_connections": ("zerotrace_shed_connections",
+                         "Connections of unknown role not traced on purpose (overload)"),
+    "shed_syscalls": ("zerotrace_shed_syscalls", "Data syscalls left out by sampling"),
+    "shed_bytes": ("zerotrace_shed_bytes", "Bytes those syscalls moved"),
+    "kept_exchanges": ("zerotrace_sampled_kept_exchanges",
+                       "Exchanges decided while sampling, and traced"),
+    "skipped_syscalls": ("zerotrace_skipped_syscalls",
+                         "Data syscalls inside bodies the parsers skip, left out of the ring"),
+    "skipped_bytes": ("zerotrace_skipped_bytes", "Payload bytes skip hints kept out of the ring"),
+}
+
+
+class _KernelCollector:
+    def __init__(self, stats: Callable[[], dict], keep_ratio: Callable[[], float],
+                 ring_fill: Callable[[], float]) -> None:
+        self.stats, self.keep_ratio, self.ring_fill = stats, keep_ratio, ring_fill
+
+    def collect(self):
+        try:
+            s = self.stats()
+            keep, fill = self.keep_ratio(), self.ring_fill()
+        except Exception:  # probes closing: never break the scrape
+            return
+        for key, (name, text) in _KERNEL_FAMILIES.items():
+            if key in s:
+                yield CounterMetricFamily(name, text, value=s[key])
+        yield GaugeMetricFamily("zerotrace_sampling_keep_ratio",
+                                "Share of exchanges traced (1: no sampling)", value=keep)
+        yield GaugeMetricFamily("zerotrace_ring_fill_ratio",
+                                "Share of the ring buffer waiting to be read", value=fill)
 
 
 # BatchExporter counter -> (family, help, reason label value or None)

@@ -15,6 +15,8 @@ from agent import check
 from agent.pipeline import Pipeline, tune_gc
 from agent.printer import event_line, span_line
 from agent.probes.loader import ProbeConfig, ProbeError, SocketTracer, netns_inode
+from agent.probes.shedding import Shedder
+from agent.probes.skiphints import SkipHints
 
 log = logging.getLogger("zerotrace.agent")
 
@@ -112,6 +114,20 @@ def run(args: argparse.Namespace) -> int:
         print(f"zerotrace: {e}", file=sys.stderr)
         return 1
     pipeline.kernel_drops = tracer.drops
+    # Overload: shed whole exchanges on purpose, counted, rather than lose random events
+    # in the ring (agent/probes/shedding.py); bodies parsers skip stay out of the ring.
+    # ZEROTRACE_SHEDDING=0: never sample (benchmarks' "before"); the ring then loses what
+    # the agent cannot follow, counted as ringbuf_full
+    shedder = Shedder(tracer) if os.environ.get("ZEROTRACE_SHEDDING", "1") != "0" else None
+    hints = None
+    if os.environ.get("ZEROTRACE_SKIP_HINTS", "1") != "0":
+        hints = SkipHints(tracer, pipeline.assembler, pipeline.tracker)
+    if pipeline.metrics is not None:
+        # the pipeline served its metrics before the probes were there to count losses
+        pipeline.metrics.add_source("kernel", tracer.drops)
+        pipeline.metrics.add_kernel(tracer.stats,
+                                    lambda: shedder.keep_ratio if shedder else 1.0,
+                                    tracer.ring_fill)
     net = None
     if getattr(args, "interfaces", None):
         from agent.net import live
@@ -146,7 +162,12 @@ def run(args: argparse.Namespace) -> int:
                 else:
                     pipeline.process(events)
                 pipeline.tick()
+                if shedder is not None:
+                    shedder.tick()
+                if hints is not None:
+                    hints.tick()
             drops = tracer.drops()
+            kernel_stats = tracer.stats()
             if net is not None:
                 net.drain()  # hop records of the last requests, before their traces go
             pipeline.close()
@@ -158,6 +179,11 @@ def run(args: argparse.Namespace) -> int:
     lost = sum(drops.values())
     print(f"zerotrace: {n_events} events; lost in kernel: {lost} "
           f"({', '.join(f'{k}={v}' for k, v in drops.items())})", file=sys.stderr)
+    ks = kernel_stats
+    print(f"zerotrace: ring: {ks['ring_records']} records, {ks['ring_bytes']} bytes; left out "
+          f"on purpose: {ks['shed_exchanges']} exchanges and {ks['shed_connections']} "
+          f"connections sampled out ({ks['shed_syscalls']} syscalls), "
+          f"{ks['skipped_syscalls']} syscalls of skipped bodies", file=sys.stderr)
     print(f"zerotrace: {pipeline.summary()}", file=sys.stderr)
     for name, b in pipeline.exporters:
         m = b.metrics()

@@ -38,6 +38,9 @@
 #define ZT_F_PEER_FROM_MSG 4 /* raddr/rport come from the syscall's sockaddr (unconnected UDP) */
 #define ZT_F_TRUNCATED 8    /* captured < ret: payload beyond the capture limit */
 #define ZT_F_TLS 16         /* plaintext of a TLS connection (bpf/tls.c), on pseudo-socket sk|1 */
+#define ZT_F_RESUMED 32     /* conn records the probes made where a sampled-out connection is
+                               traced again: a close, then a connect (client) or accept
+                               (server) whose seq/offset are the bases of the kept exchange */
 
 /* drop counter slots (per-CPU array "drops") */
 #define ZT_DROP_RINGBUF_FULL 0
@@ -45,6 +48,29 @@
 #define ZT_DROP_READ_FAULT 2
 #define ZT_DROP_WAKE_FULL 3 /* a struct zt_wake found the ring buffer full */
 #define ZT_DROP_SLOTS 4
+
+/* counter slots (per-CPU array "stats"): what went into the ring, and what was left out
+ * on purpose (sampling under overload, bodies the agent said to skip) */
+#define ZT_STAT_RECORDS 0         /* records submitted to the ring */
+#define ZT_STAT_RECORD_BYTES 1    /* their bytes, header and payload */
+#define ZT_STAT_SHED_EXCHANGES 2  /* request/response exchanges not traced (sampling) */
+#define ZT_STAT_SHED_CONNS 3      /* connections of unknown role not traced at all */
+#define ZT_STAT_SHED_SYSCALLS 4   /* data syscalls not emitted because of sampling */
+#define ZT_STAT_SHED_BYTES 5      /* bytes those syscalls moved */
+#define ZT_STAT_KEPT_EXCHANGES 6  /* exchanges decided while sampling, and kept */
+#define ZT_STAT_SKIPPED_SYSCALLS 7 /* data syscalls inside a body the agent said to skip */
+#define ZT_STAT_SKIPPED_BYTES 8   /* bytes not emitted because of skip hints (payloads) */
+#define ZT_STAT_SLOTS 9
+
+/* Sampling: an exchange (a request and its response) is kept when a random 16-bit
+ * number is below zt_config.keep; ZT_KEEP_ALL keeps every one. */
+#define ZT_KEEP_ALL 65536
+
+/* Skip hints (hash map "skips"): key = struct sock address | direction (socks are
+ * 8-byte aligned), value = the TCP seq right after a body the agent's parser will skip
+ * by length.  Data syscalls wholly inside it that would be captured in part anyway
+ * (more than ZT_PAYLOAD_MAX bytes) are not emitted, except the last, emitted with no
+ * payload (its time ends the message). */
 
 struct zt_event {
     __u64 ts_enter;  /* bpf_ktime_get_ns() at syscall entry */
@@ -87,6 +113,12 @@ struct zt_config {
     __u8 filter_port;    /* only sockets whose local or remote port is in filter_ports */
     __u8 filter_netns;   /* only sockets in network namespaces of filter_netns */
     __u32 wakeup_events; /* wake the agent every this many events per CPU */
+    __u32 keep;          /* sampling: keep an exchange when rand16 < keep (ZT_KEEP_ALL) */
+    __u32 shed_gen;      /* bumped by the agent when sampling starts: per-socket direction
+                            state older than this is not trusted to find exchange starts */
+    __u8 shed_mode;      /* sampling state is kept per socket (set once, never cleared) */
+    __u8 skip_hints;     /* the agent writes skip hints: look them up */
+    __u8 _pad2[2];
 };
 
 /* Go scheduler records (bpf/gowake.c), for linking a goroutine's writes to the goroutine

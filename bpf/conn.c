@@ -1,6 +1,14 @@
 /* Connection life: connect, accept/accept4 (role and base sequence numbers), close, and
  * sock:inet_sock_set_state for TCP closes that no close() of ours saw. */
 
+static __always_inline void zt_forget_skips(__u64 sk)
+{
+    __u64 k = sk | ZT_DIR_EGRESS;
+    skips.delete(&k);
+    k = sk | ZT_DIR_INGRESS;
+    skips.delete(&k);
+}
+
 static __always_inline void zt_emit_conn(struct zt_active *a, __u64 id, long ret, __u8 sys,
                                          __u64 sk, __u8 role)
 {
@@ -30,8 +38,12 @@ static __always_inline void zt_emit_conn(struct zt_active *a, __u64 id, long ret
         ZT_READ(copied, sk, OFF_TCP_COPIED_SEQ);
         s->ev.offset = copied;
         s->ev.flags |= ZT_F_HAS_SEQ;
-        struct zt_sockstate st = {.role = role};
+        /* sampling (data.c zt_sample): the first request starts an exchange */
+        struct zt_sockstate st = {.role = role, .gen = cfg->shed_gen,
+                                  .last_dir = role == ZT_ROLE_CLIENT ? ZT_DIR_INGRESS
+                                                                     : ZT_DIR_EGRESS};
         socks.update(&sk, &st);
+        zt_forget_skips(sk); /* a new connection at an address a hint may still name */
     }
     zt_submit(s, sizeof(struct zt_event), cfg);
 }
@@ -106,6 +118,11 @@ TRACEPOINT_PROBE(syscalls, sys_enter_close)
         return 0;
     if (!zt_last_reference(file))
         return 0; /* another fd or process still holds the socket */
+    struct zt_sockstate *st = socks.lookup(&sk);
+    if (st && st->role == ZT_ROLE_UNKNOWN)
+        socks.delete(&sk); /* a sampling entry (data.c): no TCP close record needs it */
+    if (cfg->skip_hints)
+        zt_forget_skips(sk);
     struct zt_active a = {};
     a.ts_enter = bpf_ktime_get_ns();
     a.fd = args->fd;
@@ -127,6 +144,8 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
             return 0;
         __u8 role = st->role;
         socks.delete(&sk);
+        if (role == ZT_ROLE_UNKNOWN)
+            return 0; /* a sampling entry (data.c), not a connection the agent was told of */
         /* Tell the agent even when no close() of ours saw it (killed process, RST). */
         int zero = 0;
         struct zt_scratch *s = scratch.lookup(&zero);

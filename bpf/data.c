@@ -204,6 +204,130 @@ static __always_inline void zt_emit_msghdr(struct zt_scratch *s, struct zt_confi
     zt_emit_data(s, cfg, a, len, seq_delta);
 }
 
+/* Keep what `key` names?  A hash, not a random draw: an exchange is keyed by the TCP seq
+ * of its request's first byte, which the client's write and the server's read agree on
+ * (on one host and across hosts), so both ends keep or shed the same requests; and a
+ * lower rate keeps a subset of what a higher one keeps. */
+static __always_inline int zt_keep(struct zt_config *cfg, __u64 key)
+{
+    __u32 h = (__u32)((key ^ (key >> 32)) * 2654435761u);
+    return cfg->keep >= ZT_KEEP_ALL || (h >> 16) < cfg->keep;
+}
+
+/* Sampling under overload (zt_config.shed_mode; the agent sets keep from how far behind
+ * it is).  Returns -1 when this syscall's bytes are not to be traced, 1 when it starts a
+ * kept exchange on a socket whose previous exchange was shed (the agent is told with
+ * resume records first), else 0.  Decided at exit, on syscalls that moved bytes: a read
+ * that found nothing (EAGAIN) starts no exchange. */
+static __always_inline int zt_sample(struct zt_config *cfg, __u64 sk, __u8 dir, __u32 seq,
+                                     __u8 *role)
+{
+    struct zt_sockstate *st = socks.lookup(&sk);
+    if (!st) {
+        if (cfg->keep >= ZT_KEEP_ALL)
+            return 0;
+        /* first seen while sampling, role unknown: the connection is kept or shed whole */
+        struct zt_sockstate n = {};
+        n.role = ZT_ROLE_UNKNOWN;
+        n.shed = zt_keep(cfg, sk >> 3) ? 0 : 1;
+        n.last_dir = dir;
+        n.gen = cfg->shed_gen;
+        socks.update(&sk, &n);
+        if (n.shed)
+            zt_stat(ZT_STAT_SHED_CONNS, 1);
+        return n.shed ? -1 : 0;
+    }
+    if (st->role == ZT_ROLE_UNKNOWN)
+        return st->shed ? -1 : 0;
+    int out = 0;
+    __u8 req_dir = st->role == ZT_ROLE_CLIENT ? ZT_DIR_EGRESS : ZT_DIR_INGRESS;
+    if (st->gen != cfg->shed_gen) {
+        /* first syscall since sampling began: where an exchange starts is not known
+         * until the direction turns, so the current one goes on as it was */
+        st->gen = cfg->shed_gen;
+    } else if (dir == req_dir && st->last_dir != req_dir) {
+        /* the request direction follows the response direction: a new exchange */
+        if (zt_keep(cfg, seq)) {
+            zt_stat(ZT_STAT_KEPT_EXCHANGES, 1);
+            if (st->shed)
+                out = 1;
+            st->shed = 0;
+        } else {
+            zt_stat(ZT_STAT_SHED_EXCHANGES, 1);
+            st->shed = 1;
+        }
+    }
+    st->last_dir = dir;
+    *role = st->role;
+    return st->shed ? -1 : out;
+}
+
+/* Where a socket is traced again after shed exchanges: a close and a connect/accept
+ * (flag RESUMED) so that the agent starts the connection afresh at this exchange, its
+ * bytes at offset 0, rather than see a gap it would have to resynchronise across.
+ * The bases: this syscall's seq for its own direction (read at entry), the socket's
+ * current seq for the other (nothing moved that way since the exchange began). */
+static __always_inline void zt_emit_resume(struct zt_scratch *s, struct zt_config *cfg,
+                                           struct zt_active *a, __u8 dir, __u8 role)
+{
+    struct zt_event *ev = &s->ev;
+    ev->type = ZT_EV_CONN;
+    ev->direction = 0;
+    ev->role = ZT_ROLE_UNKNOWN;
+    ev->seq = 0;
+    ev->offset = 0;
+    ev->ret = 0;
+    ev->captured = 0;
+    ev->syscall = ZT_SYS_CLOSE;
+    ev->flags = ZT_F_RESUMED;
+    zt_submit(s, sizeof(struct zt_event), cfg);
+    __u32 other = 0;
+    if (dir == ZT_DIR_EGRESS) {
+        ZT_READ(other, a->sk, OFF_TCP_COPIED_SEQ);
+        ev->seq = a->seq;
+        ev->offset = other;
+    } else {
+        ZT_READ(other, a->sk, OFF_TCP_WRITE_SEQ);
+        ev->seq = other;
+        ev->offset = a->seq;
+    }
+    ev->syscall = role == ZT_ROLE_CLIENT ? ZT_SYS_CONNECT : ZT_SYS_ACCEPT;
+    ev->role = role;
+    ev->flags = ZT_F_RESUMED | ZT_F_HAS_SEQ;
+    zt_submit(s, sizeof(struct zt_event), cfg);
+    ev->flags = 0;
+    ev->role = ZT_ROLE_UNKNOWN;
+    ev->offset = 0;
+    ev->syscall = a->sys;
+}
+
+/* Skip hints (abi.h): -1 when this syscall lies wholly inside a body the agent skips and
+ * is not the last of it (not emitted), 1 when it ends that body (emitted without payload:
+ * its time ends the message), else 0.  Only syscalls the capture would cut anyway (more
+ * than ZT_PAYLOAD_MAX bytes) qualify, so the parser sees the same truncation as before. */
+static __always_inline int zt_skip_hint(struct zt_active *a, __u8 dir, long ret)
+{
+    if (!a->has_seq || ret <= ZT_PAYLOAD_MAX)
+        return 0;
+    __u64 key = a->sk | dir;
+    __u32 *until = skips.lookup(&key);
+    if (!until)
+        return 0;
+    __s32 left = (__s32)(*until - (a->seq + (__u32)ret));
+    if ((__s32)(*until - a->seq) <= 0 || left < 0) {
+        skips.delete(&key); /* passed, or this syscall runs past it: done with */
+        return 0;
+    }
+    if (left > 0) {
+        zt_stat(ZT_STAT_SKIPPED_SYSCALLS, 1);
+        zt_stat(ZT_STAT_SKIPPED_BYTES, ZT_PAYLOAD_MAX);
+        return -1;
+    }
+    skips.delete(&key);
+    zt_stat(ZT_STAT_SKIPPED_BYTES, ZT_PAYLOAD_MAX);
+    return 1;
+}
+
 static __always_inline int zt_data_exit(long ret)
 {
     __u64 id = bpf_get_current_pid_tgid();
@@ -215,7 +339,32 @@ static __always_inline int zt_data_exit(long ret)
     struct zt_scratch *s = scratch.lookup(&zero);
     if (!cfg || !s)
         return 0;
+    __u8 dir = zt_is_egress(a.sys) ? ZT_DIR_EGRESS : ZT_DIR_INGRESS;
+    __u8 role = ZT_ROLE_UNKNOWN;
+    int resume = 0;
+    if (cfg->shed_mode) {
+        resume = zt_sample(cfg, a.sk, dir, a.seq, &role);
+        if (resume < 0) {
+            zt_stat(ZT_STAT_SHED_SYSCALLS, 1);
+            zt_stat(ZT_STAT_SHED_BYTES, a.sys == ZT_SYS_SENDMMSG || a.sys == ZT_SYS_RECVMMSG
+                                            ? 0 : ret);
+            return 0;
+        }
+    }
+    int hint = 0;
+    if (cfg->skip_hints) {
+        hint = zt_skip_hint(&a, dir, ret);
+        if (hint < 0)
+            return 0;
+    }
     zt_fill(&s->ev, &a, id, ret, bpf_ktime_get_ns(), cfg);
+    if (resume > 0 && a.has_seq)
+        zt_emit_resume(s, cfg, &a, dir, role);
+    if (hint > 0) {
+        s->ev.captured = 0; /* the whole length, no payload */
+        zt_emit_data(s, cfg, &a, ret, 0);
+        return 0;
+    }
 
     if (a.sys == ZT_SYS_SENDMMSG || a.sys == ZT_SYS_RECVMMSG) {
         /* ret = messages moved; each struct mmsghdr is a user_msghdr + msg_len (64 bytes). */

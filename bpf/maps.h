@@ -57,11 +57,19 @@ struct zt_active {
     __u8 busy; /* entered and not yet exited */
 };
 
-/* Connections whose start (connect/accept) the agent was told of, keyed by struct sock
- * address: their TCP close is reported even when no close() of ours sees it.  Touched
- * only at connect/accept/state change, never per data syscall. */
+/* Per socket, in map socks.  Connections whose start (connect/accept) the agent was
+ * told of have a role; their TCP close is reported even when no close() of ours sees
+ * it.  While sampling is on (zt_config.shed_mode), every data syscall of a traced socket
+ * reads and updates its entry: an exchange starts where the request direction follows
+ * the response direction, and is kept or shed whole.  Sockets of unknown role (first
+ * seen mid-way, UDP) get an entry when first seen while sampling: kept or shed whole. */
+
 struct zt_sockstate {
     __u8 role;
+    __u8 shed;     /* 1: the current exchange (role unknown: the connection) is not traced */
+    __u8 last_dir; /* direction of the last data syscall seen while sampling */
+    __u8 _pad;
+    __u32 gen;     /* zt_config.shed_gen when last_dir was set */
 };
 
 struct zt_scratch {
@@ -73,6 +81,9 @@ struct zt_scratch {
 BPF_RINGBUF_OUTPUT(events, ZT_RINGBUF_PAGES);
 BPF_ARRAY(config, struct zt_config, 1);
 BPF_PERCPU_ARRAY(drops, __u64, ZT_DROP_SLOTS);
+BPF_PERCPU_ARRAY(stats, __u64, ZT_STAT_SLOTS);
+/* skip hints (abi.h): sk | direction -> TCP seq right after a body the agent skips */
+BPF_HASH(skips, __u64, __u32, 16384);
 BPF_PERCPU_ARRAY(scratch, struct zt_scratch, 1);
 #ifdef ZT_ACTIVE_HASH
 /* Kernels before 5.11 have no task storage in tracing programs: a hash keyed by tid. */
@@ -97,6 +108,13 @@ static __always_inline void zt_count_drop(int slot)
     __u64 *n = drops.lookup(&slot);
     if (n)
         __sync_fetch_and_add(n, 1);
+}
+
+static __always_inline void zt_stat(int slot, __u64 n)
+{
+    __u64 *v = stats.lookup(&slot);
+    if (v)
+        __sync_fetch_and_add(v, n); /* softirq programs (tcp close) share the CPU */
 }
 
 /* The current task's in-flight slot, created on entry. */
@@ -136,7 +154,11 @@ static __always_inline void zt_submit(struct zt_scratch *s, __u64 size, struct z
         s->unsignalled = 0;
         flags = BPF_RB_FORCE_WAKEUP;
     }
-    if (events.ringbuf_output(&s->ev, size, flags) != 0)
+    if (events.ringbuf_output(&s->ev, size, flags) != 0) {
         zt_count_drop(ZT_DROP_RINGBUF_FULL);
+        return;
+    }
+    zt_stat(ZT_STAT_RECORDS, 1);
+    zt_stat(ZT_STAT_RECORD_BYTES, size);
 }
 #endif

@@ -24,10 +24,18 @@ ROLE_UNKNOWN, ROLE_CLIENT, ROLE_SERVER = 0, 1, 2
 ROLE_NAMES = {0: "?", 1: "client", 2: "server"}
 
 F_HAS_SEQ, F_MIDSTREAM, F_PEER_FROM_MSG, F_TRUNCATED, F_TLS = 1, 2, 4, 8, 16
+F_RESUMED = 32  # close + connect/accept made by the probes where sampling resumes a socket
 
 DROP_SLOTS = {0: "ringbuf_full", 1: "inflight_slot_alloc", 2: "payload_read_fault",
               3: "go_wake_ringbuf_full"}
 DROP_SLOT_COUNT = 4
+
+# per-CPU counter slots (bpf/abi.h ZT_STAT_*), map "stats"
+STAT_SLOTS = {0: "ring_records", 1: "ring_bytes", 2: "shed_exchanges", 3: "shed_connections",
+              4: "shed_syscalls", 5: "shed_bytes", 6: "kept_exchanges", 7: "skipped_syscalls",
+              8: "skipped_bytes"}
+STAT_SLOT_COUNT = 9
+KEEP_ALL = 65536  # zt_config.keep: every exchange kept
 
 # struct zt_wake kinds (Go goroutine hand-offs, bpf/gowake.c)
 WAKE_HANDOFF, WAKE_OTHER, WAKE_RECV = 1, 2, 3
@@ -86,6 +94,11 @@ class ZtConfig(ct.Structure):
         ("filter_port", ct.c_uint8),
         ("filter_netns", ct.c_uint8),
         ("wakeup_events", ct.c_uint32),
+        ("keep", ct.c_uint32),
+        ("shed_gen", ct.c_uint32),
+        ("shed_mode", ct.c_uint8),
+        ("skip_hints", ct.c_uint8),
+        ("_pad2", ct.c_uint8 * 2),
     ]
 
 

@@ -134,6 +134,7 @@ class SocketTracer:
         self._tls_stream: tls.TlsStream | None = None
         self._tls_tp_fds: list[int] = []
         self._tls_s = 0.0
+        self._skip_hints = False
         self._load()
 
     def _load(self) -> None:
@@ -269,6 +270,7 @@ class SocketTracer:
             filter_port=1 if cfg.ports else 0,
             filter_netns=1 if cfg.netns else 0,
             wakeup_events=cfg.wakeup_events,
+            keep=abi.KEEP_ALL,
         )
         # Written before attaching, in one update ('enabled' guards against any path
         # that attaches first).
@@ -396,6 +398,58 @@ class SocketTracer:
         for slot, reason in abi.DROP_SLOTS.items():
             out[reason] = sum(table[ct.c_int(slot)])
         return out
+
+    def stats(self) -> dict[str, int]:
+        """What went into the ring (records, bytes) and what was left out on purpose
+        (sampling, skip hints), summed over CPUs (bpf/abi.h ZT_STAT_*)."""
+        table = self._bpf[b"stats"]
+        return {name: sum(table[ct.c_int(slot)]) for slot, name in abi.STAT_SLOTS.items()}
+
+    def ring_fill(self) -> float:
+        """Share of the ring buffer written and not yet read (0..1)."""
+        ring = self._ring
+        return ring.pending_bytes() / ring.size if ring is not None else 0.0
+
+    @property
+    def keep(self) -> int:
+        """Sampling: exchanges kept per abi.KEEP_ALL (all of them when not sampling)."""
+        return self._bpf[b"config"][ct.c_int(0)].keep
+
+    def set_keep(self, keep: int) -> None:
+        """Keep `keep` of every abi.KEEP_ALL request/response exchanges (bpf/data.c
+        zt_sample): whole exchanges of connections whose start was seen, whole
+        connections otherwise.  The first call below KEEP_ALL turns the per-socket
+        sampling state on for good; before it no data syscall looks at it."""
+        keep = max(0, min(int(keep), abi.KEEP_ALL))
+        table = self._bpf[b"config"]
+        c = table[ct.c_int(0)]
+        if keep == c.keep:
+            return
+        if keep < abi.KEEP_ALL and not c.shed_mode:
+            c.shed_mode = 1
+            c.shed_gen += 1  # direction state from before is not trusted (data.c)
+        c.keep = keep
+        table[ct.c_int(0)] = c
+
+    def set_skip_hint(self, sock_id: int, direction: int, until_seq: int | None) -> None:
+        """Tell the probes that direction `direction` of socket `sock_id` carries, up
+        to TCP seq `until_seq`, a body the parser skips by length (None: forget it).
+        Syscalls wholly inside it, each too long to be captured whole anyway, are then
+        not emitted; the last one is emitted without payload (bpf/data.c zt_skip_hint)."""
+        table = self._bpf[b"skips"]
+        key = ct.c_uint64(sock_id | direction)
+        if until_seq is None:
+            try:
+                del table[key]
+            except KeyError:
+                pass
+            return
+        if not self._skip_hints:
+            self._skip_hints = True
+            c = self._bpf[b"config"][ct.c_int(0)]
+            c.skip_hints = 1
+            self._bpf[b"config"][ct.c_int(0)] = c
+        table[key] = ct.c_uint32(until_seq & 0xFFFFFFFF)
 
     def close(self) -> None:
         """Detach every probe and free every map (idempotent)."""

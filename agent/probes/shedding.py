@@ -1,0 +1,134 @@
+"""Deliberate shedding under overload: the agent sets the probes' sampling rate from how
+far behind it is, so that what it cannot follow is left out whole and counted (bpf/data.c
+zt_sample: whole request/response exchanges, or whole connections of unknown role)
+instead of random events lost when the ring buffer is full.
+
+Signals, read every `interval` seconds: events the ring had no room for (any is an
+overload), how full the ring is (the drain lag), and the agent's own CPU share against
+its budget (`ZEROTRACE_CPU_BUDGET` cores, 0 for none: an agent that follows everything
+by taking the node's CPU costs the traced applications more than the spans are worth).
+Multiplicative decrease at once, slow increase only after several calm readings in a
+row (hysteresis), so the rate does not oscillate around the edge.  Sampling starting and
+stopping is logged once each, not every adjustment."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+
+from agent.probes import abi
+
+log = logging.getLogger(__name__)
+
+ALL = abi.KEEP_ALL
+MIN_KEEP = ALL // 1024  # never below 1 in 1024: some spans keep showing what happens
+
+
+def cpu_budget_from_env(default: float = 0.5) -> float:
+    """Cores the agent may use before it sheds (`ZEROTRACE_CPU_BUDGET`; 0: no limit)."""
+    try:
+        return max(0.0, float(os.environ.get("ZEROTRACE_CPU_BUDGET", default)))
+    except ValueError:
+        return default
+
+
+class Shedder:
+    """Adjusts tracer.set_keep() from ring loss, ring fill and the agent's CPU share.
+
+    `tracer` needs drops(), ring_fill(), stats(), keep and set_keep() (SocketTracer)."""
+
+    HIGH_FILL = 0.25   # drain lag that calls for shedding
+    LOW_FILL = 0.02    # ... and low enough to trace more again
+    CALM_READINGS = 4  # calm readings in a row before each increase
+
+    def __init__(self, tracer, cpu_budget: float | None = None, interval: float = 0.5,
+                 clock: Callable[[], float] = time.monotonic,
+                 cpu_clock: Callable[[], float] = time.process_time) -> None:
+        self.tracer = tracer
+        self.cpu_budget = cpu_budget_from_env() if cpu_budget is None else cpu_budget
+        self.interval = interval
+        self.clock, self.cpu_clock = clock, cpu_clock
+        self.keep = ALL
+        self.calm = 0
+        self.changes = 0
+        self.last_reason = ""
+        self._next = clock() + interval
+        self._t, self._cpu = clock(), cpu_clock()
+        self._lost = self._ring_lost()
+        self._stats0: dict[str, int] = {}
+
+    def _ring_lost(self) -> int:
+        return self.tracer.drops().get("ringbuf_full", 0)
+
+    def tick(self) -> None:
+        """Call often (every poll); acts once per interval."""
+        now = self.clock()
+        if now < self._next:
+            return
+        self._next = now + self.interval
+        cpu = self.cpu_clock()
+        wall = max(now - self._t, 1e-6)
+        share = (cpu - self._cpu) / wall
+        self._t, self._cpu = now, cpu
+        lost = self._ring_lost()
+        new_lost, self._lost = lost - self._lost, lost
+        self.decide(new_lost, self.tracer.ring_fill(), share)
+
+    def decide(self, new_lost: int, fill: float, cpu_share: float) -> int:
+        """The keep rate for one reading: lost events, ring fill (0..1), CPU cores used."""
+        over_cpu = self.cpu_budget > 0 and cpu_share > self.cpu_budget
+        keep = self.keep
+        if new_lost or fill > self.HIGH_FILL or over_cpu:
+            self.calm = 0
+            if new_lost or fill > 2 * self.HIGH_FILL:
+                keep //= 4  # events are being lost: cut hard
+            elif over_cpu:
+                # proportional: aim just under the budget
+                keep = int(keep * max(0.25, min(0.9, 0.9 * self.cpu_budget / cpu_share)))
+            else:
+                keep //= 2
+            keep = max(MIN_KEEP, keep)
+            why = (f"{new_lost} events lost in the ring" if new_lost else
+                   f"ring {fill:.0%} full" if fill > self.HIGH_FILL else
+                   f"agent at {cpu_share:.2f} cores, budget {self.cpu_budget:.2f}")
+        elif keep < ALL and fill < self.LOW_FILL and (
+                self.cpu_budget <= 0 or cpu_share < 0.8 * self.cpu_budget):
+            self.calm += 1
+            if self.calm < self.CALM_READINGS:
+                return keep
+            self.calm = 0
+            keep = min(ALL, int(keep * 1.25) + MIN_KEEP)
+            why = "load fell"
+        else:
+            self.calm = 0
+            return keep
+        self._apply(keep, why)
+        return keep
+
+    def _apply(self, keep: int, why: str) -> None:
+        if keep == self.keep:
+            return
+        before, self.keep = self.keep, keep
+        self.changes += 1
+        self.last_reason = why
+        self.tracer.set_keep(keep)
+        if before == ALL:
+            self._stats0 = self.tracer.stats()
+            log.warning("overload (%s): sampling on, tracing %.1f%% of request/response "
+                        "exchanges; the rest is left out whole and counted "
+                        "(zerotrace_shed_exchanges_total, zerotrace_shed_connections_total)",
+                        why, 100 * keep / ALL)
+        elif keep == ALL:
+            s = self.tracer.stats()
+            log.warning("sampling off (%s): every exchange traced again; %d exchanges and %d "
+                        "connections were left out meanwhile", why,
+                        s["shed_exchanges"] - self._stats0.get("shed_exchanges", 0),
+                        s["shed_connections"] - self._stats0.get("shed_connections", 0))
+        else:
+            log.debug("sampling: tracing %.1f%% of exchanges (%s)", 100 * keep / ALL, why)
+
+    @property
+    def keep_ratio(self) -> float:
+        return self.keep / ALL

@@ -1,0 +1,226 @@
+"""Live: nginx + wrk saturating this VM, untraced and traced by the real `zerotrace agent`
+process (not pinned), side by side in one run (issue 13's live and overload targets).
+
+    sudo .venv/bin/python -m bench.bench_live [--rounds 2] [--duration 8] \\
+        [--threads 2] [--connections 16] [--cpu-budget 0.5] [--env K=V ...]
+
+nginx (one worker, a 612-byte static file, keep-alive) runs in one network namespace and
+wrk in another (bench_pipeline.nginx_pair).  Rounds alternate: wrk with no agent running,
+then the agent started (`--print none --netns A --netns B --metrics-port P`, ready when it
+logs "tracing"), wrk again, the agent's /metrics scraped, the agent stopped.  Reported per
+traced round and as medians:
+- throughput ratio traced / untraced (wrk requests/s);
+- kernel loss: events the ring had no room for, of all it was offered (records + lost);
+- sampling: exchanges shed on purpose and kept (both ends count: 2 per request), the
+  keep rate the agent ended on;
+- ring cost: records and bytes per wrk request;
+- spans: server spans per wrk request (`zerotrace_requests_total`), client+server spans;
+- agent RSS (VmRSS sampled every 0.25 s: steady = median of the second half, and peak)
+  and agent CPU (utime+stime of the process over the wrk run): cores and µs per request.
+The machine's load (`uptime`) is printed with the figures: the VM is shared."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+from bench.bench_pipeline import nginx_pair, run_wrk
+
+ROOT = Path(__file__).resolve().parents[1]
+CLK = os.sysconf("SC_CLK_TCK")
+
+
+def load() -> str:
+    return open("/proc/loadavg").read().split(" ", 3)[:3].__str__()
+
+
+def proc_cpu_s(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK  # utime, stime
+
+
+def proc_rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+_METRIC = re.compile(r'^(zerotrace_\w+?)(\{[^}]*\})? ([0-9.e+-]+)$', re.M)
+
+
+def scrape(port: int) -> dict[str, float]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    out: dict[str, float] = {}
+    for name, labels, value in _METRIC.findall(text):
+        key = name + (labels or "")
+        out[key] = out.get(key, 0.0) + float(value)
+        out[name + "{*}"] = out.get(name + "{*}", 0.0) + float(value)
+    return out
+
+
+class Agent:
+    """The agent as a process: started, waited for, sampled, stopped."""
+
+    def __init__(self, netns: list[str], port: int, env: dict[str, str]) -> None:
+        cmd = [sys.executable, "-m", "agent.cli", "agent", "--print", "none",
+               "--metrics-port", str(port)]
+        for n in netns:
+            cmd += ["--netns", n]
+        self.port = port
+        self.p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE, text=True,
+                                  env={**os.environ, **env}, start_new_session=True)
+        self.log: list[str] = []
+        self.ready = threading.Event()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self.rss: list[float] = []
+        self._sampling = False
+
+    def _read(self) -> None:
+        for line in self.p.stderr:
+            self.log.append(line.rstrip())
+            if "tracing; stop with" in line:
+                self.ready.set()
+
+    def wait_ready(self, timeout: float = 120) -> float:
+        t0 = time.monotonic()
+        if not self.ready.wait(timeout):
+            self.stop()
+            raise RuntimeError("agent not ready:\n" + "\n".join(self.log[-20:]))
+        time.sleep(0.5)  # its metrics server
+        return time.monotonic() - t0
+
+    def sample(self) -> None:
+        self._sampling = True
+
+        def run() -> None:
+            while self._sampling and self.p.poll() is None:
+                try:
+                    self.rss.append(proc_rss_mb(self.p.pid))
+                except OSError:
+                    return
+                time.sleep(0.25)
+
+        threading.Thread(target=run, daemon=True).start()
+
+    def stop(self) -> list[str]:
+        self._sampling = False
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGTERM)
+            try:
+                self.p.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.p.pid, signal.SIGKILL)
+                self.p.wait()
+        self._reader.join(timeout=10)
+        return self.log
+
+
+def traced_round(net, url: str, args, env: dict[str, str]) -> dict:
+    a = Agent([h.path for h in net.hosts], args.metrics_port, env)
+    try:
+        ready_s = a.wait_ready()
+        m0 = scrape(a.port)
+        cpu0 = proc_cpu_s(a.p.pid)
+        a.sample()
+        w = run_wrk(net, url, args.threads, args.connections, args.duration)
+        cpu_s = proc_cpu_s(a.p.pid) - cpu0
+        time.sleep(2.0)  # the tail drains, keep-alive connections stay open
+        m1 = scrape(a.port)
+    finally:
+        log = a.stop()
+    d = {k: m1.get(k, 0.0) - m0.get(k, 0.0) for k in m1}
+    n = w["requests"]
+    lost = d.get('zerotrace_stage_events_total{stage="kernel",reason="ringbuf_full"}', 0.0)
+    records = d.get("zerotrace_ring_records_total", 0.0)
+    rss = a.rss or [0.0]
+    half = rss[len(rss) // 2:]
+    out = dict(w)
+    out.update({
+        "ready_s": ready_s,
+        "lost": lost,
+        "loss": lost / (records + lost) if records + lost else 0.0,
+        "records_per_req": records / n if n else 0.0,
+        "bytes_per_req": d.get("zerotrace_ring_bytes_total", 0.0) / n if n else 0.0,
+        "shed": d.get("zerotrace_shed_exchanges_total", 0.0),
+        "kept": d.get("zerotrace_sampled_kept_exchanges_total", 0.0),
+        "shed_conns": d.get("zerotrace_shed_connections_total", 0.0),
+        "keep_ratio": m1.get("zerotrace_sampling_keep_ratio", 1.0),
+        "server_spans": d.get("zerotrace_requests_total{*}", 0.0),
+        "spans": d.get('zerotrace_stage_events_total{stage="assembler",reason="spans"}', 0.0),
+        "cpu_s": cpu_s,
+        "cores": cpu_s / args.duration,
+        "us_per_req": cpu_s * 1e6 / n if n else 0.0,
+        "rss_steady": statistics.median(half),
+        "rss_peak": max(rss),
+        "exit": [line for line in log if line.startswith("zerotrace:")][-6:],
+    })
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--duration", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--connections", type=int, default=16)
+    ap.add_argument("--metrics-port", type=int, default=19464)
+    ap.add_argument("--cpu-budget", type=float, default=None,
+                    help="ZEROTRACE_CPU_BUDGET for the agent (cores; 0: no CPU limit)")
+    ap.add_argument("--env", action="append", default=[], help="K=V for the agent")
+    args = ap.parse_args(argv or [])
+    if shutil.which("wrk") is None or shutil.which("nginx") is None:
+        raise SystemExit("bench_live needs wrk and nginx (scripts/setup.sh)")
+    env = dict(kv.split("=", 1) for kv in args.env)
+    if args.cpu_budget is not None:
+        env["ZEROTRACE_CPU_BUDGET"] = str(args.cpu_budget)
+    base, traced = [], []
+    load0 = load()
+    with nginx_pair() as (net, url):
+        for i in range(args.rounds):
+            base.append(run_wrk(net, url, args.threads, args.connections, args.duration))
+            traced.append(traced_round(net, url, args, env))
+            r = traced[-1]
+            print(f"  round {i + 1} (load {load()}): untraced {base[-1]['rps']:,.0f} req/s, "
+                  f"traced {r['rps']:,.0f} req/s; loss {r['loss']:.3%} ({r['lost']:.0f} lost), "
+                  f"shed {r['shed']:.0f} kept {r['kept']:.0f} exchanges (keep "
+                  f"{r['keep_ratio']:.3f}), {r['records_per_req']:.2f} records "
+                  f"{r['bytes_per_req']:.0f} B per request, server spans "
+                  f"{r['server_spans']:.0f}, agent {r['cores']:.2f} cores "
+                  f"{r['us_per_req']:.1f} us/req, RSS {r['rss_steady']:.0f} MB "
+                  f"(peak {r['rss_peak']:.0f})", flush=True)
+            for line in r["exit"]:
+                print("    " + line)
+    med = lambda rows, k: statistics.median(x[k] for x in rows)  # noqa: E731
+    b, t = med(base, "rps"), med(traced, "rps")
+    print(f"# live: wrk -t{args.threads} -c{args.connections} -d{args.duration}s on nginx "
+          f"(612 B, keep-alive), agent not pinned, env {env or '{}'}; medians of "
+          f"{args.rounds}; load before {load0}, after {load()} (shared VM)")
+    print(f"throughput untraced {b:,.0f} traced {t:,.0f} req/s: ratio {t / b:.2f} (target 0.8)")
+    print(f"kernel loss {med(traced, 'loss'):.3%} of events (target 0.1 %); shed "
+          f"{med(traced, 'shed'):.0f} / kept {med(traced, 'kept'):.0f} exchanges (2 per "
+          f"request), keep rate at the end {med(traced, 'keep_ratio'):.3f}")
+    print(f"ring: {med(traced, 'records_per_req'):.2f} records, "
+          f"{med(traced, 'bytes_per_req'):.0f} bytes per request")
+    print(f"agent: RSS steady {med(traced, 'rss_steady'):.0f} MB, peak "
+          f"{max(r['rss_peak'] for r in traced):.0f} MB (target 150); CPU "
+          f"{med(traced, 'cores'):.2f} cores, {med(traced, 'us_per_req'):.1f} us per wrk "
+          f"request; ready in {med(traced, 'ready_s'):.1f} s")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,175 @@
+"""Small ring records and deliberate shedding, on real probes and real traffic.
+
+- Skip hints (agent/probes/skiphints.py, bpf/data.c zt_skip_hint): the syscalls of a
+  body the parser skips by length stay out of the ring, and the spans are the same as
+  without hints: bodies far beyond the capture size, pipelined requests, chunked bodies.
+- Sampling (agent/probes/shedding.py, bpf/data.c zt_sample): with a keep rate below
+  one, whole exchanges are left out and counted, both ends of a request agree, and no
+  span is partial; the counters reach Prometheus.
+Client and server are real processes (tests/probes/httpio.py) in two network
+namespaces; the tracer is scoped to them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from agent.pipeline import Pipeline
+from agent.probes import abi
+from agent.probes.loader import ProbeConfig, SocketTracer
+from agent.probes.skiphints import SkipHints
+from tests.helpers.netns import network
+
+pytestmark = pytest.mark.kernel
+HTTPIO = str(Path(__file__).with_name("httpio.py"))
+PORT = 8080
+BIG = 3 * 1024 * 1024 + 17  # far beyond the 1 KiB capture: ~48 writes of 64 KiB
+
+
+@pytest.fixture(scope="module")
+def net():
+    with network(2, subnet=241) as n:
+        srv = n.hosts[1]
+        p = n.spawn(srv, sys.executable, HTTPIO, "server", srv.addr, str(PORT),
+                    stdout=subprocess.PIPE, text=True)
+        assert "listening" in p.stdout.readline()
+        yield n
+
+
+@pytest.fixture(scope="module")
+def tracer(net):
+    with SocketTracer(ProbeConfig(netns={h.inode for h in net.hosts}, tls=False)) as t:
+        yield t
+
+
+def run_client(net, plan: list) -> dict:
+    srv = net.hosts[1]
+    out = subprocess.run(net.hosts[0].cmd(sys.executable, HTTPIO, "client", srv.addr,
+                                          str(PORT), json.dumps(plan)),
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    return json.loads(out)
+
+
+def traced(tracer: SocketTracer, plan: list, net, hints: bool = False) -> tuple[list, dict]:
+    """Run plan under the probes; the spans the pipeline made, and the probes' counters
+    moved meanwhile."""
+    p = Pipeline()
+    spans: list = []
+    p.on_span = lambda ctx: spans.append(ctx.span)
+    h = SkipHints(tracer, p.assembler, p.tracker, min_skip=4096) if hints else None
+    stop = threading.Event()
+
+    def drain() -> None:
+        while not stop.is_set():
+            p.process(tracer.poll(0.01))
+            if h is not None:
+                h.run()  # every batch: the test wants the hints early
+            p.tick()
+
+    before = tracer.stats()
+    t = threading.Thread(target=drain, daemon=True)
+    t.start()
+    try:
+        res = run_client(net, plan)
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        t.join(timeout=30)
+    empty = 0
+    while empty < 5:
+        events = tracer.poll(0.05)
+        empty = 0 if events else empty + 1
+        p.process(events)
+    p.close()
+    after = tracer.stats()
+    moved = {k: after[k] - before[k] for k in after}
+    moved["sent"], moved["read"] = res["sent"], res["read"]
+    return spans, moved
+
+
+def summary(spans: list) -> Counter:
+    """What a span says, without ids, times and offsets (those differ run to run)."""
+    return Counter((s.kind, s.operation, s.status_code, s.incomplete, s.req_bytes,
+                    s.resp_bytes) for s in spans)
+
+
+PLAN = [
+    [f"/len/{BIG}?pace=3", "/small", f"/len/{BIG}?pace=3", "/small"],  # big bodies
+    [["/small", "/len/5000", "/small"], "/small"],  # pipelined, one write
+    ["/chunked/40?pace=2", "/small"],  # chunked: framing in the body, never skipped
+]
+
+
+def test_skip_hints_keep_big_bodies_out_of_the_ring_and_spans_identical(tracer, net):
+    plain, m0 = traced(tracer, PLAN, net, hints=False)
+    hinted, m1 = traced(tracer, PLAN, net, hints=True)
+    assert m0["sent"] == m1["sent"] == 10
+    assert m0["skipped_syscalls"] == 0
+    # most of the two big bodies' writes (server) and reads (client) left the ring
+    assert m1["skipped_syscalls"] > 40, m1
+    assert m1["ring_bytes"] < m0["ring_bytes"] - 40 * 1024, (m0, m1)
+    assert m1["ring_records"] < m0["ring_records"] - 40, (m0, m1)
+    s0, s1 = summary(plain), summary(hinted)
+    assert s0 == s1
+    # both ends of every request: 10 requests, client and server spans
+    assert sum(s0.values()) == 20
+    ops = {k[1] for k in s0}
+    assert f"GET /len/{BIG}" in ops and "GET /chunked/40" in ops
+    big = [s for s in hinted if s.operation == f"GET /len/{BIG}" and s.kind == "server"]
+    assert len(big) == 2 and all(s.resp_bytes >= BIG for s in big)
+    # the response ends where its last write ends (the payload-less last record)
+    assert all(s.end_ns - s.start_ns > 40 * 3_000_000 for s in big)
+
+
+def test_sampling_sheds_whole_exchanges_counted_and_both_ends_agree(tracer, net):
+    plan = [["/small"] * 40 for _ in range(6)] + [["/small"] for _ in range(20)]
+    tracer.set_keep(abi.KEEP_ALL // 2)
+    try:
+        spans, m = traced(tracer, plan, net)
+    finally:
+        tracer.set_keep(abi.KEEP_ALL)
+    n = m["sent"]
+    assert n == m["read"] == 260
+    kinds = Counter(s.kind for s in spans)
+    # every exchange decided on both ends: the kept ones have both spans, none partial
+    assert m["kept_exchanges"] + m["shed_exchanges"] == 2 * n, m
+    assert m["shed_exchanges"] > 0.2 * 2 * n and m["kept_exchanges"] > 0.2 * 2 * n, m
+    assert kinds["client"] == kinds["server"] == m["kept_exchanges"] // 2, (kinds, m)
+    assert [s for s in spans if s.incomplete] == []
+    assert {s.operation for s in spans} == {"GET /small"}
+    assert m["shed_syscalls"] >= m["shed_exchanges"] and m["shed_bytes"] > 0
+    # the client's and the server's span of a kept request name the same seqs
+    client = {(s.req_seq, s.resp_seq) for s in spans if s.kind == "client"}
+    server = {(s.req_seq, s.resp_seq) for s in spans if s.kind == "server"}
+    assert client == server
+
+
+def test_sampling_counters_are_exported(tracer, net):
+    from prometheus_client import generate_latest
+
+    from agent.metrics import AgentMetrics
+
+    tracer.set_keep(abi.KEEP_ALL // 4)
+    try:
+        run_client(net, [["/small"] * 30])
+        time.sleep(0.2)
+        stats = tracer.stats()
+        m = AgentMetrics()
+        m.add_kernel(tracer.stats, lambda: tracer.keep / abi.KEEP_ALL, tracer.ring_fill)
+        text = generate_latest(m.registry).decode()
+    finally:
+        tracer.set_keep(abi.KEEP_ALL)
+    lines = dict(line.rsplit(" ", 1) for line in text.splitlines()
+                 if line.startswith("zerotrace_"))
+    assert float(lines["zerotrace_shed_exchanges_total"]) >= stats["shed_exchanges"] > 0
+    assert float(lines["zerotrace_ring_records_total"]) >= stats["ring_records"] > 0
+    assert float(lines["zerotrace_sampling_keep_ratio"]) == 0.25
+    assert "zerotrace_shed_connections_total" in lines
+    assert "zerotrace_skipped_syscalls_total" in lines
