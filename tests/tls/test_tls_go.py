@@ -22,7 +22,8 @@ import pytest
 from agent.demo.services import go_binary
 from agent.probes import gotls
 from agent.probes.loader import ProbeConfig, SocketTracer
-from tests.e2e.conftest import PY, run_client, wait_tcp
+from proto.span import KIND_CLIENT, KIND_SERVER
+from tests.e2e.conftest import PY, of, run_client, wait_tcp
 from tests.helpers.netns import kill_group, network
 from tests.tls.test_tls_openssl import LAST_STATS, assert_linked, capture, pairs_of, shape
 
@@ -218,3 +219,31 @@ def test_probes_detached_when_the_last_process_exits(world, tmp_path):
         tracer.poll(0.1)
     assert not b.probes
     assert ct.c_uint32(p.pid) not in tracer._bpf[b"gotls_procs"]
+
+
+def test_http2_over_go_tls(world):
+    """HTTP/2 (ALPN h2) between the Go client and the Go server, and from curl: the
+    HTTP/2 parser reads the plaintext frames; the spans link."""
+    net, tracer, binary, _ = world
+    cli, srv = net.hosts[CLIENT], net.hosts[SERVER]
+    env = {**os.environ, "GOTLS_H2": "1"}
+
+    def both():
+        r = run_client(cli, binary, "client", f"https://{srv.addr}:{GO_TLS}", *PATHS, env=env)
+        code = run_client(cli, "curl", "--http2", "-k", "-s", "-o", "/dev/null", "-w",
+                          "%{http_version} %{http_code}",
+                          f"https://{srv.addr}:{GO_TLS}/echo?n=7").stdout
+        return json.loads(r.stdout), r.stderr.split(), code
+
+    def want(ss):
+        return len(of(ss, KIND_CLIENT, GO_TLS)) >= 4 and len(of(ss, KIND_SERVER, GO_TLS)) >= 4
+
+    (out, protos, code), spans, traced = capture(tracer, both, want)
+    assert out == ANSWERS and protos == ["h2"] * 3 and code == "2 200"
+    cs, ss = in_order((of(spans, KIND_CLIENT, GO_TLS), of(spans, KIND_SERVER, GO_TLS)))
+    assert {s.protocol for s in cs + ss} <= {"http2", "grpc"}, [s.protocol for s in cs]
+    assert [s.operation for s in cs] == ["GET /echo", "GET /echo", "GET /nothere", "GET /echo"]
+    assert cs[-1].process == "curl"
+    assert [s.status_code for s in ss] == ["200", "200", "404", "200"]
+    for c, s in zip(cs, ss, strict=True):
+        assert_linked(c, s, traced)

@@ -5,7 +5,8 @@
 //	                                prints "ready" once listening
 //	gotls client URL PATH...        GETs each path on one keep-alive connection (TLS
 //	                                verification off: a self-signed test certificate);
-//	                                prints [[status, body length], ...] as JSON
+//	                                prints [[status, body length], ...] as JSON;
+//	                                with GOTLS_H2=1 it offers HTTP/2 (ALPN h2)
 package main
 
 import (
@@ -44,7 +45,7 @@ func serve(addr, cert, key string) {
 
 func client(base string, paths []string) {
 	tr := &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true},
-		MaxIdleConnsPerHost: 1}
+		MaxIdleConnsPerHost: 1, ForceAttemptHTTP2: os.Getenv("GOTLS_H2") == "1"}
 	c := &http.Client{Transport: tr}
 	out := [][2]int{}
 	for _, p := range paths {
@@ -56,6 +57,9 @@ func client(base string, paths []string) {
 		body, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
 		out = append(out, [2]int{resp.StatusCode, len(body)})
+		if resp.ProtoMajor == 2 {
+			fmt.Fprintln(os.Stderr, "h2")
+		}
 	}
 	b, _ := json.Marshal(out)
 	fmt.Println(string(b))
