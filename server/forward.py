@@ -16,8 +16,10 @@ to OTLP (server/http/otlp_map.py, the model Tempo serves) and sent with
   zerotrace_server_forward_dropped_spans_total{reason},
   zerotrace_server_forward_retries_total, zerotrace_server_forward_queued_spans.
 
-Delivery is at least once: a batch an agent resends after a lost ack is stored once
-but may be forwarded twice (the collector sees the same span ids).
+A batch an agent resends after a lost ack (same idempotency key) is stored once and
+forwarded once: the keys of the last FORWARD_KEYS forwarded batches are remembered.
+Past that window, or across a server restart, delivery is at least once (the
+collector may see the same span ids twice).
 """
 
 from __future__ import annotations
@@ -40,6 +42,9 @@ RETRYABLE = {
     grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL,
 }
 DROP_REASONS = ("queue_full", "rejected", "retries_exhausted", "unconvertible", "shutdown")
+# Idempotency keys of batches already offered (~100 bytes each): minutes of resends
+# at a thousand batches a second.
+FORWARD_KEYS = 65_536
 
 
 def _spans_of(payload: Any) -> list:
@@ -207,9 +212,27 @@ class OtlpForwarder:
 class _ForwardingWriter:
     """A BatchWriter whose successfully stored batches are offered to the forwarder."""
 
-    def __init__(self, writer: Any, forwarder: OtlpForwarder) -> None:
+    def __init__(self, writer: Any, forwarder: OtlpForwarder,
+                 max_keys: int = FORWARD_KEYS) -> None:
         self._writer = writer
         self._forwarder = forwarder
+        self._keys: collections.OrderedDict[Any, None] = collections.OrderedDict()
+        self._max_keys = max_keys
+        self._lock = threading.Lock()
+        self.resends = 0  # stored batches not forwarded again: their key was
+
+    def _first_time(self, key: Any) -> bool:
+        """Whether a stored batch of `key` is to be forwarded (its key not seen yet)."""
+        if key is None:
+            return True
+        with self._lock:
+            if key in self._keys:
+                self.resends += 1
+                return False
+            self._keys[key] = None
+            if len(self._keys) > self._max_keys:
+                self._keys.popitem(last=False)
+            return True
 
     def __getattr__(self, name: str) -> Any:  # stats, close, ...: the writer's own
         return getattr(self._writer, name)
@@ -218,7 +241,8 @@ class _ForwardingWriter:
         fut = self._writer.submit(data, count, key)
 
         def stored(f: Future[int]) -> None:
-            if not f.cancelled() and f.exception() is None and f.result():
+            if (not f.cancelled() and f.exception() is None and f.result()
+                    and self._first_time(key)):
                 self._forwarder.offer(data, int(f.result()))
 
         fut.add_done_callback(stored)
