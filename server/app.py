@@ -19,6 +19,7 @@ from server.auth import AuthConfigError, AuthInterceptor, TokenTable, server_cre
 from server.ingest.admission import DEFAULT_MAX_INFLIGHT_BYTES, Admission, ByteBudget
 from server.ingest.otlp import OtlpTraceService
 from server.ingest.service import IngestService
+from server.ingest.validate import TimeWindow
 from server.ingest.writer import BatchWriter
 from server.query.service import QueryService
 from server.storage.base import SpanStore
@@ -52,6 +53,7 @@ class ZerotraceServer:
         tokens: TokenTable | None = None,
         max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES,
         forward_otlp: str = "",
+        max_future_s: float = 86_400,
     ) -> None:
         # TLS files are read now, so that a bad path fails before the store opens.
         self._credentials = (server_credentials(tls_cert, tls_key, tls_ca)
@@ -98,9 +100,13 @@ class ZerotraceServer:
         # A sender may hold an eighth of the workers (agents: 4 of 32, so that it takes
         # 16 flooding agents to fill the 64 RPC slots; OTLP senders are keyed by
         # address, so several SDK processes of one host share theirs: half).
+        # Spans ending more than max_future_s ahead (a day: beyond any clock skew) or
+        # older than the retention are refused at ingest on every wire, with reasons
+        # (server/ingest/validate.py, TimeWindow).
+        self.window = TimeWindow(max_future_s=max_future_s, max_age_s=retention_s)
         self.admissions = {
-            "zerotrace": Admission(limit=max(1, workers // 8)),
-            "otlp": Admission(limit=max(1, workers // 2)),
+            "zerotrace": Admission(limit=max(1, workers // 8), window=self.window),
+            "otlp": Admission(limit=max(1, workers // 2), window=self.window),
         }
         # Request bytes in flight, server-wide (docs/server.md, "Admission by bytes").
         self.budget = ByteBudget(max_inflight_bytes)

@@ -50,6 +50,11 @@ class ServerCollector:
             "rejected": CounterMetricFamily(
                 "zerotrace_server_spans_rejected", "Spans refused as invalid, by sender.",
                 labels=labels),
+            "out_of_window": CounterMetricFamily(
+                "zerotrace_server_spans_out_of_window",
+                "Spans refused because their times lie outside the ingest window "
+                "(--max-future / retention); also counted in spans_rejected.",
+                labels=labels),
             "batches": CounterMetricFamily(
                 "zerotrace_server_batches", "Batches admitted, by sender.", labels=labels),
             "throttled": CounterMetricFamily(

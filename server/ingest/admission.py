@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import grpc
 
 from server.auth import identity
+from server.ingest.validate import TimeWindow
 
 OTHER = "(other)"  # where senders beyond `max_senders` are counted
 
@@ -37,16 +38,20 @@ class SenderStats:
     rejected: int = 0  # spans refused as invalid
     throttled: int = 0  # batches refused: too many in flight
     failed: int = 0  # batches the store could not take
+    out_of_window: int = 0  # spans refused: times outside the ingest window (in rejected)
     inflight: int = 0
 
 
 class Admission:
     """At most `limit` batches in flight per sender; counts per sender."""
 
-    def __init__(self, limit: int = 2, max_senders: int = 10_000) -> None:
+    def __init__(self, limit: int = 2, max_senders: int = 10_000,
+                 window: TimeWindow | None = None) -> None:
         if limit < 1:
             raise ValueError("limit must be at least 1")
         self.limit = limit
+        # Spans outside it are refused at ingest (None: no time check).
+        self.window = window
         self.max_senders = max_senders
         self._lock = threading.Lock()
         self._senders: dict[str, SenderStats] = {}
@@ -73,7 +78,7 @@ class Admission:
             return True
 
     def leave(self, sender: str, accepted: int = 0, rejected: int = 0,
-              failed: bool = False) -> None:
+              failed: bool = False, out_of_window: int = 0) -> None:
         """The batch admitted by `enter(sender)` is done; record its outcome."""
         with self._lock:
             st = self._get(sender)
@@ -81,6 +86,7 @@ class Admission:
             st.accepted += accepted
             st.rejected += rejected
             st.failed += failed
+            st.out_of_window += out_of_window
 
     def snapshot(self) -> dict[str, SenderStats]:
         """A copy of every sender's counters."""

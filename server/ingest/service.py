@@ -31,7 +31,7 @@ from server.ingest.admission import (
 )
 from server.ingest.caps import cap_raw_spans, cap_table
 from server.ingest.columns import BadColumns, read_columns, split_valid
-from server.ingest.validate import span_problem
+from server.ingest.validate import TimeWindow, span_problem
 from server.ingest.writer import BatchKey, BatchWriter, Payload
 
 log = logging.getLogger(__name__)
@@ -100,30 +100,51 @@ def store_batch(writer: BatchWriter, batch: Batch) -> tuple[int, int, list[str]]
     return accepted, batch.rejected, batch.errors
 
 
+def in_window(batch: Batch, window: TimeWindow | None) -> int:
+    """Drop from `batch` the spans outside the ingest `window`, counting them as
+    rejected with their reasons; returns how many were dropped."""
+    if window is None or not batch.count:
+        return 0
+    room = max(0, _MAX_ERRORS - len(batch.errors))
+    if isinstance(batch.payload, bytes):
+        data, kept, out, errors = window.filter_span_list(batch.payload, room)
+        if out:
+            batch.payload, batch.count = data, kept
+    else:
+        batch.payload, out, errors = window.filter_table(batch.payload, room)
+        batch.count = batch.payload.num_rows
+    if out:
+        batch.rejected += out
+        batch.errors = (batch.errors + errors)[:_MAX_ERRORS]
+    return out
+
+
 def store_admitted(writer: BatchWriter, admission: Admission, sender: str,
                    context: grpc.ServicerContext,
                    encode: Callable[[], Batch]) -> tuple[int, int, list[str]]:
-    """Admit a batch of `sender`, encode it (`encode` may abort the call) and store
-    it; (accepted, rejected, errors).  Ends the call with RESOURCE_EXHAUSTED when the
-    sender has its share in flight, UNAVAILABLE when the store fails (nothing acked).
-    Counted per sender either way (`Admission`, the server's metrics)."""
+    """Admit a batch of `sender`, encode it (`encode` may abort the call), drop the
+    spans outside the admission's time window and store the rest; (accepted,
+    rejected, errors).  Ends the call with RESOURCE_EXHAUSTED when the sender has its
+    share in flight, UNAVAILABLE when the store fails (nothing acked).  Counted per
+    sender either way (`Admission`, the server's metrics)."""
     admit_or_abort(admission, sender, context)
-    accepted = rejected = 0
+    accepted = rejected = late = 0
     failed = False
     try:
         batch = encode()
+        late = in_window(batch, admission.window)
         try:
             accepted, rejected, errors = store_batch(writer, batch)
         except Exception as e:  # noqa: BLE001 - storage failure, tell the caller
             # The sender retries the whole batch: its invalid spans count then, once.
-            failed, rejected = True, 0
+            failed, rejected, late = True, 0, 0
             log.warning("ingest from %r failed: %s", sender, e)
             context.abort(
                 grpc.StatusCode.UNAVAILABLE,
                 f"storage write failed, batch not stored (retry later): {str(e)[:300]}",
             )
     finally:
-        admission.leave(sender, accepted, rejected, failed)
+        admission.leave(sender, accepted, rejected, failed, out_of_window=late)
     return accepted, rejected, errors
 
 

@@ -69,7 +69,10 @@ class ClickHouseStore(SqlStore):
             # self.table is "db.spans"; clickhouse-connect quotes the name it is given.
             # clickhouse-connect writes the Arrow file format, which allows one
             # dictionary per column: batches of several agents must share theirs.
-            self._c.insert_arrow(schema.TABLE, table.unify_dictionaries(), database=self.db)
+            # A batch may cover more than 100 days (late or replayed spans, no
+            # retention): ClickHouse's default would refuse it on every retry.
+            self._c.insert_arrow(schema.TABLE, table.unify_dictionaries(), database=self.db,
+                                 settings={"max_partitions_per_insert_block": 0})
         except Exception as e:
             raise StorageError(str(e)) from e
         return table.num_rows
