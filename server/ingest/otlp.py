@@ -86,8 +86,8 @@ def _text(v: Any) -> str:
     return v if isinstance(v, str) else json.dumps(v, separators=(",", ":"))
 
 
-def _json(v: Any) -> str:
-    return json.dumps(v, separators=(",", ":"))
+# One encoder (json.dumps with separators builds one per call, ~3 us).
+_json = json.JSONEncoder(separators=(",", ":")).encode
 
 
 class _Capper:
@@ -120,6 +120,9 @@ class _Capper:
             out[kv.key] = self.value(any_value(kv.value))
         self.drops += dropped
         return out, dropped
+
+
+_NO_CAPS = _Capper()  # the counts of a span with nothing to cap (never changed)
 
 
 def _event(e: trace_pb2.Span.Event, capper: _Capper) -> dict[str, Any]:
@@ -190,10 +193,11 @@ def _resource_model(rs: trace_pb2.ResourceSpans, typed: dict[str, Any],
     return res
 
 
-def _span_model(o: trace_pb2.Span, capper: _Capper, shared: dict[str, Any]) -> dict[str, Any]:
-    """The MODEL_KEY object of span `o` ({} when the span has nothing to keep there)."""
-    model: dict[str, Any] = dict(shared)
-    budget = [MAX_MODEL_BYTES - len(_json(shared))]
+def _span_model(o: trace_pb2.Span, capper: _Capper, budget_bytes: int) -> dict[str, Any]:
+    """The span's own part of its MODEL_KEY object ({} when it has none: the common
+    span, whose object is then its scope's and resource's, encoded once)."""
+    model: dict[str, Any] = {}
+    budget = [budget_bytes]
     if o.kind in _KIND_KEPT:
         model["kind"] = _KIND_KEPT[o.kind]
     if o.flags:
@@ -241,6 +245,10 @@ def otlp_to_span_list(req: trace_service_pb2.ExportTraceServiceRequest) -> span_
                 shared["scope"] = scope
             if res_model:
                 shared["resource"] = res_model
+            shared_json = _json(shared) if shared else ""
+            simple_json: dict[tuple[int, int], str] = {}
+            scope_name = cut(ss.scope.name)
+            budget = MAX_MODEL_BYTES - len(shared_json)
             for o in ss.spans:
                 m = out.spans.add()
                 m.trace_id = o.trace_id
@@ -269,12 +277,25 @@ def otlp_to_span_list(req: trace_service_pb2.ExportTraceServiceRequest) -> span_
                 cuts, drops = cap_maps(m.attributes, m.attributes_json, None)
                 # The model's parts are added after the caps: they are not attributes
                 # and are capped by their own rules (_Capper, MAX_MODEL_BYTES).
-                if ss.scope.name:
-                    m.attributes[SCOPE_NAME_KEY] = cut(ss.scope.name)
-                capper = _Capper()
-                model = _span_model(o, capper, shared)
-                if model:
-                    m.attributes_json[MODEL_KEY] = _json(model)
+                if scope_name:
+                    m.attributes[SCOPE_NAME_KEY] = scope_name
+                capper = _NO_CAPS
+                if (o.events or o.links or o.status.message or o.dropped_attributes_count
+                        or o.dropped_events_count or o.dropped_links_count):
+                    capper = _Capper()
+                    own = _span_model(o, capper, budget)
+                    model_json = _json({**shared, **own}) if own else shared_json
+                else:
+                    # The common span: only flags and kind of its own (the SDK sets
+                    # flags on every span), so its object is one of a few per scope.
+                    simple = (o.flags, o.kind)
+                    model_json = simple_json.get(simple)
+                    if model_json is None:
+                        own = _span_model(o, capper, budget)
+                        model_json = _json({**shared, **own}) if own else shared_json
+                        simple_json[simple] = model_json
+                if model_json:
+                    m.attributes_json[MODEL_KEY] = model_json
                 cuts += capper.cuts + scope_capper.cuts + rcapper.cuts + rcuts
                 drops += capper.drops + scope_capper.drops + rdrops
                 if cuts or drops:
