@@ -150,6 +150,8 @@ def run(args: argparse.Namespace) -> int:
         pipeline.on_trace = lambda text: write([text])
     deadline = time.monotonic() + args.duration if args.duration else None
     n_events = 0
+    if shedder is not None:
+        shedder.start()
     try:
         with tracer:
             log.info("tracing; stop with Ctrl-C")
@@ -183,7 +185,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"zerotrace: ring: {ks['ring_records']} records, {ks['ring_bytes']} bytes; left out "
           f"on purpose: {ks['shed_exchanges']} exchanges and {ks['shed_connections']} "
           f"connections sampled out ({ks['shed_syscalls']} syscalls), "
-          f"{ks['skipped_syscalls']} syscalls of skipped bodies", file=sys.stderr)
+          f"{ks['skipped_syscalls']} syscalls of skipped bodies"
+          + (f"; {shedder.summary()}" if shedder is not None else ""), file=sys.stderr)
     print(f"zerotrace: {pipeline.summary()}", file=sys.stderr)
     for name, b in pipeline.exporters:
         m = b.metrics()

@@ -65,7 +65,9 @@ def scrape(port: int) -> dict[str, float]:
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     out: dict[str, float] = {}
     for name, labels, value in _METRIC.findall(text):
-        key = name + (labels or "")
+        # labels in alphabetical order, whatever order the exposition used
+        pairs = sorted(re.findall(r'(\w+)="([^"]*)"', labels or ""))
+        key = name + ("{" + ",".join(f'{k}="{v}"' for k, v in pairs) + "}" if pairs else "")
         out[key] = out.get(key, 0.0) + float(value)
         out[name + "{*}"] = out.get(name + "{*}", 0.0) + float(value)
     return out
@@ -145,7 +147,7 @@ def traced_round(net, url: str, args, env: dict[str, str]) -> dict:
         log = a.stop()
     d = {k: m1.get(k, 0.0) - m0.get(k, 0.0) for k in m1}
     n = w["requests"]
-    lost = d.get('zerotrace_stage_events_total{stage="kernel",reason="ringbuf_full"}', 0.0)
+    lost = d.get('zerotrace_stage_events_total{reason="ringbuf_full",stage="kernel"}', 0.0)
     records = d.get("zerotrace_ring_records_total", 0.0)
     rss = a.rss or [0.0]
     half = rss[len(rss) // 2:]
@@ -161,7 +163,7 @@ def traced_round(net, url: str, args, env: dict[str, str]) -> dict:
         "shed_conns": d.get("zerotrace_shed_connections_total", 0.0),
         "keep_ratio": m1.get("zerotrace_sampling_keep_ratio", 1.0),
         "server_spans": d.get("zerotrace_requests_total{*}", 0.0),
-        "spans": d.get('zerotrace_stage_events_total{stage="assembler",reason="spans"}', 0.0),
+        "spans": d.get('zerotrace_stage_events_total{reason="spans",stage="assembler"}', 0.0),
         "cpu_s": cpu_s,
         "cores": cpu_s / args.duration,
         "us_per_req": cpu_s * 1e6 / n if n else 0.0,
@@ -182,32 +184,46 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--cpu-budget", type=float, default=None,
                     help="ZEROTRACE_CPU_BUDGET for the agent (cores; 0: no CPU limit)")
     ap.add_argument("--env", action="append", default=[], help="K=V for the agent")
+    ap.add_argument("--compare-off", action="store_true",
+                    help="each round also traced with shedding off (ZEROTRACE_SHEDDING=0)")
     args = ap.parse_args(argv or [])
     if shutil.which("wrk") is None or shutil.which("nginx") is None:
         raise SystemExit("bench_live needs wrk and nginx (scripts/setup.sh)")
     env = dict(kv.split("=", 1) for kv in args.env)
     if args.cpu_budget is not None:
         env["ZEROTRACE_CPU_BUDGET"] = str(args.cpu_budget)
-    base, traced = [], []
+    base, traced, off = [], [], []
     load0 = load()
     with nginx_pair() as (net, url):
         for i in range(args.rounds):
             base.append(run_wrk(net, url, args.threads, args.connections, args.duration))
             traced.append(traced_round(net, url, args, env))
-            r = traced[-1]
-            print(f"  round {i + 1} (load {load()}): untraced {base[-1]['rps']:,.0f} req/s, "
-                  f"traced {r['rps']:,.0f} req/s; loss {r['loss']:.3%} ({r['lost']:.0f} lost), "
-                  f"shed {r['shed']:.0f} kept {r['kept']:.0f} exchanges (keep "
-                  f"{r['keep_ratio']:.3f}), {r['records_per_req']:.2f} records "
-                  f"{r['bytes_per_req']:.0f} B per request, server spans "
-                  f"{r['server_spans']:.0f}, agent {r['cores']:.2f} cores "
-                  f"{r['us_per_req']:.1f} us/req, RSS {r['rss_steady']:.0f} MB "
-                  f"(peak {r['rss_peak']:.0f})", flush=True)
-            for line in r["exit"]:
-                print("    " + line)
+            if args.compare_off:
+                off.append(traced_round(net, url, args, {**env, "ZEROTRACE_SHEDDING": "0"}))
+            for what, r in [("", traced[-1])] + ([("shedding off ", off[-1])] if off else []):
+                _print_round(i, what, base[-1], r)
+    _report(args, env, load0, base, traced, "")
+    if off:
+        _report(args, {**env, "ZEROTRACE_SHEDDING": "0"}, load0, base, off, "shedding off: ")
+
+
+def _print_round(i: int, what: str, b: dict, r: dict) -> None:
+    print(f"  round {i + 1} {what}(load {load()}): untraced {b['rps']:,.0f} req/s, "
+          f"traced {r['rps']:,.0f} req/s; loss {r['loss']:.3%} ({r['lost']:.0f} lost), "
+          f"shed {r['shed']:.0f} kept {r['kept']:.0f} exchanges (keep "
+          f"{r['keep_ratio']:.3f}), {r['records_per_req']:.2f} records "
+          f"{r['bytes_per_req']:.0f} B per request, server spans "
+          f"{r['server_spans']:.0f}, agent {r['cores']:.2f} cores "
+          f"{r['us_per_req']:.1f} us/req, RSS {r['rss_steady']:.0f} MB "
+          f"(peak {r['rss_peak']:.0f})", flush=True)
+    for line in r["exit"]:
+        print("    " + line)
+
+
+def _report(args, env: dict, load0: str, base: list, traced: list, what: str) -> None:
     med = lambda rows, k: statistics.median(x[k] for x in rows)  # noqa: E731
     b, t = med(base, "rps"), med(traced, "rps")
-    print(f"# live: wrk -t{args.threads} -c{args.connections} -d{args.duration}s on nginx "
+    print(f"# {what}live: wrk -t{args.threads} -c{args.connections} -d{args.duration}s on nginx "
           f"(612 B, keep-alive), agent not pinned, env {env or '{}'}; medians of "
           f"{args.rounds}; load before {load0}, after {load()} (shared VM)")
     print(f"throughput untraced {b:,.0f} traced {t:,.0f} req/s: ratio {t / b:.2f} (target 0.8)")

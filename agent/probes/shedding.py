@@ -7,7 +7,7 @@ Signals, read every `interval` seconds: events the ring had no room for (any is 
 overload), how full the ring is (the drain lag), and the agent's own CPU share against
 its budget (`ZEROTRACE_CPU_BUDGET` cores, 0 for none: an agent that follows everything
 by taking the node's CPU costs the traced applications more than the spans are worth).
-Multiplicative decrease at once, slow increase only after several calm readings in a
+Multiplicative decrease at once, increase (x1.5) only after three calm readings in a
 row (hysteresis), so the rate does not oscillate around the edge.  Sampling starting and
 stopping is logged once each, not every adjustment."""
 
@@ -41,7 +41,8 @@ class Shedder:
 
     HIGH_FILL = 0.25   # drain lag that calls for shedding
     LOW_FILL = 0.02    # ... and low enough to trace more again
-    CALM_READINGS = 4  # calm readings in a row before each increase
+    CALM_READINGS = 3  # calm readings in a row before each increase
+    RAISE = 1.5        # ... by this factor
 
     def __init__(self, tracer, cpu_budget: float | None = None, interval: float = 0.5,
                  clock: Callable[[], float] = time.monotonic,
@@ -58,6 +59,13 @@ class Shedder:
         self._t, self._cpu = clock(), cpu_clock()
         self._lost = self._ring_lost()
         self._stats0: dict[str, int] = {}
+
+    def start(self) -> None:
+        """Measure from now: the CPU spent starting up (compiling, scanning processes)
+        is not load to shed."""
+        self._t, self._cpu = self.clock(), self.cpu_clock()
+        self._lost = self._ring_lost()
+        self._next = self._t + self.interval
 
     def _ring_lost(self) -> int:
         return self.tracer.drops().get("ringbuf_full", 0)
@@ -99,7 +107,7 @@ class Shedder:
             if self.calm < self.CALM_READINGS:
                 return keep
             self.calm = 0
-            keep = min(ALL, int(keep * 1.25) + MIN_KEEP)
+            keep = min(ALL, int(keep * self.RAISE) + MIN_KEEP)
             why = "load fell"
         else:
             self.calm = 0
@@ -128,6 +136,13 @@ class Shedder:
                         s["shed_connections"] - self._stats0.get("shed_connections", 0))
         else:
             log.debug("sampling: tracing %.1f%% of exchanges (%s)", 100 * keep / ALL, why)
+
+    def summary(self) -> str:
+        """One line for the agent's exit report."""
+        if not self.changes:
+            return "sampling never needed"
+        return (f"sampling changed {self.changes} times, ended at {self.keep_ratio:.1%} of "
+                f"exchanges (last: {self.last_reason})")
 
     @property
     def keep_ratio(self) -> float:

@@ -76,3 +76,21 @@ def test_record_kinds_agree_with_bpf_abi_h():
         assert getattr(abi, name) == int(value), name
     wakes = {int(v) for k, v in defs.items() if k.startswith("WAKE_")}
     assert set(abi.WAKE_KIND_NAMES) == wakes
+
+
+def test_counter_slots_agree_with_bpf_abi_h():
+    """ZT_STAT_* / ZT_DROP_* slots of bpf/abi.h are the ones agent/probes/abi.py reads
+    (a slot read under another name would report one counter as another)."""
+    import re
+
+    text = (BPF_DIR / "abi.h").read_text()
+    stats = {int(v): k for k, v in re.findall(r"^#define ZT_STAT_(\w+) (\d+)", text, re.M)}
+    count = stats.pop(max(stats))
+    assert count == "SLOTS" and max(stats) + 1 == abi.STAT_SLOT_COUNT == len(abi.STAT_SLOTS)
+    assert set(stats) == set(abi.STAT_SLOTS)
+    for slot, cname in stats.items():  # same meaning: the C name in the Python one
+        words = cname.lower().replace("record_bytes", "ring_bytes").replace(
+            "records", "ring_records").replace("conns", "connections")
+        assert abi.STAT_SLOTS[slot] == words, (slot, cname)
+    keep = re.search(r"^#define ZT_KEEP_ALL (\d+)", text, re.M)
+    assert int(keep.group(1)) == abi.KEEP_ALL

@@ -173,3 +173,34 @@ def test_sampling_counters_are_exported(tracer, net):
     assert float(lines["zerotrace_sampling_keep_ratio"]) == 0.25
     assert "zerotrace_shed_connections_total" in lines
     assert "zerotrace_skipped_syscalls_total" in lines
+
+
+def _map_ids(pid: int) -> set[int]:
+    import os
+
+    ids = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+                for line in f:
+                    if line.startswith("map_id:"):
+                        ids.add(int(line.split()[1]))
+        except OSError:
+            continue
+    return ids
+
+
+def test_maps_are_freed_on_close(net):
+    import os
+
+    before = _map_ids(os.getpid())
+    t = SocketTracer(ProbeConfig(netns={h.inode for h in net.hosts}, tls=False))
+    t.set_keep(abi.KEEP_ALL // 2)
+    t.set_skip_hint(0x1000, 0, 5)
+    mine = _map_ids(os.getpid()) - before
+    assert len(mine) >= 5  # events, config, drops, stats, skips, socks ...
+    t.close()
+    assert _map_ids(os.getpid()) & mine == set()
+    loaded = subprocess.run(["bpftool", "-j", "map", "show"], capture_output=True, text=True,
+                            check=True).stdout
+    assert not {m["id"] for m in json.loads(loaded or "[]")} & mine

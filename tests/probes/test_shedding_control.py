@@ -1,0 +1,72 @@
+"""The shedding controller's decisions (agent/probes/shedding.py): cut at once on loss,
+fill or CPU over budget, raise only after calm readings, log start and stop once each.
+The tracer here records what it is told (the kernel side is tested with real probes in
+test_records_and_shedding.py)."""
+
+from __future__ import annotations
+
+import logging
+
+from agent.probes import abi
+from agent.probes.shedding import MIN_KEEP, Shedder
+
+ALL = abi.KEEP_ALL
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.keeps: list[int] = []
+        self.shed = 0
+
+    def set_keep(self, keep: int) -> None:
+        self.keeps.append(keep)
+
+    def stats(self) -> dict:
+        return {"shed_exchanges": self.shed, "shed_connections": 0}
+
+    def drops(self) -> dict:
+        return {"ringbuf_full": 0}
+
+    def ring_fill(self) -> float:
+        return 0.0
+
+
+def test_loss_cuts_hard_then_calm_raises_slowly_back_to_all(caplog):
+    t = Recorder()
+    s = Shedder(t, cpu_budget=0.5)
+    with caplog.at_level(logging.WARNING, logger="agent.probes.shedding"):
+        assert s.decide(100, 0.0, 0.1) == ALL // 4
+        assert s.decide(0, 0.6, 0.1) == ALL // 16  # ring over half full: hard again
+        assert s.decide(0, 0.3, 0.1) == ALL // 32  # over the high mark: halve
+        assert s.decide(0, 0.1, 0.1) == ALL // 32  # between the marks: hold
+        t.shed = 1234
+        raised = []
+        for _ in range(60):
+            raised.append(s.decide(0, 0.0, 0.1))
+    assert raised[0] == raised[1] == ALL // 32  # not before three calm readings
+    assert raised[2] > ALL // 32
+    assert raised[-1] == ALL and s.keep_ratio == 1.0
+    assert t.keeps[-1] == ALL
+    msgs = [r.getMessage() for r in caplog.records]
+    assert len(msgs) == 2  # on, off: not every step
+    assert "sampling on" in msgs[0] and "100 events lost" in msgs[0]
+    assert "sampling off" in msgs[1] and "1234 exchanges" in msgs[1]
+
+
+def test_cpu_over_budget_aims_under_it_and_never_below_the_floor():
+    t = Recorder()
+    s = Shedder(t, cpu_budget=0.5)
+    assert s.decide(0, 0.0, 1.0) == int(ALL * 0.45)
+    for _ in range(40):
+        s.decide(0, 0.0, 5.0)
+    assert s.keep == MIN_KEEP
+    s2 = Shedder(Recorder(), cpu_budget=0)  # no budget: CPU alone never sheds
+    assert s2.decide(0, 0.0, 2.0) == ALL
+
+
+def test_calm_readings_need_cpu_under_the_budget_too():
+    s = Shedder(Recorder(), cpu_budget=0.5)
+    s.decide(1, 0.0, 0.1)
+    for _ in range(10):
+        s.decide(0, 0.0, 0.45)  # under budget but above 80 % of it: hold
+    assert s.keep == ALL // 4
