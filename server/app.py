@@ -15,7 +15,13 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from proto.zerotrace.v1 import query_pb2_grpc
-from server.auth import AuthConfigError, AuthInterceptor, TokenTable, server_credentials
+from server.auth import (
+    AuthConfigError,
+    AuthInterceptor,
+    TokenTable,
+    http_tls_context,
+    server_credentials,
+)
 from server.ingest.admission import DEFAULT_MAX_INFLIGHT_BYTES, Admission, ByteBudget
 from server.ingest.otlp import OtlpTraceService
 from server.ingest.service import IngestService
@@ -60,6 +66,10 @@ class ZerotraceServer:
                              if tls_cert or tls_key else None)
         if tls_ca and self._credentials is None:
             raise AuthConfigError("--tls-ca needs --tls-cert and --tls-key (the server's own)")
+        # The same certificate on the HTTP ports this object serves (/metrics); the
+        # Tempo/Jaeger API (server/http) takes `http_tls` too.
+        self.http_tls = (http_tls_context(tls_cert, tls_key, tls_ca)
+                         if self._credentials is not None else None)
         if store is None:
             if data_dir is None:
                 raise ValueError("give a data directory or a store")
@@ -135,19 +145,14 @@ class ZerotraceServer:
             raise OSError(f"cannot listen on {self.listen}")
         self.grpc.start()
         self._set_health(health_pb2.HealthCheckResponse.SERVING)
-        if self.metrics_listen and self.forwarder is not None:
-            from server.forward import serve_metrics_with
-            from server.metrics import ServerCollector
+        if self.metrics_listen:
+            from server.metrics import ServerCollector, serve_collectors
 
-            self._metrics_http, self.metrics_port = serve_metrics_with(
-                self.metrics_listen,
-                ServerCollector(self.admissions, self.writer, budget=self.budget),
-                self.forwarder.collector())
-        elif self.metrics_listen:
-            from server.metrics import serve_metrics
-
-            self._metrics_http, self.metrics_port = serve_metrics(
-                self.metrics_listen, self.admissions, self.writer, self.budget)
+            collectors = [ServerCollector(self.admissions, self.writer, budget=self.budget)]
+            if self.forwarder is not None:
+                collectors.append(self.forwarder.collector())
+            self._metrics_http, self.metrics_port = serve_collectors(
+                self.metrics_listen, *collectors, tls=self.http_tls)
         if self.retention_s or self.max_bytes:
             threading.Thread(target=self._retention_loop, daemon=True).start()
         log.info("zerotrace server on port %d", self.port)

@@ -22,6 +22,8 @@ import hmac
 import ipaddress
 import logging
 import socket
+import socketserver
+import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -294,6 +296,36 @@ def server_credentials(cert: str, key: str, ca: str = "") -> grpc.ServerCredenti
         root_certificates=read(ca, "CA certificate") if ca else None,
         require_client_auth=bool(ca),
     )
+
+
+def http_tls_context(cert: str, key: str, ca: str = "") -> ssl.SSLContext:
+    """A server-side TLS context for the HTTP ports (/metrics, the Tempo/Jaeger and
+    OTLP/HTTP APIs) from the same files as the gRPC port: --tls-cert/--tls-key, and
+    with --tls-ca client certificates are required there too."""
+    if not cert or not key:
+        raise AuthConfigError("TLS needs both --tls-cert and --tls-key")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(cert, key)
+        if ca:
+            ctx.load_verify_locations(cafile=ca)
+            ctx.verify_mode = ssl.CERT_REQUIRED
+    except (OSError, ssl.SSLError) as e:
+        raise AuthConfigError(f"cannot use the TLS files {cert} / {key}"
+                              f"{' / ' + ca if ca else ''}: {e}") from e
+    return ctx
+
+
+def serve_tls(httpd: socketserver.BaseServer, ctx: ssl.SSLContext) -> None:
+    """Make `httpd` (a stdlib socketserver, before it serves) speak only TLS.
+
+    The handshake is left to each connection's own thread (do_handshake_on_connect
+    off): done in accept(), a client that connects and sends nothing would hold the
+    accepting thread and with it the port.  A plain-HTTP client fails its handshake
+    and gets nothing."""
+    httpd.socket = ctx.wrap_socket(httpd.socket, server_side=True,
+                                   do_handshake_on_connect=False)
 
 
 def is_loopback(listen: str) -> bool:

@@ -1,15 +1,22 @@
 """The server's own Prometheus metrics: what each sender pushed, what was refused and
-why, and what the store did with it.  Read from the live counters at scrape time."""
+why, and what the store did with it.  Read from the live counters at scrape time.
+With the server's --tls-cert, /metrics is served over HTTPS only (issue 14)."""
 
 from __future__ import annotations
 
+import socket
+import ssl
+import threading
 from collections.abc import Iterator
 from dataclasses import fields
-from wsgiref.simple_server import WSGIServer
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry, make_wsgi_app, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import ThreadingWSGIServer
 
+from server.auth import serve_tls
 from server.ingest.admission import Admission, ByteBudget, SenderStats
 from server.ingest.writer import BatchWriter
 
@@ -47,14 +54,6 @@ class ServerCollector:
         fams = {
             "accepted": CounterMetricFamily(
                 "zerotrace_server_spans_accepted", "Spans stored, by sender.", labels=labels),
-            "rejected": CounterMetricFamily(
-                "zerotrace_server_spans_rejected", "Spans refused as invalid, by sender.",
-                labels=labels),
-            "out_of_window": CounterMetricFamily(
-                "zerotrace_server_spans_out_of_window",
-                "Spans refused because their times lie outside the ingest window "
-                "(--max-future / retention); also counted in spans_rejected.",
-                labels=labels),
             "batches": CounterMetricFamily(
                 "zerotrace_server_batches", "Batches admitted, by sender.", labels=labels),
             "throttled": CounterMetricFamily(
@@ -66,6 +65,11 @@ class ServerCollector:
                 "Batches the store could not write (the sender was told to retry).",
                 labels=labels),
         }
+        # reason="invalid" (bad ids, times out of order, undecodable...) or
+        # "time_window" (outside the ingest window: server/ingest/validate.py)
+        rejected = CounterMetricFamily(
+            "zerotrace_server_spans_rejected", "Spans refused, by sender and reason.",
+            labels=[*labels, "reason"])
         inflight = GaugeMetricFamily("zerotrace_server_batches_inflight",
                                      "Batches being stored now, by sender.", labels=labels)
         for proto, adm in self.admissions.items():
@@ -73,7 +77,10 @@ class ServerCollector:
                 for key, fam in fams.items():
                     fam.add_metric([proto, sender], getattr(st, key))
                 inflight.add_metric([proto, sender], st.inflight)
+                rejected.add_metric([proto, sender, "invalid"], st.rejected - st.out_of_window)
+                rejected.add_metric([proto, sender, "time_window"], st.out_of_window)
         yield from fams.values()
+        yield rejected
         yield inflight
         inserts = CounterMetricFamily("zerotrace_server_store_inserts",
                                       "Inserts into the store (group commits).")
@@ -93,10 +100,36 @@ class ServerCollector:
 
 def serve_metrics(listen: str, admissions: dict[str, Admission],
                   writer: BatchWriter,
-                  budget: ByteBudget | None = None) -> tuple[WSGIServer, int]:
+                  budget: ByteBudget | None = None,
+                  tls: ssl.SSLContext | None = None) -> tuple[WSGIServer, int]:
     """Serve /metrics on `listen` ("HOST:PORT"); (the HTTP server, its port)."""
+    return serve_collectors(listen, ServerCollector(admissions, writer, budget=budget),
+                            tls=tls)
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        pass  # a scrape every 15 s is not news
+
+
+def serve_collectors(listen: str, *collectors: Any,
+                     tls: ssl.SSLContext | None = None) -> tuple[WSGIServer, int]:
+    """/metrics on `listen` from `collectors`: (the HTTP server, its port).  With
+    `tls` (the server's --tls-cert), HTTPS only, set up before the port serves."""
     registry = CollectorRegistry()
-    registry.register(ServerCollector(admissions, writer, budget=budget))
+    for c in collectors:
+        registry.register(c)
     host, _, port = listen.rpartition(":")
-    server, _thread = start_http_server(int(port), addr=host or "0.0.0.0", registry=registry)
+    host = host.strip("[]") or "0.0.0.0"
+    if tls is None:
+        server, _thread = start_http_server(int(port), addr=host, registry=registry)
+        return server, server.server_port
+
+    class _Server(ThreadingWSGIServer):
+        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+    server = make_server(host, int(port), make_wsgi_app(registry), _Server,
+                         handler_class=_QuietHandler)
+    serve_tls(server, tls)
+    threading.Thread(target=server.serve_forever, name="zt-metrics", daemon=True).start()
     return server, server.server_port

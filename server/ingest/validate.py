@@ -3,12 +3,12 @@
 `TimeWindow` (issue 14, items 4 and 6) refuses spans whose times lie outside what the
 server keeps: ending more than `max_future_s` ahead of the server's clock (a sender
 with a broken clock, or garbage) or starting more than `max_age_s` ago (retention
-would delete them at once).  They are refused with a reason, like other invalid
-spans, and counted (`zerotrace_server_spans_out_of_window`): the sender is acked for
-the rest of its batch and does not resend them, so a batch covering years is stored
-in part, never retried forever.  Refused, not clamped: a span moved in time would
-sit in the wrong trace view and a clamped duration would be a lie.  Every wire goes
-through it (agents' Arrow and protobuf pushes, OTLP: `service.store_admitted`).
+would delete them at once).  They are refused with a reason, like other invalid spans,
+and counted (`zerotrace_server_spans_rejected{reason="time_window"}`): the sender is
+acked for the rest of its batch and does not resend them, so a batch covering years is
+stored in part, never retried forever.  Refused, not clamped: a span moved in time
+would sit in the wrong trace view and a clamped duration would be a lie.  Every wire
+goes through it (agents' Arrow and protobuf pushes, OTLP: `service.store_admitted`).
 """
 
 from __future__ import annotations

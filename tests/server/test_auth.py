@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -272,7 +273,7 @@ def test_sender_is_the_token_not_the_declared_name(mtls_server, pki):
         r = _push(mtls_server.addr, _sec(pki, INGEST_TOKEN_2),
                   [server_span(start_ns=now_ns(), end_ns=now_ns() + 5)], agent=f"spoof-{i}")
         assert r.accepted == 1
-    text = urllib.request.urlopen(f"{mtls_server.metrics}", timeout=10).read().decode()
+    text = _mtls_metrics(mtls_server.metrics, pki)
     assert "spoof-" not in text
     assert 'sender="ingest#2"' in text  # the second ingest token, unnamed
     assert 'sender="node-a"' in text  # the named token used by the fixtures
@@ -366,7 +367,7 @@ def test_mtls_without_tokens_keys_senders_on_the_certificate(tmp_path, pki):
             r = _push(srv.addr, _sec(pki), [server_span(start_ns=now_ns(), end_ns=now_ns() + 5)],
                       agent=f"spoof-{i}")
             assert r.accepted == 1
-        text = urllib.request.urlopen(srv.metrics, timeout=10).read().decode()
+        text = _mtls_metrics(srv.metrics, pki)
         assert "spoof-" not in text and 'sender="cert:agent-1"' in text
     finally:
         srv.stop()
@@ -445,3 +446,103 @@ def test_health_check_needs_no_token_and_opens_nothing_else(token_server):
             query_pb2_grpc.QueryServiceStub(ch).GetTrace(
                 query_pb2.GetTraceRequest(trace_id="ab" * 16), timeout=10)
         assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+# --- TLS on the HTTP ports (issue 14): /metrics with the server's --tls-cert ---------
+
+
+def _https_get(url: str, ca: str, cert: tuple[str, str] | None = None) -> str:
+    import ssl
+
+    ctx = ssl.create_default_context(cafile=ca)
+    if cert:
+        ctx.load_cert_chain(*cert)
+    with urllib.request.urlopen(url, context=ctx, timeout=10) as r:
+        return r.read().decode()
+
+
+def _mtls_metrics(url: str, pki: Pki) -> str:
+    """/metrics of a server with --tls-cert and --tls-ca: HTTPS with a client certificate
+    (the port speaks TLS only; the start-up line may still say http://)."""
+    return _https_get(url.replace("http://", "https://", 1), pki.ca,
+                      (pki.client_cert, pki.client_key))
+
+
+def _plain_get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return r.read().decode()
+
+
+@pytest.mark.parametrize("mtls", [False, True])
+def test_metrics_port_speaks_tls_only_with_tls_cert(chdb_root, pki, mtls):
+    import ssl
+    import urllib.error
+    import uuid
+
+    from server.app import ZerotraceServer
+
+    store = chdb_root.for_database(f"tlsm_{uuid.uuid4().hex[:12]}")
+    srv = ZerotraceServer("127.0.0.1:0", store=store, metrics_listen="127.0.0.1:0",
+                          tls_cert=pki.server_cert, tls_key=pki.server_key,
+                          tls_ca=pki.ca if mtls else "")
+    srv.start()
+    try:
+        https = f"https://127.0.0.1:{srv.metrics_port}/metrics"
+        client = (pki.client_cert, pki.client_key) if mtls else None
+        assert "zerotrace_server_store_inserts" in _https_get(https, pki.ca, client)
+        # plain HTTP gets no metrics: the TLS handshake fails, nothing is answered
+        with pytest.raises((urllib.error.URLError, ConnectionError, OSError)) as ei:
+            _plain_get(f"http://127.0.0.1:{srv.metrics_port}/metrics")
+        assert "zerotrace_server" not in str(ei.value)
+        # a client trusting another CA refuses the server
+        with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):
+            _https_get(https, pki.other_ca, client)
+        if mtls:
+            # --tls-ca: client certificates required, as on the gRPC port
+            with pytest.raises((urllib.error.URLError, ssl.SSLError, ConnectionError)):
+                _https_get(https, pki.ca)
+            with pytest.raises((urllib.error.URLError, ssl.SSLError, ConnectionError)):
+                _https_get(https, pki.ca, (pki.other_client_cert, pki.other_client_key))
+        # a client that connects and sends nothing does not hold the port
+        with socket.create_connection(("127.0.0.1", srv.metrics_port)):
+            assert "zerotrace_server" in _https_get(https, pki.ca, client)
+    finally:
+        srv.stop(grace=0.5)
+        store.drop()
+
+
+def test_serve_tls_on_a_stdlib_http_server(pki):
+    """server.auth.serve_tls, as the HTTP API (server/http) uses it on its
+    ThreadingHTTPServer: HTTPS answered, plain HTTP not."""
+    import threading
+    import urllib.error
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from server.auth import AuthConfigError, http_tls_context, serve_tls
+
+    class H(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            body = b"secret trace"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), H)
+    httpd.daemon_threads = True
+    serve_tls(httpd, http_tls_context(pki.server_cert, pki.server_key))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        port = httpd.server_address[1]
+        assert _https_get(f"https://localhost:{port}/", pki.ca) == "secret trace"
+        with pytest.raises((urllib.error.URLError, ConnectionError, OSError)) as ei:
+            _plain_get(f"http://127.0.0.1:{port}/")
+        assert "secret" not in str(ei.value)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    with pytest.raises(AuthConfigError, match="cannot use the TLS files"):
+        http_tls_context(pki.ca, pki.server_key)  # key does not match the certificate

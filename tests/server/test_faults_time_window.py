@@ -2,11 +2,11 @@
 
 A real server on loopback keeps 30 days (retention) and refuses what ends more than a
 day ahead of its clock: spans 2 days ahead and 40 days old are refused with a reason
-naming the span and the window, counted per sender (also as rejected), and the rest
-of their batch is stored and acked, on agent protobuf, agent Arrow and OTLP/gRPC
-pushes.  A batch whose spans cover 300 days (none in the future, no retention) is
-stored whole; one entirely in the future is acked as refused, not failed, so its
-sender does not retry it forever.
+naming the span and the window, counted per sender (spans_rejected, reason
+time_window), and the rest of their batch is stored and acked, on agent protobuf,
+agent Arrow and OTLP/gRPC pushes.  A batch whose spans cover 300 days (none in the
+future, no retention) is stored whole; one entirely in the future is acked as refused,
+not failed, so its sender does not retry it forever.
 """
 
 from __future__ import annotations
@@ -117,9 +117,11 @@ def test_window_counter_is_exported(srv):
     span_to_pb(server_span(start_ns=now + 3 * DAY, end_ns=now + 3 * DAY + 1), req.spans.add())
     assert _push(srv.addr, req).rejected == 1
     fams = {m.name: m for m in ServerCollector(srv.admissions, srv.writer).collect()}
-    samples = {(s.labels["protocol"], s.labels["sender"]): s.value
-               for s in fams["zerotrace_server_spans_out_of_window"].samples}
-    assert samples[("zerotrace", "tw-metrics")] == 1
+    samples = {(s.labels["sender"], s.labels["reason"]): s.value
+               for s in fams["zerotrace_server_spans_rejected"].samples
+               if s.labels["protocol"] == "zerotrace"}
+    assert samples[("tw-metrics", "time_window")] == 1
+    assert samples[("tw-metrics", "invalid")] == 0
 
 
 def test_a_batch_over_300_days_is_stored_or_refused_never_failed(zt_server):
