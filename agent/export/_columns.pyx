@@ -272,6 +272,32 @@ cdef bint _add_str_list(_Text t, list items) except -1:
     return True
 
 
+cdef int _add_json(_Text t, object val, object json_value) except -1:
+    """The JSON text of a typed attribute value, as proto.columns._json_value writes
+    it: ints and bools directly, lists of plain ASCII strs here, the rest by
+    `json_value`."""
+    cdef long long small
+    cdef int overflow
+    cdef char num[32]
+    cdef Py_ssize_t n
+    if PyLong_CheckExact(val):
+        small = PyLong_AsLongLongAndOverflow(val, &overflow)
+        if overflow:
+            return t.add_str(json_value(val))
+        n = _itoa(small, num)
+        _put(&t.data, num + 32 - n, n)
+    elif val is True:
+        _put(&t.data, b"true", 4)
+    elif val is False:
+        _put(&t.data, b"false", 5)
+    elif PyList_CheckExact(val) and _add_str_list(t, val):
+        return 0
+    else:
+        return t.add_str(json_value(val))
+    t.rows += 1
+    return _put_i32(&t.off, t.data.n)
+
+
 cdef class _Col:
     cdef int kind
     cdef object attr  # Span attribute
@@ -282,6 +308,10 @@ cdef class _Col:
     cdef Py_ssize_t rows
     cdef Py_ssize_t nulls
     cdef dict memo  # DICT: value -> index
+    cdef object last  # DICT: the last value (spans share their strings) and its index
+    cdef int32_t last_i
+    cdef _Col fused  # ATTRS: the ATTRS_JSON column of the same dict, written in one walk
+    cdef bint skip  # ATTRS_JSON written by its ATTRS column
     cdef list uniques
     cdef _Text text  # STR / ID values; map keys
     cdef _Text items  # map values
@@ -323,6 +353,8 @@ cdef class _Col:
         self.entries = 0
         self.memo = {}
         self.uniques = []
+        self.last = None
+        self.last_i = 0
         self.text.start()
         self.items.start()
         if self.kind >= K_MAP and self.kind <= K_ATTRS_JSON:
@@ -332,6 +364,8 @@ cdef class _Col:
     cdef inline int add_dict(self, object v) except -1:
         cdef object i
         cdef int32_t x
+        if v is self.last and v is not None:
+            return _put(&self.fixed, &self.last_i, 4)
         if not PyUnicode_CheckExact(v):
             raise Unhandled("dictionary value not a str")
         i = self.memo.get(v)
@@ -339,6 +373,8 @@ cdef class _Col:
             i = self.memo[v] = len(self.uniques)
             self.uniques.append(v)
         x = <int32_t>(<Py_ssize_t>i)
+        self.last = v
+        self.last_i = x
         return _put(&self.fixed, &x, 4)
 
     cdef inline int add_uint(self, object v, uint64_t top, int width) except -1:
@@ -374,58 +410,43 @@ cdef class _Col:
         self.rows += 1
         return 0
 
-    cdef int add_map(self, object d, int json_value_kind, object json_value) except -1:
-        # json_value_kind: 0 every value (must be str), 1 str values only,
-        # 2 non-str values as JSON text.
+    cdef int add_map(self, object d, int mode, object json_value, _Col other) except -1:
+        # mode 0: every value (must be a str); 1: the str values only; 2: the other
+        # values, as JSON text; 3: both, str values here and the others in `other`
+        # (attributes and attributes_json read in one walk of the dict).
         cdef Py_ssize_t pos = 0
         cdef PyObject* k
         cdef PyObject* v
         cdef object key, val
-        cdef long long small
-        cdef int overflow
-        cdef char num[32]
-        cdef Py_ssize_t n
+        cdef bint text
         if not PyDict_CheckExact(d):
             raise Unhandled("not a dict")
         while PyDict_Next(d, &pos, &k, &v):
             key = <object>k
             val = <object>v
-            if json_value_kind == 0:
+            text = PyUnicode_Check(val)
+            if mode == 0:
                 if not PyUnicode_CheckExact(val):
                     raise Unhandled("map value not a str")  # str(v) for the rest
-            elif json_value_kind == 1:
-                if not PyUnicode_Check(val):
-                    continue
-            else:
-                if PyUnicode_Check(val):
-                    continue
+            elif (mode == 1 and not text) or (mode == 2 and text):
+                continue
             if not PyUnicode_CheckExact(key):
                 raise Unhandled("map key not a str")
-            self.text.add_str(key)
-            if json_value_kind != 2:
+            if text:
+                self.text.add_str(key)
                 self.items.add_str(val)
-            elif PyLong_CheckExact(val):
-                small = PyLong_AsLongLongAndOverflow(val, &overflow)
-                if overflow:
-                    self.items.add_str(json_value(val))
-                else:
-                    n = _itoa(small, num)
-                    _put(&self.items.data, num + 32 - n, n)
-                    self.items.rows += 1
-                    _put_i32(&self.items.off, self.items.data.n)
-            elif val is True:
-                _put(&self.items.data, b"true", 4)
-                self.items.rows += 1
-                _put_i32(&self.items.off, self.items.data.n)
-            elif val is False:
-                _put(&self.items.data, b"false", 5)
-                self.items.rows += 1
-                _put_i32(&self.items.off, self.items.data.n)
-            elif PyList_CheckExact(val) and _add_str_list(self.items, val):
-                pass
+                self.entries += 1
+            elif mode == 3:
+                other.text.add_str(key)
+                _add_json(other.items, val, json_value)
+                other.entries += 1
             else:
-                self.items.add_str(json_value(val))
-            self.entries += 1
+                self.text.add_str(key)
+                _add_json(self.items, val, json_value)
+                self.entries += 1
+        if mode == 3:
+            _put_i32(&other.moff, other.entries)
+            other.rows += 1
         return _put_i32(&self.moff, self.entries)
 
     cdef object array(self):
@@ -498,6 +519,17 @@ cdef class Encoder:
         self.span_type = span_type
         self.part_type = part_type
         for c in self.cols:
+            c.fused = None
+            c.skip = False
+        for c in self.cols:
+            if c.kind == K_ATTRS and not c.part:
+                for o in self.cols:
+                    if (<_Col>o).kind == K_ATTRS_JSON and (<_Col>o).attr == c.attr \
+                            and not (<_Col>o).part and not (<_Col>o).skip:
+                        c.fused = <_Col>o
+                        (<_Col>o).skip = True
+                        break
+        for c in self.cols:
             c.off = _slot_offset(span_type, c.attr)
             c.descr = span_type.__dict__.get(c.attr) if c.off >= 0 else None
             if c.part:
@@ -529,6 +561,8 @@ cdef class Encoder:
         for s in spans:
             own = st != NULL and Py_TYPE(s) == st
             for c in self.cols:
+                if c.skip:
+                    continue  # written with its ATTRS column
                 if own and c.off >= 0:
                     v = _slot(s, c.off, c.attr)
                 else:
@@ -557,11 +591,14 @@ cdef class Encoder:
                     c.add_opt(v)
                     continue
                 elif k == K_MAP:
-                    c.add_map(v, 0, None)
+                    c.add_map(v, 0, None, None)
                 elif k == K_ATTRS:
-                    c.add_map(v, 1, None)
+                    if c.fused is not None:
+                        c.add_map(v, 3, self.json_value, c.fused)
+                    else:
+                        c.add_map(v, 1, None, None)
                 elif k == K_ATTRS_JSON:
-                    c.add_map(v, 2, self.json_value)
+                    c.add_map(v, 2, self.json_value, None)
                 elif k == K_AGENT:
                     c.add_dict(v or agent if agent else v)  # as the Python encoder
                 else:
@@ -573,4 +610,5 @@ cdef class Encoder:
         for c in self.cols:  # the batch's strings are not kept alive until the next
             c.memo = None
             c.uniques = None
+            c.last = None
         return out

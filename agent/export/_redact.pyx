@@ -19,6 +19,7 @@ from cpython.object cimport PyObject
 from cpython.ref cimport Py_INCREF, Py_XDECREF
 from cpython.unicode cimport PyUnicode_Check, PyUnicode_CheckExact
 from libc.stdlib cimport free, malloc
+from libc.string cimport memcmp, memcpy
 
 
 cdef extern from "Python.h":
@@ -32,6 +33,8 @@ cdef extern from "Python.h":
     PyTypeObject PyMemberDescr_Type
     PyTypeObject* Py_TYPE(object o)
     int T_OBJECT_EX
+    const char* PyUnicode_AsUTF8AndSize(object s, Py_ssize_t* size) except NULL
+    object PyUnicode_DecodeASCII(const char* s, Py_ssize_t size, const char* errors)
 
 
 cdef Py_ssize_t _slot_offset(object typ, object name):
@@ -203,6 +206,10 @@ cdef class Redactor:
             self.op_cache[op] = new
         return new
 
+    def sql_literals(self, str text):
+        """redact._SQL_LITERAL.sub(redact._literal, text), or None for the regex."""
+        return sql_literals(text)
+
     def spans(self, list batch):
         """redact.spans(batch) (REDACT on): `batch` itself when nothing changed."""
         cdef dict resources = {}
@@ -240,3 +247,235 @@ cdef inline void _set(object o, Py_ssize_t off, object v):
     Py_INCREF(v)
     dst[0] = <PyObject*>v
     Py_XDECREF(old)
+
+
+# -- SQL literals ------------------------------------------------------------------
+#
+# redact._SQL_LITERAL.sub(redact._literal, text) for ASCII text, as one left-to-right
+# scan: at each position the regex's three alternatives in its order (kept tokens,
+# string literals, numbers), each matched as Python's backtracking engine would
+# (the comments say where backtracking can change a match); a literal becomes "?",
+# a kept token and every other character is copied.  Non-ASCII text (where \w and \d
+# mean more than [A-Za-z0-9_] and [0-9]) stays with the regex.  The regex cost 5-12 us
+# a statement, and statements carrying unique values are seen once each.
+# tests/export/test_redact_compiled.py compares both on generated SQL-like text.
+
+cdef inline bint _word(unsigned char c):
+    return (c >= 48 and c <= 57) or (c >= 65 and c <= 90) or (c >= 97 and c <= 122) or c == 95
+
+
+cdef inline bint _digit(unsigned char c):
+    return c >= 48 and c <= 57
+
+
+cdef inline bint _hexdigit(unsigned char c):
+    return _digit(c) or (c >= 65 and c <= 70) or (c >= 97 and c <= 102)
+
+
+cdef Py_ssize_t _keep(const unsigned char* s, Py_ssize_t n, Py_ssize_t i):
+    """End of a kept token at i ("ident", `ident`, -- comment, /* comment */, $1),
+    or -1."""
+    cdef unsigned char c = s[i]
+    cdef Py_ssize_t j, last_pair
+    if c == 34:  # "(?:[^"]|"")*"
+        j = i + 1
+        last_pair = -1
+        while j < n:
+            if s[j] == 34:
+                if j + 1 < n and s[j + 1] == 34:
+                    last_pair = j
+                    j += 2
+                    continue
+                return j + 1
+            j += 1
+        # Unclosed: backtracking gives back "" pairs; the last one's first quote closes.
+        return last_pair + 1 if last_pair >= 0 else -1
+    if c == 96:  # `[^`]*`
+        j = i + 1
+        while j < n:
+            if s[j] == 96:
+                return j + 1
+            j += 1
+        return -1
+    if c == 45:  # --[^\n]*
+        if i + 1 < n and s[i + 1] == 45:
+            j = i + 2
+            while j < n and s[j] != 10:
+                j += 1
+            return j
+        return -1
+    if c == 47:  # /\*.*?\*/
+        if i + 1 < n and s[i + 1] == 42:
+            j = i + 2
+            while j + 1 < n:
+                if s[j] == 42 and s[j + 1] == 47:
+                    return j + 2
+                j += 1
+        return -1
+    if c == 36:  # \$\d+
+        j = i + 1
+        while j < n and _digit(s[j]):
+            j += 1
+        return j if j > i + 1 else -1
+    return -1
+
+
+cdef inline bint _at_end(const unsigned char* s, Py_ssize_t n, Py_ssize_t p):
+    # Python's `$` without MULTILINE: the end, or before a newline that ends the text.
+    return p == n or (p == n - 1 and s[p] == 10)
+
+
+cdef Py_ssize_t _string(const unsigned char* s, Py_ssize_t n, Py_ssize_t i):
+    """End of a string literal at i (quoted, with an optional E/N/B/X/U prefix and &,
+    to the end when unclosed; or dollar-quoted), or -1."""
+    cdef unsigned char c = s[i]
+    cdef Py_ssize_t j, last_pair, t0, t1, k
+    j = -1
+    if c == 39:
+        j = i
+    elif c in b"eEnNbBxXuU":
+        if i + 1 < n and s[i + 1] == 39:
+            j = i + 1
+        elif i + 2 < n and s[i + 1] == 38 and s[i + 2] == 39:
+            j = i + 2
+    if j >= 0:  # '(?:[^'\\]|''|\\.)*(?:'|$)
+        j += 1
+        last_pair = -1
+        while j < n:
+            c = s[j]
+            if c == 39:
+                if j + 1 < n and s[j + 1] == 39:
+                    last_pair = j
+                    j += 2
+                    continue
+                return j + 1
+            if c == 92:
+                if j + 1 < n:
+                    j += 2
+                    continue
+                # A backslash ending the text: neither token nor end; backtracking
+                # gives back "''" pairs, the last one's first quote closes.
+                return last_pair + 1 if last_pair >= 0 else -1
+            j += 1
+        return n  # `$` at the end
+    if c != 36:
+        return -1
+    # \$(?P<tag>[A-Za-z_]\w*)?\$.*?(?:\$(?P=tag)?\$|$)
+    t0 = t1 = i + 1
+    if t0 < n and (_word(s[t0]) and not _digit(s[t0])):
+        t1 = t0 + 1
+        while t1 < n and _word(s[t1]):
+            t1 += 1
+        if not (t1 < n and s[t1] == 36):
+            t1 = t0  # the tag must be followed by $; without one, $$ must open
+    if not (t1 < n and s[t1] == 36):
+        return -1
+    j = t1 + 1
+    while True:
+        if j < n and s[j] == 36:
+            if t1 > t0:  # $tag$ first, then $$
+                k = t1 - t0
+                if j + 1 + k < n and memcmp(s + j + 1, s + t0, k) == 0 and s[j + 1 + k] == 36:
+                    return j + k + 2
+            if j + 1 < n and s[j + 1] == 36:
+                return j + 2
+        if _at_end(s, n, j):
+            return j
+        j += 1
+
+
+cdef Py_ssize_t _number(const unsigned char* s, Py_ssize_t n, Py_ssize_t i):
+    """End of a number at i (not after [\\w$.:], not followed by [\\w.]), or -1.
+    Backtracking inside a number never ends it where the greedy match did not: a
+    shorter match is followed by a digit, '.', 'e' or 'x'."""
+    cdef Py_ssize_t j, k
+    cdef unsigned char c
+    if i > 0:
+        c = s[i - 1]
+        if _word(c) or c == 36 or c == 46 or c == 58:
+            return -1
+    j = i + 1 if s[i] == 45 else i
+    if j >= n:
+        return -1
+    # 0[xX][0-9a-fA-F]+
+    if s[j] == 48 and j + 2 < n and (s[j + 1] == 120 or s[j + 1] == 88) and _hexdigit(s[j + 2]):
+        k = j + 2
+        while k < n and _hexdigit(s[k]):
+            k += 1
+        if not (k < n and (_word(s[k]) or s[k] == 46)):
+            return k
+    k = -1
+    if _digit(s[j]):  # \d+\.?\d*
+        k = j
+        while k < n and _digit(s[k]):
+            k += 1
+        if k < n and s[k] == 46:
+            k += 1
+            while k < n and _digit(s[k]):
+                k += 1
+    elif s[j] == 46 and j + 1 < n and _digit(s[j + 1]):  # \.\d+
+        k = j + 1
+        while k < n and _digit(s[k]):
+            k += 1
+    if k < 0:
+        return -1
+    k = _exponent(s, n, k)
+    if k < n and (_word(s[k]) or s[k] == 46):
+        return -1
+    return k
+
+
+cdef inline Py_ssize_t _exponent(const unsigned char* s, Py_ssize_t n, Py_ssize_t k):
+    # (?:[eE][-+]?\d+)? at k: its end, or k.
+    cdef Py_ssize_t e
+    if k < n and (s[k] == 101 or s[k] == 69):
+        e = k + 1
+        if e < n and (s[e] == 43 or s[e] == 45):
+            e += 1
+        if e < n and _digit(s[e]):
+            while e < n and _digit(s[e]):
+                e += 1
+            return e
+    return k
+
+
+def sql_literals(str text):
+    """redact._SQL_LITERAL.sub(redact._literal, text) for ASCII text; None for other
+    text (the regex's business)."""
+    cdef Py_ssize_t n, i, e, start, o
+    cdef const unsigned char* s
+    cdef char* out
+    if not text.isascii():
+        return None
+    s = <const unsigned char*>PyUnicode_AsUTF8AndSize(text, &n)  # ASCII: its own data
+    out = NULL
+    o = 0
+    i = start = 0
+    try:
+        while i < n:
+            e = _keep(s, n, i)
+            if e >= 0:
+                i = e
+                continue
+            e = _string(s, n, i)
+            if e < 0:
+                e = _number(s, n, i)
+            if e >= 0:
+                if out == NULL:
+                    out = <char*>malloc(n + 1)  # "?" never makes the text longer
+                    if out == NULL:
+                        raise MemoryError()
+                memcpy(out + o, s + start, i - start)
+                o += i - start
+                out[o] = 63  # '?'
+                o += 1
+                i = start = e
+                continue
+            i += 1
+        if out == NULL:
+            return text
+        memcpy(out + o, s + start, n - start)
+        o += n - start
+        return PyUnicode_DecodeASCII(out, o, NULL)
+    finally:
+        free(out)

@@ -141,7 +141,12 @@ def sql_literals(text: str) -> str:
         return text
     hit = _SQL_CACHE.get(text)
     if hit is None:
-        hit = _SQL_LITERAL.sub(_literal, text)
+        fast = _redactor()
+        # The compiled scan of ASCII text (the same substitution: _redact.pyx), else
+        # the regex: statements carrying unique values are each seen once or twice.
+        hit = fast.sql_literals(text) if fast else None
+        if hit is None:
+            hit = _SQL_LITERAL.sub(_literal, text)
         if len(text) <= 2048:  # statements repeat (prepared, ORMs): a bounded cache
             if len(_SQL_CACHE) >= 1024:
                 _SQL_CACHE.clear()

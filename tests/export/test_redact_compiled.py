@@ -132,3 +132,40 @@ def test_redaction_off_returns_the_batch(monkeypatch):
     monkeypatch.setattr(redact, "REDACT", False)
     batch = [Span(attributes={"k": f"Bearer {JWT}"})]
     assert redact.spans(batch) is batch
+
+
+# -- SQL literals: the compiled scan against the regex ---------------------------------
+
+_SQL_PIECES = list("'\"`$-/*.\n\\eExX0129a_ &:+bntgN;()=,é") + [
+    "$1", "$tag$", "$$", "''", '""', "--", "/*", "*/", "0x1f", "0X1G", "1e5", "1.e-3",
+    ".5", "E'", "N'", "U&'", "$a$", "$ab$", "\\'", "SELECT ", " WHERE x = ", "-7"]
+
+
+def _regex(text: str) -> str:
+    return redact._SQL_LITERAL.sub(redact._literal, text)
+
+
+@settings(max_examples=int(os.environ.get("ZT_FUZZ_EXAMPLES", "200")) * 25, deadline=None)
+@given(st.lists(st.sampled_from(_SQL_PIECES), max_size=40).map("".join))
+def test_sql_literal_scan_is_the_regex(text):
+    from agent.export._redact import sql_literals
+
+    got = sql_literals(text)
+    if not text.isascii():
+        assert got is None  # the regex's business (\w, \d beyond ASCII)
+    else:
+        assert got == _regex(text)
+    assert redact.sql_literals(text) == _regex(text)
+
+
+@pytest.mark.parametrize("sql", [
+    "", "'", "\\", "'\\", "''\\", "'a''b''\\", '"a""b', '"a"" b""', "$$", "$tag$x$ta$",
+    "$tag$x$tag$ 1", "$tag$x\n", "$1$2", "$a1$ 'x' $a1$", "/* 'x'", "-- 'x'\n'y'",
+    "x-1 -1 1-1 a.1 $.1 :1 1. 1.x 0x1f 0x1fg 1e 1e+ 1e+5 1e+5x .5e3", "E'x' e&'x' u&x'y'",
+    "type'x'", "'unclosed\n", "'a'\n", "SELECT 'é'", "x = 'a\\'b' AND y = 2",
+])
+def test_sql_literal_edge_cases(sql):
+    from agent.export._redact import sql_literals
+
+    got = sql_literals(sql)
+    assert got == _regex(sql) or (got is None and not sql.isascii())
