@@ -7,11 +7,11 @@ the open aggregates, here a C array), so a frame split over many syscalls is nev
 re-scanned and a bulk string longer than what was captured is skipped by its length,
 after which the remaining elements of the same frame are parsed as usual.
 
-This is the former Python parser (`redis.py` up to commit cc53527) with the
-per-connection plumbing of `base.StreamParser` carried as C-typed state, as
-`_http1.pyx` does; what leaves it is the same: `base.Record`s holding `base.Message`s,
-and `STATS` counters (tests/protocols/test_compiled_equivalence_redis.py checks it
-against that Python module).
+This is the former Python parser (`redis.py` up to commit cc53527) on the compiled
+stream plumbing every parser shares (`_stream.StreamParser`); what leaves it is the
+same: `base.Record`s holding `base.Message`s, and `STATS` counters
+(tests/protocols/test_compiled_equivalence_redis.py checks it against that Python
+module).
 
 Payload bytes are read only through `_Bytes` views (pointer + length of a `bytes` object
 the caller keeps alive) and every index is checked against that length before it is
@@ -27,20 +27,21 @@ from cpython.unicode cimport PyUnicode_DecodeLatin1
 from libc.stdlib cimport free, realloc
 from libc.string cimport memchr, memcmp
 
+from ._stream cimport DirStream, Pending, StreamParser
+
 import re
 
 from .base import (
-    MAX_BUFFER,
     MAX_PENDING,
     STATUS_ERROR,
     STATUS_OK,
-    STATUS_UNSET,
     Message,
     Record,
     new_stats,
 )
 
 STATS = new_stats()
+globals()["DirStream"] = DirStream  # the name redis.py exports (cimported here)
 
 _AGG = frozenset(b"*%~>")
 _BULK = frozenset(b"$=!")
@@ -55,7 +56,6 @@ WAIT_BULK = 4096
 cdef Py_ssize_t C_MAX_LINE = MAX_LINE
 cdef Py_ssize_t C_GRAB = GRAB
 cdef long long C_WAIT_BULK = WAIT_BULK
-cdef Py_ssize_t C_MAX_BUFFER = MAX_BUFFER
 cdef Py_ssize_t C_MAX_PENDING = MAX_PENDING
 # Counts and lengths are clamped to this (2**60 elements or bytes never arrive), so the
 # arithmetic on them (x2 for maps, + offsets) cannot overflow.
@@ -206,92 +206,6 @@ cdef int _number(bytes buf, _Bytes v, Py_ssize_t a, Py_ssize_t b, long long *out
 
 # -- per-connection state -------------------------------------------------------------
 
-cdef class DirStream:
-    """One direction of a connection: unparsed bytes plus where they came from.
-
-    `buf` holds contiguous bytes starting at stream offset `base`; `skip` counts bytes
-    still to discard (the rest of a bulk whose length is known); `synced` is False
-    after bytes were lost where the framing cannot say how many, until the parser
-    finds a frame boundary again.  `marks` remembers (offset, ts, tid, seq) of the
-    chunks behind `buf` so a message gets the time of its first and last byte.
-    """
-
-    cdef readonly bytes buf
-    cdef readonly long long base
-    cdef long long nxt
-    cdef bint has_next
-    cdef readonly long long skip
-    cdef readonly bint synced
-    cdef list marks
-    cdef object open  # Message whose tail is being skipped, or None
-    cdef bint trunc  # the open message lost bytes
-
-    def __cinit__(self):
-        self.buf = b""
-        self.synced = True
-        self.marks = []
-        self.open = None
-
-    @property
-    def next(self):
-        return self.nxt if self.has_next else None
-
-    cdef tuple mark_at(self, long long off):
-        cdef list marks = self.marks
-        cdef Py_ssize_t i, n = len(marks)
-        if n == 1:
-            return <tuple>marks[0]
-        for i in range(n - 1, -1, -1):
-            if <long long>(<tuple>marks[i])[0] <= off:
-                return <tuple>marks[i]
-        return <tuple>marks[0]
-
-    cdef object message(self, long long start, long long end):
-        """A Message for stream bytes [start, end) of this direction."""
-        cdef tuple m0, m1
-        if len(self.marks) == 1:
-            m0 = <tuple>self.marks[0]
-            seq = m0[3]
-            if seq is not None:
-                seq = (seq + start - m0[0]) % _SEQ_MOD
-            return Message(start, end - start, m0[1], m0[1], m0[2], m0[2], seq)
-        m0 = self.mark_at(start)
-        m1 = self.mark_at(end - 1) if end > start else m0
-        seq = m0[3]
-        if seq is not None:
-            seq = (seq + start - m0[0]) % _SEQ_MOD
-        return Message(start, end - start, m0[1], m1[1], m0[2], m1[2], seq)
-
-    cdef void consume(self, Py_ssize_t n) except *:
-        """Drop the first n buffered bytes, and the marks no longer needed."""
-        cdef list marks = self.marks
-        cdef Py_ssize_t i
-        cdef long long base
-        self.buf = self.buf[n:]
-        self.base += n
-        if len(marks) > 1:
-            base = self.base
-            i = 0
-            while i + 1 < len(marks) and <long long>(<tuple>marks[i + 1])[0] <= base:
-                i += 1
-            if i:
-                del marks[:i]
-
-    cdef void drop(self) except *:
-        self.base += len(self.buf)
-        self.buf = b""
-        if len(self.marks) > 1:
-            del self.marks[:-1]
-
-
-cdef class _Pending:
-    """A request waiting for its response."""
-    cdef object msg
-    cdef str operation
-    cdef dict attributes
-    cdef str incomplete
-
-
 cdef class _Frame:
     """Scan state of one direction: the frame in progress, if any."""
     cdef long long *stack  # element counts left in the open aggregates
@@ -337,15 +251,6 @@ cdef inline void _count(str reason) except *:
     STATS[reason] += 1
 
 
-cdef object _incomplete_record(_Pending p, str reason):
-    """The record of a request whose response will not be seen."""
-    cdef str why = p.incomplete or reason
-    if p.incomplete and reason and reason not in p.incomplete:
-        why = p.incomplete + "," + reason
-    return Record("redis", p.msg, None, p.operation, STATUS_UNSET, "", "",
-                  p.attributes, {}, why)
-
-
 # raw command name (bytes) -> (upper-cased name, operation, flags); flags: 1 subscribe,
 # 2 names a subcommand, 4 first argument not shown.  A handful of names per agent.
 cdef dict _cmd_cache = {}
@@ -370,55 +275,23 @@ cdef tuple _command(bytes raw):
     return hit
 
 
-cdef class RedisParser:
+cdef class RedisParser(StreamParser):
     """One Redis connection, both directions."""
 
-    cdef readonly object client_side
-    cdef readonly tuple streams
-    cdef readonly object pending  # deque of _Pending
-    cdef readonly bint closed
     # Pub/sub pushes ("message", "pmessage", "smessage", extra "subscribe"
     # confirmations) only exist once the client subscribed: before that, an array
     # reply that happens to start with such a word is data (LRANGE of a list).
     cdef readonly bint subscribed
-    cdef int rdir  # direction carrying requests, -1 until known
-    # Messages were lost where their count is unknown: until the pending queue
-    # drains, first-in-first-out matching may be off by that count.
-    cdef bint uncertain
-    cdef DirStream st0, st1
     cdef _Frame f0, f1
-    # Instance attributes stay possible, as on the Python parsers.
-    cdef dict __dict__
 
     def __init__(self, client_side=None):
-        self.client_side = client_side
-        self.st0 = DirStream()
-        self.st1 = DirStream()
-        self.streams = (self.st0, self.st1)
+        StreamParser.__init__(self, client_side)
+        self.proto = "redis"
+        self.counts = STATS
         self.f0 = _Frame()
         self.f1 = _Frame()
         self.pending = deque()
-        self.rdir = -1
-        if client_side is not None:
-            self.rdir = 0 if client_side else 1
-        self.closed = False
-        self.uncertain = False
         self.subscribed = False
-
-    @property
-    def protocol(self):
-        return "redis"
-
-    @property
-    def stats(self):
-        return STATS
-
-    @property
-    def req_dir(self):
-        return None if self.rdir < 0 else self.rdir
-
-    cdef inline DirStream _st(self, int d):
-        return self.st0 if d == 0 else self.st1
 
     cdef inline _Frame _frame(self, int d):
         return self.f0 if d == 0 else self.f1
@@ -460,11 +333,6 @@ cdef class RedisParser:
         self._feed(d, data, size, off, ts, tid, seq, out)
         return out
 
-    def flush(self, reason) -> list:
-        cdef list out = []
-        self._flush(reason, out)
-        return out
-
     cdef long long _fast(self, bint is_req, bytes data, long long off, ts, tid, seq,
                          list out) except -2:
         """Records of the whole frames at the start of the chunk; the length of those
@@ -483,7 +351,7 @@ cdef class RedisParser:
         k = len(pending)
         if nf > k:
             nf = k
-        while nf and (<_Pending>pending[nf - 1]).msg.start_ns > ts:
+        while nf and (<Pending>pending[nf - 1]).msg.start_ns > ts:
             nf -= 1
         if not nf:
             return -1
@@ -499,7 +367,7 @@ cdef class RedisParser:
         cdef int t
         cdef Py_ssize_t nf = 0
         cdef bint bad
-        cdef _Pending p
+        cdef Pending p
         while i < n and (limit < 0 or nf < limit):
             start = i
             t = v.p[i]
@@ -604,13 +472,13 @@ cdef class RedisParser:
                          Py_ssize_t b1, Py_ssize_t e0, Py_ssize_t e1, long long off, ts,
                          tid, seq, list out) except *:
         cdef list args
-        cdef _Pending p
+        cdef Pending p
         s = None if seq is None else (seq + start) % _SEQ_MOD
         msg = Message(off + start, end - start, ts, ts, tid, tid, s)
         if is_req:
             self._request_spans(msg, v, a0, a1, b0, b1, "", out)
             return
-        p = <_Pending>self.pending.popleft()
+        p = <Pending>self.pending.popleft()
         if e0 < 0:
             out.append(Record("redis", p.msg, msg, p.operation, STATUS_OK, "", "",
                               p.attributes, {}, p.incomplete))
@@ -635,7 +503,7 @@ cdef class RedisParser:
         cdef int flags = 0
         cdef str op
         cdef dict attrs
-        cdef _Pending p
+        cdef Pending p
         cdef bytes key
         cdef Py_ssize_t nargs = len(args)
         if nargs:
@@ -657,15 +525,15 @@ cdef class RedisParser:
             attrs["db.query.text"] = op
         if len(self.pending) >= C_MAX_PENDING:
             _count("pending_overflow")
-            out.append(_incomplete_record(<_Pending>self.pending.popleft(), "evicted"))
-        p = _Pending.__new__(_Pending)
+            out.append(self._incomplete(<Pending>self.pending.popleft(), "evicted"))
+        p = Pending.__new__(Pending)
         p.msg = msg
         p.operation = op
         p.attributes = attrs
         p.incomplete = inc
         self.pending.append(p)
 
-    cdef void _reply(self, _Pending p, msg, err, str inc, list out) except *:
+    cdef void _reply(self, Pending p, msg, err, str inc, list out) except *:
         cdef str text, code, status, error
         if err is not None:
             text = (<bytes>err).decode("latin-1", "replace")
@@ -677,157 +545,11 @@ cdef class RedisParser:
         out.append(Record("redis", p.msg, msg, p.operation, status, code, error,
                           p.attributes, {}, self._why(p.incomplete, inc)))
 
-    # -- stream plumbing (base.StreamParser) ------------------------------------------
-    cdef void _feed(self, int d, bytes data, long long size, long long off, ts, tid, seq,
-                    list out) except *:
-        cdef DirStream st
-        cdef bytes whole = data
-        cdef long long cut, end, k
-        cdef Py_ssize_t i
-        if self.closed:
-            return
-        st = self._st(d)
-        if not st.has_next:
-            # Offsets count from the connection's first byte: a first chunk further on
-            # means what came before was lost (or the connection was seen midway).
-            st.has_next = True
-            st.nxt = st.base = 0
-        if off != st.nxt:
-            if off < st.nxt:
-                # Retransmitted or overlapping bytes: keep only what is new.
-                cut = st.nxt - off
-                if cut >= size:
-                    _count("overlap")
-                    return
-                if cut >= len(data):
-                    _count("overlap")
-                    self._gap(d, st, size - cut, out)
-                    return
-                data = data[cut:]
-                off = st.nxt
-            else:
-                _count("gap")
-                self._gap(d, st, off - st.nxt, out)
-        end = off + len(data)
-        marks = st.marks
-        if not st.buf and marks:
-            marks.clear()
-        marks.append((off, ts, tid, seq))
-        st.nxt = end
-        if st.skip:
-            k = st.skip if st.skip < len(data) else len(data)
-            st.skip -= k
-            data = data[k:]
-            st.base = off + k
-            o = st.open
-            if o is not None:
-                o.end_ns = ts
-                o.end_tid = tid
-                o.size += k
-            if not st.skip:
-                st.open = None
-                self._tail_done(d, st, o, out)
-        if data:
-            if not st.synced:
-                i = self._resync(d, data)
-                if i < 0:
-                    _count("resync_skip")
-                    st.base = end
-                    data = b""
-                    self._skipped(d, ts, out)
-                else:
-                    st.synced = True
-                    data = data[i:]
-                    st.base = end - len(data)
-            if data:
-                if st.buf:
-                    st.buf += data
-                else:
-                    st.buf = data
-                    st.base = end - len(data)
-                self._parse(d, st, out, False)
-                if len(st.buf) > C_MAX_BUFFER:
-                    _count("buffer_overflow")
-                    st.drop()
-                    self._desync(d, st, out)
-        if size > len(whole):
-            _count("truncated_chunk")
-            self._gap(d, st, size - len(whole), out)
-
-    cdef void _gap(self, int d, DirStream st, long long g, list out) except *:
-        """`g` bytes right after what was received are missing."""
-        st.nxt = (st.nxt if st.has_next else 0) + g
-        st.has_next = True
-        self._lose(d, st, g, out)
-
-    cdef void _lose(self, int d, DirStream st, long long g, list out) except *:
-        """Account for `g` lost bytes (st.nxt already moved past them)."""
-        if st.skip:
-            o = st.open
-            if st.skip >= g:
-                if o is not None:
-                    o.size += g
-                st.skip -= g
-                st.base += g
-                st.trunc = True
-                if not st.skip:
-                    st.open = None
-                    self._tail_done(d, st, o, out)
-                return
-            # The skipped message ends inside the hole; what follows is unknown.
-            g -= st.skip
-            if o is not None:
-                o.size += st.skip
-            st.skip = 0
-            st.trunc = True
-            st.open = None
-            self._tail_done(d, st, o, out)
-        if st.synced and self._on_gap(d, st, g, out):
-            return
-        st.drop()
-        st.base = st.nxt
-        self.uncertain = True
-        if st.synced:
-            _count("desync")
-            self._desync(d, st, out)
-
-    cdef void _desync(self, int d, DirStream st, list out) except *:
-        self.uncertain = True
-        st.synced = False
-        st.skip = 0
-        st.open = None
-        st.buf = b""
-        st.base = st.nxt if st.has_next else 0
-        self._on_desync(d, out)
-
-    cdef str _why(self, str a, str b):
-        """Incomplete reasons of a matched record, with the doubt a lost request casts."""
-        cdef str why
-        if a and b:
-            why = a + "," + b
-        else:
-            why = a or b
-        if self.uncertain:
-            if not why:
-                why = "gap"
-            if not self.pending:
-                self.uncertain = False
-        return why
-
-    cdef void _skipped(self, int d, ts, list out) except *:
-        """A whole chunk was dropped while looking for a frame boundary.
-
-        If it carried responses, they answered requests sent before it: those requests
-        go out incomplete rather than be matched, first in first out, with later answers.
-        """
-        pending = self.pending
-        if d == self.rdir:
-            return
-        while pending and (<_Pending>pending[0]).msg.start_ns <= ts:
-            out.append(_incomplete_record(<_Pending>pending.popleft(), "gap"))
-
     # -- framing ----------------------------------------------------------------------
-    cdef void _parse(self, int d, DirStream st, list out, bint force) except *:
+    cdef void _parse(self, int d, DirStream st, list out) except *:
+        self._scan(d, st, out, False)
+
+    cdef void _scan(self, int d, DirStream st, list out, bint force) except *:
         cdef bytes buf = st.buf
         cdef _Bytes v = _view(buf)
         cdef Py_ssize_t n = v.n, pos = 0, j, s, cap
@@ -948,7 +670,7 @@ cdef class RedisParser:
         if not st.buf:
             return False
         # A bulk cut by the hole is skipped by its length; then the frame goes on.
-        self._parse(d, st, out, True)
+        self._scan(d, st, out, True)
         if not st.skip or not st.synced:
             return False
         self._lose(d, st, g, out)
@@ -967,7 +689,7 @@ cdef class RedisParser:
     cdef void _done(self, int d, _Frame f, DirStream st, list out, str inc) except *:
         cdef int kind
         cdef bytes first
-        cdef _Pending p
+        cdef Pending p
         msg = f.msg
         f.msg = None
         f.depth = 0
@@ -984,7 +706,7 @@ cdef class RedisParser:
         if first.endswith(b"subscribe"):
             # One confirmation per channel: the first answers the command, the rest
             # answer nothing.
-            if not (self.pending and (<_Pending>self.pending[0]).operation.lower()
+            if not (self.pending and (<Pending>self.pending[0]).operation.lower()
                     == first.decode("latin-1")):
                 _count("push")
                 return
@@ -993,11 +715,11 @@ cdef class RedisParser:
             return
         if not self.pending:
             self._salvage_request(out)
-        if not self.pending or (<_Pending>self.pending[0]).msg.start_ns > msg.start_ns:
+        if not self.pending or (<Pending>self.pending[0]).msg.start_ns > msg.start_ns:
             # Nothing asked, or it answers a request lost before the oldest one seen.
             _count("unmatched_response")
             return
-        self._reply(<_Pending>self.pending.popleft(), msg, f.err, inc or f.inc, out)
+        self._reply(<Pending>self.pending.popleft(), msg, f.err, inc or f.inc, out)
 
     cdef void _salvage_request(self, list out) except *:
         """A reply came while a command is still being read: the server replies to
@@ -1046,11 +768,5 @@ cdef class RedisParser:
         else:
             f.msg = None
             while self.pending:
-                out.append(_incomplete_record(<_Pending>self.pending.popleft(), "gap"))
+                out.append(self._incomplete(<Pending>self.pending.popleft(), "gap"))
         f.msg = None
-
-    cdef void _flush(self, reason, list out) except *:
-        while self.pending:
-            out.append(_incomplete_record(<_Pending>self.pending.popleft(),
-                                          reason or "no response"))
-        self.closed = True
