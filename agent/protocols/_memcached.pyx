@@ -20,9 +20,9 @@ passed over are done (quiet means "success" or "miss"); if a later quiet request
 have taken it too, both are marked `ambiguous`.  memcached 1.6 drops the replies queued
 before the CLIENT_ERROR of a retrieval with an over-long key: seen, that is undone.
 
-This is the former Python parser (`memcached.py` up to commit cc53527) with the
-per-connection plumbing of `base.StreamParser` carried as C-typed state, as
-`_http1.pyx` does; what leaves it is the same: `base.Record`s holding `base.Message`s,
+This is the former Python parser (`memcached.py` up to commit cc53527) on the
+compiled stream plumbing every parser shares (`_stream.StreamParser`); what leaves it
+is the same: `base.Record`s holding `base.Message`s,
 and `STATS` counters (tests/protocols/test_compiled_equivalence_memcached.py checks it
 against that Python module).  Payload bytes are read only through `_Bytes` views
 (pointer + length of a `bytes` object the caller keeps alive), every index checked
@@ -34,11 +34,12 @@ from collections import deque
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.string cimport memchr, memcmp
 
+from ._stream cimport DirStream, Pending, StreamParser
+
 import re
 
 from . import redact
 from .base import (
-    MAX_BUFFER,
     MAX_PENDING,
     STATUS_ERROR,
     STATUS_OK,
@@ -49,6 +50,7 @@ from .base import (
 )
 
 STATS = new_stats()
+globals()["DirStream"] = DirStream  # the name the .py module exports (cimported here)
 
 # A request line longer than this is not memcached (a multi-get of ~60 keys of the
 # maximum 250 bytes fits): framing was lost.
@@ -67,7 +69,6 @@ cdef long long C_WAIT_BLOCK = WAIT_BLOCK
 cdef Py_ssize_t C_MAX_KEY = MAX_KEY
 cdef Py_ssize_t C_SHOW_KEYS = SHOW_KEYS
 cdef Py_ssize_t C_HEADER = HEADER
-cdef Py_ssize_t C_MAX_BUFFER = MAX_BUFFER
 cdef Py_ssize_t C_MAX_PENDING = MAX_PENDING
 
 # -- text commands ----------------------------------------------------------------------
@@ -128,7 +129,6 @@ cdef frozenset _C_SUBCOMMANDS = _SUBCOMMANDS, _C_ERRORS = _ERRORS, _C_OUTCOMES =
 cdef frozenset _C_MULTI = _MULTI, _C_REPLY_WORDS = REPLY_WORDS, _C_GET_OPS = _GET_OPS
 cdef dict _C_META_FIT = _META_FIT
 cdef bytes _C_BAD_LINE = _BAD_LINE
-cdef object _SEQ_MOD = 1 << 32
 
 # -- binary opcodes ---------------------------------------------------------------------
 # opcode -> (operation, quiet): named as the text command doing the same, so a service's
@@ -289,90 +289,6 @@ cdef str _query_text(str op, list keys):
 
 # -- per-connection state -------------------------------------------------------------
 
-cdef class DirStream:
-    """One direction of a connection: unparsed bytes plus where they came from.
-
-    `buf` holds contiguous bytes starting at stream offset `base`; `skip` counts bytes
-    still to discard (the rest of a block whose length is known); `synced` is False
-    after bytes were lost where the framing cannot say how many, until the parser
-    finds a frame boundary again.  `marks` remembers (offset, ts, tid, seq) of the
-    chunks behind `buf` so a message gets the time of its first and last byte.
-    """
-
-    cdef readonly bytes buf
-    cdef readonly long long base
-    cdef long long nxt
-    cdef bint has_next
-    cdef readonly long long skip
-    cdef readonly bint synced
-    cdef list marks
-    cdef object open  # Message whose tail is being skipped, or None
-    cdef bint trunc  # the open message lost bytes
-
-    def __cinit__(self):
-        self.buf = b""
-        self.synced = True
-        self.marks = []
-        self.open = None
-
-    @property
-    def next(self):
-        return self.nxt if self.has_next else None
-
-    cdef tuple mark_at(self, long long off):
-        cdef list marks = self.marks
-        cdef Py_ssize_t i, n = len(marks)
-        if n == 1:
-            return <tuple>marks[0]
-        for i in range(n - 1, -1, -1):
-            if <long long>(<tuple>marks[i])[0] <= off:
-                return <tuple>marks[i]
-        return <tuple>marks[0]
-
-    cdef object message(self, long long start, long long end):
-        """A Message for stream bytes [start, end) of this direction."""
-        cdef tuple m0, m1
-        if len(self.marks) == 1:
-            m0 = <tuple>self.marks[0]
-            seq = m0[3]
-            if seq is not None:
-                seq = (seq + start - m0[0]) % _SEQ_MOD
-            return Message(start, end - start, m0[1], m0[1], m0[2], m0[2], seq)
-        m0 = self.mark_at(start)
-        m1 = self.mark_at(end - 1) if end > start else m0
-        seq = m0[3]
-        if seq is not None:
-            seq = (seq + start - m0[0]) % _SEQ_MOD
-        return Message(start, end - start, m0[1], m1[1], m0[2], m1[2], seq)
-
-    cdef void consume(self, Py_ssize_t n) except *:
-        """Drop the first n buffered bytes, and the marks no longer needed."""
-        cdef list marks = self.marks
-        cdef Py_ssize_t i
-        cdef long long base
-        self.buf = self.buf[n:]
-        self.base += n
-        if len(marks) > 1:
-            base = self.base
-            i = 0
-            while i + 1 < len(marks) and <long long>(<tuple>marks[i + 1])[0] <= base:
-                i += 1
-            if i:
-                del marks[:i]
-
-    cdef void drop(self) except *:
-        self.base += len(self.buf)
-        self.buf = b""
-        if len(self.marks) > 1:
-            del self.marks[:-1]
-
-    cdef inline void last_mark_end(self, object msg) except *:
-        """msg ends with the last chunk seen."""
-        cdef tuple m = <tuple>self.marks[-1]
-        msg.end_ns = m[1]
-        msg.end_tid = m[2]
-
-
 cdef class _Req:
     """What the reply to a pending request needs: how to recognise it, what it was."""
     cdef bytes cmd
@@ -430,12 +346,8 @@ cdef _Reply _new_reply(msg, bytes word, bytes line):
     return r
 
 
-cdef class _Pending:
+cdef class _Pending(Pending):
     """A request waiting for its response, with what the response needs to know."""
-    cdef object msg
-    cdef str operation
-    cdef dict attributes
-    cdef str incomplete
     cdef _Req extra
 
 
@@ -451,15 +363,6 @@ cdef class _Command:
 
 cdef inline void _count(str reason) except *:
     STATS[reason] += 1
-
-
-cdef object _incomplete_record(_Pending p, str reason):
-    """The record of a request whose response will not be seen."""
-    cdef str why = p.incomplete or reason
-    if p.incomplete and reason and reason not in p.incomplete:
-        why = p.incomplete + "," + reason
-    return Record("memcached", p.msg, None, p.operation, STATUS_UNSET, "", "",
-                  p.attributes, {}, why)
 
 
 cdef _Command _command(bytes cmd, int kind, list toks):
@@ -523,219 +426,26 @@ cdef _Command _command(bytes cmd, int kind, list toks):
     return c
 
 
-cdef class MemcachedParser:
+cdef class MemcachedParser(StreamParser):
     """One memcached connection, both directions, text or binary (frame by frame)."""
 
-    cdef readonly object client_side
-    cdef readonly tuple streams
-    cdef readonly object pending  # deque of _Pending
-    cdef readonly bint closed
-    cdef int rdir  # direction carrying requests, -1 until known
-    # Messages were lost where their count is unknown: until the pending queue
-    # drains, first-in-first-out matching may be off by that count.
-    cdef bint uncertain
-    cdef DirStream st0, st1
     # The request whose data block is being skipped: (msg, op, attrs, req, noreply).
     cdef tuple open_req
     cdef _Reply reply
-    # Instance attributes stay possible, as on the Python parsers.
-    cdef dict __dict__
 
     def __init__(self, client_side=None):
-        self.client_side = client_side
-        self.st0 = DirStream()
-        self.st1 = DirStream()
-        self.streams = (self.st0, self.st1)
+        StreamParser.__init__(self, client_side)
+        self.proto = "memcached"
+        self.counts = STATS
         self.pending = deque()
-        self.rdir = -1
-        if client_side is not None:
-            self.rdir = 0 if client_side else 1
-        self.closed = False
-        self.uncertain = False
         self.open_req = None
         self.reply = None
 
-    @property
-    def protocol(self):
-        return "memcached"
-
-    @property
-    def stats(self):
-        return STATS
-
-    @property
-    def req_dir(self):
-        return None if self.rdir < 0 else self.rdir
-
-    cdef inline DirStream _st(self, int d):
-        return self.st0 if d == 0 else self.st1
-
-    # -- contract ---------------------------------------------------------------------
-    def feed(self, chunk) -> list:
-        cdef int d = chunk.direction
-        cdef list out = []
-        if d != 0 and d != 1:
-            raise IndexError("chunk direction must be 0 or 1")
-        self._feed(d, chunk.data, chunk.size, chunk.offset, chunk.ts_ns, chunk.tid,
-                   chunk.seq, out)
-        return out
-
-    def flush(self, reason) -> list:
-        cdef list out = []
-        self._flush(reason, out)
-        return out
-
-    # -- stream plumbing (base.StreamParser) ------------------------------------------
-    cdef void _feed(self, int d, bytes data, long long size, long long off, ts, tid, seq,
-                    list out) except *:
-        cdef DirStream st
-        cdef bytes whole = data
-        cdef long long cut, end, k
-        cdef Py_ssize_t i
-        if self.closed:
-            return
-        st = self._st(d)
-        if not st.has_next:
-            # Offsets count from the connection's first byte: a first chunk further on
-            # means what came before was lost (or the connection was seen midway).
-            st.has_next = True
-            st.nxt = st.base = 0
-        if off != st.nxt:
-            if off < st.nxt:
-                # Retransmitted or overlapping bytes: keep only what is new.
-                cut = st.nxt - off
-                if cut >= size:
-                    _count("overlap")
-                    return
-                if cut >= len(data):
-                    _count("overlap")
-                    self._gap(d, st, size - cut, out)
-                    return
-                data = data[cut:]
-                off = st.nxt
-            else:
-                _count("gap")
-                self._gap(d, st, off - st.nxt, out)
-        end = off + len(data)
-        marks = st.marks
-        if not st.buf and marks:
-            marks.clear()
-        marks.append((off, ts, tid, seq))
-        st.nxt = end
-        if st.skip:
-            k = st.skip if st.skip < len(data) else len(data)
-            st.skip -= k
-            data = data[k:]
-            st.base = off + k
-            o = st.open
-            if o is not None:
-                o.end_ns = ts
-                o.end_tid = tid
-                o.size += k
-            if not st.skip:
-                st.open = None
-                self._tail_done(d, st, o, out)
-        if data:
-            if not st.synced:
-                i = self._resync(d, data)
-                if i < 0:
-                    _count("resync_skip")
-                    st.base = end
-                    data = b""
-                    self._skipped(d, ts, out)
-                else:
-                    st.synced = True
-                    data = data[i:]
-                    st.base = end - len(data)
-            if data:
-                if st.buf:
-                    st.buf += data
-                else:
-                    st.buf = data
-                    st.base = end - len(data)
-                self._parse(d, st, out, False)
-                if len(st.buf) > C_MAX_BUFFER:
-                    _count("buffer_overflow")
-                    st.drop()
-                    self._desync(d, st, out)
-        if size > len(whole):
-            _count("truncated_chunk")
-            self._gap(d, st, size - len(whole), out)
-
-    cdef void _gap(self, int d, DirStream st, long long g, list out) except *:
-        """`g` bytes right after what was received are missing."""
-        st.nxt = (st.nxt if st.has_next else 0) + g
-        st.has_next = True
-        self._lose(d, st, g, out)
-
-    cdef void _lose(self, int d, DirStream st, long long g, list out) except *:
-        """Account for `g` lost bytes (st.nxt already moved past them)."""
-        if st.skip:
-            o = st.open
-            if st.skip >= g:
-                if o is not None:
-                    o.size += g
-                st.skip -= g
-                st.base += g
-                st.trunc = True
-                if not st.skip:
-                    st.open = None
-                    self._tail_done(d, st, o, out)
-                return
-            # The skipped message ends inside the hole; what follows is unknown.
-            g -= st.skip
-            if o is not None:
-                o.size += st.skip
-            st.skip = 0
-            st.trunc = True
-            st.open = None
-            self._tail_done(d, st, o, out)
-        if st.synced and self._on_gap(d, st, g, out):
-            return
-        st.drop()
-        st.base = st.nxt
-        self.uncertain = True
-        if st.synced:
-            _count("desync")
-            self._desync(d, st, out)
-
-    cdef void _desync(self, int d, DirStream st, list out) except *:
-        self.uncertain = True
-        st.synced = False
-        st.skip = 0
-        st.open = None
-        st.buf = b""
-        st.base = st.nxt if st.has_next else 0
-        self._on_desync(d, out)
-
-    cdef str _why(self, str a, str b):
-        """Incomplete reasons of a matched record, with the doubt a lost request casts."""
-        cdef str why
-        if a and b:
-            why = a + "," + b
-        else:
-            why = a or b
-        if self.uncertain:
-            if not why:
-                why = "gap"
-            if not self.pending:
-                self.uncertain = False
-        return why
-
-    cdef void _skipped(self, int d, ts, list out) except *:
-        """A whole chunk was dropped while looking for a frame boundary.
-
-        If it carried responses, they answered requests sent before it: those requests
-        go out incomplete rather than be matched, first in first out, with later answers.
-        """
-        pending = self.pending
-        if d == self.rdir:
-            return
-        while pending and (<_Pending>pending[0]).msg.start_ns <= ts:
-            out.append(_incomplete_record(<_Pending>pending.popleft(), "gap"))
-
     # -- direction ------------------------------------------------------------------------
-    cdef void _parse(self, int d, DirStream st, list out, bint force) except *:
+    cdef void _parse(self, int d, DirStream st, list out) except *:
+        self._scan(d, st, out, False)
+
+    cdef void _scan(self, int d, DirStream st, list out, bint force) except *:
         cdef int b0
         if self.rdir < 0:
             b0 = _at(_view(st.buf), 0)
@@ -815,7 +525,7 @@ cdef class MemcachedParser:
             return
         if len(self.pending) >= C_MAX_PENDING:
             _count("pending_overflow")
-            out.append(_incomplete_record(<_Pending>self.pending.popleft(), "evicted"))
+            out.append(self._incomplete(<_Pending>self.pending.popleft(), "evicted"))
         p = _Pending.__new__(_Pending)
         p.msg = msg
         p.operation = op
@@ -995,7 +705,7 @@ cdef class MemcachedParser:
                 if p.msg.start_ns <= r.msg.start_ns:
                     for m in range(k):
                         _count("reply_dropped_by_server")
-                        out.append(_incomplete_record(<_Pending>pending.popleft(),
+                        out.append(self._incomplete(<_Pending>pending.popleft(),
                                                       "reply dropped by server"))
                     return 0
                 return i
@@ -1139,7 +849,7 @@ cdef class MemcachedParser:
         cdef long long end
         if st.buf:
             # A block cut by the hole is skipped by its length; then parsing goes on.
-            self._parse(d, st, out, True)
+            self._scan(d, st, out, True)
             if st.skip and st.synced:
                 self._lose(d, st, g, out)
                 return True
@@ -1261,13 +971,7 @@ cdef class MemcachedParser:
             return
         self.reply = None
         while self.pending:
-            out.append(_incomplete_record(<_Pending>self.pending.popleft(), "gap"))
-
-    cdef void _flush(self, reason, list out) except *:
-        while self.pending:
-            out.append(_incomplete_record(<_Pending>self.pending.popleft(),
-                                          reason or "no response"))
-        self.closed = True
+            out.append(self._incomplete(<_Pending>self.pending.popleft(), "gap"))
 
 
 cdef bint _binary_request(_Bytes v):
