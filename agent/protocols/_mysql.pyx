@@ -9,9 +9,9 @@ shape (OK / ERR / result set: column count, column definitions, optional EOF, ro
 terminator, more results) so the record ends at the response's last byte.  The
 handshake response and any auth packet are consumed without reading credentials.
 
-The per-connection plumbing of `base.StreamParser` is carried here as C-typed state;
-what leaves the parser is what the Python module produced: `base.Record`s holding
-`base.Message`s, and `STATS` counters.  Payload bytes are read only through `_Bytes`
+The per-connection plumbing is the compiled one every parser shares
+(`_stream.StreamParser`); what leaves the parser is what the Python module produced:
+`base.Record`s holding `base.Message`s, and `STATS` counters.  Payload bytes are read only through `_Bytes`
 views (pointer + length of a `bytes` object the caller keeps alive) and every index is
 checked against that length before it is read; the rare packets (greeting, handshake
 response, ERR) are read with Python slices as before.
@@ -22,9 +22,10 @@ from collections import deque
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 
+from ._stream cimport DirStream, Pending, StreamParser
+
 from . import redact, sqlinfo
 from .base import (
-    MAX_BUFFER,
     MAX_PENDING,
     STATUS_ERROR,
     STATUS_OK,
@@ -35,6 +36,7 @@ from .base import (
 )
 
 STATS = new_stats()
+globals()["DirStream"] = DirStream  # the name the .py module exports (cimported here)
 
 CLIENT_CONNECT_WITH_DB = 0x8
 CLIENT_SSL = 0x800
@@ -86,11 +88,9 @@ cdef int _CLOSE = 0x19
 cdef Py_ssize_t _MAX_SQL = MAX_SQL
 cdef Py_ssize_t _MAX_STATEMENTS = MAX_STATEMENTS
 cdef Py_ssize_t _MAX_PENDING = MAX_PENDING
-cdef Py_ssize_t _MAX_BUFFER = MAX_BUFFER
 # Counts past this are clamped (columns are counted down one packet at a time, so a
 # count this large never reaches zero either way).
 cdef long long _HUGE = 4611686018427387904
-cdef object _SEQ_MOD = 1 << 32
 cdef str _PROTO = "mysql"
 
 # Command bytes the resynchronisation accepts, and their names.
@@ -277,91 +277,8 @@ def _handshake_db(bytes p):
 
 # -- per-connection state -------------------------------------------------------------
 
-cdef class DirStream:
-    """One direction of a connection: unparsed bytes plus where they came from.
-
-    `buf` holds contiguous bytes starting at stream offset `base`; `skip` counts bytes
-    still to discard (the rest of a packet whose length is known); `synced` is False
-    after bytes were lost where the framing cannot say how many, until the parser
-    finds a packet boundary again.  `marks` remembers (offset, ts, tid, seq) of the
-    chunks behind `buf` so a message gets the time of its first and last byte.
-    """
-
-    cdef readonly bytes buf
-    cdef readonly long long base
-    cdef long long nxt
-    cdef bint has_next
-    cdef readonly long long skip
-    cdef readonly bint synced
-    cdef list marks
-    cdef object open  # Message whose tail is being skipped, or None
-    cdef bint trunc  # the open message lost bytes
-
-    def __cinit__(self):
-        self.buf = b""
-        self.synced = True
-        self.marks = []
-        self.open = None
-
-    @property
-    def next(self):
-        return self.nxt if self.has_next else None
-
-    cdef tuple mark_at(self, long long off):
-        cdef list marks = self.marks
-        cdef Py_ssize_t i, n = len(marks)
-        if n == 1:
-            return <tuple>marks[0]
-        for i in range(n - 1, -1, -1):
-            if <long long>(<tuple>marks[i])[0] <= off:
-                return <tuple>marks[i]
-        return <tuple>marks[0]
-
-    cdef object message(self, long long start, long long end):
-        """A Message for stream bytes [start, end) of this direction."""
-        cdef tuple m0, m1
-        if len(self.marks) == 1:
-            m0 = <tuple>self.marks[0]
-            seq = m0[3]
-            if seq is not None:
-                seq = (seq + start - m0[0]) % _SEQ_MOD
-            return Message(start, end - start, m0[1], m0[1], m0[2], m0[2], seq)
-        m0 = self.mark_at(start)
-        m1 = self.mark_at(end - 1) if end > start else m0
-        seq = m0[3]
-        if seq is not None:
-            seq = (seq + start - m0[0]) % _SEQ_MOD
-        return Message(start, end - start, m0[1], m1[1], m0[2], m1[2], seq)
-
-    cdef void consume(self, Py_ssize_t n) except *:
-        """Drop the first n buffered bytes, and the marks no longer needed."""
-        cdef list marks = self.marks
-        cdef Py_ssize_t i
-        cdef long long base
-        if n:
-            self.buf = self.buf[n:]
-        self.base += n
-        if len(marks) > 1:
-            base = self.base
-            i = 0
-            while i + 1 < len(marks) and <long long>(<tuple>marks[i + 1])[0] <= base:
-                i += 1
-            if i:
-                del marks[:i]
-
-    cdef void drop(self) except *:
-        self.base += len(self.buf)
-        self.buf = b""
-        if len(self.marks) > 1:
-            del self.marks[:-1]
-
-
-cdef class _Pending:
+cdef class _Pending(Pending):
     """A command waiting for its response, with what the record needs."""
-    cdef object msg
-    cdef str operation
-    cdef dict attributes
-    cdef str incomplete
     cdef int cmd
     cdef object sql  # str or None
 
@@ -384,23 +301,9 @@ cdef inline void _count(str reason) except *:
     STATS[reason] += 1
 
 
-cdef object _incomplete_record(_Pending p, str reason):
-    """The record of a command whose response will not be seen."""
-    cdef str why = p.incomplete or reason
-    if p.incomplete and reason and reason not in p.incomplete:
-        why = p.incomplete + "," + reason
-    return Record(_PROTO, p.msg, None, p.operation, STATUS_UNSET, "", "",
-                  p.attributes, {}, why)
-
-
-cdef class MySQLParser:
+cdef class MySQLParser(StreamParser):
     """One MySQL/MariaDB connection, both directions."""
 
-    cdef readonly object client_side
-    cdef readonly tuple streams
-    cdef readonly object pending  # deque of _Pending
-    cdef readonly bint closed
-    cdef readonly bint uncertain
     cdef readonly int phase
     cdef readonly long long server_caps
     cdef long long caps_  # negotiated capabilities, when the handshake was seen
@@ -408,23 +311,12 @@ cdef class MySQLParser:
     cdef readonly dict statements  # statement id -> SQL
     cdef readonly set partial  # statements whose PREPARE was cut short
     cdef readonly str database
-    cdef int rdir  # direction carrying requests, -1 until known
-    cdef DirStream st0, st1
     cdef _Answer answer
-    # Instance attributes stay possible, as on the Python parsers (tests replace `feed`
-    # on one connection's parser).
-    cdef dict __dict__
 
     def __init__(self, client_side=None):
-        self.client_side = client_side
-        self.st0 = DirStream()
-        self.st1 = DirStream()
-        self.streams = (self.st0, self.st1)
-        self.rdir = -1
-        if client_side is not None:
-            self.rdir = 0 if client_side else 1
-        self.closed = False
-        self.uncertain = False
+        StreamParser.__init__(self, client_side)
+        self.proto = _PROTO
+        self.counts = STATS
         self.pending = deque()
         self.answer = None
         self.phase = PH_COMMAND
@@ -435,184 +327,8 @@ cdef class MySQLParser:
         self.database = ""
 
     @property
-    def protocol(self):
-        return _PROTO
-
-    @property
-    def stats(self):
-        return STATS
-
-    @property
-    def req_dir(self):
-        return None if self.rdir < 0 else self.rdir
-
-    @property
     def caps(self):
         return self.caps_ if self.has_caps else None
-
-    cdef inline DirStream _st(self, int d):
-        return self.st0 if d == 0 else self.st1
-
-    # -- contract ---------------------------------------------------------------------
-    def feed(self, chunk) -> list:
-        cdef list out = []
-        cdef int d = chunk.direction
-        cdef DirStream st
-        cdef bytes data, whole
-        cdef long long off, size, cut, end, k
-        cdef Py_ssize_t i
-        if d != 0 and d != 1:
-            raise IndexError("chunk direction must be 0 or 1")
-        if self.closed:
-            return out
-        st = self._st(d)
-        whole = data = chunk.data
-        off = chunk.offset
-        size = chunk.size
-        ts = chunk.ts_ns
-        tid = chunk.tid
-        if not st.has_next:
-            # Offsets count from the connection's first byte: a first chunk further on
-            # means what came before was lost (or the connection was seen midway).
-            st.has_next = True
-            st.nxt = st.base = 0
-        if off != st.nxt:
-            if off < st.nxt:
-                # Retransmitted or overlapping bytes: keep only what is new.
-                cut = st.nxt - off
-                if cut >= size:
-                    _count("overlap")
-                    return out
-                if cut >= len(data):
-                    _count("overlap")
-                    self._gap(d, st, size - cut, out)
-                    return out
-                data = data[cut:]
-                off = st.nxt
-            else:
-                _count("gap")
-                self._gap(d, st, off - st.nxt, out)
-        end = off + len(data)
-        marks = st.marks
-        if not st.buf and marks:
-            marks.clear()
-        marks.append((off, ts, tid, chunk.seq))
-        st.nxt = end
-        if st.skip:
-            k = st.skip if st.skip < len(data) else len(data)
-            st.skip -= k
-            data = data[k:]
-            st.base = off + k
-            o = st.open
-            if o is not None:
-                o.end_ns = ts
-                o.end_tid = tid
-                o.size += k
-            if not st.skip:
-                st.open = None
-        if data:
-            if not st.synced:
-                i = self._resync(d, data)
-                if i < 0:
-                    _count("resync_skip")
-                    st.base = end
-                    data = b""
-                    self._skipped(d, ts, out)
-                else:
-                    st.synced = True
-                    data = data[i:]
-                    st.base = end - len(data)
-            if data:
-                if st.buf:
-                    st.buf += data
-                else:
-                    st.buf = data
-                    st.base = end - len(data)
-                self._parse(d, st, out)
-                if len(st.buf) > _MAX_BUFFER:
-                    _count("buffer_overflow")
-                    st.drop()
-                    self._desync(d, st, out)
-        if size > len(whole):
-            _count("truncated_chunk")
-            self._gap(d, st, size - len(whole), out)
-        return out
-
-    def flush(self, reason) -> list:
-        cdef list out = []
-        self._flush(reason, out)
-        return out
-
-    # -- stream plumbing (base.StreamParser) ------------------------------------------
-    cdef void _gap(self, int d, DirStream st, long long g, list out) except *:
-        """`g` bytes right after what was received are missing."""
-        st.nxt = (st.nxt if st.has_next else 0) + g
-        st.has_next = True
-        self._lose(d, st, g, out)
-
-    cdef void _lose(self, int d, DirStream st, long long g, list out) except *:
-        """Account for `g` lost bytes (st.nxt already moved past them)."""
-        if st.skip:
-            o = st.open
-            if st.skip >= g:
-                if o is not None:
-                    o.size += g
-                st.skip -= g
-                st.base += g
-                st.trunc = True
-                if not st.skip:
-                    st.open = None
-                return
-            # The skipped packet ends inside the hole; what follows is unknown.
-            g -= st.skip
-            if o is not None:
-                o.size += st.skip
-            st.skip = 0
-            st.trunc = True
-            st.open = None
-        if st.synced and self._on_gap(d, st, g, out):
-            return
-        st.drop()
-        st.base = st.nxt
-        self.uncertain = True
-        if st.synced:
-            _count("desync")
-            self._desync(d, st, out)
-
-    cdef void _desync(self, int d, DirStream st, list out) except *:
-        self.uncertain = True
-        st.synced = False
-        st.skip = 0
-        st.open = None
-        st.buf = b""
-        st.base = st.nxt if st.has_next else 0
-        self._on_desync(d, out)
-
-    cdef str _why(self, str a, str b):
-        """Incomplete reasons of a matched record, with the doubt a lost request casts."""
-        cdef str why
-        if a and b:
-            why = a + "," + b
-        else:
-            why = a or b
-        if self.uncertain:
-            if not why:
-                why = "gap"
-            if not self.pending:
-                self.uncertain = False
-        return why
-
-    cdef void _skipped(self, int d, ts, list out) except *:
-        """A whole chunk was dropped while looking for a packet boundary.
-
-        If it carried responses, they answered commands sent before it: those commands
-        go out incomplete rather than be matched, first in first out, with later answers.
-        """
-        pending = self.pending
-        if d == self.rdir:
-            return
-        while pending and (<_Pending>pending[0]).msg.start_ns <= ts:
-            out.append(_incomplete_record(<_Pending>pending.popleft(), "gap"))
 
     # -- framing ----------------------------------------------------------------------
     cdef void _parse(self, int d, DirStream st, list out) except *:
@@ -806,7 +522,7 @@ cdef class MySQLParser:
         pend.sql = sql
         if len(self.pending) >= _MAX_PENDING:
             _count("pending_overflow")
-            out.append(_incomplete_record(<_Pending>self.pending.popleft(), "evicted"))
+            out.append(self._incomplete(<_Pending>self.pending.popleft(), "evicted"))
         self.pending.append(pend)
 
     cdef void _server(self, DirStream st, int seq, bytes buf, _Bytes p, long long start,
@@ -1024,7 +740,7 @@ cdef class MySQLParser:
             a.inc = "gap"
             self._answered(a, out)
         while pending:
-            out.append(_incomplete_record(<_Pending>pending.popleft(), "gap"))
+            out.append(self._incomplete(<_Pending>pending.popleft(), "gap"))
 
     cdef void _flush(self, reason, list out) except *:
         cdef _Answer a = self.answer
@@ -1035,5 +751,5 @@ cdef class MySQLParser:
             a.inc = why
             self._answered(a, out)
         while pending:
-            out.append(_incomplete_record(<_Pending>pending.popleft(), why))
+            out.append(self._incomplete(<_Pending>pending.popleft(), why))
         self.closed = True
