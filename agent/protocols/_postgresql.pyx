@@ -13,9 +13,9 @@ failed.  Statement and portal names are remembered (bounded) so an `Execute` of 
 statement prepared earlier still gets its SQL.  Start-up and authentication messages
 are consumed without reading any secret from them.
 
-The per-connection plumbing of `base.StreamParser` (per-direction buffers keyed by
-stream offset, skip counts, marks, gap and desync handling) is carried here as C-typed
-state; what leaves the parser is what the Python module produced: `base.Record`s
+The per-connection plumbing (per-direction buffers keyed by stream offset, skip
+counts, marks, gap and desync handling) is the compiled one every parser shares
+(`_stream.StreamParser`); what leaves the parser is what the Python module produced: `base.Record`s
 holding `base.Message`s, and `STATS` counters.  Payload bytes are read only through
 `_Bytes` views (pointer + length of a `bytes` object the caller keeps alive) and every
 index is checked against that length before it is read.
@@ -27,9 +27,10 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.string cimport memchr
 
+from ._stream cimport DirStream, Pending, StreamParser
+
 from . import redact, sqlinfo
 from .base import (
-    MAX_BUFFER,
     MAX_PENDING,
     STATUS_ERROR,
     STATUS_OK,
@@ -40,6 +41,7 @@ from .base import (
 )
 
 STATS = new_stats()
+globals()["DirStream"] = DirStream  # the name the .py module exports (cimported here)
 
 SSL_REQUEST, GSS_REQUEST, CANCEL_REQUEST, PROTO_V3 = 80877103, 80877104, 80877102, 196608
 CLIENT_TYPES = frozenset(b"QPBEDCHSXFpdcf")
@@ -56,8 +58,6 @@ cdef Py_ssize_t _MAX_SQL = MAX_SQL
 cdef Py_ssize_t _BIG = BIG
 cdef Py_ssize_t _MAX_STATEMENTS = MAX_STATEMENTS
 cdef Py_ssize_t _MAX_PENDING = MAX_PENDING
-cdef Py_ssize_t _MAX_BUFFER = MAX_BUFFER
-cdef object _SEQ_MOD = 1 << 32
 cdef str _PROTO = "postgresql"
 
 # What a unit is (Pending.extra of the Python module): answered up to ReadyForQuery,
@@ -170,85 +170,6 @@ def _error_fields(bytes body):
 
 # -- per-connection state -------------------------------------------------------------
 
-cdef class DirStream:
-    """One direction of a connection: unparsed bytes plus where they came from.
-
-    `buf` holds contiguous bytes starting at stream offset `base`; `skip` counts bytes
-    still to discard (the rest of a message whose length is known); `synced` is False
-    after bytes were lost where the framing cannot say how many, until the parser
-    finds a frame boundary again.  `marks` remembers (offset, ts, tid, seq) of the
-    chunks behind `buf` so a message gets the time of its first and last byte.
-    """
-
-    cdef readonly bytes buf
-    cdef readonly long long base
-    cdef long long nxt
-    cdef bint has_next
-    cdef readonly long long skip
-    cdef readonly bint synced
-    cdef list marks
-    cdef object open  # Message whose tail is being skipped, or None
-    cdef bint trunc  # the open message lost bytes
-
-    def __cinit__(self):
-        self.buf = b""
-        self.synced = True
-        self.marks = []
-        self.open = None
-
-    @property
-    def next(self):
-        return self.nxt if self.has_next else None
-
-    cdef tuple mark_at(self, long long off):
-        cdef list marks = self.marks
-        cdef Py_ssize_t i, n = len(marks)
-        if n == 1:
-            return <tuple>marks[0]
-        for i in range(n - 1, -1, -1):
-            if <long long>(<tuple>marks[i])[0] <= off:
-                return <tuple>marks[i]
-        return <tuple>marks[0]
-
-    cdef object message(self, long long start, long long end):
-        """A Message for stream bytes [start, end) of this direction."""
-        cdef tuple m0, m1
-        if len(self.marks) == 1:
-            m0 = <tuple>self.marks[0]
-            seq = m0[3]
-            if seq is not None:
-                seq = (seq + start - m0[0]) % _SEQ_MOD
-            return Message(start, end - start, m0[1], m0[1], m0[2], m0[2], seq)
-        m0 = self.mark_at(start)
-        m1 = self.mark_at(end - 1) if end > start else m0
-        seq = m0[3]
-        if seq is not None:
-            seq = (seq + start - m0[0]) % _SEQ_MOD
-        return Message(start, end - start, m0[1], m1[1], m0[2], m1[2], seq)
-
-    cdef void consume(self, Py_ssize_t n) except *:
-        """Drop the first n buffered bytes, and the marks no longer needed."""
-        cdef list marks = self.marks
-        cdef Py_ssize_t i
-        cdef long long base
-        if n:
-            self.buf = self.buf[n:]
-        self.base += n
-        if len(marks) > 1:
-            base = self.base
-            i = 0
-            while i + 1 < len(marks) and <long long>(<tuple>marks[i + 1])[0] <= base:
-                i += 1
-            if i:
-                del marks[:i]
-
-    cdef void drop(self) except *:
-        self.base += len(self.buf)
-        self.buf = b""
-        if len(self.marks) > 1:
-            del self.marks[:-1]
-
-
 cdef class _Cycle:
     """Client messages of one unit."""
     cdef object msg
@@ -267,12 +188,8 @@ cdef class _Answer:
     cdef str inc
 
 
-cdef class _Pending:
+cdef class _Pending(Pending):
     """A unit waiting for its answer, with what the record needs."""
-    cdef object msg
-    cdef str operation
-    cdef dict attributes
-    cdef str incomplete
     cdef int kind
 
 
@@ -289,52 +206,32 @@ cdef inline void _count(str reason) except *:
     STATS[reason] += 1
 
 
-cdef object _incomplete_record(_Pending p, str reason):
-    """The record of a unit whose answer will not be seen."""
-    cdef str why = p.incomplete or reason
-    if p.incomplete and reason and reason not in p.incomplete:
-        why = p.incomplete + "," + reason
-    return Record(_PROTO, p.msg, None, p.operation, STATUS_UNSET, "", "",
-                  p.attributes, {}, why)
+cdef inline str _join(str a, str b):
+    """Two incomplete reasons as one ("a,b"; either alone when the other is empty)."""
+    return a + "," + b if a and b else a or b
 
 
 cdef inline bint _answered_kind(int kind):
     return kind == K_SIMPLE or kind == K_EXECUTE
 
 
-cdef class PostgresParser:
+cdef class PostgresParser(StreamParser):
     """One PostgreSQL connection, both directions."""
 
-    cdef readonly object client_side
-    cdef readonly tuple streams
-    cdef readonly object pending  # deque of _Pending
-    cdef readonly bint closed
-    cdef readonly bint uncertain
     cdef readonly dict statements  # name -> SQL
     cdef readonly set partial  # statements whose Parse was cut short
     cdef readonly dict portals  # portal -> statement name
     cdef readonly str database
-    cdef int rdir  # direction carrying requests, -1 until known
-    cdef DirStream st0, st1
     cdef _Cycle cycle
     cdef _Answer answer
     cdef readonly bint startup_next  # the client's next message may be untyped
     cdef readonly bint wait_ready  # answers are dropped up to the next ReadyForQuery
     cdef readonly bint ssl_wait  # the server's one-byte answer to SSLRequest is next
-    # Instance attributes stay possible, as on the Python parsers (tests replace `feed`
-    # on one connection's parser).
-    cdef dict __dict__
 
     def __init__(self, client_side=None):
-        self.client_side = client_side
-        self.st0 = DirStream()
-        self.st1 = DirStream()
-        self.streams = (self.st0, self.st1)
-        self.rdir = -1
-        if client_side is not None:
-            self.rdir = 0 if client_side else 1
-        self.closed = False
-        self.uncertain = False
+        StreamParser.__init__(self, client_side)
+        self.proto = _PROTO
+        self.counts = STATS
         self.pending = deque()
         self.cycle = None
         self.answer = None
@@ -345,190 +242,6 @@ cdef class PostgresParser:
         self.startup_next = True
         self.wait_ready = False
         self.ssl_wait = False
-
-    @property
-    def protocol(self):
-        return _PROTO
-
-    @property
-    def stats(self):
-        return STATS
-
-    @property
-    def req_dir(self):
-        return None if self.rdir < 0 else self.rdir
-
-    cdef inline DirStream _st(self, int d):
-        return self.st0 if d == 0 else self.st1
-
-    # -- contract ---------------------------------------------------------------------
-    def feed(self, chunk) -> list:
-        cdef list out = []
-        cdef int d = chunk.direction
-        cdef DirStream st
-        cdef bytes data, whole
-        cdef long long off, size, cut, end, k
-        cdef Py_ssize_t i
-        if d != 0 and d != 1:
-            raise IndexError("chunk direction must be 0 or 1")
-        if self.closed:
-            return out
-        st = self._st(d)
-        whole = data = chunk.data
-        off = chunk.offset
-        size = chunk.size
-        ts = chunk.ts_ns
-        tid = chunk.tid
-        if not st.has_next:
-            # Offsets count from the connection's first byte: a first chunk further on
-            # means what came before was lost (or the connection was seen midway).
-            st.has_next = True
-            st.nxt = st.base = 0
-        if off != st.nxt:
-            if off < st.nxt:
-                # Retransmitted or overlapping bytes: keep only what is new.
-                cut = st.nxt - off
-                if cut >= size:
-                    _count("overlap")
-                    return out
-                if cut >= len(data):
-                    _count("overlap")
-                    self._gap(d, st, size - cut, out)
-                    return out
-                data = data[cut:]
-                off = st.nxt
-            else:
-                _count("gap")
-                self._gap(d, st, off - st.nxt, out)
-        end = off + len(data)
-        marks = st.marks
-        if not st.buf and marks:
-            marks.clear()
-        marks.append((off, ts, tid, chunk.seq))
-        st.nxt = end
-        if st.skip:
-            k = st.skip if st.skip < len(data) else len(data)
-            st.skip -= k
-            data = data[k:]
-            st.base = off + k
-            o = st.open
-            if o is not None:
-                o.end_ns = ts
-                o.end_tid = tid
-                o.size += k
-            if not st.skip:
-                st.open = None
-        if data:
-            if not st.synced:
-                i = self._resync(d, data)
-                if i < 0:
-                    _count("resync_skip")
-                    st.base = end
-                    data = b""
-                    self._skipped(d, ts, out)
-                else:
-                    st.synced = True
-                    data = data[i:]
-                    st.base = end - len(data)
-            if data:
-                if st.buf:
-                    st.buf += data
-                else:
-                    st.buf = data
-                    st.base = end - len(data)
-                self._parse(d, st, out)
-                if len(st.buf) > _MAX_BUFFER:
-                    _count("buffer_overflow")
-                    st.drop()
-                    self._desync(d, st, out)
-        if size > len(whole):
-            _count("truncated_chunk")
-            self._gap(d, st, size - len(whole), out)
-        return out
-
-    def flush(self, reason) -> list:
-        cdef list out = []
-        self._flush(reason, out)
-        return out
-
-    # -- stream plumbing (base.StreamParser) ------------------------------------------
-    cdef void _gap(self, int d, DirStream st, long long g, list out) except *:
-        """`g` bytes right after what was received are missing."""
-        st.nxt = (st.nxt if st.has_next else 0) + g
-        st.has_next = True
-        self._lose(d, st, g, out)
-
-    cdef void _lose(self, int d, DirStream st, long long g, list out) except *:
-        """Account for `g` lost bytes (st.nxt already moved past them)."""
-        if st.skip:
-            o = st.open
-            if st.skip >= g:
-                if o is not None:
-                    o.size += g
-                st.skip -= g
-                st.base += g
-                st.trunc = True
-                if not st.skip:
-                    st.open = None
-                return
-            # The skipped message ends inside the hole; what follows is unknown.
-            g -= st.skip
-            if o is not None:
-                o.size += st.skip
-            st.skip = 0
-            st.trunc = True
-            st.open = None
-        if st.synced and self._on_gap(d, st, g, out):
-            return
-        st.drop()
-        st.base = st.nxt
-        self.uncertain = True
-        if st.synced:
-            _count("desync")
-            self._desync(d, st, out)
-
-    cdef void _desync(self, int d, DirStream st, list out) except *:
-        self.uncertain = True
-        st.synced = False
-        st.skip = 0
-        st.open = None
-        st.buf = b""
-        st.base = st.nxt if st.has_next else 0
-        self._on_desync(d, out)
-
-    cdef str _why(self, str a, str b, str c):
-        """Incomplete reasons of a matched record, with the doubt a lost request casts."""
-        cdef list parts
-        cdef str why
-        if a or b or c:
-            parts = []
-            if a:
-                parts.append(a)
-            if b:
-                parts.append(b)
-            if c:
-                parts.append(c)
-            why = ",".join(parts)
-        else:
-            why = ""
-        if self.uncertain:
-            if not why:
-                why = "gap"
-            if not self.pending:
-                self.uncertain = False
-        return why
-
-    cdef void _skipped(self, int d, ts, list out) except *:
-        """A whole chunk was dropped while looking for a frame boundary.
-
-        If it carried answers, they answered units sent before it: those units go out
-        incomplete rather than be matched, first in first out, with later answers.
-        """
-        pending = self.pending
-        if d == self.rdir:
-            return
-        while pending and (<_Pending>pending[0]).msg.start_ns <= ts:
-            out.append(_incomplete_record(<_Pending>pending.popleft(), "gap"))
 
     # -- framing ----------------------------------------------------------------------
     cdef void _parse(self, int d, DirStream st, list out) except *:
@@ -823,7 +536,7 @@ cdef class PostgresParser:
     cdef void _push(self, _Pending p, list out) except *:
         if len(self.pending) >= _MAX_PENDING:
             _count("pending_overflow")
-            out.append(_incomplete_record(<_Pending>self.pending.popleft(), "evicted"))
+            out.append(self._incomplete(<_Pending>self.pending.popleft(), "evicted"))
         self.pending.append(p)
 
     cdef void _server(self, DirStream st, int t, bytes buf, Py_ssize_t b0, Py_ssize_t b1,
@@ -842,7 +555,7 @@ cdef class PostgresParser:
                 while pending and (<_Pending>pending[0]).msg.start_ns <= ts:
                     p = <_Pending>pending.popleft()
                     if _answered_kind(p.kind):
-                        out.append(_incomplete_record(p, "gap"))
+                        out.append(self._incomplete(p, "gap"))
             return
         a = self.answer
         if a is None:
@@ -877,7 +590,7 @@ cdef class PostgresParser:
             self.answer = None
             # Executes still waiting were skipped by the server after an earlier error.
             while pending and (<_Pending>pending[0]).kind == K_EXECUTE:
-                out.append(_incomplete_record(<_Pending>pending.popleft(),
+                out.append(self._incomplete(<_Pending>pending.popleft(),
                                               "skipped after error"))
             self._answered(a, out)
             return
@@ -908,7 +621,7 @@ cdef class PostgresParser:
             attrs["db.postgresql.command_tag"] = a.tags[-1]
         if a.rows:
             attrs["db.response.returned_rows"] = a.rows
-        why = self._why(p.incomplete, a.inc, extra_inc)
+        why = self._why(_join(p.incomplete, a.inc), extra_inc)
         out.append(Record(_PROTO, p.msg, a.msg, p.operation, status, code, err,
                           attrs, {}, why))
 
@@ -940,7 +653,7 @@ cdef class PostgresParser:
         while pending:
             p = <_Pending>pending.popleft()
             if _answered_kind(p.kind):
-                out.append(_incomplete_record(p, "gap"))
+                out.append(self._incomplete(p, "gap"))
 
     cdef void _flush(self, reason, list out) except *:
         cdef _Answer a = self.answer
@@ -960,6 +673,6 @@ cdef class PostgresParser:
                 if _answered_kind(p.kind) or a.code:
                     self._record(p, a, out, why)
             elif _answered_kind(p.kind):
-                out.append(_incomplete_record(p, why))
+                out.append(self._incomplete(p, why))
             first = False
         self.closed = True
