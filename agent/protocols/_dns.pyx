@@ -6,9 +6,9 @@ Queries and responses are matched by message id.  The header, question and the
 common answer types (A, AAAA, CNAME, PTR, NS, MX, TXT) are decoded here; dnspython
 supplies the mnemonics (type, rcode names) and decodes the rarer answer types.
 
-The per-connection plumbing of `base.StreamParser` is carried here as C-typed state;
-what leaves the parser is what the Python module produced: `base.Record`s holding
-`base.Message`s, and `STATS` counters.  Payload bytes are read only through `_Bytes`
+The per-connection plumbing (TCP) is the compiled one every parser shares
+(`_stream.StreamParser`); what leaves the parser is what the Python module produced:
+`base.Record`s holding `base.Message`s, and `STATS` counters.  Payload bytes are read only through `_Bytes`
 views (pointer + length of a `bytes` object the caller keeps alive) and every index is
 checked against that length before it is read.
 """
@@ -25,8 +25,9 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 from cpython.unicode cimport PyUnicode_DecodeLatin1
 from libc.stdio cimport snprintf
 
+from ._stream cimport DirStream, Pending, StreamParser
+
 from .base import (
-    MAX_BUFFER,
     MAX_PENDING,
     STATUS_ERROR,
     STATUS_OK,
@@ -37,14 +38,13 @@ from .base import (
 )
 
 STATS = new_stats()
+globals()["DirStream"] = DirStream  # the name the .py module exports (cimported here)
 
 MAX_ANSWERS = 16
 _TYPE_NAMES = {}
 _RCODE_NAMES = {}
 
 cdef Py_ssize_t _MAX_PENDING = MAX_PENDING
-cdef Py_ssize_t _MAX_BUFFER = MAX_BUFFER
-cdef object _SEQ_MOD = 1 << 32
 cdef str _PROTO = "dns"
 # Names longer than this (253 is the most a valid one has) go through the Python
 # reader; the compiled one assembles names in a buffer of this size.
@@ -351,152 +351,25 @@ cdef bint _looks_tcp(bytes data, long long size):
 
 # -- per-connection state -------------------------------------------------------------
 
-cdef class DirStream:
-    """One direction of a TCP flow: unparsed bytes plus where they came from.
-
-    `buf` holds contiguous bytes starting at stream offset `base`; `skip` counts bytes
-    still to discard (the rest of a message whose length is known); `synced` is False
-    after bytes were lost where the framing cannot say how many, until the parser
-    finds a message boundary again.  `marks` remembers (offset, ts, tid, seq) of the
-    chunks behind `buf` so a message gets the time of its first and last byte.
-    """
-
-    cdef readonly bytes buf
-    cdef readonly long long base
-    cdef long long nxt
-    cdef bint has_next
-    cdef readonly long long skip
-    cdef readonly bint synced
-    cdef list marks
-    cdef object open  # Message whose tail is being skipped, or None (never set here)
-    cdef bint trunc  # the open message lost bytes
-
-    def __cinit__(self):
-        self.buf = b""
-        self.synced = True
-        self.marks = []
-        self.open = None
-
-    @property
-    def next(self):
-        return self.nxt if self.has_next else None
-
-    cdef tuple mark_at(self, long long off):
-        cdef list marks = self.marks
-        cdef Py_ssize_t i, n = len(marks)
-        if n == 1:
-            return <tuple>marks[0]
-        for i in range(n - 1, -1, -1):
-            if <long long>(<tuple>marks[i])[0] <= off:
-                return <tuple>marks[i]
-        return <tuple>marks[0]
-
-    cdef object message(self, long long start, long long end):
-        """A Message for stream bytes [start, end) of this direction."""
-        cdef tuple m0, m1
-        if len(self.marks) == 1:
-            m0 = <tuple>self.marks[0]
-            seq = m0[3]
-            if seq is not None:
-                seq = (seq + start - m0[0]) % _SEQ_MOD
-            return Message(start, end - start, m0[1], m0[1], m0[2], m0[2], seq)
-        m0 = self.mark_at(start)
-        m1 = self.mark_at(end - 1) if end > start else m0
-        seq = m0[3]
-        if seq is not None:
-            seq = (seq + start - m0[0]) % _SEQ_MOD
-        return Message(start, end - start, m0[1], m1[1], m0[2], m1[2], seq)
-
-    cdef void consume(self, Py_ssize_t n) except *:
-        """Drop the first n buffered bytes, and the marks no longer needed."""
-        cdef list marks = self.marks
-        cdef Py_ssize_t i
-        cdef long long base
-        if n:
-            self.buf = self.buf[n:]
-        self.base += n
-        if len(marks) > 1:
-            base = self.base
-            i = 0
-            while i + 1 < len(marks) and <long long>(<tuple>marks[i + 1])[0] <= base:
-                i += 1
-            if i:
-                del marks[:i]
-
-    cdef void drop(self) except *:
-        self.base += len(self.buf)
-        self.buf = b""
-        if len(self.marks) > 1:
-            del self.marks[:-1]
-
-
-cdef class _Pending:
-    """A query waiting for its response."""
-    cdef object msg
-    cdef str operation
-    cdef dict attributes
-    cdef str incomplete
-
-
 cdef inline void _count(str reason) except *:
     STATS[reason] += 1
 
 
-cdef object _incomplete_record(_Pending p, str reason):
-    """The record of a query whose response will not be seen."""
-    cdef str why = p.incomplete or reason
-    if p.incomplete and reason and reason not in p.incomplete:
-        why = p.incomplete + "," + reason
-    return Record(_PROTO, p.msg, None, p.operation, STATUS_UNSET, "", "",
-                  p.attributes, {}, why)
-
-
-cdef class DnsParser:
+cdef class DnsParser(StreamParser):
     """One DNS flow (UDP socket or TCP connection), both directions."""
 
-    cdef readonly object client_side
-    cdef readonly tuple streams
-    cdef readonly dict pending  # id -> _Pending
-    cdef readonly bint closed
-    cdef readonly bint uncertain
     cdef object tcp_  # None until known, then bool
-    cdef int rdir  # direction carrying queries, -1 until known
-    cdef DirStream st0, st1
-    # Instance attributes stay possible, as on the Python parsers (tests replace `feed`
-    # on one connection's parser).
-    cdef dict __dict__
 
     def __init__(self, client_side=None, transport=None):
-        self.client_side = client_side
-        self.st0 = DirStream()
-        self.st1 = DirStream()
-        self.streams = (self.st0, self.st1)
-        self.rdir = -1
-        if client_side is not None:
-            self.rdir = 0 if client_side else 1
-        self.closed = False
-        self.uncertain = False
-        self.pending = {}
+        StreamParser.__init__(self, client_side)
+        self.proto = _PROTO
+        self.counts = STATS
+        self.pending = {}  # id -> Pending: matching is by id
         self.tcp_ = None if transport is None else transport == "tcp"
-
-    @property
-    def protocol(self):
-        return _PROTO
-
-    @property
-    def stats(self):
-        return STATS
-
-    @property
-    def req_dir(self):
-        return None if self.rdir < 0 else self.rdir
 
     @property
     def tcp(self):
         return self.tcp_
-
-    cdef inline DirStream _st(self, int d):
-        return self.st0 if d == 0 else self.st1
 
     # -- contract ---------------------------------------------------------------------
     def feed(self, chunk) -> list:
@@ -507,7 +380,7 @@ cdef class DnsParser:
         if self.tcp_ is None:
             self.tcp_ = _looks_tcp(data, chunk.size)
         if self.tcp_:
-            return self._feed(chunk)
+            return self._feed_chunk(chunk)
         # UDP: one message per datagram, no stream to reassemble.
         out = []
         if self.closed:
@@ -525,134 +398,13 @@ cdef class DnsParser:
         self._message(chunk.direction, info, msg, out)
         return out
 
-    def flush(self, reason) -> list:
-        cdef list out = []
-        cdef _Pending p
+    cdef void _flush(self, object reason, list out) except *:
+        cdef Pending p
         why = reason or "no response"
         for p in self.pending.values():
-            out.append(_incomplete_record(p, why))
+            out.append(self._incomplete(p, why))
         self.pending.clear()
         self.closed = True
-        return out
-
-    # -- stream plumbing (base.StreamParser) ------------------------------------------
-    cdef list _feed(self, chunk):
-        cdef list out = []
-        cdef int d = chunk.direction
-        cdef DirStream st
-        cdef bytes data, whole
-        cdef long long off, size, cut, end, k
-        cdef Py_ssize_t i
-        if d != 0 and d != 1:
-            raise IndexError("chunk direction must be 0 or 1")
-        if self.closed:
-            return out
-        st = self._st(d)
-        whole = data = chunk.data
-        off = chunk.offset
-        size = chunk.size
-        ts = chunk.ts_ns
-        tid = chunk.tid
-        if not st.has_next:
-            # Offsets count from the connection's first byte: a first chunk further on
-            # means what came before was lost (or the connection was seen midway).
-            st.has_next = True
-            st.nxt = st.base = 0
-        if off != st.nxt:
-            if off < st.nxt:
-                # Retransmitted or overlapping bytes: keep only what is new.
-                cut = st.nxt - off
-                if cut >= size:
-                    _count("overlap")
-                    return out
-                if cut >= len(data):
-                    _count("overlap")
-                    self._gap(d, st, size - cut, out)
-                    return out
-                data = data[cut:]
-                off = st.nxt
-            else:
-                _count("gap")
-                self._gap(d, st, off - st.nxt, out)
-        end = off + len(data)
-        marks = st.marks
-        if not st.buf and marks:
-            marks.clear()
-        marks.append((off, ts, tid, chunk.seq))
-        st.nxt = end
-        if st.skip:
-            k = st.skip if st.skip < len(data) else len(data)
-            st.skip -= k
-            data = data[k:]
-            st.base = off + k
-            if not st.skip:
-                st.open = None
-        if data:
-            if not st.synced:
-                i = self._resync(data)
-                if i < 0:
-                    # Matching is by id: nothing else to undo for the skipped bytes.
-                    _count("resync_skip")
-                    st.base = end
-                    data = b""
-                else:
-                    st.synced = True
-                    data = data[i:]
-                    st.base = end - len(data)
-            if data:
-                if st.buf:
-                    st.buf += data
-                else:
-                    st.buf = data
-                    st.base = end - len(data)
-                self._parse(d, st, out)
-                if len(st.buf) > _MAX_BUFFER:
-                    _count("buffer_overflow")
-                    st.drop()
-                    self._desync(st)
-        if size > len(whole):
-            _count("truncated_chunk")
-            self._gap(d, st, size - len(whole), out)
-        return out
-
-    cdef void _gap(self, int d, DirStream st, long long g, list out) except *:
-        """`g` bytes right after what was received are missing."""
-        st.nxt = (st.nxt if st.has_next else 0) + g
-        st.has_next = True
-        self._lose(d, st, g, out)
-
-    cdef void _lose(self, int d, DirStream st, long long g, list out) except *:
-        """Account for `g` lost bytes (st.nxt already moved past them)."""
-        if st.skip:
-            if st.skip >= g:
-                st.skip -= g
-                st.base += g
-                st.trunc = True
-                if not st.skip:
-                    st.open = None
-                return
-            # The skipped message ends inside the hole; what follows is unknown.
-            g -= st.skip
-            st.skip = 0
-            st.trunc = True
-            st.open = None
-        if st.synced and self._on_gap(d, st, g, out):
-            return
-        st.drop()
-        st.base = st.nxt
-        self.uncertain = True
-        if st.synced:
-            _count("desync")
-            self._desync(st)
-
-    cdef void _desync(self, DirStream st) except *:
-        # Matching is by id: nothing goes out of step, only the stream resyncs.
-        self.uncertain = True
-        st.synced = False
-        st.skip = 0
-        st.open = None
-        st.buf = b""
-        st.base = st.nxt if st.has_next else 0
 
     # -- framing ----------------------------------------------------------------------
     cdef void _parse(self, int d, DirStream st, list out) except *:
@@ -665,14 +417,14 @@ cdef class DnsParser:
             ln = _be16(v, pos)
             if ln < 12:
                 _count("bad_frame")
-                self._desync(st)
+                self._desync(d, st, out)
                 return
             if n - pos - 2 < ln:
                 break
             info = _parse(_sub(v, pos + 2, pos + 2 + ln))
             if info is None:
                 _count("bad_frame")
-                self._desync(st)
+                self._desync(d, st, out)
                 return
             self._message(d, info, st.message(st.base + pos, st.base + pos + 2 + ln), out)
             pos += 2 + ln
@@ -699,19 +451,19 @@ cdef class DnsParser:
         st.skip = ln + 2 - v.n - g
         return True
 
-    cdef Py_ssize_t _resync(self, bytes data) except -2:
+    cdef Py_ssize_t _resync(self, int d, bytes data) except -2:
         cdef _Bytes v = _view(data)
         return 0 if v.n >= 14 and _parse(_sub(v, 2, v.n)) is not None else -1
 
     cdef void _message(self, int d, _Info info, msg, list out) except *:
-        cdef _Pending p, old
+        cdef Pending p, old
         cdef dict attrs
         cdef str qtype, rcode
         if self.rdir < 0:
             self.rdir = d if info.qr == 0 else 1 - d
         if info.qr == 0:
             qtype = type_name(info.qtype) if info.qtype else ""
-            p = _Pending.__new__(_Pending)
+            p = Pending.__new__(Pending)
             p.msg = msg
             p.operation = (qtype + " " + info.name).strip()
             p.attributes = {"dns.question.name": info.name, "dns.question.type": qtype}
@@ -719,11 +471,11 @@ cdef class DnsParser:
             old = self.pending.pop(info.ident, None)
             if old is not None:
                 # Same id asked again before an answer (a retry): the first is lost.
-                out.append(_incomplete_record(old, "no response"))
+                out.append(self._incomplete(old, "no response"))
             if len(self.pending) >= _MAX_PENDING:
                 _count("pending_overflow")
                 first = next(iter(self.pending))
-                out.append(_incomplete_record(<_Pending>self.pending.pop(first), "evicted"))
+                out.append(self._incomplete(<Pending>self.pending.pop(first), "evicted"))
             self.pending[info.ident] = p
             return
         p = self.pending.pop(info.ident, None)
