@@ -17,8 +17,8 @@ as protocol "grpc" with service, method and grpc-status from the trailers.
 Only the fields a span needs (pseudo-headers, content-type, grpc-status/-message, trace
 headers) become Python strings; the rest are decoded in C, checked and sized (the
 block's decoded size is capped, as the `hpack` package did), and entered in the dynamic
-table when the peer asks.  The per-connection plumbing of `base.StreamParser` is carried
-as C-typed state, as in `_http1.pyx`.  Every payload byte is read through a
+table when the peer asks.  The per-connection plumbing is the compiled one every
+parser shares (`_stream.StreamParser`).  Every payload byte is read through a
 bounds-checked view (`_Bytes`, `_at`) or after an explicit length check.
 """
 
@@ -27,10 +27,11 @@ from cpython.mem cimport PyMem_Free, PyMem_Realloc
 from cpython.unicode cimport PyUnicode_DecodeLatin1
 from libc.string cimport memcmp
 
+from ._stream cimport DirStream, StreamParser
+
 from proto.span import TRACE_HEADERS
 
 from .base import (
-    MAX_BUFFER,
     STATUS_ERROR,
     STATUS_OK,
     STATUS_UNSET,
@@ -41,6 +42,7 @@ from .base import (
 )
 
 STATS = new_stats()
+globals()["DirStream"] = DirStream  # the name the .py module exports (cimported here)
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, \
@@ -80,10 +82,8 @@ cdef enum:
 cdef long long C_MAX_FRAME = 1 << 24
 cdef Py_ssize_t C_MAX_BLOCK = 64 * 1024
 cdef Py_ssize_t C_MAX_STREAMS = 256
-cdef Py_ssize_t C_MAX_BUFFER = MAX_BUFFER
 cdef long long C_MAX_TABLE = 1 << 20
 cdef long long C_MAX_HEADER_LIST = 64 * 1024 * 4
-cdef object _SEQ_MOD = 1 << 32
 cdef bytes _PREFACE = PREFACE
 cdef bytes _UNKNOWN = UNKNOWN
 cdef tuple _GRPC_CODES = GRPC_CODES
@@ -683,85 +683,6 @@ cdef class HpackDecoder:
         return 0
 
 
-# -- stream plumbing -------------------------------------------------------------------
-
-cdef class DirStream:
-    """One direction of a connection: unparsed bytes plus where they came from.
-
-    `buf` holds contiguous bytes starting at stream offset `base`; `skip` counts bytes
-    still to discard (the rest of a frame whose length is known); `synced` is False
-    after bytes were lost where the framing cannot say how many, until the parser
-    finds a frame boundary again.  `marks` remembers (offset, ts, tid, seq) of the
-    chunks behind `buf` so a message gets the time of its first and last byte.
-    `started` is set once the connection preface was looked for.
-    """
-
-    cdef readonly bytes buf
-    cdef readonly long long base
-    cdef long long nxt
-    cdef bint has_next
-    cdef readonly long long skip
-    cdef readonly bint synced
-    cdef readonly bint started
-    cdef list marks
-
-    def __cinit__(self):
-        self.buf = b""
-        self.synced = True
-        self.marks = []
-
-    @property
-    def next(self):
-        return self.nxt if self.has_next else None
-
-    cdef tuple mark_at(self, long long off):
-        cdef list marks = self.marks
-        cdef Py_ssize_t i, n = len(marks)
-        if n == 1:
-            return <tuple>marks[0]
-        for i in range(n - 1, -1, -1):
-            if <long long>(<tuple>marks[i])[0] <= off:
-                return <tuple>marks[i]
-        return <tuple>marks[0]
-
-    cdef object message(self, long long start, long long end):
-        """A Message for stream bytes [start, end) of this direction."""
-        cdef tuple m0, m1
-        if len(self.marks) == 1:
-            m0 = <tuple>self.marks[0]
-            seq = m0[3]
-            if seq is not None:
-                seq = (seq + start - m0[0]) % _SEQ_MOD
-            return Message(start, end - start, m0[1], m0[1], m0[2], m0[2], seq)
-        m0 = self.mark_at(start)
-        m1 = self.mark_at(end - 1) if end > start else m0
-        seq = m0[3]
-        if seq is not None:
-            seq = (seq + start - m0[0]) % _SEQ_MOD
-        return Message(start, end - start, m0[1], m1[1], m0[2], m1[2], seq)
-
-    cdef void consume(self, Py_ssize_t n) except *:
-        """Drop the first n buffered bytes, and the marks no longer needed."""
-        cdef list marks = self.marks
-        cdef Py_ssize_t i
-        cdef long long base
-        self.buf = self.buf[n:]
-        self.base += n
-        if len(marks) > 1:
-            base = self.base
-            i = 0
-            while i + 1 < len(marks) and <long long>(<tuple>marks[i + 1])[0] <= base:
-                i += 1
-            if i:
-                del marks[:i]
-
-    cdef void drop(self) except *:
-        self.base += len(self.buf)
-        self.buf = b""
-        if len(self.marks) > 1:
-            del self.marks[:-1]
-
-
 cdef class _Stream:
     """One HTTP/2 stream: its messages, the fields a span needs, how it ended."""
     cdef public object req  # Message or None
@@ -796,161 +717,31 @@ cdef inline void _count(str reason) except *:
     STATS[reason] += 1
 
 
-cdef class Http2Parser:
+cdef class Http2Parser(StreamParser):
     """One HTTP/2 connection (cleartext, or decrypted upstream), both directions."""
 
-    cdef readonly object client_side
-    cdef readonly tuple streams
-    cdef readonly bint closed
     cdef readonly bint preface_seen
     cdef readonly dict streams_  # stream id -> _Stream, oldest first
     cdef readonly list decoders  # HpackDecoder per direction
-    cdef public bint uncertain
-    cdef int rdir  # direction carrying requests, -1 until known
-    cdef DirStream st0, st1
     cdef _Block blk0, blk1
     cdef HpackDecoder dec0, dec1
-    # Instance attributes stay possible, as on the Python parsers.
-    cdef dict __dict__
 
     def __init__(self, client_side=None):
-        self.client_side = client_side
-        self.st0 = DirStream()
-        self.st1 = DirStream()
-        self.streams = (self.st0, self.st1)
+        StreamParser.__init__(self, client_side)
+        self.proto = "http2"
+        self.counts = STATS
         self.dec0 = HpackDecoder()
         self.dec1 = HpackDecoder()
         self.decoders = [self.dec0, self.dec1]
         self.streams_ = {}
-        self.rdir = -1
-        if client_side is not None:
-            self.rdir = 0 if client_side else 1
 
     @property
-    def protocol(self):
-        return "http2"
+    def pending(self):
+        # Requests are matched by stream id (streams_): there is no queue to show.
+        raise AttributeError("'Http2Parser' object has no attribute 'pending'")
 
-    @property
-    def stats(self):
-        return STATS
-
-    @property
-    def req_dir(self):
-        return None if self.rdir < 0 else self.rdir
-
-    cdef inline DirStream _st(self, int d):
-        return self.st0 if d == 0 else self.st1
-
-    # -- contract (base.StreamParser) -------------------------------------------------
-    def feed(self, chunk) -> list:
-        cdef list out = []
-        cdef int d = chunk.direction
-        cdef DirStream st
-        cdef bytes data, whole
-        cdef long long off, size, cut, end, k
-        if d != 0 and d != 1:
-            raise IndexError("chunk direction must be 0 or 1")
-        if self.closed:
-            return out
-        st = self._st(d)
-        whole = data = chunk.data
-        off = chunk.offset
-        size = chunk.size
-        ts = chunk.ts_ns
-        if not st.has_next:
-            # Offsets count from the connection's first byte: a first chunk further on
-            # means what came before was lost (or the connection was seen midway).
-            st.has_next = True
-            st.nxt = st.base = 0
-        if off != st.nxt:
-            if off < st.nxt:
-                # Retransmitted or overlapping bytes: keep only what is new.
-                cut = st.nxt - off
-                if cut >= size:
-                    _count("overlap")
-                    return out
-                if cut >= len(data):
-                    _count("overlap")
-                    self._gap(d, st, size - cut, out)
-                    return out
-                data = data[cut:]
-                off = st.nxt
-            else:
-                _count("gap")
-                self._gap(d, st, off - st.nxt, out)
-        end = off + len(data)
-        marks = st.marks
-        if not st.buf and marks:
-            marks.clear()
-        marks.append((off, ts, chunk.tid, chunk.seq))
-        st.nxt = end
-        if st.skip:
-            k = st.skip if st.skip < len(data) else len(data)
-            st.skip -= k
-            data = data[k:]
-            st.base = off + k
-        if data:
-            if not st.synced:
-                if self._resync(d, data) < 0:
-                    _count("resync_skip")
-                    st.base = end
-                    data = b""
-                else:
-                    st.synced = True
-                    st.base = end - len(data)
-            if data:
-                if st.buf:
-                    st.buf += data
-                else:
-                    st.buf = data
-                    st.base = end - len(data)
-                self._parse(d, st, out)
-                if len(st.buf) > C_MAX_BUFFER:
-                    _count("buffer_overflow")
-                    st.drop()
-                    self._desync(d, st, out)
-        if size > len(whole):
-            _count("truncated_chunk")
-            self._gap(d, st, size - len(whole), out)
-        return out
-
-    def flush(self, reason) -> list:
-        cdef list out = []
-        self._flush(reason, out)
-        return out
-
-    # -- plumbing ---------------------------------------------------------------------
-    cdef void _gap(self, int d, DirStream st, long long g, list out) except *:
-        """`g` bytes right after what was received are missing."""
-        st.nxt = (st.nxt if st.has_next else 0) + g
-        st.has_next = True
-        self._lose(d, st, g, out)
-
-    cdef void _lose(self, int d, DirStream st, long long g, list out) except *:
-        """Account for `g` lost bytes (st.nxt already moved past them)."""
-        if st.skip:
-            if st.skip >= g:
-                st.skip -= g
-                st.base += g
-                return
-            # The skipped frame ends inside the hole; what follows is unknown.
-            g -= st.skip
-            st.skip = 0
-        if st.synced and self._on_gap(d, st, g, out):
-            return
-        st.drop()
-        st.base = st.nxt
-        self.uncertain = True
-        if st.synced:
-            _count("desync")
-            self._desync(d, st, out)
-
-    cdef void _desync(self, int d, DirStream st, list out) except *:
-        self.uncertain = True
-        st.synced = False
-        st.skip = 0
-        st.buf = b""
-        st.base = st.nxt if st.has_next else 0
+    # -- plumbing (base.StreamParser's hooks) ----------------------------------------
+    cdef void _on_desync(self, int d, list out) except *:
         self._hpack_lost(d)
         for s in self.streams_.values():
             if not (<_Stream>s).inc:
@@ -1321,7 +1112,7 @@ cdef class Http2Parser:
         return Record("grpc" if grpc else "http2", s.req, s.resp, op, status, status_code,
                       error, attrs, trace, inc)
 
-    cdef void _flush(self, str reason, list out) except *:
+    cdef void _flush(self, object reason, list out) except *:
         cdef _Stream s
         for s in self.streams_.values():
             if s.req is not None or s.resp is not None:
