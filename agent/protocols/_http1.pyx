@@ -3,9 +3,9 @@
 """HTTP/1.1 in compiled code: keep-alive, pipelining, chunked bodies, 100-continue,
 HEAD/204/304, body until close, upgrade, gaps, truncation and resynchronisation.
 
-The per-connection plumbing of `base.StreamParser` (per-direction buffers keyed by
-stream offset, skip counts, marks, gap and desync handling) is carried here as C-typed
-state so the per-chunk path runs without Python frames; what leaves the parser is the
+The per-connection plumbing (per-direction buffers keyed by stream offset, skip counts,
+marks, gap and desync handling) is the compiled one every parser shares
+(`_stream.StreamParser`), so the per-chunk path runs without Python frames; what leaves the parser is the
 same as before: `base.Record`s holding `base.Message`s, and `STATS` counters.
 
 Payload bytes are read only through `_Bytes` views (pointer + length of a `bytes`
@@ -19,13 +19,14 @@ from collections import deque
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.string cimport memchr, memcmp
 
+from ._stream cimport DirStream, Pending, StreamParser
+
 import re
 
 from proto.span import TRACE_HEADERS
 
 from . import redact
 from .base import (
-    MAX_BUFFER,
     MAX_PENDING,
     STATUS_ERROR,
     STATUS_OK,
@@ -37,6 +38,7 @@ from .base import (
 )
 
 STATS = new_stats()
+globals()["DirStream"] = DirStream  # the name the .py module exports (cimported here)
 
 METHODS = frozenset(
     b"GET POST PUT DELETE HEAD OPTIONS PATCH CONNECT TRACE PROPFIND PROPPATCH MKCOL COPY "
@@ -67,7 +69,6 @@ HEAD, CHUNKED, UNTIL_CLOSE, WAIT = M_HEAD, M_CHUNKED, M_UNTIL_CLOSE, M_WAIT
 # the attribute keeps the declared value.
 cdef long long BIG = 4611686018427387904
 
-cdef object _SEQ_MOD = 1 << 32
 cdef dict _CODES = {c: str(c) for c in range(100, 1000)}
 # Shared, never mutated: records copy trace headers before adding to them.
 cdef dict _NO_TRACE = {}
@@ -486,105 +487,12 @@ cdef bint _req_start(_Bytes v, Py_ssize_t i):
 
 # -- per-connection state -------------------------------------------------------------
 
-cdef class DirStream:
-    """One direction of a connection: unparsed bytes plus where they came from.
-
-    `buf` holds contiguous bytes starting at stream offset `base`; `skip` counts bytes
-    still to discard (the rest of a body whose length is known); `synced` is False
-    after bytes were lost where the framing cannot say how many, until the parser
-    finds a frame boundary again.  `marks` remembers (offset, ts, tid, seq) of the
-    chunks behind `buf` so a message gets the time of its first and last byte.
-    """
-
-    cdef readonly bytes buf
-    cdef readonly long long base
-    cdef long long nxt
-    cdef bint has_next
-    cdef readonly long long skip
-    cdef readonly bint synced
-    cdef list marks
-    cdef object open  # Message whose tail is being skipped, or None
-    cdef bint trunc  # the open message lost bytes
-
-    def __cinit__(self):
-        self.buf = b""
-        self.synced = True
-        self.marks = []
-        self.open = None
-
-    @property
-    def next(self):
-        return self.nxt if self.has_next else None
-
-    cdef tuple mark_at(self, long long off):
-        cdef list marks = self.marks
-        cdef Py_ssize_t i, n = len(marks)
-        if n == 1:
-            return <tuple>marks[0]
-        for i in range(n - 1, -1, -1):
-            if <long long>(<tuple>marks[i])[0] <= off:
-                return <tuple>marks[i]
-        return <tuple>marks[0]
-
-    cdef object message(self, long long start, long long end):
-        """A Message for stream bytes [start, end) of this direction."""
-        cdef tuple m0, m1
-        if len(self.marks) == 1:
-            m0 = <tuple>self.marks[0]
-            seq = m0[3]
-            if seq is not None:
-                seq = (seq + start - m0[0]) % _SEQ_MOD
-            return Message(start, end - start, m0[1], m0[1], m0[2], m0[2], seq)
-        m0 = self.mark_at(start)
-        m1 = self.mark_at(end - 1) if end > start else m0
-        seq = m0[3]
-        if seq is not None:
-            seq = (seq + start - m0[0]) % _SEQ_MOD
-        return Message(start, end - start, m0[1], m1[1], m0[2], m1[2], seq)
-
-    cdef void consume(self, Py_ssize_t n) except *:
-        """Drop the first n buffered bytes, and the marks no longer needed."""
-        cdef list marks = self.marks
-        cdef Py_ssize_t i
-        cdef long long base
-        self.buf = self.buf[n:]
-        self.base += n
-        if len(marks) > 1:
-            base = self.base
-            i = 0
-            while i + 1 < len(marks) and <long long>(<tuple>marks[i + 1])[0] <= base:
-                i += 1
-            if i:
-                del marks[:i]
-
-    cdef void drop(self) except *:
-        self.base += len(self.buf)
-        self.buf = b""
-        if len(self.marks) > 1:
-            del self.marks[:-1]
-
-    cdef inline void last_mark_end(self, object msg) except *:
-        """msg ends with the last chunk seen."""
-        cdef tuple m = <tuple>self.marks[-1]
-        msg.end_ns = m[1]
-        msg.end_tid = m[2]
-
-
-cdef class _Pending:
-    """A request waiting for its response, with what the response needs to know."""
-    cdef object msg
-    cdef str operation
-    cdef dict attributes
-    cdef dict trace_headers
-    cdef str incomplete
-
-
 cdef class _Side:
     """Framing state of one direction."""
     cdef int mode
     cdef int chunk_state
     cdef object msg  # Message whose body is being read, or None
-    cdef _Pending req  # request side: the request being read
+    cdef Pending req  # request side: the request being read
     # response side: what the response head said
     cdef int code
     cdef dict rattrs
@@ -600,15 +508,6 @@ cdef inline void _count(str reason) except *:
     STATS[reason] += 1
 
 
-cdef object _incomplete_record(_Pending p, str reason):
-    """The record of a request whose response will not be seen."""
-    cdef str why = p.incomplete or reason
-    if p.incomplete and reason and reason not in p.incomplete:
-        why = p.incomplete + "," + reason
-    return Record("http", p.msg, None, p.operation, STATUS_UNSET, "", "",
-                  p.attributes, p.trace_headers, why)
-
-
 cdef inline str _status(int code, int req_dir):
     if code >= 500 or (code >= 400 and req_dir == 0):
         return STATUS_ERROR
@@ -617,51 +516,18 @@ cdef inline str _status(int code, int req_dir):
     return STATUS_UNSET
 
 
-cdef class Http1Parser:
+cdef class Http1Parser(StreamParser):
     """One HTTP/1.x connection, both directions."""
 
-    cdef readonly object client_side
-    cdef readonly tuple streams
-    cdef readonly object pending  # deque of _Pending
-    cdef readonly bint closed
-    cdef int rdir  # direction carrying requests, -1 until known
-    # Messages were lost where their count is unknown: until the pending queue
-    # drains, first-in-first-out matching may be off by that count.
-    cdef bint uncertain
-    cdef DirStream st0, st1
     cdef _Side side0, side1
-    # Instance attributes stay possible, as on the Python parsers (tests replace `feed`
-    # on one connection's parser).
-    cdef dict __dict__
 
     def __init__(self, client_side=None):
-        self.client_side = client_side
-        self.st0 = DirStream()
-        self.st1 = DirStream()
-        self.streams = (self.st0, self.st1)
+        StreamParser.__init__(self, client_side)
+        self.proto = "http"
+        self.counts = STATS
         self.side0 = _Side()
         self.side1 = _Side()
         self.pending = deque()
-        self.rdir = -1
-        if client_side is not None:
-            self.rdir = 0 if client_side else 1
-        self.closed = False
-        self.uncertain = False
-
-    @property
-    def protocol(self):
-        return "http"
-
-    @property
-    def stats(self):
-        return STATS
-
-    @property
-    def req_dir(self):
-        return None if self.rdir < 0 else self.rdir
-
-    cdef inline DirStream _st(self, int d):
-        return self.st0 if d == 0 else self.st1
 
     cdef inline _Side _side(self, int d):
         return self.side0 if d == 0 else self.side1
@@ -678,7 +544,7 @@ cdef class Http1Parser:
         cdef Py_ssize_t n, e
         cdef long long off, size, end
         cdef _Info info
-        cdef _Pending p
+        cdef Pending p
         cdef list out
         if d != 0 and d != 1:
             raise IndexError("chunk direction must be 0 or 1")
@@ -690,10 +556,10 @@ cdef class Http1Parser:
         if not (st.has_next and off == st.nxt and not st.buf and not st.skip and st.synced
                 and side.mode == M_HEAD and not self.closed and self.rdir >= 0
                 and not self.uncertain):
-            return self._feed(chunk)
+            return self._feed_chunk(chunk)
         e = _blank(_view(data), 0, n)
         if e < 0:
-            return self._feed(chunk)
+            return self._feed_chunk(chunk)
         size = chunk.size
         ts = chunk.ts_ns
         tid = chunk.tid
@@ -701,12 +567,12 @@ cdef class Http1Parser:
         if d == self.rdir:
             info = _request_info(data, 0, e + 2)
             if info is None or info.chunked or len(pending) >= MAX_PENDING:
-                return self._feed(chunk)
+                return self._feed_chunk(chunk)
             end = e + 4 + info.length
             if end < n or (size > n and end < size):
-                return self._feed(chunk)
+                return self._feed_chunk(chunk)
             msg = Message(off, n, ts, ts, tid, tid, chunk.seq)
-            p = _Pending.__new__(_Pending)
+            p = Pending.__new__(Pending)
             p.msg = msg
             p.operation = info.op
             p.attributes = info.attrs
@@ -720,15 +586,15 @@ cdef class Http1Parser:
                 return out
         else:
             if not _starts(_view(data), 0, b"HTTP/1.", 7) or not pending \
-                    or (<_Pending>pending[0]).msg.start_ns > ts:
-                return self._feed(chunk)
-            info = _response_info(data, 0, e + 2, (<_Pending>pending[0]).operation)
+                    or (<Pending>pending[0]).msg.start_ns > ts:
+                return self._feed_chunk(chunk)
+            info = _response_info(data, 0, e + 2, (<Pending>pending[0]).operation)
             if info is None or info.code < 200 or info.code == 101 or info.chunked \
                     or not info.has_length:
-                return self._feed(chunk)
+                return self._feed_chunk(chunk)
             end = e + 4 + info.length
             if end < n or (size > n and end < size):
-                return self._feed(chunk)
+                return self._feed_chunk(chunk)
             msg = Message(off, n, ts, ts, tid, tid, chunk.seq)
             if end > n:
                 out = []
@@ -737,7 +603,7 @@ cdef class Http1Parser:
                 side.rth = info.th
                 self._start_skip(d, st, side, chunk, msg, end - n, out)
                 return out
-            p = <_Pending>pending.popleft()
+            p = <Pending>pending.popleft()
             self._answered_early(p)
             p.attributes.update(info.attrs)
             th = info.th
@@ -751,155 +617,6 @@ cdef class Http1Parser:
         if st.marks:
             st.marks.clear()
         return []
-
-    def flush(self, reason) -> list:
-        cdef list out = []
-        self._flush(reason, out)
-        return out
-
-    # -- stream plumbing (base.StreamParser) ------------------------------------------
-    cdef list _feed(self, chunk):
-        cdef list out = []
-        cdef int d = chunk.direction
-        cdef DirStream st
-        cdef bytes data, whole
-        cdef long long off, size, cut, end, k
-        cdef Py_ssize_t i
-        if self.closed:
-            return out
-        st = self._st(d)
-        whole = data = chunk.data
-        off = chunk.offset
-        size = chunk.size
-        ts = chunk.ts_ns
-        tid = chunk.tid
-        if not st.has_next:
-            # Offsets count from the connection's first byte: a first chunk further on
-            # means what came before was lost (or the connection was seen midway).
-            st.has_next = True
-            st.nxt = st.base = 0
-        if off != st.nxt:
-            if off < st.nxt:
-                # Retransmitted or overlapping bytes: keep only what is new.
-                cut = st.nxt - off
-                if cut >= size:
-                    _count("overlap")
-                    return out
-                if cut >= len(data):
-                    _count("overlap")
-                    self._gap(d, st, size - cut, out)
-                    return out
-                data = data[cut:]
-                off = st.nxt
-            else:
-                _count("gap")
-                self._gap(d, st, off - st.nxt, out)
-        end = off + len(data)
-        marks = st.marks
-        if not st.buf and marks:
-            marks.clear()
-        marks.append((off, ts, tid, chunk.seq))
-        st.nxt = end
-        if st.skip:
-            k = st.skip if st.skip < len(data) else len(data)
-            st.skip -= k
-            data = data[k:]
-            st.base = off + k
-            o = st.open
-            if o is not None:
-                o.end_ns = ts
-                o.end_tid = tid
-                o.size += k
-            if not st.skip:
-                st.open = None
-                self._tail_done(d, st, o, out)
-        if data:
-            if not st.synced:
-                i = self._resync(d, data)
-                if i < 0:
-                    _count("resync_skip")
-                    st.base = end
-                    data = b""
-                    self._skipped(d, ts, out)
-                else:
-                    st.synced = True
-                    data = data[i:]
-                    st.base = end - len(data)
-            if data:
-                if st.buf:
-                    st.buf += data
-                else:
-                    st.buf = data
-                    st.base = end - len(data)
-                self._parse(d, st, out)
-                if len(st.buf) > MAX_BUFFER:
-                    _count("buffer_overflow")
-                    st.drop()
-                    self._desync(d, st, out)
-        if size > len(whole):
-            _count("truncated_chunk")
-            self._gap(d, st, size - len(whole), out)
-        return out
-
-    cdef void _gap(self, int d, DirStream st, long long g, list out) except *:
-        """`g` bytes right after what was received are missing."""
-        st.nxt = (st.nxt if st.has_next else 0) + g
-        st.has_next = True
-        self._lose(d, st, g, out)
-
-    cdef void _lose(self, int d, DirStream st, long long g, list out) except *:
-        """Account for `g` lost bytes (st.nxt already moved past them)."""
-        if st.skip:
-            o = st.open
-            if st.skip >= g:
-                if o is not None:
-                    o.size += g
-                st.skip -= g
-                st.base += g
-                st.trunc = True
-                if not st.skip:
-                    st.open = None
-                    self._tail_done(d, st, o, out)
-                return
-            # The skipped message ends inside the hole; what follows is unknown.
-            g -= st.skip
-            if o is not None:
-                o.size += st.skip
-            st.skip = 0
-            st.trunc = True
-            st.open = None
-            self._tail_done(d, st, o, out)
-        if st.synced and self._on_gap(d, st, g, out):
-            return
-        st.drop()
-        st.base = st.nxt
-        self.uncertain = True
-        if st.synced:
-            _count("desync")
-            self._desync(d, st, out)
-
-    cdef void _desync(self, int d, DirStream st, list out) except *:
-        self.uncertain = True
-        st.synced = False
-        st.skip = 0
-        st.open = None
-        st.buf = b""
-        st.base = st.nxt if st.has_next else 0
-        self._on_desync(d, out)
-
-    cdef str _why(self, str a, str b):
-        """Incomplete reasons of a matched record, with the doubt a lost request casts."""
-        cdef str why
-        if a and b:
-            why = a + "," + b
-        else:
-            why = a or b
-        if self.uncertain:
-            if not why:
-                why = "gap"
-            if not self.pending:
-                self.uncertain = False
-        return why
 
     # -- framing ----------------------------------------------------------------------
     cdef void _parse(self, int d, DirStream st, list out) except *:
@@ -987,11 +704,11 @@ cdef class Http1Parser:
     cdef Py_ssize_t _request_head(self, int d, DirStream st, _Side side, bytes buf,
                                   Py_ssize_t pos, Py_ssize_t end, list out) except -2:
         cdef _Info info = _request_info(buf, pos, end - 2)
-        cdef _Pending p
+        cdef Pending p
         if info is None:
             return -1
         msg = st.message(st.base + pos, st.base + end)
-        p = _Pending.__new__(_Pending)
+        p = Pending.__new__(Pending)
         p.msg = msg
         p.operation = info.op
         p.attributes = info.attrs
@@ -999,7 +716,7 @@ cdef class Http1Parser:
         p.incomplete = ""
         if len(self.pending) >= MAX_PENDING:
             _count("pending_overflow")
-            out.append(_incomplete_record(<_Pending>self.pending.popleft(), "evicted"))
+            out.append(self._incomplete(<Pending>self.pending.popleft(), "evicted"))
         self.pending.append(p)
         side.req = p
         return self._body(d, st, side, msg, info.has_length, info.length, info.chunked,
@@ -1024,7 +741,7 @@ cdef class Http1Parser:
 
     cdef Py_ssize_t _response_head(self, int d, DirStream st, _Side side, bytes buf,
                                    Py_ssize_t pos, Py_ssize_t end, list out) except -2:
-        cdef _Pending req = <_Pending>self.pending[0] if self.pending else None
+        cdef Pending req = <Pending>self.pending[0] if self.pending else None
         cdef _Info info = _response_info(buf, pos, end - 2,
                                          req.operation if req is not None else "")
         cdef Py_ssize_t new
@@ -1186,18 +903,18 @@ cdef class Http1Parser:
     cdef void _emit(self, _Side side, list out) except *:
         cdef int code = side.code
         cdef dict attrs = side.rattrs, th = side.rth, trace
-        cdef _Pending p
+        cdef Pending p
         cdef str inc
         msg = side.msg
         side.msg = None
         if not self.pending and not self._salvage_request():
             _count("unmatched_response")
             return
-        if (<_Pending>self.pending[0]).msg.start_ns > msg.start_ns:
+        if (<Pending>self.pending[0]).msg.start_ns > msg.start_ns:
             # It answers a request lost before the oldest one seen.
             _count("unmatched_response")
             return
-        p = <_Pending>self.pending.popleft()
+        p = <Pending>self.pending.popleft()
         self._answered_early(p)
         p.attributes.update(attrs)
         trace = p.trace_headers
@@ -1209,7 +926,7 @@ cdef class Http1Parser:
                           _CODES[code] if 100 <= code < 1000 else str(code), "",
                           p.attributes, trace, inc))
 
-    cdef void _answered_early(self, _Pending p) except *:
+    cdef void _answered_early(self, Pending p) except *:
         """p is answered before the rest of its body was seen: those bytes never came."""
         cdef DirStream rst = self._st(self.rdir)
         if rst.skip and rst.open is p.msg:
@@ -1269,7 +986,7 @@ cdef class Http1Parser:
         cdef _Bytes v = _view(buf)
         cdef Py_ssize_t eol, cut, before
         cdef bint ok = False
-        cdef _Pending p
+        cdef Pending p
         eol = _crlf(v, 0, v.n)
         if eol > 0:
             cut = buf.rfind(b"\r\n")
@@ -1277,7 +994,7 @@ cdef class Http1Parser:
             before = len(self.pending)
             if self._request_head(d, st, side, fake, 0, len(fake), out) >= 0 \
                     and len(self.pending) > before:
-                p = <_Pending>self.pending[-1]
+                p = <Pending>self.pending[-1]
                 p.incomplete = "truncated"
                 p.msg.size = len(buf) + g
                 st.last_mark_end(p.msg)
@@ -1303,19 +1020,12 @@ cdef class Http1Parser:
         _count("salvaged_request")
         return ok
 
-    cdef void _skipped(self, int d, ts, list out) except *:
-        """A whole chunk was dropped while looking for a frame boundary.
-
-        If it carried responses, they answered requests sent before it: those requests
-        go out incomplete rather than be matched, first in first out, with later answers.
-        """
-        pending = self.pending
+    cdef void _skipped(self, int d, object ts, list out) except *:
+        # A response chunk dropped while resynchronising: the request head still being
+        # read is done (its rest was lost), then the base undoes the pending requests.
         if d != self.rdir and self.rdir >= 0:
             self._salvage_request()
-        if d == self.rdir:
-            return
-        while pending and (<_Pending>pending[0]).msg.start_ns <= ts:
-            out.append(_incomplete_record(<_Pending>pending.popleft(), "gap"))
+        StreamParser._skipped(self, d, ts, out)
 
     cdef void _on_desync(self, int d, list out) except *:
         cdef _Side side = self._side(d)
@@ -1332,7 +1042,7 @@ cdef class Http1Parser:
             if self.rdir >= 0:
                 self._salvage_request()
             while self.pending:
-                out.append(_incomplete_record(<_Pending>self.pending.popleft(), "gap"))
+                out.append(self._incomplete(<Pending>self.pending.popleft(), "gap"))
 
     cdef void _flush(self, reason, list out) except *:
         cdef int d
@@ -1343,6 +1053,6 @@ cdef class Http1Parser:
                 self._emit(side, out)
                 side.mode = M_HEAD
         while self.pending:
-            out.append(_incomplete_record(<_Pending>self.pending.popleft(),
+            out.append(self._incomplete(<Pending>self.pending.popleft(),
                                           reason or "no response"))
         self.closed = True
