@@ -54,6 +54,9 @@ cdef str _MODE_GO_GOID = MODE_GO_GOID
 cdef str _KIND_SERVER = KIND_SERVER
 cdef str _KIND_CLIENT = KIND_CLIENT
 cdef str _PARENT_UNKNOWN = PARENT_UNKNOWN
+# the counter names of each way of linking and each refusal reason, made once
+cdef dict _LINK_KEYS = {}
+cdef dict _REFUSED_KEYS = {}
 
 ctypedef pair[int64_t, int64_t] TKey  # (pid, tid)
 
@@ -170,6 +173,11 @@ cdef class Item:
     cdef bint in_ranges, in_servers, gone
     cdef object seq_key, udp_key
     cdef list hkeys
+    # _emit_quiet's marks: the pass (_ep) _root was found in, the pass (_gep) the
+    # items of the trace rooted here were gathered (_group) in
+    cdef uint64_t _ep, _gep
+    cdef Item _root
+    cdef list _group
 
     def __init__(self, ctx) -> None:
         self._init(ctx)
@@ -221,6 +229,7 @@ cdef class Stitcher:
     cdef public int64_t settle_ns, quiet_ns, max_wait_ns, horizon_ns
     cdef public list items, pending_thread, pending_remote
     cdef int64_t _next_prune, _next_emit, _next_full, _now
+    cdef uint64_t _epoch
     cdef Py_ssize_t _added
     cdef bint _via_conn
     cdef Item _ri  # the item of the last attribution step
@@ -814,8 +823,11 @@ cdef class Stitcher:
         else:
             parent.children.append(item)
         item.thread_done = True
-        self.per_process[item.pid][f"linked by {how}"] += 1
-        self.stats[f"linked_{how}"] += 1
+        keys = _LINK_KEYS.get(how)
+        if keys is None:
+            keys = _LINK_KEYS[how] = (f"linked by {how}", f"linked_{how}")
+        self.per_process[item.pid][keys[0]] += 1
+        self.stats[keys[1]] += 1
         return True
 
     cdef bint _refuse(self, Item item, str reason) except -1:
@@ -828,7 +840,13 @@ cdef class Stitcher:
             if self._now - item.end_ns < self.max_wait_ns:
                 return False  # its parent may not have completed yet
         item.thread_done = True
-        self.per_process[item.pid][f"refused: {reason}"] += 1
+        key = _REFUSED_KEYS.get(reason)
+        if key is None:
+            if len(_REFUSED_KEYS) < 1024:  # reasons are a few constants and hand-off texts
+                key = _REFUSED_KEYS[reason] = f"refused: {reason}"
+            else:
+                key = f"refused: {reason}"
+        self.per_process[item.pid][key] += 1
         self.stats["refused"] += 1
         # say so on the span, so a trace view shows why it is a root ("parent unknown")
         item.span.attributes[_PARENT_UNKNOWN] = reason
@@ -925,39 +943,53 @@ cdef class Stitcher:
         if not final and now < self._next_emit:
             return
         self._next_emit = now + 250 * _MS
-        cdef dict groups = {}
-        cdef dict root_of = {}  # items hash by identity
+        # Group the waiting items by root, as the reference does with two dicts, with
+        # the marks on the items instead: _ep == this pass means _root is known, _gep
+        # == this pass means the root's _group is this pass's (no hashing an item)
+        self._epoch += 1
+        cdef uint64_t ep = self._epoch
+        cdef list roots = []  # in order of first appearance, as the reference's dict
         cdef Item it, cur, root, m, x
-        cdef list path, g, members
+        cdef list members
+        cdef Py_ssize_t n, k
         for it in self.items:
-            root = root_of.get(it)  # known when a child's walk passed through it
-            if root is None:
+            if it._ep == ep:  # known when a child's walk passed through it
+                root = it._root
+            else:
                 cur = it.parent
                 if cur is None:
                     root = it
-                elif cur in root_of:
-                    root = root_of[cur]
+                elif cur._ep == ep:
+                    root = cur._root
                 else:
-                    # walk up until an item whose root is known; remember the path's root
-                    path = [it]
-                    while (cur.parent is not None and cur not in root_of
-                           and len(path) < 1000):
-                        path.append(cur)  # bounded: a parent cycle must not hang the agent
+                    # walk up until an item whose root is known (bounded: a parent cycle
+                    # must not hang the agent), then mark the path with its root
+                    n = 1
+                    while cur.parent is not None and cur._ep != ep and n < 1000:
+                        n += 1
                         cur = cur.parent
-                    root = root_of.get(cur, cur)
-                    for x in path:
-                        root_of[x] = root
-                    root_of[cur] = root
-                root_of[it] = root
-            g = groups.get(root)
-            if g is None:
-                groups[root] = [it]
+                    root = cur._root if cur._ep == ep else cur
+                    x = it
+                    for k in range(n):
+                        x._ep = ep
+                        x._root = root
+                        x = x.parent
+                    cur._ep = ep
+                    cur._root = root
+                it._ep = ep
+                it._root = root
+            if root._gep != ep:
+                root._gep = ep
+                root._group = [it]
+                roots.append(root)
             else:
-                g.append(it)
+                root._group.append(it)
         cdef int64_t quiet_before = now - self.quiet_ns
         cdef bint emitted = False, ok
         cdef int64_t mx
-        for root, members in groups.items():
+        for root in roots:
+            members = root._group
+            root._group = None
             if not final:
                 ok = True
                 mx = INT64_MIN
@@ -1012,6 +1044,7 @@ cdef class Stitcher:
                 t_py[(2, it.udp_key)] = None
             it.parent = None  # let the chain be collected
             it.children = None
+            it._root = None
         cdef uint64_t conn
         cdef TKey key
         cdef vector[REnt]* rl
