@@ -4,7 +4,7 @@
 
 For each protocol, the parser this tree's registry builds (compiled: agent/protocols/
 _NAME.pyx) and the Python parser of git revision REV (`git show REV:agent/protocols/
-NAME.py`, loaded with that revision's base.py as tests/protocols/compiled_vs_python.py
+NAME.py`, loaded with that revision's base.py as tests/protocols/equivalence.py
 does) replay the golden workloads of bench_protocols (steady with 1 KiB and whole
 chunks, conn with 1 KiB), rounds alternating between the two so load on the machine
 falls on both alike; the figure is records per CPU second (`time.process_time`), best
@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 from agent.protocols.registry import new_parser  # noqa: E402
 from bench.bench_protocols import one_round, workload  # noqa: E402
-from tests.protocols.compiled_vs_python import load_baseline  # noqa: E402
+from tests.protocols.equivalence import load_baseline  # noqa: E402
 
 # The last commit where redis.py and memcached.py were the Python parsers.
 PYTHON_REV = "cc5352766e68819eadd277b9e0a107ea9f62f5a5"

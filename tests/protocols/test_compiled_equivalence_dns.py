@@ -1,5 +1,5 @@
-"""The compiled DNS parser against the Python one it replaced (see
-test_compiled_equivalence_sql.py for the method): UDP datagrams and TCP streams,
+"""The compiled DNS parser against the Python one it replaced (tests/protocols/
+equivalence.py; see test_compiled_equivalence_sql.py for the method): UDP datagrams and TCP streams,
 random messages (compression pointers good, looping and out of range, names too long
 for the compiled reader's buffer, every decoded answer type and rarer ones left to
 dnspython, cut records) and golden flows reshuffled; identical records, STATS and
@@ -13,14 +13,18 @@ from functools import partial
 
 from agent.protocols.base import Chunk
 
-from .test_compiled_equivalence_sql import (
+from .equivalence import (
     EXAMPLES,
+    PYTHON_PARSERS,
     chunked,
     golden_messages,
-    python_module,
+    load_baseline,
+    needs_history,
     reshuffled,
     same_run,
 )
+
+pytestmark = needs_history(PYTHON_PARSERS)
 
 
 def _label_name(rnd: random.Random) -> bytes:
@@ -100,7 +104,7 @@ def conversation(rnd: random.Random) -> list[tuple[int, bytes]]:
 
 
 def test_parse_compiled_equals_python():
-    py = python_module("dns")
+    py = load_baseline("dns", PYTHON_PARSERS)
     from agent.protocols import dns
 
     rnd = random.Random(53)
@@ -112,7 +116,7 @@ def test_parse_compiled_equals_python():
 
 
 def test_dns_compiled_equals_python():
-    py = python_module("dns")
+    py = load_baseline("dns", PYTHON_PARSERS)
     from agent.protocols import dns
 
     golden = {t: [] for t in ("udp", "tcp")}
@@ -140,7 +144,7 @@ def test_dns_compiled_equals_python():
         told = rnd.choice([transport, None])  # the registry says; else the parser guesses
         records += same_run(partial(py.DnsParser, side, told),
                             partial(dns.DnsParser, side, told), py.STATS, dns.STATS,
-                            chunks, rnd.choice(["closed", "", "timeout"]))
+                            chunks, rnd.choice(["closed", "", "timeout"]), extra=("tcp",))
     assert records > EXAMPLES
 
 

@@ -1,19 +1,16 @@
 """The compiled HTTP/2 + gRPC parser (agent/protocols/_http2.pyx) against the Python one
 it replaced (agent/protocols/http2.py at commit BASELINE, with the `hpack` package,
-loaded from git under another module name): on random HTTP/2 connections and on the
-golden captures, cut into chunks, truncated to capture prefixes, holed, retransmitted,
-joined midway and corrupted, with redaction on and off, both must produce identical
-records, STATS counters, buffers and stream tables.  The HPACK decoders are compared
-block by block too (fields, errors, misses, dynamic table)."""
+loaded from git by tests/protocols/equivalence.py): on random HTTP/2 connections and
+on the golden captures, cut into chunks, truncated to capture prefixes, holed,
+retransmitted, joined midway and corrupted, with redaction on and off, both must
+produce identical records, STATS counters, buffers, stream tables and the rest of the
+parser's state.  The HPACK decoders are compared block by block too (fields, errors,
+misses, dynamic table)."""
 
 from __future__ import annotations
 
 import random
-import subprocess
-import sys
 import types
-from collections import Counter
-from pathlib import Path
 
 import hpack
 import pytest
@@ -21,29 +18,22 @@ from hpack import NeverIndexedHeaderTuple
 
 from agent.protocols import redact
 from agent.protocols.base import Chunk
-from agent.protocols.http2 import UNKNOWN, HpackDecoder, Http2Parser
+from agent.protocols.http2 import STATS, UNKNOWN, HpackDecoder, Http2Parser
 
+from .equivalence import PYTHON_HTTP2, load_baseline, needs_history, same_run
 from .golden import GOLDEN, load_capture
 
-ROOT = Path(__file__).resolve().parents[2]
-BASELINE = "fbaf807f0517cd1cf2ef01bc2ba5b24039b776d4"  # last commit of the Python parser
+BASELINE = PYTHON_HTTP2  # last commit of the Python parser
 STREAMS = 1500  # random connections; ~10 s in all on a busy 2-vCPU machine
+
+pytestmark = needs_history(BASELINE)
+# What else the parser keeps between chunks: the preface, the open streams by id.
+STATE = ("preface_seen", lambda p: list(p.streams_))
 
 
 @pytest.fixture(scope="module")
 def old() -> types.ModuleType:
-    r = subprocess.run(["git", "-C", str(ROOT), "show", f"{BASELINE}:agent/protocols/http2.py"],
-                       capture_output=True, text=True)
-    if r.returncode != 0:
-        # A copy of the tree without its history (scripts/asan-tests.sh's scratch
-        # build; GIT_DIR=<repo>/.git in the environment brings it back).
-        pytest.skip(f"no git history here for the Python parser: {r.stderr.strip()}")
-    src = r.stdout
-    mod = types.ModuleType("agent.protocols._http2_python_baseline")
-    mod.__package__ = "agent.protocols"
-    mod.__file__ = f"{BASELINE}:agent/protocols/http2.py"
-    sys.modules[mod.__name__] = mod
-    exec(compile(src, mod.__file__, "exec"), mod.__dict__)
+    mod = load_baseline("http2", BASELINE)
     assert isinstance(mod.Http2Parser, type) and not hasattr(mod, "HpackDecoder")
     return mod
 
@@ -236,25 +226,9 @@ def writes_bytes(writes: list[tuple[int, bytes]], d: int, start: int, end: int) 
 
 # -- the comparison ------------------------------------------------------------------------
 
-def _state(p) -> tuple:
-    return (p.req_dir, p.closed, p.preface_seen, list(p.streams_),
-            [(s.buf, s.base, s.skip, s.synced, s.started, s.next) for s in p.streams])
-
-
 def compare(old, chunks: list[Chunk], side: bool | None) -> int:
-    a, b = old.Http2Parser(side), Http2Parser(side)
-    sa, sb = Counter(old.STATS), Counter(b.stats)
-    n = 0
-    for c in chunks:
-        ra, rb = a.feed(c), b.feed(c)
-        assert rb == ra, c
-        assert _state(b) == _state(a), c
-        n += len(ra)
-    ra, rb = a.flush("closed"), b.flush("closed")
-    assert rb == ra
-    assert _state(b) == _state(a)
-    assert Counter(b.stats) - sb == Counter(old.STATS) - sa
-    return n + len(ra)
+    return same_run(lambda: old.Http2Parser(side), lambda: Http2Parser(side), old.STATS,
+                    STATS, chunks, "closed", extra=STATE)
 
 
 def test_random_connections_give_identical_output(old):

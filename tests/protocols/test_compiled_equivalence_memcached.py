@@ -18,21 +18,21 @@ import pytest
 
 from agent.protocols import _memcached, memcached, redact
 
-from .compiled_vs_python import (
+from .equivalence import (
+    PYTHON_PARSERS,
     chunk_stream,
     compare,
     golden_chunks,
-    have_commit,
     load_baseline,
+    needs_history,
 )
 from .golden import captures, load_capture
 
 # The last commit with the Python parser (memcached.py before it became an import shim).
-BASELINE = "cc5352766e68819eadd277b9e0a107ea9f62f5a5"
+BASELINE = PYTHON_PARSERS
 STREAMS = int(os.environ.get("ZT_EQUIV_STREAMS", "700"))
 
-pytestmark = pytest.mark.skipif(not have_commit(BASELINE),
-                                reason=f"git history without {BASELINE} (shallow clone)")
+pytestmark = needs_history(BASELINE)
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +44,10 @@ def _compare(baseline, side, chunks, rng: Random) -> str | None:
     saved = redact.REDACT
     redact.REDACT = rng.random() < 0.5
     try:
-        return compare(baseline.MemcachedParser, memcached.MemcachedParser, baseline.STATS,
-                       memcached.STATS, side, chunks, rng.choice(["closed", "", "timeout"]))
+        return compare(lambda: baseline.MemcachedParser(side),
+                       lambda: memcached.MemcachedParser(side), baseline.STATS,
+                       memcached.STATS, chunks, rng.choice(["closed", "", "timeout"]),
+                       raises=True)
     finally:
         redact.REDACT = saved
 

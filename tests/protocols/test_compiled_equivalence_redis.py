@@ -15,15 +15,21 @@ import pytest
 
 from agent.protocols import _redis, redact, redis
 
-from .compiled_vs_python import compare, golden_chunks, have_commit, load_baseline
+from .equivalence import (
+    PYTHON_PARSERS,
+    chunk_stream,
+    compare,
+    golden_chunks,
+    load_baseline,
+    needs_history,
+)
 from .golden import captures, load_capture
 
 # The last commit with the Python parser (redis.py before it became an import shim).
-BASELINE = "cc5352766e68819eadd277b9e0a107ea9f62f5a5"
+BASELINE = PYTHON_PARSERS
 STREAMS = int(os.environ.get("ZT_EQUIV_STREAMS", "700"))
 
-pytestmark = pytest.mark.skipif(not have_commit(BASELINE),
-                                reason=f"git history without {BASELINE} (shallow clone)")
+pytestmark = needs_history(BASELINE)
 
 
 @pytest.fixture(scope="module")
@@ -35,11 +41,11 @@ def _compare(baseline, side, chunks, rng: Random) -> str | None:
     saved = redact.REDACT
     redact.REDACT = rng.random() < 0.5
     try:
-        return compare(baseline.RedisParser, redis.RedisParser, baseline.STATS, redis.STATS,
-                       side, chunks, rng.choice(["closed", "", "timeout"]),
-                       extra=("subscribed",),
+        return compare(lambda: baseline.RedisParser(side), lambda: redis.RedisParser(side),
+                       baseline.STATS, redis.STATS, chunks,
+                       rng.choice(["closed", "", "timeout"]), extra=("subscribed",),
                        # the Python parser raised on a non-UTF-8 subscribe reply
-                       fixed=("UnicodeDecodeError",))
+                       fixed=("UnicodeDecodeError",), raises=True)
     finally:
         redact.REDACT = saved
 
@@ -138,8 +144,6 @@ def _random_stream(rng: Random) -> list[tuple[int, bytes]]:
 
 
 def test_random_resp_streams(baseline):
-    from .compiled_vs_python import chunk_stream
-
     for seed in range(STREAMS):
         rng = Random(10**6 + seed)
         stream = _random_stream(rng)
@@ -154,8 +158,6 @@ def test_random_resp_streams(baseline):
 
 def test_the_comparison_sees_a_difference(baseline):
     """The harness is not vacuous: a parser that drops the last record differs."""
-    from .compiled_vs_python import chunk_stream
-
     class Lossy(redis.RedisParser):
         def feed(self, chunk):
             return super().feed(chunk)[:-1]
@@ -163,8 +165,8 @@ def test_the_comparison_sees_a_difference(baseline):
     rng = Random(1)
     chunks = chunk_stream(rng, [(0, b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"), (1, b"$1\r\nv\r\n")],
                           0.0)
-    assert compare(baseline.RedisParser, Lossy, baseline.STATS, redis.STATS, True,
-                   chunks) is not None
+    assert compare(lambda: baseline.RedisParser(True), lambda: Lossy(True), baseline.STATS,
+                   redis.STATS, chunks) is not None
 
 
 def test_a_non_utf8_subscribe_reply_is_a_push_not_an_exception():

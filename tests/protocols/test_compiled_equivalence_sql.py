@@ -1,151 +1,51 @@
 """The compiled PostgreSQL and MySQL parsers against the Python ones they replaced.
 
 The Python module of a pinned revision (`git show REV:agent/protocols/NAME.py`, loaded
-under another module name so its relative imports resolve in this tree) and the
+by tests/protocols/equivalence.py, the harness all these tests share) and the
 compiled one are fed the same chunks: random protocol-shaped conversations and golden
 connections reshuffled, both cut at random points, kept to a random capture prefix,
 with lost, truncated and retransmitted pieces, from either side or an unknown one, with
 redaction on and off.  Records (every field, Messages included), the counters each
 module adds to its STATS, and the state left behind (buffers, skip counts, pending
-units, prepared statements) must be identical after every chunk.
+units, prepared statements, the doubt a loss casts) must be identical after every
+chunk and after the flush.
 """
 
 from __future__ import annotations
 
-import os
 import random
-import subprocess
-import sys
-import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from functools import partial
-from pathlib import Path
-
-import pytest
 
 from agent.protocols import redact
-from agent.protocols.base import Chunk
 
-from .golden import captures, load_capture
+from .equivalence import (
+    EXAMPLES,
+    PYTHON_PARSERS,
+    chunked,
+    golden_messages,
+    load_baseline,
+    needs_history,
+    reshuffled,
+    same_run,
+)
 
-ROOT = Path(__file__).resolve().parents[2]
 # The last revision whose postgresql.py, mysql.py and dns.py are the Python parsers.
-PINNED = "cc5352766e68819eadd277b9e0a107ea9f62f5a5"
-# Conversations per protocol and redaction setting (ZT_EQUIV_EXAMPLES to raise it).
-EXAMPLES = int(os.environ.get("ZT_EQUIV_EXAMPLES", "400"))
+PINNED = PYTHON_PARSERS
 
-
-def python_module(name: str) -> types.ModuleType:
-    """agent/protocols/NAME.py of the pinned revision, as agent.protocols._py_NAME."""
-    path = f"agent/protocols/{name}.py"
-    # Runs from a copy of the tree without .git (scripts/asan-tests.sh) name the
-    # repository in ZT_SOURCE_REPO.
-    repo = os.environ.get("ZT_SOURCE_REPO", str(ROOT))
-    try:
-        src = subprocess.run(["git", "-C", repo, "show", f"{PINNED}:{path}"],
-                             capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        pytest.skip(f"no git history with {PINNED[:10]} to load the Python {name} parser from")
-    mod = types.ModuleType(f"agent.protocols._py_{name}")
-    mod.__package__ = "agent.protocols"
-    mod.__file__ = f"{PINNED[:10]}:{path}"
-    sys.modules[mod.__name__] = mod
-    exec(compile(src, mod.__file__, "exec"), mod.__dict__)
-    return mod
-
-
-# -- chunking ---------------------------------------------------------------------------
-
-def chunked(rnd: random.Random, stream: list[tuple[int, bytes]], capture: int | None,
-            seq: bool, noise: float) -> Iterator[Chunk]:
-    """Pieces of a two-way stream as chunks: cut, kept to `capture` bytes, and with
-    probability `noise` each lost, cut short, or sent again (overlapping bytes)."""
-    offs = [0, 0]
-    ts = 1_000_000
-    for d, data in stream:
-        cut = rnd.choice([3, 7, 16, 64, 500, 4096, 1 << 20])
-        for j in range(0, max(len(data), 1), cut):
-            piece = data[j:j + cut]
-            ts += rnd.randint(0, 3)  # equal timestamps happen (one syscall, two reads)
-            fate = rnd.randrange(1, 4) if rnd.random() < noise else 0
-            if fate == 1:
-                offs[d] += len(piece)  # lost
-                continue
-            if fate == 2 and offs[d] >= 5:
-                offs[d] -= rnd.randint(1, 5)  # retransmitted bytes
-            kept = piece if capture is None else piece[:capture]
-            if fate == 3:
-                kept = kept[:rnd.randint(0, len(kept))]  # cut short
-            yield Chunk(d, kept, len(piece), offs[d], ts, 7 + d,
-                        (offs[d] * 3 + 11) % (1 << 32) if seq else None)
-            offs[d] += len(piece)
-
-
-def golden_messages(proto: str) -> list[list[tuple[int, bytes]]]:
-    return [[(d, data) for d, _ts, data in conn]
-            for path in captures(proto) for conn in load_capture(path)["connections"]]
-
-
-def reshuffled(rnd: random.Random, conns: list[list[tuple[int, bytes]]]) -> list[tuple[int, bytes]]:
-    """A golden connection with syscalls dropped, repeated, borrowed from another
-    connection, or with a few bytes changed."""
-    out = []
-    for d, data in rnd.choice(conns):
-        r = rnd.random()
-        if r < 0.05:
-            continue
-        if r < 0.10:
-            out.append((d, data))
-        elif r < 0.15:
-            out.append(rnd.choice(rnd.choice(conns)))
-        if r > 0.9 and data:
-            b = bytearray(data)
-            for _ in range(rnd.randint(1, 3)):
-                b[rnd.randrange(len(b))] = rnd.randrange(256)
-            data = bytes(b)
-        out.append((d, data))
-    return out
-
-
-# -- comparison -------------------------------------------------------------------------
-
-def state(p) -> tuple:
-    """What a parser keeps between chunks that decides what comes next."""
-    streams = tuple((s.buf, s.base, s.next, s.skip, s.synced) for s in p.streams)
-    keep = [streams, p.req_dir, p.closed, p.uncertain, len(p.pending)]
-    for name in ("statements", "partial", "portals", "database", "startup_next", "wait_ready",
-                 "ssl_wait", "phase", "caps", "server_caps", "tcp"):
-        if hasattr(p, name):
-            keep.append(getattr(p, name))
-    return tuple(keep)
-
-
-def same_run(old: Callable, new: Callable, old_stats, new_stats, chunks: list[Chunk],
-             reason: str) -> int:
-    """Feed both parsers; assert identical records, counters and state after each
-    chunk; the number of records."""
-    po, pn = old(), new()
-    so, sn = dict(old_stats), dict(new_stats)
-    n = 0
-    for i, c in enumerate(chunks):
-        ro, rn = po.feed(c), pn.feed(c)
-        assert rn == ro, f"chunk {i} {c!r}"
-        assert state(pn) == state(po), f"state after chunk {i} {c!r}"
-        n += len(ro)
-    ro, rn = po.flush(reason), pn.flush(reason)
-    assert rn == ro, "flush"
-    delta_o = {k: v - so.get(k, 0) for k, v in old_stats.items() if v != so.get(k, 0)}
-    delta_n = {k: v - sn.get(k, 0) for k, v in new_stats.items() if v != sn.get(k, 0)}
-    assert delta_n == delta_o, "STATS"
-    return n + len(ro)
+pytestmark = needs_history(PINNED)
+# What else a parser keeps between chunks that decides what comes next.
+PG_STATE = ("statements", "partial", "portals", "database", "startup_next", "wait_ready",
+            "ssl_wait")
+MY_STATE = ("statements", "partial", "database", "phase", "caps", "server_caps")
 
 
 def run_equivalence(proto: str, module: str, cls_name: str, make: Callable,
-                    seed: int, **kw) -> None:
+                    seed: int, extra: tuple[str, ...], **kw) -> None:
     """EXAMPLES random and EXAMPLES golden-derived conversations per redaction setting."""
     import importlib
 
-    py = python_module(module)
+    py = load_baseline(module, PINNED)
     cc = importlib.import_module(f"agent.protocols.{module}")
     assert type(getattr(cc, cls_name)).__name__ == "type" and \
         getattr(cc, cls_name).__module__.endswith(f"_{module}"), "the compiled parser"
@@ -168,7 +68,7 @@ def run_equivalence(proto: str, module: str, cls_name: str, make: Callable,
                 records += same_run(partial(getattr(py, cls_name), side, *args),
                                     partial(getattr(cc, cls_name), side, *args),
                                     py.STATS, cc.STATS, chunks,
-                                    rnd.choice(["closed", "", "timeout"]))
+                                    rnd.choice(["closed", "", "timeout"]), extra=extra)
     finally:
         redact.REDACT = saved
     assert records > EXAMPLES  # the streams are not all rejected
@@ -287,7 +187,8 @@ def pg_conversation(rnd: random.Random) -> list[tuple[int, bytes]]:
 
 
 def test_postgresql_compiled_equals_python():
-    run_equivalence("postgresql", "postgresql", "PostgresParser", pg_conversation, seed=5432)
+    run_equivalence("postgresql", "postgresql", "PostgresParser", pg_conversation, seed=5432,
+                    extra=PG_STATE)
 
 
 # -- MySQL ------------------------------------------------------------------------------
@@ -413,4 +314,5 @@ def my_conversation(rnd: random.Random) -> list[tuple[int, bytes]]:
 
 
 def test_mysql_compiled_equals_python():
-    run_equivalence("mysql", "mysql", "MySQLParser", my_conversation, seed=3306)
+    run_equivalence("mysql", "mysql", "MySQLParser", my_conversation, seed=3306,
+                    extra=MY_STATE)
