@@ -1,6 +1,7 @@
 """Parsing throughput per protocol, in records per second on one core, from golden streams.
 
-    .venv/bin/python bench/bench_protocols.py [--seconds 3] [--capture 1024] [--mode M] [proto ...]
+    .venv/bin/python bench/bench_protocols.py [--seconds 3] [--capture 1024] [--mode M]
+        [--against TREE] [proto ...]
 
 Golden connections (tests/protocols/golden/<proto>/) are replayed from the client's
 side with chunks built beforehand; the figure is records produced per second of CPU
@@ -21,6 +22,13 @@ revision REV (loaded from `git show REV:agent/protocols/http1.py` under another 
 name): golden workloads steady/1 KiB, steady/whole and conn/1 KiB, and the synthetic
 pairs of `--floor`.
 
+`--against TREE` times, side by side in one run (rounds alternating), each protocol's
+compiled parser of this tree against the one built in TREE (a copy of the tree at
+another revision, built in place: `cythonize -i` or `setup.py build_ext --inplace`),
+loaded from TREE's agent/protocols/_NAME*.so under another package name with this
+tree's base, redact and sqlinfo: the before/after figure of a change to the compiled
+parsers.
+
 `--floor` instead measures, side by side in one run, what one HTTP/1.1 pair costs in
 CPython at the least: a toy loop doing only the work every parser must do (find the
 head's end, method, path, Host, User-Agent, Content-Length, two `Message`s and a
@@ -34,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib
 import subprocess
 import sys
 import time
@@ -278,6 +287,54 @@ def compare_http(rev: str, seconds: float, rounds: int = 5, pairs: int = 30_000)
               f"{best['old'] / best['cur']:>7.2f}")
 
 
+def load_build(tree: Path, module: str) -> types.ModuleType:
+    """agent/protocols/`module` (a compiled one, e.g. "_redis") as built in `tree`,
+    imported as _zt_against.`module`; its relative imports of base, redact and sqlinfo
+    get this tree's modules, so records are of the same classes."""
+    name = "_zt_against"
+    pkg = sys.modules.get(name)
+    if pkg is None:
+        pkg = types.ModuleType(name)
+        pkg.__path__ = [str(tree / "agent" / "protocols")]
+        sys.modules[name] = pkg
+        for dep in ("base", "redact", "sqlinfo"):
+            mod = importlib.import_module(f"agent.protocols.{dep}")
+            sys.modules[f"{name}.{dep}"] = mod
+            setattr(pkg, dep, mod)
+    mod = importlib.import_module(f"{name}.{module}")
+    if not str(Path(mod.__file__).resolve()).startswith(str(tree.resolve())):
+        raise SystemExit(f"{module} did not load from {tree}: {mod.__file__}")
+    return mod
+
+
+def compare_builds(tree: Path, protocols: list[str], seconds: float, capture: int | None,
+                   mode: str, rounds: int = 6) -> None:
+    """This tree's compiled parsers against TREE's build, side by side."""
+    print(f"this tree against the build in {tree}: mode={mode} capture={capture or 'whole'}, "
+          f"records/s per CPU second, best of {rounds} alternating rounds")
+    print(f"{'protocol':<12}{'TREE':>12}{'this tree':>12}{'x':>7}")
+    for proto in protocols:
+        work = workload(proto, capture, mode)
+        if not work:
+            continue
+        cur = type(_new(proto, work[0][1]))
+        old = getattr(load_build(tree, cur.__module__.rsplit(".", 1)[1]), cur.__name__)
+
+        def maker(cls):
+            return lambda p, t: cls(True, t) if p == "dns" else cls(True)
+
+        best = {"old": 0.0, "cur": 0.0}
+        for k in range(rounds):
+            # Alternate which goes first, so neither always runs on a warmer cache.
+            order = (("old", old), ("cur", cur)) if k % 2 == 0 else (("cur", cur), ("old", old))
+            for key, cls in order:
+                gc.collect()
+                records, spent = one_round(work, seconds / rounds, maker(cls))
+                best[key] = max(best[key], records / spent)
+        print(f"{proto:<12}{best['old']:>12,.0f}{best['cur']:>12,.0f}"
+              f"{best['cur'] / best['old']:>7.2f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("protocols", nargs="*", default=["http", "redis", "dns", "postgresql",
@@ -290,7 +347,13 @@ def main() -> None:
                     help="HTTP/1.1: the parser against the least Python can do")
     ap.add_argument("--compare", metavar="REV",
                     help="HTTP/1.1: this tree's parser against the Python one of git REV")
+    ap.add_argument("--against", metavar="TREE", type=Path,
+                    help="each protocol: this tree's compiled parser against TREE's build")
     args = ap.parse_args()
+    if args.against:
+        compare_builds(args.against, args.protocols, args.seconds, args.capture or None,
+                       args.mode)
+        return
     if args.compare:
         compare_http(args.compare, args.seconds)
         return
