@@ -12,6 +12,7 @@ as JSON text in `attributes_json`, as on the protobuf wire (proto/convert.py).
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable, Sequence
 from operator import attrgetter
 from typing import Any
@@ -128,21 +129,30 @@ def _fast_columns(fields: Sequence[span_schema.Field]) -> list[tuple[int, str, s
     return out
 
 
-_ENCODER: Any = None  # the compiled encoder of FIELDS; False: not available
+_ENCODERS = threading.local()  # one compiled encoder per thread: it owns its buffers
+_COMPILED: Any = None  # the Encoder class; False: not built
 
 
 def _encoder() -> Any:
-    global _ENCODER
-    if _ENCODER is None:
+    """This thread's compiled encoder of FIELDS, or False when not available."""
+    global _COMPILED
+    enc = getattr(_ENCODERS, "enc", None)
+    if enc is not None:
+        return enc
+    if _COMPILED is None:
         try:
             from agent.export._columns import Encoder
-            cols = _fast_columns(span_schema.FIELDS)
-            from proto.span import Endpoint
-            _ENCODER = (Encoder(cols, _json_value, Span, Endpoint) if cols is not None
-                        else False)
+            _COMPILED = Encoder
         except ImportError:  # not built (a server-only install): the Python encoder
-            _ENCODER = False
-    return _ENCODER
+            _COMPILED = False
+    cols = _fast_columns(span_schema.FIELDS) if _COMPILED else None
+    if cols is None:
+        enc = False
+    else:
+        from proto.span import Endpoint
+        enc = _COMPILED(cols, _json_value, Span, Endpoint)
+    _ENCODERS.enc = enc
+    return enc
 
 
 def spans_to_table(spans: Sequence[Span], agent: str = "", *,

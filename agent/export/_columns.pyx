@@ -302,6 +302,7 @@ cdef class _Col:
     cdef int kind
     cdef object attr  # Span attribute
     cdef object part  # its attribute ("" when none)
+    cdef bint has_part
     cdef object typ  # Arrow type
     cdef Buf fixed  # fixed-width values, or dictionary indices
     cdef Buf valid  # validity bits (OPT64)
@@ -339,6 +340,7 @@ cdef class _Col:
         self.kind = kind
         self.attr = attr
         self.part = part
+        self.has_part = bool(part)
         self.typ = typ
         self.text = _Text()
         self.items = _Text()
@@ -379,11 +381,23 @@ cdef class _Col:
 
     cdef inline int add_uint(self, object v, uint64_t top, int width) except -1:
         cdef uint64_t x
+        cdef long long sx
+        cdef int overflow = 0
         cdef uint32_t x32
         cdef uint16_t x16
         if not PyLong_CheckExact(v):
             raise Unhandled("not an int")
-        x = PyLong_AsUnsignedLongLong(v)  # OverflowError when negative or too big
+        # AsLongLongAndOverflow walks the digits; AsUnsignedLongLong goes through a
+        # byte array for every int past 2**30 (nanosecond times, sequence numbers).
+        sx = PyLong_AsLongLongAndOverflow(v, &overflow)
+        if overflow == 0:
+            if sx < 0:
+                raise Unhandled("negative int")
+            x = <uint64_t>sx
+        elif overflow > 0:
+            x = PyLong_AsUnsignedLongLong(v)  # 2**63 and up; OverflowError past 2**64
+        else:
+            raise Unhandled("negative int")
         if x > top:
             raise Unhandled("int out of range")
         if width == 8:
@@ -510,6 +524,7 @@ cdef class Encoder:
     cdef object json_value
     cdef object span_type
     cdef object part_type
+    cdef bint busy  # the buffers are one batch's: a second caller gets Unhandled
 
     def __init__(self, list columns, object json_value, object span_type=None,
                  object part_type=None):
@@ -549,6 +564,18 @@ cdef class Encoder:
     def arrays(self, object spans, str agent):
         """The columns of `spans` as Arrow arrays; raises Unhandled (or the error
         the Python encoder would raise) when a value needs the Python encoder."""
+        # Calls into Python (json, getattr of other classes) may let another thread
+        # in: it must not reset the buffers of the batch under way (proto.columns
+        # keeps one encoder per thread; this covers any other sharing).
+        if self.busy:
+            raise Unhandled("encoder in use")
+        self.busy = True
+        try:
+            return self._arrays(spans, agent)
+        finally:
+            self.busy = False
+
+    cdef list _arrays(self, object spans, str agent):
         cdef _Col c
         cdef object s, v
         cdef int k
@@ -567,7 +594,7 @@ cdef class Encoder:
                     v = _slot(s, c.off, c.attr)
                 else:
                     v = getattr(s, c.attr)
-                if c.part:
+                if c.has_part:
                     if c.part_off >= 0 and pt != NULL and Py_TYPE(v) == pt:
                         v = _slot(v, c.part_off, c.part)
                     else:

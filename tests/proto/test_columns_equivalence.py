@@ -188,3 +188,28 @@ def test_other_span_classes_and_patched_attributes():
     batch = [Sub(trace_id="ab" * 16, span_id="cd" * 8, service="s"),
              Span(trace_id="ab" * 16, span_id="cd" * 8, service="t")]
     assert_same(batch, "n")
+
+
+def test_threads_encoding_at_once_get_their_own_tables():
+    """The encoder's buffers hold one batch: threads whose batches call back into
+    Python (JSON of typed values) while others encode must each get their table."""
+    import threading
+
+    batches = [[Span(trace_id=f"{t:02x}" * 16, span_id=f"{i:016x}", service=f"s{t}",
+                     attributes={"l": [1.5, {"t": t}], "n": i, "x": "y" * t})
+                for i in range(2000)] for t in range(4)]
+    want = [reference_spans_to_table(b, "n") for b in batches]
+    got: dict[int, list[pa.Table]] = {}
+
+    def run(t: int) -> None:
+        got[t] = [spans_to_table(batches[t], "n") for _ in range(5)]
+
+    threads = [threading.Thread(target=run, args=(t,)) for t in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    for t in range(4):
+        assert all(g.equals(want[t]) for g in got[t])
+    enc = columns._encoder()
+    assert enc and all(getattr(columns._ENCODERS, "enc", None) is enc for _ in range(2))
