@@ -405,7 +405,7 @@ def cmd_server(args: argparse.Namespace) -> int:
         flush=True,
     )
     try:
-        http_api = _start_http(args, srv.store, tokens)
+        http_api = _start_http(args, srv.store, tokens, srv)
     except OSError as e:  # taken since the check: stop cleanly (chDB dislikes exit())
         print(f"zerotrace: cannot serve HTTP on {args.http}: {e}", file=sys.stderr)
         srv.stop()
@@ -428,15 +428,18 @@ def cmd_server(args: argparse.Namespace) -> int:
     return 0
 
 
-def _start_http(args: argparse.Namespace, store: Any, tokens: Any) -> Any:
-    """The Tempo/Jaeger HTTP API (server/http/), or None when off or, at the default
-    address only, when the port is taken (a second local server still starts)."""
+def _start_http(args: argparse.Namespace, store: Any, tokens: Any, srv: Any = None) -> Any:
+    """The Tempo/Jaeger HTTP API (server/http/) with OTLP/HTTP's POST /v1/traces, or
+    None when off or, at the default address only, when the port is taken (a second
+    local server still starts)."""
     from server.http import DEFAULT_HTTP, HttpApi
+    from server.http.otlp_http import OtlpHttpReceiver
 
     listen = DEFAULT_HTTP if args.http is None else args.http
     if not listen:
         return None
-    api = HttpApi(store, listen, tokens=tokens)
+    api = HttpApi(store, listen, tokens=tokens,
+                  otlp=OtlpHttpReceiver.for_server(srv) if srv is not None else None)
     try:
         port = api.start()
     except OSError as e:
