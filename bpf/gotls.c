@@ -4,10 +4,14 @@
  *
  * Uprobes, attached per Go binary by agent/probes/gotls.py:
  *   (*Conn).Write(c, b) / (*Conn).Read(c, b)   entry: the call, keyed by (tgid, g)
- *     (a goroutine may park in the call and resume on another thread)
- *   each RET instruction of Write and Read      the result n in RAX: n plaintext bytes
- *     (never a uretprobe on Go: it rewrites the return address on a stack that the
- *     runtime moves when it grows, and crashes the program)
+ *     (a goroutine may park in the call and resume on another thread); Write's
+ *     plaintext is emitted here, before its ciphertext leaves (the answer, read by
+ *     another goroutine, may come back before Write returns)
+ *   each RET instruction of Read and Write      Read: the result n in RAX, n plaintext
+ *     bytes; Write: the end of the call (an entry run again by a stack-growing
+ *     prologue is then told from a new Write).  Never a uretprobe on Go: it rewrites
+ *     the return address on a stack that the runtime moves when it grows, and
+ *     crashes the program
  *   (*Conn).readRecordOrCCS(c, ...) entry        inside a Read: where the next record
  *     starts in the TCP stream
  *   (*Conn).handshakeContext(c, ...) entry       the socket is TLS: mark it before the
@@ -170,8 +174,24 @@ static __always_inline int zt_gotls_enter(struct pt_regs *ctx, __u8 kind)
             c.have_wseq = 1;
         }
     }
-    /* a prologue that grows the stack runs the entry again: same g, same arguments */
     struct zt_gotls_key k = {.g = ctx->r14, .tgid = bpf_get_current_pid_tgid() >> 32};
+    if (kind == ZT_TLS_WRITE) {
+        /* A prologue that grows the stack runs the entry again (same g, same arguments,
+         * no RET between): not a second Write. */
+        struct zt_gotls_call *prev = gotls_calls.lookup(&k);
+        if (prev && prev->kind == ZT_TLS_WRITE && prev->conn == c.conn && prev->buf == c.buf &&
+            prev->len == c.len)
+            return 0;
+        gotls_calls.update(&k, &c);
+        /* Emitted now, before the ciphertext leaves: the peer's answer, read on another
+         * goroutine, may return before this Write does, and the agent takes a
+         * connection's events in ring order.  Go's Write writes all of b or fails (the
+         * connection is then dead, and a seq gap only unlinks what follows). */
+        if (c.len && c.len < (1ULL << 31))
+            zt_tls_emit(ts, &c.act, c.ts_enter, c.buf, c.len, ZT_DIR_EGRESS,
+                        c.have_wseq ? c.wseq : bpf_get_prandom_u32());
+        return 0;
+    }
     gotls_calls.update(&k, &c);
     return 0;
 }
@@ -188,6 +208,8 @@ int zt_gotls_ret(struct pt_regs *ctx)
         return 0;
     struct zt_gotls_call c = *cp;
     gotls_calls.delete(&k);
+    if (c.kind != ZT_TLS_READ) /* a Write: emitted at entry; its state ends here */
+        return 0;
     __s64 n = (__s64)ctx->ax;
     if (n <= 0 || (__u64)n > c.len)
         return 0;
@@ -195,15 +217,9 @@ int zt_gotls_ret(struct pt_regs *ctx)
     struct zt_tls_sock *ts = tls_socks.lookup(&sk);
     if (!ts || !ts->go)
         return 0;
-    int d = c.kind == ZT_TLS_WRITE ? ZT_DIR_EGRESS : ZT_DIR_INGRESS;
-    __u32 base;
-    if (d == ZT_DIR_EGRESS && c.have_wseq)
-        base = c.wseq;
-    else if (d == ZT_DIR_INGRESS && c.have_rec)
-        base = c.rec_seq;
-    else
-        base = bpf_get_prandom_u32(); /* the record is not known: match nothing */
-    zt_tls_emit(ts, &c.act, c.ts_enter, c.buf, n, d, base);
+    /* the record is not known: a random base matches nothing */
+    __u32 base = c.have_rec ? c.rec_seq : bpf_get_prandom_u32();
+    zt_tls_emit(ts, &c.act, c.ts_enter, c.buf, n, ZT_DIR_INGRESS, base);
     return 0;
 }
 

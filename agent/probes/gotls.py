@@ -448,13 +448,19 @@ class GoTlsAttacher:
             log.warning("Go TLS: %s not followed: %s", b.path, b.error)
             return
         b.probes = done
-        if not f["pie"]:  # processes the scan has not seen yet: by probed address
-            leaf = self._leaf(f, 0)
-            table = self.bpf[b"gotls_addrs"]
-            for sym, _fn in golang_entry_programs(f):
-                table[ct.c_uint64(f["syms"][sym])] = leaf
+        self._write_addrs(b)
         self.bpf[b"gotls_on"][ct.c_int(0)] = ct.c_uint32(1)
         log.info("Go TLS: %d uprobes on %s (%s)", len(done), b.path, b.version)
+
+    def _write_addrs(self, b: GoTlsBinary) -> None:
+        """Offsets by probed address, for processes the scan has not seen yet (non-PIE)."""
+        f = b.facts
+        if f["pie"]:
+            return
+        leaf = self._leaf(f, 0)
+        table = self.bpf[b"gotls_addrs"]
+        for sym, _fn in golang_entry_programs(f):
+            table[ct.c_uint64(f["syms"][sym])] = leaf
 
     def _detach_one(self, name: bytes, sym: str, off: int) -> None:
         try:
@@ -507,6 +513,7 @@ class GoTlsAttacher:
         name = b.path.encode()
         for sym, off in b.probes:
             self._detach_one(name, sym, off)
+        b.probes = []
         if b.facts and not b.facts["pie"]:
             table = self.bpf[b"gotls_addrs"]
             for sym, _fn in golang_entry_programs(b.facts):
@@ -514,8 +521,11 @@ class GoTlsAttacher:
                     del table[ct.c_uint64(b.facts["syms"][sym])]
                 except KeyError:
                     pass
+            # another file with probes may have its functions at the same addresses (a
+            # copy, or the same program built twice): its entries are written again
+            for other in self.attached():
+                self._write_addrs(other)
         log.info("Go TLS: uprobes of %s detached", b.path)
-        b.probes = []
 
     def detach_all(self) -> None:
         for b in self.binaries.values():
