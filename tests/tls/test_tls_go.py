@@ -253,3 +253,32 @@ def test_http2_over_go_tls(world):
     assert [s.status_code for s in ss] == ["200", "200", "404", "200"]
     for c, s in zip(cs, ss, strict=True):
         assert_linked(c, s, traced)
+
+
+def test_concurrent_go_clients(world):
+    """Six Go clients at once (one connection each, three requests): every request's
+    client and server spans are linked, none to another's."""
+    net, tracer, binary, _ = world
+    cli, srv = net.hosts[CLIENT], net.hosts[SERVER]
+    n = 6
+
+    def many():
+        procs = [subprocess.Popen(cli.cmd(binary, "client", f"https://{srv.addr}:{GO_TLS}",
+                                          f"/echo?n={100 + i}", f"/echo?n={200 + i}",
+                                          f"/echo?n={300 + i}"),
+                                  stdout=subprocess.PIPE, text=True) for i in range(n)]
+        return [json.loads(p.communicate(timeout=60)[0]) for p in procs]
+
+    out, spans, traced = capture(tracer, many,
+                                 lambda ss: all(len(x) >= 3 * n for x in pairs_of(ss, GO_TLS)))
+    assert out == [[[200, 100 + i], [200, 200 + i], [200, 300 + i]] for i in range(n)]
+    cs, ss = pairs_of(spans, GO_TLS)
+    assert len(cs) == len(ss) == 3 * n
+    by_id = {c.span_id: c for c in cs}
+    for s in ss:
+        c = by_id[traced[s.span_id].parent_span_id]
+        # the body length the server answered is the one the client asked for
+        assert c.resp_bytes == s.resp_bytes and (c.req_seq, c.resp_seq) == (s.req_seq,
+                                                                             s.resp_seq)
+        assert s.attributes.get("tls") is True
+    assert len({traced[s.span_id].parent_span_id for s in ss}) == 3 * n
