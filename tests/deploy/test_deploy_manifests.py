@@ -130,8 +130,11 @@ def test_helm_chart_with_defaults_renders_the_plain_manifests() -> None:
     # Where the chart differs on purpose (issue 15): cluster-scoped names carry the
     # namespace (two releases of one name in two namespaces), the priority class is
     # opt-in (managed clusters refuse system-* outside kube-system), and the server
-    # has a liveness probe.  The plain manifests are the chart's with those set so:
-    objs = chart_objects(values={"agent": {"priorityClassName": "system-node-critical"}})
+    # has a liveness probe.  The plain manifests are the chart's with those set so, and
+    # with tokens from a Secret you make instead of the chart's CA and tokens (issue 14:
+    # auth.generate, tested in test_helm_pki.py):
+    objs = chart_objects(values={"agent": {"priorityClassName": "system-node-critical"},
+                                 "auth": {"generate": False}})
     rendered = {}
     for _, d in objs:
         if d["kind"] in ("ClusterRole", "ClusterRoleBinding"):
@@ -174,7 +177,9 @@ def test_helm_values_reach_the_objects() -> None:
     assert env["ZEROTRACE_SERVER"] == "collector.example:4317"
     import yaml
 
-    enrich = yaml.safe_load(_one("ConfigMap", objs)["data"]["agent.yaml"])["enrich"]
+    (cm,) = [d for _, d in objs
+             if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "zerotrace-agent"]
+    enrich = yaml.safe_load(cm["data"]["agent.yaml"])["enrich"]
     assert enrich["annotation_attributes"] == {
         "git.commit": "vcs.commit",
         "owner": "team",

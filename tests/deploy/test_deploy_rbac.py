@@ -30,6 +30,9 @@ def _grants(objects) -> dict[tuple[str, str], set[str]]:
 @pytest.mark.parametrize("source", ["kubernetes", "helm"])
 def test_agent_gets_only_read_access_to_pods_replicasets_nodes(source: str) -> None:
     objects = plain_objects() if source == "kubernetes" else chart_objects()
+    # The chart's install-time Job (its own account and Role: test_pki_job_may_only_
+    # make_secrets_in_its_namespace) is not the agent.
+    objects = [(n, d) for n, d in objects if not _hook(d)]
     grants = _grants(objects)
     assert set(grants) == ALLOWED, "extra or missing resources"
     for key, verbs in grants.items():
@@ -53,6 +56,41 @@ def test_agent_gets_only_read_access_to_pods_replicasets_nodes(source: str) -> N
     # The server needs no API access at all.
     sts = next(d for _, d in objects if d["kind"] == "StatefulSet")
     assert "serviceAccountName" not in sts["spec"]["template"]["spec"]
+
+
+def _hook(d: dict) -> bool:
+    return "helm.sh/hook" in d["metadata"].get("annotations", {})
+
+
+def test_pki_job_may_only_make_secrets_in_its_namespace() -> None:
+    """auth.generate: the Job that creates <release>-tls and <release>-tokens runs
+    before install/upgrade under its own account, whose one Role reads and creates
+    Secrets in the release's namespace (no list, update or delete; nothing
+    cluster-wide); all of it is a hook, deleted once it succeeded."""
+    objects = chart_objects("observability")
+    hooks = [d for _, d in objects if _hook(d)]
+    assert {d["kind"] for d in hooks} == {"ServiceAccount", "Role", "RoleBinding",
+                                         "ConfigMap", "Job"}
+    for d in hooks:
+        ann = d["metadata"]["annotations"]
+        assert ann["helm.sh/hook"] == "pre-install,pre-upgrade"
+        assert "hook-succeeded" in ann["helm.sh/hook-delete-policy"]
+        assert d["metadata"]["namespace"] == "observability"
+    assert _grants([(None, d) for d in hooks]) == {("", "secrets"): {"get", "create"}}
+    (b,) = [d for d in hooks if d["kind"] == "RoleBinding"]
+    (job,) = [d for d in hooks if d["kind"] == "Job"]
+    pod = job["spec"]["template"]["spec"]
+    assert b["roleRef"]["kind"] == "Role" and b["subjects"] == [
+        {"kind": "ServiceAccount", "name": pod["serviceAccountName"],
+         "namespace": "observability"}]
+    # the Job runs before the objects it needs exist only if they are hooks too,
+    # with a lower weight
+    assert all(int(d["metadata"]["annotations"]["helm.sh/hook-weight"])
+               < int(job["metadata"]["annotations"]["helm.sh/hook-weight"])
+               for d in hooks if d is not job)
+    assert not any(d["kind"] in ("ClusterRole", "ClusterRoleBinding") for d in hooks)
+    assert not [d for _, d in chart_objects(values={"auth": {"generate": False}})
+                if _hook(d)]
 
 
 def test_the_check_itself_catches_a_widened_role() -> None:
