@@ -2,6 +2,13 @@
 untraced, side by side in one run.
 
     sudo .venv/bin/python -m bench.bench_tls [--rounds 5] [--iterations 20000] [--size 64]
+    sudo .venv/bin/python -m bench.bench_tls --go [...]     Go crypto/tls (bpf/gotls.c)
+
+With --go, tests/tls/programs/gotls.go's loop mode does the same ping-pong between a
+client and a server goroutine of one Go process (crypto/tls), and the CPU ns are the
+process's per crypto/tls call (Write or Read, 4 a round trip); the empty uprobes sit
+where bpf/gotls.c's do (Write and Read entries and RETs, readRecordOrCCS,
+handshakeContext).
 
 bench/tls_loop.c ping-pongs `size` bytes over TLS on loopback TCP (a client and a
 forked server, the system libssl).  Rounds alternate three modes, the socket probes
@@ -28,6 +35,7 @@ from agent.probes.loader import ProbeConfig, SocketTracer
 
 HERE = Path(__file__).resolve().parent
 PORT = 47311
+GO_PORT = 47312
 
 
 class Drainer(threading.Thread):
@@ -89,12 +97,98 @@ def run_loop(exe: str, cert: str, key: str, iters: int, size: int) -> tuple[floa
     return tuple(float(x) for x in r.stdout.split())
 
 
+class GoEmptyProbes:
+    """Programs that do nothing at every point bpf/gotls.c probes in a Go binary."""
+
+    def __init__(self, binary: str) -> None:
+        from bcc import BPF
+
+        from agent.probes import gotls
+
+        self.bpf = BPF(text=b"int zt_nop(void *ctx) { return 0; }")
+        f = gotls.facts(binary)
+        self.name = binary.encode()
+        self.sites = [(sym, 0) for sym, _fn in gotls.golang_entry_programs(f)]
+        self.sites += [(sym, off) for sym in (gotls.WRITE, gotls.READ) for off in f["rets"][sym]]
+        self.attached: list[tuple[str, int]] = []
+
+    def attach(self) -> None:
+        for sym, off in self.sites:
+            self.bpf.attach_uprobe(name=self.name, sym=sym.encode(), fn_name=b"zt_nop",
+                                   sym_off=off)
+            self.attached.append((sym, off))
+
+    def detach(self) -> None:
+        for sym, off in self.attached:
+            self.bpf.detach_uprobe(name=self.name, sym=sym.encode(), sym_off=off)
+        self.attached = []
+
+
+def go_round(tracer: SocketTracer, binary: str, mode: str, empty: GoEmptyProbes,
+             iters: int, size: int, cert: str, key: str) -> tuple[float, ...]:
+    """One Go loop process: started, probed by the scan (as the agent would), then the
+    probes left (traced), detached (untraced) or replaced by empty ones, then run."""
+    p = subprocess.Popen([binary, "loop", str(iters), str(size), cert, key],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                         env={**os.environ, "GOTLS_LOOP_ADDR": f"127.0.0.1:{GO_PORT}"})
+    try:
+        assert p.stdout.readline().strip() == "ready"
+        tracer.tls.scan(force=True)
+        if not any(p.pid in b.pids for b in tracer.tls.go.attached()):
+            raise SystemExit(f"the Go loop was not probed: {tracer.tls.go.binaries}")
+        if mode != "traced":
+            tracer.tls.go.detach_all()
+        if mode == "empty uprobes":
+            empty.attach()
+        p.stdin.write("\n")
+        p.stdin.flush()
+        cpu, wall = (float(x) for x in p.stdout.readline().split())
+        p.wait(timeout=60)
+    finally:
+        empty.detach()
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    # one column per side is not measurable in one process: the same figure twice
+    return cpu, cpu, wall
+
+
+def main_go(args: argparse.Namespace) -> None:
+    from agent.demo.services import go_binary
+
+    binary = str(go_binary(HERE.parent / "tests" / "tls" / "programs" / "gotls.go", "gotls"))
+    with tempfile.TemporaryDirectory() as tmp:
+        _exe, cert, key = build(tmp)
+        with SocketTracer(ProbeConfig(ports={GO_PORT}, tls=True)) as tracer:
+            drain = Drainer(tracer)
+            drain.start()
+            res: dict[str, list[tuple[float, ...]]] = {m: [] for m in MODES}
+            plaintext = 0
+            empty = GoEmptyProbes(binary)
+            for _ in range(args.rounds):
+                for mode in MODES:
+                    before = tracer.tls_stats().get("tls_plaintext_events", 0)
+                    res[mode].append(go_round(tracer, binary, mode, empty, args.iterations,
+                                              args.size, cert, key))
+                    time.sleep(0.3)
+                    if mode == "traced":
+                        plaintext += tracer.tls_stats().get("tls_plaintext_events", 0) - before
+            drain.stop = True
+            drain.join()
+            drops = tracer.drops()
+    report(args, res, plaintext, drops, "Go crypto/tls uprobes", "ns/call (process)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--iterations", type=int, default=20000)
     ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--go", action="store_true", help="Go crypto/tls instead of OpenSSL")
     args = ap.parse_args()
+    if args.go:
+        main_go(args)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         exe, cert, key = build(tmp)
         with SocketTracer(ProbeConfig(ports={PORT}, tls=True)) as tracer:
@@ -123,10 +217,15 @@ def main() -> None:
             drain.stop = True
             drain.join()
             drops = tracer.drops()
+    report(args, res, plaintext, drops, "TLS uprobes", "")
+
+
+def report(args: argparse.Namespace, res: dict, plaintext: int, drops: dict, what: str,
+           note: str) -> None:
     load = os.getloadavg()[0]
     med = {m: [statistics.median(r[i] for r in rs) for i in range(3)] for m, rs in res.items()}
-    print(f"# TLS uprobes, {args.rounds} rounds x {args.iterations} round trips of "
-          f"{args.size} B, load {load:.1f}")
+    print(f"# {what}, {args.rounds} rounds x {args.iterations} round trips of "
+          f"{args.size} B, load {load:.1f} {note}")
     print(f"{'':15} {'client ns/call':>15} {'server ns/call':>15} {'wall ns/rtt':>12}")
     for m in MODES:
         print(f"{m:15} {med[m][0]:15.0f} {med[m][1]:15.0f} {med[m][2]:12.0f}")

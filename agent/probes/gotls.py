@@ -366,15 +366,20 @@ def load_bias(pid: int, path: str) -> int:
 
 @dataclass
 class GoTlsBinary:
-    """One distinct Go executable (by device and inode) and its probes."""
+    """One distinct Go executable (by device and inode) and its probes.  `path` is
+    /proc/<agent>/fd/<fd> of a descriptor the agent holds on the file: it names the same
+    inode after the process that showed it exits, or the file is replaced or deleted on
+    disk (bcc opens the path again to detach)."""
 
     path: str
     key: tuple[int, int]
+    shown_as: str = ""  # the executable's path as its process names it
     version: str = ""
     error: str = ""
     probes: list[tuple[str, int]] = field(default_factory=list)  # (symbol, offset)
     pids: set[int] = field(default_factory=set)
     facts: dict = field(default_factory=dict)
+    fd: int = -1
 
 
 class GoTlsAttacher:
@@ -399,11 +404,21 @@ class GoTlsAttacher:
         b = self.binaries.get(key)
         if b is None:
             try:
-                path = golang.exe_path(pid)
+                fd = os.open(f"/proc/{pid}/exe", os.O_RDONLY | os.O_CLOEXEC)
             except OSError:
                 return
-            b = self.binaries[key] = GoTlsBinary(path, key)
-            self._inspect(b)
+            st = os.fstat(fd)
+            key = (st.st_dev, st.st_ino)
+            b = self.binaries.get(key)
+            if b is not None:  # exec'd in between: the file is known after all
+                os.close(fd)
+            else:
+                b = self.binaries[key] = GoTlsBinary(f"/proc/{os.getpid()}/fd/{fd}", key,
+                                                     os.readlink(f"/proc/{pid}/exe"), fd=fd)
+                self._inspect(b)
+                if b.error:  # no descriptor held for what is not followed
+                    os.close(fd)
+                    b.fd = -1
         self._pids[pid] = key
         if b.error:
             return
@@ -429,7 +444,7 @@ class GoTlsAttacher:
         except Exception as e:  # noqa: BLE001 - not an ELF file
             b.error = f"{type(e).__name__}: {e}"
         if b.error and b.error not in ("not a Go binary", "no crypto/tls"):
-            log.warning("Go TLS: %s not followed: %s", b.path, b.error)
+            log.warning("Go TLS: %s not followed: %s", b.shown_as, b.error)
 
     def _attach(self, b: GoTlsBinary) -> None:
         f, name = b.facts, b.path.encode()
@@ -445,12 +460,12 @@ class GoTlsAttacher:
             for sym, off in done:
                 self._detach_one(name, sym, off)
             b.error = str(e).splitlines()[0] if str(e) else type(e).__name__
-            log.warning("Go TLS: %s not followed: %s", b.path, b.error)
+            log.warning("Go TLS: %s not followed: %s", b.shown_as, b.error)
             return
         b.probes = done
         self._write_addrs(b)
         self.bpf[b"gotls_on"][ct.c_int(0)] = ct.c_uint32(1)
-        log.info("Go TLS: %d uprobes on %s (%s)", len(done), b.path, b.version)
+        log.info("Go TLS: %d uprobes on %s (%s)", len(done), b.shown_as, b.version)
 
     def _write_addrs(self, b: GoTlsBinary) -> None:
         """Offsets by probed address, for processes the scan has not seen yet (non-PIE)."""
@@ -507,7 +522,20 @@ class GoTlsAttacher:
         # a file no process runs is looked at again if one starts it (a new process)
         for key in [k for k, b in self.binaries.items() if not b.pids and not b.probes
                     and not b.error]:
-            del self.binaries[key]
+            self._close(self.binaries.pop(key))
+
+    @staticmethod
+    def _close(b: GoTlsBinary) -> None:
+        if b.fd >= 0:
+            os.close(b.fd)
+            b.fd = -1
+
+    def close(self) -> None:
+        """Detach everything and let go of the files."""
+        self.detach_all()
+        for b in self.binaries.values():
+            self._close(b)
+        self.binaries.clear()
 
     def detach(self, b: GoTlsBinary) -> None:
         name = b.path.encode()
@@ -525,7 +553,7 @@ class GoTlsAttacher:
             # copy, or the same program built twice): its entries are written again
             for other in self.attached():
                 self._write_addrs(other)
-        log.info("Go TLS: uprobes of %s detached", b.path)
+        log.info("Go TLS: uprobes of %s detached", b.shown_as)
 
     def detach_all(self) -> None:
         for b in self.binaries.values():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -202,7 +203,10 @@ def test_probes_detached_when_the_last_process_exits(world, tmp_path):
                   f"{tmp}/key.pem", stdout=subprocess.DEVNULL)
     wait_tcp(srv, srv.addr, GO_LATE)
     b = wait_probed(tracer, p.pid)
-    assert b.path.endswith("gotls-copy") and b.probes
+    assert b.shown_as.endswith("gotls-copy") and b.probes
+    # bcc's name for each of its uprobes holds the path they were attached by
+    tag = re.sub(r"[^a-zA-Z0-9_]", "_", b.path)
+    assert sum(tag in k.decode() for k in tracer._bpf.uprobe_fds) == len(b.probes)
     out, spans, traced = capture(
         tracer, lambda: go_client(cli, binary, f"https://{srv.addr}:{GO_LATE}"),
         lambda ss: len(pairs_of(ss, GO_LATE)[1]) >= 3)
@@ -217,6 +221,8 @@ def test_probes_detached_when_the_last_process_exits(world, tmp_path):
     while time.monotonic() < deadline and b.probes:
         tracer.poll(0.1)
     assert not b.probes
+    # really gone from the kernel, though the process that showed the file is gone
+    assert not any(tag in k.decode() for k in tracer._bpf.uprobe_fds)
     assert p.pid not in [k.value for k in tracer._bpf[b"gotls_procs"].keys()]
     # the original file, still running, keeps its offsets by address (the copy's
     # functions sat at the same addresses): a client started now is traced at once
