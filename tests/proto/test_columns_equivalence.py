@@ -47,8 +47,20 @@ def assert_same(spans: list[Span], agent: str = "") -> None:
         assert new[name].equals(ref[name]), name
     assert new.equals(ref)
     assert table_to_ipc(new, compress=False) == table_to_ipc(ref, compress=False)
-    assert table_to_ipc(new) == table_to_ipc(ref)
+    assert table_to_ipc(new) == table_to_ipc(ref) == _threaded_ipc(ref)
     assert spans_to_table(spans, agent).equals(ref)
+
+
+def _threaded_ipc(table: pa.Table) -> bytes:
+    """The IPC stream as Arrow's thread pool writes it (table_to_ipc uses one thread:
+    the bytes must not differ)."""
+    import pyarrow.ipc as ipc
+
+    sink = pa.BufferOutputStream()
+    opts = ipc.IpcWriteOptions(compression="lz4", use_threads=True)
+    with ipc.new_stream(sink, table.schema, options=opts) as w:
+        w.write_table(table)
+    return sink.getvalue().to_pybytes()
 
 
 def _recorded_spans() -> list[Span]:
