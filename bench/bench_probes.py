@@ -20,6 +20,7 @@ from pathlib import Path
 
 from agent.conn.tracker import ConnTracker
 from agent.pipeline import tune_gc
+from agent.probes import abi
 from agent.probes.events import SocketEvent
 from agent.probes.loader import ProbeConfig, SocketTracer
 
@@ -104,6 +105,12 @@ def main(argv: list[str] | None = None) -> None:
             drainer = Drainer(tracer)
             drainer.start()
             tcp = measure(exe, tracer, drainer, "tcp", args.iterations, args.rounds, 2)
+            # sampling on and nothing kept: what a shed syscall still costs (bpf/data.c
+            # zt_sample decides at exit; the entry's work is done either way)
+            tracer.set_keep(0)
+            shed = measure(exe, tracer, drainer, "tcp", args.iterations, args.rounds, 2)
+            tracer.set_keep(abi.KEEP_ALL)
+            stats = tracer.stats()
             null = measure(exe, tracer, drainer, "devnull", args.iterations, args.rounds, 1)
             drainer.stop = True
             drainer.join()
@@ -114,7 +121,8 @@ def main(argv: list[str] | None = None) -> None:
     print("# probes: CPU ns per syscall, medians of", args.rounds, "alternating rounds")
     print(f"{'case':<34}{'untraced':>10}{'traced':>10}{'+kernel':>10}{'+agent':>10}"
           f"{'+total':>10}{'ratio':>8}")
-    cases = (("tcp write/read 100 B (per syscall)", tcp), ("write 100 B to /dev/null", null))
+    cases = (("tcp write/read 100 B (per syscall)", tcp),
+             ("same, sampled out (keep 0)", shed), ("write 100 B to /dev/null", null))
     for name, r in cases:
         print(f"{name:<34}{r['untraced_ns']:>10.0f}{r['traced_ns']:>10.0f}"
               f"{r['added_kernel_ns']:>10.0f}{r['agent_ns']:>10.0f}{r['added_total_ns']:>10.0f}"
@@ -122,6 +130,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"decode: {rate:,.0f} events/s on one core (SocketEvent from {len(records)} recorded"
           f" records); live drain+decode+offsets: {live:,.0f} events per agent CPU-second")
     print(f"kernel drops during the run: {drops}")
+    print(f"ring: {stats['ring_records']} records, {stats['ring_bytes']} bytes "
+          f"({stats['ring_bytes'] / max(1, stats['ring_records']):.0f} B a record); sampled out: "
+          f"{stats['shed_syscalls']} syscalls")
 
 
 if __name__ == "__main__":

@@ -56,7 +56,8 @@
 #define ZT_STAT_SHED_EXCHANGES 2  /* request/response exchanges not traced (sampling) */
 #define ZT_STAT_SHED_CONNS 3      /* connections of unknown role not traced at all */
 #define ZT_STAT_SHED_SYSCALLS 4   /* data syscalls not emitted because of sampling */
-#define ZT_STAT_SHED_BYTES 5      /* bytes those syscalls moved */
+#define ZT_STAT_SHED_BYTES 5      /* bytes moved by those decided at exit (a lower bound:
+                                     the rest of a shed exchange is left at entry) */
 #define ZT_STAT_KEPT_EXCHANGES 6  /* exchanges decided while sampling, and kept */
 #define ZT_STAT_SKIPPED_SYSCALLS 7 /* data syscalls inside a body the agent said to skip */
 #define ZT_STAT_SKIPPED_BYTES 8   /* bytes not emitted because of skip hints (payloads) */

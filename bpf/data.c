@@ -65,6 +65,18 @@ static __always_inline int zt_data_enter(int fd, __u8 sys, __u64 buf, __u64 coun
         return 0;
     if (!zt_sock_wanted(cfg, sk, lport, rport))
         return 0;
+    if (cfg->shed_mode) {
+        /* Sampled out, and this syscall can neither start an exchange nor turn the
+         * direction (zt_sample): no need to carry it to the exit. */
+        struct zt_sockstate *st = socks.lookup(&sk);
+        if (st && st->shed && (st->role == ZT_ROLE_UNKNOWN ||
+                               (st->gen == cfg->shed_gen &&
+                                st->last_dir == (zt_is_egress(sys) ? ZT_DIR_EGRESS
+                                                                   : ZT_DIR_INGRESS)))) {
+            zt_stat(ZT_STAT_SHED_SYSCALLS, 1);
+            return 0;
+        }
+    }
 
     struct zt_active *a = zt_active_get(1);
     if (!a) {
