@@ -14,9 +14,9 @@
  *     crashes the program
  *   (*Conn).readRecordOrCCS(c, ...) entry        inside a Read: where the next record
  *     starts in the TCP stream
- *   (*Conn).handshakeContext(c, ...) entry       the socket is TLS: mark it before the
- *     handshake's ciphertext (Read and Write call it every time: it returns at once
- *     once the handshake is done)
+ *   (*Conn).clientHandshake / serverHandshake(c, ...) entry   a handshake starts: the
+ *     socket is TLS, marked before the handshake's ciphertext (not handshakeContext:
+ *     Read and Write call it every time, a trap each)
  * The socket: c.conn (net.Conn interface: itab, data) must be a *net.TCPConn (its itab
  * address is checked: another Conn type's fields would name another fd); then
  * TCPConn.conn.fd (*netFD) -> pfd.Sysfd, the fd, -> struct sock as data.c does.  Struct
@@ -259,7 +259,7 @@ int zt_gotls_record(struct pt_regs *ctx)
     return 0;
 }
 
-/* handshakeContext(c, ...): the socket is TLS from here on */
+/* clientHandshake / serverHandshake(c, ...): the socket is TLS from here on */
 int zt_gotls_handshake(struct pt_regs *ctx)
 {
     struct zt_gotls_offsets *o = zt_gotls_wanted(ctx);
@@ -268,11 +268,7 @@ int zt_gotls_handshake(struct pt_regs *ctx)
     struct zt_active act = {};
     if (!zt_gotls_sock(o, ctx->ax, &act))
         return 0;
-    /* Read and Write call it too, every time: it returns at once when the handshake is
-     * done, and only a handshake to come starts a new connection */
-    __u32 hs = 0;
-    bpf_probe_read_user(&hs, sizeof(hs), (void *)(ctx->ax + o->conn_hs));
-    zt_gotls_sock_state(&act, hs != 1);
+    zt_gotls_sock_state(&act, 1); /* a new connection, maybe at a reused address */
     return 0;
 }
 

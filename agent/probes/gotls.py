@@ -7,9 +7,9 @@ into each executable.  What they need, read once per file (cached by content):
 - the Go version (the build info of the binary): the register ABI (Go >= 1.17 on
   amd64) puts the arguments in RAX, RBX, RCX and the current g in R14, which the probes
   read; older binaries are refused;
-- the addresses of `crypto/tls.(*Conn).Write`, `Read`, `readRecordOrCCS` and
-  `handshakeContext` (the ELF symbol table) and of the itab that says an interface
-  holds a *net.TCPConn;
+- the addresses of `crypto/tls.(*Conn).Write`, `Read`, `readRecordOrCCS`,
+  `clientHandshake` and `serverHandshake` (the ELF symbol table) and of the itab that
+  says an interface holds a *net.TCPConn;
 - every RET instruction of Write and Read, found by disassembling their bytes (a
   uretprobe would corrupt goroutine stacks, which the runtime moves): capstone when it
   is installed, else binutils' objdump; both are complete x86-64 decoders, and Go puts
@@ -39,15 +39,16 @@ log = logging.getLogger(__name__)
 WRITE = "crypto/tls.(*Conn).Write"
 READ = "crypto/tls.(*Conn).Read"
 RECORD = "crypto/tls.(*Conn).readRecordOrCCS"
-# Go >= 1.18 inlines HandshakeContext into handshakeContext; before, Handshake
-HANDSHAKES = ("crypto/tls.(*Conn).handshakeContext", "crypto/tls.(*Conn).Handshake")
+# where a handshake runs (c.handshakeFn): Read and Write call handshakeContext every
+# time, these only when there is a handshake to do
+HANDSHAKES = ("crypto/tls.(*Conn).clientHandshake", "crypto/tls.(*Conn).serverHandshake")
 ITAB = "go.itab.*net.TCPConn,net.Conn"
 ENTRY_PROGRAMS = {WRITE: "zt_gotls_write", READ: "zt_gotls_read", RECORD: "zt_gotls_record"}
 HANDSHAKE_PROGRAM = "zt_gotls_handshake"
 RET_PROGRAM = "zt_gotls_ret"
 MIN_VERSION = (1, 17)  # the register ABI on amd64
 # bumped when the facts or how they are found change: older cached facts are not used
-_FACTS_VERSION = 2
+_FACTS_VERSION = 3
 # (struct, member path) -> key of the offsets bpf/gotls.c's struct zt_gotls_offsets takes
 _MEMBERS = {
     "conn_conn": ("crypto/tls.Conn", ("conn",)),
@@ -345,11 +346,11 @@ def _facts(path: str) -> dict:
 
     with open(path, "rb") as f:
         pie = ELFFile(f)["e_type"] == "ET_DYN"
-    handshake = next((h for h in HANDSHAKES if h in syms), "")
+    handshakes = [h for h in HANDSHAKES if h in syms]
     return {"version": version, "offsets": _dwarf_offsets(path), "rets": rets,
             "syms": {k: v[0] for k, v in syms.items()},
             "itab": syms[ITAB][0], "pie": pie, "record": RECORD in syms,
-            "handshake": handshake}
+            "handshakes": handshakes}
 
 
 def load_bias(pid: int, path: str) -> int:
@@ -574,6 +575,5 @@ def golang_entry_programs(f: dict) -> list[tuple[str, str]]:
     out = [(WRITE, ENTRY_PROGRAMS[WRITE]), (READ, ENTRY_PROGRAMS[READ])]
     if f.get("record"):
         out.append((RECORD, ENTRY_PROGRAMS[RECORD]))
-    if f.get("handshake"):
-        out.append((f["handshake"], HANDSHAKE_PROGRAM))
+    out += [(h, HANDSHAKE_PROGRAM) for h in f.get("handshakes", ())]
     return out
