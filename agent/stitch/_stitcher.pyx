@@ -235,6 +235,7 @@ cdef class Stitcher:
     cdef Item _ri  # the item of the last attribution step
     cdef str _rhow  # how the last _thread_context found its parent
     cdef dict client_by_seq, udp_clients, by_header, _write_ctx
+    cdef object _write_keys  # deque: _write_ctx's keys in the order they were added
     cdef cmap[TKey, vector[TEv]] threads
     cdef cmap[uint64_t, vector[CEv]] conn_events
     cdef cmap[uint64_t, vector[REnt]] ranges  # (conn_id, ingress) in the Python version
@@ -267,6 +268,7 @@ cdef class Stitcher:
         self.per_process = defaultdict(Counter)
         self.comm = {}
         self._write_ctx = {}
+        self._write_keys = deque()
         self.handoffs = None
         self._via_conn = False
         self._rhow = ""
@@ -562,6 +564,7 @@ cdef class Stitcher:
             status = _NO_SPAN  # a write with nothing read before it: whose, unknown
         if status != "pending":
             self._write_ctx[key] = (status, parent)
+            self._write_keys.append(key)
         self._ri = parent
         return status
 
@@ -1112,8 +1115,14 @@ cdef class Stitcher:
                 cit = self.conn_events.erase(cit)
             else:
                 inc(cit)
-        if self._write_ctx:
-            self._write_ctx = {k: v for k, v in self._write_ctx.items() if k[2] >= horizon}
+        # Memoised writes older than the horizon: their connection history is gone, so
+        # no read can ask for them again.  Dropped in the order they were memoised
+        # (near enough time order: a decision comes at most max_wait after its write),
+        # not by rebuilding the dict every second (60 s of entries each time).
+        wk = self._write_keys
+        wc = self._write_ctx
+        while wk and (<tuple>wk[0])[2] < horizon:
+            wc.pop(wk.popleft(), None)
         cdef int64_t stale = now - self.horizon_ns
         dit = self.inflight.begin()
         while dit != self.inflight.end():

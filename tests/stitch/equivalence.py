@@ -31,10 +31,11 @@ def clone_calls(calls: list[tuple]) -> list[tuple]:
     return out
 
 
-def run(make: Callable, calls: list[tuple], handoffs=None, classifier=None) -> dict:
-    """Feed calls to a stitcher made by make(emit, classifier=...); its outcome."""
+def run(make: Callable, calls: list[tuple], handoffs=None, classifier=None,
+        **kw) -> dict:
+    """Feed calls to a stitcher made by make(emit, classifier=..., **kw); its outcome."""
     traces: list = []
-    st = make(traces.append, classifier=classifier)
+    st = make(traces.append, classifier=classifier, **kw)
     if handoffs is not None:
         st.handoffs = handoffs
     spans = []
@@ -67,8 +68,9 @@ def run(make: Callable, calls: list[tuple], handoffs=None, classifier=None) -> d
     }
 
 
-def compare(calls: list[tuple], handoffs=None, classifier=None) -> tuple[dict, dict]:
-    """(Python outcome, compiled outcome) of the same calls."""
-    py = run(stitcher.Stitcher, calls, handoffs, classifier)
-    cy = run(_stitcher.Stitcher, calls, handoffs, classifier)
+def compare(calls: list[tuple], handoffs=None, classifier=None,
+            **kw) -> tuple[dict, dict]:
+    """(Python outcome, compiled outcome) of the same calls (kw: Stitcher settings)."""
+    py = run(stitcher.Stitcher, calls, handoffs, classifier, **kw)
+    cy = run(_stitcher.Stitcher, calls, handoffs, classifier, **kw)
     return py, cy

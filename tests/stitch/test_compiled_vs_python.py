@@ -201,8 +201,8 @@ def timeline(rng: Random) -> tuple[list[tuple], Wakes]:
     return calls, Wakes(wakes)
 
 
-def assert_same(calls: list[tuple], wakes: Wakes) -> dict:
-    py, cy = compare(calls, handoffs=wakes, classifier=Fixed())
+def assert_same(calls: list[tuple], wakes: Wakes, **kw) -> dict:
+    py, cy = compare(calls, handoffs=wakes, classifier=Fixed(), **kw)
     for k in py:
         assert py[k] == cy[k], f"{k} differs"
     return py
@@ -210,10 +210,11 @@ def assert_same(calls: list[tuple], wakes: Wakes) -> dict:
 
 @settings(max_examples=int(os.environ.get("ZT_STITCH_EXAMPLES", "300")), deadline=None,
           suppress_health_check=[HealthCheck.too_slow])
-@given(st.randoms(use_true_random=False))
-def test_compiled_stitcher_decides_as_the_python_one_on_random_timelines(rng):
+@given(st.randoms(use_true_random=False), st.sampled_from([60_000, 40, 10]))
+def test_compiled_stitcher_decides_as_the_python_one_on_random_timelines(rng, horizon_ms):
+    """Short horizons: histories pruned while decisions still wait on them."""
     calls, wakes = timeline(rng)
-    assert_same(calls, wakes)
+    assert_same(calls, wakes, horizon_ns=horizon_ms * MS)
 
 
 def test_random_timelines_reach_the_rules():
