@@ -71,6 +71,9 @@ class QueryLimits:
     memory (0: no limit of its own), and its threads run at `nice` (ClickHouse's
     os_thread_priority, restored after the query): on a busy host the kernel gives
     the CPU to the insert first, so a push is not slowed by the queries' share.
+    ClickHouse applies `nice` only with CAP_SYS_NICE (it could not restore the
+    thread's priority without it): in the chart's pod, capabilities dropped, it is a
+    no-op (checked), and the sessions and threads limits are what separate the two.
     """
 
     sessions: int = 2
