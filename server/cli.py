@@ -388,6 +388,7 @@ def cmd_server(args: argparse.Namespace) -> int:
         tokens=tokens,
         max_inflight_bytes=args.max_inflight_bytes,
         forward_otlp=args.forward_otlp or "",
+        max_future_s=args.max_future / 1e9,
     )
     try:
         port = srv.start()
@@ -398,7 +399,8 @@ def cmd_server(args: argparse.Namespace) -> int:
     print(
         f"zerotrace server listening on {args.listen.rpartition(':')[0]}:{port} "
         f"data={args.data if store is None else args.clickhouse}"
-        + (f" metrics=http://{args.metrics.rpartition(':')[0]}:{srv.metrics_port}/metrics"
+        + (f" metrics={'https' if args.tls_cert else 'http'}://"
+           f"{args.metrics.rpartition(':')[0]}:{srv.metrics_port}/metrics"
            if args.metrics else "")
         + f" tls={'mtls' if args.tls_ca else 'on' if args.tls_cert else 'off'}"
         + f" tokens={len(tokens) if tokens is not None else 'off'}",
@@ -438,8 +440,14 @@ def _start_http(args: argparse.Namespace, store: Any, tokens: Any, srv: Any = No
     listen = DEFAULT_HTTP if args.http is None else args.http
     if not listen:
         return None
+    ctx = None
+    if args.tls_cert:  # the same certificate (and client CA) as the gRPC port
+        from server.auth import http_tls_context
+
+        ctx = http_tls_context(args.tls_cert, args.tls_key, args.tls_ca or "")
     api = HttpApi(store, listen, tokens=tokens,
-                  otlp=OtlpHttpReceiver.for_server(srv) if srv is not None else None)
+                  otlp=OtlpHttpReceiver.for_server(srv) if srv is not None else None,
+                  ssl_context=ctx)
     try:
         port = api.start()
     except OSError as e:
@@ -447,8 +455,8 @@ def _start_http(args: argparse.Namespace, store: Any, tokens: Any, srv: Any = No
             raise
         print(f"zerotrace: HTTP API off: {listen} is taken ({e}); use --http", file=sys.stderr)
         return None
-    print(f"zerotrace HTTP API (Tempo, Jaeger) on http://{listen.rpartition(':')[0]}:{port}",
-          flush=True)
+    print(f"zerotrace HTTP API (Tempo, Jaeger, OTLP/HTTP) on "
+          f"{'https' if ctx else 'http'}://{listen.rpartition(':')[0]}:{port}", flush=True)
     return api
 
 
@@ -745,6 +753,13 @@ def _register_server(subparsers: argparse._SubParsersAction) -> None:
         type=parse_size,
         default=0,
         help="delete oldest spans above this size on disk (e.g. 10GB)",
+    )
+    p.add_argument(
+        "--max-future",
+        type=parse_duration_ns,
+        default=86_400 * 10**9,
+        metavar="DURATION",
+        help="refuse spans ending more than this ahead of the server's clock (default 1d)",
     )
     p.add_argument(
         "--max-inflight-bytes",

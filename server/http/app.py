@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import ssl
 import threading
 import urllib.parse
 from collections.abc import Callable
@@ -82,7 +83,8 @@ class HttpApi:
 
     def __init__(self, store: SpanStore, listen: str = DEFAULT_HTTP,
                  tokens: TokenTable | None = None,
-                 otlp: OtlpHttpReceiver | None = None) -> None:
+                 otlp: OtlpHttpReceiver | None = None,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         from server.http import flamegraph, jaeger, tempo
 
         self.store = store
@@ -91,6 +93,7 @@ class HttpApi:
         # (Grafana: the data source's Authorization header).
         self.tokens = tokens
         self.otlp = otlp  # POST /v1/traces; None: answered 404
+        self.ssl_context = ssl_context  # with --tls-cert: HTTPS only (server.auth)
         self.port = 0
         self._httpd: ThreadingHTTPServer | None = None
         self.routes: list[tuple[re.Pattern[str], Handler, str]] = []
@@ -258,6 +261,10 @@ class HttpApi:
 
         self._httpd = ThreadingHTTPServer((host.strip("[]") or "0.0.0.0", int(port or 0)), _H)
         self._httpd.daemon_threads = True
+        if self.ssl_context is not None:
+            from server.auth import serve_tls
+
+            serve_tls(self._httpd, self.ssl_context)
         self.port = self._httpd.server_address[1]
         threading.Thread(target=self._httpd.serve_forever, name="zt-http", daemon=True).start()
         return self.port

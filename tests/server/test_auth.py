@@ -546,3 +546,43 @@ def test_serve_tls_on_a_stdlib_http_server(pki):
         httpd.server_close()
     with pytest.raises(AuthConfigError, match="cannot use the TLS files"):
         http_tls_context(pki.ca, pki.server_key)  # key does not match the certificate
+
+
+def test_http_api_speaks_tls_with_the_servers_certificate(tmp_path, pki):
+    """`zerotrace server --tls-cert ... --tls-ca ... --http`: the Tempo/Jaeger/OTLP HTTP
+    API is HTTPS only, with client certificates required as on the gRPC port."""
+    import ssl
+    import urllib.error
+
+    tokens = _token_file(tmp_path / "tokens", f"read {READ_TOKEN}\n")
+    srv = Server(tmp_path, "--http", "127.0.0.1:0", "--tls-cert", pki.server_cert,
+                 "--tls-key", pki.server_key, "--tls-ca", pki.ca, "--token-file", tokens)
+    try:
+        line = srv.proc.stdout.readline()
+        assert "HTTP API" in line and "https://" in line, line
+        base = "https://" + line.split("https://")[1].split()[0]
+        client = (pki.client_cert, pki.client_key)
+
+        def get(path: str, cert=client, ca: str = pki.ca) -> int:
+            ctx = ssl.create_default_context(cafile=ca)
+            ctx.check_hostname = False  # the server certificate names localhost
+            if cert:
+                ctx.load_cert_chain(*cert)
+            req = urllib.request.Request(base + path,
+                                         headers={"Authorization": f"Bearer {READ_TOKEN}"})
+            try:
+                with urllib.request.urlopen(req, context=ctx, timeout=10) as r:
+                    return r.status
+            except urllib.error.HTTPError as e:
+                return e.code
+
+        assert get("/api/echo") == 200
+        with pytest.raises((urllib.error.URLError, ssl.SSLError, ConnectionError)):
+            get("/api/echo", cert=None)  # no client certificate
+        with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):
+            get("/api/echo", ca=pki.other_ca)
+        with pytest.raises((urllib.error.URLError, ConnectionError, OSError)):
+            _plain_get(base.replace("https://", "http://") + "/api/echo")
+        assert "metrics=https://" in srv.line
+    finally:
+        srv.stop()

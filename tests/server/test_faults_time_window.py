@@ -143,3 +143,37 @@ def test_a_batch_over_300_days_is_stored_or_refused_never_failed(zt_server):
     r = _push(zt_server.addr, future)  # no RpcError: an ack, nothing to retry
     assert (r.accepted, r.rejected) == (0, 3)
     assert all("ahead of the server's clock" in e for e in r.errors)
+
+
+def test_max_future_flag_of_the_server_command(tmp_path):
+    """`zerotrace server --max-future 1h`: a span ending 2 h ahead is refused, one 30 min
+    ahead stored (the default window is a day)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "server.cli", "server", "--listen", "127.0.0.1:0", "--data",
+         str(tmp_path / "data"), "--http", "", "--max-future", "1h"], cwd=repo,
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    try:
+        line = proc.stdout.readline()
+        addr = line.split("listening on ")[1].split()[0]
+        now = now_ns()
+        hour = 3600 * 10**9
+        tid = new_trace_id()
+        near = server_span(tid, start_ns=now + hour // 2, end_ns=now + hour // 2 + 5000)
+        far = server_span(tid, start_ns=now + 2 * hour, end_ns=now + 2 * hour + 5000)
+        req = ingest_pb2.PushRequest()
+        req.agent.agent = "tw-flag"
+        for s in (near, far):
+            span_to_pb(s, req.spans.add())
+        r = _push(addr, req)
+        assert (r.accepted, r.rejected) == (1, 1), r
+        assert f"span {far.span_id}" in " ".join(r.errors)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(15)
