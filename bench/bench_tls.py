@@ -7,8 +7,8 @@ untraced, side by side in one run.
 With --go, tests/tls/programs/gotls.go's loop mode does the same ping-pong between a
 client and a server goroutine of one Go process (crypto/tls), and the CPU ns are the
 process's per crypto/tls call (Write or Read, 4 a round trip); the empty uprobes sit
-where bpf/gotls.c's do (Write and Read entries and RETs, readRecordOrCCS,
-clientHandshake, serverHandshake).
+where bpf/gotls.c's do (Write and Read entries and RETs, clientHandshake,
+serverHandshake).
 
 bench/tls_loop.c ping-pongs `size` bytes over TLS on loopback TCP (a client and a
 forked server, the system libssl).  Rounds alternate three modes, the socket probes

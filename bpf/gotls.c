@@ -12,8 +12,6 @@
  *     prologue is then told from a new Write).  Never a uretprobe on Go: it rewrites
  *     the return address on a stack that the runtime moves when it grows, and
  *     crashes the program
- *   (*Conn).readRecordOrCCS(c, ...) entry        inside a Read: where the next record
- *     starts in the TCP stream
  *   (*Conn).clientHandshake / serverHandshake(c, ...) entry   a handshake starts: the
  *     socket is TLS, marked before the handshake's ciphertext (not handshakeContext:
  *     Read and Write call it every time, a trap each)
@@ -26,11 +24,10 @@
  * Virtual seqs as for OpenSSL (tls.c): the base of a direction is the TCP seq of the
  * first ciphertext record that carried plaintext.  Egress: write_seq at the first
  * Write's entry (a completed handshake leaves nothing buffered in c.sendBuf, so its
- * first record starts there).  Ingress: at each readRecordOrCCS entry inside a Read,
- * the record about to be parsed starts at copied_seq - c.rawInput.Len() (bytes read
- * from the socket and not consumed yet end at copied_seq); the first Read that returns
- * plaintext takes the last such record (a TLS 1.3 client reads the server's session
- * tickets first).  Both ends name the same record's seq: exact links, or none.
+ * first record starts there).  Ingress: at the RET of the first Read that returns
+ * plaintext, the record just consumed (zt_gotls_record_seq; a TLS 1.3 client reads the
+ * server's session tickets before it).  Both ends name the same record's seq: exact
+ * links, or none.
  *
  * Ciphertext: data.c emits the socket's syscalls; the TLS syscall program (tls.c) skips
  * those of sockets marked here (go=1, same process and ports), counted as skipped. */
@@ -45,6 +42,8 @@ struct zt_gotls_offsets {
     __u32 buffer_ptr;    /* bytes.Buffer.buf's data pointer */
     __u32 buffer_off;    /* bytes.Buffer.off */
     __u32 conn_hs;       /* handshakeStatus / isHandshakeComplete (uint32, 1 = done) */
+    __u32 input_len;     /* crypto/tls.Conn.input (bytes.Reader) .s's len */
+    __u32 input_i;       /* ... .i: bytes of the record's plaintext read so far */
 };
 
 struct zt_gotls_key {
@@ -59,11 +58,9 @@ struct zt_gotls_call {
     __u64 buf;
     __u64 len;
     struct zt_active act;
-    struct zt_gotls_offsets o; /* for readRecordOrCCS */
-    __u32 rec_seq;       /* Read: TCP seq of the last record header parsed */
+    struct zt_gotls_offsets o; /* for the RET */
     __u32 wseq;          /* Write: write_seq at entry */
     __u8 kind;           /* ZT_TLS_WRITE, ZT_TLS_READ */
-    __u8 have_rec;
     __u8 have_wseq;
 };
 
@@ -199,6 +196,48 @@ static __always_inline int zt_gotls_enter(struct pt_regs *ctx, __u8 kind)
 int zt_gotls_write(struct pt_regs *ctx) { return zt_gotls_enter(ctx, ZT_TLS_WRITE); }
 int zt_gotls_read(struct pt_regs *ctx) { return zt_gotls_enter(ctx, ZT_TLS_READ); }
 
+/* At the RET of the first Read that returned plaintext on a connection: the TCP seq of
+ * the record that carried it.  Read stops after the record that gave it plaintext, so
+ * that record ends where the bytes read from the socket and not consumed begin:
+ * copied_seq - rawInput.Len().  Its length is 5 + its plaintext (n + what c.input still
+ * holds) + the cipher's overhead: 17 (TLS 1.3 AEAD: content type, tag), 24 (TLS 1.2
+ * AES-GCM: explicit nonce, tag) or 16 (TLS 1.2 ChaCha20-Poly1305); a candidate counts
+ * only when the record header found at that distance back in rawInput's buffer (left
+ * there: Go decrypts the payload in place, the header stays) says application data of
+ * exactly that length.  None fits (a padded record, a CBC suite, an alert read after
+ * the data): a random base, which matches nothing. */
+static __always_inline __u32 zt_gotls_record_seq(struct zt_gotls_call *c, __u64 n)
+{
+    struct zt_gotls_offsets *o = &c->o;
+    __u64 raw = c->conn + o->conn_rawinput, ptr = 0;
+    __s64 blen = 0, off = 0, ilen = 0, ii = 0;
+    if (bpf_probe_read_user(&ptr, sizeof(ptr), (void *)(raw + o->buffer_ptr)) != 0 ||
+        bpf_probe_read_user(&blen, sizeof(blen), (void *)(raw + o->buffer_len)) != 0 ||
+        bpf_probe_read_user(&off, sizeof(off), (void *)(raw + o->buffer_off)) != 0 ||
+        bpf_probe_read_user(&ilen, sizeof(ilen), (void *)(c->conn + o->input_len)) != 0 ||
+        bpf_probe_read_user(&ii, sizeof(ii), (void *)(c->conn + o->input_i)) != 0)
+        return bpf_get_prandom_u32();
+    if (off < 0 || blen < off || blen > (1 << 30) || ii < 0 || ilen < ii || ilen > (1 << 20))
+        return bpf_get_prandom_u32();
+    __u32 copied = 0;
+    ZT_READ(copied, c->act.sk, OFF_TCP_COPIED_SEQ);
+    __u32 end = copied - (__u32)(blen - off);
+    __u64 plain = n + (__u64)(ilen - ii);
+    __u32 overheads[3] = {17, 24, 16};
+#pragma unroll
+    for (int k = 0; k < 3; k++) {
+        __u64 len = 5 + plain + overheads[k];
+        if (len > (__u64)off)
+            continue;
+        __u8 h[5] = {};
+        if (bpf_probe_read_user(h, sizeof(h), (void *)(ptr + off - len)) != 0)
+            continue;
+        if (h[0] == 23 && h[1] == 3 && h[2] == 3 && (((__u64)h[3] << 8) | h[4]) == len - 5)
+            return end - (__u32)len;
+    }
+    return bpf_get_prandom_u32();
+}
+
 /* At every RET of Write and Read: n (RAX) bytes moved. */
 int zt_gotls_ret(struct pt_regs *ctx)
 {
@@ -217,45 +256,8 @@ int zt_gotls_ret(struct pt_regs *ctx)
     struct zt_tls_sock *ts = tls_socks.lookup(&sk);
     if (!ts || !ts->go)
         return 0;
-    /* the record is not known: a random base matches nothing */
-    __u32 base = c.have_rec ? c.rec_seq : bpf_get_prandom_u32();
+    __u32 base = ts->have_base[ZT_DIR_INGRESS] ? 0 : zt_gotls_record_seq(&c, n);
     zt_tls_emit(ts, &c.act, c.ts_enter, c.buf, n, ZT_DIR_INGRESS, base);
-    return 0;
-}
-
-/* readRecordOrCCS(c, ...) inside a Read whose socket has no ingress base yet: the TCP
- * seq of the record it is about to parse. */
-int zt_gotls_record(struct pt_regs *ctx)
-{
-    struct zt_gotls_key k = {.g = ctx->r14, .tgid = bpf_get_current_pid_tgid() >> 32};
-    struct zt_gotls_call *c = gotls_calls.lookup(&k);
-    if (!c || c->kind != ZT_TLS_READ || c->conn != ctx->ax)
-        return 0;
-    __u64 sk = c->act.sk;
-    struct zt_tls_sock *ts = tls_socks.lookup(&sk);
-    if (!ts || ts->have_base[ZT_DIR_INGRESS])
-        return 0;
-    struct zt_gotls_offsets *o = &c->o;
-    __u64 raw = c->conn + o->conn_rawinput;
-    __s64 blen = 0, off = 0;
-    __u64 ptr = 0;
-    if (bpf_probe_read_user(&blen, sizeof(blen), (void *)(raw + o->buffer_len)) != 0 ||
-        bpf_probe_read_user(&off, sizeof(off), (void *)(raw + o->buffer_off)) != 0 ||
-        off < 0 || blen < off)
-        return 0;
-    if (blen > off) {
-        /* a TLS 1.2 alert after the data (Read reads a waiting close_notify): not the
-         * record that carried the plaintext */
-        __u8 type = 0;
-        bpf_probe_read_user(&ptr, sizeof(ptr), (void *)(raw + o->buffer_ptr));
-        bpf_probe_read_user(&type, sizeof(type), (void *)(ptr + off));
-        if (type == 21)
-            return 0;
-    }
-    __u32 copied = 0;
-    ZT_READ(copied, sk, OFF_TCP_COPIED_SEQ);
-    c->rec_seq = copied - (__u32)(blen - off);
-    c->have_rec = 1;
     return 0;
 }
 

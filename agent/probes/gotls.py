@@ -7,16 +7,16 @@ into each executable.  What they need, read once per file (cached by content):
 - the Go version (the build info of the binary): the register ABI (Go >= 1.17 on
   amd64) puts the arguments in RAX, RBX, RCX and the current g in R14, which the probes
   read; older binaries are refused;
-- the addresses of `crypto/tls.(*Conn).Write`, `Read`, `readRecordOrCCS`,
-  `clientHandshake` and `serverHandshake` (the ELF symbol table) and of the itab that
-  says an interface holds a *net.TCPConn;
+- the addresses of `crypto/tls.(*Conn).Write`, `Read`, `clientHandshake` and
+  `serverHandshake` (the ELF symbol table) and of the itab that says an interface
+  holds a *net.TCPConn;
 - every RET instruction of Write and Read, found by disassembling their bytes (a
   uretprobe would corrupt goroutine stacks, which the runtime moves): capstone when it
   is installed, else binutils' objdump; both are complete x86-64 decoders, and Go puts
   no data inside function bodies, so a linear sweep from the symbol meets every
   instruction boundary;
-- struct offsets from DWARF: tls.Conn.conn, .rawInput and the handshake flag,
-  TCPConn -> netFD -> poll.FD.Sysfd, bytes.Buffer's fields.
+- struct offsets from DWARF: tls.Conn.conn, .rawInput, .input and the handshake
+  flag, TCPConn -> netFD -> poll.FD.Sysfd, bytes.Buffer's and bytes.Reader's fields.
 A stripped binary (no DWARF) or one without crypto/tls gets no probes.
 """
 
@@ -38,17 +38,16 @@ log = logging.getLogger(__name__)
 
 WRITE = "crypto/tls.(*Conn).Write"
 READ = "crypto/tls.(*Conn).Read"
-RECORD = "crypto/tls.(*Conn).readRecordOrCCS"
 # where a handshake runs (c.handshakeFn): Read and Write call handshakeContext every
 # time, these only when there is a handshake to do
 HANDSHAKES = ("crypto/tls.(*Conn).clientHandshake", "crypto/tls.(*Conn).serverHandshake")
 ITAB = "go.itab.*net.TCPConn,net.Conn"
-ENTRY_PROGRAMS = {WRITE: "zt_gotls_write", READ: "zt_gotls_read", RECORD: "zt_gotls_record"}
+ENTRY_PROGRAMS = {WRITE: "zt_gotls_write", READ: "zt_gotls_read"}
 HANDSHAKE_PROGRAM = "zt_gotls_handshake"
 RET_PROGRAM = "zt_gotls_ret"
 MIN_VERSION = (1, 17)  # the register ABI on amd64
 # bumped when the facts or how they are found change: older cached facts are not used
-_FACTS_VERSION = 3
+_FACTS_VERSION = 4
 # (struct, member path) -> key of the offsets bpf/gotls.c's struct zt_gotls_offsets takes
 _MEMBERS = {
     "conn_conn": ("crypto/tls.Conn", ("conn",)),
@@ -57,11 +56,16 @@ _MEMBERS = {
     "netfd_sysfd": ("net.netFD", ("pfd", "Sysfd")),
     "buffer_buf": ("bytes.Buffer", ("buf",)),
     "buffer_off": ("bytes.Buffer", ("off",)),
+    "conn_input": ("crypto/tls.Conn", ("input",)),
+    "reader_s": ("bytes.Reader", ("s",)),
+    "reader_i": ("bytes.Reader", ("i",)),
 }
+# helpers of the computation, not fields of struct zt_gotls_offsets
+_NOT_FIELDS = ("buffer_buf", "conn_input", "reader_s", "reader_i")
 # the handshake flag: a uint32 before Go 1.21, an atomic.Bool (its uint32 v) after
 _HANDSHAKE_FLAGS = (("handshakeStatus",), ("isHandshakeComplete", "v"))
 # parameters the probes read by register: (*Conn).Read/Write(c, b []byte)
-_PARAMS = {WRITE: ("c", "b"), READ: ("c", "b"), RECORD: ("c",)}
+_PARAMS = {WRITE: ("c", "b"), READ: ("c", "b")}
 
 
 class GoTlsError(RuntimeError):
@@ -266,6 +270,11 @@ def _dwarf_offsets(path: str) -> dict[str, int]:
         out["buffer_len"] = out["buffer_buf"] + sl["len"][0]
     else:
         raise GoTlsError("bytes.Buffer.buf is not a slice")
+    s_len = _members_of(structs["bytes.Reader"]["s"][1]).get("len")
+    if s_len is None:
+        raise GoTlsError("bytes.Reader.s is not a slice")
+    out["input_len"] = out["conn_input"] + out["reader_s"] + s_len[0]
+    out["input_i"] = out["conn_input"] + out["reader_i"]
     return out
 
 
@@ -328,7 +337,7 @@ def _facts(path: str) -> dict:
         raise GoTlsError("not a Go binary")
     if parse_version(version) < MIN_VERSION:
         raise GoTlsError(f"{version}: before the register ABI (Go 1.17)")
-    syms = _symbols(path, {WRITE, READ, RECORD, ITAB, *HANDSHAKES})
+    syms = _symbols(path, {WRITE, READ, ITAB, *HANDSHAKES})
     if WRITE not in syms or READ not in syms:
         raise GoTlsError("no crypto/tls")
     if ITAB not in syms:
@@ -349,7 +358,7 @@ def _facts(path: str) -> dict:
     handshakes = [h for h in HANDSHAKES if h in syms]
     return {"version": version, "offsets": _dwarf_offsets(path), "rets": rets,
             "syms": {k: v[0] for k, v in syms.items()},
-            "itab": syms[ITAB][0], "pie": pie, "record": RECORD in syms,
+            "itab": syms[ITAB][0], "pie": pie,
             "handshakes": handshakes}
 
 
@@ -498,7 +507,7 @@ class GoTlsAttacher:
         leaf = self.bpf[b"gotls_procs"].Leaf()
         leaf.itab = f["itab"] + bias
         for k, v in f["offsets"].items():
-            if k != "buffer_buf":
+            if k not in _NOT_FIELDS:
                 setattr(leaf, k, v)
         return leaf
 
@@ -573,7 +582,5 @@ class GoTlsAttacher:
 def golang_entry_programs(f: dict) -> list[tuple[str, str]]:
     """(symbol, program) of the entry probes for a binary's facts."""
     out = [(WRITE, ENTRY_PROGRAMS[WRITE]), (READ, ENTRY_PROGRAMS[READ])]
-    if f.get("record"):
-        out.append((RECORD, ENTRY_PROGRAMS[RECORD]))
     out += [(h, HANDSHAKE_PROGRAM) for h in f.get("handshakes", ())]
     return out

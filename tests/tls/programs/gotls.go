@@ -6,7 +6,8 @@
 //	gotls client URL PATH...        GETs each path on one keep-alive connection (TLS
 //	                                verification off: a self-signed test certificate);
 //	                                prints [[status, body length], ...] as JSON;
-//	                                with GOTLS_H2=1 it offers HTTP/2 (ALPN h2)
+//	                                with GOTLS_H2=1 it offers HTTP/2 (ALPN h2), with
+//	                                GOTLS_TLS12=1 no TLS version above 1.2
 //	gotls loop ITERS SIZE CERT KEY  bench/bench_tls.py --go: a TLS client and server
 //	                                goroutine ping-pong SIZE bytes on loopback; after
 //	                                "ready" and a line on stdin, ITERS round trips, then
@@ -51,7 +52,11 @@ func serve(addr, cert, key string) {
 }
 
 func client(base string, paths []string) {
-	tr := &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true},
+	cfg := &tls.Config{InsecureSkipVerify: true}
+	if os.Getenv("GOTLS_TLS12") == "1" {
+		cfg.MaxVersion = tls.VersionTLS12
+	}
+	tr := &http.Transport{TLSClientConfig: cfg,
 		MaxIdleConnsPerHost: 1, ForceAttemptHTTP2: os.Getenv("GOTLS_H2") == "1"}
 	c := &http.Client{Transport: tr}
 	out := [][2]int{}
