@@ -152,6 +152,7 @@ def run(args: argparse.Namespace) -> int:
     n_events = 0
     if shedder is not None:
         shedder.start()
+        shedder.run_in_thread()
     try:
         with tracer:
             log.info("tracing; stop with Ctrl-C")
@@ -164,10 +165,10 @@ def run(args: argparse.Namespace) -> int:
                 else:
                     pipeline.process(events)
                 pipeline.tick()
-                if shedder is not None:
-                    shedder.tick()
                 if hints is not None:
                     hints.tick()
+            if shedder is not None:
+                shedder.stop()
             drops = tracer.drops()
             kernel_stats = tracer.stats()
             if net is not None:

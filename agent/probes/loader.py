@@ -6,6 +6,7 @@ import ctypes as ct
 import logging
 import os
 import re
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,9 @@ log = logging.getLogger(__name__)
 
 BPF_DIR = Path(__file__).resolve().parents[2] / "bpf"
 SOCKET_TRACE_C = BPF_DIR / "socket_trace.c"
+
+
+MAX_BATCH = 16384  # records a poll() hands over at most
 
 
 class ProbeError(RuntimeError):
@@ -135,6 +139,7 @@ class SocketTracer:
         self._tls_tp_fds: list[int] = []
         self._tls_s = 0.0
         self._skip_hints = False
+        self._config_lock = threading.Lock()
         self._load()
 
     def _load(self) -> None:
@@ -314,9 +319,10 @@ class SocketTracer:
                 self._follow_handoffs(pid, path, key)
             if not self._go_tracking:
                 self._go_tracking = True
-                c = self._bpf[b"config"][ct.c_int(0)]
-                c.track_goid = 1
-                self._bpf[b"config"][ct.c_int(0)] = c
+                with self._config_lock:  # the shedder's thread writes it too
+                    c = self._bpf[b"config"][ct.c_int(0)]
+                    c.track_goid = 1
+                    self._bpf[b"config"][ct.c_int(0)] = c
             how = f"goroutine ids (goid at +{off})"
         except (OSError, golang.GoBinaryError, Exception) as e:  # bcc raises bare Exception
             how = f"thread ids only: {e}"
@@ -361,7 +367,9 @@ class SocketTracer:
         ring = self._ring
         if not ring.pending_bytes():
             ring.wait(timeout_s)
-        records = ring.drain()
+        # bounded: the loop's periodic work (expiry, stitching, skip hints) runs between
+        # batches even when the agent is far behind
+        records = ring.drain(MAX_BATCH)
         if self.tls is not None:
             records = self._tls_records(records)
         off = self.wall_offset
@@ -422,14 +430,15 @@ class SocketTracer:
         sampling state on for good; before it no data syscall looks at it."""
         keep = max(0, min(int(keep), abi.KEEP_ALL))
         table = self._bpf[b"config"]
-        c = table[ct.c_int(0)]
-        if keep == c.keep:
-            return
-        if keep < abi.KEEP_ALL and not c.shed_mode:
-            c.shed_mode = 1
-            c.shed_gen += 1  # direction state from before is not trusted (data.c)
-        c.keep = keep
-        table[ct.c_int(0)] = c
+        with self._config_lock:
+            c = table[ct.c_int(0)]
+            if keep == c.keep:
+                return
+            if keep < abi.KEEP_ALL and not c.shed_mode:
+                c.shed_mode = 1
+                c.shed_gen += 1  # direction state from before is not trusted (data.c)
+            c.keep = keep
+            table[ct.c_int(0)] = c
 
     def set_skip_hint(self, sock_id: int, direction: int, until_seq: int | None) -> None:
         """Tell the probes that direction `direction` of socket `sock_id` carries, up
@@ -446,9 +455,10 @@ class SocketTracer:
             return
         if not self._skip_hints:
             self._skip_hints = True
-            c = self._bpf[b"config"][ct.c_int(0)]
-            c.skip_hints = 1
-            self._bpf[b"config"][ct.c_int(0)] = c
+            with self._config_lock:
+                c = self._bpf[b"config"][ct.c_int(0)]
+                c.skip_hints = 1
+                self._bpf[b"config"][ct.c_int(0)] = c
         table[key] = ct.c_uint32(until_seq & 0xFFFFFFFF)
 
     def close(self) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 
@@ -69,6 +70,28 @@ class Shedder:
 
     def _ring_lost(self) -> int:
         return self.tracer.drops().get("ringbuf_full", 0)
+
+    def run_in_thread(self) -> threading.Thread:
+        """tick() on a thread of its own: the agent's loop can be busy with a large batch
+        for seconds exactly when the rate must come down.  Stop with stop()."""
+        self._stopped = threading.Event()
+
+        def loop() -> None:
+            while not self._stopped.wait(self.interval / 2):
+                try:
+                    self.tick()
+                except Exception:  # noqa: BLE001 - probes closing; never kill the agent
+                    log.debug("shedding tick failed", exc_info=True)
+                    return
+
+        t = threading.Thread(target=loop, name="zt-shedder", daemon=True)
+        t.start()
+        return t
+
+    def stop(self) -> None:
+        ev = getattr(self, "_stopped", None)
+        if ev is not None:
+            ev.set()
 
     def tick(self) -> None:
         """Call often (every poll); acts once per interval."""

@@ -102,7 +102,7 @@ def summary(spans: list) -> Counter:
 
 PLAN = [
     [f"/len/{BIG}?pace=3", "/small", f"/len/{BIG}?pace=3", "/small"],  # big bodies
-    [["/small", "/len/5000", "/small"], "/small"],  # pipelined, one write
+    [["/small", "/len/600", "/small"], "/small"],  # pipelined: all three fit one capture
     ["/chunked/40?pace=2", "/small"],  # chunked: framing in the body, never skipped
 ]
 
