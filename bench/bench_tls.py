@@ -44,10 +44,14 @@ class Drainer(threading.Thread):
     def __init__(self, tracer: SocketTracer) -> None:
         super().__init__(daemon=True)
         self.tracer, self.events, self.stop = tracer, 0, False
+        # poll() also scans for processes and attaches: the tracer is not thread-safe,
+        # so a round changing probes holds this
+        self.lock = threading.Lock()
 
     def run(self) -> None:
         while not self.stop:
-            self.events += len(self.tracer.poll(0.02))
+            with self.lock:
+                self.events += len(self.tracer.poll(0.02))
 
 
 MODES = ("untraced", "empty uprobes", "traced")
@@ -124,8 +128,9 @@ class GoEmptyProbes:
         self.attached = []
 
 
-def go_round(tracer: SocketTracer, binary: str, mode: str, empty: GoEmptyProbes,
-             iters: int, size: int, cert: str, key: str) -> tuple[float, ...]:
+def go_round(tracer: SocketTracer, drain: Drainer, binary: str, mode: str,
+             empty: GoEmptyProbes, iters: int, size: int, cert: str,
+             key: str) -> tuple[float, ...]:
     """One Go loop process: started, probed by the scan (as the agent would), then the
     probes left (traced), detached (untraced) or replaced by empty ones, then run."""
     p = subprocess.Popen([binary, "loop", str(iters), str(size), cert, key],
@@ -133,13 +138,14 @@ def go_round(tracer: SocketTracer, binary: str, mode: str, empty: GoEmptyProbes,
                          env={**os.environ, "GOTLS_LOOP_ADDR": f"127.0.0.1:{GO_PORT}"})
     try:
         assert p.stdout.readline().strip() == "ready"
-        tracer.tls.scan(force=True)
-        if not any(p.pid in b.pids for b in tracer.tls.go.attached()):
-            raise SystemExit(f"the Go loop was not probed: {tracer.tls.go.binaries}")
-        if mode != "traced":
-            tracer.tls.go.detach_all()
-        if mode == "empty uprobes":
-            empty.attach()
+        with drain.lock:
+            tracer.tls.scan(force=True)
+            if not any(p.pid in b.pids for b in tracer.tls.go.attached()):
+                raise SystemExit(f"the Go loop was not probed: {tracer.tls.go.binaries}")
+            if mode != "traced":
+                tracer.tls.go.detach_all()
+            if mode == "empty uprobes":
+                empty.attach()
         p.stdin.write("\n")
         p.stdin.flush()
         cpu, wall = (float(x) for x in p.stdout.readline().split())
@@ -168,8 +174,8 @@ def main_go(args: argparse.Namespace) -> None:
             for _ in range(args.rounds):
                 for mode in MODES:
                     before = tracer.tls_stats().get("tls_plaintext_events", 0)
-                    res[mode].append(go_round(tracer, binary, mode, empty, args.iterations,
-                                              args.size, cert, key))
+                    res[mode].append(go_round(tracer, drain, binary, mode, empty,
+                                              args.iterations, args.size, cert, key))
                     time.sleep(0.3)
                     if mode == "traced":
                         plaintext += tracer.tls_stats().get("tls_plaintext_events", 0) - before

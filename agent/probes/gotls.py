@@ -566,7 +566,7 @@ class GoTlsAttacher:
         log.info("Go TLS: uprobes of %s detached", b.shown_as)
 
     def detach_all(self) -> None:
-        for b in self.binaries.values():
+        for b in list(self.binaries.values()):
             if b.probes:
                 self.detach(b)
 
