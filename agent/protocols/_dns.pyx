@@ -25,7 +25,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 from cpython.unicode cimport PyUnicode_DecodeLatin1
 from libc.stdio cimport snprintf
 
-from ._stream cimport DirStream, Pending, StreamParser
+from ._stream cimport DirStream, Pending, StreamParser, new_pending
 
 from .base import (
     MAX_PENDING,
@@ -463,11 +463,9 @@ cdef class DnsParser(StreamParser):
             self.rdir = d if info.qr == 0 else 1 - d
         if info.qr == 0:
             qtype = type_name(info.qtype) if info.qtype else ""
-            p = Pending.__new__(Pending)
-            p.msg = msg
-            p.operation = (qtype + " " + info.name).strip()
-            p.attributes = {"dns.question.name": info.name, "dns.question.type": qtype}
-            p.incomplete = "truncated" if info.truncated else ""
+            p = new_pending(msg, (qtype + " " + info.name).strip(),
+                            {"dns.question.name": info.name, "dns.question.type": qtype},
+                            None, "truncated" if info.truncated else "")
             old = self.pending.pop(info.ident, None)
             if old is not None:
                 # Same id asked again before an answer (a retry): the first is lost.

@@ -19,7 +19,7 @@ from collections import deque
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.string cimport memchr, memcmp
 
-from ._stream cimport DirStream, Pending, StreamParser
+from ._stream cimport DirStream, Pending, StreamParser, new_pending
 
 import re
 
@@ -572,12 +572,7 @@ cdef class Http1Parser(StreamParser):
             if end < n or (size > n and end < size):
                 return self._feed_chunk(chunk)
             msg = Message(off, n, ts, ts, tid, tid, chunk.seq)
-            p = Pending.__new__(Pending)
-            p.msg = msg
-            p.operation = info.op
-            p.attributes = info.attrs
-            p.trace_headers = info.th
-            p.incomplete = ""
+            p = new_pending(msg, info.op, info.attrs, info.th, "")
             pending.append(p)
             if end > n:
                 out = []
@@ -708,12 +703,7 @@ cdef class Http1Parser(StreamParser):
         if info is None:
             return -1
         msg = st.message(st.base + pos, st.base + end)
-        p = Pending.__new__(Pending)
-        p.msg = msg
-        p.operation = info.op
-        p.attributes = info.attrs
-        p.trace_headers = info.th
-        p.incomplete = ""
+        p = new_pending(msg, info.op, info.attrs, info.th, "")
         if len(self.pending) >= MAX_PENDING:
             _count("pending_overflow")
             out.append(self._incomplete(<Pending>self.pending.popleft(), "evicted"))

@@ -27,7 +27,7 @@ from cpython.unicode cimport PyUnicode_DecodeLatin1
 from libc.stdlib cimport free, realloc
 from libc.string cimport memchr, memcmp
 
-from ._stream cimport DirStream, Pending, StreamParser
+from ._stream cimport DirStream, Pending, StreamParser, new_pending
 
 import re
 
@@ -526,11 +526,7 @@ cdef class RedisParser(StreamParser):
         if len(self.pending) >= C_MAX_PENDING:
             _count("pending_overflow")
             out.append(self._incomplete(<Pending>self.pending.popleft(), "evicted"))
-        p = Pending.__new__(Pending)
-        p.msg = msg
-        p.operation = op
-        p.attributes = attrs
-        p.incomplete = inc
+        p = new_pending(msg, op, attrs, None, inc)
         self.pending.append(p)
 
     cdef void _reply(self, Pending p, msg, err, str inc, list out) except *:

@@ -34,6 +34,10 @@ cdef class Pending:
     cdef str incomplete
 
 
+cdef Pending new_pending(object msg, str operation, dict attributes, dict trace_headers,
+                         str incomplete)
+
+
 cdef class StreamParser:
     cdef readonly object client_side
     cdef readonly tuple streams

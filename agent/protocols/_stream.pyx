@@ -104,6 +104,19 @@ cdef class Pending:
     Parsers subclass it for what else their responses need (a command code, a kind)."""
 
 
+cdef Pending new_pending(object msg, str operation, dict attributes, dict trace_headers,
+                         str incomplete):
+    """A Pending (made here: another module's Pending.__new__ takes the slower generic
+    path, and requests are made once a record)."""
+    cdef Pending p = Pending.__new__(Pending)
+    p.msg = msg
+    p.operation = operation
+    p.attributes = attributes
+    p.trace_headers = trace_headers
+    p.incomplete = incomplete
+    return p
+
+
 cdef class StreamParser:
     """Base of the compiled connection parsers: both directions of one connection.
 
