@@ -136,6 +136,11 @@ def run(args: argparse.Namespace) -> int:
             net = live.start(args, pipeline)  # TC hop probes: N spans (docs/network.md)
         except Exception as e:  # no clsact, no BTF for the skb offsets, a bad regex ...
             print(f"zerotrace: network spans off: {e}", file=sys.stderr)
+    # every probe is compiled now (the TC programs too): give back what clang/LLVM left
+    # in this process (agent/probes/memtrim.py; ~100 MB of the resident memory)
+    from agent.probes import memtrim
+
+    memtrim.release()
     tune_gc()
     pipeline.follow_go = lambda pid: tracer.follow_go(pid).startswith("goroutine")
     # Go processes already running: follow their goroutines before their first request
