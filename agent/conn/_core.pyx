@@ -36,6 +36,7 @@ cdef int SYS_CLOSE = abi.SYS_CLOSE
 cdef int SYS_STATE_CLOSE = abi.SYS_STATE_CLOSE
 cdef int UDP = abi.IPPROTO_UDP
 cdef int F_HAS_SEQ = abi.F_HAS_SEQ
+cdef int F_RESUMED = abi.F_RESUMED
 cdef int F_MIDSTREAM = abi.F_MIDSTREAM
 cdef int F_TLS = abi.F_TLS
 cdef int INGRESS = abi.DIR_INGRESS
@@ -407,7 +408,10 @@ cdef class SpanAssembler:
         if etype == EV_CONN:
             if syscall == SYS_CLOSE or syscall == SYS_STATE_CLOSE:
                 if conn_id:
-                    self._close_conn(conn_id, "closed")
+                    if (se.flags if typed else e.flags) & F_RESUMED:
+                        self._drop_conn(conn_id)
+                    else:
+                        self._close_conn(conn_id, "closed")
                 self.tracker.closed(e.sock_id)
             return
         if transport == UDP:
@@ -522,6 +526,23 @@ cdef class SpanAssembler:
             emit(ctx)
 
     # -- life -------------------------------------------------------------------------
+    cdef _drop_conn(self, conn_id):
+        """The probes resume a connection they sampled out (flag RESUMED): what its
+        parser still holds is a request whose answer was not traced, not a request the
+        connection's close cut short.  Counted, never made an incomplete span."""
+        cdef Session s
+        for key in self.udp_keys.pop(conn_id, None) or (conn_id,):
+            s = self.sessions.pop(key, None)
+            if s is None or s.parser is None:
+                continue
+            try:
+                records = s.parser.flush("resumed")
+            except Exception as exc:  # noqa: BLE001 - as in handle()
+                self._parser_failed(s, exc)
+                continue
+            if records:
+                self.stats["resumed_dropped_records"] += len(records)
+
     cdef _close_conn(self, conn_id, reason):
         for key in self.udp_keys.pop(conn_id, None) or (conn_id,):
             s = self.sessions.pop(key, None)
