@@ -47,7 +47,7 @@ HANDSHAKE_PROGRAM = "zt_gotls_handshake"
 RET_PROGRAM = "zt_gotls_ret"
 MIN_VERSION = (1, 17)  # the register ABI on amd64
 # bumped when the facts or how they are found change: older cached facts are not used
-_FACTS_VERSION = 4
+_FACTS_VERSION = 5
 # (struct, member path) -> key of the offsets bpf/gotls.c's struct zt_gotls_offsets takes
 _MEMBERS = {
     "conn_conn": ("crypto/tls.Conn", ("conn",)),
@@ -354,23 +354,27 @@ def _facts(path: str) -> dict:
     from elftools.elf.elffile import ELFFile
 
     with open(path, "rb") as f:
-        pie = ELFFile(f)["e_type"] == "ET_DYN"
+        elf = ELFFile(f)
+        pie = elf["e_type"] == "ET_DYN"
+        # where the file's first page is linked (Go links PIE at 0x400000, not 0)
+        base = min((seg["p_vaddr"] & ~0xFFF for seg in elf.iter_segments()
+                    if seg["p_type"] == "PT_LOAD" and seg["p_offset"] == 0), default=0)
     handshakes = [h for h in HANDSHAKES if h in syms]
     return {"version": version, "offsets": _dwarf_offsets(path), "rets": rets,
             "syms": {k: v[0] for k, v in syms.items()},
-            "itab": syms[ITAB][0], "pie": pie,
+            "itab": syms[ITAB][0], "pie": pie, "base_vaddr": base,
             "handshakes": handshakes}
 
 
-def load_bias(pid: int, path: str) -> int:
-    """Where process pid loaded a PIE executable (its first mapping of the file, at file
-    offset 0, minus the lowest p_vaddr, which Go's PIE links at 0)."""
+def load_bias(pid: int, path: str, base_vaddr: int) -> int:
+    """How far process pid moved a PIE executable: where it mapped the file's first page
+    minus the address that page is linked at."""
     target = os.path.realpath(f"/proc/{pid}/exe")
     with open(f"/proc/{pid}/maps") as f:
         for line in f:
             parts = line.split(None, 5)
             if len(parts) == 6 and parts[5].strip() == target and int(parts[2], 16) == 0:
-                return int(parts[0].split("-")[0], 16)
+                return int(parts[0].split("-")[0], 16) - base_vaddr
     raise GoTlsError(f"pid {pid}: {path} not mapped")
 
 
@@ -496,7 +500,7 @@ class GoTlsAttacher:
     def _add_process(self, b: GoTlsBinary, pid: int) -> None:
         f = b.facts
         try:
-            bias = load_bias(pid, b.path) if f["pie"] else 0
+            bias = load_bias(pid, b.path, f["base_vaddr"]) if f["pie"] else 0
         except (OSError, GoTlsError) as e:
             log.warning("Go TLS: pid %d: %s", pid, e)
             return

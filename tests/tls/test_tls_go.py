@@ -30,7 +30,7 @@ from tests.tls.test_tls_openssl import LAST_STATS, assert_linked, capture, pairs
 pytestmark = [pytest.mark.kernel,
               pytest.mark.skipif(shutil.which("go") is None, reason="no Go toolchain")]
 CLIENT, SERVER = 0, 1
-GO_TLS, GO_CLEAR, PY_TLS, GO_LATE = 9443, 9080, 9444, 9445
+GO_TLS, GO_CLEAR, PY_TLS, GO_LATE, GO_PIE = 9443, 9080, 9444, 9445, 9446
 PROGRAMS = Path(__file__).resolve().parent / "programs"
 PATHS = ["/echo?n=10", "/echo?n=2000", "/nothere"]
 # Go's 404 body is "404 page not found\n"
@@ -312,3 +312,44 @@ def test_tls12_go_client(world):
         assert [s.status_code for s in ss] == ["200", "200", "404"]
         for c, s in zip(cs, ss, strict=True):
             assert_linked(c, s, traced)
+
+
+def pie_binary(out: Path) -> str:
+    """gotls.go built as a position-independent executable (loaded at a random base)."""
+    src = out / "src"
+    src.mkdir()
+    shutil.copy2(PROGRAMS / "gotls.go", src / "main.go")
+    (src / "go.mod").write_text("module gotlspie\n\ngo 1.19\n")
+    env = {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-mod=mod", "GOPROXY": "off",
+           "GO111MODULE": "on", "GOPATH": str(out / "gopath"),
+           "GOCACHE": "/var/cache/zerotrace/demo/go-build-cache"}
+    subprocess.run(["go", "build", "-buildmode=pie", "-o", str(out / "gotls-pie"), "."],
+                   cwd=src, env=env, check=True, capture_output=True, timeout=600)
+    return str(out / "gotls-pie")
+
+
+def test_pie_go_server(world, tmp_path):
+    """A PIE build of the server: offsets per process, the itab's address moved by the
+    load bias; its spans link with the (non-PIE) Go client's."""
+    net, tracer, binary, tmp = world
+    cli, srv = net.hosts[CLIENT], net.hosts[SERVER]
+    pie = pie_binary(tmp_path)
+    f = gotls.facts(pie)
+    assert f["pie"]
+    p = net.spawn(srv, pie, "server", f"{srv.addr}:{GO_PIE}", f"{tmp}/cert.pem",
+                  f"{tmp}/key.pem", stdout=subprocess.DEVNULL)
+    try:
+        wait_tcp(srv, srv.addr, GO_PIE)
+        wait_probed(tracer, p.pid)
+        leaf = tracer._bpf[b"gotls_procs"][tracer._bpf[b"gotls_procs"].Key(p.pid)]
+        assert leaf.itab != f["itab"]  # loaded elsewhere than linked
+        out, spans, traced = capture(
+            tracer, lambda: go_client(cli, binary, f"https://{srv.addr}:{GO_PIE}"),
+            lambda ss: all(len(x) >= 3 for x in pairs_of(ss, GO_PIE)))
+        assert out == ANSWERS
+        cs, ss = in_order(pairs_of(spans, GO_PIE))
+        assert [s.status_code for s in ss] == ["200", "200", "404"]
+        for c, s in zip(cs, ss, strict=True):
+            assert_linked(c, s, traced)
+    finally:
+        kill_group(p)
