@@ -48,6 +48,9 @@ ROOT = Path(__file__).resolve().parents[2]
 # (and HTTP/2's, which PYTHON_HTTP2 pins as the last before it was compiled).
 PYTHON_PARSERS = "cc5352766e68819eadd277b9e0a107ea9f62f5a5"
 PYTHON_HTTP2 = "fbaf807f0517cd1cf2ef01bc2ba5b24039b776d4"
+# Streams per test of the Redis and memcached tests (ZT_EQUIV_STREAMS; default sized for
+# CI, a few seconds).
+STREAMS = int(os.environ.get("ZT_EQUIV_STREAMS", "700"))
 # Conversations per protocol and setting of the SQL and DNS tests (ZT_EQUIV_EXAMPLES to
 # raise it).
 EXAMPLES = int(os.environ.get("ZT_EQUIV_EXAMPLES", "400"))
@@ -151,12 +154,26 @@ def _call(fn: Callable, arg) -> tuple:
 
 def run(make_a: Callable, make_b: Callable, stats_a: Counter, stats_b: Counter,
         chunks: list[Chunk], reason: str = "closed", extra: tuple[Extra, ...] = (),
-        fixed: tuple[str, ...] = (), raises: bool = False) -> tuple[str | None, int]:
+        fixed: tuple[str, ...] = (), raises: bool = False,
+        redacting: bool | None = None) -> tuple[str | None, int]:
     """Feed `chunks` to parsers make_a() (the baseline) and make_b() and flush them:
     (None, records) if they agreed on everything, else (what differed first, records).
     `raises`: both raising the same exception is agreement (the stream stops there);
     `fixed`: exceptions of the baseline that b fixed on purpose: a stream where only a
-    raises one stops there, counted as agreeing."""
+    raises one stops there, counted as agreeing; `redacting`: redaction on or off for
+    this run (default: as it is)."""
+    saved = redact.REDACT
+    if redacting is not None:
+        redact.REDACT = redacting
+    try:
+        return _run(make_a, make_b, stats_a, stats_b, chunks, reason, extra, fixed, raises)
+    finally:
+        redact.REDACT = saved
+
+
+def _run(make_a: Callable, make_b: Callable, stats_a: Counter, stats_b: Counter,
+         chunks: list[Chunk], reason: str, extra: tuple[Extra, ...], fixed: tuple[str, ...],
+         raises: bool) -> tuple[str | None, int]:
     a, b = make_a(), make_b()
     before_a, before_b = Counter(stats_a), Counter(stats_b)
     n = 0
@@ -267,6 +284,35 @@ def golden_chunks(rng: Random, conn: list[tuple[int, int, bytes]], server_side: 
     damage = rng.choice([0.0, 0.0, 0.05, 0.2, 0.5])
     capture = rng.choice([None, None, 1024, rng.randint(1, 300)])
     return chunk_stream(rng, stream, damage, capture)
+
+
+def golden_runs(proto: str, streams: int = STREAMS
+                ) -> Iterator[tuple[int, Random, bool | None, list[Chunk]]]:
+    """(seed, rng, side, chunks) of `streams` golden connections of `proto` cut and
+    damaged (`golden_chunks`), seen from the client, the server or an unknown side."""
+    conns = [c for p in captures(proto) for c in load_capture(p)["connections"]]
+    assert conns
+    for seed in range(streams):
+        rng = Random(seed)
+        conn = rng.choice(conns)
+        server_side = rng.random() < 0.3
+        side = rng.choice([not server_side, not server_side, None])
+        yield seed, rng, side, golden_chunks(rng, conn, server_side)
+
+
+def random_runs(make: Callable[[Random], list[tuple[int, bytes]]], streams: int = STREAMS
+                ) -> Iterator[tuple[int, Random, bool | None, list[Chunk]]]:
+    """(seed, rng, side, chunks) of `streams` streams make(rng) (seeds from 10**6),
+    sometimes from the server's side, cut and damaged (`chunk_stream`)."""
+    for seed in range(10**6, 10**6 + streams):
+        rng = Random(seed)
+        stream = make(rng)
+        if rng.random() < 0.2:
+            stream = [(1 - d, b) for d, b in stream]
+        side = rng.choice([True, True, False, None])
+        chunks = chunk_stream(rng, stream, rng.choice([0.0, 0.1, 0.3]),
+                              rng.choice([None, None, 1024, rng.randint(1, 200)]))
+        yield seed, rng, side, chunks
 
 
 def chunked(rnd: random.Random, stream: list[tuple[int, bytes]], capture: int | None,

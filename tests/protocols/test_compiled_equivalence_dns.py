@@ -13,18 +13,9 @@ from functools import partial
 
 from agent.protocols.base import Chunk
 
-from .equivalence import (
-    EXAMPLES,
-    PYTHON_PARSERS,
-    chunked,
-    golden_messages,
-    load_baseline,
-    needs_history,
-    reshuffled,
-    same_run,
-)
+from . import equivalence as eq
 
-pytestmark = needs_history(PYTHON_PARSERS)
+pytestmark = eq.needs_history(eq.PYTHON_PARSERS)
 
 
 def _label_name(rnd: random.Random) -> bytes:
@@ -104,11 +95,11 @@ def conversation(rnd: random.Random) -> list[tuple[int, bytes]]:
 
 
 def test_parse_compiled_equals_python():
-    py = load_baseline("dns", PYTHON_PARSERS)
+    py = eq.load_baseline("dns", eq.PYTHON_PARSERS)
     from agent.protocols import dns
 
     rnd = random.Random(53)
-    for _ in range(20 * EXAMPLES):
+    for _ in range(20 * eq.EXAMPLES):
         msg = dns_message(rnd)
         assert dns.parse(msg) == py.parse(msg), msg
         cut = msg[:rnd.randint(0, len(msg))]
@@ -116,22 +107,22 @@ def test_parse_compiled_equals_python():
 
 
 def test_dns_compiled_equals_python():
-    py = load_baseline("dns", PYTHON_PARSERS)
+    py = eq.load_baseline("dns", eq.PYTHON_PARSERS)
     from agent.protocols import dns
 
     golden = {t: [] for t in ("udp", "tcp")}
-    for conn, transport in zip(golden_messages("dns"), _golden_transports(), strict=True):
+    for conn, transport in zip(eq.golden_messages("dns"), _golden_transports(), strict=True):
         golden[transport].append(conn)
     rnd = random.Random(5353)
     records = 0
-    for k in range(4 * EXAMPLES):
+    for k in range(4 * eq.EXAMPLES):
         transport = rnd.choice(["udp", "tcp"])
         if k % 2:
             stream = conversation(rnd)
             if transport == "tcp":
                 stream = [(d, _tcp(m, rnd)) for d, m in stream]
         else:
-            stream = reshuffled(rnd, golden[transport])
+            stream = eq.reshuffled(rnd, golden[transport])
         if rnd.random() < 0.2:
             stream = [(1 - d, b) for d, b in stream]
         capture = rnd.choice([None, 1024, 64, 16, 300])
@@ -139,13 +130,13 @@ def test_dns_compiled_equals_python():
             chunks = udp_chunks(rnd, stream, capture)
         else:
             noise = rnd.choice([0.0, 0.0, 0.01, 0.05, 0.2])
-            chunks = list(chunked(rnd, stream, capture, rnd.random() < 0.7, noise))
+            chunks = list(eq.chunked(rnd, stream, capture, rnd.random() < 0.7, noise))
         side = rnd.choice([True, True, False, None])
         told = rnd.choice([transport, None])  # the registry says; else the parser guesses
-        records += same_run(partial(py.DnsParser, side, told),
+        records += eq.same_run(partial(py.DnsParser, side, told),
                             partial(dns.DnsParser, side, told), py.STATS, dns.STATS,
                             chunks, rnd.choice(["closed", "", "timeout"]), extra=("tcp",))
-    assert records > EXAMPLES
+    assert records > eq.EXAMPLES
 
 
 def _golden_transports() -> list[str]:

@@ -10,46 +10,32 @@ seconds); a failure names the seed that replays it."""
 
 from __future__ import annotations
 
-import os
 import struct
 from random import Random
 
 import pytest
 
-from agent.protocols import _memcached, memcached, redact
+from agent.protocols import _memcached, memcached
 
-from .equivalence import (
-    PYTHON_PARSERS,
-    chunk_stream,
-    compare,
-    golden_chunks,
-    load_baseline,
-    needs_history,
-)
-from .golden import captures, load_capture
+from . import equivalence as eq
 
 # The last commit with the Python parser (memcached.py before it became an import shim).
-BASELINE = PYTHON_PARSERS
-STREAMS = int(os.environ.get("ZT_EQUIV_STREAMS", "700"))
-
-pytestmark = needs_history(BASELINE)
+BASELINE = eq.PYTHON_PARSERS
+pytestmark = eq.needs_history(BASELINE)
 
 
 @pytest.fixture(scope="module")
 def baseline():
-    return load_baseline("memcached", BASELINE)
+    return eq.load_baseline("memcached", BASELINE)
 
 
 def _compare(baseline, side, chunks, rng: Random) -> str | None:
-    saved = redact.REDACT
-    redact.REDACT = rng.random() < 0.5
-    try:
-        return compare(lambda: baseline.MemcachedParser(side),
+    redacting = rng.random() < 0.5
+    return eq.compare(lambda: baseline.MemcachedParser(side),
                        lambda: memcached.MemcachedParser(side), baseline.STATS,
                        memcached.STATS, chunks, rng.choice(["closed", "", "timeout"]),
-                       raises=True)
-    finally:
-        redact.REDACT = saved
+                       raises=True,
+                       redacting=redacting)
 
 
 def test_the_shim_exports_the_compiled_parser():
@@ -59,14 +45,7 @@ def test_the_shim_exports_the_compiled_parser():
 
 
 def test_golden_streams_cut_and_damaged(baseline):
-    conns = [c for p in captures("memcached") for c in load_capture(p)["connections"]]
-    assert conns
-    for seed in range(STREAMS):
-        rng = Random(seed)
-        conn = rng.choice(conns)
-        server_side = rng.random() < 0.3
-        side = rng.choice([not server_side, not server_side, None])
-        chunks = golden_chunks(rng, conn, server_side)
+    for seed, rng, side, chunks in eq.golden_runs("memcached"):
         diff = _compare(baseline, side, chunks, rng)
         assert diff is None, f"seed {seed}: {diff}"
 
@@ -178,21 +157,14 @@ def _random_stream(rng: Random) -> list[tuple[int, bytes]]:
 
 
 def test_random_text_meta_and_binary_streams(baseline):
-    for seed in range(STREAMS):
-        rng = Random(10**6 + seed)
-        stream = _random_stream(rng)
-        if rng.random() < 0.2:
-            stream = [(1 - d, b) for d, b in stream]
-        side = rng.choice([True, True, False, None])
-        chunks = chunk_stream(rng, stream, rng.choice([0.0, 0.1, 0.3]),
-                              rng.choice([None, None, 1024, rng.randint(1, 200)]))
+    for seed, rng, side, chunks in eq.random_runs(_random_stream):
         diff = _compare(baseline, side, chunks, rng)
-        assert diff is None, f"seed {10**6 + seed}: {diff}"
+        assert diff is None, f"seed {seed}: {diff}"
 
 
 def test_binary_header_checks_agree(baseline):
     rng = Random(7)
-    for _ in range(STREAMS * 10):
+    for _ in range(eq.STREAMS * 10):
         magic = rng.choice([0x80, 0x81, 0x80, 0x00])
         data = _bin(rng, magic if magic else 0x80)
         if not magic or rng.random() < 0.3:

@@ -8,46 +8,32 @@ seconds); a failure names the seed that replays it."""
 
 from __future__ import annotations
 
-import os
 from random import Random
 
 import pytest
 
-from agent.protocols import _redis, redact, redis
+from agent.protocols import _redis, redis
 
-from .equivalence import (
-    PYTHON_PARSERS,
-    chunk_stream,
-    compare,
-    golden_chunks,
-    load_baseline,
-    needs_history,
-)
-from .golden import captures, load_capture
+from . import equivalence as eq
 
 # The last commit with the Python parser (redis.py before it became an import shim).
-BASELINE = PYTHON_PARSERS
-STREAMS = int(os.environ.get("ZT_EQUIV_STREAMS", "700"))
-
-pytestmark = needs_history(BASELINE)
+BASELINE = eq.PYTHON_PARSERS
+pytestmark = eq.needs_history(BASELINE)
 
 
 @pytest.fixture(scope="module")
 def baseline():
-    return load_baseline("redis", BASELINE)
+    return eq.load_baseline("redis", BASELINE)
 
 
 def _compare(baseline, side, chunks, rng: Random) -> str | None:
-    saved = redact.REDACT
-    redact.REDACT = rng.random() < 0.5
-    try:
-        return compare(lambda: baseline.RedisParser(side), lambda: redis.RedisParser(side),
+    redacting = rng.random() < 0.5
+    return eq.compare(lambda: baseline.RedisParser(side), lambda: redis.RedisParser(side),
                        baseline.STATS, redis.STATS, chunks,
                        rng.choice(["closed", "", "timeout"]), extra=("subscribed",),
                        # the Python parser raised on a non-UTF-8 subscribe reply
-                       fixed=("UnicodeDecodeError",), raises=True)
-    finally:
-        redact.REDACT = saved
+                       fixed=("UnicodeDecodeError",), raises=True,
+                       redacting=redacting)
 
 
 def test_the_shim_exports_the_compiled_parser():
@@ -56,14 +42,7 @@ def test_the_shim_exports_the_compiled_parser():
 
 
 def test_golden_streams_cut_and_damaged(baseline):
-    conns = [c for p in captures("redis") for c in load_capture(p)["connections"]]
-    assert conns
-    for seed in range(STREAMS):
-        rng = Random(seed)
-        conn = rng.choice(conns)
-        server_side = rng.random() < 0.3
-        side = rng.choice([not server_side, not server_side, None])
-        chunks = golden_chunks(rng, conn, server_side)
+    for seed, rng, side, chunks in eq.golden_runs("redis"):
         diff = _compare(baseline, side, chunks, rng)
         assert diff is None, f"seed {seed}: {diff}"
 
@@ -144,16 +123,9 @@ def _random_stream(rng: Random) -> list[tuple[int, bytes]]:
 
 
 def test_random_resp_streams(baseline):
-    for seed in range(STREAMS):
-        rng = Random(10**6 + seed)
-        stream = _random_stream(rng)
-        if rng.random() < 0.2:
-            stream = [(1 - d, b) for d, b in stream]
-        side = rng.choice([True, True, False, None])
-        chunks = chunk_stream(rng, stream, rng.choice([0.0, 0.1, 0.3]),
-                              rng.choice([None, None, 1024, rng.randint(1, 200)]))
+    for seed, rng, side, chunks in eq.random_runs(_random_stream):
         diff = _compare(baseline, side, chunks, rng)
-        assert diff is None, f"seed {10**6 + seed}: {diff}"
+        assert diff is None, f"seed {seed}: {diff}"
 
 
 def test_the_comparison_sees_a_difference(baseline):
@@ -163,9 +135,9 @@ def test_the_comparison_sees_a_difference(baseline):
             return super().feed(chunk)[:-1]
 
     rng = Random(1)
-    chunks = chunk_stream(rng, [(0, b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"), (1, b"$1\r\nv\r\n")],
+    chunks = eq.chunk_stream(rng, [(0, b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"), (1, b"$1\r\nv\r\n")],
                           0.0)
-    assert compare(lambda: baseline.RedisParser(True), lambda: Lossy(True), baseline.STATS,
+    assert eq.compare(lambda: baseline.RedisParser(True), lambda: Lossy(True), baseline.STATS,
                    redis.STATS, chunks) is not None
 
 
