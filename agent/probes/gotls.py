@@ -47,7 +47,7 @@ HANDSHAKE_PROGRAM = "zt_gotls_handshake"
 RET_PROGRAM = "zt_gotls_ret"
 MIN_VERSION = (1, 17)  # the register ABI on amd64
 # bumped when the facts or how they are found change: older cached facts are not used
-_FACTS_VERSION = 5
+_FACTS_VERSION = 6
 # (struct, member path) -> key of the offsets bpf/gotls.c's struct zt_gotls_offsets takes
 _MEMBERS = {
     "conn_conn": ("crypto/tls.Conn", ("conn",)),
@@ -181,7 +181,7 @@ def _symbols(path: str, names: set[str]) -> dict[str, tuple[int, int]]:
     with open(path, "rb") as f:
         symtab = ELFFile(f).get_section_by_name(".symtab")
         if symtab is None:
-            return {}
+            raise GoTlsError("no symbol table (stripped)")
         return {s.name: (s["st_value"], s["st_size"]) for s in symtab.iter_symbols()
                 if s.name in names and s["st_value"]}
 

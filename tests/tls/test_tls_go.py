@@ -353,3 +353,29 @@ def test_pie_go_server(world, tmp_path):
             assert_linked(c, s, traced)
     finally:
         kill_group(p)
+
+
+def test_stripped_go_binary_refused(world):
+    """A stripped build (no symbols, no DWARF): refused with the reason, no probes, and
+    the program runs unharmed."""
+    net, tracer, _, tmp = world
+    srv = net.hosts[SERVER]
+    stripped = str(go_binary(PROGRAMS / "gotls.go", "gotls", "-s -w"))
+    with pytest.raises(gotls.GoTlsError, match="stripped"):
+        gotls.facts(stripped)
+    p = net.spawn(srv, stripped, "server", f"{srv.addr}:9447", f"{tmp}/cert.pem",
+                  f"{tmp}/key.pem", stdout=subprocess.DEVNULL)
+    try:
+        wait_tcp(srv, srv.addr, 9447)
+        st = os.stat(stripped)
+        deadline = time.monotonic() + 30
+        b = None
+        while time.monotonic() < deadline and b is None:
+            tracer.poll(0.1)
+            b = tracer.tls.go.binaries.get((st.st_dev, st.st_ino))
+        assert b is not None and "stripped" in b.error and not b.probes, b
+        r = run_client(net.hosts[CLIENT], "curl", "--http1.1", "-k", "-s",
+                       f"https://{srv.addr}:9447/echo?n=3")
+        assert r.stdout == "xxx"
+    finally:
+        kill_group(p)
