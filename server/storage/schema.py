@@ -33,14 +33,18 @@ def create_database(db: str = DATABASE) -> str:
     return f"CREATE DATABASE IF NOT EXISTS {db}"
 
 
-# Reads of the span table are by trace id: one trace (trace by id), or the 40 candidate
+# Reads of the span table are by trace id: one trace (trace by id), or the candidate
 # traces of a search, each in its own granule.  ClickHouse reads and decompresses whole
 # granules (and the compressed blocks holding them), so what a read costs grows with
 # the granule, Map columns most: 1 024-row granules and 16-64 KiB compressed blocks
 # (defaults 8 192 rows, 64 KiB-1 MiB) made a search's check of 40 traces 2-3x cheaper
-# at 1 M spans for +1 % bytes (issue 16).  Applies to tables created with it.
-SPAN_TABLE_SETTINGS = ("index_granularity = 1024, min_compress_block_size = 16384, "
-                       "max_compress_block_size = 65536")
+# at 1 M spans for +1 % bytes; 256-row granules and 4-16 KiB blocks another 25-40 %
+# (chDB CPU of that check, 1.5 M spans, median of 5: 47 -> 29, 50 -> 30 ms; 16-64 KiB
+# blocks with 256 rows gained only ~10 %) for +4 bytes a span (42.9 -> 47.0 on the
+# span table) (issue 16).  Applies to tables created with it: older data directories
+# keep their settings and are read as they are.
+SPAN_TABLE_SETTINGS = ("index_granularity = 256, min_compress_block_size = 4096, "
+                       "max_compress_block_size = 16384")
 
 
 def create_table(db: str = DATABASE, engine: str = "MergeTree",
