@@ -17,7 +17,7 @@ examples=${ZT_FUZZ_EXAMPLES:-300}
 # registry's "http"; _http2 also serves "grpc").
 mapfile -t COMPILED < <(cd agent/protocols && for f in _*.pyx; do
     n=${f#_}; n=${n%.pyx}
-    case $n in http1) echo http ;; http2) echo http2; echo grpc ;; *) echo "$n" ;; esac
+    case $n in http1) echo http ;; http2) echo http2; echo grpc ;; stream) ;; *) echo "$n" ;; esac
 done)
 
 libasan=$(gcc -print-file-name=libasan.so)
@@ -26,7 +26,7 @@ libasan=$(gcc -print-file-name=libasan.so)
 work=$(mktemp -d /tmp/zt-asan.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 # Sources only: built modules and generated C stay behind.
-tar -C "$root" --exclude='*.so' --exclude='__pycache__' --exclude='agent/*/_*.c' \
+tar -C "$root" --exclude='*.so' --exclude='__pycache__' --exclude='agent/*/_*.c' --exclude='agent/*/_*.cpp' \
     -cf - setup.py pyproject.toml agent proto tests | tar -C "$work" -xf -
 
 echo "asan-tests: building with AddressSanitizer in $work"
@@ -41,9 +41,17 @@ if [ $# -eq 0 ]; then
         tests/protocols/test_proto_{bad_input,golden,properties,fuzz,registry}.py 2>/dev/null |
         grep -E "::[^[]*\$|\[(.*[-/])?($alt)([/-]|\])")
     [ ${#nodes[@]} -gt 0 ] || { echo "asan-tests: no tests collected" >&2; exit 1; }
+    # The compiled stitcher against the reference on random timelines, the stitcher's
+    # cases, and the compiled export side (Arrow columns, redaction) against theirs on
+    # generated spans (the recorded demo stream is left to the normal run: minutes here).
+    mapfile -t more < <(cd "$root" && "$py" -m pytest -q --collect-only -p no:cacheprovider \
+        tests/stitch/test_compiled_vs_python.py tests/stitch/test_stitcher.py \
+        tests/stitch/test_stitcher_connection.py tests/proto/test_columns_equivalence.py \
+        tests/export/test_redact_compiled.py 2>/dev/null | grep "::" | grep -v recorded)
+    [ ${#more[@]} -gt 0 ] || { echo "asan-tests: no stitcher/export tests collected" >&2; exit 1; }
     # The compiled event decoding and connection core (agent/probes/_events.pyx,
     # agent/conn/_core.pyx) on random event streams (~15 s under ASan).
-    set -- "${nodes[@]}" tests/conn/test_compiled_core.py
+    set -- "${nodes[@]}" "${more[@]}" tests/conn/test_compiled_core.py
 fi
 # Reports go to files: pytest captures stderr, and an aborted run would lose them.
 export ASAN_OPTIONS=detect_leaks=0:halt_on_error=1:abort_on_error=1:log_path=$work/asan-report:${ASAN_OPTIONS:-}
@@ -53,6 +61,7 @@ export LD_PRELOAD=$libasan${LD_PRELOAD:+:$LD_PRELOAD}
 export PYTHONMALLOC=malloc
 export ZT_ASAN_TREE=$work
 export ZT_FUZZ_EXAMPLES=$examples
+export ZT_STITCH_EXAMPLES=${ZT_STITCH_EXAMPLES:-$examples}
 # The modules under test must be the ASan build of this scratch tree, not the .venv's.
 "$py" - <<'EOF'
 import os
