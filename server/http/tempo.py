@@ -279,6 +279,7 @@ def _span_keys(api: HttpApi, cond: str, params: dict[str, Any]) -> list[str]:
         api, "arrayJoin(arrayConcat(mapKeys(attributes), mapKeys(attributes_json)))",
         cond, params))
     keys.discard("otel.scope.name")
+    keys.discard("zerotrace.otlp")  # OTLP fields kept whole (events, links...), not a tag
     return sorted(keys | set(VIRTUAL_ATTRIBUTES))
 
 

@@ -483,6 +483,8 @@ def test_tags_v2_scopes(srv, data):
             "zerotrace.protocol", "zerotrace.source"} <= set(scopes["span"])
     assert {"service.name", "k8s.namespace.name", "k8s.pod.name"} <= set(scopes["resource"])
     assert {"name", "status", "duration", "kind"} <= set(scopes["intrinsic"])
+    # the OTLP fields kept whole for the SDK span (server/ingest/otlp.py) are no tag
+    assert "zerotrace.otlp" not in scopes["span"] and "otel.scope.name" not in scopes["span"]
     only = get_json(srv, "/api/v2/search/tags?scope=resource")
     assert [s["name"] for s in only["scopes"]] == ["resource"]
     code, _, _ = get(srv, "/api/v2/search/tags?scope=event")
