@@ -128,6 +128,11 @@ def check_tc_marks() -> Check:
 
 
 def check_headers() -> Check:
+    source = os.environ.get("BCC_KERNEL_SOURCE")
+    if source:  # the agent image's generic headers (deploy/docker/merge-kernel-headers.sh)
+        ok = os.path.isdir(os.path.join(source, "include"))
+        return Check("kernel headers", ok, f"BCC_KERNEL_SOURCE={source}"
+                     + ("" if ok else " has no include/"), True)
     build = f"/lib/modules/{platform.release()}/build"
     if not os.path.exists(os.path.join(build, "include")):
         return Check("kernel headers", False,

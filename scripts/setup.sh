@@ -79,7 +79,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     say "installing zerotrace and its dependencies into .venv"
     log=.venv/pip-install.log
     if ! { .venv/bin/python -m pip install -q --upgrade pip &&
-           .venv/bin/python -m pip install -q -e '.[test]'; } >"$log" 2>&1; then
+           .venv/bin/python -m pip install -q -e '.[test,server]'; } >"$log" 2>&1; then
         cat "$log" >&2
         echo "setup: pip install failed (log above, also in $log)" >&2
         exit 1

@@ -369,6 +369,12 @@ def cmd_server(args: argparse.Namespace) -> int:
     if busy:  # an explicit --http, likewise (the default's port may be taken: see below)
         print(f"zerotrace: cannot serve HTTP on {args.http}: {busy}", file=sys.stderr)
         return 1
+    missing = _missing_store_package(args)
+    if missing:  # the agent's image has neither: say how to get the server's part
+        print(f"zerotrace: the server's store needs the Python package {missing!r}, not "
+              "installed here (pip install 'zerotrace[server]'; the server image has it)",
+              file=sys.stderr)
+        return 2
     store = None
     if args.clickhouse:
         from server.storage.clickhouse_store import ClickHouseStore
@@ -428,6 +434,14 @@ def cmd_server(args: argparse.Namespace) -> int:
         http_api.stop()
     srv.stop()
     return 0
+
+
+def _missing_store_package(args: argparse.Namespace) -> str:
+    """The package --clickhouse or the embedded store (chDB) needs, when it is missing."""
+    import importlib.util
+
+    name = "clickhouse_connect" if args.clickhouse else "chdb"
+    return "" if importlib.util.find_spec(name) is not None else name.replace("_", "-")
 
 
 def _start_http(args: argparse.Namespace, store: Any, tokens: Any, srv: Any = None) -> Any:

@@ -186,14 +186,32 @@ def test_renderer_refuses_what_it_cannot_check() -> None:
 
 
 def test_dockerfiles_build_the_documented_way() -> None:
+    import tomllib
+
     for name in ("Dockerfile.agent", "Dockerfile.server"):
         text = (DEPLOY / "docker" / name).read_text()
         assert re.search(r"^FROM debian:bookworm", text, re.M), name
         assert "python3-bpfcc" in text
         assert "venv --system-site-packages" in text
-        assert re.search(r"pip install [^\n]*/src", text)
+        # the compiled core is built by pip from setup.py's extension list
+        assert re.search(r"^COPY pyproject.toml setup.py ", text, re.M), name
+        assert "gcc" in text and "python3-dev" in text
     agent = (DEPLOY / "docker" / "Dockerfile.agent").read_text()
     assert 'ENTRYPOINT ["zerotrace"]' in agent
+    # slim: the compiler stays in the build stage, chDB out of the image entirely
+    build, run = agent.split("\nFROM debian:bookworm-slim\n")
+    assert "AS build" in build and "pip wheel" in build
+    assert "gcc" not in run and "[server]" not in agent
+    # generic kernel headers baked in and named for bcc: nodes need none
+    assert "linux-headers-amd64" in run and "merge-kernel-headers.sh" in run
+    assert "BCC_KERNEL_SOURCE=/opt/zerotrace-kernel-headers" in run
+    server = (DEPLOY / "docker" / "Dockerfile.server").read_text()
+    assert re.search(r"pip install [^\n]*'/src\[server\]'", server)
+    project = tomllib.loads((DEPLOY.parent / "pyproject.toml").read_text())["project"]
+    deps = " ".join(project["dependencies"])
+    assert "chdb" not in deps and "clickhouse-connect" not in deps
+    assert {d.split(">")[0] for d in project["optional-dependencies"]["server"]} == {
+        "chdb", "clickhouse-connect"}
 
 
 def test_server_args_parse_and_serve_metrics_on_the_declared_port() -> None:
