@@ -37,19 +37,13 @@ from libc.string cimport memcpy, memset
 import pyarrow as pa
 
 
+from agent.export._slots cimport Py_TYPE, PyTypeObject
+from agent.export._slots cimport slot_offset as _slot_offset
+
+
 cdef extern from "Python.h":
     const char* PyUnicode_AsUTF8AndSize(object s, Py_ssize_t* size) except NULL
     bint PyLong_CheckExact(object o)
-    ctypedef struct PyMemberDef:
-        int type
-        Py_ssize_t offset
-    ctypedef struct PyMemberDescrObject:
-        PyMemberDef* d_member
-    ctypedef struct PyTypeObject:
-        pass
-    PyTypeObject PyMemberDescr_Type
-    PyTypeObject* Py_TYPE(object o)
-    int T_OBJECT_EX
 
 
 class Unhandled(Exception):
@@ -491,16 +485,6 @@ cdef class _Col:
         return pa.Array.from_buffers(self.typ, n,
                                      [None, pa.py_buffer(_bytes(&self.moff))],
                                      null_count=0, children=[entries])
-
-
-cdef Py_ssize_t _slot_offset(object typ, object name):
-    # The offset of a __slots__ member that holds any object, or -1.
-    d = typ.__dict__.get(name) if typ is not None else None
-    if d is None or Py_TYPE(d) != &PyMemberDescr_Type:
-        return -1
-    if (<PyMemberDescrObject*>d).d_member.type != T_OBJECT_EX:
-        return -1
-    return (<PyMemberDescrObject*>d).d_member.offset
 
 
 cdef inline object _slot(object o, Py_ssize_t off, object name):

@@ -22,29 +22,12 @@ from libc.stdlib cimport free, malloc
 from libc.string cimport memcmp, memcpy
 
 
+from agent.export._slots cimport slot_offset as _slot_offset
+
+
 cdef extern from "Python.h":
-    ctypedef struct PyMemberDef:
-        int type
-        Py_ssize_t offset
-    ctypedef struct PyMemberDescrObject:
-        PyMemberDef* d_member
-    ctypedef struct PyTypeObject:
-        pass
-    PyTypeObject PyMemberDescr_Type
-    PyTypeObject* Py_TYPE(object o)
-    int T_OBJECT_EX
     const char* PyUnicode_AsUTF8AndSize(object s, Py_ssize_t* size) except NULL
     object PyUnicode_DecodeASCII(const char* s, Py_ssize_t size, const char* errors)
-
-
-cdef Py_ssize_t _slot_offset(object typ, object name):
-    # The offset of a __slots__ member that holds any object, or -1.
-    d = typ.__dict__.get(name)
-    if d is None or Py_TYPE(d) != &PyMemberDescr_Type:
-        return -1
-    if (<PyMemberDescrObject*>d).d_member.type != T_OBJECT_EX:
-        return -1
-    return (<PyMemberDescrObject*>d).d_member.offset
 
 
 cdef inline PyObject** _at(object o, Py_ssize_t off):

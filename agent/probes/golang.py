@@ -88,24 +88,37 @@ def _digest(path: str) -> str:
     return h.hexdigest()[:24]
 
 
+def load_cache(cache: str):
+    """A JSON file of facts about a binary (keyed by its content), or None."""
+    try:
+        with open(cache) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def save_cache(cache: str, facts: dict) -> None:
+    """Keep `facts` for the next start; a cache that cannot be written costs only time."""
+    try:
+        os.makedirs(CACHE_DIR, exist_ok=True)
+        with open(cache, "w") as f:
+            json.dump(facts, f)
+    except OSError:
+        pass
+
+
 def goid_offset(path: str, use_cache: bool = True) -> int:
     """Byte offset of goid in runtime.g for the Go binary at path."""
     digest = _digest(path)
     cache = os.path.join(CACHE_DIR, f"go-{digest}.json")
     if use_cache:
         try:
-            with open(cache) as f:
-                return int(json.load(f)["goid_offset"])
-        except (OSError, ValueError, KeyError):
+            return int(load_cache(cache)["goid_offset"])
+        except (TypeError, ValueError, KeyError):
             pass
     off = _goid_offset_from_dwarf(path)
     if use_cache:
-        try:
-            os.makedirs(CACHE_DIR, exist_ok=True)
-            with open(cache, "w") as f:
-                json.dump({"goid_offset": off}, f)
-        except OSError:
-            pass
+        save_cache(cache, {"goid_offset": off})
     return off
 
 
@@ -154,8 +167,7 @@ def _runtime_facts(path: str, use_cache: bool) -> dict:
     cache = os.path.join(CACHE_DIR, f"go-runtime-{checks}-{_digest(path)}.json")
     if use_cache:
         try:
-            with open(cache) as f:
-                got = json.load(f)
+            got = load_cache(cache)
             offs = {k: int(v) for k, v in got["offsets"].items()}
             if set(offs) == set(_RUNTIME_MEMBERS.values()) and isinstance(got["buffers"], str):
                 return {"offsets": offs, "buffers": got["buffers"]}
@@ -166,12 +178,7 @@ def _runtime_facts(path: str, use_cache: bool) -> dict:
         why = _copy_calls_check(path)
     got = {"offsets": offs, "buffers": why}
     if use_cache:
-        try:
-            os.makedirs(CACHE_DIR, exist_ok=True)
-            with open(cache, "w") as f:
-                json.dump(got, f)
-        except OSError:
-            pass
+        save_cache(cache, got)
     return got
 
 

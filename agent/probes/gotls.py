@@ -23,7 +23,6 @@ A stripped binary (no DWARF) or one without crypto/tls gets no probes.
 from __future__ import annotations
 
 import ctypes as ct
-import json
 import logging
 import os
 import re
@@ -304,15 +303,11 @@ def facts(path: str, use_cache: bool = True) -> dict:
     """What the probes need of the Go binary at path (see the module docstring);
     GoTlsError when it cannot be followed.  Cached by file content."""
     cache = os.path.join(CACHE_DIR, f"gotls-{_FACTS_VERSION}-{golang._digest(path)}.json")
-    if use_cache:
-        try:
-            with open(cache) as f:
-                got = json.load(f)
-            if got.get("error"):
-                raise GoTlsError(got["error"])
-            return got
-        except (OSError, ValueError):
-            pass
+    got = golang.load_cache(cache) if use_cache else None
+    if isinstance(got, dict):
+        if got.get("error"):
+            raise GoTlsError(got["error"])
+        return got
     try:
         got = _facts(path)
     except GoTlsError as e:
@@ -320,12 +315,7 @@ def facts(path: str, use_cache: bool = True) -> dict:
     except Exception as e:  # noqa: BLE001 - a malformed ELF/DWARF: not followed
         got = {"error": f"{type(e).__name__}: {e}"}
     if use_cache:
-        try:
-            os.makedirs(CACHE_DIR, exist_ok=True)
-            with open(cache, "w") as f:
-                json.dump(got, f)
-        except OSError:
-            pass
+        golang.save_cache(cache, got)
     if got.get("error"):
         raise GoTlsError(got["error"])
     return got
