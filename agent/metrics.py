@@ -95,6 +95,11 @@ class AgentMetrics:
         bodies the parsers skip), and the sampling rate and ring fill as gauges."""
         self.registry.register(_KernelCollector(stats, keep_ratio, ring_fill))
 
+    def add_tls(self, collector) -> None:
+        """TLS per-process counters (agent/probes/tls.py TlsCollector over
+        TlsAttacher.process_counters): zerotrace_tls_*_total, labels bounded there."""
+        self.registry.register(collector)
+
     def add_exporter(self, name: str, counters: Callable[[], dict]) -> None:
         """counters() -> BatchExporter.metrics(): exported as zerotrace_export_*."""
         self._exporters.append((name, counters))

@@ -87,6 +87,27 @@ BPF_PERCPU_ARRAY(tls_plain_emitted, __u64, 1);
 BPF_TABLE("lru_hash", __u64, struct zt_tls_sock, tls_socks, 65536);
 /* SSL object -> its socket, for calls that made no syscall (data already buffered) */
 BPF_TABLE("lru_hash", __u64, struct zt_active, tls_ssl_sock, 65536);
+/* Per process (tgid), for the agent's Prometheus metrics (agent/probes/tls.py
+ * TlsAttacher.process_counters): plaintext bytes per direction, TLS connections seen and
+ * those whose handshake was missed (opened before the agent: no role known). */
+struct zt_tls_proc {
+    __u64 bytes[2];
+    __u64 conns;
+    __u64 midstream;
+    char comm[16];  /* at its first TLS event: named even if it exits before a scrape */
+};
+BPF_TABLE("lru_hash", __u32, struct zt_tls_proc, tls_procs, 4096);
+
+static __always_inline struct zt_tls_proc *zt_tls_proc_get(__u32 tgid)
+{
+    struct zt_tls_proc *p = tls_procs.lookup(&tgid);
+    if (p)
+        return p;
+    struct zt_tls_proc z = {};
+    bpf_get_current_comm(z.comm, sizeof(z.comm));
+    tls_procs.insert(&tgid, &z);
+    return tls_procs.lookup(&tgid);
+}
 
 /* Tell the agent that socket a->sk carries TLS (ZT_EV_CONN, ZT_SYS_TLS_MARK): it drops
  * the socket's ciphertext and opens sk|1 with the role the kernel saw. */
@@ -105,6 +126,12 @@ static __always_inline void zt_tls_mark(struct zt_active *a)
     s->ev.seq = 0;
     struct zt_sockstate *st = socks.lookup(&sk);
     s->ev.role = st ? st->role : ZT_ROLE_UNKNOWN;
+    struct zt_tls_proc *pc = zt_tls_proc_get(id >> 32);
+    if (pc) {
+        __sync_fetch_and_add(&pc->conns, 1);
+        if (s->ev.role == ZT_ROLE_UNKNOWN)
+            __sync_fetch_and_add(&pc->midstream, 1);
+    }
     __u64 *n = tls_marks.lookup(&zero);
     if (n)
         __sync_fetch_and_add(n, 1);
@@ -156,6 +183,9 @@ static __always_inline void zt_tls_emit(struct zt_tls_sock *ts, struct zt_active
     __u64 *n = tls_plain_emitted.lookup(&zero);
     if (n)
         *n += 1;
+    struct zt_tls_proc *pc = zt_tls_proc_get(id >> 32);
+    if (pc)
+        __sync_fetch_and_add(&pc->bytes[d & 1], len);
 }
 
 /* Go crypto/tls: its own uprobes, sharing tls_socks, the mark and the emission */
@@ -300,3 +330,142 @@ int zt_ssl_read(struct pt_regs *ctx) { return zt_tls_enter(ctx, ZT_TLS_READ, 0);
 int zt_ssl_read_ex(struct pt_regs *ctx) { return zt_tls_enter(ctx, ZT_TLS_READ, 1); }
 int zt_ssl_handshake(struct pt_regs *ctx) { return zt_tls_enter(ctx, ZT_TLS_HANDSHAKE, 0); }
 int zt_ssl_ret(struct pt_regs *ctx) { return zt_tls_exit(ctx); }
+
+/* ---- The exec hook (agent/probes/tls.py ExecHook) ------------------------------------
+ * Go executables and programs linking OpenSSL statically carry their TLS code in the
+ * executable itself: its probes can only go in once the agent has looked at the file.
+ * A short-lived client would be over before the 2 s scan sees it.  So on
+ * sched_process_exec (raw tracepoint: its arguments include the binprm, whose file names
+ * the executable by device and inode):
+ * - a file the agent already looked at (tls_exec_known) needs nothing, except a Go file
+ *   with crypto/tls: the process's struct offsets are written here (gotls_procs, its
+ *   itab moved by the load bias of a PIE executable), before its first instruction;
+ * - a file never seen is reported (ring tls_execs) and, when holding is on and the
+ *   agent's exec thread is alive (its heartbeat is recent), the process is stopped
+ *   (SIGSTOP, delivered before it returns to user space) until the agent has looked at
+ *   the file, attached what it needs, and sent SIGCONT (at most a few seconds: the
+ *   agent continues it when the look takes longer).  Each distinct file is held once.
+ * Kernel struct offsets come from this kernel's BTF, written by the agent into
+ * tls_exec_cfg (not -D flags: they are read by this program only). */
+struct zt_exec_cfg {
+    __u64 heartbeat_ns;  /* bpf_ktime_get_ns() of the agent's exec thread's last turn */
+    __u32 hold;          /* 1: stop unknown executables until the agent looked */
+    __u32 bprm_file, inode_ino, inode_sb, sb_dev;
+    __u32 task_mm, mm_start_code, task_nsproxy, nsproxy_net;
+};
+
+struct zt_exec_key {
+    __u64 ino;
+    __u32 dev;  /* the kernel's dev_t encoding (MAJOR << 20 | MINOR) */
+    __u32 _pad;
+};
+
+struct zt_exec_known {
+    struct zt_gotls_offsets o; /* Go: the offsets, itab as linked */
+    __u64 text_vaddr;          /* Go: where the lowest executable segment is linked */
+    __u8 go;                   /* 1: a Go executable with crypto/tls probes */
+    __u8 pie;
+    __u8 _pad[6];
+};
+
+struct zt_exec_event {
+    __u64 ino;
+    __u32 dev;
+    __u32 pid;
+    __u8 held;
+    __u8 go;
+    __u8 _pad[6];
+};
+
+BPF_ARRAY(tls_exec_cfg, struct zt_exec_cfg, 1);
+BPF_TABLE("lru_hash", struct zt_exec_key, struct zt_exec_known, tls_exec_known, 16384);
+BPF_RINGBUF_OUTPUT(tls_execs, 16);
+/* 0: held, 1: unknown and not held (no agent heartbeat, or the ring full), 2: Go
+ * processes given offsets here */
+BPF_ARRAY(tls_exec_stats, __u64, 3);
+
+static __always_inline void zt_exec_count(int i)
+{
+    __u64 *n = tls_exec_stats.lookup(&i);
+    if (n)
+        __sync_fetch_and_add(n, 1);
+}
+
+static __always_inline __u64 zt_kread64(__u64 base, __u32 off)
+{
+    __u64 v = 0;
+    if (base)
+        bpf_probe_read_kernel(&v, sizeof(v), (void *)(base + off));
+    return v;
+}
+
+int zt_tls_exec(struct bpf_raw_tracepoint_args *ctx)
+{
+    int zero = 0;
+    struct zt_exec_cfg *ec = tls_exec_cfg.lookup(&zero);
+    struct zt_config *cfg = zt_cfg();
+    if (!ec || !cfg || !ec->bprm_file)
+        return 0;
+    __u64 id = bpf_get_current_pid_tgid();
+    __u32 tgid = id >> 32;
+    if (!zt_task_wanted(cfg, tgid))
+        return 0;
+    __u64 task = bpf_get_current_task();
+    if (cfg->filter_netns) { /* the socket filter, here by the task's namespace */
+        __u64 nsp = zt_kread64(task, ec->task_nsproxy);
+        __u64 net = zt_kread64(nsp, ec->nsproxy_net);
+        __u32 inum = 0;
+        if (!net || bpf_probe_read_kernel(&inum, sizeof(inum), (void *)(net + OFF_NET_NS_INUM)))
+            return 0;
+        if (!filter_netns.lookup(&inum))
+            return 0;
+    }
+    __u64 bprm = ctx->args[2];
+    __u64 file = zt_kread64(bprm, ec->bprm_file);
+    __u64 inode = zt_kread64(file, OFF_FILE_INODE);
+    __u64 sb = zt_kread64(inode, ec->inode_sb);
+    if (!inode || !sb)
+        return 0;
+    struct zt_exec_key k = {};
+    k.ino = zt_kread64(inode, ec->inode_ino);
+    bpf_probe_read_kernel(&k.dev, sizeof(k.dev), (void *)(sb + ec->sb_dev));
+    struct zt_exec_known *known = tls_exec_known.lookup(&k);
+    if (known && !known->go)
+        return 0;
+    if (known) {
+        struct zt_gotls_offsets o = known->o;
+        if (known->pie) {
+            __u64 mm = zt_kread64(task, ec->task_mm);
+            __u64 start = zt_kread64(mm, ec->mm_start_code);
+            if (!start)
+                return 0;
+            o.itab += start - known->text_vaddr;
+        }
+        gotls_procs.update(&tgid, &o);
+        zt_exec_count(2);
+    }
+    struct zt_exec_event *e = tls_execs.ringbuf_reserve(sizeof(struct zt_exec_event));
+    if (!e) {
+        if (!known)
+            zt_exec_count(1);
+        return 0;
+    }
+    e->ino = k.ino;
+    e->dev = k.dev;
+    e->pid = tgid;
+    e->go = known ? 1 : 0;
+    e->held = 0;
+    if (!known && ec->hold) {
+        /* only while the agent's exec thread turns (a dead agent holds nothing); the
+         * tools the agent runs itself (objdump, ldconfig) are known from its start */
+        if (bpf_ktime_get_ns() - ec->heartbeat_ns < 1000000000ULL) {
+            e->held = 1;
+            bpf_send_signal(19); /* SIGSTOP: stops before the first user instruction */
+            zt_exec_count(0);
+        }
+    }
+    if (!known && !e->held)
+        zt_exec_count(1);
+    tls_execs.ringbuf_submit(e, 0);
+    return 0;
+}

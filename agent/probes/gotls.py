@@ -28,6 +28,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass, field
 
 from agent.probes import golang
@@ -45,6 +46,8 @@ ENTRY_PROGRAMS = {WRITE: "zt_gotls_write", READ: "zt_gotls_read"}
 HANDSHAKE_PROGRAM = "zt_gotls_handshake"
 RET_PROGRAM = "zt_gotls_ret"
 MIN_VERSION = (1, 17)  # the register ABI on amd64
+# a file's probes stay this long after its last process exited
+DETACH_GRACE_S = float(os.environ.get("ZEROTRACE_GOTLS_DETACH_GRACE_S", "300"))
 # bumped when the facts or how they are found change: older cached facts are not used
 _FACTS_VERSION = 6
 # (struct, member path) -> key of the offsets bpf/gotls.c's struct zt_gotls_offsets takes
@@ -356,6 +359,42 @@ def _facts(path: str) -> dict:
             "handshakes": handshakes}
 
 
+def text_vaddr(path: str) -> int:
+    """Where the lowest executable segment of the ELF file at path is linked: the kernel's
+    mm->start_code minus this is a PIE process's load bias (bpf/tls.c's exec hook)."""
+    from elftools.elf.elffile import ELFFile
+
+    with open(path, "rb") as f:
+        return min((seg["p_vaddr"] for seg in ELFFile(f).iter_segments()
+                    if seg["p_type"] == "PT_LOAD" and seg["p_flags"] & 1), default=0)
+
+
+def quick_check(path: str) -> tuple[bool, str]:
+    """Whether the agent would follow the executable at path's crypto/tls, said in a
+    few words, without the DWARF look (`zerotrace check`): (True, "go1.19.8, crypto/tls")
+    or (False, why); "not a Go binary" and "no crypto/tls" for what has nothing to
+    follow.  OSError when the file cannot be read."""
+    try:
+        version = go_version(path)
+    except OSError:
+        raise
+    except Exception:  # noqa: BLE001 - not an ELF file
+        return False, "not a Go binary"
+    if not version:
+        return False, "not a Go binary"
+    try:
+        syms = _symbols(path, {WRITE, READ, ITAB})
+    except GoTlsError as e:  # stripped
+        return False, f"{version}: {e}"
+    if WRITE not in syms or READ not in syms:
+        return False, "no crypto/tls"
+    if parse_version(version) < MIN_VERSION:
+        return False, f"{version}: before the register ABI (Go 1.17)"
+    if ITAB not in syms:
+        return False, f"{version}: no {ITAB}"
+    return True, f"{version}, crypto/tls"
+
+
 def load_bias(pid: int, path: str, base_vaddr: int) -> int:
     """How far process pid moved a PIE executable: where it mapped the file's first page
     minus the address that page is linked at."""
@@ -384,6 +423,7 @@ class GoTlsBinary:
     pids: set[int] = field(default_factory=set)
     facts: dict = field(default_factory=dict)
     fd: int = -1
+    idle_since: float = 0.0  # monotonic time its last process exited (0: one runs)
 
 
 class GoTlsAttacher:
@@ -394,6 +434,10 @@ class GoTlsAttacher:
         self.bpf = bpf
         self.binaries: dict[tuple[int, int], GoTlsBinary] = {}
         self._pids: dict[int, tuple[int, int]] = {}  # pid -> its executable's key
+        # called with a file's GoTlsBinary when its probes are detached (the exec hook
+        # then forgets the file: its next process is held until the probes are back)
+        self.on_detach = None
+        self.detach_grace_s = DETACH_GRACE_S
 
     def consider(self, pid: int) -> None:
         """Look at process pid's executable (again if it changed: an exec)."""
@@ -517,12 +561,20 @@ class GoTlsAttacher:
             pass
 
     def prune(self, alive: set[int]) -> None:
-        """Forget exited processes; detach the probes of files no process runs."""
+        """Forget exited processes; detach the probes of files no process has run for
+        detach_grace_s (a command-line client run again and again keeps its probes, and
+        is not stopped at each exec by the exec hook)."""
         for pid in [p for p in self._pids if p not in alive]:
             self._forget(pid)
+        now = time.monotonic()
         for b in self.binaries.values():
             if b.probes and not b.pids:
-                self.detach(b)
+                if not b.idle_since:
+                    b.idle_since = now
+                if now - b.idle_since >= self.detach_grace_s:
+                    self.detach(b)
+            else:
+                b.idle_since = 0.0
         # a file no process runs is looked at again if one starts it (a new process)
         for key in [k for k, b in self.binaries.items() if not b.pids and not b.probes
                     and not b.error]:
@@ -557,6 +609,8 @@ class GoTlsAttacher:
             # copy, or the same program built twice): its entries are written again
             for other in self.attached():
                 self._write_addrs(other)
+        if self.on_detach is not None:
+            self.on_detach(b)
         log.info("Go TLS: uprobes of %s detached", b.shown_as)
 
     def detach_all(self) -> None:
@@ -568,6 +622,15 @@ class GoTlsAttacher:
         for b in self.binaries.values():
             if b.pids and not b.probes and not b.error:
                 self._attach(b)
+
+    def binary_of(self, pid: int) -> GoTlsBinary | None:
+        """The followed executable process pid runs (after consider(pid)), or None."""
+        b = self.binaries.get(self._pids.get(pid))
+        return b if b is not None and b.probes else None
+
+    def leaf(self, b: GoTlsBinary, bias: int = 0):
+        """gotls_procs' value for a process of b moved by bias (0: as linked)."""
+        return self._leaf(b.facts, bias)
 
     def attached(self) -> list[GoTlsBinary]:
         return [b for b in self.binaries.values() if b.probes]

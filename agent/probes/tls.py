@@ -1,13 +1,16 @@
-"""TLS plaintext from dynamically linked OpenSSL (bpf/tls.c) and Go crypto/tls
-(bpf/gotls.c, agent/probes/gotls.py): finding libssl and Go executables, attaching
-their uprobes once per distinct file, and turning the probes' records into what the
-pipeline expects.
+"""TLS plaintext from OpenSSL (bpf/tls.c: libssl.so, or linked into an executable) and
+Go crypto/tls (bpf/gotls.c, agent/probes/gotls.py): finding libssl, executables with
+OpenSSL linked in and Go executables, attaching their uprobes once per distinct file,
+the exec hook that stops a new executable's first process until it is probed
+(ExecHook), per-process counters for Prometheus (TlsCollector), and turning the
+probes' records into what the pipeline expects.
 
 Uprobes live on a file (its inode), not on a process: once a libssl.so file has its
 probes, every process mapping that file, now or later, is traced.  So the agent
 attaches the system's libssl at start and, for libraries of other files (containers
 bring their own, an upgrade on disk makes a new inode), rescans processes it has not
-seen yet every few seconds.
+seen yet every few seconds; executables are looked at by the scan and, at exec, by
+the exec hook.
 
 In the event stream: plaintext events come on the pseudo-socket sk|1, flagged F_TLS;
 the first time a socket is seen inside an SSL call a mark record (EV_CONN,
@@ -18,11 +21,16 @@ kernel saw (connect/accept), and closes it when sk closes.
 
 from __future__ import annotations
 
+import ctypes as ct
 import logging
 import operator
 import os
+import re
+import shutil
+import signal
 import struct
 import subprocess
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -58,10 +66,15 @@ _OPENS = (abi.SYS_CONNECT, abi.SYS_ACCEPT, abi.SYS_ACCEPT4)
 _OPEN_BY_ROLE = {abi.ROLE_CLIENT: abi.SYS_CONNECT, abi.ROLE_SERVER: abi.SYS_ACCEPT}
 
 
+# libssl.so, libssl.so.3, libssl.so.1.1, and the copies wheels bundle under a hashed
+# name (auditwheel: psycopg-binary's libssl-6a9b88ec.so.3); not NSS's libssl3.so
+_LIBSSL_NAME = re.compile(r"^libssl(-[0-9a-f]{8})?\.so(\.|$)")
+
+
 def is_libssl(path: str) -> bool:
-    """A libssl shared object by its file name (libssl.so, libssl.so.1.1, libssl.so.3)."""
-    base = os.path.basename(path)
-    return base.startswith("libssl.so")
+    """A libssl shared object by its file name (libssl.so, libssl.so.1.1, libssl.so.3,
+    a wheel's libssl-<hash>.so.3)."""
+    return _LIBSSL_NAME.match(os.path.basename(path)) is not None
 
 
 def mapped_libssl(pid: int) -> list[str]:
@@ -117,6 +130,52 @@ def exported_symbols(path: str) -> set[str]:
         return set()
 
 
+def static_ssl_symbols(path: str) -> set[str]:
+    """Those of SSL_SYMBOLS that the executable at path defines itself (OpenSSL or
+    BoringSSL linked statically), from .symtab or .dynsym; empty for a program that
+    imports them from libssl.so, or is stripped of both."""
+    try:
+        from elftools.elf.elffile import ELFFile
+
+        with open(path, "rb") as f:
+            elf = ELFFile(f)
+            if elf.elfclass != 64 or not elf.little_endian:
+                return set()
+            found: set[str] = set()
+            for name in (".symtab", ".dynsym"):
+                tab = elf.get_section_by_name(name)
+                if tab is None:
+                    continue
+                strtab = elf.get_section(tab["sh_link"]).data()
+                # the names' offsets in the string table (C-speed searches), then the
+                # 24-byte Elf64_Sym entries naming them (pyelftools' per-symbol objects
+                # take ~1 s for a program with OpenSSL linked in)
+                names = {}
+                for sym in SSL_SYMBOLS:
+                    at = strtab.find(b"\0" + sym.encode() + b"\0")
+                    if at >= 0:
+                        names[at + 1] = sym
+                if "SSL_read" not in names.values():
+                    continue
+                for st_name, info, _o, shndx, value, _sz in _ELF64_SYM.iter_unpack(
+                        tab.data()[:len(tab.data()) // 24 * 24]):
+                    # defined (st_shndx != SHN_UNDEF), a function (STT_FUNC = 2)
+                    if st_name in names and shndx and info & 0xF == 2 and value:
+                        found.add(names[st_name])
+            return found
+    except Exception:  # noqa: BLE001 - not an ELF file, unreadable: no symbols
+        return set()
+
+
+_ELF64_SYM = struct.Struct("<IBBHQQ")
+
+
+def kernel_dev(st_dev: int) -> int:
+    """A stat() device number in the kernel's internal encoding (MAJOR << 20 | MINOR),
+    the one bpf/tls.c's exec hook reads from the superblock."""
+    return (os.major(st_dev) << 20) | os.minor(st_dev)
+
+
 def display_path(path: str) -> str:
     """/proc/PID/root/usr/lib/... said as "/usr/lib/... (root of PID)"."""
     parts = path.split("/", 4)
@@ -134,6 +193,9 @@ class TlsLibrary:
     symbols: list[str] = field(default_factory=list)
     error: str = ""
     pids: set[int] = field(default_factory=set)
+    static: bool = False  # an executable with OpenSSL/BoringSSL linked in
+    shown_as: str = ""    # static: the executable's path as its process names it
+    fd: int = -1          # static: a descriptor held on it (path is /proc/<agent>/fd/N)
 
 
 class TlsAttacher:
@@ -145,10 +207,28 @@ class TlsAttacher:
         # Go executables (crypto/tls is linked into each): probes per file, offsets per
         # process, detached when the file's last process exits
         self.go = gotls.GoTlsAttacher(bpf)
+        self.go.on_detach = self._go_detached
         self._seen_pids: set[int] = set()
         self._next_scan = 0.0
+        # executables looked at for static OpenSSL/BoringSSL, by (st_dev, st_ino)
+        self._exes: set[tuple[int, int]] = set()
+        # scan (poll loop) and the exec hook's thread both attach: one at a time
+        self.lock = threading.RLock()
+        self.exec_hook: ExecHook | None = None
+        self.paused = False  # detach_all (benchmarks' untraced rounds): the hook waits
+        self._procs = _ProcessCounters()
+        if os.environ.get(EXEC_ENV, "1") != "0":
+            try:
+                self.exec_hook = ExecHook(self)
+            except Exception as e:  # noqa: BLE001 - old kernel, bcc: the scan alone
+                log.warning("TLS: no exec hook (%s): short-lived processes of Go "
+                            "executables not seen before are missed", e)
 
     def attach_file(self, path: str, pid: int = 0) -> TlsLibrary | None:
+        with self.lock:  # the exec hook's thread attaches too
+            return self._attach_file(path, pid)
+
+    def _attach_file(self, path: str, pid: int) -> TlsLibrary | None:
         try:
             st = os.stat(path)
         except OSError as e:
@@ -189,15 +269,74 @@ class TlsAttacher:
             log.warning("TLS: %s not followed: %s", lib.path, lib.error)
             return
         lib.symbols = done
-        log.info("TLS: uprobes on %s (%s)", lib.path, ", ".join(done))
+        log.info("TLS: uprobes on %s%s (%s)", lib.shown_as or lib.path,
+                 " (OpenSSL linked in)" if lib.static else "", ", ".join(done))
+
+    def attach_exe(self, pid: int) -> TlsLibrary | None:
+        """Probe process pid's executable when it defines SSL_read/SSL_write itself
+        (OpenSSL or BoringSSL linked statically); each distinct file once."""
+        try:
+            st = os.stat(f"/proc/{pid}/exe")
+        except OSError:
+            return None
+        key = (st.st_dev, st.st_ino)
+        lib = self.libraries.get(key)
+        if lib is not None or key in self._exes:
+            if lib is not None:
+                lib.pids.add(pid)
+            return lib
+        self._exes.add(key)
+        try:
+            fd = os.open(f"/proc/{pid}/exe", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        # through a descriptor held on the file: the same inode after the process exits
+        path = f"/proc/{os.getpid()}/fd/{fd}"
+        syms = static_ssl_symbols(path)
+        if not {"SSL_read", "SSL_write"} <= syms:
+            os.close(fd)
+            return None
+        try:
+            shown = os.readlink(f"/proc/{pid}/exe")
+        except OSError:
+            shown = path
+        lib = self.libraries[key] = TlsLibrary(path, key, static=True, shown_as=shown, fd=fd)
+        self._attach(lib)
+        lib.pids.add(pid)
+        return lib
+
+    def _go_detached(self, b) -> None:
+        if self.exec_hook is not None:
+            self.exec_hook.forget(b.key)
+
+    def inspect_exe(self, pid: int):
+        """Look at process pid's executable: Go crypto/tls or static OpenSSL probes, as
+        it needs.  Returns the Go binary followed (gotls.GoTlsBinary), or None."""
+        try:
+            self.go.consider(pid)
+        except Exception as e:  # noqa: BLE001 - bcc raises bare Exception; never fatal
+            log.warning("Go TLS: pid %d: %s", pid, e)
+        b = self.go.binary_of(pid)
+        if b is None:
+            self.attach_exe(pid)
+        return b
 
     def scan(self, pids: set[int] | None = None, force: bool = False) -> int:
         """Attach to the libssl of processes not scanned before (every RESCAN_S at most
-        unless force); returns how many libraries have probes."""
+        unless force); returns how many libraries have probes.  Skipped (tried at the
+        next poll) while the exec hook's thread is attaching."""
         now = time.monotonic()
         if not force and now < self._next_scan:
             return self.attached()
-        self._next_scan = now + RESCAN_S
+        if not self.lock.acquire(blocking=force):
+            return self.attached()
+        try:
+            self._next_scan = now + RESCAN_S
+            return self._scan(pids)
+        finally:
+            self.lock.release()
+
+    def _scan(self, pids: set[int] | None) -> int:
         try:
             names = os.listdir("/proc")
         except OSError:
@@ -219,22 +358,53 @@ class TlsAttacher:
             if pid in self._seen_pids:
                 continue
             self._seen_pids.add(pid)
+            if self.go.binary_of(pid) is None:
+                self.attach_exe(pid)  # OpenSSL/BoringSSL linked into the executable
             for path in mapped_libssl(pid):
                 self.attach_file(path, pid)
+            if self.exec_hook is not None:  # its next exec needs no hold
+                self.exec_hook.learn(pid, self.go.binary_of(pid))
+        self._seen_pids &= alive
         self.go.prune(alive)
         return self.attached()
+
+    def process_counters(self) -> dict[str, dict[tuple[str, ...], int]]:
+        """Per-process TLS counters for Prometheus (TlsCollector): plaintext bytes by
+        (process, direction), connections and handshakes missed by (process,)."""
+        return self._procs.read(self.bpf)
+
+    def close(self) -> None:
+        """Stop the exec hook (continuing what it holds), detach every probe, let go of
+        the files held open."""
+        if self.exec_hook is not None:
+            self.exec_hook.close()
+            self.exec_hook = None
+        with self.lock:
+            self.detach_all()
+            self.go.close()
+            for lib in self.libraries.values():
+                if lib.fd >= 0:
+                    os.close(lib.fd)
+                    lib.fd = -1
 
     def attached(self) -> int:
         return sum(1 for lib in self.libraries.values() if lib.symbols)
 
     def reattach_all(self) -> None:
         """Attach again every library detach_all detached (benchmarks' traced rounds)."""
-        for lib in self.libraries.values():
-            if not lib.symbols and not lib.error:
-                self._attach(lib)
-        self.go.reattach_all()
+        with self.lock:
+            self.paused = False
+            for lib in self.libraries.values():
+                if not lib.symbols and not lib.error:
+                    self._attach(lib)
+            self.go.reattach_all()
 
     def detach_all(self) -> None:
+        with self.lock:
+            self._detach_all()
+
+    def _detach_all(self) -> None:
+        self.paused = True
         for lib in self.libraries.values():
             name = lib.path.encode()
             for sym in lib.symbols:
@@ -329,3 +499,357 @@ class TlsStream:
             else:
                 add(r)
         return out
+
+
+# -- the exec hook (bpf/tls.c zt_tls_exec) ---------------------------------------------
+HOLD_ENV = "ZEROTRACE_TLS_HOLD"  # "0": report new executables, never stop them
+EXEC_ENV = "ZEROTRACE_TLS_EXEC"  # "0": no exec hook (the 2 s scan alone)
+HOLD_MAX_S = 5.0  # a held process is continued after this even if the look goes on
+_EXEC_EVENT = struct.Struct("<QIIBB6x")  # struct zt_exec_event: ino, dev, pid, held, go
+# struct zt_exec_cfg's offsets: field -> (struct, member path) in the kernel's BTF
+_EXEC_OFFSETS = {
+    "bprm_file": ("linux_binprm", "file"),
+    "inode_ino": ("inode", "i_ino"),
+    "inode_sb": ("inode", "i_sb"),
+    "sb_dev": ("super_block", "s_dev"),
+    "task_mm": ("task_struct", "mm"),
+    "mm_start_code": ("mm_struct", "start_code"),
+    "task_nsproxy": ("task_struct", "nsproxy"),
+    "nsproxy_net": ("nsproxy", "net_ns"),
+}
+# programs the agent runs itself (and waits for): never stopped
+_OWN_TOOLS = ("objdump", "ldconfig")
+
+
+def exec_offsets() -> dict[str, int]:
+    """_EXEC_OFFSETS in the running kernel (cached on disk by BTF content)."""
+    import hashlib
+    import json
+
+    from agent.probes import btf
+
+    with open(btf.VMLINUX_BTF, "rb") as f:
+        blob = f.read()
+    digest = hashlib.sha256(blob + json.dumps(_EXEC_OFFSETS, sort_keys=True).encode())
+    cache = os.path.join(btf.CACHE_DIR, f"tls-exec-{digest.hexdigest()[:16]}.json")
+    try:
+        with open(cache) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        pass
+    b = btf.BTF(blob)
+    out = {k: b.offset(s, path) for k, (s, path) in _EXEC_OFFSETS.items()}
+    try:
+        os.makedirs(btf.CACHE_DIR, exist_ok=True)
+        with open(cache + f".{os.getpid()}", "w") as f:
+            json.dump(out, f)
+        os.replace(cache + f".{os.getpid()}", cache)
+    except OSError:
+        pass
+    return out
+
+
+class ExecHook:
+    """Every exec of a file the agent has not looked at yet: look at it (Go crypto/tls,
+    OpenSSL linked in), attach, and only then let the process run.
+
+    bpf/tls.c's zt_tls_exec stops such a process (SIGSTOP, before its first user
+    instruction) while this thread's heartbeat is recent, and reports it on the ring
+    tls_execs; this thread looks at the file under the attacher's lock, writes what it
+    learnt into tls_exec_known (later processes of the file are not stopped; a Go file's
+    get their offsets in the kernel), and sends SIGCONT, at the latest after HOLD_MAX_S.
+    The agent's own tools are known from the start (it waits for them: never stopped).
+    A parent that waits with WUNTRACED (an interactive shell's job control) sees the
+    stop: it happens once per distinct executable.  ZEROTRACE_TLS_HOLD=0 turns holding
+    off (new files are then looked at while their first process runs)."""
+
+    def __init__(self, attacher: TlsAttacher, hold: bool | None = None) -> None:
+        from bcc import BPF, lib
+
+        self.a, self.bpf = attacher, attacher.bpf
+        self.hold = hold if hold is not None else os.environ.get(HOLD_ENV, "1") != "0"
+        self.stats: Counter = Counter()
+        self._held: set[int] = set()
+        self._held_lock = threading.Lock()
+        self._records: list[bytes] = []
+        self._stop = threading.Event()
+        self._known: set[tuple[int, int]] = set()  # kernel keys written to tls_exec_known
+        self._kkeys: dict[tuple[int, int], set[tuple[int, int]]] = {}  # stat key -> those
+        self._text: dict[tuple[int, int], int] = {}
+        # tables looked up once: after the probes' cleanup a look-up would need the
+        # freed module (the thread then stops on its next turn)
+        self._t_cfg = self.bpf[b"tls_exec_cfg"]
+        self._t_known = self.bpf[b"tls_exec_known"]
+        self._t_goprocs = self.bpf[b"gotls_procs"]
+        self._cfg = self._t_cfg.Leaf()
+        for k, v in exec_offsets().items():
+            setattr(self._cfg, k, v)
+        self._cfg.hold = 1 if self.hold else 0
+        for tool in _OWN_TOOLS:
+            self._know_file(shutil.which(tool) or f"/sbin/{tool}")
+        self._beat()
+        fn = self.bpf.load_func(b"zt_tls_exec", BPF.RAW_TRACEPOINT)
+        self._cb = _RINGBUF_CB(self._on_record)  # referenced: libbpf calls it
+        self._rb = lib.bpf_new_ringbuf(lib.bpf_table_fd(self.bpf.module, b"tls_execs"),
+                                       self._cb, None)
+        if not self._rb:
+            raise RuntimeError("cannot open the ring tls_execs")
+        self._fd = lib.bpf_attach_raw_tracepoint(fn.fd, b"sched_process_exec")
+        if self._fd < 0:
+            lib.bpf_free_ringbuf(self._rb)
+            raise RuntimeError("cannot attach to the raw tracepoint sched_process_exec")
+        self._thread = threading.Thread(target=self._run, name="zt-tls-exec", daemon=True)
+        self._thread.start()
+
+    def _beat(self) -> None:
+        self._cfg.heartbeat_ns = time.monotonic_ns()  # bpf_ktime_get_ns's clock
+        self._t_cfg[ct.c_int(0)] = self._cfg
+
+    def _on_record(self, _ctx, data, size) -> int:
+        raw = ct.string_at(data, size)
+        self._records.append(raw)
+        if len(raw) >= _EXEC_EVENT.size and raw[16]:  # held: continued in HOLD_MAX_S
+            pid = _EXEC_EVENT.unpack_from(raw)[2]
+            with self._held_lock:
+                self._held.add(pid)
+            t = threading.Timer(HOLD_MAX_S, self._cont, (pid, True))
+            t.daemon = True
+            t.start()
+        return 0
+
+    def _cont(self, pid: int, late: bool = False) -> None:
+        with self._held_lock:
+            if pid not in self._held:
+                return
+            self._held.discard(pid)
+        if late:
+            self.stats["held_timeout"] += 1
+            log.warning("TLS exec hook: pid %d continued after %.0f s, its executable "
+                        "still being looked at", pid, HOLD_MAX_S)
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except OSError:
+            pass
+
+    def _run(self) -> None:
+        from bcc import lib
+
+        try:
+            while not self._stop.is_set():
+                if self.bpf.module is None:  # the probes were cleaned up under us
+                    break
+                self._beat()
+                lib.bpf_poll_ringbuf(self._rb, 200)
+                records, self._records = self._records, []
+                for raw in records:
+                    self._handle(raw)
+        except Exception as e:  # noqa: BLE001 - the thread must end cleanly
+            log.warning("TLS exec hook stopped: %s", e)
+        finally:
+            self._shutdown()
+
+    def _handle(self, raw: bytes) -> None:
+        ino, dev, pid, held, go = _EXEC_EVENT.unpack_from(raw)
+        self.stats["execs_held" if held else ("execs_go" if go else "execs_seen")] += 1
+        t0 = time.monotonic()
+        try:
+            with self.a.lock:
+                if self.a.paused:
+                    return
+                if go:  # a followed Go file: offsets written by the kernel already
+                    self.a.go.consider(pid)
+                    if self.a.go.binary_of(pid) is None:  # gone before we looked
+                        try:
+                            del self._t_goprocs[ct.c_uint32(pid)]
+                        except KeyError:
+                            pass
+                    return
+                try:
+                    st = os.stat(f"/proc/{pid}/exe")
+                except OSError:
+                    return  # exited before we looked: nothing learnt
+                b = self.a.inspect_exe(pid)
+                self._write_known((dev, ino), (st.st_dev, st.st_ino), b)
+        except Exception as e:  # noqa: BLE001 - bcc raises bare Exception; never fatal
+            log.warning("TLS exec hook: pid %d: %s", pid, e)
+        finally:
+            if held:
+                self._cont(pid)
+                ms = (time.monotonic() - t0) * 1000
+                self.stats["held_ms_max"] = max(self.stats["held_ms_max"], round(ms))
+                log.debug("TLS exec hook: pid %d held %.1f ms (%s)", pid, ms,
+                          _exe_name(pid))
+
+    def _write_known(self, kkey: tuple[int, int], skey: tuple[int, int], b) -> None:
+        """Tell the kernel what the file at kkey needs at its next exec."""
+        table = self._t_known
+        k, v = table.Key(), table.Leaf()
+        k.dev, k.ino = kkey
+        if b is not None:
+            leaf = self.a.go.leaf(b, 0)
+            for name, _t in leaf._fields_:
+                setattr(v.o, name, getattr(leaf, name))
+            if b.key not in self._text:
+                self._text[b.key] = gotls.text_vaddr(b.path)
+            v.text_vaddr = self._text[b.key]
+            v.go, v.pie = 1, 1 if b.facts.get("pie") else 0
+        table[k] = v
+        self._known.add(kkey)
+        self._kkeys.setdefault(skey, set()).add(kkey)
+
+    def _know_file(self, path: str) -> None:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return
+        self._write_known((kernel_dev(st.st_dev), st.st_ino), (st.st_dev, st.st_ino), None)
+
+    def learn(self, pid: int, b) -> None:
+        """A running process's executable was looked at (by the scan): its next exec
+        needs no hold (keyed as stat says; a file system whose kernel key differs costs
+        one hold)."""
+        try:
+            st = os.stat(f"/proc/{pid}/exe")
+        except OSError:
+            return
+        kkey = (kernel_dev(st.st_dev), st.st_ino)
+        if kkey in self._known and b is None:
+            return
+        try:
+            self._write_known(kkey, (st.st_dev, st.st_ino), b)
+        except Exception as e:  # noqa: BLE001 - a full map, bcc's bare Exception
+            log.debug("TLS exec hook: %s", e)
+
+    def forget(self, skey: tuple[int, int]) -> None:
+        """A file's probes were detached: its next process is held again."""
+        table = self._t_known
+        for kkey in self._kkeys.pop(skey, ()):
+            self._known.discard(kkey)
+            k = table.Key()
+            k.dev, k.ino = kkey
+            try:
+                del table[k]
+            except KeyError:
+                pass
+
+    def _shutdown(self) -> None:
+        from bcc import lib
+
+        if self._fd >= 0:
+            os.close(self._fd)  # no more holds
+            self._fd = -1
+        with self._held_lock:
+            held, self._held = list(self._held), set()
+        for pid in held:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except OSError:
+                pass
+        if self._rb:
+            lib.bpf_free_ringbuf(self._rb)
+            self._rb = None
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+
+
+def _exe_name(pid: int) -> str:
+    try:
+        return os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        return "?"
+
+
+_RINGBUF_CB = ct.CFUNCTYPE(ct.c_int, ct.c_void_p, ct.c_void_p, ct.c_int)
+
+
+# -- per-process counters for Prometheus -----------------------------------------------
+MAX_PROCESS_LABELS = 32  # distinct process names; the rest count as "other"
+_DIRECTIONS = ("egress", "ingress")  # bpf/abi.h ZT_DIR_*
+
+
+class _ProcessCounters:
+    """Monotonic per-process-name totals from bpf/tls.c's tls_procs (per tgid): each
+    read adds what every live entry moved since the last read, and removes the entries
+    of processes that exited (their totals stay)."""
+
+    def __init__(self) -> None:
+        self._last: dict[int, tuple[int, int, int, int]] = {}
+        self._names: set[str] = set()
+        self._bytes: Counter = Counter()
+        self._conns: Counter = Counter()
+        self._midstream: Counter = Counter()
+        self._lock = threading.Lock()
+
+    def _label(self, comm: bytes) -> str:
+        name = comm.split(b"\0", 1)[0].decode("utf-8", "replace") or "?"
+        if name not in self._names:
+            if len(self._names) >= MAX_PROCESS_LABELS:
+                return "other"
+            self._names.add(name)
+        return name
+
+    def read(self, bpf) -> dict[str, dict[tuple[str, ...], int]]:
+        with self._lock:
+            table = bpf[b"tls_procs"]
+            gone = []
+            for k, v in list(table.items()):
+                pid = k.value
+                cur = (v.bytes[0], v.bytes[1], v.conns, v.midstream)
+                prev = self._last.get(pid, (0, 0, 0, 0))
+                if any(c < p for c, p in zip(cur, prev, strict=True)):  # pid reused
+                    prev = (0, 0, 0, 0)
+                name = self._label(bytes(v.comm))
+                for d in (0, 1):
+                    self._bytes[(name, _DIRECTIONS[d])] += cur[d] - prev[d]
+                self._conns[(name,)] += cur[2] - prev[2]
+                self._midstream[(name,)] += cur[3] - prev[3]
+                self._last[pid] = cur
+                if not os.path.exists(f"/proc/{pid}"):
+                    gone.append(k)
+            for k in gone:
+                self._last.pop(k.value, None)
+                try:
+                    del table[k]
+                except KeyError:
+                    pass
+            return {"plaintext_bytes": dict(self._bytes), "connections": dict(self._conns),
+                    "connections_midstream": dict(self._midstream)}
+
+
+class TlsCollector:
+    """Prometheus collector over TlsAttacher.process_counters (registered by
+    AgentMetrics.add_tls): zerotrace_tls_plaintext_bytes_total{process,direction},
+    zerotrace_tls_connections_total{process} and
+    zerotrace_tls_connections_midstream_total{process} (handshake missed: opened before
+    the agent).  `process` is the process name (comm), at most MAX_PROCESS_LABELS
+    distinct, the rest "other"."""
+
+    _FAMILIES = {
+        "plaintext_bytes": ("zerotrace_tls_plaintext_bytes",
+                            "TLS plaintext bytes seen, per process and direction",
+                            ["process", "direction"]),
+        "connections": ("zerotrace_tls_connections",
+                        "TLS connections seen, per process", ["process"]),
+        "connections_midstream": ("zerotrace_tls_connections_midstream",
+                                  "TLS connections whose handshake was missed (opened "
+                                  "before the agent), per process", ["process"]),
+    }
+
+    def __init__(self, counters) -> None:
+        self.counters = counters
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily
+
+        try:
+            got = self.counters()
+        except Exception:  # noqa: BLE001 - probes closing: never break the scrape
+            return
+        for key, (name, text, labels) in self._FAMILIES.items():
+            fam = CounterMetricFamily(name, text, labels=labels)
+            for lv, value in sorted(got.get(key, {}).items()):
+                fam.add_metric(list(lv), value)
+            yield fam

@@ -198,6 +198,7 @@ def test_probes_detached_when_the_last_process_exits(world, tmp_path):
     TLS traced; killed: its probes and its process entry go at the next scan."""
     net, tracer, binary, tmp = world
     cli, srv = net.hosts[CLIENT], net.hosts[SERVER]
+    tracer.tls.go.detach_grace_s = 0  # at once (the agent waits DETACH_GRACE_S)
     copy = tmp_path / "gotls-copy"
     shutil.copy2(binary, copy)
     p = net.spawn(srv, str(copy), "server", f"{srv.addr}:{GO_LATE}", f"{tmp}/cert.pem",
@@ -229,6 +230,7 @@ def test_probes_detached_when_the_last_process_exits(world, tmp_path):
     # functions sat at the same addresses): a client started now is traced at once
     read_at = gotls.facts(binary)["syms"][gotls.READ]
     assert read_at in [k.value for k in tracer._bpf[b"gotls_addrs"].keys()]
+    tracer.tls.go.detach_grace_s = gotls.DETACH_GRACE_S
 
 
 def test_http2_over_go_tls(world):
