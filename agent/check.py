@@ -164,9 +164,9 @@ def check_tls() -> list[Check]:
             except OSError:
                 continue
             files.setdefault((st.st_dev, st.st_ino), (path, set()))[1].add(int(name))
-    if not files:
-        return [Check("TLS (OpenSSL)", False, "no libssl.so found: TLS stays ciphertext")]
     out = []
+    if not files:
+        out.append(Check("TLS (OpenSSL)", False, "no libssl.so found: TLS stays ciphertext"))
     for path, pids in files.values():
         syms = tls.exported_symbols(path)
         ok = {"SSL_read", "SSL_write"} <= syms
@@ -174,6 +174,43 @@ def check_tls() -> list[Check]:
         detail = (f"{tls.display_path(path)}: {', '.join(probes) or 'no SSL_* symbols'}; "
                   f"mapped by {len(pids)} process(es)")
         out.append(Check("TLS (OpenSSL)", ok, detail))
+    return out + check_tls_executables()
+
+
+def check_tls_executables() -> list[Check]:
+    """Running executables that carry their TLS code (docs/tls.md): Go programs
+    (crypto/tls: followed or why not) and programs with OpenSSL/BoringSSL linked in
+    (SSL_read/SSL_write in their own symbol table); one line per distinct file."""
+    from agent.probes import gotls, tls
+
+    exes: dict[tuple[int, int], tuple[str, str, set[int]]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == os.getpid():
+            continue
+        proc = f"/proc/{name}/exe"
+        try:
+            st = os.stat(proc)
+            shown = os.readlink(proc)
+        except OSError:
+            continue
+        exes.setdefault((st.st_dev, st.st_ino), (proc, shown, set()))[2].add(int(name))
+    out = []
+    for proc, shown, pids in exes.values():
+        try:
+            ok, what = gotls.quick_check(proc)
+        except OSError:
+            continue
+        if what == "not a Go binary":
+            syms = tls.static_ssl_symbols(proc)
+            if not syms:
+                continue
+            ok = {"SSL_read", "SSL_write"} <= syms
+            probes = [s for s in tls.SSL_SYMBOLS if s in syms]
+            out.append(Check("TLS (OpenSSL linked in)", ok,
+                             f"{shown}: {', '.join(probes)}; run by {len(pids)} process(es)"))
+        elif what != "no crypto/tls":
+            out.append(Check("TLS (Go crypto/tls)", ok,
+                             f"{shown}: {what}; run by {len(pids)} process(es)"))
     return out
 
 

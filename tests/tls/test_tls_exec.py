@@ -27,13 +27,12 @@ from agent.probes import gotls, tls
 from agent.probes.loader import ProbeConfig, SocketTracer
 from tests.e2e.conftest import PY, run_client, wait_tcp
 from tests.helpers.netns import kill_group, network
+from tests.tls.builds import PROGRAMS, static_client
 from tests.tls.test_tls_openssl import assert_linked, capture, pairs_of
 
 pytestmark = pytest.mark.kernel
 CLIENT, SERVER = 0, 1
 PY_TLS = 8453
-PROGRAMS = Path(__file__).resolve().parent / "programs"
-LIBDIR = "/usr/lib/x86_64-linux-gnu"
 
 
 @pytest.fixture(scope="module")
@@ -57,19 +56,6 @@ def world():
             for p in net.procs:
                 kill_group(p)
             shutil.rmtree(tmp, ignore_errors=True)
-
-
-def static_client(out: str) -> str:
-    """tests/tls/programs/static_client.c linked with the system's libssl.a and
-    libcrypto.a (glibc stays dynamic)."""
-    for a in ("libssl.a", "libcrypto.a"):
-        if not os.path.exists(f"{LIBDIR}/{a}"):
-            pytest.fail(f"{LIBDIR}/{a} missing: apt-get install libssl-dev")
-    exe = os.path.join(out, "static_client")
-    subprocess.run(["cc", "-O1", "-o", exe, str(PROGRAMS / "static_client.c"),
-                    f"{LIBDIR}/libssl.a", f"{LIBDIR}/libcrypto.a", "-lpthread", "-ldl"],
-                   check=True, capture_output=True, timeout=300)
-    return exe
 
 
 def one_request(tracer, net, argv):
