@@ -96,6 +96,17 @@ class ServerCollector:
         for proto in self.admissions:
             over.add_metric([proto], refused.get(proto, 0))
         yield over
+        # The query pool's refusals (server/storage/chdb_store.py): queries turned away
+        # with UNAVAILABLE because every query session was busy and the wait queue full,
+        # or the wait too long.  Stores without a query pool have no such counter.
+        pool = getattr(getattr(self.writer, "store", None), "queries_refused", None)
+        if isinstance(pool, int):
+            q = CounterMetricFamily(
+                "zerotrace_server_queries_refused",
+                "Queries refused with UNAVAILABLE: the query pool was full (sessions busy, "
+                "wait queue full or the wait too long).")
+            q.add_metric([], pool)
+            yield q
 
 
 def serve_metrics(listen: str, admissions: dict[str, Admission],
