@@ -12,11 +12,11 @@ from html import escape
 
 from server.flamegraph.registry import Renderer, register
 from server.flamegraph.stacks import Bar, folded_bars, trace_bars
-from server.flamegraph.svg import PAD, WIDTH, fmt_ns, svg_body
+from server.flamegraph.svg import MARK, PAD, WIDTH, fmt_ns, svg_body
 
 _SCRIPT = r"""
 (function () {
-  var W = @WIDTH@, PAD = @PAD@, TOTAL = @TOTAL@;
+  var W = @WIDTH@, PAD = @PAD@, TOTAL = @TOTAL@, MARK = @MARK@;
   var svg = document.getElementById('fg');
   var bars = Array.prototype.slice.call(svg.querySelectorAll('rect.bar'));
   var info = document.getElementById('info');
@@ -38,7 +38,8 @@ _SCRIPT = r"""
       g.style.display = '';
       var nx = Math.max(x, x0), nw = Math.min(x + w, x0 + w0) - nx;
       if (d < d0) { nx = x0; nw = w0; }
-      var px = PAD + (nx - x0) * scale, pw = Math.max(nw * scale, 0.1);
+      var min = r.getAttribute('data-k') === 'N' ? MARK : 0.1;  // hops stay visible
+      var px = PAD + (nx - x0) * scale, pw = Math.max(nw * scale, min);
       r.setAttribute('x', px.toFixed(3)); r.setAttribute('width', pw.toFixed(3));
       if (t) {
         var n = r.getAttribute('data-name'), c = Math.floor((pw - 6) / 7);
@@ -83,6 +84,7 @@ def render_html(bars: Sequence[Bar], total: int, title: str) -> str:
         _SCRIPT.replace("@WIDTH@", str(WIDTH))
         .replace("@PAD@", str(PAD))
         .replace("@TOTAL@", str(int(total)))
+        .replace("@MARK@", str(MARK))
     )
     t = escape(title)
     return f"""<!DOCTYPE html>

@@ -5,6 +5,14 @@ and that span's self time in nanoseconds (duration minus the union of its
 children's intervals, so concurrent children are not subtracted twice).  Frame
 names are `[K] service: operation` with K the source letter (S syscall, N network,
 A application), which renderers read back for colour.
+
+Network (N) spans sit between a client span and its server span: children of the
+client, and the request's last hop is the server span's parent (agent/net/live.py).
+A hop lasts microseconds and ends where the server span begins, so the server span
+lies outside its parent's interval; self time therefore subtracts every descendant's
+interval, not only the children's, or the client span would count the server's time
+as its own.  An N frame is named by where the hop arrived (its pod, else its netns)
+instead of the client's service: `[N] pod-or-netns: request eth0 egress -> ...`.
 """
 
 from __future__ import annotations
@@ -14,7 +22,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from proto.span import Span
+from proto.span import SOURCE_NETWORK, Span
 from server.flamegraph.registry import Renderer, register
 
 _UNSAFE = re.compile(r"[;\n\r\t]")
@@ -35,10 +43,19 @@ class Bar:
     span_id: str = ""
 
 
+def where(s: Span) -> str:
+    """What a frame is shaded and grouped by: a hop's pod or netns, else the service."""
+    if s.source == SOURCE_NETWORK:
+        a = s.attributes
+        w = a.get("zerotrace.net.pod") or a.get("zerotrace.net.netns")
+        if w:
+            return str(w)
+    return s.service or s.process or "?"
+
+
 def frame_name(s: Span) -> str:
-    svc = s.service or s.process or "?"
     op = s.operation or s.protocol or s.kind
-    return _UNSAFE.sub(",", f"[{s.source or 'S'}] {svc}: {op}")
+    return _UNSAFE.sub(",", f"[{s.source or 'S'}] {where(s)}: {op}")
 
 
 def parse_frame(name: str) -> tuple[str, str]:
@@ -110,18 +127,50 @@ def build_tree(
     return roots, children
 
 
-def self_time(s: Span, kids: Sequence[Span]) -> int:
+def self_time(s: Span, kids: Sequence[Span],
+              escaped: Sequence[tuple[int, int]] = ()) -> int:
+    """Duration minus the union of the children's intervals and of `escaped`: the
+    intervals of deeper descendants that lie outside their own parent (a server span
+    under a microsecond network hop), all clipped to `s`."""
     clipped = [
-        (max(k.start_ns, s.start_ns), min(k.end_ns, s.end_ns))
-        for k in kids
-        if k.end_ns > s.start_ns and k.start_ns < s.end_ns
+        (max(a, s.start_ns), min(b, s.end_ns))
+        for a, b in [*((k.start_ns, k.end_ns) for k in kids), *escaped]
+        if b > s.start_ns and a < s.end_ns
     ]
     return max(0, s.duration_ns - _union_len(clipped))
+
+
+def _escapes(roots: list[Span], children: dict) -> dict[tuple[str, str], list]:
+    """Per span, the intervals of its descendants that do not lie within it (empty for
+    properly nested spans), computed bottom-up."""
+    order: list[Span] = []
+    todo = list(roots)
+    seen: set[tuple[str, str]] = set()
+    while todo:
+        x = todo.pop()
+        key = (x.trace_id, x.span_id)
+        if key in seen:
+            continue
+        seen.add(key)
+        order.append(x)
+        todo.extend(children.get(key, ()))
+    out: dict[tuple[str, str], list] = {}
+    for x in reversed(order):  # children before parents
+        key = (x.trace_id, x.span_id)
+        esc = []
+        for k in children.get(key, ()):
+            for a, b in [(k.start_ns, k.end_ns), *out.get((k.trace_id, k.span_id), ())]:
+                if a < x.start_ns or b > x.end_ns:
+                    esc.append((a, b))
+        if esc:
+            out[key] = esc
+    return out
 
 
 def walk(spans: Sequence[Span]) -> Iterable[tuple[Span, list[str], int, int]]:
     """Depth-first (span, path of frame names, depth, self ns); cycles are cut."""
     roots, children = build_tree(spans)
+    escapes = _escapes(roots, children)
     seen: set[tuple[str, str]] = set()
     stack: list[tuple[Span, list[str], int]] = [(r, [], 0) for r in reversed(roots)]
     while stack:
@@ -132,7 +181,8 @@ def walk(spans: Sequence[Span]) -> Iterable[tuple[Span, list[str], int, int]]:
         seen.add(key)
         kids = children.get(key, [])
         p = [*path, frame_name(s)]
-        yield s, p, depth, self_time(s, kids)
+        esc = [iv for k in kids for iv in escapes.get((k.trace_id, k.span_id), ())]
+        yield s, p, depth, self_time(s, kids, esc)
         for k in reversed(kids):
             stack.append((k, p, depth + 1))
 
@@ -147,7 +197,7 @@ def trace_bars(spans: Sequence[Span]) -> tuple[list[Bar], int]:
         Bar(
             name=p[-1],
             kind=s.source or "S",
-            service=s.service or s.process,
+            service=where(s) if s.source == SOURCE_NETWORK else (s.service or s.process),
             depth=d,
             x=s.start_ns - t0,
             width=s.duration_ns,

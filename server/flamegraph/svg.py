@@ -1,8 +1,13 @@
 """Static SVG flame graph: one `<rect class="bar">` per bar, root row on top.
 
 Colour: hue family by source (S syscall warm, N network blue, A application green),
-shade by service so that one service's bars look alike across the graph; errors get
-a red outline.
+shade by service (for N bars: the pod or netns the hop arrived in) so that one
+service's bars look alike across the graph; errors get a red outline.
+
+Network hops last microseconds in traces of milliseconds: drawn to scale they would be
+a fraction of a pixel.  N bars are therefore drawn at least MARK px wide with a dark
+blue outline (a mark at the hop's time), their true width still in `data-w` and the
+tooltip; a slow hop is as wide as its time.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ ROW = 18
 PAD = 10
 TOP = 40
 _FAMILIES = {"S": (10, 40), "N": (195, 235), "A": (95, 145)}
+MARK = 3.0  # px: the narrowest N bar
+_NET_STROKE = ' stroke="#0a2d6e" stroke-width="0.6"'
 
 
 def colour(kind: str, service: str) -> str:
@@ -52,9 +59,10 @@ def svg_body(bars: Sequence[Bar], total: int, width: int = WIDTH) -> tuple[str, 
     parts = []
     for b in bars:
         x = PAD + b.x * scale
-        w = max(b.width * scale, 0.1)
+        w = max(b.width * scale, MARK if b.kind == "N" else 0.1)
         y = TOP + b.depth * ROW
-        stroke = ' stroke="#c00" stroke-width="1"' if b.status == "error" else ""
+        stroke = (' stroke="#c00" stroke-width="1"' if b.status == "error"
+                  else _NET_STROKE if b.kind == "N" else "")
         # Characters fit at about 7 px each; clipped labels would overflow the bar.
         chars = int((w - 6) / 7)
         label = ""
@@ -66,6 +74,7 @@ def svg_body(bars: Sequence[Bar], total: int, width: int = WIDTH) -> tuple[str, 
             f'<rect class="bar" x="{x:.3f}" y="{y}" width="{w:.3f}" height="{ROW - 1}" '
             f'fill="{colour(b.kind, b.service)}" rx="2"{stroke} '
             f'data-x="{b.x}" data-w="{b.width}" data-d="{b.depth}" data-self="{b.self_ns}" '
+            f'data-k="{escape(b.kind)}" '
             f'data-name="{escape(b.name)}"/>{label}</g>'
         )
     return "\n".join(parts), TOP + depth * ROW + PAD + 20

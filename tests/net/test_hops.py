@@ -8,6 +8,7 @@ with 20 % loss on that link, lost copies must show on that hop and no other."""
 
 from __future__ import annotations
 
+import os
 import statistics
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from agent.pipeline import Pipeline
 from agent.probes.loader import ProbeConfig, SocketTracer
 from agent.probes.tc import TcConfig
 from tests.helpers.tracing import Draining
+from tests.net import flame_check
 from tests.net.topology import nat_path
 
 HERE = Path(__file__).resolve().parent
@@ -66,7 +68,7 @@ def run(delay_ms: float, loss: float, requests: int, seed: int, slow: str = "ab"
                 elif c.kind == "server" and c.netns == p.server.inode and c.source == "S":
                     servers.append((c, {n.span_id: n for n in tr.spans if n.source == "N"}))
         samples = [s for f in pipeline.metrics.registry.collect() for s in f.samples]
-        return {"prefix": p.prefix, "spans": spans, "servers": servers,
+        return {"prefix": p.prefix, "spans": spans, "servers": servers, "traces": traces,
                 "requests": requests * clients, "gw_link": p.gw_link, "samples": samples,
                 "net": net.counters()}
 
@@ -186,6 +188,16 @@ def test_hop_latency_histograms(slow):
     assert all(under_1ms[k] == count[k] for k in count if k != link)
     assert slow["net"]["hop_spans"] == sum(count.values())
     assert slow["net"]["ring_full"] == 0 and slow["net"]["hop_records"] > 0
+
+
+def test_flame_graph_shows_the_hops_between_client_and_server(slow):
+    # the N spans as the flame graphs draw them (server/flamegraph), on a real trace;
+    # ZT_RECORD_HOP_TRACE=1 saves it for the root-free flame-graph tests
+    spans = flame_check.hop_trace(slow["traces"])
+    assert spans is not None, "no trace with the full path"
+    print(flame_check.check(spans, slow_link_ms=DELAY_MS))
+    if os.environ.get("ZT_RECORD_HOP_TRACE") == "1":
+        flame_check.save_fixture(spans)
 
 
 def test_the_response_hop_shows_a_delay_towards_the_client(slow_back):
