@@ -14,7 +14,7 @@
  *    a write mark of the same seq, when both ends are on this node, replaces it;
  *  - marks are taken only for sockets of the netns in `mark_netns`, unless
  *    `mark_all` is set (one agent per kernel: every netns of the node);
- *  - the TC programs parse IPv4/TCP, look the segment's seq up in `starts`, and for a
+ *  - the TC programs parse IPv4 and IPv6 TCP, look the segment's seq up in `starts`, and for a
  *    hit emit a struct zt_hop into the ring `hops`.  Nothing else reaches user space.
  *
  * Why seq alone: NAT (MASQUERADE, DNAT) rewrites addresses and may rewrite either port,
@@ -26,6 +26,7 @@
 #include "sock.h"
 
 #define ZT_ETH_P_IP 0x0800
+#define ZT_ETH_P_IPV6 0x86DD
 #define ZT_TC_ACT_OK 0 /* let the packet go on, whatever we saw */
 
 struct zt_start {
@@ -47,8 +48,8 @@ struct zt_hop {
     __u32 seq;
     __u32 ifindex;
     __u32 writer_netns;
-    __u32 saddr;        /* the packet's, network byte order */
-    __u32 daddr;
+    __u8 saddr[16];     /* the packet's, network byte order; IPv4: the first 4 bytes */
+    __u8 daddr[16];
     __u32 len;          /* skb->len */
     __u16 sport;        /* the packet's, host byte order */
     __u16 dport;
@@ -59,7 +60,7 @@ struct zt_hop {
     __u8 tcp_flags;
     __u16 window;       /* raw TCP window field */
     __u8 role;          /* struct zt_start.role: writer_* name the writer or the reader */
-    __u8 _pad;          /* 64 bytes in all */
+    __u8 family;        /* 4 or 6: the packet's IP version; 88 bytes in all */
 };
 
 BPF_TABLE("lru_hash", __u32, struct zt_start, starts, 65536);
@@ -85,7 +86,9 @@ static __always_inline int zt_mark_seq(__u64 sk, __u32 tgid, __u8 role)
     __u16 lport = 0, rport = 0;
     if (!zt_sock_basics(sk, &family, &transport, &lport, &rport))
         return 0;
-    if (transport != ZT_IPPROTO_TCP || family != ZT_AF_INET)
+    /* IPv6 sockets too: their seq is keyed the same, and a dual-stack socket (Go's
+     * listeners, nginx's [::]) carries IPv4 packets under an AF_INET6 family */
+    if (transport != ZT_IPPROTO_TCP)
         return 0;
     __u32 netns = zt_sock_netns(sk);
     if (!zt_netns_marked(netns))
@@ -200,24 +203,41 @@ static __always_inline __u32 zt_skb_netns(struct __sk_buff *skb)
 
 static __always_inline int zt_tc(struct __sk_buff *skb, int l3off, __u8 direction)
 {
-    if (skb->protocol != __builtin_bswap16(ZT_ETH_P_IP))
+    int l4off, payload;
+    __u8 v6;
+    if (skb->protocol == __builtin_bswap16(ZT_ETH_P_IP)) {
+        __u8 ip[20];
+        if (bpf_skb_load_bytes(skb, l3off, ip, sizeof(ip)) != 0)
+            return ZT_TC_ACT_OK;
+        if ((ip[0] >> 4) != 4 || ip[9] != ZT_IPPROTO_TCP)
+            return ZT_TC_ACT_OK;
+        if (((ip[6] & 0x1f) | ip[7]) != 0) /* a non-first fragment: no TCP header */
+            return ZT_TC_ACT_OK;
+        int ihl = (ip[0] & 0xf) * 4;
+        if (ihl < 20)
+            return ZT_TC_ACT_OK;
+        l4off = l3off + ihl;
+        payload = ((((int)ip[2] << 8) | ip[3])) - ihl;
+        v6 = 0;
+    } else if (skb->protocol == __builtin_bswap16(ZT_ETH_P_IPV6)) {
+        __u8 ip6[8];
+        if (bpf_skb_load_bytes(skb, l3off, ip6, sizeof(ip6)) != 0)
+            return ZT_TC_ACT_OK;
+        /* TCP right after the fixed header; extension headers (rare on TCP paths:
+         * fragments, hop-by-hop options) are not walked, docs/network.md */
+        if ((ip6[0] >> 4) != 6 || ip6[6] != ZT_IPPROTO_TCP)
+            return ZT_TC_ACT_OK;
+        l4off = l3off + 40;
+        payload = ((int)ip6[4] << 8) | ip6[5]; /* 0 for a jumbogram: skipped below */
+        v6 = 1;
+    } else {
         return ZT_TC_ACT_OK;
-    __u8 ip[20];
-    if (bpf_skb_load_bytes(skb, l3off, ip, sizeof(ip)) != 0)
-        return ZT_TC_ACT_OK;
-    if ((ip[0] >> 4) != 4 || ip[9] != ZT_IPPROTO_TCP)
-        return ZT_TC_ACT_OK;
-    if (((ip[6] & 0x1f) | ip[7]) != 0) /* a non-first fragment: no TCP header */
-        return ZT_TC_ACT_OK;
-    int ihl = (ip[0] & 0xf) * 4;
-    if (ihl < 20)
-        return ZT_TC_ACT_OK;
+    }
     __u8 tcp[20];
-    if (bpf_skb_load_bytes(skb, l3off + ihl, tcp, sizeof(tcp)) != 0)
+    if (bpf_skb_load_bytes(skb, l4off, tcp, sizeof(tcp)) != 0)
         return ZT_TC_ACT_OK;
     int doff = (tcp[12] >> 4) * 4;
-    int tot = ((int)ip[2] << 8) | ip[3];
-    int payload = tot - ihl - doff;
+    payload -= doff;
     if (payload <= 0 || doff < 20)
         return ZT_TC_ACT_OK;
     __u32 seq = ((__u32)tcp[4] << 24) | ((__u32)tcp[5] << 16) | ((__u32)tcp[6] << 8) | tcp[7];
@@ -237,8 +257,16 @@ static __always_inline int zt_tc(struct __sk_buff *skb, int l3off, __u8 directio
     h.writer_netns = st->netns;
     h.writer_lport = st->lport;
     h.writer_rport = st->rport;
-    __builtin_memcpy(&h.saddr, &ip[12], 4);
-    __builtin_memcpy(&h.daddr, &ip[16], 4);
+    /* addresses read only on a hit: a miss (almost every packet) does not pay */
+    if (v6) {
+        bpf_skb_load_bytes(skb, l3off + 8, h.saddr, 16);
+        bpf_skb_load_bytes(skb, l3off + 24, h.daddr, 16);
+        h.family = 6;
+    } else {
+        bpf_skb_load_bytes(skb, l3off + 12, h.saddr, 4);
+        bpf_skb_load_bytes(skb, l3off + 16, h.daddr, 4);
+        h.family = 4;
+    }
     h.len = skb->len;
     h.sport = sport;
     h.dport = dport;

@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+from agent.net.pods import PodRef
 from agent.probes.tc import Hook, HopRecord
 from proto.span import KIND_INTERNAL, SOURCE_NETWORK, STATUS_OK, Span
 
@@ -67,8 +68,7 @@ class HopIndex:
             hk = (r.netns, r.ifindex, r.direction)
             s = hooks.get(hk)
             if s is None:
-                s = hooks[hk] = Sighting(hk, dport=r.dport, packet=(
-                    f"{r.saddr}:{r.sport}>{r.daddr}:{r.dport}"))
+                s = hooks[hk] = Sighting(hk, dport=r.dport, packet=r.packet)
             s.times.append(r.ts)
             s.flags |= r.tcp_flags
             s.zero_window |= r.window == 0
@@ -97,6 +97,17 @@ class HopIndex:
         return found[0] if len(found) == 1 else None
 
 
+class _NoPods:
+    """No interface -> pod map (outside Kubernetes): hops are named by netns."""
+
+    @staticmethod
+    def get(_key: tuple[int, int]) -> PodRef | None:
+        return None
+
+
+NO_PODS = _NoPods()
+
+
 def _hook_name(hooks: dict[tuple[int, int], Hook], hk: HookKey) -> tuple[str, str]:
     h = hooks.get((hk[0], hk[1]))
     if h is None:
@@ -105,8 +116,9 @@ def _hook_name(hooks: dict[tuple[int, int], Hook], hk: HookKey) -> tuple[str, st
 
 
 def hop_spans(path: list[Sighting], hooks: dict[tuple[int, int], Hook], parent: Span,
-              leg: str, wall_offset: int) -> list[Span]:
-    """One N span per consecutive pair of hooks of `path`, children of `parent`."""
+              leg: str, wall_offset: int, pods=NO_PODS) -> list[Span]:
+    """One N span per consecutive pair of hooks of `path`, children of `parent`; a hook
+    that belongs to a pod (`pods`: agent/net/pods.py) names it in the attributes."""
     out = []
     for a, b in zip(path, path[1:], strict=False):
         arrived = b.first
@@ -116,6 +128,24 @@ def hop_spans(path: list[Sighting], hooks: dict[tuple[int, int], Hook], parent: 
         b_ns, b_if = _hook_name(hooks, b.hook)
         a_dir = "egress" if a.hook[2] == 0 else "ingress"
         b_dir = "egress" if b.hook[2] == 0 else "ingress"
+        attrs = {
+            "zerotrace.net.leg": leg,
+            "zerotrace.net.from.interface": a_if, "zerotrace.net.from.netns": a_ns,
+            "zerotrace.net.from.direction": a_dir,
+            "zerotrace.net.interface": b_if, "zerotrace.net.netns": b_ns,
+            "zerotrace.net.direction": b_dir,
+            "zerotrace.net.hop_latency_ns": transit,
+            "zerotrace.net.retransmissions": len(a.times) - 1,
+            "zerotrace.net.lost": max(0, len(a.times) - len(b.times)),
+            "zerotrace.net.rst": bool((a.flags | b.flags) & TCP_RST),
+            "zerotrace.net.zero_window": a.zero_window or b.zero_window,
+            "zerotrace.net.packet": b.packet,
+        }
+        pa, pb = pods.get(a.hook[:2]), pods.get(b.hook[:2])
+        if pa is not None:
+            attrs.update(pa.attributes("zerotrace.net.from."))
+        if pb is not None:
+            attrs.update(pb.attributes("zerotrace.net."))
         out.append(Span(
             trace_id=parent.trace_id, parent_span_id=parent.span_id, kind=KIND_INTERNAL,
             source=SOURCE_NETWORK, protocol=parent.protocol,
@@ -124,69 +154,63 @@ def hop_spans(path: list[Sighting], hooks: dict[tuple[int, int], Hook], parent: 
             operation=f"{leg} {a_if} {a_dir} -> {b_if} {b_dir}",
             status=STATUS_OK, start_ns=a.first + wall_offset, end_ns=arrived + wall_offset,
             service=parent.service, netns=b.hook[0], transport="tcp", agent=parent.agent,
-            attributes={
-                "zerotrace.net.leg": leg,
-                "zerotrace.net.from.interface": a_if, "zerotrace.net.from.netns": a_ns,
-                "zerotrace.net.from.direction": a_dir,
-                "zerotrace.net.interface": b_if, "zerotrace.net.netns": b_ns,
-                "zerotrace.net.direction": b_dir,
-                "zerotrace.net.hop_latency_ns": transit,
-                "zerotrace.net.retransmissions": len(a.times) - 1,
-                "zerotrace.net.lost": max(0, len(a.times) - len(b.times)),
-                "zerotrace.net.rst": bool((a.flags | b.flags) & TCP_RST),
-                "zerotrace.net.zero_window": a.zero_window or b.zero_window,
-                "zerotrace.net.packet": b.packet,
-            }))
+            attributes=attrs))
     return out
 
 
-def boundary(s: Sighting, hooks: dict[tuple[int, int], Hook], wall_offset: int) -> dict:
+def boundary(s: Sighting, hooks: dict[tuple[int, int], Hook], wall_offset: int,
+             pods=NO_PODS) -> dict:
     """A message's sightings at one hook, for the hop that crosses to another node (the
     server builds it from both nodes' boundaries: server/join/network.py)."""
     ns, ifname = _hook_name(hooks, s.hook)
-    return {"netns": ns, "interface": ifname,
-            "direction": "egress" if s.hook[2] == 0 else "ingress",
-            "first_ns": s.times[0] + wall_offset, "last_ns": s.times[-1] + wall_offset,
-            "copies": len(s.times), "rst": bool(s.flags & TCP_RST),
-            "zero_window": s.zero_window, "packet": s.packet}
+    out = {"netns": ns, "interface": ifname,
+           "direction": "egress" if s.hook[2] == 0 else "ingress",
+           "first_ns": s.times[0] + wall_offset, "last_ns": s.times[-1] + wall_offset,
+           "copies": len(s.times), "rst": bool(s.flags & TCP_RST),
+           "zero_window": s.zero_window, "packet": s.packet}
+    ref = pods.get(s.hook[:2])
+    if ref is not None:
+        out.update(ref.attributes(""))
+    return out
 
 
 def _leg(index: HopIndex, key: MessageKey | None, hooks: dict[tuple[int, int], Hook],
-         parent: Span, leg: str, wall_offset: int) -> tuple[list[Span], list[Sighting]]:
+         parent: Span, leg: str, wall_offset: int,
+         pods=NO_PODS) -> tuple[list[Span], list[Sighting]]:
     if key is None:
         return [], []
     path = index.path(key)
-    return hop_spans(path, hooks, parent, leg, wall_offset), path
+    return hop_spans(path, hooks, parent, leg, wall_offset, pods), path
 
 
 def client_hops(index: HopIndex, client: Span, hooks: dict[tuple[int, int], Hook],
-                wall_offset: int) -> list[Span]:
+                wall_offset: int, pods=NO_PODS) -> list[Span]:
     """`spans_for_client`, and on the client span where its request left this node and
     its response arrived (`zerotrace.net.request.left`, `zerotrace.net.response.arrived`)
     for a server on another node."""
     out: list[Span] = []
     if client.req_seq is not None:
         key = (client.netns, client.local.port, client.remote.port, client.req_seq)
-        spans, path = _leg(index, key, hooks, client, "request", wall_offset)
+        spans, path = _leg(index, key, hooks, client, "request", wall_offset, pods)
         out += spans
         if path:
             client.attributes["zerotrace.net.request.left"] = boundary(
-                path[-1], hooks, wall_offset)
+                path[-1], hooks, wall_offset, pods)
     if client.resp_seq is not None:
         # marked by this node's reader (the writer is elsewhere), else by the writer here
         own = (client.netns, client.local.port, client.remote.port, client.resp_seq)
         rkey = own if index.path(own) else index.response_key(
             client.resp_seq, client.netns, client.local.port)
-        spans, path = _leg(index, rkey, hooks, client, "response", wall_offset)
+        spans, path = _leg(index, rkey, hooks, client, "response", wall_offset, pods)
         out += spans
         if path:
             client.attributes["zerotrace.net.response.arrived"] = boundary(
-                path[0], hooks, wall_offset)
+                path[0], hooks, wall_offset, pods)
     return out
 
 
 def server_hops(index: HopIndex, server: Span, hooks: dict[tuple[int, int], Hook],
-                wall_offset: int) -> list[Span]:
+                wall_offset: int, pods=NO_PODS) -> list[Span]:
     """For a server span whose client is not on this node: the hops of its request from
     where it entered this node, and of its response until it left, as children of the
     server span (the server re-parents them under the client span when it joins the
@@ -196,18 +220,18 @@ def server_hops(index: HopIndex, server: Span, hooks: dict[tuple[int, int], Hook
     me = (server.netns, server.local.port, server.remote.port)
     if server.req_seq is not None:
         spans, path = _leg(index, (*me, server.req_seq), hooks, server, "request",
-                           wall_offset)
+                           wall_offset, pods)
         out += spans
         if path:
             server.attributes["zerotrace.net.request.arrived"] = boundary(
-                path[0], hooks, wall_offset)
+                path[0], hooks, wall_offset, pods)
     if server.resp_seq is not None:
         spans, path = _leg(index, (*me, server.resp_seq), hooks, server, "response",
-                           wall_offset)
+                           wall_offset, pods)
         out += spans
         if path:
             server.attributes["zerotrace.net.response.left"] = boundary(
-                path[-1], hooks, wall_offset)
+                path[-1], hooks, wall_offset, pods)
     for n in out:
         n.attributes["zerotrace.net.placement"] = "server side"
     return out

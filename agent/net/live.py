@@ -15,15 +15,17 @@ import logging
 import threading
 from collections.abc import Callable
 
-from agent.net.hops import HopIndex, client_hops, server_hops
+from agent.net.hops import NO_PODS, HopIndex, client_hops, server_hops
 from agent.net.metrics import HopMetrics
+from agent.net.pods import HookPods, enricher_tags
 from agent.probes.tc import TcConfig, TcTracer
 from proto.span import KIND_CLIENT, KIND_SERVER, SOURCE_SYSCALL, Span
 
 log = logging.getLogger(__name__)
 
 
-def place(spans: list[Span], index: HopIndex, hooks: dict, wall_offset: int) -> list[Span]:
+def place(spans: list[Span], index: HopIndex, hooks: dict, wall_offset: int,
+          pods=NO_PODS) -> list[Span]:
     """N spans for the client S spans of one trace (re-parenting their server spans),
     and for server S spans whose client is on another node."""
     added: list[Span] = []
@@ -40,7 +42,7 @@ def place(spans: list[Span], index: HopIndex, hooks: dict, wall_offset: int) -> 
     remote_client = [s for s in spans if s.kind == KIND_SERVER and s.source == SOURCE_SYSCALL
                      and s.parent_span_id not in clients]
     for c in clients.values():
-        ns = client_hops(index, c, hooks, wall_offset)
+        ns = client_hops(index, c, hooks, wall_offset, pods)
         if not ns:
             continue
         added += ns
@@ -49,16 +51,20 @@ def place(spans: list[Span], index: HopIndex, hooks: dict, wall_offset: int) -> 
             if last_req and srv.req_seq is not None and srv.req_seq == c.req_seq:
                 srv.parent_span_id = last_req[-1].span_id
     for s in remote_client:
-        added += server_hops(index, s, hooks, wall_offset)
+        added += server_hops(index, s, hooks, wall_offset, pods)
     return added
 
 
 class NetHops:
-    """TC probes + hop index for one agent; close() detaches everything."""
+    """TC probes + hop index for one agent; close() detaches everything.
 
-    def __init__(self, config: TcConfig) -> None:
+    `pods` names hooks by their pods (agent/net/pods.py); by default `install` makes one
+    from the pipeline's enricher when that one watches Kubernetes pods."""
+
+    def __init__(self, config: TcConfig, pods: HookPods | None = None) -> None:
         self.tc = TcTracer(config)
         self.index = HopIndex()
+        self.pods = pods
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self.records = 0
@@ -75,6 +81,11 @@ class NetHops:
                 with self._lock:
                     self.index.add(recs)
                 self.records += len(recs)
+            if n % 20 == 0 and self.pods is not None:  # ~1 s: pods of new hooks
+                try:
+                    self.pods.update(self.tc.hooks)
+                except Exception as e:  # a /proc or netlink hiccup: tried again later
+                    log.debug("hook pods: %s", e)
             n += 1
             if n % 100 == 0:  # ~5 s: interfaces that appeared since (new pods)
                 try:
@@ -98,6 +109,9 @@ class NetHops:
         """Add N spans to every trace `pipeline`'s stitcher emits; with the pipeline's
         Prometheus metrics on, per-hop histograms and the stage counters too."""
         inner: Callable = pipeline.stitcher.emit
+        enricher = getattr(pipeline, "enricher", None)
+        if self.pods is None and enricher is not None and enricher.pods is not None:
+            self.pods = HookPods(enricher_tags(enricher))
         agent_metrics = getattr(pipeline, "metrics", None)
         if agent_metrics is not None:
             self.metrics = HopMetrics(agent_metrics.registry)
@@ -105,7 +119,8 @@ class NetHops:
 
         def emit(trace) -> None:
             with self._lock:
-                added = place(trace.spans, self.index, self.tc.hooks, self.tc.wall_offset)
+                added = place(trace.spans, self.index, self.tc.hooks, self.tc.wall_offset,
+                              self.pods or NO_PODS)
             trace.spans.extend(added)
             self.spans += len(added)
             if self.metrics is not None and added:

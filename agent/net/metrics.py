@@ -1,11 +1,16 @@
 """Prometheus instruments of the network hops (N spans): per-hop latency histograms and
 counters of retransmitted, lost and reset copies.
 
-A hop is labelled by the two hooks it joins (`from_netns`, `from_interface`, `netns`,
-`interface`) and the message's leg (`request`/`response`).  Interfaces come from the
-`--interfaces` regex and netns names from the node, so the label set is bounded by the
-node's pods; it is capped anyway: past `max_hops` distinct hops the rest are counted
-under `other` (a pod churn must not grow the registry without end).  The latency is
+A hop is labelled by the two hooks it joins (`from_workload`, `from_netns`,
+`from_interface`, `workload`, `netns`, `interface`) and the message's leg
+(`request`/`response`).  A hook that belongs to a pod (agent/net/pods.py) is labelled
+by what outlives the pod: `workload` = `namespace/workload` (the pod's name when it
+has no workload), `netns` = `pod` or `host` (its side of the pod's veth), and
+`interface` = the name inside the pod (`eth0`) or `veth` for the host end (whose name
+is random per pod).  So a rolling restart adds no series; the exact pod and names are
+on the N spans, reached from the histogram's trace-id exemplars.  Other hooks keep their
+netns and interface names (`workload` empty).  The set is capped anyway: past
+`max_hops` distinct hops the rest are counted under `other`.  The latency is
 `zerotrace.net.hop_latency_ns`, the transit of the copy that got through, so that a
 retransmission shows in the counters and not as a slow bucket.
 """
@@ -22,8 +27,20 @@ from proto.span import SOURCE_NETWORK, Span
 # milliseconds
 _BUCKETS = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, .001, .0025, .005, .01, .025, .05, .1,
             .25, .5, 1)
-_LABELS = ("leg", "from_netns", "from_interface", "netns", "interface")
-OTHER = ("other",) * 4
+_LABELS = ("leg", "from_workload", "from_netns", "from_interface", "workload", "netns",
+           "interface")
+OTHER = ("other",) * 6
+
+
+def _end(a: dict, p: str) -> tuple[str, str, str]:
+    """(workload, netns, interface) labels of one end of a hop (attribute prefix p)."""
+    pod = a.get(f"{p}pod")
+    if not pod:
+        return "", str(a.get(f"{p}netns", "")), str(a.get(f"{p}interface", ""))
+    group = f"{a.get(f'{p}pod.namespace', '')}/{a.get(f'{p}workload') or pod}"
+    if a.get(f"{p}pod.side") == "host":
+        return group, "host", "veth"
+    return group, "pod", str(a.get(f"{p}interface", ""))
 
 
 class HopMetrics:
@@ -31,7 +48,7 @@ class HopMetrics:
 
     def __init__(self, registry: CollectorRegistry, max_hops: int = 256) -> None:
         self.max_hops = max_hops
-        self._hops: set[tuple[str, str, str, str]] = set()
+        self._hops: set[tuple[str, ...]] = set()
         self.latency = Histogram(
             "zerotrace_network_hop_latency_seconds",
             "Transit time of a message's first packet from one TC hook to the next",
@@ -48,11 +65,8 @@ class HopMetrics:
             "zerotrace_network_hop_resets",
             "Hops whose packets carried a TCP RST", _LABELS, registry=registry)
 
-    def _hop(self, a: dict) -> tuple[str, str, str, str]:
-        hop = (str(a.get("zerotrace.net.from.netns", "")),
-               str(a.get("zerotrace.net.from.interface", "")),
-               str(a.get("zerotrace.net.netns", "")),
-               str(a.get("zerotrace.net.interface", "")))
+    def _hop(self, a: dict) -> tuple[str, ...]:
+        hop = (*_end(a, "zerotrace.net.from."), *_end(a, "zerotrace.net."))
         if hop not in self._hops:
             if len(self._hops) >= self.max_hops:
                 return OTHER

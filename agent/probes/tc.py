@@ -1,6 +1,6 @@
 """TC hop probes (bpf/tc.c): compile, attach to clsact ingress+egress of the interfaces
 whose names match a regex, in the host and in given network namespaces, and read the
-hop records (one per sighting of a socket write's first byte at a hook).
+hop records (one per sighting of a socket write's first byte at a hook), IPv4 and IPv6.
 
 A separate BPF object from the socket tracer (agent/probes/loader.py): it is loaded only
 when `--interfaces` asks for it, and its maps are its own.  Attached with pyroute2, the
@@ -33,9 +33,9 @@ FILTER_PRIO = 49152 - 7  # ours, below tc's default priorities, easy to tell apa
 ARPHRD_ETHER = 1
 ARPHRD_LOOPBACK = 772
 
-# struct zt_hop of bpf/tc.c (64 bytes).
-HOP = struct.Struct("<QI4xQIII4s4sIHHHHHBBHBx")
-assert HOP.size == 64
+# struct zt_hop of bpf/tc.c (88 bytes).
+HOP = struct.Struct("<QI4xQIII16s16sIHHHHHBBHBB")
+assert HOP.size == 88
 
 
 class TcError(RuntimeError):
@@ -64,16 +64,27 @@ class HopRecord:
     tcp_flags: int
     window: int
     role: int = 0  # 0: writer_* is the socket that wrote the seq; 1: the one reading it
+    family: int = 4  # the packet's IP version
 
     @classmethod
     def decode(cls, raw: bytes) -> HopRecord:
         if len(raw) < HOP.size:
             raise ValueError(f"hop record of {len(raw)} bytes, want {HOP.size}")
         (ts, netns, start_ts, seq, ifindex, wns, sa, da, length, sport, dport, wl, wr,
-         payload, direction, flags, window, role) = HOP.unpack_from(raw, 0)
-        return cls(ts, netns, start_ts, seq, ifindex, wns, socket.inet_ntoa(sa),
-                   socket.inet_ntoa(da), length, sport, dport, wl, wr, payload, direction,
-                   flags, window, role)
+         payload, direction, flags, window, role, family) = HOP.unpack_from(raw, 0)
+        if family == 6:
+            s, d = socket.inet_ntop(socket.AF_INET6, sa), socket.inet_ntop(socket.AF_INET6, da)
+        else:
+            s, d = socket.inet_ntoa(sa[:4]), socket.inet_ntoa(da[:4])
+        return cls(ts, netns, start_ts, seq, ifindex, wns, s, d, length, sport, dport, wl,
+                   wr, payload, direction, flags, window, role, family)
+
+    @property
+    def packet(self) -> str:
+        """`saddr:sport>daddr:dport` (IPv6 addresses in brackets)."""
+        if self.family == 6:
+            return f"[{self.saddr}]:{self.sport}>[{self.daddr}]:{self.dport}"
+        return f"{self.saddr}:{self.sport}>{self.daddr}:{self.dport}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +96,9 @@ class Hook:
     ifindex: int
     ifname: str
     l3: bool  # no MAC header (tun)
+    # IFLA_LINK_NETNSID: the netns of the device's peer (a veth's other end), as this
+    # netns numbers it; None when the peer is in the same netns or there is none
+    peer_nsid: int | None = None
 
 
 @dataclass
@@ -212,14 +226,26 @@ class TcTracer:
         for ns in self._namespaces():
             inode = netns_inode(ns)
             with (IPRoute() if ns is None else IPRoute(netns=ns)) as ipr:
-                for link in ipr.get_links():
+                links = ipr.get_links()
+                # devices gone since (a pod's veth): forgotten, so that a later device
+                # with the same key is attached and named afresh (agent/net/pods.py)
+                present = {(inode, link["index"]) for link in links}
+                gone = {k for k in known if k[0] == inode and k not in present}
+                if gone:
+                    self._attached = [a for a in self._attached if (
+                        a.hook.netns_inode, a.hook.ifindex) not in gone]
+                    for k in gone:
+                        self.hooks.pop(k, None)
+                    known -= gone
+                for link in links:
                     name = link.get_attr("IFLA_IFNAME")
                     idx = link["index"]
                     if (link["ifi_type"] == ARPHRD_LOOPBACK or (inode, idx) in known
                             or not self._pattern.search(name)):
                         continue
                     hook = Hook(ns or "host", inode, idx, name,
-                                l3=link["ifi_type"] != ARPHRD_ETHER)
+                                l3=link["ifi_type"] != ARPHRD_ETHER,
+                                peer_nsid=link.get_attr("IFLA_LINK_NETNSID"))
                     self._attach(ipr, hook)
                     added += 1
         return added
@@ -271,14 +297,17 @@ class TcTracer:
 
     READ_MARK_TRACEPOINTS = (b"sock_recv_length", b"inet_sock_set_state")
 
-    def set_marking(self, on: bool) -> None:
-        """Attach or detach the marking tracepoints (benchmarks' baselines)."""
-        if self.read_marks:
+    def set_marking(self, on: bool, writes: bool = True, reads: bool = True) -> None:
+        """Attach or detach the marking tracepoints (benchmarks' baselines): the write
+        marks, the read marks, or both (attached at load, so detach before attach)."""
+        if self.read_marks and reads:
             for tp in self.READ_MARK_TRACEPOINTS:
                 if on:
                     self._bpf.attach_raw_tracepoint(tp=tp, fn_name=b"raw_tracepoint__" + tp)
                 else:
                     self._bpf.detach_raw_tracepoint(tp=tp)
+        if not writes:
+            return
         if self.raw_marks:
             if on:
                 self._bpf.attach_raw_tracepoint(tp=b"tcp_sendmsg_locked",

@@ -25,6 +25,7 @@ import hashlib
 from proto.span import KIND_CLIENT, KIND_INTERNAL, KIND_SERVER, SOURCE_NETWORK, STATUS_OK, Span
 
 PLACEMENT = "zerotrace.net.placement"
+POD_KEYS = ("pod", "pod.namespace", "pod.side", "workload")
 
 
 def _crossing(client: Span, server: Span, leg: str, left: dict | None,
@@ -42,6 +43,28 @@ def _crossing(client: Span, server: Span, leg: str, left: dict | None,
     if b_first < a_first:
         return f"{leg}: arrival {a_first - b_first} ns before departure (node clocks differ)"
     transit = b_first - (a_last if a_last <= b_first else a_first)
+    attrs = {
+        "zerotrace.net.leg": leg,
+        "zerotrace.net.from.interface": str(left.get("interface", "")),
+        "zerotrace.net.from.netns": str(left.get("netns", "")),
+        "zerotrace.net.from.direction": str(left.get("direction", "")),
+        "zerotrace.net.interface": str(arrived.get("interface", "")),
+        "zerotrace.net.netns": str(arrived.get("netns", "")),
+        "zerotrace.net.direction": str(arrived.get("direction", "")),
+        "zerotrace.net.hop_latency_ns": transit,
+        "zerotrace.net.retransmissions": max(0, a_copies - 1),
+        "zerotrace.net.lost": max(0, a_copies - b_copies),
+        "zerotrace.net.rst": bool(left.get("rst")) or bool(arrived.get("rst")),
+        "zerotrace.net.zero_window": (bool(left.get("zero_window"))
+                                      or bool(arrived.get("zero_window"))),
+        "zerotrace.net.packet": str(arrived.get("packet", "")),
+        PLACEMENT: "joined across nodes",
+    }
+    # the pod each node's agent found for its boundary hook (agent/net/pods.py)
+    for prefix, end in (("zerotrace.net.from.", left), ("zerotrace.net.", arrived)):
+        for k in POD_KEYS:
+            if end.get(k):
+                attrs[prefix + k] = str(end[k])
     sid = hashlib.blake2b(f"{client.span_id}/{server.span_id}/{leg}".encode(),
                           digest_size=8).hexdigest()
     return Span(
@@ -50,24 +73,7 @@ def _crossing(client: Span, server: Span, leg: str, left: dict | None,
         operation=(f"{leg} {left.get('interface', '?')} {left.get('direction', '?')} -> "
                    f"{arrived.get('interface', '?')} {arrived.get('direction', '?')}"),
         status=STATUS_OK, start_ns=a_first, end_ns=b_first, service=client.service,
-        transport="tcp", agent=server.agent,
-        attributes={
-            "zerotrace.net.leg": leg,
-            "zerotrace.net.from.interface": str(left.get("interface", "")),
-            "zerotrace.net.from.netns": str(left.get("netns", "")),
-            "zerotrace.net.from.direction": str(left.get("direction", "")),
-            "zerotrace.net.interface": str(arrived.get("interface", "")),
-            "zerotrace.net.netns": str(arrived.get("netns", "")),
-            "zerotrace.net.direction": str(arrived.get("direction", "")),
-            "zerotrace.net.hop_latency_ns": transit,
-            "zerotrace.net.retransmissions": max(0, a_copies - 1),
-            "zerotrace.net.lost": max(0, a_copies - b_copies),
-            "zerotrace.net.rst": bool(left.get("rst")) or bool(arrived.get("rst")),
-            "zerotrace.net.zero_window": (bool(left.get("zero_window"))
-                                          or bool(arrived.get("zero_window"))),
-            "zerotrace.net.packet": str(arrived.get("packet", "")),
-            PLACEMENT: "joined across nodes",
-        })
+        transport="tcp", agent=server.agent, attributes=attrs)
 
 
 def place_across_nodes(spans: list[Span]) -> int:

@@ -34,7 +34,7 @@ def read_message(s: socket.socket, buf: bytearray) -> bytes | None:
 
 
 def server(addr: str, port: int) -> None:
-    ls = socket.socket()
+    ls = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET)
     ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     ls.bind((addr, port))
     ls.listen(16)

@@ -63,3 +63,17 @@ def test_only_pairs_the_join_linked():
     spans = [client, server, theirs]
     assert place_across_nodes(spans) == 0
     assert server.parent_span_id == client.span_id and theirs.parent_span_id == server.span_id
+
+
+def test_crossing_hop_names_the_pods_each_node_found():
+    # agent/net/hops.boundary puts the hook's pod (agent/net/pods.py) on the boundary
+    client, server, theirs = pair(7_000)
+    server.attributes["zerotrace.net.request.arrived"].update(
+        {"pod": "db-0", "pod.namespace": "shop", "pod.side": "pod", "workload": "db"})
+    spans = [client, server, theirs]
+    assert place_across_nodes(spans) == 1
+    a = spans[-1].attributes
+    assert (a["zerotrace.net.pod"], a["zerotrace.net.pod.namespace"],
+            a["zerotrace.net.pod.side"], a["zerotrace.net.workload"]) == (
+        "db-0", "shop", "pod", "db")
+    assert not any(k.startswith("zerotrace.net.from.pod") for k in a)  # none known there

@@ -3,6 +3,8 @@ arithmetic, and the response match refusing to guess."""
 
 from __future__ import annotations
 
+import socket
+
 from agent.net.hops import HopIndex, spans_for_client
 from agent.probes.tc import HOP, Hook, HopRecord
 from proto.span import Endpoint, Span
@@ -28,10 +30,17 @@ def client_span(req_seq: int, resp_seq: int) -> Span:
 
 def test_decode_round_trip():
     raw = HOP.pack(5, 7, 3, 99, 4, 8, bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2]), 70,
-                   1000, 80, 1000, 80, 4, 1, 0x18, 0, 1)
+                   1000, 80, 1000, 80, 4, 1, 0x18, 0, 1, 4)
     r = HopRecord.decode(raw)
     assert (r.ts, r.netns, r.seq, r.ifindex, r.saddr, r.dport, r.direction, r.window,
             r.role) == (5, 7, 99, 4, "10.0.0.1", 80, 1, 0, 1)
+    assert r.packet == "10.0.0.1:1000>10.0.0.2:80"
+    v6 = HOP.pack(5, 7, 3, 99, 4, 8, socket.inet_pton(socket.AF_INET6, "fd00:ab::1"),
+                  socket.inet_pton(socket.AF_INET6, "fd00:ab::2"), 90, 1000, 80, 1000, 80,
+                  4, 1, 0x18, 0, 0, 6)
+    r6 = HopRecord.decode(v6)
+    assert (r6.family, r6.saddr, r6.daddr) == (6, "fd00:ab::1", "fd00:ab::2")
+    assert r6.packet == "[fd00:ab::1]:1000>[fd00:ab::2]:80"
 
 
 def test_lost_copy_is_charged_to_the_hop_that_lost_it():

@@ -41,3 +41,28 @@ def test_only_network_spans_and_only_real_losses():
                if s.name == "zerotrace_network_hop_latency_seconds_bucket"
                and s.labels["from_interface"] == "veth0"}
     assert buckets["2.5e-05"] == 0 and buckets["5e-05"] == 1
+
+
+def test_pod_hooks_are_labelled_by_workload_not_by_pod():
+    # two replicas of one Deployment (different pods, random host veth names): one series
+    reg = CollectorRegistry()
+    m = HopMetrics(reg)
+    spans = []
+    for pod, veth in (("checkout-7d9f-a", "veth1a2b"), ("checkout-7d9f-b", "veth9f8e")):
+        s = n_span(0)
+        s.attributes.update({
+            "zerotrace.net.from.interface": "eth0", "zerotrace.net.from.netns": "cni-1",
+            "zerotrace.net.from.pod": pod, "zerotrace.net.from.pod.namespace": "shop",
+            "zerotrace.net.from.pod.side": "pod", "zerotrace.net.from.workload": "checkout",
+            "zerotrace.net.interface": veth, "zerotrace.net.pod": pod,
+            "zerotrace.net.pod.namespace": "shop", "zerotrace.net.pod.side": "host",
+            "zerotrace.net.workload": "checkout"})
+        spans.append(s)
+    bare = n_span(1)  # a hook of no pod keeps its names
+    m.observe([*spans, bare])
+    series = {tuple(s.labels[k] for k in ("from_workload", "from_netns", "from_interface",
+                                          "workload", "netns", "interface")): s.value
+              for f in reg.collect() for s in f.samples
+              if s.name == "zerotrace_network_hop_latency_seconds_count"}
+    assert series == {("shop/checkout", "pod", "eth0", "shop/checkout", "host", "veth"): 2,
+                      ("", "host", "veth1", "", "host", "cni0"): 1}
