@@ -1,6 +1,7 @@
 """Cost of the TC hop probes (bpf/tc.c), with vs without, side by side.
 
     sudo .venv/bin/python -m bench.bench_tc [--rounds 5] [--repeat 200000]
+        [--only hook,marks,rtt,wrk]
 
 1. ns per packet at one hook: the kernel runs the classifier on a prepared packet
    (BPF_PROG_TEST_RUN, `repeat` times in the kernel, its own timer) for an empty
@@ -10,8 +11,13 @@
 2. End to end: request/response round trips on one TCP connection between two network
    namespaces joined by a veth pair, probes attached (both veth ends, ingress+egress,
    plus the write-marking tracepoints) vs detached, alternating rounds; medians.
-3. Throughput: wrk against nginx across a bridge, traced vs untraced (issue target:
-   ratio >= 0.95).
+3. Marks per syscall: CPU ns per write+read iteration of a loopback TCP loop
+   (bench/syscall_loop.c) with no marks, read marks only (sock:sock_recv_length: the
+   cost per recvmsg), write marks only (tcp_sendmsg_locked) and both; alternating
+   rounds, medians.  TC filters play no part (loopback is not hooked).
+4. Throughput: wrk against nginx across a bridge, traced vs untraced (issue target:
+   ratio >= 0.95), and where the difference goes: TC filters alone (no marks: every
+   segment a lookup miss), marks alone (no filters), both.
 """
 
 from __future__ import annotations
@@ -30,7 +36,54 @@ import uuid
 from agent.probes.tc import TcConfig, TcTracer, has_sendmsg_tracepoint
 
 BPF_PROG_TEST_RUN = 10
+BPF_ENABLE_STATS = 32
 SYS_BPF = 321  # x86_64
+
+
+class RunStats:
+    """The kernel's per-program run time (BPF_ENABLE_STATS: kernel.bpf_stats_enabled for
+    as long as the returned fd is open; it adds ~two clock reads to every BPF program
+    run on the machine, so it is on only around a measurement)."""
+
+    def __enter__(self) -> RunStats:
+        libc = ctypes.CDLL(None, use_errno=True)
+        attr = (ctypes.c_uint32 * 4)(0)  # type = BPF_STATS_RUN_TIME
+        self.fd = libc.syscall(SYS_BPF, BPF_ENABLE_STATS, attr, ctypes.sizeof(attr))
+        if self.fd < 0:
+            raise OSError(ctypes.get_errno(), "BPF_ENABLE_STATS")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self.fd)
+
+
+def prog_run(fd: int) -> tuple[int, int]:
+    """(run_time_ns, run_cnt) of the program behind fd (bpftool reads the counters)."""
+    import json
+
+    with open(f"/proc/self/fdinfo/{fd}") as f:
+        pid = next(int(ln.split()[1]) for ln in f if ln.startswith("prog_id:"))
+    info = json.loads(subprocess.run(["bpftool", "prog", "show", "id", str(pid), "--json"],
+                                     check=True, capture_output=True, text=True).stdout)
+    return int(info.get("run_time_ns", 0)), int(info.get("run_cnt", 0))
+
+
+def mark_fds(tc: TcTracer) -> dict[str, int]:
+    """name -> prog fd of the marking programs loaded in tc."""
+    names = {f"raw_tracepoint__{tp.decode()}": tp.decode() for tp in
+             (*tc.READ_MARK_TRACEPOINTS, b"tcp_sendmsg_locked")}
+    return {short: tc._bpf.funcs[full.encode()].fd for full, short in names.items()
+            if full.encode() in tc._bpf.funcs}
+
+
+def report_runs(title: str, before: dict[str, tuple[int, int]],
+                after: dict[str, tuple[int, int]], per: str = "", n: int = 0) -> None:
+    print(f"  {title}: ns per program run (kernel run-time stats)")
+    for name in after:
+        t = after[name][0] - before[name][0]
+        c = after[name][1] - before[name][1]
+        extra = f"   {c / n:6.2f} runs per {per}" if n and per else ""
+        print(f"    {name:<26} {t / c if c else 0:7.1f} ns x {c:9d} runs{extra}")
 
 
 class _TestRun(ctypes.Structure):
@@ -69,6 +122,20 @@ def packet(proto: int, seq: int, sport: int = 40000, dport: int = 8080,
     return eth + ip + l4 + b"x" * payload
 
 
+def packet6(seq: int, payload: int = 100) -> bytes:
+    """Ethernet + IPv6 + TCP with `payload` bytes."""
+    tcp = struct.pack("!HHIIBBHHH", 40000, 8080, seq, 0, 5 << 4, 0x18, 64240, 0, 0)
+    ip6 = struct.pack("!IHBB16s16s", 6 << 28, len(tcp) + payload, 6, 64,
+                      socket.inet_pton(socket.AF_INET6, "fd00::1"),
+                      socket.inet_pton(socket.AF_INET6, "fd00::2"))
+    return b"\x02" * 6 + b"\x04" * 6 + b"\x86\xdd" + ip6 + tcp + b"x" * payload
+
+
+def start_slot(seq: int, bits: int = 17) -> int:
+    """The slot of `starts` for seq (zt_slot in bpf/tc.c, ZT_STARTS_BITS = 17)."""
+    return ((seq * 2654435761) & 0xFFFFFFFF) >> (32 - bits)
+
+
 def per_hook(rounds: int, repeat: int) -> None:
     from bcc import BPF
 
@@ -77,14 +144,20 @@ def per_hook(rounds: int, repeat: int) -> None:
     with TcTracer(TcConfig(interfaces="^$", host=False)) as tc:  # loaded, attached nowhere
         fd = tc._fns[(False, 0)]
         seq_hit = 123456789
-        # a message start as the write probe would have left it (ports of the writer)
-        start = struct.pack("<QIIHHI", time.monotonic_ns(), 1, 1, 40000, 8080, 0)
-        tc._bpf[b"starts"][ctypes.c_uint32(seq_hit)] = (
-            tc._bpf[b"starts"].Leaf.from_buffer_copy(start))
+        # a message start as the write probe would have left it (ports of the writer),
+        # in the slot bpf/tc.c's zt_slot finds for its seq
+        starts = tc._bpf[b"starts"]
+        leaf = starts.Leaf()
+        leaf.ts, leaf.netns, leaf.tgid, leaf.lport, leaf.rport = (
+            time.monotonic_ns(), 1, 1, 40000, 8080)
+        leaf.seq = seq_hit
+        starts[ctypes.c_uint32(start_slot(seq_hit))] = leaf
         cases = [("empty classifier (floor)", empty_fd, packet(6, 1)),
                  ("zt: UDP packet", fd, packet(17, 0)),
                  ("zt: TCP segment, no message start", fd, packet(6, 42)),
-                 ("zt: TCP segment starting a message", fd, packet(6, seq_hit))]
+                 ("zt: TCP segment starting a message", fd, packet(6, seq_hit)),
+                 ("zt: IPv6 TCP segment, no start", fd, packet6(42)),
+                 ("zt: IPv6 TCP segment starting a message", fd, packet6(seq_hit))]
         res: dict[str, list[float]] = {name: [] for name, _f, _p in cases}
         for _ in range(rounds):
             for name, f, pkt in cases:
@@ -101,6 +174,54 @@ def per_hook(rounds: int, repeat: int) -> None:
 
 def sh(*cmd: str) -> None:
     subprocess.run(cmd, check=True, capture_output=True)
+
+
+def marks_per_syscall(rounds: int, n: int) -> None:
+    """CPU ns per loopback write+read with each set of marking tracepoints attached."""
+    import tempfile
+
+    from bench.bench_probes import build_loop
+
+    with tempfile.TemporaryDirectory() as tmp:
+        exe = build_loop(tmp)
+
+        def once(port: int) -> float:
+            return float(subprocess.run([exe, "tcp", str(n), str(port)], check=True,
+                                        capture_output=True, text=True).stdout)
+
+        states = ("no marks", "read marks", "write marks", "read + write marks")
+        res: dict[str, list[float]] = {k: [] for k in states}
+        with TcTracer(TcConfig(interfaces="^$", host=False)) as tc:  # no filters at all
+            if not tc.read_marks:
+                print("# marks per syscall: this kernel has no sock:sock_recv_length")
+                return
+            tc.set_marking(False)
+            port = 47300
+            for _ in range(rounds):
+                for k in states:
+                    reads, writes = "read" in k, "write" in k
+                    if reads or writes:
+                        tc.set_marking(True, writes=writes, reads=reads)
+                    port += 1
+                    res[k].append(once(port))
+                    if reads or writes:
+                        tc.set_marking(False, writes=writes, reads=reads)
+            # the programs' own time per run, with both marks on
+            tc.set_marking(True)
+            fds = mark_fds(tc)
+            with RunStats():
+                before = {k: prog_run(fd) for k, fd in fds.items()}
+                once(port + 1)
+                after = {k: prog_run(fd) for k, fd in fds.items()}
+            tc.set_marking(False)
+        base = statistics.median(res[states[0]])
+        print(f"# marks: CPU ns per write(100 B)+read on loopback TCP (bench/syscall_loop.c "
+              f"tcp), {n} per round, median of {rounds}")
+        for k in states:
+            m = statistics.median(res[k])
+            print(f"  {k:<22} {m:8.1f} ns   +{m - base:6.1f} ns per write+read   "
+                  f"(rounds {', '.join(f'{v:.0f}' for v in res[k])})")
+        report_runs("both marks on", before, after, "write+read", n)
 
 
 PEER = r"""
@@ -225,25 +346,51 @@ http {{ access_log off; client_body_temp_path {tmp}/b; proxy_temp_path {tmp}/p;
                                  check=True, capture_output=True, text=True).stdout
             return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
 
-        on, off = [], []
+        states = ("untraced", "TC filters only", "marks only", "traced (marks + TC)")
+        res: dict[str, list[float]] = {k: [] for k in states}
         tc = TcTracer(TcConfig(interfaces=f"^zb{tag}[ab]h?$", netns=[a, b]))
+        drained = 0
         try:
             assert len(tc.hooks) == 4, tc.hooks
+            tc.detach_filters()
+            tc.set_marking(False)
             for _ in range(rounds):
-                on.append(wrk())
-                tc.poll(0)
-                tc.detach_filters()
-                tc.set_marking(False)
-                off.append(wrk())
-                tc.set_marking(True)
-                tc.refresh()
+                for k in states:
+                    filters, marks = "TC" in k, "marks" in k
+                    if filters:
+                        tc.refresh()
+                    if marks:
+                        tc.set_marking(True)
+                    res[k].append(wrk())
+                    drained += len(tc.poll(0))  # the ring emptied as the agent would
+                    if filters:
+                        tc.detach_filters()
+                    if marks:
+                        tc.set_marking(False)
+            # one more traced round with run-time stats: where the time goes per request
+            tc.refresh()
+            tc.set_marking(True)
+            fds = {**mark_fds(tc), **{f"tc {'l3' if l3 else 'eth'} "
+                                       f"{'ingress' if d else 'egress'}": fd
+                                       for (l3, d), fd in tc._fns.items() if not l3}}
+            with RunStats():
+                before = {k: prog_run(fd) for k, fd in fds.items()}
+                stat_rps = wrk()
+                after = {k: prog_run(fd) for k, fd in fds.items()}
+            tc.poll(0)
+            lost = tc.lost()
         finally:
             tc.close()
-        mon, moff = statistics.median(on), statistics.median(off)
-        print(f"# wrk -c8 across a bridge, {body}-byte responses, {seconds} s rounds, "
-              f"median of {rounds}; TC on 4 veth ends")
-        print(f"  untraced {moff:9.0f} req/s   traced {mon:9.0f} req/s   "
-              f"traced/untraced {mon / moff:.3f}")
+        base = statistics.median(res[states[0]])
+        print(f"# wrk -t1 -c8 across a bridge, {body}-byte responses, {seconds} s rounds, "
+              f"median of {rounds}; TC on 4 veth ends ({drained} hop records read, "
+              f"{lost} lost to a full ring)")
+        for k in states:
+            m = statistics.median(res[k])
+            print(f"  {k:<22} {m:9.0f} req/s   ratio {m / base:.3f}   "
+                  f"(rounds {', '.join(f'{v:.0f}' for v in res[k])})")
+        report_runs(f"traced round with stats ({stat_rps:.0f} req/s)", before, after,
+                    "request", int(stat_rps * seconds))
     finally:
         if nginx is not None:
             os.killpg(nginx.pid, 9)
@@ -260,12 +407,25 @@ def main() -> None:
     ap.add_argument("--round-trips", type=int, default=5000)
     ap.add_argument("--marks", choices=["auto", "syscalls"], default="auto",
                     help="where writes are marked (TcConfig.marks)")
+    ap.add_argument("--loop", type=int, default=200000,
+                    help="write+read iterations per round of the marks benchmark")
+    ap.add_argument("--seconds", type=int, default=3, help="wrk round length")
+    ap.add_argument("--only", default="hook,marks,rtt,wrk",
+                    help="comma-separated parts: hook, marks, rtt, wrk")
     args = ap.parse_args()
-    print(f"# load: {os.getloadavg()[0]:.2f} (2 vCPUs shared; figures are indicative)")
-    per_hook(args.rounds, args.repeat)
-    end_to_end(args.rounds, args.round_trips, args.marks)
-    for body in (64, 65536):
-        throughput(args.rounds, 3, body)
+    parts = set(args.only.split(","))
+    print(f"# load: {' '.join(f'{x:.2f}' for x in os.getloadavg())} "
+          f"(2 vCPUs shared; figures are indicative)")
+    if "hook" in parts:
+        per_hook(args.rounds, args.repeat)
+    if "marks" in parts:
+        marks_per_syscall(args.rounds, args.loop)
+    if "rtt" in parts:
+        end_to_end(args.rounds, args.round_trips, args.marks)
+    if "wrk" in parts:
+        for body in (64, 65536):
+            throughput(args.rounds, args.seconds, body)
+    print(f"# load after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@
  * Its own BPF object (agent/probes/tc.py), apart from the socket tracer:
  *  - a raw tracepoint on tcp_sendmsg_locked (or, on kernels without it, the
  *    write-family syscalls' entry) reads the TCP write_seq of the socket (the sequence
- *    number of the write's first byte) into `starts`, keyed by that seq alone;
+ *    number of the write's first byte) into `starts`, a direct-mapped table found by
+ *    that seq alone;
  *  - reads mark too (ZT_TC_READ_MARKS, kernels with sock:sock_recv_length): when a
  *    reader has consumed everything its socket received (copied_seq == rcv_nxt), the
  *    next byte to arrive starts the peer's next message in a request/response
@@ -29,14 +30,17 @@
 #define ZT_ETH_P_IPV6 0x86DD
 #define ZT_TC_ACT_OK 0 /* let the packet go on, whatever we saw */
 
+/* A message start: one slot of `starts`, found by its seq (zt_slot). */
 struct zt_start {
-    __u64 ts;      /* write syscall entry */
+    __u64 ts;      /* when marked; 0: an empty slot */
     __u32 netns;   /* writer socket's netns inode */
     __u32 tgid;
     __u16 lport;   /* writer socket, host byte order */
     __u16 rport;
     __u8 role;     /* 0: the socket writes this seq; 1: it expects to read it next */
     __u8 _pad[3];
+    __u32 seq;     /* the whole seq: a slot answers only for its own */
+    __u32 gen;     /* odd while a mark rewrites the slot (a seqlock for the TC side) */
 };
 
 /* One sighting of a message start at a hook.  Mirrored in agent/probes/tc.py. */
@@ -63,7 +67,22 @@ struct zt_hop {
     __u8 family;        /* 4 or 6: the packet's IP version; 88 bytes in all */
 };
 
-BPF_TABLE("lru_hash", __u32, struct zt_start, starts, 65536);
+/* Message starts, direct-mapped: slot = Fibonacci hash of the seq (spreads the
+ * arithmetic progressions of one connection's seqs).  A mark is one slot write, ~50 ns;
+ * an LRU hash (the first design) cost ~750 ns per update of a new key on a full map
+ * (bench/bench_tc.py, BPF_PROG_TEST_RUN), i.e. most of a mark.  A mark whose slot
+ * another seq takes before its packets have passed is lost, never mismatched: the
+ * slot keeps the whole seq.  docs/network.md has the loss arithmetic. */
+#define ZT_STARTS_BITS 17
+BPF_ARRAY(starts, struct zt_start, 1 << ZT_STARTS_BITS);
+
+#define ZT_BARRIER() asm volatile("" ::: "memory")
+
+static __always_inline struct zt_start *zt_slot(__u32 seq)
+{
+    __u32 i = (seq * 2654435761u) >> (32 - ZT_STARTS_BITS);
+    return starts.lookup(&i);
+}
 BPF_RINGBUF_OUTPUT(hops, 256);
 BPF_ARRAY(tc_self, __u32, 1); /* the agent's tgid: its own writes are not marked */
 /* hop records the ring had no room for: counted, exported as a metric (never silent) */
@@ -102,18 +121,27 @@ static __always_inline int zt_mark_seq(__u64 sk, __u32 tgid, __u8 role)
         ZT_READ(copied, sk, OFF_TCP_COPIED_SEQ);
         if (copied != seq) /* unread bytes wait: the next arrival continues them */
             return 0;
-        struct zt_start *old = starts.lookup(&seq);
-        if (old && old->role == 0)
-            return 0; /* a writer on this node named it first: keep its key */
     }
-    struct zt_start st = {};
-    st.ts = bpf_ktime_get_ns();
-    st.netns = netns;
-    st.tgid = tgid;
-    st.lport = lport;
-    st.rport = rport;
-    st.role = role;
-    starts.update(&seq, &st);
+    struct zt_start *st = zt_slot(seq);
+    if (!st)
+        return 0;
+    if (role == 1 && st->ts && st->seq == seq && st->role == 0)
+        return 0; /* a writer on this node named it first: keep its key */
+    /* a seqlock: gen odd while the slot is rewritten; the TC side reads gen before and
+     * after copying the slot and drops a copy that may mix two marks (two marks of one
+     * slot at once, on two CPUs, can still mix: a key of no span, never a wrong one) */
+    __u32 gen = *(volatile __u32 *)&st->gen;
+    *(volatile __u32 *)&st->gen = gen | 1;
+    ZT_BARRIER();
+    st->ts = bpf_ktime_get_ns();
+    st->netns = netns;
+    st->tgid = tgid;
+    st->lport = lport;
+    st->rport = rport;
+    st->role = role;
+    st->seq = seq;
+    ZT_BARRIER();
+    *(volatile __u32 *)&st->gen = (gen | 1) + 1;
     return 0;
 }
 
@@ -241,22 +269,29 @@ static __always_inline int zt_tc(struct __sk_buff *skb, int l3off, __u8 directio
     if (payload <= 0 || doff < 20)
         return ZT_TC_ACT_OK;
     __u32 seq = ((__u32)tcp[4] << 24) | ((__u32)tcp[5] << 16) | ((__u32)tcp[6] << 8) | tcp[7];
-    struct zt_start *st = starts.lookup(&seq);
+    struct zt_start *st = zt_slot(seq);
     if (!st)
+        return ZT_TC_ACT_OK;
+    __u32 gen = *(volatile __u32 *)&st->gen;
+    ZT_BARRIER();
+    struct zt_start m = *st;
+    ZT_BARRIER();
+    /* a mark rewrote the slot meanwhile (gen moved or odd): its fields could mix */
+    if (m.seq != seq || !m.ts || (gen & 1) || *(volatile __u32 *)&st->gen != gen)
         return ZT_TC_ACT_OK;
     __u16 sport = ((__u16)tcp[0] << 8) | tcp[1];
     __u16 dport = ((__u16)tcp[2] << 8) | tcp[3];
-    if (sport != st->lport && dport != st->rport && sport != st->rport && dport != st->lport)
+    if (sport != m.lport && dport != m.rport && sport != m.rport && dport != m.lport)
         return ZT_TC_ACT_OK;
     struct zt_hop h = {};
     h.ts = bpf_ktime_get_ns();
     h.netns = zt_skb_netns(skb);
-    h.start_ts = st->ts;
+    h.start_ts = m.ts;
     h.seq = seq;
     h.ifindex = skb->ifindex;
-    h.writer_netns = st->netns;
-    h.writer_lport = st->lport;
-    h.writer_rport = st->rport;
+    h.writer_netns = m.netns;
+    h.writer_lport = m.lport;
+    h.writer_rport = m.rport;
     /* addresses read only on a hit: a miss (almost every packet) does not pay */
     if (v6) {
         bpf_skb_load_bytes(skb, l3off + 8, h.saddr, 16);
@@ -274,7 +309,7 @@ static __always_inline int zt_tc(struct __sk_buff *skb, int l3off, __u8 directio
     h.direction = direction;
     h.tcp_flags = tcp[13];
     h.window = ((__u16)tcp[14] << 8) | tcp[15];
-    h.role = st->role;
+    h.role = m.role;
     /* no wake-up: the agent drains on a 50 ms timer, and a hop's record is wanted only
      * when its trace is emitted (after 0.5 s of quiet), so no IPI per packet */
     if (hops.ringbuf_output(&h, sizeof(h), BPF_RB_NO_WAKEUP) != 0) {
