@@ -20,9 +20,10 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import generate_latest
 
 from agent.demo.services import go_binary
+from agent.metrics import AgentMetrics
 from agent.probes import gotls, tls
 from agent.probes.loader import ProbeConfig, SocketTracer
 from tests.e2e.conftest import PY, run_client, wait_tcp
@@ -65,7 +66,10 @@ def one_request(tracer, net, argv):
         return run_client(net.hosts[CLIENT], *argv)
 
     run, spans, traced = capture(tracer, go, lambda ss: all(pairs_of(ss, PY_TLS)))
-    (c,), (s,) = pairs_of(spans, PY_TLS)
+    cs, ss = pairs_of(spans, PY_TLS)
+    assert len(cs) == len(ss) == 1, ([(x.kind, x.process, x.operation) for x in spans],
+                                     tracer.tls.exec_hook.stats, tracer.tls_stats())
+    c, s = cs[0], ss[0]
     return run, c, s, traced
 
 
@@ -94,9 +98,9 @@ def test_statically_linked_openssl(world):
     assert got["plaintext_bytes"][("static_client", "ingress")] >= 3000
     assert got["plaintext_bytes"][("static_client", "egress")] >= 2 * len("GET /echo")
     assert got["connections"][("static_client",)] >= 2
-    reg = CollectorRegistry()
-    reg.register(tls.TlsCollector(tracer.tls.process_counters))
-    text = generate_latest(reg).decode()
+    metrics = AgentMetrics()
+    metrics.add_tls(tls.TlsCollector(tracer.tls.process_counters))
+    text = generate_latest(metrics.registry).decode()
     assert 'zerotrace_tls_plaintext_bytes_total{direction="ingress",process="static_client"}' \
         in text
     assert 'zerotrace_tls_connections_total{process="static_client"}' in text

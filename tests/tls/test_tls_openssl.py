@@ -295,3 +295,5 @@ def test_connection_opened_before_the_tracer(world):
     for c, s in zip(cs, ss, strict=True):
         assert_linked(c, s, traced)
     assert tracer.tls_stats()["tls_connections_midstream"] >= before + 2  # both ends
+    # per process, for Prometheus: nginx's end of it, its handshake missed
+    assert tracer.tls.process_counters()["connections_midstream"].get(("nginx",), 0) >= 1
