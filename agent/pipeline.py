@@ -2,6 +2,9 @@
 
     events -> SpanAssembler (conn + protocols) -> Stitcher -> traces
            traces -> Enricher (tags) -> RED metrics -> exporters (server, OTLP) -> print
+
+Built by agent/factory.py (build, then attach to the probes) wherever a pipeline runs:
+the agent command, the demo, the benchmarks.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from agent.conn.listeners import ListenerRoles
 from agent.conn.spans import SpanContext
 from agent.probes.events import SocketEvent
 from agent.probes.loader import ProbeConfig
+from agent.protocols.dns import bound_peer_sessions
 from agent.stitch._stitcher import Stitcher  # compiled; stitcher.py is the reference
 from agent.stitch.handoff import HandoffIndex
 from agent.stitch.runtime import MODE_GO
@@ -81,6 +85,7 @@ class Pipeline:
         self.follow_go: Callable[[int], bool] | None = None
         self._pids: set[int] = set()
         self._next_tick = 0.0
+        self._next_expiry = 0.0
         # The stitcher's clock: how far the agent has read, not the wall clock.  When the
         # agent lags (a loaded node), "no client span yet 0.5 s after the server span"
         # must mean 0.5 s of events read, or a client span still in the ring is given
@@ -98,43 +103,11 @@ class Pipeline:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Pipeline:
-        """Build the stages the command line and config file ask for."""
-        from agent import config
-        from agent.enrich import EnrichConfig, Enricher
-        from agent.export import BatchExporter
+        """Build the stages the command line and config file ask for (agent/factory.py,
+        which every pipeline is built by)."""
+        from agent import factory
 
-        conf = config.load(getattr(args, "config", None))
-        node = getattr(args, "node", None) or config.node_name(conf)
-        p = cls(agent_name=node)
-        p.enricher = Enricher(EnrichConfig.from_env(conf.get("enrich")))
-        server = (getattr(args, "server", None) or conf.get("server")
-                  or os.environ.get("ZEROTRACE_SERVER"))
-        otlp = getattr(args, "otlp", None) or conf.get("otlp")
-        if server or otlp:
-            from proto.credentials import ClientSecurity
-
-            # TLS/token flags, else the config file's settings of the same names.
-            opt = {k: getattr(args, k, None) or conf.get(k) for k in (
-                "tls_ca", "tls_cert", "tls_key", "tls_server_name", "token_file")}
-            sec = ClientSecurity.from_options(
-                ca=opt["tls_ca"], cert=opt["tls_cert"], key=opt["tls_key"],
-                server_name=opt["tls_server_name"], token_file=opt["token_file"])
-        p.ignore_ports = frozenset(export_ports(server, otlp))
-        if server:
-            from agent.export import GrpcSpanExporter
-            p.exporters.append(("server", BatchExporter(
-                GrpcSpanExporter(server, agent=node, security=sec))))
-        if otlp:
-            from agent.export import OtlpSpanExporter
-            p.exporters.append(("otlp", BatchExporter(OtlpSpanExporter(otlp, security=sec))))
-        port = getattr(args, "metrics_port", None)
-        if port is None:
-            # a daemon (nothing printed) serves metrics by default; a terminal session not
-            daemon = getattr(args, "print_what", "none") == "none"
-            port = conf.get("metrics_port", DEFAULT_METRICS_PORT if daemon else 0)
-        if port:
-            p.serve_metrics(port)
-        return p
+        return factory.build(factory.options_from_args(args))
 
     def serve_metrics(self, port: int) -> None:
         """Prometheus /metrics on port; a port in use is said once, not fatal."""
@@ -227,14 +200,19 @@ class Pipeline:
                 self.classifier.following_goroutines(pid)
 
     def tick(self) -> None:
-        """Periodic work (stitching decisions, expiry), every 0.1 s at most."""
+        """Periodic work: stitching decisions every 0.1 s at most; once a second, idle
+        sessions ended (a walk over every session: at 120 s idle, once a second is
+        exact enough) and DNS's per-client-port sessions bounded (protocols/dns.py)."""
         now = time.monotonic()
         if now < self._next_tick:
             return
         self._next_tick = now + 0.1
         wall = self.clock()
         self.stitcher.tick(wall)
-        self.assembler.expire(wall)
+        if now >= self._next_expiry:
+            self._next_expiry = now + 1.0
+            self.assembler.expire(wall)
+            bound_peer_sessions(self.assembler, wall)
 
     def clock(self) -> int:
         """Wall-clock ns up to which events have been read: the newest event processed,

@@ -11,12 +11,9 @@ import sys
 import threading
 import time
 
-from agent import check
-from agent.pipeline import Pipeline, tune_gc
+from agent import check, factory
 from agent.printer import event_line, span_line
 from agent.probes.loader import ProbeConfig, ProbeError, SocketTracer, netns_inode
-from agent.probes.shedding import Shedder
-from agent.probes.skiphints import SkipHints
 
 log = logging.getLogger("zerotrace.agent")
 
@@ -80,6 +77,49 @@ def _writer(out):
     return write_lines
 
 
+def _memory_report(top: int, when: str) -> None:
+    """Where the memory is, on stderr (diagnosis: ZEROTRACE_MEMORY_REPORT=N): Python's
+    object allocator (arenas, used and free bytes), the collector's state and, with
+    ZEROTRACE_TRACEMALLOC=1 (slows the agent several times), the top N allocation sites
+    still alive."""
+    import gc
+    import tempfile
+    import tracemalloc
+
+    with tempfile.TemporaryFile("w+") as tmp:  # _debugmallocstats writes to C stderr
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(tmp.fileno(), 2)
+        try:
+            sys._debugmallocstats()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        tmp.seek(0)
+        for line in tmp:
+            if line.startswith(("# arenas", "# bytes in", "Total")):
+                print(f"zerotrace-mem: {when}: {' '.join(line.split())}", file=sys.stderr)
+    print(f"zerotrace-mem: {when}: gc counts {gc.get_count()}, objects tracked "
+          f"{len(gc.get_objects())}, frozen {gc.get_freeze_count()}, collections "
+          f"{[g['collections'] for g in gc.get_stats()]}", file=sys.stderr)
+    if when == "asked":
+        # cyclic garbage waiting for a full collection (the agent's GC runs gen 2 rarely)
+        t0 = time.perf_counter()
+        found = gc.collect()
+        print(f"zerotrace-mem: {when}: full collection found {found} unreachable objects "
+              f"in {1e3 * (time.perf_counter() - t0):.1f} ms", file=sys.stderr)
+    if not tracemalloc.is_tracing():
+        return
+    snap = tracemalloc.take_snapshot()
+    cur, peak = tracemalloc.get_traced_memory()
+    print(f"zerotrace-mem: python heap traced {cur / 2**20:.1f} MB (peak {peak / 2**20:.1f})",
+          file=sys.stderr)
+    for st in snap.statistics("lineno")[:top]:
+        f = st.traceback[0]
+        print(f"zerotrace-mem: {st.size / 2**20:7.2f} MB {st.count:8d} blocks "
+              f"{'/'.join(f.filename.rsplit('/', 2)[-2:])}:{f.lineno}", file=sys.stderr)
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         cfg = probe_config(args)
@@ -100,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
     write = _writer(sys.stdout)
     what = args.print_what
     try:
-        pipeline = Pipeline.from_args(args)
+        opts = factory.options_from_args(args)
     except ValueError as e:  # config errors: unknown keys, bad mappings
         try:
             probes.result().close()
@@ -108,26 +148,16 @@ def run(args: argparse.Namespace) -> int:
             pass  # the configuration error is the one to fix first
         print(f"zerotrace: configuration: {e}", file=sys.stderr)
         return 2
+    pipeline = factory.build(opts)
     try:
         tracer = probes.result()
     except ProbeError as e:
         print(f"zerotrace: {e}", file=sys.stderr)
         return 1
-    pipeline.kernel_drops = tracer.drops
-    # Overload: shed whole exchanges on purpose, counted, rather than lose random events
-    # in the ring (agent/probes/shedding.py); bodies parsers skip stay out of the ring.
-    # ZEROTRACE_SHEDDING=0: never sample (benchmarks' "before"); the ring then loses what
-    # the agent cannot follow, counted as ringbuf_full
-    shedder = Shedder(tracer) if os.environ.get("ZEROTRACE_SHEDDING", "1") != "0" else None
-    hints = None
-    if os.environ.get("ZEROTRACE_SKIP_HINTS", "1") != "0":
-        hints = SkipHints(tracer, pipeline.assembler, pipeline.tracker)
-    if pipeline.metrics is not None:
-        # the pipeline served its metrics before the probes were there to count losses
-        pipeline.metrics.add_source("kernel", tracer.drops)
-        pipeline.metrics.add_kernel(tracer.stats,
-                                    lambda: shedder.keep_ratio if shedder else 1.0,
-                                    tracer.ring_fill)
+    # the same wiring as the demo and the benchmarks (agent/factory.py): shedding and
+    # skip hints (ZEROTRACE_SHEDDING, ZEROTRACE_SKIP_HINTS), Go following, kernel counters
+    attached = factory.attach(pipeline, tracer, cfg, opts)
+    shedder = attached.shedder
     net = None
     if getattr(args, "interfaces", None):
         from agent.net import live
@@ -136,44 +166,41 @@ def run(args: argparse.Namespace) -> int:
             net = live.start(args, pipeline)  # TC hop probes: N spans (docs/network.md)
         except Exception as e:  # no clsact, no BTF for the skb offsets, a bad regex ...
             print(f"zerotrace: network spans off: {e}", file=sys.stderr)
-    # every probe is compiled now (the TC programs too): give back what clang/LLVM left
-    # in this process (agent/probes/memtrim.py; ~100 MB of the resident memory)
-    from agent.probes import memtrim
+    # every probe is compiled now (the TC programs too): the compiler's memory given back,
+    # the collector tuned, running processes scanned, shedding started
+    attached.start()
+    mem_top = int(os.environ.get("ZEROTRACE_MEMORY_REPORT", "0") or 0)
+    if mem_top and os.environ.get("ZEROTRACE_TRACEMALLOC", "0") != "0":
+        import tracemalloc
 
-    memtrim.release()
-    tune_gc()
-    pipeline.follow_go = lambda pid: tracer.follow_go(pid).startswith("goroutine")
-    # Go processes already running: follow their goroutines before their first request
-    # rather than after it (reading DWARF takes a couple of seconds per binary).
-    t0 = time.monotonic()
-    pipeline.prescan(cfg)
-    log.info("processes scanned in %.1fs (%d Go processes followed)", time.monotonic() - t0,
-             tracer.go_processes())
+        tracemalloc.start()
+    report_now = threading.Event()
+    if mem_top:
+        _memory_report(mem_top, "ready")
+        # and whenever asked (bench_live --smaps asks under load)
+        signal.signal(signal.SIGUSR1, lambda _s, _f: report_now.set())
     if what == "spans":
         pipeline.on_span = lambda ctx: write([span_line(ctx.span)])
     elif what == "traces":
         pipeline.on_trace = lambda text: write([text])
     deadline = time.monotonic() + args.duration if args.duration else None
     n_events = 0
-    if shedder is not None:
-        shedder.start()
-        shedder.run_in_thread()
+    on_events = None
+    if what == "events":
+        def on_events(events: list) -> None:
+            pipeline.tracker.update_all(events)
+            write([event_line(e) for e in events])
     try:
         with tracer:
             log.info("tracing; stop with Ctrl-C")
             while not stop.stopped and (deadline is None or time.monotonic() < deadline):
-                events = tracer.poll(0.05)
-                n_events += len(events)
-                if what == "events":
-                    pipeline.tracker.update_all(events)
-                    write([event_line(e) for e in events])
-                else:
-                    pipeline.process(events)
-                pipeline.tick()
-                if hints is not None:
-                    hints.tick()
-            if shedder is not None:
-                shedder.stop()
+                n_events += attached.pump(0.05, on_events)
+                if report_now.is_set():
+                    report_now.clear()
+                    _memory_report(mem_top, "asked")
+            attached.stop()
+            if mem_top:
+                _memory_report(mem_top, "end")
             drops = tracer.drops()
             kernel_stats = tracer.stats()
             if net is not None:

@@ -17,11 +17,18 @@ import statistics
 import threading
 import time
 
+from agent import factory
 from agent.demo.fidelity import GO_HOPS, REQUIRED_HOPS, measure
 from agent.demo.topology import DemoTopology
-from agent.pipeline import Pipeline, tune_gc
 from agent.probes.loader import ProbeConfig, SocketTracer
 from agent.stitch.stitcher import Trace
+
+
+def pipeline_options() -> factory.Options:
+    """The agent's pipeline (agent/factory.py) without tags, export or metrics: shedding
+    and skip hints as the agent has them (ZEROTRACE_SHEDDING, ZEROTRACE_SKIP_HINTS);
+    exchanges shed on purpose are reported with the figures."""
+    return factory.Options()
 
 
 def run(requests: int, rate: int, concurrency: int, variant: str = "go",
@@ -31,9 +38,9 @@ def run(requests: int, rate: int, concurrency: int, variant: str = "go",
         hops = topo.required_hops
         cfg = ProbeConfig(netns={p.inode for p in topo.pods.values()})
         with SocketTracer(cfg) as tracer:
-            pipeline = Pipeline()
-            pipeline.follow_go = lambda pid: tracer.follow_go(pid).startswith("goroutine")
-            pipeline.prescan(cfg)
+            opts = pipeline_options()
+            pipeline = factory.build(opts)
+            probes = factory.attach(pipeline, tracer, cfg, opts)
             traces: list[Trace] = []
             delays: list[float] = []
 
@@ -42,7 +49,8 @@ def run(requests: int, rate: int, concurrency: int, variant: str = "go",
                 delays.append((time.time_ns() - max(s.end_ns for s in tr.spans)) / 1e9)
 
             pipeline.on_trace_obj = on_trace
-            tune_gc()  # as the agent command does
+            probes.start()  # as the agent command does: memory, GC, processes, shedding
+            stats0 = tracer.stats()
             stop = threading.Event()
             cpu = [0.0]
 
@@ -50,9 +58,7 @@ def run(requests: int, rate: int, concurrency: int, variant: str = "go",
                 t0 = time.thread_time()
                 idle_since = None
                 while True:
-                    events = tracer.poll(0.05)
-                    pipeline.process(events)
-                    pipeline.tick()
+                    events = probes.pump(0.05)
                     if events:
                         idle_since = None
                     elif idle_since is None:
@@ -72,8 +78,11 @@ def run(requests: int, rate: int, concurrency: int, variant: str = "go",
             stop.set()
             th.join(timeout=300)
             catch_up = time.monotonic() - t_end
+            probes.stop()
             pipeline.close()
             drops = tracer.drops()
+            shed = {k: v - stats0.get(k, 0) for k, v in tracer.stats().items()
+                    if k.startswith("shed_")}
     measured = [t.spans for t in traces[n_warm:]] + [t.spans for t in traces[:n_warm]]
     report = measure(truth, measured, pod_index=index, required_hops=hops)
     # End to end over growing sets of hops, so a loss is put on the pattern it comes
@@ -89,7 +98,7 @@ def run(requests: int, rate: int, concurrency: int, variant: str = "go",
         breakdown.append((name, f.end_to_end or 0.0, f.complete_requests / max(1, seen), seen))
     return {"report": report, "breakdown": breakdown, "delays": delays[n_warm:], "drops": drops,
             "process": pipeline.stitcher.process_report(), "stats": pipeline.summary(),
-            "agent_cpu_s": cpu[0], "catch_up_s": catch_up,
+            "agent_cpu_s": cpu[0], "catch_up_s": catch_up, "shed": shed,
             "ok": sum(1 for r in truth if r.status == 200),
             "sent": len(truth)}
 
@@ -112,7 +121,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"request end -> trace emitted: p50 {statistics.median(d):.2f} s, "
           f"p99 {d[int(0.99 * (len(d) - 1))]:.2f} s, max {d[-1]:.2f} s")
     print(f"agent CPU: {r['agent_cpu_s']:.1f} s for the run; caught up {r['catch_up_s']:.1f} s "
-          f"after the load ended; kernel drops {r['drops']}")
+          f"after the load ended; kernel drops {r['drops']}; left out on purpose (shedding) "
+          f"{r['shed']}")
     print(f"pipeline: {r['stats']}")
     for p in r["process"]:
         counts = ", ".join(f"{k}: {v}" for k, v in sorted(p["counts"].items()))

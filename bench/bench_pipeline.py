@@ -37,8 +37,7 @@ import time
 from collections import Counter
 from contextlib import contextmanager
 
-from agent.conn.assembler import SpanAssembler
-from agent.pipeline import Pipeline
+from agent import factory
 from agent.probes.events import SocketEvent
 from agent.probes.loader import ProbeConfig, SocketTracer
 from tests.helpers.netns import network
@@ -51,14 +50,25 @@ PACED = "function delay()\n    return 1\nend\n"  # wrk: 1 ms after each response
 
 
 
+def pipeline_options() -> factory.Options:
+    """The agent's pipeline (agent/factory.py) with shedding off: this benchmark measures
+    what one core can follow, which sampling would hide (bench_live measures the agent
+    with it).  No tags, export or metrics."""
+    return factory.Options(shedding=False)
+
+
 class Drainer(threading.Thread):
     """The agent: drain the ring, decode, Pipeline.process; its own CPU time measured."""
 
-    def __init__(self, tracer: SocketTracer, cpu: int | None = None) -> None:
+    def __init__(self, tracer: SocketTracer, cpu: int | None = None,
+                 cfg: ProbeConfig | None = None) -> None:
         super().__init__(daemon=True, name="zt-drain")
         self.tracer = tracer
         self.cpu = cpu
-        self.pipeline = Pipeline()
+        opts = pipeline_options()
+        self.pipeline = factory.build(opts)
+        self.probes = factory.attach(self.pipeline, tracer, cfg or tracer.config, opts)
+        self.probes.start()
         self.pipeline.on_span = self._span
         self.spans: Counter = Counter()
         self.events = 0
@@ -87,7 +97,7 @@ class Drainer(threading.Thread):
                     self.kept.extend(raw[:KEEP_RECORDS - len(self.kept)])
             else:
                 self.empty_polls += 1
-            self.pipeline.tick()
+            self.probes.tick()
             self.cpu_ns = time.thread_time_ns() - t0
 
     def settle(self, timeout_s: float = 120.0) -> bool:
@@ -189,8 +199,9 @@ def traced_round(net, url: str, tracer: SocketTracer, d: Drainer, threads: int, 
 
 
 def replay(records: list[bytes], wall_offset: int, reps: int, full: bool) -> dict:
-    """Recorded events through a fresh span stage (full=False: ConnTracker +
-    SpanAssembler) or a fresh Pipeline (full=True: also the stitcher), one thread."""
+    """Recorded events through a fresh pipeline's span stage (full=False: ConnTracker +
+    SpanAssembler, spans counted and not stitched) or the whole of it (full=True: also
+    the stitcher), one thread."""
     dec, tot, spans = [], [], 0
     for _ in range(reps):
         n = [0]
@@ -198,12 +209,13 @@ def replay(records: list[bytes], wall_offset: int, reps: int, full: bool) -> dic
         def count(_ctx, n=n) -> None:
             n[0] += 1
 
+        p = factory.build(pipeline_options())
         if full:
-            p = Pipeline()
             p.on_span = count
             process, close = p.process, p.close
         else:
-            a = SpanAssembler(count)
+            a = p.assembler
+            a.emit = count
             handle = a.handle
 
             def process(events, handle=handle) -> None:
@@ -230,7 +242,7 @@ def replay(records: list[bytes], wall_offset: int, reps: int, full: bool) -> dic
 
 def profile(records: list[bytes], wall_offset: int, top: int = 18) -> str:
     """cProfile of one full-Pipeline replay: where the time per span goes."""
-    p = Pipeline()
+    p = factory.build(pipeline_options())
     events = [SocketEvent(r, wall_offset) for r in records]
     prof = cProfile.Profile()
     prof.enable()
@@ -274,7 +286,7 @@ def main(argv: list[str] | None = None) -> None:
         with nginx_pair(taskset) as (net, url):
             cfg = ProbeConfig(netns={h.inode for h in net.hosts})
             with SocketTracer(cfg) as tracer:
-                d = Drainer(tracer, agent_cpu)
+                d = Drainer(tracer, agent_cpu, cfg)
                 d.start()
                 try:
                     for i in range(args.rounds):

@@ -88,32 +88,42 @@ class PodTags:
         self.base.close()
 
 
-def _trace_and_capture(topo, server: str, args: argparse.Namespace) -> dict:
-    from agent.demo.fidelity import measure
+def pipeline_options(server: str, pods: dict):
+    """The demo's pipeline options (agent/factory.py): the agent's, with the pods' names
+    as tags and spans exported to the demo's server; no metrics port."""
     from agent.enrich import EnrichConfig, Enricher
     from agent.export import BatchExporter, GrpcSpanExporter
-    from agent.pipeline import Pipeline, tune_gc
+    from agent.factory import Options
+    from agent.pipeline import export_ports
+
+    host = socket.gethostname()
+    return Options(agent_name=host,
+                   enricher=PodTags(Enricher(EnrichConfig.from_env({})), pods),
+                   exporters=[("server", BatchExporter(GrpcSpanExporter(server, agent=host)))],
+                   ignore_ports=frozenset(export_ports(server)))
+
+
+def _trace_and_capture(topo, server: str, args: argparse.Namespace) -> dict:
+    from agent import factory
+    from agent.demo.fidelity import measure
     from agent.probes.loader import ProbeConfig, SocketTracer
 
     cfg = ProbeConfig(netns={p.inode for p in topo.pods.values()})
     print(f"demo: loading the eBPF probes (scoped to the {len(topo.pods)} demo pods)...",
           flush=True)
     with SocketTracer(cfg) as tracer:
-        pipeline = Pipeline(agent_name=socket.gethostname())
-        pipeline.follow_go = lambda pid: tracer.follow_go(pid).startswith("goroutine")
-        pipeline.prescan(cfg)
-        pipeline.enricher = PodTags(Enricher(EnrichConfig.from_env({})), topo.pods)
-        exporter = BatchExporter(GrpcSpanExporter(server, agent=socket.gethostname()))
-        pipeline.exporters.append(("server", exporter))
+        opts = pipeline_options(server, topo.pods)
+        pipeline = factory.build(opts)
+        exporter = pipeline.exporters[0][1]
+        probes = factory.attach(pipeline, tracer, cfg, opts)
         traces = []
         pipeline.on_trace_obj = lambda tr: traces.append(tr.spans)
-        tune_gc()
+        probes.start()
         stop = threading.Event()
 
         def drain() -> None:
             while not stop.is_set():
-                pipeline.process(tracer.poll(0.05))
-                pipeline.tick()
+                probes.pump(0.05)
 
         th = threading.Thread(target=drain, daemon=True)
         th.start()
@@ -125,6 +135,7 @@ def _trace_and_capture(topo, server: str, args: argparse.Namespace) -> dict:
         time.sleep(2.0)  # the last traces settle and leave the stitcher
         stop.set()
         th.join(timeout=30)
+        probes.stop()
         pipeline.close()
         drops = tracer.drops()
     fid = measure(truth, traces, pod_index=topo.pod_index(), required_hops=topo.required_hops)
