@@ -11,6 +11,10 @@
     tls_server_name: NAME  # name to check the server certificate against
     token_file: FILE       # bearer token (else $ZEROTRACE_TOKEN); flags override all of these
     interfaces: REGEX      # network hops: TC probes on matching interfaces (--interfaces)
+    payload:               # payload capture (agent/enrich/capture.py, docs/kubernetes.md)
+      capture: on          #   every process; off: none but the namespaces/pods set on
+      namespaces: {payments: off}   # per Kubernetes namespace; a pod's annotation
+                           #   zerotrace.io/payload-capture: "off"|"on" is over both
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import yaml
 
 KNOWN = {"enrich", "server", "otlp", "metrics_port", "node",
          "tls_ca", "tls_cert", "tls_key", "tls_server_name", "token_file",
-         "interfaces"}
+         "interfaces", "payload"}
 
 
 class ConfigError(ValueError):
@@ -44,6 +48,13 @@ def load(path: str | None) -> dict[str, Any]:
     unknown = sorted(set(data) - KNOWN)
     if unknown:
         raise ConfigError(f"{path}: unknown settings {', '.join(unknown)}")
+    if "payload" in data:  # checked now: a typo must not leave payload captured
+        from agent.enrich.capture import CapturePolicy
+
+        try:
+            CapturePolicy.from_mapping(data["payload"])
+        except (ValueError, TypeError) as e:
+            raise ConfigError(f"{path}: {e}") from e
     return data
 
 

@@ -195,19 +195,21 @@ static __always_inline void zt_emit_data(struct zt_scratch *s, struct zt_config 
         captured = ZT_PAYLOAD_MAX;
     if (captured < len)
         ev->flags |= ZT_F_TRUNCATED;
+    if (ev->flags & ZT_F_NOCAPTURE)
+        zt_capture_count(len);
     zt_submit(s, sizeof(struct zt_event) + captured, cfg);
 }
 
 /* One message of sendmsg/recvmsg/…mmsg: payload from its iovecs, peer from msg_name. */
 static __always_inline void zt_emit_msghdr(struct zt_scratch *s, struct zt_config *cfg,
                                            struct zt_active *a, __u64 msg, __u64 len,
-                                           __u32 seq_delta, const int max_iov)
+                                           __u32 seq_delta, const int max_iov, int nocap)
 {
     __u64 name = 0, iov = 0, iovlen = 0;
     bpf_probe_read_user(&name, sizeof(name), (void *)msg);
     bpf_probe_read_user(&iov, sizeof(iov), (void *)(msg + 16));
     bpf_probe_read_user(&iovlen, sizeof(iovlen), (void *)(msg + 24));
-    __u64 want = len < ZT_PAYLOAD_MAX ? len : ZT_PAYLOAD_MAX;
+    __u64 want = nocap ? 0 : len < ZT_PAYLOAD_MAX ? len : ZT_PAYLOAD_MAX;
     s->ev.captured = zt_copy_iov(s->payload, iov, iovlen, want, max_iov);
     /* per message: the previous message of the same sendmmsg/recvmmsg set them */
     s->ev.flags &= ~(ZT_F_PEER_FROM_MSG | ZT_F_TRUNCATED);
@@ -377,6 +379,11 @@ static __always_inline int zt_data_exit(long ret)
         zt_emit_data(s, cfg, &a, ret, 0);
         return 0;
     }
+    /* Payload capture switched off for this cgroup (a pod, maps.h): decided before any
+     * byte is copied; the records keep their lengths, seqs and times. */
+    int nocap = zt_capture_off(s->ev.cgroup_id);
+    if (nocap)
+        s->ev.flags |= ZT_F_NOCAPTURE;
 
     if (a.sys == ZT_SYS_SENDMMSG || a.sys == ZT_SYS_RECVMMSG) {
         /* ret = messages moved; each struct mmsghdr is a user_msghdr + msg_len (64 bytes). */
@@ -387,14 +394,14 @@ static __always_inline int zt_data_exit(long ret)
             __u64 m = a.buf + i * 64;
             __u32 mlen = 0;
             bpf_probe_read_user(&mlen, sizeof(mlen), (void *)(m + 56));
-            zt_emit_msghdr(s, cfg, &a, m, mlen, seq_delta, ZT_MMSG_IOV_MAX);
+            zt_emit_msghdr(s, cfg, &a, m, mlen, seq_delta, ZT_MMSG_IOV_MAX, nocap);
             seq_delta += mlen;
         }
         return 0;
     }
     /* One copy loop serves readv/writev and sendmsg/recvmsg (their iovecs are named by
      * the user_msghdr): the verifier walks each copy of a loop, iteration by iteration. */
-    __u64 want = ret < ZT_PAYLOAD_MAX ? ret : ZT_PAYLOAD_MAX;
+    __u64 want = nocap ? 0 : ret < ZT_PAYLOAD_MAX ? ret : ZT_PAYLOAD_MAX;
     __u64 iov = a.buf, iovcnt = a.count, peer = a.addr;
     int vectored = a.sys == ZT_SYS_WRITEV || a.sys == ZT_SYS_READV;
     if (a.sys == ZT_SYS_SENDMSG || a.sys == ZT_SYS_RECVMSG) {
@@ -405,7 +412,7 @@ static __always_inline int zt_data_exit(long ret)
     }
     if (vectored) {
         s->ev.captured = zt_copy_iov(s->payload, iov, iovcnt, want, ZT_IOV_MAX);
-    } else {
+    } else if (want) {
         if (want > ZT_PAYLOAD_MAX)
             want = ZT_PAYLOAD_MAX;
         if (bpf_probe_read_user(s->payload, want, (void *)a.buf) == 0)

@@ -144,12 +144,58 @@ static __always_inline int zt_active_take(struct zt_active *out)
     return 1;
 }
 
+/* Payload capture switched off by cgroup (a pod's containers; agent/probes/capture.py,
+ * the policy in agent/enrich/capture.py).  capture_mode slot 0: ZT_CAPTURE_ALL (no
+ * look-up at all), ZT_CAPTURE_DENY (no payload for the cgroups in capture_cgroups) or
+ * ZT_CAPTURE_ALLOW (payload only for them).  A record of a cgroup switched off carries
+ * its header (lengths, seqs, times, addresses) and no payload byte, flagged
+ * ZT_F_NOCAPTURE; the data syscalls decide before copying, and zt_submit checks TLS
+ * plaintext records (bpf/tls.c copies before it submits). */
+#define ZT_F_NOCAPTURE 64 /* flags bit, not in abi.h: agent/probes/capture.py F_NOCAPTURE */
+#define ZT_CAPTURE_ALL 0
+#define ZT_CAPTURE_DENY 1
+#define ZT_CAPTURE_ALLOW 2
+BPF_ARRAY(capture_mode, __u32, 1);
+BPF_HASH(capture_cgroups, __u64, __u8, 16384);
+/* 0: records sent without their payload, 1: the bytes those syscalls moved */
+BPF_PERCPU_ARRAY(capture_stats, __u64, 2);
+
+static __always_inline int zt_capture_off(__u64 cgid)
+{
+    int zero = 0;
+    __u32 *mode = capture_mode.lookup(&zero);
+    if (!mode || *mode == ZT_CAPTURE_ALL)
+        return 0;
+    int listed = capture_cgroups.lookup(&cgid) != 0;
+    return *mode == ZT_CAPTURE_DENY ? listed : !listed;
+}
+
+static __always_inline void zt_capture_count(__u64 bytes)
+{
+    int slot = 0;
+    __u64 *n = capture_stats.lookup(&slot);
+    if (n)
+        __sync_fetch_and_add(n, 1);
+    slot = 1;
+    n = capture_stats.lookup(&slot);
+    if (n)
+        __sync_fetch_and_add(n, bytes);
+}
+
 /* Submit without a wake-up except every cfg->wakeup_events events on this CPU: a
  * wake-up per event would cost an IPI per syscall, and the agent also polls on a short
  * timer.  (bcc 0.26 has no ringbuf_query, so the count is ours.) */
 static __always_inline void zt_submit(struct zt_scratch *s, __u64 size, struct zt_config *cfg)
 {
     __u64 flags = BPF_RB_NO_WAKEUP;
+    if ((s->ev.flags & ZT_F_TLS) && s->ev.type == ZT_EV_DATA && s->ev.captured &&
+        zt_capture_off(s->ev.cgroup_id)) {
+        /* TLS plaintext of a cgroup switched off: the header goes, the payload stays */
+        zt_capture_count(s->ev.ret);
+        s->ev.captured = 0;
+        s->ev.flags |= ZT_F_NOCAPTURE | ZT_F_TRUNCATED;
+        size = sizeof(struct zt_event);
+    }
     if (++s->unsignalled >= cfg->wakeup_events) {
         s->unsignalled = 0;
         flags = BPF_RB_FORCE_WAKEUP;

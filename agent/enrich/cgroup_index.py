@@ -38,19 +38,26 @@ class CgroupIndex:
         return self._paths.get(cgroup_id)
 
     def _walk(self) -> dict[int, str]:
-        root = self._root
-        assert root is not None
-        paths: dict[int, str] = {}
-        stack = [(root, "")]
-        while stack:
-            directory, rel = stack.pop()
-            try:
-                with os.scandir(directory) as it:
-                    for entry in it:
-                        if entry.is_dir(follow_symlinks=False):
-                            sub = f"{rel}/{entry.name}"
-                            paths[entry.inode()] = sub
-                            stack.append((entry.path, sub))
-            except OSError:
-                continue  # removed while walking: the next walk sees the new tree
-        return paths
+        return walk_cgroups(self._root)
+
+
+def walk_cgroups(root: str | None = None) -> dict[int, str]:
+    """cgroup id (directory inode) -> path relative to the v2 root, for every cgroup
+    below `root` (None: the v2 mount).  Directories removed while walking are skipped."""
+    root = root if root is not None else cgroup2_mount()
+    if not root:
+        return {}
+    paths: dict[int, str] = {}
+    stack = [(root, "")]
+    while stack:
+        directory, rel = stack.pop()
+        try:
+            with os.scandir(directory) as it:
+                for entry in it:
+                    if entry.is_dir(follow_symlinks=False):
+                        sub = f"{rel}/{entry.name}"
+                        paths[entry.inode()] = sub
+                        stack.append((entry.path, sub))
+        except OSError:
+            continue  # removed while walking: the next walk sees the new tree
+    return paths

@@ -9,6 +9,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent.enrich.capture import CapturePolicy
+
 DEFAULT_LABELS = {"app.kubernetes.io/version": "service.version"}
 DEFAULT_ANNOTATIONS = {"team": "team", "git.commit": "vcs.commit"}
 # An application that names itself the OTel way is believed.
@@ -48,6 +50,9 @@ class EnrichConfig:
     watch_timeout: int = 300  # server-side timeoutSeconds of one watch (s)
     request_timeout: float = 10.0  # connect and list read timeout (s)
     deleted_grace: float = 30.0  # a deleted pod's tags still answer late spans (s)
+    # Payload capture per namespace / pod annotation (the agent config's `payload`
+    # section, agent/enrich/capture.py).
+    payload_capture: CapturePolicy = field(default_factory=CapturePolicy)
 
     @property
     def kubernetes_enabled(self) -> bool:
@@ -67,16 +72,21 @@ class EnrichConfig:
                 raise ValueError(f"{key} must map a key to an attribute name")
             if key in data:
                 data[key] = {str(k): str(v) for k, v in data[key].items()}
+        if "payload_capture" in data and not isinstance(data["payload_capture"], CapturePolicy):
+            data["payload_capture"] = CapturePolicy.from_mapping(data["payload_capture"])
         return cls(**data)
 
     @classmethod
     def from_env(
-        cls, data: Mapping[str, Any] | None = None, env: Mapping[str, str] = os.environ
+        cls, data: Mapping[str, Any] | None = None, env: Mapping[str, str] = os.environ,
+        payload: Mapping[str, Any] | None = None,
     ) -> EnrichConfig:
         """`from_mapping`, then ZEROTRACE_NODE / ZEROTRACE_SERVICE_NAME /
         ZEROTRACE_CLUSTER / KUBECONFIG from the environment where the mapping leaves
-        them unset."""
+        them unset; `payload`: the agent config's `payload` section."""
         cfg = cls.from_mapping(data)
+        if payload is not None:
+            cfg.payload_capture = CapturePolicy.from_mapping(payload)
         if not cfg.node_name:
             cfg.node_name = env.get("ZEROTRACE_NODE", "")
         if not cfg.service_name:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
+from collections.abc import Callable
 
 # Reasons, stable names: they become Prometheus label values.
 UNKNOWN_RUNTIME_PATH = "unknown_runtime_path"
@@ -29,14 +30,23 @@ class Counters:
         self._lock = threading.Lock()
         self._logged: set[str] = set()
         self._log = logger
+        # counts kept elsewhere (the probes' payload-capture counters), read at snapshot
+        self._sources: list[Callable[[], dict[str, int]]] = []
 
     def inc(self, reason: str, n: int = 1) -> None:
         with self._lock:
             self._counts[reason] += n
 
+    def add_source(self, fn: Callable[[], dict[str, int]]) -> None:
+        """fn() -> {reason: count}, merged into every snapshot."""
+        self._sources.append(fn)
+
     def snapshot(self) -> dict[str, int]:
         with self._lock:
-            return dict(self._counts)
+            out = dict(self._counts)
+        for fn in self._sources:
+            out.update(fn())
+        return out
 
     def warn_once(self, key: str, msg: str, *args: object) -> None:
         if key in self._logged:

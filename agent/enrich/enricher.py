@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from agent.enrich import counters as reasons
+from agent.enrich.capture import CaptureSwitch
 from agent.enrich.cgroup import HOST, ContainerRef, parse_path, read_pid_cgroup
 from agent.enrich.cgroup_index import CgroupIndex
 from agent.enrich.config import EnrichConfig
@@ -76,6 +77,10 @@ class Enricher:
         if pods is None and cfg.kubernetes_enabled:
             pods = self._owned_pods = self._start_pod_cache()
         self._pods = pods
+        # Payload capture per namespace/pod (agent/enrich/capture.py): the kernel's list
+        # once bound to the probes (`capture.bind`), the span-side safety net here.
+        self.capture = CaptureSwitch(cfg.payload_capture, pods, cfg.cgroup_root,
+                                     self._counters, self._stop)
         self._sweeper = threading.Thread(
             target=self._sweep_loop, name="zerotrace-enrich-sweep", daemon=True
         )
@@ -119,6 +124,8 @@ class Enricher:
             res.update(e.merged)  # type: ignore[arg-type]
         if not span.service:
             span.service = e.merged_service
+        if not self.capture.captures(e.pod):
+            self.capture.scrub(span)
         addr = span.remote.addr
         if addr and pods is not None:
             if addr.startswith("::ffff:"):

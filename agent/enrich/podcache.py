@@ -17,11 +17,12 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 from kubernetes.client.exceptions import ApiException
 
+from agent.enrich import capture
 from agent.enrich import counters as reasons
 from agent.enrich.config import EnrichConfig
 from agent.enrich.counters import Counters
@@ -67,6 +68,7 @@ class PodCache:
         self._synced = threading.Event()
         self._thread = threading.Thread(target=self._run, name="zerotrace-pods", daemon=True)
         self.lists = 0  # how many full lists were made (tests, diagnostics)
+        self._listeners: list[Callable[[], None]] = []
 
     # -- the lookup interface the Enricher uses -------------------------------------
     def pod_for(self, container_id: str, pod_uid: str) -> PodTags | None:
@@ -79,6 +81,19 @@ class PodCache:
 
     def pod_for_ip(self, ip: str) -> PodTags | None:
         return self._by_ip.get(ip)
+
+    # -- for the payload-capture switch (agent/enrich/capture.py) ----------------------
+    def pods(self) -> list[PodMeta]:
+        """The node's pods as last listed or watched (deleted ones until buried)."""
+        return list(self._pods.values())
+
+    def add_listener(self, fn: Callable[[], None]) -> None:
+        """fn() is called (on the watch thread) after the pods changed."""
+        self._listeners.append(fn)
+
+    def _changed(self) -> None:
+        for fn in self._listeners:
+            fn()
 
     # -- life cycle -------------------------------------------------------------------
     def start(self) -> None:
@@ -178,6 +193,7 @@ class PodCache:
         self._pods, self._by_cid, self._by_uid, self._by_ip = pods, by_cid, by_uid, by_ip
         self._graveyard.clear()
         self.lists += 1
+        self._changed()
         self._synced.set()
         return rv
 
@@ -219,7 +235,15 @@ class PodCache:
             self._cfg.label_attributes,
             self._cfg.annotation_attributes,
             self._node_attrs,
+            self._cfg.payload_capture.pod(meta.namespace, meta.annotations,
+                                          self._bad_annotation),
         )
+
+    def _bad_annotation(self, value: str) -> None:
+        self._counters.inc(capture.BAD_ANNOTATION)
+        self._counters.warn_once(f"capture:{value}", "pod annotation %s=%r is neither on "
+                                 "nor off: payload capture off for that pod",
+                                 capture.ANNOTATION, value)
 
     def _upsert(self, meta: PodMeta) -> None:
         old = self._pods.get(meta.uid)
@@ -234,6 +258,7 @@ class PodCache:
                 self._by_cid.pop(cid, None)
             self._drop_ips(old, keep=new_ips)
         self._pods[meta.uid] = meta
+        self._changed()
 
     def _delete(self, meta: PodMeta) -> None:
         old = self._pods.get(meta.uid, meta)
@@ -258,3 +283,4 @@ class PodCache:
             if meta is not None:
                 for cid in meta.containers:
                     self._by_cid.pop(cid, None)
+                self._changed()

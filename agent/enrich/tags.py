@@ -28,6 +28,9 @@ class PodTags:
     service: str
     # Attributes for a span whose *remote* end is this pod.
     peer: dict[str, str] = field(default_factory=dict)
+    # Payload capture of the pod (agent/enrich/capture.py): False, its spans keep L4
+    # facts only.
+    capture: bool = True
 
 
 def node_attributes(node: Mapping | None) -> dict[str, str]:
@@ -42,8 +45,10 @@ def build_pod_tags(
     label_attributes: Mapping[str, str],
     annotation_attributes: Mapping[str, str],
     node_attrs: Mapping[str, str] | None = None,
+    capture: bool = True,
 ) -> tuple[PodTags, dict[str, PodTags]]:
-    """Tags of the pod as a whole, and per container id."""
+    """Tags of the pod as a whole, and per container id; `capture`: whether the pod's
+    payload is captured (agent/enrich/capture.py)."""
     res: dict[str, str] = dict(node_attrs or {})
     if pod.node:
         res["k8s.node.name"] = pod.node
@@ -75,7 +80,7 @@ def build_pod_tags(
     if workload.kind:
         peer["k8s.peer.workload.kind"] = workload.kind
         peer["k8s.peer.workload.name"] = workload.name
-    whole = PodTags(res, service, peer)
+    whole = PodTags(res, service, peer, capture)
     per_container = {}
     for cid, (name, image) in pod.containers.items():
         cres = dict(res)
@@ -83,5 +88,5 @@ def build_pod_tags(
         cres["k8s.container.name"] = name
         if image:
             cres["container.image.name"] = image
-        per_container[cid] = PodTags(cres, service, peer)
+        per_container[cid] = PodTags(cres, service, peer, capture)
     return whole, per_container

@@ -1,0 +1,99 @@
+"""The kernel side of the payload-capture switch: which cgroups' records carry payload.
+
+bpf/maps.h holds the switch: `capture_mode` (ALL: no look-up; DENY: no payload for the
+cgroups listed in `capture_cgroups`; ALLOW: payload only for them) and `capture_stats`
+(records sent without payload and the bytes their syscalls moved).  A record of a cgroup
+switched off keeps its header (lengths, seqs, times, addresses) and carries no payload
+byte; it is flagged F_NOCAPTURE.  The policy (which pods, from their namespace and
+annotations) lives in agent/enrich/capture.py; this module only writes what it decides.
+"""
+
+from __future__ import annotations
+
+import ctypes as ct
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+# bpf/maps.h ZT_F_NOCAPTURE (a flags bit of struct zt_event beside abi.h's F_*)
+F_NOCAPTURE = 64
+MODE_ALL, MODE_DENY, MODE_ALLOW = 0, 1, 2
+MODE_NAMES = {MODE_ALL: "all", MODE_DENY: "deny", MODE_ALLOW: "allow"}
+
+
+class CaptureMap:
+    """Writes the switch into a loaded SocketTracer's maps (bpf/maps.h).
+
+    `set(mode, cgroup_ids)` replaces the listed set with the fewest map updates (only
+    the ids that came or went)."""
+
+    def __init__(self, tracer: Any) -> None:
+        # the loader keeps bcc's BPF object private; these three maps are ours
+        bpf = tracer._bpf
+        self._mode = bpf[b"capture_mode"]
+        self._cgroups = bpf[b"capture_cgroups"]
+        self._stats = bpf[b"capture_stats"]
+        self._listed: set[int] = set()
+        self._current = MODE_ALL
+        self._lock = threading.Lock()
+
+    @property
+    def mode(self) -> int:
+        return self._current
+
+    def listed(self) -> frozenset[int]:
+        """The cgroup ids in the map now."""
+        return frozenset(self._listed)
+
+    def set(self, mode: int, cgroup_ids: Iterable[int]) -> None:
+        """Mode and the cgroups it names (DENY: switched off; ALLOW: switched on).
+        The updates are ordered so that a cgroup that stays off is never captured in
+        between: under DENY ids come before they go, under ALLOW they go first."""
+        if mode not in MODE_NAMES:
+            raise ValueError(f"capture mode {mode!r}")
+        want = {int(c) for c in cgroup_ids if c}
+        with self._lock:
+            table, one = self._cgroups, ct.c_uint8(1)
+            add, drop = want - self._listed, self._listed - want
+
+            def do_add() -> None:
+                for cg in add:
+                    table[ct.c_uint64(cg)] = one
+
+            def do_drop() -> None:
+                for cg in drop:
+                    try:
+                        del table[ct.c_uint64(cg)]
+                    except KeyError:
+                        pass
+
+            if mode == MODE_ALLOW and mode == self._current:
+                do_drop()
+                do_add()
+            else:  # DENY, or the mode changes (from ALL, once, at start)
+                do_add()
+                if mode != self._current:
+                    self._mode[ct.c_int(0)] = ct.c_uint32(mode)
+                    self._current = mode
+                do_drop()
+            self._listed = want
+
+    def counters(self) -> dict[str, int]:
+        """What the probes withheld: records sent without payload, and the bytes those
+        syscalls moved (summed over CPUs)."""
+        t = self._stats
+        return {"payload_off_records": sum(t[ct.c_int(0)]),
+                "payload_off_bytes": sum(t[ct.c_int(1)])}
+
+
+def bind(enricher: Any, tracer: Any) -> CaptureMap | None:
+    """Give the enricher's payload-capture switch (agent/enrich/capture.py) the probes'
+    maps, when it may ever switch something off: pods are watched (an annotation can
+    turn any pod off) or the policy names a namespace or a default of off.  None when
+    there is nothing to switch (the probes then never look a cgroup up)."""
+    switch = getattr(enricher, "capture", None)
+    if switch is None or not switch.may_switch():
+        return None
+    sink = CaptureMap(tracer)
+    switch.bind(sink)
+    return sink
