@@ -9,9 +9,10 @@ N agent processes, each exporting as the agent does (`BatchExporter` +
 reader).  During the run a reader fetches random traces already acked
 (`QueryService/GetTrace`) back to back.  Prints one JSON object: spans/s acked, push
 latency p50/p99/max (one `export()` call, retries excluded), trace-by-id p50/p99, the
-server's peak RSS (VmHWM), drops, and the machine's load (`os.getloadavg`): the agents,
-the reader and the server share this machine's CPUs, so on a small machine the figure
-is a floor for the server, not its capacity.
+server's peak RSS (VmHWM), drops, read errors by gRPC code and the server's query-pool
+refusals (its /metrics, zerotrace_server_queries_refused_total), and the machine's load
+(`os.getloadavg`): the agents, the reader and the server share this machine's CPUs, so
+on a small machine the figure is a floor for the server, not its capacity.
 """
 
 from __future__ import annotations
@@ -120,6 +121,28 @@ def _cpu_s(pid: int) -> float:
     return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _scrape(listen: str, name: str) -> float | None:
+    """One sample of the server's /metrics (None: not there, or no answer)."""
+    import urllib.request
+
+    try:
+        text = urllib.request.urlopen(f"http://{listen}/metrics", timeout=10).read().decode()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
+                              capture_output=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--agents", type=int, default=16)
@@ -138,9 +161,11 @@ def main(argv: list[str] | None = None) -> int:
     prog = tempfile.mkdtemp(prefix="zt-load-progress-")
     port = _free_port()
     addr = f"127.0.0.1:{port}"
+    metrics = f"127.0.0.1:{_free_port()}"
     srv = subprocess.Popen(
         [sys.executable, "-m", "server.cli", "server", "--listen", addr, "--data", data,
-         "--http", ""], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+         "--http", "", "--metrics", metrics], cwd=ROOT, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True)
     try:
         assert srv.stdout is not None
         for line in srv.stdout:
@@ -159,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         t_start = time.monotonic()
         reads: list[float] = []
         read_errors = 0
+        read_codes: dict[str, int] = {}  # gRPC status of the failed reads
         stop = threading.Event()
 
         def reader() -> None:
@@ -186,8 +212,10 @@ def main(argv: list[str] | None = None) -> int:
                             trace_id=f"{i:04x}{seq:028x}", no_join=True), timeout=60)
                         if len(r.spans) != 1:
                             read_errors += 1
-                    except grpc.RpcError:
+                    except grpc.RpcError as e:
                         read_errors += 1
+                        code = e.code().name if e.code() is not None else "?"
+                        read_codes[code] = read_codes.get(code, 0) + 1
                     reads.append(time.perf_counter() - t)
 
         rt = threading.Thread(target=reader, daemon=True)
@@ -202,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         stats = [json.loads(a.stdout.read().strip().splitlines()[-1]) for a in agents]
         peak = _vmhwm_mb(srv.pid)
         server_cpu = _cpu_s(srv.pid) - cpu_before
+        refused = _scrape(metrics, "zerotrace_server_queries_refused_total")
     finally:
         srv.terminate()
         try:
@@ -226,6 +255,9 @@ def main(argv: list[str] | None = None) -> int:
         "push_p99_ms": round(_pct(push, 0.99) * 1000, 1),
         "push_max_ms": round(max(push) * 1000, 1) if push else None,
         "get_trace_n": len(reads), "get_trace_errors": read_errors,
+        "get_trace_error_codes": read_codes,
+        # the server's query pool turned these away (UNAVAILABLE): its /metrics
+        "server_queries_refused": refused,
         "get_trace_p50_ms": round(statistics.median(reads) * 1000, 1) if reads else None,
         "get_trace_p99_ms": round(_pct(reads, 0.99) * 1000, 1),
         "server_peak_rss_mb": peak,
@@ -235,7 +267,9 @@ def main(argv: list[str] | None = None) -> int:
         "spans_per_server_cpu_s": round(sent / server_cpu) if server_cpu else None,
         "load_before": [round(x, 2) for x in load_before],
         "load_during_max": round(max(loads), 2) if loads else None,
+        "load_during_mean": round(statistics.mean(loads), 2) if loads else None,
         "cpus": os.cpu_count(),
+        "commit": _commit(),
     }
     print(json.dumps(out, indent=1))
     return 0
