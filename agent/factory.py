@@ -121,7 +121,6 @@ class Attached:
         self.hints = (SkipHints(tracer, pipeline.assembler, pipeline.tracker)
                       if opts.skip_hints else None)
         self.memory: dict[str, int] = {}  # what memtrim.release() did
-        self.trim_s = float(os.environ.get("ZEROTRACE_TRIM_S", "0") or 0)
         self._next_trim = 0.0
         self.started = False
         pipeline.kernel_drops = tracer.drops
@@ -160,13 +159,6 @@ class Attached:
         self.pipeline.tick()
         if self.hints is not None:
             self.hints.tick()
-        if self.trim_s:
-            now = time.monotonic()
-            if now >= self._next_trim:
-                from agent.probes import memtrim
-
-                self._next_trim = now + self.trim_s
-                memtrim.trim_heap()
 
     def pump(self, timeout_s: float = 0.05,
              on_events: Callable[[list], None] | None = None) -> int:
@@ -179,7 +171,23 @@ class Attached:
         else:
             on_events(events)
         self.tick()
+        if not events:
+            self._trim()
         return len(events)
+
+    TRIM_INTERVAL_S = 10.0
+
+    def _trim(self) -> None:
+        """The ring found empty: give the heap's free pages back (malloc_trim), at most
+        every TRIM_INTERVAL_S.  A trim takes up to ~50 ms on a fragmented heap, so it
+        waits for a moment with nothing to read rather than run on a timer."""
+        now = time.monotonic()
+        if now < self._next_trim:
+            return
+        from agent.probes import memtrim
+
+        self._next_trim = now + self.TRIM_INTERVAL_S
+        memtrim.trim_heap()
 
     def stop(self) -> None:
         """Stop shedding (the probes stay attached until the tracer is closed)."""

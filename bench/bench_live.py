@@ -15,8 +15,11 @@ traced round and as medians:
   keep rate the agent ended on;
 - ring cost: records and bytes per wrk request;
 - spans: server spans per wrk request (`zerotrace_requests_total`), client+server spans;
-- agent RSS (VmRSS sampled every 0.25 s: steady = median of the second half, and peak)
-  and agent CPU (utime+stime of the process over the wrk run): cores and µs per request.
+- agent RSS (VmRSS sampled every 0.25 s): when ready (idle), steady under load (median of
+  the samples in the second half of the wrk run), peak (load and drain); with --smaps,
+  where the resident memory is under load (/proc/PID/smaps at 3/4 of the wrk run, by
+  mapping kind: ring buffer, compiler libraries, anonymous heap ...);
+- agent CPU (utime+stime of the process over the wrk run): cores and µs per request.
 The machine's load (`uptime`) is printed with the figures: the VM is shared."""
 
 from __future__ import annotations
@@ -48,6 +51,38 @@ def proc_cpu_s(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK  # utime, stime
+
+
+_KINDS = (("ring buffer (bpf map)", re.compile(r"anon_inode:bpf")),
+          ("LLVM/clang", re.compile(r"/lib(LLVM|clang)[^/]*\.so")),
+          ("libbcc", re.compile(r"/libbcc[^/]*\.so")),
+          ("heap [heap]", re.compile(r"^\[heap\]$")),
+          ("stacks", re.compile(r"^\[stack")),
+          ("our compiled modules", re.compile(r"/agent/.*\.so$")),
+          ("python + other libraries", re.compile(r"\.so|/python")))
+
+
+def smaps_mb(pid: int) -> dict[str, float]:
+    """Resident MB of a process by mapping kind (anonymous: Python's object arenas, glibc's
+    mmap'd chunks and thread arenas, and anything without a file; the kernel merges
+    neighbouring anonymous mappings, so they are not told apart by size here)."""
+    out: dict[str, float] = {}
+    kind = None
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            head = line.split(None, 5)
+            if "-" in head[0] and not head[0].endswith(":"):
+                path = head[5].strip() if len(head) > 5 else ""
+                kind = next((k for k, rx in _KINDS if rx.search(path)),
+                            "anonymous" if not path else "other files")
+            elif head[0] == "Rss:":
+                out[kind] = out.get(kind, 0.0) + int(head[1]) / 1024
+            elif head[0] in ("Shared_Clean:", "Shared_Dirty:") and kind == "LLVM/clang":
+                # the compiler's pages other bcc processes map too: memtrim cannot give
+                # those back (they are theirs as well)
+                out["(LLVM/clang shared)"] = out.get("(LLVM/clang shared)", 0.0) + int(
+                    head[1]) / 1024
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
 
 def proc_rss_mb(pid: int) -> float:
@@ -89,7 +124,7 @@ class Agent:
         self.ready = threading.Event()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
-        self.rss: list[float] = []
+        self.rss: list[tuple[float, float]] = []  # (monotonic time, MB)
         self._sampling = False
 
     def _read(self) -> None:
@@ -112,7 +147,7 @@ class Agent:
         def run() -> None:
             while self._sampling and self.p.poll() is None:
                 try:
-                    self.rss.append(proc_rss_mb(self.p.pid))
+                    self.rss.append((time.monotonic(), proc_rss_mb(self.p.pid)))
                 except OSError:
                     return
                 time.sleep(0.25)
@@ -136,10 +171,23 @@ def traced_round(net, url: str, args, env: dict[str, str]) -> dict:
     a = Agent([h.path for h in net.hosts], args.metrics_port, env)
     try:
         ready_s = a.wait_ready()
+        rss_idle = proc_rss_mb(a.p.pid)
+        smaps_idle = smaps_mb(a.p.pid) if args.smaps else {}
         m0 = scrape(a.port)
         cpu0 = proc_cpu_s(a.p.pid)
         a.sample()
+        smaps: list[dict[str, float]] = []
+        if args.smaps:
+            def snap() -> None:
+                smaps.append(smaps_mb(a.p.pid))
+                if env.get("ZEROTRACE_MEMORY_REPORT", "0") != "0":
+                    a.p.send_signal(signal.SIGUSR1)  # the agent reports its heap now
+
+            timer = threading.Timer(0.75 * args.duration, snap)
+            timer.start()
+        t0 = time.monotonic()
         w = run_wrk(net, url, args.threads, args.connections, args.duration)
+        t1 = time.monotonic()
         cpu_s = proc_cpu_s(a.p.pid) - cpu0
         time.sleep(2.0)  # the tail drains, keep-alive connections stay open
         m1 = scrape(a.port)
@@ -149,8 +197,9 @@ def traced_round(net, url: str, args, env: dict[str, str]) -> dict:
     n = w["requests"]
     lost = d.get('zerotrace_stage_events_total{reason="ringbuf_full",stage="kernel"}', 0.0)
     records = d.get("zerotrace_ring_records_total", 0.0)
-    rss = a.rss or [0.0]
-    half = rss[len(rss) // 2:]
+    rss = [mb for _t, mb in a.rss] or [0.0]
+    mid = t0 + (t1 - t0) / 2
+    half = [mb for t, mb in a.rss if mid <= t <= t1] or rss
     out = dict(w)
     out.update({
         "ready_s": ready_s,
@@ -167,9 +216,13 @@ def traced_round(net, url: str, args, env: dict[str, str]) -> dict:
         "cpu_s": cpu_s,
         "cores": cpu_s / args.duration,
         "us_per_req": cpu_s * 1e6 / n if n else 0.0,
+        "rss_idle": rss_idle,
         "rss_steady": statistics.median(half),
         "rss_peak": max(rss),
-        "exit": [line for line in log if line.startswith("zerotrace:")][-6:],
+        "smaps": smaps[0] if smaps else {},
+        "smaps_idle": smaps_idle,
+        "exit": [line for line in log if line.startswith("zerotrace:")][-6:]
+        + [line for line in log if line.startswith("zerotrace-mem:")],
     })
     return out
 
@@ -184,27 +237,39 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--cpu-budget", type=float, default=None,
                     help="ZEROTRACE_CPU_BUDGET for the agent (cores; 0: no CPU limit)")
     ap.add_argument("--env", action="append", default=[], help="K=V for the agent")
+    ap.add_argument("--smaps", action="store_true",
+                    help="where the agent's resident memory is, under load (smaps by kind)")
     ap.add_argument("--compare-off", action="store_true",
                     help="each round also traced with shedding off (ZEROTRACE_SHEDDING=0)")
+    ap.add_argument("--compare", action="append", default=[], metavar="K=V[,K=V]",
+                    help="each round also traced with these agent settings (repeatable): "
+                         "variants side by side under the same load")
     args = ap.parse_args(argv or [])
     if shutil.which("wrk") is None or shutil.which("nginx") is None:
         raise SystemExit("bench_live needs wrk and nginx (scripts/setup.sh)")
     env = dict(kv.split("=", 1) for kv in args.env)
     if args.cpu_budget is not None:
         env["ZEROTRACE_CPU_BUDGET"] = str(args.cpu_budget)
-    base, traced, off = [], [], []
+    variants: list[tuple[str, dict[str, str]]] = [("", env)]
+    if args.compare_off:
+        variants.append(("shedding off ", {**env, "ZEROTRACE_SHEDDING": "0"}))
+    for spec in args.compare:
+        extra = dict(kv.split("=", 1) for kv in spec.split(","))
+        variants.append((f"[{spec}] ", {**env, **extra}))
+    base: list[dict] = []
+    traced: list[list[dict]] = [[] for _ in variants]
     load0 = load()
     with nginx_pair() as (net, url):
         for i in range(args.rounds):
             base.append(run_wrk(net, url, args.threads, args.connections, args.duration))
-            traced.append(traced_round(net, url, args, env))
-            if args.compare_off:
-                off.append(traced_round(net, url, args, {**env, "ZEROTRACE_SHEDDING": "0"}))
-            for what, r in [("", traced[-1])] + ([("shedding off ", off[-1])] if off else []):
-                _print_round(i, what, base[-1], r)
-    _report(args, env, load0, base, traced, "")
-    if off:
-        _report(args, {**env, "ZEROTRACE_SHEDDING": "0"}, load0, base, off, "shedding off: ")
+            # variants in turn, rotated each round so no one always runs last
+            order = [(i + k) % len(variants) for k in range(len(variants))]
+            for k in order:
+                traced[k].append(traced_round(net, url, args, variants[k][1]))
+            for k in range(len(variants)):
+                _print_round(i, variants[k][0], base[-1], traced[k][-1])
+    for (what, venv), rows in zip(variants, traced, strict=True):
+        _report(args, venv, load0, base, rows, what.replace("shedding off ", "shedding off: "))
 
 
 def _print_round(i: int, what: str, b: dict, r: dict) -> None:
@@ -214,8 +279,12 @@ def _print_round(i: int, what: str, b: dict, r: dict) -> None:
           f"{r['keep_ratio']:.3f}), {r['records_per_req']:.2f} records "
           f"{r['bytes_per_req']:.0f} B per request, server spans "
           f"{r['server_spans']:.0f}, agent {r['cores']:.2f} cores "
-          f"{r['us_per_req']:.1f} us/req, RSS {r['rss_steady']:.0f} MB "
-          f"(peak {r['rss_peak']:.0f})", flush=True)
+          f"{r['us_per_req']:.1f} us/req, RSS ready {r['rss_idle']:.0f} MB, under load "
+          f"{r['rss_steady']:.0f} MB (peak {r['rss_peak']:.0f})", flush=True)
+    for when, key in (("ready", "smaps_idle"), ("under load", "smaps")):
+        if r.get(key):
+            print(f"    resident {when} by kind (MB): " + ", ".join(
+                f"{k.strip()} {v:.1f}" for k, v in r[key].items() if v >= 0.05))
     for line in r["exit"]:
         print("    " + line)
 
@@ -232,7 +301,8 @@ def _report(args, env: dict, load0: str, base: list, traced: list, what: str) ->
           f"request), keep rate at the end {med(traced, 'keep_ratio'):.3f}")
     print(f"ring: {med(traced, 'records_per_req'):.2f} records, "
           f"{med(traced, 'bytes_per_req'):.0f} bytes per request")
-    print(f"agent: RSS steady {med(traced, 'rss_steady'):.0f} MB, peak "
+    print(f"agent: RSS ready {med(traced, 'rss_idle'):.0f} MB, steady under load "
+          f"{med(traced, 'rss_steady'):.0f} MB, peak "
           f"{max(r['rss_peak'] for r in traced):.0f} MB (target 150); CPU "
           f"{med(traced, 'cores'):.2f} cores, {med(traced, 'us_per_req'):.1f} us per wrk "
           f"request; ready in {med(traced, 'ready_s'):.1f} s")

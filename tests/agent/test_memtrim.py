@@ -50,3 +50,31 @@ def test_release_gives_back_compiler_pages_and_probes_still_fire():
     assert out["before_kb"] - out["after_kb"] > 10 * 1024 + 0.8 * out[
         "compiler_private_before_kb"]
     assert out["hits"] >= 5  # the attached program runs on, unaffected
+
+
+HEAP_CHILD = r"""
+import ctypes, json
+from agent.probes import memtrim
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+# 4 000 chunks of 16 KiB (glibc's heap, under the mmap threshold), written so they are
+# resident; all freed but the last, which keeps the heap's top from being given back
+ptrs = [libc.malloc(16384) for _ in range(4000)]
+for p in ptrs:
+    ctypes.memset(p, 1, 16384)
+for p in ptrs[:-1]:
+    libc.free(p)
+before = memtrim.resident_kb()
+memtrim.trim_heap()
+print(json.dumps({"before_kb": before, "after_kb": memtrim.resident_kb()}))
+"""
+
+
+def test_trim_heap_gives_back_free_pages_inside_the_heap():
+    r = subprocess.run([sys.executable, "-c", HEAP_CHILD], cwd=ROOT, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    # ~62 MB freed in the middle of the heap: most of it leaves the resident set
+    assert out["before_kb"] - out["after_kb"] > 40 * 1024, out
