@@ -1,18 +1,20 @@
 """The span's fields, declared once: what every other shape of a span is derived from.
 
 One row of `FIELDS` per column of the span table, in table order.  From it come the
-Arrow schema of the agent's batches (proto/columns.py), the ClickHouse column list
-(server/storage/schema.py), the decoding of stored rows (server/storage/sqlstore.py)
-and the limits the ingest checks apply (server/ingest/).  Two shapes are hand-written
+Arrow schema of the agent's batches (proto/columns.py), the protobuf conversions and
+the protobuf-to-Arrow conversion of ingest (proto/convert.py), the ClickHouse column
+list and the columns added to an older table (server/storage/schema.py), the decoding
+of stored rows (server/storage/sqlstore.py) and the limits of the one ingest
+validator (server/ingest/validate.py).  Two shapes are hand-written
 and checked against it by tests instead (tests/proto/test_schema.py): `span.proto`,
 because protoc needs a file, and the `Span` class (proto/span.py), because the agent
 builds it positionally on its per-event path and a generated class would hide its
 fields from readers and type checkers.
 
-Adding a field: a row here, the attribute on `Span` (same order), the field in
-span.proto, and its two lines in proto/convert.py; the tests say which is missing.
-A new table column reaches existing tables only through an `ALTER TABLE ... ADD
-COLUMN` (SqlStore creates tables with IF NOT EXISTS).
+Adding a field: a row here, the attribute on `Span` (same order) and the field in
+span.proto (regenerate span_pb2); the tests say which is missing.  Existing tables
+get the column when a store opens (`ALTER TABLE ... ADD COLUMN`,
+server/storage/schema.py `migrate`).
 """
 
 from __future__ import annotations

@@ -60,6 +60,7 @@ class ZerotraceServer:
         max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES,
         forward_otlp: str = "",
         max_future_s: float = 86_400,
+        redact_otlp: bool = True,
     ) -> None:
         # TLS files are read now, so that a bad path fails before the store opens.
         self._credentials = (server_credentials(tls_cert, tls_key, tls_ca)
@@ -73,9 +74,9 @@ class ZerotraceServer:
         if store is None:
             if data_dir is None:
                 raise ValueError("give a data directory or a store")
-            from server.storage.chdb_store import ChdbStore
+            from server.storage.factory import open_store
 
-            store = ChdbStore(data_dir)
+            store = open_store("chdb", data=data_dir)
         self.store = store
         self.listen = listen
         self.writer = BatchWriter(store)
@@ -116,7 +117,9 @@ class ZerotraceServer:
         self.window = TimeWindow(max_future_s=max_future_s, max_age_s=retention_s)
         self.admissions = {
             "zerotrace": Admission(limit=max(1, workers // 8), window=self.window),
-            "otlp": Admission(limit=max(1, workers // 2), window=self.window),
+            # SDK spans are redacted at ingest unless told not to (server/ingest/redact.py)
+            "otlp": Admission(limit=max(1, workers // 2), window=self.window,
+                              redact=redact_otlp),
         }
         # Request bytes in flight, server-wide (docs/server.md, "Admission by bytes").
         self.budget = ByteBudget(max_inflight_bytes)

@@ -369,33 +369,44 @@ def cmd_server(args: argparse.Namespace) -> int:
     if busy:  # an explicit --http, likewise (the default's port may be taken: see below)
         print(f"zerotrace: cannot serve HTTP on {args.http}: {busy}", file=sys.stderr)
         return 1
-    missing = _missing_store_package(args)
+    from server.storage import factory
+
+    # --store picks the backend from the registry (server/storage/factory.py);
+    # --clickhouse HOST:PORT alone still means the clickhouse backend.
+    store_name = args.store or ("clickhouse" if args.clickhouse else "chdb")
+    store_opts = factory.StoreOptions(data=args.data, address=args.clickhouse)
+    missing = factory.missing_package(store_name)
     if missing:  # the agent's image has neither: say how to get the server's part
         print(f"zerotrace: the server's store needs the Python package {missing!r}, not "
               "installed here (pip install 'zerotrace[server]'; the server image has it)",
               file=sys.stderr)
         return 2
-    store = None
-    if args.clickhouse:
-        from server.storage.clickhouse_store import ClickHouseStore
+    from server.storage.base import StorageError
 
-        host, _, port = args.clickhouse.rpartition(":")
-        store = ClickHouseStore(host=host or "127.0.0.1", port=int(port or 8123))
-    srv = ZerotraceServer(
-        args.listen,
-        data_dir=args.data,
-        store=store,
-        retention_s=(args.retention or 0) / 1e9,
-        max_bytes=args.max_size or 0,
-        metrics_listen=args.metrics,
-        tls_cert=args.tls_cert or "",
-        tls_key=args.tls_key or "",
-        tls_ca=args.tls_ca or "",
-        tokens=tokens,
-        max_inflight_bytes=args.max_inflight_bytes,
-        forward_otlp=args.forward_otlp or "",
-        max_future_s=args.max_future / 1e9,
-    )
+    try:
+        store = factory.open_store(store_name, store_opts)
+    except (StorageError, ValueError) as e:
+        print(f"zerotrace: cannot open the {store_name} store: {e}", file=sys.stderr)
+        return 1
+    try:
+        srv = ZerotraceServer(
+            args.listen,
+            store=store,
+            retention_s=(args.retention or 0) / 1e9,
+            max_bytes=args.max_size or 0,
+            metrics_listen=args.metrics,
+            tls_cert=args.tls_cert or "",
+            tls_key=args.tls_key or "",
+            tls_ca=args.tls_ca or "",
+            tokens=tokens,
+            max_inflight_bytes=args.max_inflight_bytes,
+            forward_otlp=args.forward_otlp or "",
+            max_future_s=args.max_future / 1e9,
+            redact_otlp=not args.no_otlp_redaction,
+        )
+    except BaseException:
+        store.close()
+        raise
     try:
         port = srv.start()
     except (OSError, RuntimeError) as e:  # grpcio raises RuntimeError when bind fails
@@ -404,7 +415,7 @@ def cmd_server(args: argparse.Namespace) -> int:
         return 1
     print(
         f"zerotrace server listening on {args.listen.rpartition(':')[0]}:{port} "
-        f"data={args.data if store is None else args.clickhouse}"
+        f"{factory.backend(store_name).describe(store_opts)}"
         + (f" metrics={'https' if args.tls_cert else 'http'}://"
            f"{args.metrics.rpartition(':')[0]}:{srv.metrics_port}/metrics"
            if args.metrics else "")
@@ -436,12 +447,10 @@ def cmd_server(args: argparse.Namespace) -> int:
     return 0
 
 
-def _missing_store_package(args: argparse.Namespace) -> str:
-    """The package --clickhouse or the embedded store (chDB) needs, when it is missing."""
-    import importlib.util
+def _store_names() -> list[str]:
+    from server.storage import factory
 
-    name = "clickhouse_connect" if args.clickhouse else "chdb"
-    return "" if importlib.util.find_spec(name) is not None else name.replace("_", "-")
+    return factory.names()
 
 
 def _start_http(args: argparse.Namespace, store: Any, tokens: Any, srv: Any = None) -> Any:
@@ -784,9 +793,24 @@ def _register_server(subparsers: argparse._SubParsersAction) -> None:
         "(RESOURCE_EXHAUSTED, agents retry) before they are decoded (default 256MiB; 0 = off)",
     )
     p.add_argument(
+        "--store",
+        choices=_store_names(),
+        default=None,
+        help="span store backend: chdb (embedded, in --data; the default) or clickhouse "
+        "(a server at --clickhouse)",
+    )
+    p.add_argument(
         "--clickhouse",
         default="",
-        help="HOST:PORT of a ClickHouse HTTP endpoint instead of the embedded store",
+        metavar="HOST:PORT",
+        help="ClickHouse HTTP endpoint of --store clickhouse (default 127.0.0.1:8123; "
+        "given alone it selects that store)",
+    )
+    p.add_argument(
+        "--no-otlp-redaction",
+        action="store_true",
+        help="store OTLP spans as the SDKs sent them (default: secrets in URL queries, "
+        "SQL literals, tokens and command lines masked with the agent's rules)",
     )
     p.add_argument(
         "--metrics",

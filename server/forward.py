@@ -47,16 +47,11 @@ DROP_REASONS = ("queue_full", "rejected", "retries_exhausted", "unconvertible", 
 FORWARD_KEYS = 65_536
 
 
-def _spans_of(payload: Any) -> list:
-    """Spans of a stored payload: a serialized SpanList or an Arrow table."""
-    if isinstance(payload, (bytes, bytearray, memoryview)):
-        from proto.convert import spans_from_list
-        from proto.zerotrace.v1 import span_pb2
-
-        return spans_from_list(span_pb2.SpanList.FromString(bytes(payload)).spans)
+def _spans_of(table: Any) -> list:
+    """Spans of a stored batch (the span table's Arrow columns, as every wire is)."""
     from proto.columns import spans_from_table
 
-    return spans_from_table(payload)
+    return spans_from_table(table)
 
 
 class OtlpForwarder:
@@ -238,6 +233,9 @@ class _ForwardingWriter:
         return getattr(self._writer, name)
 
     def submit(self, data: Any, count: int, key: Any = None) -> Future[int]:
+        from server.ingest.writer import as_table
+
+        data = as_table(data)
         fut = self._writer.submit(data, count, key)
 
         def stored(f: Future[int]) -> None:

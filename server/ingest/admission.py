@@ -46,12 +46,14 @@ class Admission:
     """At most `limit` batches in flight per sender; counts per sender."""
 
     def __init__(self, limit: int = 2, max_senders: int = 10_000,
-                 window: TimeWindow | None = None) -> None:
+                 window: TimeWindow | None = None, redact: bool = True) -> None:
         if limit < 1:
             raise ValueError("limit must be at least 1")
         self.limit = limit
         # Spans outside it are refused at ingest (None: no time check).
         self.window = window
+        # Secrets in the spans masked at ingest (OTLP: server/ingest/redact.py).
+        self.redact = redact
         self.max_senders = max_senders
         self._lock = threading.Lock()
         self._senders: dict[str, SenderStats] = {}

@@ -2,7 +2,10 @@
 
 They are stored beside eBPF spans; spans of one request share the W3C trace id
 (the agent adopts the trace id of a `traceparent` it sees), so `GetTrace` returns
-both without any extra join.
+both without any extra join.  A request becomes the span table's Arrow columns
+(`otlp_to_span_list`, then proto/convert.py `span_list_to_table`), has its secrets
+masked with the agent's rules (server/ingest/redact.py; on unless the admission
+says not) and takes the path of every other wire (server/ingest/service.py).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 from opentelemetry.proto.common.v1 import common_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 
+from proto.convert import span_list_to_table
 from proto.span import SOURCE_APP, STATUS_ERROR, STATUS_OK, STATUS_UNSET
 from proto.zerotrace.v1 import span_pb2
 from server.auth import certificate_name
@@ -24,7 +28,8 @@ from server.ingest.admission import Admission, ByteBudget, bytes_or_abort, sende
 from server.ingest.caps import FLAG as CAP_FLAG
 from server.ingest.caps import MAX_ATTRIBUTES, MAX_KEY_BYTES, cap_maps, cut
 from server.ingest.caps import flag as cap_flag
-from server.ingest.service import Batch, store_admitted
+from server.ingest.redact import redact_table
+from server.ingest.service import Batch, checked, store_admitted
 from server.ingest.writer import BatchWriter
 
 log = logging.getLogger(__name__)
@@ -362,8 +367,10 @@ class OtlpTraceService(trace_service_pb2_grpc.TraceServiceServicer):
         HTTP status).  Some spans refused: `partial_success` says how many and why."""
 
         def encode() -> Batch:
-            spans = otlp_to_span_list(request)
-            return Batch(spans.SerializeToString(), len(spans.spans))
+            table = span_list_to_table(otlp_to_span_list(request).spans)
+            if self.admission.redact:
+                table = redact_table(table)
+            return checked(table, capped=True)  # capped while converted, with its flag
 
         _accepted, rejected, errors = store_admitted(
             self.writer, self.admission, sender, context, encode)

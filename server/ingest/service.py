@@ -1,9 +1,13 @@
 """gRPC `zerotrace.v1.IngestService`: agents push batches, get acks with counts.
 
-The ack is sent after the batch is stored (group-committed by `BatchWriter`).  A
-batch the store refuses is split: invalid spans are rejected with reasons, valid
-ones stored.  Storage failures (disk full) become an error to that caller only, and
-nothing from its batch is acked.
+Every wire becomes the span table's Arrow columns at the edge: `span_columns` as
+sent, protobuf `spans` (and OTLP, server/ingest/otlp.py) through proto/convert.py
+`span_list_to_table`.  The table then takes one path: the one validator
+(server/ingest/validate.py: invalid spans rejected with reasons, valid ones kept),
+the attribute caps, the time window, and the writer, which hands it to the store's
+one write method.  The ack is sent after the batch is stored (group-committed by
+`BatchWriter`).  Storage failures (disk full) become an error to that caller only,
+and nothing from its batch is acked.
 
 A batch with an idempotency key (`sender_id`, `sender_seq`) is stored at most once:
 a copy (a retry whose first attempt's ack was lost) is acked with the stored counts
@@ -18,8 +22,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import grpc
+import pyarrow as pa
 from google.protobuf.message import DecodeError
 
+from proto import schema as span_schema
+from proto.convert import span_list_to_table
 from proto.zerotrace.v1 import ingest_pb2, span_pb2
 from server.auth import certificate_name
 from server.ingest.admission import (
@@ -29,10 +36,9 @@ from server.ingest.admission import (
     bytes_or_abort,
     sender_of,
 )
-from server.ingest.caps import cap_raw_spans, cap_table
-from server.ingest.columns import BadColumns, read_columns, split_valid
-from server.ingest.validate import TimeWindow, span_problem
-from server.ingest.writer import BatchKey, BatchWriter, Payload
+from server.ingest.caps import cap_table
+from server.ingest.validate import BadColumns, TimeWindow, read_columns, split_valid
+from server.ingest.writer import BatchKey, BatchWriter
 
 log = logging.getLogger(__name__)
 
@@ -42,14 +48,31 @@ _MAX_ERRORS = 5
 
 @dataclass(slots=True)
 class Batch:
-    """A batch ready for the writer: its payload, span count, and the spans refused
-    before storing (invalid, with the first few reasons)."""
+    """A batch ready for the writer: its spans as the span table's Arrow columns
+    (whatever the wire), and the spans refused before storing (invalid, with the
+    first few reasons)."""
 
-    payload: Payload
-    count: int
+    table: pa.Table
     rejected: int = 0
     errors: list[str] = field(default_factory=list)
     key: BatchKey | None = None  # stored at most once per key
+
+    @property
+    def count(self) -> int:
+        return self.table.num_rows
+
+
+def checked(table: pa.Table, rejected: int = 0, errors: Sequence[str] = (),
+            fields: Sequence[span_schema.Field] = span_schema.FIELDS,
+            capped: bool = False) -> Batch:
+    """The batch of `table`'s valid spans, capped (server/ingest/caps.py) unless
+    `capped` already (OTLP is, while converted): the one validation every wire's
+    table goes through (server/ingest/validate.py), with the limits of `fields`.
+    `rejected`/`errors`: spans refused before the table was made (undecodable)."""
+    good, bad, why = split_valid(table, fields)
+    if not capped:
+        good, _n = cap_table(good)
+    return Batch(good, rejected + bad, (list(errors) + why)[:_MAX_ERRORS])
 
 
 def batch_key(sender: str, sender_id: str, seq: int) -> BatchKey | None:
@@ -64,39 +87,9 @@ def batch_key(sender: str, sender_id: str, seq: int) -> BatchKey | None:
     return digest.hexdigest(), seq
 
 
-def store_span_list(writer: BatchWriter, data: bytes, n: int,
-                    key: BatchKey | None = None) -> tuple[int, int, list[str]]:
-    """Store `data`, a serialized SpanList of `n` spans; (accepted, rejected, errors).
-
-    Raises the storage error when the spans are valid but cannot be written.
-    """
-    if n == 0:
-        return 0, 0, []
-    try:
-        return writer.write(data, n, key=key), 0, []
-    except Exception as first:
-        spans_msg = span_pb2.SpanList.FromString(data)
-        problems = [(i, span_problem(s)) for i, s in enumerate(spans_msg.spans)]
-        bad = [(i, p) for i, p in problems if p]
-        if not bad:
-            raise first
-        good = span_pb2.SpanList()
-        good.spans.extend(s for (i, p), s in zip(problems, spans_msg.spans, strict=True) if not p)
-        accepted = 0
-        if good.spans:
-            accepted = writer.write(good.SerializeToString(), len(good.spans), key=key)
-        errors = [f"span {i}: {p}" for i, p in bad[:_MAX_ERRORS]]
-        return accepted, len(bad), errors
-
-
 def store_batch(writer: BatchWriter, batch: Batch) -> tuple[int, int, list[str]]:
     """Store `batch`; (accepted, rejected, errors).  Raises the storage error."""
-    if isinstance(batch.payload, bytes):
-        accepted, rejected, errors = store_span_list(writer, batch.payload, batch.count,
-                                                     batch.key)
-        return (accepted, rejected + batch.rejected,
-                (batch.errors + errors)[:_MAX_ERRORS])
-    accepted = writer.write(batch.payload, batch.count, key=batch.key) if batch.count else 0
+    accepted = writer.write(batch.table, batch.count, key=batch.key) if batch.count else 0
     return accepted, batch.rejected, batch.errors
 
 
@@ -106,13 +99,7 @@ def in_window(batch: Batch, window: TimeWindow | None) -> int:
     if window is None or not batch.count:
         return 0
     room = max(0, _MAX_ERRORS - len(batch.errors))
-    if isinstance(batch.payload, bytes):
-        data, kept, out, errors = window.filter_span_list(batch.payload, room)
-        if out:
-            batch.payload, batch.count = data, kept
-    else:
-        batch.payload, out, errors = window.filter_table(batch.payload, room)
-        batch.count = batch.payload.num_rows
+    batch.table, out, errors = window.filter_table(batch.table, room)
     if out:
         batch.rejected += out
         batch.errors = (batch.errors + errors)[:_MAX_ERRORS]
@@ -156,6 +143,10 @@ class IngestService:
         self.writer = writer
         self.admission = admission or Admission()
         self.budget = budget
+        # The span declaration of the store (proto/schema.py, or a fixture's): what an
+        # Arrow batch must hold and the limits its spans are checked against.
+        self.fields = tuple(getattr(writer.store, "fields", span_schema.FIELDS))
+        self.schema = span_schema.arrow_schema(self.fields)
 
     def handler(self) -> grpc.GenericRpcHandler:
         """The gRPC handler for `zerotrace.v1.IngestService` (same wire as generated)."""
@@ -202,63 +193,59 @@ class IngestService:
             n = len(request.spans)
             _check_size(n, context)
             # Spans are field 1 of PushRequest as of SpanList: without the other fields
-            # the request bytes are a SpanList, no per-span work needed.  (The exporter
-            # stamps its agent name on spans; the server does not open them.)
+            # the request bytes are a SpanList, decoded in one pass (upb, in C).
             request.ClearField("agent")
             request.ClearField("batch_seq")
             request.ClearField("sender_id")
             request.ClearField("sender_seq")
-            data = request.SerializeToString()
-            bad = undecodable_spans(data, request.spans)
-            if bad:
-                # Refused with a reason, the rest stored: see undecodable_spans.
-                good = [b for i, b in enumerate(request.spans) if i not in bad]
-                del request.spans[:]
-                request.spans.extend(good)
-            # Attribute caps (server/ingest/caps.py): only large spans are opened.
-            if cap_raw_spans(request.spans) or bad:
-                data = request.SerializeToString()
-            return Batch(data, len(request.spans), len(bad),
-                         [f"span {i}: {why}" for i, why in list(bad.items())[:_MAX_ERRORS]])
+            msgs, bad = decode_span_list(request.SerializeToString(), request.spans)
+            del request.spans[:]
+            try:
+                table = span_list_to_table(msgs, self.fields)
+            except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, AttributeError) as e:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                              f"spans do not fit the span table's columns ({e}); nothing "
+                              "stored")
+            return checked(table, len(bad),
+                           [f"span {i}: {why}" for i, why in list(bad.items())[:_MAX_ERRORS]],
+                           self.fields)
 
         accepted, rejected, errors = store_admitted(self.writer, self.admission, sender,
                                                     context, encode)
         return ingest_pb2.PushResponse(accepted=accepted, rejected=rejected, errors=errors)
 
-    @staticmethod
-    def _columns(data: bytes, context: grpc.ServicerContext) -> Batch:
+    def _columns(self, data: bytes, context: grpc.ServicerContext) -> Batch:
         try:
-            table = read_columns(data)
+            table = read_columns(data, self.schema)
         except BadColumns as e:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         _check_size(table.num_rows, context)
-        good, rejected, errors = split_valid(table)
-        good, _capped = cap_table(good)
-        return Batch(good, good.num_rows, rejected, errors)
+        return checked(table, fields=self.fields)
 
 
-def undecodable_spans(data: bytes, spans: Sequence[bytes]) -> dict[int, str]:
-    """{index: reason} of the spans of `data` (a serialized SpanList of `spans`) that
-    are not valid `Span` messages, invalid UTF-8 in a string field above all.
+def decode_span_list(data: bytes, spans: Sequence[bytes]
+                     ) -> tuple[Sequence[span_pb2.Span], dict[int, str]]:
+    """(the valid `Span` messages of `data`, a serialized SpanList of `spans`;
+    {index: reason} of those that are not valid messages, invalid UTF-8 in a string
+    field above all).
 
-    The store reads protobuf spans with ClickHouse's reader, which keeps invalid UTF-8
-    as it is; stored, such a span made every query that met it fail (issue 14, item
-    2).  So each span must decode as protobuf does: one parse of the whole batch in C
-    (about 1 us a span), and only when that fails a parse of each span to name them.
+    Stored, a span with invalid UTF-8 made every query that met it fail (issue 14,
+    item 2): each span must decode as protobuf does.  One parse of the whole batch in
+    C (about 1 us a span), and only when that fails a parse of each span to name them.
     """
     try:
-        span_pb2.SpanList.FromString(data)
-        return {}
+        return span_pb2.SpanList.FromString(data).spans, {}
     except DecodeError:
         pass
     bad: dict[int, str] = {}
+    good = []
     for i, raw in enumerate(spans):
         try:
-            span_pb2.Span.FromString(raw)
+            good.append(span_pb2.Span.FromString(raw))
         except DecodeError as e:
             why = str(e).rpartition(": ")[2] or "undecodable"
             bad[i] = f"not a valid Span ({why}); invalid UTF-8 is refused, not stored"
-    return bad
+    return good, bad
 
 
 def _check_size(n: int, context: grpc.ServicerContext) -> None:

@@ -1,11 +1,11 @@
 """Group commit in front of the store: concurrent batches share one insert.
 
-Callers hand over a batch, an Arrow table of spans or a serialized `SpanList`, and
-block until it is stored (so their ack means durable and readable).  The writer
-thread concatenates whatever is pending of each kind (tables by their columns;
-concatenated serialized messages are one message with the repeated field merged),
-inserts once per kind, and wakes everyone.  When a combined insert fails, each
-payload is retried alone so that one bad batch fails only its own sender.
+Callers hand over a batch, an Arrow table of the span table's columns (what ingest
+makes of every wire), and block until it is stored (so their ack means durable and
+readable).  The writer thread concatenates whatever tables are pending, inserts them
+with the store's one write method (`SpanStore.write`), and wakes everyone.  When a
+combined insert fails, each batch is retried alone so that one bad batch fails only
+its own sender.
 
 Idempotency: a batch may carry a key (sender, seq).  Before each insert the writer
 asks the store which keys of the group it has already stored and acks those with
@@ -34,19 +34,27 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from typing import Any
 
 import pyarrow as pa
 
-from proto.zerotrace.v1 import span_pb2
 from server.storage.base import SpanStore
 
 log = logging.getLogger(__name__)
 
-Payload = bytes | pa.Table
 BatchKey = tuple[str, int]  # (sender, seq) of an idempotent batch
-_Item = tuple[Payload, int, "Future[int]", BatchKey | None]
+_Item = tuple[pa.Table, int, "Future[int]", BatchKey | None]
 _MAX_PARTIAL = 10_000  # keys of partly stored batches remembered (oldest forgotten)
+
+
+def as_table(data: pa.Table | bytes) -> pa.Table:
+    """A batch as the span table's Arrow columns: a table as it is, a serialized
+    `SpanList` converted (tools and tests hand those; ingest converts at the edge)."""
+    if isinstance(data, pa.Table):
+        return data
+    from proto.convert import span_list_to_table
+    from proto.zerotrace.v1 import span_pb2
+
+    return span_list_to_table(span_pb2.SpanList.FromString(bytes(data)).spans)
 
 
 class BatchWriter:
@@ -76,9 +84,11 @@ class BatchWriter:
         self._thread = threading.Thread(target=self._run, name="zt-writer", daemon=True)
         self._thread.start()
 
-    def submit(self, data: Payload, count: int, key: BatchKey | None = None) -> Future[int]:
+    def submit(self, data: pa.Table | bytes, count: int,
+               key: BatchKey | None = None) -> Future[int]:
         """Queue a batch; its future is the number of spans stored (for a `key`
         already stored: the count stored then)."""
+        data = as_table(data)
         fut: Future[int] = Future()
         with self._cv:
             if self._stop:
@@ -89,7 +99,7 @@ class BatchWriter:
             self._cv.notify()
         return fut
 
-    def write(self, data: Payload, count: int, timeout: float | None = 60.0,
+    def write(self, data: pa.Table | bytes, count: int, timeout: float | None = 60.0,
               key: BatchKey | None = None) -> int:
         """Store a batch and wait: spans stored (see `submit`)."""
         return self.submit(data, count, key).result(timeout)
@@ -184,17 +194,10 @@ class BatchWriter:
 
     def _commit(self, group: list[_Item]) -> None:
         group = self._mark(self._dedup(group))
-        tables = [g for g in group if isinstance(g[0], pa.Table)]
-        lists = [g for g in group if not isinstance(g[0], pa.Table)]
-        if tables:
-            self._commit_kind(tables, pa.concat_tables,
-                              self.store.write_span_table)
-        if lists:
-            self._commit_kind(lists, b"".join, self.store.write_span_list)
+        if group:
+            self._commit_tables(group, self.store.write)
 
-    def _commit_kind(self, group: list[_Item],
-                     combine: Callable[[list[Any]], Payload],
-                     write: Callable[[Any], int]) -> None:
+    def _commit_tables(self, group: list[_Item], write: Callable[[pa.Table], int]) -> None:
         suspect = False
         # Batches that may be in part already are written alone, minus what is in.
         alone = [g for g in group if g[3] is not None and g[3] in self._partial]
@@ -204,7 +207,7 @@ class BatchWriter:
                 self._write_one(item, write, False)
         if len(group) > 1:
             try:
-                write(combine([d for d, *_ in group]))
+                write(pa.concat_tables([d for d, *_ in group]))
                 self.inserts += 1
                 self._record(group)
                 for _, n, fut, _k in group:
@@ -216,7 +219,7 @@ class BatchWriter:
         for item in group:
             self._write_one(item, write, suspect)
 
-    def _write_one(self, item: _Item, write: Callable[[Any], int], suspect: bool) -> None:
+    def _write_one(self, item: _Item, write: Callable[[pa.Table], int], suspect: bool) -> None:
         data, n, fut, key = item
         left = n
         try:
@@ -250,26 +253,17 @@ class BatchWriter:
         self._record([item])
         fut.set_result(n)
 
-    def _unstored(self, data: Payload) -> tuple[Payload, int]:
+    def _unstored(self, data: pa.Table) -> tuple[pa.Table, int]:
         """`data` without the spans the store already holds, and how many are left."""
-        if isinstance(data, pa.Table):
-            tids = data.column("trace_id").to_pylist()
-            sids = data.column("span_id").to_pylist()
-        else:
-            msg = span_pb2.SpanList.FromString(data)
-            tids = [s.trace_id for s in msg.spans]
-            sids = [s.span_id for s in msg.spans]
+        tids = data.column("trace_id").to_pylist()
+        sids = data.column("span_id").to_pylist()
         held = {(s.trace_id, s.span_id)
                 for s in self.store.get_traces(sorted({t.hex() for t in tids}))}
         keep = [(t.hex(), s.hex()) not in held for t, s in zip(tids, sids, strict=True)]
         left = sum(keep)
         if left == len(keep):
             return data, left
-        if isinstance(data, pa.Table):
-            return data.filter(pa.array(keep, pa.bool_())), left
-        out = span_pb2.SpanList()
-        out.spans.extend(s for s, k in zip(msg.spans, keep, strict=True) if k)
-        return out.SerializeToString(), left
+        return data.filter(pa.array(keep, pa.bool_())), left
 
     def close(self) -> None:
         with self._cv:

@@ -1,8 +1,11 @@
 """The storage interface every backend implements (Jaeger's tracestore pattern).
 
-Backends store `Span`s and answer the queries the server needs; one conformance suite
-(tests/server/storage_conformance.py) runs against each.  A write returns only once
-the spans are durable and visible to reads, so the ingest service acks after it.
+Backends store batches of spans and answer the queries the server needs; one
+conformance suite (tests/server/storage_conformance.py) runs against each.  A batch
+reaches a backend one way only: `write`, an Arrow table of the span table's columns
+(proto/schema.py), which ingest makes of every wire (agents' Arrow and protobuf,
+OTLP) and checks before (server/ingest/validate.py).  A write returns only once the
+spans are durable and visible to reads, so the ingest service acks after it.
 """
 
 from __future__ import annotations
@@ -69,29 +72,21 @@ class SpanStore(abc.ABC):
     """Write spans, read traces, search, aggregate; enforce retention."""
 
     @abc.abstractmethod
+    def write(self, table: pa.Table) -> int:
+        """Store `table` (Arrow, the columns of the store's span declaration in its
+        order: `proto.schema.arrow_schema(fields)`) durably; return how many spans
+        were stored.  Raises StorageError when nothing or not all of it was."""
+
     def write_spans(self, spans: Sequence[Span]) -> int:
-        """Store `spans` durably; return how many were stored."""
+        """Encode `spans` as the Arrow columns and `write` them (tests, tools; not a
+        second write path: backends implement `write` only)."""
+        from proto import schema as span_schema
+        from proto.columns import spans_to_table
 
-    def write_span_list(self, data: bytes) -> int:
-        """Store a serialized `zerotrace.v1.SpanList`; the ingest fast path.
-
-        The default decodes and calls `write_spans`; chDB overrides it to hand the
-        bytes to ClickHouse's ProtobufList reader without touching each span.
-        """
-        from proto.convert import spans_from_list
-        from proto.zerotrace.v1 import span_pb2
-
-        return self.write_spans(spans_from_list(span_pb2.SpanList.FromString(data).spans))
-
-    def write_span_table(self, table: pa.Table) -> int:
-        """Store an Arrow table of `proto.columns.SCHEMA`; the agent's batch format.
-
-        The default converts to `Span`s; chDB and ClickHouse take the columns as
-        they are.
-        """
-        from proto.columns import spans_from_table
-
-        return self.write_spans(spans_from_table(table))
+        fields = getattr(self, "fields", None)
+        if fields is not None and tuple(fields) == span_schema.FIELDS:
+            fields = None  # the declaration's own: the compiled encoder
+        return self.write(spans_to_table(list(spans), fields=fields))
 
     @abc.abstractmethod
     def get_trace(self, trace_id: str) -> list[Span]:

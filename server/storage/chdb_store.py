@@ -2,8 +2,8 @@
 
 chDB allows one data directory per process, so a process holds one `ChdbStore`
 (several databases in it are fine: tests use one per case).  Batches arrive as
-Arrow tables (read by ClickHouse's ArrowStream reader) or serialized `SpanList`s
-(its ProtobufList reader): the server never builds a Python object per ingested span.
+Arrow tables (`write`, read by ClickHouse's ArrowStream reader, ~1 us a span where
+ProtobufList cost ~5): the server never builds a Python object per ingested span.
 
 Reads apart from writes (issue 14 item 4): one chDB session runs one statement at a
 time (a second caller waits inside chDB for the first to finish), but several
@@ -32,7 +32,6 @@ import pyarrow as pa
 
 from proto import schema as span_schema
 from proto.columns import table_to_ipc
-from proto.convert import spans_to_list
 from proto.span import Span
 from server.storage import schema
 from server.storage.base import StorageError
@@ -40,14 +39,13 @@ from server.storage.sqlstore import SqlStore
 
 SPAN_PROTO = Path(__file__).resolve().parents[2] / "proto" / "zerotrace" / "v1" / "span.proto"
 
-# Insert-side settings: the schema file of ProtobufList; one thread because the
-# ingest budget is one core and batches are small.
-# A batch may hold spans of many days (late or replayed spans): ClickHouse's default
-# refuses an insert into more than 100 partitions (days), and the batch, retried,
-# could never be stored.  A part per day is the cost; such batches are rare.
+# Insert-side settings: one thread because the ingest budget is one core and batches
+# are small.  A batch may hold spans of many days (late or replayed spans):
+# ClickHouse's default refuses an insert into more than 100 partitions (days), and
+# the batch, retried, could never be stored.  A part per day is the cost; such
+# batches are rare.
 _MANY_DAYS = "max_partitions_per_insert_block = 0"
-_INSERT_SETTINGS = (f"format_schema = '{SPAN_PROTO}:Span', max_insert_threads = 1, "
-                    f"max_threads = 1, {_MANY_DAYS}")
+_INSERT_SETTINGS = f"max_insert_threads = 1, max_threads = 1, {_MANY_DAYS}"
 # Invalid UTF-8 in stored strings (rows written before ingest refused it) is written
 # as U+FFFD instead of raw bytes, so that no stored value can make a query fail.
 _SELECT_SETTINGS = (" SETTINGS output_format_json_quote_64bit_integers = 0, "
@@ -172,6 +170,7 @@ class ChdbStore(SqlStore):
         query_limits: QueryLimits | None = None,
     ) -> None:
         super().__init__(db, fields, span_type)
+        self._names = span_schema.names(self.fields)
         self.data_dir = str(Path(data_dir).resolve())
         self._closed = False
         self._owner = _parent is None
@@ -192,6 +191,8 @@ class ChdbStore(SqlStore):
 
     def _create(self, engine: str = "MergeTree") -> None:
         super()._create(engine)
+        # Columns declared since the table was made (proto/schema.py).
+        schema.migrate(self._select, self._command, self.db, self.fields)
         self._command(
             f"CREATE TABLE IF NOT EXISTS {self.db}.{BATCHES_TABLE} "
             "(sender String, seq UInt64, spans UInt32, at DateTime DEFAULT now()) "
@@ -271,20 +272,27 @@ class ChdbStore(SqlStore):
             except Exception as e:
                 raise StorageError(str(e)) from e
 
+    def write(self, table: pa.Table) -> int:
+        if not table.num_rows:
+            return 0
+        names = table.schema.names
+        if names != self._names:
+            raise ValueError(f"a span batch has the columns {self._names}, got {names}")
+        # Uncompressed: the columns are copied as they are (~1 us a span to insert,
+        # against ~5 for ProtobufList).  Named: a table given columns since it was
+        # made (`schema.migrate`) may hold them in another order.
+        return self._insert("ArrowStream", table_to_ipc(table, compress=False),
+                            f" ({', '.join(names)}) SETTINGS {_INSERT_SETTINGS}")
+
     def write_span_list(self, data: bytes) -> int:
+        """Insert a serialized `SpanList` as ClickHouse reads it, unchecked: rows as an
+        older version stored them (tests of data written before today's checks).
+        Not a write path of the server: ingest converts protobuf to `write`'s table."""
         if not data:
             return 0
         # ProtobufList reads length-delimited envelopes.
         return self._insert("ProtobufList", _varint(len(data)) + data,
-                            f" SETTINGS {_INSERT_SETTINGS}")
-
-    def write_span_table(self, table: pa.Table) -> int:
-        if not table.num_rows:
-            return 0
-        # Uncompressed: the columns are copied as they are (~1 us a span to insert,
-        # against ~5 for ProtobufList).
-        return self._insert("ArrowStream", table_to_ipc(table, compress=False),
-                            f" SETTINGS max_insert_threads = 1, max_threads = 1, {_MANY_DAYS}")
+                            f" SETTINGS format_schema = '{SPAN_PROTO}:Span', {_INSERT_SETTINGS}")
 
     def _insert(self, fmt: str, payload: bytes, settings: str) -> int:
         with self._lock:
@@ -330,11 +338,6 @@ class ChdbStore(SqlStore):
         except Exception as e:
             raise StorageError(str(e)) from e
         return tuple(int(x) for x in res.bytes().decode().strip().split(","))
-
-    def write_spans(self, spans: Sequence[Span]) -> int:
-        if not spans:
-            return 0
-        return self.write_span_list(spans_to_list(spans).SerializeToString())
 
     def drop(self) -> None:
         """Drop this store's database (tests)."""

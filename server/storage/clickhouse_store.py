@@ -1,20 +1,18 @@
 """ClickHouse backend (clickhouse-connect) for users who outgrow one machine.
 
 Same schema and SQL as the embedded store (server/storage/schema.py, sqlstore.py).
-Spans are inserted as Arrow columns (proto/columns.py, the agent's wire format)
-because a remote server cannot read our .proto schema file; on a cluster pass
+Spans are inserted as the Arrow table every wire becomes at ingest (`write`, the
+one write method; proto/columns.py); columns declared since the table was made are
+added when the store opens.  On a cluster pass
 `engine="ReplicatedMergeTree(...)"` and put a Distributed table in front (docs/server.md).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import pyarrow as pa
 
-from proto.columns import spans_to_table
-from proto.span import Span
 from server.storage import schema
 from server.storage.base import StorageError
 from server.storage.sqlstore import SqlStore
@@ -45,6 +43,11 @@ class ClickHouseStore(SqlStore):
             raise StorageError(f"cannot reach ClickHouse at {host}:{port}: {e}") from e
         self._create(engine)
 
+    def _create(self, engine: str = "MergeTree") -> None:
+        super()._create(engine)
+        # Columns declared since the table was made (proto/schema.py).
+        schema.migrate(self._select, self._command, self.db, self.fields)
+
     def _select(self, sql: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         try:
             return list(self._c.query(sql, parameters=params or None).named_results())
@@ -57,14 +60,12 @@ class ClickHouseStore(SqlStore):
         except Exception as e:
             raise StorageError(str(e)) from e
 
-    def write_spans(self, spans: Sequence[Span]) -> int:
-        if not spans:
-            return 0
-        return self.write_span_table(spans_to_table(spans))
-
-    def write_span_table(self, table: pa.Table) -> int:
+    def write(self, table: pa.Table) -> int:
         if not table.num_rows:
             return 0
+        names = [f.name for f in self.fields]
+        if table.schema.names != names:
+            raise ValueError(f"a span batch has the columns {names}, got {table.schema.names}")
         try:
             # self.table is "db.spans"; clickhouse-connect quotes the name it is given.
             # clickhouse-connect writes the Arrow file format, which allows one

@@ -10,7 +10,8 @@ table is partitioned by day so that age retention drops whole parts.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
+from typing import Any
 
 from proto import schema as span_schema
 
@@ -63,6 +64,37 @@ def create_table(db: str = DATABASE, engine: str = "MergeTree",
 PARTITION BY toDate(toDateTime(intDiv(start_ns, 1000000000)))
 ORDER BY trace_id
 SETTINGS {SPAN_TABLE_SETTINGS}"""
+
+
+def add_columns(db: str, have: Collection[str],
+                fields: Sequence[span_schema.Field] = span_schema.FIELDS) -> list[str]:
+    """`ALTER TABLE ... ADD COLUMN` of each declared column a span table created by an
+    earlier version lacks (`have`: its column names), each after its predecessor in
+    the declaration.  `create_table` is IF NOT EXISTS, so without these a new field
+    would never reach an existing data directory; rows stored before read the type's
+    default ("", 0, NULL, {}), as spans of an older sender would carry."""
+    out = []
+    prev = ""
+    for f in fields:
+        if f.name not in have:
+            where = f" AFTER {prev}" if prev else " FIRST"
+            out.append(f"ALTER TABLE {db}.{TABLE} ADD COLUMN IF NOT EXISTS "
+                       f"{f.name} {f.clickhouse}{where}")
+        prev = f.name
+    return out
+
+
+def migrate(select: Callable[..., list[dict[str, Any]]], command: Callable[[str], None],
+            db: str, fields: Sequence[span_schema.Field] = span_schema.FIELDS) -> list[str]:
+    """Add to the span table of `db` the declared columns it lacks (`add_columns`),
+    through a store's `_select`/`_command`; returns the statements run."""
+    have = {r["name"] for r in select(
+        "SELECT name FROM system.columns WHERE database = {db:String} AND table = {t:String}",
+        {"db": db, "t": TABLE})}
+    todo = add_columns(db, have, fields) if have else []
+    for sql in todo:
+        command(sql)
+    return todo
 
 
 def create_index_table(db: str = DATABASE, engine: str = "MergeTree") -> str:

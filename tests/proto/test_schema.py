@@ -128,6 +128,22 @@ def test_every_field_survives_arrow():
     assert columns.spans_from_table(table) == [s]
 
 
+def test_every_field_survives_protobuf_to_table():
+    """The protobuf wire's conversion to the span table's columns (what ingest does
+    with protobuf and OTLP spans) reads every declared field off the message."""
+    s = _full_span()
+    msgs = span_pb2.SpanList.FromString(convert.spans_to_list([s]).SerializeToString()).spans
+    table = convert.span_list_to_table(msgs)
+    assert table.schema.equals(columns.SCHEMA)
+    assert columns.spans_from_table(table) == [s]
+    # Unset optional fields stay null, not zero.
+    bare = Span(trace_id="ab" * 16, kind="client", start_ns=1, end_ns=2)
+    msgs = span_pb2.SpanList.FromString(convert.spans_to_list([bare]).SerializeToString()).spans
+    row = convert.span_list_to_table(msgs).to_pylist()[0]
+    assert [row[f.name] for f in S.FIELDS if f.role == S.OPTIONAL] == [None] * 4
+    assert columns.spans_from_table(convert.span_list_to_table(msgs)) == [bare]
+
+
 def test_row_decoder_reads_every_column():
     s = _full_span()
     row = columns.spans_to_table([s]).to_pylist()[0]

@@ -12,7 +12,9 @@ import pytest
 from factory import MS, client_server_pair, server_span
 
 from proto.columns import spans_to_table
+from proto.convert import span_list_to_table, spans_to_list
 from proto.span import Endpoint, Span, new_trace_id
+from proto.zerotrace.v1 import span_pb2
 from server.storage.base import StorageError, TraceQuery
 
 H = 3_600_000_000_000
@@ -83,17 +85,30 @@ class StorageConformance:
         assert got[1].req_seq is None and got[1].parent_span_id == s.span_id
 
     def test_round_trip_arrow_table(self, store):
-        # The agent's wire format (proto/columns.py) goes in as it is.
+        # The one write method takes the agent's wire format (proto/columns.py) as it is.
         t0 = time.time_ns()
         s = _full_span(new_trace_id(), t0)
         child = Span(trace_id=s.trace_id, parent_span_id=s.span_id, kind="client",
                      start_ns=t0 + MS, end_ns=t0 + 2 * MS, service="orders")
-        assert store.write_span_table(spans_to_table([s, child])) == 2
+        assert store.write(spans_to_table([s, child])) == 2
         assert store.get_trace(s.trace_id) == [s, child]
         rev = server_span(start_ns=10, end_ns=5)
         with pytest.raises(StorageError):
-            store.write_span_table(spans_to_table([rev]))
+            store.write(spans_to_table([rev]))
         assert store.stats()["spans"] == 2
+        assert store.write(spans_to_table([])) == 0
+
+    def test_round_trip_protobuf_as_table(self, store):
+        # The protobuf wire reaches the store as the same table (proto/convert.py).
+        t0 = time.time_ns()
+        s = _full_span(new_trace_id(), t0)
+        child = Span(trace_id=s.trace_id, parent_span_id=s.span_id, kind="client",
+                     start_ns=t0 + MS, end_ns=t0 + 2 * MS, service="orders")
+        msgs = span_pb2.SpanList.FromString(spans_to_list([s, child]).SerializeToString())
+        table = span_list_to_table(msgs.spans)
+        assert table.schema.equals(spans_to_table([s, child]).schema)
+        assert store.write(table) == 2
+        assert store.get_trace(s.trace_id) == [s, child]
 
     def test_unknown_trace_is_empty(self, store):
         assert store.get_trace(new_trace_id()) == []

@@ -194,7 +194,7 @@ def test_a_batch_the_store_fails_counts_its_invalid_spans_once(zt_server, monkey
     def fail(table):
         raise StorageError("disk full")
 
-    monkeypatch.setattr(zt_server.store, "write_span_table", fail)
+    monkeypatch.setattr(zt_server.store, "write", fail)
     table = spans_to_table([server_span(start_ns=1, end_ns=2), server_span(start_ns=2, end_ns=1)])
     for _ in range(3):  # the agent retries an UNAVAILABLE batch whole
         with pytest.raises(grpc.RpcError) as e:
