@@ -21,6 +21,7 @@ from agent.enrich.capture import (
     scrub,
 )
 from agent.enrich.cgroup import cgroup_id_of
+from agent.probes import capture
 from proto.span import KIND_CLIENT, KIND_SERVER, Endpoint, Span
 
 from .conftest import C_CHECKOUT, C_DB, C_EXPORTER, U_CHECKOUT, U_DB, systemd_pod_slice
@@ -211,6 +212,7 @@ def test_nothing_to_switch_costs_nothing(make_enricher) -> None:
     keep everything."""
     enricher = make_enricher()
     assert not enricher.capture.may_switch()
+    assert capture.bind(enricher, tracer=None) is None  # the probes are never touched
     s = _span(KIND_CLIENT)
     enricher.enrich(s)
     assert ATTRIBUTE not in s.attributes and s.attributes["url.query"] == "api_key=s3cr3t"

@@ -34,7 +34,7 @@ from agent.enrich.capture import ANNOTATION, ATTRIBUTE, SPANS_SCRUBBED, CaptureP
 from agent.enrich.cgroup import cgroup_id_of
 from agent.metrics import AgentMetrics
 from agent.pipeline import Pipeline
-from agent.probes import abi
+from agent.probes import abi, capture
 from agent.probes.capture import F_NOCAPTURE, CaptureMap
 from agent.probes.loader import ProbeConfig, SocketTracer
 from tests.enrich.cgroups import CgroupLab
@@ -210,7 +210,8 @@ def run():
             out.early_records = list(out.records)
 
             # 2. the switch bound to the probes: db-0 and node-exporter listed
-            enricher.capture.bind(CaptureMap(tracer))
+            # (what agent/factory.py's attach() is to call: capture.bind(enricher, tracer))
+            assert isinstance(capture.bind(enricher, tracer), CaptureMap)
             out.listed = enricher.capture.listed
 
             # 3. traffic of every pod
