@@ -32,12 +32,23 @@ class ProbeError(RuntimeError):
     """The probes could not be loaded; the message says what is missing and what to do."""
 
 
+def ring_pages_from_env(default_mb: int = 16) -> int:
+    """Ring buffer pages from ZEROTRACE_RING_MB (rounded down to a power of two, >= 1)."""
+    try:
+        mb = max(1, int(os.environ.get("ZEROTRACE_RING_MB", default_mb)))
+    except ValueError:
+        mb = default_mb
+    pages = mb * (1 << 20) // os.sysconf("SC_PAGESIZE")
+    return 1 << (pages.bit_length() - 1)
+
+
 @dataclass
 class ProbeConfig:
     """What to capture.  Empty filter sets mean "everything"."""
 
     payload_bytes: int = 1024
-    ring_pages: int = 4096  # 16 MiB with 4 KiB pages
+    # 16 MiB with 4 KiB pages; ZEROTRACE_RING_MB sets it (a power of two)
+    ring_pages: int = field(default_factory=lambda: ring_pages_from_env())
     wakeup_events: int = 64
     pids: set[int] = field(default_factory=set)
     cgroups: set[int] = field(default_factory=set)

@@ -109,3 +109,15 @@ def test_small_ring_records_wrap_whole_and_the_ring_is_resident_once(net):
     cap = cfg.payload_max()
     bad = [i for i, p in sent.items() if p != expected(i)[:cap]]
     assert not bad, (bad[:5], sent[bad[0]][:80] if bad else b"")
+
+
+def test_ring_size_from_the_environment(monkeypatch):
+    from agent.probes.loader import ring_pages_from_env
+
+    page = os.sysconf("SC_PAGESIZE")
+    monkeypatch.delenv("ZEROTRACE_RING_MB", raising=False)
+    assert ProbeConfig().ring_pages * page == 16 << 20  # the default
+    for mb, want in (("8", 8), ("12", 8), ("1", 1), ("0", 1), ("x", 16)):
+        monkeypatch.setenv("ZEROTRACE_RING_MB", mb)
+        assert ring_pages_from_env() * page == want << 20, mb
+        assert ProbeConfig().ring_pages == ring_pages_from_env()
