@@ -3,6 +3,15 @@ untraced, side by side in one run.
 
     sudo .venv/bin/python -m bench.bench_tls [--rounds 5] [--iterations 20000] [--size 64]
     sudo .venv/bin/python -m bench.bench_tls --go [...]     Go crypto/tls (bpf/gotls.c)
+    sudo .venv/bin/python -m bench.bench_tls --nginx [--rounds 5] [--duration 5]
+                                       HTTPS throughput: wrk -> nginx over TLS
+
+With --nginx, nginx (one worker, a 612-byte static file, keep-alive) serves HTTPS in a
+network namespace and wrk (which links the system libssl too: both ends traced) loads
+it from another; rounds alternate "no agent" (every probe detached), "socket probes
+only", "empty uprobes" and "traced"; reported: wrk's requests/s per mode (medians) and
+the ratio traced / no agent.  The agent's side is a drainer (poll only, no parsing):
+this isolates what the probes cost the traced programs.
 
 With --go, tests/tls/programs/gotls.go's loop mode does the same ping-pong between a
 client and a server goroutine of one Go process (crypto/tls), and the CPU ns are the
@@ -185,13 +194,142 @@ def main_go(args: argparse.Namespace) -> None:
     report(args, res, plaintext, drops, "Go crypto/tls uprobes", "ns/call (process)")
 
 
+NGINX_MODES = ("no agent", "socket probes only", "empty uprobes", "traced")
+
+
+def _cpu_s(pid: int) -> float:
+    """utime + stime of process pid, seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _children_cpu_s() -> float:
+    """CPU of this process's reaped children (each wrk run)."""
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def main_nginx(args: argparse.Namespace) -> None:
+    """wrk -> nginx over TLS, requests/s per mode (see the module docstring)."""
+    import shutil
+
+    from tests.helpers.netns import network
+    from tests.helpers.nginx import nginx_conf
+
+    for tool in ("nginx", "wrk"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"--nginx needs {tool}")
+    tmp = tempfile.mkdtemp(prefix="zt-bench-tls-nginx-")
+    try:
+        _exe, cert, key = build(tmp)
+        os.makedirs(f"{tmp}/www")
+        with open(f"{tmp}/www/index.html", "w") as f:
+            f.write("<html>" + "x" * 599 + "</html>\n")  # 612 bytes, nginx's default page
+        with network(2, subnet=244) as net:
+            srv = net.hosts[1]
+            with open(f"{tmp}/nginx.conf", "w") as f:
+                f.write(nginx_conf(
+                    tmp, f"{srv.addr}:443 ssl", worker_connections=1024,
+                    http="keepalive_requests 10000000; keepalive_timeout 120s;",
+                    server=f"ssl_certificate {cert};\nssl_certificate_key {key};"))
+            net.spawn(srv, "nginx", "-c", f"{tmp}/nginx.conf", "-e", f"{tmp}/error.log",
+                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            url = f"https://{srv.addr}/index.html"
+            pidfile = f"{tmp}/nginx.pid"
+            deadline = time.monotonic() + 10
+            while subprocess.run(net.hosts[0].cmd("curl", "-ks", "-o", "/dev/null", url)
+                                 ).returncode != 0:
+                if time.monotonic() > deadline:
+                    raise SystemExit("nginx did not come up")
+                time.sleep(0.1)
+            cfg = ProbeConfig(netns={h.inode for h in net.hosts}, tls=True)
+            with SocketTracer(cfg) as tracer:
+                drain = Drainer(tracer)
+                drain.start()
+                empty = EmptyProbes([lib.path for lib in tracer.tls.libraries.values()
+                                     if lib.symbols])
+                res: dict[str, list[float]] = {m: [] for m in NGINX_MODES}
+                # CPU us per request of nginx + wrk: less at the mercy of other jobs'
+                # load than requests/s (which also counts time waiting for a CPU)
+                cpu: dict[str, list[float]] = {m: [] for m in NGINX_MODES}
+                nginx_pid = int(open(pidfile).read())
+                plain: list[float] = []
+                on = True
+                for _ in range(args.rounds):
+                    for mode in NGINX_MODES:
+                        with drain.lock:
+                            if on:  # everything off, then on as the mode says
+                                tracer.pause()
+                                on = False
+                            if mode != "no agent":
+                                tracer.resume()
+                                on = True
+                                if mode != "traced":
+                                    tracer.tls.detach_all()
+                            if mode == "empty uprobes":
+                                empty.attach()
+                        before = tracer.tls_stats().get("tls_plaintext_events", 0)
+                        cpu0 = _cpu_s(nginx_pid) + _children_cpu_s()
+                        out = subprocess.run(
+                            net.hosts[0].cmd("wrk", "-t1", f"-c{args.connections}",
+                                             f"-d{args.duration}s", url),
+                            capture_output=True, text=True, timeout=args.duration + 60).stdout
+                        rps = float(out.split("Requests/sec:")[1].split()[0])
+                        reqs = int(out.split(" requests in ")[0].split()[-1])
+                        res[mode].append(rps)
+                        used = _cpu_s(nginx_pid) + _children_cpu_s() - cpu0
+                        cpu[mode].append(used * 1e6 / max(1, reqs))
+                        with drain.lock:
+                            empty.detach()
+                        time.sleep(0.3)
+                        if mode == "traced":  # 2 plaintext events a request, each end
+                            seen = tracer.tls_stats().get("tls_plaintext_events", 0) - before
+                            plain.append(seen / max(1, reqs))
+                        print(f"  {mode:20} {rps:9.0f} req/s {cpu[mode][-1]:7.1f} us CPU/req",
+                              flush=True)
+                drain.stop = True
+                drain.join()
+                if not on:
+                    tracer.resume()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    load = os.getloadavg()[0]
+    med = {m: statistics.median(v) for m, v in res.items()}
+    print(f"# wrk -t1 -c{args.connections} -d{args.duration}s -> nginx over TLS (612 B), "
+          f"{args.rounds} rounds, load {load:.1f}")
+    for m in NGINX_MODES:
+        print(f"{m:20} {med[m]:9.0f} req/s  rounds: " + " ".join(f"{x:.0f}" for x in res[m]))
+    base = med["no agent"]
+    for m in NGINX_MODES[1:]:
+        print(f"ratio {m} / no agent: {med[m] / base:.3f}")
+    cmed = {m: statistics.median(v) for m, v in cpu.items()}
+    for m in NGINX_MODES:
+        print(f"{m:20} {cmed[m]:7.1f} us CPU (nginx + wrk) per request  rounds: " +
+              " ".join(f"{x:.0f}" for x in cpu[m]))
+    print(f"throughput ratio from CPU per request (traced / no agent): "
+          f"{cmed['no agent'] / cmed['traced']:.3f}; empty uprobes: "
+          f"{cmed['no agent'] / cmed['empty uprobes']:.3f}")
+    if plain:
+        print(f"plaintext events per request in traced rounds: {statistics.median(plain):.2f}"
+              " (4 expected: request and response, at each end)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--iterations", type=int, default=20000)
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--go", action="store_true", help="Go crypto/tls instead of OpenSSL")
+    ap.add_argument("--nginx", action="store_true", help="HTTPS throughput, wrk -> nginx")
+    ap.add_argument("--duration", type=int, default=5, help="--nginx: seconds per round")
+    ap.add_argument("--connections", type=int, default=8, help="--nginx: wrk connections")
     args = ap.parse_args()
+    if args.nginx:
+        main_nginx(args)
+        return
     if args.go:
         main_go(args)
         return
