@@ -678,17 +678,22 @@ def bench_http(n: int, queries: int, data: str = "", keep: bool = False,
         info = fill_http_store(data, n)
         Path(data, ".bench_ids").write_text("\n".join(info.pop("ids")))
     ids = Path(data, ".bench_ids").read_text().split()
+    end = _stored_until_s(data)
     p, addr = start_http_server(data, server_root)
     out: dict = {"fill": info, "load_before": os.getloadavg()[0]}
     try:
         conn = http.client.HTTPConnection(addr, timeout=120)
 
+        cpu_of: dict[int, float] = {}  # id of a wall-time float -> server CPU s
+
         def get(path: str, accept: str = "") -> tuple[float, bytes]:
+            c = _proc_cpu_s(p.pid)
             t = time.perf_counter()
             conn.request("GET", path, headers={"Accept": accept} if accept else {})
             r = conn.getresponse()
             body = r.read()
             took = time.perf_counter() - t
+            cpu_of[id(took)] = _proc_cpu_s(p.pid) - c
             if r.status != 200:
                 raise RuntimeError(f"GET {path}: {r.status} {body[:200]!r}")
             return took, body
@@ -710,7 +715,6 @@ def bench_http(n: int, queries: int, data: str = "", keep: bool = False,
                 lat["trace by id (JSON)"].append(get(f"/api/traces/{tid}")[0])
         out["trace_spans_avg"] = spans_seen / max(1, len(lat["trace by id (protobuf)"]))
         out["trace_joined_frac"] = joined / max(1, len(lat["trace by id (protobuf)"]))
-        end = int(time.time())
         found = {}
         for i in range(queries):
             name = list(HTTP_TRACEQL)[i % len(HTTP_TRACEQL)]
@@ -733,7 +737,36 @@ def bench_http(n: int, queries: int, data: str = "", keep: bool = False,
     search = [x for k, v in lat.items() if k.startswith("TraceQL") for x in v]
     out["latency_ms"]["TraceQL, all four"] = (1e3 * statistics.median(search),
                                               1e3 * pct(search, 0.99), len(search))
+    # the server process's CPU (all threads, chDB's included) per request: what the
+    # work costs whatever the machine's load does to the wall time
+    # (mean, as /proc counts in clock ticks of 10 ms: per request only sums mean much)
+    out["cpu_ms"] = {}
+    for k, v in [*lat.items(), ("TraceQL, all four", search)]:
+        cpu = [cpu_of[id(x)] for x in v if id(x) in cpu_of]
+        if cpu:
+            out["cpu_ms"][k] = 1e3 * sum(cpu) / len(cpu)
     return out
+
+
+def _stored_until_s(data: str) -> int:
+    """The end of the searches' one-hour window: now, or for a store filled more
+    than an hour ago (a kept --http-data) the end of its hour of spans."""
+    from server.storage.chdb_store import ChdbStore
+
+    st = ChdbStore(data)  # before the server opens it: one process a data directory
+    try:
+        r = st._select(f"SELECT max(start_ns) AS t FROM {st.table}")
+    finally:
+        st.close()
+    last = int(r[0]["t"]) // 1_000_000_000 + 1 if r and r[0]["t"] else 0
+    return min(int(time.time()), last) if last else int(time.time())
+
+
+def _proc_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process `pid` (all its threads), from /proc."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def bench_flamegraph() -> dict:
@@ -876,7 +909,8 @@ def main() -> int:
               f"{r['load_after']:.1f}); traces fetched: {r['trace_spans_avg']:.1f} spans "
               f"on average, {100 * r['trace_joined_frac']:.0f} % joined across nodes")
         for k, (p50, p99, cnt) in r["latency_ms"].items():
-            print(f"    {k:<36} p50 {p50:7.1f} ms  p99 {p99:7.1f} ms  ({cnt} requests)")
+            print(f"    {k:<36} p50 {p50:7.1f} ms  p99 {p99:7.1f} ms  ({cnt} requests)  "
+                  f"server CPU {r['cpu_ms'].get(k, 0.0):5.1f} ms a request")
         print(f"  traces found per search (limit 20): {r['found']}")
     print(
         f"load average at the end: {os.getloadavg()[0]:.1f} (machine shared; figures vary with it)"

@@ -37,7 +37,8 @@ from agent.probes.events import SocketEvent
 from agent.stitch import evidence
 from agent.stitch.handoff import NOTHING_SEEN
 from agent.stitch.runtime import GOROUTINE_BASE, MODE_GO, MODE_GO_GOID, RuntimeClassifier
-from proto.span import KIND_CLIENT, KIND_SERVER, PARENT_UNKNOWN, Span, new_trace_id
+from proto import links
+from proto.span import KIND_SERVER, PARENT_UNKNOWN, Span, new_trace_id
 
 _MS = 10**6
 _INGRESS = abi.DIR_INGRESS
@@ -85,22 +86,10 @@ class Trace:
     root: Span
 
 
-def header_keys(s: Span) -> tuple:
-    """Ids an application propagates from a request to the calls it makes."""
-    keys = []
-    h = s.trace_headers
-    rid = h.get("x-request-id")
-    if rid:
-        keys.append(("x-request-id", rid))
-    tp = h.get("traceparent", "").split("-")
-    if len(tp) >= 3 and len(tp[1]) == 32:
-        keys.append(("trace", tp[1]))
-    return tuple(keys)
-
-
-def _mirror(a: Span, b: Span) -> bool:
-    return (a.local.addr, a.local.port, a.remote.addr, a.remote.port) == (
-        b.remote.addr, b.remote.port, b.local.addr, b.local.port)
+# The link rules (propagated ids, mirrored tuple, sequence numbers, UDP tuple) are
+# proto/links.py's, shared with the server's join; the compiled stitcher imports
+# `header_keys` from here.
+header_keys = links.propagated_ids
 
 
 class Stitcher:
@@ -250,12 +239,7 @@ class Stitcher:
         if not threads:
             del self.inflight_threads[conn_id]
 
-    @staticmethod
-    def _udp_key(s: Span) -> tuple:
-        # as the server would see it: its local = our remote
-        if s.kind == KIND_CLIENT:
-            return (s.remote.addr, s.remote.port, s.local.addr, s.local.port, s.operation)
-        return (s.local.addr, s.local.port, s.remote.addr, s.remote.port, s.operation)
+    _udp_key = staticmethod(links.udp_key)
 
     # -- attribution ------------------------------------------------------------------
     def _context_of_read(self, conn_id: int, offset: int, ts: int, role: int, now: int,
@@ -601,17 +585,11 @@ class Stitcher:
         if s.transport == "tcp" and s.req_seq is not None:
             cands = [c for c in self.client_by_seq.get(s.req_seq, ()) if c.span.pid != s.pid
                      or c.ctx.conn_id != item.ctx.conn_id]
-            if s.resp_seq is not None:
-                cands = [c for c in cands if c.span.resp_seq in (None, s.resp_seq)]
-            strong = [c for c in cands if c.span.resp_seq is not None and s.resp_seq is not None]
-            if len(strong) == 1:
-                cands = strong
-            elif not strong:
-                cands = [c for c in cands if _mirror(c.span, s)]
+            keep = links.pick_by_seq([links.seq_strength(c.span, s) for c in cands])
+            cands = [cands[i] for i in keep]
         elif s.transport == "udp":
             cands = [c for c in self.udp_clients.get(self._udp_key(s), ())
-                     if c.span.start_ns <= s.start_ns + 50 * _MS
-                     and s.end_ns <= c.span.end_ns + 50 * _MS]
+                     if links.udp_within(c.span, s)]
         else:
             cands = []
         if len(cands) == 1:

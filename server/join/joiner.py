@@ -4,13 +4,11 @@ An agent that sees only the server side of a request starts its own trace; the
 client side lives in another agent's trace.  At query time the fragments are joined
 by correlation keys, with one rule above all: never guess.
 
-- TCP sequence numbers: a client span matches a server span with the same `req_seq`
-  that started within `SKEW_NS` of the client's lifetime (32-bit sequence numbers
-  repeat over time), and either the same `resp_seq` (both directions' numbers agree:
-  64 bits, and NAT does not rewrite them, so a client that called a Kubernetes
-  Service address finds the pod's server span) or, when a response number is
-  missing, the mirrored tuple (local -> remote is the other's remote -> local).
-- Identical `x-request-id` / `traceparent` values on a client span and a server span.
+- TCP sequence numbers, and identical `x-request-id` / `traceparent` values on a
+  client span and a server span: the rules of proto/links.py, which the agent's
+  stitcher and the service-dependency query apply too (sequence numbers: the same
+  `req_seq` within `SEQ_SKEW_NS`, and the same `resp_seq` or else the mirrored tuple;
+  one candidate with both numbers wins over ones with the tuple only).
 
 A key with exactly one candidate in another trace links it (the client becomes the
 server span's parent); a key with several candidates links none and is counted as
@@ -19,11 +17,14 @@ stored id kept in the attribute `zerotrace.fragment_trace_id`.
 
 Each round asks the store once for every key of its new spans (`find_join_fragments`:
 the traces that may hold a matching span, whole, from a table keyed by the keys) and
-decides on those spans plus the ones already in: a trace of two fragments costs four
-queries (the trace, round 1's keys and the fragment, round 2's keys), not one query
-per key type per round plus one per fragment (issue 16: ~480 ms a trace at 1 M spans,
-most of it in key lookups reading the span table).  Stores without that method are
-asked key type by key type (`find_by_req_seq`, `find_by_header`), as before.
+decides on those spans plus the ones already in; the first round's are read with the
+trace itself (`read_with_fragments`: its key columns, the key table, then the trace and
+its candidate fragments in one read).  A trace of two fragments costs four queries
+(the trace's keys, the key table, the trace with its fragment, round 2's keys) and one
+full read of the span table's 35 columns, not two (issue 16), nor one query per key
+type per round plus one per fragment (~480 ms a trace at 1 M spans before).  Stores
+without these methods are asked key type by key type (`find_by_req_seq`,
+`find_by_header`), as before.
 """
 
 from __future__ import annotations
@@ -31,13 +32,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from proto import links
 from proto.span import KIND_CLIENT, KIND_SERVER, Span
 from server.join.network import place_across_nodes
 from server.storage.base import SpanStore
 
-SKEW_NS = 5_000_000_000
+SKEW_NS = links.SEQ_SKEW_NS
 MAX_ROUNDS = 16
-HEADER_KEYS = ("x-request-id", "traceparent")
+HEADER_KEYS = links.JOIN_HEADERS
 
 
 @dataclass(slots=True)
@@ -47,17 +49,14 @@ class JoinResult:
     ambiguous: int = 0
 
 
-def _mirrored(client: Span, server: Span) -> bool:
-    """The same TCP exchange seen from both ends (see the module docstring)."""
-    if not (
-        client.req_seq == server.req_seq
-        and server.start_ns >= client.start_ns - SKEW_NS
-        and server.start_ns <= client.end_ns + SKEW_NS
-    ):
-        return False
-    if client.resp_seq is not None and server.resp_seq is not None:
-        return client.resp_seq == server.resp_seq
-    return client.local == server.remote and client.remote == server.local
+def _by_seq(span: Span, cands: list[Span], span_is_client: bool) -> list[Span]:
+    """The candidates (spans of the other kind with `span`'s req_seq) that the
+    sequence-number rule keeps for `span` (proto/links.py)."""
+    if span_is_client:
+        strengths = [links.seq_strength(span, o, SKEW_NS) for o in cands]
+    else:
+        strengths = [links.seq_strength(o, span, SKEW_NS) for o in cands]
+    return [cands[i] for i in links.pick_by_seq(strengths)]
 
 
 def _link(client: Span, server: Span) -> bool:
@@ -79,13 +78,20 @@ class _Join:
         self.done_keys: set[tuple] = set()
         self.fetched: dict[str, list[Span]] = {}  # candidate fragments not joined (yet)
         self.batched = hasattr(store, "find_join_fragments")
+        # keys whose counterparts are all in `fetched` (read ahead with the trace)
+        self.covered: set[tuple] = set()
+        ahead = getattr(store, "read_with_fragments", None)
+        self.read_ahead = self.batched and callable(ahead)
+        if self.read_ahead:
+            self.fetched, self.covered = ahead([trace_id])
 
     def add_trace(self, tid: str) -> list[Span]:
         if tid in self.by_trace:
             return []
         spans = self.fetched.pop(tid, None)
         if spans is None:
-            spans = self.store.get_trace(tid)
+            # read ahead without it: not stored
+            spans = [] if self.read_ahead and tid == self.trace_id else self.store.get_trace(tid)
         self.by_trace[tid] = spans
         return spans
 
@@ -93,23 +99,16 @@ class _Join:
             dict[tuple[int, str], list[Span]], dict[tuple[str, str, str], list[Span]]]:
         """Every span of the store with a key of `frontier`'s spans, by key: (req_seq,
         kind) and (header, value, kind), from one `find_join_fragments` call."""
-        lookups: set[tuple] = set()
-        for s in frontier:
-            want = _other_kind(s.kind)
-            if not want:
-                continue
-            if s.req_seq is not None:
-                lookups.add(("seq", s.req_seq, want))
-            for name in HEADER_KEYS:
-                if s.trace_headers.get(name):
-                    lookups.add(("header", (name, s.trace_headers[name]), want))
+        lookups = links.lookups(frontier)
         seqs: dict[tuple[int, str], list[Span]] = {}
         hdrs: dict[tuple[str, str, str], list[Span]] = {}
         if not lookups:
             return seqs, hdrs
-        new = self.store.find_join_fragments(lookups, {**self.fetched, **self.by_trace})
-        for tid, spans in new.items():
-            self.fetched.setdefault(tid, spans)
+        rest = lookups - self.covered  # the others' candidates are in already
+        if rest:
+            new = self.store.find_join_fragments(rest, {**self.fetched, **self.by_trace})
+            for tid, spans in new.items():
+                self.fetched.setdefault(tid, spans)
         # Exact checks on the spans (the store's answer is a superset).
         for span in _all(self.by_trace.values(), self.fetched.values()):
             if span.kind not in (KIND_CLIENT, KIND_SERVER):
@@ -162,12 +161,14 @@ class _Join:
         if clients:
             cands = self.store.find_by_req_seq(sorted({c.req_seq for c in clients}), KIND_SERVER)
             for c in clients:
-                m = [s for s in cands if _mirrored(c, s)]
+                m = _by_seq(c, [s for s in cands if s.req_seq == c.req_seq
+                                and s.span_id != c.span_id], True)
                 self._decide(("seq", c.span_id), c, m, True)
         if servers:
             cands = self.store.find_by_req_seq(sorted({s.req_seq for s in servers}), KIND_CLIENT)
             for s in servers:
-                m = [c for c in cands if _mirrored(c, s)]
+                m = _by_seq(s, [c for c in cands if c.req_seq == s.req_seq
+                                and c.span_id != s.span_id], False)
                 self._decide(("seq", s.span_id), s, m, False)
         for name in HEADER_KEYS:
             with_hdr = [
@@ -200,9 +201,9 @@ class _Join:
             for s in frontier:
                 if s.req_seq is None or s.kind != (KIND_CLIENT if want_client else KIND_SERVER):
                     continue
-                cands = seqs.get((s.req_seq, _other_kind(s.kind)), [])
-                m = [o for o in cands if (_mirrored(s, o) if want_client else _mirrored(o, s))]
-                self._decide(("seq", s.span_id), s, m, want_client)
+                cands = [o for o in seqs.get((s.req_seq, _other_kind(s.kind)), [])
+                         if o.span_id != s.span_id]
+                self._decide(("seq", s.span_id), s, _by_seq(s, cands, want_client), want_client)
         for name in HEADER_KEYS:
             for s in frontier:
                 v = s.trace_headers.get(name)
@@ -214,8 +215,7 @@ class _Join:
         return [s for t in new for s in self.by_trace[t]]
 
 
-def _other_kind(kind: str) -> str:
-    return {KIND_CLIENT: KIND_SERVER, KIND_SERVER: KIND_CLIENT}.get(kind, "")
+_other_kind = links.counterpart
 
 
 def _all(*groups: Iterable[list[Span]]) -> Iterable[Span]:

@@ -11,10 +11,11 @@ from __future__ import annotations
 import abc
 import time
 from collections.abc import Collection, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
+from proto import links
 from proto import schema as span_schema
-from proto.span import Span
+from proto.span import Endpoint, Span
 from server.storage import schema
 from server.storage.base import (
     DependencyLink,
@@ -72,6 +73,30 @@ def _ids_in(trace_ids: Sequence[str], params: dict[str, Any] | None = None
     p = dict(params or {})
     p[IDS_PARAM] = ",".join(schema.check_hex(t, 32) for t in trace_ids)
     return f"(SELECT unhex(arrayJoin(splitByChar(',', {{{IDS_PARAM}:String}}))))", p
+
+
+def _prefix_ranges(prefixes: Sequence[int]) -> tuple[str, dict[str, Any]]:
+    """SQL (and parameters) selecting the trace ids that start with one of
+    `prefixes` (`schema.trace_prefix`): primary-key ranges of the span table."""
+    where, rp = [], {}
+    for j, p in enumerate(prefixes):
+        rp[f"lo{j}"] = f"{p:08x}"
+        if p < 0xFFFFFFFF:
+            rp[f"hi{j}"] = f"{p + 1:08x}"
+            where.append(f"(trace_id >= unhex({{lo{j}:String}}) "
+                         f"AND trace_id < unhex({{hi{j}:String}}))")
+        else:
+            where.append(f"trace_id >= unhex({{lo{j}:String}})")
+    return " OR ".join(where), rp
+
+
+class _KeyRow(NamedTuple):
+    """The correlation-key columns of one stored span."""
+
+    trace_id: str
+    kind: str
+    req_seq: int | None
+    trace_headers: dict[str, str]
 
 
 def _search_conditions(q: TraceQuery) -> tuple[str, str, dict[str, Any]]:
@@ -236,29 +261,54 @@ class SqlStore(SpanStore, abc.ABC):
         once a trace's fragments are all in), the others are read by primary-key
         range.  A superset: the caller checks every key on the spans themselves.
         """
+        todo = self._fragment_prefixes(lookups, known)
+        out: dict[str, list[Span]] = {}
+        for i in range(0, len(todo), 200):  # a few per round; bounded query size anyway
+            where, rp = _prefix_ranges(todo[i:i + 200])
+            for s in self._spans_where(where, rp):
+                if s.trace_id not in known:
+                    out.setdefault(s.trace_id, []).append(s)
+        return out
+
+    def _fragment_prefixes(self, lookups: Collection[tuple[str, Any, str]],
+                           known: dict[str, Sequence[Any]], hits: set | None = None
+                           ) -> list[int]:
+        """The trace id prefixes (`schema.trace_prefix`) to read for
+        `find_join_fragments`: those holding a span with a key of `lookups` that the
+        `known` traces' spans (anything with kind, req_seq, trace_headers) do not
+        account for.  `hits`: given, gets the sequence-number keys found (req_seq
+        values) and "header" when a header key was."""
         seqs = sorted({(int(k), kind) for t, k, kind in lookups if t == "seq"})
         hdrs = sorted({(k[0], k[1], kind) for t, k, kind in lookups if t == "header"})
         if not seqs and not hdrs:
-            return {}
+            return []
         params: dict[str, Any] = {}
-        sets = []
+        where = []
         if seqs:
-            params["js"] = ",".join(f"{k}:{kind}" for k, kind in seqs)
-            sets.append("SELECT 'seq', toUInt64(x[1]), x[2] FROM "
-                        "(SELECT splitByChar(':', arrayJoin(splitByChar(',', {js:String}))) AS x)")
+            # an Array parameter (one primary-key set, no subquery): ~1.5 ms CPU less
+            # a lookup than a set from a split string; kinds are checked below
+            params["ks"] = "[" + ",".join(sorted({str(k) for k, _ in seqs})) + "]"
+            where.append("(key_type = 'seq' AND key IN {ks:Array(UInt64)})")
         if hdrs:
             # hex: header values may hold any character, the list needs separators
             params["jh"] = ",".join(f"{n.encode().hex()}:{v.encode().hex()}:{kind}"
                                     for n, v, kind in hdrs)
-            sets.append("SELECT 'header', cityHash64(unhex(x[1]), unhex(x[2])), x[3] FROM "
-                        "(SELECT splitByChar(':', arrayJoin(splitByChar(',', {jh:String}))) AS x)")
-        rows = self._select(
-            f"SELECT trace_prefix AS p, count() AS n FROM {self.join_keys} "
-            f"WHERE (key_type, key, kind) IN ({' UNION ALL '.join(sets)}) GROUP BY p",
-            params,
-        )
+            where.append("(key_type = 'header' AND (key, kind) IN (SELECT cityHash64(unhex("
+                         "x[1]), unhex(x[2])), x[3] FROM (SELECT splitByChar(':', arrayJoin("
+                         "splitByChar(',', {jh:String}))) AS x)))")
+        found = self._select(
+            f"SELECT key_type AS t, key AS k, kind, trace_prefix AS p FROM {self.join_keys} "
+            f"WHERE {' OR '.join(where)}", params)
+        seq_set = set(seqs)
+        rows: dict[int, int] = {}
+        for r in found:
+            if r["t"] == "seq" and (int(r["k"]), r["kind"]) not in seq_set:
+                continue
+            rows[int(r["p"])] = rows.get(int(r["p"]), 0) + 1
+            if hits is not None:
+                hits.add(int(r["k"]) if r["t"] == "seq" else "header")
         # Rows the known traces account for: one per (lookup, span) that matches it.
-        seq_set, hdr_set = set(seqs), {(n, v, kind) for n, v, kind in hdrs}
+        hdr_set = {(n, v, kind) for n, v, kind in hdrs}
         mine: dict[int, int] = {}
         for tid, spans in known.items():
             p = schema.trace_prefix(tid)
@@ -267,22 +317,92 @@ class SqlStore(SpanStore, abc.ABC):
                     (name, v, s.kind) in hdr_set for name, v in s.trace_headers.items())
                 if n:
                     mine[p] = mine.get(p, 0) + n
-        todo = sorted(int(r["p"]) for r in rows if int(r["n"]) > mine.get(int(r["p"]), 0))
+        return sorted(p for p, n in rows.items() if n > mine.get(p, 0))
+
+    def read_with_fragments(self, trace_ids: Sequence[str]
+                            ) -> tuple[dict[str, list[Span]], set[tuple]]:
+        """The spans of `trace_ids` and of every stored trace that may hold the
+        counterpart of one of their correlation keys, {trace id: spans}, and those
+        keys (`links.lookups` of the traces): a join's first round read ahead.
+
+        Three queries: the traces' key columns (a few of the 35: ~4 ms CPU), the
+        join-key table (`_fragment_prefixes`), then the traces and the fragments in
+        one read.  A read costs per column file it opens more than per granule (10 M
+        spans: two traces read together ~17 ms CPU, one after the other ~33), so this
+        costs a trace by id one full read less than reading the trace first."""
+        ids = [schema.check_hex(t, 32) for t in trace_ids]
+        if not ids:
+            return {}, set()
+        if len(ids) == 1:
+            cond, params = "trace_id = unhex({tid:String})", {"tid": ids[0]}
+        else:
+            inner, params = _ids_in(ids)
+            cond = f"trace_id IN {inner}"
+        keys = [_KeyRow(r["tid"], r["kind"], None if r["req_seq"] is None else int(r["req_seq"]),
+                        r["trace_headers"])
+                for r in self._select(
+                    "SELECT lower(hex(trace_id)) AS tid, kind, req_seq, trace_headers "
+                    f"FROM {self.table} WHERE {cond}", params)]
+        if not keys:
+            return {}, set()  # none of the traces is stored
+        looks = links.lookups(keys)
+        by_trace: dict[str, list[_KeyRow]] = {}
+        for k in keys:
+            by_trace.setdefault(k.trace_id, []).append(k)
+        todo = self._fragment_prefixes(looks, by_trace) if looks else []
         out: dict[str, list[Span]] = {}
-        for i in range(0, len(todo), 200):  # a few per round; bounded query size anyway
-            where, rp = [], {}
-            for j, p in enumerate(todo[i:i + 200]):
-                rp[f"lo{j}"] = f"{p:08x}"
-                if p < 0xFFFFFFFF:
-                    rp[f"hi{j}"] = f"{p + 1:08x}"
-                    where.append(f"(trace_id >= unhex({{lo{j}:String}}) "
-                                 f"AND trace_id < unhex({{hi{j}:String}}))")
-                else:
-                    where.append(f"trace_id >= unhex({{lo{j}:String}})")
-            for s in self._spans_where(" OR ".join(where), rp):
-                if s.trace_id not in known:
-                    out.setdefault(s.trace_id, []).append(s)
+        for i in range(0, max(1, len(todo)), 200):
+            where, rp = _prefix_ranges(todo[i:i + 200])
+            if i == 0:
+                where = f"{cond} OR {where}" if where else cond
+                rp.update(params)
+            for s in self._spans_where(where, rp):
+                out.setdefault(s.trace_id, []).append(s)
+        return out, looks
+
+    def link_spans(self, trace_ids: Sequence[str] = (), prefixes: Sequence[int] = ()
+                   ) -> dict[str, list[Span]]:
+        """The spans of `trace_ids` and of the traces whose ids start with one of
+        `prefixes`, {trace id: spans}, with only what the link rules and a search
+        row need (ids, kind, service, operation, status, times, tuple, sequence
+        numbers, trace headers): 16 of the 35 columns, no attribute maps; the
+        other fields keep `Span`'s defaults.  For listing joined traces
+        (server/query/joined.py `list_page`)."""
+        conds, params = [], {}
+        if trace_ids:
+            inner, params = _ids_in(trace_ids)
+            conds.append(f"trace_id IN {inner}")
+        if prefixes:
+            where, rp = _prefix_ranges(prefixes)
+            conds.append(where)
+            params.update(rp)
+        if not conds:
+            return {}
+        rows = self._select(
+            "SELECT lower(hex(trace_id)) AS t, lower(hex(span_id)) AS s, "
+            "lower(hex(parent_span_id)) AS p, kind, service, operation, status, start_ns, "
+            "end_ns, local_addr, local_port, remote_addr, remote_port, req_seq, resp_seq, "
+            f"trace_headers FROM {self.table} WHERE {' OR '.join(conds)}", params)
+        out: dict[str, list[Span]] = {}
+        for r in rows:
+            out.setdefault(r["t"], []).append(Span(
+                trace_id=r["t"], span_id=r["s"], parent_span_id=r["p"], kind=r["kind"],
+                service=r["service"], operation=r["operation"], status=r["status"],
+                start_ns=int(r["start_ns"]), end_ns=int(r["end_ns"]),
+                local=Endpoint(r["local_addr"], int(r["local_port"])),
+                remote=Endpoint(r["remote_addr"], int(r["remote_port"])),
+                req_seq=None if r["req_seq"] is None else int(r["req_seq"]),
+                resp_seq=None if r["resp_seq"] is None else int(r["resp_seq"]),
+                trace_headers=dict(r["trace_headers"])))
         return out
+
+    def caller_prefixes(self, lookups: Collection[tuple[str, Any, str]],
+                        known: dict[str, Sequence[Any]], hits: set | None = None
+                        ) -> list[int]:
+        """`find_join_fragments`' first step alone: the trace id prefixes that may
+        hold a counterpart of `lookups` not in `known` (`hits`: see
+        `_fragment_prefixes`)."""
+        return self._fragment_prefixes(lookups, known, hits)
 
     def search_traces(self, q: TraceQuery) -> list[TraceSummary]:
         limit = max(1, min(int(q.limit or 20), 10_000))
@@ -316,7 +436,7 @@ class SqlStore(SpanStore, abc.ABC):
 
     def _search_where(
         self, cond: str, icond: str, params: dict[str, Any], limit: int, matched: str = "",
-        spans: tuple[int, dict[str, str]] | None = None,
+        spans: tuple[int, dict[str, str]] | None = None, roots: bool = False,
     ) -> list[dict[str, Any]]:
         """`_search` for prepared conditions; `matched`: a trace-level condition
         (aggregates over the trace's spans) replacing "some span meets `cond`";
@@ -339,7 +459,8 @@ class SqlStore(SpanStore, abc.ABC):
             complete = len(cands) < n
             bound = 0 if complete else int(cands[-1]["ts_max_ms"]) * 1_000_000
             rows = self._summaries(
-                list(dict.fromkeys(c["tid"] for c in cands)), cond, params, matched, spans)
+                list(dict.fromkeys(c["tid"] for c in cands)), cond, params, matched, spans,
+                roots)
             rows = [r for r in rows if int(r["matched"]) > 0]
             rows.sort(key=lambda r: -int(r["last"]))
             sure = [r for r in rows if int(r["last"]) >= bound]
@@ -352,17 +473,19 @@ class SqlStore(SpanStore, abc.ABC):
             f"WHERE {cond} GROUP BY trace_id ORDER BY last DESC LIMIT {limit}",
             params,
         )
-        rows = self._summaries([r["tid"] for r in tids], cond, params, matched, spans)
+        rows = self._summaries([r["tid"] for r in tids], cond, params, matched, spans, roots)
         return [r for r in rows if int(r["matched"]) > 0]
 
     def _summaries(
         self, tids: Sequence[str], cond: str, params: dict[str, Any], matched: str = "",
-        spans: tuple[int, dict[str, str]] | None = None,
+        spans: tuple[int, dict[str, str]] | None = None, roots: bool = False,
     ) -> list[dict[str, Any]]:
         """One row per trace of `tids`: its summary, whether it matches, and with
         `spans` = (per_trace, columns) its first `per_trace` spans meeting `cond` as
         `matching_spans` rows (in `spans_list`), from the same read of the traces'
-        granules: reading them twice (summaries, then spans) was half of a search."""
+        granules: reading them twice (summaries, then spans) was half of a search.
+        With `roots`, also its parentless server spans' link keys (`roots`: what a
+        listing of joined traces looks up, server/query/joined.py `list_page`)."""
         if not tids:
             return []
         ids, params = _ids_in(tids, params)
@@ -374,6 +497,11 @@ class SqlStore(SpanStore, abc.ABC):
             # tuples sort by start, then span id: matching_spans' order
             extra = (f", arraySlice(arraySort(groupArrayIf(tuple({fields}), {cond})), 1, "
                      f"{max(1, int(per_trace))}) AS spans_list")
+        if roots:
+            # the keys only (the link decision reads the few spans that have a match)
+            extra += (", groupArrayIf(tuple(lower(hex(span_id)), req_seq, "
+                      f"{', '.join(f'trace_headers[{h!r}]' for h in links.JOIN_HEADERS)}), "
+                      "kind = 'server' AND parent_span_id = '') AS roots")
         rows = self._select(
             "SELECT lower(hex(trace_id)) AS tid, min(start_ns) AS start, "
             "max(end_ns) - min(start_ns) AS dur, count() AS n, "
@@ -429,8 +557,14 @@ class SqlStore(SpanStore, abc.ABC):
         _time_filter(since_ns, until_ns, wc, params)
         cond = " AND ".join(wc) or "1"
         t = self.table
-        # Parent/child links inside one trace, plus client/server pairs linked only by
-        # sequence number and mirrored tuple (fragments from different agents).
+        # Parent/child links inside one trace, plus the client/server pairs of
+        # fragments from different agents that the query-time join links: by the
+        # sequence-number rule of proto/links.py (the same rule the joiner and the
+        # agent apply, as SQL: strength of each pair sharing req_seq, then per server
+        # span the one candidate the rule keeps), for a server span without a parent.
+        strength = links.seq_strength_sql("cl", "sv", str(int(links.SEQ_SKEW_NS)))
+        cols = ("span_id, parent_span_id, service, status, req_seq, resp_seq, start_ns, "
+                "end_ns, local_addr, local_port, remote_addr, remote_port")
         sql = f"""
 SELECT parent, child, sum(calls) AS calls, sum(errs) AS errs FROM (
   SELECT p.service AS parent, c.service AS child, count() AS calls,
@@ -441,18 +575,27 @@ SELECT parent, child, sum(calls) AS calls, sum(errs) AS errs FROM (
   WHERE c.service != p.service AND c.service != '' AND p.service != ''
   GROUP BY parent, child
   UNION ALL
-  SELECT cl.service AS parent, sv.service AS child, count() AS calls,
-         countIf(sv.status = 'error') AS errs
-  FROM (SELECT span_id, service, req_seq, local_addr, local_port, remote_addr, remote_port
-        FROM {t} WHERE kind = 'client' AND req_seq IS NOT NULL AND {cond}) AS cl
-  INNER JOIN (SELECT parent_span_id, service, status, req_seq, local_addr, local_port,
-                     remote_addr, remote_port
-              FROM {t} WHERE kind = 'server' AND req_seq IS NOT NULL AND {cond}) AS sv
-    ON cl.req_seq = sv.req_seq AND cl.local_addr = sv.remote_addr
-       AND cl.local_port = sv.remote_port AND cl.remote_addr = sv.local_addr
-       AND cl.remote_port = sv.local_port
-  WHERE sv.parent_span_id != cl.span_id AND cl.service != sv.service
-        AND cl.service != '' AND sv.service != ''
+  SELECT cl_service AS parent, sv_service AS child, count() AS calls,
+         countIf(sv_status = 'error') AS errs
+  FROM (
+    SELECT any(sv_service) AS sv_service, any(sv_status) AS sv_status,
+           argMax(cl_service, k) AS cl_service, argMax(cl_trace, k) AS cl_trace1
+    FROM (
+      SELECT sv.trace_id AS sv_trace, sv.span_id AS sv_span, sv.service AS sv_service,
+             sv.status AS sv_status, cl.service AS cl_service, cl.trace_id AS cl_trace,
+             {strength} AS k
+      FROM (SELECT trace_id, {cols} FROM {t}
+            WHERE kind = 'client' AND req_seq IS NOT NULL AND {cond}) AS cl
+      INNER JOIN (SELECT trace_id, {cols} FROM {t}
+                  WHERE kind = 'server' AND req_seq IS NOT NULL AND parent_span_id = ''
+                  AND {cond}) AS sv
+        ON cl.req_seq = sv.req_seq
+    )
+    GROUP BY sv_trace, sv_span
+    -- the kept client in the same trace: the agent's link, not the join's
+    HAVING {links.pick_sql("k")} AND cl_trace1 != sv_trace
+  )
+  WHERE cl_service != sv_service AND cl_service != '' AND sv_service != ''
   GROUP BY parent, child
 ) GROUP BY parent, child ORDER BY parent, child"""
         rows = self._select(sql, params)
@@ -480,16 +623,27 @@ SELECT parent, child, sum(calls) AS calls, sum(errs) AS errs FROM (
 
     def search_spansets(
         self, cond: str, icond: str, params: dict[str, Any], limit: int, matched: str = "",
-        per_trace: int = 0, columns: dict[str, str] | None = None,
-    ) -> tuple[list[TraceSummary], list[dict[str, Any]]]:
+        per_trace: int = 0, columns: dict[str, str] | None = None, roots: bool = False,
+    ) -> tuple[list[TraceSummary], list[dict[str, Any]]] | tuple[
+            list[TraceSummary], list[dict[str, Any]], dict[str, list[Span]]]:
         """`search_traces_where` and, when `per_trace` > 0, what `matching_spans`
-        would answer for the traces found, both from one read of their spans."""
+        would answer for the traces found, both from one read of their spans; with
+        `roots`, a third item: each trace's parentless server spans with their link
+        keys only (span id, req_seq, the link headers; {trace id: spans}), from that
+        read too."""
         limit = max(1, min(int(limit or 20), 10_000))
         spans = (per_trace, columns or {}) if per_trace > 0 else None
-        rows = self._search_where(cond, icond, params, limit, matched, spans)
+        rows = self._search_where(cond, icond, params, limit, matched, spans, roots)
         matched_rows = [s for r in sorted(rows, key=lambda r: -int(r["start"]))
                         for s in r.get("spans_list", [])]
-        return self._trace_summaries(rows), matched_rows
+        if not roots:
+            return self._trace_summaries(rows), matched_rows
+        found = {r["tid"]: [Span(
+            trace_id=r["tid"], span_id=x[0], kind="server",
+            req_seq=None if x[1] is None else int(x[1]),
+            trace_headers={h: v for h, v in zip(links.JOIN_HEADERS, x[2:], strict=True) if v})
+            for x in r["roots"]] for r in rows}
+        return self._trace_summaries(rows), matched_rows, found
 
     @staticmethod
     def _trace_summaries(rows: list[dict[str, Any]]) -> list[TraceSummary]:
