@@ -21,6 +21,7 @@ from server.http.otlp_map import envelope, jaeger_trace
 from server.http.params import go_duration_ns, int_param, logfmt, maybe_double_decoded
 from server.http.tempo import parse_trace_id
 from server.join import join_trace
+from server.query.joined import join_page
 
 _US = 1_000
 _MS = 1_000_000
@@ -138,12 +139,14 @@ def find_traces(api: HttpApi, req: Request) -> Response:
         raise HttpError(501, "this storage backend does not answer searches")
     limit = max(1, min(int_param(req.get("limit"), "limit", 20), 1500))
     found = search(sql.cond, sql.icond, sql.params, limit, sql.matched)
-    spans = api.store.get_traces([t.trace_id for t in found])
-    by_trace: dict[str, list] = {}
-    for s in spans:
+    # each joined trace once, whole, under one id (the spans read for the join)
+    page = join_page(api.store, found, with_spans=True)
+    by_trace = page.spans
+    rest = [t.trace_id for t in page.rows if t.trace_id not in by_trace]
+    for s in api.store.get_traces(rest) if rest else ():  # past the joined part
         by_trace.setdefault(s.trace_id, []).append(s)
-    data = [jaeger_trace(t.trace_id, by_trace[t.trace_id]) for t in found
-            if t.trace_id in by_trace]
+    data = [jaeger_trace(t.trace_id, by_trace[t.trace_id]) for t in page.rows
+            if by_trace.get(t.trace_id)]
     return json_response(envelope(data))
 
 

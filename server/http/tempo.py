@@ -32,7 +32,9 @@ from server.http.params import (
     recent_window,
     unix_window,
 )
+from server.ingest.otlp import MODEL_KEY
 from server.join import join_trace
+from server.query.joined import list_page
 
 # The Tempo release whose API this server answers (Grafana reads features off it).
 TEMPO_VERSION = "2.6.0"
@@ -223,21 +225,27 @@ def search(api: HttpApi, req: Request) -> Response:
         raise HttpError(400, f"unsupported TraceQL: {e}") from None
     cols, reads = _field_columns(traceql.spanset_fields(tree), sql.params)
     # the traces and their matching spans in one read (SqlStore.search_spansets)
-    found, matched = _store_method(api, "search_spansets")(
-        sql.cond, sql.icond, sql.params, limit, sql.matched, spss, cols)
+    # the traces, their matching spans and their parentless server spans (what the
+    # listing of joined traces looks up) in one read (SqlStore.search_spansets)
+    found, matched, roots = _store_method(api, "search_spansets")(
+        sql.cond, sql.icond, sql.params, limit, sql.matched, spss, cols, roots=True)
+    # each joined trace once, under one id; its fragments' matched spans with it
+    page = list_page(api.store, found, roots)
     by_trace: dict[str, list[dict[str, Any]]] = {}
     for r in matched:
-        by_trace.setdefault(r["tid"], []).append(r)
+        by_trace.setdefault(page.alias.get(r["tid"], r["tid"]), []).append(r)
     traces = []
-    for t in found:
+    for t in page.rows:
+        rows = sorted(by_trace.get(t.trace_id, []),
+                      key=lambda r: (int(r["start_ns"]), r["sid"]))
         spans = [{
             "spanID": r["sid"],
             "name": r["operation"],
             "startTimeUnixNano": str(r["start_ns"]),
             "durationNanos": str(max(0, int(r["end_ns"]) - int(r["start_ns"]))),
             "attributes": _row_attributes(r, reads),
-        } for r in by_trace.get(t.trace_id, [])]
-        spanset = {"spans": spans, "matched": len(spans)}
+        } for r in rows[:spss]]
+        spanset = {"spans": spans, "matched": len(rows)}
         traces.append({
             "traceID": t.trace_id,
             "rootServiceName": t.root_service or "<root span not yet received>",
@@ -336,7 +344,9 @@ def tag_values(api: HttpApi, f: traceql.Field, cond: str, params: dict[str, Any]
         if f.name == "status":
             return [{"type": "keyword", "value": v} for v in ("error", "ok", "unset")]
         if f.name == "kind":
-            return [{"type": "keyword", "value": v} for v in _distinct(api, "kind", cond, p)]
+            p["model_key"] = MODEL_KEY
+            return [{"type": "keyword", "value": v} for v in _distinct(
+                api, traceql.kind_sql("{model_key:String}"), cond, p)]
         if f.name in ("name", "statusMessage"):
             col = "operation" if f.name == "name" else "error"
             return [{"type": "string", "value": v} for v in _distinct(api, col, cond, p)]

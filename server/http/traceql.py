@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from server.http.otlp_map import VIRTUAL_ATTRIBUTES
+from server.ingest.otlp import MODEL_KEY
 from server.storage.schema import tag_hash
 
 
@@ -395,11 +396,9 @@ class _Compiler:
                                   f"{sorted(STATUS_VALUES if name == 'status' else KIND_VALUES)}")
             if op not in ("=", "!="):
                 raise Unsupported(f"operator {op!r} on {name} is not supported")
-            value = v.value
-            if name == "kind" and value == "unspecified":
-                value = ""
-            ref = self.p(value, "String")
-            sql = f"{name} {op} {ref}"
+            ref = self.p(v.value, "String")
+            col = name if name == "status" else kind_sql(self.p(MODEL_KEY, "String"))
+            sql = f"{col} {op} {ref}"
             idx = f"has(statuses, {ref})" if name == "status" and op == "=" else "1"
             return sql, idx
         col = "operation" if name == "name" else "error"
@@ -453,6 +452,17 @@ class _Compiler:
         if op == "!=":
             sql = f"({exists} AND {sql})"
         return sql, "1"
+
+
+def kind_sql(model_key: str) -> str:
+    """SQL of a span's OTLP kind: the `kind` column, except where ingest kept a kind
+    the column cannot say (producer as client, consumer as server, unspecified as
+    internal) in the OTLP model object (`model_key`: its attribute name's parameter).
+    A span stored without a kind is unspecified."""
+    okind = f"JSONExtractString(attributes_json[{model_key}], 'kind')"
+    return (f"multiIf(kind = '', 'unspecified', "
+            f"NOT mapContains(attributes_json, {model_key}), toString(kind), "
+            f"{okind} IN ('producer', 'consumer', 'unspecified'), {okind}, toString(kind))")
 
 
 def _stored_forms(v: Value) -> list[str]:

@@ -9,10 +9,15 @@ are listed once, under its *canonical id*: the stored id of the fragment holding
 joined trace's root span (the earliest span without a parent in the joined set).
 `GetTrace` of any fragment's id returns the trace under that same id.
 
-The joins of one result page share their store reads: every result trace is read in
-one `get_traces` call and every correlation key of the page is looked up in one
-`find_join_fragments` call (`_PageStore`); later join rounds (fragments of fragments)
-go to the store as usual.
+The joins of one result page share their store reads (`_PageStore`): every result
+trace is read in one `get_traces` call, every correlation key of the page is looked up
+in one `find_join_fragments` call, and so are the keys of the fragments that brought
+in (fragments of fragments), round after round, until no new fragment comes: a page
+of 20 two-fragment traces costs four store queries, not two per trace.  The joins
+then run on what was read (and ask the store only for what a read-ahead missed).
+
+Searches of every API list joined traces so: the gRPC `SearchTraces` (the CLI),
+Tempo's `/api/search` and Jaeger's `/api/traces` (`join_page`).
 """
 
 from __future__ import annotations
@@ -21,9 +26,10 @@ import dataclasses
 from collections.abc import Collection, Sequence
 from typing import Any
 
+from proto import links
 from proto.span import KIND_CLIENT, KIND_SERVER, STATUS_ERROR, Span
 from server.join import join_trace
-from server.join.joiner import HEADER_KEYS, JoinResult
+from server.join.joiner import MAX_ROUNDS, JoinResult
 from server.storage.base import SpanStore, TraceSummary
 
 FRAGMENT_ATTR = "zerotrace.fragment_trace_id"
@@ -32,32 +38,10 @@ FRAGMENT_ATTR = "zerotrace.fragment_trace_id"
 MAX_JOINED_RESULTS = 1000
 
 
-def _other(kind: str) -> str:
-    return {KIND_CLIENT: KIND_SERVER, KIND_SERVER: KIND_CLIENT}.get(kind, "")
 
 
-def _lookups(spans: Sequence[Span]) -> set[tuple]:
-    """The join keys of `spans` in `find_join_fragments` form (as the joiner asks)."""
-    out: set[tuple] = set()
-    for s in spans:
-        want = _other(s.kind)
-        if not want:
-            continue
-        if s.req_seq is not None:
-            out.add(("seq", s.req_seq, want))
-        for name in HEADER_KEYS:
-            if s.trace_headers.get(name):
-                out.add(("header", (name, s.trace_headers[name]), want))
-    return out
-
-
-def _has_key(s: Span, lookups: Collection[tuple]) -> bool:
-    if s.kind not in (KIND_CLIENT, KIND_SERVER):
-        return False
-    if s.req_seq is not None and ("seq", s.req_seq, s.kind) in lookups:
-        return True
-    return any(s.trace_headers.get(n) and ("header", (n, s.trace_headers[n]), s.kind)
-               in lookups for n in HEADER_KEYS)
+_lookups = links.lookups
+_has_key = links.holds
 
 
 def _copy(spans: list[Span]) -> list[Span]:
@@ -69,18 +53,33 @@ class _PageStore:
     """The store, with one page's traces and their join candidates read ahead; hands
     out copies (a join edits its spans) and asks the store for anything else."""
 
+    # the joins here read from this page, not ahead of it
+    read_with_fragments = None
+
     def __init__(self, store: SpanStore, trace_ids: Sequence[str]) -> None:
         self.store = store
         self.traces: dict[str, list[Span]] = {}
-        for s in store.get_traces(list(trace_ids)):
-            self.traces.setdefault(s.trace_id, []).append(s)
         self.covered: set[tuple] = set()
-        if hasattr(store, "find_join_fragments"):
-            self.covered = _lookups([s for v in self.traces.values() for s in v])
-            if self.covered:
-                more = store.find_join_fragments(self.covered, dict(self.traces))
-                for tid, spans in more.items():
-                    self.traces.setdefault(tid, spans)
+        ahead = getattr(store, "read_with_fragments", None)
+        if not callable(ahead) or not hasattr(store, "find_join_fragments"):
+            for s in store.get_traces(list(trace_ids)):
+                self.traces.setdefault(s.trace_id, []).append(s)
+            return
+        # the page and its first round's fragments in one read, then round after
+        # round the keys of the traces the last round brought in
+        self.traces, self.covered = ahead(list(trace_ids))
+        new = [v for k, v in self.traces.items() if k not in set(trace_ids)]
+        for _ in range(MAX_ROUNDS):
+            keys = links.lookups([s for spans in new for s in spans]) - self.covered
+            if not keys:
+                break
+            self.covered |= keys
+            more = store.find_join_fragments(keys, dict(self.traces))
+            new = []
+            for tid, spans in more.items():
+                if tid not in self.traces:
+                    self.traces[tid] = spans
+                    new.append(spans)
 
     def __getattr__(self, name: str) -> Any:  # find_by_req_seq etc.: the store's own
         return getattr(self.store, name)
@@ -140,26 +139,197 @@ def summary(tid: str, spans: Sequence[Span]) -> TraceSummary:
         services=sorted({s.service for s in spans if s.service}))
 
 
-def join_results(store: SpanStore, found: Sequence[TraceSummary]) -> list[TraceSummary]:
-    """`found` with the fragments of each joined trace merged into one row, under the
-    canonical id, at the place of its first fragment; other rows as they were."""
+@dataclasses.dataclass
+class JoinedPage:
+    """A search page in terms of joined traces.
+
+    `rows`: the summaries, each joined trace once under its canonical id (at the place
+    of its first fragment), other rows as they were; `alias`: stored trace id ->
+    the id its row is listed under, for every stored id of the page (fragments brought
+    in by the join too); `spans`: listed id -> its spans (joined, under that id), when
+    asked for (`with_spans`)."""
+
+    rows: list[TraceSummary]
+    alias: dict[str, str]
+    spans: dict[str, list[Span]]
+
+
+def join_page(store: SpanStore, found: Sequence[TraceSummary],
+              with_spans: bool = False) -> JoinedPage:
+    """`found` (a search's rows) with the fragments of each joined trace merged into
+    one row under its canonical id; see `JoinedPage`."""
     head = list(found[:MAX_JOINED_RESULTS])
     page = _PageStore(store, [t.trace_id for t in head])
     out: list[TraceSummary] = []
-    seen: set[str] = set()
+    alias: dict[str, str] = {}
+    spans: dict[str, list[Span]] = {}
+    listed: set[str] = set()
     for t in head:
-        if not _lookups(page.traces.get(t.trace_id, [])):
+        if t.trace_id in alias:
+            continue  # a fragment of a trace listed already
+        stored = page.traces.get(t.trace_id, [])
+        if not _lookups(stored):
             out.append(t)  # no correlation key: nothing can join it
-            seen.add(t.trace_id)
+            alias[t.trace_id] = t.trace_id
+            listed.add(t.trace_id)
+            if with_spans:
+                spans[t.trace_id] = _copy(stored)
             continue
         r = join_trace(page, t.trace_id)
         tid = canonical(r, t.trace_id)
-        if tid in seen:
+        rename(r, t.trace_id, tid)
+        if tid in listed:  # joined from another fragment already
+            alias[t.trace_id] = tid
             continue
-        seen.add(tid)
+        listed.add(tid)
+        alias[t.trace_id] = alias[tid] = tid
+        for s in r.spans:
+            alias.setdefault(str(s.attributes.get(FRAGMENT_ATTR) or tid), tid)
         out.append(summary(tid, r.spans) if r.linked else t)
-    out += [t for t in found[MAX_JOINED_RESULTS:] if t.trace_id not in seen]
-    return out
+        if with_spans:
+            spans[tid] = r.spans
+    for t in found[MAX_JOINED_RESULTS:]:
+        if t.trace_id not in alias and t.trace_id not in listed:
+            out.append(t)
+            alias[t.trace_id] = t.trace_id
+    return JoinedPage(out, alias, spans)
+
+
+def _caller(server: Span, clients_by_seq: dict[int, list[Span]],
+            clients_by_header: dict[tuple[str, str], list[Span]]) -> Span | None:
+    """The one client span the link rules (proto/links.py) give a parentless server
+    span, seen from the server's side as the joiner decides it: by sequence numbers,
+    else by a propagated header; None when none or several."""
+    if server.req_seq is not None:
+        cands = [c for c in clients_by_seq.get(server.req_seq, ())
+                 if c.span_id != server.span_id]
+        keep = links.pick_by_seq([links.seq_strength(c, server, links.SEQ_SKEW_NS)
+                                  for c in cands])
+        if len(keep) == 1:
+            return cands[keep[0]]
+    for hv in links.header_join_keys(server):
+        cands = clients_by_header.get(hv, [])
+        if len(cands) == 1:
+            return cands[0]
+    return None
+
+
+def list_page(store: SpanStore, found: Sequence[TraceSummary],
+              roots: dict[str, list[Span]] | None = None) -> JoinedPage:
+    """A search listing with each joined trace once, for searches that show rows
+    (Tempo's): `join_page` without its cost, by looking only *up* the call tree.
+
+    A fragment is joined under its caller through its parentless server span (the
+    only span the join links as a child), so a row's canonical id follows those
+    links up to the fragment holding the root.  That takes the page's key columns
+    (`link_spans`, no attribute maps), one key-table lookup per round for its
+    parentless server spans (one a fragment, where a full join looks up every
+    client call: 20 keys for a page of 20 against ~300) and the callers' fragments'
+    key columns.  Rows of one joined trace merge into one, under its id, summarised
+    over the fragments the page reached (callees that matched nothing are not
+    read: a row's span count may be short of the trace's).  `roots`: the rows'
+    parentless server spans with their keys, when the search read them
+    (`search_spansets(roots=True)`): then a page none of whose rows is a fragment
+    costs one key-table lookup.  Stores without `link_spans` get `join_page`."""
+    if not callable(getattr(store, "link_spans", None)):
+        return join_page(store, found)
+    head = list(found[:MAX_JOINED_RESULTS])
+    if roots is None:
+        spans = store.link_spans([t.trace_id for t in head])
+        first = [x for tid in spans for x in spans[tid]]
+    else:
+        spans, first = {}, [x for t in head for x in roots.get(t.trace_id, ())]
+    up: dict[str, tuple[str, str, str]] = {}  # fragment -> (caller's trace, client, server)
+    todo: list[str] = []
+    for rnd in range(MAX_ROUNDS):
+        servers = first if rnd == 0 else [x for tid in todo for x in spans.get(tid, ())]
+        servers = [x for x in servers if x.kind == KIND_SERVER and not x.parent_span_id]
+        looks = links.lookups(servers)
+        if not looks:
+            break
+        new: list[str] = []
+        hits: set = set()
+        prefixes = store.caller_prefixes(looks, spans, hits)
+        if prefixes:
+            # the callers' fragments, and the rows whose servers had a match (`roots`
+            # carry keys only: the rule needs their tuple, times, response number)
+            own = sorted({x.trace_id for x in servers if x.trace_id not in spans and (
+                x.req_seq in hits or ("header" in hits and links.header_join_keys(x)))})
+            for tid, more in store.link_spans(own, prefixes).items():
+                if tid not in spans:
+                    spans[tid] = more
+                    if tid not in own:
+                        new.append(tid)
+            # the servers as read (keys-only copies replaced)
+            read = {x.span_id: x for t in own for x in spans.get(t, ())}
+            servers = [read.get(x.span_id, x) for x in servers]
+        by_seq: dict[int, list[Span]] = {}
+        by_header: dict[tuple[str, str], list[Span]] = {}
+        for group in spans.values():
+            for x in group:
+                if x.kind == KIND_CLIENT:
+                    if x.req_seq is not None:
+                        by_seq.setdefault(x.req_seq, []).append(x)
+                    for hv in links.header_join_keys(x):
+                        by_header.setdefault(hv, []).append(x)
+        for srv in servers:
+            c = _caller(srv, by_seq, by_header)
+            if c is not None and c.trace_id != srv.trace_id and srv.trace_id not in up:
+                up[srv.trace_id] = (c.trace_id, c.span_id, srv.span_id)
+        callers = {u[0] for u in up.values()}
+        todo = [t for t in new if t in callers]  # fragments of fragments
+        if not todo:
+            break
+
+    def top(tid: str) -> str:
+        seen = {tid}
+        while tid in up and up[tid][0] not in seen:
+            tid = up[tid][0]
+            seen.add(tid)
+        return tid
+
+    groups: dict[str, list[str]] = {}
+    for t in head:
+        groups.setdefault(top(t.trace_id), []).append(t.trace_id)
+    # the rows of joined groups the lookups did not read, in one read
+    missing = [t.trace_id for t in head if t.trace_id not in spans
+               and (t.trace_id in up or len(groups[top(t.trace_id)]) > 1)]
+    if missing:
+        spans.update(store.link_spans(missing))
+    out: list[TraceSummary] = []
+    alias: dict[str, str] = {}
+    for t in head:
+        canon = top(t.trace_id)
+        if canon in alias:
+            alias[t.trace_id] = canon
+            continue
+        members = {canon, *groups[canon]}
+        for m in list(members):  # the fragments between each row and the top
+            for _ in range(MAX_ROUNDS):
+                if m not in up or m == canon:
+                    break
+                m = up[m][0]
+                members.add(m)
+        for m in members:
+            alias[m] = canon
+        if members == {t.trace_id}:
+            out.append(t)
+            continue
+        parent = {up[m][2]: up[m][1] for m in members if m in up}
+        union = [dataclasses.replace(x, parent_span_id=parent.get(x.span_id, x.parent_span_id))
+                 for m in members for x in spans.get(m, ())]
+        out.append(summary(canon, union) if union else t)
+    for t in found[MAX_JOINED_RESULTS:]:
+        if t.trace_id not in alias:
+            out.append(t)
+            alias[t.trace_id] = t.trace_id
+    return JoinedPage(out, alias, {})
+
+
+def join_results(store: SpanStore, found: Sequence[TraceSummary]) -> list[TraceSummary]:
+    """`found` with the fragments of each joined trace merged into one row, under the
+    canonical id, at the place of its first fragment; other rows as they were."""
+    return join_page(store, found).rows
 
 
 def joined_trace(store: SpanStore, trace_id: str) -> tuple[str, JoinResult]:
