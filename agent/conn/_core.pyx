@@ -10,9 +10,15 @@ the same results.  Stream offsets are computed in 64-bit integers: a direction w
 need 2^63 bytes to overflow them."""
 
 from collections import OrderedDict, Counter
+from dataclasses import fields as _fields
 import logging
 import random
 
+from cpython.object cimport PyObject
+from cpython.ref cimport Py_INCREF
+
+from agent.conn._ctx cimport SpanContext, new_context
+from agent.export._slots cimport slot_offset
 from agent.probes._events cimport SocketEvent
 
 from agent.probes import abi
@@ -22,6 +28,72 @@ from agent.stitch.runtime import GOROUTINE_BASE as _GOROUTINE_BASE_PY
 from proto.span import KIND_CLIENT, KIND_SERVER, SOURCE_SYSCALL, Endpoint, Span
 
 log = logging.getLogger("agent.conn.assembler")
+
+cdef extern from "Python.h":
+    void _xdecref "Py_XDECREF"(PyObject* o)
+
+
+# -- objects made per event and per span, without a Python __init__ frame -----------------
+# Span, Endpoint and Chunk are slots dataclasses: their generated __init__ is a Python
+# function (~0.9 us for Span's 32 arguments, ~0.3 us for a Chunk) that only stores its
+# arguments.  Here a fresh instance (object.__new__) gets its slots stored directly, at
+# the offsets their member descriptors give; the field lists are checked at import,
+# so a change of those classes fails loudly instead of filling the wrong slot.
+
+cdef inline void _put(object o, Py_ssize_t off, object v):
+    """Store v in the object slot at byte offset off of o (a reference is taken)."""
+    cdef PyObject** p = <PyObject**>((<char*><PyObject*>o) + off)
+    cdef PyObject* old = p[0]
+    Py_INCREF(v)
+    p[0] = <PyObject*>v
+    _xdecref(old)
+
+
+cdef Py_ssize_t _offsets(cls, tuple names, Py_ssize_t* out) except -1:
+    if tuple(f.name for f in _fields(cls)) != names:
+        raise ImportError(f"{cls.__qualname__} fields changed: update agent/conn/_core.pyx")
+    cdef Py_ssize_t i
+    for i in range(len(names)):
+        out[i] = slot_offset(cls, names[i])
+        if out[i] < 0:
+            raise ImportError(f"{cls.__qualname__}.{names[i]} is not a plain slot")
+    return 0
+
+
+cdef tuple _SPAN_NAMES = (
+    "trace_id", "span_id", "parent_span_id", "kind", "source", "protocol", "operation",
+    "status", "status_code", "error", "start_ns", "end_ns", "service", "pid", "tid",
+    "process", "cgroup_id", "netns", "transport", "local", "remote", "req_seq", "resp_seq",
+    "req_offset", "resp_offset", "req_bytes", "resp_bytes", "trace_headers", "attributes",
+    "resource", "incomplete", "agent")
+cdef Py_ssize_t _SO[32]
+_offsets(Span, _SPAN_NAMES, _SO)
+cdef Py_ssize_t _EO[2]
+_offsets(Endpoint, ("addr", "port"), _EO)
+cdef Py_ssize_t _CO[7]
+_offsets(Chunk, ("direction", "data", "size", "offset", "ts_ns", "tid", "seq"), _CO)
+cdef object _new = object.__new__
+cdef object _SpanT = Span, _EndpointT = Endpoint, _ChunkT = Chunk
+
+
+cdef object _endpoint(object addr, object port):
+    cdef object ep = _new(_EndpointT)
+    _put(ep, _EO[0], addr)
+    _put(ep, _EO[1], port)
+    return ep
+
+
+cdef object _chunk(object d, object data, object size, object offset, object ts, object tid,
+                   object seq):
+    cdef object c = _new(_ChunkT)
+    _put(c, _CO[0], d)
+    _put(c, _CO[1], data)
+    _put(c, _CO[2], size)
+    _put(c, _CO[3], offset)
+    _put(c, _CO[4], ts)
+    _put(c, _CO[5], tid)
+    _put(c, _CO[6], seq)
+    return c
 
 cdef long long MASK = 0xFFFFFFFF
 cdef long long NOT_MASK = ~MASK
@@ -275,8 +347,8 @@ cdef class ConnMeta:
         self.transport = "udp" if e.transport == UDP else "tcp"
         self.midstream = bool(e.flags & F_MIDSTREAM)
         self.tls = bool(e.flags & F_TLS)
-        self.local = Endpoint(self.laddr, self.lport)
-        self.remote = Endpoint(self.raddr, self.rport)
+        self.local = _endpoint(self.laddr, self.lport)
+        self.remote = _endpoint(self.raddr, self.rport)
 
 
 def record_to_span(r, ConnMeta e, int role, req_dir, agent="", conn_id=0):
@@ -313,12 +385,40 @@ def record_to_span(r, ConnMeta e, int role, req_dir, agent="", conn_id=0):
         tid = 0
     comm = e.comm
     transport = e.transport
-    span = Span(
-        "", new_span_id(), "", kind, SOURCE_SYSCALL, r.protocol, r.operation,
-        r.status, r.status_code, r.error, start, end if end > start else start, comm,
-        e.pid, tid, comm, e.cgroup_id, e.netns, transport,
-        e.local, remote, req_seq, resp_seq, req_offset, resp_offset,
-        req_bytes, resp_bytes, dict(r.trace_headers), a, {}, r.incomplete, agent)
+    cdef object span = _new(_SpanT)
+    cdef Py_ssize_t* o = _SO
+    _put(span, o[0], "")
+    _put(span, o[1], new_span_id())
+    _put(span, o[2], "")
+    _put(span, o[3], kind)
+    _put(span, o[4], SOURCE_SYSCALL)
+    _put(span, o[5], r.protocol)
+    _put(span, o[6], r.operation)
+    _put(span, o[7], r.status)
+    _put(span, o[8], r.status_code)
+    _put(span, o[9], r.error)
+    _put(span, o[10], start)
+    _put(span, o[11], end if end > start else start)
+    _put(span, o[12], comm)
+    _put(span, o[13], e.pid)
+    _put(span, o[14], tid)
+    _put(span, o[15], comm)
+    _put(span, o[16], e.cgroup_id)
+    _put(span, o[17], e.netns)
+    _put(span, o[18], transport)
+    _put(span, o[19], e.local)
+    _put(span, o[20], remote)
+    _put(span, o[21], req_seq)
+    _put(span, o[22], resp_seq)
+    _put(span, o[23], req_offset)
+    _put(span, o[24], resp_offset)
+    _put(span, o[25], req_bytes)
+    _put(span, o[26], resp_bytes)
+    _put(span, o[27], dict(r.trace_headers))
+    _put(span, o[28], a)
+    _put(span, o[29], {})
+    _put(span, o[30], r.incomplete)
+    _put(span, o[31], agent)
     if "network.transport" not in a:
         a["network.transport"] = transport
     if kind == KIND_CLIENT:
@@ -342,7 +442,7 @@ def record_to_span(r, ConnMeta e, int role, req_dir, agent="", conn_id=0):
     else:
         out_tid, out_ns = (req.tid, req.start_ns) if req is not None else (0, start)
         in_tid, in_ns = (resp.end_tid, resp.end_ns) if resp is not None else (0, end)
-    return SpanContext(span, conn_id, in_tid, in_ns, out_tid, out_ns, resp is not None)
+    return new_context(span, conn_id, in_tid, in_ns, out_tid, out_ns, resp is not None)
 
 
 # -- sessions and parsers (agent/conn/assembler.py) ---------------------------------------
@@ -446,7 +546,7 @@ cdef class SpanAssembler:
         if s.unknown:
             self.stats["unknown_protocol_bytes"] += ret
             return
-        chunk = Chunk(d, payload, ret, offset, ts_exit if d == INGRESS else ts_enter, tid, seq)
+        chunk = _chunk(d, payload, ret, offset, ts_exit if d == INGRESS else ts_enter, tid, seq)
         parser = s.parser
         if parser is None:
             self._infer(s, chunk)
@@ -606,7 +706,3 @@ def process_events(events, handle, observe, set pids, new_pid, ignore, stats) ->
             etype = e.type
         if etype == EV_DATA:
             observe(e)
-
-# Last: agent/conn/spans.py imports record_to_span from here, so it must be defined
-# before this module asks spans.py for SpanContext (either may be imported first).
-from agent.conn.spans import SpanContext

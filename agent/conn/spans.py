@@ -5,30 +5,20 @@ response bytes moved: the stitcher orders those per thread to find parents."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import fields
 
+from agent.conn._ctx import SpanContext
 from proto.span import Span
 
+# SpanContext is compiled (agent/conn/_ctx.pyx): a C struct the core fills and the
+# stitcher reads without attribute lookups.  Its fields: span, conn_id, in_tid, in_ns,
+# out_tid, out_ns, has_response.  For a server span: `in_tid`/`in_ns` = thread and time
+# the request's last byte was read, `out_tid`/`out_ns` = thread and time the response's
+# first byte was written.  For a client span: `out_*` = the request written, `in_*` =
+# the response read.
 
-@dataclass(slots=True)
-class SpanContext:
-    """A span plus the thread-level moments the stitcher needs.
-
-    For a server span: `in_tid`/`in_ns` = thread and time the request's last byte was
-    read, `out_tid`/`out_ns` = thread and time the response's first byte was written.
-    For a client span: `out_*` = the request written, `in_*` = the response read."""
-
-    span: Span
-    conn_id: int
-    in_tid: int
-    in_ns: int
-    out_tid: int
-    out_ns: int
-    has_response: bool
-
-
-# record_to_span builds Span positionally (half the cost of 30 keywords, measured
-# 1.25 vs 2.9 us): the order it relies on, checked once here.
+# record_to_span fills a Span's slots in this order (agent/conn/_core.pyx, which checks
+# the same at import): the order it relies on, checked once here.
 _SPAN_FIELDS = ("trace_id", "span_id", "parent_span_id", "kind", "source", "protocol",
                 "operation", "status", "status_code", "error", "start_ns", "end_ns",
                 "service", "pid", "tid", "process", "cgroup_id", "netns", "transport",
@@ -39,7 +29,7 @@ if tuple(f.name for f in fields(Span)) != _SPAN_FIELDS:
     raise ImportError("proto.span.Span fields changed: update agent/conn/spans.py")
 
 # ConnMeta, new_span_id and record_to_span are compiled (agent/conn/_core.pyx, issue
-# 13): the same code with C-typed locals.  Imported last: _core imports SpanContext.
+# 13): the same code with C-typed locals.
 from agent.conn._core import ConnMeta, new_span_id, record_to_span  # noqa: E402
 
 __all__ = ["SpanContext", "ConnMeta", "new_span_id", "record_to_span"]

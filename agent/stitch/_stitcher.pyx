@@ -29,6 +29,7 @@ from cython.operator cimport dereference as deref, preincrement as inc
 import time
 from collections import Counter, defaultdict, deque
 
+from agent.conn._ctx cimport SpanContext
 from agent.probes._events cimport SocketEvent
 from agent.probes import abi
 from agent.stitch import evidence
@@ -37,7 +38,6 @@ from agent.stitch.runtime import GOROUTINE_BASE, MODE_GO, MODE_GO_GOID, RuntimeC
 from agent.stitch.stitcher import NO_SPAN, Trace, header_keys
 from proto.span import KIND_CLIENT, KIND_SERVER, PARENT_UNKNOWN, Span, new_trace_id
 
-from agent.conn.spans import SpanContext
 
 cdef int64_t _MS = 10**6
 cdef int _INGRESS = abi.DIR_INGRESS
@@ -183,21 +183,32 @@ cdef class Item:
         self._init(ctx)
 
     cdef _init(self, ctx):
-        s = ctx.span
+        cdef SpanContext c
         self.ctx = ctx
-        self.span = s
         self.trace_id = ""
         self.link = ""
+        if type(ctx) is SpanContext:  # the core's: C fields, no attribute lookups
+            c = <SpanContext>ctx
+            s = c.span
+            self.conn_id = c.conn_id
+            self.in_tid = c.in_tid
+            self.out_tid = c.out_tid
+            self.in_ns = c.in_ns
+            self.out_ns = c.out_ns
+            self.has_response = c.has_response
+        else:
+            s = ctx.span
+            self.conn_id = ctx.conn_id
+            self.in_tid = ctx.in_tid
+            self.out_tid = ctx.out_tid
+            self.in_ns = ctx.in_ns
+            self.out_ns = ctx.out_ns
+            self.has_response = ctx.has_response
+        self.span = s
         self.pid = s.pid
         self.start_ns = s.start_ns
         self.end_ns = s.end_ns
         self.server = s.kind == _KIND_SERVER
-        self.conn_id = ctx.conn_id
-        self.in_tid = ctx.in_tid
-        self.out_tid = ctx.out_tid
-        self.in_ns = ctx.in_ns
-        self.out_ns = ctx.out_ns
-        self.has_response = ctx.has_response
 
 
 cdef Item _new_item(ctx):
