@@ -370,8 +370,14 @@ class TlsAttacher:
 
     def process_counters(self) -> dict[str, dict[tuple[str, ...], int]]:
         """Per-process TLS counters for Prometheus (TlsCollector): plaintext bytes by
-        (process, direction), connections and handshakes missed by (process,)."""
-        return self._procs.read(self.bpf)
+        (process, direction), connections and handshakes missed by (process,); and the
+        exec hook's outcomes by (event,)."""
+        out = self._procs.read(self.bpf)
+        hook = self.exec_hook
+        if hook is not None:
+            out["exec_events"] = {(k,): v for k, v in hook.stats.items()
+                                  if k != "held_ms_max"}
+        return out
 
     def close(self) -> None:
         """Stop the exec hook (continuing what it holds), detach every probe, let go of
@@ -836,6 +842,10 @@ class TlsCollector:
         "connections_midstream": ("zerotrace_tls_connections_midstream",
                                   "TLS connections whose handshake was missed (opened "
                                   "before the agent), per process", ["process"]),
+        "exec_events": ("zerotrace_tls_exec_events",
+                        "Execs the TLS exec hook handled: execs_held (stopped until "
+                        "probed), held_timeout (continued before the look ended), "
+                        "execs_go (Go offsets given in the kernel), execs_seen", ["event"]),
     }
 
     def __init__(self, counters) -> None:

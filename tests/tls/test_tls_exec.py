@@ -104,6 +104,7 @@ def test_statically_linked_openssl(world):
     assert 'zerotrace_tls_plaintext_bytes_total{direction="ingress",process="static_client"}' \
         in text
     assert 'zerotrace_tls_connections_total{process="static_client"}' in text
+    assert 'zerotrace_tls_exec_events_total{event="execs_held"}' in text
 
 
 def pie_goclient(out: str) -> str:
