@@ -144,30 +144,50 @@ static __always_inline int zt_active_take(struct zt_active *out)
     return 1;
 }
 
-/* Payload capture switched off by cgroup (a pod's containers; agent/probes/capture.py,
- * the policy in agent/enrich/capture.py).  capture_mode slot 0: ZT_CAPTURE_ALL (no
+/* Payload capture switched off by cgroup (a pod's cgroups; agent/probes/capture.py,
+ * the policy in agent/enrich/capture.py).  capture_mode slot 0: mode ZT_CAPTURE_ALL (no
  * look-up at all), ZT_CAPTURE_DENY (no payload for the cgroups in capture_cgroups) or
- * ZT_CAPTURE_ALLOW (payload only for them).  A record of a cgroup switched off carries
- * its header (lengths, seqs, times, addresses) and no payload byte, flagged
- * ZT_F_NOCAPTURE; the data syscalls decide before copying, and zt_submit checks TLS
- * plaintext records (bpf/tls.c copies before it submits). */
+ * ZT_CAPTURE_ALLOW (payload only for them); a task is in a listed cgroup when its own
+ * cgroup is listed or its ancestor at one of the depths in `levels` (bit n: depth n, the
+ * depth of the pods' own cgroups): a container started in a listed pod is covered before
+ * the agent has seen its cgroup.  A record of a cgroup switched off carries its header
+ * (lengths, seqs, times, addresses) and no payload byte, flagged ZT_F_NOCAPTURE; the data
+ * syscalls decide before copying, and zt_submit checks TLS plaintext records (bpf/tls.c
+ * copies before it submits). */
 #define ZT_F_NOCAPTURE 64 /* flags bit, not in abi.h: agent/probes/capture.py F_NOCAPTURE */
 #define ZT_CAPTURE_ALL 0
 #define ZT_CAPTURE_DENY 1
 #define ZT_CAPTURE_ALLOW 2
-BPF_ARRAY(capture_mode, __u32, 1);
+#define ZT_CAPTURE_LEVELS 8 /* ancestor depths 1..7 may be named */
+struct zt_capture_cfg {
+    __u32 mode;
+    __u32 levels;
+};
+BPF_ARRAY(capture_mode, struct zt_capture_cfg, 1);
 BPF_HASH(capture_cgroups, __u64, __u8, 16384);
 /* 0: records sent without their payload, 1: the bytes those syscalls moved */
 BPF_PERCPU_ARRAY(capture_stats, __u64, 2);
+/* called under a name bcc does not look up in kallsyms (see zt_probe_read_user) */
+static __u64 (*zt_ancestor_cgroup_id)(int level) =
+    (void *)BPF_FUNC_get_current_ancestor_cgroup_id;
 
 static __always_inline int zt_capture_off(__u64 cgid)
 {
     int zero = 0;
-    __u32 *mode = capture_mode.lookup(&zero);
-    if (!mode || *mode == ZT_CAPTURE_ALL)
+    struct zt_capture_cfg *c = capture_mode.lookup(&zero);
+    if (!c || c->mode == ZT_CAPTURE_ALL)
         return 0;
     int listed = capture_cgroups.lookup(&cgid) != 0;
-    return *mode == ZT_CAPTURE_DENY ? listed : !listed;
+#pragma unroll
+    for (int l = 1; l < ZT_CAPTURE_LEVELS; l++) {
+        if (listed)
+            break;
+        if (c->levels & (1u << l)) {
+            __u64 anc = zt_ancestor_cgroup_id(l);
+            listed = capture_cgroups.lookup(&anc) != 0;
+        }
+    }
+    return c->mode == ZT_CAPTURE_DENY ? listed : !listed;
 }
 
 static __always_inline void zt_capture_count(__u64 bytes)

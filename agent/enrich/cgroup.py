@@ -53,6 +53,24 @@ class ContainerRef:
 HOST = ContainerRef()
 
 
+def segment_pod_uid(name: str) -> str:
+    """The pod UID (dashed) a cgroup directory name carries, e.g.
+    `kubepods-burstable-pod<uid_with_underscores>.slice` or `pod<uid>`; else ""."""
+    if "pod" not in name:
+        return ""
+    m = _POD_SEGMENT.match(name)
+    return m.group("uid").replace("_", "-") if m else ""
+
+
+def segment_container_id(name: str) -> str:
+    """The container id a cgroup directory name carries (`cri-containerd-<id>.scope`,
+    `crio-<id>.scope`, `<id>` ...); else ""."""
+    if len(name) < 64:
+        return ""
+    m = _ID_SEGMENT.match(name)
+    return m.group("id") if m else ""
+
+
 def parse_path(path: str) -> ContainerRef:
     """Read one cgroup path (v1 or v2) into a ContainerRef."""
     segments = [s for s in path.split("/") if s and s != ".."]

@@ -19,6 +19,7 @@ from typing import Any
 F_NOCAPTURE = 64
 MODE_ALL, MODE_DENY, MODE_ALLOW = 0, 1, 2
 MODE_NAMES = {MODE_ALL: "all", MODE_DENY: "deny", MODE_ALLOW: "allow"}
+LEVELS = 8  # bpf/maps.h ZT_CAPTURE_LEVELS: ancestor depths 1..7
 
 
 class CaptureMap:
@@ -35,23 +36,36 @@ class CaptureMap:
         self._stats = bpf[b"capture_stats"]
         self._listed: set[int] = set()
         self._current = MODE_ALL
+        self._levels = 0
         self._lock = threading.Lock()
 
     @property
     def mode(self) -> int:
         return self._current
 
+    @property
+    def levels(self) -> int:
+        """The ancestor depths checked, as the probes' bit mask."""
+        return self._levels
+
     def listed(self) -> frozenset[int]:
         """The cgroup ids in the map now."""
         return frozenset(self._listed)
 
-    def set(self, mode: int, cgroup_ids: Iterable[int]) -> None:
-        """Mode and the cgroups it names (DENY: switched off; ALLOW: switched on).
+    def set(self, mode: int, cgroup_ids: Iterable[int], levels: Iterable[int] = ()) -> None:
+        """Mode and the cgroups it names (DENY: switched off; ALLOW: switched on); a
+        task is in a named cgroup when its own is named or its ancestor at one of the
+        depths `levels` (1-7: the depth of the pods' own cgroups, whose containers are
+        then covered before they are seen).
         The updates are ordered so that a cgroup that stays off is never captured in
         between: under DENY ids come before they go, under ALLOW they go first."""
         if mode not in MODE_NAMES:
             raise ValueError(f"capture mode {mode!r}")
         want = {int(c) for c in cgroup_ids if c}
+        mask = 0
+        for lv in levels:
+            if 0 < lv < LEVELS:
+                mask |= 1 << lv
         with self._lock:
             table, one = self._cgroups, ct.c_uint8(1)
             add, drop = want - self._listed, self._listed - want
@@ -67,14 +81,18 @@ class CaptureMap:
                     except KeyError:
                         pass
 
+            def do_mode() -> None:
+                if (mode, mask) != (self._current, self._levels):
+                    self._mode[ct.c_int(0)] = self._mode.Leaf(mode, mask)
+                    self._current, self._levels = mode, mask
+
             if mode == MODE_ALLOW and mode == self._current:
                 do_drop()
                 do_add()
+                do_mode()
             else:  # DENY, or the mode changes (from ALL, once, at start)
                 do_add()
-                if mode != self._current:
-                    self._mode[ct.c_int(0)] = ct.c_uint32(mode)
-                    self._current = mode
+                do_mode()
                 do_drop()
             self._listed = want
 

@@ -37,10 +37,12 @@ class Sink:
 
     def __init__(self) -> None:
         self.writes: list[tuple[int, frozenset[int]]] = []
+        self.levels: list[frozenset[int]] = []
         self.changed = threading.Event()
 
-    def set(self, mode: int, ids) -> None:
+    def set(self, mode: int, ids, levels=()) -> None:
         self.writes.append((mode, frozenset(ids)))
+        self.levels.append(frozenset(levels))
         self.changed.set()
 
     def counters(self) -> dict[str, int]:
@@ -151,6 +153,8 @@ def test_switch_follows_pods_on_real_cgroups(lab, replay, make_enricher, tmp_pat
     db = {made["db"][1], cgroup_id_of(str(extra.parent.parent /
                                           systemd_pod_slice("besteffort", U_DB).split("/")[-1]))}
     assert sink.writes[-1] == (1, frozenset(exporter))
+    # the pod's own cgroup is at this depth: the probes check the ancestor there too
+    assert sink.levels[-1] == {len(extra.parent.relative_to(lab.v2).parts)}
 
     sink.changed.clear()
     gate.set()
