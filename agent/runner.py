@@ -77,7 +77,7 @@ def _writer(out):
     return write_lines
 
 
-def _memory_report(top: int, when: str) -> None:
+def _memory_report(top: int, when: str, pipeline=None) -> None:
     """Where the memory is, on stderr (diagnosis: ZEROTRACE_MEMORY_REPORT=N): Python's
     object allocator (arenas, used and free bytes), the collector's state and, with
     ZEROTRACE_TRACEMALLOC=1 (slows the agent several times), the top N allocation sites
@@ -102,6 +102,11 @@ def _memory_report(top: int, when: str) -> None:
     print(f"zerotrace-mem: {when}: gc counts {gc.get_count()}, objects tracked "
           f"{len(gc.get_objects())}, frozen {gc.get_freeze_count()}, collections "
           f"{[g['collections'] for g in gc.get_stats()]}", file=sys.stderr)
+    if pipeline is not None:
+        st = pipeline.stitcher
+        print(f"zerotrace-mem: {when}: held: {len(st.items)} spans being stitched, "
+              f"{len(st.emitted)} emitted kept for late joiners, "
+              f"{len(pipeline.assembler.sessions)} sessions", file=sys.stderr)
     if when == "asked":
         # cyclic garbage waiting for a full collection (the agent's GC runs gen 2 rarely)
         t0 = time.perf_counter()
@@ -197,10 +202,10 @@ def run(args: argparse.Namespace) -> int:
                 n_events += attached.pump(0.05, on_events)
                 if report_now.is_set():
                     report_now.clear()
-                    _memory_report(mem_top, "asked")
+                    _memory_report(mem_top, "asked", pipeline)
             attached.stop()
             if mem_top:
-                _memory_report(mem_top, "end")
+                _memory_report(mem_top, "end", pipeline)
             drops = tracer.drops()
             kernel_stats = tracer.stats()
             if net is not None:
