@@ -13,7 +13,7 @@ and a pod annotation over both: `zerotrace.io/payload-capture: "off"` (or "on").
 annotation value that is neither is taken as "off" (fail closed: someone meant to say
 something about capture), counted and logged once.
 
-What "off" means (docs/kubernetes.md, "Payload capture"):
+What "off" means:
 - In the kernel: the syscalls of the pod's processes are still traced, but their
   records carry lengths, TCP seqs, times and addresses, never a payload byte
   (bpf/maps.h `capture_cgroups`, written by `CaptureSwitch` through
@@ -33,9 +33,9 @@ every `interval` (10) seconds, and every 0.25 s while a pod listed in the last t
 minutes has a cgroup or container not found yet.  The pod's own cgroup (the kubelet's
 pod slice) is listed with the depth it sits at, and the probes check the ancestor at
 that depth too: a container (re)started in a listed pod is covered from its first
-syscall.  What is not covered: a pod's first seconds when its cgroup appears between two
-walks, and pods whose cgroups name neither pod UID nor container id; the span-side
-scrub covers their spans, not their ring records.
+syscall.  What is not covered: a pod's first moments when its cgroup appears between two
+walks (0.25 s apart while it is young), and pods whose cgroups name neither pod UID nor
+container id; the span-side scrub covers their spans, not their ring records.
 """
 
 from __future__ import annotations
@@ -113,8 +113,8 @@ class CapturePolicy:
 
     @property
     def switches_anything(self) -> bool:
-        """False when nothing can ever be off... except by a pod annotation, which the
-        switch must still watch for when pods are known."""
+        """Whether the policy itself turns something off (a pod annotation may still,
+        wherever pods are watched)."""
         return not self.default or not all(self.namespaces.values())
 
     def pod(self, namespace: str, annotations: Mapping[str, str],
@@ -201,7 +201,6 @@ class CaptureSwitch:
         self._wake = threading.Event()
         self._sink: Sink | None = None
         self._thread: threading.Thread | None = None
-        self._bad: set[str] = set()
         self.refreshes = 0
         self.listed: frozenset[int] = frozenset()  # cgroup ids last written
         self.levels: frozenset[int] = frozenset()  # depths of the pods' own cgroups
