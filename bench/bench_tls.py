@@ -73,9 +73,18 @@ class EmptyProbes:
     def __init__(self, paths: list[str]) -> None:
         from bcc import BPF
 
-        self.bpf = BPF(text=b"int zt_nop(void *ctx) { return 0; }")
+        # counts its runs (a per-CPU add: ~nothing next to a trap), for traps a request
+        self.bpf = BPF(text=b"BPF_PERCPU_ARRAY(zt_traps, u64, 1);\n"
+                            b"int zt_nop(void *ctx) { int k = 0; u64 *v = zt_traps.lookup(&k);"
+                            b" if (v) *v += 1; return 0; }")
         self.paths = [p.encode() for p in paths]
         self.syms = [b"SSL_write", b"SSL_read"]
+
+    def traps(self) -> int:
+        """Uprobe hits so far (entry and return each count)."""
+        import ctypes as ct
+
+        return sum(self.bpf[b"zt_traps"][ct.c_int(0)])
 
     def attach(self) -> None:
         for p in self.paths:
@@ -249,14 +258,18 @@ def main_nginx(args: argparse.Namespace) -> None:
             with SocketTracer(cfg) as tracer:
                 drain = Drainer(tracer)
                 drain.start()
+                # the libraries nginx and wrk map (others' processes may have gone,
+                # and their /proc/PID/root paths with them)
                 empty = EmptyProbes([lib.path for lib in tracer.tls.libraries.values()
-                                     if lib.symbols])
+                                     if lib.symbols and not lib.static
+                                     and not lib.path.startswith("/proc/")])
                 res: dict[str, list[float]] = {m: [] for m in NGINX_MODES}
                 # CPU us per request of nginx + wrk: less at the mercy of other jobs'
                 # load than requests/s (which also counts time waiting for a CPU)
                 cpu: dict[str, list[float]] = {m: [] for m in NGINX_MODES}
                 nginx_pid = int(open(pidfile).read())
                 plain: list[float] = []
+                traps: list[float] = []
                 on = True
                 for _ in range(args.rounds):
                     for mode in NGINX_MODES:
@@ -273,6 +286,7 @@ def main_nginx(args: argparse.Namespace) -> None:
                                 empty.attach()
                         before = tracer.tls_stats().get("tls_plaintext_events", 0)
                         cpu0 = _cpu_s(nginx_pid) + _children_cpu_s()
+                        traps0 = empty.traps()
                         out = subprocess.run(
                             net.hosts[0].cmd("wrk", "-t1", f"-c{args.connections}",
                                              f"-d{args.duration}s", url),
@@ -284,6 +298,8 @@ def main_nginx(args: argparse.Namespace) -> None:
                         cpu[mode].append(used * 1e6 / max(1, reqs))
                         with drain.lock:
                             empty.detach()
+                        if mode == "empty uprobes":
+                            traps.append((empty.traps() - traps0) / max(1, reqs))
                         time.sleep(0.3)
                         if mode == "traced":  # 2 plaintext events a request, each end
                             seen = tracer.tls_stats().get("tls_plaintext_events", 0) - before
@@ -315,6 +331,9 @@ def main_nginx(args: argparse.Namespace) -> None:
     if plain:
         print(f"plaintext events per request in traced rounds: {statistics.median(plain):.2f}"
               " (4 expected: request and response, at each end)")
+    if traps:
+        print(f"uprobe hits per request (SSL_read/SSL_write entry + return, nginx + wrk): "
+              f"{statistics.median(traps):.2f}")
 
 
 def main() -> None:
