@@ -106,3 +106,56 @@ def trim_heap() -> None:
     trim = getattr(_libc, "malloc_trim", None)
     if trim is not None:
         trim(0)
+
+
+# -- diagnosis ------------------------------------------------------------------------
+
+def report(top: int, when: str, pipeline=None) -> None:
+    """Where the memory is, on stderr (diagnosis: ZEROTRACE_MEMORY_REPORT=N): Python's
+    object allocator (arenas, used and free bytes), the collector's state and, with
+    ZEROTRACE_TRACEMALLOC=1 (slows the agent several times), the top N allocation sites
+    still alive."""
+    import gc
+    import os
+    import sys
+    import tempfile
+    import time
+    import tracemalloc
+
+    with tempfile.TemporaryFile("w+") as tmp:  # _debugmallocstats writes to C stderr
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(tmp.fileno(), 2)
+        try:
+            sys._debugmallocstats()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        tmp.seek(0)
+        for line in tmp:
+            if line.startswith(("# arenas", "# bytes in", "Total")):
+                print(f"zerotrace-mem: {when}: {' '.join(line.split())}", file=sys.stderr)
+    print(f"zerotrace-mem: {when}: gc counts {gc.get_count()}, objects tracked "
+          f"{len(gc.get_objects())}, frozen {gc.get_freeze_count()}, collections "
+          f"{[g['collections'] for g in gc.get_stats()]}", file=sys.stderr)
+    if pipeline is not None:
+        st = pipeline.stitcher
+        print(f"zerotrace-mem: {when}: held: {len(st.items)} spans being stitched, "
+              f"{len(st.emitted)} emitted kept for late joiners, "
+              f"{len(pipeline.assembler.sessions)} sessions", file=sys.stderr)
+    if when == "asked":
+        # cyclic garbage waiting for a full collection (the agent's GC runs gen 2 rarely)
+        t0 = time.perf_counter()
+        found = gc.collect()
+        print(f"zerotrace-mem: {when}: full collection found {found} unreachable objects "
+              f"in {1e3 * (time.perf_counter() - t0):.1f} ms", file=sys.stderr)
+    if not tracemalloc.is_tracing():
+        return
+    snap = tracemalloc.take_snapshot()
+    cur, peak = tracemalloc.get_traced_memory()
+    print(f"zerotrace-mem: python heap traced {cur / 2**20:.1f} MB (peak {peak / 2**20:.1f})",
+          file=sys.stderr)
+    for st in snap.statistics("lineno")[:top]:
+        f = st.traceback[0]
+        print(f"zerotrace-mem: {st.size / 2**20:7.2f} MB {st.count:8d} blocks "
+              f"{'/'.join(f.filename.rsplit('/', 2)[-2:])}:{f.lineno}", file=sys.stderr)

@@ -78,3 +78,19 @@ def test_trim_heap_gives_back_free_pages_inside_the_heap():
     out = json.loads(r.stdout.strip().splitlines()[-1])
     # ~62 MB freed in the middle of the heap: most of it leaves the resident set
     assert out["before_kb"] - out["after_kb"] > 40 * 1024, out
+
+
+def test_memory_report_says_where_the_memory_is(capsys):
+    from agent import factory
+    from agent.probes import memtrim
+
+    p = factory.build()
+    try:
+        memtrim.report(3, "asked", p)
+    finally:
+        p.close()
+    err = capsys.readouterr().err.splitlines()
+    assert any(line.startswith("zerotrace-mem: asked: # arenas allocated current") for line in err)
+    assert "zerotrace-mem: asked: held: 0 spans being stitched, 0 emitted kept for late " \
+           "joiners, 0 sessions" in err
+    assert any("full collection found" in line for line in err)
