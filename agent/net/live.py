@@ -76,11 +76,10 @@ class NetHops:
     def _run(self) -> None:
         n = 0
         while not self._stop.is_set():
-            recs = self.tc.poll(0.05)
+            recs = self.tc.poll_raw(0.05)
             if recs:
                 with self._lock:
-                    self.index.add(recs)
-                self.records += len(recs)
+                    self.records += self.index.add_raw(recs)
             if n % 20 == 0 and self.pods is not None:  # ~1 s: pods of new hooks
                 try:
                     self.pods.update(self.tc.hooks)
@@ -95,10 +94,9 @@ class NetHops:
 
     def drain(self) -> None:
         """Take what is in the ring now (before the last traces are emitted)."""
-        recs = self.tc.poll(0)
+        recs = self.tc.poll_raw(0)
         with self._lock:
-            self.index.add(recs)
-        self.records += len(recs)
+            self.records += self.index.add_raw(recs)
 
     def counters(self) -> dict[str, int]:
         """Stage counters (zerotrace_stage_events_total{stage="network"})."""

@@ -333,6 +333,13 @@ class TcTracer:
             ring.wait(timeout_s)
         return [HopRecord.decode(r) for r in ring.drain()]
 
+    def poll_raw(self, timeout_s: float = 0.05) -> list[bytes]:
+        """Hop records waiting, undecoded (agent/net/hops.HopIndex.add_raw)."""
+        ring = self._ring
+        if not ring.pending_bytes():
+            ring.wait(timeout_s)
+        return ring.drain()
+
     def lost(self) -> int:
         """Hop records the kernel could not put in the full ring, since start."""
         if self._bpf is None:

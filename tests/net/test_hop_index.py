@@ -92,3 +92,29 @@ def test_index_is_bounded():
     assert idx.path((CLIENT_NS, 1, 2, 0)) == []
     assert len(idx.path((CLIENT_NS, 1, 2, 9))) == 1
     assert sum(len(v) for v in idx._by_seq.values()) == 3
+
+
+def test_raw_records_index_like_decoded_ones():
+    # the agent's path (ring bytes, agent/net/live.py) and the decoded one agree on
+    # every sighting: hooks, times, flags, zero window, port and the packet text
+    writer = (CLIENT_NS, 40000, 80)
+    recs = [rec(10, CLIENT_NS, 2, 0, 77, writer, 80),
+            rec(15, GW_NS, 3, 0, 77, writer, 80, window=0),
+            rec(18, GW_NS, 3, 0, 77, writer, 80, flags=0x14),  # a copy, RST|ACK
+            rec(30, SERVER_NS, 2, 1, 77, writer, 80)]
+    raw = [HOP.pack(r.ts, r.netns, 0, r.seq, r.ifindex, r.writer_netns,
+                    socket.inet_aton(r.saddr), socket.inet_aton(r.daddr), r.length, r.sport,
+                    r.dport, r.writer_lport, r.writer_rport, r.payload, r.direction,
+                    r.tcp_flags, r.window, 0, 4) for r in recs]
+    a, b = HopIndex(), HopIndex()
+    a.add(recs)
+    assert b.add_raw([*raw, b"short"]) == 4  # a truncated record is skipped
+    key = (*writer, 77)
+
+    def view(idx):
+        return [(s.hook, s.times, s.flags, s.zero_window, s.dport, s.packet)
+                for s in idx.path(key)]
+
+    assert view(a) == view(b)
+    assert [s.times for s in b.path(key)] == [[10], [15, 18], [30]]
+    assert b.path(key)[1].zero_window and b.path(key)[1].flags & 0x04
