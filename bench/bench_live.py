@@ -77,7 +77,10 @@ def smaps_mb(pid: int) -> dict[str, float]:
                             "anonymous" if not path else "other files")
             elif head[0] == "Rss:":
                 out[kind] = out.get(kind, 0.0) + int(head[1]) / 1024
-            elif head[0] in ("Shared_Clean:", "Shared_Dirty:") and kind == "LLVM/clang":
+            elif head[0] in ("Private_Clean:", "Private_Dirty:"):
+                # USS: what this process alone holds (what stopping it would free)
+                out["(private, USS)"] = out.get("(private, USS)", 0.0) + int(head[1]) / 1024
+            if head[0] in ("Shared_Clean:", "Shared_Dirty:") and kind == "LLVM/clang":
                 # the compiler's pages other bcc processes map too: memtrim cannot give
                 # those back (they are theirs as well)
                 out["(LLVM/clang shared)"] = out.get("(LLVM/clang shared)", 0.0) + int(
