@@ -132,12 +132,6 @@ class CapturePolicy:
         return self.namespaces.get(namespace, self.default)
 
 
-def captured(tags: PodTags | None, policy: CapturePolicy) -> bool:
-    """Whether spans of a process with these pod tags (None: no pod known) keep their
-    payload-derived fields."""
-    return policy.default if tags is None else tags.capture
-
-
 def scrub(span: Span) -> int:
     """Keep the L4 facts of a span of a pod switched off (the module's docstring);
     returns how many attributes were dropped."""
@@ -189,6 +183,7 @@ class CaptureSwitch:
                  interval: float = 10.0, fast_interval: float = 0.25,
                  young_s: float = 120.0) -> None:
         self.policy = policy
+        self._default = policy.default
         # a pod lookup that cannot list the pods (a test's replay of tags) names none
         if not (hasattr(pods, "pods") and hasattr(pods, "add_listener")):
             pods = None
@@ -218,7 +213,9 @@ class CaptureSwitch:
         return self._pods is not None or self.policy.switches_anything
 
     def captures(self, tags: PodTags | None) -> bool:
-        return captured(tags, self.policy)
+        """Whether spans of a process with these pod tags keep their payload-derived
+        fields (per span: kept to one attribute read)."""
+        return self._default if tags is None else tags.capture
 
     def scrub(self, span: Span) -> None:
         """The safety net on one span of a pod switched off, counted."""
