@@ -103,8 +103,11 @@ def _map(col: pa.ChunkedArray) -> pa.ChunkedArray | None:
         if cand:
             ks = pc.take(keys, pa.array(cand, pa.int64())).to_pylist()
             vs = pc.take(items, pa.array(cand, pa.int64())).to_pylist()
+            seen: dict[tuple[str, str], str] = {}  # a batch repeats its resources
             for i, k, v in zip(cand, ks, vs, strict=True):
-                r = _attribute(k, v)
+                r = seen.get((k, v))
+                if r is None:
+                    r = seen[(k, v)] = _attribute(k, v)
                 if r != v:
                     if new_items is None:
                         new_items = items.to_pylist()

@@ -2,9 +2,10 @@
 
 An OpenTelemetry SDK span carrying secrets (an api key in `url.query`, SQL literals,
 a JWT, command-line passwords and URL credentials in the resource) is exported by the
-real SDK over OTLP/gRPC and read back masked; with redaction off the server stores it
-as sent.  The vectorised table redaction equals the agent's per-span rules
-(`redact.reference_spans`) on hostile values.
+real SDK over OTLP/gRPC (and encoded by it and POSTed to OTLP/HTTP) and read back
+masked; with redaction off the server stores it as sent.  The vectorised table
+redaction equals the agent's per-span rules (`redact.reference_spans`) on hostile
+values.
 """
 
 from __future__ import annotations
@@ -40,14 +41,19 @@ ERROR = f"upstream refused Bearer {JWT}"
 def _export_with_sdk(addr: str) -> str:
     """One span with the secrets, exported by the OTel SDK over OTLP/gRPC; its trace id."""
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+    return _sdk_span(OTLPSpanExporter(endpoint=addr, insecure=True, timeout=20))
+
+
+def _sdk_span(exporter) -> str:
+    """One span with the secrets made by the OTel SDK and handed to `exporter`."""
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.trace import SpanKind, Status, StatusCode
 
     provider = TracerProvider(resource=Resource.create(RESOURCE))
-    provider.add_span_processor(SimpleSpanProcessor(
-        OTLPSpanExporter(endpoint=addr, insecure=True, timeout=20)))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
     tracer = provider.get_tracer("redaction-test")
     with tracer.start_as_current_span(OPERATION, kind=SpanKind.SERVER,
                                       attributes=ATTRS) as span:
@@ -62,8 +68,36 @@ def _stored_text(s) -> str:
                      *s.resource.values()])
 
 
-def test_sdk_span_secrets_are_masked_at_ingest(zt_server):
-    tid = _export_with_sdk(zt_server.addr)
+def _post_with_sdk(srv) -> str:
+    """The same span, encoded by the SDK's OTLP encoder and POSTed to /v1/traces."""
+    import http.client
+
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from server.http import HttpApi
+    from server.http.otlp_http import OtlpHttpReceiver
+
+    mem = InMemorySpanExporter()
+    tid = _sdk_span(mem)
+    body = encode_spans(mem.get_finished_spans()).SerializeToString()
+    api = HttpApi(srv.store, "127.0.0.1:0", otlp=OtlpHttpReceiver.for_server(srv))
+    port = api.start()
+    try:
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        c.request("POST", "/v1/traces", body=body,
+                  headers={"Content-Type": "application/x-protobuf"})
+        r = c.getresponse()
+        assert r.status == 200, r.read()
+        c.close()
+    finally:
+        api.stop()
+    return tid
+
+
+@pytest.mark.parametrize("wire", ["grpc", "http"])
+def test_sdk_span_secrets_are_masked_at_ingest(zt_server, wire):
+    tid = _export_with_sdk(zt_server.addr) if wire == "grpc" else _post_with_sdk(zt_server)
     (s,) = zt_server.store.get_trace(tid)
     text = _stored_text(s)
     for secret in SECRETS:
