@@ -27,6 +27,7 @@ import logging
 import os
 import re
 import shutil
+import struct
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -109,6 +110,46 @@ def go_version(path: str) -> str:
         return _read_vaddr(elf, f, sptr, min(slen, 64)).decode("ascii", "replace")
 
 
+# build settings that can change a standard library struct's layout
+_LAYOUT_SETTINGS = ("-compiler", "-tags", "CGO_ENABLED", "GOARCH", "GOAMD64", "GOEXPERIMENT",
+                    "GOOS")
+
+
+def build_settings(path: str) -> str | None:
+    """The build settings of a Go >= 1.18 binary that can change struct layouts
+    ("GOARCH=amd64;GOEXPERIMENT=..."), from its build info; None when it has none
+    (older Go, or unreadable)."""
+    from elftools.elf.elffile import ELFFile
+
+    with open(path, "rb") as f:
+        sec = ELFFile(f).get_section_by_name(".go.buildinfo")
+        data = sec.data() if sec is not None else b""
+    if len(data) < 32 or not data.startswith(b"\xff Go buildinf:") or not data[15] & 2:
+        return None
+    pos, strings = 32, []
+    for _ in range(2):  # the version, then the module info
+        n, shift = 0, 0
+        while pos < len(data):
+            b = data[pos]
+            pos += 1
+            n |= (b & 0x7F) << shift
+            shift += 7
+            if not b & 0x80:
+                break
+        strings.append(data[pos:pos + n].decode("utf-8", "replace"))
+        pos += n
+    got = {}
+    for line in strings[1].splitlines():
+        parts = line.split("\t")
+        if len(parts) == 2 and parts[0] == "build" and "=" in parts[1]:
+            k, v = parts[1].split("=", 1)
+            if k in _LAYOUT_SETTINGS:
+                got[k] = v
+    if "GOARCH" not in got:  # not the shape expected: no version-wide cache
+        return None
+    return ";".join(f"{k}={v}" for k, v in sorted(got.items()))
+
+
 def _read_vaddr(elf, f, addr: int, size: int) -> bytes:
     for seg in elf.iter_segments():
         if seg["p_type"] == "PT_LOAD" and seg["p_vaddr"] <= addr < seg["p_vaddr"] + seg["p_filesz"]:
@@ -177,15 +218,38 @@ def _ret_offsets_objdump(code: bytes, addr: int) -> list[int]:
     return out
 
 
+_ELF64_SYM = struct.Struct("<IBBHQQ")
+
+
 def _symbols(path: str, names: set[str]) -> dict[str, tuple[int, int]]:
+    """{name: (address, size)} of those of names the symbol table defines.  The names'
+    offsets are found in the string table first (C-speed searches), then the 24-byte
+    entries naming them: pyelftools' per-symbol objects cost ~0.6 s for a net/http
+    binary, this ~30 ms."""
     from elftools.elf.elffile import ELFFile
 
     with open(path, "rb") as f:
-        symtab = ELFFile(f).get_section_by_name(".symtab")
+        elf = ELFFile(f)
+        symtab = elf.get_section_by_name(".symtab")
         if symtab is None:
             raise GoTlsError("no symbol table (stripped)")
-        return {s.name: (s["st_value"], s["st_size"]) for s in symtab.iter_symbols()
-                if s.name in names and s["st_value"]}
+        if elf.elfclass != 64 or not elf.little_endian:
+            raise GoTlsError("not a 64-bit little-endian ELF file")
+        strtab = elf.get_section(symtab["sh_link"]).data()
+        where: dict[int, str] = {}
+        for name in names:
+            pat = b"\0" + name.encode() + b"\0"
+            at = strtab.find(pat)
+            while at >= 0:
+                where[at + 1] = name
+                at = strtab.find(pat, at + 1)
+        data = symtab.data()
+        out = {}
+        for st_name, _i, _o, _sh, value, size in _ELF64_SYM.iter_unpack(
+                data[:len(data) // 24 * 24]):
+            if st_name in where and value:
+                out[where[st_name]] = (value, size)
+        return out
 
 
 def _code(path: str, addr: int, size: int) -> bytes:
@@ -280,6 +344,26 @@ def _dwarf_offsets(path: str) -> dict[str, int]:
     return out
 
 
+def _offsets(path: str, version: str) -> dict[str, int]:
+    """_dwarf_offsets, cached by Go version and layout-relevant build settings: the
+    standard library's structs are laid out alike in every binary one toolchain builds
+    with the same settings, so a new binary of a known toolchain skips its DWARF (~3 s
+    for a net/http client on this VM, that an exec hook's held process would wait)."""
+    settings = build_settings(path)
+    if settings is None:
+        return _dwarf_offsets(path)
+    import hashlib
+
+    tag = hashlib.sha256(f"{version}|{settings}".encode()).hexdigest()[:16]
+    cache = os.path.join(CACHE_DIR, f"gotls-offsets-{_FACTS_VERSION}-{tag}.json")
+    got = golang.load_cache(cache)
+    if isinstance(got, dict) and got and all(isinstance(v, int) for v in got.values()):
+        return got
+    got = _dwarf_offsets(path)
+    golang.save_cache(cache, got)
+    return got
+
+
 def _members_of(tref) -> dict[str, tuple[int, object]]:
     """Members of the struct a DWARF type reference names (through typedefs)."""
     die = tref
@@ -353,7 +437,7 @@ def _facts(path: str) -> dict:
         base = min((seg["p_vaddr"] & ~0xFFF for seg in elf.iter_segments()
                     if seg["p_type"] == "PT_LOAD" and seg["p_offset"] == 0), default=0)
     handshakes = [h for h in HANDSHAKES if h in syms]
-    return {"version": version, "offsets": _dwarf_offsets(path), "rets": rets,
+    return {"version": version, "offsets": _offsets(path, version), "rets": rets,
             "syms": {k: v[0] for k, v in syms.items()},
             "itab": syms[ITAB][0], "pie": pie, "base_vaddr": base,
             "handshakes": handshakes}

@@ -95,6 +95,10 @@ def test_facts_of_the_go_binary(world):
     _, tracer, binary, _ = world
     f = gotls.facts(binary)
     assert gotls.parse_version(f["version"]) >= (1, 17)
+    # struct offsets are cached by toolchain and build settings: the same as this
+    # binary's own DWARF says
+    assert "GOARCH=amd64" in gotls.build_settings(binary)
+    assert gotls._dwarf_offsets(binary) == f["offsets"]
     assert len(f["handshakes"]) == 2 and f["itab"]
     for key in ("conn_rawinput", "netfd_sysfd", "conn_hs", "buffer_off", "buffer_len",
                 "input_len", "input_i"):
