@@ -152,3 +152,20 @@ def test_short_lived_go_client(world, pie):
     # short-lived: the program's own time from main to exit (the hold not included)
     assert min(times) < 1000, times
     print(f"goclient{' (PIE)' if pie else ''}: own wall time per run {times} ms")
+
+
+def test_exec_hook_ends_with_the_tracer(tmp_path):
+    """Closed probes leave no hook behind: the exec thread notices the cleanup, detaches
+    the raw tracepoint and stops; a new executable then runs without any stop."""
+    import time
+
+    with SocketTracer(ProbeConfig(ports={1})) as tracer:
+        hook = tracer.tls.exec_hook
+        assert hook is not None and hook._thread.is_alive()
+    hook._thread.join(timeout=5)
+    assert not hook._thread.is_alive() and hook._fd == -1 and not hook._held
+    exe = tmp_path / "true-copy"  # a file no hook has seen
+    shutil.copy2("/bin/true", exe)
+    t0 = time.monotonic()
+    subprocess.run([str(exe)], check=True, timeout=10)
+    assert time.monotonic() - t0 < 2
