@@ -508,7 +508,7 @@ class TlsStream:
 
 
 # -- the exec hook (bpf/tls.c zt_tls_exec) ---------------------------------------------
-HOLD_ENV = "ZEROTRACE_TLS_HOLD"  # "0": report new executables, never stop them
+HOLD_ENV = "ZEROTRACE_TLS_HOLD"  # "1": stop a new executable until probed (default off)
 EXEC_ENV = "ZEROTRACE_TLS_EXEC"  # "0": no exec hook (the 2 s scan alone)
 HOLD_MAX_S = 5.0  # a held process is continued after this even if the look goes on
 _EXEC_EVENT = struct.Struct("<QIIBB6x")  # struct zt_exec_event: ino, dev, pid, held, go
@@ -566,14 +566,16 @@ class ExecHook:
     get their offsets in the kernel), and sends SIGCONT, at the latest after HOLD_MAX_S.
     The agent's own tools are known from the start (it waits for them: never stopped).
     A parent that waits with WUNTRACED (an interactive shell's job control) sees the
-    stop: it happens once per distinct executable.  ZEROTRACE_TLS_HOLD=0 turns holding
-    off (new files are then looked at while their first process runs)."""
+    stop: it happens once per distinct executable.  Holding is opt-in
+    (ZEROTRACE_TLS_HOLD=1): a shell's job control sees it, and a process held when the
+    agent is SIGKILLed stays stopped; without it new files are looked at while their
+    first process runs (a client that exits within ~50 ms is then missed once)."""
 
     def __init__(self, attacher: TlsAttacher, hold: bool | None = None) -> None:
         from bcc import BPF, lib
 
         self.a, self.bpf = attacher, attacher.bpf
-        self.hold = hold if hold is not None else os.environ.get(HOLD_ENV, "1") != "0"
+        self.hold = hold if hold is not None else os.environ.get(HOLD_ENV, "0") == "1"
         self.stats: Counter = Counter()
         self._held: set[int] = set()
         self._held_lock = threading.Lock()

@@ -38,6 +38,19 @@ PY_TLS = 8453
 
 @pytest.fixture(scope="module")
 def world():
+    # holding is opt-in (ZEROTRACE_TLS_HOLD=1; docs/tls.md): these tests are about it
+    old = os.environ.get(tls.HOLD_ENV)
+    os.environ[tls.HOLD_ENV] = "1"
+    try:
+        yield from _world()
+    finally:
+        if old is None:
+            os.environ.pop(tls.HOLD_ENV, None)
+        else:
+            os.environ[tls.HOLD_ENV] = old
+
+
+def _world():
     tmp = tempfile.mkdtemp(prefix="zt-tls-exec-")
     with network(2, subnet=243) as net:
         try:
