@@ -20,7 +20,7 @@ AGENT_PKGS=(python3-bpfcc bpfcc-tools libbpfcc bpftool linux-headers-amd64 iprou
             python3-dev gcc libc6-dev)
 TEST_PKGS=(redis-server memcached nginx-light dnsmasq-base mariadb-server postgresql haproxy golang-go
            wrk nodejs curl dnsutils openjdk-17-jdk-headless chromium iptables libmariadb-java libpostgresql-jdbc-java golang-github-lib-pq-dev
-           prometheus)
+           prometheus libssl-dev)  # libssl-dev: the static TLS client test, bench/tls_loop.c
 missing=()
 for p in "${AGENT_PKGS[@]}" "${TEST_PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
