@@ -144,10 +144,18 @@ class _Join:
         if other.trace_id == span.trace_id:
             return False  # same fragment: the agent already stitched it
         fresh = other.trace_id not in self.by_trace
-        other = self._span_of(other)
+        if not fresh:
+            other = self._span_of(other)
         client, server = (span, other) if span_is_client else (other, span)
         if server.parent_span_id == client.span_id:
-            return fresh  # linked from the other side in an earlier round
+            return False  # linked from the other side in an earlier round
+        if server.parent_span_id:
+            # The server end has a parent already (its agent's link): a link is made
+            # only to a parentless server span, and without a link the other
+            # fragment's spans do not belong in this trace.
+            return False
+        other = self._span_of(other)
+        client, server = (span, other) if span_is_client else (other, span)
         if _link(client, server):
             self.linked += 1
         return fresh
