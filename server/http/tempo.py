@@ -224,7 +224,6 @@ def search(api: HttpApi, req: Request) -> Response:
     except traceql.Unsupported as e:
         raise HttpError(400, f"unsupported TraceQL: {e}") from None
     cols, reads = _field_columns(traceql.spanset_fields(tree), sql.params)
-    # the traces and their matching spans in one read (SqlStore.search_spansets)
     # the traces, their matching spans and their parentless server spans (what the
     # listing of joined traces looks up) in one read (SqlStore.search_spansets)
     found, matched, roots = _store_method(api, "search_spansets")(
