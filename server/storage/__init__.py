@@ -1,4 +1,5 @@
-"""Span storage: the `SpanStore` interface and its backends (chDB, ClickHouse)."""
+"""Span storage: the `SpanStore` interface (one write method, `write(table)`) and its
+backends (chDB, ClickHouse), opened by name from the registry in `factory`."""
 
 from server.storage.base import (
     DependencyLink,
