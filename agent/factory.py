@@ -132,6 +132,10 @@ class Attached:
             pipeline.metrics.add_kernel(tracer.stats,
                                         lambda: shedder.keep_ratio if shedder else 1.0,
                                         tracer.ring_fill)
+            if getattr(tracer, "tls", None) is not None:
+                from agent.probes.tls import TlsCollector
+
+                pipeline.metrics.add_tls(TlsCollector(tracer.tls.process_counters))
 
     def start(self, prescan: bool = True) -> None:
         """Every probe is compiled (call after any later compile, such as the TC hop

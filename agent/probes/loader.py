@@ -482,6 +482,8 @@ class SocketTracer:
             self._ring = None
         if self._tls_tp_fds:
             self._tls_detach_syscalls()
+        if self.tls is not None:  # the exec hook's thread, the fds held on executables
+            self.tls.close()  # idempotent; counters keep their last totals for a scrape
         if self._bpf is not None:
             self._bpf.cleanup()
             self._bpf = None

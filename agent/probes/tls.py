@@ -216,6 +216,7 @@ class TlsAttacher:
         self.lock = threading.RLock()
         self.exec_hook: ExecHook | None = None
         self.paused = False  # detach_all (benchmarks' untraced rounds): the hook waits
+        self.closed = False  # close(): probes detached, the map's module about to go
         self._procs = _ProcessCounters()
         if os.environ.get(EXEC_ENV, "1") != "0":
             try:
@@ -372,7 +373,8 @@ class TlsAttacher:
         """Per-process TLS counters for Prometheus (TlsCollector): plaintext bytes by
         (process, direction), connections and handshakes missed by (process,); and the
         exec hook's outcomes by (event,)."""
-        out = self._procs.read(self.bpf)
+        # after close() the map's module is freed: a scrape then reads the last totals
+        out = self._procs.read(None if self.closed else self.bpf)
         hook = self.exec_hook
         if hook is not None:
             out["exec_events"] = {(k,): v for k, v in hook.stats.items()
@@ -382,6 +384,9 @@ class TlsAttacher:
     def close(self) -> None:
         """Stop the exec hook (continuing what it holds), detach every probe, let go of
         the files held open."""
+        if self.closed:
+            return
+        self.closed = True
         if self.exec_hook is not None:
             self.exec_hook.close()
             self.exec_hook = None
@@ -800,7 +805,12 @@ class _ProcessCounters:
         return name
 
     def read(self, bpf) -> dict[str, dict[tuple[str, ...], int]]:
+        """The totals, brought up to date from the kernel's map (bpf None: the probes
+        are gone, the totals as last read)."""
         with self._lock:
+            if bpf is None:
+                return {"plaintext_bytes": dict(self._bytes), "connections": dict(self._conns),
+                        "connections_midstream": dict(self._midstream)}
             table = bpf[b"tls_procs"]
             gone = []
             for k, v in list(table.items()):
