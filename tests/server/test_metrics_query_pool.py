@@ -26,9 +26,14 @@ def _scrape(port: int) -> dict[str, float]:
     return out
 
 
-def test_refused_queries_are_counted_and_exported(tmp_path):
+def test_refused_queries_are_counted_and_exported(chdb_root):
+    import uuid
+
+    # chDB takes one data directory per process: a database of the shared one, given a
+    # pool of its own (one session, no room to wait)
     limits = chdb_store.QueryLimits(sessions=1, waiting=0, wait_s=0.1)
-    store = chdb_store.ChdbStore(tmp_path / "data", query_limits=limits)
+    store = chdb_root.for_database(f"pool_{uuid.uuid4().hex[:12]}")
+    store._reads = chdb_store._ReadPool(chdb_root.data_dir, limits)
     writer = BatchWriter(store)
     server, port = serve_collectors("127.0.0.1:0", ServerCollector({}, writer))
     try:
@@ -47,7 +52,8 @@ def test_refused_queries_are_counted_and_exported(tmp_path):
     finally:
         server.shutdown()
         writer.close()
-        store.close()
+        store._reads.close()
+        store.drop()
 
 
 def test_stores_without_a_query_pool_export_no_refusal_series():
