@@ -12,10 +12,12 @@ need 2^63 bytes to overflow them."""
 from collections import OrderedDict, Counter
 from dataclasses import fields as _fields
 import logging
-import random
+import os
 
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_INCREF
+from cpython.unicode cimport PyUnicode_DecodeASCII
+from libc.stdint cimport uint64_t
 
 from agent.conn._ctx cimport SpanContext, new_context
 from agent.export._slots cimport slot_offset
@@ -23,7 +25,7 @@ from agent.probes._events cimport SocketEvent
 
 from agent.probes import abi
 from agent.protocols import registry
-from agent.protocols.base import EGRESS, Chunk
+from agent.protocols.base import EGRESS, Chunk, Message, Record
 from agent.stitch.runtime import GOROUTINE_BASE as _GOROUTINE_BASE_PY
 from proto.span import KIND_CLIENT, KIND_SERVER, SOURCE_SYSCALL, Endpoint, Span
 
@@ -72,8 +74,30 @@ cdef Py_ssize_t _EO[2]
 _offsets(Endpoint, ("addr", "port"), _EO)
 cdef Py_ssize_t _CO[7]
 _offsets(Chunk, ("direction", "data", "size", "offset", "ts_ns", "tid", "seq"), _CO)
+cdef Py_ssize_t _RO[10]
+_offsets(Record, ("protocol", "request", "response", "operation", "status", "status_code",
+                  "error", "attributes", "trace_headers", "incomplete"), _RO)
+cdef Py_ssize_t _MO[7]
+_offsets(Message, ("offset", "size", "start_ns", "end_ns", "tid", "end_tid", "seq"), _MO)
+cdef object _RecordT = Record, _MessageT = Message
 cdef object _new = object.__new__
 cdef object _SpanT = Span, _EndpointT = Endpoint, _ChunkT = Chunk
+
+
+cdef inline object _get(object o, Py_ssize_t off, str name):
+    """The object in the slot at byte offset off of o (name: for an unset slot's
+    AttributeError, as attribute access would raise)."""
+    cdef PyObject* v = (<PyObject**>((<char*><PyObject*>o) + off))[0]
+    if v == NULL:
+        return getattr(o, name)
+    return <object>v
+
+
+cdef inline object _mf(object m, int i, str name):
+    """Field i (of _MO's order) of a Message, or attribute `name` of another object."""
+    if type(m) is _MessageT:
+        return _get(m, _MO[i], name)
+    return getattr(m, name)
 
 
 cdef object _endpoint(object addr, object port):
@@ -321,13 +345,44 @@ cdef class ConnTracker:
 
 # -- spans (agent/conn/spans.py) ----------------------------------------------------------
 
-_getrandbits = random.getrandbits
+# Span ids: a span id needs to be unique, not secret.  splitmix64 over a counter seeded
+# from os.urandom (reseeded in a forked child, as the random module is): a bijection
+# of the counter, so one process repeats no id before 2^64 of them, and the ids of
+# two agents collide as random 64-bit values do.  0.3 us (random.getrandbits and
+# "%016x") -> a few ns: it ran once a span.
+cdef uint64_t _id_state = 0
+cdef const char* _HEX = b"0123456789abcdef"
+
+
+def _seed_span_ids() -> None:
+    global _id_state
+    _id_state = int.from_bytes(os.urandom(8), "little")
+
+
+_seed_span_ids()
+os.register_at_fork(after_in_child=_seed_span_ids)
+
+
+cdef inline str _span_id():
+    global _id_state
+    cdef char buf[16]
+    cdef int i
+    _id_state += <uint64_t>0x9E3779B97F4A7C15ULL
+    cdef uint64_t z = _id_state
+    z = (z ^ (z >> 30)) * <uint64_t>0xBF58476D1CE4E5B9ULL
+    z = (z ^ (z >> 27)) * <uint64_t>0x94D049BB133111EBULL
+    z = z ^ (z >> 31)
+    if z == 0:
+        z = 1  # all zeros is an invalid span id (W3C)
+    for i in range(15, -1, -1):
+        buf[i] = _HEX[z & 15]
+        z >>= 4
+    return PyUnicode_DecodeASCII(buf, 16, NULL)
 
 
 def new_span_id() -> str:
-    """A random 64-bit span id, 16 hex digits: a span id needs to be unique, not
-    secret, and random.getrandbits costs half of os.urandom (0.3 against 0.66 us)."""
-    return "%016x" % (_getrandbits(64) or 1)
+    """A 64-bit span id, 16 lower-case hex digits, never all zeros."""
+    return _span_id()
 
 
 cdef class ConnMeta:
@@ -342,18 +397,61 @@ cdef class ConnMeta:
     cdef public object local, remote
 
     def __init__(self, e):
-        self.laddr, self.lport, self.raddr, self.rport = e.laddr, e.lport, e.raddr, e.rport
-        self.comm, self.pid, self.cgroup_id, self.netns = e.comm, e.pid, e.cgroup_id, e.netns
-        self.transport = "udp" if e.transport == UDP else "tcp"
-        self.midstream = bool(e.flags & F_MIDSTREAM)
-        self.tls = bool(e.flags & F_TLS)
+        cdef SocketEvent se
+        if type(e) is SocketEvent:
+            # the ring record's struct: addresses and comm decoded once per distinct
+            # value (_text), not by a Python property call per connection
+            se = <SocketEvent>e
+            self.laddr = _text(se, 0)
+            self.raddr = _text(se, 1)
+            self.comm = _text(se, 2)
+            self.lport, self.rport = se.ev.lport, se.ev.rport
+            self.pid, self.cgroup_id, self.netns = se.ev.pid, se.ev.cgroup_id, se.ev.netns
+            self.transport = "udp" if se.ev.transport == UDP else "tcp"
+            flags = se.flags
+        else:
+            self.laddr, self.lport, self.raddr, self.rport = e.laddr, e.lport, e.raddr, e.rport
+            self.comm, self.pid, self.cgroup_id, self.netns = (
+                e.comm, e.pid, e.cgroup_id, e.netns)
+            self.transport = "udp" if e.transport == UDP else "tcp"
+            flags = e.flags
+        self.midstream = bool(flags & F_MIDSTREAM)
+        self.tls = bool(flags & F_TLS)
         self.local = _endpoint(self.laddr, self.lport)
         self.remote = _endpoint(self.raddr, self.rport)
 
 
+# Text of raw address (with its family) and comm bytes, as SocketEvent decodes them:
+# most connections of a node share a few addresses and process names, and a new
+# connection per request (DNS, short-lived HTTP) paid inet_ntop and a property call
+# for each.  Bounded: cleared when full (a scan over many addresses).
+cdef dict _TEXT = {}
+cdef Py_ssize_t _TEXT_MAX = 16384
+cdef Py_ssize_t LADDR_OFF = abi.ZtEvent.laddr.offset
+cdef Py_ssize_t COMM_OFF = abi.ZtEvent.comm.offset
+
+
+cdef str _text(SocketEvent se, int which):
+    """which 0: local address, 1: remote address, 2: comm."""
+    cdef Py_ssize_t at = LADDR_OFF if which == 0 else RADDR_OFF if which == 1 else COMM_OFF
+    cdef int fam = se.ev.family if which != 2 else -1
+    key = (fam, se._rec[at:at + 16])
+    v = _TEXT.get(key)
+    if v is None:
+        v = se.laddr if which == 0 else se.raddr if which == 1 else se.comm
+        if len(_TEXT) >= _TEXT_MAX:
+            _TEXT.clear()
+        _TEXT[key] = v
+    return v
+
+
 def record_to_span(r, ConnMeta e, int role, req_dir, agent="", conn_id=0):
     """The span of record r on the connection described by e."""
-    req, resp = r.request, r.response
+    cdef bint rec = type(r) is _RecordT  # the parsers' records: slots read directly
+    if rec:
+        req, resp = _get(r, _RO[1], "request"), _get(r, _RO[2], "response")
+    else:
+        req, resp = r.request, r.response
     if req is None and resp is None:
         return None
     if role == ROLE_CLIENT or (role == ROLE_UNKNOWN and req_dir == EGRESS):
@@ -363,23 +461,35 @@ def record_to_span(r, ConnMeta e, int role, req_dir, agent="", conn_id=0):
     else:
         return None  # neither the socket nor the bytes say who asked
     if req is not None:
-        start = req.start_ns
-        tid = req.tid
-        req_seq, req_offset, req_bytes = req.seq, req.offset, req.size
+        start = _mf(req, 2, "start_ns")
+        tid = _mf(req, 4, "tid")
+        req_seq, req_offset, req_bytes = (
+            _mf(req, 6, "seq"), _mf(req, 0, "offset"), _mf(req, 1, "size"))
     else:
-        start = resp.start_ns
-        tid = resp.tid
+        start = _mf(resp, 2, "start_ns")
+        tid = _mf(resp, 4, "tid")
         req_seq = req_offset = None
         req_bytes = 0
     if resp is not None:
-        end = resp.end_ns
-        resp_seq, resp_offset, resp_bytes = resp.seq, resp.offset, resp.size
+        end = _mf(resp, 3, "end_ns")
+        resp_seq, resp_offset, resp_bytes = (
+            _mf(resp, 6, "seq"), _mf(resp, 0, "offset"), _mf(resp, 1, "size"))
     else:
-        end = req.end_ns
+        end = _mf(req, 3, "end_ns")
         resp_seq = resp_offset = None
         resp_bytes = 0
+    if rec:
+        protocol, operation, status, status_code, error, attrs, headers, incomplete = (
+            _get(r, _RO[0], "protocol"), _get(r, _RO[3], "operation"),
+            _get(r, _RO[4], "status"), _get(r, _RO[5], "status_code"),
+            _get(r, _RO[6], "error"), _get(r, _RO[7], "attributes"),
+            _get(r, _RO[8], "trace_headers"), _get(r, _RO[9], "incomplete"))
+    else:
+        protocol, operation, status, status_code, error, attrs, headers, incomplete = (
+            r.protocol, r.operation, r.status, r.status_code, r.error, r.attributes,
+            r.trace_headers, r.incomplete)
     remote = e.remote
-    cdef dict a = dict(r.attributes)
+    cdef dict a = dict(attrs)
     if tid >= GOROUTINE_BASE:  # Go: the pipeline keyed work by goroutine
         a["go.goroutine.id"] = tid - GOROUTINE_BASE
         tid = 0
@@ -388,15 +498,15 @@ def record_to_span(r, ConnMeta e, int role, req_dir, agent="", conn_id=0):
     cdef object span = _new(_SpanT)
     cdef Py_ssize_t* o = _SO
     _put(span, o[0], "")
-    _put(span, o[1], new_span_id())
+    _put(span, o[1], _span_id())
     _put(span, o[2], "")
     _put(span, o[3], kind)
     _put(span, o[4], SOURCE_SYSCALL)
-    _put(span, o[5], r.protocol)
-    _put(span, o[6], r.operation)
-    _put(span, o[7], r.status)
-    _put(span, o[8], r.status_code)
-    _put(span, o[9], r.error)
+    _put(span, o[5], protocol)
+    _put(span, o[6], operation)
+    _put(span, o[7], status)
+    _put(span, o[8], status_code)
+    _put(span, o[9], error)
     _put(span, o[10], start)
     _put(span, o[11], end if end > start else start)
     _put(span, o[12], comm)
@@ -414,10 +524,10 @@ def record_to_span(r, ConnMeta e, int role, req_dir, agent="", conn_id=0):
     _put(span, o[24], resp_offset)
     _put(span, o[25], req_bytes)
     _put(span, o[26], resp_bytes)
-    _put(span, o[27], dict(r.trace_headers))
+    _put(span, o[27], dict(headers))
     _put(span, o[28], a)
     _put(span, o[29], {})
-    _put(span, o[30], r.incomplete)
+    _put(span, o[30], incomplete)
     _put(span, o[31], agent)
     if "network.transport" not in a:
         a["network.transport"] = transport
@@ -437,11 +547,15 @@ def record_to_span(r, ConnMeta e, int role, req_dir, agent="", conn_id=0):
         a["tls"] = True  # the bytes were encrypted on the wire (docs/tls.md)
     # Moments on threads (request end/response start, or request start/response end).
     if kind == KIND_SERVER:
-        in_tid, in_ns = (req.end_tid, req.end_ns) if req is not None else (0, start)
-        out_tid, out_ns = (resp.tid, resp.start_ns) if resp is not None else (0, end)
+        in_tid, in_ns = ((_mf(req, 5, "end_tid"), _mf(req, 3, "end_ns")) if req is not None
+                         else (0, start))
+        out_tid, out_ns = ((_mf(resp, 4, "tid"), _mf(resp, 2, "start_ns")) if resp is not None
+                           else (0, end))
     else:
-        out_tid, out_ns = (req.tid, req.start_ns) if req is not None else (0, start)
-        in_tid, in_ns = (resp.end_tid, resp.end_ns) if resp is not None else (0, end)
+        out_tid, out_ns = ((_mf(req, 4, "tid"), _mf(req, 2, "start_ns")) if req is not None
+                           else (0, start))
+        in_tid, in_ns = ((_mf(resp, 5, "end_tid"), _mf(resp, 3, "end_ns")) if resp is not None
+                         else (0, end))
     return new_context(span, conn_id, in_tid, in_ns, out_tid, out_ns, resp is not None)
 
 

@@ -584,8 +584,9 @@ cdef class Stitcher:
         s = item.span
         pc = self.per_process[item.pid]
         self._via_conn = False
+        # the item (not its span) as the child: its payload tokens are computed once
         cdef str status = self._thread_context(item.pid, item.out_tid, item.out_ns,
-                                               item.start_ns, now, s, 0)
+                                               item.start_ns, now, item, 0)
         cdef Item parent = self._ri
         cdef str how = self._rhow
         cdef Item by_header
@@ -800,11 +801,14 @@ cdef class Stitcher:
         return others
 
     cdef Item _by_token(self, child, list candidates):
-        """The one candidate a rare payload token of child points to, or None."""
-        cdef Item x
+        """The one candidate a rare payload token of child (an Item) points to, or None."""
+        cdef Item x, ci
         if child is None:
             return None
-        ct = evidence.tokens(child)
+        ci = <Item>child
+        ct = ci.tokens  # a span's tokens do not change: cached on its item, as candidates'
+        if ct is None:
+            ct = ci.tokens = evidence.tokens(ci.span)
         if not ct:
             return None
         sets = []
@@ -1167,6 +1171,14 @@ def _out_ns(Item it):
 
 cdef str _trace_id(list members):
     cdef Item m
+    cdef bint any_tp = False
+    for m in members:  # most traces carry no traceparent: no sort for those
+        th = m.span.trace_headers
+        if th and "traceparent" in th:
+            any_tp = True
+            break
+    if not any_tp:
+        return new_trace_id()
     for m in sorted(members, key=_start_ns):
         tp = m.span.trace_headers.get("traceparent", "")
         parts = tp.split("-")
