@@ -338,3 +338,47 @@ def test_what_was_withheld_is_counted_and_exported(run):
             f'{float(len(withheld))}')
     assert line in run.metrics_text
 
+
+
+def test_default_off_captures_only_the_cgroups_switched_on():
+    """`capture: off` (ALLOW): the probes capture the listed cgroups only.  A client in
+    a cgroup not listed talks to a server in a listed one: the server's records carry
+    the request, the client's none of its bytes."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    lab = CgroupLab()
+    proc = None
+    marker = f"allow-{TAG}"
+    try:
+        on = lab.make("allow/on")
+        off = lab.make("allow/off")
+        port = _free_port()
+        with SocketTracer(ProbeConfig(ports={port})) as tracer:
+            cap = CaptureMap(tracer)
+            cap.set(capture.MODE_ALLOW, [cgroup_id_of(str(on))])
+            proc = _spawn(on, PY, str(HTTPIO), "server", "127.0.0.1", str(port),
+                          stdout=subprocess.DEVNULL)
+            _wait_port(port)
+            plan = json.dumps([[f"/{marker}/0", f"/{marker}/1"]])
+            r = _spawn(off, PY, str(HTTPIO), "client", "127.0.0.1", str(port), plan,
+                       stdout=subprocess.PIPE, text=True)
+            assert json.loads(r.communicate(timeout=30)[0]) == {"sent": 2, "read": 2}
+            events: list = []
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and len(
+                    [e for e in events if marker.encode() in e.payload]) < 2:
+                events += tracer.poll(0.05)
+            events += tracer.poll(0.2)
+            counted = cap.counters()
+        data = [e for e in events if e.type == abi.EV_DATA]
+        client = [e for e in data if e.cgroup_id == cgroup_id_of(str(off))]
+        server = [e for e in data if e.cgroup_id == cgroup_id_of(str(on))]
+        assert client and all(e.payload == b"" and e.flags & F_NOCAPTURE for e in client)
+        assert sum(marker.encode() in e.payload for e in server) == 2
+        assert not any(e.flags & F_NOCAPTURE for e in server)
+        assert counted["payload_off_records"] == len(client)
+    finally:
+        if proc is not None:
+            proc.kill()
+            proc.wait()
+        lab.close()
