@@ -1,8 +1,9 @@
 """gRPC `zerotrace.v1.IngestService`: agents push batches, get acks with counts.
 
 Every wire becomes the span table's Arrow columns at the edge: `span_columns` as
-sent, protobuf `spans` (and OTLP, server/ingest/otlp.py) through proto/convert.py
-`span_list_to_table`.  The table then takes one path: the one validator
+sent, protobuf `spans` read off the wire by server/ingest/spanlist.py (compiled; or
+proto/convert.py `span_list_to_table` from the upb messages), OTLP by
+server/ingest/otlp.py.  The table then takes one path: the one validator
 (server/ingest/validate.py: invalid spans rejected with reasons, valid ones kept),
 the attribute caps, the time window, and the writer, which hands it to the store's
 one write method.  The ack is sent after the batch is stored (group-committed by
@@ -29,6 +30,7 @@ from proto import schema as span_schema
 from proto.convert import span_list_to_table
 from proto.zerotrace.v1 import ingest_pb2, span_pb2
 from server.auth import certificate_name
+from server.ingest import spanlist
 from server.ingest.admission import (
     Admission,
     ByteBudget,
@@ -198,11 +200,20 @@ class IngestService:
             request.ClearField("batch_seq")
             request.ClearField("sender_id")
             request.ClearField("sender_seq")
-            msgs, bad = decode_span_list(request.SerializeToString(), request.spans)
+            data = request.SerializeToString()
+            msgs, bad = decode_span_list(data, request.spans)
             del request.spans[:]
             try:
-                table = span_list_to_table(msgs, self.fields)
-            except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, AttributeError) as e:
+                if not bad and spanlist.available(self.fields):
+                    # Read off the wire by the compiled reader (~3 us a span against
+                    # 30-50 for the upb messages' fields read from Python); the upb
+                    # parse above stays: it names the spans a batch must refuse.
+                    del msgs
+                    table = spanlist.spans_bytes_to_table(data, self.fields)
+                else:
+                    table = span_list_to_table(msgs, self.fields)
+            except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, AttributeError,
+                    ValueError) as e:
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                               f"spans do not fit the span table's columns ({e}); nothing "
                               "stored")
