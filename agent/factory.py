@@ -64,7 +64,7 @@ def options_from_args(args: argparse.Namespace) -> Options:
 
     conf = config.load(getattr(args, "config", None))
     node = getattr(args, "node", None) or config.node_name(conf)
-    enricher = Enricher(EnrichConfig.from_env(conf.get("enrich")))
+    enricher = Enricher(EnrichConfig.from_env(conf.get("enrich"), payload=conf.get("payload")))
     server = (getattr(args, "server", None) or conf.get("server")
               or os.environ.get("ZEROTRACE_SERVER"))
     otlp = getattr(args, "otlp", None) or conf.get("otlp")
@@ -125,6 +125,11 @@ class Attached:
         self.started = False
         pipeline.kernel_drops = tracer.drops
         pipeline.follow_go = lambda pid: tracer.follow_go(pid).startswith("goroutine")
+        # pods whose payload capture is off (config `payload:`, pod annotation): their
+        # cgroups go to the probes' map, checked before any byte is copied
+        from agent.probes import capture
+
+        self.capture = capture.bind(pipeline.enricher, tracer)  # None: nothing to switch
         if pipeline.metrics is not None:
             # the pipeline served its metrics before the probes were there to count losses
             shedder = self.shedder

@@ -191,3 +191,22 @@ def test_agent_command_demo_and_benches_run_the_same_pipeline(net, monkeypatch, 
             assert c[k] == agent[k], (name, k)
     assert others["demo"]["shedding"] and others["bench_fidelity"]["shedding"]
     assert not others["bench_pipeline"]["shedding"]  # declared: it measures one core
+
+
+def test_the_config_files_payload_section_reaches_the_enricher(tmp_path):
+    """`payload:` in the agent's config file (issue 14) switches capture off where it
+    says: the factory hands it to the enricher, whose switch then asks for the probes'
+    map (factory.Attached binds it: agent/probes/capture.py)."""
+    conf = tmp_path / "agent.yaml"
+    conf.write_text("payload:\n  capture: on\n  namespaces:\n    payments: off\n")
+    on = factory.options_from_args(_agent_args())
+    off = factory.options_from_args(_agent_args("--config", str(conf)))
+    try:
+        assert not on.enricher.capture.policy.switches_anything
+        assert off.enricher.capture.policy.switches_anything
+        assert off.enricher.capture.may_switch()
+        assert off.enricher.capture.policy.pod("payments", {}) is False
+        assert off.enricher.capture.policy.pod("shop", {}) is True
+    finally:
+        on.enricher.close()
+        off.enricher.close()
