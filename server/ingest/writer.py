@@ -48,7 +48,9 @@ _MAX_PARTIAL = 10_000  # keys of partly stored batches remembered (oldest forgot
 
 def as_table(data: pa.Table | bytes) -> pa.Table:
     """A batch as the span table's Arrow columns: a table as it is, a serialized
-    `SpanList` converted (tools and tests hand those; ingest converts at the edge)."""
+    `SpanList` converted.  Only server/forward.py still calls it (its writer wrapper
+    takes what `BatchWriter.submit` took); `submit` itself takes tables, which ingest
+    makes at the edge."""
     if isinstance(data, pa.Table):
         return data
     from proto.convert import span_list_to_table
@@ -84,11 +86,12 @@ class BatchWriter:
         self._thread = threading.Thread(target=self._run, name="zt-writer", daemon=True)
         self._thread.start()
 
-    def submit(self, data: pa.Table | bytes, count: int,
+    def submit(self, data: pa.Table, count: int,
                key: BatchKey | None = None) -> Future[int]:
-        """Queue a batch; its future is the number of spans stored (for a `key`
-        already stored: the count stored then)."""
-        data = as_table(data)
+        """Queue a batch (the span table's Arrow columns); its future is the number of
+        spans stored (for a `key` already stored: the count stored then)."""
+        if not isinstance(data, pa.Table):
+            raise TypeError(f"BatchWriter takes an Arrow table, not {type(data).__name__}")
         fut: Future[int] = Future()
         with self._cv:
             if self._stop:
@@ -99,7 +102,7 @@ class BatchWriter:
             self._cv.notify()
         return fut
 
-    def write(self, data: pa.Table | bytes, count: int, timeout: float | None = 60.0,
+    def write(self, data: pa.Table, count: int, timeout: float | None = 60.0,
               key: BatchKey | None = None) -> int:
         """Store a batch and wait: spans stored (see `submit`)."""
         return self.submit(data, count, key).result(timeout)

@@ -37,8 +37,6 @@ from server.storage import schema
 from server.storage.base import StorageError
 from server.storage.sqlstore import SqlStore
 
-SPAN_PROTO = Path(__file__).resolve().parents[2] / "proto" / "zerotrace" / "v1" / "span.proto"
-
 # Insert-side settings: one thread because the ingest budget is one core and batches
 # are small.  A batch may hold spans of many days (late or replayed spans):
 # ClickHouse's default refuses an insert into more than 100 partitions (days), and
@@ -142,18 +140,6 @@ class _ReadPool:
             self._cv.notify_all()
         for s in sessions:
             s.close()
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
 
 
 class ChdbStore(SqlStore):
@@ -283,16 +269,6 @@ class ChdbStore(SqlStore):
         # made (`schema.migrate`) may hold them in another order.
         return self._insert("ArrowStream", table_to_ipc(table, compress=False),
                             f" ({', '.join(names)}) SETTINGS {_INSERT_SETTINGS}")
-
-    def write_span_list(self, data: bytes) -> int:
-        """Insert a serialized `SpanList` as ClickHouse reads it, unchecked: rows as an
-        older version stored them (tests of data written before today's checks).
-        Not a write path of the server: ingest converts protobuf to `write`'s table."""
-        if not data:
-            return 0
-        # ProtobufList reads length-delimited envelopes.
-        return self._insert("ProtobufList", _varint(len(data)) + data,
-                            f" SETTINGS format_schema = '{SPAN_PROTO}:Span', {_INSERT_SETTINGS}")
 
     def _insert(self, fmt: str, payload: bytes, settings: str) -> int:
         with self._lock:

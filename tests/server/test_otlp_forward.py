@@ -7,7 +7,9 @@ from __future__ import annotations
 import json
 import uuid
 
-from proto.convert import spans_to_list
+import pyarrow as pa
+
+from proto.columns import spans_to_table
 from proto.span import Span, new_span_id, new_trace_id
 from server.forward import OtlpForwarder
 from server.ingest.service import batch_key
@@ -17,11 +19,10 @@ from tests.server.cli_capture import run_cli
 T0 = 1_700_000_000_000_000_000
 
 
-def _batch(tid: str, n: int) -> bytes:
-    return spans_to_list([Span(trace_id=tid, span_id=new_span_id(), kind="server",
+def _batch(tid: str, n: int) -> pa.Table:
+    return spans_to_table([Span(trace_id=tid, span_id=new_span_id(), kind="server",
                                source="S", operation=f"op{i}", service="fw",
-                               start_ns=T0 + i, end_ns=T0 + i + 10) for i in range(n)]
-                         ).SerializeToString()
+                               start_ns=T0 + i, end_ns=T0 + i + 10) for i in range(n)])
 
 
 def test_a_resent_batch_is_forwarded_once(chdb_root, zt_server, capsys):
