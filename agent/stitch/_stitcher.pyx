@@ -173,7 +173,7 @@ cdef class Item:
     cdef bint in_ranges, in_servers, gone
     cdef object seq_key, udp_key
     cdef list hkeys
-    # _emit_quiet's marks: the pass (_ep) _root was found in, the pass (_gep) the
+    # TraceAssembler.emit_quiet's marks: the pass (_ep) _root was found in, the pass (_gep) the
     # items of the trace rooted here were gathered (_group) in
     cdef uint64_t _ep, _gep
     cdef Item _root
@@ -233,19 +233,29 @@ cdef tuple _udp_key(s):
     return (s.local.addr, s.local.port, s.remote.addr, s.remote.port, s.operation)
 
 
-cdef class Stitcher:
-    """Links SpanContexts into traces; `observe` every data event, `add` every span."""
+include "_remote.pxi"
+include "_assembly.pxi"
 
-    cdef public object emit, classifier, handoffs, stats, per_process, comm, emitted
+
+cdef class Stitcher:
+    """Links SpanContexts into traces; `observe` every data event, `add` every span.
+
+    Three jobs: thread linking (here: a client span's parent in its own process, from
+    the thread's reads before its write, connection reuse, payload tokens, propagated
+    ids and Go hand-offs), remote linking (RemoteLinker, _remote.pxi) and trace
+    assembly (TraceAssembler, _assembly.pxi)."""
+
+    cdef public object emit, classifier, handoffs, stats, per_process, comm
     cdef public int64_t settle_ns, quiet_ns, max_wait_ns, horizon_ns
-    cdef public list items, pending_thread, pending_remote
-    cdef int64_t _next_prune, _next_emit, _next_full, _now
-    cdef uint64_t _epoch
+    cdef public list pending_thread
+    cdef RemoteLinker remote
+    cdef TraceAssembler assembly
+    cdef int64_t _next_prune, _next_full, _now
     cdef Py_ssize_t _added
     cdef bint _via_conn
     cdef Item _ri  # the item of the last attribution step
     cdef str _rhow  # how the last _thread_context found its parent
-    cdef dict client_by_seq, udp_clients, by_header, _write_ctx
+    cdef dict by_header, _write_ctx
     cdef object _write_keys  # deque: _write_ctx's keys in the order they were added
     cdef cmap[TKey, vector[TEv]] threads
     cdef cmap[uint64_t, vector[CEv]] conn_events
@@ -263,18 +273,14 @@ cdef class Stitcher:
         self.settle_ns, self.quiet_ns = settle_ns, quiet_ns
         self.max_wait_ns, self.horizon_ns = max_wait_ns, horizon_ns
         self.classifier = classifier or RuntimeClassifier()
-        self.items = []
-        self.emitted = deque()
+        self.remote = RemoteLinker()
+        self.assembly = TraceAssembler()
         self._next_prune = 0
-        self._next_emit = 0
         self._added = 0
         self._next_full = 0
-        self.client_by_seq = {}
-        self.udp_clients = {}
         self.pending_thread = []
         self.by_header = {}
         self._now = 0
-        self.pending_remote = []
         self.stats = Counter()
         self.per_process = defaultdict(Counter)
         self.comm = {}
@@ -283,6 +289,21 @@ cdef class Stitcher:
         self.handoffs = None
         self._via_conn = False
         self._rhow = ""
+
+    @property
+    def items(self) -> list:
+        """Spans not emitted yet."""
+        return self.assembly.items
+
+    @property
+    def emitted(self):
+        """Spans emitted and kept for late joiners (a deque)."""
+        return self.assembly.emitted
+
+    @property
+    def pending_remote(self) -> list:
+        """Server spans whose client span is not decided yet."""
+        return self.remote.pending
 
     def __dealloc__(self):
         cdef pair[uint64_t, vector[REnt]] r
@@ -362,7 +383,7 @@ cdef class Stitcher:
         self._added += 1
         s = item.span
         pid = s.pid
-        self.items.append(item)
+        self.assembly.add(item)
         self.comm[pid] = s.process
         cdef uint64_t conn_id = item.conn_id
         cdef bint server = item.server
@@ -388,7 +409,7 @@ cdef class Stitcher:
             item.in_ranges = True
         if server:
             item.thread_done = True
-            self.pending_remote.append(item)
+            self.remote.add_server(item)
             key = TKey(item.pid, item.in_tid)
             dur = item.out_ns - item.in_ns
             it = self.thread_maxdur.find(key)
@@ -425,23 +446,7 @@ cdef class Stitcher:
         else:
             item.remote_done = True
             self.pending_thread.append(item)
-            transport = s.transport
-            if transport == "tcp" and s.req_seq is not None:
-                k = s.req_seq
-                lst = self.client_by_seq.get(k)
-                if lst is None:
-                    self.client_by_seq[k] = [item]
-                else:
-                    lst.append(item)
-                item.seq_key = k
-            elif transport == "udp":
-                k = _udp_key(s)
-                lst = self.udp_clients.get(k)
-                if lst is None:
-                    self.udp_clients[k] = [item]
-                else:
-                    lst.append(item)
-                item.udp_key = k
+            self.remote.add_client(item, s)
 
     cdef _settle_inflight(self, uint64_t conn_id, uint64_t off, size):
         """The request at [off, off+size) of conn_id is known now: no longer in flight."""
@@ -870,53 +875,6 @@ cdef class Stitcher:
         item.span.attributes[_PARENT_UNKNOWN] = reason
         return True
 
-    cdef bint _decide_remote(self, Item item, int64_t now) except -1:
-        """Find the client span of a server span's request; False to wait."""
-        cdef list cands, strong
-        cdef Item c
-        s = item.span
-        transport = s.transport
-        if transport == "tcp" and s.req_seq is not None:
-            cands = []
-            for c in self.client_by_seq.get(s.req_seq, ()):
-                if c.pid != item.pid or c.conn_id != item.conn_id:
-                    cands.append(c)
-            resp_seq = s.resp_seq
-            if resp_seq is not None:
-                cands = [c for c in cands if c.span.resp_seq is None
-                         or c.span.resp_seq == resp_seq]
-            strong = [c for c in cands if c.span.resp_seq is not None and resp_seq is not None]
-            if len(strong) == 1:
-                cands = strong
-            elif not strong:
-                cands = [c for c in cands if _mirror(c.span, s)]
-        elif transport == "udp":
-            cands = [c for c in self.udp_clients.get(_udp_key(s), ())
-                     if c.start_ns <= item.start_ns + 50 * _MS
-                     and item.end_ns <= c.end_ns + 50 * _MS]
-        else:
-            cands = []
-        if len(cands) == 1:
-            c = cands[0]
-            item.parent, item.link = c, "tcp seq" if transport == "tcp" else "udp tuple"
-            if c.children is None:
-                c.children = [item]
-            else:
-                c.children.append(item)
-            item.remote_done = True
-            self.stats["linked_remote"] += 1
-            return True
-        if len(cands) > 1:
-            self.stats["remote_ambiguous"] += 1
-            item.remote_done = True
-            s.attributes[_PARENT_UNKNOWN] = f"{len(cands)} client spans match the request"
-            return True
-        if now - item.end_ns < self.quiet_ns:
-            return False  # the client side may still be on its way
-        item.remote_done = True
-        self.stats["roots"] += 1
-        return True
-
     # -- time -------------------------------------------------------------------------
     def tick(self, now=None, final: bool = False) -> None:
         cdef int64_t n = time.time_ns() if now is None else now
@@ -929,7 +887,7 @@ cdef class Stitcher:
         # Waiting decisions only change when spans arrive (or a wait times out): skip
         # the pass otherwise, which under load is most ticks.
         if not fin and not self._added and n < self._next_full:
-            self._emit_quiet(n, fin)
+            self.assembly.emit_quiet(n, fin, self.quiet_ns, self.emit, self.stats)
             self._prune(n)
             return
         self._added = 0
@@ -948,92 +906,10 @@ cdef class Stitcher:
             if len(undecided) == len(pending):
                 break
             pending = undecided
-        still = []
         cdef int64_t rnow = n if not fin else n + self.quiet_ns
-        for it in self.pending_remote:
-            if not (fin or it.end_ns <= settled) or not self._decide_remote(it, rnow):
-                still.append(it)
-        self.pending_remote = still
-        self._emit_quiet(n, fin)
+        self.remote.decide(settled, rnow, fin, self.quiet_ns, self.stats)
+        self.assembly.emit_quiet(n, fin, self.quiet_ns, self.emit, self.stats)
         self._prune(n)
-
-    cdef _emit_quiet(self, int64_t now, bint final):
-        if not final and now < self._next_emit:
-            return
-        self._next_emit = now + 250 * _MS
-        # Group the waiting items by root, as the reference does with two dicts, with
-        # the marks on the items instead: _ep == this pass means _root is known, _gep
-        # == this pass means the root's _group is this pass's (no hashing an item)
-        self._epoch += 1
-        cdef uint64_t ep = self._epoch
-        cdef list roots = []  # in order of first appearance, as the reference's dict
-        cdef Item it, cur, root, m, x
-        cdef list members
-        cdef Py_ssize_t n, k
-        for it in self.items:
-            if it._ep == ep:  # known when a child's walk passed through it
-                root = it._root
-            else:
-                cur = it.parent
-                if cur is None:
-                    root = it
-                elif cur._ep == ep:
-                    root = cur._root
-                else:
-                    # walk up until an item whose root is known (bounded: a parent cycle
-                    # must not hang the agent), then mark the path with its root
-                    n = 1
-                    while cur.parent is not None and cur._ep != ep and n < 1000:
-                        n += 1
-                        cur = cur.parent
-                    root = cur._root if cur._ep == ep else cur
-                    x = it
-                    for k in range(n):
-                        x._ep = ep
-                        x._root = root
-                        x = x.parent
-                    cur._ep = ep
-                    cur._root = root
-                it._ep = ep
-                it._root = root
-            if root._gep != ep:
-                root._gep = ep
-                root._group = [it]
-                roots.append(root)
-            else:
-                root._group.append(it)
-        cdef int64_t quiet_before = now - self.quiet_ns
-        cdef bint emitted = False, ok
-        cdef int64_t mx
-        for root in roots:
-            members = root._group
-            root._group = None
-            if not final:
-                ok = True
-                mx = INT64_MIN
-                for m in members:
-                    if not (m.thread_done and m.remote_done):
-                        ok = False
-                        break
-                    if m.end_ns > mx:
-                        mx = m.end_ns
-                if not ok or mx > quiet_before:
-                    continue
-            tid = root.trace_id or _trace_id(members)
-            spans = []
-            for m in members:
-                m.emitted = True
-                m.trace_id = tid
-                sp = m.span
-                sp.trace_id = tid
-                sp.parent_span_id = m.parent.span.span_id if m.parent is not None else ""
-                spans.append(sp)
-            emitted = True
-            self.stats["traces"] += 1
-            self.emit(Trace(tid, spans, root.span))
-        if emitted:
-            self.emitted.extend([it for it in self.items if it.emitted])
-            self.items = [it for it in self.items if not it.emitted]
 
     cdef _prune(self, int64_t now):
         """Forget emitted spans past the late-joiner window, and old thread history."""
@@ -1041,13 +917,12 @@ cdef class Stitcher:
             return
         self._next_prune = now + 1000 * _MS
         cdef int64_t keep_after = now - self.max_wait_ns - self.quiet_ns
-        em = self.emitted
         cdef Item it
         cdef cset[uint64_t] t_ranges
         cdef cset[TKey] t_servers
-        cdef dict t_py = {}  # (index, key) -> None, for the Python-side indexes
-        while em and (<Item>em[0]).end_ns < keep_after:
-            it = em.popleft()
+        cdef dict t_py = {}  # header key -> None, in the order met
+        cdef list gone = self.assembly.expire(keep_after)
+        for it in gone:
             it.gone = True
             if it.in_ranges:
                 t_ranges.insert(it.conn_id)
@@ -1055,11 +930,7 @@ cdef class Stitcher:
                 t_servers.insert(TKey(it.pid, it.in_tid))
             if it.hkeys is not None:
                 for k in it.hkeys:
-                    t_py[(0, k)] = None
-            if it.seq_key is not None:
-                t_py[(1, it.seq_key)] = None
-            if it.udp_key is not None:
-                t_py[(2, it.udp_key)] = None
+                    t_py[k] = None
             it.parent = None  # let the chain be collected
             it.children = None
             it._root = None
@@ -1098,9 +969,9 @@ cdef class Stitcher:
             sl.resize(j)
             if j == 0:
                 self.thread_servers.erase(sit)
-        indexes = (self.by_header, self.client_by_seq, self.udp_clients)
-        for ix, k in t_py:
-            index = indexes[ix]
+        self.remote.forget(gone)
+        index = self.by_header
+        for k in t_py:
             lst = index.get(k)
             if lst is None:
                 continue
