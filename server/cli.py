@@ -347,8 +347,10 @@ def cmd_server(args: argparse.Namespace) -> int:
 
     problem = exposure_problem(args.listen, bool(args.tls_cert), bool(args.token_file),
                                args.insecure)
-    if not problem and args.http:  # the HTTP API has tokens but no TLS of its own
-        problem = exposure_problem(args.http, False, bool(args.token_file), args.insecure)
+    for http in (args.http, args.otlp_http):  # HTTP ports: the gRPC port's TLS and tokens
+        if not problem and http:
+            problem = exposure_problem(http, bool(args.tls_cert), bool(args.token_file),
+                                       args.insecure)
     if problem:
         print(f"zerotrace: {problem}", file=sys.stderr)
         return 2
@@ -365,10 +367,11 @@ def cmd_server(args: argparse.Namespace) -> int:
     if busy:  # said before the store opens: nothing to shut down, nothing to corrupt
         print(f"zerotrace: cannot listen on {args.listen}: {busy}", file=sys.stderr)
         return 1
-    busy = _port_in_use(args.http) if args.http else ""
-    if busy:  # an explicit --http, likewise (the default's port may be taken: see below)
-        print(f"zerotrace: cannot serve HTTP on {args.http}: {busy}", file=sys.stderr)
-        return 1
+    for flag, http in (("HTTP", args.http), ("OTLP/HTTP", args.otlp_http)):
+        busy = _port_in_use(http) if http else ""
+        if busy:  # an explicit --http, likewise (a default's port may be taken: see below)
+            print(f"zerotrace: cannot serve {flag} on {http}: {busy}", file=sys.stderr)
+            return 1
     from server.storage import factory
 
     # --store picks the backend from the registry (server/storage/factory.py);
@@ -423,10 +426,16 @@ def cmd_server(args: argparse.Namespace) -> int:
         + f" tokens={len(tokens) if tokens is not None else 'off'}",
         flush=True,
     )
+    apis = []
     try:
-        http_api = _start_http(args, srv.store, tokens, srv)
+        for queries in (True, False):
+            api = _start_http(args, srv.store, tokens, srv, queries=queries)
+            if api is not None:
+                apis.append(api)
     except OSError as e:  # taken since the check: stop cleanly (chDB dislikes exit())
-        print(f"zerotrace: cannot serve HTTP on {args.http}: {e}", file=sys.stderr)
+        print(f"zerotrace: cannot serve HTTP: {e}", file=sys.stderr)
+        for api in apis:
+            api.stop()
         srv.stop()
         return 1
     stop = {"now": False}
@@ -441,8 +450,8 @@ def cmd_server(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGHUP, lambda *_: tokens.reload())
     while not stop["now"]:
         time.sleep(0.2)
-    if http_api is not None:
-        http_api.stop()
+    for api in apis:
+        api.stop()
     srv.stop()
     return 0
 
@@ -453,15 +462,19 @@ def _store_names() -> list[str]:
     return factory.names()
 
 
-def _start_http(args: argparse.Namespace, store: Any, tokens: Any, srv: Any = None) -> Any:
-    """The Tempo/Jaeger HTTP API (server/http/) with OTLP/HTTP's POST /v1/traces, or
-    None when off or, at the default address only, when the port is taken (a second
-    local server still starts)."""
-    from server.http import DEFAULT_HTTP, HttpApi
+def _start_http(args: argparse.Namespace, store: Any, tokens: Any, srv: Any = None,
+                queries: bool = True) -> Any:
+    """The Tempo/Jaeger HTTP API (server/http/) with OTLP/HTTP's POST /v1/traces
+    (`queries`), or OTLP/HTTP's own port (--otlp-http, POST /v1/traces alone); None
+    when off or, at the default address only, when the port is taken (a second local
+    server still starts)."""
+    from server.http import DEFAULT_HTTP, DEFAULT_OTLP_HTTP, HttpApi
     from server.http.otlp_http import OtlpHttpReceiver
 
-    listen = DEFAULT_HTTP if args.http is None else args.http
-    if not listen:
+    given, default, flag = ((args.http, DEFAULT_HTTP, "--http") if queries else
+                            (args.otlp_http, DEFAULT_OTLP_HTTP, "--otlp-http"))
+    listen = default if given is None else given
+    if not listen or (not queries and srv is None):
         return None
     ctx = None
     if args.tls_cert:  # the same certificate (and client CA) as the gRPC port
@@ -470,15 +483,16 @@ def _start_http(args: argparse.Namespace, store: Any, tokens: Any, srv: Any = No
         ctx = http_tls_context(args.tls_cert, args.tls_key, args.tls_ca or "")
     api = HttpApi(store, listen, tokens=tokens,
                   otlp=OtlpHttpReceiver.for_server(srv) if srv is not None else None,
-                  ssl_context=ctx)
+                  ssl_context=ctx, queries=queries)
+    what = "HTTP API (Tempo, Jaeger, OTLP/HTTP)" if queries else "OTLP/HTTP"
     try:
         port = api.start()
     except OSError as e:
-        if args.http is not None:
-            raise
-        print(f"zerotrace: HTTP API off: {listen} is taken ({e}); use --http", file=sys.stderr)
+        if given is not None:
+            raise OSError(f"{flag} {listen}: {e}") from e
+        print(f"zerotrace: {what} off: {listen} is taken ({e}); use {flag}", file=sys.stderr)
         return None
-    print(f"zerotrace HTTP API (Tempo, Jaeger, OTLP/HTTP) on "
+    print(f"zerotrace {what} on "
           f"{'https' if ctx else 'http'}://{listen.rpartition(':')[0]}:{port}", flush=True)
     return api
 
@@ -823,6 +837,13 @@ def _register_server(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         metavar="HOST:PORT",
         help="Tempo and Jaeger query APIs for Grafana (default 127.0.0.1:3200; '' = off)",
+    )
+    p.add_argument(
+        "--otlp-http",
+        default=None,
+        metavar="HOST:PORT",
+        help="OTLP/HTTP receiver, POST /v1/traces, on the SDKs' default port (default "
+        "127.0.0.1:4318; '' = off); also served on the --http port",
     )
     p.add_argument(
         "--forward-otlp",

@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_HTTP = "127.0.0.1:3200"  # Tempo's HTTP port: Grafana's default for Tempo
+# OTLP/HTTP's own port, the SDKs' and the Collector's default (OTEL_EXPORTER_OTLP_ENDPOINT)
+DEFAULT_OTLP_HTTP = "127.0.0.1:4318"
 
 
 class HttpError(Exception):
@@ -84,7 +86,10 @@ class HttpApi:
     def __init__(self, store: SpanStore, listen: str = DEFAULT_HTTP,
                  tokens: TokenTable | None = None,
                  otlp: OtlpHttpReceiver | None = None,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
+                 ssl_context: ssl.SSLContext | None = None,
+                 queries: bool = True) -> None:
+        """`queries=False`: OTLP/HTTP's POST /v1/traces alone (the port SDKs export to
+        by default), no Tempo, Jaeger or flame-graph route."""
         from server.http import flamegraph, jaeger, tempo
 
         self.store = store
@@ -97,6 +102,8 @@ class HttpApi:
         self.port = 0
         self._httpd: ThreadingHTTPServer | None = None
         self.routes: list[tuple[re.Pattern[str], Handler, str]] = []
+        if not queries:
+            return
         for prefix in ("", "/tempo"):
             for pattern, handler in tempo.ROUTES:
                 self._add(prefix + pattern, handler, "tempo")

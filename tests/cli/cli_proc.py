@@ -115,8 +115,8 @@ def start_server(data: Path, *extra: str) -> tuple[ServerProc, str]:
     addr = f"127.0.0.1:{free_port()}"
     proc = subprocess.Popen(
         [sys.executable, "-m", "agent.cli", "server", "--listen", addr, "--data", str(data),
-         "--http", "", *extra], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, start_new_session=True)
+         "--http", "", "--otlp-http", "", *extra], cwd=ROOT, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, start_new_session=True)
     assert proc.stdout is not None
     timer = threading.Timer(180, proc.kill)
     timer.start()

@@ -96,7 +96,8 @@ def test_server_statefulset_volume_and_service_ports() -> None:
     pod = sts["spec"]["template"]["spec"]
     (c,) = pod["containers"]
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
-    assert set(ports) == {"grpc", "http", "traces"}
+    assert set(ports) == {"grpc", "http", "traces", "otlp-http"}
+    assert ports["otlp-http"] == 4318  # OTLP/HTTP's port: the SDKs' default
     (claim,) = sts["spec"]["volumeClaimTemplates"]
     # The data volume, and the bearer tokens from a Secret (never in the manifests).
     assert {m["name"] for m in c["volumeMounts"]} == {claim["metadata"]["name"], "tokens"}
@@ -110,7 +111,8 @@ def test_server_statefulset_volume_and_service_ports() -> None:
         for p in svc["spec"]["ports"]:
             assert p["targetPort"] in ports
     public = services["zerotrace-server"]
-    assert {p["name"] for p in public["spec"]["ports"]} == {"grpc", "http", "traces"}
+    assert {p["name"] for p in public["spec"]["ports"]} == {"grpc", "http", "traces",
+                                                             "otlp-http"}
     # The agents' server address points at that Service and gRPC port.
     env = {
         e["name"]: e.get("value")
@@ -260,5 +262,7 @@ def test_server_is_not_exposed_without_tokens() -> None:
     assert pol["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
     open_ports = {p["port"] for r in pol["spec"]["ingress"] if "from" not in r
                   for p in r["ports"]}
-    assert open_ports == {"grpc"}  # the only port that checks tokens
+    # the ports that check tokens: gRPC, and OTLP/HTTP's (the ingest role, server/http)
+    assert open_ports == {"grpc", "otlp-http"}
+    assert args.otlp_http and args.token_file
     assert not any(kind == "Secret" for kind in (d["kind"] for _, d in objs))
