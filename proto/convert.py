@@ -6,7 +6,8 @@ travel as JSON text in `attributes_json` so that they come back with their type.
 `span_to_pb`/`span_from_pb` are hand-written (the CLI uses them and must not import
 pyarrow, which the declaration does) and checked against the declaration by
 tests/proto/test_schema.py; `span_list_to_table`, the protobuf-to-Arrow conversion
-every protobuf and OTLP batch takes at ingest, is derived from proto/schema.py.
+of OTLP batches at ingest (and of protobuf batches when the compiled SpanList reader,
+server/ingest/spanlist.py, is not built), is derived from proto/schema.py.
 """
 
 from __future__ import annotations
