@@ -46,7 +46,7 @@ sys.path.insert(0, str(ROOT))
 
 import grpc  # noqa: E402
 
-from proto.columns import spans_to_table, table_to_ipc  # noqa: E402
+from proto.columns import ipc_to_table, spans_to_table, table_to_ipc  # noqa: E402
 from proto.convert import span_to_pb  # noqa: E402
 from proto.span import Endpoint, Span, new_span_id, new_trace_id  # noqa: E402
 from proto.zerotrace.v1 import ingest_pb2, query_pb2, query_pb2_grpc  # noqa: E402
@@ -333,7 +333,8 @@ def bench_encode(n: int = 4_000, rounds: int = 5) -> dict[str, float]:
             "protobuf_us": pb_us, "gzip_us": gz_us, "gzip_bytes": len(gz) / len(spans)}
 
 
-MERGE_VARIANTS = ("schema", "no-lowcardinality", "maps-as-strings", "no-skip-indexes")
+MERGE_VARIANTS = ("schema", "compact-parts", "no-lowcardinality", "maps-as-strings",
+                  "no-skip-indexes")
 
 
 def _variant_ddl(variant: str, db: str) -> tuple[str, str]:
@@ -349,6 +350,8 @@ def _variant_ddl(variant: str, db: str) -> tuple[str, str]:
             ddl = ddl.replace(f"{c} Map(LowCardinality(String), String)", f"{c} String")
         cols = ", ".join(f"toString({c}) AS {c}" if c in maps else c
                          for c in schema.COLUMN_NAMES)
+    elif variant == "compact-parts":  # every part compact (server/storage/schema.py)
+        ddl = ddl.replace("SETTINGS ", f"SETTINGS {schema.COMPACT_PARTS}, ", 1)
     elif variant == "no-skip-indexes":
         ddl = "\n".join(x for x in ddl.splitlines() if not x.strip().startswith("INDEX"))
     return ddl, cols
@@ -370,10 +373,8 @@ def bench_merge_level(n: int, variants: list[str], parts: int = 8) -> dict[str, 
     src = ChdbStore(data, db="src")
     out = {}
     try:
-        for b in build_batches(n, 50_000, wire="protobuf"):
-            req = ingest_pb2.PushRequest.FromString(b)
-            req.ClearField("agent")
-            src.write_span_list(req.SerializeToString())
+        for b in build_batches(n, 50_000, wire="arrow"):
+            src.write(ipc_to_table(ingest_pb2.PushRequest.FromString(b).span_columns))
         s = src._s
         for t in ("spans", "search_index"):
             s.query(f"SYSTEM STOP MERGES src.{t}", "CSV")

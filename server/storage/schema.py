@@ -44,6 +44,14 @@ def create_database(db: str = DATABASE) -> str:
 # blocks with 256 rows gained only ~10 %) for +4 bytes a span (42.9 -> 47.0 on the
 # span table) (issue 16).  Applies to tables created with it: older data directories
 # keep their settings and are read as they are.
+# Not compact parts (min_bytes_for_wide_part / min_rows_for_wide_part huge), though a
+# 35-column trace read cost 30 % less chDB CPU with them (helper "query"): with
+# 256-row granules each column's granule is a compressed block of its own, and the
+# bench's spans took 56.5 bytes on disk against 45.5 (+24 %, OPTIMIZE FINAL), merges
+# cost more (one merge level 10.8 against 10.0 us a row; ingest settled 26.9-30.3
+# against 22.9-28.3 us a span, load 3.6-7).  `COMPACT_PARTS` is what the merge
+# benchmark (bench/bench_server.py, variant "compact-parts") compares.
+COMPACT_PARTS = "min_bytes_for_wide_part = 1000000000000, min_rows_for_wide_part = 1000000000000"
 SPAN_TABLE_SETTINGS = ("index_granularity = 256, min_compress_block_size = 4096, "
                        "max_compress_block_size = 16384")
 
@@ -187,7 +195,11 @@ def create_join_table(db: str = DATABASE, engine: str = "MergeTree") -> str:
     key_type 'seq': key = req_seq; key_type 'header': key = cityHash64(name, value)
     of a trace header (x-request-id, traceparent, ...).  Partitioned by day like the
     span table so that retention can drop old keys; a small granularity because each
-    lookup reads one granule per key.
+    lookup reads one granule per key, and 4-16 KiB compressed blocks (defaults 64 KiB-
+    1 MiB) so that the granule is not read with a large block around it: a 170-key
+    lookup 78 -> 44 ms (helper "query", figs-query.md); ingest no worse (arrow wire
+    19.6-20.5 against 21.4-22.5 us a span, load 3.2-3.7).  New tables only: an
+    older data directory keeps its join-key table's settings.
     """
     return f"""CREATE TABLE IF NOT EXISTS {db}.{JOIN_TABLE} (
   day Date,
@@ -198,7 +210,8 @@ def create_join_table(db: str = DATABASE, engine: str = "MergeTree") -> str:
 ) ENGINE = {engine}
 PARTITION BY day
 ORDER BY (key_type, key, kind)
-SETTINGS index_granularity = 1024"""
+SETTINGS index_granularity = 1024, min_compress_block_size = 4096,
+  max_compress_block_size = 16384"""
 
 
 def trace_prefix(trace_id_hex: str) -> int:
