@@ -1,4 +1,5 @@
-"""Build of the agent's compiled per-event code (Cython 3 -> C -> extension modules).
+"""Build of the compiled code (Cython 3 -> C -> extension modules): the agent's per-event
+path and the server's protobuf wire reader.
 
 Metadata lives in pyproject.toml; this file only declares the extension modules, so
 that `pip install -e .` (scripts/setup.sh) and `pip install .` (the Docker image)
@@ -16,11 +17,12 @@ from pathlib import Path
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
-# Every .pyx under agent/ is a compiled module named after its path, so a new compiled
-# module is one new file (agent/protocols/_redis.pyx -> agent.protocols._redis).
+# Every .pyx under agent/ and server/ is a compiled module named after its path, so a
+# new compiled module is one new file (agent/protocols/_redis.pyx ->
+# agent.protocols._redis; server/ingest/_spanlist.pyx, the SpanList wire reader).
 MODULES = sorted(
     (str(p.with_suffix("")).replace(os.sep, "."), str(p))
-    for p in Path("agent").rglob("*.pyx"))
+    for d in ("agent", "server") for p in Path(d).rglob("*.pyx"))
 
 
 def extensions() -> list[Extension]:

@@ -27,7 +27,8 @@ work=$(mktemp -d /tmp/zt-asan.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 # Sources only: built modules and generated C stay behind.
 tar -C "$root" --exclude='*.so' --exclude='__pycache__' --exclude='agent/*/_*.c' --exclude='agent/*/_*.cpp' \
-    -cf - setup.py pyproject.toml agent proto tests | tar -C "$work" -xf -
+    --exclude='server/*/_*.c' -cf - setup.py pyproject.toml agent server proto tests |
+    tar -C "$work" -xf -
 
 echo "asan-tests: building with AddressSanitizer in $work"
 (cd "$work" && ZT_ASAN=1 "$py" setup.py -q build_ext --inplace -j "$(nproc)" >build.log 2>&1) ||
@@ -50,8 +51,11 @@ if [ $# -eq 0 ]; then
         tests/export/test_redact_compiled.py 2>/dev/null | grep "::" | grep -v recorded)
     [ ${#more[@]} -gt 0 ] || { echo "asan-tests: no stitcher/export tests collected" >&2; exit 1; }
     # The compiled event decoding and connection core (agent/probes/_events.pyx,
-    # agent/conn/_core.pyx) on random event streams (~15 s under ASan).
-    set -- "${nodes[@]}" "${more[@]}" tests/conn/test_compiled_core.py
+    # agent/conn/_core.pyx) on random event streams (~15 s under ASan), and the server's
+    # SpanList wire reader (server/ingest/_spanlist.pyx) on truncated and corrupted
+    # batches.
+    set -- "${nodes[@]}" "${more[@]}" tests/conn/test_compiled_core.py \
+        tests/server/test_ingest_spanlist.py
 fi
 # Reports go to files: pytest captures stderr, and an aborted run would lose them.
 export ASAN_OPTIONS=detect_leaks=0:halt_on_error=1:abort_on_error=1:log_path=$work/asan-report:${ASAN_OPTIONS:-}
@@ -71,7 +75,7 @@ sys.path.insert(0, os.getcwd())
 import importlib
 import pathlib
 
-for src in sorted(pathlib.Path("agent").rglob("*.pyx")):
+for src in sorted([*pathlib.Path("agent").rglob("*.pyx"), *pathlib.Path("server").rglob("*.pyx")]):
     mod = importlib.import_module(str(src.with_suffix("")).replace(os.sep, "."))
     path = os.path.realpath(mod.__file__)
     assert path.startswith(os.getcwd() + "/"), f"not the scratch ASan build: {path}"

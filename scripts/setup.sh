@@ -58,8 +58,8 @@ mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf 2>/dev/null || true
 
 # Virtual environment: Debian's python (bcc's module is built for it), system site
 # packages visible.  Re-installs only when pyproject.toml, setup.py or a compiled
-# source under agent/ (*.pyx, *.pxd, hand-written *.c/*.h) changed: the install is
-# what compiles them.
+# source under agent/ or server/ (*.pyx, *.pxd, hand-written *.c/*.h) changed: the
+# install is what compiles them.
 if [ ! -x .venv/bin/python ]; then
     say "creating .venv"
     /usr/bin/python3 -m venv --system-site-packages .venv
@@ -67,7 +67,7 @@ fi
 stamp=.venv/.zerotrace-installed
 compiled_sources() {
     # Generated C (a .c beside its .pyx) is output, not source.
-    find agent \( -name '*.pyx' -o -name '*.pxd' -o -name '*.c' -o -name '*.h' \) -type f |
+    find agent server \( -name '*.pyx' -o -name '*.pxd' -o -name '*.c' -o -name '*.h' \) -type f |
         while read -r f; do
             case "$f" in *.c) [ -e "${f%.c}.pyx" ] && continue ;; esac
             echo "$f"
