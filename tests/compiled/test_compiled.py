@@ -32,7 +32,7 @@ def test_compiled_modules_are_extensions_built_from_the_current_source():
 # Every compiled module built with ASan, then the protocol tests under it: minutes.
 @pytest.mark.timeout(900)
 def test_parsers_and_fuzz_run_clean_under_address_sanitizer():
-    env = dict(os.environ, PYTHON=sys.executable, ZT_FUZZ_EXAMPLES="150")
+    env = dict(os.environ, PYTHON=sys.executable, ZT_FUZZ_EXAMPLES="100")
     r = subprocess.run(["bash", str(ROOT / "scripts/asan-tests.sh")], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=880)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-8000:]

