@@ -90,6 +90,19 @@ def test_agent_config_is_a_valid_enrich_config() -> None:
     assert cfg.annotation_attributes == {"team": "team", "git.commit": "vcs.commit"}
 
 
+def test_agent_config_passes_the_agents_own_check_with_its_payload_section(tmp_path) -> None:
+    """The whole agent.yaml as `zerotrace agent --config` reads it (agent/config.py
+    refuses unknown keys and bad payload switches): capture on, no namespace off."""
+    from agent import config
+    from agent.enrich.capture import CapturePolicy
+
+    path = tmp_path / "agent.yaml"
+    path.write_text(_one("ConfigMap")["data"]["agent.yaml"])
+    conf = config.load(str(path))
+    policy = CapturePolicy.from_mapping(conf["payload"])
+    assert policy.default and not policy.switches_anything
+
+
 def test_server_statefulset_volume_and_service_ports() -> None:
     objs = plain_objects()
     sts = _one("StatefulSet", objs)
