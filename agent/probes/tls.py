@@ -809,8 +809,7 @@ class _ProcessCounters:
         are gone, the totals as last read)."""
         with self._lock:
             if bpf is None:
-                return {"plaintext_bytes": dict(self._bytes), "connections": dict(self._conns),
-                        "connections_midstream": dict(self._midstream)}
+                return self._totals()
             table = bpf[b"tls_procs"]
             gone = []
             for k, v in list(table.items()):
@@ -833,8 +832,11 @@ class _ProcessCounters:
                     del table[k]
                 except KeyError:
                     pass
-            return {"plaintext_bytes": dict(self._bytes), "connections": dict(self._conns),
-                    "connections_midstream": dict(self._midstream)}
+            return self._totals()
+
+    def _totals(self) -> dict[str, dict[tuple[str, ...], int]]:
+        return {"plaintext_bytes": dict(self._bytes), "connections": dict(self._conns),
+                "connections_midstream": dict(self._midstream)}
 
 
 class TlsCollector:
