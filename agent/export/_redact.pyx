@@ -50,7 +50,7 @@ cdef class Redactor:
     cdef object copy_fn
     cdef frozenset keyed
     cdef dict op_cache
-    cdef Py_ssize_t short, cache_len, cache_max, op_cache_max
+    cdef Py_ssize_t short, cache_len, cache_len_cmdline, cache_max, op_cache_max
     cdef object span_type
     cdef object descrs  # the slot descriptors the offsets come from
     cdef Py_ssize_t* offs
@@ -77,7 +77,8 @@ cdef class Redactor:
         self.copy_fn = mod._copy
         self.keyed = mod._KEYED
         self.short = 12  # text() leaves shorter values alone
-        self.cache_len = 256  # _value caches values up to this long
+        self.cache_len = mod._CACHED_LEN  # _value caches values up to this long
+        self.cache_len_cmdline = mod._CACHED_LEN_CMDLINE  # ... and command lines to this
         self.cache_max = 8192
         self.op_cache = {}
         self.op_cache_max = 8192
@@ -155,7 +156,8 @@ cdef class Redactor:
                     continue
             elif len(v) < self.short and k not in self.keyed:
                 continue  # too short for text() to change, not a by-key value
-            if len(v) <= self.cache_len:
+            if len(v) <= self.cache_len or (len(v) <= self.cache_len_cmdline
+                                            and k == "process.command_line"):
                 # redact._value, with its cache read here first.
                 hit = self.value_cache.get((k, v))
                 new = hit if hit is not None else self.value_fn(k, v)

@@ -7,6 +7,10 @@ Signals, read every `interval` seconds: events the ring had no room for (any is 
 overload), how full the ring is (the drain lag), and the agent's own CPU share against
 its budget (`ZEROTRACE_CPU_BUDGET` cores, 0 for none: an agent that follows everything
 by taking the node's CPU costs the traced applications more than the spans are worth).
+Loss and fill act on one reading: events are being lost now.  CPU acts on its share over
+the last CPU_WINDOW readings (2 s), and only once that window is full: a burst of a
+fraction of a second (the first batch's export, a first sight of many processes) is not
+load, and sampling it away split a third of the demo's traces for nothing.
 Multiplicative decrease at once, increase (x1.5) only after three calm readings in a
 row (hysteresis), so the rate does not oscillate around the edge.  Sampling starting and
 stopping is logged once each, not every adjustment."""
@@ -17,6 +21,7 @@ import logging
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 
 from agent.probes import abi
@@ -44,6 +49,7 @@ class Shedder:
     LOW_FILL = 0.02    # ... and low enough to trace more again
     CALM_READINGS = 3  # calm readings in a row before each increase
     RAISE = 1.5        # ... by this factor
+    CPU_WINDOW = 4     # readings whose CPU share is judged together
 
     def __init__(self, tracer, cpu_budget: float | None = None, interval: float = 0.5,
                  clock: Callable[[], float] = time.monotonic,
@@ -60,6 +66,7 @@ class Shedder:
         self._t, self._cpu = clock(), cpu_clock()
         self._lost = self._ring_lost()
         self._stats0: dict[str, int] = {}
+        self._window: deque[tuple[float, float]] = deque(maxlen=self.CPU_WINDOW)
 
     def start(self) -> None:
         """Measure from now: the CPU spent starting up (compiling, scanning processes)
@@ -67,6 +74,7 @@ class Shedder:
         self._t, self._cpu = self.clock(), self.cpu_clock()
         self._lost = self._ring_lost()
         self._next = self._t + self.interval
+        self._window.clear()
 
     def _ring_lost(self) -> int:
         return self.tracer.drops().get("ringbuf_full", 0)
@@ -100,16 +108,24 @@ class Shedder:
             return
         self._next = now + self.interval
         cpu = self.cpu_clock()
-        wall = max(now - self._t, 1e-6)
-        share = (cpu - self._cpu) / wall
+        self._window.append((max(now - self._t, 1e-6), cpu - self._cpu))
         self._t, self._cpu = now, cpu
+        share = None  # judged only over a full window
+        if len(self._window) == self.CPU_WINDOW:
+            share = sum(c for _, c in self._window) / sum(w for w, _ in self._window)
         lost = self._ring_lost()
         new_lost, self._lost = lost - self._lost, lost
-        self.decide(new_lost, self.tracer.ring_fill(), share)
+        keep = self.keep
+        if self.decide(new_lost, self.tracer.ring_fill(), share) != keep:
+            # the readings before a change describe another rate: judge the new one
+            # on readings of its own (no second cut for the same burst)
+            self._window.clear()
 
-    def decide(self, new_lost: int, fill: float, cpu_share: float) -> int:
-        """The keep rate for one reading: lost events, ring fill (0..1), CPU cores used."""
-        over_cpu = self.cpu_budget > 0 and cpu_share > self.cpu_budget
+    def decide(self, new_lost: int, fill: float, cpu_share: float | None) -> int:
+        """The keep rate for one reading: lost events, ring fill (0..1), CPU cores used
+        (None: not known yet, neither over the budget nor calm)."""
+        over_cpu = (self.cpu_budget > 0 and cpu_share is not None
+                    and cpu_share > self.cpu_budget)
         keep = self.keep
         if new_lost or fill > self.HIGH_FILL or over_cpu:
             self.calm = 0
@@ -125,7 +141,8 @@ class Shedder:
                    f"ring {fill:.0%} full" if fill > self.HIGH_FILL else
                    f"agent at {cpu_share:.2f} cores, budget {self.cpu_budget:.2f}")
         elif keep < ALL and fill < self.LOW_FILL and (
-                self.cpu_budget <= 0 or cpu_share < 0.8 * self.cpu_budget):
+                self.cpu_budget <= 0 or (cpu_share is not None
+                                         and cpu_share < 0.8 * self.cpu_budget)):
             self.calm += 1
             if self.calm < self.CALM_READINGS:
                 return keep

@@ -70,3 +70,49 @@ def test_calm_readings_need_cpu_under_the_budget_too():
     for _ in range(10):
         s.decide(0, 0.0, 0.45)  # under budget but above 80 % of it: hold
     assert s.keep == ALL // 4
+
+
+class Clocks:
+    """Wall and CPU clocks the test moves: `step(cores)` is one interval at that load."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval, self.wall, self.cpu = interval, 0.0, 0.0
+
+    def step(self, cores: float) -> None:
+        self.wall += self.interval
+        self.cpu += cores * self.interval
+
+
+def _shedder(budget: float = 0.5) -> tuple[Shedder, Clocks]:
+    c = Clocks(0.5)
+    s = Shedder(Recorder(), cpu_budget=budget, interval=0.5,
+                clock=lambda: c.wall, cpu_clock=lambda: c.cpu)
+    s.start()
+    return s, c
+
+
+def test_a_burst_shorter_than_the_cpu_window_sheds_nothing():
+    s, c = _shedder()
+    for cores in (0.05, 0.07, 1.2, 0.14, 0.01, 0.03, 0.02, 0.05):
+        c.step(cores)
+        s.tick()
+    assert s.keep == ALL and s.changes == 0
+
+
+def test_cpu_over_budget_for_a_full_window_cuts_once_then_judges_afresh():
+    s, c = _shedder()
+    keeps = []
+    for _ in range(Shedder.CPU_WINDOW + 2):
+        c.step(1.0)
+        s.tick()
+        keeps.append(s.keep)
+    # nothing before the window is full; one proportional cut; then the readings of
+    # the old rate are not held against the new one
+    assert keeps[:Shedder.CPU_WINDOW - 1] == [ALL] * (Shedder.CPU_WINDOW - 1)
+    assert keeps[Shedder.CPU_WINDOW - 1] == int(ALL * 0.45)
+    assert keeps[-2:] == [int(ALL * 0.45)] * 2
+    # and an unknown CPU share (window refilling) is not a calm reading either
+    for _ in range(Shedder.CPU_WINDOW - 1):
+        c.step(0.0)
+        s.tick()
+    assert s.keep == int(ALL * 0.45)
