@@ -7,7 +7,7 @@ setup:
 demo: setup
 	.venv/bin/zerotrace demo
 test: setup
-	.venv/bin/python -m pytest -q $(PYTEST_ARGS)
+	.venv/bin/python -m pytest -q --durations=25 $(PYTEST_ARGS)
 lint: setup
 	.venv/bin/ruff check .
 bench: setup
