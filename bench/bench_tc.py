@@ -205,7 +205,8 @@ class Drainer:
     def _run(self) -> None:
         t0 = time.thread_time_ns()
         while not self._stop.is_set():
-            self.records += self.index.add_raw(self.tc.poll_raw(0.05))
+            if self.tc.wait(0.05):
+                self.records += self.tc.drain_into(self.index)
             self.cpu_ns = time.thread_time_ns() - t0
 
     def snapshot(self) -> tuple[int, int]:

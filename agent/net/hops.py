@@ -16,142 +16,24 @@ Per hop:
   sighting at the later hook minus the last sighting at the earlier hook before it;
 - `zerotrace.net.retransmissions` counts copies beyond the first at the earlier hook,
   `zerotrace.net.lost` the copies seen there and never at the later hook.
+
+The records are indexed by compiled code (agent/net/_hops.pyx: `HopIndex`, and
+`HopRing`, which drains the kernel's ring into it); this module makes the spans.
 """
 
 from __future__ import annotations
 
-import socket
-from collections import OrderedDict
-from dataclasses import dataclass, field
-
+from agent.net._hops import HopIndex
 from agent.net.pods import PodRef
-from agent.probes.tc import HOP, Hook, HopRecord
+from agent.net.sighting import HookKey, Sighting
+from agent.probes.tc import Hook
 from proto.span import KIND_INTERNAL, SOURCE_NETWORK, STATUS_OK, Span
+
+__all__ = ["HopIndex", "Sighting", "boundary", "client_hops", "hop_spans", "server_hops",
+           "spans_for_client"]
 
 TCP_RST = 0x04
 MessageKey = tuple[int, int, int, int]  # writer netns, writer lport, writer rport, seq
-HookKey = tuple[int, int, int]  # netns inode, ifindex, direction
-
-
-@dataclass(slots=True)
-class Sighting:
-    """Every time one message start passed one hook."""
-
-    hook: HookKey
-    times: list[int] = field(default_factory=list)
-    flags: int = 0
-    zero_window: bool = False
-    dport: int = 0
-    text: str = ""  # "saddr:sport>daddr:dport", made from `addr` when first asked for
-    addr: tuple | None = None  # (family, saddr bytes, sport, daddr bytes, dport)
-
-    @property
-    def first(self) -> int:
-        return self.times[0]
-
-    @property
-    def packet(self) -> str:
-        """`saddr:sport>daddr:dport` at this hook (IPv6 in brackets): shows NAT rewrites.
-        Formatted only for the hops a span asks for, not per record."""
-        if not self.text and self.addr is not None:
-            fam, sa, sp, da, dp = self.addr
-            if fam == 6:
-                self.text = (f"[{socket.inet_ntop(socket.AF_INET6, sa)}]:{sp}>"
-                             f"[{socket.inet_ntop(socket.AF_INET6, da)}]:{dp}")
-            else:
-                self.text = f"{socket.inet_ntoa(sa[:4])}:{sp}>{socket.inet_ntoa(da[:4])}:{dp}"
-        return self.text
-
-
-class HopIndex:
-    """Hop records of recent messages, grouped by message; bounded (oldest go first)."""
-
-    def __init__(self, max_messages: int = 65536) -> None:
-        self.max_messages = max_messages
-        self._msgs: OrderedDict[MessageKey, dict[HookKey, Sighting]] = OrderedDict()
-        self._by_seq: dict[int, list[MessageKey]] = {}
-
-    def add(self, records: list[HopRecord]) -> None:
-        """Add decoded records (tests, tools); the agent uses `add_raw`."""
-        for r in records:
-            s = self._sighting(r.writer_netns, r.writer_lport, r.writer_rport, r.seq,
-                               (r.netns, r.ifindex, r.direction), r.dport)
-            if not s.text:
-                s.text = r.packet
-            s.times.append(r.ts)
-            s.flags |= r.tcp_flags
-            s.zero_window |= r.window == 0
-
-    def add_raw(self, raws: list[bytes]) -> int:
-        """Add ring records as they come (struct zt_hop): one C-level unpack each and no
-        object per record beyond the first sighting of a message at a hook; addresses
-        stay bytes until a span asks (drain + index was ~8 us a record with decoded
-        HopRecords, bench_tc).  Returns how many were added (short ones are skipped)."""
-        unpack = HOP.unpack_from
-        size = HOP.size
-        msgs = self._msgs
-        n = 0
-        for raw in raws:
-            if len(raw) < size:
-                continue
-            (ts, netns, _st, seq, ifindex, wns, sa, da, _len, sport, dport, wl, wr, _pl,
-             direction, flags, window, _role, family) = unpack(raw)
-            hooks = msgs.get((wns, wl, wr, seq))
-            if hooks is None:
-                hooks = self._new_message((wns, wl, wr, seq))
-            hk = (netns, ifindex, direction)
-            s = hooks.get(hk)
-            if s is None:  # the common case: one record per message and hook
-                hooks[hk] = Sighting(hk, [ts], flags, window == 0, dport, "",
-                                     (family, sa, sport, da, dport))
-            else:  # a retransmitted copy
-                s.times.append(ts)
-                s.flags |= flags
-                if window == 0:
-                    s.zero_window = True
-            n += 1
-        return n
-
-    def _new_message(self, key: MessageKey) -> dict[HookKey, Sighting]:
-        hooks = self._msgs[key] = {}
-        self._by_seq.setdefault(key[3], []).append(key)
-        if len(self._msgs) > self.max_messages:
-            self._forget()
-        return hooks
-
-    def _sighting(self, wns: int, wl: int, wr: int, seq: int, hk: HookKey,
-                  dport: int) -> Sighting:
-        key = (wns, wl, wr, seq)
-        hooks = self._msgs.get(key)
-        if hooks is None:
-            hooks = self._new_message(key)
-        s = hooks.get(hk)
-        if s is None:
-            s = hooks[hk] = Sighting(hk, dport=dport)
-        return s
-
-    def _forget(self) -> None:
-        old, _ = self._msgs.popitem(last=False)
-        keys = self._by_seq.get(old[3], [])
-        if old in keys:
-            keys.remove(old)
-        if not keys:
-            self._by_seq.pop(old[3], None)
-
-    def path(self, key: MessageKey) -> list[Sighting]:
-        """The hooks the message passed, in the order it first reached them."""
-        hooks = self._msgs.get(key, {})
-        for s in hooks.values():
-            s.times.sort()
-        return sorted(hooks.values(), key=lambda s: s.first)
-
-    def response_key(self, seq: int, client_netns: int, client_port: int) -> MessageKey | None:
-        """The response message with this seq that reached the client's netns addressed
-        to its port; None when there is none or more than one (never a guess)."""
-        found = [k for k in self._by_seq.get(seq, ())
-                 if any(s.hook[0] == client_netns and s.dport == client_port
-                        for s in self._msgs[k].values())]
-        return found[0] if len(found) == 1 else None
 
 
 class _NoPods:
@@ -256,7 +138,7 @@ def client_hops(index: HopIndex, client: Span, hooks: dict[tuple[int, int], Hook
     if client.resp_seq is not None:
         # marked by this node's reader (the writer is elsewhere), else by the writer here
         own = (client.netns, client.local.port, client.remote.port, client.resp_seq)
-        rkey = own if index.path(own) else index.response_key(
+        rkey = own if own in index else index.response_key(
             client.resp_seq, client.netns, client.local.port)
         spans, path = _leg(index, rkey, hooks, client, "response", wall_offset, pods)
         out += spans

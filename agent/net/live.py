@@ -1,4 +1,5 @@
-"""The TC hop probes in a running agent: a thread drains hop records into a HopIndex,
+"""The TC hop probes in a running agent: a thread drains hop records into a HopIndex
+(compiled: agent/net/_hops.pyx reads the ring in place, no Python object per record),
 and every trace the stitcher emits gets, before it leaves, the N spans of each of its
 client S spans (agent/net/hops.py) — so exporters, metrics and `zerotrace trace` see
 them like any span.
@@ -76,10 +77,9 @@ class NetHops:
     def _run(self) -> None:
         n = 0
         while not self._stop.is_set():
-            recs = self.tc.poll_raw(0.05)
-            if recs:
-                with self._lock:
-                    self.records += self.index.add_raw(recs)
+            if self.tc.wait(0.05):
+                with self._lock:  # compiled, without the GIL (agent/net/_hops.pyx)
+                    self.records += self.tc.drain_into(self.index)
             if n % 20 == 0 and self.pods is not None:  # ~1 s: pods of new hooks
                 try:
                     self.pods.update(self.tc.hooks)
@@ -94,9 +94,8 @@ class NetHops:
 
     def drain(self) -> None:
         """Take what is in the ring now (before the last traces are emitted)."""
-        recs = self.tc.poll_raw(0)
         with self._lock:
-            self.records += self.index.add_raw(recs)
+            self.records += self.tc.drain_into(self.index)
 
     def counters(self) -> dict[str, int]:
         """Stage counters (zerotrace_stage_events_total{stage="network"})."""

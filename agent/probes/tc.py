@@ -14,14 +14,15 @@ import ctypes
 import logging
 import os
 import re
+import select
 import socket
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent.net._hops import RECORD_SIZE, HopRing
 from agent.probes import btf
 from agent.probes.events import monotonic_to_wall_offset
-from agent.probes.ringbuf import RingBuffer
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ ARPHRD_LOOPBACK = 772
 
 # struct zt_hop of bpf/tc.c (88 bytes).
 HOP = struct.Struct("<QI4xQIII16s16sIHHHHHBBHBB")
-assert HOP.size == 88
+assert HOP.size == 88 == RECORD_SIZE  # the compiled reader's (agent/net/_hops.pyx)
 
 
 class TcError(RuntimeError):
@@ -162,7 +163,8 @@ class TcTracer:
         self.config = config
         self._pattern = re.compile(config.interfaces)
         self._bpf = None
-        self._ring: RingBuffer | None = None
+        self._ring: HopRing | None = None
+        self._epoll: select.epoll | None = None
         self._fns: dict[tuple[bool, int], int] = {}  # (l3, direction) -> prog fd
         self._attached: list[_Attached] = []
         self.hooks: dict[tuple[int, int], Hook] = {}  # (netns inode, ifindex) -> hook
@@ -198,7 +200,9 @@ class TcTracer:
                         f"zt_tc_{'l3' if l3 else 'eth'}_{d}".encode(), BPF.SCHED_CLS)
                     self._fns[(l3, direction)] = fn.fd
             hops = self._bpf[b"hops"]
-            self._ring = RingBuffer(hops.map_fd, RING_PAGES * os.sysconf("SC_PAGESIZE"))
+            self._ring = HopRing(hops.map_fd, RING_PAGES * os.sysconf("SC_PAGESIZE"))
+            self._epoll = select.epoll()
+            self._epoll.register(hops.map_fd, select.EPOLLIN)
         except Exception as e:  # bcc raises bare Exception
             self.close()
             raise TcError(f"the kernel or bcc refused the TC probes: {e}") from e
@@ -326,19 +330,27 @@ class TcTracer:
         """Remove every filter (and clsact qdisc made); refresh() puts them back."""
         self._detach_all()
 
+    def wait(self, timeout_s: float = 0.05) -> bool:
+        """True when hop records wait; else sleeps up to timeout_s first (the records
+        wake no one: bpf/tc.c writes them with BPF_RB_NO_WAKEUP)."""
+        if self._ring.pending():
+            return True
+        self._epoll.poll(timeout_s)
+        return self._ring.pending() > 0
+
+    def drain_into(self, index) -> int:
+        """Index the records waiting (agent/net/_hops.HopIndex), compiled, no Python
+        object per record; returns how many."""
+        return self._ring.drain_into(index)
+
     def poll(self, timeout_s: float = 0.05) -> list[HopRecord]:
-        """Hop records waiting (waits up to timeout_s when none are)."""
-        ring = self._ring
-        if not ring.pending_bytes():
-            ring.wait(timeout_s)
-        return [HopRecord.decode(r) for r in ring.drain()]
+        """Hop records waiting, decoded (waits up to timeout_s when none are)."""
+        return [HopRecord.decode(r) for r in self.poll_raw(timeout_s)]
 
     def poll_raw(self, timeout_s: float = 0.05) -> list[bytes]:
-        """Hop records waiting, undecoded (agent/net/hops.HopIndex.add_raw)."""
-        ring = self._ring
-        if not ring.pending_bytes():
-            ring.wait(timeout_s)
-        return ring.drain()
+        """Hop records waiting, as bytes (tools and tests; the agent uses drain_into)."""
+        self.wait(timeout_s)
+        return self._ring.drain_raw()
 
     def lost(self) -> int:
         """Hop records the kernel could not put in the full ring, since start."""
@@ -349,6 +361,9 @@ class TcTracer:
     def close(self) -> None:
         """Detach every filter (and clsact qdisc we made) and free the maps; idempotent."""
         self._detach_all()
+        if self._epoll is not None:
+            self._epoll.close()
+            self._epoll = None
         if self._ring is not None:
             self._ring.close()
             self._ring = None

@@ -91,7 +91,10 @@ def test_index_is_bounded():
         idx.add([rec(seq, CLIENT_NS, 2, 0, seq, (CLIENT_NS, 1, 2), 2)])
     assert idx.path((CLIENT_NS, 1, 2, 0)) == []
     assert len(idx.path((CLIENT_NS, 1, 2, 9))) == 1
-    assert sum(len(v) for v in idx._by_seq.values()) == 3
+    assert len(idx) == 3
+    # the by-seq table forgets with them: a response is found only among the kept
+    assert idx.response_key(0, CLIENT_NS, 2) is None
+    assert idx.response_key(9, CLIENT_NS, 2) == (CLIENT_NS, 1, 2, 9)
 
 
 def test_raw_records_index_like_decoded_ones():
@@ -118,3 +121,100 @@ def test_raw_records_index_like_decoded_ones():
     assert view(a) == view(b)
     assert [s.times for s in b.path(key)] == [[10], [15, 18], [30]]
     assert b.path(key)[1].zero_window and b.path(key)[1].flags & 0x04
+
+
+def raw_of(r: HopRecord) -> bytes:
+    fam = socket.AF_INET6 if r.family == 6 else socket.AF_INET
+    return HOP.pack(r.ts, r.netns, r.start_ts, r.seq, r.ifindex, r.writer_netns,
+                    socket.inet_pton(fam, r.saddr), socket.inet_pton(fam, r.daddr),
+                    r.length, r.sport, r.dport, r.writer_lport, r.writer_rport, r.payload,
+                    r.direction, r.tcp_flags, r.window, r.role, r.family)
+
+
+def test_every_field_is_read_where_tc_c_writes_it():
+    # values that differ in every byte, so a wrong offset or width shows
+    r = HopRecord(0x0102030405060708, 0xA1A2A3A4, 0, 0xB1B2B3B4, 0xC1C2C3C4, 0xD1D2D3D4,
+                  "fd00:ab::1", "fd00:cd::2", 90, 0xE1E2, 0xF1F2, 0x9192, 0x8182, 4, 1,
+                  0x5A, 0, 1, 6)
+    idx = HopIndex()
+    assert idx.add_raw([raw_of(r)]) == 1
+    (s,) = idx.path((0xD1D2D3D4, 0x9192, 0x8182, 0xB1B2B3B4))
+    assert (s.hook, s.times, s.flags, s.zero_window, s.dport) == (
+        (0xA1A2A3A4, 0xC1C2C3C4, 1), [0x0102030405060708], 0x5A, True, 0xF1F2)
+    assert s.packet == f"[fd00:ab::1]:{0xE1E2}>[fd00:cd::2]:{0xF1F2}"
+    assert idx.path((0xD1D2D3D4, 0x9192, 0x8182, 0xB1B2B3B5)) == []
+    assert idx.path((0xD1D2D3D4, 0x8182, 0x9192, 0xB1B2B3B4)) == []  # ports swapped
+    assert idx.path((None, 1, 2, 3)) == [] and idx.path((-1, 1, 2, 3)) == []
+
+
+def test_record_bound_drops_whole_messages_never_part_of_a_path():
+    # 3 records of room: when the ring comes round to a message's first record, the
+    # message goes whole; a later message keeps its own records
+    idx = HopIndex(max_messages=10, max_records=3)
+    a, b = (CLIENT_NS, 1, 2), (CLIENT_NS, 3, 4)
+    idx.add([rec(1, CLIENT_NS, 2, 0, 5, a, 2), rec(2, GW_NS, 3, 0, 5, a, 2)])
+    assert len(idx.path((*a, 5))) == 2
+    idx.add([rec(3, CLIENT_NS, 2, 0, 6, b, 4)])
+    assert len(idx.path((*a, 5))) == 2  # 3 records: all still there
+    idx.add([rec(4, GW_NS, 3, 0, 6, b, 4)])  # takes a's first record's place
+    assert idx.path((*a, 5)) == [] and (*a, 5) not in idx
+    assert [s.times for s in idx.path((*b, 6))] == [[3], [4]]
+    assert len(idx) == 1 and idx.evicted == 1
+
+
+class _Reference:
+    """The index's rules in plain Python (the implementation before the compiled one):
+    messages in arrival order, the oldest dropped past max_messages."""
+
+    def __init__(self, max_messages: int) -> None:
+        from collections import OrderedDict
+        self.max, self.msgs = max_messages, OrderedDict()
+
+    def add(self, r: HopRecord) -> None:
+        key = (r.writer_netns, r.writer_lport, r.writer_rport, r.seq)
+        if key not in self.msgs:
+            self.msgs[key] = {}
+            if len(self.msgs) > self.max:
+                self.msgs.popitem(last=False)
+        hk = (r.netns, r.ifindex, r.direction)
+        s = self.msgs[key].setdefault(hk, [hk, [], 0, False, r.dport])
+        s[1].append(r.ts)
+        s[2] |= r.tcp_flags
+        s[3] |= r.window == 0
+
+    def path(self, key) -> list:
+        out = [[hk, sorted(t), f, z, d] for hk, t, f, z, d in self.msgs.get(key, {}).values()]
+        return sorted(out, key=lambda s: s[1][0])
+
+    def response_key(self, seq: int, netns: int, port: int):
+        found = [k for k, hooks in self.msgs.items() if k[3] == seq and any(
+            hk[0] == netns and s[4] == port for hk, s in hooks.items())]
+        return found[0] if len(found) == 1 else None
+
+
+def test_compiled_index_agrees_with_the_reference_on_random_records():
+    # a small key space so that keys repeat, buckets collide and messages are evicted
+    import random
+
+    rnd = random.Random(18)
+    idx, ref = HopIndex(max_messages=50, max_records=100_000), _Reference(50)
+    keys = set()
+    for i in range(5000):
+        w = (rnd.choice((CLIENT_NS, SERVER_NS)), rnd.randrange(3), rnd.randrange(3))
+        seq = rnd.randrange(40)
+        r = rec(rnd.randrange(10**6), rnd.choice((CLIENT_NS, GW_NS)), rnd.randrange(1, 3),
+                rnd.randrange(2), seq, w, rnd.randrange(3), flags=rnd.randrange(256),
+                window=rnd.randrange(2))
+        idx.add([r])
+        ref.add(r)
+        keys.add((*w, seq))
+        if i % 500 == 499:
+            assert len(idx) == len(ref.msgs) == 50
+            for k in keys:
+                got = [[s.hook, s.times, s.flags, s.zero_window, s.dport] for s in idx.path(k)]
+                assert got == ref.path(k), k
+            for seq in range(40):
+                for ns in (CLIENT_NS, GW_NS):
+                    for port in range(3):
+                        assert idx.response_key(seq, ns, port) == ref.response_key(
+                            seq, ns, port)
