@@ -605,6 +605,23 @@ def trace_tree_rows(spans: Sequence) -> list[dict[str, Any]]:
     ]
 
 
+def _hop_where(span) -> str:
+    """An N line's place: the pod (namespace/name) or else the netns of the hop's two
+    hooks (agent/net/hops.py), `FROM to TO:` when they differ; the interfaces follow
+    in the operation."""
+    a = span.attributes
+
+    def place(p: str) -> str:
+        pod = a.get(f"zerotrace.net.{p}pod")
+        if pod:
+            ns = a.get(f"zerotrace.net.{p}pod.namespace")
+            return f"{ns}/{pod}" if ns else str(pod)
+        return str(a.get(f"zerotrace.net.{p}netns") or "?")
+
+    src, dst = place("from."), place("")
+    return f"{dst}:" if src == dst else f"{src} to {dst}:"
+
+
 def cmd_trace(args: argparse.Namespace) -> int:
     spans, join = _fetch_trace(args)
     # A fragment's id resolves to the joined trace's one id (server/query/joined.py).
@@ -632,10 +649,13 @@ def cmd_trace(args: argparse.Namespace) -> int:
             + (f"  joined {join.linked} fragment link(s)" if join.linked else "")
             + (f"  {join.ambiguous} ambiguous key(s) left unlinked" if join.ambiguous else ""))
     labels = []
+    by_id = {s.span_id: s for s in spans}
     for r in rows:
         who = r["service"] or "?"
         if r["process"] and r["process"] != r["service"]:
             who += f"/{r['process']}"
+        if r["source"] == "N" and r["span_id"] in by_id:
+            who = _hop_where(by_id[r["span_id"]])
         st = r["status"] + (f" {r['status_code']}" if r["status_code"] else "")
         label = (f"{r['source']} {r['kind'][:3]} {who} {r['operation']}  {st}  "
                  f"+{fmt_ns(r['offset_ns'])}  {fmt_ns(r['duration_ns'])}  "
