@@ -9,25 +9,28 @@ untraced, side by side in one run.
 With --nginx, nginx (one worker, a 612-byte static file, keep-alive) serves HTTPS in a
 network namespace and wrk (which links the system libssl too: both ends traced) loads
 it from another; rounds alternate "no agent" (every probe detached), "socket probes
-only", "empty uprobes" and "traced"; reported: wrk's requests/s per mode (medians) and
-the ratio traced / no agent.  The agent's side is a drainer (poll only, no parsing):
-this isolates what the probes cost the traced programs.
+only", then the TLS modes below; reported: wrk's requests/s and the CPU of nginx and of
+wrk per request per mode (medians), the ratios to "no agent", and the uprobe hits per
+request of each process.  The agent's side is a drainer (poll only, no parsing): this
+isolates what the probes cost the traced programs.
 
 With --go, tests/tls/programs/gotls.go's loop mode does the same ping-pong between a
 client and a server goroutine of one Go process (crypto/tls), and the CPU ns are the
 process's per crypto/tls call (Write or Read, 4 a round trip); the empty uprobes sit
-where bpf/gotls.c's do (Write and Read entries and RETs, clientHandshake,
-serverHandshake).
+where bpf/gotls.c's do.
 
 bench/tls_loop.c ping-pongs `size` bytes over TLS on loopback TCP (a client and a
-forked server, the system libssl).  Rounds alternate three modes, the socket probes
-attached in all: TLS uprobes detached ("untraced"); in their place programs that do
-nothing on SSL_read/SSL_write, entry and return ("empty uprobes": the trap cost alone,
-which no uprobe design avoids); the TLS uprobes ("traced").  An agent thread drains the
-ring throughout.  Per round: each process's CPU ns per SSL call (a round trip is 2
-calls on each side) and wall ns per round trip; medians reported.  What "traced" adds
-over "empty uprobes": the per-thread call state, the syscall-enter program's work
-inside SSL calls, and the plaintext event (header + up to 1 KiB into the ring)."""
+forked server, the system libssl).  Rounds alternate the TLS modes, the socket probes
+attached in all: TLS uprobes detached ("untraced"); programs that only count their hits,
+entry and return, at the public symbols SSL_read/SSL_write(_ex)/SSL_do_handshake
+("empty, public symbols": where the probes were before agent/probes/tls.py INNER) or
+where TlsAttacher puts them now ("empty, same sites": the trap cost alone, the floor of
+this design); bpf/tls.c's programs at the public symbols ("traced, public symbols") or
+where TlsAttacher puts them ("traced").  An agent thread drains the ring throughout.
+Per round: each process's CPU ns per SSL call (a round trip is 2 calls on each side)
+and wall ns per round trip; medians reported.  What "traced" adds over "empty, same
+sites": the per-thread call state, the syscall-enter program's work inside SSL calls,
+and the plaintext event (header + up to 1 KiB into the ring)."""
 
 from __future__ import annotations
 
@@ -63,43 +66,82 @@ class Drainer(threading.Thread):
                 self.events += len(self.tracer.poll(0.02))
 
 
-MODES = ("untraced", "empty uprobes", "traced")
+MODES = ("untraced", "empty, public symbols", "empty, same sites", "traced, public symbols",
+         "traced")
 
 
 class EmptyProbes:
-    """Programs that do nothing on the same symbols, entry and return: what a uprobe
-    costs on this host before any work of ours (the floor of any uprobe design)."""
+    """Programs that do nothing but count their hits, entry and return, at given sites:
+    what the uprobes cost on this host before any work of ours.  "public symbols":
+    SSL_read/SSL_write(_ex) and SSL_do_handshake, where the probes were before
+    agent/probes/tls.py INNER; "same sites": where TlsAttacher puts them now."""
 
-    def __init__(self, paths: list[str]) -> None:
+    def __init__(self, sites: list[tuple[str, str, int]]) -> None:
         from bcc import BPF
 
-        # counts its runs (a per-CPU add: ~nothing next to a trap), for traps a request
-        self.bpf = BPF(text=b"BPF_PERCPU_ARRAY(zt_traps, u64, 1);\n"
-                            b"int zt_nop(void *ctx) { int k = 0; u64 *v = zt_traps.lookup(&k);"
-                            b" if (v) *v += 1; return 0; }")
-        self.paths = [p.encode() for p in paths]
-        self.syms = [b"SSL_write", b"SSL_read"]
+        # hits by process name (nginx, wrk, tls_loop): a hash update, ~0.1 us next to
+        # a trap of 1-12 us
+        self.bpf = BPF(text=b"struct zt_comm { char c[16]; };\n"
+                            b"BPF_HASH(zt_traps, struct zt_comm, u64, 64);\n"
+                            b"int zt_nop(void *ctx) { struct zt_comm k = {};"
+                            b" bpf_get_current_comm(k.c, sizeof(k.c));"
+                            b" zt_traps.increment(k); return 0; }")
+        self.sites = sites  # (path, symbol or "", address)
+        self.attached: list[tuple[str, str, int]] = []
 
-    def traps(self) -> int:
-        """Uprobe hits so far (entry and return each count)."""
-        import ctypes as ct
+    @staticmethod
+    def public(paths: list[str]) -> list[tuple[str, str, int]]:
+        return [(p, s, 0) for p in paths
+                for s in ("SSL_write", "SSL_write_ex", "SSL_read", "SSL_read_ex",
+                          "SSL_do_handshake")]
 
-        return sum(self.bpf[b"zt_traps"][ct.c_int(0)])
+    @staticmethod
+    def same_sites(paths: list[str]) -> list[tuple[str, str, int]]:
+        from agent.probes import tls
+
+        out = []
+        for p in paths:
+            inner = tls.inner_functions(p)
+            for kind, (ex, plain) in tls.INNER.items():
+                out += [(p, "", inner[kind])] if kind in inner else [(p, plain, 0), (p, ex, 0)]
+            out.append((p, "SSL_do_handshake", 0))
+        return out
+
+    def traps(self) -> dict[str, int]:
+        """Hits so far by process name (entry and return each count)."""
+        return {k.c.decode(): v.value for k, v in self.bpf[b"zt_traps"].items()}
 
     def attach(self) -> None:
-        for p in self.paths:
-            for s in self.syms:
-                self.bpf.attach_uprobe(name=p, sym=s, fn_name=b"zt_nop")
-                self.bpf.attach_uretprobe(name=p, sym=s, fn_name=b"zt_nop")
+        for p, sym, addr in self.sites:
+            where = {"sym": sym.encode()} if sym else {"addr": addr}
+            try:
+                self.bpf.attach_uprobe(name=p.encode(), fn_name=b"zt_nop", **where)
+            except Exception:  # noqa: BLE001 - an _ex symbol absent (1.0.x)
+                continue
+            self.bpf.attach_uretprobe(name=p.encode(), fn_name=b"zt_nop", **where)
+            self.attached.append((p, sym, addr))
 
     def detach(self) -> None:
-        for p in self.paths:
-            for s in self.syms:
-                for f in (self.bpf.detach_uprobe, self.bpf.detach_uretprobe):
-                    try:
-                        f(name=p, sym=s)
-                    except Exception:  # noqa: BLE001 - not attached this round
-                        pass
+        for p, sym, addr in self.attached:
+            where = {"sym": sym.encode()} if sym else {"addr": addr}
+            for f in (self.bpf.detach_uprobe, self.bpf.detach_uretprobe):
+                try:
+                    f(name=p.encode(), **where)
+                except Exception:  # noqa: BLE001 - best effort
+                    pass
+        self.attached = []
+
+
+def set_mode(tracer: SocketTracer, empty: dict[str, EmptyProbes], mode: str) -> None:
+    """TLS probes as `mode` says (the socket probes stay): bpf/tls.c's at the public
+    symbols or where TlsAttacher puts them, empty programs at either, or none."""
+    tracer.tls.detach_all()
+    if mode.startswith("traced"):
+        tracer.tls.inner = mode == "traced"
+        tracer.tls.reattach_all()
+        tracer.tls.inner = True
+    elif mode.startswith("empty"):
+        empty[mode].attach()
 
 
 def build(tmp: str) -> tuple[str, str, str]:
@@ -186,11 +228,11 @@ def main_go(args: argparse.Namespace) -> None:
         with SocketTracer(ProbeConfig(ports={GO_PORT}, tls=True)) as tracer:
             drain = Drainer(tracer)
             drain.start()
-            res: dict[str, list[tuple[float, ...]]] = {m: [] for m in MODES}
+            res: dict[str, list[tuple[float, ...]]] = {m: [] for m in GO_MODES}
             plaintext = 0
             empty = GoEmptyProbes(binary)
             for _ in range(args.rounds):
-                for mode in MODES:
+                for mode in GO_MODES:
                     before = tracer.tls_stats().get("tls_plaintext_events", 0)
                     res[mode].append(go_round(tracer, drain, binary, mode, empty,
                                               args.iterations, args.size, cert, key))
@@ -200,10 +242,16 @@ def main_go(args: argparse.Namespace) -> None:
             drain.stop = True
             drain.join()
             drops = tracer.drops()
-    report(args, res, plaintext, drops, "Go crypto/tls uprobes", "ns/call (process)")
+    report(args, res, plaintext, drops, "Go crypto/tls uprobes", "ns/call (process)",
+           [("added by zerotrace", "traced", "untraced"),
+            ("of which the traps", "empty uprobes", "untraced"),
+            ("zerotrace's own", "traced", "empty uprobes")])
 
 
-NGINX_MODES = ("no agent", "socket probes only", "empty uprobes", "traced")
+GO_MODES = ("untraced", "empty uprobes", "traced")
+
+
+NGINX_MODES = ("no agent", "socket probes only") + MODES[1:]
 
 
 def _cpu_s(pid: int) -> float:
@@ -260,16 +308,18 @@ def main_nginx(args: argparse.Namespace) -> None:
                 drain.start()
                 # the libraries nginx and wrk map (others' processes may have gone,
                 # and their /proc/PID/root paths with them)
-                empty = EmptyProbes([lib.path for lib in tracer.tls.libraries.values()
-                                     if lib.symbols and not lib.static
-                                     and not lib.path.startswith("/proc/")])
+                paths = [lib.path for lib in tracer.tls.libraries.values()
+                         if lib.symbols and not lib.static and not lib.path.startswith("/proc/")]
+                empty = {"empty, public symbols": EmptyProbes(EmptyProbes.public(paths)),
+                         "empty, same sites": EmptyProbes(EmptyProbes.same_sites(paths))}
                 res: dict[str, list[float]] = {m: [] for m in NGINX_MODES}
                 # CPU us per request of nginx + wrk: less at the mercy of other jobs'
                 # load than requests/s (which also counts time waiting for a CPU)
                 cpu: dict[str, list[float]] = {m: [] for m in NGINX_MODES}
+                side: dict[str, list[tuple[float, float]]] = {m: [] for m in NGINX_MODES}
                 nginx_pid = int(open(pidfile).read())
                 plain: list[float] = []
-                traps: list[float] = []
+                traps: dict[str, list[dict[str, float]]] = {m: [] for m in empty}
                 on = True
                 for _ in range(args.rounds):
                     for mode in NGINX_MODES:
@@ -280,13 +330,10 @@ def main_nginx(args: argparse.Namespace) -> None:
                             if mode != "no agent":
                                 tracer.resume()
                                 on = True
-                                if mode != "traced":
-                                    tracer.tls.detach_all()
-                            if mode == "empty uprobes":
-                                empty.attach()
+                                set_mode(tracer, empty, mode)
                         before = tracer.tls_stats().get("tls_plaintext_events", 0)
-                        cpu0 = _cpu_s(nginx_pid) + _children_cpu_s()
-                        traps0 = empty.traps()
+                        n0, w0 = _cpu_s(nginx_pid), _children_cpu_s()
+                        traps0 = {m: e.traps() for m, e in empty.items()}
                         out = subprocess.run(
                             net.hosts[0].cmd("wrk", "-t1", f"-c{args.connections}",
                                              f"-d{args.duration}s", url),
@@ -294,14 +341,19 @@ def main_nginx(args: argparse.Namespace) -> None:
                         rps = float(out.split("Requests/sec:")[1].split()[0])
                         reqs = int(out.split(" requests in ")[0].split()[-1])
                         res[mode].append(rps)
-                        used = _cpu_s(nginx_pid) + _children_cpu_s() - cpu0
-                        cpu[mode].append(used * 1e6 / max(1, reqs))
+                        n_us = (_cpu_s(nginx_pid) - n0) * 1e6 / max(1, reqs)
+                        w_us = (_children_cpu_s() - w0) * 1e6 / max(1, reqs)
+                        cpu[mode].append(n_us + w_us)
+                        side[mode].append((n_us, w_us))
                         with drain.lock:
-                            empty.detach()
-                        if mode == "empty uprobes":
-                            traps.append((empty.traps() - traps0) / max(1, reqs))
+                            for e in empty.values():
+                                e.detach()
+                        if mode in empty:  # hits per request by process
+                            now = empty[mode].traps()
+                            traps[mode].append({k: (v - traps0[mode].get(k, 0)) / max(1, reqs)
+                                                for k, v in now.items()})
                         time.sleep(0.3)
-                        if mode == "traced":  # 2 plaintext events a request, each end
+                        if mode.startswith("traced"):  # 2 plaintext events a request, each end
                             seen = tracer.tls_stats().get("tls_plaintext_events", 0) - before
                             plain.append(seen / max(1, reqs))
                         print(f"  {mode:20} {rps:9.0f} req/s {cpu[mode][-1]:7.1f} us CPU/req",
@@ -317,23 +369,28 @@ def main_nginx(args: argparse.Namespace) -> None:
     print(f"# wrk -t1 -c{args.connections} -d{args.duration}s -> nginx over TLS (612 B), "
           f"{args.rounds} rounds, load {load:.1f}")
     for m in NGINX_MODES:
-        print(f"{m:20} {med[m]:9.0f} req/s  rounds: " + " ".join(f"{x:.0f}" for x in res[m]))
+        print(f"{m:22} {med[m]:9.0f} req/s  rounds: " + " ".join(f"{x:.0f}" for x in res[m]))
     base = med["no agent"]
     for m in NGINX_MODES[1:]:
         print(f"ratio {m} / no agent: {med[m] / base:.3f}")
     cmed = {m: statistics.median(v) for m, v in cpu.items()}
     for m in NGINX_MODES:
-        print(f"{m:20} {cmed[m]:7.1f} us CPU (nginx + wrk) per request  rounds: " +
+        ng = statistics.median(x[0] for x in side[m])
+        wk = statistics.median(x[1] for x in side[m])
+        print(f"{m:22} {cmed[m]:7.1f} us CPU (nginx + wrk) per request (nginx {ng:.1f}, "
+              f"wrk {wk:.1f}; min {min(cpu[m]):.1f})  rounds: " +
               " ".join(f"{x:.0f}" for x in cpu[m]))
-    print(f"throughput ratio from CPU per request (traced / no agent): "
-          f"{cmed['no agent'] / cmed['traced']:.3f}; empty uprobes: "
-          f"{cmed['no agent'] / cmed['empty uprobes']:.3f}")
+    for m in NGINX_MODES[1:]:
+        print(f"throughput ratio from CPU per request, {m} / no agent: "
+              f"{cmed['no agent'] / cmed[m]:.3f} (best rounds "
+              f"{min(cpu['no agent']) / min(cpu[m]):.3f})")
     if plain:
         print(f"plaintext events per request in traced rounds: {statistics.median(plain):.2f}"
               " (4 expected: request and response, at each end)")
-    if traps:
-        print(f"uprobe hits per request (SSL_read/SSL_write entry + return, nginx + wrk): "
-              f"{statistics.median(traps):.2f}")
+    for m, rounds in traps.items():
+        names = sorted({k for r in rounds for k in r})
+        print(f"uprobe hits per request, {m} (entry + return): " + ", ".join(
+            f"{k} {statistics.median(r.get(k, 0) for r in rounds):.2f}" for k in names))
 
 
 def main() -> None:
@@ -361,46 +418,57 @@ def main() -> None:
             drain.start()
             res: dict[str, list[tuple[float, ...]]] = {m: [] for m in MODES}
             plaintext = 0
-            empty = EmptyProbes([lib.path for lib in tracer.tls.libraries.values()
-                                 if lib.symbols])
+            paths = [lib.path for lib in tracer.tls.libraries.values()
+                     if lib.symbols and not lib.path.startswith("/proc/")]
+            empty = {"empty, public symbols": EmptyProbes(EmptyProbes.public(paths)),
+                     "empty, same sites": EmptyProbes(EmptyProbes.same_sites(paths))}
+            traps: dict[str, list[float]] = {m: [] for m in empty}
             for _ in range(args.rounds):
                 for mode in MODES:
-                    if mode == "traced":
-                        tracer.tls.reattach_all()
-                    else:
-                        tracer.tls.detach_all()
-                    if mode == "empty uprobes":
-                        empty.attach()
+                    with drain.lock:
+                        set_mode(tracer, empty, mode)
                     before = tracer.tls_stats().get("tls_plaintext_events", 0)
+                    t0 = {m: sum(e.traps().values()) for m, e in empty.items()}
                     res[mode].append(run_loop(exe, cert, key, args.iterations, args.size))
-                    empty.detach()
+                    with drain.lock:
+                        for e in empty.values():
+                            e.detach()
+                    if mode in empty:  # hits per SSL call (4 a round trip)
+                        traps[mode].append((sum(empty[mode].traps().values()) - t0[mode])
+                                           / (4 * args.iterations))
                     time.sleep(0.3)  # the drainer catches up
-                    if mode == "traced":
+                    if mode.startswith("traced"):
                         plaintext += tracer.tls_stats().get("tls_plaintext_events", 0) - before
+            for m, v in traps.items():
+                print(f"uprobe hits per SSL call, {m}: {statistics.median(v):.2f}")
             drain.stop = True
             drain.join()
             drops = tracer.drops()
-    report(args, res, plaintext, drops, "TLS uprobes", "")
+    report(args, res, plaintext, drops, "TLS uprobes", "",
+           [("added by zerotrace", "traced", "untraced"),
+            ("of which the traps", "empty, same sites", "untraced"),
+            ("zerotrace's own", "traced", "empty, same sites"),
+            ("before: added", "traced, public symbols", "untraced"),
+            ("before: the traps", "empty, public symbols", "untraced"),
+            ("before: own", "traced, public symbols", "empty, public symbols")])
 
 
 def report(args: argparse.Namespace, res: dict, plaintext: int, drops: dict, what: str,
-           note: str) -> None:
+           note: str, diffs: list[tuple[str, str, str]]) -> None:
     load = os.getloadavg()[0]
     med = {m: [statistics.median(r[i] for r in rs) for i in range(3)] for m, rs in res.items()}
     print(f"# {what}, {args.rounds} rounds x {args.iterations} round trips of "
           f"{args.size} B, load {load:.1f} {note}")
-    print(f"{'':15} {'client ns/call':>15} {'server ns/call':>15} {'wall ns/rtt':>12}")
-    for m in MODES:
-        print(f"{m:15} {med[m][0]:15.0f} {med[m][1]:15.0f} {med[m][2]:12.0f}")
-    for name, a, b in (("added by zerotrace", "traced", "untraced"),
-                       ("of which the traps", "empty uprobes", "untraced"),
-                       ("zerotrace's own", "traced", "empty uprobes")):
+    print(f"{'':22} {'client ns/call':>15} {'server ns/call':>15} {'wall ns/rtt':>12}")
+    for m in res:
+        print(f"{m:22} {med[m][0]:15.0f} {med[m][1]:15.0f} {med[m][2]:12.0f}")
+    for name, a, b in diffs:
         d = [med[a][i] - med[b][i] for i in range(3)]
-        print(f"{name:18} {d[0]:12.0f} {d[1]:15.0f} {d[2]:12.0f}")
-    for m in MODES:  # the spread says how much the medians can be trusted
-        print(f"  {m:15} client ns/call by round: " +
+        print(f"{name:22} {d[0]:15.0f} {d[1]:15.0f} {d[2]:12.0f}")
+    for m in res:  # the spread says how much the medians can be trusted
+        print(f"  {m:22} client ns/call by round: " +
               " ".join(f"{r[0]:.0f}" for r in res[m]) + f"  (min {min(r[0] for r in res[m]):.0f})")
-    expected = 4 * args.iterations * args.rounds
+    expected = 4 * args.iterations * args.rounds * sum(m.startswith("traced") for m in res)
     print(f"plaintext events seen in traced rounds: {plaintext} (expected {expected}); "
           f"kernel drops: {drops}")
 

@@ -1,5 +1,8 @@
 /* TLS plaintext of dynamically linked OpenSSL 1.1/3 (libssl.so): uprobes on SSL_write,
- * SSL_write_ex, SSL_read, SSL_read_ex and SSL_do_handshake (entry and return).
+ * SSL_write_ex, SSL_read, SSL_read_ex and SSL_do_handshake (entry and return), or, for
+ * read and write, on the internal function each pair of wrappers calls when the agent
+ * proved it (agent/probes/tls.py inner_functions: an instruction the kernel emulates,
+ * ~10x cheaper a hit on a VM than one it single-steps).
  *
  * The socket is not read from the SSL object (its layout changes between OpenSSL
  * versions): while a thread is inside an SSL call, a program on the data syscalls'
@@ -298,7 +301,9 @@ static __always_inline int zt_tls_exit(struct pt_regs *ctx)
     int rc = (int)PT_REGS_RC(ctx);
     __u64 len = 0;
     if (c.ex) {
-        if (rc != 1)
+        /* SSL_*_ex: 1 or 0; the internal function both wrappers call (agent/probes/
+         * tls.py INNER), also probed with the _ex programs: > 0 on success */
+        if (rc <= 0)
             return 0;
         bpf_probe_read_user(&len, sizeof(len), (void *)c.outlen);
     } else {

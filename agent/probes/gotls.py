@@ -167,6 +167,15 @@ def parse_version(v: str) -> tuple[int, int]:
 def ret_offsets(code: bytes, addr: int) -> list[int]:
     """Offsets of the RET instructions in a function's machine code (x86-64), by a
     linear sweep with a real decoder: capstone when installed, else objdump."""
+    return [at - addr for at, mnemonic, _ops in decode(code, addr)
+            if mnemonic in ("ret", "retq")]
+
+
+def decode(code: bytes, addr: int) -> list[tuple[int, str, str]]:
+    """(address, mnemonic, operands) of every instruction of `code` (x86-64) linked at
+    `addr`, by a linear sweep: capstone when installed, else binutils' objdump (direct
+    branch targets come as "0x..." in the operands with either).  Raises GoTlsError
+    when neither decoder is there or the sweep does not reach the end cleanly."""
     try:
         import capstone  # type: ignore[import-not-found]
     except ImportError:
@@ -175,19 +184,18 @@ def ret_offsets(code: bytes, addr: int) -> list[int]:
         md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
         out, end = [], 0
         for insn in md.disasm(code, addr):
-            if insn.mnemonic in ("ret", "retq"):
-                out.append(insn.address - addr)
+            out.append((insn.address, insn.mnemonic, insn.op_str))
             end = insn.address + insn.size - addr
         if end != len(code):
             raise GoTlsError(f"capstone stopped at +{end:#x} of {len(code):#x}")
         return out
-    return _ret_offsets_objdump(code, addr)
+    return _decode_objdump(code, addr)
 
 
 _OBJDUMP_LINE = re.compile(r"^\s*([0-9a-f]+):\s+(\S.*)$")
 
 
-def _ret_offsets_objdump(code: bytes, addr: int) -> list[int]:
+def _decode_objdump(code: bytes, addr: int) -> list[tuple[int, str, str]]:
     objdump = shutil.which("objdump")
     if objdump is None:
         raise GoTlsError("no x86-64 decoder: install capstone (Python) or binutils")
@@ -201,19 +209,17 @@ def _ret_offsets_objdump(code: bytes, addr: int) -> list[int]:
                            capture_output=True, text=True, timeout=60)
     if r.returncode != 0:
         raise GoTlsError(f"objdump failed: {r.stderr.strip()[:200]}")
-    out, seen = [], 0
+    out = []
     for line in r.stdout.splitlines():
         m = _OBJDUMP_LINE.match(line)
         if not m:
             continue
         at = int(m.group(1), 16)
-        mnemonic = m.group(2).split()[0]
-        seen += 1
-        if mnemonic in ("ret", "retq"):
-            out.append(at - addr)
+        mnemonic, _, ops = m.group(2).partition(" ")
         if mnemonic == "(bad)":
             raise GoTlsError(f"objdump could not decode +{at - addr:#x}")
-    if not seen:
+        out.append((at, mnemonic, ops.strip()))
+    if not out:
         raise GoTlsError("objdump decoded nothing")
     return out
 

@@ -170,6 +170,126 @@ def static_ssl_symbols(path: str) -> set[str]:
 _ELF64_SYM = struct.Struct("<IBBHQQ")
 
 
+# OpenSSL >= 1.1.1: SSL_read and SSL_read_ex are thin wrappers over one internal
+# function, ssl_read_internal(s, buf, num, size_t *readbytes) (>0: success, the bytes in
+# *readbytes), and SSL_write/SSL_write_ex over ssl_write_internal, same shape.  Their
+# probes go there when the code says so (inner_functions): one pair of probes instead
+# of two, and, what matters most, on an instruction the kernel emulates.  A uprobe on
+# an instruction it cannot emulate (SSL_read's first, `sub $0x18,%rsp`) single-steps
+# it out of line: a debug trap, which a hypervisor intercepts (KVM always does, #DB):
+# ~12 us a hit on the development VM against ~1-2 us for an emulated `push` (the
+# internal functions' first instruction), docs/tls.md "Cost".
+INNER = {"read": ("SSL_read_ex", "SSL_read"), "write": ("SSL_write_ex", "SSL_write")}
+INNER_PROGRAM = {"read": "zt_ssl_read_ex", "write": "zt_ssl_write_ex"}
+_EM_X86_64 = 62
+
+
+def _wrapped_target(code: bytes, addr: int) -> int | None:
+    """The direct target of a wrapper that passes its four argument registers on
+    untouched: from the entry only endbr64, push reg and sub $imm,%rsp (none writes
+    rdi, rsi, rdx or rcx), then a direct call or jmp.  None for any other code (a
+    decoder is not needed: anything not in this short list refuses)."""
+    i = 0
+    for _ in range(8):
+        b = code[i:i + 7]
+        if len(b) < 5:
+            return None
+        if b[:4] == b"\xf3\x0f\x1e\xfa":               # endbr64
+            i += 4
+        elif b[:3] == b"\x48\x83\xec":                  # sub $imm8,%rsp
+            i += 4
+        elif b[:3] == b"\x48\x81\xec":                  # sub $imm32,%rsp
+            i += 7
+        elif 0x50 <= b[0] <= 0x57:                       # push %rax..%rdi
+            i += 1
+        elif b[0] == 0x41 and 0x50 <= b[1] <= 0x57:      # push %r8..%r15
+            i += 2
+        elif b[0] in (0xE8, 0xE9):                       # call/jmp rel32
+            return addr + i + 5 + int.from_bytes(b[1:5], "little", signed=True)
+        else:
+            return None
+    return None
+
+
+def _elf_functions(path: str, names: set[str]) -> tuple[dict[str, tuple[int, int]], list]:
+    """({name: (address, size)} of the defined functions among names, from .symtab
+    then .dynsym; the executable sections as (start, end, name)).  Empty for an ELF
+    file that is not x86-64."""
+    from elftools.elf.elffile import ELFFile
+
+    with open(path, "rb") as f:
+        elf = ELFFile(f)
+        if elf.elfclass != 64 or not elf.little_endian or elf["e_machine"] != "EM_X86_64":
+            return {}, []
+        found: dict[str, tuple[int, int]] = {}
+        for tab_name in (".symtab", ".dynsym"):
+            tab = elf.get_section_by_name(tab_name)
+            if tab is None:
+                continue
+            strtab = elf.get_section(tab["sh_link"]).data()
+            where = {}
+            for name in names - found.keys():
+                at = strtab.find(b"\0" + name.encode() + b"\0")
+                if at >= 0:
+                    where[at + 1] = name
+            data = tab.data()
+            for st_name, info, _o, shndx, value, size in _ELF64_SYM.iter_unpack(
+                    data[:len(data) // 24 * 24]):
+                if st_name in where and shndx and info & 0xF == 2 and value:
+                    found.setdefault(where[st_name], (value, size))
+        execs = [(sec["sh_addr"], sec["sh_addr"] + sec["sh_size"], sec.name)
+                 for sec in elf.iter_sections() if sec["sh_flags"] & 0x4]  # SHF_EXECINSTR
+        return found, execs
+
+
+def inner_functions(path: str) -> dict[str, int]:
+    """{"read": address, "write": address} of the internal functions SSL_*_ex and
+    SSL_* both go through (OpenSSL >= 1.1.1; see INNER), for those the code proves:
+    SSL_read_ex hands its four arguments unchanged to a function in the file's own code
+    (not a PLT stub), and SSL_read calls that same function.  A direction left out
+    keeps its probes on the public symbols (OpenSSL 1.0, BoringSSL, a build where the
+    wrapper does more, no decoder for the check)."""
+    wanted = {n for pair in INNER.values() for n in pair}
+    try:
+        syms, execs = _elf_functions(path, wanted)
+    except Exception:  # noqa: BLE001 - not an ELF file, unreadable: the public symbols
+        return {}
+    out: dict[str, int] = {}
+    for kind, (ex, plain) in INNER.items():
+        if ex not in syms or plain not in syms:
+            continue
+        try:
+            ex_addr, _ = syms[ex]
+            target = _wrapped_target(gotls._code(path, ex_addr, 64), ex_addr)
+            if target is None or target in (syms[ex][0], syms[plain][0]):
+                continue
+            if not any(lo <= target < hi and not name.startswith(".plt")
+                       for lo, hi, name in execs):
+                continue
+            addr, size = syms[plain]
+            if not 0 < size <= 4096:
+                continue
+            calls = [ops for _a, mnemonic, ops in gotls.decode(gotls._code(path, addr, size),
+                                                                addr)
+                     if mnemonic.rstrip("q") in ("call", "jmp")]
+            if not any(ops.split()[0] == f"{target:#x}" for ops in calls if ops):
+                continue
+        except Exception as e:  # noqa: BLE001 - no decoder, odd code: the public symbols
+            log.debug("TLS: %s %s: public symbols (%s)", path, kind, e)
+            continue
+        out[kind] = target
+    return out
+
+
+def first_instruction(path: str, addr: int) -> bytes:
+    """The first bytes at addr (for the log: whether the kernel emulates the probed
+    instruction)."""
+    try:
+        return gotls._code(path, addr, 4)
+    except Exception:  # noqa: BLE001 - for a log line only
+        return b""
+
+
 def kernel_dev(st_dev: int) -> int:
     """A stat() device number in the kernel's internal encoding (MAJOR << 20 | MINOR),
     the one bpf/tls.c's exec hook reads from the superblock."""
@@ -196,6 +316,9 @@ class TlsLibrary:
     static: bool = False  # an executable with OpenSSL/BoringSSL linked in
     shown_as: str = ""    # static: the executable's path as its process names it
     fd: int = -1          # static: a descriptor held on it (path is /proc/<agent>/fd/N)
+    # where the probes are: (symbol, 0) or ("", address of an internal function)
+    sites: list[tuple[str, int]] = field(default_factory=list)
+    inner: dict[str, int] = field(default_factory=dict)  # inner_functions() probed
 
 
 class TlsAttacher:
@@ -218,6 +341,9 @@ class TlsAttacher:
         self.paused = False  # detach_all (benchmarks' untraced rounds): the hook waits
         self.closed = False  # close(): probes detached, the map's module about to go
         self._procs = _ProcessCounters()
+        # probes on OpenSSL's internal read/write functions when proved (INNER); off:
+        # the public symbols (benchmarks compare both)
+        self.inner = os.environ.get(INNER_ENV, "1") != "0"
         if os.environ.get(EXEC_ENV, "1") != "0":
             try:
                 self.exec_hook = ExecHook(self)
@@ -246,32 +372,58 @@ class TlsAttacher:
 
     def _attach(self, lib: TlsLibrary) -> None:
         name = lib.path.encode()
-        done: list[str] = []
+        inner = inner_functions(lib.path) if self.inner else {}
+        # (symbol, address, entry program, optional): the internal function of a
+        # direction when proved, else its public symbols (1.0.x has no _ex)
+        plan: list[tuple[str, int, str, bool]] = []
+        for kind, (ex, plain) in INNER.items():
+            if kind in inner:
+                plan.append(("", inner[kind], INNER_PROGRAM[kind], False))
+            else:
+                plan += [(plain, 0, SSL_SYMBOLS[plain], False), (ex, 0, SSL_SYMBOLS[ex], True)]
+        plan.append(("SSL_do_handshake", 0, SSL_SYMBOLS["SSL_do_handshake"], False))
+        done: list[tuple[str, int]] = []
         try:
-            for sym, fn in SSL_SYMBOLS.items():
+            for sym, addr, fn, optional in plan:
+                where = {"sym": sym.encode()} if sym else {"addr": addr}
                 try:
-                    self.bpf.attach_uprobe(name=name, sym=sym.encode(), fn_name=fn.encode())
-                except Exception:  # bcc raises bare Exception: symbol absent (1.0.x has no _ex)
-                    if sym.endswith("_ex"):
+                    self.bpf.attach_uprobe(name=name, fn_name=fn.encode(), **where)
+                except Exception:  # bcc raises bare Exception: symbol absent
+                    if optional:
                         continue
                     raise
                 try:
-                    self.bpf.attach_uretprobe(name=name, sym=sym.encode(),
-                                              fn_name=RETURN_PROGRAM.encode())
+                    self.bpf.attach_uretprobe(name=name, fn_name=RETURN_PROGRAM.encode(),
+                                              **where)
                 except Exception:
-                    self.bpf.detach_uprobe(name=name, sym=sym.encode())
+                    self.bpf.detach_uprobe(name=name, **where)
                     raise
-                done.append(sym)
+                done.append((sym, addr))
         except Exception as e:  # all or none: an entry without its return leaks state
-            for sym in done:
-                self.bpf.detach_uprobe(name=name, sym=sym.encode())
-                self.bpf.detach_uretprobe(name=name, sym=sym.encode())
+            self._detach_sites(name, done)
             lib.error = str(e).splitlines()[0] if str(e) else type(e).__name__
             log.warning("TLS: %s not followed: %s", lib.path, lib.error)
             return
-        lib.symbols = done
+        lib.sites = done
+        lib.inner = inner
+        # the public functions followed (SSL_read_ex through the internal function
+        # only when the file has it: inner_functions checked both names)
+        lib.symbols = [s for s in SSL_SYMBOLS
+                       if any(s == sym for sym, _a in done)
+                       or any(s in INNER[k] for k in inner)]
+        kinds = {a: k for k, a in inner.items()}
         log.info("TLS: uprobes on %s%s (%s)", lib.shown_as or lib.path,
-                 " (OpenSSL linked in)" if lib.static else "", ", ".join(done))
+                 " (OpenSSL linked in)" if lib.static else "",
+                 ", ".join(sym or f"internal {kinds[a]} at {a:#x}" for sym, a in done))
+
+    def _detach_sites(self, name: bytes, sites: list[tuple[str, int]]) -> None:
+        for sym, addr in sites:
+            where = {"sym": sym.encode()} if sym else {"addr": addr}
+            for detach in (self.bpf.detach_uprobe, self.bpf.detach_uretprobe):
+                try:
+                    detach(name=name, **where)
+                except Exception:  # noqa: BLE001 - best effort at shutdown
+                    pass
 
     def attach_exe(self, pid: int) -> TlsLibrary | None:
         """Probe process pid's executable when it defines SSL_read/SSL_write itself
@@ -417,14 +569,8 @@ class TlsAttacher:
     def _detach_all(self) -> None:
         self.paused = True
         for lib in self.libraries.values():
-            name = lib.path.encode()
-            for sym in lib.symbols:
-                for detach in (self.bpf.detach_uprobe, self.bpf.detach_uretprobe):
-                    try:
-                        detach(name=name, sym=sym.encode())
-                    except Exception:  # noqa: BLE001 - best effort at shutdown
-                        pass
-            lib.symbols = []
+            self._detach_sites(lib.path.encode(), lib.sites)
+            lib.symbols, lib.sites = [], []
         self.go.detach_all()
 
 
@@ -515,6 +661,7 @@ class TlsStream:
 # -- the exec hook (bpf/tls.c zt_tls_exec) ---------------------------------------------
 HOLD_ENV = "ZEROTRACE_TLS_HOLD"  # "1": stop a new executable until probed (default off)
 EXEC_ENV = "ZEROTRACE_TLS_EXEC"  # "0": no exec hook (the 2 s scan alone)
+INNER_ENV = "ZEROTRACE_TLS_INNER"  # "0": OpenSSL probes on the public symbols only
 HOLD_MAX_S = 5.0  # a held process is continued after this even if the look goes on
 _EXEC_EVENT = struct.Struct("<QIIBB6x")  # struct zt_exec_event: ino, dev, pid, held, go
 # struct zt_exec_cfg's offsets: field -> (struct, member path) in the kernel's BTF

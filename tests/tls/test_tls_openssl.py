@@ -17,6 +17,7 @@ import time
 import pytest
 
 from agent.pipeline import Pipeline
+from agent.probes import tls
 from agent.probes.loader import ProbeConfig, SocketTracer
 from proto.span import KIND_CLIENT, KIND_SERVER
 from tests.e2e.conftest import PY, of, run_client, wait_tcp
@@ -138,6 +139,66 @@ def test_libssl_found(world):
     assert {"SSL_read", "SSL_write"} <= set(libs[0].symbols)
     # nginx, running before the tracer, was found mapping one of them
     assert any(nginx_pid in lib.pids for lib in libs)
+    # Debian 12's OpenSSL 3.0: read and write are probed on the internal functions the
+    # wrappers call (agent/probes/tls.py INNER), each the target of a call in both
+    # SSL_read and SSL_read_ex (SSL_write, SSL_write_ex) by objdump's own reading of
+    # the file, and starting with a push (an instruction the kernel emulates)
+    system = next(lib for lib in libs if lib.path == os.path.realpath(tls.system_libssl()[0]))
+    assert set(system.inner) == {"read", "write"}, system.sites
+    for kind, (ex, plain) in tls.INNER.items():
+        addr = system.inner[kind]
+        assert ("", addr) in system.sites
+        assert not {plain, ex} & {sym for sym, _a in system.sites}  # not probed twice
+        for sym in (ex, plain):
+            assert addr in call_targets(system.path, sym), (kind, sym, hex(addr))
+        first = tls.first_instruction(system.path, addr)
+        assert 0x50 <= first[0] <= 0x57 or (first[0] == 0x41 and 0x50 <= first[1] <= 0x57), first
+
+
+def call_targets(path: str, sym: str) -> set[int]:
+    """The direct call/jmp targets in function sym of path, by objdump."""
+    out = subprocess.run(["objdump", "-d", f"--disassemble={sym}", path], check=True,
+                         capture_output=True, text=True).stdout
+    got = set()
+    for line in out.splitlines():
+        parts = line.split("\t")
+        if len(parts) >= 3 and parts[2].split()[:1] in (["call"], ["jmp"]):
+            target = parts[2].split()[1]
+            if all(c in "0123456789abcdef" for c in target):
+                got.add(int(target, 16))
+    return got
+
+
+def test_public_symbols_fallback(world):
+    """With the internal functions off (what an OpenSSL build the check refuses gets),
+    the public symbols' probes give the same spans, linked."""
+    net, tracer, _, _ = world
+    cli, srv = net.hosts[CLIENT], net.hosts[SERVER]
+    tracer.tls.detach_all()
+    tracer.tls.inner = False
+    try:
+        tracer.tls.reattach_all()
+        system = next(lib for lib in tracer.tls.libraries.values()
+                      if lib.path == os.path.realpath(tls.system_libssl()[0]))
+        assert not system.inner and {("SSL_read", 0), ("SSL_write_ex", 0)} <= set(system.sites)
+
+        def both():
+            return (curl(cli, f"https://{srv.addr}:{NGINX_TLS}/file.txt").stdout,
+                    run_client(cli, PY, os.path.join(PROGRAMS, "https_client.py"), "https",
+                               srv.addr, str(PY_TLS), "/echo?n=2000").stdout)
+
+        def want(ss):
+            return all(len(x) >= 1 for port in (NGINX_TLS, PY_TLS) for x in pairs_of(ss, port))
+
+        (code, _py), spans, traced = capture(tracer, both, want)
+        assert code == "200"
+        for port in (NGINX_TLS, PY_TLS):  # curl/nginx: SSL_read/SSL_write; Python: _ex
+            (c,), (s,) = pairs_of(spans, port)
+            assert_linked(c, s, traced)
+    finally:
+        tracer.tls.detach_all()
+        tracer.tls.inner = True
+        tracer.tls.reattach_all()
 
 
 @pytest.mark.parametrize("path,code", [("/file.txt", "200"), ("/big.bin", "200"),
