@@ -99,17 +99,58 @@ static __always_inline int zt_netns_marked(__u32 netns)
     return mark_netns.lookup(&netns) != 0;
 }
 
-static __always_inline int zt_mark_seq(__u64 sk, __u32 tgid, __u8 role)
+/* A marked socket's ports and netns; 0 when it is no TCP socket (IPv4 or IPv6: a
+ * dual-stack socket, Go's listeners, nginx's [::], carries IPv4 packets under an
+ * AF_INET6 family, and its seqs are keyed the same).  skc_dport, skc_num, skc_family
+ * and skc_net lie within 64 bytes of each other in struct sock_common (BTF says where):
+ * one kernel read of that span instead of four (a read is ~25-30 ns, most of a mark's
+ * cost; bench/bench_tc.py's marks part).  sock.h's field-by-field reads otherwise. */
+#if OFF_SK_DPORT < OFF_SK_NUM && OFF_SK_NUM < OFF_SK_FAMILY && \
+    OFF_SK_FAMILY < OFF_SK_NET && OFF_SK_NET + 8 - OFF_SK_DPORT <= 64
+static __always_inline int zt_tcp_sock(__u64 sk, __u16 *lport, __u16 *rport, __u32 *netns)
+{
+    __u8 b[OFF_SK_NET + 8 - OFF_SK_DPORT];
+    __u16 fam = 0, proto = 0, num = 0, dport = 0;
+    void *net = 0;
+    __u32 inum = 0;
+    if (bpf_probe_read_kernel(b, sizeof(b), (char *)sk + OFF_SK_DPORT) != 0)
+        return 0;
+    __builtin_memcpy(&fam, b + (OFF_SK_FAMILY - OFF_SK_DPORT), sizeof(fam));
+    if (fam != ZT_AF_INET && fam != ZT_AF_INET6)
+        return 0;
+    ZT_READ(proto, sk, OFF_SK_PROTOCOL);
+    if (proto != ZT_IPPROTO_TCP)
+        return 0;
+    __builtin_memcpy(&num, b + (OFF_SK_NUM - OFF_SK_DPORT), sizeof(num));
+    __builtin_memcpy(&dport, b + 0, sizeof(dport));
+    __builtin_memcpy(&net, b + (OFF_SK_NET - OFF_SK_DPORT), sizeof(net));
+    if (!net)
+        return 0;
+    ZT_READ(inum, net, OFF_NET_NS_INUM);
+    *lport = num;
+    *rport = __builtin_bswap16(dport);
+    *netns = inum;
+    return 1;
+}
+#else
+static __always_inline int zt_tcp_sock(__u64 sk, __u16 *lport, __u16 *rport, __u32 *netns)
 {
     __u8 family = 0, transport = 0;
-    __u16 lport = 0, rport = 0;
-    if (!zt_sock_basics(sk, &family, &transport, &lport, &rport))
+    if (!zt_sock_basics(sk, &family, &transport, lport, rport))
         return 0;
-    /* IPv6 sockets too: their seq is keyed the same, and a dual-stack socket (Go's
-     * listeners, nginx's [::]) carries IPv4 packets under an AF_INET6 family */
     if (transport != ZT_IPPROTO_TCP)
         return 0;
-    __u32 netns = zt_sock_netns(sk);
+    *netns = zt_sock_netns(sk);
+    return 1;
+}
+#endif
+
+static __always_inline int zt_mark_seq(__u64 sk, __u32 tgid, __u8 role)
+{
+    __u16 lport = 0, rport = 0;
+    __u32 netns = 0;
+    if (!zt_tcp_sock(sk, &lport, &rport, &netns))
+        return 0;
     if (!zt_netns_marked(netns))
         return 0;
     __u32 seq = 0;
@@ -229,13 +270,32 @@ static __always_inline __u32 zt_skb_netns(struct __sk_buff *skb)
     return inum;
 }
 
+/* n header bytes at off into buf: straight from the packet when they are in its linear
+ * part (the usual case: a load each, no helper call), else bpf_skb_load_bytes
+ * (headers in paged fragments).  0 when the packet is shorter. */
+#define ZT_HDR(skb, data, data_end, off, buf)                                        \
+    ({                                                                               \
+        int _ok = 0;                                                                 \
+        void *_p = (data) + (off);                                                   \
+        if (_p + sizeof(buf) <= (data_end)) {                                        \
+            __builtin_memcpy((buf), _p, sizeof(buf));                                \
+            _ok = 1;                                                                 \
+        } else {                                                                     \
+            _ok = bpf_skb_load_bytes((skb), (off), (buf), sizeof(buf)) == 0;         \
+        }                                                                            \
+        _ok;                                                                         \
+    })
+
 static __always_inline int zt_tc(struct __sk_buff *skb, int l3off, __u8 direction)
 {
+    void *data = (void *)(long)skb->data;
+    void *data_end = (void *)(long)skb->data_end;
     int l4off, payload;
     __u8 v6;
+    __u8 ip[20]; /* IPv4 header; of IPv6 the first 8 bytes, then both addresses */
+    __u8 ip6[40];
     if (skb->protocol == __builtin_bswap16(ZT_ETH_P_IP)) {
-        __u8 ip[20];
-        if (bpf_skb_load_bytes(skb, l3off, ip, sizeof(ip)) != 0)
+        if (!ZT_HDR(skb, data, data_end, l3off, ip))
             return ZT_TC_ACT_OK;
         if ((ip[0] >> 4) != 4 || ip[9] != ZT_IPPROTO_TCP)
             return ZT_TC_ACT_OK;
@@ -248,8 +308,7 @@ static __always_inline int zt_tc(struct __sk_buff *skb, int l3off, __u8 directio
         payload = ((((int)ip[2] << 8) | ip[3])) - ihl;
         v6 = 0;
     } else if (skb->protocol == __builtin_bswap16(ZT_ETH_P_IPV6)) {
-        __u8 ip6[8];
-        if (bpf_skb_load_bytes(skb, l3off, ip6, sizeof(ip6)) != 0)
+        if (!ZT_HDR(skb, data, data_end, l3off, ip6))
             return ZT_TC_ACT_OK;
         /* TCP right after the fixed header; extension headers (rare on TCP paths:
          * fragments, hop-by-hop options) are not walked, docs/network.md */
@@ -262,7 +321,7 @@ static __always_inline int zt_tc(struct __sk_buff *skb, int l3off, __u8 directio
         return ZT_TC_ACT_OK;
     }
     __u8 tcp[20];
-    if (bpf_skb_load_bytes(skb, l4off, tcp, sizeof(tcp)) != 0)
+    if (l4off > 255 || !ZT_HDR(skb, data, data_end, l4off, tcp))
         return ZT_TC_ACT_OK;
     int doff = (tcp[12] >> 4) * 4;
     payload -= doff;
@@ -283,41 +342,48 @@ static __always_inline int zt_tc(struct __sk_buff *skb, int l3off, __u8 directio
     __u16 dport = ((__u16)tcp[2] << 8) | tcp[3];
     if (sport != m.lport && dport != m.rport && sport != m.rport && dport != m.lport)
         return ZT_TC_ACT_OK;
-    struct zt_hop h = {};
-    h.ts = bpf_ktime_get_ns();
-    h.netns = zt_skb_netns(skb);
-    h.start_ts = m.ts;
-    h.seq = seq;
-    h.ifindex = skb->ifindex;
-    h.writer_netns = m.netns;
-    h.writer_lport = m.lport;
-    h.writer_rport = m.rport;
-    /* addresses read only on a hit: a miss (almost every packet) does not pay */
-    if (v6) {
-        bpf_skb_load_bytes(skb, l3off + 8, h.saddr, 16);
-        bpf_skb_load_bytes(skb, l3off + 24, h.daddr, 16);
-        h.family = 6;
-    } else {
-        bpf_skb_load_bytes(skb, l3off + 12, h.saddr, 4);
-        bpf_skb_load_bytes(skb, l3off + 16, h.daddr, 4);
-        h.family = 4;
-    }
-    h.len = skb->len;
-    h.sport = sport;
-    h.dport = dport;
-    h.payload = payload > 0xffff ? 0xffff : payload;
-    h.direction = direction;
-    h.tcp_flags = tcp[13];
-    h.window = ((__u16)tcp[14] << 8) | tcp[15];
-    h.role = m.role;
-    /* no wake-up: the agent drains on a 50 ms timer, and a hop's record is wanted only
-     * when its trace is emitted (after 0.5 s of quiet), so no IPI per packet */
-    if (hops.ringbuf_output(&h, sizeof(h), BPF_RB_NO_WAKEUP) != 0) {
+    /* written in place in the ring (no stack copy); every byte is set, the reserved
+     * space is not zeroed */
+    struct zt_hop *h = hops.ringbuf_reserve(sizeof(struct zt_hop));
+    if (!h) {
         int zero = 0;
         __u64 *lost = tc_lost.lookup(&zero);
         if (lost)
             *lost += 1;
+        return ZT_TC_ACT_OK;
     }
+    h->ts = bpf_ktime_get_ns();
+    h->netns = zt_skb_netns(skb);
+    h->_pad0 = 0;
+    h->start_ts = m.ts;
+    h->seq = seq;
+    h->ifindex = skb->ifindex;
+    h->writer_netns = m.netns;
+    h->writer_lport = m.lport;
+    h->writer_rport = m.rport;
+    /* addresses from the header already read: a miss (almost every packet) pays none */
+    if (v6) {
+        __builtin_memcpy(h->saddr, ip6 + 8, 16);
+        __builtin_memcpy(h->daddr, ip6 + 24, 16);
+        h->family = 6;
+    } else {
+        __builtin_memset(h->saddr, 0, 16);
+        __builtin_memset(h->daddr, 0, 16);
+        __builtin_memcpy(h->saddr, ip + 12, 4);
+        __builtin_memcpy(h->daddr, ip + 16, 4);
+        h->family = 4;
+    }
+    h->len = skb->len;
+    h->sport = sport;
+    h->dport = dport;
+    h->payload = payload > 0xffff ? 0xffff : payload;
+    h->direction = direction;
+    h->tcp_flags = tcp[13];
+    h->window = ((__u16)tcp[14] << 8) | tcp[15];
+    h->role = m.role;
+    /* no wake-up: the agent drains on a 50 ms timer, and a hop's record is wanted only
+     * when its trace is emitted (after 0.5 s of quiet), so no IPI per packet */
+    hops.ringbuf_submit(h, BPF_RB_NO_WAKEUP);
     return ZT_TC_ACT_OK;
 }
 
