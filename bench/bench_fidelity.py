@@ -1,14 +1,23 @@
 """Trace fidelity on the demo topology under load, traced by the real agent.
 
     sudo .venv/bin/python -m bench.bench_fidelity [--requests 2000] [--rate 200]
-        [--concurrency 8] [--variant go|node]
+        [--concurrency 8] [--variant go|node] [--cpu-budget CORES] [--rounds N]
+        [--python-stitcher]
 
 The topology (agent/demo/topology.py) includes a round trip no parser knows (the api's
 licence check), a multi-round-trip SQL call (the Go inventory's lib/pq query with a
 bound parameter) and a Go-to-Go HTTP call through a pooled http.Client (inventory ->
 pricing).  Prints precision (no wrong parent), span recall, end-to-end completeness
 (every hop of a request in its one trace), spans never produced, per-process stitching
-modes, and the delay from a request's end to its trace leaving the agent."""
+modes, and the delay from a request's end to its trace leaving the agent.
+
+--cpu-budget forces the agent's CPU budget (agent/factory.py Options.cpu_budget, as
+ZEROTRACE_CPU_BUDGET does): a small one makes the agent shed exchanges and whole
+connections (bpf/data.c zt_sample), printed with the figures, so precision can be
+measured under shedding.  --python-stitcher runs the reference stitcher
+(agent/stitch/stitcher.py, the same decisions as the compiled one) and says by which
+rule each wrong link was made, and whether the request whose span went under another
+request's had a span at the parent's hop at all (a server exchange shed)."""
 
 from __future__ import annotations
 
@@ -18,28 +27,74 @@ import threading
 import time
 
 from agent import factory
-from agent.demo.fidelity import GO_HOPS, REQUIRED_HOPS, measure
+from agent.demo.fidelity import GO_HOPS, REQUIRED_HOPS, measure, span_hop, span_nonce
 from agent.demo.topology import DemoTopology
 from agent.probes.loader import ProbeConfig, SocketTracer
+from agent.stitch import stitcher as reference
 from agent.stitch.stitcher import Trace
 
 
-def pipeline_options() -> factory.Options:
+def pipeline_options(cpu_budget: float | None = None) -> factory.Options:
     """The agent's pipeline (agent/factory.py) without tags, export or metrics: shedding
     and skip hints as the agent has them (ZEROTRACE_SHEDDING, ZEROTRACE_SKIP_HINTS);
-    exchanges shed on purpose are reported with the figures."""
-    return factory.Options()
+    exchanges shed on purpose are reported with the figures.  cpu_budget: cores the
+    agent may use before it sheds (None: ZEROTRACE_CPU_BUDGET or the agent's default)."""
+    return factory.Options(cpu_budget=cpu_budget)
+
+
+class LinkRecorder(reference.Stitcher):
+    """The reference stitcher, remembering how each span got its parent (span id ->
+    rule), so a wrong link can be put on the rule that made it."""
+
+    def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003 - Stitcher's
+        super().__init__(*args, **kwargs)
+        self.how: dict[str, str] = {}
+
+    def _link(self, item, parent, how: str) -> bool:  # noqa: ANN001 - Items
+        self.how[item.span.span_id] = how
+        return super()._link(item, parent, how)
+
+    def _decide_remote(self, item, now: int) -> bool:  # noqa: ANN001 - an Item
+        done = super()._decide_remote(item, now)
+        if item.parent is not None:
+            self.how[item.span.span_id] = item.link
+        return done
+
+
+def explain_wrong(report, spans: list, how: dict[str, str], index: dict) -> list[str]:
+    """One line per kind of wrong link: the rule that made it, the hops, and whether
+    the child's own request had a span of the parent's kind in the parent's process
+    (none: that exchange was shed or lost, so the thread's history lacked its read)."""
+    have: set[tuple[int, str, str]] = set()  # (pid, kind, nonce) of every span
+    for s in spans:
+        n = span_nonce(s)
+        if n:
+            have.add((s.pid, s.kind, n))
+    kinds: dict[str, int] = {}
+    for child, parent in report.wrong_edge_spans:
+        mine = span_nonce(child)
+        own = "has" if (parent.pid, parent.kind, mine) in have else "lacks"
+        key = (f"{span_hop(child, index)} <- {span_hop(parent, index)} by "
+               f"{how.get(child.span_id, '?')}; the child's request {own} a "
+               f"{parent.kind} span in that process")
+        kinds[key] = kinds.get(key, 0) + 1
+    return [f"  {n} x {k}" for k, n in sorted(kinds.items(), key=lambda kv: -kv[1])]
 
 
 def run(requests: int, rate: int, concurrency: int, variant: str = "go",
-        warmup: int = 20) -> dict:
+        warmup: int = 20, cpu_budget: float | None = None,
+        python_stitcher: bool = False) -> dict:
     with DemoTopology(variant=variant) as topo:
         index = topo.pod_index()
         hops = topo.required_hops
         cfg = ProbeConfig(netns={p.inode for p in topo.pods.values()})
         with SocketTracer(cfg) as tracer:
-            opts = pipeline_options()
+            opts = pipeline_options(cpu_budget)
             pipeline = factory.build(opts)
+            if python_stitcher:
+                st = LinkRecorder(pipeline._trace, classifier=pipeline.classifier)
+                st.handoffs = pipeline.handoffs
+                pipeline.stitcher = st  # rewires the assembler to it
             probes = factory.attach(pipeline, tracer, cfg, opts)
             traces: list[Trace] = []
             delays: list[float] = []
@@ -96,7 +151,13 @@ def run(requests: int, rate: int, concurrency: int, variant: str = "go",
         f = measure(truth, measured, pod_index=index, required_hops=REQUIRED_HOPS + extra)
         seen = f.requests - f.failed_requests - f.requests_without_spans
         breakdown.append((name, f.end_to_end or 0.0, f.complete_requests / max(1, seen), seen))
+    why = []
+    if python_stitcher and report.wrong_edge_spans:
+        why = explain_wrong(report, [s for t in measured for s in t],
+                            pipeline.stitcher.how, index)
     return {"report": report, "breakdown": breakdown, "delays": delays[n_warm:], "drops": drops,
+            "why_wrong": why, "keep_ratio": probes.shedder.keep_ratio if probes.shedder else 1.0,
+            "shed_changes": probes.shedder.changes if probes.shedder else 0,
             "process": pipeline.stitcher.process_report(), "stats": pipeline.summary(),
             "agent_cpu_s": cpu[0], "catch_up_s": catch_up, "shed": shed,
             "ok": sum(1 for r in truth if r.status == 200),
@@ -109,11 +170,32 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rate", type=int, default=200)
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--variant", default="go", choices=["go", "node"])
+    ap.add_argument("--cpu-budget", type=float, default=None,
+                    help="cores the agent may use before it sheds (default: "
+                         "ZEROTRACE_CPU_BUDGET or the agent's 0.5); small forces shedding")
+    ap.add_argument("--rounds", type=int, default=1, help="runs, each a fresh topology")
+    ap.add_argument("--python-stitcher", action="store_true",
+                    help="the reference stitcher, with the rule behind each wrong link")
     args = ap.parse_args(argv or [])
-    r = run(args.requests, args.rate, args.concurrency, args.variant)
-    print(f"# fidelity: demo topology ({args.variant}), {r['sent']} requests at {args.rate}/s, "
-          f"{args.concurrency} clients; {r['ok']} answered 200")
+    for i in range(args.rounds):
+        one_round(args, i)
+
+
+def one_round(args: argparse.Namespace, i: int) -> None:
+    r = run(args.requests, args.rate, args.concurrency, args.variant,
+            cpu_budget=args.cpu_budget, python_stitcher=args.python_stitcher)
+    budget = "default" if args.cpu_budget is None else f"{args.cpu_budget:g} cores"
+    print(f"# fidelity round {i + 1}: demo topology ({args.variant}), {r['sent']} requests at "
+          f"{args.rate}/s, {args.concurrency} clients; {r['ok']} answered 200; CPU budget "
+          f"{budget}")
+    shed = r["shed"]
+    print(f"shedding: {shed.get('shed_exchanges', 0)} exchanges and "
+          f"{shed.get('shed_connections', 0)} connections left out; keep rate changed "
+          f"{r['shed_changes']} times, ended at {100 * r['keep_ratio']:.1f} %")
     print(r["report"].text())
+    if r["why_wrong"]:
+        print("wrong links by rule (where the wrong request enters):")
+        print("\n".join(r["why_wrong"]))
     for name, e2e, of_seen, seen in r["breakdown"]:
         print(f"end to end, {name}: {100 * e2e:.2f} %; {100 * of_seen:.2f} % of the {seen} "
               f"requests with spans")

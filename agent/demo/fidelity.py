@@ -10,7 +10,9 @@ when exactly one nonce-shaped token appears in its operation or string attribute
   another request's span is wrong even if that span itself sits in the right trace).
   Links of spans carrying no nonce (DNS, mostly) are attributed to their nearest
   nonce-carrying ancestor but counted apart as unverifiable, as are links whose
-  ancestors carry no nonce.
+  ancestors carry no nonce.  Of the wrong links, those whose nearest nonce-carrying
+  ancestor carries another nonce are where the wrong request enters (`wrong_edges`, by
+  `child hop <- parent hop`); the others are their descendants, right in themselves.
 * **Span recall**: of the spans carrying request X's nonce, the share that sits in X's
   trace (the trace holding most of them, rightly placed).
 * **End to end**: a request is complete when its trace holds, rightly placed, a span of
@@ -73,6 +75,10 @@ class Fidelity:
     missing_from_trace: dict[str, int] = field(default_factory=dict)
     required_hops: tuple[str, ...] = REQUIRED_HOPS
     wrong_examples: list[str] = field(default_factory=list)
+    # where a wrong nonce enters a trace: "child hop <- parent hop" -> count, and up to
+    # `max_edges` (child, parent) span pairs for a caller that knows how each was linked
+    wrong_edges: Counter = field(default_factory=Counter)
+    wrong_edge_spans: list[tuple[Span, Span]] = field(default_factory=list)
 
     @property
     def precision(self) -> float | None:
@@ -115,6 +121,9 @@ class Fidelity:
                          + ", ".join(f"{h} {n}" for h, n in missing.items()))
         if self.ambiguous_spans:
             lines.append(f"spans carrying several nonces (unverifiable): {self.ambiguous_spans}")
+        if self.wrong_edges:
+            lines.append("wrong links enter at: " + ", ".join(
+                f"{e} {n}" for e, n in self.wrong_edges.most_common()))
         lines += [f"  wrong: {w}" for w in self.wrong_examples]
         return "\n".join(lines)
 
@@ -164,7 +173,8 @@ def _truth(truth: Iterable[Any]) -> tuple[list[str], set[str]]:
 def measure(truth: Iterable[Any], traces: Iterable[Sequence[Span]],
             pod_index: Mapping[Any, str] | None = None,
             required_hops: Sequence[str] = REQUIRED_HOPS,
-            pattern: re.Pattern = NONCE_RE, max_examples: int = 5) -> Fidelity:
+            pattern: re.Pattern = NONCE_RE, max_examples: int = 5,
+            max_edges: int = 200) -> Fidelity:
     """Measure `traces` (lists of spans) against `truth` (nonces, or load results
     `(nonce, start_ns, end_ns, status)`; requests not answered 200 are left out of recall)."""
     nonces, failed = _truth(truth)
@@ -197,8 +207,15 @@ def measure(truth: Iterable[Any], traces: Iterable[Sequence[Span]],
                     f.links_right += 1
                 else:
                     f.links_wrong += 1
-                    if len(f.wrong_examples) < max_examples:
-                        p = by_id[s.parent_span_id]
+                    p = by_id[s.parent_span_id]
+                    if nearest != mine:  # the wrong request enters here
+                        f.wrong_edges[f"{span_hop(s, pod_index)} <- "
+                                      f"{span_hop(p, pod_index)}"] += 1
+                        if len(f.wrong_edge_spans) < max_edges:
+                            f.wrong_edge_spans.append((s, p))
+                    # examples where the wrong request enters; its descendants'
+                    # links are right in themselves and would only repeat it
+                    if nearest != mine and len(f.wrong_examples) < max_examples:
                         f.wrong_examples.append(
                             f"{span_hop(s, pod_index)} {s.operation!r} ({mine}) in the trace "
                             f"of {anchor}, parent {span_hop(p, pod_index)} {p.operation!r} "

@@ -1,0 +1,228 @@
+"""Shedding (bpf/data.c zt_sample) and wrong parents.
+
+Under overload the probes leave out whole request/response exchanges, each kept or shed
+by a hash of its request's TCP sequence number, so both ends of one exchange agree, but
+the exchanges of one process are decided independently of each other.  What the
+stitcher then sees of a thread is its history with some reads missing.
+
+Where that is safe (synthetic timelines, both stitchers):
+- a thread per request: a thread whose request was shed writes its calls after the
+  last request it was seen reading has been answered: "context already answered";
+- an event loop whose *client* exchange was shed: the request it resumed is still
+  open on the thread next to others, so only a payload token links.
+
+Where it is not (real probes, real nginx): an event loop reads request A (kept), then
+request B (shed: the stitcher never sees that read), then writes B's upstream call
+(kept: another exchange, another hash).  The thread's last read is A's, A is open and
+nothing else visible is, so the call is linked under A by the plain thread rule: a
+wrong parent.  Measured with bench/bench_fidelity.py --cpu-budget 0.05
+--python-stitcher (2 rounds, 600 requests at 200/s): 16 and 22 wrong links, every one
+`gw/client/http <- gw/server/http` by "thread", every child's request without a gw
+server span.  The stitcher cannot tell this timeline from a right one without being
+told where a shed read was (see the xfail reason).  Here, nginx (one worker, a new
+upstream connection a request, as the demo's gateway) with 60 % of exchanges kept,
+600 requests 4 at a time: 17, 23 and 23 wrong links of ~200 inside nginx in three
+runs (load 8-9), none to the backend."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+
+import pytest
+
+from agent.conn.spans import SpanContext
+from agent.pipeline import Pipeline
+from agent.probes import abi
+from agent.probes.loader import ProbeConfig, SocketTracer
+from agent.stitch import _stitcher, stitcher
+from agent.stitch.runtime import MODE_THREADS
+from proto.span import KIND_CLIENT, KIND_SERVER, PARENT_UNKNOWN, Endpoint, Span
+from tests.helpers.netns import network
+from tests.helpers.nginx import nginx_conf
+from tests.helpers.tracing import Draining
+from tests.stitch.hops import HERE, hop_links, links, load, nonce_of, wait_ready
+from tests.stitch.test_proxies import wait_port
+
+MS = 10**6
+T0 = 1_700_000_000 * 10**9
+_conn = itertools.count(1)
+IMPLS = {"compiled": _stitcher.Stitcher, "python": stitcher.Stitcher}
+
+
+# -- synthetic timelines: what the stitcher is given when an exchange was shed -----------
+
+class Event:
+    """The fields of SocketEvent the stitcher reads."""
+
+    def __init__(self, pid: int, tid: int, conn_id: int, direction: int, ts: int,
+                 role: int) -> None:
+        self.pid, self.tid, self.conn_id, self.direction = pid, tid, conn_id, direction
+        self.offset, self.role = 0, role
+        self.ts_enter = self.ts_exit = ts
+
+
+class Threads:
+    def mode(self, pid: int) -> str:
+        return MODE_THREADS
+
+
+class Timeline:
+    """Exchanges as the pipeline hands them over; a shed one is simply not given."""
+
+    def __init__(self, impl: str) -> None:
+        self.st = IMPLS[impl](lambda _t: None, classifier=Threads())
+        self.ctxs: list[SpanContext] = []
+
+    def _span(self, kind: str, pid: int, tid: int, t0: int, t1: int, op: str, conn: int,
+              role: int) -> SpanContext:
+        first, second = ((abi.DIR_INGRESS, abi.DIR_EGRESS) if kind == KIND_SERVER
+                         else (abi.DIR_EGRESS, abi.DIR_INGRESS))
+        self.st.observe(Event(pid, tid, conn, first, t0, role))
+        self.st.observe(Event(pid, tid, conn, second, t1, role))
+        s = Span(kind=kind, pid=pid, tid=tid, process=f"p{pid}", operation=op,
+                 protocol="http", transport="tcp", start_ns=t0, end_ns=t1, req_offset=0,
+                 req_bytes=10, resp_offset=0, resp_bytes=10,
+                 local=Endpoint("10.0.0.2", 80), remote=Endpoint("10.0.0.1", 5000 + conn))
+        in_ns, out_ns = (t0, t1) if kind == KIND_SERVER else (t1, t0)
+        ctx = SpanContext(s, conn, tid, in_ns, tid, out_ns, True)
+        self.ctxs.append(ctx)
+        return ctx
+
+    def server(self, pid: int, tid: int, t_in: int, t_out: int, op: str) -> SpanContext:
+        return self._span(KIND_SERVER, pid, tid, t_in, t_out, op, next(_conn),
+                          abi.ROLE_SERVER)
+
+    def client(self, pid: int, tid: int, t_out: int, t_in: int, op: str) -> SpanContext:
+        return self._span(KIND_CLIENT, pid, tid, t_out, t_in, op, next(_conn),
+                          abi.ROLE_CLIENT)
+
+    def run(self) -> dict[str, Span]:
+        for c in sorted(self.ctxs, key=lambda c: c.span.end_ns):
+            self.st.add(c)
+        self.st.tick(T0 + 10_000 * MS)
+        self.st.close()
+        return {c.span.operation: c.span for c in self.ctxs}
+
+
+def parent_op(spans: dict[str, Span], op: str) -> str | None:
+    pid = spans[op].parent_span_id
+    return next((o for o, s in spans.items() if s.span_id == pid), None)
+
+
+@pytest.mark.parametrize("impl", sorted(IMPLS))
+def test_thread_per_request_whose_request_was_shed_refuses(impl):
+    # thread 11 served A; its read of B was shed; B's call is written after A's answer
+    w = Timeline(impl)
+    w.server(1, 11, T0, T0 + 10 * MS, "GET /a/n0f3a9c2d81")
+    w.client(1, 11, T0 + 2 * MS, T0 + 4 * MS, "db n0f3a9c2d81")
+    w.client(1, 11, T0 + 20 * MS, T0 + 22 * MS, "db n77bb21e0aa")  # B's, B unseen
+    spans = w.run()
+    assert parent_op(spans, "db n0f3a9c2d81") == "GET /a/n0f3a9c2d81"
+    assert spans["db n77bb21e0aa"].parent_span_id == ""
+    assert "already answered" in spans["db n77bb21e0aa"].attributes[PARENT_UNKNOWN]
+
+
+@pytest.mark.parametrize("impl", sorted(IMPLS))
+def test_event_loop_whose_client_exchange_was_shed_links_by_token_only(impl):
+    # one loop thread: A read, B read, A's first call (its answer read: shed), B's call,
+    # A's second call (after that unseen answer): A and B are both open, so the token
+    w = Timeline(impl)
+    w.server(2, 21, T0, T0 + 30 * MS, "GET /a/n0f3a9c2d81")
+    w.server(2, 21, T0 + 1 * MS, T0 + 31 * MS, "GET /b/n77bb21e0aa")
+    w.client(2, 21, T0 + 3 * MS, T0 + 9 * MS, "GET /b-up/n77bb21e0aa")
+    w.client(2, 21, T0 + 10 * MS, T0 + 12 * MS, "GET /a-up2/n0f3a9c2d81")
+    w.client(2, 21, T0 + 13 * MS, T0 + 15 * MS, "GET /a-up3/tokenless")
+    spans = w.run()
+    assert parent_op(spans, "GET /a-up2/n0f3a9c2d81") == "GET /a/n0f3a9c2d81"
+    assert parent_op(spans, "GET /b-up/n77bb21e0aa") == "GET /b/n77bb21e0aa"
+    assert spans["GET /a-up3/tokenless"].parent_span_id == ""
+
+
+# -- real probes, real nginx, a forced keep rate -----------------------------------------
+
+BACKEND, PROXY = 9210, 9211
+REQUESTS, CONCURRENCY = 600, 4
+KEEP = abi.KEEP_ALL * 6 // 10  # B shed (0.4) and B's call kept (0.6): 1 in 4
+
+
+@pytest.fixture(scope="module")
+def shed_nginx(tmp_path_factory):
+    """nginx (one worker: an event loop) in front of a threaded backend, traced with half
+    the exchanges shed from the start: (nonces sent, traces, kernel stats)."""
+    tmp = str(tmp_path_factory.mktemp("shed-nginx"))
+    os.makedirs(f"{tmp}/www", exist_ok=True)
+    # a new upstream connection a request, as the demo's gateway: the call is written
+    # when the connect completes, a turn of the loop after the request was read
+    upstream = f"upstream be {{ server 127.0.0.1:{BACKEND}; }}"
+    location = "location / { proxy_pass http://be; }"
+    with open(f"{tmp}/nginx.conf", "w") as f:
+        f.write(nginx_conf(tmp, f"127.0.0.1:{PROXY}", http=upstream, server=location))
+    with network(1, subnet=236) as net:
+        host = net.hosts[0]
+        backend = net.spawn(host, sys.executable, f"{HERE}/backend.py", str(BACKEND),
+                            stdout=subprocess.PIPE, text=True)
+        wait_ready(backend, "backend")
+        nginx = net.spawn(host, "nginx", "-c", f"{tmp}/nginx.conf", "-p", tmp,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(host, PROXY, nginx, "nginx")
+        pipeline = Pipeline()
+        traces: list = []
+        pipeline.on_trace_obj = traces.append
+        with SocketTracer(ProbeConfig(netns={host.inode})) as tracer:
+            tracer.set_keep(KEEP)  # what the shedder does under overload, held fixed
+            stats0 = tracer.stats()
+            with Draining([(tracer, pipeline)], settle_s=2.5):
+                sent = load(host, PROXY, REQUESTS, CONCURRENCY)
+            stats = {k: v - stats0.get(k, 0) for k, v in tracer.stats().items()}
+        for rep in pipeline.stitcher.process_report():
+            print(rep["process"], rep["mode"], rep["counts"])
+        yield sent, traces, stats
+
+
+@pytest.mark.kernel
+def test_shedding_left_out_exchanges_and_kept_links(shed_nginx):
+    sent, traces, stats = shed_nginx
+    served = {nonce_of(s) for tr in traces for s in tr.spans
+              if s.kind == "server" and s.local.port == PROXY}
+    inside, _w, cross, _cw = hop_links(traces, set(sent), PROXY, BACKEND)
+    print(f"keep {KEEP / abi.KEEP_ALL:.0%}: {stats['shed_exchanges']} exchanges shed, "
+          f"{stats.get('kept_exchanges', 0)} kept; nginx served {len(served)} of "
+          f"{len(sent)} traced; links inside {inside}, to the backend {cross}")
+    assert len(sent) == REQUESTS
+    assert stats["shed_exchanges"] > REQUESTS // 2, stats
+    # about half the requests' server exchanges are kept, not all, not none
+    assert 0.2 * REQUESTS < len(served) < 0.8 * REQUESTS, len(served)
+    assert inside > 0 and cross > 0
+
+
+@pytest.mark.kernel
+def test_every_wrong_parent_is_a_call_whose_request_read_was_shed(shed_nginx):
+    # The cause, checked on each wrong link: the call's own request has no server span
+    # in nginx (its exchange was shed), and it went under a request of the same worker.
+    sent, traces, _stats = shed_nginx
+    ours = set(sent)
+    served = {nonce_of(s) for tr in traces for s in tr.spans
+              if s.kind == "server" and s.local.port == PROXY}
+    wrong = [(p, c) for p, c in links(traces) if nonce_of(p) in ours
+             and nonce_of(c) in ours and nonce_of(p) != nonce_of(c)]
+    for p, c in wrong:
+        assert p.kind == "server" and p.local.port == PROXY and c.kind == "client", (p, c)
+        assert c.pid == p.pid and nonce_of(c) not in served, (p, c)
+
+
+@pytest.mark.kernel
+@pytest.mark.xfail(strict=True, reason=(
+    "a shed server exchange leaves no trace in the thread's history: nginx's call for "
+    "request B (kept) after B's read (shed) is linked by thread to request A, open on "
+    "the same event loop; fix: the probes mark shed request reads and their answers "
+    "(bpf/data.c zt_sample) and the stitcher counts such a read as a request of unknown "
+    "context (agent/stitch: _thread_context, _others_since, _open_requests)"))
+def test_no_wrong_parent_when_request_reads_are_shed(shed_nginx):
+    sent, traces, _stats = shed_nginx
+    inside, inside_wrong, cross, cross_wrong = hop_links(traces, set(sent), PROXY, BACKEND)
+    print(f"links inside nginx {inside} ({inside_wrong} wrong), to the backend {cross} "
+          f"({cross_wrong} wrong)")
+    assert inside_wrong == 0 and cross_wrong == 0
