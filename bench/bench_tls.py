@@ -172,8 +172,7 @@ class GoEmptyProbes:
         self.bpf = BPF(text=b"int zt_nop(void *ctx) { return 0; }")
         f = gotls.facts(binary)
         self.name = binary.encode()
-        self.sites = [(sym, 0) for sym, _fn in gotls.golang_entry_programs(f)]
-        self.sites += [(sym, off) for sym in (gotls.WRITE, gotls.READ) for off in f["rets"][sym]]
+        self.sites = [(sym, off) for sym, off, _fn in gotls.probe_plan(binary, f)]
         self.attached: list[tuple[str, int]] = []
 
     def attach(self) -> None:

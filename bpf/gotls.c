@@ -7,9 +7,11 @@
  *     (a goroutine may park in the call and resume on another thread); Write's
  *     plaintext is emitted here, before its ciphertext leaves (the answer, read by
  *     another goroutine, may come back before Write returns)
- *   each RET instruction of Read and Write      Read: the result n in RAX, n plaintext
- *     bytes; Write: the end of the call (an entry run again by a stack-growing
- *     prologue is then told from a new Write).  Never a uretprobe on Go: it rewrites
+ *     (entries at the stack check's jump when the prologue has one: zt_gotls_*_sc)
+ *   each RET instruction of Read (and of Write when its entry is at offset 0)
+ *     Read: the result n in RAX, n plaintext bytes; Write: the end of the call (an
+ *     entry run again by a stack-growing prologue is then told from a new Write).
+ *     Never a uretprobe on Go: it rewrites
  *     the return address on a stack that the runtime moves when it grows, and
  *     crashes the program
  *   (*Conn).clientHandshake / serverHandshake(c, ...) entry   a handshake starts: the
@@ -145,7 +147,7 @@ static __always_inline struct zt_gotls_offsets *zt_gotls_wanted(struct pt_regs *
     return gotls_addrs.lookup(&ip);
 }
 
-static __always_inline int zt_gotls_enter(struct pt_regs *ctx, __u8 kind)
+static __always_inline int zt_gotls_enter(struct pt_regs *ctx, __u8 kind, int once)
 {
     struct zt_gotls_offsets *o = zt_gotls_wanted(ctx);
     if (!o)
@@ -173,13 +175,17 @@ static __always_inline int zt_gotls_enter(struct pt_regs *ctx, __u8 kind)
     }
     struct zt_gotls_key k = {.g = ctx->r14, .tgid = bpf_get_current_pid_tgid() >> 32};
     if (kind == ZT_TLS_WRITE) {
-        /* A prologue that grows the stack runs the entry again (same g, same arguments,
-         * no RET between): not a second Write. */
-        struct zt_gotls_call *prev = gotls_calls.lookup(&k);
-        if (prev && prev->kind == ZT_TLS_WRITE && prev->conn == c.conn && prev->buf == c.buf &&
-            prev->len == c.len)
-            return 0;
-        gotls_calls.update(&k, &c);
+        /* At offset 0, a prologue that grows the stack runs the entry again (same g,
+         * same arguments, no RET between): not a second Write; the RETs end the call.
+         * At the stack check's jump (once) the pass that grows the stack was skipped:
+         * nothing to remember, and Write has no RET probes. */
+        if (!once) {
+            struct zt_gotls_call *prev = gotls_calls.lookup(&k);
+            if (prev && prev->kind == ZT_TLS_WRITE && prev->conn == c.conn &&
+                prev->buf == c.buf && prev->len == c.len)
+                return 0;
+            gotls_calls.update(&k, &c);
+        }
         /* Emitted now, before the ciphertext leaves: the peer's answer, read on another
          * goroutine, may return before this Write does, and the agent takes a
          * connection's events in ring order.  Go's Write writes all of b or fails (the
@@ -193,8 +199,30 @@ static __always_inline int zt_gotls_enter(struct pt_regs *ctx, __u8 kind)
     return 0;
 }
 
-int zt_gotls_write(struct pt_regs *ctx) { return zt_gotls_enter(ctx, ZT_TLS_WRITE); }
-int zt_gotls_read(struct pt_regs *ctx) { return zt_gotls_enter(ctx, ZT_TLS_READ); }
+int zt_gotls_write(struct pt_regs *ctx) { return zt_gotls_enter(ctx, ZT_TLS_WRITE, 0); }
+int zt_gotls_read(struct pt_regs *ctx) { return zt_gotls_enter(ctx, ZT_TLS_READ, 0); }
+
+/* The same at the conditional jump of the prologue's stack check (agent/probes/gotls.py
+ * stack_check_jump: [lea -X(%rsp),%r12;] cmp 0x10(%r14),%rsp|%r12; jbe morestack): an
+ * instruction the kernel emulates, where a probe on the cmp at offset 0 is single-
+ * stepped (a debug trap; on a VM ~10x the cost).  The jump's flags are the cmp's: CF
+ * or ZF set, it is taken, the stack grows and the function starts again (that pass is
+ * skipped: every call is seen once).  The arguments and g are still in their registers
+ * (the lea writes R12 only). */
+#define ZT_X86_CF 0x1
+#define ZT_X86_ZF 0x40
+static __always_inline int zt_gotls_grows(struct pt_regs *ctx)
+{
+    return (ctx->flags & (ZT_X86_CF | ZT_X86_ZF)) != 0;
+}
+int zt_gotls_write_sc(struct pt_regs *ctx)
+{
+    return zt_gotls_grows(ctx) ? 0 : zt_gotls_enter(ctx, ZT_TLS_WRITE, 1);
+}
+int zt_gotls_read_sc(struct pt_regs *ctx)
+{
+    return zt_gotls_grows(ctx) ? 0 : zt_gotls_enter(ctx, ZT_TLS_READ, 1);
+}
 
 /* At the RET of the first Read that returned plaintext on a connection: the TCP seq of
  * the record that carried it.  Read stops after the record that gave it plaintext, so
@@ -262,7 +290,7 @@ int zt_gotls_ret(struct pt_regs *ctx)
 }
 
 /* clientHandshake / serverHandshake(c, ...): the socket is TLS from here on */
-int zt_gotls_handshake(struct pt_regs *ctx)
+static __always_inline int zt_gotls_handshake_at(struct pt_regs *ctx)
 {
     struct zt_gotls_offsets *o = zt_gotls_wanted(ctx);
     if (!o || !ctx->ax)
@@ -272,6 +300,11 @@ int zt_gotls_handshake(struct pt_regs *ctx)
         return 0;
     zt_gotls_sock_state(&act, 1); /* a new connection, maybe at a reused address */
     return 0;
+}
+int zt_gotls_handshake(struct pt_regs *ctx) { return zt_gotls_handshake_at(ctx); }
+int zt_gotls_handshake_sc(struct pt_regs *ctx)
+{
+    return zt_gotls_grows(ctx) ? 0 : zt_gotls_handshake_at(ctx);
 }
 
 /* From tls.c's syscall program, outside SSL calls: 1 when a's socket is a Go TLS

@@ -46,6 +46,9 @@ ITAB = "go.itab.*net.TCPConn,net.Conn"
 ENTRY_PROGRAMS = {WRITE: "zt_gotls_write", READ: "zt_gotls_read"}
 HANDSHAKE_PROGRAM = "zt_gotls_handshake"
 RET_PROGRAM = "zt_gotls_ret"
+# the same entry programs at the stack check's conditional jump (stack_check_jump)
+AT_CHECK = {"zt_gotls_write": "zt_gotls_write_sc", "zt_gotls_read": "zt_gotls_read_sc",
+            "zt_gotls_handshake": "zt_gotls_handshake_sc"}
 MIN_VERSION = (1, 17)  # the register ABI on amd64
 # a file's probes stay this long after its last process exited
 DETACH_GRACE_S = float(os.environ.get("ZEROTRACE_GOTLS_DETACH_GRACE_S", "300"))
@@ -510,6 +513,7 @@ class GoTlsBinary:
     version: str = ""
     error: str = ""
     probes: list[tuple[str, int]] = field(default_factory=list)  # (symbol, offset)
+    entries: dict[str, int] = field(default_factory=dict)  # entry probes: symbol -> offset
     pids: set[int] = field(default_factory=set)
     facts: dict = field(default_factory=dict)
     fd: int = -1
@@ -586,10 +590,9 @@ class GoTlsAttacher:
 
     def _attach(self, b: GoTlsBinary) -> None:
         f, name = b.facts, b.path.encode()
-        plan = [(sym, 0, fn) for sym, fn in golang_entry_programs(f)]
-        plan += [(sym, off, RET_PROGRAM) for sym in (WRITE, READ) for off in f["rets"][sym]]
         done: list[tuple[str, int]] = []
         try:
+            plan = probe_plan(b.path, f)
             for sym, off, fn in plan:
                 self.bpf.attach_uprobe(name=name, sym=sym.encode(), fn_name=fn.encode(),
                                        sym_off=off)
@@ -601,6 +604,7 @@ class GoTlsAttacher:
             log.warning("Go TLS: %s not followed: %s", b.shown_as, b.error)
             return
         b.probes = done
+        b.entries = {sym: off for sym, off, fn in plan if fn != RET_PROGRAM}
         self._write_addrs(b)
         self.bpf[b"gotls_on"][ct.c_int(0)] = ct.c_uint32(1)
         log.info("Go TLS: %d uprobes on %s (%s)", len(done), b.shown_as, b.version)
@@ -612,8 +616,8 @@ class GoTlsAttacher:
             return
         leaf = self._leaf(f, 0)
         table = self.bpf[b"gotls_addrs"]
-        for sym, _fn in golang_entry_programs(f):
-            table[ct.c_uint64(f["syms"][sym])] = leaf
+        for sym, off in b.entries.items():  # the instruction pointer at the probe
+            table[ct.c_uint64(f["syms"][sym] + off)] = leaf
 
     def _detach_one(self, name: bytes, sym: str, off: int) -> None:
         try:
@@ -690,9 +694,9 @@ class GoTlsAttacher:
         b.probes = []
         if b.facts and not b.facts["pie"]:
             table = self.bpf[b"gotls_addrs"]
-            for sym, _fn in golang_entry_programs(b.facts):
+            for sym, off in b.entries.items():
                 try:
-                    del table[ct.c_uint64(b.facts["syms"][sym])]
+                    del table[ct.c_uint64(b.facts["syms"][sym] + off)]
                 except KeyError:
                     pass
             # another file with probes may have its functions at the same addresses (a
@@ -724,6 +728,43 @@ class GoTlsAttacher:
 
     def attached(self) -> list[GoTlsBinary]:
         return [b for b in self.binaries.values() if b.probes]
+
+
+def stack_check_jump(code: bytes) -> int:
+    """Offset of the conditional jump of a Go function's stack check (its prologue:
+    [lea -X(%rsp),%r12;] cmp 0x10(%r14),%rsp|%r12; jbe morestack), 0 when the code
+    starts otherwise.  A uprobe there costs a fraction of one on the first instruction
+    on a VM: the kernel emulates a jump but single-steps a cmp out of line (a debug
+    trap, intercepted by the hypervisor: ~12 us on the development VM).  Nothing before
+    it writes an argument register (RAX, RBX, RCX...) or g (R14)."""
+    i = 0
+    if code[:4] == b"\x4c\x8d\x64\x24":       # lea disp8(%rsp),%r12
+        i = 5
+    elif code[:4] == b"\x4c\x8d\xa4\x24":     # lea disp32(%rsp),%r12
+        i = 8
+    # cmp 0x10(%r14),%rsp without the lea, cmp 0x10(%r14),%r12 after it
+    if code[i:i + 4] != (b"\x4d\x3b\x66\x10" if i else b"\x49\x3b\x66\x10"):
+        return 0
+    j = i + 4
+    if code[j:j + 1] == b"\x76" or code[j:j + 2] == b"\x0f\x86":  # jbe rel8 / rel32
+        return j
+    return 0
+
+
+def probe_plan(path: str, f: dict) -> list[tuple[str, int, str]]:
+    """(symbol, offset, program) of every probe for the binary at path: the entries at
+    their stack check's jump when the prologue has one (there the jump's flags tell the
+    pass that grows the stack from the one that runs: bpf/gotls.c zt_gotls_*_sc), else at
+    offset 0; the RETs of Read, and of Write when its entry is at offset 0 (its RET then
+    ends a call the entry recorded, see bpf/gotls.c)."""
+    plan, at_check = [], {}
+    for sym, fn in golang_entry_programs(f):
+        off = stack_check_jump(_code(path, f["syms"][sym], 16))
+        at_check[sym] = off
+        plan.append((sym, off, AT_CHECK[fn] if off else fn))
+    plan += [(sym, off, RET_PROGRAM) for sym in (WRITE, READ)
+             if sym == READ or not at_check[WRITE] for off in f["rets"][sym]]
+    return plan
 
 
 def golang_entry_programs(f: dict) -> list[tuple[str, str]]:

@@ -114,6 +114,35 @@ def test_facts_of_the_go_binary(world):
         elif line.split()[-1:] == ["RET"]:
             want.setdefault(fn, []).append(int(line.split()[1], 16) - f["syms"][fn])
     assert want == f["rets"] and len(want) == 2
+    # the entry probes sit on the stack check's jump (the first instruction go tool
+    # objdump lists as JBE, after CMPQ 0x10(R14)): Go 1.19's prologue has one in both
+    jbe: dict[str, int] = {}
+    for line in listing.splitlines():
+        if line.startswith("TEXT "):
+            fn = line.split()[1].removesuffix("(SB)")
+        elif line.split()[3:4] == ["JBE"] and fn not in jbe:
+            jbe[fn] = int(line.split()[1], 16) - f["syms"][fn]
+    plan = gotls.probe_plan(binary, f)
+    entries = {sym: (off, prog) for sym, off, prog in plan if prog != gotls.RET_PROGRAM}
+    assert entries[gotls.WRITE] == (jbe[gotls.WRITE], "zt_gotls_write_sc")
+    assert entries[gotls.READ] == (jbe[gotls.READ], "zt_gotls_read_sc")
+    assert all(off > 0 and prog.endswith("_sc") for off, prog in entries.values())
+    # Write, seen once a call at its entry, needs no RET probe; Read's RETs give n
+    rets = [(sym, off) for sym, off, prog in plan if prog == gotls.RET_PROGRAM]
+    assert rets == [(gotls.READ, off) for off in f["rets"][gotls.READ]]
+
+
+@pytest.mark.parametrize("code,at", [
+    (b"\x49\x3b\x66\x10\x76\x30", 4),                      # cmp ...,%rsp; jbe rel8
+    (b"\x49\x3b\x66\x10\x0f\x86\x00\x01\x00\x00", 4),      # jbe rel32
+    (b"\x4c\x8d\x64\x24\x98\x4d\x3b\x66\x10\x0f\x86", 9),  # lea disp8; cmp ...,%r12
+    (b"\x4c\x8d\xa4\x24\xa8\xfe\xff\xff\x4d\x3b\x66\x10\x76\x10", 12),
+    (b"\x4c\x8d\x64\x24\x98\x49\x3b\x66\x10\x76\x10", 0),  # lea, then cmp of %rsp
+    (b"\x49\x3b\x66\x10\x74\x10", 0),                      # je: not the stack check
+    (b"\x55\x48\x89\xe5", 0),                                # no stack check (NOSPLIT)
+])
+def test_stack_check_jump(code, at):
+    assert gotls.stack_check_jump(code + b"\x90" * 8) == at
 
 
 def test_go_client_to_go_server(world):
@@ -232,7 +261,10 @@ def test_probes_detached_when_the_last_process_exits(world, tmp_path):
     assert p.pid not in [k.value for k in tracer._bpf[b"gotls_procs"].keys()]
     # the original file, still running, keeps its offsets by address (the copy's
     # functions sat at the same addresses): a client started now is traced at once
-    read_at = gotls.facts(binary)["syms"][gotls.READ]
+    # the entry probe's address: at the stack check's jump (gotls.probe_plan)
+    read_at = next(gotls.facts(binary)["syms"][sym] + off
+                   for sym, off, fn in gotls.probe_plan(binary, gotls.facts(binary))
+                   if sym == gotls.READ and fn != gotls.RET_PROGRAM)
     assert read_at in [k.value for k in tracer._bpf[b"gotls_addrs"].keys()]
     tracer.tls.go.detach_grace_s = gotls.DETACH_GRACE_S
 
