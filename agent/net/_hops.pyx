@@ -42,6 +42,7 @@ from posix.mman cimport mmap, munmap, PROT_READ, PROT_WRITE, MAP_SHARED, MAP_FAI
 
 import mmap as _mmap
 import os
+import time
 
 from agent.net.sighting import Sighting
 
@@ -391,6 +392,7 @@ cdef class HopRing:
     cdef uint8_t *cons_page  # the consumer position, ours to write
     cdef uint8_t *prod       # the producer page, then the data pages
     cdef size_t page, size, mask
+    cdef bint busy           # a drain runs without the GIL: close() waits for it
     cdef readonly uint64_t short  # records shorter than struct zt_hop, skipped
 
     def __cinit__(self, int map_fd, size_t size):
@@ -424,6 +426,9 @@ cdef class HopRing:
             self.prod = NULL
 
     def close(self) -> None:
+        """Unmap the ring, after a drain another thread runs (without the GIL) ends."""
+        while self.busy:
+            time.sleep(0.001)
         self._unmap()
 
     def pending(self) -> int:
@@ -473,6 +478,7 @@ cdef class HopRing:
         cdef Py_ssize_t got = 0
         cdef int st
         cdef uint64_t cons, prod
+        self.busy = True
         with nogil:
             cons = zt_acq64(self.cons_page)
             prod = zt_acq64(self.prod)
@@ -484,6 +490,7 @@ cdef class HopRing:
                     index._add(rec)
                     got += 1
             zt_rel64(self.cons_page, cons)
+        self.busy = False
         return got
 
     def drain_raw(self, Py_ssize_t max_records=1 << 20) -> list:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import ctypes
 import time
 
+import pytest
+
 from agent.net.hops import HopIndex
 from agent.probes.tc import TcConfig, TcTracer
 from bench import bench_tc as bt
@@ -49,3 +51,9 @@ def test_ring_laps_are_drained_into_the_index_whole():
         bt.test_run(fd, pkts[0], 3)
         recs = tc.poll(0)
         assert [(r.seq, r.sport, r.writer_netns) for r in recs] == [(seqs[0], 40000, 4242)] * 3
+        ring = tc._ring
+    # closed with the tracer: unmapped once, never read again
+    ring.close()
+    assert ring.pending() == 0
+    with pytest.raises(ValueError):
+        ring.drain_into(idx)
