@@ -2,7 +2,7 @@
 
     sudo .venv/bin/python -m bench.bench_fidelity [--requests 2000] [--rate 200]
         [--concurrency 8] [--variant go|node] [--cpu-budget CORES] [--rounds N]
-        [--python-stitcher]
+        [--python-stitcher] [--stall SECONDS]
 
 The topology (agent/demo/topology.py) includes a round trip no parser knows (the api's
 licence check), a multi-round-trip SQL call (the Go inventory's lib/pq query with a
@@ -17,7 +17,10 @@ connections (bpf/data.c zt_sample), printed with the figures, so precision can b
 measured under shedding.  --python-stitcher runs the reference stitcher
 (agent/stitch/stitcher.py, the same decisions as the compiled one) and says by which
 rule each wrong link was made, and whether the request whose span went under another
-request's had a span at the parent's hop at all (a server exchange shed)."""
+request's had a span at the parent's hop at all (a server exchange shed).  --stall
+stops reading the ring for that long, once, a second into the load (an agent
+descheduled on a busy node): the ring fills (ZEROTRACE_RING_MB makes it smaller), events
+are lost or the shedder cuts hard on the fill."""
 
 from __future__ import annotations
 
@@ -83,7 +86,7 @@ def explain_wrong(report, spans: list, how: dict[str, str], index: dict) -> list
 
 def run(requests: int, rate: int, concurrency: int, variant: str = "go",
         warmup: int = 20, cpu_budget: float | None = None,
-        python_stitcher: bool = False) -> dict:
+        python_stitcher: bool = False, stall: float = 0.0) -> dict:
     with DemoTopology(variant=variant) as topo:
         index = topo.pod_index()
         hops = topo.required_hops
@@ -107,12 +110,19 @@ def run(requests: int, rate: int, concurrency: int, variant: str = "go",
             probes.start()  # as the agent command does: memory, GC, processes, shedding
             stats0 = tracer.stats()
             stop = threading.Event()
+            loading = threading.Event()
             cpu = [0.0]
 
             def drain() -> None:
                 t0 = time.thread_time()
                 idle_since = None
+                stall_at = None
                 while True:
+                    if stall and loading.is_set():
+                        stall_at = stall_at or time.monotonic() + 1.0
+                        if time.monotonic() >= stall_at > 0:
+                            time.sleep(stall)  # the ring fills meanwhile
+                            stall_at = -1.0
                     events = probes.pump(0.05)
                     if events:
                         idle_since = None
@@ -128,6 +138,7 @@ def run(requests: int, rate: int, concurrency: int, variant: str = "go",
             topo.run_load(requests=warmup, rate=50, concurrency=2)
             time.sleep(1.5)
             n_warm = len(traces)
+            loading.set()
             truth = topo.run_load(requests=requests, rate=rate, concurrency=concurrency)
             t_end = time.monotonic()
             stop.set()
@@ -176,6 +187,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rounds", type=int, default=1, help="runs, each a fresh topology")
     ap.add_argument("--python-stitcher", action="store_true",
                     help="the reference stitcher, with the rule behind each wrong link")
+    ap.add_argument("--stall", type=float, default=0.0,
+                    help="seconds the ring is not read, once, a second into the load")
     args = ap.parse_args(argv or [])
     for i in range(args.rounds):
         one_round(args, i)
@@ -183,7 +196,8 @@ def main(argv: list[str] | None = None) -> None:
 
 def one_round(args: argparse.Namespace, i: int) -> None:
     r = run(args.requests, args.rate, args.concurrency, args.variant,
-            cpu_budget=args.cpu_budget, python_stitcher=args.python_stitcher)
+            cpu_budget=args.cpu_budget, python_stitcher=args.python_stitcher,
+            stall=args.stall)
     budget = "default" if args.cpu_budget is None else f"{args.cpu_budget:g} cores"
     print(f"# fidelity round {i + 1}: demo topology ({args.variant}), {r['sent']} requests at "
           f"{args.rate}/s, {args.concurrency} clients; {r['ok']} answered 200; CPU budget "
