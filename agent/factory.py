@@ -230,8 +230,7 @@ def composition(pipeline: Pipeline, probes: Attached | None = None) -> dict[str,
         "classifier_is_stitcher's": p.classifier is p.stitcher.classifier,
         "handoffs": _kind(p.handoffs),
         "handoffs_shared": p.stitcher.handoffs is p.handoffs,
-        "assembler_emits_to_pipeline": getattr(p.assembler.emit, "__func__", None)
-        is Pipeline._span and p.assembler.emit.__self__ is p,
+        "assembler_emits_to_pipeline": _assembler_feeds(p),
         "stitcher_emits_to_pipeline": _emits_to(p.stitcher, p),
         "enricher": _kind(p.enricher),
         "exporters": [name for name, _ in p.exporters],
@@ -247,6 +246,17 @@ def composition(pipeline: Pipeline, probes: Attached | None = None) -> dict[str,
             "gc_threshold": gc.get_threshold() if probes.started else None,
         })
     return out
+
+
+def _assembler_feeds(p: Pipeline) -> bool:
+    """Whether the assembler's spans go to this pipeline's stitcher: straight to its add
+    (the per-span path, no Python frame), or through Pipeline._span when spans are
+    watched (on_span)."""
+    emit = p.assembler.emit
+    if getattr(emit, "__func__", None) is Pipeline._span:
+        return emit.__self__ is p
+    add = getattr(p.stitcher, "add", None)
+    return add is not None and emit == add
 
 
 def _emits_to(stitcher: Any, p: Pipeline) -> bool | None:

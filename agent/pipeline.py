@@ -66,15 +66,16 @@ class Pipeline:
     """Wires the stages; each stage only knows the callable it hands results to."""
 
     def __init__(self, agent_name: str = "") -> None:
-        self.on_span: Callable[[SpanContext], None] | None = None
+        self._on_span: Callable[[SpanContext], None] | None = None
         self.on_trace: Callable[[str], None] | None = None
         self.on_trace_obj: Callable[[Trace], None] | None = None
-        self.assembler = SpanAssembler(self._span, agent_name)
+        self.assembler = SpanAssembler(None, agent_name)
         self.tracker = self.assembler.tracker
         # connections open before the agent: their role from listening ports, so a
         # pool's pre-existing client connections carry context (docs/stitching.md)
         self.tracker.roles = ListenerRoles()
-        self.stitcher = Stitcher(self._trace)
+        self._stitcher = None
+        self.stitcher = Stitcher(self._trace)  # wires the assembler to it (_wire)
         self.classifier = self.stitcher.classifier
         # Go: who handed work to which goroutine (fed with the probes' wake records), so
         # the stitcher can follow a pooled http.Client's call to the request behind it.
@@ -92,7 +93,6 @@ class Pipeline:
         # up on and the trace split (seen at load 17: 1-7 of 160 chains cut, no reason).
         self._read_ns = 0      # newest event timestamp processed
         self._caught_up_ns = 0  # wall time of the last poll that found the ring empty
-        self.spans = 0
         self.enricher = None  # agent.enrich.Enricher: tags on every span
         self.exporters: list[tuple[str, object]] = []  # (name, BatchExporter)
         self.metrics = None  # agent.metrics.AgentMetrics
@@ -133,11 +133,42 @@ class Pipeline:
             return
         self.metrics = m
 
+    # The assembler hands each span straight to the stitcher's add (compiled: a C call,
+    # no Python frame a span); only when someone watches spans (on_span: the runner's
+    # span printing, tests) does a span go through _span.  Setting either re-wires.
+    @property
+    def stitcher(self):  # noqa: ANN201 - the compiled Stitcher or a stand-in
+        return self._stitcher
+
+    @stitcher.setter
+    def stitcher(self, st) -> None:  # noqa: ANN001
+        self._stitcher = st
+        self._wire()
+
+    @property
+    def on_span(self) -> Callable[[SpanContext], None] | None:
+        return self._on_span
+
+    @on_span.setter
+    def on_span(self, fn: Callable[[SpanContext], None] | None) -> None:
+        self._on_span = fn
+        self._wire()
+
+    def _wire(self) -> None:
+        add = getattr(self._stitcher, "add", None)
+        self.assembler.emit = self._span if self._on_span is not None or add is None else add
+
+    @property
+    def spans(self) -> int:
+        """Spans made so far (each handed to the stitcher)."""
+        return self.assembler.stats["spans"]
+
     def _span(self, ctx: SpanContext) -> None:
-        self.spans += 1
-        self.stitcher.add(ctx)
-        if self.on_span is not None:
-            self.on_span(ctx)
+        add = getattr(self._stitcher, "add", None)
+        if add is not None:
+            add(ctx)
+        if self._on_span is not None:
+            self._on_span(ctx)
 
     def _trace(self, trace: Trace) -> None:
         enrich = self.enricher.enrich if self.enricher is not None else None
@@ -158,7 +189,6 @@ class Pipeline:
             self.on_trace(render(trace))
 
     def process(self, events: list[SocketEvent]) -> None:
-        handle = self.assembler.handle
         observe = self.stitcher.observe
         pids = self._pids
         if events:
@@ -174,7 +204,9 @@ class Pipeline:
         # dropped (tracing it would make a span of every push), new pids classified,
         # Go events keyed by goroutine (the goroutine is the unit of work), then the
         # assembler and, for data events, the stitcher.
-        process_events(events, handle, observe, pids, self._new_pid, self.ignore_ports,
+        # (the assembler itself: its handle is called as C, no Python call an event)
+        process_events(events, self.assembler, observe, pids, self._new_pid,
+                       self.ignore_ports,
                        self.assembler.stats)
 
     def prescan(self, cfg: ProbeConfig) -> None:

@@ -16,6 +16,7 @@ import os
 
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_INCREF
+from cpython.dict cimport PyDict_Copy
 from cpython.unicode cimport PyUnicode_DecodeASCII
 from libc.stdint cimport uint64_t
 
@@ -446,7 +447,13 @@ cdef str _text(SocketEvent se, int which):
 
 
 def record_to_span(r, ConnMeta e, int role, req_dir, agent="", conn_id=0):
-    """The span of record r on the connection described by e."""
+    """The span of record r on the connection described by e (a SpanContext, or None
+    when the record says nothing usable)."""
+    return _record_to_span(r, e, role, req_dir, agent, conn_id)
+
+
+cdef object _record_to_span(r, ConnMeta e, int role, req_dir, agent, conn_id):
+    # the assembler's path: a C call, not a Python one, per span
     cdef bint rec = type(r) is _RecordT  # the parsers' records: slots read directly
     if rec:
         req, resp = _get(r, _RO[1], "request"), _get(r, _RO[2], "response")
@@ -489,7 +496,8 @@ def record_to_span(r, ConnMeta e, int role, req_dir, agent="", conn_id=0):
             r.protocol, r.operation, r.status, r.status_code, r.error, r.attributes,
             r.trace_headers, r.incomplete)
     remote = e.remote
-    cdef dict a = dict(attrs)
+    # copies (the span owns its dicts): PyDict_Copy for plain dicts, not a call of dict
+    cdef dict a = PyDict_Copy(attrs) if type(attrs) is dict else dict(attrs)
     if tid >= GOROUTINE_BASE:  # Go: the pipeline keyed work by goroutine
         a["go.goroutine.id"] = tid - GOROUTINE_BASE
         tid = 0
@@ -524,7 +532,7 @@ def record_to_span(r, ConnMeta e, int role, req_dir, agent="", conn_id=0):
     _put(span, o[24], resp_offset)
     _put(span, o[25], req_bytes)
     _put(span, o[26], resp_bytes)
-    _put(span, o[27], dict(headers))
+    _put(span, o[27], PyDict_Copy(headers) if type(headers) is dict else dict(headers))
     _put(span, o[28], a)
     _put(span, o[29], {})
     _put(span, o[30], incomplete)
@@ -596,7 +604,8 @@ cdef class SpanAssembler:
     cdef public ConnTracker tracker
     cdef public dict sessions
     cdef public dict udp_keys
-    cdef public object stats
+    cdef object _stats  # a Counter; read through the stats property
+    cdef Py_ssize_t _spans_n, _unusable_n  # not yet added to it
     cdef dict __dict__  # instance overrides (tests replace handle)
 
     def __init__(self, emit, agent_name=""):
@@ -605,10 +614,35 @@ cdef class SpanAssembler:
         self.tracker = ConnTracker()
         self.sessions = {}
         self.udp_keys = {}  # conn_id -> its per-peer sessions
-        self.stats = Counter()
+        self._stats = Counter()
+        self._spans_n = self._unusable_n = 0
+
+    @property
+    def stats(self):
+        """The assembler's counters (a Counter): spans made, records unusable,
+        connections by protocol, ... (spans are counted in C and added here when read)."""
+        self._fold()
+        return self._stats
+
+    @stats.setter
+    def stats(self, value) -> None:
+        self._fold()
+        self._stats = value
+
+    cdef _fold(self):
+        if self._spans_n:
+            self._stats["spans"] += self._spans_n
+            self._spans_n = 0
+        if self._unusable_n:
+            self._stats["records_unusable"] += self._unusable_n
+            self._unusable_n = 0
 
     # -- events -----------------------------------------------------------------------
     def handle(self, e) -> None:
+        self._handle(e)
+
+    cdef _handle(self, e):
+        # the body of handle(); process_events calls it without a Python call an event
         cdef Conn conn = self.tracker.update(e)
         cdef SocketEvent se
         cdef int etype, syscall, transport, d, flags
@@ -638,7 +672,7 @@ cdef class SpanAssembler:
         cdef Session s = self.sessions.get(key)
         if s is None:
             if len(self.sessions) >= C_MAX_SESSIONS:
-                self.stats["sessions_full"] += 1
+                self._stats["sessions_full"] += 1
                 return
             s = Session(key, e, conn.role if conn is not None else 0)
             self.sessions[key] = s
@@ -658,7 +692,7 @@ cdef class SpanAssembler:
             seq = e.seq if flags & F_HAS_SEQ else None
         s.last_ns = ts_exit
         if s.unknown:
-            self.stats["unknown_protocol_bytes"] += ret
+            self._stats["unknown_protocol_bytes"] += ret
             return
         chunk = _chunk(d, payload, ret, offset, ts_exit if d == INGRESS else ts_enter, tid, seq)
         parser = s.parser
@@ -678,10 +712,10 @@ cdef class SpanAssembler:
         unknown from now on), count it, and say it once per protocol."""
         s.unknown = True
         s.parser = None
-        self.stats["parser_errors"] += 1
+        self._stats["parser_errors"] += 1
         key = f"parser_errors_{s.protocol}"
-        self.stats[key] += 1
-        if self.stats[key] == 1:
+        self._stats[key] += 1
+        if self._stats[key] == 1:
             log.warning("the %s parser failed on a connection (%s: %s); that connection is "
                         "no longer parsed, later failures are only counted "
                         "(zerotrace_stage_events_total{stage=\"assembler\"})",
@@ -712,12 +746,12 @@ cdef class SpanAssembler:
                     or s.undecided_bytes >= C_INFER_MAX_BYTES):
                 s.unknown = True
                 s.undecided = []
-                self.stats["unknown_protocol_conns"] += 1
+                self._stats["unknown_protocol_conns"] += 1
             return
         client_side = _CLIENT_SIDE.get(s.role)
         s.protocol = proto
         s.parser = registry.new_parser(proto, client_side, transport)
-        self.stats[f"conns_{proto}"] += 1
+        self._stats[f"conns_{proto}"] += 1
         chunks, s.undecided = s.undecided, []
         for c in chunks:
             if not self._guarded(s, s.parser.feed, c):
@@ -730,13 +764,14 @@ cdef class SpanAssembler:
         if meta is None:
             meta = s.meta = ConnMeta(s.event)
         role, req_dir = s.role, getattr(s.parser, "req_dir", None)
-        agent, conn_id, emit, stats = self.agent_name, s.event.conn_id, self.emit, self.stats
+        agent, conn_id, emit = self.agent_name, s.event.conn_id, self.emit
         for r in records:
-            ctx = record_to_span(r, meta, role, req_dir, agent, conn_id)
+            ctx = _record_to_span(r, meta, role, req_dir, agent, conn_id)
             if ctx is None:
-                stats["records_unusable"] += 1
+                self._unusable_n += 1
                 continue
-            stats["spans"] += 1
+            # counted in C, added to the Counter when stats is read (an update a span)
+            self._spans_n += 1
             emit(ctx)
 
     # -- life -------------------------------------------------------------------------
@@ -755,7 +790,7 @@ cdef class SpanAssembler:
                 self._parser_failed(s, exc)
                 continue
             if records:
-                self.stats["resumed_dropped_records"] += len(records)
+                self._stats["resumed_dropped_records"] += len(records)
 
     cdef _close_conn(self, conn_id, reason):
         for key in self.udp_keys.pop(conn_id, None) or (conn_id,):
@@ -774,7 +809,7 @@ cdef class SpanAssembler:
                     keys.remove(key)
                 if not keys:
                     self.udp_keys.pop(key[0], None)
-            self.stats["sessions_expired"] += 1
+            self._stats["sessions_expired"] += 1
             self._flush(s, "idle")
 
     def close(self) -> None:
@@ -790,10 +825,23 @@ def process_events(events, handle, observe, set pids, new_pid, ignore, stats) ->
     """Pipeline.process's per-event loop: events of sockets bound to `ignore` ports
     dropped (counted in stats), `new_pid` told of each pid not in `pids`, Go events
     keyed by goroutine (tid = GOROUTINE_BASE + goid), then `handle(e)` and, for data
-    events, `observe(e)`."""
+    events, `observe(e)`.  `handle` may be a SpanAssembler: its handle() is then called
+    as C (unless the instance replaced it)."""
     cdef SocketEvent se
     cdef int etype
     cdef bint ign = bool(ignore)
+    cdef SpanAssembler asm = None
+    cdef dict over
+    if type(handle) is SpanAssembler:  # exactly: a subclass may override handle
+        asm = <SpanAssembler>handle
+        over = (<object>handle).__dict__
+        if over is not None and "handle" in over:  # replaced on the instance (tests)
+            handle = over["handle"]
+            asm = None
+        else:
+            handle = asm.handle
+    elif isinstance(handle, SpanAssembler):
+        handle = handle.handle
     for e in events:
         if type(e) is SocketEvent:
             se = <SocketEvent>e
@@ -804,7 +852,10 @@ def process_events(events, handle, observe, set pids, new_pid, ignore, stats) ->
                 new_pid(se.ev.pid)
             if se.ev.goid:
                 se.tid = GOROUTINE_BASE + <long long>se.ev.goid
-            handle(e)
+            if asm is not None:
+                asm._handle(e)
+            else:
+                handle(e)
             etype = se.ev.type
         else:
             if ign and e.lport in ignore:
@@ -816,7 +867,10 @@ def process_events(events, handle, observe, set pids, new_pid, ignore, stats) ->
             goid = e.goid
             if goid:
                 e.tid = GOROUTINE_BASE + goid
-            handle(e)
+            if asm is not None:
+                asm._handle(e)
+            else:
+                handle(e)
             etype = e.type
         if etype == EV_DATA:
             observe(e)

@@ -4,6 +4,26 @@
 # until their window passes.  As agent/stitch/stitcher.py's _emit_quiet.
 
 
+from dataclasses import fields as _dc_fields
+
+if tuple(f.name for f in _dc_fields(Trace)) != ("trace_id", "spans", "root") or \
+        hasattr(Trace, "__slots__"):
+    raise ImportError("stitcher.Trace changed: update _new_trace in _assembly.pxi")
+cdef object _TraceT = Trace
+cdef object _object_new = object.__new__
+
+
+cdef object _new_trace(str tid, list spans, root):
+    """Trace(tid, spans, root) without its dataclass __init__ (a Python frame a trace):
+    the same instance dict, filled directly."""
+    t = _object_new(_TraceT)
+    d = t.__dict__
+    d["trace_id"] = tid
+    d["spans"] = spans
+    d["root"] = root
+    return t
+
+
 cdef class TraceAssembler:
     """The spans not emitted yet (items) and those emitted but kept (emitted)."""
 
@@ -88,12 +108,14 @@ cdef class TraceAssembler:
                 m.emitted = True
                 m.trace_id = tid
                 sp = m.span
-                sp.trace_id = tid
-                sp.parent_span_id = m.parent.span.span_id if m.parent is not None else ""
+                _sput(sp, _S_TRACE, "trace_id", tid)
+                _sput(sp, _S_PARENT, "parent_span_id",
+                      _sget(m.parent.span, _S_SPAN_ID, "span_id") if m.parent is not None
+                      else "")
                 spans.append(sp)
             emitted = True
             stats["traces"] += 1
-            emit(Trace(tid, spans, root.span))
+            emit(_new_trace(tid, spans, root.span))
         if emitted:
             self.emitted.extend([it for it in self.items if it.emitted])
             self.items = [it for it in self.items if not it.emitted]

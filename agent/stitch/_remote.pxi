@@ -101,17 +101,23 @@ cdef class RemoteLinker:
     cdef void forget(self, list gone) except *:
         """Drop spans past the late-joiner window (marked gone) from the indexes."""
         cdef Item it
-        cdef dict keys = {}  # (index, key) -> None, in the order met
         for it in gone:
             if it.seq_key is not None:
-                keys[(1, it.seq_key)] = None
+                _drop_gone(self.client_by_seq, it.seq_key)
             if it.udp_key is not None:
-                keys[(2, it.udp_key)] = None
-        for ix, k in keys:
-            index = self.client_by_seq if ix == 1 else self.udp_clients
-            lst = index.get(k)
-            if lst is None:
-                continue
-            lst[:] = [x for x in lst if not (<Item>x).gone]
-            if not lst:
-                del index[k]
+                _drop_gone(self.udp_clients, it.udp_key)
+
+
+cdef inline void _drop_gone(dict index, k) except *:
+    """Index entry k without the items marked gone (the entry goes when none is left).
+    Most entries hold one item: dropped without building a new list."""
+    cdef list lst = index.get(k)
+    if lst is None:
+        return
+    if len(lst) == 1:
+        if (<Item>lst[0]).gone:
+            del index[k]
+        return
+    lst[:] = [x for x in lst if not (<Item>x).gone]
+    if not lst:
+        del index[k]

@@ -19,6 +19,7 @@ Orderings mirror the Python lists of tuples exactly (lexicographic on the same f
 so bisects and insertions land where the reference's do."""
 
 from cpython.ref cimport PyObject, Py_INCREF, Py_DECREF
+from cpython.unicode cimport PyUnicode_DecodeASCII
 from libc.stdint cimport int64_t, uint64_t, INT64_MIN
 from libcpp.vector cimport vector
 from libcpp.map cimport map as cmap
@@ -26,17 +27,19 @@ from libcpp.set cimport set as cset
 from libcpp.pair cimport pair
 from cython.operator cimport dereference as deref, preincrement as inc
 
+import os
 import time
 from collections import Counter, defaultdict, deque
 
 from agent.conn._ctx cimport SpanContext
+from agent.export._slots cimport slot_offset
 from agent.probes._events cimport SocketEvent
 from agent.probes import abi
 from agent.stitch import evidence
 from agent.stitch.handoff import NOTHING_SEEN
 from agent.stitch.runtime import GOROUTINE_BASE, MODE_GO, MODE_GO_GOID, RuntimeClassifier
 from agent.stitch.stitcher import NO_SPAN, Trace, header_keys
-from proto.span import KIND_CLIENT, KIND_SERVER, PARENT_UNKNOWN, Span, new_trace_id
+from proto.span import KIND_CLIENT, KIND_SERVER, PARENT_UNKNOWN, Span
 
 
 cdef int64_t _MS = 10**6
@@ -54,6 +57,51 @@ cdef str _MODE_GO_GOID = MODE_GO_GOID
 cdef str _KIND_SERVER = KIND_SERVER
 cdef str _KIND_CLIENT = KIND_CLIENT
 cdef str _PARENT_UNKNOWN = PARENT_UNKNOWN
+# Span fields read per span, at their __slots__ offsets (no attribute lookup each): the
+# offsets are checked at import (a field that is no plain slot fails loudly)
+cdef Py_ssize_t _S_PID, _S_START, _S_END, _S_KIND, _S_PROCESS
+cdef object _SpanT = Span
+
+
+cdef Py_ssize_t _slot(str name) except -1:
+    cdef Py_ssize_t off = slot_offset(Span, name)
+    if off < 0:
+        raise ImportError(f"proto.span.Span.{name} is not a plain slot: update _stitcher.pyx")
+    return off
+
+
+_S_PID, _S_START, _S_END = _slot("pid"), _slot("start_ns"), _slot("end_ns")
+_S_KIND, _S_PROCESS = _slot("kind"), _slot("process")
+cdef Py_ssize_t _S_TRACE = _slot("trace_id"), _S_PARENT = _slot("parent_span_id")
+cdef Py_ssize_t _S_SPAN_ID = _slot("span_id")
+
+
+cdef inline void _sput(object s, Py_ssize_t off, str name, object v) except *:
+    """Set field name of span s to v (at its slot offset when s is a Span)."""
+    cdef PyObject** p
+    cdef PyObject* old
+    if type(s) is _SpanT:
+        p = <PyObject**>((<char*><PyObject*>s) + off)
+        old = p[0]
+        Py_INCREF(v)
+        p[0] = <PyObject*>v
+        if old != NULL:
+            Py_DECREF(<object>old)
+    else:
+        setattr(s, name, v)
+
+
+cdef inline object _sget(object s, Py_ssize_t off, str name):
+    """Field of span s at slot offset off when s is a Span (else by attribute name);
+    an unset slot raises as attribute access does."""
+    cdef PyObject* v
+    if type(s) is _SpanT:
+        v = (<PyObject**>((<char*><PyObject*>s) + off))[0]
+        if v != NULL:
+            return <object>v
+    return getattr(s, name)
+
+
 # the counter names of each way of linking and each refusal reason, made once
 cdef dict _LINK_KEYS = {}
 cdef dict _REFUSED_KEYS = {}
@@ -205,10 +253,10 @@ cdef class Item:
             self.out_ns = ctx.out_ns
             self.has_response = ctx.has_response
         self.span = s
-        self.pid = s.pid
-        self.start_ns = s.start_ns
-        self.end_ns = s.end_ns
-        self.server = s.kind == _KIND_SERVER
+        self.pid = _sget(s, _S_PID, "pid")
+        self.start_ns = _sget(s, _S_START, "start_ns")
+        self.end_ns = _sget(s, _S_END, "end_ns")
+        self.server = _sget(s, _S_KIND, "kind") == _KIND_SERVER
 
 
 cdef Item _new_item(ctx):
@@ -231,6 +279,63 @@ cdef tuple _udp_key(s):
     if s.kind == _KIND_CLIENT:
         return (s.remote.addr, s.remote.port, s.local.addr, s.local.port, s.operation)
     return (s.local.addr, s.local.port, s.remote.addr, s.remote.port, s.operation)
+
+
+# -- payload tokens (agent/stitch/evidence.py's tokens(), compiled) ----------------------
+cdef frozenset _COMMON = evidence._COMMON
+cdef tuple _FIELDS = evidence._FIELDS
+if evidence._TOKEN.pattern != r"[A-Za-z0-9_\-]{8,}":
+    raise ImportError("evidence._TOKEN changed: update span_tokens in _stitcher.pyx")
+
+
+cdef inline bint _tok_char(Py_UCS4 c) noexcept:
+    return (c >= u'a' and c <= u'z') or (c >= u'A' and c <= u'Z') or (
+        c >= u'0' and c <= u'9') or c == u'_' or c == u'-'
+
+
+cdef void _scan_tokens(str t, set out) except *:
+    """Add t's id-like tokens to out: the maximal runs of [A-Za-z0-9_-] of 8 or more
+    characters (what the regex's findall returns), with a digit, not a common word."""
+    cdef Py_ssize_t n = len(t), i = 0, j
+    cdef bint digit
+    cdef Py_UCS4 c
+    while i < n:
+        c = t[i]
+        if not _tok_char(c):
+            i += 1
+            continue
+        j = i
+        digit = False
+        while j < n:
+            c = t[j]
+            if not _tok_char(c):
+                break
+            if c >= u'0' and c <= u'9':
+                digit = True
+            j += 1
+        if digit and j - i >= 8:
+            tok = t[i:j]
+            if tok.lower() not in _COMMON:
+                out.add(tok)
+        i = j
+
+
+cpdef frozenset span_tokens(s):
+    """evidence.tokens(s), compiled: the same tokens of the span's operation and request
+    fields (tests/stitch/test_tokens_compiled.py checks both agree)."""
+    op = s.operation
+    if type(op) is not str:
+        return evidence.tokens(s)  # not plain text: the reference decides (or raises)
+    cdef set out = set()
+    _scan_tokens(<str>op, out)
+    attrs = s.attributes
+    for k in _FIELDS:
+        v = attrs.get(k)
+        if isinstance(v, str):
+            if type(v) is not str:
+                return evidence.tokens(s)
+            _scan_tokens(<str>v, out)
+    return frozenset(out)
 
 
 include "_remote.pxi"
@@ -382,9 +487,9 @@ cdef class Stitcher:
         cdef TKey key
         self._added += 1
         s = item.span
-        pid = s.pid
+        pid = item.pid
         self.assembly.add(item)
-        self.comm[pid] = s.process
+        self.comm[pid] = _sget(s, _S_PROCESS, "process")
         cdef uint64_t conn_id = item.conn_id
         cdef bint server = item.server
         # The range of what this side reads, the request of a server or the response
@@ -587,7 +692,6 @@ cdef class Stitcher:
     cdef bint _decide_thread(self, Item item, int64_t now) except -1:
         """Decide a client span's parent in its process; False to wait."""
         s = item.span
-        pc = self.per_process[item.pid]
         self._via_conn = False
         # the item (not its span) as the child: its payload tokens are computed once
         cdef str status = self._thread_context(item.pid, item.out_tid, item.out_ns,
@@ -608,7 +712,7 @@ cdef class Stitcher:
                     return False  # a request read before it may carry that id
             item.thread_done = True
             item.link = "root"
-            pc["root client (no read before it)"] += 1
+            self.per_process[item.pid]["root client (no read before it)"] += 1
             return True
         if status != "ok":
             return self._refuse(item, status)
@@ -616,7 +720,7 @@ cdef class Stitcher:
             by_header = self._by_header(item)
             if by_header is not None and by_header is not parent:
                 item.thread_done = True  # two kinds of evidence disagree: no link
-                pc["refused: thread and propagated id disagree"] += 1
+                self.per_process[item.pid]["refused: thread and propagated id disagree"] += 1
                 self.stats["refused"] += 1
                 s.attributes[_PARENT_UNKNOWN] = "thread and propagated id disagree"
                 return True
@@ -637,7 +741,7 @@ cdef class Stitcher:
         cdef Item parent, ctxt
         cdef str how
         self._ri = None
-        mode = self.classifier.mode(pid)
+        mode = self._mode(pid)
         if mode == _MODE_GO or (mode == _MODE_GO_GOID and tid < _GOROUTINE_BASE):
             return "M:N runtime: thread is not the request"
         tit = self.threads.find(TKey(pid, tid))
@@ -736,6 +840,17 @@ cdef class Stitcher:
             return status
         return f"hand-off: {status}"
 
+    cdef object _mode(self, int64_t pid):
+        """classifier.mode(pid); for the pipeline's RuntimeClassifier, a pid already
+        classified is read from its table without a Python call (what mode() returns
+        for it first thing)."""
+        cl = self.classifier
+        if type(cl) is RuntimeClassifier:
+            m = (<dict>cl._by_pid).get(pid)
+            if m is not None:
+                return m
+        return cl.mode(pid)
+
     cdef bint _server_inflight(self, int64_t pid, int64_t t):
         """A server request of process pid read before t whose span is not known yet."""
         it = self.inflight.lower_bound(TKey(pid, INT64_MIN))
@@ -813,14 +928,14 @@ cdef class Stitcher:
         ci = <Item>child
         ct = ci.tokens  # a span's tokens do not change: cached on its item, as candidates'
         if ct is None:
-            ct = ci.tokens = evidence.tokens(ci.span)
+            ct = ci.tokens = span_tokens(ci.span)
         if not ct:
             return None
         sets = []
         for x in candidates:
             tk = x.tokens
             if tk is None:
-                tk = x.tokens = evidence.tokens(x.span)
+                tk = x.tokens = span_tokens(x.span)
             sets.append(tk)
         i = evidence.pick_by_token_sets(ct, sets)
         return None if i is None else candidates[i]
@@ -1040,6 +1155,52 @@ def _out_ns(Item it):
     return it.out_ns
 
 
+# Trace ids: 128 random-looking bits, as proto.span.new_trace_id, without its Python
+# call and getrandom syscall a trace: two splitmix64 outputs of a counter seeded from
+# os.urandom (reseeded in a forked child), as the connection core's span ids.  A
+# bijection of the counter: no id repeats in one process; two agents' ids collide as
+# random 128-bit values do.
+cdef uint64_t _tid_state = 0
+cdef const char* _HEX = b"0123456789abcdef"
+
+
+def _seed_trace_ids() -> None:
+    global _tid_state
+    _tid_state = int.from_bytes(os.urandom(8), "little")
+
+
+_seed_trace_ids()
+os.register_at_fork(after_in_child=_seed_trace_ids)
+
+
+cdef inline uint64_t _splitmix() noexcept:
+    global _tid_state
+    _tid_state += <uint64_t>0x9E3779B97F4A7C15ULL
+    cdef uint64_t z = _tid_state
+    z = (z ^ (z >> 30)) * <uint64_t>0xBF58476D1CE4E5B9ULL
+    z = (z ^ (z >> 27)) * <uint64_t>0x94D049BB133111EBULL
+    return z ^ (z >> 31)
+
+
+cdef str _new_trace_id():
+    cdef char buf[32]
+    cdef uint64_t hi = _splitmix(), lo = _splitmix()
+    cdef int i
+    if hi == 0 and lo == 0:
+        lo = 1  # all zeros is an invalid trace id (W3C)
+    for i in range(15, -1, -1):
+        buf[i] = _HEX[hi & 15]
+        hi >>= 4
+        buf[16 + i] = _HEX[lo & 15]
+        lo >>= 4
+    return PyUnicode_DecodeASCII(buf, 32, NULL)
+
+
+def new_trace_id_compiled() -> str:
+    """A trace id as the stitcher makes them (32 lower-case hex digits, never zero)."""
+    return _new_trace_id()
+
+
 cdef str _trace_id(list members):
     cdef Item m
     cdef bint any_tp = False
@@ -1049,13 +1210,13 @@ cdef str _trace_id(list members):
             any_tp = True
             break
     if not any_tp:
-        return new_trace_id()
+        return _new_trace_id()
     for m in sorted(members, key=_start_ns):
         tp = m.span.trace_headers.get("traceparent", "")
         parts = tp.split("-")
         if len(parts) >= 3 and len(parts[1]) == 32:
             return parts[1]  # join the W3C trace the application already carries
-    return new_trace_id()
+    return _new_trace_id()
 
 
 def _start_ns(Item m):

@@ -23,7 +23,7 @@ from agent import factory, runner
 from agent.cli import build_parser
 from agent.demo import cli as demo_cli
 from agent.enrich import Enricher
-from bench import bench_fidelity, bench_pipeline
+from bench import bench_fidelity, bench_pipeline, bench_replay
 
 # What must be the same everywhere: the stages, their types and how they are wired.
 STAGES = ("pipeline", "assembler", "tracker", "tracker_is_assembler's", "midstream_roles",
@@ -56,7 +56,8 @@ def _paths() -> dict[str, factory.Options]:
     return {"agent": factory.options_from_args(_agent_args()),
             "demo": demo_cli.pipeline_options(SERVER, {}),
             "bench_fidelity": bench_fidelity.pipeline_options(),
-            "bench_pipeline": bench_pipeline.pipeline_options()}
+            "bench_pipeline": bench_pipeline.pipeline_options(),
+            "bench_replay": bench_replay.pipeline_options()}
 
 
 def test_agent_demo_and_benches_build_the_same_stages():
@@ -76,11 +77,41 @@ def test_agent_demo_and_benches_build_the_same_stages():
         assert comp["demo"]["enricher"] == "agent.demo.cli.PodTags"
         assert isinstance(built["demo"].enricher.base, Enricher)
         assert comp["bench_fidelity"]["enricher"] is None
-        assert [c["exporters"] for c in comp.values()] == [[], ["server"], [], []]
+        assert [c["exporters"] for c in comp.values()] == [[], ["server"], [], [], []]
         assert comp["demo"]["ignore_ports"] == [9]  # its own server's port, as the agent
     finally:
         for p in built.values():
             _close(p)
+
+
+def test_spans_go_straight_to_the_stitcher_unless_watched():
+    """The per-span path has no Python frame between the assembler and the compiled
+    stitcher; watching spans (on_span) or replacing the stitcher re-wires it."""
+    from agent.pipeline import Pipeline
+
+    p = factory.build(bench_replay.pipeline_options())
+    try:
+        assert p.assembler.emit == p.stitcher.add
+        assert factory.composition(p)["assembler_emits_to_pipeline"]
+        p.on_span = [].append
+        assert p.assembler.emit.__func__ is Pipeline._span
+        assert factory.composition(p)["assembler_emits_to_pipeline"]
+        p.on_span = None
+        assert p.assembler.emit == p.stitcher.add
+
+        p.assembler.emit = [].append  # spans going elsewhere: said so
+        assert not factory.composition(p)["assembler_emits_to_pipeline"]
+        compiled = p.stitcher
+
+        class Other:
+            def add(self, ctx) -> None:
+                pass
+
+        p.stitcher = Other()
+        assert p.assembler.emit == p.stitcher.add
+        p.stitcher = compiled
+    finally:
+        p.close()
 
 
 def test_pipeline_from_args_is_the_factory():
