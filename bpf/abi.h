@@ -41,6 +41,8 @@
 #define ZT_F_RESUMED 32     /* conn records the probes made where a sampled-out connection is
                                traced again: a close, then a connect (client) or accept
                                (server) whose seq/offset are the bases of the kept exchange */
+#define ZT_F_NOCAPTURE 64   /* payload capture switched off for the record's cgroup (maps.h
+                               zt_capture_off): header only, no payload byte */
 
 /* drop counter slots (per-CPU array "drops") */
 #define ZT_DROP_RINGBUF_FULL 0
@@ -56,8 +58,9 @@
 #define ZT_STAT_SHED_EXCHANGES 2  /* request/response exchanges not traced (sampling) */
 #define ZT_STAT_SHED_CONNS 3      /* connections of unknown role not traced at all */
 #define ZT_STAT_SHED_SYSCALLS 4   /* data syscalls not emitted because of sampling */
-#define ZT_STAT_SHED_BYTES 5      /* bytes moved by those decided at exit (a lower bound:
-                                     the rest of a shed exchange is left at entry) */
+#define ZT_STAT_SHED_BYTES 5      /* bytes moved by those that turned the direction
+                                     (data.c zt_sample, zt_settle; a lower bound: the
+                                     rest of a shed exchange is left at entry uncounted) */
 #define ZT_STAT_KEPT_EXCHANGES 6  /* exchanges decided while sampling, and kept */
 #define ZT_STAT_SKIPPED_SYSCALLS 7 /* data syscalls inside a body the agent said to skip */
 #define ZT_STAT_SKIPPED_BYTES 8   /* bytes not emitted because of skip hints (payloads) */

@@ -67,10 +67,15 @@ struct zt_active {
 struct zt_sockstate {
     __u8 role;
     __u8 shed;     /* 1: the current exchange (role unknown: the connection) is not traced */
-    __u8 last_dir; /* direction of the last data syscall seen while sampling */
-    __u8 _pad;
+    __u8 last_dir; /* direction of the last data syscall that moved bytes while sampling */
+    __u8 pend;     /* ZT_PEND_*: a shed syscall that turned the direction, left at its entry
+                      (data.c zt_settle); whether it moved bytes is known from the seqs */
     __u32 gen;     /* zt_config.shed_gen when last_dir was set */
+    __u32 pend_seq; /* the pending syscall's direction's seq at its entry */
 };
+#define ZT_PEND_SET 1 /* a syscall is pending */
+#define ZT_PEND_EGRESS 2 /* its direction: egress (else ingress) */
+#define ZT_PEND_REQ 4 /* it turned to the request direction: a shed exchange started there */
 
 struct zt_scratch {
     __u64 unsignalled; /* events submitted on this CPU since the last wake-up */
@@ -154,7 +159,6 @@ static __always_inline int zt_active_take(struct zt_active *out)
  * (lengths, seqs, times, addresses) and no payload byte, flagged ZT_F_NOCAPTURE; the data
  * syscalls decide before copying, and zt_submit checks TLS plaintext records (bpf/tls.c
  * copies before it submits). */
-#define ZT_F_NOCAPTURE 64 /* flags bit, not in abi.h: agent/probes/capture.py F_NOCAPTURE */
 #define ZT_CAPTURE_ALL 0
 #define ZT_CAPTURE_DENY 1
 #define ZT_CAPTURE_ALLOW 2

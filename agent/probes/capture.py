@@ -4,7 +4,7 @@ bpf/maps.h holds the switch: `capture_mode` (ALL: no look-up; DENY: no payload f
 cgroups listed in `capture_cgroups`; ALLOW: payload only for them) and `capture_stats`
 (records sent without payload and the bytes their syscalls moved).  A record of a cgroup
 switched off keeps its header (lengths, seqs, times, addresses) and carries no payload
-byte; it is flagged F_NOCAPTURE.  The policy (which pods, from their namespace and
+byte; it is flagged abi.F_NOCAPTURE.  The policy (which pods, from their namespace and
 annotations) lives in agent/enrich/capture.py; this module only writes what it decides.
 """
 
@@ -15,8 +15,6 @@ import threading
 from collections.abc import Iterable
 from typing import Any
 
-# bpf/maps.h ZT_F_NOCAPTURE (a flags bit of struct zt_event beside abi.h's F_*)
-F_NOCAPTURE = 64
 MODE_ALL, MODE_DENY, MODE_ALLOW = 0, 1, 2
 MODE_NAMES = {MODE_ALL: "all", MODE_DENY: "deny", MODE_ALLOW: "allow"}
 LEVELS = 8  # bpf/maps.h ZT_CAPTURE_LEVELS: ancestor depths 1..7

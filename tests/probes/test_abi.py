@@ -94,3 +94,19 @@ def test_counter_slots_agree_with_bpf_abi_h():
         assert abi.STAT_SLOTS[slot] == words, (slot, cname)
     keep = re.search(r"^#define ZT_KEEP_ALL (\d+)", text, re.M)
     assert int(keep.group(1)) == abi.KEEP_ALL
+
+
+def test_flag_bits_agree_with_bpf_abi_h():
+    """Every ZT_F_* flag bit of bpf/abi.h is defined once, there, and abi.F_* mirrors it
+    (a bit defined elsewhere, as ZT_F_NOCAPTURE once was, could be reused by mistake)."""
+    import re
+
+    text = (BPF_DIR / "abi.h").read_text()
+    flags = dict(re.findall(r"^#define ZT_F_(\w+) (\d+)", text, re.M))
+    assert flags, "no ZT_F_ flags found in abi.h"
+    bits = [int(v) for v in flags.values()]
+    assert len(set(bits)) == len(bits) and all(b & (b - 1) == 0 for b in bits)
+    for name, value in flags.items():
+        assert getattr(abi, "F_" + name) == int(value), name
+    for other in ("maps.h", "data.c", "conn.c", "sock.h", "tls.c", "tc.c"):
+        assert not re.search(r"^#define ZT_F_", (BPF_DIR / other).read_text(), re.M), other

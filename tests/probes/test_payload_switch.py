@@ -35,7 +35,7 @@ from agent.enrich.cgroup import cgroup_id_of
 from agent.metrics import AgentMetrics
 from agent.pipeline import Pipeline
 from agent.probes import abi, capture
-from agent.probes.capture import F_NOCAPTURE, CaptureMap
+from agent.probes.capture import CaptureMap
 from agent.probes.loader import ProbeConfig, SocketTracer
 from tests.enrich.cgroups import CgroupLab
 from tests.enrich.kubereplay import ReplayApi, Reply, fixture_json
@@ -278,7 +278,7 @@ def test_no_byte_of_a_switched_off_pod_reaches_the_ring(run):
     assert data, "the switched-off pods' syscalls are still traced"
     for e in data:
         assert e.payload == b"" and e.captured == 0, e
-        assert e.flags & F_NOCAPTURE and e.flags & abi.F_TRUNCATED and e.ret > 0
+        assert e.flags & abi.F_NOCAPTURE and e.flags & abi.F_TRUNCATED and e.ret > 0
     # lengths kept: db-0 read the three requests, node-exporter's TLS server its plaintext
     db_in = [e for e in data if e.cgroup_id == run.cg["db"] and e.direction == abi.DIR_INGRESS]
     req = len(f"GET /{SECRET_DB}/0 HTTP/1.1\r\nHost: t\r\n\r\n")
@@ -290,7 +290,7 @@ def test_a_new_container_of_a_pod_off_is_covered_before_the_agent_sees_it(run):
     assert not run.walked_before_new and not run.new_listed
     new = [e for e in _events(run.records)
            if e.cgroup_id == run.cg["new"] and e.type == abi.EV_DATA]
-    assert new and all(e.payload == b"" and e.flags & F_NOCAPTURE for e in new)
+    assert new and all(e.payload == b"" and e.flags & abi.F_NOCAPTURE for e in new)
 
 
 def test_another_pods_payload_is_captured(run):
@@ -300,7 +300,7 @@ def test_another_pods_payload_is_captured(run):
     assert {e.cgroup_id for e in vis} == on  # client (envoy) and server (checkout)
     tls = [e for e in late if VISIBLE_TLS.encode() in e.payload]
     assert tls and all(e.flags & abi.F_TLS and e.cgroup_id == run.cg["checkout"] for e in tls)
-    assert not any(e.flags & F_NOCAPTURE for e in late if e.cgroup_id in on)
+    assert not any(e.flags & abi.F_NOCAPTURE for e in late if e.cgroup_id in on)
 
 
 def test_no_payload_of_a_switched_off_pod_in_any_span(run):
@@ -330,7 +330,7 @@ def test_no_payload_of_a_switched_off_pod_in_any_span(run):
 def test_what_was_withheld_is_counted_and_exported(run):
     assert run.drops.get("ringbuf_full", 0) == 0
     late = _events(run.records[len(run.early_records):])
-    withheld = [e for e in late if e.flags & F_NOCAPTURE]
+    withheld = [e for e in late if e.flags & abi.F_NOCAPTURE]
     assert run.counters["payload_off_records"] == len(withheld) > 0
     assert run.counters["payload_off_bytes"] == sum(e.ret for e in withheld)
     assert run.counters[SPANS_SCRUBBED] >= 1
@@ -373,9 +373,9 @@ def test_default_off_captures_only_the_cgroups_switched_on():
         data = [e for e in events if e.type == abi.EV_DATA]
         client = [e for e in data if e.cgroup_id == cgroup_id_of(str(off))]
         server = [e for e in data if e.cgroup_id == cgroup_id_of(str(on))]
-        assert client and all(e.payload == b"" and e.flags & F_NOCAPTURE for e in client)
+        assert client and all(e.payload == b"" and e.flags & abi.F_NOCAPTURE for e in client)
         assert sum(marker.encode() in e.payload for e in server) == 2
-        assert not any(e.flags & F_NOCAPTURE for e in server)
+        assert not any(e.flags & abi.F_NOCAPTURE for e in server)
         assert counted["payload_off_records"] == len(client)
     finally:
         if proc is not None:
