@@ -19,7 +19,9 @@ traced round and as medians:
   the samples in the second half of the wrk run), peak (load and drain); with --smaps,
   where the resident memory is under load (/proc/PID/smaps at 3/4 of the wrk run, by
   mapping kind: ring buffer, compiler libraries, anonymous heap ...);
-- agent CPU (utime+stime of the process over the wrk run): cores and µs per request.
+- agent CPU (utime+stime of the process over the wrk run): cores and µs per request;
+- with --prog-stats, each BPF program's kernel run time per wrk request (which
+  tracepoints fire how often per request, ns a run): the probes' cost in nginx and wrk.
 The machine's load (`uptime`) is printed with the figures: the VM is shared."""
 
 from __future__ import annotations
@@ -115,6 +117,56 @@ def wrk_measured(net, url: str, args) -> dict:
     wrk = (t1.children_user + t1.children_system) - (t0.children_user + t0.children_system)
     w["app_us_per_req"] = (wrk + n1 - n0) * 1e6 / w["requests"] if w["requests"] else 0.0
     return w
+
+
+def prog_runs(pid: int) -> dict[int, tuple[int, int]]:
+    """prog_id -> (run_time_ns, run_cnt) of every BPF program process pid holds (the
+    kernel counts only while BPF run-time statistics are on: bench_tc.RunStats)."""
+    out: dict[int, tuple[int, int]] = {}
+    d = f"/proc/{pid}/fdinfo"
+    for fd in os.listdir(d):
+        try:
+            with open(f"{d}/{fd}") as f:
+                kv = dict(line.split(":", 1) for line in f if ":" in line)
+        except OSError:
+            continue
+        if "prog_id" in kv and "run_cnt" in kv:
+            out[int(kv["prog_id"])] = (int(kv["run_time_ns"]), int(kv["run_cnt"]))
+    return out
+
+
+def prog_names(pid: int) -> dict[int, str]:
+    """prog_id -> the tracepoints/probes it is attached to in process pid (bpftool's
+    program names stop at 15 characters: all of ours read "tracepoint__sys")."""
+    import json
+
+    try:
+        rows = json.loads(subprocess.run(["bpftool", "perf", "show", "--json"], check=True,
+                                         capture_output=True, text=True).stdout)
+    except (OSError, subprocess.CalledProcessError, ValueError):
+        return {}
+    names: dict[int, list[str]] = {}
+    for r in rows:
+        if r.get("pid") == pid:
+            what = r.get("tracepoint") or r.get("func") or r.get("filename") or r["fd_type"]
+            names.setdefault(r["prog_id"], []).append(str(what).rsplit("/", 1)[-1])
+    return {k: ",".join(sorted(set(v))) for k, v in names.items()}
+
+
+def prog_report(before: dict, after: dict, names: dict[int, str], requests: int) -> list[str]:
+    """Per program: runs and ns per wrk request, ns a run, largest first."""
+    rows = []
+    for pid_, (t1, c1) in after.items():
+        t0, c0 = before.get(pid_, (0, 0))
+        if c1 > c0:
+            rows.append((t1 - t0, c1 - c0, names.get(pid_, f"prog {pid_}")))
+    rows.sort(reverse=True)
+    n = max(1, requests)
+    total = sum(t for t, _c, _n in rows)
+    out = [f"BPF programs (kernel run-time stats): {total / n:,.0f} ns a request in all"]
+    out += [f"  {t / n:7.0f} ns/req  {c / n:5.2f} runs/req  {t / c:6.0f} ns/run  {name[:90]}"
+            for t, c, name in rows]
+    return out
 
 
 def proc_rss_mb(pid: int) -> float:
@@ -218,7 +270,16 @@ def traced_round(net, url: str, args, env: dict[str, str]) -> dict:
             timer = threading.Timer(0.75 * args.duration, snap)
             timer.start()
         t0 = time.monotonic()
-        w = wrk_measured(net, url, args)
+        if args.prog_stats:
+            from bench.bench_tc import RunStats
+
+            with RunStats():
+                p0 = prog_runs(a.p.pid)
+                w = wrk_measured(net, url, args)
+                p1 = prog_runs(a.p.pid)
+            progs = prog_report(p0, p1, prog_names(a.p.pid), w["requests"])
+        else:
+            w, progs = wrk_measured(net, url, args), []
         t1 = time.monotonic()
         cpu_s = proc_cpu_s(a.p.pid) - cpu0
         time.sleep(2.0)  # the tail drains, keep-alive connections stay open
@@ -253,6 +314,7 @@ def traced_round(net, url: str, args, env: dict[str, str]) -> dict:
         "rss_peak": max(rss),
         "smaps": smaps[0] if smaps else {},
         "smaps_idle": smaps_idle,
+        "progs": progs,
         "exit": [line for line in log if line.startswith("zerotrace:")][-6:]
         + [line for line in log if line.startswith("zerotrace-mem:")],
     })
@@ -271,6 +333,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--env", action="append", default=[], help="K=V for the agent")
     ap.add_argument("--smaps", action="store_true",
                     help="where the agent's resident memory is, under load (smaps by kind)")
+    ap.add_argument("--prog-stats", action="store_true",
+                    help="the kernel's run time of each BPF program per wrk request (BPF "
+                         "run-time statistics on during traced wrk runs: a little slower)")
     ap.add_argument("--compare-off", action="store_true",
                     help="each round also traced with shedding off (ZEROTRACE_SHEDDING=0)")
     ap.add_argument("--compare", action="append", default=[], metavar="K=V[,K=V]",
@@ -318,6 +383,8 @@ def _print_round(i: int, what: str, b: dict, r: dict) -> None:
         if r.get(key):
             print(f"    resident {when} by kind (MB): " + ", ".join(
                 f"{k.strip()} {v:.1f}" for k, v in r[key].items() if v >= 0.05))
+    for line in r.get("progs", []):
+        print("    " + line)
     for line in r["exit"]:
         print("    " + line)
 

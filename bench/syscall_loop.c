@@ -1,5 +1,8 @@
 /* Tight syscall loops for overhead measurement; prints CPU ns per iteration.
  *   syscall_loop tcp N      write 100 B on a loopback TCP connection, read it back
+ *   syscall_loop rr N       request/response: the client writes 100 B, the server reads
+ *                           them and writes 100 B back, the client reads them (every
+ *                           syscall turns its socket's direction, as in HTTP keep-alive)
  *   syscall_loop devnull N  write 100 B to /dev/null
  * CPU time (CLOCK_PROCESS_CPUTIME_ID) rather than wall time: on a 2-core VM wall time
  * is dominated by scheduler wake-ups; the probes' cost lands in this process's
@@ -45,10 +48,16 @@ int main(int argc, char **argv)
     if (connect(c, (void *)&a, sizeof(a))) { perror("connect"); return 1; }
     setsockopt(c, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     int s = accept(ls, NULL, NULL);
+    int rr = strcmp(argv[1], "rr") == 0;
+    setsockopt(s, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     long long t0 = cpu_ns();
     for (long i = 0; i < n; i++) {
         if (write(c, buf, sizeof(buf)) != sizeof(buf)) return 1;
         if (read(s, buf, sizeof(buf)) != sizeof(buf)) return 1; /* loopback delivers inline */
+        if (!rr)
+            continue;
+        if (write(s, buf, sizeof(buf)) != sizeof(buf)) return 1;
+        if (read(c, buf, sizeof(buf)) != sizeof(buf)) return 1;
     }
     printf("%.1f\n", (double)(cpu_ns() - t0) / n);
     return 0;

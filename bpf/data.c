@@ -28,23 +28,111 @@ static __always_inline int zt_task_wanted(struct zt_config *cfg, __u32 tgid)
     return 1;
 }
 
-/* Socket-level filters; 1 when this inet socket is to be traced. */
-static __always_inline int zt_sock_wanted(struct zt_config *cfg, __u64 sk, __u16 lport, __u16 rport)
+/* Socket-level filters; 1 when this inet socket is to be traced (c: its sock_common
+ * block, already loaded). */
+static __always_inline int zt_skc_wanted(struct zt_config *cfg, struct zt_skc *c, __u16 lport,
+                                         __u16 rport)
 {
     if (cfg->filter_port && !filter_ports.lookup(&lport) && !filter_ports.lookup(&rport))
         return 0;
     if (cfg->filter_netns) {
-        __u32 ns = zt_sock_netns(sk);
+        __u32 ns = zt_skc_netns(c);
         if (!filter_netns.lookup(&ns))
             return 0;
     }
     return 1;
 }
 
+static __always_inline int zt_sock_wanted(struct zt_config *cfg, __u64 sk, __u16 lport, __u16 rport)
+{
+    if (!cfg->filter_port && !cfg->filter_netns)
+        return 1;
+    struct zt_skc c;
+    if (!ZT_SKC_LOAD(&c, sk))
+        return 0;
+    return zt_skc_wanted(cfg, &c, lport, rport);
+}
+
 static __always_inline int zt_is_egress(__u8 sys)
 {
     return sys == ZT_SYS_WRITE || sys == ZT_SYS_WRITEV || sys == ZT_SYS_SENDTO ||
            sys == ZT_SYS_SENDMSG || sys == ZT_SYS_SENDMMSG;
+}
+
+/* The TCP seq of direction dir of socket sk now: the next byte to be written or read. */
+static __always_inline __u32 zt_seq_now(__u64 sk, __u8 dir)
+{
+    __u32 seq = 0;
+    if (dir == ZT_DIR_EGRESS)
+        ZT_READ(seq, sk, OFF_TCP_WRITE_SEQ);
+    else
+        ZT_READ(seq, sk, OFF_TCP_COPIED_SEQ);
+    return seq;
+}
+
+/* Keep what `key` names?  A hash, not a random draw: an exchange is keyed by the TCP seq
+ * of its request's first byte, which the client's write and the server's read agree on
+ * (on one host and across hosts), so both ends keep or shed the same requests; and a
+ * lower rate keeps a subset of what a higher one keeps. */
+static __always_inline int zt_keep(struct zt_config *cfg, __u64 key)
+{
+    __u32 h = (__u32)((key ^ (key >> 32)) * 2654435761u);
+    return cfg->keep >= ZT_KEEP_ALL || (h >> 16) < cfg->keep;
+}
+
+/* A shed syscall that turned the direction was left at its entry (zt_shed_at_entry):
+ * whether it moved bytes, which zt_sample would have asked at its exit, is told now by
+ * its direction's seq, before this syscall moves any.  Moved: its direction is the last
+ * one, as zt_sample would have set it; nothing moved (EAGAIN): it never happened. */
+static __always_inline void zt_settle(struct zt_sockstate *st, __u64 sk)
+{
+    __u8 dir = st->pend & ZT_PEND_EGRESS ? ZT_DIR_EGRESS : ZT_DIR_INGRESS;
+    __u32 moved = zt_seq_now(sk, dir) - st->pend_seq;
+    if (moved) {
+        if (st->pend & ZT_PEND_REQ)
+            zt_stat(ZT_STAT_SHED_EXCHANGES, 1);
+        zt_stat(ZT_STAT_SHED_BYTES, moved);
+        st->last_dir = dir;
+    }
+    st->pend = 0;
+}
+
+/* Sampling at a data syscall's entry: 1 when its bytes are shed whatever it returns, so
+ * that nothing is carried to its exit (the cheapest path: no in-flight slot, no exit
+ * work; under overload most syscalls take it).  That is so when the socket's current
+ * exchange is shed and the syscall cannot start a kept one: it goes the same way as the
+ * last one that moved bytes, or it turns to the response direction, or it turns to the
+ * request direction where the hash of its seq sheds the new exchange too (zt_keep: its
+ * exit would decide the same from the same seq).  A turn's effect on the direction
+ * waits for the socket's next syscall (zt_settle): whether it moved bytes is not known
+ * here.  Anything else (kept exchanges, a kept new one, sockets sampling has not seen)
+ * goes to the exit, zt_sample. */
+static __always_inline int zt_shed_at_entry(struct zt_config *cfg, __u64 sk, __u8 sys,
+                                            __u8 transport)
+{
+    struct zt_sockstate *st = socks.lookup(&sk);
+    if (!st)
+        return 0;
+    if (st->pend)
+        zt_settle(st, sk);
+    if (!st->shed)
+        return 0;
+    __u8 dir = zt_is_egress(sys) ? ZT_DIR_EGRESS : ZT_DIR_INGRESS;
+    if (st->role == ZT_ROLE_UNKNOWN || (st->gen == cfg->shed_gen && st->last_dir == dir)) {
+        zt_stat(ZT_STAT_SHED_SYSCALLS, 1);
+        return 1;
+    }
+    if (st->gen != cfg->shed_gen || transport != ZT_IPPROTO_TCP)
+        return 0;
+    __u8 req_dir = st->role == ZT_ROLE_CLIENT ? ZT_DIR_EGRESS : ZT_DIR_INGRESS;
+    __u32 seq = zt_seq_now(sk, dir);
+    if (dir == req_dir && zt_keep(cfg, seq))
+        return 0; /* a kept exchange starts here: its exit tells the agent */
+    st->pend = ZT_PEND_SET | (dir == ZT_DIR_EGRESS ? ZT_PEND_EGRESS : 0) |
+               (dir == req_dir ? ZT_PEND_REQ : 0);
+    st->pend_seq = seq;
+    zt_stat(ZT_STAT_SHED_SYSCALLS, 1);
+    return 1;
 }
 
 static __always_inline int zt_data_enter(int fd, __u8 sys, __u64 buf, __u64 count, __u64 addr,
@@ -61,22 +149,13 @@ static __always_inline int zt_data_enter(int fd, __u8 sys, __u64 buf, __u64 coun
         return 0;
     __u8 family = 0, transport = 0;
     __u16 lport = 0, rport = 0;
-    if (!zt_sock_basics(sk, &family, &transport, &lport, &rport))
+    struct zt_skc c;
+    if (!ZT_SKC_LOAD(&c, sk) || !zt_skc_basics(&c, &family, &transport, &lport, &rport))
         return 0;
-    if (!zt_sock_wanted(cfg, sk, lport, rport))
+    if (!zt_skc_wanted(cfg, &c, lport, rport))
         return 0;
-    if (cfg->shed_mode) {
-        /* Sampled out, and this syscall can neither start an exchange nor turn the
-         * direction (zt_sample): no need to carry it to the exit. */
-        struct zt_sockstate *st = socks.lookup(&sk);
-        if (st && st->shed && (st->role == ZT_ROLE_UNKNOWN ||
-                               (st->gen == cfg->shed_gen &&
-                                st->last_dir == (zt_is_egress(sys) ? ZT_DIR_EGRESS
-                                                                   : ZT_DIR_INGRESS)))) {
-            zt_stat(ZT_STAT_SHED_SYSCALLS, 1);
-            return 0;
-        }
-    }
+    if (cfg->shed_mode && zt_shed_at_entry(cfg, sk, sys, transport))
+        return 0;
 
     struct zt_active *a = zt_active_get(1);
     if (!a) {
@@ -155,15 +234,20 @@ static __always_inline void zt_fill(struct zt_event *ev, struct zt_active *a, __
     ev->family = a->family;
     ev->transport = a->transport;
     ev->lport = a->lport;
-    if (a->transport == ZT_IPPROTO_UDP && !a->lport) /* bound by this very sendto */
-        ZT_READ(ev->lport, a->sk, OFF_SK_NUM);
     ev->rport = a->rport;
     ev->role = ZT_ROLE_UNKNOWN;
     ev->offset = 0;
     __builtin_memset(ev->laddr, 0, 16);
     __builtin_memset(ev->raddr, 0, 16);
-    zt_sock_addrs(a->sk, ev->family, ev);
-    ev->netns = zt_sock_netns(a->sk);
+    ev->netns = 0;
+    /* addresses and namespace: one read of sock_common, one of struct net */
+    struct zt_skc c;
+    if (ZT_SKC_LOAD(&c, a->sk)) {
+        if (a->transport == ZT_IPPROTO_UDP && !a->lport) /* bound by this very sendto */
+            ZT_SKC_FIELD(ev->lport, &c, OFF_SK_NUM);
+        zt_skc_addrs(&c, ev->family, ev);
+        ev->netns = zt_skc_netns(&c);
+    }
     zt_process_comm(ev->comm);
     ev->goid = 0;
     if (cfg->track_goid) {
@@ -216,16 +300,6 @@ static __always_inline void zt_emit_msghdr(struct zt_scratch *s, struct zt_confi
     if (s->ev.transport == ZT_IPPROTO_UDP && name)
         zt_user_peer((void *)name, &s->ev);
     zt_emit_data(s, cfg, a, len, seq_delta);
-}
-
-/* Keep what `key` names?  A hash, not a random draw: an exchange is keyed by the TCP seq
- * of its request's first byte, which the client's write and the server's read agree on
- * (on one host and across hosts), so both ends keep or shed the same requests; and a
- * lower rate keeps a subset of what a higher one keeps. */
-static __always_inline int zt_keep(struct zt_config *cfg, __u64 key)
-{
-    __u32 h = (__u32)((key ^ (key >> 32)) * 2654435761u);
-    return cfg->keep >= ZT_KEEP_ALL || (h >> 16) < cfg->keep;
 }
 
 /* Sampling under overload (zt_config.shed_mode; the agent sets keep from how far behind

@@ -18,7 +18,10 @@ from agent.probes.ringbuf import RingBuffer
 
 log = logging.getLogger(__name__)
 
-BPF_DIR = Path(__file__).resolve().parents[2] / "bpf"
+# ZEROTRACE_BPF_DIR: probe sources from another directory, for benchmarks that compare
+# two versions of the probes side by side in one run (bench_live --compare)
+BPF_DIR = Path(os.environ.get("ZEROTRACE_BPF_DIR") or
+               Path(__file__).resolve().parents[2] / "bpf")
 SOCKET_TRACE_C = BPF_DIR / "socket_trace.c"
 
 
