@@ -436,7 +436,11 @@ http {{ access_log off; client_body_temp_path {tmp}/b; proxy_temp_path {tmp}/p;
               f"drained and indexed, {lost} lost to a full ring)")
         for k in states:
             m = statistics.median(res[k])
-            print(f"  {k:<22} {m:9.0f} req/s   ratio {m / base:.3f}   "
+            # each round's state against the same round's untraced run (seconds apart):
+            # less exposed to the machine's load drifting over the whole run
+            paired = statistics.median(v / u for v, u in zip(res[k], res[states[0]],
+                                                             strict=True))
+            print(f"  {k:<22} {m:9.0f} req/s   ratio {m / base:.3f}   paired {paired:.3f}   "
                   f"(rounds {', '.join(f'{v:.0f}' for v in res[k])})")
         report_runs(f"traced round with stats ({stat_rps:.0f} req/s)", before, after,
                     "request", int(stat_rps * seconds))

@@ -357,6 +357,54 @@ cdef class HopIndex:
         out.sort(key=_first)  # stable: first arrival breaks ties
         return out
 
+    cdef int _reached(self, int32_t slot, netns, port) except -2:
+        """1 when the message's first record at some hook in `netns` was addressed to
+        `port` (a Sighting's dport is its first record's), else 0; -1 when the message
+        passed more than 32 hooks (the caller checks on Sightings).  No Python object
+        is made: this runs for every candidate response of every client span."""
+        if not (0 <= netns <= 0xffffffff and 0 <= port <= 0xffff):
+            return 0
+        cdef uint32_t ns = <uint32_t>netns
+        cdef uint16_t p = <uint16_t>port
+        cdef Msg *m = &self.msgs[slot]
+        cdef uint32_t n = m.nrec
+        cdef int32_t *order = <int32_t *>malloc(max(n, 1) * sizeof(int32_t))
+        if not order:
+            raise MemoryError()
+        cdef uint32_t seen_ns[32]
+        cdef uint32_t seen_if[32]
+        cdef uint8_t seen_dir[32]
+        cdef int nseen = 0, k, res = 0
+        cdef int32_t r = m.last
+        cdef Py_ssize_t i = n, j
+        cdef Rec *rec
+        cdef bint first
+        while r >= 0 and i > 0:  # newest first: stored in arrival order
+            i -= 1
+            order[i] = r
+            r = self.recs[r].prev
+        for j in range(i, n):
+            rec = &self.recs[order[j]]
+            first = True
+            for k in range(nseen):
+                if (seen_ns[k] == rec.netns and seen_if[k] == rec.ifindex
+                        and seen_dir[k] == rec.direction):
+                    first = False
+                    break
+            if not first:
+                continue
+            if nseen == 32:
+                res = -1
+                break
+            seen_ns[nseen], seen_if[nseen], seen_dir[nseen] = (
+                rec.netns, rec.ifindex, rec.direction)
+            nseen += 1
+            if rec.netns == ns and rec.dport == p:
+                res = 1
+                break
+        free(order)
+        return res
+
     def path(self, key) -> list:
         """The hooks the message passed (Sightings), in the order it first reached them."""
         cdef int32_t slot = self._lookup(key)
@@ -369,12 +417,16 @@ cdef class HopIndex:
             return None
         cdef uint32_t s32 = <uint32_t>seq
         cdef int32_t i = self.sb[zt_shash(s32, self.bmask)]
+        cdef int r
         found = []
         while i >= 0:
-            if self.msgs[i].seq == s32 and any(
-                    s.hook[0] == client_netns and s.dport == client_port
-                    for s in self._sightings(i)):
-                found.append(i)
+            if self.msgs[i].seq == s32:
+                r = self._reached(i, client_netns, client_port)
+                if r < 0:  # too many hooks for the C check: the same rule on Sightings
+                    r = any(s.hook[0] == client_netns and s.dport == client_port
+                            for s in self._sightings(i))
+                if r:
+                    found.append(i)
             i = self.msgs[i].snext
         if len(found) != 1:
             return None

@@ -218,3 +218,15 @@ def test_compiled_index_agrees_with_the_reference_on_random_records():
                     for port in range(3):
                         assert idx.response_key(seq, ns, port) == ref.response_key(
                             seq, ns, port)
+
+
+def test_response_found_past_32_hooks():
+    # the C check of response_key keeps 32 hooks in hand; a longer path is checked on
+    # Sightings instead, with the same answer
+    w = (SERVER_NS, 8080, 40000)
+    idx = HopIndex()
+    idx.add([rec(10 + i, GW_NS, 100 + i, 0, 57, w, 9) for i in range(40)]
+            + [rec(100, CLIENT_NS, 2, 1, 57, w, 40000)])
+    assert idx.response_key(57, CLIENT_NS, 40000) == (*w, 57)
+    assert idx.response_key(57, CLIENT_NS, 40001) is None
+    assert idx.response_key(57, GW_NS, 9) == (*w, 57)  # within the first 32 hooks
