@@ -25,7 +25,9 @@
  * back to one read per member, so the probes still load. */
 #define ZT_MIN(a, b) ((a) < (b) ? (a) : (b))
 #define ZT_MAX(a, b) ((a) > (b) ? (a) : (b))
+#ifndef ZT_BLOCK_MAX
 #define ZT_BLOCK_MAX 128
+#endif
 
 /* struct fdtable: max_fds and fd */
 #define ZT_FDT_LO ZT_MIN(OFF_FDT_MAX_FDS, OFF_FDT_FD)
