@@ -13,14 +13,19 @@ import re
 from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
+from proto import links as span_links
 from proto import schema as span_schema
 
 DATABASE = "zerotrace"
 TABLE = "spans"
 INDEX_TABLE = "search_index"
 INDEX_VIEW = "search_index_mv"
-JOIN_TABLE = "join_keys"
-JOIN_VIEW = "join_keys_mv"
+JOIN_TABLE = "link_keys"
+JOIN_VIEW = "link_keys_mv"
+# The first layout of the join-key table (key type, key, kind, prefix: issue 16, third
+# session); dropped at open once `JOIN_TABLE` holds its keys (SqlStore._create).
+OLD_JOIN_TABLE = "join_keys"
+OLD_JOIN_VIEW = "join_keys_mv"
 
 # (name, type with codec) in `zerotrace.v1.Span` order: from the one declaration of
 # the span's fields (proto/schema.py, where each codec's reason is written).
@@ -182,35 +187,53 @@ GROUP BY trace_id, service"""
 # primary-key range read of the few traces named (trace ids sharing those 4 bytes).
 # A row says "a trace starting with these bytes may hold a span with this key"; the
 # joiner checks every candidate exactly on the spans, so a hash collision or a row
-# left over after retention only costs a read.  6.5 bytes a span on disk and ~4 us a
-# span of ingest CPU (the view's ARRAY JOIN), measured at 10 M / 200 000 spans.
+# left over after retention only costs a read.
+# One UInt64 names (key type, key, kind) (`link_key_seq`): a lookup is one primary-key set
+# over two columns, and returns the counterpart kind's rows only.  The first layout
+# (key type, key, kind, prefix; 1 024-row granules) cost a trace by id's two lookups
+# 6-12 ms of chDB CPU each, a header key's set built by a subquery most of it; this one
+# 2.5-3 ms (helper "query", figs-query.md, fourth session).
 # Carrying this over to another schema declaration: the table, the view, the
 # backfill in SqlStore._create, the row count in ChdbStore._count_locked and the
 # retention delete in SqlStore._delete_before belong together.
 
+_U64 = (1 << 64) - 1
+
+
+def link_key_seq(req_seq: int, kind: str) -> int:
+    """The join-key table's `k` of a span of `kind` with `req_seq`, as its view
+    computes it (`create_join_view`): the number shifted left one bit, the low bit 1
+    for a server span (UInt64 arithmetic: wraps)."""
+    return ((int(req_seq) << 1) | (kind == "server")) & _U64
+
+
+def link_key_header_sql(name: str, value: str, kind: str) -> str:
+    """SQL of `k` for a trace header, as the view computes it at insert (`name`,
+    `value`: SQL of String type; `kind`: SQL of UInt8, 1 for a server span)."""
+    return f"bitOr(bitShiftLeft(cityHash64({name}, {value}), 1), {kind})"
+
 
 def create_join_table(db: str = DATABASE, engine: str = "MergeTree") -> str:
-    """DDL of the join-key table: (key_type, key, kind) -> trace id prefix.
+    """DDL of the join-key table: `k` (key type, key and kind in one UInt64) -> trace
+    id prefix.
 
-    key_type 'seq': key = req_seq; key_type 'header': key = cityHash64(name, value)
-    of a trace header (x-request-id, traceparent, ...).  Partitioned by day like the
-    span table so that retention can drop old keys; a small granularity because each
-    lookup reads one granule per key, and 4-16 KiB compressed blocks (defaults 64 KiB-
-    1 MiB) so that the granule is not read with a large block around it: a 170-key
-    lookup 78 -> 44 ms (helper "query", figs-query.md); ingest no worse (arrow wire
-    19.6-20.5 against 21.4-22.5 us a span, load 3.2-3.7).  New tables only: an
+    Sequence numbers: k = req_seq << 1 | is_server (`link_key_seq`); headers in
+    `links.JOIN_HEADERS` (the only ones a join looks up): k = cityHash64(name, value)
+    << 1 | is_server.  The two kinds of key share the one space: a number equal to
+    a hash only adds a candidate, which the joiner's exact check drops.  Partitioned
+    by day like the span table so that retention deletes whole days; 256-row
+    granules and 4-16 KiB compressed blocks because a lookup reads one granule per
+    key (a 170-key lookup with 64 KiB-1 MiB blocks 78 -> 44 ms).  New tables only: an
     older data directory keeps its join-key table's settings.
     """
     return f"""CREATE TABLE IF NOT EXISTS {db}.{JOIN_TABLE} (
   day Date,
-  key_type LowCardinality(String),
-  key UInt64 CODEC(Delta, ZSTD(1)),
-  kind LowCardinality(String),
+  k UInt64 CODEC(Delta, ZSTD(1)),
   trace_prefix UInt32 CODEC(ZSTD(1))
 ) ENGINE = {engine}
 PARTITION BY day
-ORDER BY (key_type, key, kind)
-SETTINGS index_granularity = 1024, min_compress_block_size = 4096,
+ORDER BY k
+SETTINGS index_granularity = 256, min_compress_block_size = 4096,
   max_compress_block_size = 16384"""
 
 
@@ -221,18 +244,20 @@ def trace_prefix(trace_id_hex: str) -> int:
 
 def create_join_view(db: str = DATABASE) -> str:
     """The materialized view that fills the join-key table from each span insert."""
+    headers = ", ".join(f"'{h}'" for h in span_links.JOIN_HEADERS)
+    server = "toUInt8(kind = 'server')"
+    hdr = link_key_header_sql("toString(n)", "v", server)
     return f"""CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.{JOIN_VIEW}
 TO {db}.{JOIN_TABLE} AS SELECT
   toDate(toDateTime(intDiv(start_ns, 1000000000))) AS day,
-  k.1 AS key_type,
-  k.2 AS key,
-  kind,
+  k,
   reinterpretAsUInt32(reverse(substring(trace_id, 1, 4))) AS trace_prefix
-FROM {db}.{TABLE}
+FROM (SELECT start_ns, trace_id, kind, req_seq,
+             mapFilter((n, v) -> n IN ({headers}) AND v != '', trace_headers) AS h
+      FROM {db}.{TABLE})
 ARRAY JOIN arrayConcat(
-  if(isNull(req_seq), [], [('seq', assumeNotNull(req_seq))]),
-  arrayMap((n, v) -> ('header', cityHash64(toString(n), v)),
-           mapKeys(trace_headers), mapValues(trace_headers))) AS k
+  if(isNull(req_seq), [], [bitOr(bitShiftLeft(assumeNotNull(req_seq), 1), {server})]),
+  arrayMap((n, v) -> {hdr}, mapKeys(h), mapValues(h))) AS k
 WHERE kind IN ('client', 'server')"""
 
 

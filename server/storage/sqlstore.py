@@ -203,9 +203,13 @@ class SqlStore(SpanStore, abc.ABC):
             self.db, engine.replace(schema.TABLE, schema.JOIN_TABLE)))
         self._command(schema.create_join_view(self.db))
         if schema.JOIN_TABLE not in had:
-            # From before the join-key table (issue 16): its keys of what is stored.
+            # From before this join-key table (issue 16): its keys of what is stored.
             select = schema.create_join_view(self.db).split(" AS SELECT", 1)[1]
             self._command(f"INSERT INTO {self.join_keys} SELECT {select}")
+        # The first layout's table and view (schema.OLD_JOIN_TABLE): nothing reads them
+        # now, and the view would cost every insert ~4 us a span.
+        self._command(f"DROP VIEW IF EXISTS {self.db}.{schema.OLD_JOIN_VIEW}")
+        self._command(f"DROP TABLE IF EXISTS {self.db}.{schema.OLD_JOIN_TABLE}")
 
     # -- reads -----------------------------------------------------------------
 
@@ -282,32 +286,32 @@ class SqlStore(SpanStore, abc.ABC):
         hdrs = sorted({(k[0], k[1], kind) for t, k, kind in lookups if t == "header"})
         if not seqs and not hdrs:
             return []
-        params: dict[str, Any] = {}
-        where = []
-        if seqs:
-            # an Array parameter (one primary-key set, no subquery): ~1.5 ms CPU less
-            # a lookup than a set from a split string; kinds are checked below
-            params["ks"] = "[" + ",".join(sorted({str(k) for k, _ in seqs})) + "]"
-            where.append("(key_type = 'seq' AND key IN {ks:Array(UInt64)})")
-        if hdrs:
-            # hex: header values may hold any character, the list needs separators
-            params["jh"] = ",".join(f"{n.encode().hex()}:{v.encode().hex()}:{kind}"
-                                    for n, v, kind in hdrs)
-            where.append("(key_type = 'header' AND (key, kind) IN (SELECT cityHash64(unhex("
-                         "x[1]), unhex(x[2])), x[3] FROM (SELECT splitByChar(':', arrayJoin("
-                         "splitByChar(',', {jh:String}))) AS x)))")
+        # One primary-key set of the join-key table (schema.create_join_table): the
+        # sequence numbers' keys as an Array parameter, the headers' as constant
+        # expressions of bound strings (folded before the read: a set built by a
+        # subquery cost ~4 ms of chDB CPU a lookup).
+        by_k = {schema.link_key_seq(q, kind): q for q, kind in seqs}
+        params: dict[str, Any] = {"ks": "[" + ",".join(map(str, sorted(by_k))) + "]"}
+        consts = []
+        for i, (n, v, kind) in enumerate(hdrs):
+            params.update({f"hn{i}": n, f"hv{i}": v, f"hk{i}": int(kind == "server")})
+            consts.append(schema.link_key_header_sql(
+                f"{{hn{i}:String}}", f"{{hv{i}:String}}", f"{{hk{i}:UInt8}}"))
         found = self._select(
-            f"SELECT key_type AS t, key AS k, kind, trace_prefix AS p FROM {self.join_keys} "
-            f"WHERE {' OR '.join(where)}", params)
-        seq_set = set(seqs)
+            f"SELECT k, trace_prefix AS p FROM {self.join_keys} "
+            f"WHERE k IN arrayConcat({{ks:Array(UInt64)}}, [{', '.join(consts)}])", params)
         rows: dict[int, int] = {}
         for r in found:
-            if r["t"] == "seq" and (int(r["k"]), r["kind"]) not in seq_set:
-                continue
             rows[int(r["p"])] = rows.get(int(r["p"]), 0) + 1
             if hits is not None:
-                hits.add(int(r["k"]) if r["t"] == "seq" else "header")
+                k = int(r["k"])
+                # a key is a sequence number's or a header hash's, or (equal by
+                # chance) both: either way a candidate to check
+                hits.add(by_k[k] if k in by_k else "header")
+                if hdrs and k in by_k:
+                    hits.add("header")
         # Rows the known traces account for: one per (lookup, span) that matches it.
+        seq_set = set(seqs)
         hdr_set = {(n, v, kind) for n, v, kind in hdrs}
         mine: dict[int, int] = {}
         for tid, spans in known.items():
