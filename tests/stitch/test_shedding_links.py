@@ -244,7 +244,7 @@ def test_every_wrong_parent_is_a_call_whose_request_read_was_shed(shed_nginx):
     "(bpf/data.c zt_sample) and the stitcher counts such a read as a request of unknown "
     "context (agent/stitch: _thread_context, _others_since, _open_requests; a token "
     "shared with exactly one open request still links); prototype, validated here with "
-    "the Python stitcher (0 wrong of 210): /work/helper-notes/fidelity-shed-marker.patch"))
+    "the Python stitcher: 0 wrong of 210 links inside nginx, was 17-23"))
 def test_no_wrong_parent_when_request_reads_are_shed(shed_nginx):
     sent, traces, _stats = shed_nginx
     inside, inside_wrong, cross, cross_wrong = hop_links(traces, set(sent), PROXY, BACKEND)
