@@ -60,18 +60,29 @@ def hop_spans(path: list[Sighting], hooks: dict[tuple[int, int], Hook], parent: 
               leg: str, wall_offset: int, pods=NO_PODS) -> list[Span]:
     """One N span per consecutive pair of hooks of `path`, children of `parent`; a hook
     that belongs to a pod (`pods`: agent/net/pods.py) names it in the attributes."""
-    out = []
+    out: list[Span] = []
+    if len(path) < 2:
+        return out
+    # each sighting ends one hop and starts the next: its names, direction and pod
+    # looked up once
+    info = []
+    for s in path:
+        ns, ifname = _hook_name(hooks, s.hook)
+        info.append((ns, ifname, "egress" if s.hook[2] == 0 else "ingress",
+                     pods.get(s.hook[:2])))
     # the hops' span ids from one getrandom call: a call per span (new_span_id) was
     # ~1/4 of making an N span on the busy machine (prof of agent/net/live.place)
-    ids = os.urandom(8 * max(0, len(path) - 1)).hex()
-    for i, (a, b) in enumerate(zip(path, path[1:], strict=False)):
-        arrived = b.first
-        before = [t for t in a.times if t <= arrived]
-        transit = arrived - (before[-1] if before else a.first)
-        a_ns, a_if = _hook_name(hooks, a.hook)
-        b_ns, b_if = _hook_name(hooks, b.hook)
-        a_dir = "egress" if a.hook[2] == 0 else "ingress"
-        b_dir = "egress" if b.hook[2] == 0 else "ingress"
+    ids = os.urandom(8 * (len(path) - 1)).hex()
+    for i in range(len(path) - 1):
+        a, b = path[i], path[i + 1]
+        a_ns, a_if, a_dir, pa = info[i]
+        b_ns, b_if, b_dir, pb = info[i + 1]
+        arrived = b.times[0]
+        last = a.times[-1]  # times are sorted: the last copy, unless it came after
+        if last > arrived:
+            before = [t for t in a.times if t <= arrived]
+            last = before[-1] if before else a.times[0]
+        transit = arrived - last
         attrs = {
             "zerotrace.net.leg": leg,
             "zerotrace.net.from.interface": a_if, "zerotrace.net.from.netns": a_ns,
@@ -85,7 +96,6 @@ def hop_spans(path: list[Sighting], hooks: dict[tuple[int, int], Hook], parent: 
             "zerotrace.net.zero_window": a.zero_window or b.zero_window,
             "zerotrace.net.packet": b.packet,
         }
-        pa, pb = pods.get(a.hook[:2]), pods.get(b.hook[:2])
         if pa is not None:
             attrs.update(pa.attributes("zerotrace.net.from."))
         if pb is not None:
