@@ -16,9 +16,10 @@ import os
 
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_INCREF
-from cpython.dict cimport PyDict_Copy
+from cpython.dict cimport PyDict_Copy, PyDict_GetItem, PyDict_SetItem
 from cpython.unicode cimport PyUnicode_DecodeASCII
 from libc.stdint cimport uint64_t
+from libc.string cimport memcpy
 
 from agent.conn._ctx cimport SpanContext, new_context
 from agent.export._slots cimport slot_offset
@@ -34,6 +35,8 @@ log = logging.getLogger("agent.conn.assembler")
 
 cdef extern from "Python.h":
     void _xdecref "Py_XDECREF"(PyObject* o)
+    object _PyLong_FromByteArray(const unsigned char* b, size_t n, int little_endian,
+                                 int is_signed)
 
 
 # -- objects made per event and per span, without a Python __init__ frame -----------------
@@ -398,6 +401,9 @@ cdef class ConnMeta:
     cdef public object local, remote
 
     def __init__(self, e):
+        self._init(e)
+
+    cdef _init(self, e):
         cdef SocketEvent se
         if type(e) is SocketEvent:
             # the ring record's struct: addresses and comm decoded once per distinct
@@ -428,15 +434,22 @@ cdef class ConnMeta:
 # for each.  Bounded: cleared when full (a scan over many addresses).
 cdef dict _TEXT = {}
 cdef Py_ssize_t _TEXT_MAX = 16384
-cdef Py_ssize_t LADDR_OFF = abi.ZtEvent.laddr.offset
-cdef Py_ssize_t COMM_OFF = abi.ZtEvent.comm.offset
 
 
 cdef str _text(SocketEvent se, int which):
     """which 0: local address, 1: remote address, 2: comm."""
-    cdef Py_ssize_t at = LADDR_OFF if which == 0 else RADDR_OFF if which == 1 else COMM_OFF
-    cdef int fam = se.ev.family if which != 2 else -1
-    key = (fam, se._rec[at:at + 16])
+    # The key: the 16 raw bytes, then whether it is an address and its family, as one
+    # int (no bytes slice and tuple to make and hash a connection)
+    cdef unsigned char buf[18]
+    if which == 0:
+        memcpy(buf, se.ev.laddr, 16)
+    elif which == 1:
+        memcpy(buf, se.ev.raddr, 16)
+    else:
+        memcpy(buf, se.ev.comm, 16)
+    buf[16] = 1 if which != 2 else 0
+    buf[17] = se.ev.family if which != 2 else 0
+    key = _PyLong_FromByteArray(buf, 18, 1, 0)
     v = _TEXT.get(key)
     if v is None:
         v = se.laddr if which == 0 else se.raddr if which == 1 else se.comm
@@ -567,6 +580,22 @@ cdef object _record_to_span(r, ConnMeta e, int role, req_dir, agent, conn_id):
     return new_context(span, conn_id, in_tid, in_ns, out_tid, out_ns, resp is not None)
 
 
+# Counters: collections.Counter defines __delitem__, so its item assignment goes through
+# a Python-level slot (~0.7k instructions); a Counter is a dict, and adding to one is
+# setting the dict item (what Counter does: it has no __setitem__ of its own).
+cdef object _CounterT = Counter
+cdef dict _CONNS_KEYS = {}  # protocol -> "conns_<protocol>", made once
+
+
+cdef inline void _inc(object c, object key, object n=1) except *:
+    cdef PyObject* v
+    if type(c) is _CounterT:
+        v = PyDict_GetItem(c, key)
+        PyDict_SetItem(c, key, (<object>v if v != NULL else 0) + n)
+    else:
+        c[key] += n
+
+
 # -- sessions and parsers (agent/conn/assembler.py) ---------------------------------------
 
 cdef class Session:
@@ -631,10 +660,10 @@ cdef class SpanAssembler:
 
     cdef _fold(self):
         if self._spans_n:
-            self._stats["spans"] += self._spans_n
+            _inc(self._stats, "spans", self._spans_n)
             self._spans_n = 0
         if self._unusable_n:
-            self._stats["records_unusable"] += self._unusable_n
+            _inc(self._stats, "records_unusable", self._unusable_n)
             self._unusable_n = 0
 
     # -- events -----------------------------------------------------------------------
@@ -672,9 +701,12 @@ cdef class SpanAssembler:
         cdef Session s = self.sessions.get(key)
         if s is None:
             if len(self.sessions) >= C_MAX_SESSIONS:
-                self._stats["sessions_full"] += 1
+                _inc(self._stats, "sessions_full")
                 return
-            s = Session(key, e, conn.role if conn is not None else 0)
+            # Session(key, e, role) without a Python call (once a connection)
+            s = Session.__new__(Session)
+            s.key, s.event, s.role = key, e, conn.role if conn is not None else 0
+            s.undecided = []
             self.sessions[key] = s
             if type(key) is tuple:
                 self.udp_keys.setdefault(conn_id, []).append(key)
@@ -692,7 +724,7 @@ cdef class SpanAssembler:
             seq = e.seq if flags & F_HAS_SEQ else None
         s.last_ns = ts_exit
         if s.unknown:
-            self._stats["unknown_protocol_bytes"] += ret
+            _inc(self._stats, "unknown_protocol_bytes", ret)
             return
         chunk = _chunk(d, payload, ret, offset, ts_exit if d == INGRESS else ts_enter, tid, seq)
         parser = s.parser
@@ -746,12 +778,17 @@ cdef class SpanAssembler:
                     or s.undecided_bytes >= C_INFER_MAX_BYTES):
                 s.unknown = True
                 s.undecided = []
-                self._stats["unknown_protocol_conns"] += 1
+                _inc(self._stats, "unknown_protocol_conns")
             return
         client_side = _CLIENT_SIDE.get(s.role)
         s.protocol = proto
         s.parser = registry.new_parser(proto, client_side, transport)
-        self._stats[f"conns_{proto}"] += 1
+        ck = _CONNS_KEYS.get(proto)
+        if ck is None:
+            ck = f"conns_{proto}"
+            if len(_CONNS_KEYS) < 1024:  # protocols are a few names
+                _CONNS_KEYS[proto] = ck
+        _inc(self._stats, ck)
         chunks, s.undecided = s.undecided, []
         for c in chunks:
             if not self._guarded(s, s.parser.feed, c):
@@ -761,8 +798,10 @@ cdef class SpanAssembler:
         if not records:
             return
         cdef ConnMeta meta = s.meta
-        if meta is None:
-            meta = s.meta = ConnMeta(s.event)
+        if meta is None:  # made without a Python call (once a connection)
+            meta = ConnMeta.__new__(ConnMeta)
+            meta._init(s.event)
+            s.meta = meta
         role, req_dir = s.role, getattr(s.parser, "req_dir", None)
         agent, conn_id, emit = self.agent_name, s.event.conn_id, self.emit
         for r in records:
@@ -809,7 +848,7 @@ cdef class SpanAssembler:
                     keys.remove(key)
                 if not keys:
                     self.udp_keys.pop(key[0], None)
-            self._stats["sessions_expired"] += 1
+            _inc(self._stats, "sessions_expired")
             self._flush(s, "idle")
 
     def close(self) -> None:

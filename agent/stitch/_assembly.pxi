@@ -114,7 +114,7 @@ cdef class TraceAssembler:
                       else "")
                 spans.append(sp)
             emitted = True
-            stats["traces"] += 1
+            _inc(stats, "traces")
             emit(_new_trace(tid, spans, root.span))
         if emitted:
             self.emitted.extend([it for it in self.items if it.emitted])

@@ -85,17 +85,17 @@ cdef class RemoteLinker:
             else:
                 c.children.append(item)
             item.remote_done = True
-            stats["linked_remote"] += 1
+            _inc(stats, "linked_remote")
             return True
         if len(cands) > 1:
-            stats["remote_ambiguous"] += 1
+            _inc(stats, "remote_ambiguous")
             item.remote_done = True
             s.attributes[_PARENT_UNKNOWN] = f"{len(cands)} client spans match the request"
             return True
         if now - item.end_ns < quiet_ns:
             return False  # the client side may still be on its way
         item.remote_done = True
-        stats["roots"] += 1
+        _inc(stats, "roots")
         return True
 
     cdef void forget(self, list gone) except *:

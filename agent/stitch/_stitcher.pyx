@@ -20,6 +20,7 @@ so bisects and insertions land where the reference's do."""
 
 from cpython.ref cimport PyObject, Py_INCREF, Py_DECREF
 from cpython.unicode cimport PyUnicode_DecodeASCII
+from cpython.dict cimport PyDict_GetItem, PyDict_SetItem
 from libc.stdint cimport int64_t, uint64_t, INT64_MIN
 from libcpp.vector cimport vector
 from libcpp.map cimport map as cmap
@@ -100,6 +101,21 @@ cdef inline object _sget(object s, Py_ssize_t off, str name):
         if v != NULL:
             return <object>v
     return getattr(s, name)
+
+
+# Counters: collections.Counter defines __delitem__, so its item assignment goes through
+# a Python-level slot (~0.7k instructions); a Counter is a dict, and adding to one is
+# setting the dict item (what Counter does: it has no __setitem__ of its own).
+cdef object _CounterT = Counter
+
+
+cdef inline void _inc(object c, object key, long n=1) except *:
+    cdef PyObject* v
+    if type(c) is _CounterT:
+        v = PyDict_GetItem(c, key)
+        PyDict_SetItem(c, key, (<object>v if v != NULL else 0) + n)
+    else:
+        c[key] += n
 
 
 # the counter names of each way of linking and each refusal reason, made once
@@ -712,7 +728,7 @@ cdef class Stitcher:
                     return False  # a request read before it may carry that id
             item.thread_done = True
             item.link = "root"
-            self.per_process[item.pid]["root client (no read before it)"] += 1
+            _inc(self.per_process[item.pid], "root client (no read before it)")
             return True
         if status != "ok":
             return self._refuse(item, status)
@@ -720,8 +736,8 @@ cdef class Stitcher:
             by_header = self._by_header(item)
             if by_header is not None and by_header is not parent:
                 item.thread_done = True  # two kinds of evidence disagree: no link
-                self.per_process[item.pid]["refused: thread and propagated id disagree"] += 1
-                self.stats["refused"] += 1
+                _inc(self.per_process[item.pid], "refused: thread and propagated id disagree")
+                _inc(self.stats, "refused")
                 s.attributes[_PARENT_UNKNOWN] = "thread and propagated id disagree"
                 return True
         if self._via_conn and how == "thread":
@@ -964,8 +980,8 @@ cdef class Stitcher:
         keys = _LINK_KEYS.get(how)
         if keys is None:
             keys = _LINK_KEYS[how] = (f"linked by {how}", f"linked_{how}")
-        self.per_process[item.pid][keys[0]] += 1
-        self.stats[keys[1]] += 1
+        _inc(self.per_process[item.pid], keys[0])
+        _inc(self.stats, keys[1])
         return True
 
     cdef bint _refuse(self, Item item, str reason) except -1:
@@ -984,8 +1000,8 @@ cdef class Stitcher:
                 key = _REFUSED_KEYS[reason] = f"refused: {reason}"
             else:
                 key = f"refused: {reason}"
-        self.per_process[item.pid][key] += 1
-        self.stats["refused"] += 1
+        _inc(self.per_process[item.pid], key)
+        _inc(self.stats, "refused")
         # say so on the span, so a trace view shows why it is a root ("parent unknown")
         item.span.attributes[_PARENT_UNKNOWN] = reason
         return True
