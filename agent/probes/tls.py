@@ -79,16 +79,22 @@ def is_libssl(path: str) -> bool:
 
 def mapped_libssl(pid: int) -> list[str]:
     """Paths of the libssl files process pid maps, as seen from here (through
-    /proc/PID/root, so a container's own library is the one named)."""
+    /proc/PID/root, so a container's own library is the one named; the plain path when
+    the process shares the agent's root: it outlives the process, and bcc opens the
+    path again to detach and attach)."""
     out: list[str] = []
     try:
+        root = os.stat(f"/proc/{pid}/root")
+        mine = os.stat("/")
+        prefix = "" if (root.st_dev, root.st_ino) == (mine.st_dev, mine.st_ino) \
+            else f"/proc/{pid}/root"
         with open(f"/proc/{pid}/maps") as f:
             for line in f:
                 parts = line.split(None, 5)
                 if len(parts) == 6 and "x" in parts[1]:
                     path = parts[5].strip()
                     if is_libssl(path) and path.startswith("/"):
-                        p = f"/proc/{pid}/root{path}"
+                        p = f"{prefix}{path}"
                         if p not in out:
                             out.append(p)
     except OSError:

@@ -19,6 +19,10 @@ def test_check_lists_libssl_and_its_users():
         assert mapped and all(tls.is_libssl(m) for m in mapped)
         lines = check.check_tls()
         assert any(c.ok and "SSL_read" in c.detail and "SSL_write" in c.detail for c in lines)
+        # Debian 12's OpenSSL 3.0: both directions probed on the internal functions
+        system = tls.display_path(tls.system_libssl()[0])
+        assert any(c.detail.startswith(system) and "(probed inside: read and write)" in c.detail
+                   for c in lines), lines
         # the file that process maps is one of the lines, with at least that process
         names = [tls.display_path(m).split(" (")[0] for m in mapped]
         hit = [c for c in lines if any(n.split("/")[-1] in c.detail for n in names)]
@@ -71,6 +75,7 @@ def test_check_lists_go_and_static_executables(tmp_path):
         assert len(go) == 1 and go[0].ok and "crypto/tls" in go[0].detail, lines
         st = [c for c in lines if c.name == "TLS (OpenSSL linked in)" and static in c.detail]
         assert len(st) == 1 and st[0].ok and "SSL_read" in st[0].detail, lines
+        assert "(probed inside: read and write)" in st[0].detail
         assert not any(plain in c.detail for c in lines)
         conn.close()
     finally:
