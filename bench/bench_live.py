@@ -90,8 +90,10 @@ def smaps_mb(pid: int) -> dict[str, float]:
     return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
 
-def comm_cpu_s(name: str) -> float:
-    """CPU seconds (user+system) of the running processes called `name` (nginx)."""
+def comm_cpu_s(name: str, netns: int | None = None) -> float:
+    """CPU seconds (user+system) of the running processes called `name` (nginx), in
+    network namespace `netns` (inode) when given: other nginx processes on a shared
+    machine come and go, and one that exits mid-run made the difference negative."""
     total = 0.0
     for d in os.listdir("/proc"):
         if not d.isdigit():
@@ -99,6 +101,8 @@ def comm_cpu_s(name: str) -> float:
         try:
             with open(f"/proc/{d}/stat") as f:
                 raw = f.read()
+            if netns is not None and os.stat(f"/proc/{d}/ns/net").st_ino != netns:
+                continue
         except OSError:
             continue
         if raw[raw.index("(") + 1:raw.rindex(")")] == name:
@@ -111,9 +115,10 @@ def wrk_measured(net, url: str, args) -> dict:
     """run_wrk, and the CPU the traced programs spent per request (wrk: this process's
     waited-for children; nginx: its processes), in which the probes' own cost shows:
     tracepoints run in the context of the syscalls they trace."""
-    t0, n0 = os.times(), comm_cpu_s("nginx")
+    ns = net.hosts[1].inode  # nginx_pair's server namespace
+    t0, n0 = os.times(), comm_cpu_s("nginx", ns)
     w = run_wrk(net, url, args.threads, args.connections, args.duration)
-    t1, n1 = os.times(), comm_cpu_s("nginx")
+    t1, n1 = os.times(), comm_cpu_s("nginx", ns)
     wrk = (t1.children_user + t1.children_system) - (t0.children_user + t0.children_system)
     w["app_us_per_req"] = (wrk + n1 - n0) * 1e6 / w["requests"] if w["requests"] else 0.0
     return w
