@@ -757,9 +757,15 @@ def probe_plan(path: str, f: dict) -> list[tuple[str, int, str]]:
     pass that grows the stack from the one that runs: bpf/gotls.c zt_gotls_*_sc), else at
     offset 0; the RETs of Read, and of Write when its entry is at offset 0 (its RET then
     ends a call the entry recorded, see bpf/gotls.c)."""
+    from elftools.elf.elffile import ELFFile
+
     plan, at_check = [], {}
-    for sym, fn in golang_entry_programs(f):
-        off = stack_check_jump(_code(path, f["syms"][sym], 16))
+    entries = golang_entry_programs(f)
+    with open(path, "rb") as fh:  # one parse of the file for every prologue
+        elf = ELFFile(fh)
+        heads = {sym: _read_vaddr(elf, fh, f["syms"][sym], 16) for sym, _fn in entries}
+    for sym, fn in entries:
+        off = stack_check_jump(heads[sym])
         at_check[sym] = off
         plan.append((sym, off, AT_CHECK[fn] if off else fn))
     plan += [(sym, off, RET_PROGRAM) for sym in (WRITE, READ)
