@@ -26,13 +26,14 @@ from __future__ import annotations
 import os
 
 from agent.net._hops import HopIndex
+from agent.net._nspans import hop_spans
 from agent.net.pods import PodRef
 from agent.net.sighting import HookKey, Sighting
 from agent.probes.tc import Hook
 from proto.span import KIND_INTERNAL, SOURCE_NETWORK, STATUS_OK, Span
 
-__all__ = ["HopIndex", "Sighting", "boundary", "client_hops", "hop_spans", "server_hops",
-           "spans_for_client"]
+__all__ = ["HopIndex", "Sighting", "boundary", "client_hops", "hop_spans", "hop_spans_py",
+           "server_hops", "spans_for_client"]
 
 TCP_RST = 0x04
 MessageKey = tuple[int, int, int, int]  # writer netns, writer lport, writer rport, seq
@@ -56,10 +57,14 @@ def _hook_name(hooks: dict[tuple[int, int], Hook], hk: HookKey) -> tuple[str, st
     return h.netns, h.ifname
 
 
-def hop_spans(path: list[Sighting], hooks: dict[tuple[int, int], Hook], parent: Span,
-              leg: str, wall_offset: int, pods=NO_PODS) -> list[Span]:
+def hop_spans_py(path: list[Sighting], hooks: dict[tuple[int, int], Hook], parent: Span,
+                 leg: str, wall_offset: int, pods=NO_PODS) -> list[Span]:
     """One N span per consecutive pair of hooks of `path`, children of `parent`; a hook
-    that belongs to a pod (`pods`: agent/net/pods.py) names it in the attributes."""
+    that belongs to a pod (`pods`: agent/net/pods.py) names it in the attributes.
+
+    `hop_spans` (agent/net/_nspans.pyx) is the same compiled:
+    this is the reference tests/net/test_nspans.py compares it with, and
+    bench/bench_hops.py's "before"."""
     out: list[Span] = []
     if len(path) < 2:
         return out
