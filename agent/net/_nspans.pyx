@@ -15,14 +15,29 @@ The Python version stays in agent/net/hops.py (`hop_spans_py`): the reference th
 tests compare against and bench/bench_hops.py measures side by side.
 """
 
-from cpython.object cimport Py_TYPE, descrsetfunc
+from cpython.object cimport Py_TYPE, PyObject, descrsetfunc
+from cpython.ref cimport Py_INCREF, Py_XDECREF
 
 import dataclasses
 import os
 
 from proto.span import KIND_INTERNAL, SOURCE_NETWORK, STATUS_OK, Endpoint, Span
 
+cdef extern from "Python.h":
+    """
+    #include "structmember.h"
+    """
+    ctypedef struct PyMemberDef:
+        int type
+        Py_ssize_t offset
+        int flags
+    ctypedef struct PyMemberDescrObject:
+        PyMemberDef *d_member
+    int T_OBJECT_EX
+    int READONLY
+
 TCP_RST = 0x04
+MAX_FIELDS = 64
 
 cdef object _new = object.__new__
 cdef object _UNSET = object()  # a field not given: its default applies
@@ -36,6 +51,10 @@ cdef list _descrs = []
 cdef list _kinds = []
 cdef list _defaults = []
 cdef dict _pos = {}
+# where each field's slot is in a Span (PyMemberDef.offset), so that a new span's
+# slots are written directly; 0 when a slot is not a plain object slot (then its
+# descriptor's __set__ is called)
+cdef Py_ssize_t _offsets[64]
 
 
 cdef int _kind_of(object f) except -1:
@@ -48,12 +67,23 @@ cdef int _kind_of(object f) except -1:
     return 3
 
 
+cdef Py_ssize_t _slot_offset(object d):
+    """The slot's offset in the object when it is a writable object slot, else 0."""
+    cdef PyMemberDef *m = (<PyMemberDescrObject *><PyObject *>d).d_member
+    if m.type != T_OBJECT_EX or m.flags & READONLY or m.offset <= 0:
+        return 0
+    return m.offset
+
+
 def _setup() -> None:
     """Read Span's and Endpoint's fields once; refuse a layout this module can't fill."""
     for f in dataclasses.fields(Span):
         d = Span.__dict__.get(f.name)
         if d is None or type(d).__name__ != "member_descriptor":
             raise TypeError(f"Span.{f.name} is not a slot: Span must stay slots=True")
+        if len(_names) >= MAX_FIELDS:
+            raise TypeError(f"Span has more than {MAX_FIELDS} fields")
+        _offsets[len(_names)] = _slot_offset(d)
         _pos[f.name] = len(_names)
         _names.append(f.name)
         _descrs.append(d)
@@ -102,6 +132,7 @@ cdef object _span(list given):
     s = _new(_Span)
     cdef Py_ssize_t i
     cdef int k
+    cdef PyObject **slot
     for i in range(_NF):
         v = given[i]
         if v is _UNSET:
@@ -114,7 +145,13 @@ cdef object _span(list given):
                 v = _endpoint()
             else:
                 v = _defaults[i]()
-        _set(_descrs[i], s, v)
+        if _offsets[i]:  # what the descriptor's __set__ does, without the call
+            slot = <PyObject **>(<char *><PyObject *>s + _offsets[i])
+            Py_INCREF(v)
+            Py_XDECREF(slot[0])
+            slot[0] = <PyObject *>v
+        else:
+            _set(_descrs[i], s, v)
     return s
 
 
@@ -163,13 +200,6 @@ def span_ids(Py_ssize_t n) -> str:
     return _ids(n)
 
 
-cdef tuple _hook_name(object hooks, object hk):
-    h = hooks.get((hk[0], hk[1]))
-    if h is None:
-        return f"netns:{hk[0]}", f"if{hk[1]}"
-    return h.netns, h.ifname
-
-
 def hop_spans(list path, hooks, parent, str leg, wall_offset, pods=None) -> list:
     """agent/net/hops.py hop_spans_py, compiled: one N span per consecutive pair of
     hooks of `path` (Sightings), children of `parent`; `pods` None: no pod names."""
@@ -178,11 +208,17 @@ def hop_spans(list path, hooks, parent, str leg, wall_offset, pods=None) -> list
     if n < 2:
         return out
     cdef list info = []
+    cdef object hk
     for s in path:
         hk = s.hook
-        ns, ifname = _hook_name(hooks, hk)
+        k2 = (hk[0], hk[1])
+        h = hooks.get(k2)
+        if h is None:
+            ns, ifname = f"netns:{hk[0]}", f"if{hk[1]}"
+        else:
+            ns, ifname = h.netns, h.ifname
         info.append((ns, ifname, "egress" if hk[2] == 0 else "ingress",
-                     None if pods is None else pods.get(hk[:2])))
+                     None if pods is None else pods.get(k2)))
     cdef str ids = _ids(n - 1)
     cdef list given
     trace_id = parent.trace_id
@@ -203,6 +239,9 @@ def hop_spans(list path, hooks, parent, str leg, wall_offset, pods=None) -> list
         if last > arrived:
             before = [t for t in at if t <= arrived]
             last = before[len(before) - 1] if before else at[0]
+        pkt = b.text  # Sighting.packet's value, without a Python call when it is made
+        if not pkt:
+            pkt = b.packet
         attrs = {
             "zerotrace.net.leg": leg,
             "zerotrace.net.from.interface": a_if, "zerotrace.net.from.netns": a_ns,
@@ -214,7 +253,7 @@ def hop_spans(list path, hooks, parent, str leg, wall_offset, pods=None) -> list
             "zerotrace.net.lost": max(0, len(at) - len(bt)),
             "zerotrace.net.rst": bool((a.flags | b.flags) & TCP_RST),
             "zerotrace.net.zero_window": a.zero_window or b.zero_window,
-            "zerotrace.net.packet": b.packet,
+            "zerotrace.net.packet": pkt,
         }
         if pa is not None:
             attrs.update(pa.attributes("zerotrace.net.from."))
@@ -238,3 +277,8 @@ def hop_spans(list path, hooks, parent, str leg, wall_offset, pods=None) -> list
         given[F_ATTRS] = attrs
         out.append(_span(given))
     return out
+
+
+def direct_slots() -> int:
+    """How many of Span's fields are written straight into their slot (tests)."""
+    return sum(1 for i in range(_NF) if _offsets[i])

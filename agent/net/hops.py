@@ -140,7 +140,9 @@ def _leg(index: HopIndex, key: MessageKey | None, hooks: dict[tuple[int, int], H
     if key is None:
         return [], []
     path = index.path(key)
-    return hop_spans(path, hooks, parent, leg, wall_offset, pods), path
+    # None: the compiled maker skips the pod lookups (hop_spans_py takes NO_PODS)
+    p = None if pods is NO_PODS and hop_spans is not hop_spans_py else pods
+    return hop_spans(path, hooks, parent, leg, wall_offset, p), path
 
 
 def client_hops(index: HopIndex, client: Span, hooks: dict[tuple[int, int], Hook],
