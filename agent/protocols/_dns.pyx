@@ -25,7 +25,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 from cpython.unicode cimport PyUnicode_DecodeLatin1
 from libc.stdio cimport snprintf
 
-from ._stream cimport DirStream, Pending, StreamParser, new_pending
+from ._stream cimport DirStream, Pending, StreamParser, new_message, new_record, new_pending
 
 from .base import (
     MAX_PENDING,
@@ -361,7 +361,7 @@ cdef class DnsParser(StreamParser):
     cdef object tcp_  # None until known, then bool
 
     def __init__(self, client_side=None, transport=None):
-        StreamParser.__init__(self, client_side)
+        self._setup(client_side)
         self.proto = _PROTO
         self.counts = STATS
         self.pending = {}  # id -> Pending: matching is by id
@@ -394,7 +394,7 @@ cdef class DnsParser(StreamParser):
             info.truncated = True
         ts = chunk.ts_ns
         tid = chunk.tid
-        msg = Message(chunk.offset, size, ts, ts, tid, tid, chunk.seq)
+        msg = new_message(chunk.offset, size, ts, ts, tid, tid, chunk.seq)
         self._message(chunk.direction, info, msg, out)
         return out
 
@@ -490,6 +490,6 @@ cdef class DnsParser(StreamParser):
             why = "truncated"
         else:
             why = p.incomplete
-        out.append(Record(_PROTO, p.msg, msg, p.operation,
+        out.append(new_record(_PROTO, p.msg, msg, p.operation,
                           STATUS_OK if info.rcode == 0 else STATUS_ERROR, rcode,
                           "" if info.rcode == 0 else rcode, attrs, {}, why))

@@ -19,7 +19,7 @@ from collections import deque
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.string cimport memchr, memcmp
 
-from ._stream cimport DirStream, Pending, StreamParser, new_pending
+from ._stream cimport DirStream, Pending, StreamParser, new_message, new_record, new_pending
 
 import re
 
@@ -521,8 +521,8 @@ cdef class Http1Parser(StreamParser):
 
     cdef _Side side0, side1
 
-    def __init__(self, client_side=None):
-        StreamParser.__init__(self, client_side)
+    def __init__(self, client_side=None, transport=None):
+        self._setup(client_side)
         self.proto = "http"
         self.counts = STATS
         self.side0 = _Side()
@@ -571,7 +571,7 @@ cdef class Http1Parser(StreamParser):
             end = e + 4 + info.length
             if end < n or (size > n and end < size):
                 return self._feed_chunk(chunk)
-            msg = Message(off, n, ts, ts, tid, tid, chunk.seq)
+            msg = new_message(off, n, ts, ts, tid, tid, chunk.seq)
             p = new_pending(msg, info.op, info.attrs, info.th, "")
             pending.append(p)
             if end > n:
@@ -590,7 +590,7 @@ cdef class Http1Parser(StreamParser):
             end = e + 4 + info.length
             if end < n or (size > n and end < size):
                 return self._feed_chunk(chunk)
-            msg = Message(off, n, ts, ts, tid, tid, chunk.seq)
+            msg = new_message(off, n, ts, ts, tid, tid, chunk.seq)
             if end > n:
                 out = []
                 side.code = info.code
@@ -606,7 +606,7 @@ cdef class Http1Parser(StreamParser):
             st.nxt = st.base = off + n
             if st.marks:
                 st.marks.clear()
-            return [Record("http", p.msg, msg, p.operation, _status(info.code, self.rdir),
+            return [new_record("http", p.msg, msg, p.operation, _status(info.code, self.rdir),
                            _CODES[info.code], "", p.attributes, trace, p.incomplete)]
         st.nxt = st.base = off + n
         if st.marks:
@@ -912,7 +912,7 @@ cdef class Http1Parser(StreamParser):
             trace = {**th, **trace}
         inc = self._why(p.incomplete, side.trunc) if (p.incomplete or side.trunc
                                                        or self.uncertain) else ""
-        out.append(Record("http", p.msg, msg, p.operation, _status(code, self.rdir),
+        out.append(new_record("http", p.msg, msg, p.operation, _status(code, self.rdir),
                           _CODES[code] if 100 <= code < 1000 else str(code), "",
                           p.attributes, trace, inc))
 

@@ -27,7 +27,7 @@ from cpython.mem cimport PyMem_Free, PyMem_Realloc
 from cpython.unicode cimport PyUnicode_DecodeLatin1
 from libc.string cimport memcmp
 
-from ._stream cimport DirStream, StreamParser
+from ._stream cimport DirStream, StreamParser, new_record
 
 from proto.span import TRACE_HEADERS
 
@@ -726,8 +726,8 @@ cdef class Http2Parser(StreamParser):
     cdef _Block blk0, blk1
     cdef HpackDecoder dec0, dec1
 
-    def __init__(self, client_side=None):
-        StreamParser.__init__(self, client_side)
+    def __init__(self, client_side=None, transport=None):
+        self._setup(client_side)
         self.proto = "http2"
         self.counts = STATS
         self.dec0 = HpackDecoder()
@@ -1109,7 +1109,7 @@ cdef class Http2Parser(StreamParser):
             # Answered before the request's last frame was seen: lost, or still
             # streaming; either way its end is unknown.
             inc = "request unfinished"
-        return Record("grpc" if grpc else "http2", s.req, s.resp, op, status, status_code,
+        return new_record("grpc" if grpc else "http2", s.req, s.resp, op, status, status_code,
                       error, attrs, trace, inc)
 
     cdef void _flush(self, object reason, list out) except *:

@@ -34,7 +34,7 @@ from collections import deque
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.string cimport memchr, memcmp
 
-from ._stream cimport DirStream, Pending, StreamParser
+from ._stream cimport DirStream, Pending, StreamParser, new_message, new_record
 
 import re
 
@@ -433,8 +433,8 @@ cdef class MemcachedParser(StreamParser):
     cdef tuple open_req
     cdef _Reply reply
 
-    def __init__(self, client_side=None):
-        StreamParser.__init__(self, client_side)
+    def __init__(self, client_side=None, transport=None):
+        self._setup(client_side)
         self.proto = "memcached"
         self.counts = STATS
         self.pending = deque()
@@ -520,7 +520,7 @@ cdef class MemcachedParser(StreamParser):
         if noreply:
             # No reply will come, whatever happened: the outcome is unknown.
             attrs["memcached.noreply"] = True
-            out.append(Record("memcached", msg, None, op, STATUS_UNSET, "", "", attrs, {},
+            out.append(new_record("memcached", msg, None, op, STATUS_UNSET, "", "", attrs, {},
                               inc))
             return
         if len(self.pending) >= C_MAX_PENDING:
@@ -722,7 +722,7 @@ cdef class MemcachedParser(StreamParser):
         p.attributes["memcached.noreply"] = True
         if p.operation in _C_GET_OPS:
             p.attributes["db.response.returned_rows"] = 0
-        out.append(Record("memcached", p.msg, None, p.operation, STATUS_OK, "", "",
+        out.append(new_record("memcached", p.msg, None, p.operation, STATUS_OK, "", "",
                           p.attributes, {}, self._why(p.incomplete, "")))
 
     cdef void _record(self, _Pending p, _Reply r, str inc, list out) except *:
@@ -753,7 +753,7 @@ cdef class MemcachedParser(StreamParser):
             if p.operation in _C_GET_OPS and status == STATUS_OK:
                 attrs["db.response.returned_rows"] = r.hits if p.operation != "mg" else \
                     int(word == b"VA" or word == b"HD")
-        out.append(Record("memcached", p.msg, r.msg, p.operation, status, code, error, attrs,
+        out.append(new_record("memcached", p.msg, r.msg, p.operation, status, code, error, attrs,
                           {}, self._why(p.incomplete, inc)))
 
     # -- binary ---------------------------------------------------------------------------

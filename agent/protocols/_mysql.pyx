@@ -22,7 +22,7 @@ from collections import deque
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 
-from ._stream cimport DirStream, Pending, StreamParser
+from ._stream cimport DirStream, Pending, StreamParser, new_message, new_record
 
 from . import redact, sqlinfo
 from .base import (
@@ -313,8 +313,8 @@ cdef class MySQLParser(StreamParser):
     cdef readonly str database
     cdef _Answer answer
 
-    def __init__(self, client_side=None):
-        StreamParser.__init__(self, client_side)
+    def __init__(self, client_side=None, transport=None):
+        self._setup(client_side)
         self.proto = _PROTO
         self.counts = STATS
         self.pending = deque()
@@ -560,7 +560,7 @@ cdef class MySQLParser(StreamParser):
                     code, _state, text = _err(_slice(p, 0, p.n))
                     status = STATUS_ERROR
                     attrs["db.response.status_code"] = code
-                out.append(Record(_PROTO, pend.msg, msg, pend.operation, status, code,
+                out.append(new_record(_PROTO, pend.msg, msg, pend.operation, status, code,
                                   text, attrs, {}, pend.incomplete))
                 return
             if first == 0x00:
@@ -570,7 +570,7 @@ cdef class MySQLParser(StreamParser):
                 self.phase = PH_COMMAND
                 stop = st.base + len(st.buf)
                 msg = st.message(start, end if end < stop else stop)
-                out.append(Record(_PROTO, None, msg, "CONNECT", STATUS_ERROR, code, text,
+                out.append(new_record(_PROTO, None, msg, "CONNECT", STATUS_ERROR, code, text,
                                   {"db.system": "mysql", "db.response.status_code": code},
                                   {}, "no request"))
             return
@@ -726,7 +726,7 @@ cdef class MySQLParser(StreamParser):
         if a.rows:
             attrs["db.response.returned_rows"] = a.rows
         why = self._why(p.incomplete, a.inc)
-        out.append(Record(_PROTO, p.msg, a.msg, p.operation, status, code, err,
+        out.append(new_record(_PROTO, p.msg, a.msg, p.operation, status, code, err,
                           attrs, {}, why))
 
     cdef void _on_desync(self, int d, list out) except *:

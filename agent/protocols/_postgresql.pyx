@@ -27,7 +27,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.string cimport memchr
 
-from ._stream cimport DirStream, Pending, StreamParser
+from ._stream cimport DirStream, Pending, StreamParser, new_message, new_record
 
 from . import redact, sqlinfo
 from .base import (
@@ -228,8 +228,8 @@ cdef class PostgresParser(StreamParser):
     cdef readonly bint wait_ready  # answers are dropped up to the next ReadyForQuery
     cdef readonly bint ssl_wait  # the server's one-byte answer to SSLRequest is next
 
-    def __init__(self, client_side=None):
-        StreamParser.__init__(self, client_side)
+    def __init__(self, client_side=None, transport=None):
+        self._setup(client_side)
         self.proto = _PROTO
         self.counts = STATS
         self.pending = deque()
@@ -622,7 +622,7 @@ cdef class PostgresParser(StreamParser):
         if a.rows:
             attrs["db.response.returned_rows"] = a.rows
         why = self._why(_join(p.incomplete, a.inc), extra_inc)
-        out.append(Record(_PROTO, p.msg, a.msg, p.operation, status, code, err,
+        out.append(new_record(_PROTO, p.msg, a.msg, p.operation, status, code, err,
                           attrs, {}, why))
 
     # -- lost bytes and close ----------------------------------------------------------

@@ -27,7 +27,7 @@ from cpython.unicode cimport PyUnicode_DecodeLatin1
 from libc.stdlib cimport free, realloc
 from libc.string cimport memchr, memcmp
 
-from ._stream cimport DirStream, Pending, StreamParser, new_pending
+from ._stream cimport DirStream, Pending, StreamParser, new_message, new_record, new_pending
 
 import re
 
@@ -284,8 +284,8 @@ cdef class RedisParser(StreamParser):
     cdef readonly bint subscribed
     cdef _Frame f0, f1
 
-    def __init__(self, client_side=None):
-        StreamParser.__init__(self, client_side)
+    def __init__(self, client_side=None, transport=None):
+        self._setup(client_side)
         self.proto = "redis"
         self.counts = STATS
         self.f0 = _Frame()
@@ -474,13 +474,13 @@ cdef class RedisParser(StreamParser):
         cdef list args
         cdef Pending p
         s = None if seq is None else (seq + start) % _SEQ_MOD
-        msg = Message(off + start, end - start, ts, ts, tid, tid, s)
+        msg = new_message(off + start, end - start, ts, ts, tid, tid, s)
         if is_req:
             self._request_spans(msg, v, a0, a1, b0, b1, "", out)
             return
         p = <Pending>self.pending.popleft()
         if e0 < 0:
-            out.append(Record("redis", p.msg, msg, p.operation, STATUS_OK, "", "",
+            out.append(new_record("redis", p.msg, msg, p.operation, STATUS_OK, "", "",
                               p.attributes, {}, p.incomplete))
         else:
             self._reply(p, msg, _slice(v, e0, e1), "", out)
@@ -538,7 +538,7 @@ cdef class RedisParser(StreamParser):
             error = text[:256]
         else:
             code, status, error = "", STATUS_OK, ""
-        out.append(Record("redis", p.msg, msg, p.operation, status, code, error,
+        out.append(new_record("redis", p.msg, msg, p.operation, status, code, error,
                           p.attributes, {}, self._why(p.incomplete, inc)))
 
     # -- framing ----------------------------------------------------------------------

@@ -26,6 +26,13 @@ cdef class DirStream:
     cdef void last_mark_end(self, object msg) except *
 
 
+cdef object new_message(object offset, object size, object start_ns, object end_ns,
+                        object tid, object end_tid, object seq)
+cdef object new_record(object protocol, object request, object response, object operation,
+                       object status, object status_code, object error, object attributes,
+                       object trace_headers, object incomplete)
+
+
 cdef class Pending:
     cdef object msg
     cdef str operation
@@ -56,6 +63,8 @@ cdef class StreamParser:
 
     cdef inline DirStream _st(self, int d):
         return self.st0 if d == 0 else self.st1
+
+    cdef void _setup(self, object client_side) except *
 
     # -- plumbing ----------------------------------------------------------------------
     cdef list _feed_chunk(self, chunk)

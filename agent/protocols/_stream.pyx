@@ -16,8 +16,86 @@ the Python parsers produced: `base.Record`s holding `base.Message`s, and the mod
 """
 
 from collections import deque
+from dataclasses import fields as _fields
+
+from cpython.object cimport PyObject
+from cpython.ref cimport Py_INCREF
+
+from agent.export._slots cimport slot_offset
 
 from .base import MAX_BUFFER, STATUS_UNSET, Message, Record
+
+cdef extern from "Python.h":
+    void _xdecref "Py_XDECREF"(PyObject* o)
+
+
+# -- Message and Record without a Python __init__ frame ---------------------------------
+# Both are slots dataclasses whose generated __init__ is a Python function that only
+# stores its arguments (~1-2k instructions a call; parsers make two or three a record).
+# Here a fresh instance (object.__new__) gets its slots stored at the offsets their
+# member descriptors give; the field lists are checked at import, so a change of those
+# classes fails loudly instead of filling the wrong slot.
+
+cdef inline void _put(object o, Py_ssize_t off, object v):
+    """Store v in the object slot at byte offset off of o (a reference is taken)."""
+    cdef PyObject** p = <PyObject**>((<char*><PyObject*>o) + off)
+    cdef PyObject* old = p[0]
+    Py_INCREF(v)
+    p[0] = <PyObject*>v
+    _xdecref(old)
+
+
+cdef int _offsets(cls, tuple names, Py_ssize_t* out) except -1:
+    cdef Py_ssize_t i
+    if tuple(f.name for f in _fields(cls)) != names:
+        raise ImportError(f"{cls.__qualname__} fields changed: update agent/protocols/_stream.pyx")
+    for i in range(len(names)):
+        out[i] = slot_offset(cls, names[i])
+        if out[i] < 0:
+            raise ImportError(f"{cls.__qualname__}.{names[i]} is not a plain slot")
+    return 0
+
+
+cdef Py_ssize_t _MO[7]
+_offsets(Message, ("offset", "size", "start_ns", "end_ns", "tid", "end_tid", "seq"), _MO)
+cdef Py_ssize_t _RO[10]
+_offsets(Record, ("protocol", "request", "response", "operation", "status", "status_code",
+                  "error", "attributes", "trace_headers", "incomplete"), _RO)
+cdef object _new = object.__new__
+cdef object _MessageT = Message, _RecordT = Record
+
+
+cdef object new_message(object offset, object size, object start_ns, object end_ns,
+                        object tid, object end_tid, object seq):
+    """Message(offset, size, start_ns, end_ns, tid, end_tid, seq)."""
+    cdef object m = _new(_MessageT)
+    _put(m, _MO[0], offset)
+    _put(m, _MO[1], size)
+    _put(m, _MO[2], start_ns)
+    _put(m, _MO[3], end_ns)
+    _put(m, _MO[4], tid)
+    _put(m, _MO[5], end_tid)
+    _put(m, _MO[6], seq)
+    return m
+
+
+cdef object new_record(object protocol, object request, object response, object operation,
+                       object status, object status_code, object error, object attributes,
+                       object trace_headers, object incomplete):
+    """Record(protocol, request, response, operation, status, status_code, error,
+    attributes, trace_headers, incomplete)."""
+    cdef object r = _new(_RecordT)
+    _put(r, _RO[0], protocol)
+    _put(r, _RO[1], request)
+    _put(r, _RO[2], response)
+    _put(r, _RO[3], operation)
+    _put(r, _RO[4], status)
+    _put(r, _RO[5], status_code)
+    _put(r, _RO[6], error)
+    _put(r, _RO[7], attributes)
+    _put(r, _RO[8], trace_headers)
+    _put(r, _RO[9], incomplete)
+    return r
 
 cdef Py_ssize_t C_MAX_BUFFER = MAX_BUFFER
 cdef object _SEQ_MOD = 1 << 32
@@ -61,13 +139,13 @@ cdef class DirStream:
             seq = m0[3]
             if seq is not None:
                 seq = (seq + start - m0[0]) % _SEQ_MOD
-            return Message(start, end - start, m0[1], m0[1], m0[2], m0[2], seq)
+            return new_message(start, end - start, m0[1], m0[1], m0[2], m0[2], seq)
         m0 = self.mark_at(start)
         m1 = self.mark_at(end - 1) if end > start else m0
         seq = m0[3]
         if seq is not None:
             seq = (seq + start - m0[0]) % _SEQ_MOD
-        return Message(start, end - start, m0[1], m1[1], m0[2], m1[2], seq)
+        return new_message(start, end - start, m0[1], m1[1], m0[2], m1[2], seq)
 
     cdef void consume(self, Py_ssize_t n) except *:
         """Drop the first n buffered bytes, and the marks no longer needed."""
@@ -125,10 +203,16 @@ cdef class StreamParser:
     needs; a fast path for common chunks may override `feed` and fall back on `_feed`.
     """
 
-    def __init__(self, client_side=None):
+    def __init__(self, client_side=None, transport=None):
+        self._setup(client_side)
+
+    cdef void _setup(self, object client_side) except *:
+        """What __init__ does; subclasses call it from their own __init__ (a C call,
+        where `StreamParser.__init__(self, ...)` would be a Python attribute lookup and
+        call once per connection)."""
         self.client_side = client_side
-        self.st0 = DirStream()
-        self.st1 = DirStream()
+        self.st0 = DirStream.__new__(DirStream)
+        self.st1 = DirStream.__new__(DirStream)
         self.streams = (self.st0, self.st1)
         self.rdir = -1
         if client_side is not None:
@@ -313,7 +397,7 @@ cdef class StreamParser:
         cdef str why = p.incomplete or reason
         if p.incomplete and reason and reason not in p.incomplete:
             why = p.incomplete + "," + reason
-        return Record(self.proto, p.msg, None, p.operation, STATUS_UNSET, "", "",
+        return new_record(self.proto, p.msg, None, p.operation, STATUS_UNSET, "", "",
                       p.attributes, p.trace_headers if p.trace_headers is not None else {},
                       why)
 

@@ -21,49 +21,18 @@ from ._dns import (
     read_name,
     type_name,
 )
-from .spec import InferenceRule, Ports, ProtocolSpec, on_port
+from ._infer import DNS_PORTS, DNS_TCP, DNS_UDP
+from .spec import InferenceRule, ProtocolSpec
 
-__all__ = ["MAX_ANSWERS", "MAX_PEER_SESSIONS", "PEER_IDLE_NS", "STATS", "DirStream",
+__all__ = ["DNS_PORTS", "MAX_ANSWERS", "MAX_PEER_SESSIONS", "PEER_IDLE_NS", "STATS", "DirStream",
            "DnsParser", "bound_peer_sessions", "parse", "rcode_name", "read_name",
            "type_name"]
 
 
-DNS_PORTS = frozenset((53, 5353, 853))
-
-
-def _header(data: bytes, off: int) -> bool:
-    if len(data) < off + 12:
-        return False
-    qd = (data[off + 4] << 8) | data[off + 5]
-    opcode = (data[off + 2] >> 3) & 0xF
-    return qd == 1 and opcode in (0, 2, 4, 5)
-
-
-def _message(data: bytes, off: int) -> bool:
-    if not _header(data, off):
-        return False
-    try:
-        info = parse(data[off:])
-    except Exception:  # noqa: BLE001 - inference must never raise
-        return False
-    return info is not None and bool(info["name"]) and not info["truncated"]
-
-
-def _udp(data: bytes, ports: Ports) -> str | None:
-    if _message(data, 0) or (_header(data, 0) and on_port(ports, DNS_PORTS)):
-        return "dns"
-    return None
-
-
-def _tcp(data: bytes, ports: Ports) -> str | None:
-    """Over TCP a message has a 2-byte length prefix."""
-    if len(data) < 14 or ((data[0] << 8) | data[1]) < 12 or not _header(data, 2):
-        return None
-    return "dns" if on_port(ports, DNS_PORTS) or _message(data, 2) else None
-
-
+# A header with one question (opcode query, status, notify or update) on a DNS port, or
+# a whole message read by the parser; over TCP after its 2-byte length: _infer.pyx.
 PROTOCOL = ProtocolSpec(("dns",), DnsParser, STATS,
-                        (InferenceRule(10, "udp", _udp), InferenceRule(70, "tcp", _tcp)))
+                        (InferenceRule(10, "udp", DNS_UDP), InferenceRule(70, "tcp", DNS_TCP)))
 
 
 # -- sessions per client port ------------------------------------------------------------

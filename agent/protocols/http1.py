@@ -13,8 +13,6 @@ Bodies are never buffered: their length is skipped (Content-Length, chunk sizes)
 
 from __future__ import annotations
 
-import re
-
 from ._http1 import (
     CHUNKED,
     HEAD,
@@ -26,20 +24,12 @@ from ._http1 import (
     DirStream,
     Http1Parser,
 )
-from .spec import InferenceRule, Ports, ProtocolSpec
+from ._infer import HTTP1
+from .spec import InferenceRule, ProtocolSpec
 
 __all__ = ["CHUNKED", "HEAD", "MAX_HEAD", "METHODS", "STATS", "UNTIL_CLOSE", "WAIT",
            "DirStream", "Http1Parser"]
 
 
-_HTTP_REQ = re.compile(rb"[A-Z]{3,10} [^\s]+ HTTP/1\.[01]\r\n")
-
-
-def _infer(data: bytes, _ports: Ports) -> str | None:
-    if _HTTP_REQ.match(data) or data.startswith((b"HTTP/1.1 ", b"HTTP/1.0 ")):
-        return "http"
-    return None
-
-
-PROTOCOL = ProtocolSpec(("http",), lambda client_side, _t: Http1Parser(client_side), STATS,
-                        (InferenceRule(20, "tcp", _infer),))
+# A request line (`[A-Z]{3,10} [^\s]+ HTTP/1\.[01]\r\n`) or a status line: _infer.pyx.
+PROTOCOL = ProtocolSpec(("http",), Http1Parser, STATS, (InferenceRule(20, "tcp", HTTP1),))

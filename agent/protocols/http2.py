@@ -42,34 +42,18 @@ from ._http2 import (
     Http2Parser,
     huffman_decode,
 )
-from .spec import InferenceRule, Ports, ProtocolSpec
+from ._infer import H2_PREFACE, H2_PREFACE_TEST, H2_SETTINGS
+from .spec import InferenceRule, ProtocolSpec
 
 __all__ = ["CONTINUATION", "DATA", "END_HEADERS", "END_STREAM", "GOAWAY", "GRPC_CODES",
            "HEADERS", "MAX_BLOCK", "MAX_FRAME", "MAX_STREAMS", "PADDED", "PING", "PREFACE",
            "PRIORITY", "PRIORITY_FLAG", "PUSH_PROMISE", "RST_STREAM", "SETTINGS", "STATS",
-           "UNKNOWN", "WINDOW_UPDATE", "DirStream", "HpackDecoder", "Http2Parser",
+           "UNKNOWN", "WINDOW_UPDATE", "H2_PREFACE", "DirStream", "HpackDecoder", "Http2Parser",
            "huffman_decode"]
 
 
-H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-
-
-def _preface(data: bytes, _ports: Ports) -> str | None:
-    return "http2" if data.startswith(H2_PREFACE) else None
-
-
-def _settings_frame(data: bytes, _ports: Ports) -> str | None:
-    """A server-side first read of HTTP/2 (SETTINGS frame on stream 0)."""
-    if len(data) < 9:
-        return None
-    ln = int.from_bytes(data[0:3], "big")
-    if (data[3] == 4 and ln % 6 == 0 and ln <= 60 and data[5:9] == b"\x00\x00\x00\x00"
-            and data[4] in (0, 1)):
-        return "http2"
-    return None
-
-
-# gRPC is HTTP/2: the same parser, told apart by content-type
-PROTOCOL = ProtocolSpec(("http2", "grpc"), lambda client_side, _t: Http2Parser(client_side),
-                        STATS, (InferenceRule(10, "tcp", _preface),
-                                InferenceRule(80, "tcp", _settings_frame)))
+# The client's connection preface, or (the server side's first read) a SETTINGS frame on
+# stream 0: _infer.pyx.  gRPC is HTTP/2: the same parser, told apart by content-type.
+PROTOCOL = ProtocolSpec(("http2", "grpc"), Http2Parser, STATS,
+                        (InferenceRule(10, "tcp", H2_PREFACE_TEST),
+                         InferenceRule(80, "tcp", H2_SETTINGS)))

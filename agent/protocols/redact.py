@@ -13,6 +13,8 @@ import re
 import sys
 from typing import Any
 
+from ._sqltext import plain_sql
+
 REDACT = True
 MASK = "[REDACTED]"
 
@@ -60,8 +62,13 @@ def _mask_card(m: re.Match) -> str:
 
 def sql(text: str) -> str:
     """SQL text with card-number literals and inline passwords masked (if REDACT)."""
-    if not REDACT:
+    if not REDACT or plain_sql(text):
         return text
+    return sql_by_expressions(text)
+
+
+def sql_by_expressions(text: str) -> str:
+    """What `sql` does to text the compiled look (`_sqltext.plain_sql`) cannot clear."""
     if "'" in text or '"' in text or "$" in text:
         text = _SQL_PASSWORD.sub(lambda m: m.group(1) + "'" + MASK + "'", text)
     if _CARD.search(text):

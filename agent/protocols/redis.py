@@ -11,38 +11,17 @@ the remaining elements of the same frame are parsed as usual.
 
 from __future__ import annotations
 
-import re
-
+from ._infer import REDIS_INLINE, REDIS_ON_PORT, REDIS_PORTS, REDIS_REQUEST
 from ._redis import GRAB, MAX_LINE, STATS, TYPES, WAIT_BULK, DirStream, RedisParser
-from .spec import InferenceRule, Ports, ProtocolSpec, on_port
+from .spec import InferenceRule, ProtocolSpec
 
-__all__ = ["GRAB", "MAX_LINE", "STATS", "TYPES", "WAIT_BULK", "DirStream", "RedisParser"]
-
-
-REDIS_PORTS = frozenset((6379, 6380, 26379))
-_REQ = re.compile(rb"\*[1-9]\d{0,6}\r\n\$\d{1,10}\r\n")
-_REPLY = re.compile(rb"(?:[+-][^\r\n]{0,200}|:-?\d{1,20}|\$-?\d{1,10}|\*-?\d{1,7}|_|#[tf]"
-                    rb"|[%~>]\d{1,7}|,[^\r\n]{1,40}|\([\d-]{1,60}|[=!]\d{1,10})\r\n")
-_INLINE = re.compile(rb"(?i)(?:PING|QUIT|INFO|AUTH \S+|HELLO \d)\r?\n")
+__all__ = ["GRAB", "MAX_LINE", "REDIS_PORTS", "STATS", "TYPES", "WAIT_BULK", "DirStream",
+           "RedisParser"]
 
 
-def _request(data: bytes, _ports: Ports) -> str | None:
-    return "redis" if _REQ.match(data) else None
-
-
-def _on_redis_port(data: bytes, ports: Ports) -> str | None:
-    if on_port(ports, REDIS_PORTS) and (_REPLY.match(data) or _INLINE.match(data)):
-        return "redis"
-    return None
-
-
-def _inline(data: bytes, _ports: Ports) -> str | None:
-    if _INLINE.match(data) and data[:4].upper() in (b"PING", b"HELL", b"AUTH"):
-        return "redis"
-    return None
-
-
-PROTOCOL = ProtocolSpec(("redis",), lambda client_side, _t: RedisParser(client_side), STATS,
-                        (InferenceRule(30, "tcp", _request),
-                         InferenceRule(90, "tcp", _on_redis_port),
-                         InferenceRule(100, "tcp", _inline)))
+# The tests (_infer.pyx): a request (`*N` then a bulk string); a reply or an inline
+# command on a Redis port; an inline PING / HELLO / AUTH anywhere.
+PROTOCOL = ProtocolSpec(("redis",), RedisParser, STATS,
+                        (InferenceRule(30, "tcp", REDIS_REQUEST),
+                         InferenceRule(90, "tcp", REDIS_ON_PORT),
+                         InferenceRule(100, "tcp", REDIS_INLINE)))

@@ -6,7 +6,10 @@ factory, its counters and its inference rules, so a new protocol is one new modu
 its tests.  `infer` runs all protocols' rules in their declared order on the first bytes a
 connection carries (either direction); ports are only a tie-breaker for shapes several
 protocols share, so Redis on port 8080 is still Redis.  `new_parser` builds the stateful
-per-connection parser.
+per-connection parser.  Both run once per new connection and are compiled
+(`_infer.pyx`, with the built-in protocols' tests of first bytes); this module keeps the
+declarations and hands the compiled side the ordered rules and the factories whenever
+they change.
 """
 
 from __future__ import annotations
@@ -15,8 +18,11 @@ import importlib
 import pkgutil
 from collections import Counter
 
-from .base import ConnectionParser
+from . import _infer
+from ._infer import infer, new_parser
 from .spec import InferenceRule, ProtocolSpec
+
+__all__ = ["PROTOCOLS", "STATS", "infer", "new_parser", "register", "unregister"]
 
 _SPECS: dict[str, ProtocolSpec] = {}
 # Drop/gap counters, reason -> count, one Counter per parser module ("grpc" shares
@@ -38,6 +44,7 @@ def register(spec: ProtocolSpec) -> None:
         rules = _RULES[rule.transport]
         rules.append(rule)
         rules.sort(key=lambda r: r.order)
+    _configure()
 
 
 def unregister(spec: ProtocolSpec) -> None:
@@ -47,6 +54,13 @@ def unregister(spec: ProtocolSpec) -> None:
     STATS.pop(spec.names[0], None)
     for rules in _RULES.values():
         rules[:] = [r for r in rules if r not in spec.rules]
+    _configure()
+
+
+def _configure() -> None:
+    """Hand the compiled `infer` and `new_parser` the current rules and factories."""
+    _infer.configure(_RULES["tcp"], _RULES["udp"],
+                     {name: spec.new_parser for name, spec in _SPECS.items()})
 
 
 for _m in pkgutil.iter_modules(importlib.import_module(__package__).__path__):
@@ -57,21 +71,3 @@ for _m in pkgutil.iter_modules(importlib.import_module(__package__).__path__):
 
 PROTOCOLS = tuple(_SPECS)
 
-
-def infer(data: bytes, direction: int, local_port: int, remote_port: int,
-          transport: str) -> str | None:
-    """The protocol a connection speaks, from its first bytes; None when unsure."""
-    if not data:
-        return None
-    ports = (local_port, remote_port)
-    for rule in _RULES.get(transport, ()):
-        found = rule.match(data, ports)
-        if found is not None:
-            return found
-    return None
-
-
-def new_parser(protocol: str, client_side: bool | None,
-               transport: str | None = None) -> ConnectionParser:
-    """A fresh parser for one connection; `transport` only matters for DNS."""
-    return _SPECS[protocol].new_parser(client_side, transport)

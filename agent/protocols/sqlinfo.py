@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 
 from . import redact
+from ._sqltext import operation as _scan
 
 _LEAD = re.compile(r"^(?:\s+|--[^\n]*\n?|/\*.*?\*/|\()*([A-Za-z]+)", re.S)
 _IDENT = r"(?:[\w$]+|\"[^\"]+\"|`[^`]+`)"
@@ -25,6 +26,12 @@ _NOT_TABLE = frozenset({"select", "lateral", "unnest", "generate_series"})
 
 def operation(sql: str) -> tuple[str, str]:
     """(verb, table) of a statement; table is "" when not found."""
+    found = _scan(sql)  # the expressions below, compiled, for ASCII text
+    return found if found is not None else operation_by_expressions(sql)
+
+
+def operation_by_expressions(sql: str) -> tuple[str, str]:
+    """What `operation` does with text the compiled scan does not take (not ASCII)."""
     m = _LEAD.match(sql)
     if not m:
         return "", ""

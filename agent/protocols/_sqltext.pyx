@@ -1,0 +1,279 @@
+# cython: language_level=3, boundscheck=True, wraparound=True, nonecheck=True
+# cython: initializedcheck=True, cdivision=False, infer_types=False
+"""A look at SQL text before redact.sql and sqlinfo.operation run their expressions.
+
+Statements carrying unique values (the demo's and most applications') are each seen
+once, so the cache of descriptions does not help them and `redact.sql` ran two regular
+expression scans on each: ~60 % of the PostgreSQL parser's cost a record.  Most text
+can hold neither thing those scans look for, and that can be told in one pass in C:
+`plain_sql` says so for ASCII text (anything else keeps the expressions: their `\\d`
+and case-insensitive matching take non-ASCII characters too).  `operation` is
+sqlinfo.operation's two expressions (leading verb, first table) as one scan of ASCII
+text, with the engine's order of trying things, backtracking included.
+"""
+
+from cpython.unicode cimport PyUnicode_1BYTE_DATA, PyUnicode_GET_LENGTH
+
+
+cdef extern from "Python.h":
+    bint PyUnicode_IS_ASCII(object o)
+
+
+cdef inline int _lower(int c):
+    return c + 32 if 65 <= c <= 90 else c
+
+
+cdef bint _has_word(const unsigned char *p, Py_ssize_t n, const char *w, Py_ssize_t k):
+    """w (lower case) occurs in p[:n], ASCII case-insensitively."""
+    cdef Py_ssize_t i, j
+    for i in range(n - k + 1):
+        if _lower(p[i]) != w[0]:
+            continue
+        j = 1
+        while j < k and _lower(p[i + j]) == w[j]:
+            j += 1
+        if j == k:
+            return True
+    return False
+
+
+cdef Py_ssize_t _longest_digit_chain(const unsigned char *p, Py_ssize_t n):
+    """The most digits in a run of ASCII digits where one space or dash may stand
+    between two digits (how redact's card pattern groups them)."""
+    cdef Py_ssize_t i, count = 0, best = 0
+    cdef int c
+    for i in range(n):
+        c = p[i]
+        if 48 <= c <= 57:
+            count += 1
+            if count > best:
+                best = count
+        elif (c == 32 or c == 45) and count and i + 1 < n and 48 <= p[i + 1] <= 57:
+            pass  # one separator between two digits: the chain goes on
+        else:
+            count = 0
+    return best
+
+
+def plain_sql(str text) -> bool:
+    """True when redact.sql would return `text` unchanged because it is ASCII and holds
+    neither a password keyword ("identified", "password", any case) nor 13 digits in a
+    chain; False means: run the expressions (they decide)."""
+    cdef const unsigned char *p
+    cdef Py_ssize_t n
+    if not PyUnicode_IS_ASCII(text):
+        return False
+    p = PyUnicode_1BYTE_DATA(text)
+    n = PyUnicode_GET_LENGTH(text)
+    if _longest_digit_chain(p, n) >= 13:
+        return False
+    return not (_has_word(p, n, b"password", 8) or _has_word(p, n, b"identified", 10))
+
+
+# -- operation and table (sqlinfo.operation's expressions, for ASCII text) ---------------
+# sqlinfo's expressions, read as the regular expression engine reads them (depth first,
+# greedy before shorter, lazy before longer), on ASCII text where `\s` is
+# [ \t\n\v\f\r\x1c-\x1f] and `\w` is [A-Za-z0-9_]:
+#   lead:  ^(?:\s+|--[^\n]*\n?|/\*.*?\*/|\()*([A-Za-z]+)            (re.S)
+#   table: \bfrom\s+NAME (SELECT), \binto\s+NAME (INSERT, REPLACE),
+#          \bfrom\s+(?:only\s+)?NAME (DELETE), searched from the verb's end;
+#          update\s+(?:only\s+)?NAME at the verb (UPDATE)                (re.I, re.S)
+#   NAME:  IDENT(?:\.IDENT)*, IDENT: [\w$]+ | "[^"]+" | `[^`]+`
+
+cdef inline bint _sp(int c):
+    return c == 32 or 9 <= c <= 13 or 28 <= c <= 31
+
+
+cdef inline bint _letter(int c):
+    return 65 <= c <= 90 or 97 <= c <= 122
+
+
+cdef inline bint _wordc(int c):
+    return _letter(c) or 48 <= c <= 57 or c == 95
+
+
+cdef struct _Text:
+    const unsigned char *p
+    Py_ssize_t n
+
+
+cdef inline int _ch(_Text t, Py_ssize_t i):
+    """Character i of t, or -1 outside it."""
+    if i < 0 or i >= t.n:
+        return -1
+    return t.p[i]
+
+
+cdef Py_ssize_t _lead_from(_Text t, Py_ssize_t pos, signed char *memo) except -2:
+    """Where the verb's letters start when the prefix loop stands at pos (-1: no match),
+    trying what the engine tries, in its order; memo[pos] keeps the answer (the rest of
+    the match depends on pos alone), so no input costs more than quadratic time."""
+    cdef Py_ssize_t e, k, r
+    cdef int c
+    if memo[pos] == 1:
+        return -1
+    c = _ch(t, pos)
+    # \s+ : longest first
+    if _sp(c):
+        e = pos
+        while _sp(_ch(t, e)):
+            e += 1
+        k = e
+        while k > pos:
+            r = _lead_from(t, k, memo)
+            if r >= 0:
+                return r
+            k -= 1
+    # --[^\n]*\n? : the longest comment first, with its newline before without
+    if c == 45 and _ch(t, pos + 1) == 45:
+        e = pos + 2
+        while e < t.n and t.p[e] != 10:
+            e += 1
+        k = e
+        while k >= pos + 2:
+            if _ch(t, k) == 10:
+                r = _lead_from(t, k + 1, memo)
+                if r >= 0:
+                    return r
+            r = _lead_from(t, k, memo)
+            if r >= 0:
+                return r
+            k -= 1
+    # /\*.*?\*/ : the nearest end first
+    if c == 47 and _ch(t, pos + 1) == 42:
+        k = pos + 2
+        while k + 1 < t.n:
+            if t.p[k] == 42 and t.p[k + 1] == 47:
+                r = _lead_from(t, k + 2, memo)
+                if r >= 0:
+                    return r
+            k += 1
+    if c == 40:  # (
+        r = _lead_from(t, pos + 1, memo)
+        if r >= 0:
+            return r
+    if _letter(c):
+        return pos
+    memo[pos] = 1
+    return -1
+
+
+cdef Py_ssize_t _spaces(_Text t, Py_ssize_t i):
+    """End of the run of \\s starting at i (i itself if none)."""
+    while _sp(_ch(t, i)):
+        i += 1
+    return i
+
+
+cdef Py_ssize_t _ident(_Text t, Py_ssize_t i):
+    """End of an IDENT at i, or -1."""
+    cdef int c = _ch(t, i)
+    cdef Py_ssize_t k
+    if _wordc(c) or c == 36:
+        k = i
+        while _wordc(_ch(t, k)) or _ch(t, k) == 36:
+            k += 1
+        return k
+    if c == 34 or c == 96:  # "..." or `...`, at least one character inside
+        k = i + 1
+        while k < t.n and t.p[k] != c:
+            k += 1
+        if k < t.n and k > i + 1:
+            return k + 1
+    return -1
+
+
+cdef Py_ssize_t _name(_Text t, Py_ssize_t i):
+    """End of NAME at i, or -1."""
+    cdef Py_ssize_t e = _ident(t, i), k
+    if e < 0:
+        return -1
+    while _ch(t, e) == 46:  # .IDENT, as long as one follows
+        k = _ident(t, e + 1)
+        if k < 0:
+            break
+        e = k
+    return e
+
+
+cdef bint _word_at(_Text t, Py_ssize_t i, const char *w, Py_ssize_t k):
+    """t[i:i+k] == w (lower case), ASCII case-insensitively."""
+    cdef Py_ssize_t j
+    if i < 0 or i + k > t.n:
+        return False
+    for j in range(k):
+        if _lower(t.p[i + j]) != w[j]:
+            return False
+    return True
+
+
+cdef Py_ssize_t _after_keyword(_Text t, Py_ssize_t i, const char *w, Py_ssize_t k,
+                               bint bound, bint only, Py_ssize_t *end):
+    """NAME's start if `\\b?w\\s+(?:only\\s+)?NAME` matches at i (its end in *end), or -1."""
+    cdef Py_ssize_t s, o, e
+    if not _word_at(t, i, w, k):
+        return -1
+    if bound and i > 0 and _wordc(t.p[i - 1]):
+        return -1
+    s = _spaces(t, i + k)
+    if s == i + k:
+        return -1
+    if only and _word_at(t, s, b"only", 4):
+        o = _spaces(t, s + 4)
+        if o > s + 4:
+            e = _name(t, o)
+            if e >= 0:
+                end[0] = e
+                return o
+    e = _name(t, s)
+    if e < 0:
+        return -1
+    end[0] = e
+    return s
+
+
+# Longer text goes to the expressions: _lead_from recurses once per character at most.
+cdef Py_ssize_t _MAX_TEXT = 16384
+_NOT_TABLE = frozenset({"select", "lateral", "unnest", "generate_series"})
+
+
+def operation(str sql):
+    """(verb, table) as sqlinfo.operation gives them, or None when sql is not ASCII
+    (the expressions decide then)."""
+    cdef _Text t
+    cdef Py_ssize_t start, stop, i, s = -1, e = 0
+    cdef signed char *memo
+    cdef bytearray memo_buf
+    if not PyUnicode_IS_ASCII(sql) or PyUnicode_GET_LENGTH(sql) > _MAX_TEXT:
+        return None
+    t.p = PyUnicode_1BYTE_DATA(sql)
+    t.n = PyUnicode_GET_LENGTH(sql)
+    memo_buf = bytearray(t.n + 1)
+    memo = <signed char *><char *>memo_buf
+    start = _lead_from(t, 0, memo)
+    if start < 0:
+        return "", ""
+    stop = start
+    while _letter(_ch(t, stop)):
+        stop += 1
+    verb = sql[start:stop].upper()
+    if verb == "UPDATE":
+        s = _after_keyword(t, start, b"update", 6, False, True, &e)
+    elif verb == "SELECT" or verb == "INSERT" or verb == "REPLACE" or verb == "DELETE":
+        for i in range(stop, t.n):
+            if verb == "SELECT":
+                s = _after_keyword(t, i, b"from", 4, True, False, &e)
+            elif verb == "DELETE":
+                s = _after_keyword(t, i, b"from", 4, True, True, &e)
+            else:
+                s = _after_keyword(t, i, b"into", 4, True, False, &e)
+            if s >= 0:
+                break
+    else:
+        return verb, ""
+    if s < 0:
+        return verb, ""
+    table = sql[s:e].replace('"', "").replace("`", "")
+    if table.lower() in _NOT_TABLE:
+        return verb, ""
+    return verb, table
