@@ -169,3 +169,22 @@ def test_span_ids_fresh_and_not_shared_with_a_forked_child() -> None:
     child = os.read(r, 64).decode()
     os.close(r)
     assert ID.fullmatch(child) and child != _nspans.span_ids(1)
+
+
+def test_ipv4_packet_text_at_the_widths_limits() -> None:
+    import socket
+
+    from agent.net.hops import HopIndex
+    from agent.probes.tc import HOP
+
+    rng = random.Random(4)
+    idx = HopIndex()
+    cases = [("255.255.255.255", 65535, "0.0.0.0", 0), ("0.0.0.0", 0, "255.255.255.255", 65535)]
+    cases += [(socket.inet_ntoa(rng.randbytes(4)), rng.randrange(65536),
+               socket.inet_ntoa(rng.randbytes(4)), rng.randrange(65536)) for _ in range(50)]
+    for i, (sa, sp, da, dp) in enumerate(cases):
+        idx.add_raw([HOP.pack(10, 1, 0, 1000 + i, 2, 5, socket.inet_aton(sa) + bytes(12),
+                              socket.inet_aton(da) + bytes(12), 100, sp, dp, 40000, 80, 40,
+                              0, 0x18, 500, 0, 4)])
+        (s,) = idx.path((5, 40000, 80, 1000 + i))
+        assert s.packet == s.text == f"{sa}:{sp}>{da}:{dp}"
