@@ -4,9 +4,10 @@ bench_tc's wrk: 6 N spans a request), the index filled with packed hop records.
 
 bench_tc has no S spans to join, so it misses this cost: with S spans present it is the
 agent's largest hop cost.  Each round times place() with the compiled N span maker
-(agent/net/_nspans.pyx) and with the Python one (agent/net/hops.py hop_spans_py), on
-fresh copies of the same traces, alternating, so before and after share the machine's
-load.  Also timed alone: the index lookups (path) and hop_spans for one leg.
+(agent/net/_nspans.pyx: hop_spans, boundary) and with the Python one (agent/net/hops.py
+hop_spans_py, boundary_py), on fresh copies of the same traces, alternating, so before
+and after share the machine's load.  Both use the same compiled index (HopIndex.path).
+Also timed alone: path() and hop_spans for one leg.
 
     .venv/bin/python -m bench.bench_hops [--requests N] [--rounds R]
 """
@@ -81,13 +82,15 @@ def main(argv: list[str] | None = None) -> None:
     index = HopIndex(max_messages=4 * a.requests, max_records=16 * a.requests)
     index.add_raw(raws)
     compiled, python = hops.hop_spans, hops.hop_spans_py
-    res: dict[str, list[float]] = {"python (hop_spans_py)": [], "compiled (_nspans)": []}
-    leg: dict[str, list[float]] = {"python (hop_spans_py)": [], "compiled (_nspans)": []}
+    cbound = hops.boundary
+    res: dict[str, list[float]] = {"python (hops.py)": [], "compiled (_nspans)": []}
+    leg: dict[str, list[float]] = {"python (hops.py)": [], "compiled (_nspans)": []}
     per_req = 0.0
     try:
         for _ in range(a.rounds):
-            for name, fn in (("python (hop_spans_py)", python), ("compiled (_nspans)", compiled)):
+            for name, fn in (("python (hops.py)", python), ("compiled (_nspans)", compiled)):
                 hops.hop_spans = fn  # what client_hops / server_hops call
+                hops.boundary = cbound if fn is compiled else hops.boundary_py
                 trs = traces(reqs)
                 us, n = time_place(index, trs)
                 per_req = n / len(trs)
@@ -99,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
                     fn(p, HOOKS, c, "request", 0, hops.NO_PODS)
                 leg[name].append((time.process_time_ns() - t) / len(paths) / 1000)
     finally:
-        hops.hop_spans = compiled
+        hops.hop_spans, hops.boundary = compiled, cbound
     trs = traces(reqs[:2000])
     keys = [(c.netns, c.local.port, c.remote.port, c.req_seq) for c, _ in trs]
     path_runs = []
@@ -111,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
     path_us = statistics.median(path_runs)
     print(f"# bench_hops: {a.requests} requests a round, {per_req:.1f} N spans a request, "
           f"{a.rounds} rounds, load {os.getloadavg()[0]:.2f}")
-    base = statistics.median(res["python (hop_spans_py)"])
+    base = statistics.median(res["python (hops.py)"])
     for name, v in res.items():
         m = statistics.median(v)
         print(f"  place(), {name:<22} {m:7.2f} us CPU a request  ratio {m / base:.3f}   "

@@ -282,3 +282,29 @@ def hop_spans(list path, hooks, parent, str leg, wall_offset, pods=None) -> list
 def direct_slots() -> int:
     """How many of Span's fields are written straight into their slot (tests)."""
     return sum(1 for i in range(_NF) if _offsets[i])
+
+
+def boundary(s, hooks, wall_offset, pods=None) -> dict:
+    """agent/net/hops.py boundary_py, compiled: a message's sightings at one hook, for
+    the hop that crosses to another node; `pods` None: no pod names."""
+    hk = s.hook
+    k2 = (hk[0], hk[1])
+    h = hooks.get(k2)
+    if h is None:
+        ns, ifname = f"netns:{hk[0]}", f"if{hk[1]}"
+    else:
+        ns, ifname = h.netns, h.ifname
+    cdef list t = s.times
+    pkt = s.text
+    if not pkt:
+        pkt = s.packet
+    out = {"netns": ns, "interface": ifname,
+           "direction": "egress" if hk[2] == 0 else "ingress",
+           "first_ns": t[0] + wall_offset, "last_ns": t[len(t) - 1] + wall_offset,
+           "copies": len(t), "rst": bool(s.flags & TCP_RST),
+           "zero_window": s.zero_window, "packet": pkt}
+    if pods is not None:
+        ref = pods.get(k2)
+        if ref is not None:
+            out.update(ref.attributes(""))
+    return out

@@ -26,14 +26,14 @@ from __future__ import annotations
 import os
 
 from agent.net._hops import HopIndex
-from agent.net._nspans import hop_spans
+from agent.net._nspans import boundary, hop_spans
 from agent.net.pods import PodRef
 from agent.net.sighting import HookKey, Sighting
 from agent.probes.tc import Hook
 from proto.span import KIND_INTERNAL, SOURCE_NETWORK, STATUS_OK, Span
 
-__all__ = ["HopIndex", "Sighting", "boundary", "client_hops", "hop_spans", "hop_spans_py",
-           "server_hops", "spans_for_client"]
+__all__ = ["HopIndex", "Sighting", "boundary", "boundary_py", "client_hops", "hop_spans",
+           "hop_spans_py", "server_hops", "spans_for_client"]
 
 TCP_RST = 0x04
 MessageKey = tuple[int, int, int, int]  # writer netns, writer lport, writer rport, seq
@@ -118,10 +118,13 @@ def hop_spans_py(path: list[Sighting], hooks: dict[tuple[int, int], Hook], paren
     return out
 
 
-def boundary(s: Sighting, hooks: dict[tuple[int, int], Hook], wall_offset: int,
-             pods=NO_PODS) -> dict:
+def boundary_py(s: Sighting, hooks: dict[tuple[int, int], Hook], wall_offset: int,
+                pods=NO_PODS) -> dict:
     """A message's sightings at one hook, for the hop that crosses to another node (the
-    server builds it from both nodes' boundaries: server/join/network.py)."""
+    server builds it from both nodes' boundaries: server/join/network.py).
+
+    `boundary` (agent/net/_nspans.pyx) is the same compiled; this is the reference
+    tests/net/test_nspans.py compares it with."""
     ns, ifname = _hook_name(hooks, s.hook)
     out = {"netns": ns, "interface": ifname,
            "direction": "egress" if s.hook[2] == 0 else "ingress",

@@ -188,3 +188,21 @@ def test_ipv4_packet_text_at_the_widths_limits() -> None:
                               0, 0x18, 500, 0, 4)])
         (s,) = idx.path((5, 40000, 80, 1000 + i))
         assert s.packet == s.text == f"{sa}:{sp}>{da}:{dp}"
+
+
+def test_boundary_compiled_equals_python() -> None:
+    from agent.net.hops import boundary, boundary_py
+
+    rng = random.Random(7)
+    n = 0
+    for _ in range(300):
+        path, hooks, pods = random_path(rng)
+        off = rng.randrange(-10**6, 10**12)
+        for s in path:
+            for p in (pods, NO_PODS):
+                old, new = boundary_py(s, hooks, off, p), boundary(s, hooks, off, p)
+                assert new == old and list(new) == list(old)
+                assert [type(v) for v in new.values()] == [type(v) for v in old.values()]
+                n += 1
+            assert boundary(s, hooks, off) == boundary_py(s, hooks, off)
+    assert n > 500
