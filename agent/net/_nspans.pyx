@@ -20,7 +20,9 @@ from cpython.ref cimport Py_INCREF, Py_XDECREF
 
 import dataclasses
 import os
+import types
 
+from agent.net.sighting import Sighting
 from proto.span import KIND_INTERNAL, SOURCE_NETWORK, STATUS_OK, Endpoint, Span
 
 cdef extern from "Python.h":
@@ -69,6 +71,8 @@ cdef int _kind_of(object f) except -1:
 
 cdef Py_ssize_t _slot_offset(object d):
     """The slot's offset in the object when it is a writable object slot, else 0."""
+    if type(d) is not types.MemberDescriptorType:
+        return 0
     cdef PyMemberDef *m = (<PyMemberDescrObject *><PyObject *>d).d_member
     if m.type != T_OBJECT_EX or m.flags & READONLY or m.offset <= 0:
         return 0
@@ -155,6 +159,31 @@ cdef object _span(list given):
     return s
 
 
+# Sighting's slots read the same way (offsets checked at import; 0: getattr), for a
+# Sighting proper only: ~10 attribute reads an N span
+cdef object _Sighting = Sighting
+cdef Py_ssize_t S_HOOK = _slot_offset(Sighting.__dict__["hook"])
+cdef Py_ssize_t S_TIMES = _slot_offset(Sighting.__dict__["times"])
+cdef Py_ssize_t S_FLAGS = _slot_offset(Sighting.__dict__["flags"])
+cdef Py_ssize_t S_ZW = _slot_offset(Sighting.__dict__["zero_window"])
+cdef Py_ssize_t S_TEXT = _slot_offset(Sighting.__dict__["text"])
+
+
+cdef inline object _sget(object obj, Py_ssize_t off, str name):
+    """obj.name, straight from its slot when obj is a Sighting and the slot is set."""
+    cdef PyObject *v
+    if off and type(obj) is _Sighting:
+        v = (<PyObject **>(<char *><PyObject *>obj + off))[0]
+        if v != NULL:
+            return <object>v
+    return getattr(obj, name)
+
+
+def sighting_slots() -> int:
+    """How many of the Sighting fields read here are read straight from slots (tests)."""
+    return sum(1 for o in (S_HOOK, S_TIMES, S_FLAGS, S_ZW, S_TEXT) if o)
+
+
 def make_span(**kw) -> object:
     """`Span(**kw)` the way hop_spans makes it (tests compare the two)."""
     given = [_UNSET] * _NF
@@ -210,7 +239,7 @@ def hop_spans(list path, hooks, parent, str leg, wall_offset, pods=None) -> list
     cdef list info = []
     cdef object hk
     for s in path:
-        hk = s.hook
+        hk = _sget(s, S_HOOK, "hook")
         k2 = (hk[0], hk[1])
         h = hooks.get(k2)
         if h is None:
@@ -232,14 +261,14 @@ def hop_spans(list path, hooks, parent, str leg, wall_offset, pods=None) -> list
         b = path[i + 1]
         a_ns, a_if, a_dir, pa = info[i]
         b_ns, b_if, b_dir, pb = info[i + 1]
-        at = a.times
-        bt = b.times
+        at = _sget(a, S_TIMES, "times")
+        bt = _sget(b, S_TIMES, "times")
         arrived = bt[0]
         last = at[len(at) - 1]  # times are sorted: the last copy, unless it came after
         if last > arrived:
             before = [t for t in at if t <= arrived]
             last = before[len(before) - 1] if before else at[0]
-        pkt = b.text  # Sighting.packet's value, without a Python call when it is made
+        pkt = _sget(b, S_TEXT, "text")  # Sighting.packet's value, without its call
         if not pkt:
             pkt = b.packet
         attrs = {
@@ -251,8 +280,10 @@ def hop_spans(list path, hooks, parent, str leg, wall_offset, pods=None) -> list
             "zerotrace.net.hop_latency_ns": arrived - last,
             "zerotrace.net.retransmissions": len(at) - 1,
             "zerotrace.net.lost": max(0, len(at) - len(bt)),
-            "zerotrace.net.rst": bool((a.flags | b.flags) & TCP_RST),
-            "zerotrace.net.zero_window": a.zero_window or b.zero_window,
+            "zerotrace.net.rst": bool((_sget(a, S_FLAGS, "flags") | _sget(b, S_FLAGS, "flags"))
+                                      & TCP_RST),
+            "zerotrace.net.zero_window": (_sget(a, S_ZW, "zero_window")
+                                          or _sget(b, S_ZW, "zero_window")),
             "zerotrace.net.packet": pkt,
         }
         if pa is not None:
@@ -268,10 +299,10 @@ def hop_spans(list path, hooks, parent, str leg, wall_offset, pods=None) -> list
         given[F_PROTO] = protocol
         given[F_OP] = f"{leg} {a_if} {a_dir} -> {b_if} {b_dir}"
         given[F_STATUS] = STATUS_OK
-        given[F_START] = a.times[0] + wall_offset
+        given[F_START] = at[0] + wall_offset
         given[F_END] = arrived + wall_offset
         given[F_SERVICE] = service
-        given[F_NETNS] = b.hook[0]
+        given[F_NETNS] = _sget(b, S_HOOK, "hook")[0]
         given[F_TRANSPORT] = "tcp"
         given[F_AGENT] = agent
         given[F_ATTRS] = attrs

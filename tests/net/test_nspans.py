@@ -63,6 +63,7 @@ def without_ids(spans: list[Span]) -> list[dict]:
 
 @pytest.mark.parametrize("seed", range(4))
 def test_compiled_equals_python(seed: int) -> None:
+    assert _nspans.sighting_slots() == 5  # the Sightings below are read from slots
     rng = random.Random(seed)
     n = 0
     for _ in range(500):
@@ -206,3 +207,18 @@ def test_boundary_compiled_equals_python() -> None:
                 n += 1
             assert boundary(s, hooks, off) == boundary_py(s, hooks, off)
     assert n > 500
+
+
+def test_duck_typed_sightings_read_by_attribute() -> None:
+    # not a Sighting: no slot reads, the same spans through getattr
+    from types import SimpleNamespace
+
+    rng = random.Random(3)
+    for _ in range(100):
+        path, hooks, pods = random_path(rng)
+        ducks = [SimpleNamespace(hook=s.hook, times=s.times, flags=s.flags,
+                                 zero_window=s.zero_window, text=s.text, packet=s.packet)
+                 for s in path]
+        parent = Span(trace_id="t" * 32, protocol="http")
+        assert without_ids(hop_spans(ducks, hooks, parent, "response", 5, pods)) == \
+            without_ids(hop_spans_py(path, hooks, parent, "response", 5, pods))
