@@ -18,7 +18,7 @@ the Python parsers produced: `base.Record`s holding `base.Message`s, and the mod
 from collections import deque
 from dataclasses import fields as _fields
 
-from cpython.object cimport PyObject
+from cpython.object cimport PyObject, PyTypeObject
 from cpython.ref cimport Py_INCREF
 
 from agent.export._slots cimport slot_offset
@@ -27,6 +27,8 @@ from .base import MAX_BUFFER, STATUS_UNSET, Message, Record
 
 cdef extern from "Python.h":
     void _xdecref "Py_XDECREF"(PyObject* o)
+    # What object.__new__(cls) comes down to for these classes (no argument checks).
+    object _alloc "PyType_GenericAlloc"(PyTypeObject* cls, Py_ssize_t nitems)
 
 
 # -- Message and Record without a Python __init__ frame ---------------------------------
@@ -61,14 +63,17 @@ _offsets(Message, ("offset", "size", "start_ns", "end_ns", "tid", "end_tid", "se
 cdef Py_ssize_t _RO[10]
 _offsets(Record, ("protocol", "request", "response", "operation", "status", "status_code",
                   "error", "attributes", "trace_headers", "incomplete"), _RO)
-cdef object _new = object.__new__
 cdef object _MessageT = Message, _RecordT = Record
+# object.__new__ would call the class's tp_alloc: PyType_GenericAlloc for both, checked here.
+if (type(_MessageT).__call__ is not type.__call__ or _MessageT.__new__ is not object.__new__
+        or _RecordT.__new__ is not object.__new__):
+    raise ImportError("Message/Record are no longer plain slots classes: update _stream.pyx")
 
 
 cdef object new_message(object offset, object size, object start_ns, object end_ns,
                         object tid, object end_tid, object seq):
     """Message(offset, size, start_ns, end_ns, tid, end_tid, seq)."""
-    cdef object m = _new(_MessageT)
+    cdef object m = _alloc(<PyTypeObject*>_MessageT, 0)
     _put(m, _MO[0], offset)
     _put(m, _MO[1], size)
     _put(m, _MO[2], start_ns)
@@ -84,7 +89,7 @@ cdef object new_record(object protocol, object request, object response, object 
                        object trace_headers, object incomplete):
     """Record(protocol, request, response, operation, status, status_code, error,
     attributes, trace_headers, incomplete)."""
-    cdef object r = _new(_RecordT)
+    cdef object r = _alloc(<PyTypeObject*>_RecordT, 0)
     _put(r, _RO[0], protocol)
     _put(r, _RO[1], request)
     _put(r, _RO[2], response)
