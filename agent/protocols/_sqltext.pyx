@@ -74,7 +74,7 @@ def plain_sql(str text) -> bool:
 # sqlinfo's expressions, read as the regular expression engine reads them (depth first,
 # greedy before shorter, lazy before longer), on ASCII text where `\s` is
 # [ \t\n\v\f\r\x1c-\x1f] and `\w` is [A-Za-z0-9_]:
-#   lead:  ^(?:\s+|--[^\n]*\n?|/\*.*?\*/|\()*([A-Za-z]+)            (re.S)
+#   lead:  ^(?:\s++|--[^\n]*+\n?|/\*.*?\*/|\()*+([A-Za-z]+)        (re.S; possessive)
 #   table: \bfrom\s+NAME (SELECT), \binto\s+NAME (INSERT, REPLACE),
 #          \bfrom\s+(?:only\s+)?NAME (DELETE), searched from the verb's end;
 #          update\s+(?:only\s+)?NAME at the verb (UPDATE)                (re.I, re.S)
@@ -104,58 +104,34 @@ cdef inline int _ch(_Text t, Py_ssize_t i):
     return t.p[i]
 
 
-cdef Py_ssize_t _lead_from(_Text t, Py_ssize_t pos, signed char *memo) except -2:
-    """Where the verb's letters start when the prefix loop stands at pos (-1: no match),
-    trying what the engine tries, in its order; memo[pos] keeps the answer (the rest of
-    the match depends on pos alone), so no input costs more than quadratic time."""
-    cdef Py_ssize_t e, k, r
+cdef Py_ssize_t _lead(_Text t):
+    """Where the verb's letters start (-1: no match).  The prefix loop is possessive,
+    as in sqlinfo._LEAD: blanks, comments and parentheses are consumed whole and never
+    given back, so the verb is the first letter after them (linear time)."""
+    cdef Py_ssize_t pos = 0, k
     cdef int c
-    if memo[pos] == 1:
-        return -1
-    c = _ch(t, pos)
-    # \s+ : longest first
-    if _sp(c):
-        e = pos
-        while _sp(_ch(t, e)):
-            e += 1
-        k = e
-        while k > pos:
-            r = _lead_from(t, k, memo)
-            if r >= 0:
-                return r
-            k -= 1
-    # --[^\n]*\n? : the longest comment first, with its newline before without
-    if c == 45 and _ch(t, pos + 1) == 45:
-        e = pos + 2
-        while e < t.n and t.p[e] != 10:
-            e += 1
-        k = e
-        while k >= pos + 2:
-            if _ch(t, k) == 10:
-                r = _lead_from(t, k + 1, memo)
-                if r >= 0:
-                    return r
-            r = _lead_from(t, k, memo)
-            if r >= 0:
-                return r
-            k -= 1
-    # /\*.*?\*/ : the nearest end first
-    if c == 47 and _ch(t, pos + 1) == 42:
-        k = pos + 2
-        while k + 1 < t.n:
-            if t.p[k] == 42 and t.p[k + 1] == 47:
-                r = _lead_from(t, k + 2, memo)
-                if r >= 0:
-                    return r
-            k += 1
-    if c == 40:  # (
-        r = _lead_from(t, pos + 1, memo)
-        if r >= 0:
-            return r
-    if _letter(c):
-        return pos
-    memo[pos] = 1
-    return -1
+    while True:
+        c = _ch(t, pos)
+        if _sp(c):
+            while _sp(_ch(t, pos)):
+                pos += 1
+        elif c == 45 and _ch(t, pos + 1) == 45:  # --[^\n]*+\n?
+            pos += 2
+            while pos < t.n and t.p[pos] != 10:
+                pos += 1
+            if pos < t.n:
+                pos += 1
+        elif c == 47 and _ch(t, pos + 1) == 42:  # /\*.*?\*/ : the nearest end
+            k = pos + 2
+            while k + 1 < t.n and not (t.p[k] == 42 and t.p[k + 1] == 47):
+                k += 1
+            if k + 1 >= t.n:
+                return -1  # unclosed: the loop stops at '/', not a letter
+            pos = k + 2
+        elif c == 40:  # (
+            pos += 1
+        else:
+            return pos if _letter(c) else -1
 
 
 cdef Py_ssize_t _spaces(_Text t, Py_ssize_t i):
@@ -232,7 +208,7 @@ cdef Py_ssize_t _after_keyword(_Text t, Py_ssize_t i, const char *w, Py_ssize_t 
     return s
 
 
-# Longer text goes to the expressions: _lead_from recurses once per character at most.
+# Longer text goes to the expressions (the table search is quadratic at most).
 cdef Py_ssize_t _MAX_TEXT = 16384
 _NOT_TABLE = frozenset({"select", "lateral", "unnest", "generate_series"})
 
@@ -242,15 +218,11 @@ def operation(str sql):
     (the expressions decide then)."""
     cdef _Text t
     cdef Py_ssize_t start, stop, i, s = -1, e = 0
-    cdef signed char *memo
-    cdef bytearray memo_buf
     if not PyUnicode_IS_ASCII(sql) or PyUnicode_GET_LENGTH(sql) > _MAX_TEXT:
         return None
     t.p = PyUnicode_1BYTE_DATA(sql)
     t.n = PyUnicode_GET_LENGTH(sql)
-    memo_buf = bytearray(t.n + 1)
-    memo = <signed char *><char *>memo_buf
-    start = _lead_from(t, 0, memo)
+    start = _lead(t)
     if start < 0:
         return "", ""
     stop = start

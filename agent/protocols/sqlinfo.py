@@ -11,7 +11,11 @@ import re
 from . import redact
 from ._sqltext import operation as _scan
 
-_LEAD = re.compile(r"^(?:\s+|--[^\n]*\n?|/\*.*?\*/|\()*([A-Za-z]+)", re.S)
+# Possessive: blanks, comments and parentheses before the verb are consumed whole and
+# never given back.  The backtracking form took exponential time on text a client sends
+# ("--" * 200, 40 blanks and no verb: a hung parser thread) and found verbs inside
+# comments ("-- foo" gave "O").
+_LEAD = re.compile(r"^(?:\s++|--[^\n]*+\n?|/\*.*?\*/|\()*+([A-Za-z]+)", re.S)
 _IDENT = r"(?:[\w$]+|\"[^\"]+\"|`[^`]+`)"
 _NAME = rf"({_IDENT}(?:\.{_IDENT})*)"
 _TABLE = {

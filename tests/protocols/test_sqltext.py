@@ -6,6 +6,7 @@ clauses in any case, quotes, and non-ASCII letters and digits."""
 from __future__ import annotations
 
 import random
+import time
 
 import pytest
 from agent.protocols._sqltext import operation as _operation
@@ -92,3 +93,21 @@ def test_operation_on_long_and_pathological_text():
     assert sqlinfo.operation("--" * 2500) == ("", "")
     assert _operation("SELECT 'é' FROM t") is None  # not ASCII: the expressions decide
     assert sqlinfo.operation("SELECT 'é' FROM t") == ("SELECT", "t")
+
+
+@pytest.mark.parametrize("text", [" " * 5000 + "!", "--" * 5000, "-- \n" * 3000 + "(",
+                                  " " * 5000 + "é", "--" * 5000 + "é",
+                                  "/*" + "*/ /*" * 3000])
+def test_leading_blanks_and_comments_take_linear_time(text):
+    """A run of blanks or `--` with no verb after it: the backtracking expression took
+    exponential time on it (a client's text could hang the parser thread)."""
+    t0 = time.process_time()
+    assert sqlinfo.operation(text) == ("", "")
+    assert sqlinfo.operation_by_expressions(text) == ("", "")
+    assert time.process_time() - t0 < 0.5
+
+
+@pytest.mark.parametrize("text", ["-- foo", "/* select */", "-- select from t", "é -- select"])
+def test_no_verb_is_read_inside_a_comment(text):
+    assert sqlinfo.operation(text)[0] == ""
+    assert sqlinfo.operation_by_expressions(text)[0] == ""
