@@ -54,8 +54,14 @@ if [ $# -eq 0 ]; then
     # agent/conn/_core.pyx) on random event streams (~15 s under ASan), and the server's
     # SpanList wire reader (server/ingest/_spanlist.pyx) on truncated and corrupted
     # batches.
+    # Also the compiled code that reads payload or record bytes outside the parsers:
+    # protocol inference and SQL text (agent/protocols/_infer.pyx, _sqltext.pyx), the
+    # stitcher's payload tokens, the hop index and N-span maker (agent/net/_hops.pyx,
+    # _nspans.pyx), each against its reference on generated input (~4 s without ASan).
     set -- "${nodes[@]}" "${more[@]}" tests/conn/test_compiled_core.py \
-        tests/server/test_ingest_spanlist.py
+        tests/server/test_ingest_spanlist.py \
+        tests/protocols/test_compiled_equivalence_infer.py tests/protocols/test_sqltext.py \
+        tests/stitch/test_tokens_compiled.py tests/net/test_nspans.py tests/net/test_hop_index.py
 fi
 # Reports go to files: pytest captures stderr, and an aborted run would lose them.
 export ASAN_OPTIONS=detect_leaks=0:halt_on_error=1:abort_on_error=1:log_path=$work/asan-report:${ASAN_OPTIONS:-}
@@ -64,6 +70,8 @@ export ASAN_OPTIONS=detect_leaks=0:halt_on_error=1:abort_on_error=1:log_path=$wo
 export LD_PRELOAD=$libasan${LD_PRELOAD:+:$LD_PRELOAD}
 export PYTHONMALLOC=malloc
 export ZT_ASAN_TREE=$work
+# the scratch copy has no .git: the equivalence tests read the old rules from this one
+export ZT_SOURCE_REPO=${ZT_SOURCE_REPO:-$root}
 export ZT_FUZZ_EXAMPLES=$examples
 export ZT_STITCH_EXAMPLES=${ZT_STITCH_EXAMPLES:-$examples}
 # The modules under test must be the ASan build of this scratch tree, not the .venv's.
