@@ -26,6 +26,7 @@ from cpython.unicode cimport PyUnicode_DecodeLatin1
 from libc.stdio cimport snprintf
 
 from ._stream cimport DirStream, Pending, StreamParser, new_message, new_record, new_pending
+from ._bytes cimport _Bytes, _at, _view
 
 from .base import (
     MAX_PENDING,
@@ -71,19 +72,7 @@ def rcode_name(r: int) -> str:
     return s
 
 
-# -- bounds-checked byte access -----------------------------------------------------
-
-cdef struct _Bytes:
-    const unsigned char *p
-    Py_ssize_t n
-
-
-cdef inline _Bytes _view(bytes b):
-    cdef _Bytes v
-    v.p = <const unsigned char *>PyBytes_AS_STRING(b)
-    v.n = PyBytes_GET_SIZE(b)
-    return v
-
+# -- bounds-checked byte access (_Bytes, _view, _at: _bytes.pxd) -------------------
 
 cdef inline _Bytes _sub(_Bytes v, Py_ssize_t i, Py_ssize_t j):
     """The view of v[i:j] (clamped to v)."""
@@ -99,11 +88,6 @@ cdef inline _Bytes _sub(_Bytes v, Py_ssize_t i, Py_ssize_t j):
     return s
 
 
-cdef inline int _at(_Bytes v, Py_ssize_t i):
-    """Byte i of v, or -1 outside it: the one way payload bytes are read one by one."""
-    if i < 0 or i >= v.n:
-        return -1
-    return v.p[i]
 
 
 cdef inline long _be16(_Bytes v, Py_ssize_t i):

@@ -20,6 +20,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 from libc.string cimport memchr, memcmp
 
 from ._stream cimport DirStream, Pending, StreamParser, new_message, new_record, new_pending
+from ._bytes cimport _Bytes, _at, _view
 
 import re
 
@@ -74,26 +75,7 @@ cdef dict _CODES = {c: str(c) for c in range(100, 1000)}
 cdef dict _NO_TRACE = {}
 cdef str _MASK = redact.MASK
 
-# -- bounds-checked byte access -----------------------------------------------------
-
-cdef struct _Bytes:
-    const unsigned char *p
-    Py_ssize_t n
-
-
-cdef inline _Bytes _view(bytes b):
-    cdef _Bytes v
-    v.p = <const unsigned char *>PyBytes_AS_STRING(b)
-    v.n = PyBytes_GET_SIZE(b)
-    return v
-
-
-cdef inline int _at(_Bytes v, Py_ssize_t i):
-    """Byte i of v, or -1 outside it: the one way payload bytes are read one by one."""
-    if i < 0 or i >= v.n:
-        return -1
-    return v.p[i]
-
+# -- bounds-checked byte access (_Bytes, _view, _at: _bytes.pxd) -------------------
 
 cdef Py_ssize_t _crlf(_Bytes v, Py_ssize_t start, Py_ssize_t stop):
     """Index of the first CRLF in v[start:stop], or -1 (memchr: memmem's set-up costs

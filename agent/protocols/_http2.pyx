@@ -28,6 +28,7 @@ from cpython.unicode cimport PyUnicode_DecodeLatin1
 from libc.string cimport memcmp
 
 from ._stream cimport DirStream, StreamParser, new_record
+from ._bytes cimport _Bytes, _at, _view
 
 from proto.span import TRACE_HEADERS
 
@@ -89,26 +90,7 @@ cdef bytes _UNKNOWN = UNKNOWN
 cdef tuple _GRPC_CODES = GRPC_CODES
 cdef frozenset _TRACE = frozenset(TRACE_HEADERS)
 
-# -- bounds-checked byte access -----------------------------------------------------
-
-cdef struct _Bytes:
-    const unsigned char *p
-    Py_ssize_t n
-
-
-cdef inline _Bytes _view(bytes b):
-    cdef _Bytes v
-    v.p = <const unsigned char *>PyBytes_AS_STRING(b)
-    v.n = PyBytes_GET_SIZE(b)
-    return v
-
-
-cdef inline int _at(_Bytes v, Py_ssize_t i):
-    """Byte i of v, or -1 outside it."""
-    if i < 0 or i >= v.n:
-        return -1
-    return v.p[i]
-
+# -- bounds-checked byte access (_Bytes, _view, _at: _bytes.pxd) -------------------
 
 cdef inline long long _u24(_Bytes v, Py_ssize_t i):
     """The big-endian 24-bit length at v[i:i+3] (the caller checked i + 9 <= v.n)."""

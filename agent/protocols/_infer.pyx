@@ -21,6 +21,7 @@ import re
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from libc.string cimport memcmp, memchr
+from ._bytes cimport _Bytes, _at, _view
 
 from ._dns import parse as _dns_parse
 from ._memcached import binary_request as _mc_binary_request
@@ -82,26 +83,7 @@ cdef enum:
     R_DNS_UDP
 
 
-# -- bounds-checked byte access ----------------------------------------------------------
-
-cdef struct _Bytes:
-    const unsigned char *p
-    Py_ssize_t n
-
-
-cdef inline _Bytes _view(bytes b):
-    cdef _Bytes v
-    v.p = <const unsigned char *>PyBytes_AS_STRING(b)
-    v.n = PyBytes_GET_SIZE(b)
-    return v
-
-
-cdef inline int _at(_Bytes v, Py_ssize_t i):
-    """Byte i of v, or -1 outside it: the one way payload bytes are read one by one."""
-    if i < 0 or i >= v.n:
-        return -1
-    return v.p[i]
-
+# -- bounds-checked byte access (_Bytes, _view, _at: _bytes.pxd) ------------------------
 
 cdef inline long long _be(_Bytes v, Py_ssize_t i, int k):
     """Big-endian unsigned integer of k bytes at i, or -1 if it does not fit in v."""

@@ -35,6 +35,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 from libc.string cimport memchr, memcmp
 
 from ._stream cimport DirStream, Pending, StreamParser, new_message, new_record
+from ._bytes cimport _Bytes, _at, _view
 
 import re
 
@@ -173,26 +174,7 @@ cdef dict _C_OPCODES = OPCODES, _C_BIN_SHAPE = _BIN_SHAPE, _C_BIN_STATUS = BIN_S
 cdef frozenset _C_BIN_OUTCOMES = _BIN_OUTCOMES
 
 
-# -- bounds-checked byte access -----------------------------------------------------
-
-cdef struct _Bytes:
-    const unsigned char *p
-    Py_ssize_t n
-
-
-cdef inline _Bytes _view(bytes b):
-    cdef _Bytes v
-    v.p = <const unsigned char *>PyBytes_AS_STRING(b)
-    v.n = PyBytes_GET_SIZE(b)
-    return v
-
-
-cdef inline int _at(_Bytes v, Py_ssize_t i):
-    """Byte i of v, or -1 outside it: the one way payload bytes are read one by one."""
-    if i < 0 or i >= v.n:
-        return -1
-    return v.p[i]
-
+# -- bounds-checked byte access (_Bytes, _view, _at: _bytes.pxd) -------------------
 
 cdef inline Py_ssize_t _lf(_Bytes v, Py_ssize_t start):
     """Index of the first LF in v[start:], or -1."""

@@ -23,6 +23,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 
 from ._stream cimport DirStream, Pending, StreamParser, new_message, new_record
+from ._bytes cimport _Bytes, _at, _view
 
 from . import redact, sqlinfo
 from .base import (
@@ -101,19 +102,7 @@ for _i in range(256):
     _NAMES.append(COMMANDS.get(_i, f"COM_{_i:#x}"))
 
 
-# -- bounds-checked byte access -----------------------------------------------------
-
-cdef struct _Bytes:
-    const unsigned char *p
-    Py_ssize_t n
-
-
-cdef inline _Bytes _view(bytes b):
-    cdef _Bytes v
-    v.p = <const unsigned char *>PyBytes_AS_STRING(b)
-    v.n = PyBytes_GET_SIZE(b)
-    return v
-
+# -- bounds-checked byte access (_Bytes, _view, _at: _bytes.pxd) -------------------
 
 cdef inline _Bytes _sub(_Bytes v, Py_ssize_t i, Py_ssize_t j):
     """The view of v[i:j] (clamped to v)."""
@@ -129,11 +118,6 @@ cdef inline _Bytes _sub(_Bytes v, Py_ssize_t i, Py_ssize_t j):
     return s
 
 
-cdef inline int _at(_Bytes v, Py_ssize_t i):
-    """Byte i of v, or -1 outside it: the one way payload bytes are read one by one."""
-    if i < 0 or i >= v.n:
-        return -1
-    return v.p[i]
 
 
 cdef inline long long _le16(_Bytes v, Py_ssize_t i):

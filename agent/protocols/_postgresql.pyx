@@ -28,6 +28,7 @@ from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.string cimport memchr
 
 from ._stream cimport DirStream, Pending, StreamParser, new_message, new_record
+from ._bytes cimport _Bytes, _at, _view
 
 from . import redact, sqlinfo
 from .base import (
@@ -84,26 +85,7 @@ cdef inline bint _is_startup(long long code):
     return code == 80877103 or code == 80877104 or code == 80877102 or code == 196608
 
 
-# -- bounds-checked byte access -----------------------------------------------------
-
-cdef struct _Bytes:
-    const unsigned char *p
-    Py_ssize_t n
-
-
-cdef inline _Bytes _view(bytes b):
-    cdef _Bytes v
-    v.p = <const unsigned char *>PyBytes_AS_STRING(b)
-    v.n = PyBytes_GET_SIZE(b)
-    return v
-
-
-cdef inline int _at(_Bytes v, Py_ssize_t i):
-    """Byte i of v, or -1 outside it: the one way payload bytes are read one by one."""
-    if i < 0 or i >= v.n:
-        return -1
-    return v.p[i]
-
+# -- bounds-checked byte access (_Bytes, _view, _at: _bytes.pxd) -------------------
 
 cdef inline long long _u32(_Bytes v, Py_ssize_t i):
     """Big-endian unsigned 32-bit integer at i, or -1 if it does not fit in v."""

@@ -28,6 +28,7 @@ from libc.stdlib cimport free, realloc
 from libc.string cimport memchr, memcmp
 
 from ._stream cimport DirStream, Pending, StreamParser, new_message, new_record, new_pending
+from ._bytes cimport _Bytes, _at, _view
 
 import re
 
@@ -100,26 +101,7 @@ for _c in _LINE:
 _KIND[124] = T_ATTR
 
 
-# -- bounds-checked byte access -----------------------------------------------------
-
-cdef struct _Bytes:
-    const unsigned char *p
-    Py_ssize_t n
-
-
-cdef inline _Bytes _view(bytes b):
-    cdef _Bytes v
-    v.p = <const unsigned char *>PyBytes_AS_STRING(b)
-    v.n = PyBytes_GET_SIZE(b)
-    return v
-
-
-cdef inline int _at(_Bytes v, Py_ssize_t i):
-    """Byte i of v, or -1 outside it: the one way payload bytes are read one by one."""
-    if i < 0 or i >= v.n:
-        return -1
-    return v.p[i]
-
+# -- bounds-checked byte access (_Bytes, _view, _at: _bytes.pxd) -------------------
 
 cdef Py_ssize_t _crlf(_Bytes v, Py_ssize_t start):
     """Index of the first CRLF in v[start:], or -1 (bytes.find(b"\\r\\n", start))."""
