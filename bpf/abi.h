@@ -43,6 +43,11 @@
                                (server) whose seq/offset are the bases of the kept exchange */
 #define ZT_F_NOCAPTURE 64   /* payload capture switched off for the record's cgroup (maps.h
                                zt_capture_off): header only, no payload byte */
+#define ZT_F_SHED 128       /* a marker of a server exchange left out by sampling (data.c
+                               zt_shed_mark), header only: ingress where its request read
+                               begins, egress at its answer.  No bytes of the exchange: the
+                               agent makes no span of it; the stitcher counts that request
+                               as open on the thread, of unknown context */
 
 /* drop counter slots (per-CPU array "drops") */
 #define ZT_DROP_RINGBUF_FULL 0

@@ -97,6 +97,18 @@ static __always_inline void zt_settle(struct zt_sockstate *st, __u64 sk)
     st->pend = 0;
 }
 
+/* zt_shed_at_entry / zt_sample: what a shed syscall of a server socket tells the agent
+ * (bpf/abi.h ZT_F_SHED).  The agent never sees a shed exchange's bytes; without a word
+ * of where its request was read, an event loop's history misses a request that is open
+ * on the thread, and the stitcher links that request's calls (kept: another exchange,
+ * another hash) under another open request (nginx: 17-23 wrong links of ~200 at 60 %
+ * kept).  So the turn to the request direction (its read begins) and the turn to the
+ * answer are each marked by a header-only record: two small records an exchange, no
+ * payload, no span. */
+#define ZT_SHED_PLAIN 1  /* shed, nothing to tell */
+#define ZT_SHED_REQUEST 2 /* shed, and a server's request read begins: marked */
+#define ZT_SHED_ANSWER 3  /* shed, and a server's answer begins: marked */
+
 /* Sampling at a data syscall's entry: 1 when its bytes are shed whatever it returns, so
  * that nothing is carried to its exit (the cheapest path: no in-flight slot, no exit
  * work; under overload most syscalls take it).  That is so when the socket's current
@@ -108,7 +120,7 @@ static __always_inline void zt_settle(struct zt_sockstate *st, __u64 sk)
  * here.  Anything else (kept exchanges, a kept new one, sockets sampling has not seen)
  * goes to the exit, zt_sample. */
 static __always_inline int zt_shed_at_entry(struct zt_config *cfg, __u64 sk, __u8 sys,
-                                            __u8 transport)
+                                            __u8 transport, __u32 *mark_seq)
 {
     struct zt_sockstate *st = socks.lookup(&sk);
     if (!st)
@@ -132,7 +144,60 @@ static __always_inline int zt_shed_at_entry(struct zt_config *cfg, __u64 sk, __u
                (dir == req_dir ? ZT_PEND_REQ : 0);
     st->pend_seq = seq;
     zt_stat(ZT_STAT_SHED_SYSCALLS, 1);
-    return 1;
+    if (st->role != ZT_ROLE_SERVER)
+        return ZT_SHED_PLAIN;
+    /* a read that finds nothing (EAGAIN) is marked too, and so is the next one: the
+     * stitcher takes the first mark of a request still unanswered (earlier is safer) */
+    *mark_seq = seq;
+    return dir == req_dir ? ZT_SHED_REQUEST : ZT_SHED_ANSWER;
+}
+
+/* The marker of a shed server exchange at a syscall's entry (ZT_SHED_REQUEST/ANSWER):
+ * a header-only data record made from what the entry has read already (c: the socket's
+ * sock_common block), no in-flight slot.  Its time is the entry's: a request read is
+ * marked no later than it happens. */
+static __always_inline void zt_shed_mark(struct zt_config *cfg, struct zt_skc *c, __u64 sk,
+                                         int fd, __u8 sys, __u8 family, __u16 lport,
+                                         __u16 rport, __u32 seq)
+{
+    int zero = 0;
+    struct zt_scratch *s = scratch.lookup(&zero);
+    if (!s)
+        return;
+    struct zt_event *ev = &s->ev;
+    __u64 id = bpf_get_current_pid_tgid();
+    ev->ts_enter = ev->ts_exit = bpf_ktime_get_ns();
+    ev->cgroup_id = bpf_get_current_cgroup_id();
+    ev->sock_id = sk;
+    ev->offset = 0;
+    ev->ret = 0;
+    ev->pid = id >> 32;
+    ev->tid = (__u32)id;
+    ev->fd = fd;
+    ev->seq = seq;
+    ev->captured = 0;
+    ev->lport = lport;
+    ev->rport = rport;
+    ev->type = ZT_EV_DATA;
+    ev->syscall = sys;
+    ev->direction = zt_is_egress(sys) ? ZT_DIR_EGRESS : ZT_DIR_INGRESS;
+    ev->role = ZT_ROLE_SERVER;
+    ev->family = family;
+    ev->transport = ZT_IPPROTO_TCP;
+    ev->flags = ZT_F_SHED | ZT_F_HAS_SEQ;
+    __builtin_memset(ev->laddr, 0, 16);
+    __builtin_memset(ev->raddr, 0, 16);
+    zt_skc_addrs(c, family, ev);
+    ev->netns = zt_skc_netns(c);
+    zt_process_comm(ev->comm);
+    ev->goid = 0;
+    if (cfg->track_goid) { /* Go: the agent keys a goroutine's work by its goid */
+        __u32 tid = (__u32)id;
+        __u64 *g = goids.lookup(&tid);
+        if (g)
+            ev->goid = *g;
+    }
+    zt_submit(s, sizeof(struct zt_event), cfg);
 }
 
 static __always_inline int zt_data_enter(int fd, __u8 sys, __u64 buf, __u64 count, __u64 addr,
@@ -154,8 +219,14 @@ static __always_inline int zt_data_enter(int fd, __u8 sys, __u64 buf, __u64 coun
         return 0;
     if (!zt_skc_wanted(cfg, &c, lport, rport))
         return 0;
-    if (cfg->shed_mode && zt_shed_at_entry(cfg, sk, sys, transport))
-        return 0;
+    if (cfg->shed_mode) {
+        __u32 mark_seq = 0;
+        int shed = zt_shed_at_entry(cfg, sk, sys, transport, &mark_seq);
+        if (shed >= ZT_SHED_REQUEST)
+            zt_shed_mark(cfg, &c, sk, fd, sys, family, lport, rport, mark_seq);
+        if (shed)
+            return 0;
+    }
 
     struct zt_active *a = zt_active_get(1);
     if (!a) {
@@ -303,10 +374,11 @@ static __always_inline void zt_emit_msghdr(struct zt_scratch *s, struct zt_confi
 }
 
 /* Sampling under overload (zt_config.shed_mode; the agent sets keep from how far behind
- * it is).  Returns -1 when this syscall's bytes are not to be traced, 1 when it starts a
- * kept exchange on a socket whose previous exchange was shed (the agent is told with
- * resume records first), else 0.  Decided at exit, on syscalls that moved bytes: a read
- * that found nothing (EAGAIN) starts no exchange. */
+ * it is).  Returns -1 when this syscall's bytes are not to be traced (-ZT_SHED_REQUEST /
+ * -ZT_SHED_ANSWER: not traced, and a server's shed exchange turns here: marked), 1 when
+ * it starts a kept exchange on a socket whose previous exchange was shed (the agent is
+ * told with resume records first), else 0.  Decided at exit, on syscalls that moved
+ * bytes: a read that found nothing (EAGAIN) starts no exchange. */
 static __always_inline int zt_sample(struct zt_config *cfg, __u64 sk, __u8 dir, __u32 seq,
                                      __u8 *role)
 {
@@ -345,9 +417,14 @@ static __always_inline int zt_sample(struct zt_config *cfg, __u64 sk, __u8 dir, 
             st->shed = 1;
         }
     }
+    __u8 turned = dir != st->last_dir;
     st->last_dir = dir;
     *role = st->role;
-    return st->shed ? -1 : out;
+    if (!st->shed)
+        return out;
+    if (turned && st->role == ZT_ROLE_SERVER)
+        return dir == req_dir ? -ZT_SHED_REQUEST : -ZT_SHED_ANSWER;
+    return -1;
 }
 
 /* Where a socket is traced again after shed exchanges: a close and a connect/accept
@@ -436,6 +513,13 @@ static __always_inline int zt_data_exit(long ret)
             zt_stat(ZT_STAT_SHED_SYSCALLS, 1);
             zt_stat(ZT_STAT_SHED_BYTES, a.sys == ZT_SYS_SENDMMSG || a.sys == ZT_SYS_RECVMMSG
                                             ? 0 : ret);
+            if (resume < -1 && a.has_seq) {
+                /* the marker: this syscall's header, no bytes (ZT_SHED_REQUEST/ANSWER) */
+                zt_fill(&s->ev, &a, id, 0, bpf_ktime_get_ns(), cfg);
+                s->ev.role = ZT_ROLE_SERVER;
+                s->ev.flags = ZT_F_SHED;
+                zt_emit_data(s, cfg, &a, 0, 0);
+            }
             return 0;
         }
     }

@@ -26,6 +26,7 @@ ROLE_NAMES = {0: "?", 1: "client", 2: "server"}
 F_HAS_SEQ, F_MIDSTREAM, F_PEER_FROM_MSG, F_TRUNCATED, F_TLS = 1, 2, 4, 8, 16
 F_RESUMED = 32  # close + connect/accept made by the probes where sampling resumes a socket
 F_NOCAPTURE = 64  # payload capture switched off for the record's cgroup: header only
+F_SHED = 128  # marker (header only) of a shed server exchange's request read / answer
 
 DROP_SLOTS = {0: "ringbuf_full", 1: "inflight_slot_alloc", 2: "payload_read_fault",
               3: "go_wake_ringbuf_full"}

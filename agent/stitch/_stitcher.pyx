@@ -39,7 +39,14 @@ from agent.probes import abi
 from agent.stitch import evidence
 from agent.stitch.handoff import NOTHING_SEEN
 from agent.stitch.runtime import GOROUTINE_BASE, MODE_GO, MODE_GO_GOID, RuntimeClassifier
-from agent.stitch.stitcher import NO_SPAN, Trace, header_keys
+from agent.stitch.stitcher import (
+    NO_SPAN,
+    OTHER_PROCESS,
+    ROLE_SHED,
+    SHED_READ,
+    Trace,
+    header_keys,
+)
 from proto.span import KIND_CLIENT, KIND_SERVER, PARENT_UNKNOWN, Span
 
 
@@ -48,6 +55,11 @@ cdef int _INGRESS = abi.DIR_INGRESS
 cdef int _EGRESS = abi.DIR_EGRESS
 cdef int _ROLE_SERVER = abi.ROLE_SERVER
 cdef int _ROLE_CLIENT = abi.ROLE_CLIENT
+cdef int _ROLE_SHED = ROLE_SHED  # a request read left out by sampling (stitcher.py)
+cdef int _EV_CONN = abi.EV_CONN
+cdef int _F_SHED = abi.F_SHED
+cdef str _SHED_READ = SHED_READ
+cdef str _OTHER_PROCESS = OTHER_PROCESS
 cdef int64_t _GOROUTINE_BASE = GOROUTINE_BASE
 # How many connection or hand-off steps one attribution may follow back (stitcher.py)
 cdef int _MAX_DEPTH = 16
@@ -151,6 +163,12 @@ cdef struct SEnt:  # a completed server span by the time its request was read
     int64_t in_ns
     uint64_t ident
     PyObject* item  # a strong reference
+
+
+cdef struct HEnt:  # a shed request read on a thread, answered: (read ts, answer ts, conn)
+    int64_t start
+    int64_t end
+    uint64_t conn
 
 
 cdef inline bint _tev_lt(const TEv& a, const TEv& b) noexcept:
@@ -386,6 +404,11 @@ cdef class Stitcher:
     # (pid, tid) -> {(conn_id, offset): ts} of request reads whose span is not known
     cdef cmap[TKey, cmap[pair[uint64_t, uint64_t], int64_t]] inflight
     cdef cmap[uint64_t, cset[TKey]] inflight_threads
+    # shed server exchanges (abi.F_SHED markers), as stitcher.py's hidden* dicts
+    cdef cmap[TKey, vector[HEnt]] hidden
+    cdef cmap[TKey, int64_t] hidden_maxdur
+    cdef cmap[uint64_t, pair[TKey, int64_t]] hidden_open
+    cdef cmap[TKey, cmap[uint64_t, int64_t]] hidden_open_by_thread
 
     def __init__(self, emit, *, settle_ns: int = 100 * 10**6, quiet_ns: int = 500 * 10**6,
                  max_wait_ns: int = 5000 * 10**6, horizon_ns: int = 60_000 * 10**6,
@@ -439,7 +462,8 @@ cdef class Stitcher:
 
     # -- input ------------------------------------------------------------------------
     def observe(self, e) -> None:
-        """Record a data event's moment on its thread (call for every data event)."""
+        """Record a data event's moment on its thread (call for every data event, and
+        for connection closes: they end a shed request never answered)."""
         cdef TEv entry
         cdef CEv centry
         cdef int64_t pid, tid
@@ -447,8 +471,13 @@ cdef class Stitcher:
         cdef vector[TEv]* tl
         cdef vector[CEv]* ce
         cdef Py_ssize_t i
+        cdef int flags
         if type(e) is SocketEvent:
             se = <SocketEvent>e
+            if se.ev.type == _EV_CONN:
+                self._hidden_end(se.conn_id, se.ts_enter)
+                return
+            flags = se.flags
             entry.d = se.ev.direction
             entry.ts = se.ts_exit if entry.d == _INGRESS else se.ts_enter
             pid = se.ev.pid
@@ -457,6 +486,10 @@ cdef class Stitcher:
             entry.off = se.offset
             entry.role = se.role
         else:
+            if getattr(e, "type", 0) == _EV_CONN:
+                self._hidden_end(e.conn_id, e.ts_enter)
+                return
+            flags = getattr(e, "flags", 0)
             entry.d = e.direction
             entry.ts = e.ts_exit if entry.d == _INGRESS else e.ts_enter
             pid = e.pid
@@ -465,6 +498,16 @@ cdef class Stitcher:
             entry.off = e.offset
             entry.role = e.role
         cdef TKey key = TKey(pid, tid)
+        if flags & _F_SHED:
+            # a request read left out by sampling: unknown context, open until answered
+            # (the first mark of a request still unanswered counts; its answer is a
+            # write on the thread: stitcher.py)
+            if entry.d != _INGRESS:
+                self._hidden_end(entry.conn, entry.ts)
+            elif not self.hidden_open.count(entry.conn):
+                self.hidden_open[entry.conn] = pair[TKey, int64_t](key, entry.ts)
+                self.hidden_open_by_thread[key][entry.conn] = entry.ts
+            entry.role = _ROLE_SHED
         if entry.d == _INGRESS and entry.role == _ROLE_SERVER:
             # a request read: open on this thread until its server span completes
             self.inflight[key][pair[uint64_t, uint64_t](entry.conn, entry.off)] = entry.ts
@@ -491,6 +534,69 @@ cdef class Stitcher:
                 ce.insert(ce.begin() + i, centry)
             else:
                 ce.push_back(centry)
+
+    cdef void _hidden_end(self, uint64_t conn_id, int64_t ts) except *:
+        """The shed request open on conn_id (if any) ended at ts."""
+        cdef HEnt h
+        cdef vector[HEnt]* hl
+        cdef Py_ssize_t i
+        it = self.hidden_open.find(conn_id)
+        if it == self.hidden_open.end():
+            return
+        cdef TKey key = deref(it).second.first
+        h.start = deref(it).second.second
+        self.hidden_open.erase(it)
+        bit = self.hidden_open_by_thread.find(key)
+        if bit != self.hidden_open_by_thread.end():
+            deref(bit).second.erase(conn_id)
+            if deref(bit).second.empty():
+                self.hidden_open_by_thread.erase(bit)
+        h.end = ts if ts > h.start else h.start + 1
+        h.conn = conn_id
+        hl = &self.hidden[key]
+        i = hl.size()  # insort_right on (start, end, conn)
+        while i > 0 and (h.start < deref(hl)[i - 1].start or (
+                h.start == deref(hl)[i - 1].start and (h.end < deref(hl)[i - 1].end or (
+                    h.end == deref(hl)[i - 1].end and h.conn < deref(hl)[i - 1].conn)))):
+            i -= 1
+        hl.insert(hl.begin() + i, h)
+        mit = self.hidden_maxdur.find(key)
+        if mit == self.hidden_maxdur.end():
+            self.hidden_maxdur[key] = h.end - h.start
+        elif h.end - h.start > deref(mit).second:
+            deref(mit).second = h.end - h.start
+
+    cdef bint _hidden_at(self, TKey key, int64_t t):
+        """A shed request read on thread key was open at t (read before, answered after)."""
+        cdef vector[HEnt]* hl
+        cdef Py_ssize_t i, lo, hi, mid
+        cdef int64_t lo_ns, maxdur = 0
+        bit = self.hidden_open_by_thread.find(key)
+        if bit != self.hidden_open_by_thread.end():
+            for kv in deref(bit).second:
+                if kv.second < t:
+                    return True
+        hit = self.hidden.find(key)
+        if hit == self.hidden.end() or deref(hit).second.empty():
+            return False
+        hl = &deref(hit).second
+        mit = self.hidden_maxdur.find(key)
+        if mit != self.hidden_maxdur.end():
+            maxdur = deref(mit).second
+        lo_ns = t - maxdur - 1
+        lo, hi = 0, <Py_ssize_t>hl.size()
+        while lo < hi:  # bisect_left on (t,)
+            mid = (lo + hi) >> 1
+            if deref(hl)[mid].start < t:
+                lo = mid + 1
+            else:
+                hi = mid
+        i = lo - 1
+        while i >= 0 and deref(hl)[i].start >= lo_ns:
+            if deref(hl)[i].end > t:
+                return True
+            i -= 1
+        return False
 
     def add(self, ctx) -> None:
         cdef Item item = _new_item(ctx)
@@ -605,12 +711,14 @@ cdef class Stitcher:
 
     # -- attribution ------------------------------------------------------------------
     cdef str _context_of_read(self, uint64_t conn_id, uint64_t offset, int64_t ts, int role,
-                              int64_t now, int depth):
-        """"ok" (self._ri: the server item) / "pending" / a reason."""
+                              int64_t now, int depth, int64_t pid):
+        """"ok" (self._ri: the server item) / "pending" / a reason, for a read of pid."""
         cdef Item it = None
         cdef vector[REnt]* lst
         cdef Py_ssize_t i, j, lo
         self._ri = None
+        if role == _ROLE_SHED:
+            return _SHED_READ
         rit = self.ranges.find(conn_id)
         if rit != self.ranges.end() and deref(rit).second.size():
             lst = &deref(rit).second
@@ -626,7 +734,7 @@ cdef class Stitcher:
                 j -= 1
         if it is None:
             if role == _ROLE_CLIENT:
-                return self._context_of_conn_read(conn_id, ts, now, depth)
+                return self._context_of_conn_read(conn_id, ts, now, depth, pid)
             return "pending"
         if it.server:
             self._ri = it
@@ -635,7 +743,7 @@ cdef class Stitcher:
             if role == _ROLE_CLIENT and it.out_ns > ts:
                 # an earlier round trip of the same call (a statement prepared before it
                 # is executed): the span's request write comes after this read
-                return self._context_of_conn_read(conn_id, ts, now, depth)
+                return self._context_of_conn_read(conn_id, ts, now, depth, pid)
             return "pending"
         if it.parent is None:
             if it.link == "root":
@@ -649,9 +757,10 @@ cdef class Stitcher:
         return "ok"
 
     cdef str _context_of_conn_read(self, uint64_t conn_id, int64_t ts, int64_t now,
-                                   int depth):
-        """The context a read at ts on a client connection resumes: that of the writes
-        on the connection just before it, all in one context, or a refusal."""
+                                   int depth, int64_t pid):
+        """The context a read at ts by process pid on a client connection resumes: that
+        of the writes on the connection just before it, all in one context and all of
+        pid (stitcher.py), or a refusal."""
         cdef vector[CEv]* ev
         cdef Py_ssize_t i
         cdef CEv w
@@ -669,6 +778,9 @@ cdef class Stitcher:
             i -= 1
         while i >= 0 and deref(ev)[i].d == _EGRESS:
             w = deref(ev)[i]
+            if w.pid != pid:
+                self._ri = None
+                return _OTHER_PROCESS
             status = self._context_of_write(w.pid, w.tid, w.ts, now, depth + 1)
             if status != "ok":
                 self._ri = None
@@ -776,7 +888,9 @@ cdef class Stitcher:
         contexts = []
         while i >= 0 and deref(lst)[i].d == _INGRESS:
             e = deref(lst)[i]
-            status = self._context_of_read(e.conn, e.off, e.ts, e.role, now, depth)
+            status = self._context_of_read(e.conn, e.off, e.ts, e.role, now, depth, pid)
+            if status == _SHED_READ:
+                return self._after_shed_read(pid, tid, t, start_ns, now, child, contexts)
             if status == "pending":
                 self._ri = None
                 if now - e.ts < self.max_wait_ns:
@@ -797,7 +911,7 @@ cdef class Stitcher:
             parent, how = contexts[0], "thread"
             # Event loops: if the thread read anything of another context since this
             # context's request, "last read" is not trustworthy: payload evidence or nothing.
-            others = self._others_since(lst, parent, t, now, depth)
+            others = self._others_since(lst, parent, t, now, depth, pid)
             self._ri = None
             if others is None:
                 return "pending"  # a read in the window is not attributable yet
@@ -823,6 +937,9 @@ cdef class Stitcher:
                 if parent is None:
                     return "several requests in flight on the thread"
                 how = "thread+token"
+        return self._checked(parent, t, start_ns, how)
+
+    cdef str _checked(self, Item parent, int64_t t, int64_t start_ns, str how):
         if parent.has_response and parent.out_ns < t:
             return "context already answered (hand-off?)"
         if not (parent.start_ns <= start_ns):
@@ -830,6 +947,25 @@ cdef class Stitcher:
         self._ri = parent
         self._rhow = how
         return "ok"
+
+    cdef str _after_shed_read(self, int64_t pid, int64_t tid, int64_t t, int64_t start_ns,
+                              int64_t now, object child, list contexts):
+        """The reads just before a write at t include a request read left out by
+        sampling: only a payload token shared with exactly one of the requests open on
+        the thread (or resumed by those reads) links (stitcher.py)."""
+        cdef Item x, parent
+        self._ri = None
+        cdef list open_ = self._open_requests(pid, tid, t, now)
+        if open_ is None:
+            return "pending"
+        cdef list cands = [x for x in open_ if x.server]
+        for x in contexts:
+            if x not in cands:
+                cands.append(x)
+        parent = self._by_token(child, cands) if cands else None
+        if parent is None:
+            return _SHED_READ
+        return self._checked(parent, t, start_ns, "thread+token")
 
     cdef str _handed_off(self, int64_t pid, int64_t tid, int64_t last_write, int64_t t,
                          int64_t start_ns, int64_t now, object child, int depth):
@@ -891,6 +1027,8 @@ cdef class Stitcher:
                 if kv.second < t and now - kv.second < self.max_wait_ns:
                     return None
         cdef list open_ = []
+        if self._hidden_at(key, t):  # a request left out by sampling: unknown context
+            open_.append(_UNKNOWN)
         sit = self.thread_servers.find(key)
         if sit != self.thread_servers.end() and deref(sit).second.size():
             servers = &deref(sit).second
@@ -907,7 +1045,7 @@ cdef class Stitcher:
         return open_
 
     cdef list _others_since(self, vector[TEv]* lst, Item parent, int64_t t, int64_t now,
-                            int depth):
+                            int depth, int64_t pid):
         """Contexts other than parent's read on this thread between parent's request
         and t; None while one of those reads is not attributable yet."""
         cdef int64_t start = parent.in_ns if parent.server else parent.start_ns
@@ -921,7 +1059,7 @@ cdef class Stitcher:
             e = deref(lst)[k]
             if e.d != _INGRESS:
                 continue
-            status = self._context_of_read(e.conn, e.off, e.ts, e.role, now, depth)
+            status = self._context_of_read(e.conn, e.off, e.ts, e.role, now, depth, pid)
             ctxt = self._ri
             if status == "pending":
                 if now - e.ts < self.max_wait_ns:
@@ -1069,6 +1207,7 @@ cdef class Stitcher:
         cdef TKey key
         cdef vector[REnt]* rl
         cdef vector[SEnt]* sl
+        cdef vector[HEnt]* hl
         cdef size_t i, j
         for conn in t_ranges:
             rit = self.ranges.find(conn)
@@ -1140,6 +1279,27 @@ cdef class Stitcher:
         wc = self._write_ctx
         while wk and (<tuple>wk[0])[2] < horizon:
             wc.pop(wk.popleft(), None)
+        hit = self.hidden.begin()
+        while hit != self.hidden.end():
+            hl = &deref(hit).second
+            if hl.size() and deref(hl)[0].start < horizon:
+                j = 0
+                for i in range(hl.size()):
+                    if deref(hl)[i].end >= horizon:
+                        deref(hl)[j] = deref(hl)[i]
+                        j += 1
+                hl.resize(j)
+            if hl.empty():
+                self.hidden_maxdur.erase(deref(hit).first)
+                hit = self.hidden.erase(hit)
+            else:
+                inc(hit)
+        cdef vector[uint64_t] old_open
+        for ho in self.hidden_open:
+            if ho.second.second < horizon:
+                old_open.push_back(ho.first)
+        for conn in old_open:
+            self._hidden_end(conn, horizon)  # unanswered for the whole horizon: forgotten
         cdef int64_t stale = now - self.horizon_ns
         dit = self.inflight.begin()
         while dit != self.inflight.end():

@@ -14,7 +14,11 @@ first write, when a `HandoffIndex` names exactly one.  The link is refused, and 
     context, unless a rare payload token picks exactly one (evidence.py);
   - the context had already answered its request (work handed off, or a later reuse);
   - the last read belongs to no known span, or to a client span that has no parent;
-  - the process is an M:N runtime (Go) whose thread ids do not follow requests.
+  - the process is an M:N runtime (Go) whose thread ids do not follow requests;
+  - a request read on the thread was left out by sampling (the probes mark where a shed
+    server exchange's request is read and answered, abi.F_SHED): that read, and that
+    request while open, are of unknown context, so only a payload token that picks
+    exactly one open request links.
 Across processes, a server span's parent is the client span with the same TCP
 sequence numbers (and, when only the request's is known, the mirrored tuple); for
 UDP the mirrored tuple, operation and time containment.  More than one candidate:
@@ -45,6 +49,13 @@ _INGRESS = abi.DIR_INGRESS
 _EGRESS = abi.DIR_EGRESS
 _ROLE_SERVER = abi.ROLE_SERVER
 _ROLE_CLIENT = abi.ROLE_CLIENT
+_EV_CONN = abi.EV_CONN
+_F_SHED = abi.F_SHED
+# A thread-history role of the stitcher's own (not a kernel role): a request read the
+# probes left out by sampling and only marked (bpf/data.c zt_shed_mark).
+ROLE_SHED = 3
+SHED_READ = "a request read left out by sampling"
+OTHER_PROCESS = "connection written by another process"
 # How many connection or hand-off steps one attribution may follow back: a chain is
 # as deep as the calls a request makes one after another through unparsed round trips.
 _MAX_DEPTH = 16
@@ -138,18 +149,42 @@ class Stitcher:
         # Go hand-offs (agent/stitch/handoff.py): who woke a goroutine before it wrote
         self.handoffs = None
         self._via_conn = False  # set while an attribution followed a connection
+        # Shed server exchanges (abi.F_SHED markers): requests read on a thread that no
+        # span will ever show.  Answered: (pid, tid) -> [(read ts, answer ts, conn_id)]
+        # by read time, and the longest; unanswered: conn_id -> ((pid, tid), read ts),
+        # and (pid, tid) -> {conn_id: read ts}.  Open until the answer's marker or the
+        # connection's close.
+        self.hidden: dict[tuple[int, int], list] = defaultdict(list)
+        self.hidden_maxdur: dict[tuple[int, int], int] = {}
+        self.hidden_open: dict[int, tuple] = {}
+        self.hidden_open_by_thread: dict[tuple[int, int], dict] = defaultdict(dict)
         self._indexes = (self.ranges, self.thread_servers, self.by_header,
                          self.client_by_seq, self.udp_clients)  # in _IX_* order
 
     # -- input ------------------------------------------------------------------------
     def observe(self, e: SocketEvent) -> None:
-        """Record a data event's moment on its thread (call for every data event)."""
+        """Record a data event's moment on its thread (call for every data event, and
+        for connection closes: they end a shed request never answered)."""
+        if getattr(e, "type", 0) == _EV_CONN:
+            self._hidden_end(e.conn_id, e.ts_enter)
+            return
         d = e.direction
         ts = e.ts_exit if d == _INGRESS else e.ts_enter
         key = (e.pid, e.tid)
-        tl = self.threads[key]
         conn_id = e.conn_id
         role = e.role
+        if getattr(e, "flags", 0) & _F_SHED:
+            # A request read left out by sampling: its context is unknown, and it is
+            # open on the thread until answered.  A read that found nothing is marked
+            # too (the probes decide at entry), then the real one: the first counts.
+            # Its answer is a write on the thread: it ends the reads before it.
+            if d != _INGRESS:
+                self._hidden_end(conn_id, ts)
+            elif conn_id not in self.hidden_open:
+                self.hidden_open[conn_id] = (key, ts)
+                self.hidden_open_by_thread[key][conn_id] = ts
+            role = ROLE_SHED
+        tl = self.threads[key]
         entry = (ts, d, conn_id, e.offset, role)
         if d == _INGRESS and role == _ROLE_SERVER:
             # a request read: open on this thread until its server span completes
@@ -166,6 +201,39 @@ class Stitcher:
                 _insort(ce, centry)
             else:
                 ce.append(centry)
+
+    def _hidden_end(self, conn_id: int, ts: int) -> None:
+        """The shed request open on conn_id (if any) ended at ts."""
+        h = self.hidden_open.pop(conn_id, None)
+        if h is None:
+            return
+        key, start = h
+        byt = self.hidden_open_by_thread.get(key)
+        if byt is not None:
+            byt.pop(conn_id, None)
+            if not byt:
+                del self.hidden_open_by_thread[key]
+        end = ts if ts > start else start + 1
+        _insort(self.hidden[key], (start, end, conn_id))
+        if end - start > self.hidden_maxdur.get(key, 0):
+            self.hidden_maxdur[key] = end - start
+
+    def _hidden_at(self, key: tuple[int, int], t: int) -> bool:
+        """A shed request read on thread key was open at t (read before, answered after)."""
+        byt = self.hidden_open_by_thread.get(key)
+        if byt:
+            for start in byt.values():
+                if start < t:
+                    return True
+        lst = self.hidden.get(key)
+        if lst:
+            lo = t - self.hidden_maxdur.get(key, 0) - 1
+            i = _bisect_left(lst, (t,)) - 1
+            while i >= 0 and lst[i][0] >= lo:
+                if lst[i][1] > t:
+                    return True
+                i -= 1
+        return False
 
     def add(self, ctx: SpanContext) -> None:
         self._added += 1
@@ -243,8 +311,11 @@ class Stitcher:
 
     # -- attribution ------------------------------------------------------------------
     def _context_of_read(self, conn_id: int, offset: int, ts: int, role: int, now: int,
-                         depth: int = 0) -> tuple[str, Item | None]:
-        """("ok", server item) / ("pending", None) / (reason, None)."""
+                         depth: int, pid: int) -> tuple[str, Item | None]:
+        """("ok", server item) / ("pending", None) / (reason, None) for a read of
+        process pid."""
+        if role == ROLE_SHED:
+            return SHED_READ, None
         lst = self.ranges.get((conn_id, _INGRESS))
         it = None
         if lst:
@@ -258,7 +329,7 @@ class Stitcher:
                     it = cand
         if it is None:
             if role == _ROLE_CLIENT:
-                return self._context_of_conn_read(conn_id, ts, now, depth)
+                return self._context_of_conn_read(conn_id, ts, now, depth, pid)
             return "pending", None
         if it.span.kind == KIND_SERVER:
             return "ok", it
@@ -266,7 +337,7 @@ class Stitcher:
             if role == _ROLE_CLIENT and it.ctx.out_ns > ts:
                 # an earlier round trip of the same call (a statement prepared before it
                 # is executed): the span's request write comes after this read
-                return self._context_of_conn_read(conn_id, ts, now, depth)
+                return self._context_of_conn_read(conn_id, ts, now, depth, pid)
             return "pending", None
         if it.parent is None:
             if it.link == "root":
@@ -281,12 +352,14 @@ class Stitcher:
             return "resumed context of a hand-off", None
         return "ok", it.parent
 
-    def _context_of_conn_read(self, conn_id: int, ts: int, now: int,
-                              depth: int) -> tuple[str, Item | None]:
-        """The context a read at ts on a client connection resumes: that of the writes
-        on the connection just before it (the request it answers), parsed or not.  All
-        of them must be in one context: writes of several (pipelining, a connection
-        shared by requests) refuse."""
+    def _context_of_conn_read(self, conn_id: int, ts: int, now: int, depth: int,
+                              pid: int) -> tuple[str, Item | None]:
+        """The context a read at ts by process pid on a client connection resumes: that
+        of the writes on the connection just before it (the request it answers), parsed
+        or not.  All of them must be in one context: writes of several (pipelining, a
+        connection shared by requests) refuse; so do writes of another process (one
+        connection id for two processes' sockets when the ring lost a close and the
+        next connect at that address, or a socket shared after fork)."""
         if depth >= _MAX_DEPTH:
             return "chain of calls too deep", None
         ev = self.conn_events.get(conn_id)
@@ -298,8 +371,10 @@ class Stitcher:
         found: Item | None = None
         n = 0
         while i >= 0 and ev[i][1] == _EGRESS:
-            wts, _d, pid, tid = ev[i]
-            status, ctxt = self._context_of_write(pid, tid, wts, now, depth + 1)
+            wts, _d, wpid, tid = ev[i]
+            if wpid != pid:
+                return OTHER_PROCESS, None
+            status, ctxt = self._context_of_write(wpid, tid, wts, now, depth + 1)
             if status != "ok":
                 return status, None
             if found is not None and ctxt is not found:
@@ -394,7 +469,10 @@ class Stitcher:
         contexts: list[Item] = []
         while i >= 0 and lst[i][1] == _INGRESS:
             rts, _, sock, off, role = lst[i]
-            status, ctxt = self._context_of_read(sock, off, rts, role, now, depth)
+            status, ctxt = self._context_of_read(sock, off, rts, role, now, depth, pid)
+            if status == SHED_READ:
+                return self._after_shed_read(lst, pid, tid, t, start_ns, now, child,
+                                             contexts)
             if status == "pending":
                 if now - rts < self.max_wait_ns:
                     return "pending", None, ""
@@ -411,7 +489,7 @@ class Stitcher:
             # Event loops: if the thread read anything of another context since this
             # context's request, "last read" is not trustworthy (a queued call may be
             # written from another request's callback); payload evidence or nothing.
-            others = self._others_since(lst, parent, t, now, depth)
+            others = self._others_since(lst, parent, t, now, depth, pid)
             if others is None:
                 return "pending", None, ""  # a read in the window is not attributable yet
             if others:
@@ -437,12 +515,36 @@ class Stitcher:
                 if parent is None:
                     return "several requests in flight on the thread", None, ""
                 how = "thread+token"
+        return self._checked(parent, t, start_ns, how)
+
+    @staticmethod
+    def _checked(parent: Item, t: int, start_ns: int,
+                 how: str) -> tuple[str, Item | None, str]:
         ps = parent.ctx
         if ps.has_response and ps.out_ns < t:
             return "context already answered (hand-off?)", None, ""
         if not (parent.span.start_ns <= start_ns):
             return "child starts before parent", None, ""
         return "ok", parent, how
+
+    def _after_shed_read(self, lst: list, pid: int, tid: int, t: int, start_ns: int,
+                         now: int, child: Span | None,
+                         contexts: list[Item]) -> tuple[str, Item | None, str]:
+        """The reads just before a write at t include a request read left out by
+        sampling: whose context the thread was in is unknown.  Only a payload token
+        shared with exactly one of the requests open on the thread (or resumed by those
+        reads) links; the shed request, of unknown tokens, is among them."""
+        open_ = self._open_requests(lst, pid, tid, t, now)
+        if open_ is None:
+            return "pending", None, ""
+        cands = [x for x in open_ if x.span.kind == KIND_SERVER]
+        for x in contexts:
+            if x not in cands:
+                cands.append(x)
+        parent = self._by_token(child, cands) if cands else None
+        if parent is None:
+            return SHED_READ, None, ""
+        return self._checked(parent, t, start_ns, "thread+token")
 
     def _handed_off(self, pid: int, tid: int, last_write: int, t: int, start_ns: int,
                     now: int, child: Span | None,
@@ -483,6 +585,8 @@ class Stitcher:
             if ts < t and now - ts < self.max_wait_ns:
                 return None
         open_: list[Item] = []
+        if self._hidden_at(key, t):  # a request left out by sampling: unknown context
+            open_.append(Item(SpanContext(Span(), 0, 0, 0, 0, 0, False)))
         servers = self.thread_servers.get(key)
         if servers:
             lo_ns = t - self.thread_maxdur.get(key, 0) - 1
@@ -495,7 +599,7 @@ class Stitcher:
         return open_
 
     def _others_since(self, lst: list, parent: Item, t: int, now: int,
-                      depth: int = 0) -> list[Item] | None:
+                      depth: int, pid: int) -> list[Item] | None:
         """Contexts other than parent's read on this thread between parent's request
         and t; None while one of those reads is not attributable yet."""
         start = parent.ctx.in_ns if parent.span.kind == KIND_SERVER else parent.span.start_ns
@@ -506,7 +610,7 @@ class Stitcher:
         for ts, d, conn, off, role in lst[lo:hi]:
             if d != _INGRESS:
                 continue
-            status, ctxt = self._context_of_read(conn, off, ts, role, now, depth)
+            status, ctxt = self._context_of_read(conn, off, ts, role, now, depth, pid)
             if status == "pending":
                 if now - ts < self.max_wait_ns:
                     return None
@@ -754,6 +858,18 @@ class Stitcher:
                 del self.conn_events[k]
         if self._write_ctx:
             self._write_ctx = {k: v for k, v in self._write_ctx.items() if k[2] >= horizon}
+        for k in list(self.hidden):
+            hl = self.hidden[k]
+            if hl[0][0] >= horizon:
+                continue  # read after the horizon: answered after it too
+            hl = [h for h in hl if h[1] >= horizon]
+            if hl:
+                self.hidden[k] = hl
+            else:
+                del self.hidden[k]
+                self.hidden_maxdur.pop(k, None)
+        for c in [c for c, (_k, ts) in self.hidden_open.items() if ts < horizon]:
+            self._hidden_end(c, horizon)  # unanswered for the whole horizon: forgotten
         stale = now - self.horizon_ns
         for k in list(self.inflight):
             d = self.inflight[k]

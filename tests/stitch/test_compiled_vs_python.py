@@ -40,10 +40,11 @@ class Fixed:
 class Event:
     """The fields of SocketEvent the stitcher reads."""
 
-    def __init__(self, pid, tid, conn_id, direction, offset, ts, role):
+    def __init__(self, pid, tid, conn_id, direction, offset, ts, role, flags=0,
+                 type=abi.EV_DATA):
         self.pid, self.tid, self.conn_id, self.direction, self.offset = (
             pid, tid, conn_id, direction, offset)
-        self.role = role
+        self.role, self.flags, self.type = role, flags, type
         self.ts_enter = self.ts_exit = ts
 
 
@@ -129,7 +130,7 @@ def timeline(rng: Random) -> tuple[list[tuple], Wakes]:
 
     for _ in range(rng.randint(1, 30)):
         what = rng.choice(["server", "server", "client", "client", "client", "raw",
-                           "chain"])
+                           "chain", "shed"])
         pid = rng.choice([1, 1, 2, 3, 4])
         tid = tid_of(pid)
         t = T0 + rng.randint(0, 400) * MS // 4
@@ -137,6 +138,19 @@ def timeline(rng: Random) -> tuple[list[tuple], Wakes]:
         conn = rng.choice(shared) if rng.random() < 0.35 else next(conn_ids)
         if what == "chain":
             chain(pid, tid, t)
+            continue
+        if what == "shed":  # a server exchange left out by sampling: its marks
+            for k in range(rng.choice([1, 1, 2])):  # a read that found nothing, then one
+                events.append((t + k, Event(pid, tid, conn, abi.DIR_INGRESS, 0, t + k,
+                                            abi.ROLE_SERVER, abi.F_SHED)))
+            end = rng.choice(["answer", "answer", "close", "none"])
+            if end == "answer":
+                events.append((t + dur, Event(pid, tid_of(pid) if rng.random() < 0.2 else tid,
+                                              conn, abi.DIR_EGRESS, 0, t + dur,
+                                              abi.ROLE_SERVER, abi.F_SHED)))
+            elif end == "close":
+                events.append((t + dur, Event(0, 0, conn, 0, 0, t + dur, abi.ROLE_UNKNOWN,
+                                              type=abi.EV_CONN)))
             continue
         if what == "raw":  # a message that makes no span (unknown protocol, a push)
             role = rng.choice([abi.ROLE_CLIENT, abi.ROLE_SERVER])
@@ -231,7 +245,8 @@ def test_random_timelines_reach_the_rules():
     for key in ("linked_thread", "linked_thread via connection", "linked_thread+token",
                 "linked_header", "linked_goroutine hand-off", "linked_remote", "refused",
                 "remote_ambiguous", "refused: reads of several requests interleave",
-                "refused: M:N runtime: thread is not the request"):
+                "refused: M:N runtime: thread is not the request",
+                "refused: a request read left out by sampling"):
         assert total.get(key, 0) > 0, f"{key} never happened: {total}"
 
 

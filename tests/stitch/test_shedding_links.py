@@ -11,18 +11,21 @@ Where that is safe (synthetic timelines, both stitchers):
 - an event loop whose *client* exchange was shed: the request it resumed is still
   open on the thread next to others, so only a payload token links.
 
-Where it is not (real probes, real nginx): an event loop reads request A (kept), then
-request B (shed: the stitcher never sees that read), then writes B's upstream call
-(kept: another exchange, another hash).  The thread's last read is A's, A is open and
-nothing else visible is, so the call is linked under A by the plain thread rule: a
-wrong parent.  Measured with bench/bench_fidelity.py --cpu-budget 0.05
---python-stitcher (2 rounds, 600 requests at 200/s): 16 and 22 wrong links, every one
-`gw/client/http <- gw/server/http` by "thread", every child's request without a gw
-server span.  The stitcher cannot tell this timeline from a right one without being
-told where a shed read was (see the xfail reason).  Here, nginx (one worker, a new
-upstream connection a request, as the demo's gateway) with 60 % of exchanges kept,
-600 requests 4 at a time: 17, 23 and 23 wrong links of ~200 inside nginx in three
-runs (load 8-9), none to the backend."""
+Where it was not (real probes, real nginx): an event loop reads request A (kept), then
+request B (shed: the stitcher never saw that read), then writes B's upstream call
+(kept: another exchange, another hash).  The thread's last read was A's, A open and
+nothing else visible, so the call went under A by the plain thread rule: a wrong
+parent (bench_fidelity --cpu-budget 0.05: 16-22 wrong links, all `gw/client/http <-
+gw/server/http`; nginx here, 60 % kept: 17-23 wrong of ~200 inside nginx).  Fixed: the
+probes mark where a shed server exchange's request is read and where it is answered
+(abi.F_SHED, header-only records, bpf/data.c zt_shed_mark); the stitcher counts that
+read as one of unknown context and that request as open on the thread until its
+answer (or its connection's close), so only a payload token shared with exactly one
+open request links.
+
+Ring loss: one connection id can name two processes' sockets (a close and the next
+connect at that kernel address lost); the connection rule resumes only writes of the
+reading process."""
 
 from __future__ import annotations
 
@@ -33,13 +36,17 @@ import sys
 
 import pytest
 
+from agent.conn import _core
+from agent.conn.assembler import SpanAssembler
 from agent.conn.spans import SpanContext
 from agent.pipeline import Pipeline
 from agent.probes import abi
+from agent.probes.events import SocketEvent
 from agent.probes.loader import ProbeConfig, SocketTracer
 from agent.stitch import _stitcher, stitcher
 from agent.stitch.runtime import MODE_THREADS
 from proto.span import KIND_CLIENT, KIND_SERVER, PARENT_UNKNOWN, Endpoint, Span
+from tests.conn.test_compiled_core import record
 from tests.helpers.netns import network
 from tests.helpers.nginx import nginx_conf
 from tests.helpers.tracing import Draining
@@ -58,9 +65,9 @@ class Event:
     """The fields of SocketEvent the stitcher reads."""
 
     def __init__(self, pid: int, tid: int, conn_id: int, direction: int, ts: int,
-                 role: int) -> None:
+                 role: int, flags: int = 0, type: int = abi.EV_DATA) -> None:
         self.pid, self.tid, self.conn_id, self.direction = pid, tid, conn_id, direction
-        self.offset, self.role = 0, role
+        self.offset, self.role, self.flags, self.type = 0, role, flags, type
         self.ts_enter = self.ts_exit = ts
 
 
@@ -98,6 +105,23 @@ class Timeline:
     def client(self, pid: int, tid: int, t_out: int, t_in: int, op: str) -> SpanContext:
         return self._span(KIND_CLIENT, pid, tid, t_out, t_in, op, next(_conn),
                           abi.ROLE_CLIENT)
+
+    def shed(self, pid: int, tid: int, t_in: int, t_out: int | None,
+             conn: int | None = None, marks: int = 1) -> int:
+        """A server exchange left out by sampling, as the probes mark it: its request
+        read (marked `marks` times: a read that found nothing is marked too) and, unless
+        t_out is None, its answer.  Returns its connection id."""
+        conn = next(_conn) if conn is None else conn
+        for k in range(marks):
+            self.st.observe(Event(pid, tid, conn, abi.DIR_INGRESS, t_in + k * 1000,
+                                  abi.ROLE_SERVER, abi.F_SHED))
+        if t_out is not None:
+            self.st.observe(Event(pid, tid, conn, abi.DIR_EGRESS, t_out, abi.ROLE_SERVER,
+                                  abi.F_SHED))
+        return conn
+
+    def close(self, conn: int, t: int) -> None:
+        self.st.observe(Event(0, 0, conn, 0, t, abi.ROLE_UNKNOWN, type=abi.EV_CONN))
 
     def run(self) -> dict[str, Span]:
         for c in sorted(self.ctxs, key=lambda c: c.span.end_ns):
@@ -142,14 +166,87 @@ def test_event_loop_whose_client_exchange_was_shed_links_by_token_only(impl):
 
 
 @pytest.mark.parametrize("impl", sorted(IMPLS))
-@pytest.mark.xfail(strict=True, reason=(
-    "the connection rule (_context_of_conn_read) resumes the writes on a connection id "
-    "whatever their process: when the ring loses a socket's close and the connect or "
-    "accept of the next socket at that kernel address (another process's), the tracker "
-    "gives it the old connection id, and a read there resumes another process's "
-    "request; a socket shared after fork is one id in two processes too; fix: only "
-    "writes of the reading process count (else refuse), and ConnTracker starts a new "
-    "connection when a data event's pid is not the connection's"))
+def test_event_loop_call_of_a_shed_request_is_refused(impl):
+    # nginx: A read (kept), B read (shed: marked), B's upstream call (kept) written while
+    # A is open: the last visible read is A's, but B is open too, of unknown context
+    w = Timeline(impl)
+    w.server(2, 21, T0, T0 + 30 * MS, "GET /a/n0f3a9c2d81")
+    w.shed(2, 21, T0 + 1 * MS, T0 + 31 * MS)
+    w.client(2, 21, T0 + 3 * MS, T0 + 9 * MS, "GET /b-up/n77bb21e0aa")  # B's
+    w.client(2, 21, T0 + 10 * MS, T0 + 12 * MS, "GET /a-up/tokenless")  # A's, no token
+    spans = w.run()
+    assert spans["GET /b-up/n77bb21e0aa"].parent_span_id == ""
+    assert spans["GET /b-up/n77bb21e0aa"].attributes[PARENT_UNKNOWN] == \
+        stitcher.SHED_READ
+    assert spans["GET /a-up/tokenless"].parent_span_id == ""
+
+
+@pytest.mark.parametrize("impl", sorted(IMPLS))
+def test_a_token_still_links_next_to_a_shed_request(impl):
+    # the same loop: A's call carries A's id, which no other open request has
+    w = Timeline(impl)
+    w.server(2, 21, T0, T0 + 30 * MS, "GET /a/n0f3a9c2d81")
+    w.shed(2, 21, T0 + 1 * MS, T0 + 31 * MS)
+    w.client(2, 21, T0 + 3 * MS, T0 + 9 * MS, "GET /a-up/n0f3a9c2d81")
+    w.server(2, 21, T0 + 10 * MS, T0 + 40 * MS, "GET /c/n5c4d2e1f09")
+    w.client(2, 21, T0 + 11 * MS, T0 + 13 * MS, "GET /c-up/n5c4d2e1f09")
+    spans = w.run()
+    assert parent_op(spans, "GET /a-up/n0f3a9c2d81") == "GET /a/n0f3a9c2d81"
+    assert parent_op(spans, "GET /c-up/n5c4d2e1f09") == "GET /c/n5c4d2e1f09"
+    for op in ("GET /a-up/n0f3a9c2d81", "GET /c-up/n5c4d2e1f09"):
+        assert spans[op].attributes.get(PARENT_UNKNOWN) is None
+
+
+@pytest.mark.parametrize("impl", sorted(IMPLS))
+def test_a_shed_request_answered_no_longer_blocks(impl):
+    # B (shed) read, then answered (the answer is marked too); A read afterwards, alone
+    # on the loop: its call links by the plain thread rule again.  A read marked twice
+    # (one that found nothing, then the request) is one request: one answer ends it.
+    w = Timeline(impl)
+    w.shed(2, 21, T0, T0 + 2 * MS, marks=2)
+    w.server(2, 21, T0 + 5 * MS, T0 + 30 * MS, "GET /a/tokenless")
+    w.client(2, 21, T0 + 6 * MS, T0 + 9 * MS, "GET /a-up/tokenless")
+    spans = w.run()
+    assert parent_op(spans, "GET /a-up/tokenless") == "GET /a/tokenless"
+
+
+@pytest.mark.parametrize("impl", sorted(IMPLS))
+@pytest.mark.parametrize("closed", [True, False])
+def test_a_shed_request_never_answered_is_open_until_its_close(impl, closed):
+    # B's read marked (or a read that found only the client's close), no answer.  Z
+    # read and answered (a write: B's mark is no longer among the reads just before
+    # later calls), then A read and A's call written: B is still open on the loop
+    # unless its connection was closed meanwhile.
+    w = Timeline(impl)
+    conn = w.shed(2, 21, T0, None)
+    if closed:
+        w.close(conn, T0 + 1 * MS)
+    w.server(2, 21, T0 + 2 * MS, T0 + 3 * MS, "GET /z/tokenless")
+    w.server(2, 21, T0 + 5 * MS, T0 + 30 * MS, "GET /a/tokenless")
+    w.client(2, 21, T0 + 6 * MS, T0 + 8 * MS, "GET /a-up/tokenless")
+    spans = w.run()
+    if closed:
+        assert parent_op(spans, "GET /a-up/tokenless") == "GET /a/tokenless"
+    else:
+        assert spans["GET /a-up/tokenless"].parent_span_id == ""
+        assert spans["GET /a-up/tokenless"].attributes[PARENT_UNKNOWN] == \
+            "several requests in flight on the thread"
+
+
+@pytest.mark.parametrize("impl", sorted(IMPLS))
+def test_a_call_right_after_a_shed_read_is_refused(impl):
+    # B's mark then A's read, no write between: whose context the thread is in is
+    # unknown (the call may be B's), even if B's connection closed since
+    w = Timeline(impl)
+    conn = w.shed(2, 21, T0, None)
+    w.close(conn, T0 + 1 * MS)
+    w.server(2, 21, T0 + 5 * MS, T0 + 30 * MS, "GET /a/tokenless")
+    w.client(2, 21, T0 + 6 * MS, T0 + 8 * MS, "GET /a-up/tokenless")
+    spans = w.run()
+    assert spans["GET /a-up/tokenless"].attributes[PARENT_UNKNOWN] == stitcher.SHED_READ
+
+
+@pytest.mark.parametrize("impl", sorted(IMPLS))
 def test_a_connection_id_seen_in_two_processes_resumes_no_context(impl):
     # Ring loss, shedding off (bench_fidelity --stall 3, ZEROTRACE_SHEDDING=0, 1 MiB
     # ring): 15 wrong links "client/client/http <- api|inventory/server/http by thread
@@ -162,6 +259,33 @@ def test_a_connection_id_seen_in_two_processes_resumes_no_context(impl):
     w.client(1, 11, T0 + 4 * MS, T0 + 6 * MS, "GET /order/n77bb21e0aa")
     spans = w.run()
     assert spans["GET /order/n77bb21e0aa"].parent_span_id == ""
+    assert spans["GET /order/n77bb21e0aa"].attributes[PARENT_UNKNOWN] == \
+        stitcher.OTHER_PROCESS
+
+
+def test_marks_make_no_span_and_reach_the_stitcher_with_closes():
+    # the pipeline's loop: the connection core opens no session for a mark (no bytes of
+    # the exchange), and hands marks and the connection's close to the stitcher
+    spans: list = []
+    asm = SpanAssembler(spans.append)
+    seen: list = []
+    srv = dict(sock_id=5, role=abi.ROLE_SERVER, pid=300, tid=301)
+    recs = [record(type=abi.EV_CONN, syscall=abi.SYS_ACCEPT, seq=1000, offset=5000, ret=3,
+                   **srv),
+            record(syscall=abi.SYS_READ, direction=abi.DIR_INGRESS, seq=5000, ret=0,
+                   flags=abi.F_SHED | abi.F_HAS_SEQ, **srv),
+            record(syscall=abi.SYS_WRITE, direction=abi.DIR_EGRESS, seq=1000, ret=0,
+                   flags=abi.F_SHED | abi.F_HAS_SEQ, **srv)]
+    _core.process_events([SocketEvent(r) for r in recs], asm, seen.append, set(),
+                   lambda _pid: None, set(), asm.stats)
+    assert not asm.sessions and not spans
+    _core.process_events([SocketEvent(record(type=abi.EV_CONN, syscall=abi.SYS_CLOSE, flags=0,
+                                       ret=0, **srv))],
+                   asm, seen.append, set(), lambda _pid: None, set(), asm.stats)
+    assert [(e.type, e.direction, e.flags & abi.F_SHED) for e in seen] == [
+        (abi.EV_DATA, abi.DIR_INGRESS, abi.F_SHED), (abi.EV_DATA, abi.DIR_EGRESS, abi.F_SHED),
+        (abi.EV_CONN, 0, 0)]
+    assert seen[0].conn_id and len({e.conn_id for e in seen}) == 1
 
 
 # -- real probes, real nginx, a forced keep rate -----------------------------------------
@@ -202,6 +326,9 @@ def shed_nginx(tmp_path_factory):
             stats = {k: v - stats0.get(k, 0) for k, v in tracer.stats().items()}
         for rep in pipeline.stitcher.process_report():
             print(rep["process"], rep["mode"], rep["counts"])
+            # calls refused because a shed request's marked read came just before them
+            stats["refused_shed_read"] = stats.get("refused_shed_read", 0) + sum(
+                n for k, n in rep["counts"].items() if stitcher.SHED_READ in k)
         yield sent, traces, stats
 
 
@@ -237,17 +364,11 @@ def test_every_wrong_parent_is_a_call_whose_request_read_was_shed(shed_nginx):
 
 
 @pytest.mark.kernel
-@pytest.mark.xfail(strict=True, reason=(
-    "a shed server exchange leaves no trace in the thread's history: nginx's call for "
-    "request B (kept) after B's read (shed) is linked by thread to request A, open on "
-    "the same event loop; fix: the probes mark shed request reads and their answers "
-    "(bpf/data.c zt_sample) and the stitcher counts such a read as a request of unknown "
-    "context (agent/stitch: _thread_context, _others_since, _open_requests; a token "
-    "shared with exactly one open request still links); prototype, validated here with "
-    "the Python stitcher: 0 wrong of 210 links inside nginx, was 17-23"))
 def test_no_wrong_parent_when_request_reads_are_shed(shed_nginx):
-    sent, traces, _stats = shed_nginx
+    sent, traces, stats = shed_nginx
     inside, inside_wrong, cross, cross_wrong = hop_links(traces, set(sent), PROXY, BACKEND)
     print(f"links inside nginx {inside} ({inside_wrong} wrong), to the backend {cross} "
           f"({cross_wrong} wrong)")
     assert inside_wrong == 0 and cross_wrong == 0
+    # the probes' marks reached the stitcher: calls right after a shed read refused
+    assert stats["refused_shed_read"] > 0, stats
