@@ -226,6 +226,11 @@ class HttpApi:
         class _H(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
             server_version = "zerotrace"
+            # TCP_NODELAY: the headers and the body leave in two writes, and with Nagle
+            # the body waited for the client's delayed ACK of the headers: +40 ms on
+            # every keep-alive answer (trace by id on 10 M spans: p50 80 ms of which
+            # 37 ms the server's CPU)
+            disable_nagle_algorithm = True
 
             def _serve(self) -> None:
                 from server.http.otlp_http import read_chunked, read_sized

@@ -222,6 +222,26 @@ def test_echo_and_buildinfo(srv):
     assert (major, minor) >= (2, 0)  # Grafana enables TraceQL and v2 tags from Tempo 2
 
 
+def test_keep_alive_answers_do_not_wait_for_a_delayed_ack(srv, data):
+    """Grafana keeps its connection open: an answer's headers and body leave in two
+    writes, and with Nagle's algorithm the body waited for the client's delayed ACK
+    (~40 ms on Linux) on every request.  Twenty trace fetches on one connection."""
+    import http.client
+
+    conn = http.client.HTTPConnection(srv.http, timeout=30)
+    took = []
+    for _ in range(20):
+        t = time.perf_counter()
+        conn.request("GET", f"/api/traces/{data.ta}",
+                     headers={"Accept": "application/protobuf"})
+        r = conn.getresponse()
+        assert r.status == 200 and r.read()
+        took.append(time.perf_counter() - t)
+    conn.close()
+    took.sort()
+    assert took[len(took) // 2] < 0.030, [round(x * 1000, 1) for x in took]
+
+
 @pytest.mark.parametrize("path", ["/api/traces/{}", "/api/v2/traces/{}"])
 def test_trace_by_id_protobuf(srv, data, path):
     code, ctype, body = get(srv, path.format(data.cart), "application/protobuf")
