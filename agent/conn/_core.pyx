@@ -15,13 +15,13 @@ import logging
 import os
 
 from cpython.object cimport PyObject
-from cpython.ref cimport Py_INCREF
 from cpython.dict cimport PyDict_Copy, PyDict_GetItem, PyDict_SetItem
 from cpython.unicode cimport PyUnicode_DecodeASCII
 from libc.stdint cimport uint64_t
 from libc.string cimport memcpy
 
 from agent.conn._ctx cimport SpanContext, new_context
+from agent.export._slots cimport put_slot as _put
 from agent.export._slots cimport slot_offset
 from agent.probes._events cimport SocketEvent
 
@@ -34,7 +34,6 @@ from proto.span import KIND_CLIENT, KIND_SERVER, SOURCE_SYSCALL, Endpoint, Span
 log = logging.getLogger("agent.conn.assembler")
 
 cdef extern from "Python.h":
-    void _xdecref "Py_XDECREF"(PyObject* o)
     object _PyLong_FromByteArray(const unsigned char* b, size_t n, int little_endian,
                                  int is_signed)
 
@@ -45,15 +44,6 @@ cdef extern from "Python.h":
 # arguments.  Here a fresh instance (object.__new__) gets its slots stored directly, at
 # the offsets their member descriptors give; the field lists are checked at import,
 # so a change of those classes fails loudly instead of filling the wrong slot.
-
-cdef inline void _put(object o, Py_ssize_t off, object v):
-    """Store v in the object slot at byte offset off of o (a reference is taken)."""
-    cdef PyObject** p = <PyObject**>((<char*><PyObject*>o) + off)
-    cdef PyObject* old = p[0]
-    Py_INCREF(v)
-    p[0] = <PyObject*>v
-    _xdecref(old)
-
 
 cdef Py_ssize_t _offsets(cls, tuple names, Py_ssize_t* out) except -1:
     if tuple(f.name for f in _fields(cls)) != names:

@@ -19,14 +19,13 @@ from collections import deque
 from dataclasses import fields as _fields
 
 from cpython.object cimport PyObject, PyTypeObject
-from cpython.ref cimport Py_INCREF
 
+from agent.export._slots cimport put_slot as _put
 from agent.export._slots cimport slot_offset
 
 from .base import MAX_BUFFER, STATUS_UNSET, Message, Record
 
 cdef extern from "Python.h":
-    void _xdecref "Py_XDECREF"(PyObject* o)
     # What object.__new__(cls) comes down to for these classes (no argument checks).
     object _alloc "PyType_GenericAlloc"(PyTypeObject* cls, Py_ssize_t nitems)
 
@@ -37,15 +36,6 @@ cdef extern from "Python.h":
 # Here a fresh instance (object.__new__) gets its slots stored at the offsets their
 # member descriptors give; the field lists are checked at import, so a change of those
 # classes fails loudly instead of filling the wrong slot.
-
-cdef inline void _put(object o, Py_ssize_t off, object v):
-    """Store v in the object slot at byte offset off of o (a reference is taken)."""
-    cdef PyObject** p = <PyObject**>((<char*><PyObject*>o) + off)
-    cdef PyObject* old = p[0]
-    Py_INCREF(v)
-    p[0] = <PyObject*>v
-    _xdecref(old)
-
 
 cdef int _offsets(cls, tuple names, Py_ssize_t* out) except -1:
     cdef Py_ssize_t i
