@@ -16,6 +16,7 @@ import os
 import time
 from collections.abc import Callable
 
+from agent import clock
 from agent.conn._core import process_events
 from agent.conn.assembler import SpanAssembler
 from agent.conn.listeners import ListenerRoles
@@ -196,7 +197,7 @@ class Pipeline:
             if last > self._read_ns:
                 self._read_ns = last
         else:
-            self._caught_up_ns = time.time_ns()
+            self._caught_up_ns = clock.now_ns()
         wakes = getattr(events, "wakes", None)  # an EventBatch from SocketTracer.poll
         if wakes:
             self.handoffs.add_all(wakes)
@@ -247,10 +248,12 @@ class Pipeline:
             bound_peer_sessions(self.assembler, wall)
 
     def clock(self) -> int:
-        """Wall-clock ns up to which events have been read: the newest event processed,
-        or the last time the ring was seen empty, whichever is later (the wall clock
-        before anything was processed, as for callers that never poll)."""
-        wall = time.time_ns()
+        """Unix ns up to which events have been read: the newest event processed, or
+        the last time the ring was seen empty, whichever is later (now before anything
+        was processed, as for callers that never poll).  Now is read on the events'
+        clock (agent/clock.py), never time.time_ns(): NTP slewing the wall clock must
+        not end the stitcher's waits early."""
+        wall = clock.now_ns()
         read = max(self._read_ns, self._caught_up_ns)
         return min(read, wall) if read else wall
 

@@ -8,23 +8,10 @@ Go wake records (WakeEvent) are few and stay Python objects."""
 from __future__ import annotations
 
 import socket
-import time
 
 from agent.probes import _events, abi
 
 _HDR = abi.EVENT_SIZE
-
-
-def monotonic_to_wall_offset() -> int:
-    """Nanoseconds to add to bpf_ktime_get_ns() (CLOCK_MONOTONIC) to get Unix time."""
-    best = None
-    for _ in range(5):  # the tightest bracket wins
-        a = time.time_ns()
-        m = time.monotonic_ns()
-        b = time.time_ns()
-        if best is None or b - a < best[0]:
-            best = (b - a, (a + b) // 2 - m)
-    return best[1]
 
 
 def format_addr(family: int, raw: bytes) -> str:

@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent import check
+from agent.clock import wall_offset
 from agent.probes import abi, btf, golang, tls
-from agent.probes.events import EventBatch, SocketEvent, WakeEvent, monotonic_to_wall_offset
+from agent.probes.events import EventBatch, SocketEvent, WakeEvent
 from agent.probes.ringbuf import RingBuffer
 
 log = logging.getLogger(__name__)
@@ -142,7 +143,7 @@ class SocketTracer:
         self.config = config or ProbeConfig()
         self._bpf = None
         self._ring: RingBuffer | None = None
-        self.wall_offset = monotonic_to_wall_offset()
+        self.wall_offset = wall_offset()
         self.events_read = 0
         self._go_pids: dict[int, str] = {}
         self._go_binaries: set[tuple[int, int]] = set()

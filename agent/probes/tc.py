@@ -20,9 +20,9 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent.clock import wall_offset
 from agent.net._hops import RECORD_SIZE, HopRing
 from agent.probes import btf
-from agent.probes.events import monotonic_to_wall_offset
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +168,7 @@ class TcTracer:
         self._fns: dict[tuple[bool, int], int] = {}  # (l3, direction) -> prog fd
         self._attached: list[_Attached] = []
         self.hooks: dict[tuple[int, int], Hook] = {}  # (netns inode, ifindex) -> hook
-        self.wall_offset = monotonic_to_wall_offset()  # add to a record's ts: Unix ns
+        self.wall_offset = wall_offset()  # add to a record's ts: Unix ns
         self._load()
         try:
             self.refresh()

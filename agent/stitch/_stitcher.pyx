@@ -29,12 +29,12 @@ from libcpp.pair cimport pair
 from cython.operator cimport dereference as deref, preincrement as inc
 
 import os
-import time
 from collections import Counter, defaultdict, deque
 
 from agent.conn._ctx cimport SpanContext
 from agent.export._slots cimport slot_offset
 from agent.probes._events cimport SocketEvent
+from agent.clock import now_ns as _clock_now
 from agent.probes import abi
 from agent.stitch import evidence
 from agent.stitch.handoff import NOTHING_SEEN
@@ -1146,7 +1146,7 @@ cdef class Stitcher:
 
     # -- time -------------------------------------------------------------------------
     def tick(self, now=None, final: bool = False) -> None:
-        cdef int64_t n = time.time_ns() if now is None else now
+        cdef int64_t n = _clock_now() if now is None else now
         cdef bint fin = final
         cdef Item it
         cdef list pending, undecided, still

@@ -30,11 +30,11 @@ give up after `max_wait_ns`.  Traces are emitted once quiet for `quiet_ns`."""
 from __future__ import annotations
 
 import bisect
-import time
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from agent.clock import now_ns as _clock_now
 from agent.conn.spans import SpanContext
 from agent.probes import abi
 from agent.probes.events import SocketEvent
@@ -720,7 +720,7 @@ class Stitcher:
 
     # -- time -------------------------------------------------------------------------
     def tick(self, now: int | None = None, final: bool = False) -> None:
-        now = time.time_ns() if now is None else now
+        now = _clock_now() if now is None else now
         self._now = now if not final else now + self.max_wait_ns
         settled = now - self.settle_ns
         # Waiting decisions only change when spans arrive (or a wait times out): skip
