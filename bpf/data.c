@@ -130,7 +130,13 @@ static __always_inline int zt_shed_at_entry(struct zt_config *cfg, __u64 sk, __u
     if (!st->shed)
         return 0;
     __u8 dir = zt_is_egress(sys) ? ZT_DIR_EGRESS : ZT_DIR_INGRESS;
-    if (st->role == ZT_ROLE_UNKNOWN || (st->gen == cfg->shed_gen && st->last_dir == dir)) {
+    if (st->role == ZT_ROLE_UNKNOWN) {
+        if (zt_keep(cfg, sk >> 3))
+            return 0; /* the keep rate rose past this connection's hash: zt_sample */
+        zt_stat(ZT_STAT_SHED_SYSCALLS, 1);
+        return 1;
+    }
+    if (st->gen == cfg->shed_gen && st->last_dir == dir) {
         zt_stat(ZT_STAT_SHED_SYSCALLS, 1);
         return 1;
     }
@@ -397,8 +403,15 @@ static __always_inline int zt_sample(struct zt_config *cfg, __u64 sk, __u8 dir, 
             zt_stat(ZT_STAT_SHED_CONNS, 1);
         return n.shed ? -1 : 0;
     }
-    if (st->role == ZT_ROLE_UNKNOWN)
+    if (st->role == ZT_ROLE_UNKNOWN) {
+        /* Shed whole at first sight, for as long as the keep rate leaves its hash out:
+         * once the rate rises past it (the overload is over), the connection is traced
+         * again from here (the agent sees a gap, as for any connection met mid-stream).
+         * A kept one is not shed later: its exchanges' bounds are not known here. */
+        if (st->shed && zt_keep(cfg, sk >> 3))
+            st->shed = 0;
         return st->shed ? -1 : 0;
+    }
     int out = 0;
     __u8 req_dir = st->role == ZT_ROLE_CLIENT ? ZT_DIR_EGRESS : ZT_DIR_INGRESS;
     if (st->gen != cfg->shed_gen) {

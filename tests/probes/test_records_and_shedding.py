@@ -209,3 +209,40 @@ def test_maps_are_freed_on_close(net):
                              text=True, check=True).stdout
         left = {m["id"] for m in json.loads(out or "[]")} & mine
     assert left == set()
+
+
+def test_a_connection_shed_whole_is_traced_again_when_the_overload_ends(net):
+    # A connection the probes never saw open (here: opened before the tracer) has no
+    # known role, so sampling keeps or sheds it whole.  Shed at a low keep rate, it
+    # must come back once the rate is back to all: a keep-alive pool opened before the
+    # agent would otherwise stay invisible for the rest of its life, after any overload.
+    srv = net.hosts[1]
+    loop = ("import socket,sys,time\n"
+            f"s=socket.create_connection(('{srv.addr}',{PORT}));f=s.makefile('rb')\n"
+            "print('connected',flush=True)\n"
+            "for _ in range(400):\n"
+            "  s.sendall(b'GET /small HTTP/1.1\\r\\nHost: t\\r\\n\\r\\n')\n"
+            "  h=b''\n"
+            "  while not h.endswith(b'\\r\\n\\r\\n'): h+=f.read(1)\n"
+            "  f.read(100); time.sleep(0.05)\n")
+    client = net.spawn(net.hosts[0], sys.executable, "-c", loop, stdout=subprocess.PIPE,
+                       text=True)
+    assert "connected" in client.stdout.readline()
+    with SocketTracer(ProbeConfig(netns={h.inode for h in net.hosts}, tls=False)) as t:
+        def served(seconds: float) -> int:
+            n, end = 0, time.monotonic() + seconds
+            while time.monotonic() < end:
+                n += sum(1 for e in t.poll(0.05) if e.type == abi.EV_DATA and
+                         e.lport == PORT and not e.flags & abi.F_SHED)
+            return n
+
+        assert served(0.5) > 0  # traced before any overload
+        t.set_keep(0)
+        served(0.3)  # syscalls that began before the change
+        shed = served(0.7)
+        t.set_keep(abi.KEEP_ALL)
+        served(0.2)
+        again = served(1.0)
+    client.kill()
+    assert shed == 0, f"{shed} server records while shedding everything"
+    assert again > 0, "the connection stayed shed after the keep rate went back to all"
