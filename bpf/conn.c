@@ -138,6 +138,15 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
     if (!cfg || !cfg->enabled)
         return 0;
     __u64 sk = (__u64)args->skaddr;
+    if (args->newstate == ZT_TCP_LISTEN || args->oldstate == ZT_TCP_LISTEN) {
+        struct zt_listen_key k = {.netns = zt_sock_netns(sk), .port = args->sport};
+        __u8 one = 1;
+        if (args->newstate == ZT_TCP_LISTEN)
+            listening.update(&k, &one);
+        else /* SO_REUSEPORT: another socket may still listen; unknown role is safe */
+            listening.delete(&k);
+        return 0;
+    }
     if (args->newstate == ZT_TCP_CLOSE) {
         struct zt_sockstate *st = socks.lookup(&sk);
         if (!st)

@@ -386,12 +386,27 @@ static __always_inline void zt_emit_msghdr(struct zt_scratch *s, struct zt_confi
  * told with resume records first), else 0.  Decided at exit, on syscalls that moved
  * bytes: a read that found nothing (EAGAIN) starts no exchange. */
 static __always_inline int zt_sample(struct zt_config *cfg, __u64 sk, __u8 dir, __u32 seq,
-                                     __u8 *role)
+                                     __u8 transport, __u16 lport, __u8 *role)
 {
     struct zt_sockstate *st = socks.lookup(&sk);
     if (!st) {
         if (cfg->keep >= ZT_KEEP_ALL)
             return 0;
+        if (transport == ZT_IPPROTO_TCP) {
+            struct zt_listen_key k = {.netns = zt_sock_netns(sk), .port = lport};
+            if (listening.lookup(&k)) {
+                /* a server connection opened before the agent: sampled by exchange like
+                 * an accepted one; the exchange under way goes on (its start was not
+                 * shed), the next turn to the request decides the next one */
+                struct zt_sockstate n = {};
+                n.role = ZT_ROLE_SERVER;
+                n.last_dir = dir;
+                n.gen = cfg->shed_gen;
+                socks.update(&sk, &n);
+                *role = ZT_ROLE_SERVER;
+                return 0;
+            }
+        }
         /* first seen while sampling, role unknown: the connection is kept or shed whole */
         struct zt_sockstate n = {};
         n.role = ZT_ROLE_UNKNOWN;
@@ -521,7 +536,7 @@ static __always_inline int zt_data_exit(long ret)
     __u8 role = ZT_ROLE_UNKNOWN;
     int resume = 0;
     if (cfg->shed_mode) {
-        resume = zt_sample(cfg, a.sk, dir, a.seq, &role);
+        resume = zt_sample(cfg, a.sk, dir, a.seq, a.transport, a.lport, &role);
         if (resume < 0) {
             zt_stat(ZT_STAT_SHED_SYSCALLS, 1);
             zt_stat(ZT_STAT_SHED_BYTES, a.sys == ZT_SYS_SENDMMSG || a.sys == ZT_SYS_RECVMMSG

@@ -73,6 +73,19 @@ struct zt_sockstate {
     __u32 gen;     /* zt_config.shed_gen when last_dir was set */
     __u32 pend_seq; /* the pending syscall's direction's seq at its entry */
 };
+/* TCP ports listened on, by network namespace: the role of a connection first seen
+ * mid-way while sampling (data.c zt_sample), so that a server connection opened before
+ * the agent is sampled by exchange, with its shed exchanges marked, rather than kept or
+ * shed whole with no word to the stitcher.  Kept by sock:inet_sock_set_state (conn.c)
+ * once enabled; the listeners from before are written by the agent when sampling first
+ * starts (loader.py set_keep). */
+struct zt_listen_key {
+    __u32 netns;
+    __u16 port;
+    __u16 _pad;
+};
+BPF_HASH(listening, struct zt_listen_key, __u8, 16384);
+
 #define ZT_PEND_SET 1 /* a syscall is pending */
 #define ZT_PEND_EGRESS 2 /* its direction: egress (else ingress) */
 #define ZT_PEND_REQ 4 /* it turned to the request direction: a shed exchange started there */

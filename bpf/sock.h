@@ -12,6 +12,7 @@
 #define ZT_IPPROTO_TCP 6
 #define ZT_IPPROTO_UDP 17
 #define ZT_TCP_CLOSE 7
+#define ZT_TCP_LISTEN 10
 #define ZT_TCP_SYN_SENT 2
 #define ZT_TCP_SYN_RECV 3
 

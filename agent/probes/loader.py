@@ -13,6 +13,7 @@ from pathlib import Path
 
 from agent import check
 from agent.clock import wall_offset
+from agent.conn.listeners import listening_ports
 from agent.probes import abi, btf, golang, tls
 from agent.probes.events import EventBatch, SocketEvent, WakeEvent
 from agent.probes.ringbuf import RingBuffer
@@ -453,10 +454,36 @@ class SocketTracer:
             if keep == c.keep:
                 return
             if keep < abi.KEEP_ALL and not c.shed_mode:
+                self._seed_listening()
                 c.shed_mode = 1
                 c.shed_gen += 1  # direction state from before is not trusted (data.c)
             c.keep = keep
             table[ct.c_int(0)] = c
+
+    def _seed_listening(self) -> int:
+        """Write the TCP listeners of every network namespace in scope into map
+        `listening` (maps.h): those from before the probes were enabled, which
+        sock:inet_sock_set_state never saw.  Once, when sampling first starts: only
+        sampling reads the map.  Returns the number of (netns, port) entries written."""
+        table = self._bpf[b"listening"]
+        seen: set[int] = set()
+        n = 0
+        for name in os.listdir("/proc"):
+            if not name.isdigit():
+                continue
+            try:
+                ino = os.stat(f"/proc/{name}/ns/net").st_ino
+            except OSError:
+                continue
+            if ino in seen or (self.config.netns and ino not in self.config.netns):
+                continue
+            seen.add(ino)
+            for port in listening_ports(int(name)) or ():
+                key = table.Key()
+                key.netns, key.port = ino & 0xFFFFFFFF, port
+                table[key] = ct.c_uint8(1)
+                n += 1
+        return n
 
     def set_skip_hint(self, sock_id: int, direction: int, until_seq: int | None) -> None:
         """Tell the probes that direction `direction` of socket `sock_id` carries, up

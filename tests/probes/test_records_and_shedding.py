@@ -246,3 +246,37 @@ def test_a_connection_shed_whole_is_traced_again_when_the_overload_ends(net):
     client.kill()
     assert shed == 0, f"{shed} server records while shedding everything"
     assert again > 0, "the connection stayed shed after the keep rate went back to all"
+
+
+def test_a_server_connection_from_before_the_agent_is_sampled_by_exchange(net):
+    # Its role comes from the listening port (maps.h `listening`, seeded from /proc when
+    # sampling starts): a shed exchange on it is marked for the stitcher (abi.F_SHED),
+    # so an event loop serving it never has a request read it cannot see.  Without the
+    # role it was kept or shed whole, and shed whole it said nothing.
+    srv = net.hosts[1]
+    loop = ("import socket,sys,time\n"
+            f"s=socket.create_connection(('{srv.addr}',{PORT}));f=s.makefile('rb')\n"
+            "print('connected',flush=True)\n"
+            "for _ in range(1000):\n"
+            "  s.sendall(b'GET /small HTTP/1.1\\r\\nHost: t\\r\\n\\r\\n')\n"
+            "  h=b''\n"
+            "  while not h.endswith(b'\\r\\n\\r\\n'): h+=f.read(1)\n"
+            "  f.read(100); time.sleep(0.01)\n")
+    client = net.spawn(net.hosts[0], sys.executable, "-c", loop, stdout=subprocess.PIPE,
+                       text=True)
+    assert "connected" in client.stdout.readline()
+    kept = marks = 0
+    with SocketTracer(ProbeConfig(netns={h.inode for h in net.hosts}, tls=False)) as t:
+        t.poll(0.5)
+        t.set_keep(abi.KEEP_ALL // 2)
+        end = time.monotonic() + 2.0
+        while time.monotonic() < end:
+            for e in t.poll(0.05):
+                if e.type == abi.EV_DATA and e.lport == PORT:
+                    if e.flags & abi.F_SHED:
+                        marks += 1
+                    else:
+                        kept += 1
+        t.set_keep(abi.KEEP_ALL)
+    client.kill()
+    assert kept > 0 and marks > 0, f"{kept} server records kept, {marks} shed marks"
