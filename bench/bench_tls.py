@@ -21,14 +21,15 @@ where bpf/gotls.c's do.
 
 bench/tls_loop.c ping-pongs `size` bytes over TLS on loopback TCP (a client and a
 forked server, the system libssl).  Rounds alternate the TLS modes, the socket probes
-attached in all: TLS uprobes detached ("untraced"); programs that only count their hits,
-entry and return, at the public symbols SSL_read/SSL_write(_ex)/SSL_do_handshake
-("empty, public symbols": where the probes were before agent/probes/tls.py INNER) or
-where TlsAttacher puts them now ("empty, same sites": the trap cost alone, the floor of
-this design); bpf/tls.c's programs at the public symbols ("traced, public symbols") or
-where TlsAttacher puts them ("traced").  An agent thread drains the ring throughout.
+attached in all: TLS uprobes detached ("untraced"); programs that only count their hits
+where TlsAttacher puts the probes, with a return probe on every site as before session 5
+("empty, before") or on all but the writes, as now ("empty, same sites": the trap cost
+alone, the floor of this design); bpf/tls.c's programs with the writes' return probes
+("traced, before": ZEROTRACE_TLS_WRITE_RETURN=1) or without ("traced").
+An agent thread drains the ring throughout.
 Per round: each process's CPU ns per SSL call (a round trip is 2 calls on each side)
-and wall ns per round trip; medians reported.  What "traced" adds over "empty, same
+and wall ns per round trip; medians reported.  With --nginx, each program's own run
+time per request (kernel.bpf_stats_enabled) too.  What "traced" adds over "empty, same
 sites": the per-thread call state, the syscall-enter program's work inside SSL calls,
 and the plaintext event (header + up to 1 KiB into the ring)."""
 
@@ -66,17 +67,18 @@ class Drainer(threading.Thread):
                 self.events += len(self.tracer.poll(0.02))
 
 
-MODES = ("untraced", "empty, public symbols", "empty, same sites", "traced, public symbols",
-         "traced")
+# "before": writes with a return probe too (ZEROTRACE_TLS_WRITE_RETURN=1), the design
+# until session 5; the others: writes at entry only (bpf/tls.c ZT_TLS_NORET)
+MODES = ("untraced", "empty, before", "empty, same sites", "traced, before", "traced")
 
 
 class EmptyProbes:
     """Programs that do nothing but count their hits, entry and return, at given sites:
-    what the uprobes cost on this host before any work of ours.  "public symbols":
-    SSL_read/SSL_write(_ex) and SSL_do_handshake, where the probes were before
-    agent/probes/tls.py INNER; "same sites": where TlsAttacher puts them now."""
+    what the uprobes cost on this host before any work of ours.  Sites: where
+    TlsAttacher puts them, with a return probe on every site ("before") or not on the
+    writes (now)."""
 
-    def __init__(self, sites: list[tuple[str, str, int]]) -> None:
+    def __init__(self, sites: list[tuple[str, str, int, bool]]) -> None:
         from bcc import BPF
 
         # hits by process name (nginx, wrk, tls_loop): a hash update, ~0.1 us next to
@@ -86,25 +88,21 @@ class EmptyProbes:
                             b"int zt_nop(void *ctx) { struct zt_comm k = {};"
                             b" bpf_get_current_comm(k.c, sizeof(k.c));"
                             b" zt_traps.increment(k); return 0; }")
-        self.sites = sites  # (path, symbol or "", address)
+        self.sites = sites  # (path, symbol or "", address, with a return probe)
         self.attached: list[tuple[str, str, int]] = []
 
     @staticmethod
-    def public(paths: list[str]) -> list[tuple[str, str, int]]:
-        return [(p, s, 0) for p in paths
-                for s in ("SSL_write", "SSL_write_ex", "SSL_read", "SSL_read_ex",
-                          "SSL_do_handshake")]
-
-    @staticmethod
-    def same_sites(paths: list[str]) -> list[tuple[str, str, int]]:
+    def same_sites(paths: list[str], write_return: bool) -> list[tuple[str, str, int, bool]]:
         from agent.probes import tls
 
         out = []
         for p in paths:
             inner = tls.inner_functions(p)
             for kind, (ex, plain) in tls.INNER.items():
-                out += [(p, "", inner[kind])] if kind in inner else [(p, plain, 0), (p, ex, 0)]
-            out.append((p, "SSL_do_handshake", 0))
+                ret = write_return or kind != "write"
+                out += ([(p, "", inner[kind], ret)] if kind in inner
+                        else [(p, plain, 0, ret), (p, ex, 0, ret)])
+            out.append((p, "SSL_do_handshake", 0, True))
         return out
 
     def traps(self) -> dict[str, int]:
@@ -112,13 +110,14 @@ class EmptyProbes:
         return {k.c.decode(): v.value for k, v in self.bpf[b"zt_traps"].items()}
 
     def attach(self) -> None:
-        for p, sym, addr in self.sites:
+        for p, sym, addr, ret in self.sites:
             where = {"sym": sym.encode()} if sym else {"addr": addr}
             try:
                 self.bpf.attach_uprobe(name=p.encode(), fn_name=b"zt_nop", **where)
             except Exception:  # noqa: BLE001 - an _ex symbol absent (1.0.x)
                 continue
-            self.bpf.attach_uretprobe(name=p.encode(), fn_name=b"zt_nop", **where)
+            if ret:
+                self.bpf.attach_uretprobe(name=p.encode(), fn_name=b"zt_nop", **where)
             self.attached.append((p, sym, addr))
 
     def detach(self) -> None:
@@ -132,14 +131,53 @@ class EmptyProbes:
         self.attached = []
 
 
+def _empty(paths: list[str]) -> dict[str, EmptyProbes]:
+    return {"empty, before": EmptyProbes(EmptyProbes.same_sites(paths, True)),
+            "empty, same sites": EmptyProbes(EmptyProbes.same_sites(paths, False))}
+
+
+def prog_stats(bpf) -> dict[str, tuple[int, int]]:
+    """(run_time_ns, run_cnt) of each program of `bpf` loaded so far, from its fdinfo
+    (counted while kernel.bpf_stats_enabled is 1): steadier than requests/s on a busy
+    host, since it counts only the programs' own time."""
+    out = {}
+    for name, fn in list(bpf.funcs.items()):
+        try:
+            with open(f"/proc/self/fdinfo/{fn.fd}") as f:
+                kv = dict(line.split(":", 1) for line in f if ":" in line)
+        except OSError:
+            continue
+        if "run_time_ns" in kv:
+            n = name.decode() if isinstance(name, bytes) else name
+            out[n] = (int(kv["run_time_ns"]), int(kv["run_cnt"]))
+    return out
+
+
+class BpfStats:
+    """kernel.bpf_stats_enabled on for the run (restored at the end)."""
+
+    PATH = "/proc/sys/kernel/bpf_stats_enabled"
+
+    def __enter__(self) -> BpfStats:
+        with open(self.PATH) as f:
+            self.was = f.read().strip()
+        with open(self.PATH, "w") as f:
+            f.write("1")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        with open(self.PATH, "w") as f:
+            f.write(self.was)
+
+
 def set_mode(tracer: SocketTracer, empty: dict[str, EmptyProbes], mode: str) -> None:
-    """TLS probes as `mode` says (the socket probes stay): bpf/tls.c's at the public
-    symbols or where TlsAttacher puts them, empty programs at either, or none."""
+    """TLS probes as `mode` says (the socket probes stay): bpf/tls.c's with or without
+    the writes' return probes, empty programs at the same sites, or none."""
     tracer.tls.detach_all()
     if mode.startswith("traced"):
-        tracer.tls.inner = mode == "traced"
+        tracer.tls.write_return = mode == "traced, before"
         tracer.tls.reattach_all()
-        tracer.tls.inner = True
+        tracer.tls.write_return = False
     elif mode.startswith("empty"):
         empty[mode].attach()
 
@@ -309,8 +347,7 @@ def main_nginx(args: argparse.Namespace) -> None:
                 # and their /proc/PID/root paths with them)
                 paths = [lib.path for lib in tracer.tls.libraries.values()
                          if lib.symbols and not lib.static and not lib.path.startswith("/proc/")]
-                empty = {"empty, public symbols": EmptyProbes(EmptyProbes.public(paths)),
-                         "empty, same sites": EmptyProbes(EmptyProbes.same_sites(paths))}
+                empty = _empty(paths)
                 res: dict[str, list[float]] = {m: [] for m in NGINX_MODES}
                 # CPU us per request of nginx + wrk: less at the mercy of other jobs'
                 # load than requests/s (which also counts time waiting for a CPU)
@@ -320,6 +357,10 @@ def main_nginx(args: argparse.Namespace) -> None:
                 plain: list[float] = []
                 traps: dict[str, list[dict[str, float]]] = {m: [] for m in empty}
                 on = True
+                # each program's run time per request, by mode (kernel.bpf_stats_enabled)
+                bstats: dict[str, list[dict[str, float]]] = {m: [] for m in NGINX_MODES}
+                stats_on = BpfStats()
+                stats_on.__enter__()
                 for _ in range(args.rounds):
                     for mode in NGINX_MODES:
                         with drain.lock:
@@ -333,6 +374,7 @@ def main_nginx(args: argparse.Namespace) -> None:
                         before = tracer.tls_stats().get("tls_plaintext_events", 0)
                         n0, w0 = _cpu_s(nginx_pid), _children_cpu_s()
                         traps0 = {m: e.traps() for m, e in empty.items()}
+                        st0 = prog_stats(tracer._bpf)
                         out = subprocess.run(
                             net.hosts[0].cmd("wrk", "-t1", f"-c{args.connections}",
                                              f"-d{args.duration}s", url),
@@ -340,6 +382,9 @@ def main_nginx(args: argparse.Namespace) -> None:
                         rps = float(out.split("Requests/sec:")[1].split()[0])
                         reqs = int(out.split(" requests in ")[0].split()[-1])
                         res[mode].append(rps)
+                        st1 = prog_stats(tracer._bpf)
+                        bstats[mode].append({k: (v[0] - st0.get(k, (0, 0))[0]) / max(1, reqs)
+                                             for k, v in st1.items()})
                         n_us = (_cpu_s(nginx_pid) - n0) * 1e6 / max(1, reqs)
                         w_us = (_children_cpu_s() - w0) * 1e6 / max(1, reqs)
                         cpu[mode].append(n_us + w_us)
@@ -357,6 +402,7 @@ def main_nginx(args: argparse.Namespace) -> None:
                             plain.append(seen / max(1, reqs))
                         print(f"  {mode:20} {rps:9.0f} req/s {cpu[mode][-1]:7.1f} us CPU/req",
                               flush=True)
+                stats_on.__exit__()
                 drain.stop = True
                 drain.join()
                 if not on:
@@ -386,6 +432,13 @@ def main_nginx(args: argparse.Namespace) -> None:
     if plain:
         print(f"plaintext events per request in traced rounds: {statistics.median(plain):.2f}"
               " (4 expected: request and response, at each end)")
+    print("# the agent's programs, ns per request (medians; kernel.bpf_stats_enabled)")
+    for m in NGINX_MODES[1:]:
+        progs = sorted({k for r in bstats[m] for k in r})
+        per = {k: statistics.median(r.get(k, 0) for r in bstats[m]) for k in progs}
+        total = statistics.median(sum(r.values()) for r in bstats[m])
+        print(f"{m:22} total {total:7.0f}: " + ", ".join(
+            f"{k} {v:.0f}" for k, v in sorted(per.items(), key=lambda kv: -kv[1]) if v >= 20))
     for m, rounds in traps.items():
         names = sorted({k for r in rounds for k in r})
         print(f"uprobe hits per request, {m} (entry + return): " + ", ".join(
@@ -419,8 +472,7 @@ def main() -> None:
             plaintext = 0
             paths = [lib.path for lib in tracer.tls.libraries.values()
                      if lib.symbols and not lib.path.startswith("/proc/")]
-            empty = {"empty, public symbols": EmptyProbes(EmptyProbes.public(paths)),
-                     "empty, same sites": EmptyProbes(EmptyProbes.same_sites(paths))}
+            empty = _empty(paths)
             traps: dict[str, list[float]] = {m: [] for m in empty}
             for _ in range(args.rounds):
                 for mode in MODES:
@@ -447,9 +499,9 @@ def main() -> None:
            [("added by zerotrace", "traced", "untraced"),
             ("of which the traps", "empty, same sites", "untraced"),
             ("zerotrace's own", "traced", "empty, same sites"),
-            ("before: added", "traced, public symbols", "untraced"),
-            ("before: the traps", "empty, public symbols", "untraced"),
-            ("before: own", "traced, public symbols", "empty, public symbols")])
+            ("before: added", "traced, before", "untraced"),
+            ("before: the traps", "empty, before", "untraced"),
+            ("before: own", "traced, before", "empty, before")])
 
 
 def report(args: argparse.Namespace, res: dict, plaintext: int, drops: dict, what: str,

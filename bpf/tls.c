@@ -35,6 +35,7 @@ struct zt_tls_call {
     __u64 ts_enter;
     __u64 buf;
     __u64 outlen;     /* SSL_*_ex: size_t * receiving the bytes moved */
+    __u64 len;        /* a write without a return probe: the bytes offered */
     struct zt_active act; /* the socket of the call's first ciphertext syscall */
     __u32 seq_first;  /* TCP seq of that syscall */
     __u32 seq_hdr;    /* ingress: TCP seq of the last 5-byte read (a record header) */
@@ -43,7 +44,10 @@ struct zt_tls_call {
     __u8 ex;
     __u8 have_sock;
     __u8 have_hdr;
-    __u8 busy;        /* inside a call (task storage is not deleted at return) */
+    __u8 busy;        /* 1: inside a call with a return probe (task storage is not
+                       * deleted at return); 2: a write without one (ZT_TLS_NORET), in
+                       * force until the thread's next SSL call or a syscall not its own */
+    __u8 emitted;     /* a write without a return: its plaintext emitted (or skipped) */
 };
 
 struct zt_tls_sock {
@@ -54,6 +58,14 @@ struct zt_tls_sock {
     __u8 _pad;
     __u16 lport, rport; /* Go: the connection it was made for (an address reused by */
     __u32 tgid;         /* another connection does not match) */
+    /* writes emitted without a return probe: the TCP write_seq expected after the last
+     * ciphertext write of an SSL call (an SSL_write starting elsewhere continues one the
+     * kernel did not take in full: a WANT_WRITE retry), and the user range of the last
+     * plaintext emitted (SSL_MODE_ENABLE_PARTIAL_WRITE: the rest offered again) */
+    __u32 wexp;
+    __u8 have_wexp;
+    __u8 _pad2[3];
+    __u64 wstart, wend;
 };
 
 #define ZT_TLS_WRITE 1
@@ -194,7 +206,11 @@ static __always_inline void zt_tls_emit(struct zt_tls_sock *ts, struct zt_active
 /* Go crypto/tls: its own uprobes, sharing tls_socks, the mark and the emission */
 #include "gotls.c"
 
-static __always_inline int zt_tls_enter(struct pt_regs *ctx, __u8 kind, __u8 ex)
+/* ret: a return probe follows this entry (reads, the handshake; writes only with
+ * ZEROTRACE_TLS_WRITE_RETURN=1, the design before).  A write without one (ZT_TLS_NORET):
+ * its buffer and length are known here; what the call took is decided by its syscalls
+ * (zt_tls_write_syscall), so the return's trap (~1 us a write on a VM) is saved. */
+static __always_inline int zt_tls_enter(struct pt_regs *ctx, __u8 kind, __u8 ex, __u8 ret)
 {
     __u64 id = bpf_get_current_pid_tgid();
     struct zt_config *cfg = zt_cfg();
@@ -205,9 +221,11 @@ static __always_inline int zt_tls_enter(struct pt_regs *ctx, __u8 kind, __u8 ex)
     if (!slot)
         return 0;
     /* a call of ours inside another (SSL_read running the handshake): the outer one
-     * owns the syscalls; an entry 10 s old is a call that never returned */
-    if (slot->busy && now - slot->ts_enter < 10000000000ULL) {
-        slot->depth++;
+     * owns the syscalls; an entry 10 s old is a call that never returned.  Only a call
+     * with a return probe can be "inside": a write without one ends at the next entry. */
+    if (slot->busy == 1 && now - slot->ts_enter < 10000000000ULL) {
+        if (ret)
+            slot->depth++;
         return 0;
     }
     struct zt_tls_call c = {};
@@ -216,6 +234,17 @@ static __always_inline int zt_tls_enter(struct pt_regs *ctx, __u8 kind, __u8 ex)
     c.ex = ex;
     c.buf = PT_REGS_PARM2(ctx);
     c.outlen = ex ? PT_REGS_PARM4(ctx) : 0;
+    if (!ret) {
+        /* SSL_write(s, buf, int num); SSL_write_ex and the internal function: size_t */
+        if (ex) {
+            c.len = PT_REGS_PARM3(ctx);
+        } else {
+            int num = (int)PT_REGS_PARM3(ctx);
+            c.len = num > 0 ? num : 0;
+        }
+        if (!c.len)
+            c.emitted = 1; /* nothing to emit; the call still names its socket */
+    }
     __u64 ssl = PT_REGS_PARM1(ctx);
     struct zt_active *known = tls_ssl_sock.lookup(&ssl);
     if (known) {
@@ -223,9 +252,65 @@ static __always_inline int zt_tls_enter(struct pt_regs *ctx, __u8 kind, __u8 ex)
         c.have_sock = 2; /* known, but no syscall of this call seen yet */
     }
     c.act.addr = ssl; /* zt_active.addr is unused for TCP: the SSL object */
-    c.busy = 1;
+    c.busy = ret ? 1 : 2;
     *slot = c;
     return 0;
+}
+
+/* The byte count of a write(2)/sendto(2) (read(2)/recvfrom(2)) at its enter
+ * tracepoint: the third argument, at +32 (data.c keeps the buffer, not the count) */
+static __always_inline __u64 zt_tls_sys_count(void *ctx)
+{
+    __u64 count = 0;
+    bpf_probe_read_kernel(&count, sizeof(count), (char *)ctx + 32);
+    return count;
+}
+
+/* The first bytes of a write(2)/sendto(2) buffer: a TLS record header?  Returns its
+ * content type (20-23), 0 when not one or not readable. */
+static __always_inline int zt_tls_record_type(void *ctx, struct zt_active *a)
+{
+    if (a->sys != ZT_SYS_WRITE && a->sys != ZT_SYS_SENDTO)
+        return 0;
+    __u8 h[3] = {};
+    if (zt_tls_sys_count(ctx) < ZT_TLS_HDR || bpf_probe_read_user(h, sizeof(h), (void *)a->buf))
+        return 0;
+    if (h[0] < 20 || h[0] > 23 || h[1] != 3 || h[2] > 4)
+        return 0;
+    return h[0];
+}
+
+/* An egress ciphertext syscall of socket a->sk inside an SSL call (c): emit the
+ * plaintext of a write without a return probe at its first application-data record
+ * (a handshake run inside SSL_write writes its records first), unless the call only
+ * continues an earlier one (see zt_tls_sock.wexp); then note the write_seq expected
+ * after this syscall. */
+static __always_inline void zt_tls_write_syscall(void *ctx, struct zt_tls_call *c,
+                                                 struct zt_active *a)
+{
+    __u64 sk = a->sk;
+    struct zt_tls_sock *ts = tls_socks.lookup(&sk);
+    if (!ts)
+        return;
+    if (c->busy == 2 && c->kind == ZT_TLS_WRITE && !c->emitted) {
+        int type = zt_tls_record_type(ctx, a);
+        if (type < 20 || type > 22) { /* application data, or a syscall not looked into */
+            c->emitted = 1;
+            int cont = ts->have_wexp && ts->wexp != a->seq;
+            cont |= c->buf > ts->wstart && c->buf < ts->wend && c->buf + c->len == ts->wend;
+            if (!cont) {
+                ts->wstart = c->buf;
+                ts->wend = c->buf + c->len;
+                zt_tls_emit(ts, &c->act, c->ts_enter, c->buf, c->len, ZT_DIR_EGRESS, a->seq);
+            }
+        }
+    }
+    if (a->sys == ZT_SYS_WRITE || a->sys == ZT_SYS_SENDTO) {
+        ts->wexp = a->seq + (__u32)zt_tls_sys_count(ctx);
+        ts->have_wexp = 1;
+    } else {
+        ts->have_wexp = 0; /* writev/sendmsg: not OpenSSL's socket BIO */
+    }
 }
 
 /* The data syscalls' enter (after data.c's program): note the ciphertext's socket and
@@ -240,6 +325,16 @@ int zt_tls_sys_enter(void *ctx)
         return zt_gotls_sys_enter(a); /* a Go TLS socket's ciphertext? */
     int egress = zt_is_egress(a->sys);
     if (c->have_sock != 1) {
+        if (c->busy == 2) {
+            /* a write without a return probe may have ended without a syscall (an
+             * error, nothing to write): its first syscall must be on the socket its SSL
+             * object used, or, unknown, write a TLS record; else the slot is over and
+             * this syscall is not ciphertext of ours */
+            if (c->have_sock == 2 ? c->act.sk != a->sk : !egress || !zt_tls_record_type(ctx, a)) {
+                c->busy = 0;
+                return zt_gotls_sys_enter(a);
+            }
+        }
         /* the first ciphertext syscall of this call names its socket (over what an
          * earlier call of this SSL object said: the address may be reused) */
         __u64 ssl = c->act.addr;
@@ -263,13 +358,14 @@ int zt_tls_sys_enter(void *ctx)
             zt_tls_mark(a); /* before this syscall's ciphertext event (emitted at exit) */
         }
     } else if (c->act.sk != a->sk) {
-        return 0;
+        /* a write's slot outlives its call: another socket's syscall is not its own */
+        return c->busy == 2 ? zt_gotls_sys_enter(a) : 0;
     }
-    if (c->kind == ZT_TLS_READ && !egress && (a->sys == ZT_SYS_READ || a->sys == ZT_SYS_RECVFROM)) {
-        /* read(fd, buf, count) and recvfrom(fd, buf, size, ...): count at +32 */
-        __u64 count = 0;
-        bpf_probe_read_kernel(&count, sizeof(count), (char *)ctx + 32);
-        if (count == ZT_TLS_HDR) {
+    if (egress)
+        zt_tls_write_syscall(ctx, c, a);
+    else if (c->kind == ZT_TLS_READ && (a->sys == ZT_SYS_READ || a->sys == ZT_SYS_RECVFROM)) {
+        /* read(fd, buf, count) and recvfrom(fd, buf, size, ...) */
+        if (zt_tls_sys_count(ctx) == ZT_TLS_HDR) {
             c->seq_hdr = a->seq;
             c->have_hdr = 1;
         }
@@ -287,7 +383,7 @@ int zt_tls_sys_enter(void *ctx)
 static __always_inline int zt_tls_exit(struct pt_regs *ctx)
 {
     struct zt_tls_call *cp = zt_tls_call_get(0);
-    if (!cp || !cp->busy)
+    if (!cp || cp->busy != 1)
         return 0;
     if (cp->depth) {
         cp->depth--;
@@ -329,11 +425,14 @@ static __always_inline int zt_tls_exit(struct pt_regs *ctx)
     return 0;
 }
 
-int zt_ssl_write(struct pt_regs *ctx) { return zt_tls_enter(ctx, ZT_TLS_WRITE, 0); }
-int zt_ssl_write_ex(struct pt_regs *ctx) { return zt_tls_enter(ctx, ZT_TLS_WRITE, 1); }
-int zt_ssl_read(struct pt_regs *ctx) { return zt_tls_enter(ctx, ZT_TLS_READ, 0); }
-int zt_ssl_read_ex(struct pt_regs *ctx) { return zt_tls_enter(ctx, ZT_TLS_READ, 1); }
-int zt_ssl_handshake(struct pt_regs *ctx) { return zt_tls_enter(ctx, ZT_TLS_HANDSHAKE, 0); }
+/* writes: without a return probe (the default); _r: with one (ZEROTRACE_TLS_WRITE_RETURN) */
+int zt_ssl_write(struct pt_regs *ctx) { return zt_tls_enter(ctx, ZT_TLS_WRITE, 0, 0); }
+int zt_ssl_write_ex(struct pt_regs *ctx) { return zt_tls_enter(ctx, ZT_TLS_WRITE, 1, 0); }
+int zt_ssl_write_r(struct pt_regs *ctx) { return zt_tls_enter(ctx, ZT_TLS_WRITE, 0, 1); }
+int zt_ssl_write_ex_r(struct pt_regs *ctx) { return zt_tls_enter(ctx, ZT_TLS_WRITE, 1, 1); }
+int zt_ssl_read(struct pt_regs *ctx) { return zt_tls_enter(ctx, ZT_TLS_READ, 0, 1); }
+int zt_ssl_read_ex(struct pt_regs *ctx) { return zt_tls_enter(ctx, ZT_TLS_READ, 1, 1); }
+int zt_ssl_handshake(struct pt_regs *ctx) { return zt_tls_enter(ctx, ZT_TLS_HANDSHAKE, 0, 1); }
 int zt_ssl_ret(struct pt_regs *ctx) { return zt_tls_exit(ctx); }
 
 /* ---- The exec hook (agent/probes/tls.py ExecHook) ------------------------------------

@@ -41,7 +41,8 @@ log = logging.getLogger(__name__)
 
 SYS_TLS_MARK = 32  # bpf/tls.c ZT_SYS_TLS_MARK
 F_TLS = abi.F_TLS  # bpf/abi.h ZT_F_TLS
-# (symbol, entry program); every one also gets the return program zt_ssl_ret
+# (symbol, entry program); each gets the return program zt_ssl_ret too, but writes
+# (site_programs)
 SSL_SYMBOLS = {
     "SSL_write": "zt_ssl_write",
     "SSL_write_ex": "zt_ssl_write_ex",
@@ -50,6 +51,21 @@ SSL_SYMBOLS = {
     "SSL_do_handshake": "zt_ssl_handshake",
 }
 RETURN_PROGRAM = "zt_ssl_ret"
+# Writes get no return probe (bpf/tls.c ZT_TLS_NORET: the plaintext is emitted at the
+# call's first application-data syscall, a retry or a partial write's rest recognised
+# there): one trap a write instead of two.  "1" here: the return probe as before (the
+# entry programs with the "_r" suffix), for comparison (bench/bench_tls.py).
+WRITE_RETURN_ENV = "ZEROTRACE_TLS_WRITE_RETURN"
+WRITE_PROGRAMS = {"zt_ssl_write", "zt_ssl_write_ex"}
+
+
+def site_programs(entry: str, write_return: bool = False) -> tuple[str, str | None]:
+    """(entry program, return program or None) of a site whose entry program is
+    `entry` in the default design."""
+    if entry in WRITE_PROGRAMS:
+        return (entry + "_r", RETURN_PROGRAM) if write_return else (entry, None)
+    return entry, RETURN_PROGRAM
+
 # the data syscalls OpenSSL's socket BIO uses (and a few more): zt_tls_sys_enter runs
 # after data.c's program on their enter tracepoints
 SYSCALL_TRACEPOINTS = [f"syscalls:sys_enter_{n}" for n in (
@@ -350,6 +366,7 @@ class TlsAttacher:
         # probes on OpenSSL's internal read/write functions when proved (INNER); off:
         # the public symbols (benchmarks compare both)
         self.inner = os.environ.get(INNER_ENV, "1") != "0"
+        self.write_return = os.environ.get(WRITE_RETURN_ENV, "0") == "1"
         if os.environ.get(EXEC_ENV, "1") != "0":
             try:
                 self.exec_hook = ExecHook(self)
@@ -392,6 +409,7 @@ class TlsAttacher:
         try:
             for sym, addr, fn, optional in plan:
                 where = {"sym": sym.encode()} if sym else {"addr": addr}
+                fn, ret_fn = site_programs(fn, self.write_return)
                 try:
                     self.bpf.attach_uprobe(name=name, fn_name=fn.encode(), **where)
                 except Exception:  # bcc raises bare Exception: symbol absent
@@ -399,8 +417,9 @@ class TlsAttacher:
                         continue
                     raise
                 try:
-                    self.bpf.attach_uretprobe(name=name, fn_name=RETURN_PROGRAM.encode(),
-                                              **where)
+                    if ret_fn:
+                        self.bpf.attach_uretprobe(name=name, fn_name=ret_fn.encode(),
+                                                  **where)
                 except Exception:
                     self.bpf.detach_uprobe(name=name, **where)
                     raise
