@@ -33,7 +33,7 @@ import sys
 import time
 import uuid
 
-from agent.probes.tc import TcConfig, TcTracer, has_sendmsg_tracepoint
+from agent.probes.tc import MAX_SAMPLE_SHIFT, TcConfig, TcTracer, has_sendmsg_tracepoint
 
 BPF_PROG_TEST_RUN = 10
 BPF_ENABLE_STATS = 32
@@ -198,15 +198,28 @@ class Drainer:
         self.tc, self.index = tc, HopIndex()
         self.records = 0
         self.cpu_ns = 0
+        self.adaptive = False  # run TcTracer.adapt about once a second, as the agent does
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
+        from agent.net.live import BUSY_DRAIN
+
         t0 = time.thread_time_ns()
+        got = 0
+        next_adapt = time.monotonic() + 1.0
         while not self._stop.is_set():
-            if self.tc.wait(0.05):
-                self.records += self.tc.drain_into(self.index)
+            if self.tc.wait(0.005 if got > BUSY_DRAIN else 0.05):
+                got = self.tc.drain_into(self.index)
+                self.records += got
+            else:
+                got = 0
+            now = time.monotonic()
+            if now >= next_adapt:
+                next_adapt = now + 1.0
+                if self.adaptive:
+                    self.tc.adapt(now)
             self.cpu_ns = time.thread_time_ns() - t0
 
     def snapshot(self) -> tuple[int, int]:
@@ -388,52 +401,82 @@ http {{ access_log off; client_body_temp_path {tmp}/b; proxy_temp_path {tmp}/p;
                                  check=True, capture_output=True, text=True).stdout
             return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
 
-        states = ("untraced", "TC filters only", "marks only", "traced (marks + TC)")
+        # "every message": sampling off (TcConfig.sample_shift 0); "adaptive": the
+        # agent's default, TcTracer.adapt once a second (kept from one such round to the
+        # next, as a running agent would be in steady state)
+        every, adaptive = "traced, every message", "traced, adaptive sampling"
+        states = ("untraced", "TC filters only", "marks only", every, adaptive)
         res: dict[str, list[float]] = {k: [] for k in states}
         tc = TcTracer(TcConfig(interfaces=f"^zb{tag}[ab]h?$", netns=[a, b]))
         drainer = Drainer(tc)
-        agent: list[float] = []  # drainer CPU us per request, traced rounds
+        # per traced state: drainer CPU us per request, records a request, lost
+        agent: dict[str, list[float]] = {every: [], adaptive: []}
+        recs: dict[str, list[float]] = {every: [], adaptive: []}
+        lost: dict[str, int] = {every: 0, adaptive: 0}
+        shifts: list[int] = []
+        shift = 0
         try:
             assert len(tc.hooks) == 4, tc.hooks
             tc.detach_filters()
             tc.set_marking(False)
             for _ in range(rounds):
                 for k in states:
-                    filters, marks = "TC" in k, "marks" in k
+                    traced = k in (every, adaptive)
+                    filters, marks = traced or "TC" in k, traced or "marks" in k
+                    tc.set_sampling(shift if k == adaptive else 0)
+                    tc._adapted = None
+                    drainer.adaptive = k == adaptive
                     if filters:
                         tc.refresh()
                     if marks:
                         tc.set_marking(True)
                     r0, c0 = drainer.snapshot()
+                    l0 = tc.lost()
                     rps = wrk()
                     res[k].append(rps)
                     if filters and marks:
                         time.sleep(0.1)  # the drainer's last poll of the round
                         r1, c1 = drainer.snapshot()
-                        agent.append((c1 - c0) / 1e3 / max(1.0, rps * seconds))
+                        n = max(1.0, rps * seconds)
+                        agent[k].append((c1 - c0) / 1e3 / n)
+                        recs[k].append((r1 - r0) / n)
+                        lost[k] += tc.lost() - l0
+                    if k == adaptive:
+                        shift = tc.sample_shift
+                        shifts.append(shift)
+                    drainer.adaptive = False
                     if filters:
                         tc.detach_filters()
                     if marks:
                         tc.set_marking(False)
-            # one more traced round with run-time stats: where the time goes per request
-            tc.refresh()
-            tc.set_marking(True)
+            # traced rounds with run-time stats: where the time goes per request
             fds = {**mark_fds(tc), **{f"tc {'l3' if l3 else 'eth'} "
                                        f"{'ingress' if d else 'egress'}": fd
                                        for (l3, d), fd in tc._fns.items() if not l3}}
-            with RunStats():
-                before = {k: prog_run(fd) for k, fd in fds.items()}
-                stat_rps = wrk()
-                after = {k: prog_run(fd) for k, fd in fds.items()}
+            stats = []
+            # and 1 in 1 024: almost every mark and packet unsampled (the floor)
+            floor = (f"traced, 1 in {1 << MAX_SAMPLE_SHIFT}", MAX_SAMPLE_SHIFT)
+            for k, sh_ in ((every, 0), (adaptive, shift), floor):
+                tc.set_sampling(sh_)
+                tc.refresh()
+                tc.set_marking(True)
+                with RunStats():
+                    before = {k: prog_run(fd) for k, fd in fds.items()}
+                    stat_rps = wrk()
+                    after = {k: prog_run(fd) for k, fd in fds.items()}
+                stats.append((k, sh_, stat_rps, before, after))
+                tc.detach_filters()
+                tc.set_marking(False)
             time.sleep(0.1)
-            lost = tc.lost()
         finally:
             drainer.close()
             tc.close()
         base = statistics.median(res[states[0]])
         print(f"# wrk -t1 -c8 across a bridge, {body}-byte responses, {seconds} s rounds, "
               f"median of {rounds}; TC on 4 veth ends ({drainer.records} hop records "
-              f"drained and indexed, {lost} lost to a full ring)")
+              f"drained and indexed; lost to a full ring: every message {lost[every]}, "
+              f"adaptive {lost[adaptive]}; adaptive sampling 1 in "
+              f"{', '.join(str(1 << x) for x in shifts)})")
         for k in states:
             m = statistics.median(res[k])
             # each round's state against the same round's untraced run (seconds apart):
@@ -442,10 +485,14 @@ http {{ access_log off; client_body_temp_path {tmp}/b; proxy_temp_path {tmp}/p;
                                                              strict=True))
             print(f"  {k:<22} {m:9.0f} req/s   ratio {m / base:.3f}   paired {paired:.3f}   "
                   f"(rounds {', '.join(f'{v:.0f}' for v in res[k])})")
-        report_runs(f"traced round with stats ({stat_rps:.0f} req/s)", before, after,
-                    "request", int(stat_rps * seconds))
-        print(f"  agent (drain + index hop records): {statistics.median(agent):.2f} us CPU "
-              f"per request (rounds {', '.join(f'{v:.2f}' for v in agent)})")
+        for k, sh_, stat_rps, before, after in stats:
+            report_runs(f"{k} (1 in {1 << sh_}), a round with stats ({stat_rps:.0f} req/s)",
+                        before, after, "request", int(stat_rps * seconds))
+        for k in (every, adaptive):
+            print(f"  {k}: agent (drain + index hop records) "
+                  f"{statistics.median(agent[k]):.2f} us CPU per request, "
+                  f"{statistics.median(recs[k]):.2f} records a request "
+                  f"(rounds {', '.join(f'{v:.2f}' for v in agent[k])})")
     finally:
         if nginx is not None:
             os.killpg(nginx.pid, 9)

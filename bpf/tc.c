@@ -15,6 +15,12 @@
  *    a write mark of the same seq, when both ends are on this node, replaces it;
  *  - marks are taken only for sockets of the netns in `mark_netns`, unless
  *    `mark_all` is set (one agent per kernel: every netns of the node);
+ *  - marks are taken only for sampled messages: 1 in 2^k by a hash of the seq
+ *    (`tc_sample`, k set by the agent to keep the hop records under a budget).  The
+ *    seq is the one thing every end and hook of a message sees, so a writer's mark, a
+ *    reader's mark and every node's agent make the same choice without talking: a
+ *    message has all its hops or none.  Unsampled messages leave no slot, so their
+ *    packets take the classifier's cheap miss path and make no record;
  *  - the TC programs parse IPv4 and IPv6 TCP, look the segment's seq up in `starts`, and for a
  *    hit emit a struct zt_hop into the ring `hops`.  Nothing else reaches user space.
  *
@@ -89,6 +95,22 @@ BPF_ARRAY(tc_self, __u32, 1); /* the agent's tgid: its own writes are not marked
 BPF_PERCPU_ARRAY(tc_lost, __u64, 1);
 BPF_HASH(mark_netns, __u32, __u8, 4096); /* netns inodes whose sockets are marked */
 BPF_ARRAY(mark_all, __u32, 1);           /* 1: every netns (the agent's whole node) */
+/* k: messages are marked 1 in 2^k (k = 0: every one), chosen by zt_sampled */
+BPF_ARRAY(tc_sample, __u32, 1);
+
+/* The message starting at seq is sampled.  The top k bits of a multiplicative hash of
+ * the seq (a different multiplier from zt_slot's, so the sampled seqs still spread over
+ * every slot); one connection's seqs (an arithmetic progression for equal messages)
+ * are spread by it too. */
+static __always_inline int zt_sampled(__u32 seq)
+{
+    int zero = 0;
+    __u32 *k = tc_sample.lookup(&zero);
+    if (!k || *k == 0)
+        return 1;
+    __u32 shift = *k > 31 ? 1 : 32 - *k;
+    return ((seq * 0x85EBCA77u) >> shift) == 0;
+}
 
 static __always_inline int zt_netns_marked(__u32 netns)
 {
@@ -107,12 +129,11 @@ static __always_inline int zt_netns_marked(__u32 netns)
  * cost; bench/bench_tc.py's marks part).  sock.h's field-by-field reads otherwise. */
 #if OFF_SK_DPORT < OFF_SK_NUM && OFF_SK_NUM < OFF_SK_FAMILY && \
     OFF_SK_FAMILY < OFF_SK_NET && OFF_SK_NET + 8 - OFF_SK_DPORT <= 64
-static __always_inline int zt_tcp_sock(__u64 sk, __u16 *lport, __u16 *rport, __u32 *netns)
+static __always_inline int zt_tcp_sock(__u64 sk, __u16 *lport, __u16 *rport, void **netp)
 {
     __u8 b[OFF_SK_NET + 8 - OFF_SK_DPORT];
     __u16 fam = 0, proto = 0, num = 0, dport = 0;
     void *net = 0;
-    __u32 inum = 0;
     if (bpf_probe_read_kernel(b, sizeof(b), (char *)sk + OFF_SK_DPORT) != 0)
         return 0;
     __builtin_memcpy(&fam, b + (OFF_SK_FAMILY - OFF_SK_DPORT), sizeof(fam));
@@ -126,43 +147,67 @@ static __always_inline int zt_tcp_sock(__u64 sk, __u16 *lport, __u16 *rport, __u
     __builtin_memcpy(&net, b + (OFF_SK_NET - OFF_SK_DPORT), sizeof(net));
     if (!net)
         return 0;
-    ZT_READ(inum, net, OFF_NET_NS_INUM);
     *lport = num;
     *rport = __builtin_bswap16(dport);
-    *netns = inum;
+    *netp = net;
     return 1;
 }
+static __always_inline __u32 zt_net_inum(void *net)
+{
+    __u32 inum = 0;
+    ZT_READ(inum, net, OFF_NET_NS_INUM);
+    return inum;
+}
 #else
-static __always_inline int zt_tcp_sock(__u64 sk, __u16 *lport, __u16 *rport, __u32 *netns)
+static __always_inline int zt_tcp_sock(__u64 sk, __u16 *lport, __u16 *rport, void **netp)
 {
     __u8 family = 0, transport = 0;
     if (!zt_sock_basics(sk, &family, &transport, lport, rport))
         return 0;
     if (transport != ZT_IPPROTO_TCP)
         return 0;
-    *netns = zt_sock_netns(sk);
+    *netp = (void *)sk; /* zt_net_inum reads the netns from the socket here */
     return 1;
+}
+static __always_inline __u32 zt_net_inum(void *sk)
+{
+    return zt_sock_netns((__u64)sk);
 }
 #endif
 
-static __always_inline int zt_mark_seq(__u64 sk, __u32 tgid, __u8 role)
+/* Mark the seq a TCP socket writes next (role 0) or expects to read next (role 1).
+ * `tcp`: sk is known to be a TCP socket (tcp_sendmsg_locked): the seq is read first, so
+ * that an unsampled message costs one kernel read. */
+static __always_inline int zt_mark_seq(__u64 sk, __u32 tgid, __u8 role, int tcp)
 {
     __u16 lport = 0, rport = 0;
-    __u32 netns = 0;
-    if (!zt_tcp_sock(sk, &lport, &rport, &netns))
-        return 0;
-    if (!zt_netns_marked(netns))
-        return 0;
+    void *net = 0;
     __u32 seq = 0;
-    if (role == 0) {
+    if (tcp) {
         ZT_READ(seq, sk, OFF_TCP_WRITE_SEQ);
+        if (!zt_sampled(seq))
+            return 0;
+    }
+    if (!zt_tcp_sock(sk, &lport, &rport, &net))
+        return 0;
+    if (role == 0) {
+        if (!tcp) {
+            ZT_READ(seq, sk, OFF_TCP_WRITE_SEQ);
+            if (!zt_sampled(seq))
+                return 0;
+        }
     } else {
         __u32 copied = 0;
         ZT_READ(seq, sk, OFF_TCP_RCV_NXT);
+        if (!zt_sampled(seq))
+            return 0;
         ZT_READ(copied, sk, OFF_TCP_COPIED_SEQ);
         if (copied != seq) /* unread bytes wait: the next arrival continues them */
             return 0;
     }
+    __u32 netns = zt_net_inum(net);
+    if (!zt_netns_marked(netns))
+        return 0;
     struct zt_start *st = zt_slot(seq);
     if (!st)
         return 0;
@@ -186,9 +231,9 @@ static __always_inline int zt_mark_seq(__u64 sk, __u32 tgid, __u8 role)
     return 0;
 }
 
-static __always_inline int zt_mark_sock(__u64 sk, __u32 tgid)
+static __always_inline int zt_mark_sock(__u64 sk, __u32 tgid, int tcp)
 {
-    return zt_mark_seq(sk, tgid, 0);
+    return zt_mark_seq(sk, tgid, 0, tcp);
 }
 
 static __always_inline int zt_not_self(__u32 tgid)
@@ -209,7 +254,7 @@ RAW_TRACEPOINT_PROBE(tcp_sendmsg_locked)
     __u32 tgid = bpf_get_current_pid_tgid() >> 32;
     if (!zt_not_self(tgid))
         return 0;
-    return zt_mark_sock((__u64)ctx->args[0], tgid);
+    return zt_mark_sock((__u64)ctx->args[0], tgid, 1);
 }
 #endif
 
@@ -221,7 +266,7 @@ RAW_TRACEPOINT_PROBE(sock_recv_length)
     int flags = (int)ctx->args[2];
     if (ret <= 0 || (flags & 2 /* MSG_PEEK */))
         return 0;
-    return zt_mark_seq((__u64)ctx->args[0], 0, 1);
+    return zt_mark_seq((__u64)ctx->args[0], 0, 1, 0);
 }
 
 /* A connection established (either end): its first incoming byte is rcv_nxt. */
@@ -229,7 +274,7 @@ RAW_TRACEPOINT_PROBE(inet_sock_set_state)
 {
     if ((int)ctx->args[2] != 1 /* TCP_ESTABLISHED */)
         return 0;
-    return zt_mark_seq((__u64)ctx->args[0], 0, 1);
+    return zt_mark_seq((__u64)ctx->args[0], 0, 1, 0);
 }
 #endif
 
@@ -243,7 +288,7 @@ static __always_inline int zt_mark_write(int fd)
     __u64 sk = zt_fd_to_sock(fd);
     if (!sk)
         return 0;
-    return zt_mark_sock(sk, tgid);
+    return zt_mark_sock(sk, tgid, 0);
 }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_write) { return zt_mark_write(args->fd); }

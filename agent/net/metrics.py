@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from proto.span import SOURCE_NETWORK, Span
 
@@ -61,6 +61,12 @@ class HopMetrics:
             "zerotrace_network_hop_lost",
             "Copies of a message's first packet seen at a hop's first hook, never at "
             "its second", _LABELS, registry=registry)
+        self.sampling = Gauge(
+            "zerotrace_network_hop_sampling_ratio",
+            "Fraction of messages whose hops are recorded (1 in 2^k by a hash of the "
+            "message's TCP seq; lowered under load to keep hop records in budget)",
+            registry=registry)
+        self.sampling.set(1.0)
         self.resets = Counter(
             "zerotrace_network_hop_resets",
             "Hops whose packets carried a TCP RST", _LABELS, registry=registry)

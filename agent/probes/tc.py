@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 TC_C = Path(__file__).resolve().parents[2] / "bpf" / "tc.c"
 RING_PAGES = 256  # BPF_RINGBUF_OUTPUT(hops, 256) in bpf/tc.c
+MAX_SAMPLE_SHIFT = 10  # at most 1 message in 1 024 is marked
 PARENT_INGRESS = "ffff:fff2"
 PARENT_EGRESS = "ffff:fff3"
 FILTER_PRIO = 49152 - 7  # ours, below tc's default priorities, easy to tell apart
@@ -123,6 +124,12 @@ class TcConfig:
     # with sock:sock_recv_length): the receiving end alone then matches the packets of
     # a message written on another node
     read_marks: bool = True
+    # messages marked (and so recorded at every hook): 1 in 2**sample_shift, chosen by
+    # a hash of the message's seq (bpf/tc.c zt_sampled: every end, hook and node agrees);
+    # None: adaptive, the smallest shift that keeps the hop records under
+    # max_records_per_s (TcTracer.adapt, called about once a second by the drainer)
+    sample_shift: int | None = None
+    max_records_per_s: int = 50_000
 
 
 def netns_inode(name: str | None) -> int:
@@ -169,6 +176,9 @@ class TcTracer:
         self._attached: list[_Attached] = []
         self.hooks: dict[tuple[int, int], Hook] = {}  # (netns inode, ifindex) -> hook
         self.wall_offset = wall_offset()  # add to a record's ts: Unix ns
+        self.sample_shift = 0
+        self.drained = 0  # records drained since start (TcTracer.drain_into)
+        self._adapted: tuple[float, int] | None = None  # (when, drained + lost) then
         self._load()
         try:
             self.refresh()
@@ -194,6 +204,7 @@ class TcTracer:
             self._bpf = BPF(src_file=str(TC_C).encode(), cflags=cflags)
             self._bpf[b"tc_self"][ctypes.c_int(0)] = ctypes.c_uint32(os.getpid())
             self._mark_netns()
+            self.set_sampling(self.config.sample_shift or 0)
             for l3 in (False, True):
                 for direction, d in ((0, "egress"), (1, "ingress")):
                     fn = self._bpf.load_func(
@@ -206,6 +217,41 @@ class TcTracer:
         except Exception as e:  # bcc raises bare Exception
             self.close()
             raise TcError(f"the kernel or bcc refused the TC probes: {e}") from e
+
+    def set_sampling(self, shift: int) -> None:
+        """Mark 1 in 2**shift messages from now on (0: every one)."""
+        shift = max(0, min(int(shift), MAX_SAMPLE_SHIFT))
+        self._bpf[b"tc_sample"][ctypes.c_int(0)] = ctypes.c_uint32(shift)
+        self.sample_shift = shift
+
+    def adapt(self, now: float | None = None) -> int:
+        """Adaptive sampling (config.sample_shift None), called about once a second by
+        whoever drains: from the records made since the last call (drained, or lost to
+        a full ring) at the current sampling, the rate of every message's records;
+        the sampling becomes the smallest 1 in 2**k that keeps it under
+        config.max_records_per_s.  It is raised at once, and lowered one step at a
+        time and only when half the budget would still hold (no flapping at the
+        edge).  Returns the shift in force."""
+        import time
+
+        now = time.monotonic() if now is None else now
+        made = self.drained + self.lost()
+        last, self._adapted = self._adapted, (now, made)
+        if self.config.sample_shift is not None or last is None or now <= last[0]:
+            return self.sample_shift
+        full = (made - last[1]) / (now - last[0]) * (1 << self.sample_shift)
+        budget = self.config.max_records_per_s
+        want = 0
+        while want < MAX_SAMPLE_SHIFT and full / (1 << want) > budget:
+            want += 1
+        if want < self.sample_shift:
+            lower = self.sample_shift - 1
+            want = lower if full / (1 << lower) <= budget / 2 else self.sample_shift
+        if want != self.sample_shift:
+            log.info("TC hop sampling 1 in %d (every message's records: %.0f/s, budget %d/s)",
+                     1 << want, full, budget)
+            self.set_sampling(want)
+        return self.sample_shift
 
     def _mark_netns(self) -> None:
         names = self.config.mark_netns
@@ -341,7 +387,9 @@ class TcTracer:
     def drain_into(self, index) -> int:
         """Index the records waiting (agent/net/_hops.HopIndex), compiled, no Python
         object per record; returns how many."""
-        return self._ring.drain_into(index)
+        n = self._ring.drain_into(index)
+        self.drained += n
+        return n
 
     def poll(self, timeout_s: float = 0.05) -> list[HopRecord]:
         """Hop records waiting, decoded (waits up to timeout_s when none are)."""

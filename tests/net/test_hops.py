@@ -31,7 +31,7 @@ DELAY_MS = 5.0
 
 
 def run(delay_ms: float, loss: float, requests: int, seed: int, slow: str = "ab",
-        clients: int = 1, marks: str = "auto") -> dict:
+        clients: int = 1, marks: str = "auto", sample_shift: int | None = None) -> dict:
     """Send `requests` on one connection across the path, traced by a real pipeline with
     the TC probes installed on it (agent/net/live.py); the client spans with the N spans
     of their traces, and the server spans."""
@@ -44,7 +44,8 @@ def run(delay_ms: float, loss: float, requests: int, seed: int, slow: str = "ab"
         traces: list = []
         pipeline.on_trace_obj = traces.append
         names = [p.client.name, p.gateway.name, p.server.name]
-        net = NetHops(TcConfig(interfaces=f"^{p.prefix}", netns=names, marks=marks))
+        net = NetHops(TcConfig(interfaces=f"^{p.prefix}", netns=names, marks=marks,
+                               sample_shift=sample_shift))
         try:
             net.install(pipeline)
             with SocketTracer(ProbeConfig(netns={p.client.inode, p.server.inode})) as st, \
