@@ -280,6 +280,19 @@ static __always_inline int zt_tls_record_type(void *ctx, struct zt_active *a)
     return h[0];
 }
 
+/* Does egress syscall a continue the ciphertext of the socket's last SSL write: at the
+ * write_seq the last one left, or a TLS record header? */
+static __always_inline int zt_tls_write_continues(void *ctx, struct zt_active *a)
+{
+    if (!zt_is_egress(a->sys))
+        return 0;
+    __u64 sk = a->sk;
+    struct zt_tls_sock *ts = tls_socks.lookup(&sk);
+    if (ts && ts->have_wexp && ts->wexp == a->seq)
+        return 1;
+    return zt_tls_record_type(ctx, a) != 0;
+}
+
 /* An egress ciphertext syscall of socket a->sk inside an SSL call (c): emit the
  * plaintext of a write without a return probe at its first application-data record
  * (a handshake run inside SSL_write writes its records first), unless the call only
@@ -360,6 +373,13 @@ int zt_tls_sys_enter(void *ctx)
     } else if (c->act.sk != a->sk) {
         /* a write's slot outlives its call: another socket's syscall is not its own */
         return c->busy == 2 ? zt_gotls_sys_enter(a) : 0;
+    } else if (c->busy == 2 && c->emitted && !zt_tls_write_continues(ctx, a)) {
+        /* after its plaintext, a write's call moves only ciphertext out: the rest of a
+         * partly taken record (at the seq the last one left) or another record.  Else
+         * the call is over and this is not its own: the socket closed and its address
+         * reused by a new connection (slab reuse) must not have its bytes taken. */
+        c->busy = 0;
+        return zt_gotls_sys_enter(a);
     }
     if (egress)
         zt_tls_write_syscall(ctx, c, a);

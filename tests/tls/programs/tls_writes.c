@@ -5,12 +5,15 @@
  * is what they must get right (tests/tls/test_tls_writes.py: every plaintext byte
  * emitted once, at the right seq).
  *
- *   tls_writes PORT CERT KEY retry|partial MSGS SIZE
+ *   tls_writes PORT CERT KEY retry|partial|reuse MSGS SIZE
  *
  * A forked server waits before reading (the client's socket buffers fill), reads
  * MSGS * SIZE bytes, checks them (byte i of message m is (m * 7 + i) & 0xff) and answers
  * "ok".  The client prints "wants=W partials=P bytes=B": W calls returned WANT_WRITE,
- * P returned fewer bytes than offered. */
+ * P returned fewer bytes than offered.
+ * "reuse": as "retry", then the client's last SSL call is a write ("bye"), the socket
+ * is closed without SSL_shutdown and a plain TCP connection made at once (the kernel
+ * most often gives it the closed socket's memory): "plain\n", echoed by the server. */
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -30,7 +33,7 @@ static void fill(unsigned char *buf, int m, int size)
         buf[i] = (unsigned char)((m * 7 + i) & 0xff);
 }
 
-static int serve(int ls, const char *cert, const char *key, int msgs, int size)
+static int serve(int ls, const char *cert, const char *key, int msgs, int size, int reuse)
 {
     SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
     if (SSL_CTX_use_certificate_file(ctx, cert, SSL_FILETYPE_PEM) != 1 ||
@@ -57,6 +60,17 @@ static int serve(int ls, const char *cert, const char *key, int msgs, int size)
     }
     if (SSL_write(s, "ok", 2) != 2)
         return 1;
+    if (reuse) {
+        char bye[3];
+        if (SSL_read(s, bye, 3) != 3)
+            return 1;
+        int p = accept(ls, 0, 0);
+        char line[6];
+        if (p < 0 || read(p, line, 6) != 6 || write(p, line, 6) != 6)
+            return 4;
+        close(p);
+        return 0;
+    }
     SSL_shutdown(s);
     return 0;
 }
@@ -68,6 +82,7 @@ int main(int argc, char **argv)
         return 2;
     }
     int port = atoi(argv[1]), partial = !strcmp(argv[4], "partial");
+    int reuse = !strcmp(argv[4], "reuse");
     int msgs = atoi(argv[5]), size = atoi(argv[6]);
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
@@ -79,7 +94,7 @@ int main(int argc, char **argv)
     }
     pid_t child = fork();
     if (child == 0)
-        _exit(serve(ls, argv[2], argv[3], msgs, size));
+        _exit(serve(ls, argv[2], argv[3], msgs, size, reuse));
     close(ls);
     SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
     int c = socket(AF_INET, SOCK_STREAM, 0), small = 4096;
@@ -129,6 +144,23 @@ int main(int argc, char **argv)
             return 1;
         struct pollfd p = {.fd = c, .events = POLLIN};
         poll(&p, 1, 5000);
+    }
+    if (reuse) {
+        /* the last SSL call a write, then the socket gone and a plain one made */
+        while (SSL_write(s, "bye", 3) != 3) {
+            struct pollfd p = {.fd = c, .events = POLLOUT};
+            poll(&p, 1, 5000);
+        }
+        usleep(100000); /* the server has read "bye" */
+        struct linger l = {.l_onoff = 1, .l_linger = 0}; /* reset: the sock freed now */
+        setsockopt(c, SOL_SOCKET, SO_LINGER, &l, sizeof(l));
+        close(c);
+        int q = socket(AF_INET, SOCK_STREAM, 0);
+        char echo[6];
+        if (connect(q, (struct sockaddr *)&a, sizeof(a)) || write(q, "plain\n", 6) != 6 ||
+            read(q, echo, 6) != 6 || memcmp(echo, "plain\n", 6))
+            return 5;
+        close(q);
     }
     int st = 0;
     waitpid(child, &st, 0);
