@@ -176,15 +176,18 @@ static __always_inline __u32 zt_net_inum(void *sk)
 #endif
 
 /* Mark the seq a TCP socket writes next (role 0) or expects to read next (role 1).
- * `tcp`: sk is known to be a TCP socket (tcp_sendmsg_locked): the seq is read first, so
- * that an unsampled message costs one kernel read. */
+ * The seq is read first, so that an unsampled message costs one kernel read: at
+ * tcp_sendmsg_locked (`tcp`) sk is a TCP socket; a read mark's sk may be any socket,
+ * whose bytes at rcv_nxt's offset are then no seq (a bounded read of kernel memory,
+ * faults caught), and zt_tcp_sock turns it away when that value passes the sample.
+ * The syscall fallback's sk may be any socket too and is checked first, as before. */
 static __always_inline int zt_mark_seq(__u64 sk, __u32 tgid, __u8 role, int tcp)
 {
     __u16 lport = 0, rport = 0;
     void *net = 0;
     __u32 seq = 0;
-    if (tcp) {
-        ZT_READ(seq, sk, OFF_TCP_WRITE_SEQ);
+    if (tcp || role == 1) {
+        ZT_READ(seq, sk, role == 0 ? OFF_TCP_WRITE_SEQ : OFF_TCP_RCV_NXT);
         if (!zt_sampled(seq))
             return 0;
     }
@@ -198,9 +201,6 @@ static __always_inline int zt_mark_seq(__u64 sk, __u32 tgid, __u8 role, int tcp)
         }
     } else {
         __u32 copied = 0;
-        ZT_READ(seq, sk, OFF_TCP_RCV_NXT);
-        if (!zt_sampled(seq))
-            return 0;
         ZT_READ(copied, sk, OFF_TCP_COPIED_SEQ);
         if (copied != seq) /* unread bytes wait: the next arrival continues them */
             return 0;
