@@ -225,7 +225,9 @@ def test_echo_and_buildinfo(srv):
 def test_keep_alive_answers_do_not_wait_for_a_delayed_ack(srv, data):
     """Grafana keeps its connection open: an answer's headers and body leave in two
     writes, and with Nagle's algorithm the body waited for the client's delayed ACK
-    (~40 ms on Linux) on every request.  Twenty trace fetches on one connection."""
+    (~40 ms on Linux) on every request once the client's socket left quick-ACK mode.
+    Twenty trace fetches on one connection: the fastest after the first four shows
+    it (a minimum, not a median: a loaded machine slows some fetches, never all)."""
     import http.client
 
     conn = http.client.HTTPConnection(srv.http, timeout=30)
@@ -238,8 +240,7 @@ def test_keep_alive_answers_do_not_wait_for_a_delayed_ack(srv, data):
         assert r.status == 200 and r.read()
         took.append(time.perf_counter() - t)
     conn.close()
-    took.sort()
-    assert took[len(took) // 2] < 0.030, [round(x * 1000, 1) for x in took]
+    assert min(took[4:]) < 0.030, [round(x * 1000, 1) for x in took]
 
 
 @pytest.mark.parametrize("path", ["/api/traces/{}", "/api/v2/traces/{}"])
