@@ -14,7 +14,7 @@ from dataclasses import fields as _fields
 import logging
 import os
 
-from cpython.object cimport PyObject
+from cpython.object cimport PyObject, PyTypeObject
 from cpython.dict cimport PyDict_Copy, PyDict_GetItem, PyDict_SetItem
 from cpython.unicode cimport PyUnicode_DecodeASCII
 from libc.stdint cimport uint64_t
@@ -24,6 +24,7 @@ from agent.conn._ctx cimport SpanContext, new_context
 from agent.export._slots cimport put_slot as _put
 from agent.export._slots cimport slot_offset
 from agent.probes._events cimport SocketEvent
+from agent.protocols._stream cimport StreamParser
 
 from agent.probes import abi
 from agent.protocols import registry
@@ -36,6 +37,13 @@ log = logging.getLogger("agent.conn.assembler")
 cdef extern from "Python.h":
     object _PyLong_FromByteArray(const unsigned char* b, size_t n, int little_endian,
                                  int is_signed)
+    PyObject** _PyObject_GetDictPtr(object o)
+    # What object.__new__(cls) comes down to for the slots classes below.
+    object _alloc "PyType_GenericAlloc"(PyTypeObject* cls, Py_ssize_t nitems)
+    PyObject* PyType_GenericAlloc(PyTypeObject* cls, Py_ssize_t nitems)
+    ctypedef PyObject* (*allocfunc)(PyTypeObject* cls, Py_ssize_t nitems)
+    ctypedef struct _AllocSlot "PyTypeObject":  # the one type field read here
+        allocfunc tp_alloc
 
 
 # -- objects made per event and per span, without a Python __init__ frame -----------------
@@ -74,8 +82,19 @@ _offsets(Record, ("protocol", "request", "response", "operation", "status", "sta
 cdef Py_ssize_t _MO[7]
 _offsets(Message, ("offset", "size", "start_ns", "end_ns", "tid", "end_tid", "seq"), _MO)
 cdef object _RecordT = Record, _MessageT = Message
-cdef object _new = object.__new__
 cdef object _SpanT = Span, _EndpointT = Endpoint, _ChunkT = Chunk
+# object.__new__(cls) for these comes down to PyType_GenericAlloc (checked here); called
+# directly it spares a Python call (argument tuple, checks) a span and an endpoint.
+for _cls in (_SpanT, _EndpointT, _ChunkT):
+    if (type(_cls).__call__ is not type.__call__ or _cls.__new__ is not object.__new__
+            or (<_AllocSlot*><PyObject*>_cls).tp_alloc != PyType_GenericAlloc):
+        raise ImportError(f"{_cls.__qualname__} is no longer a plain slots class: "
+                          "update agent/conn/_core.pyx")
+
+
+cdef inline object _new(object cls):
+    """object.__new__(cls) for the plain slots classes checked above."""
+    return _alloc(<PyTypeObject*>cls, 0)
 
 
 cdef inline object _get(object o, Py_ssize_t off, str name):
@@ -112,6 +131,54 @@ cdef object _chunk(object d, object data, object size, object offset, object ts,
     _put(c, _CO[5], tid)
     _put(c, _CO[6], seq)
     return c
+
+
+# -- a data event straight into a compiled parser -----------------------------------------
+# A compiled parser's feed(chunk) only unpacks the chunk into StreamParser.feed_raw.
+# Calling feed_raw with the event's fields spares a Chunk, a Python method call and
+# seven attribute reads a data event, unless feed was overridden: by a Python subclass
+# (its type's feed is not StreamParser's) or on the instance (tests replace it).
+cdef object _BASE_FEED = StreamParser.feed
+cdef dict _FEED_DIRECT = {}  # parser type -> its feed is StreamParser's
+
+
+cdef inline bint _direct(object parser) except -1:
+    cdef PyObject* ok
+    cdef PyObject** dp
+    if not isinstance(parser, StreamParser):
+        return False
+    t = type(parser)
+    ok = PyDict_GetItem(_FEED_DIRECT, t)
+    if ok == NULL:
+        if len(_FEED_DIRECT) >= 256:  # a few parser types in practice
+            _FEED_DIRECT.clear()
+        _FEED_DIRECT[t] = getattr(t, "feed", None) is _BASE_FEED
+        ok = PyDict_GetItem(_FEED_DIRECT, t)
+    if <object>ok is not True:
+        return False
+    dp = _PyObject_GetDictPtr(parser)
+    return dp == NULL or dp[0] == NULL or PyDict_GetItem(<object>dp[0], "feed") == NULL
+
+
+cdef object _BASE_REQ_DIR = StreamParser.req_dir
+cdef dict _REQ_DIR_C = {}  # parser type -> its req_dir is StreamParser's property
+
+
+cdef inline bint _base_req_dir(object parser) except -1:
+    """parser's req_dir is StreamParser's (rdir read as C gives the same value); a
+    property is a data descriptor: an instance attribute cannot shadow it."""
+    cdef PyObject* ok
+    if not isinstance(parser, StreamParser):
+        return False
+    t = type(parser)
+    ok = PyDict_GetItem(_REQ_DIR_C, t)
+    if ok == NULL:
+        if len(_REQ_DIR_C) >= 256:
+            _REQ_DIR_C.clear()
+        _REQ_DIR_C[t] = getattr(t, "req_dir", None) is _BASE_REQ_DIR
+        ok = PyDict_GetItem(_REQ_DIR_C, t)
+    return <object>ok is True
+
 
 cdef long long MASK = 0xFFFFFFFF
 cdef long long NOT_MASK = ~MASK
@@ -203,6 +270,19 @@ cdef inline long long _offset(Conn c, int d, long long seq):
     return off
 
 
+cdef object _OrderedDictT = OrderedDict
+
+
+cdef inline object _conn_of(object conns, object sid):
+    """conns.get(sid): a C lookup for the tracker's own OrderedDict (what its get
+    does, without a method lookup and call an event), the method for anything else."""
+    cdef PyObject* v
+    if type(conns) is _OrderedDictT:
+        v = PyDict_GetItem(conns, sid)
+        return <object>v if v != NULL else None
+    return conns.get(sid)
+
+
 cdef class ConnTracker:
     """Fills offset/role/MIDSTREAM of data events; forgets connections on close."""
 
@@ -257,11 +337,11 @@ cdef class ConnTracker:
                     c.has_base[0] = c.has_base[1] = True
                     c.last[0] = c.last[1] = 0
                 return c
-            c = self.conns.get(sid)
+            c = _conn_of(self.conns, sid)
             if c is not None:
                 e.conn_id = c.conn_id
             return None  # close / tcp_close: the caller flushes, then calls closed()
-        c = self.conns.get(sid)
+        c = _conn_of(self.conns, sid)
         if c is None:
             c = self._new(sid)
             c.pid = e.ev.pid
@@ -301,11 +381,11 @@ cdef class ConnTracker:
                     c.has_base[0] = c.has_base[1] = True
                     c.last[0] = c.last[1] = 0
                 return c
-            c = self.conns.get(sid)
+            c = _conn_of(self.conns, sid)
             if c is not None:
                 e.conn_id = c.conn_id
             return None
-        c = self.conns.get(sid)
+        c = _conn_of(self.conns, sid)
         if c is None:
             c = self._new(sid)
             c.pid = e.pid
@@ -719,13 +799,17 @@ cdef class SpanAssembler:
         if s.unknown:
             _inc(self._stats, "unknown_protocol_bytes", ret)
             return
-        chunk = _chunk(d, payload, ret, offset, ts_exit if d == INGRESS else ts_enter, tid, seq)
+        ts = ts_exit if d == INGRESS else ts_enter
         parser = s.parser
         if parser is None:
-            self._infer(s, chunk)
+            self._infer(s, _chunk(d, payload, ret, offset, ts, tid, seq))
             return
         try:
-            records = parser.feed(chunk)
+            if _direct(parser):
+                records = (<StreamParser>parser).feed_raw(d, payload, ret, offset, ts, tid,
+                                                          seq)
+            else:
+                records = parser.feed(_chunk(d, payload, ret, offset, ts, tid, seq))
         except Exception as exc:  # noqa: BLE001 - a parser bug must not stop the agent
             self._parser_failed(s, exc)
             return
@@ -750,6 +834,24 @@ cdef class SpanAssembler:
         """Records of the parser's `call(arg)` (feed or flush); False if it raised."""
         try:
             records = call(arg)
+        except Exception as exc:  # noqa: BLE001 - as in handle()
+            self._parser_failed(s, exc)
+            return False
+        self._records(s, records)
+        return True
+
+    cdef bint _guarded_feed(self, Session s, chunk):
+        """_guarded(s, s.parser.feed, chunk), a compiled parser's feed_raw called as C."""
+        parser = s.parser
+        try:
+            if _direct(parser) and type(chunk) is _ChunkT:  # slots read directly
+                records = (<StreamParser>parser).feed_raw(
+                    _get(chunk, _CO[0], "direction"), _get(chunk, _CO[1], "data"),
+                    _get(chunk, _CO[2], "size"), _get(chunk, _CO[3], "offset"),
+                    _get(chunk, _CO[4], "ts_ns"), _get(chunk, _CO[5], "tid"),
+                    _get(chunk, _CO[6], "seq"))
+            else:
+                records = parser.feed(chunk)
         except Exception as exc:  # noqa: BLE001 - as in handle()
             self._parser_failed(s, exc)
             return False
@@ -784,7 +886,7 @@ cdef class SpanAssembler:
         _inc(self._stats, ck)
         chunks, s.undecided = s.undecided, []
         for c in chunks:
-            if not self._guarded(s, s.parser.feed, c):
+            if not self._guarded_feed(s, c):
                 return
 
     cdef _records(self, Session s, records):
@@ -795,7 +897,13 @@ cdef class SpanAssembler:
             meta = ConnMeta.__new__(ConnMeta)
             meta._init(s.event)
             s.meta = meta
-        role, req_dir = s.role, getattr(s.parser, "req_dir", None)
+        parser = s.parser
+        if _base_req_dir(parser):  # StreamParser.req_dir, read as C
+            rdir = (<StreamParser>parser).rdir
+            req_dir = None if rdir < 0 else rdir
+        else:
+            req_dir = getattr(parser, "req_dir", None)
+        role = s.role
         agent, conn_id, emit = self.agent_name, s.event.conn_id, self.emit
         for r in records:
             ctx = _record_to_span(r, meta, role, req_dir, agent, conn_id)

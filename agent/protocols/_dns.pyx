@@ -356,15 +356,14 @@ cdef class DnsParser(StreamParser):
         return self.tcp_
 
     # -- contract ---------------------------------------------------------------------
-    def feed(self, chunk) -> list:
+    cdef list feed_raw(self, int d, bytes data, long long size, long long off, object ts,
+                       object tid, object seq):
         cdef list out
-        cdef bytes data = chunk.data
         cdef _Info info
-        cdef long long size
         if self.tcp_ is None:
-            self.tcp_ = _looks_tcp(data, chunk.size)
+            self.tcp_ = _looks_tcp(data, size)
         if self.tcp_:
-            return self._feed_chunk(chunk)
+            return StreamParser.feed_raw(self, d, data, size, off, ts, tid, seq)
         # UDP: one message per datagram, no stream to reassemble.
         out = []
         if self.closed:
@@ -373,13 +372,10 @@ cdef class DnsParser(StreamParser):
         if info is None:
             _count("bad_frame")
             return out
-        size = chunk.size
         if size > len(data):
             info.truncated = True
-        ts = chunk.ts_ns
-        tid = chunk.tid
-        msg = new_message(chunk.offset, size, ts, ts, tid, tid, chunk.seq)
-        self._message(chunk.direction, info, msg, out)
+        msg = new_message(off, size, ts, ts, tid, tid, seq)
+        self._message(d, info, msg, out)
         return out
 
     cdef void _flush(self, object reason, list out) except *:

@@ -515,16 +515,15 @@ cdef class Http1Parser(StreamParser):
         return self.side0 if d == 0 else self.side1
 
     # -- contract ---------------------------------------------------------------------
-    def feed(self, chunk) -> list:
+    cdef list feed_raw(self, int d, bytes data, long long size, long long off, object ts,
+                       object tid, object seq):
         # Fast path for the common case: a chunk that starts with a whole head, nothing
         # buffered, and holds exactly one message or the start of one whose body runs
         # on (or past the captured prefix).  Anything else: the general machinery.
-        cdef int d = chunk.direction
         cdef DirStream st
         cdef _Side side
-        cdef bytes data
         cdef Py_ssize_t n, e
-        cdef long long off, size, end
+        cdef long long end
         cdef _Info info
         cdef Pending p
         cdef list out
@@ -532,53 +531,48 @@ cdef class Http1Parser(StreamParser):
             raise IndexError("chunk direction must be 0 or 1")
         st = self._st(d)
         side = self._side(d)
-        data = chunk.data
         n = len(data)
-        off = chunk.offset
         if not (st.has_next and off == st.nxt and not st.buf and not st.skip and st.synced
                 and side.mode == M_HEAD and not self.closed and self.rdir >= 0
                 and not self.uncertain):
-            return self._feed_chunk(chunk)
+            return StreamParser.feed_raw(self, d, data, size, off, ts, tid, seq)
         e = _blank(_view(data), 0, n)
         if e < 0:
-            return self._feed_chunk(chunk)
-        size = chunk.size
-        ts = chunk.ts_ns
-        tid = chunk.tid
+            return StreamParser.feed_raw(self, d, data, size, off, ts, tid, seq)
         pending = self.pending
         if d == self.rdir:
             info = _request_info(data, 0, e + 2)
             if info is None or info.chunked or len(pending) >= MAX_PENDING:
-                return self._feed_chunk(chunk)
+                return StreamParser.feed_raw(self, d, data, size, off, ts, tid, seq)
             end = e + 4 + info.length
             if end < n or (size > n and end < size):
-                return self._feed_chunk(chunk)
-            msg = new_message(off, n, ts, ts, tid, tid, chunk.seq)
+                return StreamParser.feed_raw(self, d, data, size, off, ts, tid, seq)
+            msg = new_message(off, n, ts, ts, tid, tid, seq)
             p = new_pending(msg, info.op, info.attrs, info.th, "")
             pending.append(p)
             if end > n:
                 out = []
                 side.req = p
-                self._start_skip(d, st, side, chunk, msg, end - n, out)
+                self._start_skip(d, st, side, n, size, off, msg, end - n, out)
                 return out
         else:
             if not _starts(_view(data), 0, b"HTTP/1.", 7) or not pending \
                     or (<Pending>pending[0]).msg.start_ns > ts:
-                return self._feed_chunk(chunk)
+                return StreamParser.feed_raw(self, d, data, size, off, ts, tid, seq)
             info = _response_info(data, 0, e + 2, (<Pending>pending[0]).operation)
             if info is None or info.code < 200 or info.code == 101 or info.chunked \
                     or not info.has_length:
-                return self._feed_chunk(chunk)
+                return StreamParser.feed_raw(self, d, data, size, off, ts, tid, seq)
             end = e + 4 + info.length
             if end < n or (size > n and end < size):
-                return self._feed_chunk(chunk)
-            msg = new_message(off, n, ts, ts, tid, tid, chunk.seq)
+                return StreamParser.feed_raw(self, d, data, size, off, ts, tid, seq)
+            msg = new_message(off, n, ts, ts, tid, tid, seq)
             if end > n:
                 out = []
                 side.code = info.code
                 side.rattrs = info.attrs
                 side.rth = info.th
-                self._start_skip(d, st, side, chunk, msg, end - n, out)
+                self._start_skip(d, st, side, n, size, off, msg, end - n, out)
                 return out
             p = <Pending>pending.popleft()
             self._answered_early(p)
@@ -694,12 +688,12 @@ cdef class Http1Parser(StreamParser):
         return self._body(d, st, side, msg, info.has_length, info.length, info.chunked,
                           buf, end, out)
 
-    cdef void _start_skip(self, int d, DirStream st, _Side side, chunk, msg,
-                          long long rest, list out) except *:
-        """The body runs past this chunk's captured bytes: skip the rest by length."""
-        cdef long long n = len(chunk.data)
-        cdef long long size = chunk.size
-        st.nxt = st.base = chunk.offset + n
+    cdef void _start_skip(self, int d, DirStream st, _Side side, long long n,
+                          long long size, long long off, msg, long long rest,
+                          list out) except *:
+        """The body runs past this chunk's n captured bytes (of size, at stream offset
+        off): skip the rest by length."""
+        st.nxt = st.base = off + n
         if st.marks:
             st.marks.clear()
         side.mode = M_WAIT

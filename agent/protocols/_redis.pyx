@@ -279,25 +279,18 @@ cdef class RedisParser(StreamParser):
         return self.f0 if d == 0 else self.f1
 
     # -- contract ---------------------------------------------------------------------
-    def feed(self, chunk) -> list:
+    cdef list feed_raw(self, int d, bytes data, long long size, long long off, object ts,
+                       object tid, object seq):
         # Fast path for the common case (whole frames at the start of a chunk, nothing
         # pending in the stream): no buffering, no resumable scanner.  Whatever follows
         # the last whole frame (a frame cut by the capture, anything unusual) goes
         # through the general machinery.
-        cdef int d = chunk.direction
         cdef DirStream st
-        cdef bytes data
-        cdef long long off, size, used
+        cdef long long used
         cdef list out
         if d != 0 and d != 1:
             raise IndexError("chunk direction must be 0 or 1")
         st = self._st(d)
-        data = chunk.data
-        off = chunk.offset
-        size = chunk.size
-        ts = chunk.ts_ns
-        tid = chunk.tid
-        seq = chunk.seq
         out = []
         if (st.has_next and off == st.nxt and not st.buf and not st.skip and st.synced
                 and not self._frame(d).depth and not self.closed

@@ -67,7 +67,11 @@ cdef class StreamParser:
     cdef void _setup(self, object client_side) except *
 
     # -- plumbing ----------------------------------------------------------------------
-    cdef list _feed_chunk(self, chunk)
+    # feed(chunk) with the chunk's fields as arguments: what `feed` runs, and what the
+    # connection core (agent/conn/_core.pyx) calls per data event without making a Chunk
+    # or a Python call.  Parsers with a fast path override it (and not `feed`).
+    cdef list feed_raw(self, int d, bytes data, long long size, long long off, object ts,
+                       object tid, object seq)
     cdef void _feed(self, int d, bytes data, long long size, long long off, object ts,
                     object tid, object seq, list out) except *
     cdef void _count(self, str reason) except *

@@ -229,7 +229,8 @@ cdef class StreamParser:
 
     # -- contract ----------------------------------------------------------------------
     def feed(self, chunk) -> list:
-        return self._feed_chunk(chunk)
+        return self.feed_raw(chunk.direction, chunk.data, chunk.size, chunk.offset,
+                             chunk.ts_ns, chunk.tid, chunk.seq)
 
     def flush(self, reason) -> list:
         cdef list out = []
@@ -237,13 +238,12 @@ cdef class StreamParser:
         return out
 
     # -- plumbing ----------------------------------------------------------------------
-    cdef list _feed_chunk(self, chunk):
-        cdef int d = chunk.direction
+    cdef list feed_raw(self, int d, bytes data, long long size, long long off, object ts,
+                       object tid, object seq):
         cdef list out = []
         if d != 0 and d != 1:
             raise IndexError("chunk direction must be 0 or 1")
-        self._feed(d, chunk.data, chunk.size, chunk.offset, chunk.ts_ns, chunk.tid,
-                   chunk.seq, out)
+        self._feed(d, data, size, off, ts, tid, seq, out)
         return out
 
     cdef void _feed(self, int d, bytes data, long long size, long long off, object ts,
