@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from . import redact
+from . import _sqltext, redact
 from ._sqltext import operation as _scan
 
 # Possessive: blanks, comments and parentheses before the verb are consumed whole and
@@ -61,11 +61,13 @@ def label(sql: str) -> tuple[str, str, str]:
 _CACHE: dict[tuple[str, bool], tuple[str, str, str, str]] = {}
 
 
-def describe(sql: str, max_len: int = 4096) -> tuple[str, str, str, str]:
+def describe_reference(sql: str, max_len: int = 4096) -> tuple[str, str, str, str]:
     """(redacted text, operation label, verb, table) of a statement.
 
     Statements repeat (prepared statements, ORMs), so results are kept in a bounded
-    cache keyed by the text and the redaction switch.
+    cache keyed by the text and the redaction switch.  `describe` is this, compiled
+    (_sqltext.describe: the same steps on the same cache, without four Python frames a
+    statement); tests/protocols/test_sqltext.py holds them equal.
     """
     key = (sql, redact.REDACT)
     hit = _CACHE.get(key)
@@ -77,3 +79,7 @@ def describe(sql: str, max_len: int = 4096) -> tuple[str, str, str, str]:
                 _CACHE.clear()
             _CACHE[key] = hit
     return hit
+
+
+_sqltext.bind(redact, _CACHE, operation_by_expressions)
+describe = _sqltext.describe

@@ -111,3 +111,37 @@ def test_leading_blanks_and_comments_take_linear_time(text):
 def test_no_verb_is_read_inside_a_comment(text):
     assert sqlinfo.operation(text)[0] == ""
     assert sqlinfo.operation_by_expressions(text)[0] == ""
+
+
+# -- describe: the compiled steps against sqlinfo.describe_reference -----------------------
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_describe_answers_as_the_reference(seed, monkeypatch):
+    texts = _texts(seed, 1500) + _op_texts(seed, 1500) + ["x" * 3000, "SELECT 1 FROM t" * 200]
+    assert sqlinfo.describe is not sqlinfo.describe_reference  # the compiled one is in use
+    for flag in (True, False):
+        monkeypatch.setattr(redact, "REDACT", flag)
+        for max_len in (4096, 10):
+            for text in texts:
+                sqlinfo._CACHE.clear()
+                want = sqlinfo.describe_reference(text, max_len)
+                cached = dict(sqlinfo._CACHE)
+                sqlinfo._CACHE.clear()
+                got = sqlinfo.describe(text, max_len)
+                assert got == want, (flag, max_len, text)
+                assert sqlinfo._CACHE == cached  # same key, same bound (texts over 2 KiB)
+                # a hit answers from the cache, whichever filled it
+                assert sqlinfo.describe(text, max_len) == want
+    assert redact.REDACT is False  # still patched: the switch is read at every call
+
+
+def test_describe_reads_the_switch_and_bounds_its_cache(monkeypatch):
+    sqlinfo._CACHE.clear()
+    card = "SELECT * FROM pay WHERE card = '4111 1111 1111 1111'"
+    assert sqlinfo.describe(card) == ("SELECT * FROM pay WHERE card = '?'", "SELECT pay",
+                                      "SELECT", "pay")
+    monkeypatch.setattr(redact, "REDACT", False)
+    assert sqlinfo.describe(card)[0] == card  # not the cached redacted text
+    for i in range(1100):
+        sqlinfo.describe(f"SELECT {i} FROM t")
+    assert len(sqlinfo._CACHE) <= 1024
