@@ -863,11 +863,22 @@ cdef class SpanAssembler:
             self._guarded(s, s.parser.flush, reason)
 
     cdef _infer(self, Session s, chunk):
+        cdef SocketEvent se
         s.undecided.append(chunk)
-        s.undecided_bytes += len(chunk.data)
+        # chunk is _chunk's (slots read directly); the event's fields from its struct
+        data = _get(chunk, _CO[1], "data") if type(chunk) is _ChunkT else chunk.data
+        s.undecided_bytes += len(data)
         e = s.event
-        transport = "udp" if e.transport == UDP else "tcp"
-        proto = registry.infer(chunk.data, chunk.direction, e.lport, e.rport, transport)
+        if type(e) is SocketEvent:
+            se = <SocketEvent>e
+            transport = "udp" if se.ev.transport == UDP else "tcp"
+            lport, rport = se.ev.lport, se.ev.rport
+        else:
+            transport = "udp" if e.transport == UDP else "tcp"
+            lport, rport = e.lport, e.rport
+        direction = _get(chunk, _CO[0], "direction") if type(chunk) is _ChunkT \
+            else chunk.direction
+        proto = registry.infer(data, direction, lport, rport, transport)
         if proto is None:
             if (len(s.undecided) >= C_INFER_MAX_CHUNKS
                     or s.undecided_bytes >= C_INFER_MAX_BYTES):
