@@ -143,6 +143,9 @@ def report(top: int, when: str, pipeline=None) -> None:
         print(f"zerotrace-mem: {when}: held: {len(st.items)} spans being stitched, "
               f"{len(st.emitted)} emitted kept for late joiners, "
               f"{len(pipeline.assembler.sessions)} sessions", file=sys.stderr)
+        held = getattr(st, "held", None)  # the compiled stitcher's indexes and histories
+        if held is not None:
+            print(f"zerotrace-mem: {when}: stitcher holds {held()}", file=sys.stderr)
     if when == "asked":
         # cyclic garbage waiting for a full collection (the agent's GC runs gen 2 rarely)
         t0 = time.perf_counter()

@@ -110,12 +110,17 @@ cdef class TraceAssembler:
                 sp = m.span
                 _sput(sp, _S_TRACE, "trace_id", tid)
                 _sput(sp, _S_PARENT, "parent_span_id",
-                      _sget(m.parent.span, _S_SPAN_ID, "span_id") if m.parent is not None
-                      else "")
+                      _span_id(m.parent) if m.parent is not None else "")
                 spans.append(sp)
             emitted = True
             _inc(stats, "traces")
-            emit(_new_trace(tid, spans, root.span))
+            rs = root.span  # a root emitted before has let its span go: its ids
+            emit(_new_trace(tid, spans, rs if rs is not None else SpanRef(root.sid, tid)))
+            # after emit: what the pipeline changed on the spans (enrichment's scrub of a
+            # pod switched off) is what a late joiner's payload tokens see, as in the
+            # reference, which reads the span when asked
+            for m in members:
+                _let_go(m)
         if emitted:
             self.emitted.extend([it for it in self.items if it.emitted])
             self.items = [it for it in self.items if not it.emitted]

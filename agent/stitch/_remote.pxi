@@ -64,13 +64,13 @@ cdef class RemoteLinker:
                     cands.append(c)
             resp_seq = s.resp_seq
             if resp_seq is not None:
-                cands = [c for c in cands if c.span.resp_seq is None
-                         or c.span.resp_seq == resp_seq]
-            strong = [c for c in cands if c.span.resp_seq is not None and resp_seq is not None]
+                cands = [c for c in cands if _resp_seq(c) is None
+                         or _resp_seq(c) == resp_seq]
+            strong = [c for c in cands if _resp_seq(c) is not None and resp_seq is not None]
             if len(strong) == 1:
                 cands = strong
             elif not strong:
-                cands = [c for c in cands if _mirror(c.span, s)]
+                cands = [c for c in cands if _mirrors(c, s)]
         elif transport == "udp":
             cands = [c for c in self.udp_clients.get(_udp_key(s), ())
                      if c.start_ns <= item.start_ns + 50 * _MS
@@ -106,6 +106,20 @@ cdef class RemoteLinker:
                 _drop_gone(self.client_by_seq, it.seq_key)
             if it.udp_key is not None:
                 _drop_gone(self.udp_clients, it.udp_key)
+
+
+cdef inline object _resp_seq(Item c):
+    """The client span's response sequence number (kept when it let its span go)."""
+    return c.rseq if c.span is None else c.span.resp_seq
+
+
+cdef bint _mirrors(Item c, s) except -1:
+    """Client c's tuple is server span s's, mirrored (stitcher.py's _mirror)."""
+    if c.span is not None:
+        return _mirror(c.span, s)
+    loc, rem = c.loc, c.rem
+    return (loc.addr, loc.port, rem.addr, rem.port) == (
+        s.remote.addr, s.remote.port, s.local.addr, s.local.port)
 
 
 cdef inline void _drop_gone(dict index, k) except *:

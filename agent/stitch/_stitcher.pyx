@@ -87,6 +87,9 @@ _S_PID, _S_START, _S_END = _slot("pid"), _slot("start_ns"), _slot("end_ns")
 _S_KIND, _S_PROCESS = _slot("kind"), _slot("process")
 cdef Py_ssize_t _S_TRACE = _slot("trace_id"), _S_PARENT = _slot("parent_span_id")
 cdef Py_ssize_t _S_SPAN_ID = _slot("span_id")
+cdef Py_ssize_t _S_OPERATION = _slot("operation"), _S_ATTRIBUTES = _slot("attributes")
+cdef Py_ssize_t _S_RESP_SEQ = _slot("resp_seq")
+cdef Py_ssize_t _S_LOCAL = _slot("local"), _S_REMOTE = _slot("remote")
 
 
 cdef inline void _sput(object s, Py_ssize_t off, str name, object v) except *:
@@ -138,10 +141,10 @@ ctypedef pair[int64_t, int64_t] TKey  # (pid, tid)
 
 
 cdef struct TEv:  # a data event on a thread: (ts, direction, conn_id, offset, role)
-    int64_t ts
-    int d
+    int64_t ts  # the fields in an order that packs them in 32 bytes (60 s of them held)
     uint64_t conn
     uint64_t off
+    int d
     int role
 
 
@@ -260,6 +263,12 @@ cdef class Item:
     cdef uint64_t _ep, _gep
     cdef Item _root
     cdef list _group
+    # Once emitted, the item lets its span (and context) go and keeps only what a late
+    # joiner's decision reads (_let_go): the span's id, the texts of a server span's
+    # payload tokens, for client spans indexed by sequence number their response's
+    # and their tuple (issue 13: ~1.6 KB a span held 5.5 s, mostly attribute dicts)
+    cdef str sid
+    cdef object rseq, loc, rem, tsrc
 
     def __init__(self, ctx) -> None:
         self._init(ctx)
@@ -370,6 +379,98 @@ cpdef frozenset span_tokens(s):
                 return evidence.tokens(s)
             _scan_tokens(<str>v, out)
     return frozenset(out)
+
+
+# -- emitted spans kept for late joiners, without their span -----------------------------
+cdef class SpanRef:
+    """Trace.root when the trace's root went out earlier (spans joining a trace already
+    emitted) and its item has let its span go: the root's span and trace ids."""
+
+    cdef readonly str span_id, trace_id
+
+    def __init__(self, str span_id, str trace_id) -> None:
+        self.span_id = span_id
+        self.trace_id = trace_id
+
+    def __repr__(self) -> str:
+        return f"SpanRef(span_id={self.span_id!r}, trace_id={self.trace_id!r})"
+
+
+cdef object _token_source(s):
+    """The texts span_tokens(s) reads (the operation, then the _FIELDS attributes that
+    are text), or the tokens themselves when one is not plain str (the reference's)."""
+    cdef PyObject* pv
+    op = _sget(s, _S_OPERATION, "operation")
+    if type(op) is not str:
+        return evidence.tokens(s)
+    cdef list out = None
+    attrs = _sget(s, _S_ATTRIBUTES, "attributes")
+    for k in _FIELDS:
+        if type(attrs) is dict:  # no method call a field
+            pv = PyDict_GetItem(attrs, k)
+            if pv == NULL:
+                continue
+            v = <object>pv
+        else:
+            v = attrs.get(k)
+        if isinstance(v, str):
+            if type(v) is not str:
+                return evidence.tokens(s)
+            if out is None:
+                out = [op, v]
+            else:
+                out.append(v)
+    return (op,) if out is None else tuple(out)
+
+
+cdef object _item_tokens(Item x):
+    """x's payload tokens (span_tokens of its span), computed once, from the texts kept
+    when the item let its span go; None for an item that let its span go without them
+    (a client span: never a parent candidate, see _let_go), which makes _by_token pick
+    nothing rather than guess."""
+    cdef set out
+    tk = x.tokens
+    if tk is None:
+        if x.span is not None:
+            tk = span_tokens(x.span)
+        elif type(x.tsrc) is tuple:
+            out = set()
+            for t in <tuple>x.tsrc:
+                _scan_tokens(<str>t, out)
+            tk = frozenset(out)
+        else:
+            tk = x.tsrc  # computed when the span was let go (not plain text), or None
+        x.tokens = tk
+        x.tsrc = None
+    return tk
+
+
+cdef inline str _span_id(Item it):
+    return it.sid if it.span is None else _sget(it.span, _S_SPAN_ID, "span_id")
+
+
+cdef void _let_go(Item it) except *:
+    """An emitted item keeps what a late joiner's decision reads of its span, and lets
+    the span and its context go (the exporter has them; 5.5 s of whole spans was most of
+    the agent's memory under load).  Items whose links are not both decided (emitted
+    by close) keep their span."""
+    s = it.span
+    if s is None or not (it.thread_done and it.remote_done):
+        return
+    it.sid = _sget(s, _S_SPAN_ID, "span_id")
+    if it.server:
+        # A late joiner's thread decision may weigh a server span's payload tokens
+        # (every parent candidate is a server span: a client's parent is one too): the
+        # texts they come from are kept, and scanned only if asked (rarely: scanning
+        # every span here cost ~3k instructions a span)
+        if it.tokens is None:
+            it.tsrc = _token_source(s)
+    elif it.seq_key is not None:  # a server span's remote decision reads these
+        it.rseq = _sget(s, _S_RESP_SEQ, "resp_seq")
+        it.loc = _sget(s, _S_LOCAL, "local")
+        it.rem = _sget(s, _S_REMOTE, "remote")
+    it.span = None
+    it.ctx = None
 
 
 include "_remote.pxi"
@@ -1080,16 +1181,15 @@ cdef class Stitcher:
         if child is None:
             return None
         ci = <Item>child
-        ct = ci.tokens  # a span's tokens do not change: cached on its item, as candidates'
-        if ct is None:
-            ct = ci.tokens = span_tokens(ci.span)
+        # a span's tokens do not change: cached on its item, as candidates'
+        ct = _item_tokens(ci)
         if not ct:
             return None
         sets = []
         for x in candidates:
-            tk = x.tokens
+            tk = _item_tokens(x)
             if tk is None:
-                tk = x.tokens = span_tokens(x.span)
+                return None  # tokens not kept (not expected: see _item_tokens)
             sets.append(tk)
         i = evidence.pick_by_token_sets(ct, sets)
         return None if i is None else candidates[i]
@@ -1317,6 +1417,37 @@ cdef class Stitcher:
 
     def close(self) -> None:
         self.tick(final=True)
+
+    def held(self) -> dict:
+        """What the stitcher holds (diagnosis of its memory, issue 13): entries, and the
+        bytes reserved by its C++ histories (vector capacity; map nodes not counted)."""
+        cdef size_t n_t = 0, c_t = 0, n_c = 0, c_c = 0, n_r = 0, c_r = 0, n_s = 0
+        cdef size_t c_s = 0, n_i = 0
+        for tv in self.threads:
+            n_t += tv.second.size()
+            c_t += tv.second.capacity()
+        for cv in self.conn_events:
+            n_c += cv.second.size()
+            c_c += cv.second.capacity()
+        for rv in self.ranges:
+            n_r += rv.second.size()
+            c_r += rv.second.capacity()
+        for sv in self.thread_servers:
+            n_s += sv.second.size()
+            c_s += sv.second.capacity()
+        for iv in self.inflight:
+            n_i += iv.second.size()
+        return {"items": len(self.assembly.items), "emitted": len(self.assembly.emitted),
+                "threads": self.threads.size(), "thread_events": n_t,
+                "thread_events_bytes": c_t * sizeof(TEv),
+                "conn_events": n_c, "conn_events_bytes": c_c * sizeof(CEv),
+                "ranges": n_r, "ranges_bytes": c_r * sizeof(REnt),
+                "thread_servers": n_s, "thread_servers_bytes": c_s * sizeof(SEnt),
+                "inflight": n_i, "write_ctx": len(self._write_ctx),
+                "by_header": len(self.by_header),
+                "client_by_seq": len(self.remote.client_by_seq),
+                "pending_thread": len(self.pending_thread),
+                "pending_remote": len(self.remote.pending)}
 
     def process_report(self) -> list:
         """Per process: runtime mode, links made and refused by reason."""

@@ -1,0 +1,151 @@
+"""The compiled stitcher lets an emitted span go (issue 13: memory under load) and still
+decides late joiners exactly as the Python reference, which keeps whole spans.
+
+An emitted span stays in the stitcher ~5.5 s (max_wait + quiet) for spans that join
+its trace late; the compiled stitcher keeps only what those decisions read (its span
+id, a client's response sequence number and tuple, the texts of its payload tokens).
+These cases put a late joiner's decision on emitted spans for each of those reads, and
+check both stitchers decide alike (tests/stitch/equivalence.py) and the right way."""
+
+from __future__ import annotations
+
+import gc
+import itertools
+
+from agent.conn.spans import SpanContext
+from agent.probes import abi
+from agent.stitch import _stitcher
+from agent.stitch.runtime import MODE_THREADS
+from proto.span import KIND_CLIENT, KIND_SERVER, Endpoint, Span
+from tests.stitch.equivalence import compare
+
+MS = 10**6
+T0 = 1_700_000_000 * 10**9
+_conn = itertools.count(1000)
+
+
+class Ev:
+    """The fields of SocketEvent the stitcher reads."""
+
+    def __init__(self, pid, tid, conn_id, direction, ts, role):
+        self.pid, self.tid, self.conn_id, self.direction, self.offset = (
+            pid, tid, conn_id, direction, 0)
+        self.role, self.flags, self.type = role, 0, abi.EV_DATA
+        self.ts_enter = self.ts_exit = ts
+
+
+class Threads:
+    def mode(self, pid: int) -> str:
+        return MODE_THREADS
+
+
+def server(calls, pid, tid, t_in, t_out, op, seq=None, resp_seq=None, conn=None,
+           query=None):
+    conn = conn or next(_conn)
+    calls.append(("observe", Ev(pid, tid, conn, abi.DIR_INGRESS, t_in, abi.ROLE_SERVER)))
+    calls.append(("observe", Ev(pid, tid, conn, abi.DIR_EGRESS, t_out, abi.ROLE_SERVER)))
+    s = Span(kind=KIND_SERVER, pid=pid, tid=tid, process=f"p{pid}", operation=op,
+             protocol="http", transport="tcp", start_ns=t_in, end_ns=t_out,
+             req_seq=seq, resp_seq=resp_seq, req_offset=0, req_bytes=10, resp_offset=0,
+             resp_bytes=10, local=Endpoint("10.0.0.2", 80),
+             remote=Endpoint("10.0.0.1", 5000 + conn % 1000))
+    if query is not None:
+        s.attributes["db.query.text"] = query
+    return SpanContext(s, conn, tid, t_in, tid, t_out, True)
+
+
+def client(calls, pid, tid, t_out, t_in, op, seq=None, resp_seq=None, conn=None,
+           local=None, remote=None):
+    conn = conn or next(_conn)
+    calls.append(("observe", Ev(pid, tid, conn, abi.DIR_EGRESS, t_out, abi.ROLE_CLIENT)))
+    calls.append(("observe", Ev(pid, tid, conn, abi.DIR_INGRESS, t_in, abi.ROLE_CLIENT)))
+    s = Span(kind=KIND_CLIENT, pid=pid, tid=tid, process=f"p{pid}", operation=op,
+             protocol="http", transport="tcp", start_ns=t_out, end_ns=t_in,
+             req_seq=seq, resp_seq=resp_seq, req_offset=0, req_bytes=10, resp_offset=0,
+             resp_bytes=10, local=local or Endpoint("10.0.0.1", 5000 + conn % 1000),
+             remote=remote or Endpoint("10.0.0.2", 80))
+    return SpanContext(s, conn, tid, t_in, tid, t_out, True)
+
+
+def parents(outcome: dict, ctxs: list) -> dict:
+    """operation -> operation of its parent (None: a root)."""
+    by_id = {c.span.span_id: c.span.operation for c in ctxs}
+    return {by_id[sid]: by_id.get(pid) for sid, pid in outcome["parents"].items()}
+
+
+def both(calls: list) -> dict:
+    py, cy = compare(calls, classifier=Threads())
+    for k in py:
+        assert py[k] == cy[k], f"{k} differs: {py[k]} != {cy[k]}"
+    return cy
+
+
+def test_server_span_joins_a_client_span_emitted_before_it_by_both_sequence_numbers():
+    calls: list = []
+    c = client(calls, 1, 11, T0, T0 + 5 * MS, "GET /a", seq=100, resp_seq=200)
+    calls += [("add", c), ("tick", T0 + 2000 * MS)]  # the client's trace goes out
+    s = server(calls, 2, 21, T0 + 1 * MS, T0 + 4 * MS, "GET /a (server)", seq=100,
+               resp_seq=200)
+    calls += [("add", s), ("tick", T0 + 3000 * MS), ("close",)]
+    out = both(calls)
+    assert parents(out, [c, s]) == {"GET /a": None, "GET /a (server)": "GET /a"}
+    assert out["stats"]["linked_remote"] == 1 and out["stats"]["traces"] == 2
+    # the late joiner's trace is the client's, its root the emitted client span
+    assert out["traces"][s.span.span_id] == (s.span.span_id,)
+    assert (c.span.span_id, 1) in out["root"]
+
+
+def test_server_span_picks_the_emitted_client_whose_tuple_mirrors_its_own():
+    calls: list = []
+    # two clients sent a request with the same sequence number (two hosts); only the
+    # first one's tuple mirrors the server's; no response sequence number is known
+    c1 = client(calls, 1, 11, T0, T0 + 5 * MS, "c1", seq=300,
+                local=Endpoint("10.0.0.1", 4001), remote=Endpoint("10.0.0.2", 80))
+    c2 = client(calls, 3, 31, T0, T0 + 5 * MS, "c2", seq=300,
+                local=Endpoint("10.0.0.9", 4001), remote=Endpoint("10.0.0.2", 80))
+    calls += [("add", c1), ("add", c2), ("tick", T0 + 2000 * MS)]
+    s = server(calls, 2, 21, T0 + 1 * MS, T0 + 4 * MS, "s", seq=300)
+    s.span.local, s.span.remote = Endpoint("10.0.0.2", 80), Endpoint("10.0.0.1", 4001)
+    calls += [("add", s), ("close",)]
+    out = both(calls)
+    assert parents(out, [c1, c2, s])["s"] == "c1"
+
+
+def test_client_span_picks_its_emitted_parent_by_a_payload_token():
+    calls: list = []
+    # an event loop (one thread) reads two requests, writes a call, answers both; the
+    # call's answer comes 3 s later, after both requests' traces went out
+    s1 = server(calls, 1, 11, T0, T0 + 20 * MS, "GET /users/user0001a")
+    s2 = server(calls, 1, 11, T0 + 1 * MS, T0 + 21 * MS, "GET /orders/order0002b",
+                query="SELECT * FROM orders WHERE id = 'order0002b'")
+    calls.sort(key=lambda c: c[1].ts_exit)  # the thread's moments in time order
+    calls += [("add", s1), ("add", s2), ("tick", T0 + 1000 * MS)]
+    c = client(calls, 1, 11, T0 + 2 * MS, T0 + 3000 * MS, "GET /cart/order0002b")
+    calls += [("tick", T0 + 2000 * MS), ("add", c), ("tick", T0 + 4000 * MS), ("close",)]
+    out = both(calls)
+    assert out["stats"]["traces"] >= 2
+    assert parents(out, [s1, s2, c])["GET /cart/order0002b"] == "GET /orders/order0002b"
+
+
+def test_emitted_spans_are_let_go():
+    traces: list = []
+    st = _stitcher.Stitcher(traces.append, classifier=Threads())
+    calls: list = []
+    ctxs = [client(calls, 1, 11, T0 + i * MS, T0 + i * MS + MS // 2, f"op{i}", seq=i + 1,
+                   resp_seq=i + 2) for i in range(50)]
+    for c in calls:
+        st.observe(c[1])
+    ids = set()
+    for c in ctxs:
+        ids.add(c.span.span_id)
+        st.add(c)
+    del ctxs, calls, c
+    st.tick(T0 + 2000 * MS)
+    assert sum(len(t.spans) for t in traces) == 50 and len(st.emitted) == 50
+    held = st.held()
+    assert held["emitted"] == 50 and held["client_by_seq"] == 50
+    assert all(it.span is None and it.ctx is None for it in st.emitted)
+    traces.clear()
+    gc.collect()
+    alive = [o for o in gc.get_objects() if type(o) is Span and o.span_id in ids]
+    assert alive == [], f"{len(alive)} emitted spans still held"
