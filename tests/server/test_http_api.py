@@ -226,21 +226,29 @@ def test_keep_alive_answers_do_not_wait_for_a_delayed_ack(srv, data):
     """Grafana keeps its connection open: an answer's headers and body leave in two
     writes, and with Nagle's algorithm the body waited for the client's delayed ACK
     (~40 ms on Linux) on every request once the client's socket left quick-ACK mode.
-    Twenty trace fetches on one connection: the fastest after the first four shows
-    it (a minimum, not a median: a loaded machine slows some fetches, never all)."""
+    So a fetch on a kept connection must cost what one on a new connection costs (a new
+    socket is in quick-ACK mode: no wait there either way), not 40 ms more.  Relative,
+    and the fastest of each kind: the server's own time varies with the machine's load."""
     import http.client
 
-    conn = http.client.HTTPConnection(srv.http, timeout=30)
-    took = []
-    for _ in range(20):
+    def fetch(conn: http.client.HTTPConnection) -> float:
         t = time.perf_counter()
         conn.request("GET", f"/api/traces/{data.ta}",
                      headers={"Accept": "application/protobuf"})
         r = conn.getresponse()
         assert r.status == 200 and r.read()
-        took.append(time.perf_counter() - t)
-    conn.close()
-    assert min(took[4:]) < 0.030, [round(x * 1000, 1) for x in took]
+        return time.perf_counter() - t
+
+    kept_conn = http.client.HTTPConnection(srv.http, timeout=30)
+    kept = [fetch(kept_conn) for _ in range(20)][4:]
+    kept_conn.close()
+    fresh = []
+    for _ in range(8):
+        c = http.client.HTTPConnection(srv.http, timeout=30)
+        fresh.append(fetch(c))
+        c.close()
+    assert min(kept) < min(fresh) + 0.020, (
+        [round(x * 1000, 1) for x in kept], [round(x * 1000, 1) for x in fresh])
 
 
 @pytest.mark.parametrize("path", ["/api/traces/{}", "/api/v2/traces/{}"])

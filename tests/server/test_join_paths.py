@@ -131,7 +131,9 @@ def store(chdb_root):
     st.drop()
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
+# seed 1: A first; seed 2: fragments in two batches; each a random order (a third
+# random order cost 15-27 s of CI and tested no other case)
+@pytest.mark.parametrize("seed", [1, 2])
 def test_store_join_path_equals_the_reference_in_any_arrival_order(store, seed):
     frags = _fragments(seed)
     order = list(frags)
