@@ -43,11 +43,23 @@
                                (server) whose seq/offset are the bases of the kept exchange */
 #define ZT_F_NOCAPTURE 64   /* payload capture switched off for the record's cgroup (maps.h
                                zt_capture_off): header only, no payload byte */
-#define ZT_F_SHED 128       /* a marker of a server exchange left out by sampling (data.c
-                               zt_shed_mark), header only: ingress where its request read
-                               begins, egress at its answer.  No bytes of the exchange: the
-                               agent makes no span of it; the stitcher counts that request
-                               as open on the thread, of unknown context */
+#define ZT_F_SHED_STAMP 128 /* data records while sampling is on (zt_config.shed_mode):
+                               `offset` holds the thread's shed counters at the syscall's
+                               entry (ZT_STAMP_*, data.c zt_shed_turn), from which the
+                               stitcher knows where on the thread a server exchange left
+                               out by sampling was read and answered, with no record of
+                               its own */
+
+/* A shed stamp (ZT_F_SHED_STAMP), per thread (per goroutine where the agent keys by
+ * goroutine): turns to the request direction of shed server exchanges begun on it (mod
+ * 2^24), turns to their answer begun on it (mod 2^24), requests it read that are not
+ * answered yet (whatever thread answers them; saturating), and whether its last such
+ * turn was a request read. */
+#define ZT_STAMP_READS(s) ((s) & 0xffffff)
+#define ZT_STAMP_ANSWERS_SHIFT 24
+#define ZT_STAMP_OPEN_SHIFT 48
+#define ZT_STAMP_OPEN_MAX 0x7fff
+#define ZT_STAMP_LAST_READ (1ULL << 63)
 
 /* drop counter slots (per-CPU array "drops") */
 #define ZT_DROP_RINGBUF_FULL 0
@@ -86,8 +98,9 @@ struct zt_event {
     __u64 ts_exit;   /* ... at syscall exit */
     __u64 cgroup_id;
     __u64 sock_id;   /* kernel address of struct sock: the connection while it lives */
-    __u64 offset;    /* data: 0 (the agent derives stream offsets from seq);
-                        connect/accept of TCP: the ingress base seq (copied_seq) */
+    __u64 offset;    /* data: 0, or a shed stamp (ZT_F_SHED_STAMP); the agent derives
+                        stream offsets from seq.  connect/accept of TCP: the ingress
+                        base seq (copied_seq) */
     __s64 ret;       /* syscall return: bytes moved (data), fd (accept), 0/-errno (connect) */
     __u64 goid;      /* Go goroutine running on the thread (Go processes the agent tracks), else 0 */
     __u32 pid;       /* tgid */

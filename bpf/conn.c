@@ -119,6 +119,8 @@ TRACEPOINT_PROBE(syscalls, sys_enter_close)
     if (!zt_last_reference(file))
         return 0; /* another fd or process still holds the socket */
     struct zt_sockstate *st = socks.lookup(&sk);
+    if (st)
+        zt_shed_answered(st); /* a shed request never answered: no longer open */
     if (st && st->role == ZT_ROLE_UNKNOWN)
         socks.delete(&sk); /* a sampling entry (data.c): no TCP close record needs it */
     if (cfg->skip_hints)
@@ -152,6 +154,7 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
         if (!st)
             return 0;
         __u8 role = st->role;
+        zt_shed_answered(st);
         socks.delete(&sk);
         if (role == ZT_ROLE_UNKNOWN)
             return 0; /* a sampling entry (data.c), not a connection the agent was told of */

@@ -55,6 +55,8 @@ struct zt_active {
     __u8 family;
     __u8 transport;
     __u8 busy; /* entered and not yet exited */
+    __u8 stamped; /* stamp holds the thread's shed counters at entry (ZT_F_SHED_STAMP) */
+    __u64 stamp;
 };
 
 /* Per socket, in map socks.  Connections whose start (connect/accept) the agent was
@@ -64,6 +66,13 @@ struct zt_active {
  * the response direction, and is kept or shed whole.  Sockets of unknown role (first
  * seen mid-way, UDP) get an entry when first seen while sampling: kept or shed whole. */
 
+/* A thread as the agent keys its history: by goroutine in Go processes it tracks. */
+struct zt_thread_key {
+    __u32 pid;
+    __u32 tid;  /* 0 when goid is set */
+    __u64 goid;
+};
+
 struct zt_sockstate {
     __u8 role;
     __u8 shed;     /* 1: the current exchange (role unknown: the connection) is not traced */
@@ -72,6 +81,9 @@ struct zt_sockstate {
                       (data.c zt_settle); whether it moved bytes is known from the seqs */
     __u32 gen;     /* zt_config.shed_gen when last_dir was set */
     __u32 pend_seq; /* the pending syscall's direction's seq at its entry */
+    __u8 reading;  /* a shed request read on it is not answered yet: counted open on */
+    __u8 _pad[7];
+    struct zt_thread_key reader; /* ... the thread that read it (data.c zt_shed_turn) */
 };
 /* TCP ports listened on, by network namespace: the role of a connection first seen
  * mid-way while sampling (data.c zt_sample), so that a server connection opened before
@@ -117,6 +129,14 @@ BPF_HASH(filter_pids, __u32, __u8, 4096);
  * process the offset of goid in runtime.g (from the binary's DWARF). */
 BPF_HASH(goids, __u32, __u64, 65536);
 BPF_HASH(go_goid_offset, __u32, __u32, 1024);
+/* Per thread: its shed server exchanges, counted for the stamps (abi.h ZT_F_SHED_STAMP) */
+struct zt_shedctr {
+    __u32 reads;     /* turns to a shed exchange's request read begun on the thread */
+    __u32 answers;   /* turns to a shed exchange's answer begun on the thread */
+    __u32 open;      /* requests it read, shed, not answered yet (any thread answers) */
+    __u32 last_read; /* its last turn was a request read */
+};
+BPF_TABLE("lru_hash", struct zt_thread_key, struct zt_shedctr, shedctrs, 65536);
 BPF_HASH(filter_cgroups, __u64, __u8, 4096);
 BPF_HASH(filter_ports, __u16, __u8, 1024);
 BPF_HASH(filter_netns, __u32, __u8, 1024);

@@ -194,7 +194,6 @@ cdef int SYS_STATE_CLOSE = abi.SYS_STATE_CLOSE
 cdef int UDP = abi.IPPROTO_UDP
 cdef int F_HAS_SEQ = abi.F_HAS_SEQ
 cdef int F_RESUMED = abi.F_RESUMED
-cdef int F_SHED = abi.F_SHED
 cdef int F_MIDSTREAM = abi.F_MIDSTREAM
 cdef int F_TLS = abi.F_TLS
 cdef int INGRESS = abi.DIR_INGRESS
@@ -762,8 +761,6 @@ cdef class SpanAssembler:
                         self._close_conn(conn_id, "closed")
                 self.tracker.closed(e.sock_id)
             return
-        if (se.flags if typed else e.flags) & F_SHED:
-            return  # a marker of an exchange left out by sampling: the stitcher's only
         if transport == UDP:
             if typed:
                 key = (conn_id, se._rec[RADDR_OFF:RADDR_OFF + 16], se.ev.rport)
@@ -976,11 +973,10 @@ def process_events(events, handle, observe, set pids, new_pid, ignore, stats) ->
     """Pipeline.process's per-event loop: events of sockets bound to `ignore` ports
     dropped (counted in stats), `new_pid` told of each pid not in `pids`, Go events
     keyed by goroutine (tid = GOROUTINE_BASE + goid), then `handle(e)` and, for data
-    events and closes, `observe(e)` (a close ends what the stitcher holds open on the
-    connection: a shed request never answered).  `handle` may be a SpanAssembler: its
+    events, `observe(e)`.  `handle` may be a SpanAssembler: its
     handle() is then called as C (unless the instance replaced it)."""
     cdef SocketEvent se
-    cdef int etype, syscall
+    cdef int etype
     cdef bint ign = bool(ignore)
     cdef SpanAssembler asm = None
     cdef dict over
@@ -1008,7 +1004,7 @@ def process_events(events, handle, observe, set pids, new_pid, ignore, stats) ->
                 asm._handle(e)
             else:
                 handle(e)
-            etype, syscall = se.ev.type, se.ev.syscall
+            etype = se.ev.type
         else:
             if ign and e.lport in ignore:
                 stats["ignored_own_export_port"] += 1
@@ -1024,7 +1020,5 @@ def process_events(events, handle, observe, set pids, new_pid, ignore, stats) ->
             else:
                 handle(e)
             etype = e.type
-            syscall = e.syscall if etype == EV_CONN else 0
-        if etype == EV_DATA or (etype == EV_CONN and (
-                syscall == SYS_CLOSE or syscall == SYS_STATE_CLOSE)):
+        if etype == EV_DATA:
             observe(e)

@@ -115,6 +115,13 @@ cdef class SocketEvent:
         return self.ev.seq
 
     @property
+    def stamp(self):
+        """The thread's shed stamp at the syscall's entry (abi.F_SHED_STAMP), else -1."""
+        if self.ev.type == 1 and self.ev.flags & 128:  # EV_DATA, F_SHED_STAMP
+            return self.ev.offset
+        return -1
+
+    @property
     def netns(self):
         return self.ev.netns
 

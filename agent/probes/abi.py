@@ -26,7 +26,22 @@ ROLE_NAMES = {0: "?", 1: "client", 2: "server"}
 F_HAS_SEQ, F_MIDSTREAM, F_PEER_FROM_MSG, F_TRUNCATED, F_TLS = 1, 2, 4, 8, 16
 F_RESUMED = 32  # close + connect/accept made by the probes where sampling resumes a socket
 F_NOCAPTURE = 64  # payload capture switched off for the record's cgroup: header only
-F_SHED = 128  # marker (header only) of a shed server exchange's request read / answer
+F_SHED_STAMP = 128  # data record while sampling: `offset` holds the thread's shed stamp
+
+# A shed stamp (bpf/abi.h ZT_STAMP_*): the thread's counters of server exchanges left out
+# by sampling, at the syscall's entry.
+STAMP_READS_MASK = 0xFFFFFF  # request reads begun (mod 2^24), bits 0-23
+STAMP_ANSWERS_SHIFT = 24  # answers begun (mod 2^24), bits 24-47
+STAMP_OPEN_SHIFT = 48  # requests read on the thread not answered yet, bits 48-62
+STAMP_OPEN_MASK = 0x7FFF
+STAMP_LAST_READ = 1 << 63  # the thread's last such turn was a request read
+
+
+def stamp(reads: int, answers: int, open_: int, last_read: bool) -> int:
+    """A shed stamp as the probes pack it (bpf/data.c zt_shed_stamp)."""
+    return ((reads & STAMP_READS_MASK) | ((answers & STAMP_READS_MASK) << STAMP_ANSWERS_SHIFT)
+            | (min(open_, STAMP_OPEN_MASK) << STAMP_OPEN_SHIFT)
+            | (STAMP_LAST_READ if last_read else 0))
 
 DROP_SLOTS = {0: "ringbuf_full", 1: "inflight_slot_alloc", 2: "payload_read_fault",
               3: "go_wake_ringbuf_full"}

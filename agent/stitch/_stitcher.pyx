@@ -21,7 +21,7 @@ so bisects and insertions land where the reference's do."""
 from cpython.ref cimport PyObject, Py_INCREF, Py_DECREF
 from cpython.unicode cimport PyUnicode_DecodeASCII
 from cpython.dict cimport PyDict_GetItem, PyDict_SetItem
-from libc.stdint cimport int64_t, uint64_t, INT64_MIN
+from libc.stdint cimport int8_t, int32_t, int64_t, uint64_t, INT64_MIN
 from libcpp.vector cimport vector
 from libcpp.map cimport map as cmap
 from libcpp.set cimport set as cset
@@ -57,7 +57,12 @@ cdef int _ROLE_SERVER = abi.ROLE_SERVER
 cdef int _ROLE_CLIENT = abi.ROLE_CLIENT
 cdef int _ROLE_SHED = ROLE_SHED  # a request read left out by sampling (stitcher.py)
 cdef int _EV_CONN = abi.EV_CONN
-cdef int _F_SHED = abi.F_SHED
+cdef int _F_SHED_STAMP = abi.F_SHED_STAMP
+cdef uint64_t _READS_MASK = abi.STAMP_READS_MASK
+cdef int _ANSWERS_SHIFT = abi.STAMP_ANSWERS_SHIFT
+cdef int _OPEN_SHIFT = abi.STAMP_OPEN_SHIFT
+cdef uint64_t _OPEN_MASK = abi.STAMP_OPEN_MASK
+cdef uint64_t _LAST_READ = abi.STAMP_LAST_READ
 cdef str _SHED_READ = SHED_READ
 cdef str _OTHER_PROCESS = OTHER_PROCESS
 cdef int64_t _GOROUTINE_BASE = GOROUTINE_BASE
@@ -140,12 +145,13 @@ cdef dict _REFUSED_KEYS = {}
 ctypedef pair[int64_t, int64_t] TKey  # (pid, tid)
 
 
-cdef struct TEv:  # a data event on a thread: (ts, direction, conn_id, offset, role)
+cdef struct TEv:  # a data event on a thread: (ts, direction, conn_id, offset, role, open)
     int64_t ts  # the fields in an order that packs them in 32 bytes (60 s of them held)
     uint64_t conn
     uint64_t off
-    int d
-    int role
+    int32_t open  # shed requests open on the thread at its entry (its stamp), -1 unknown
+    int8_t d
+    int8_t role
 
 
 cdef struct CEv:  # a data event on a client connection: (ts, direction, pid, tid)
@@ -168,12 +174,6 @@ cdef struct SEnt:  # a completed server span by the time its request was read
     PyObject* item  # a strong reference
 
 
-cdef struct HEnt:  # a shed request read on a thread, answered: (read ts, answer ts, conn)
-    int64_t start
-    int64_t end
-    uint64_t conn
-
-
 cdef inline bint _tev_lt(const TEv& a, const TEv& b) noexcept:
     if a.ts != b.ts:
         return a.ts < b.ts
@@ -183,7 +183,9 @@ cdef inline bint _tev_lt(const TEv& a, const TEv& b) noexcept:
         return a.conn < b.conn
     if a.off != b.off:
         return a.off < b.off
-    return a.role < b.role
+    if a.role != b.role:
+        return a.role < b.role
+    return a.open < b.open
 
 
 cdef inline bint _cev_lt(const CEv& a, const CEv& b) noexcept:
@@ -194,6 +196,19 @@ cdef inline bint _cev_lt(const CEv& a, const CEv& b) noexcept:
     if a.pid != b.pid:
         return a.pid < b.pid
     return a.tid < b.tid
+
+
+cdef inline void _tev_add(vector[TEv]* tl, const TEv& entry) except *:
+    """Append to a thread's history, kept sorted (insort_right when out of order)."""
+    cdef Py_ssize_t i
+    if tl.size() and tl.back().ts > entry.ts:
+        # rare: events of one thread arriving out of order
+        i = tl.size()
+        while i > 0 and _tev_lt(entry, deref(tl)[i - 1]):
+            i -= 1
+        tl.insert(tl.begin() + i, entry)
+    else:
+        tl.push_back(entry)
 
 
 cdef inline Py_ssize_t _tev_lower(vector[TEv]* v, int64_t ts) noexcept:
@@ -505,11 +520,9 @@ cdef class Stitcher:
     # (pid, tid) -> {(conn_id, offset): ts} of request reads whose span is not known
     cdef cmap[TKey, cmap[pair[uint64_t, uint64_t], int64_t]] inflight
     cdef cmap[uint64_t, cset[TKey]] inflight_threads
-    # shed server exchanges (abi.F_SHED markers), as stitcher.py's hidden* dicts
-    cdef cmap[TKey, vector[HEnt]] hidden
-    cdef cmap[TKey, int64_t] hidden_maxdur
-    cdef cmap[uint64_t, pair[TKey, int64_t]] hidden_open
-    cdef cmap[TKey, cmap[uint64_t, int64_t]] hidden_open_by_thread
+    # (pid, tid) -> the shed stamp of its latest record (abi.F_SHED_STAMP), while the
+    # thread has a history
+    cdef cmap[TKey, uint64_t] thread_stamp
 
     def __init__(self, emit, *, settle_ns: int = 100 * 10**6, quiet_ns: int = 500 * 10**6,
                  max_wait_ns: int = 5000 * 10**6, horizon_ns: int = 60_000 * 10**6,
@@ -563,65 +576,56 @@ cdef class Stitcher:
 
     # -- input ------------------------------------------------------------------------
     def observe(self, e) -> None:
-        """Record a data event's moment on its thread (call for every data event, and
-        for connection closes: they end a shed request never answered)."""
+        """Record a data event's moment on its thread (call for every data event)."""
         cdef TEv entry
         cdef CEv centry
-        cdef int64_t pid, tid
+        cdef int64_t pid, tid, ts0
         cdef SocketEvent se
         cdef vector[TEv]* tl
         cdef vector[CEv]* ce
         cdef Py_ssize_t i
         cdef int flags
+        cdef uint64_t stamp = 0
         if type(e) is SocketEvent:
             se = <SocketEvent>e
             if se.ev.type == _EV_CONN:
-                self._hidden_end(se.conn_id, se.ts_enter)
                 return
             flags = se.flags
             entry.d = se.ev.direction
             entry.ts = se.ts_exit if entry.d == _INGRESS else se.ts_enter
+            ts0 = se.ts_enter
             pid = se.ev.pid
             tid = se.tid
             entry.conn = se.conn_id
             entry.off = se.offset
             entry.role = se.role
+            if flags & _F_SHED_STAMP:
+                stamp = se.ev.offset
         else:
             if getattr(e, "type", 0) == _EV_CONN:
-                self._hidden_end(e.conn_id, e.ts_enter)
                 return
             flags = getattr(e, "flags", 0)
             entry.d = e.direction
             entry.ts = e.ts_exit if entry.d == _INGRESS else e.ts_enter
+            ts0 = e.ts_enter
             pid = e.pid
             tid = e.tid
             entry.conn = e.conn_id
             entry.off = e.offset
             entry.role = e.role
+            if flags & _F_SHED_STAMP:
+                stamp = e.stamp
         cdef TKey key = TKey(pid, tid)
-        if flags & _F_SHED:
-            # a request read left out by sampling: unknown context, open until answered
-            # (the first mark of a request still unanswered counts; its answer is a
-            # write on the thread: stitcher.py)
-            if entry.d != _INGRESS:
-                self._hidden_end(entry.conn, entry.ts)
-            elif not self.hidden_open.count(entry.conn):
-                self.hidden_open[entry.conn] = pair[TKey, int64_t](key, entry.ts)
-                self.hidden_open_by_thread[key][entry.conn] = entry.ts
-            entry.role = _ROLE_SHED
+        tl = &self.threads[key]
+        entry.open = -1
+        if flags & _F_SHED_STAMP:
+            entry.open = <int32_t>((stamp >> _OPEN_SHIFT) & _OPEN_MASK)
+            self._shed_turns(key, tl, stamp, ts0, not tl.size() or tl.back().ts <= entry.ts)
         if entry.d == _INGRESS and entry.role == _ROLE_SERVER:
             # a request read: open on this thread until its server span completes
             self.inflight[key][pair[uint64_t, uint64_t](entry.conn, entry.off)] = entry.ts
             self.inflight_threads[entry.conn].insert(key)
-        tl = &self.threads[key]
-        if tl.size() and tl.back().ts > entry.ts:
-            # rare: events of one thread arriving out of order (insort_right)
-            i = tl.size()
-            while i > 0 and _tev_lt(entry, deref(tl)[i - 1]):
-                i -= 1
-            tl.insert(tl.begin() + i, entry)
-        else:
-            tl.push_back(entry)
+        _tev_add(tl, entry)
         if entry.role == _ROLE_CLIENT:
             ce = &self.conn_events[entry.conn]
             centry.ts = entry.ts
@@ -636,68 +640,72 @@ cdef class Stitcher:
             else:
                 ce.push_back(centry)
 
-    cdef void _hidden_end(self, uint64_t conn_id, int64_t ts) except *:
-        """The shed request open on conn_id (if any) ended at ts."""
-        cdef HEnt h
-        cdef vector[HEnt]* hl
-        cdef Py_ssize_t i
-        it = self.hidden_open.find(conn_id)
-        if it == self.hidden_open.end():
+    cdef void _shed_turns(self, TKey key, vector[TEv]* tl, uint64_t stamp, int64_t ts0,
+                          bint latest) except *:
+        """Server exchanges left out by sampling that turned on the thread since its
+        previous stamped record (the counters of `stamp` moved, abi.F_SHED_STAMP), as
+        history entries of role SHED just before this record (entered at ts0): a request
+        read (of unknown context) and/or an answer (a write), the thread's last turn
+        last (stitcher.py).  A record older than the thread's latest (rare) is compared
+        with nothing: any turn the thread ever had counts as just before it."""
+        cdef uint64_t prev = 0
+        cdef TEv v
+        if latest:
+            it = self.thread_stamp.find(key)
+            if it != self.thread_stamp.end():
+                prev = deref(it).second
+            self.thread_stamp[key] = stamp
+        cdef bint reads = ((stamp ^ prev) & _READS_MASK) != 0
+        cdef bint answers = (((stamp ^ prev) >> _ANSWERS_SHIFT) & _READS_MASK) != 0
+        if not (reads or answers):
             return
-        cdef TKey key = deref(it).second.first
-        h.start = deref(it).second.second
-        self.hidden_open.erase(it)
-        bit = self.hidden_open_by_thread.find(key)
-        if bit != self.hidden_open_by_thread.end():
-            deref(bit).second.erase(conn_id)
-            if deref(bit).second.empty():
-                self.hidden_open_by_thread.erase(bit)
-        h.end = ts if ts > h.start else h.start + 1
-        h.conn = conn_id
-        hl = &self.hidden[key]
-        i = hl.size()  # insort_right on (start, end, conn)
-        while i > 0 and (h.start < deref(hl)[i - 1].start or (
-                h.start == deref(hl)[i - 1].start and (h.end < deref(hl)[i - 1].end or (
-                    h.end == deref(hl)[i - 1].end and h.conn < deref(hl)[i - 1].conn)))):
-            i -= 1
-        hl.insert(hl.begin() + i, h)
-        mit = self.hidden_maxdur.find(key)
-        if mit == self.hidden_maxdur.end():
-            self.hidden_maxdur[key] = h.end - h.start
-        elif h.end - h.start > deref(mit).second:
-            deref(mit).second = h.end - h.start
+        v.conn = 0
+        v.off = 0
+        v.open = -1
+        v.role = _ROLE_SHED
+        v.ts = ts0 - 2
+        if reads and answers:
+            v.d = _EGRESS if stamp & _LAST_READ else _INGRESS
+            _tev_add(tl, v)
+            v.d = _INGRESS if stamp & _LAST_READ else _EGRESS
+        else:
+            v.d = _INGRESS if reads else _EGRESS
+        v.ts = ts0 - 1
+        _tev_add(tl, v)
 
     cdef bint _hidden_at(self, TKey key, int64_t t):
-        """A shed request read on thread key was open at t (read before, answered after)."""
-        cdef vector[HEnt]* hl
-        cdef Py_ssize_t i, lo, hi, mid
-        cdef int64_t lo_ns, maxdur = 0
-        bit = self.hidden_open_by_thread.find(key)
-        if bit != self.hidden_open_by_thread.end():
-            for kv in deref(bit).second:
-                if kv.second < t:
-                    return True
-        hit = self.hidden.find(key)
-        if hit == self.hidden.end() or deref(hit).second.empty():
-            return False
-        hl = &deref(hit).second
-        mit = self.hidden_maxdur.find(key)
-        if mit != self.hidden_maxdur.end():
-            maxdur = deref(mit).second
-        lo_ns = t - maxdur - 1
-        lo, hi = 0, <Py_ssize_t>hl.size()
-        while lo < hi:  # bisect_left on (t,)
-            mid = (lo + hi) >> 1
-            if deref(hl)[mid].start < t:
-                lo = mid + 1
-            else:
-                hi = mid
-        i = lo - 1
-        while i >= 0 and deref(hl)[i].start >= lo_ns:
-            if deref(hl)[i].end > t:
+        """A request read on thread key and left out by sampling was open at t (read
+        before, not answered by then): the stamp of the thread's record at t says; with
+        none, what is around t says, and an unknown counts as open (stitcher.py)."""
+        cdef vector[TEv]* lst
+        cdef Py_ssize_t i, j, n
+        sit = self.thread_stamp.find(key)
+        if sit == self.thread_stamp.end() or deref(sit).second == 0:
+            return False  # no request of the thread was ever shed
+        tit = self.threads.find(key)
+        if tit == self.threads.end():
+            return True
+        lst = &deref(tit).second
+        n = <Py_ssize_t>lst.size()
+        i = _tev_lower(lst, t)
+        j = i
+        while j < n and deref(lst)[j].ts == t:
+            if deref(lst)[j].open >= 0:
+                return deref(lst)[j].open > 0
+            j += 1
+        j = i - 1  # back to the last stamped record before t
+        while j >= 0 and deref(lst)[j].open < 0:
+            if deref(lst)[j].role == _ROLE_SHED and deref(lst)[j].d == _INGRESS:
                 return True
-            i -= 1
-        return False
+            j -= 1
+        if j >= 0 and deref(lst)[j].open > 0:
+            return True
+        j = i  # shed reads told by the next stamped record may come before t
+        while j < n and deref(lst)[j].open < 0:
+            if deref(lst)[j].role == _ROLE_SHED and deref(lst)[j].d == _INGRESS:
+                return True
+            j += 1
+        return j == n  # nothing stamped after t yet: not known
 
     def add(self, ctx) -> None:
         cdef Item item = _new_item(ctx)
@@ -1307,7 +1315,6 @@ cdef class Stitcher:
         cdef TKey key
         cdef vector[REnt]* rl
         cdef vector[SEnt]* sl
-        cdef vector[HEnt]* hl
         cdef size_t i, j
         for conn in t_ranges:
             rit = self.ranges.find(conn)
@@ -1358,6 +1365,7 @@ cdef class Stitcher:
                 tl.erase(tl.begin(), tl.begin() + cut)
             if tl.empty():
                 self.thread_maxdur.erase(deref(tit).first)
+                self.thread_stamp.erase(deref(tit).first)
                 tit = self.threads.erase(tit)
             else:
                 inc(tit)
@@ -1379,27 +1387,6 @@ cdef class Stitcher:
         wc = self._write_ctx
         while wk and (<tuple>wk[0])[2] < horizon:
             wc.pop(wk.popleft(), None)
-        hit = self.hidden.begin()
-        while hit != self.hidden.end():
-            hl = &deref(hit).second
-            if hl.size() and deref(hl)[0].start < horizon:
-                j = 0
-                for i in range(hl.size()):
-                    if deref(hl)[i].end >= horizon:
-                        deref(hl)[j] = deref(hl)[i]
-                        j += 1
-                hl.resize(j)
-            if hl.empty():
-                self.hidden_maxdur.erase(deref(hit).first)
-                hit = self.hidden.erase(hit)
-            else:
-                inc(hit)
-        cdef vector[uint64_t] old_open
-        for ho in self.hidden_open:
-            if ho.second.second < horizon:
-                old_open.push_back(ho.first)
-        for conn in old_open:
-            self._hidden_end(conn, horizon)  # unanswered for the whole horizon: forgotten
         cdef int64_t stale = now - self.horizon_ns
         dit = self.inflight.begin()
         while dit != self.inflight.end():

@@ -15,10 +15,11 @@ first write, when a `HandoffIndex` names exactly one.  The link is refused, and 
   - the context had already answered its request (work handed off, or a later reuse);
   - the last read belongs to no known span, or to a client span that has no parent;
   - the process is an M:N runtime (Go) whose thread ids do not follow requests;
-  - a request read on the thread was left out by sampling (the probes mark where a shed
-    server exchange's request is read and answered, abi.F_SHED): that read, and that
-    request while open, are of unknown context, so only a payload token that picks
-    exactly one open request links.
+  - a request read on the thread was left out by sampling (the probes count, per thread,
+    where shed server exchanges' requests are read and answered, and stamp the counters
+    on every kept record, abi.F_SHED_STAMP): that read, and that request while open,
+    are of unknown context, so only a payload token that picks exactly one open request
+    links.
 Across processes, a server span's parent is the client span with the same TCP
 sequence numbers (and, when only the request's is known, the mirrored tuple); for
 UDP the mirrored tuple, operation and time containment.  More than one candidate:
@@ -50,9 +51,14 @@ _EGRESS = abi.DIR_EGRESS
 _ROLE_SERVER = abi.ROLE_SERVER
 _ROLE_CLIENT = abi.ROLE_CLIENT
 _EV_CONN = abi.EV_CONN
-_F_SHED = abi.F_SHED
-# A thread-history role of the stitcher's own (not a kernel role): a request read the
-# probes left out by sampling and only marked (bpf/data.c zt_shed_mark).
+_F_SHED_STAMP = abi.F_SHED_STAMP
+_READS_MASK = abi.STAMP_READS_MASK
+_ANSWERS_SHIFT = abi.STAMP_ANSWERS_SHIFT
+_OPEN_SHIFT = abi.STAMP_OPEN_SHIFT
+_OPEN_MASK = abi.STAMP_OPEN_MASK
+_LAST_READ = abi.STAMP_LAST_READ
+# A thread-history role of the stitcher's own (not a kernel role): a request read (or
+# answer) the probes left out by sampling and only counted (bpf/data.c zt_shed_turn).
 ROLE_SHED = 3
 SHED_READ = "a request read left out by sampling"
 OTHER_PROCESS = "connection written by another process"
@@ -64,6 +70,16 @@ _INF = float("inf")
 _insort = bisect.insort
 _bisect_left = bisect.bisect_left
 _bisect_right = bisect.bisect_right
+
+
+def _tev_add(tl: list, entry: tuple) -> None:
+    """Append to a thread's history, kept sorted (insort when out of order: rare)."""
+    if tl and tl[-1][0] > entry[0]:
+        _insort(tl, entry)
+    else:
+        tl.append(entry)
+
+
 # Item.keys: which of the stitcher's indexes an entry is in
 _IX_RANGES, _IX_THREAD_SERVERS, _IX_BY_HEADER, _IX_CLIENT_BY_SEQ, _IX_UDP_CLIENTS = range(5)
 
@@ -149,51 +165,36 @@ class Stitcher:
         # Go hand-offs (agent/stitch/handoff.py): who woke a goroutine before it wrote
         self.handoffs = None
         self._via_conn = False  # set while an attribution followed a connection
-        # Shed server exchanges (abi.F_SHED markers): requests read on a thread that no
-        # span will ever show.  Answered: (pid, tid) -> [(read ts, answer ts, conn_id)]
-        # by read time, and the longest; unanswered: conn_id -> ((pid, tid), read ts),
-        # and (pid, tid) -> {conn_id: read ts}.  Open until the answer's marker or the
-        # connection's close.
-        self.hidden: dict[tuple[int, int], list] = defaultdict(list)
-        self.hidden_maxdur: dict[tuple[int, int], int] = {}
-        self.hidden_open: dict[int, tuple] = {}
-        self.hidden_open_by_thread: dict[tuple[int, int], dict] = defaultdict(dict)
+        # (pid, tid) -> the shed stamp of its latest record (abi.F_SHED_STAMP), while
+        # the thread has a history: server exchanges left out by sampling, counted
+        self.thread_stamp: dict[tuple[int, int], int] = {}
         self._indexes = (self.ranges, self.thread_servers, self.by_header,
                          self.client_by_seq, self.udp_clients)  # in _IX_* order
 
     # -- input ------------------------------------------------------------------------
     def observe(self, e: SocketEvent) -> None:
-        """Record a data event's moment on its thread (call for every data event, and
-        for connection closes: they end a shed request never answered)."""
+        """Record a data event's moment on its thread (call for every data event).
+        Entries: (ts, direction, conn_id, offset, role, open), open being the shed
+        requests open on the thread at the syscall's entry (its stamp), -1 unknown."""
         if getattr(e, "type", 0) == _EV_CONN:
-            self._hidden_end(e.conn_id, e.ts_enter)
             return
         d = e.direction
         ts = e.ts_exit if d == _INGRESS else e.ts_enter
         key = (e.pid, e.tid)
         conn_id = e.conn_id
         role = e.role
-        if getattr(e, "flags", 0) & _F_SHED:
-            # A request read left out by sampling: its context is unknown, and it is
-            # open on the thread until answered.  A read that found nothing is marked
-            # too (the probes decide at entry), then the real one: the first counts.
-            # Its answer is a write on the thread: it ends the reads before it.
-            if d != _INGRESS:
-                self._hidden_end(conn_id, ts)
-            elif conn_id not in self.hidden_open:
-                self.hidden_open[conn_id] = (key, ts)
-                self.hidden_open_by_thread[key][conn_id] = ts
-            role = ROLE_SHED
         tl = self.threads[key]
-        entry = (ts, d, conn_id, e.offset, role)
+        open_ = -1
+        if getattr(e, "flags", 0) & _F_SHED_STAMP:
+            stamp = e.stamp
+            open_ = (stamp >> _OPEN_SHIFT) & _OPEN_MASK
+            self._shed_turns(key, tl, stamp, e.ts_enter, not tl or tl[-1][0] <= ts)
+        entry = (ts, d, conn_id, e.offset, role, open_)
         if d == _INGRESS and role == _ROLE_SERVER:
             # a request read: open on this thread until its server span completes
             self.inflight[key][(conn_id, e.offset)] = ts
             self.inflight_threads[conn_id].add(key)
-        if tl and tl[-1][0] > ts:  # rare: events of one thread arriving out of order
-            _insort(tl, entry)
-        else:
-            tl.append(entry)
+        _tev_add(tl, entry)
         if role == _ROLE_CLIENT:
             ce = self.conn_events[conn_id]
             centry = (ts, d, e.pid, e.tid)
@@ -202,38 +203,63 @@ class Stitcher:
             else:
                 ce.append(centry)
 
-    def _hidden_end(self, conn_id: int, ts: int) -> None:
-        """The shed request open on conn_id (if any) ended at ts."""
-        h = self.hidden_open.pop(conn_id, None)
-        if h is None:
+    def _shed_turns(self, key: tuple[int, int], tl: list, stamp: int, ts0: int,
+                    latest: bool) -> None:
+        """Server exchanges left out by sampling that turned on the thread since its
+        previous stamped record (the counters of `stamp` moved), as history entries of
+        role SHED just before this record (entered at ts0): a request read (of unknown
+        context) and/or an answer (a write: it ends the reads before it), the thread's
+        last turn last.  Between two records the order of several turns is not known,
+        but only the last tells: the walk back from a write stops at the first shed read
+        it meets, and a run of reads ends at the first write.  A record older than the
+        thread's latest (rare) is compared with nothing: any turn the thread ever had
+        counts as just before it."""
+        prev = 0
+        if latest:
+            prev = self.thread_stamp.get(key, 0)
+            self.thread_stamp[key] = stamp
+        changed = stamp ^ prev
+        reads = bool(changed & _READS_MASK)
+        answers = bool((changed >> _ANSWERS_SHIFT) & _READS_MASK)
+        if not (reads or answers):
             return
-        key, start = h
-        byt = self.hidden_open_by_thread.get(key)
-        if byt is not None:
-            byt.pop(conn_id, None)
-            if not byt:
-                del self.hidden_open_by_thread[key]
-        end = ts if ts > start else start + 1
-        _insort(self.hidden[key], (start, end, conn_id))
-        if end - start > self.hidden_maxdur.get(key, 0):
-            self.hidden_maxdur[key] = end - start
+        last = _INGRESS if (stamp & _LAST_READ) else _EGRESS
+        if reads and answers:
+            first = _EGRESS if last == _INGRESS else _INGRESS
+            _tev_add(tl, (ts0 - 2, first, 0, 0, ROLE_SHED, -1))
+        else:
+            last = _INGRESS if reads else _EGRESS
+        _tev_add(tl, (ts0 - 1, last, 0, 0, ROLE_SHED, -1))
 
     def _hidden_at(self, key: tuple[int, int], t: int) -> bool:
-        """A shed request read on thread key was open at t (read before, answered after)."""
-        byt = self.hidden_open_by_thread.get(key)
-        if byt:
-            for start in byt.values():
-                if start < t:
-                    return True
-        lst = self.hidden.get(key)
-        if lst:
-            lo = t - self.hidden_maxdur.get(key, 0) - 1
-            i = _bisect_left(lst, (t,)) - 1
-            while i >= 0 and lst[i][0] >= lo:
-                if lst[i][1] > t:
-                    return True
-                i -= 1
-        return False
+        """A request read on thread key and left out by sampling was open at t (read
+        before, not answered by then): the stamp of the thread's record at t says (the
+        probes stamp it at the syscall's entry); with none, what is around t says, and
+        an unknown counts as open."""
+        if not self.thread_stamp.get(key, 0):
+            return False  # no request of the thread was ever shed
+        lst = self.threads.get(key)
+        if not lst:
+            return True
+        n = len(lst)
+        i = j = _bisect_left(lst, (t,))
+        while j < n and lst[j][0] == t:
+            if lst[j][5] >= 0:
+                return lst[j][5] > 0
+            j += 1
+        j = i - 1  # back to the last stamped record before t
+        while j >= 0 and lst[j][5] < 0:
+            if lst[j][4] == ROLE_SHED and lst[j][1] == _INGRESS:
+                return True
+            j -= 1
+        if j >= 0 and lst[j][5] > 0:
+            return True
+        j = i  # shed reads told by the next stamped record may come before t
+        while j < n and lst[j][5] < 0:
+            if lst[j][4] == ROLE_SHED and lst[j][1] == _INGRESS:
+                return True
+            j += 1
+        return j == n  # nothing stamped after t yet: not known
 
     def add(self, ctx: SpanContext) -> None:
         self._added += 1
@@ -468,7 +494,7 @@ class Stitcher:
             return "root", None, ""
         contexts: list[Item] = []
         while i >= 0 and lst[i][1] == _INGRESS:
-            rts, _, sock, off, role = lst[i]
+            rts, _, sock, off, role, _open = lst[i]
             status, ctxt = self._context_of_read(sock, off, rts, role, now, depth, pid)
             if status == SHED_READ:
                 return self._after_shed_read(lst, pid, tid, t, start_ns, now, child,
@@ -607,7 +633,7 @@ class Stitcher:
         hi = _bisect_left(lst, (t,))
         others: list[Item] = []
         unknown = False
-        for ts, d, conn, off, role in lst[lo:hi]:
+        for ts, d, conn, off, role, _open in lst[lo:hi]:
             if d != _INGRESS:
                 continue
             status, ctxt = self._context_of_read(conn, off, ts, role, now, depth, pid)
@@ -850,6 +876,7 @@ class Stitcher:
             if not tl:
                 del self.threads[k]
                 self.thread_maxdur.pop(k, None)
+                self.thread_stamp.pop(k, None)
         for k in list(self.conn_events):
             ce = self.conn_events[k]
             if ce and ce[0][0] < horizon:
@@ -858,18 +885,6 @@ class Stitcher:
                 del self.conn_events[k]
         if self._write_ctx:
             self._write_ctx = {k: v for k, v in self._write_ctx.items() if k[2] >= horizon}
-        for k in list(self.hidden):
-            hl = self.hidden[k]
-            if hl[0][0] >= horizon:
-                continue  # read after the horizon: answered after it too
-            hl = [h for h in hl if h[1] >= horizon]
-            if hl:
-                self.hidden[k] = hl
-            else:
-                del self.hidden[k]
-                self.hidden_maxdur.pop(k, None)
-        for c in [c for c, (_k, ts) in self.hidden_open.items() if ts < horizon]:
-            self._hidden_end(c, horizon)  # unanswered for the whole horizon: forgotten
         stale = now - self.horizon_ns
         for k in list(self.inflight):
             d = self.inflight[k]

@@ -233,7 +233,7 @@ def test_a_connection_shed_whole_is_traced_again_when_the_overload_ends(net):
             n, end = 0, time.monotonic() + seconds
             while time.monotonic() < end:
                 n += sum(1 for e in t.poll(0.05) if e.type == abi.EV_DATA and
-                         e.lport == PORT and not e.flags & abi.F_SHED)
+                         e.lport == PORT)
             return n
 
         assert served(0.5) > 0  # traced before any overload
@@ -250,9 +250,10 @@ def test_a_connection_shed_whole_is_traced_again_when_the_overload_ends(net):
 
 def test_a_server_connection_from_before_the_agent_is_sampled_by_exchange(net):
     # Its role comes from the listening port (maps.h `listening`, seeded from /proc when
-    # sampling starts): a shed exchange on it is marked for the stitcher (abi.F_SHED),
-    # so an event loop serving it never has a request read it cannot see.  Without the
-    # role it was kept or shed whole, and shed whole it said nothing.
+    # sampling starts): a shed exchange on it is counted in the stamps of the serving
+    # thread's kept records (abi.F_SHED_STAMP), so an event loop serving it never has a
+    # request read the stitcher cannot see.  Without the role it was kept or shed
+    # whole, and shed whole it said nothing.
     srv = net.hosts[1]
     loop = ("import socket,sys,time\n"
             f"s=socket.create_connection(('{srv.addr}',{PORT}));f=s.makefile('rb')\n"
@@ -265,7 +266,8 @@ def test_a_server_connection_from_before_the_agent_is_sampled_by_exchange(net):
     client = net.spawn(net.hosts[0], sys.executable, "-c", loop, stdout=subprocess.PIPE,
                        text=True)
     assert "connected" in client.stdout.readline()
-    kept = marks = 0
+    kept = 0
+    stamps: list[int] = []
     with SocketTracer(ProbeConfig(netns={h.inode for h in net.hosts}, tls=False)) as t:
         t.poll(0.5)
         t.set_keep(abi.KEEP_ALL // 2)
@@ -273,10 +275,17 @@ def test_a_server_connection_from_before_the_agent_is_sampled_by_exchange(net):
         while time.monotonic() < end:
             for e in t.poll(0.05):
                 if e.type == abi.EV_DATA and e.lport == PORT:
-                    if e.flags & abi.F_SHED:
-                        marks += 1
-                    else:
-                        kept += 1
+                    kept += 1
+                    if e.flags & abi.F_SHED_STAMP:
+                        stamps.append(e.stamp)
         t.set_keep(abi.KEEP_ALL)
     client.kill()
-    assert kept > 0 and marks > 0, f"{kept} server records kept, {marks} shed marks"
+    # the serving thread's counters moved between its kept records: shed request reads
+    # and shed answers, each exchange answered (none left open at a kept record but
+    # the one it may be reading)
+    reads = {s & abi.STAMP_READS_MASK for s in stamps}
+    answers = {(s >> abi.STAMP_ANSWERS_SHIFT) & abi.STAMP_READS_MASK for s in stamps}
+    opened = [(s >> abi.STAMP_OPEN_SHIFT) & abi.STAMP_OPEN_MASK for s in stamps]
+    assert kept > 0 and stamps, f"{kept} server records kept, {len(stamps)} stamped"
+    assert len(reads) > 1 and len(answers) > 1, (sorted(reads)[:9], sorted(answers)[:9])
+    assert max(opened) <= 1, opened

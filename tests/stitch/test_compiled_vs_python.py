@@ -20,6 +20,7 @@ from agent.probes import abi
 from agent.stitch.runtime import GOROUTINE_BASE, MODE_GO, MODE_GO_GOID, MODE_THREADS
 from proto.span import KIND_CLIENT, KIND_SERVER, Endpoint, Span
 from tests.stitch.equivalence import compare
+from tests.stitch.shed_stamps import closed, shed_answer, shed_read, stamp_events
 
 MS = 10**6
 T0 = 1_700_000_000 * 10**9
@@ -46,6 +47,7 @@ class Event:
             pid, tid, conn_id, direction, offset)
         self.role, self.flags, self.type = role, flags, type
         self.ts_enter = self.ts_exit = ts
+        self.stamp = -1
 
 
 class Wakes:
@@ -139,18 +141,15 @@ def timeline(rng: Random) -> tuple[list[tuple], Wakes]:
         if what == "chain":
             chain(pid, tid, t)
             continue
-        if what == "shed":  # a server exchange left out by sampling: its marks
+        if what == "shed":  # a server exchange left out by sampling: counted, no event
             for k in range(rng.choice([1, 1, 2])):  # a read that found nothing, then one
-                events.append((t + k, Event(pid, tid, conn, abi.DIR_INGRESS, 0, t + k,
-                                            abi.ROLE_SERVER, abi.F_SHED)))
+                events.append((t + k, shed_read(pid, tid, conn)))
             end = rng.choice(["answer", "answer", "close", "none"])
             if end == "answer":
-                events.append((t + dur, Event(pid, tid_of(pid) if rng.random() < 0.2 else tid,
-                                              conn, abi.DIR_EGRESS, 0, t + dur,
-                                              abi.ROLE_SERVER, abi.F_SHED)))
+                answerer = tid_of(pid) if rng.random() < 0.2 else tid
+                events.append((t + dur, shed_answer(pid, answerer, conn)))
             elif end == "close":
-                events.append((t + dur, Event(0, 0, conn, 0, 0, t + dur, abi.ROLE_UNKNOWN,
-                                              type=abi.EV_CONN)))
+                events.append((t + dur, closed(conn)))
             continue
         if what == "raw":  # a message that makes no span (unknown protocol, a push)
             role = rng.choice([abi.ROLE_CLIENT, abi.ROLE_SERVER])
@@ -194,6 +193,8 @@ def timeline(rng: Random) -> tuple[list[tuple], Wakes]:
         if len(events) > 1:
             i = rng.randrange(len(events) - 1)
             events[i], events[i + 1] = events[i + 1], events[i]
+    # the probes' shed stamps, in the order records are submitted (most timelines: on)
+    events = stamp_events(events, stamped=rng.random() < 0.8)
     # spans reach the stitcher after their end, some late (a slow connection)
     adds = sorted(((c.span.end_ns + rng.choice([0, 0, 5 * MS, 300 * MS]), c) for c in spans),
                   key=lambda x: x[0])

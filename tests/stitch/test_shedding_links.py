@@ -17,11 +17,13 @@ request B (shed: the stitcher never saw that read), then writes B's upstream cal
 nothing else visible, so the call went under A by the plain thread rule: a wrong
 parent (bench_fidelity --cpu-budget 0.05: 16-22 wrong links, all `gw/client/http <-
 gw/server/http`; nginx here, 60 % kept: 17-23 wrong of ~200 inside nginx).  Fixed: the
-probes mark where a shed server exchange's request is read and where it is answered
-(abi.F_SHED, header-only records, bpf/data.c zt_shed_mark); the stitcher counts that
-read as one of unknown context and that request as open on the thread until its
-answer (or its connection's close), so only a payload token shared with exactly one
-open request links.
+probes count, per thread, where shed server exchanges' requests are read and answered
+and the requests still open, and stamp the counters on every kept record of the thread
+(abi.F_SHED_STAMP, bpf/data.c zt_shed_turn; header-only marker records did the same at
+three times the records a request under overload); the stitcher counts such a read as
+one of unknown context and that request as open on the thread until its answer (or its
+connection's close), so only a payload token shared with exactly one open request
+links.
 
 Ring loss: one connection id can name two processes' sockets (a close and the next
 connect at that kernel address lost); the connection rule resumes only writes of the
@@ -51,6 +53,7 @@ from tests.helpers.netns import network
 from tests.helpers.nginx import nginx_conf
 from tests.helpers.tracing import Draining
 from tests.stitch.hops import HERE, hop_links, links, load, nonce_of, wait_ready
+from tests.stitch.shed_stamps import closed, shed_answer, shed_read, stamp_events
 from tests.stitch.test_proxies import wait_port
 
 MS = 10**6
@@ -69,6 +72,7 @@ class Event:
         self.pid, self.tid, self.conn_id, self.direction = pid, tid, conn_id, direction
         self.offset, self.role, self.flags, self.type = 0, role, flags, type
         self.ts_enter = self.ts_exit = ts
+        self.stamp = -1
 
 
 class Threads:
@@ -77,18 +81,23 @@ class Threads:
 
 
 class Timeline:
-    """Exchanges as the pipeline hands them over; a shed one is simply not given."""
+    """Exchanges as the pipeline hands them over; a shed one is simply not given, only
+    counted in the stamps of the thread's records (tests/stitch/shed_stamps.py)."""
 
     def __init__(self, impl: str) -> None:
         self.st = IMPLS[impl](lambda _t: None, classifier=Threads())
         self.ctxs: list[SpanContext] = []
+        self.timeline: list[tuple] = []  # (ts, event or counted turn), told at run()
+
+    def observe(self, e: Event) -> None:
+        self.timeline.append((e.ts_enter, e))
 
     def _span(self, kind: str, pid: int, tid: int, t0: int, t1: int, op: str, conn: int,
               role: int) -> SpanContext:
         first, second = ((abi.DIR_INGRESS, abi.DIR_EGRESS) if kind == KIND_SERVER
                          else (abi.DIR_EGRESS, abi.DIR_INGRESS))
-        self.st.observe(Event(pid, tid, conn, first, t0, role))
-        self.st.observe(Event(pid, tid, conn, second, t1, role))
+        self.observe(Event(pid, tid, conn, first, t0, role))
+        self.observe(Event(pid, tid, conn, second, t1, role))
         s = Span(kind=kind, pid=pid, tid=tid, process=f"p{pid}", operation=op,
                  protocol="http", transport="tcp", start_ns=t0, end_ns=t1, req_offset=0,
                  req_bytes=10, resp_offset=0, resp_bytes=10,
@@ -108,22 +117,23 @@ class Timeline:
 
     def shed(self, pid: int, tid: int, t_in: int, t_out: int | None,
              conn: int | None = None, marks: int = 1) -> int:
-        """A server exchange left out by sampling, as the probes mark it: its request
-        read (marked `marks` times: a read that found nothing is marked too) and, unless
-        t_out is None, its answer.  Returns its connection id."""
+        """A server exchange left out by sampling, as the probes count it: its request
+        read (`marks` turns: a read that found nothing counts too) and, unless t_out is
+        None, its answer.  Returns its connection id."""
         conn = next(_conn) if conn is None else conn
         for k in range(marks):
-            self.st.observe(Event(pid, tid, conn, abi.DIR_INGRESS, t_in + k * 1000,
-                                  abi.ROLE_SERVER, abi.F_SHED))
+            self.timeline.append((t_in + k * 1000, shed_read(pid, tid, conn)))
         if t_out is not None:
-            self.st.observe(Event(pid, tid, conn, abi.DIR_EGRESS, t_out, abi.ROLE_SERVER,
-                                  abi.F_SHED))
+            self.timeline.append((t_out, shed_answer(pid, tid, conn)))
         return conn
 
     def close(self, conn: int, t: int) -> None:
-        self.st.observe(Event(0, 0, conn, 0, t, abi.ROLE_UNKNOWN, type=abi.EV_CONN))
+        self.timeline.append((t, closed(conn)))
 
     def run(self) -> dict[str, Span]:
+        self.timeline.sort(key=lambda x: x[0])
+        for _ts, e in stamp_events(self.timeline):
+            self.st.observe(e)
         for c in sorted(self.ctxs, key=lambda c: c.span.end_ns):
             self.st.add(c)
         self.st.tick(T0 + 10_000 * MS)
@@ -254,8 +264,8 @@ def test_a_connection_id_seen_in_two_processes_resumes_no_context(impl):
     w = Timeline(impl)
     w.server(2, 21, T0, T0 + 10 * MS, "GET /order/n0f3a9c2d81")
     shared = next(_conn)  # one connection id, two processes' sockets
-    w.st.observe(Event(2, 21, shared, abi.DIR_EGRESS, T0 + 2 * MS, abi.ROLE_CLIENT))
-    w.st.observe(Event(1, 11, shared, abi.DIR_INGRESS, T0 + 3 * MS, abi.ROLE_CLIENT))
+    w.observe(Event(2, 21, shared, abi.DIR_EGRESS, T0 + 2 * MS, abi.ROLE_CLIENT))
+    w.observe(Event(1, 11, shared, abi.DIR_INGRESS, T0 + 3 * MS, abi.ROLE_CLIENT))
     w.client(1, 11, T0 + 4 * MS, T0 + 6 * MS, "GET /order/n77bb21e0aa")
     spans = w.run()
     assert spans["GET /order/n77bb21e0aa"].parent_span_id == ""
@@ -263,29 +273,30 @@ def test_a_connection_id_seen_in_two_processes_resumes_no_context(impl):
         stitcher.OTHER_PROCESS
 
 
-def test_marks_make_no_span_and_reach_the_stitcher_with_closes():
-    # the pipeline's loop: the connection core opens no session for a mark (no bytes of
-    # the exchange), and hands marks and the connection's close to the stitcher
+def test_stamped_records_make_spans_and_reach_the_stitcher_with_their_stamp():
+    # the pipeline's loop: a stamped record (abi.F_SHED_STAMP) is an ordinary record to
+    # the connection core (its kernel `offset` is the stamp, not a stream offset: the
+    # tracker derives offsets from seq), and the stitcher is given the stamp
     spans: list = []
     asm = SpanAssembler(spans.append)
     seen: list = []
     srv = dict(sock_id=5, role=abi.ROLE_SERVER, pid=300, tid=301)
+    st = abi.stamp(7, 6, 1, True)
+    req = b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n"
+    resp = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
     recs = [record(type=abi.EV_CONN, syscall=abi.SYS_ACCEPT, seq=1000, offset=5000, ret=3,
                    **srv),
-            record(syscall=abi.SYS_READ, direction=abi.DIR_INGRESS, seq=5000, ret=0,
-                   flags=abi.F_SHED | abi.F_HAS_SEQ, **srv),
-            record(syscall=abi.SYS_WRITE, direction=abi.DIR_EGRESS, seq=1000, ret=0,
-                   flags=abi.F_SHED | abi.F_HAS_SEQ, **srv)]
+            record(syscall=abi.SYS_READ, direction=abi.DIR_INGRESS, seq=5000, payload=req,
+                   offset=st, flags=abi.F_SHED_STAMP | abi.F_HAS_SEQ, **srv),
+            record(syscall=abi.SYS_WRITE, direction=abi.DIR_EGRESS, seq=1000, payload=resp,
+                   offset=st, flags=abi.F_SHED_STAMP | abi.F_HAS_SEQ, **srv),
+            record(type=abi.EV_CONN, syscall=abi.SYS_CLOSE, flags=0, ret=0, **srv)]
     _core.process_events([SocketEvent(r) for r in recs], asm, seen.append, set(),
-                   lambda _pid: None, set(), asm.stats)
-    assert not asm.sessions and not spans
-    _core.process_events([SocketEvent(record(type=abi.EV_CONN, syscall=abi.SYS_CLOSE, flags=0,
-                                       ret=0, **srv))],
-                   asm, seen.append, set(), lambda _pid: None, set(), asm.stats)
-    assert [(e.type, e.direction, e.flags & abi.F_SHED) for e in seen] == [
-        (abi.EV_DATA, abi.DIR_INGRESS, abi.F_SHED), (abi.EV_DATA, abi.DIR_EGRESS, abi.F_SHED),
-        (abi.EV_CONN, 0, 0)]
-    assert seen[0].conn_id and len({e.conn_id for e in seen}) == 1
+                         lambda _pid: None, set(), asm.stats)
+    asm.close()
+    assert [(e.direction, e.offset, e.stamp) for e in seen] == [
+        (abi.DIR_INGRESS, 0, st), (abi.DIR_EGRESS, 0, st)]
+    assert [c.span.operation for c in spans] == ["GET /x"], spans
 
 
 # -- real probes, real nginx, a forced keep rate -----------------------------------------
@@ -326,7 +337,7 @@ def shed_nginx(tmp_path_factory):
             stats = {k: v - stats0.get(k, 0) for k, v in tracer.stats().items()}
         for rep in pipeline.stitcher.process_report():
             print(rep["process"], rep["mode"], rep["counts"])
-            # calls refused because a shed request's marked read came just before them
+            # calls refused because a shed request's read came just before them
             stats["refused_shed_read"] = stats.get("refused_shed_read", 0) + sum(
                 n for k, n in rep["counts"].items() if stitcher.SHED_READ in k)
         yield sent, traces, stats
@@ -370,5 +381,5 @@ def test_no_wrong_parent_when_request_reads_are_shed(shed_nginx):
     print(f"links inside nginx {inside} ({inside_wrong} wrong), to the backend {cross} "
           f"({cross_wrong} wrong)")
     assert inside_wrong == 0 and cross_wrong == 0
-    # the probes' marks reached the stitcher: calls right after a shed read refused
+    # the probes' stamps reached the stitcher: calls right after a shed read refused
     assert stats["refused_shed_read"] > 0, stats
