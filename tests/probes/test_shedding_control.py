@@ -116,3 +116,38 @@ def test_cpu_over_budget_for_a_full_window_cuts_once_then_judges_afresh():
         c.step(0.0)
         s.tick()
     assert s.keep == int(ALL * 0.45)
+
+
+class Filling(Recorder):
+    """A ring whose fill the test sets."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fill = 0.0
+
+    def ring_fill(self) -> float:
+        return self.fill
+
+
+def test_a_ring_filling_between_readings_is_cut_at_once_and_again_only_if_still_filling():
+    c = Clocks(0.5)
+    t = Filling()
+    s = Shedder(t, cpu_budget=0.5, interval=0.5, clock=lambda: c.wall,
+                cpu_clock=lambda: c.cpu)
+    s.start()
+
+    def at(dt: float, fill: float) -> int:
+        c.wall += dt
+        t.fill = fill
+        s.tick()
+        return s.keep
+
+    # all within the first interval (0.5 s): no full reading
+    assert at(0.05, 0.1) == ALL  # under the mark: nothing
+    assert at(0.05, 0.4) == ALL // 4  # filling, well before the next reading: cut now
+    assert at(0.05, 0.6) == ALL // 4  # not twice within FAST_GAP
+    assert at(0.13, 0.35) == ALL // 4  # under the cut's fill: the cut works
+    assert at(0.05, 0.7) == ALL // 16  # past the cut's fill: still filling, again
+    assert at(0.05, 0.2) == ALL // 16  # under the mark: forgotten
+    assert at(0.11, 0.3) == ALL // 64  # over it again: a new cut
+    assert t.keeps == [ALL // 4, ALL // 16, ALL // 64]
