@@ -175,10 +175,15 @@ class Attached:
         to the pipeline (or to on_events instead), do the periodic work.  Returns the
         number of events."""
         events = self.tracer.poll(timeout_s)
+        shedder = self.shedder
+        if shedder is not None:
+            shedder.check_ring()
         if on_events is None:
             self.pipeline.process(events)
         else:
             on_events(events)
+        if shedder is not None:
+            shedder.check_ring()
         self.tick()
         if not events:
             self._trim()

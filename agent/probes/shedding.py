@@ -53,8 +53,8 @@ class Shedder:
     CALM_READINGS = 3  # calm readings in a row before each increase
     RAISE = 1.5        # ... by this factor
     CPU_WINDOW = 4     # readings whose CPU share is judged together
-    FAST_CHECK = 0.05  # seconds between the ring checks between readings
-    FAST_GAP = 0.15    # ... and at least this long between two cuts they make
+    FAST_CHECK = 0.02  # seconds between the ring checks between readings
+    FAST_GAP = 0.05    # ... and at least this long between two cuts they make
 
     def __init__(self, tracer, cpu_budget: float | None = None, interval: float = 0.5,
                  clock: Callable[[], float] = time.monotonic,
@@ -74,6 +74,7 @@ class Shedder:
         self._window: deque[tuple[float, float]] = deque(maxlen=self.CPU_WINDOW)
         self._fast_after = 0.0  # no fast cut before then
         self._fast_fill = 0.0   # the fill at the last fast cut (0: none while over)
+        self._lock = threading.Lock()  # the shedder's thread and the agent's loop
 
     def start(self) -> None:
         """Measure from now: the CPU spent starting up (compiling, scanning processes)
@@ -108,8 +109,23 @@ class Shedder:
         if ev is not None:
             ev.set()
 
+    def check_ring(self) -> None:
+        """The ring's fill only (cheap: two positions read from its mapping), from the
+        agent's loop between batches: the shedder's thread may wait for the GIL as long
+        as the loop holds it in compiled code (a batch of 4 096 records and the
+        stitching after it: tens of ms, the time the ring takes to fill at full rate)."""
+        if self._lock.acquire(blocking=False):
+            try:
+                self._fast(self.clock())
+            finally:
+                self._lock.release()
+
     def tick(self) -> None:
         """Call often (every poll); acts once per interval."""
+        with self._lock:
+            self._tick()
+
+    def _tick(self) -> None:
         now = self.clock()
         if now < self._next:
             self._fast(now)
@@ -130,9 +146,10 @@ class Shedder:
             self._window.clear()
 
     def _fast(self, now: float) -> None:
-        """Between readings: the ring over HIGH_FILL is cut at once (x1/4, as a loss),
-        and again only if it is still filling FAST_GAP later (the agent drains what the
-        ring holds already: a fill still high but falling is the cut working)."""
+        """Between readings: the ring over HIGH_FILL is cut at once (x1/4, as a loss;
+        x1/16 over twice that), and again only if it is still filling FAST_GAP later
+        (the agent drains what the ring holds already: a fill still high but falling is
+        the cut working)."""
         fill = self.tracer.ring_fill()
         if fill <= self.HIGH_FILL:
             self._fast_fill = 0.0
@@ -141,7 +158,7 @@ class Shedder:
             return
         self._fast_fill, self._fast_after = fill, now + self.FAST_GAP
         self.calm = 0
-        keep = max(MIN_KEEP, self.keep // 4)
+        keep = max(MIN_KEEP, self.keep // (16 if fill > 2 * self.HIGH_FILL else 4))
         if keep != self.keep:
             self._apply(keep, f"ring {fill:.0%} full")
             self._window.clear()  # the CPU share of the old rate is not the new one's

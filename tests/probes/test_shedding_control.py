@@ -145,9 +145,9 @@ def test_a_ring_filling_between_readings_is_cut_at_once_and_again_only_if_still_
     # all within the first interval (0.5 s): no full reading
     assert at(0.05, 0.1) == ALL  # under the mark: nothing
     assert at(0.05, 0.4) == ALL // 4  # filling, well before the next reading: cut now
-    assert at(0.05, 0.6) == ALL // 4  # not twice within FAST_GAP
-    assert at(0.13, 0.35) == ALL // 4  # under the cut's fill: the cut works
-    assert at(0.05, 0.7) == ALL // 16  # past the cut's fill: still filling, again
+    assert at(0.02, 0.45) == ALL // 4  # not twice within FAST_GAP
+    assert at(0.05, 0.35) == ALL // 4  # under the cut's fill: the cut works
+    assert at(0.05, 0.45) == ALL // 16  # past the cut's fill: still filling, again
     assert at(0.05, 0.2) == ALL // 16  # under the mark: forgotten
-    assert at(0.11, 0.3) == ALL // 64  # over it again: a new cut
-    assert t.keeps == [ALL // 4, ALL // 16, ALL // 64]
+    assert at(0.05, 0.6) == ALL // 256  # over twice the mark: x1/16 at once
+    assert t.keeps == [ALL // 4, ALL // 16, ALL // 256]
