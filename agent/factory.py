@@ -159,6 +159,9 @@ class Attached:
             log.info("processes scanned in %.1fs (%d Go processes followed)",
                      time.monotonic() - t0, go)
         if self.shedder is not None:
+            seed = getattr(self.tracer, "seed_listening", None)
+            if seed is not None:  # the first cut under overload must be quick
+                seed()
             self.shedder.start()
             self.shedder.run_in_thread()
         self.started = True

@@ -159,6 +159,7 @@ class SocketTracer:
         self._tls_s = 0.0
         self._skip_hints = False
         self._config_lock = threading.Lock()
+        self._listening_seeded = False  # map `listening` written (seed_listening)
         self._load()
 
     def _load(self) -> None:
@@ -454,17 +455,21 @@ class SocketTracer:
             if keep == c.keep:
                 return
             if keep < abi.KEEP_ALL and not c.shed_mode:
-                self._seed_listening()
+                if not self._listening_seeded:
+                    self.seed_listening()
                 c.shed_mode = 1
                 c.shed_gen += 1  # direction state from before is not trusted (data.c)
             c.keep = keep
             table[ct.c_int(0)] = c
 
-    def _seed_listening(self) -> int:
+    def seed_listening(self) -> int:
         """Write the TCP listeners of every network namespace in scope into map
         `listening` (maps.h): those from before the probes were enabled, which
-        sock:inet_sock_set_state never saw.  Once, when sampling first starts: only
-        sampling reads the map.  Returns the number of (netns, port) entries written."""
+        sock:inet_sock_set_state never saw.  Only sampling reads the map: done by the
+        first set_keep() below all unless done before (the agent does it when ready:
+        a scan of /proc, tens of ms on a busy node, while the ring fills at full rate
+        is too late a cut).  Returns the number of (netns, port) entries written."""
+        self._listening_seeded = True
         table = self._bpf[b"listening"]
         seen: set[int] = set()
         n = 0
