@@ -162,6 +162,9 @@ class Attached:
             seed = getattr(self.tracer, "seed_listening", None)
             if seed is not None:  # the first cut under overload must be quick
                 seed()
+            ring_cut = getattr(self.tracer, "enable_ring_cut", None)
+            if ring_cut is not None:  # and the probes make it if the loop is stalled
+                ring_cut()
             self.shedder.start()
             self.shedder.run_in_thread()
         self.started = True

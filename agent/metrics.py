@@ -207,6 +207,8 @@ _KERNEL_FAMILIES = {
     "skipped_syscalls": ("zerotrace_skipped_syscalls",
                          "Data syscalls inside bodies the parsers skip, left out of the ring"),
     "skipped_bytes": ("zerotrace_skipped_bytes", "Payload bytes skip hints kept out of the ring"),
+    "ring_cuts": ("zerotrace_probe_keep_cuts",
+                  "Keep-rate cuts the probes made themselves on a full ring buffer"),
 }
 
 

@@ -81,11 +81,14 @@
 #define ZT_STAT_KEPT_EXCHANGES 6  /* exchanges decided while sampling, and kept */
 #define ZT_STAT_SKIPPED_SYSCALLS 7 /* data syscalls inside a body the agent said to skip */
 #define ZT_STAT_SKIPPED_BYTES 8   /* bytes not emitted because of skip hints (payloads) */
-#define ZT_STAT_SLOTS 9
+#define ZT_STAT_RING_CUTS 9       /* keep-rate cuts the probes made themselves on a full ring
+                                     (maps.h zt_ring_full_cut) */
+#define ZT_STAT_SLOTS 10
 
 /* Sampling: an exchange (a request and its response) is kept when a random 16-bit
  * number is below zt_config.keep; ZT_KEEP_ALL keeps every one. */
 #define ZT_KEEP_ALL 65536
+#define ZT_KEEP_FLOOR 64 /* the probes' own cuts stop here (agent: shedding.MIN_KEEP) */
 
 /* Skip hints (hash map "skips"): key = struct sock address | direction (socks are
  * 8-byte aligned), value = the TCP seq right after a body the agent's parser will skip
@@ -140,7 +143,9 @@ struct zt_config {
                             state older than this is not trusted to find exchange starts */
     __u8 shed_mode;      /* sampling state is kept per socket (set once, never cleared) */
     __u8 skip_hints;     /* the agent writes skip hints: look them up */
-    __u8 _pad2[2];
+    __u8 ring_cut;       /* the probes cut keep themselves on a full ring (the agent sheds:
+                            maps.h zt_ring_full_cut) */
+    __u8 _pad2[1];
 };
 
 /* Go scheduler records (bpf/gowake.c), for linking a goroutine's writes to the goroutine

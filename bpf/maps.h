@@ -239,6 +239,40 @@ static __always_inline void zt_capture_count(__u64 bytes)
         __sync_fetch_and_add(n, bytes);
 }
 
+/* The ring had no room: events are being lost now, and the agent's shedder may not look
+ * for tens of ms (its loop busy in compiled code) while the ring refills at full rate.
+ * So the probes cut the keep rate themselves, x1/4 at most every ZT_RING_CUT_NS, and
+ * turn sampling on if it was off; the shedder adopts the lower rate at its next look
+ * and raises it again once calm (agent/probes/shedding.py).  Only where the agent sheds
+ * (zt_config.ring_cut): with shedding off, nothing is sampled, whatever is lost. */
+#define ZT_RING_CUT_NS 20000000ULL
+BPF_ARRAY(ring_cut, __u64, 1); /* time of the last cut */
+
+static __always_inline void zt_ring_full_cut(struct zt_config *cfg)
+{
+    if (!cfg->ring_cut)
+        return;
+    int zero = 0;
+    __u64 *last = ring_cut.lookup(&zero);
+    if (!last)
+        return;
+    __u64 now = bpf_ktime_get_ns();
+    if (now - *last < ZT_RING_CUT_NS)
+        return;
+    *last = now;
+    __u32 keep = cfg->keep >> 2;
+    if (keep < ZT_KEEP_FLOOR)
+        keep = ZT_KEEP_FLOOR;
+    if (keep >= cfg->keep)
+        return;
+    if (!cfg->shed_mode) {
+        cfg->shed_gen += 1; /* direction state from before is not trusted (data.c) */
+        cfg->shed_mode = 1;
+    }
+    cfg->keep = keep;
+    zt_stat(ZT_STAT_RING_CUTS, 1);
+}
+
 /* Submit without a wake-up except every cfg->wakeup_events events on this CPU: a
  * wake-up per event would cost an IPI per syscall, and the agent also polls on a short
  * timer.  (bcc 0.26 has no ringbuf_query, so the count is ours.) */
@@ -259,6 +293,7 @@ static __always_inline void zt_submit(struct zt_scratch *s, __u64 size, struct z
     }
     if (events.ringbuf_output(&s->ev, size, flags) != 0) {
         zt_count_drop(ZT_DROP_RINGBUF_FULL);
+        zt_ring_full_cut(cfg);
         return;
     }
     zt_stat(ZT_STAT_RECORDS, 1);

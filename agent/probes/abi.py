@@ -50,8 +50,8 @@ DROP_SLOT_COUNT = 4
 # per-CPU counter slots (bpf/abi.h ZT_STAT_*), map "stats"
 STAT_SLOTS = {0: "ring_records", 1: "ring_bytes", 2: "shed_exchanges", 3: "shed_connections",
               4: "shed_syscalls", 5: "shed_bytes", 6: "kept_exchanges", 7: "skipped_syscalls",
-              8: "skipped_bytes"}
-STAT_SLOT_COUNT = 9
+              8: "skipped_bytes", 9: "ring_cuts"}
+STAT_SLOT_COUNT = 10
 KEEP_ALL = 65536  # zt_config.keep: every exchange kept
 
 # struct zt_wake kinds (Go goroutine hand-offs, bpf/gowake.c)
@@ -115,7 +115,8 @@ class ZtConfig(ct.Structure):
         ("shed_gen", ct.c_uint32),
         ("shed_mode", ct.c_uint8),
         ("skip_hints", ct.c_uint8),
-        ("_pad2", ct.c_uint8 * 2),
+        ("ring_cut", ct.c_uint8),
+        ("_pad2", ct.c_uint8 * 1),
     ]
 
 

@@ -462,6 +462,16 @@ class SocketTracer:
             c.keep = keep
             table[ct.c_int(0)] = c
 
+    def enable_ring_cut(self) -> None:
+        """Let the probes cut the keep rate themselves when a record finds the ring full
+        (bpf/maps.h zt_ring_full_cut), for an agent that sheds (its shedder adopts the
+        probes' rate); before this, a full ring only loses records."""
+        table = self._bpf[b"config"]
+        with self._config_lock:
+            c = table[ct.c_int(0)]
+            c.ring_cut = 1
+            table[ct.c_int(0)] = c
+
     def seed_listening(self) -> int:
         """Write the TCP listeners of every network namespace in scope into map
         `listening` (maps.h): those from before the probes were enabled, which

@@ -16,6 +16,9 @@ row (hysteresis), so the rate does not oscillate around the edge.  Between readi
 ring's fill alone is checked every FAST_CHECK seconds: a ring filling up is cut at once
 (at ~130 000 requests/s the 16 MiB ring fills in ~0.15 s, a third of an interval, and
 waiting for the next reading lost 14-24 % of a run's events before sampling caught up).
+And the probes themselves cut the rate (x1/4, at most every 20 ms) when a record finds
+the ring full (bpf/maps.h zt_ring_full_cut: the agent may be stalled); a rate lower than
+the shedder's is adopted at its next look, and raised from there once calm.
 Sampling starting and stopping is logged once each, not every adjustment."""
 
 from __future__ import annotations
@@ -127,6 +130,8 @@ class Shedder:
 
     def _tick(self) -> None:
         now = self.clock()
+        if now >= self._next:
+            self._adopt()
         if now < self._next:
             self._fast(now)
             return
@@ -145,6 +150,24 @@ class Shedder:
             # on readings of its own (no second cut for the same burst)
             self._window.clear()
 
+    def _adopt(self) -> None:
+        """The probes cut the keep rate themselves when the ring was full (bpf/maps.h
+        zt_ring_full_cut): a rate lower than ours is theirs, and decisions go on from
+        it (a raise from where they left it, not from ours)."""
+        read = getattr(self.tracer, "keep", None)
+        if read is None or read >= self.keep:
+            return
+        before, self.keep = self.keep, read
+        self.calm = 0
+        self.changes += 1
+        self.last_reason = "the probes cut it: ring full"
+        self._window.clear()
+        if before == ALL:
+            self._stats0 = self.tracer.stats()
+            log.warning("overload (ring full): the probes turned sampling on, tracing "
+                        "%.1f%% of request/response exchanges; the rest is left out whole "
+                        "and counted", 100 * read / ALL)
+
     def _fast(self, now: float) -> None:
         """Between readings: the ring over HIGH_FILL is cut at once (x1/4, as a loss;
         x1/16 over twice that), and again only if it is still filling FAST_GAP later
@@ -154,6 +177,7 @@ class Shedder:
         if fill <= self.HIGH_FILL:
             self._fast_fill = 0.0
             return
+        self._adopt()
         if now < self._fast_after or fill <= self._fast_fill:
             return
         self._fast_fill, self._fast_after = fill, now + self.FAST_GAP

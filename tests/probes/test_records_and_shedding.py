@@ -289,3 +289,41 @@ def test_a_server_connection_from_before_the_agent_is_sampled_by_exchange(net):
     assert kept > 0 and stamps, f"{kept} server records kept, {len(stamps)} stamped"
     assert len(reads) > 1 and len(answers) > 1, (sorted(reads)[:9], sorted(answers)[:9])
     assert max(opened) <= 1, opened
+
+
+def test_a_full_ring_makes_the_probes_cut_the_keep_rate_themselves(net):
+    # Nobody reads the ring (an agent stalled in a long batch): the probes must not go
+    # on losing events at full rate until the shedder looks.  On the first failed submit
+    # they turn sampling on and cut the rate x1/4, again at most every 20 ms while it
+    # stays full (bpf/maps.h zt_ring_full_cut), down to a floor; counted.  Only when
+    # told to (an agent that sheds): the tests' tracers elsewhere just lose records.
+    srv = net.hosts[1]
+    loop = ("import socket,sys,time\n"
+            f"s=socket.create_connection(('{srv.addr}',{PORT}));f=s.makefile('rb')\n"
+            "print('connected',flush=True)\n"
+            "for _ in range(600):\n"
+            "  s.sendall(b'GET /small HTTP/1.1\\r\\nHost: t\\r\\n\\r\\n')\n"
+            "  h=b''\n"
+            "  while not h.endswith(b'\\r\\n\\r\\n'): h+=f.read(1)\n"
+            "  f.read(100)\n"
+            "print('done',flush=True)\n")
+    cfg = ProbeConfig(netns={h.inode for h in net.hosts}, tls=False, ring_pages=16)
+    with SocketTracer(cfg) as t:
+        assert t.keep == abi.KEEP_ALL
+        t.enable_ring_cut()  # what an agent that sheds does when ready
+        t0 = time.monotonic()
+        client = net.spawn(net.hosts[0], sys.executable, "-c", loop,
+                           stdout=subprocess.PIPE, text=True)
+        assert "connected" in client.stdout.readline()
+        assert "done" in client.stdout.readline()
+        took = time.monotonic() - t0
+        client.wait(timeout=10)
+        keep, stats, drops = t.keep, t.stats(), t.drops()
+        shed_mode = t._bpf[b"config"][0].shed_mode  # noqa: SLF001 - the kernel's side
+    print(f"keep {keep}, cuts {stats['ring_cuts']}, lost {drops['ringbuf_full']}, "
+          f"shed {stats['shed_exchanges']} exchanges in {took:.2f}s")
+    assert drops["ringbuf_full"] > 0  # the 64 KiB ring did fill
+    assert shed_mode == 1 and keep < abi.KEEP_ALL
+    assert 1 <= stats["ring_cuts"] <= took / 0.02 + 1  # paced, not one per lost event
+    assert keep >= 64  # never below the floor (ZT_KEEP_FLOOR)
+    assert stats["shed_exchanges"] > 0  # whole exchanges left out from then on

@@ -151,3 +151,32 @@ def test_a_ring_filling_between_readings_is_cut_at_once_and_again_only_if_still_
     assert at(0.05, 0.2) == ALL // 16  # under the mark: forgotten
     assert at(0.05, 0.6) == ALL // 256  # over twice the mark: x1/16 at once
     assert t.keeps == [ALL // 4, ALL // 16, ALL // 256]
+
+
+class CutByProbes(Recorder):
+    """A tracer whose probes cut the keep rate on their own (a full ring)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.keep = ALL
+
+    def set_keep(self, keep: int) -> None:
+        super().set_keep(keep)
+        self.keep = keep
+
+
+def test_the_probes_own_cut_is_adopted_and_raised_from(caplog):
+    c = Clocks(0.5)
+    t = CutByProbes()
+    s = Shedder(t, cpu_budget=0.5, interval=0.5, clock=lambda: c.wall,
+                cpu_clock=lambda: c.cpu)
+    s.start()
+    t.keep = ALL // 64  # the probes: ring full, sampling on
+    with caplog.at_level(logging.WARNING, logger="agent.probes.shedding"):
+        for _ in range(3 * Shedder.CALM_READINGS + Shedder.CPU_WINDOW):
+            c.step(0.05)
+            s.tick()
+    assert "the probes turned sampling on" in caplog.text
+    # raised from the probes' rate, never written back above it in between
+    assert t.keeps and t.keeps[0] > ALL // 64 and t.keeps[0] < ALL // 16
+    assert s.keep == t.keep == t.keeps[-1]
