@@ -141,6 +141,12 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
         return 0;
     __u64 sk = (__u64)args->skaddr;
     if (args->newstate == ZT_TCP_LISTEN || args->oldstate == ZT_TCP_LISTEN) {
+        /* A connection's socket is cloned from its listener, state and all, and set to
+         * SYN_RECV: LISTEN -> SYN_RECV is an accept under way, not the listener going
+         * (until this, every accept took its port out of the map).  Only LISTEN ->
+         * CLOSE is. */
+        if (args->oldstate == ZT_TCP_LISTEN && args->newstate != ZT_TCP_CLOSE)
+            return 0;
         struct zt_listen_key k = {.netns = zt_sock_netns(sk), .port = args->sport};
         __u8 one = 1;
         if (args->newstate == ZT_TCP_LISTEN)

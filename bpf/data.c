@@ -468,6 +468,10 @@ static __always_inline int zt_sample(struct zt_config *cfg, __u64 sk, __u8 dir, 
             if (st->shed)
                 out = 1;
             st->shed = 0;
+            /* a shed request counted open on this socket (a turn that read nothing,
+             * EAGAIN, counts too) is over once an exchange starts: no answer turn of a
+             * shed exchange will come to end it */
+            zt_shed_answered(st);
         } else {
             zt_stat(ZT_STAT_SHED_EXCHANGES, 1);
             st->shed = 1;

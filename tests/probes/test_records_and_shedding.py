@@ -327,3 +327,85 @@ def test_a_full_ring_makes_the_probes_cut_the_keep_rate_themselves(net):
     assert 1 <= stats["ring_cuts"] <= took / 0.02 + 1  # paced, not one per lost event
     assert keep >= 64  # never below the floor (ZT_KEEP_FLOOR)
     assert stats["shed_exchanges"] > 0  # whole exchanges left out from then on
+
+
+SPECULATIVE = """
+import select, socket, sys
+srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind((sys.argv[1], int(sys.argv[2]))); srv.listen(8)
+print('listening', flush=True)
+c, _ = srv.accept(); c.setblocking(False)
+while True:
+    # as Go's net/http and nginx do: read again right after answering, park on EAGAIN
+    try:
+        data = c.recv(4096)
+    except BlockingIOError:
+        select.select([c], [], [])
+        data = c.recv(4096)
+    if not data:
+        break
+    c.setblocking(True)
+    c.sendall(b'HTTP/1.1 200 OK\\r\\nContent-Length: 2\\r\\n\\r\\nok')
+    c.setblocking(False)
+"""
+
+PHASED_CLIENT = """
+import socket, sys, time
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])))
+for phase in range(2):
+    for _ in range(30):
+        s.sendall(b'GET / HTTP/1.1\\r\\nHost: t\\r\\n\\r\\n')
+        got = b''
+        while not got.endswith(b'ok'):
+            got += s.recv(100)
+        time.sleep(0.01)
+    print('phase', phase, flush=True)
+    sys.stdin.readline()
+"""
+
+
+def test_a_request_counted_open_on_a_read_that_found_nothing_ends_when_one_is_kept(net):
+    # A server that reads again right after answering (Go's net/http, nginx) finds
+    # nothing (EAGAIN).  Under sampling that read turns the socket to the request
+    # direction: decided at entry by the hash of the next request's seq, shed, and
+    # counted open on the thread.  If the keep rate rises before the request comes, its
+    # read is kept and no shed answer ends the count: the probes end it when the kept
+    # exchange starts (bpf/data.c zt_sample), else the thread carried an open shed
+    # request for the connection's life, and every call of its was refused.
+    port = PORT + 7
+    srv = net.hosts[1]
+    server = net.spawn(srv, sys.executable, "-c", SPECULATIVE, srv.addr, str(port),
+                       stdout=subprocess.PIPE, text=True)
+    assert "listening" in server.stdout.readline()
+    with SocketTracer(ProbeConfig(netns={h.inode for h in net.hosts}, tls=False)) as t:
+        t.set_keep(0)  # every exchange shed, every EAGAIN turn counted
+        client = net.spawn(net.hosts[0], sys.executable, "-c", PHASED_CLIENT, srv.addr,
+                           str(port), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                           text=True)
+        assert client.stdout.readline().startswith("phase 0")
+        time.sleep(0.2)  # the server parked on its read that found nothing
+        # the server's connection, accepted before the probes, has its role from the
+        # listening port: its accept must not have taken the port out of the map (a
+        # connection's socket is cloned from its listener: LISTEN -> SYN_RECV)
+        assert t.stats()["shed_connections"] == 0
+        t.set_keep(abi.KEEP_ALL)
+        t.poll(0.1)
+        client.stdin.write("\n")
+        client.stdin.flush()
+        assert client.stdout.readline().startswith("phase 1")
+        stamps = []
+        end = time.monotonic() + 1.0
+        while time.monotonic() < end:
+            stamps += [e.stamp for e in t.poll(0.05) if e.type == abi.EV_DATA
+                       and e.lport == port and e.flags & abi.F_SHED_STAMP]
+        client.stdin.write("\n")
+        client.stdin.close()
+        client.wait(timeout=10)
+    server.kill()
+    assert len(stamps) >= 40, len(stamps)  # phase 1's 30 exchanges, kept
+    reads = [s & abi.STAMP_READS_MASK for s in stamps]
+    opened = [(s >> abi.STAMP_OPEN_SHIFT) & abi.STAMP_OPEN_MASK for s in stamps]
+    assert min(reads) >= 30  # phase 0's shed turns were counted on the server's thread
+    # the first kept read's stamp, taken at its entry, still counts the request it is
+    # reading (its EAGAIN turn); from its exit on, nothing is open
+    assert opened[1:] == [0] * (len(opened) - 1), opened[:10]
