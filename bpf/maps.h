@@ -87,10 +87,10 @@ struct zt_sockstate {
 };
 /* TCP ports listened on, by network namespace: the role of a connection first seen
  * mid-way while sampling (data.c zt_sample), so that a server connection opened before
- * the agent is sampled by exchange, with its shed exchanges marked, rather than kept or
- * shed whole with no word to the stitcher.  Kept by sock:inet_sock_set_state (conn.c)
- * once enabled; the listeners from before are written by the agent when sampling first
- * starts (loader.py set_keep). */
+ * the agent is sampled by exchange, with its shed exchanges counted, rather than kept
+ * or shed whole with no word to the stitcher.  Kept by sock:inet_sock_set_state
+ * (conn.c) once enabled; the listeners from before are written by the agent when it is
+ * ready to shed (loader.py seed_listening), else at the first cut (set_keep). */
 struct zt_listen_key {
     __u32 netns;
     __u16 port;
