@@ -159,12 +159,9 @@ class Attached:
             log.info("processes scanned in %.1fs (%d Go processes followed)",
                      time.monotonic() - t0, go)
         if self.shedder is not None:
-            seed = getattr(self.tracer, "seed_listening", None)
-            if seed is not None:  # the first cut under overload must be quick
-                seed()
-            ring_cut = getattr(self.tracer, "enable_ring_cut", None)
-            if ring_cut is not None:  # and the probes make it if the loop is stalled
-                ring_cut()
+            ready = getattr(self.tracer, "ready_to_shed", None)
+            if ready is not None:  # a recorded stream's tracer has no probes
+                ready()
             self.shedder.start()
             self.shedder.run_in_thread()
         self.started = True

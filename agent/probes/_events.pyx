@@ -42,6 +42,8 @@ cdef int AF_INET = abi.AF_INET
 cdef int AF_INET6 = abi.AF_INET6
 cdef int F_HAS_SEQ = abi.F_HAS_SEQ
 cdef int IPPROTO_TCP = abi.IPPROTO_TCP
+cdef int EV_DATA = abi.EV_DATA
+cdef int F_SHED_STAMP = abi.F_SHED_STAMP
 _SYS_NAMES = abi.SYS_NAMES
 _inet_ntop = socket.inet_ntop
 _AF4 = socket.AF_INET
@@ -117,7 +119,7 @@ cdef class SocketEvent:
     @property
     def stamp(self):
         """The thread's shed stamp at the syscall's entry (abi.F_SHED_STAMP), else -1."""
-        if self.ev.type == 1 and self.ev.flags & 128:  # EV_DATA, F_SHED_STAMP
+        if self.ev.type == EV_DATA and self.ev.flags & F_SHED_STAMP:
             return self.ev.offset
         return -1
 

@@ -462,10 +462,13 @@ class SocketTracer:
             c.keep = keep
             table[ct.c_int(0)] = c
 
-    def enable_ring_cut(self) -> None:
-        """Let the probes cut the keep rate themselves when a record finds the ring full
-        (bpf/maps.h zt_ring_full_cut), for an agent that sheds (its shedder adopts the
-        probes' rate); before this, a full ring only loses records."""
+    def ready_to_shed(self) -> None:
+        """The agent sheds from now: the listeners written (seed_listening: the first
+        cut must be quick), and the probes let cut the keep rate themselves when a
+        record finds the ring full (bpf/maps.h zt_ring_full_cut; the shedder adopts
+        their rate).  Before this, a full ring only loses records."""
+        if not self._listening_seeded:
+            self.seed_listening()
         table = self._bpf[b"config"]
         with self._config_lock:
             c = table[ct.c_int(0)]

@@ -130,11 +130,10 @@ class Shedder:
 
     def _tick(self) -> None:
         now = self.clock()
-        if now >= self._next:
-            self._adopt()
         if now < self._next:
             self._fast(now)
             return
+        self._adopt()
         self._next = now + self.interval
         cpu = self.cpu_clock()
         self._window.append((max(now - self._t, 1e-6), cpu - self._cpu))
@@ -157,16 +156,9 @@ class Shedder:
         read = getattr(self.tracer, "keep", None)
         if read is None or read >= self.keep:
             return
-        before, self.keep = self.keep, read
         self.calm = 0
-        self.changes += 1
-        self.last_reason = "the probes cut it: ring full"
         self._window.clear()
-        if before == ALL:
-            self._stats0 = self.tracer.stats()
-            log.warning("overload (ring full): the probes turned sampling on, tracing "
-                        "%.1f%% of request/response exchanges; the rest is left out whole "
-                        "and counted", 100 * read / ALL)
+        self._apply(read, "the probes cut it: ring full", write=False)
 
     def _fast(self, now: float) -> None:
         """Between readings: the ring over HIGH_FILL is cut at once (x1/4, as a loss;
@@ -221,13 +213,15 @@ class Shedder:
         self._apply(keep, why)
         return keep
 
-    def _apply(self, keep: int, why: str) -> None:
+    def _apply(self, keep: int, why: str, write: bool = True) -> None:
+        """Take keep as the rate (write: tell the probes; not when it is theirs)."""
         if keep == self.keep:
             return
         before, self.keep = self.keep, keep
         self.changes += 1
         self.last_reason = why
-        self.tracer.set_keep(keep)
+        if write:
+            self.tracer.set_keep(keep)
         if before == ALL:
             self._stats0 = self.tracer.stats()
             log.warning("overload (%s): sampling on, tracing %.1f%% of request/response "

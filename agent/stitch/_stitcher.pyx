@@ -198,17 +198,26 @@ cdef inline bint _cev_lt(const CEv& a, const CEv& b) noexcept:
     return a.tid < b.tid
 
 
-cdef inline void _tev_add(vector[TEv]* tl, const TEv& entry) except *:
-    """Append to a thread's history, kept sorted (insort_right when out of order)."""
+ctypedef fused HistEv:  # the entries of a thread's or a client connection's history
+    TEv
+    CEv
+
+
+cdef inline void _add_sorted(vector[HistEv]* h, const HistEv& entry) noexcept:
+    """Append to a history, kept sorted (insort_right when out of order)."""
     cdef Py_ssize_t i
-    if tl.size() and tl.back().ts > entry.ts:
+    if h.size() and h.back().ts > entry.ts:
         # rare: events of one thread arriving out of order
-        i = tl.size()
-        while i > 0 and _tev_lt(entry, deref(tl)[i - 1]):
-            i -= 1
-        tl.insert(tl.begin() + i, entry)
+        i = h.size()
+        if HistEv is TEv:
+            while i > 0 and _tev_lt(entry, deref(h)[i - 1]):
+                i -= 1
+        else:
+            while i > 0 and _cev_lt(entry, deref(h)[i - 1]):
+                i -= 1
+        h.insert(h.begin() + i, entry)
     else:
-        tl.push_back(entry)
+        h.push_back(entry)
 
 
 cdef inline Py_ssize_t _tev_lower(vector[TEv]* v, int64_t ts) noexcept:
@@ -583,7 +592,6 @@ cdef class Stitcher:
         cdef SocketEvent se
         cdef vector[TEv]* tl
         cdef vector[CEv]* ce
-        cdef Py_ssize_t i
         cdef int flags
         cdef uint64_t stamp = 0
         if type(e) is SocketEvent:
@@ -625,20 +633,14 @@ cdef class Stitcher:
             # a request read: open on this thread until its server span completes
             self.inflight[key][pair[uint64_t, uint64_t](entry.conn, entry.off)] = entry.ts
             self.inflight_threads[entry.conn].insert(key)
-        _tev_add(tl, entry)
+        _add_sorted(tl, entry)
         if entry.role == _ROLE_CLIENT:
             ce = &self.conn_events[entry.conn]
             centry.ts = entry.ts
             centry.d = entry.d
             centry.pid = pid
             centry.tid = tid
-            if ce.size() and ce.back().ts > entry.ts:
-                i = ce.size()
-                while i > 0 and _cev_lt(centry, deref(ce)[i - 1]):
-                    i -= 1
-                ce.insert(ce.begin() + i, centry)
-            else:
-                ce.push_back(centry)
+            _add_sorted(ce, centry)
 
     cdef void _shed_turns(self, TKey key, vector[TEv]* tl, uint64_t stamp, int64_t ts0,
                           bint latest) except *:
@@ -666,12 +668,12 @@ cdef class Stitcher:
         v.ts = ts0 - 2
         if reads and answers:
             v.d = _EGRESS if stamp & _LAST_READ else _INGRESS
-            _tev_add(tl, v)
+            _add_sorted(tl, v)
             v.d = _INGRESS if stamp & _LAST_READ else _EGRESS
         else:
             v.d = _INGRESS if reads else _EGRESS
         v.ts = ts0 - 1
-        _tev_add(tl, v)
+        _add_sorted(tl, v)
 
     cdef bint _hidden_at(self, TKey key, int64_t t):
         """A request read on thread key and left out by sampling was open at t (read

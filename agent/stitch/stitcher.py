@@ -72,8 +72,9 @@ _bisect_left = bisect.bisect_left
 _bisect_right = bisect.bisect_right
 
 
-def _tev_add(tl: list, entry: tuple) -> None:
-    """Append to a thread's history, kept sorted (insort when out of order: rare)."""
+def _add_sorted(tl: list, entry: tuple) -> None:
+    """Append to a history (a thread's, a client connection's), kept sorted (insort
+    when out of order: rare)."""
     if tl and tl[-1][0] > entry[0]:
         _insort(tl, entry)
     else:
@@ -194,14 +195,10 @@ class Stitcher:
             # a request read: open on this thread until its server span completes
             self.inflight[key][(conn_id, e.offset)] = ts
             self.inflight_threads[conn_id].add(key)
-        _tev_add(tl, entry)
+        _add_sorted(tl, entry)
         if role == _ROLE_CLIENT:
             ce = self.conn_events[conn_id]
-            centry = (ts, d, e.pid, e.tid)
-            if ce and ce[-1][0] > ts:
-                _insort(ce, centry)
-            else:
-                ce.append(centry)
+            _add_sorted(ce, (ts, d, e.pid, e.tid))
 
     def _shed_turns(self, key: tuple[int, int], tl: list, stamp: int, ts0: int,
                     latest: bool) -> None:
@@ -226,10 +223,10 @@ class Stitcher:
         last = _INGRESS if (stamp & _LAST_READ) else _EGRESS
         if reads and answers:
             first = _EGRESS if last == _INGRESS else _INGRESS
-            _tev_add(tl, (ts0 - 2, first, 0, 0, ROLE_SHED, -1))
+            _add_sorted(tl, (ts0 - 2, first, 0, 0, ROLE_SHED, -1))
         else:
             last = _INGRESS if reads else _EGRESS
-        _tev_add(tl, (ts0 - 1, last, 0, 0, ROLE_SHED, -1))
+        _add_sorted(tl, (ts0 - 1, last, 0, 0, ROLE_SHED, -1))
 
     def _hidden_at(self, key: tuple[int, int], t: int) -> bool:
         """A request read on thread key and left out by sampling was open at t (read

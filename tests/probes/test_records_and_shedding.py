@@ -310,7 +310,7 @@ def test_a_full_ring_makes_the_probes_cut_the_keep_rate_themselves(net):
     cfg = ProbeConfig(netns={h.inode for h in net.hosts}, tls=False, ring_pages=16)
     with SocketTracer(cfg) as t:
         assert t.keep == abi.KEEP_ALL
-        t.enable_ring_cut()  # what an agent that sheds does when ready
+        t.ready_to_shed()  # what an agent that sheds does when ready
         t0 = time.monotonic()
         client = net.spawn(net.hosts[0], sys.executable, "-c", loop,
                            stdout=subprocess.PIPE, text=True)
