@@ -92,8 +92,10 @@ def test_writes_retried_or_partial_emitted_once(tracer, built, mode):
 def test_socket_reused_after_a_write_keeps_its_plain_bytes(tracer, built):
     """A write's call state outlives the call (no return probe): when the socket is
     gone and its memory reused at once by a plain connection of the same thread, that
-    connection's bytes must not be taken for the write's ciphertext (skipped)."""
-    for _attempt in range(3):
+    connection's bytes must not be taken for the write's ciphertext.  The client pins
+    itself to one CPU from close() to socket(), so the slab hands the sock back at once;
+    if it still did not, the case was not built: a skip here, a failure in CI."""
+    for attempt in range(5):
         counts, writes, events, pid = _run(tracer, built, "reuse", keep=True)
         tls_sk = {e.sock_id & ~1 for e in writes}
         plain = [e for e in events if e.pid == pid and not e.sock_id & 1
@@ -101,8 +103,12 @@ def test_socket_reused_after_a_write_keeps_its_plain_bytes(tracer, built):
         assert len(tls_sk) == 1 and writes[-1].payload == b"bye"
         assert plain, "the plain connection's write was not seen"
         if plain[0].sock_id in tls_sk:  # the same struct sock: the case this is about
+            print(f"memory reused at run {attempt + 1}")
             return
-    pytest.skip("the kernel did not reuse the socket's memory in 3 runs")
+    why = "the kernel did not reuse the socket's memory in 5 runs"
+    if os.environ.get("CI") == "true":
+        pytest.fail(why)
+    pytest.skip(why)
 
 
 def test_write_return_probe_design_agrees(tracer, built, monkeypatch):
