@@ -317,6 +317,9 @@ def traced_round(net, url: str, args, env: dict[str, str]) -> dict:
         "rss_idle": rss_idle,
         "rss_steady": statistics.median(half),
         "rss_peak": max(rss),
+        # the resident memory each second from the load's start (the drain included)
+        "rss_by_s": [max((mb for t, mb in a.rss if t0 + k <= t < t0 + k + 1), default=0.0)
+                     for k in range(int(t1 - t0) + 2)],
         "smaps": smaps[0] if smaps else {},
         "smaps_idle": smaps_idle,
         "progs": progs,
@@ -388,6 +391,9 @@ def _print_round(i: int, what: str, b: dict, r: dict) -> None:
         if r.get(key):
             print(f"    resident {when} by kind (MB): " + ", ".join(
                 f"{k.strip()} {v:.1f}" for k, v in r[key].items() if v >= 0.05))
+    if r.get("smaps"):
+        print("    RSS each second of the load (MB): " + " ".join(
+            f"{mb:.0f}" for mb in r["rss_by_s"]))
     for line in r.get("progs", []):
         print("    " + line)
     for line in r["exit"]:

@@ -110,6 +110,42 @@ def trim_heap() -> None:
 
 # -- diagnosis ------------------------------------------------------------------------
 
+def malloc_arenas() -> list[str]:
+    """glibc's arenas (malloc_info): for each, the memory it holds from the system and
+    how much of it is free chunks; [] where malloc_info is missing (musl)."""
+    import re as _re
+    import tempfile
+
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None)
+    info = getattr(_libc, "malloc_info", None)
+    if info is None:
+        return []
+    _libc.fdopen.restype = ctypes.c_void_p
+    _libc.fdopen.argtypes = [ctypes.c_int, ctypes.c_char_p]
+    _libc.fflush.argtypes = [ctypes.c_void_p]
+    info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+    with tempfile.TemporaryFile("w+") as tmp:
+        import os
+
+        fp = _libc.fdopen(os.dup(tmp.fileno()), b"w")
+        info(0, fp)
+        _libc.fclose.argtypes = [ctypes.c_void_p]
+        _libc.fclose(fp)
+        tmp.seek(0)
+        xml = tmp.read()
+    out = []
+    for nr, body in _re.findall(r'<heap nr="(\d+)">(.*?)</heap>', xml, _re.S):
+        free = sum(int(x) for x in _re.findall(r'<total type="(?:fast|rest)" count="\d+" '
+                                               r'size="(\d+)"', body))
+        cur = _re.search(r'<system type="current" size="(\d+)"', body)
+        held = int(cur.group(1)) if cur else 0
+        out.append(f"malloc arena {nr}: {held / 2**20:.1f} MB from the system, "
+                   f"{free / 2**20:.1f} MB of it free chunks")
+    return out
+
+
 def report(top: int, when: str, pipeline=None) -> None:
     """Where the memory is, on stderr (diagnosis: ZEROTRACE_MEMORY_REPORT=N): Python's
     object allocator (arenas, used and free bytes), the collector's state and, with
@@ -135,9 +171,17 @@ def report(top: int, when: str, pipeline=None) -> None:
         for line in tmp:
             if line.startswith(("# arenas", "# bytes in", "Total")):
                 print(f"zerotrace-mem: {when}: {' '.join(line.split())}", file=sys.stderr)
+    for line in malloc_arenas():
+        print(f"zerotrace-mem: {when}: {line}", file=sys.stderr)
     print(f"zerotrace-mem: {when}: gc counts {gc.get_count()}, objects tracked "
           f"{len(gc.get_objects())}, frozen {gc.get_freeze_count()}, collections "
           f"{[g['collections'] for g in gc.get_stats()]}", file=sys.stderr)
+    if when != "ready":  # the containers alive, by type: what holds the arenas
+        from collections import Counter
+
+        census = Counter(type(o).__name__ for o in gc.get_objects())
+        print(f"zerotrace-mem: {when}: tracked objects by type "
+              f"{census.most_common(top)}", file=sys.stderr)
     if pipeline is not None:
         st = pipeline.stitcher
         print(f"zerotrace-mem: {when}: held: {len(st.items)} spans being stitched, "

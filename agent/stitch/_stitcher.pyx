@@ -40,6 +40,8 @@ from agent.stitch import evidence
 from agent.stitch.handoff import NOTHING_SEEN
 from agent.stitch.runtime import GOROUTINE_BASE, MODE_GO, MODE_GO_GOID, RuntimeClassifier
 from agent.stitch.stitcher import (
+    HISTORY_DROPPED,
+    MAX_EMITTED,
     NO_SPAN,
     OTHER_PROCESS,
     ROLE_SHED,
@@ -69,6 +71,7 @@ cdef int64_t _GOROUTINE_BASE = GOROUTINE_BASE
 # How many connection or hand-off steps one attribution may follow back (stitcher.py)
 cdef int _MAX_DEPTH = 16
 cdef str _NO_SPAN = NO_SPAN
+cdef str _HISTORY_DROPPED = HISTORY_DROPPED
 cdef str _NOTHING_SEEN = NOTHING_SEEN
 cdef str _MODE_GO = MODE_GO
 cdef str _MODE_GO_GOID = MODE_GO_GOID
@@ -511,6 +514,7 @@ cdef class Stitcher:
 
     cdef public object emit, classifier, handoffs, stats, per_process, comm
     cdef public int64_t settle_ns, quiet_ns, max_wait_ns, horizon_ns
+    cdef public Py_ssize_t max_emitted
     cdef public list pending_thread
     cdef RemoteLinker remote
     cdef TraceAssembler assembly
@@ -535,10 +539,11 @@ cdef class Stitcher:
 
     def __init__(self, emit, *, settle_ns: int = 100 * 10**6, quiet_ns: int = 500 * 10**6,
                  max_wait_ns: int = 5000 * 10**6, horizon_ns: int = 60_000 * 10**6,
-                 classifier=None) -> None:
+                 max_emitted: int = MAX_EMITTED, classifier=None) -> None:
         self.emit = emit
         self.settle_ns, self.quiet_ns = settle_ns, quiet_ns
         self.max_wait_ns, self.horizon_ns = max_wait_ns, horizon_ns
+        self.max_emitted = max_emitted
         self.classifier = classifier or RuntimeClassifier()
         self.remote = RemoteLinker()
         self.assembly = TraceAssembler()
@@ -566,6 +571,11 @@ cdef class Stitcher:
     def emitted(self):
         """Spans emitted and kept for late joiners (a deque)."""
         return self.assembly.emitted
+
+    @property
+    def dropped_end_ns(self):
+        """The latest end of an emitted span dropped early (max_emitted), or 0."""
+        return self.assembly.dropped_end
 
     @property
     def pending_remote(self) -> list:
@@ -846,6 +856,8 @@ cdef class Stitcher:
         if it is None:
             if role == _ROLE_CLIENT:
                 return self._context_of_conn_read(conn_id, ts, now, depth, pid)
+            if ts <= self.assembly.dropped_end:  # its span may be one dropped from memory
+                return _HISTORY_DROPPED
             return "pending"
         if it.server:
             self._ri = it
@@ -1138,7 +1150,9 @@ cdef class Stitcher:
                 if kv.second < t and now - kv.second < self.max_wait_ns:
                     return None
         cdef list open_ = []
-        if self._hidden_at(key, t):  # a request left out by sampling: unknown context
+        # a request left out by sampling, or one whose span was dropped from memory,
+        # may be open at t: an unknown context
+        if self._hidden_at(key, t) or t <= self.assembly.dropped_end:
             open_.append(_UNKNOWN)
         sit = self.thread_servers.find(key)
         if sit != self.thread_servers.end() and deref(sit).second.size():
@@ -1300,7 +1314,10 @@ cdef class Stitcher:
         cdef cset[uint64_t] t_ranges
         cdef cset[TKey] t_servers
         cdef dict t_py = {}  # header key -> None, in the order met
-        cdef list gone = self.assembly.expire(keep_after)
+        cdef Py_ssize_t dropped = self.assembly.dropped
+        cdef list gone = self.assembly.expire(keep_after, self.max_emitted)
+        if self.assembly.dropped != dropped:
+            _inc(self.stats, "emitted_dropped_early", self.assembly.dropped - dropped)
         for it in gone:
             it.gone = True
             if it.in_ranges:

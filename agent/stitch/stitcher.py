@@ -61,6 +61,12 @@ _LAST_READ = abi.STAMP_LAST_READ
 # answer) the probes left out by sampling and only counted (bpf/data.c zt_shed_turn).
 ROLE_SHED = 3
 SHED_READ = "a request read left out by sampling"
+# Emitted spans kept for late joiners at most (the oldest go first beyond it, before
+# their max_wait + quiet window ends): the agent's memory stays bounded under load
+# (~0.8 KB a kept span; at 10k spans/s the 5.5 s window alone held 55k).  A decision
+# that would need history dropped this way is refused with HISTORY_DROPPED.
+MAX_EMITTED = 10_000
+HISTORY_DROPPED = "history dropped to bound memory"
 OTHER_PROCESS = "connection written by another process"
 # How many connection or hand-off steps one attribution may follow back: a chain is
 # as deep as the calls a request makes one after another through unparsed round trips.
@@ -125,11 +131,13 @@ class Stitcher:
 
     def __init__(self, emit: Callable[[Trace], None], *, settle_ns: int = 100 * _MS,
                  quiet_ns: int = 500 * _MS, max_wait_ns: int = 5000 * _MS,
-                 horizon_ns: int = 60_000 * _MS,
+                 horizon_ns: int = 60_000 * _MS, max_emitted: int = MAX_EMITTED,
                  classifier: RuntimeClassifier | None = None) -> None:
         self.emit = emit
         self.settle_ns, self.quiet_ns = settle_ns, quiet_ns
         self.max_wait_ns, self.horizon_ns = max_wait_ns, horizon_ns
+        self.max_emitted = max_emitted
+        self.dropped_end_ns = 0  # the latest end of an emitted span dropped early
         self.classifier = classifier or RuntimeClassifier()
         # (pid, tid) -> time-ordered [(ts, direction, conn_id, offset, role)]
         self.threads: dict[tuple[int, int], list] = defaultdict(list)
@@ -353,6 +361,8 @@ class Stitcher:
         if it is None:
             if role == _ROLE_CLIENT:
                 return self._context_of_conn_read(conn_id, ts, now, depth, pid)
+            if ts <= self.dropped_end_ns:  # its span may be one dropped from memory
+                return HISTORY_DROPPED, None
             return "pending", None
         if it.span.kind == KIND_SERVER:
             return "ok", it
@@ -608,7 +618,9 @@ class Stitcher:
             if ts < t and now - ts < self.max_wait_ns:
                 return None
         open_: list[Item] = []
-        if self._hidden_at(key, t):  # a request left out by sampling: unknown context
+        # a request left out by sampling, or one whose span was dropped from memory,
+        # may be open at t: an unknown context
+        if self._hidden_at(key, t) or t <= self.dropped_end_ns:
             open_.append(Item(SpanContext(Span(), 0, 0, 0, 0, 0, False)))
         servers = self.thread_servers.get(key)
         if servers:
@@ -849,8 +861,11 @@ class Stitcher:
         em = self.emitted
         gone: set[Item] = set()
         touched: dict[tuple[int, object], None] = {}  # (index number, key)
-        while em and em[0].span.end_ns < keep_after:
+        while em and (em[0].span.end_ns < keep_after or len(em) > self.max_emitted):
             it = em.popleft()
+            if it.span.end_ns >= keep_after:  # dropped early: the memory bound
+                self.dropped_end_ns = max(self.dropped_end_ns, it.span.end_ns)
+                self.stats["emitted_dropped_early"] += 1
             gone.add(it)
             for ik in it.keys:
                 touched[ik] = None

@@ -149,3 +149,49 @@ def test_emitted_spans_are_let_go():
     gc.collect()
     alive = [o for o in gc.get_objects() if type(o) is Span and o.span_id in ids]
     assert alive == [], f"{len(alive)} emitted spans still held"
+
+
+def _event_loop(calls: list, b_answered_first: bool) -> tuple:
+    """One thread reads request A and request B, then writes a call C whose answer
+    comes 3 s later, after A's and B's traces went out (A's item emitted first)."""
+    if b_answered_first:  # B read and answered, then A read: C is A's call
+        b = server(calls, 1, 11, T0, T0 + 1 * MS, "B")
+        a = server(calls, 1, 11, T0 + 2 * MS, T0 + 20 * MS, "A")
+    else:  # A and B both open when C is written: whose, unknown
+        a = server(calls, 1, 11, T0, T0 + 20 * MS, "A")
+        b = server(calls, 1, 11, T0 + 1 * MS, T0 + 21 * MS, "B")
+        # a write of no span between the two reads (a log line): the reads before C's
+        # write are B's alone, so only the open requests can tell A is in flight too
+        calls.append(("observe", Ev(1, 11, next(_conn), abi.DIR_EGRESS, T0 + MS // 2,
+                                    abi.ROLE_CLIENT)))
+    calls.sort(key=lambda c: c[1].ts_exit)
+    calls += [("add", a), ("add", b), ("tick", T0 + 1000 * MS)]
+    c = client(calls, 1, 11, T0 + 3 * MS, T0 + 3000 * MS, "C")
+    calls += [("tick", T0 + 2000 * MS), ("add", c), ("tick", T0 + 4000 * MS), ("close",)]
+    return a, b, c
+
+
+def test_late_joiner_whose_parent_was_dropped_from_memory_is_refused():
+    # max_emitted=1: A's item is dropped at the first prune, B's kept; C's parent is A
+    calls: list = []
+    a, b, c = _event_loop(calls, b_answered_first=True)
+    full = both(calls)
+    assert parents(full, [a, b, c])["C"] == "A"
+    assert full["stats"].get("emitted_dropped_early", 0) == 0
+    py, cy = compare(calls, classifier=Threads(), max_emitted=1)
+    assert py == cy
+    assert parents(cy, [a, b, c])["C"] is None, "linked without its parent's history"
+    assert "refused: history dropped to bound memory" in cy["report"][0]["counts"]
+    assert cy["stats"]["emitted_dropped_early"] >= 1
+
+
+def test_dropped_request_counts_as_open_when_the_call_is_written():
+    # A and B both open at C's write: the thread history alone cannot say whose C is.
+    # With A's item dropped, B looks like the only open request: it must not be taken.
+    calls: list = []
+    a, b, c = _event_loop(calls, b_answered_first=False)
+    assert parents(both(calls), [a, b, c])["C"] is None  # several requests in flight
+    py, cy = compare(calls, classifier=Threads(), max_emitted=1)
+    assert py == cy
+    assert parents(cy, [a, b, c])["C"] is None, "linked to B with A's span dropped"
+    assert cy["stats"]["emitted_dropped_early"] >= 1
