@@ -519,6 +519,7 @@ cdef class Stitcher:
     cdef RemoteLinker remote
     cdef TraceAssembler assembly
     cdef int64_t _next_prune, _next_full, _now
+    cdef int64_t _history_from  # thread histories before it may have been pruned
     cdef Py_ssize_t _added
     cdef bint _via_conn
     cdef Item _ri  # the item of the last attribution step
@@ -1176,7 +1177,8 @@ cdef class Stitcher:
         cdef int64_t start = parent.in_ns if parent.server else parent.start_ns
         cdef Py_ssize_t lo = _tev_lower(lst, start), hi = _tev_lower(lst, t), k
         cdef list others = []
-        cdef bint unknown = False
+        # the thread's reads before the horizon are gone: what they were, unknown
+        cdef bint unknown = start < self._history_from
         cdef TEv e
         cdef str status
         cdef Item ctxt
@@ -1376,6 +1378,8 @@ cdef class Stitcher:
                 del index[k]
         cdef int64_t horizon = now - self.horizon_ns
         cdef Py_ssize_t cut
+        if horizon > self._history_from:
+            self._history_from = horizon
         tit = self.threads.begin()
         while tit != self.threads.end():
             tl = &deref(tit).second

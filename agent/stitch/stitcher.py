@@ -138,6 +138,7 @@ class Stitcher:
         self.max_wait_ns, self.horizon_ns = max_wait_ns, horizon_ns
         self.max_emitted = max_emitted
         self.dropped_end_ns = 0  # the latest end of an emitted span dropped early
+        self.history_from_ns = 0  # thread histories before it may have been pruned
         self.classifier = classifier or RuntimeClassifier()
         # (pid, tid) -> time-ordered [(ts, direction, conn_id, offset, role)]
         self.threads: dict[tuple[int, int], list] = defaultdict(list)
@@ -641,7 +642,8 @@ class Stitcher:
         lo = _bisect_left(lst, (start,))
         hi = _bisect_left(lst, (t,))
         others: list[Item] = []
-        unknown = False
+        # the thread's reads before the horizon are gone: what they were, unknown
+        unknown = start < self.history_from_ns
         for ts, d, conn, off, role, _open in lst[lo:hi]:
             if d != _INGRESS:
                 continue
@@ -881,6 +883,7 @@ class Stitcher:
             if not lst:
                 del index[key]
         horizon = now - self.horizon_ns
+        self.history_from_ns = max(self.history_from_ns, horizon)
         for k in list(self.threads):
             tl = self.threads[k]
             if tl and tl[0][0] < horizon:

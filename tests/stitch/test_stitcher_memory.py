@@ -195,3 +195,32 @@ def test_dropped_request_counts_as_open_when_the_call_is_written():
     assert py == cy
     assert parents(cy, [a, b, c])["C"] is None, "linked to B with A's span dropped"
     assert cy["stats"]["emitted_dropped_early"] >= 1
+
+
+def test_history_older_than_the_horizon_counts_as_unknown():
+    # An event loop's request P (read at 0 s) calls D at once, then the thread reads
+    # and answers request B; D's answer comes at 60.7 s, P writes call C at 60.8 s and
+    # answers at 60.9 s.  With the whole history, B's read between P's request and C
+    # makes C's parent unknown.  C is decided after the thread's history before 2 s was
+    # pruned (horizon 60 s): B's read is gone and must still count as unknown.
+    calls: list = []
+    pid, tid = 1, 11
+    s = 1000 * MS
+    p = server(calls, pid, tid, T0, T0 + 60 * s + 900 * MS, "P")
+    d = client(calls, pid, tid, T0 + 500 * MS, T0 + 60 * s + 700 * MS, "D")
+    b = server(calls, pid, tid, T0 + 1 * s, T0 + 1 * s + 1 * MS, "B")
+    c = client(calls, pid, tid, T0 + 60 * s + 800 * MS, T0 + 62 * s + 500 * MS, "C")
+    calls.sort(key=lambda c: c[1].ts_exit)
+    calls = [x for x in calls if x[1].ts_exit <= T0 + 61 * s]
+    calls += [("add", b), ("add", d), ("add", p), ("tick", T0 + 60 * s + 950 * MS),
+              ("tick", T0 + 62 * s),  # the thread's history before 2 s is pruned
+              ("observe", Ev(pid, tid, c.conn_id, abi.DIR_INGRESS, T0 + 62 * s + 500 * MS,
+                             abi.ROLE_CLIENT)),
+              ("add", c), ("tick", T0 + 62 * s + 600 * MS), ("close",)]
+    out = both(calls)
+    got = parents(out, [p, b, c, d])
+    assert got["D"] == "P"
+    assert got["C"] is None, "linked across a pruned read of another request"
+    # the same with the whole history kept: refused for the read B's request
+    out = compare(calls, classifier=Threads(), horizon_ns=600 * s)[1]
+    assert parents(out, [p, b, c, d])["C"] is None
