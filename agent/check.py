@@ -117,6 +117,31 @@ def check_tc() -> Check:
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
 
+def check_tcx() -> Check:
+    """A TC program attached through a tcx link (Linux 6.6+), how the hop probes attach
+    when they can (agent/probes/tcx.py), on lo of a scratch netns."""
+    from agent.probes import tcx
+
+    ns = f"zt-check-{uuid.uuid4().hex[:8]}"
+    b = None
+    try:
+        from bcc import BPF
+
+        b = BPF(text=b"int zt_check(struct __sk_buff *skb) { return -1; }")
+        fd = b.load_func(b"zt_check", BPF.SCHED_CLS).fd
+        subprocess.run(["ip", "netns", "add", ns], check=True, capture_output=True)
+        os.close(tcx.attach(fd, 1, ingress=True, netns=ns))  # lo is ifindex 1
+        return Check("TC (tcx)", True, "a tcx link made in a scratch netns")
+    except OSError as e:
+        return Check("TC (tcx)", False, f"no tcx links ({e.strerror}): clsact is used")
+    except Exception as e:  # bcc refused the program, no ip(8)
+        return Check("TC (tcx)", False, f"could not test: {str(e).splitlines()[0][:60]}")
+    finally:
+        if b is not None:
+            b.cleanup()
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
 def check_tc_marks() -> Check:
     """How the network hops learn where a message starts (docs/network.md)."""
     from agent.probes.tc import has_sendmsg_tracepoint
@@ -232,7 +257,7 @@ def run_checks(with_fentry: bool = True, with_tc: bool = True) -> list[Check]:
                check_syscall_tracepoints(), check_pmu("kprobe", "kprobes"),
                check_pmu("uprobe", "uprobes"), check_headers()]
     if with_tc:
-        checks += [check_tc(), check_tc_marks()]
+        checks += [check_tc(), check_tcx(), check_tc_marks()]
     if with_fentry:
         checks.append(check_fentry())
     checks += check_tls()
@@ -245,7 +270,8 @@ def probe_set(checks: list[Check]) -> str:
     if have.get("uprobes"):
         parts.append("uprobes available (TLS)")
     if have.get("TC (clsact)"):
-        parts.append("TC available (network spans)")
+        parts.append("TC available (network spans" + (", tcx links)" if have.get("TC (tcx)")
+                                                     else ", clsact filters)"))
     if have.get("kprobes") or have.get("fentry"):
         parts.append("kprobes/fentry available (not needed)")
     return "; ".join(parts)

@@ -356,7 +356,7 @@ def end_to_end(rounds: int, n: int, marks: str = "auto") -> None:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
 
-def throughput(rounds: int, seconds: int, body: int) -> None:
+def throughput(rounds: int, seconds: int, body: int, attach: str = "auto") -> None:
     """wrk against nginx across a bridge (ns a -> veth -> bridge -> veth -> ns b),
     TC on all four veth ends, traced vs untraced rounds alternating; requests/s."""
     import re
@@ -407,7 +407,7 @@ http {{ access_log off; client_body_temp_path {tmp}/b; proxy_temp_path {tmp}/p;
         every, adaptive = "traced, every message", "traced, adaptive sampling"
         states = ("untraced", "TC filters only", "marks only", every, adaptive)
         res: dict[str, list[float]] = {k: [] for k in states}
-        tc = TcTracer(TcConfig(interfaces=f"^zb{tag}[ab]h?$", netns=[a, b]))
+        tc = TcTracer(TcConfig(interfaces=f"^zb{tag}[ab]h?$", netns=[a, b], attach=attach))
         drainer = Drainer(tc)
         # per traced state: drainer CPU us per request, records a request, lost
         agent: dict[str, list[float]] = {every: [], adaptive: []}
@@ -473,7 +473,8 @@ http {{ access_log off; client_body_temp_path {tmp}/b; proxy_temp_path {tmp}/p;
             tc.close()
         base = statistics.median(res[states[0]])
         print(f"# wrk -t1 -c8 across a bridge, {body}-byte responses, {seconds} s rounds, "
-              f"median of {rounds}; TC on 4 veth ends ({drainer.records} hop records "
+              f"median of {rounds}; TC on 4 veth ends, {tc.attach_mode} "
+              f"({drainer.records} hop records "
               f"drained and indexed; lost to a full ring: every message {lost[every]}, "
               f"adaptive {lost[adaptive]}; adaptive sampling 1 in "
               f"{', '.join(str(1 << x) for x in shifts)})")
@@ -512,6 +513,8 @@ def main() -> None:
     ap.add_argument("--loop", type=int, default=200000,
                     help="write+read iterations per round of the marks benchmark")
     ap.add_argument("--seconds", type=int, default=3, help="wrk round length")
+    ap.add_argument("--attach", choices=["auto", "tcx", "clsact"], default="auto",
+                    help="how the TC programs attach in the wrk rounds (TcConfig.attach)")
     ap.add_argument("--only", default="hook,marks,rtt,wrk",
                     help="comma-separated parts: hook, marks, rtt, wrk")
     args = ap.parse_args()
@@ -526,7 +529,7 @@ def main() -> None:
         end_to_end(args.rounds, args.round_trips, args.marks)
     if "wrk" in parts:
         for body in (64, 65536):
-            throughput(args.rounds, args.seconds, body)
+            throughput(args.rounds, args.seconds, body, args.attach)
     print(f"# load after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 

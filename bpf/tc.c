@@ -34,7 +34,10 @@
 
 #define ZT_ETH_P_IP 0x0800
 #define ZT_ETH_P_IPV6 0x86DD
-#define ZT_TC_ACT_OK 0 /* let the packet go on, whatever we saw */
+/* whatever we saw, the packet goes on and the hook's next program or filter runs:
+ * TCX_NEXT under tcx, TC_ACT_UNSPEC for a direct-action clsact filter (where 0,
+ * TC_ACT_OK, would end the chain before filters of lower priority) */
+#define ZT_TC_NEXT -1
 
 /* A message start: one slot of `starts`, found by its seq (zt_slot). */
 struct zt_start {
@@ -341,52 +344,52 @@ static __always_inline int zt_tc(struct __sk_buff *skb, int l3off, __u8 directio
     __u8 ip6[40];
     if (skb->protocol == __builtin_bswap16(ZT_ETH_P_IP)) {
         if (!ZT_HDR(skb, data, data_end, l3off, ip))
-            return ZT_TC_ACT_OK;
+            return ZT_TC_NEXT;
         if ((ip[0] >> 4) != 4 || ip[9] != ZT_IPPROTO_TCP)
-            return ZT_TC_ACT_OK;
+            return ZT_TC_NEXT;
         if (((ip[6] & 0x1f) | ip[7]) != 0) /* a non-first fragment: no TCP header */
-            return ZT_TC_ACT_OK;
+            return ZT_TC_NEXT;
         int ihl = (ip[0] & 0xf) * 4;
         if (ihl < 20)
-            return ZT_TC_ACT_OK;
+            return ZT_TC_NEXT;
         l4off = l3off + ihl;
         payload = ((((int)ip[2] << 8) | ip[3])) - ihl;
         v6 = 0;
     } else if (skb->protocol == __builtin_bswap16(ZT_ETH_P_IPV6)) {
         if (!ZT_HDR(skb, data, data_end, l3off, ip6))
-            return ZT_TC_ACT_OK;
+            return ZT_TC_NEXT;
         /* TCP right after the fixed header; extension headers (rare on TCP paths:
          * fragments, hop-by-hop options) are not walked, docs/network.md */
         if ((ip6[0] >> 4) != 6 || ip6[6] != ZT_IPPROTO_TCP)
-            return ZT_TC_ACT_OK;
+            return ZT_TC_NEXT;
         l4off = l3off + 40;
         payload = ((int)ip6[4] << 8) | ip6[5]; /* 0 for a jumbogram: skipped below */
         v6 = 1;
     } else {
-        return ZT_TC_ACT_OK;
+        return ZT_TC_NEXT;
     }
     __u8 tcp[20];
     if (l4off > 255 || !ZT_HDR(skb, data, data_end, l4off, tcp))
-        return ZT_TC_ACT_OK;
+        return ZT_TC_NEXT;
     int doff = (tcp[12] >> 4) * 4;
     payload -= doff;
     if (payload <= 0 || doff < 20)
-        return ZT_TC_ACT_OK;
+        return ZT_TC_NEXT;
     __u32 seq = ((__u32)tcp[4] << 24) | ((__u32)tcp[5] << 16) | ((__u32)tcp[6] << 8) | tcp[7];
     struct zt_start *st = zt_slot(seq);
     if (!st)
-        return ZT_TC_ACT_OK;
+        return ZT_TC_NEXT;
     __u32 gen = *(volatile __u32 *)&st->gen;
     ZT_BARRIER();
     struct zt_start m = *st;
     ZT_BARRIER();
     /* a mark rewrote the slot meanwhile (gen moved or odd): its fields could mix */
     if (m.seq != seq || !m.ts || (gen & 1) || *(volatile __u32 *)&st->gen != gen)
-        return ZT_TC_ACT_OK;
+        return ZT_TC_NEXT;
     __u16 sport = ((__u16)tcp[0] << 8) | tcp[1];
     __u16 dport = ((__u16)tcp[2] << 8) | tcp[3];
     if (sport != m.lport && dport != m.rport && sport != m.rport && dport != m.lport)
-        return ZT_TC_ACT_OK;
+        return ZT_TC_NEXT;
     /* written in place in the ring (no stack copy); every byte is set, the reserved
      * space is not zeroed */
     struct zt_hop *h = hops.ringbuf_reserve(sizeof(struct zt_hop));
@@ -395,7 +398,7 @@ static __always_inline int zt_tc(struct __sk_buff *skb, int l3off, __u8 directio
         __u64 *lost = tc_lost.lookup(&zero);
         if (lost)
             *lost += 1;
-        return ZT_TC_ACT_OK;
+        return ZT_TC_NEXT;
     }
     h->ts = bpf_ktime_get_ns();
     h->netns = zt_skb_netns(skb);
@@ -429,7 +432,7 @@ static __always_inline int zt_tc(struct __sk_buff *skb, int l3off, __u8 directio
     /* no wake-up: the agent drains on a 50 ms timer, and a hop's record is wanted only
      * when its trace is emitted (after 0.5 s of quiet), so no IPI per packet */
     hops.ringbuf_submit(h, BPF_RB_NO_WAKEUP);
-    return ZT_TC_ACT_OK;
+    return ZT_TC_NEXT;
 }
 
 /* Ethernet devices (veth, bridge, NIC): the IP header follows 14 bytes of MAC header.

@@ -3,9 +3,11 @@ whose names match a regex, in the host and in given network namespaces, and read
 hop records (one per sighting of a socket write's first byte at a hook), IPv4 and IPv6.
 
 A separate BPF object from the socket tracer (agent/probes/loader.py): it is loaded only
-when `--interfaces` asks for it, and its maps are its own.  Attached with pyroute2, the
-project's netlink dependency; clsact qdiscs it creates are removed again on close, ones
-it found are left with only its own filters removed.
+when `--interfaces` asks for it, and its maps are its own.  Attached through tcx links
+where the kernel has them (6.6+, agent/probes/tcx.py: cheaper per packet, gone with
+the agent's process), else as clsact filters with pyroute2, the project's netlink
+dependency; clsact qdiscs it creates are removed again on close, ones it found are
+left with only its own filters removed.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from pathlib import Path
 
 from agent.clock import wall_offset
 from agent.net._hops import RECORD_SIZE, HopRing
-from agent.probes import btf
+from agent.probes import btf, tcx
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +108,8 @@ class Hook:
 @dataclass
 class _Attached:
     hook: Hook
-    made_clsact: bool
+    made_clsact: bool = False
+    links: list[int] = field(default_factory=list)  # tcx link fds (egress, ingress)
 
 
 @dataclass
@@ -130,6 +133,9 @@ class TcConfig:
     # max_records_per_s (TcTracer.adapt, called about once a second by the drainer)
     sample_shift: int | None = None
     max_records_per_s: int = 50_000
+    # how the programs attach: "auto" (tcx links where the kernel has them, else clsact
+    # filters), "tcx" (or fail) or "clsact"
+    attach: str = "auto"
 
 
 def netns_inode(name: str | None) -> int:
@@ -174,6 +180,8 @@ class TcTracer:
         self._epoll: select.epoll | None = None
         self._fns: dict[tuple[bool, int], int] = {}  # (l3, direction) -> prog fd
         self._attached: list[_Attached] = []
+        # tcx links in use: None until the first attach decides (config.attach "auto")
+        self._tcx: bool | None = {"tcx": True, "clsact": False}.get(config.attach)
         self.hooks: dict[tuple[int, int], Hook] = {}  # (netns inode, ifindex) -> hook
         self.wall_offset = wall_offset()  # add to a record's ts: Unix ns
         self.sample_shift = 0
@@ -300,7 +308,14 @@ class TcTracer:
                     added += 1
         return added
 
+    @property
+    def attach_mode(self) -> str:
+        """"tcx" or "clsact": how the programs are attached ("" before any attach)."""
+        return {True: "tcx", False: "clsact"}.get(self._tcx, "")
+
     def _attach(self, ipr, hook: Hook) -> None:
+        if self._tcx is not False and self._attach_tcx(hook):
+            return
         made = False
         try:
             ipr.tc("add", "clsact", hook.ifindex)
@@ -315,13 +330,43 @@ class TcTracer:
             ipr.tc("add-filter", "bpf", hook.ifindex, ":1", fd=self._fns[(hook.l3, direction)],
                    name=f"zt_tc_{direction}", parent=parent, prio=FILTER_PRIO, classid=1,
                    direct_action=True)
-        log.info("TC hop probes on %s/%s (ifindex %d)", hook.netns, hook.ifname, hook.ifindex)
+        log.info("TC hop probes on %s/%s (ifindex %d, clsact)", hook.netns, hook.ifname,
+                 hook.ifindex)
+
+    def _attach_tcx(self, hook: Hook) -> bool:
+        """Attach through tcx links; False when the kernel has none (attach="auto": the
+        clsact filters then, for this hook and every later one)."""
+        links: list[int] = []
+        try:
+            for direction in (0, 1):
+                links.append(tcx.attach(self._fns[(hook.l3, direction)], hook.ifindex,
+                                        ingress=direction == 1,
+                                        netns=None if hook.netns == "host" else hook.netns))
+        except OSError as e:
+            for fd in links:
+                os.close(fd)
+            if self._tcx:  # asked for, or it worked on an earlier hook: not the kernel
+                raise TcError(f"tcx on {hook.netns}/{hook.ifname}: {e}") from e
+            log.info("TC hop probes: no tcx links on this kernel (%s): clsact filters", e)
+            self._tcx = False
+            return False
+        self._tcx = True
+        self._attached.append(_Attached(hook, links=links))
+        self.hooks[(hook.netns_inode, hook.ifindex)] = hook
+        log.info("TC hop probes on %s/%s (ifindex %d, tcx)", hook.netns, hook.ifname,
+                 hook.ifindex)
+        return True
 
     def _detach_all(self) -> None:
         from pyroute2 import IPRoute
 
         by_ns: dict[str, list[_Attached]] = {}
         for a in self._attached:
+            if a.links:  # a tcx link goes with its last fd
+                for fd in a.links:
+                    os.close(fd)
+                a.links.clear()
+                continue
             by_ns.setdefault(a.hook.netns, []).append(a)
         for ns, atts in by_ns.items():
             try:

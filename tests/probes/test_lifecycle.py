@@ -122,8 +122,8 @@ def test_check_reports_this_host():
     assert rep["syscall tracepoints"] and rep["BTF"] and rep["tracefs"] and rep["ring buffer"]
     assert rep["kprobes"] == os.path.isdir("/sys/bus/event_source/devices/kprobe")
     if os.environ.get("CI") == "true":  # the CI machine's kernel, per environment.md
-        assert (rep["kprobes"], rep["fentry"], rep["uprobes"], rep["TC (clsact)"]) == (
-            False, False, True, True)
+        assert (rep["kprobes"], rep["fentry"], rep["uprobes"], rep["TC (clsact)"],
+                rep["TC (tcx)"]) == (False, False, True, True, True)
 
 
 def _in_mount_ns(script: str) -> subprocess.CompletedProcess:
