@@ -356,6 +356,55 @@ def end_to_end(rounds: int, n: int, marks: str = "auto") -> None:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
 
+class EmptyHooks:
+    """A program that returns at once ("next"), on the hooks the TC probes use, as
+    clsact filters or as tcx links: what attaching costs before any probe runs."""
+
+    def __init__(self, hooks: list) -> None:
+        from bcc import BPF
+
+        self.hooks = hooks
+        self._bpf = BPF(text=b"int zt_empty(struct __sk_buff *skb) { return -1; }")
+        self.fd = self._bpf.load_func(b"zt_empty", BPF.SCHED_CLS).fd
+        self.links: list[int] = []
+        self.clsact: list = []
+
+    def attach(self, tcx_links: bool) -> None:
+        from pyroute2 import IPRoute
+
+        from agent.probes import tcx
+        from agent.probes.tc import PARENT_EGRESS, PARENT_INGRESS
+
+        for h in self.hooks:
+            ns = None if h.netns == "host" else h.netns
+            if tcx_links:
+                self.links += [tcx.attach(self.fd, h.ifindex, ingress, ns)
+                               for ingress in (False, True)]
+                continue
+            with IPRoute(netns=ns) if ns else IPRoute() as ipr:
+                ipr.tc("add", "clsact", h.ifindex)
+                for parent in (PARENT_EGRESS, PARENT_INGRESS):
+                    ipr.tc("add-filter", "bpf", h.ifindex, ":1", fd=self.fd, name="zt_empty",
+                           parent=parent, prio=1, classid=1, direct_action=True)
+            self.clsact.append(h)
+
+    def detach(self) -> None:
+        from pyroute2 import IPRoute
+
+        for fd in self.links:
+            os.close(fd)
+        self.links.clear()
+        for h in self.clsact:
+            ns = None if h.netns == "host" else h.netns
+            with IPRoute(netns=ns) if ns else IPRoute() as ipr:
+                ipr.tc("del", "clsact", h.ifindex)
+        self.clsact.clear()
+
+    def close(self) -> None:
+        self.detach()
+        self._bpf.cleanup()
+
+
 def throughput(rounds: int, seconds: int, body: int, attach: str = "auto") -> None:
     """wrk against nginx across a bridge (ns a -> veth -> bridge -> veth -> ns b),
     TC on all four veth ends, traced vs untraced rounds alternating; requests/s."""
@@ -405,9 +454,14 @@ http {{ access_log off; client_body_temp_path {tmp}/b; proxy_temp_path {tmp}/p;
         # agent's default, TcTracer.adapt once a second (kept from one such round to the
         # next, as a running agent would be in steady state)
         every, adaptive = "traced, every message", "traced, adaptive sampling"
-        states = ("untraced", "TC filters only", "marks only", every, adaptive)
+        # the floor of each way to attach: a program that returns at once on the same
+        # hooks, as a clsact filter and as a tcx link
+        empty_clsact, empty_tcx = "empty program, clsact", "empty program, tcx"
+        states = ("untraced", empty_clsact, empty_tcx, "TC filters only", "marks only",
+                  every, adaptive)
         res: dict[str, list[float]] = {k: [] for k in states}
         tc = TcTracer(TcConfig(interfaces=f"^zb{tag}[ab]h?$", netns=[a, b], attach=attach))
+        empty = EmptyHooks(list(tc.hooks.values()))
         drainer = Drainer(tc)
         # per traced state: drainer CPU us per request, records a request, lost
         agent: dict[str, list[float]] = {every: [], adaptive: []}
@@ -430,10 +484,13 @@ http {{ access_log off; client_body_temp_path {tmp}/b; proxy_temp_path {tmp}/p;
                         tc.refresh()
                     if marks:
                         tc.set_marking(True)
+                    if k in (empty_clsact, empty_tcx):
+                        empty.attach(k == empty_tcx)
                     r0, c0 = drainer.snapshot()
                     l0 = tc.lost()
                     rps = wrk()
                     res[k].append(rps)
+                    empty.detach()
                     if filters and marks:
                         time.sleep(0.1)  # the drainer's last poll of the round
                         r1, c1 = drainer.snapshot()
@@ -471,6 +528,7 @@ http {{ access_log off; client_body_temp_path {tmp}/b; proxy_temp_path {tmp}/p;
         finally:
             drainer.close()
             tc.close()
+            empty.close()
         base = statistics.median(res[states[0]])
         print(f"# wrk -t1 -c8 across a bridge, {body}-byte responses, {seconds} s rounds, "
               f"median of {rounds}; TC on 4 veth ends, {tc.attach_mode} "
