@@ -117,7 +117,10 @@ class Attached:
         from agent.probes.skiphints import SkipHints
 
         self.pipeline, self.tracer, self.cfg = pipeline, tracer, cfg
-        self.shedder = Shedder(tracer, opts.cpu_budget) if opts.shedding else None
+        # spans waiting to be stitched count as load too (the agent's memory)
+        self.shedder = Shedder(tracer, opts.cpu_budget,
+                               backlog=lambda: len(pipeline.stitcher.items)
+                               ) if opts.shedding else None
         self.hints = (SkipHints(tracer, pipeline.assembler, pipeline.tracker)
                       if opts.skip_hints else None)
         self.memory: dict[str, int] = {}  # what memtrim.release() did

@@ -18,7 +18,10 @@ ring's fill alone is checked every FAST_CHECK seconds: a ring filling up is cut 
 waiting for the next reading lost 14-24 % of a run's events before sampling caught up).
 And the probes themselves cut the rate (x1/4, at most every 20 ms) when a record finds
 the ring full (bpf/maps.h zt_ring_full_cut: the agent may be stalled); a rate lower than
-the shedder's is adopted at its next look, and raised from there once calm.
+the shedder's is adopted at its next look, and raised from there once calm.  The spans
+waiting in the agent to be stitched are checked with the ring: an agent that drains the
+ring at full speed piles them up (~1.8 KB each for the ~0.6 s they wait), and the pile
+of the load's first second was its memory for the rest of the run.
 Sampling starting and stopping is logged once each, not every adjustment."""
 
 from __future__ import annotations
@@ -59,10 +62,19 @@ class Shedder:
     FAST_CHECK = 0.02  # seconds between the ring checks between readings
     FAST_GAP = 0.05    # ... and at least this long between two cuts they make
 
+    # spans waiting in the agent (stitcher) that call for shedding at once: ~1.8 KB each
+    # until emitted, so a burst read at full speed is the agent's memory for the rest of
+    # its run (Python's arenas stay fragmented); 16 384 is ~30 MB
+    MAX_BACKLOG = 16_384
+
     def __init__(self, tracer, cpu_budget: float | None = None, interval: float = 0.5,
                  clock: Callable[[], float] = time.monotonic,
-                 cpu_clock: Callable[[], float] = time.process_time) -> None:
+                 cpu_clock: Callable[[], float] = time.process_time,
+                 backlog: Callable[[], int] | None = None,
+                 max_backlog: int | None = None) -> None:
         self.tracer = tracer
+        self.backlog = backlog  # spans waiting in the agent (None: not watched)
+        self.max_backlog = max_backlog or self.MAX_BACKLOG
         self.cpu_budget = cpu_budget_from_env() if cpu_budget is None else cpu_budget
         self.interval = interval
         self.clock, self.cpu_clock = clock, cpu_clock
@@ -160,23 +172,29 @@ class Shedder:
         self._window.clear()
         self._apply(read, "the probes cut it: ring full", write=False)
 
+    def _held(self) -> int:
+        return self.backlog() if self.backlog is not None else 0
+
     def _fast(self, now: float) -> None:
-        """Between readings: the ring over HIGH_FILL is cut at once (x1/4, as a loss;
-        x1/16 over twice that), and again only if it is still filling FAST_GAP later
-        (the agent drains what the ring holds already: a fill still high but falling is
-        the cut working)."""
+        """Between readings: the ring over HIGH_FILL, or more than max_backlog spans
+        waiting in the agent, is cut at once (x1/4, as a loss; x1/16 over twice that),
+        and again only if still rising FAST_GAP later (the agent drains what the ring
+        holds already: a fill still high but falling is the cut working)."""
         fill = self.tracer.ring_fill()
-        if fill <= self.HIGH_FILL:
+        held = self._held()
+        pressure = max(fill / self.HIGH_FILL, held / self.max_backlog)
+        if pressure <= 1.0:
             self._fast_fill = 0.0
             return
         self._adopt()
-        if now < self._fast_after or fill <= self._fast_fill:
+        if now < self._fast_after or pressure <= self._fast_fill:
             return
-        self._fast_fill, self._fast_after = fill, now + self.FAST_GAP
+        self._fast_fill, self._fast_after = pressure, now + self.FAST_GAP
         self.calm = 0
-        keep = max(MIN_KEEP, self.keep // (16 if fill > 2 * self.HIGH_FILL else 4))
+        keep = max(MIN_KEEP, self.keep // (16 if pressure > 2.0 else 4))
         if keep != self.keep:
-            self._apply(keep, f"ring {fill:.0%} full")
+            self._apply(keep, f"ring {fill:.0%} full" if fill > self.HIGH_FILL
+                        else f"{held} spans waiting in the agent")
             self._window.clear()  # the CPU share of the old rate is not the new one's
 
     def decide(self, new_lost: int, fill: float, cpu_share: float | None) -> int:
@@ -198,7 +216,7 @@ class Shedder:
             why = (f"{new_lost} events lost in the ring" if new_lost else
                    f"ring {fill:.0%} full" if fill > self.HIGH_FILL else
                    f"agent at {cpu_share:.2f} cores, budget {self.cpu_budget:.2f}")
-        elif keep < ALL and fill < self.LOW_FILL and (
+        elif keep < ALL and fill < self.LOW_FILL and self._held() < self.max_backlog // 2 and (
                 self.cpu_budget <= 0 or (cpu_share is not None
                                          and cpu_share < 0.8 * self.cpu_budget)):
             self.calm += 1

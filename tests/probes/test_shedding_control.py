@@ -153,6 +153,40 @@ def test_a_ring_filling_between_readings_is_cut_at_once_and_again_only_if_still_
     assert t.keeps == [ALL // 4, ALL // 16, ALL // 256]
 
 
+def test_spans_piling_up_in_the_agent_are_cut_like_a_filling_ring(caplog):
+    # the ring drains fine (the agent reads at full speed) but the spans it makes wait
+    # to be stitched: over max_backlog, cut at once; the raise waits for half of it
+    c = Clocks(0.5)
+    held = [0]
+    t = Filling()
+    s = Shedder(t, cpu_budget=0.5, interval=0.5, clock=lambda: c.wall,
+                cpu_clock=lambda: c.cpu, backlog=lambda: held[0], max_backlog=1000)
+    s.start()
+
+    def at(dt: float, n: int) -> int:
+        c.wall += dt
+        held[0] = n
+        s.check_ring()
+        return s.keep
+
+    with caplog.at_level(logging.WARNING, logger="agent.probes.shedding"):
+        assert at(0.02, 900) == ALL
+        assert at(0.02, 1500) == ALL // 4
+        assert at(0.06, 1400) == ALL // 4  # falling: the cut works
+        assert at(0.06, 2500) == ALL // 64  # over twice the mark: x1/16
+    assert "1500 spans waiting in the agent" in caplog.records[0].getMessage()
+    for _ in range(8):  # calm readings, but 600 spans still wait: no raise
+        c.step(0.0)
+        held[0] = 600
+        s.tick()
+    assert s.keep == ALL // 64
+    for _ in range(3):
+        c.step(0.0)
+        held[0] = 100
+        s.tick()
+    assert s.keep > ALL // 64
+
+
 class CutByProbes(Recorder):
     """A tracer whose probes cut the keep rate on their own (a full ring)."""
 
