@@ -290,8 +290,14 @@ class TcTracer:
                 present = {(inode, link["index"]) for link in links}
                 gone = {k for k in known if k[0] == inode and k not in present}
                 if gone:
-                    self._attached = [a for a in self._attached if (
-                        a.hook.netns_inode, a.hook.ifindex) not in gone]
+                    kept = []
+                    for a in self._attached:
+                        if (a.hook.netns_inode, a.hook.ifindex) not in gone:
+                            kept.append(a)
+                            continue
+                        for fd in a.links:  # the kernel detached it with the device
+                            os.close(fd)
+                    self._attached = kept
                     for k in gone:
                         self.hooks.pop(k, None)
                     known -= gone

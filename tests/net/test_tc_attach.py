@@ -105,3 +105,20 @@ def test_check_names_how_hops_are_marked():
     with TcTracer(TcConfig(interfaces="^zt-none-such$")) as t:
         assert t.raw_marks == has_sendmsg_tracepoint()
         assert t.lost() == 0
+
+
+def test_a_device_gone_lets_its_tcx_links_go():
+    # a pod's veth deleted: the kernel detaches the links; the agent closes their fds
+    # at its next refresh (pods come and go all day: no fd may pile up)
+    name = f"ztg{os.getpid() % 100000}"
+    sh("ip", "link", "add", name, "type", "veth", "peer", "name", name + "p")
+    try:
+        with TcTracer(TcConfig(interfaces=rf"^{name}$", attach="tcx")) as tc:
+            assert len(tc.hooks) == 1
+            fds = len(os.listdir("/proc/self/fd"))
+            sh("ip", "link", "del", name)
+            tc.refresh()
+            assert tc.hooks == {}
+            assert len(os.listdir("/proc/self/fd")) == fds - 2
+    finally:
+        subprocess.run(["ip", "link", "del", name], capture_output=True)
