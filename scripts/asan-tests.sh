@@ -60,11 +60,13 @@ if [ $# -eq 0 ]; then
     # Also the compiled code that reads payload or record bytes outside the parsers:
     # protocol inference and SQL text (agent/protocols/_infer.pyx, _sqltext.pyx), the
     # stitcher's payload tokens, the hop index and N-span maker (agent/net/_hops.pyx,
-    # _nspans.pyx), each against its reference on generated input (~4 s without ASan).
+    # _nspans.pyx), each against its reference on generated input (~4 s without ASan);
+    # and the assembler fed events that make its compiled parts fail (contained).
     set -- "${nodes[@]}" "${more[@]}" tests/conn/test_compiled_core.py \
         tests/server/test_ingest_spanlist.py \
         tests/protocols/test_compiled_equivalence_infer.py tests/protocols/test_sqltext.py \
-        tests/stitch/test_tokens_compiled.py tests/net/test_nspans.py tests/net/test_hop_index.py
+        tests/stitch/test_tokens_compiled.py tests/net/test_nspans.py tests/net/test_hop_index.py \
+        tests/conn/test_assembler_contains_failures.py
 fi
 # Reports go to files: pytest captures stderr, and an aborted run would lose them.
 export ASAN_OPTIONS=detect_leaks=0:halt_on_error=1:abort_on_error=1:log_path=$work/asan-report:${ASAN_OPTIONS:-}
