@@ -98,22 +98,25 @@ BPF_ARRAY(tc_self, __u32, 1); /* the agent's tgid: its own writes are not marked
 BPF_PERCPU_ARRAY(tc_lost, __u64, 1);
 BPF_HASH(mark_netns, __u32, __u8, 4096); /* netns inodes whose sockets are marked */
 BPF_ARRAY(mark_all, __u32, 1);           /* 1: every netns (the agent's whole node) */
-/* k: messages are marked 1 in 2^k (k = 0: every one), chosen by zt_sampled */
-BPF_ARRAY(tc_sample, __u32, 1);
+/* [0] k: messages are marked 1 in 2^k (k = 0: every one), chosen by zt_sampled;
+ * [1] the lowest k in force over the last second: a packet whose seq is unsampled at
+ * it cannot start a marked message, and skips the slot table (agent/probes/tc.py
+ * set_sampling: lowered at once, raised a second after the marks) */
+BPF_ARRAY(tc_sample, __u32, 2);
 
 /* The message starting at seq is sampled.  The top k bits of a multiplicative hash of
  * the seq (a different multiplier from zt_slot's, so the sampled seqs still spread over
  * every slot); one connection's seqs (an arithmetic progression for equal messages)
  * are spread by it too. */
-static __always_inline int zt_sampled(__u32 seq)
+static __always_inline int zt_sampled_at(__u32 seq, int which)
 {
-    int zero = 0;
-    __u32 *k = tc_sample.lookup(&zero);
+    __u32 *k = tc_sample.lookup(&which);
     if (!k || *k == 0)
         return 1;
     __u32 shift = *k > 31 ? 1 : 32 - *k;
     return ((seq * 0x85EBCA77u) >> shift) == 0;
 }
+#define zt_sampled(seq) zt_sampled_at((seq), 0)
 
 static __always_inline int zt_netns_marked(__u32 netns)
 {
@@ -376,6 +379,10 @@ static __always_inline int zt_tc(struct __sk_buff *skb, int l3off, __u8 directio
     if (payload <= 0 || doff < 20)
         return ZT_TC_NEXT;
     __u32 seq = ((__u32)tcp[4] << 24) | ((__u32)tcp[5] << 16) | ((__u32)tcp[6] << 8) | tcp[7];
+    /* no marked message starts here: the slot table (5 MB, a cache miss a packet) is
+     * left alone */
+    if (!zt_sampled_at(seq, 1))
+        return ZT_TC_NEXT;
     struct zt_start *st = zt_slot(seq);
     if (!st)
         return ZT_TC_NEXT;

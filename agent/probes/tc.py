@@ -185,6 +185,8 @@ class TcTracer:
         self.hooks: dict[tuple[int, int], Hook] = {}  # (netns inode, ifindex) -> hook
         self.wall_offset = wall_offset()  # add to a record's ts: Unix ns
         self.sample_shift = 0
+        self._filter_shift = 0  # tc_sample[1], the packets' filter
+        self._filter_at: float | None = None  # when it takes a raised shift
         self.drained = 0  # records drained since start (TcTracer.drain_into)
         self._adapted: tuple[float, int] | None = None  # (when, drained + lost) then
         self._load()
@@ -212,6 +214,8 @@ class TcTracer:
             self._bpf = BPF(src_file=str(TC_C).encode(), cflags=cflags)
             self._bpf[b"tc_self"][ctypes.c_int(0)] = ctypes.c_uint32(os.getpid())
             self._mark_netns()
+            # nothing marked yet: the packets' filter takes the shift at once
+            self._filter_shift = MAX_SAMPLE_SHIFT
             self.set_sampling(self.config.sample_shift or 0)
             for l3 in (False, True):
                 for direction, d in ((0, "egress"), (1, "ingress")):
@@ -226,11 +230,31 @@ class TcTracer:
             self.close()
             raise TcError(f"the kernel or bcc refused the TC probes: {e}") from e
 
-    def set_sampling(self, shift: int) -> None:
-        """Mark 1 in 2**shift messages from now on (0: every one)."""
+    FILTER_LAG = 1.0  # seconds a raised sampling waits before the packets' filter
+
+    def set_sampling(self, shift: int, now: float | None = None) -> None:
+        """Mark 1 in 2**shift messages from now on (0: every one).  The packets' filter
+        (tc_sample[1]: unsampled seqs skip the slot table) follows a lower shift at once
+        and a higher one FILTER_LAG later: messages marked at the old rate are still on
+        their way through the hooks."""
+        import time
+
+        now = time.monotonic() if now is None else now
         shift = max(0, min(int(shift), MAX_SAMPLE_SHIFT))
-        self._bpf[b"tc_sample"][ctypes.c_int(0)] = ctypes.c_uint32(shift)
+        table = self._bpf[b"tc_sample"]
+        if shift <= self._filter_shift:
+            table[ctypes.c_int(1)] = ctypes.c_uint32(shift)
+            self._filter_shift, self._filter_at = shift, None
+        else:
+            self._filter_at = now + self.FILTER_LAG
+        table[ctypes.c_int(0)] = ctypes.c_uint32(shift)
         self.sample_shift = shift
+
+    def _settle_filter(self, now: float) -> None:
+        """The packets' filter takes a raised shift once FILTER_LAG has passed."""
+        if self._filter_at is not None and now >= self._filter_at:
+            self._bpf[b"tc_sample"][ctypes.c_int(1)] = ctypes.c_uint32(self.sample_shift)
+            self._filter_shift, self._filter_at = self.sample_shift, None
 
     def adapt(self, now: float | None = None) -> int:
         """Adaptive sampling (config.sample_shift None), called about once a second by
@@ -243,6 +267,7 @@ class TcTracer:
         import time
 
         now = time.monotonic() if now is None else now
+        self._settle_filter(now)
         made = self.drained + self.lost()
         last, self._adapted = self._adapted, (now, made)
         if self.config.sample_shift is not None or last is None or now <= last[0]:
@@ -258,7 +283,7 @@ class TcTracer:
         if want != self.sample_shift:
             log.info("TC hop sampling 1 in %d (every message's records: %.0f/s, budget %d/s)",
                      1 << want, full, budget)
-            self.set_sampling(want)
+            self.set_sampling(want, now)
         return self.sample_shift
 
     def _mark_netns(self) -> None:

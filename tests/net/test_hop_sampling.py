@@ -65,13 +65,19 @@ def test_adapt_keeps_records_under_the_budget():
         def in_kernel() -> int:
             return table[ctypes.c_int(0)].value
 
+        def packet_filter() -> int:  # packets skip the slot table unsampled at this
+            return table[ctypes.c_int(1)].value
+
         assert tc.adapt(now=100.0) == 0  # the first call only starts the clock
         tc.drained += 900  # 900 records/s at 1 in 1: within budget
         assert tc.adapt(now=101.0) == 0 and in_kernel() == 0
         tc.drained += 6000  # 6 000/s: 1 in 8 brings it to 750/s, raised at once
         assert tc.adapt(now=102.0) == 3 and in_kernel() == 3
+        # the packets' filter waits: messages marked at 1 in 1 are still on their way
+        assert packet_filter() == 0
         tc.drained += 100  # at 1 in 8: 800/s of every message; 1 in 4 would be 200/s,
         assert tc.adapt(now=103.0) == 2  # under half the budget: one step down
+        assert packet_filter() == 2  # a lower shift at once
         tc.drained += 180  # 720/s of every message; 1 in 2 would be 360/s <= 500:
         assert tc.adapt(now=104.0) == 1  # one more step
         tc.drained += 400  # 800/s of every message; 1 in 1 would be 800/s > 500: stays
@@ -82,6 +88,7 @@ def test_adapt_keeps_records_under_the_budget():
     with TcTracer(TcConfig(interfaces="^$", host=False, sample_shift=4,
                            max_records_per_s=1000)) as tc:
         assert tc._bpf[b"tc_sample"][ctypes.c_int(0)].value == 4
+        assert tc._bpf[b"tc_sample"][ctypes.c_int(1)].value == 4  # nothing marked before
         tc.adapt(now=1.0)
         tc.drained += 10 ** 6
         assert tc.adapt(now=2.0) == 4
