@@ -113,7 +113,7 @@ def trim_heap() -> None:
 def malloc_arenas() -> list[str]:
     """glibc's arenas (malloc_info): for each, the memory it holds from the system and
     how much of it is free chunks; [] where malloc_info is missing (musl)."""
-    import re as _re
+    import os
     import tempfile
 
     global _libc
@@ -124,22 +124,19 @@ def malloc_arenas() -> list[str]:
         return []
     _libc.fdopen.restype = ctypes.c_void_p
     _libc.fdopen.argtypes = [ctypes.c_int, ctypes.c_char_p]
-    _libc.fflush.argtypes = [ctypes.c_void_p]
+    _libc.fclose.argtypes = [ctypes.c_void_p]
     info.argtypes = [ctypes.c_int, ctypes.c_void_p]
-    with tempfile.TemporaryFile("w+") as tmp:
-        import os
-
+    with tempfile.TemporaryFile("w+") as tmp:  # malloc_info writes to a C stream
         fp = _libc.fdopen(os.dup(tmp.fileno()), b"w")
         info(0, fp)
-        _libc.fclose.argtypes = [ctypes.c_void_p]
         _libc.fclose(fp)
         tmp.seek(0)
         xml = tmp.read()
     out = []
-    for nr, body in _re.findall(r'<heap nr="(\d+)">(.*?)</heap>', xml, _re.S):
-        free = sum(int(x) for x in _re.findall(r'<total type="(?:fast|rest)" count="\d+" '
-                                               r'size="(\d+)"', body))
-        cur = _re.search(r'<system type="current" size="(\d+)"', body)
+    for nr, body in re.findall(r'<heap nr="(\d+)">(.*?)</heap>', xml, re.S):
+        free = sum(int(x) for x in re.findall(r'<total type="(?:fast|rest)" count="\d+" '
+                                              r'size="(\d+)"', body))
+        cur = re.search(r'<system type="current" size="(\d+)"', body)
         held = int(cur.group(1)) if cur else 0
         out.append(f"malloc arena {nr}: {held / 2**20:.1f} MB from the system, "
                    f"{free / 2**20:.1f} MB of it free chunks")

@@ -88,7 +88,7 @@ class Shedder:
         self._stats0: dict[str, int] = {}
         self._window: deque[tuple[float, float]] = deque(maxlen=self.CPU_WINDOW)
         self._fast_after = 0.0  # no fast cut before then
-        self._fast_fill = 0.0   # the fill at the last fast cut (0: none while over)
+        self._fast_pressure = 0.0  # the pressure at the last fast cut (0: none while over)
         self._lock = threading.Lock()  # the shedder's thread and the agent's loop
 
     def start(self) -> None:
@@ -184,12 +184,12 @@ class Shedder:
         held = self._held()
         pressure = max(fill / self.HIGH_FILL, held / self.max_backlog)
         if pressure <= 1.0:
-            self._fast_fill = 0.0
+            self._fast_pressure = 0.0
             return
         self._adopt()
-        if now < self._fast_after or pressure <= self._fast_fill:
+        if now < self._fast_after or pressure <= self._fast_pressure:
             return
-        self._fast_fill, self._fast_after = pressure, now + self.FAST_GAP
+        self._fast_pressure, self._fast_after = pressure, now + self.FAST_GAP
         self.calm = 0
         keep = max(MIN_KEEP, self.keep // (16 if pressure > 2.0 else 4))
         if keep != self.keep:

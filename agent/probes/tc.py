@@ -112,6 +112,13 @@ class _Attached:
     links: list[int] = field(default_factory=list)  # tcx link fds (egress, ingress)
 
 
+def _close_all(fds: list[int]) -> None:
+    """Close tcx link fds (the links go with them) and forget them."""
+    for fd in fds:
+        os.close(fd)
+    fds.clear()
+
+
 @dataclass
 class TcConfig:
     interfaces: str  # regex on interface names, matched with re.search
@@ -185,7 +192,9 @@ class TcTracer:
         self.hooks: dict[tuple[int, int], Hook] = {}  # (netns inode, ifindex) -> hook
         self.wall_offset = wall_offset()  # add to a record's ts: Unix ns
         self.sample_shift = 0
-        self._filter_shift = 0  # tc_sample[1], the packets' filter
+        # tc_sample[1], the packets' filter; nothing is marked yet, so it takes the
+        # first shift at once
+        self._filter_shift = MAX_SAMPLE_SHIFT
         self._filter_at: float | None = None  # when it takes a raised shift
         self.drained = 0  # records drained since start (TcTracer.drain_into)
         self._adapted: tuple[float, int] | None = None  # (when, drained + lost) then
@@ -214,8 +223,6 @@ class TcTracer:
             self._bpf = BPF(src_file=str(TC_C).encode(), cflags=cflags)
             self._bpf[b"tc_self"][ctypes.c_int(0)] = ctypes.c_uint32(os.getpid())
             self._mark_netns()
-            # nothing marked yet: the packets' filter takes the shift at once
-            self._filter_shift = MAX_SAMPLE_SHIFT
             self.set_sampling(self.config.sample_shift or 0)
             for l3 in (False, True):
                 for direction, d in ((0, "egress"), (1, "ingress")):
@@ -317,11 +324,10 @@ class TcTracer:
                 if gone:
                     kept = []
                     for a in self._attached:
-                        if (a.hook.netns_inode, a.hook.ifindex) not in gone:
+                        if (a.hook.netns_inode, a.hook.ifindex) in gone:
+                            _close_all(a.links)  # the kernel detached them with the device
+                        else:
                             kept.append(a)
-                            continue
-                        for fd in a.links:  # the kernel detached it with the device
-                            os.close(fd)
                     self._attached = kept
                     for k in gone:
                         self.hooks.pop(k, None)
@@ -345,28 +351,36 @@ class TcTracer:
         return {True: "tcx", False: "clsact"}.get(self._tcx, "")
 
     def _attach(self, ipr, hook: Hook) -> None:
-        if self._tcx is not False and self._attach_tcx(hook):
-            return
-        made = False
+        links = self._tcx_links(hook) if self._tcx is not False else None
+        att = _Attached(hook, links=links or [])
+        if links is None:
+            att.made_clsact = self._clsact(ipr, hook)
+        # registered before the filters go on: a failure among them still removes the
+        # qdisc made
+        self._attached.append(att)
+        self.hooks[(hook.netns_inode, hook.ifindex)] = hook
+        if links is None:
+            for direction, parent in ((0, PARENT_EGRESS), (1, PARENT_INGRESS)):
+                ipr.tc("add-filter", "bpf", hook.ifindex, ":1",
+                       fd=self._fns[(hook.l3, direction)], name=f"zt_tc_{direction}",
+                       parent=parent, prio=FILTER_PRIO, classid=1, direct_action=True)
+        log.info("TC hop probes on %s/%s (ifindex %d, %s)", hook.netns, hook.ifname,
+                 hook.ifindex, self.attach_mode)
+
+    @staticmethod
+    def _clsact(ipr, hook: Hook) -> bool:
+        """A clsact qdisc on the hook's device; True when made here (not found there)."""
         try:
             ipr.tc("add", "clsact", hook.ifindex)
-            made = True
+            return True
         except Exception as e:  # pyroute2 NetlinkError: EEXIST means one is there
             if getattr(e, "code", None) != 17:
                 raise TcError(f"clsact on {hook.netns}/{hook.ifname}: {e}") from e
-        att = _Attached(hook, made)
-        self._attached.append(att)
-        self.hooks[(hook.netns_inode, hook.ifindex)] = hook
-        for direction, parent in ((0, PARENT_EGRESS), (1, PARENT_INGRESS)):
-            ipr.tc("add-filter", "bpf", hook.ifindex, ":1", fd=self._fns[(hook.l3, direction)],
-                   name=f"zt_tc_{direction}", parent=parent, prio=FILTER_PRIO, classid=1,
-                   direct_action=True)
-        log.info("TC hop probes on %s/%s (ifindex %d, clsact)", hook.netns, hook.ifname,
-                 hook.ifindex)
+            return False
 
-    def _attach_tcx(self, hook: Hook) -> bool:
-        """Attach through tcx links; False when the kernel has none (attach="auto": the
-        clsact filters then, for this hook and every later one)."""
+    def _tcx_links(self, hook: Hook) -> list[int] | None:
+        """The tcx links (egress, ingress) of the hook; None when the kernel has none
+        (attach="auto": clsact filters then, for this hook and every later one)."""
         links: list[int] = []
         try:
             for direction in (0, 1):
@@ -374,19 +388,14 @@ class TcTracer:
                                         ingress=direction == 1,
                                         netns=None if hook.netns == "host" else hook.netns))
         except OSError as e:
-            for fd in links:
-                os.close(fd)
+            _close_all(links)
             if self._tcx:  # asked for, or it worked on an earlier hook: not the kernel
                 raise TcError(f"tcx on {hook.netns}/{hook.ifname}: {e}") from e
             log.info("TC hop probes: no tcx links on this kernel (%s): clsact filters", e)
             self._tcx = False
-            return False
+            return None
         self._tcx = True
-        self._attached.append(_Attached(hook, links=links))
-        self.hooks[(hook.netns_inode, hook.ifindex)] = hook
-        log.info("TC hop probes on %s/%s (ifindex %d, tcx)", hook.netns, hook.ifname,
-                 hook.ifindex)
-        return True
+        return links
 
     def _detach_all(self) -> None:
         from pyroute2 import IPRoute
@@ -394,9 +403,7 @@ class TcTracer:
         by_ns: dict[str, list[_Attached]] = {}
         for a in self._attached:
             if a.links:  # a tcx link goes with its last fd
-                for fd in a.links:
-                    os.close(fd)
-                a.links.clear()
+                _close_all(a.links)
                 continue
             by_ns.setdefault(a.hook.netns, []).append(a)
         for ns, atts in by_ns.items():

@@ -5,7 +5,8 @@ qdisc, no classifier chain walked per packet (an empty program on the four veth 
 of a bridge path cost 2.7 % of wrk's requests/s with clsact, 0.2 % with tcx, measured
 side by side), and a link that dies with its file descriptor: an agent killed with
 SIGKILL leaves nothing attached.  Neither pyroute2 nor bcc 0.26 creates tcx links, so
-this module makes the bpf(2) call itself (BPF_LINK_CREATE, uapi linux/bpf.h).
+this module makes the bpf(2) calls itself (BPF_LINK_CREATE, BPF_PROG_QUERY; uapi
+linux/bpf.h).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from __future__ import annotations
 import ctypes
 import os
 
+_BPF_OBJ_GET_INFO_BY_FD = 15
+_BPF_PROG_QUERY = 16
 _BPF_LINK_CREATE = 28
 BPF_TCX_INGRESS = 46
 BPF_TCX_EGRESS = 47
@@ -32,10 +35,35 @@ class _LinkCreate(ctypes.Structure):
                 ("expected_revision", ctypes.c_uint64), ("_rest", ctypes.c_uint8 * 80)]
 
 
-def _setns(fd: int) -> None:
-    if _libc.setns(fd, _CLONE_NEWNET) != 0:
+class _Query(ctypes.Structure):
+    """union bpf_attr's query member."""
+
+    _fields_ = [("target_ifindex", ctypes.c_uint32), ("attach_type", ctypes.c_uint32),
+                ("query_flags", ctypes.c_uint32), ("attach_flags", ctypes.c_uint32),
+                ("prog_ids", ctypes.c_uint64), ("prog_cnt", ctypes.c_uint32),
+                ("_pad", ctypes.c_uint32), ("prog_attach_flags", ctypes.c_uint64),
+                ("link_ids", ctypes.c_uint64), ("link_attach_flags", ctypes.c_uint64),
+                ("revision", ctypes.c_uint64), ("_rest", ctypes.c_uint8 * 56)]
+
+
+class _InfoByFd(ctypes.Structure):
+    """union bpf_attr's info member."""
+
+    _fields_ = [("bpf_fd", ctypes.c_uint32), ("info_len", ctypes.c_uint32),
+                ("info", ctypes.c_uint64)]
+
+
+def _bpf(cmd: int, attr: ctypes.Structure, what: str) -> int:
+    """bpf(2); OSError naming `what` when the kernel refuses."""
+    r = _libc.syscall(_SYS_BPF, cmd, ctypes.byref(attr), ctypes.sizeof(attr))
+    if r < 0:
         err = ctypes.get_errno()
-        raise OSError(err, f"setns: {os.strerror(err)}")
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+    return int(r)
+
+
+def _hook(ingress: bool) -> int:
+    return BPF_TCX_INGRESS if ingress else BPF_TCX_EGRESS
 
 
 def attach(prog_fd: int, ifindex: int, ingress: bool, netns: str | None = None) -> int:
@@ -43,7 +71,27 @@ def attach(prog_fd: int, ifindex: int, ingress: bool, netns: str | None = None) 
     under /run/netns or a path; None: this thread's), appended after the programs
     already there; returns the link's fd (closing it detaches).  OSError when the
     kernel has no tcx (EINVAL before 6.6) or refuses."""
-    return _in_netns(netns, lambda: _link_create(prog_fd, ifindex, ingress))
+    attr = _LinkCreate(prog_fd=prog_fd, target_ifindex=ifindex, attach_type=_hook(ingress))
+    return _in_netns(netns, lambda: _bpf(_BPF_LINK_CREATE, attr,
+                                         f"tcx link on ifindex {ifindex}"))
+
+
+def attached(ifindex: int, ingress: bool, netns: str | None = None) -> list[int]:
+    """The ids of the programs tcx runs on device ifindex of netns, in order (what
+    `zerotrace check` and the tests read; bpftool 7.1 does not show tcx)."""
+    ids = (ctypes.c_uint32 * 64)()
+    q = _Query(target_ifindex=ifindex, attach_type=_hook(ingress),
+               prog_ids=ctypes.addressof(ids), prog_cnt=len(ids))
+    _in_netns(netns, lambda: _bpf(_BPF_PROG_QUERY, q, f"tcx query of ifindex {ifindex}"))
+    return list(ids[:q.prog_cnt])
+
+
+def prog_id(prog_fd: int) -> int:
+    """The kernel's id of a loaded program."""
+    info = (ctypes.c_uint8 * 256)()
+    _bpf(_BPF_OBJ_GET_INFO_BY_FD, _InfoByFd(bpf_fd=prog_fd, info_len=len(info),
+                                            info=ctypes.addressof(info)), "program info")
+    return int.from_bytes(bytes(info[4:8]), "little")  # struct bpf_prog_info: type, id
 
 
 def _in_netns(netns: str | None, call):  # noqa: ANN001, ANN202 - a thunk, its result
@@ -68,55 +116,7 @@ def _in_netns(netns: str | None, call):  # noqa: ANN001, ANN202 - a thunk, its r
         os.close(home)
 
 
-def _link_create(prog_fd: int, ifindex: int, ingress: bool) -> int:
-    attr = _LinkCreate(prog_fd=prog_fd, target_ifindex=ifindex,
-                       attach_type=BPF_TCX_INGRESS if ingress else BPF_TCX_EGRESS)
-    fd = _libc.syscall(_SYS_BPF, _BPF_LINK_CREATE, ctypes.byref(attr), ctypes.sizeof(attr))
-    if fd < 0:
+def _setns(fd: int) -> None:
+    if _libc.setns(fd, _CLONE_NEWNET) != 0:
         err = ctypes.get_errno()
-        raise OSError(err, f"tcx link on ifindex {ifindex}: {os.strerror(err)}")
-    return int(fd)
-
-
-_BPF_OBJ_GET_INFO_BY_FD = 15
-_BPF_PROG_QUERY = 16
-
-
-class _Query(ctypes.Structure):
-    """union bpf_attr's query member."""
-
-    _fields_ = [("target_ifindex", ctypes.c_uint32), ("attach_type", ctypes.c_uint32),
-                ("query_flags", ctypes.c_uint32), ("attach_flags", ctypes.c_uint32),
-                ("prog_ids", ctypes.c_uint64), ("prog_cnt", ctypes.c_uint32),
-                ("_pad", ctypes.c_uint32), ("prog_attach_flags", ctypes.c_uint64),
-                ("link_ids", ctypes.c_uint64), ("link_attach_flags", ctypes.c_uint64),
-                ("revision", ctypes.c_uint64), ("_rest", ctypes.c_uint8 * 56)]
-
-
-def attached(ifindex: int, ingress: bool, netns: str | None = None) -> list[int]:
-    """The ids of the programs tcx runs on device ifindex of netns, in order (what
-    `zerotrace check` and the tests read; bpftool 7.1 does not show tcx)."""
-    ids = (ctypes.c_uint32 * 64)()
-
-    def query() -> list[int]:
-        q = _Query(target_ifindex=ifindex,
-                   attach_type=BPF_TCX_INGRESS if ingress else BPF_TCX_EGRESS,
-                   prog_ids=ctypes.addressof(ids), prog_cnt=len(ids))
-        if _libc.syscall(_SYS_BPF, _BPF_PROG_QUERY, ctypes.byref(q), ctypes.sizeof(q)) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"tcx query of ifindex {ifindex}: {os.strerror(err)}")
-        return list(ids[:q.prog_cnt])
-
-    return _in_netns(netns, query)
-
-
-def prog_id(prog_fd: int) -> int:
-    """The kernel's id of a loaded program."""
-    info = (ctypes.c_uint8 * 256)()
-    attr = (ctypes.c_uint32 * 4)(prog_fd, len(info), 0, 0)
-    ctypes.cast(ctypes.byref(attr, 8), ctypes.POINTER(ctypes.c_uint64))[0] = \
-        ctypes.addressof(info)
-    if _libc.syscall(_SYS_BPF, _BPF_OBJ_GET_INFO_BY_FD, attr, ctypes.sizeof(attr)) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"program info: {os.strerror(err)}")
-    return int.from_bytes(bytes(info[4:8]), "little")  # struct bpf_prog_info: type, id
+        raise OSError(err, f"setns: {os.strerror(err)}")

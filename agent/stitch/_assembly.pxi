@@ -32,7 +32,6 @@ cdef class TraceAssembler:
     cdef int64_t _next_emit
     cdef uint64_t _epoch
     cdef int64_t dropped_end  # see expire
-    cdef Py_ssize_t dropped
 
     def __cinit__(self):
         self.items = []
@@ -127,10 +126,11 @@ cdef class TraceAssembler:
             self.emitted.extend([it for it in self.items if it.emitted])
             self.items = [it for it in self.items if not it.emitted]
 
-    cdef list expire(self, int64_t keep_after, Py_ssize_t max_kept):
+    cdef list expire(self, int64_t keep_after, Py_ssize_t max_kept, stats):
         """The emitted spans no longer kept: those that ended before keep_after, then the
-        oldest beyond max_kept (the memory bound); dropped_end is the latest end of the
-        latter, the time up to which late joiners' decisions miss history."""
+        oldest beyond max_kept (the memory bound, counted as emitted_dropped_early);
+        dropped_end is the latest end of the latter, the time up to which late joiners'
+        decisions miss history."""
         cdef list gone = []
         cdef Item it
         em = self.emitted
@@ -140,6 +140,6 @@ cdef class TraceAssembler:
             it = <Item>em.popleft()
             if it.end_ns > self.dropped_end:
                 self.dropped_end = it.end_ns
-            self.dropped += 1
+            _inc(stats, "emitted_dropped_early")
             gone.append(it)
         return gone

@@ -1316,10 +1316,7 @@ cdef class Stitcher:
         cdef cset[uint64_t] t_ranges
         cdef cset[TKey] t_servers
         cdef dict t_py = {}  # header key -> None, in the order met
-        cdef Py_ssize_t dropped = self.assembly.dropped
-        cdef list gone = self.assembly.expire(keep_after, self.max_emitted)
-        if self.assembly.dropped != dropped:
-            _inc(self.stats, "emitted_dropped_early", self.assembly.dropped - dropped)
+        cdef list gone = self.assembly.expire(keep_after, self.max_emitted, self.stats)
         for it in gone:
             it.gone = True
             if it.in_ranges:
