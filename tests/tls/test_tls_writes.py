@@ -91,24 +91,19 @@ def test_writes_retried_or_partial_emitted_once(tracer, built, mode):
 
 def test_socket_reused_after_a_write_keeps_its_plain_bytes(tracer, built):
     """A write's call state outlives the call (no return probe): when the socket is
-    gone and its memory reused at once by a plain connection of the same thread, that
-    connection's bytes must not be taken for the write's ciphertext.  The client pins
-    itself to one CPU from close() to socket(), so the slab hands the sock back at once;
-    if it still did not, the case was not built: a skip here, a failure in CI."""
-    for attempt in range(5):
-        counts, writes, events, pid = _run(tracer, built, "reuse", keep=True)
-        tls_sk = {e.sock_id & ~1 for e in writes}
-        plain = [e for e in events if e.pid == pid and not e.sock_id & 1
-                 and e.direction == abi.DIR_EGRESS and e.payload == b"plain\n"]
-        assert len(tls_sk) == 1 and writes[-1].payload == b"bye"
-        assert plain, "the plain connection's write was not seen"
-        if plain[0].sock_id in tls_sk:  # the same struct sock: the case this is about
-            print(f"memory reused at run {attempt + 1}")
-            return
-    why = "the kernel did not reuse the socket's memory in 5 runs"
-    if os.environ.get("CI") == "true":
-        pytest.fail(why)
-    pytest.skip(why)
+    reused by a plain connection of the same thread, that connection's bytes must not be
+    taken for the write's ciphertext.  In production the reuse is the kernel handing a
+    closed socket's memory at once to a new connection, which depends on the slab
+    allocator's timing (CI saw none in 5 tries where this VM saw it at once); the client
+    builds the same state for certain: connect(AF_UNSPEC) resets the connection and
+    keeps the struct sock, which then connects again at a new sequence number."""
+    counts, writes, events, pid = _run(tracer, built, "reuse", keep=True)
+    tls_sk = {e.sock_id & ~1 for e in writes}
+    assert len(tls_sk) == 1 and writes[-1].payload == b"bye"
+    plain = [e for e in events if e.pid == pid and not e.sock_id & 1
+             and e.direction == abi.DIR_EGRESS and e.payload == b"plain\n"]
+    assert [e.sock_id for e in plain] == list(tls_sk), "the plain write was not seen as such"
+    assert not [e for e in writes if b"plain" in e.payload]
 
 
 def test_write_return_probe_design_agrees(tracer, built, monkeypatch):

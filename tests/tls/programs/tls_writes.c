@@ -12,8 +12,10 @@
  * "ok".  The client prints "wants=W partials=P bytes=B": W calls returned WANT_WRITE,
  * P returned fewer bytes than offered.
  * "reuse": as "retry", then the client's last SSL call is a write ("bye"), the socket
- * is closed without SSL_shutdown and a plain TCP connection made at once (the kernel
- * gives it the closed socket's memory when it stays on one CPU): "plain\n", echoed by the server. */
+ * is disconnected without SSL_shutdown (connect(AF_UNSPEC)) and connected again, plain:
+ * "plain\n", echoed by the server.  The same struct sock at a new sequence number is
+ * what a closed socket whose memory the kernel hands at once to a new connection looks
+ * like to the probes, built without depending on the slab allocator's timing. */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -21,7 +23,6 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <poll.h>
-#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -154,19 +155,11 @@ int main(int argc, char **argv)
             poll(&p, 1, 5000);
         }
         usleep(100000); /* the server has read "bye" */
-        /* a freed sock goes to this CPU's slab freelist, which hands it out next (LIFO):
-         * staying on one CPU from close() to socket() makes the reuse near certain */
-        cpu_set_t one_cpu;
-        CPU_ZERO(&one_cpu);
-        CPU_SET(sched_getcpu(), &one_cpu);
-        sched_setaffinity(0, sizeof(one_cpu), &one_cpu);
-        struct linger l = {.l_onoff = 1, .l_linger = 0}; /* reset: the sock freed now */
-        setsockopt(c, SOL_SOCKET, SO_LINGER, &l, sizeof(l));
-        close(c);
-        /* a pause for the sock's last reference to go (measured: without it the plain
-         * socket got the memory at run 1 to 3 of the test's tries, with it at run 1) */
-        usleep(20000);
-        int q = socket(AF_INET, SOCK_STREAM, 0);
+        struct sockaddr none = {.sa_family = AF_UNSPEC}; /* a reset, the sock kept */
+        fcntl(c, F_SETFL, fcntl(c, F_GETFL) & ~O_NONBLOCK);
+        if (connect(c, &none, sizeof(none)))
+            return 6;
+        int q = c;
         char echo[6];
         if (connect(q, (struct sockaddr *)&a, sizeof(a)) || write(q, "plain\n", 6) != 6 ||
             read(q, echo, 6) != 6 || memcmp(echo, "plain\n", 6))
