@@ -116,12 +116,30 @@ def wrk_measured(net, url: str, args) -> dict:
     waited-for children; nginx: its processes), in which the probes' own cost shows:
     tracepoints run in the context of the syscalls they trace."""
     ns = net.hosts[1].inode  # nginx_pair's server namespace
-    t0, n0 = os.times(), comm_cpu_s("nginx", ns)
+    t0, n0, m0 = os.times(), comm_cpu_s("nginx", ns), machine_cpu_s()
     w = run_wrk(net, url, args.threads, args.connections, args.duration)
-    t1, n1 = os.times(), comm_cpu_s("nginx", ns)
+    t1, n1, m1 = os.times(), comm_cpu_s("nginx", ns), machine_cpu_s()
     wrk = (t1.children_user + t1.children_system) - (t0.children_user + t0.children_system)
-    w["app_us_per_req"] = (wrk + n1 - n0) * 1e6 / w["requests"] if w["requests"] else 0.0
+    n = w["requests"]
+    w["app_us_per_req"] = (wrk + n1 - n0) * 1e6 / n if n else 0.0
+    wall = t1.elapsed - t0.elapsed
+    # the whole machine over the run, in cores: what nginx, wrk (and the agent) did not
+    # spend went to other tasks, interrupts, the hypervisor (steal) or nothing (idle)
+    w["machine"] = {k: (m1[k] - m0[k]) / wall for k in m1}
+    w["app_cores"] = (wrk + n1 - n0) / wall
     return w
+
+
+_STAT_FIELDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+
+
+def machine_cpu_s() -> dict[str, float]:
+    """CPU seconds of the whole machine by kind, from /proc/stat's first line (the
+    softirq time of packets on loopback and veths is not in any process's times)."""
+    with open("/proc/stat") as f:
+        vals = f.readline().split()[1:1 + len(_STAT_FIELDS)]
+    hz = os.sysconf("SC_CLK_TCK")
+    return {k: int(v) / hz for k, v in zip(_STAT_FIELDS, vals, strict=True)}
 
 
 def prog_runs(pid: int) -> dict[int, tuple[int, int]]:
@@ -387,6 +405,15 @@ def _print_round(i: int, what: str, b: dict, r: dict) -> None:
           f"{r['us_per_req']:.1f} us/req, nginx+wrk {b['app_us_per_req']:.1f} -> "
           f"{r['app_us_per_req']:.1f} us/req, RSS ready {r['rss_idle']:.0f} MB, under load "
           f"{r['rss_steady']:.0f} MB (peak {r['rss_peak']:.0f})", flush=True)
+    for who, row, extra in (("untraced", b, 0.0), ("traced", r, r["cores"])):
+        m = row.get("machine")
+        if m:
+            busy = sum(v for k, v in m.items() if k not in ("idle", "iowait", "steal"))
+            other = busy - row["app_cores"] - extra
+            print(f"    machine {who} (cores): busy {busy:.2f} of which nginx+wrk "
+                  f"{row['app_cores']:.2f}, agent {extra:.2f}, other {other:.2f} "
+                  f"(softirq {m['softirq']:.2f}); idle {m['idle'] + m['iowait']:.2f}, "
+                  f"steal {m['steal']:.2f}")
     for when, key in (("ready", "smaps_idle"), ("under load", "smaps")):
         if r.get(key):
             print(f"    resident {when} by kind (MB): " + ", ".join(
