@@ -148,6 +148,7 @@ OFFSETS: dict[str, tuple[str, str]] = {
     "OFF_FDT_MAX_FDS": ("fdtable", "max_fds"),
     "OFF_FDT_FD": ("fdtable", "fd"),
     "OFF_FILE_INODE": ("file", "f_inode"),
+    "OFF_FILE_FOP": ("file", "f_op"),
     "OFF_FILE_PRIVATE": ("file", "private_data"),
     "OFF_INODE_MODE": ("inode", "i_mode"),
     "OFF_SOCKET_SK": ("socket", "sk"),
