@@ -234,8 +234,13 @@ static __always_inline int zt_shed_at_entry(struct zt_config *cfg, __u64 sk, __u
     return kind;
 }
 
-static __always_inline int zt_data_enter(int fd, __u8 sys, __u64 buf, __u64 count, __u64 addr,
-                                         __u64 msg_flags)
+#ifdef ZT_TLS
+/* bpf/tls.c, appended to this source when TLS is traced (agent/probes/loader.py) */
+static __always_inline int zt_tls_sys_enter(void *ctx, struct zt_active *a);
+#endif
+
+static __always_inline int zt_data_enter(void *ctx, int fd, __u8 sys, __u64 buf, __u64 count,
+                                         __u64 addr, __u64 msg_flags)
 {
     __u64 id = bpf_get_current_pid_tgid();
     struct zt_config *cfg = zt_cfg();
@@ -287,6 +292,11 @@ static __always_inline int zt_data_enter(int fd, __u8 sys, __u64 buf, __u64 coun
         a->has_seq = 1;
     }
     a->busy = 1;
+#ifdef ZT_TLS
+    /* the calls OpenSSL's socket BIO makes (and a few more), not the batched ones */
+    if (sys != ZT_SYS_SENDMMSG && sys != ZT_SYS_RECVMMSG)
+        return zt_tls_sys_enter(ctx, a);
+#endif
     return 0;
 }
 
@@ -641,16 +651,16 @@ static __always_inline int zt_data_exit(long ret)
     return 0;
 }
 
-TRACEPOINT_PROBE(syscalls, sys_enter_write) { return zt_data_enter(args->fd, ZT_SYS_WRITE, (__u64)args->buf, 0, 0, 0); }
-TRACEPOINT_PROBE(syscalls, sys_enter_read) { return zt_data_enter(args->fd, ZT_SYS_READ, (__u64)args->buf, 0, 0, 0); }
-TRACEPOINT_PROBE(syscalls, sys_enter_writev) { return zt_data_enter(args->fd, ZT_SYS_WRITEV, (__u64)args->vec, args->vlen, 0, 0); }
-TRACEPOINT_PROBE(syscalls, sys_enter_readv) { return zt_data_enter(args->fd, ZT_SYS_READV, (__u64)args->vec, args->vlen, 0, 0); }
-TRACEPOINT_PROBE(syscalls, sys_enter_sendto) { return zt_data_enter(args->fd, ZT_SYS_SENDTO, (__u64)args->buff, 0, (__u64)args->addr, 0); }
-TRACEPOINT_PROBE(syscalls, sys_enter_recvfrom) { return zt_data_enter(args->fd, ZT_SYS_RECVFROM, (__u64)args->ubuf, 0, (__u64)args->addr, args->flags); }
-TRACEPOINT_PROBE(syscalls, sys_enter_sendmsg) { return zt_data_enter(args->fd, ZT_SYS_SENDMSG, (__u64)args->msg, 0, 0, 0); }
-TRACEPOINT_PROBE(syscalls, sys_enter_recvmsg) { return zt_data_enter(args->fd, ZT_SYS_RECVMSG, (__u64)args->msg, 0, 0, args->flags); }
-TRACEPOINT_PROBE(syscalls, sys_enter_sendmmsg) { return zt_data_enter(args->fd, ZT_SYS_SENDMMSG, (__u64)args->mmsg, args->vlen, 0, 0); }
-TRACEPOINT_PROBE(syscalls, sys_enter_recvmmsg) { return zt_data_enter(args->fd, ZT_SYS_RECVMMSG, (__u64)args->mmsg, args->vlen, 0, args->flags); }
+TRACEPOINT_PROBE(syscalls, sys_enter_write) { return zt_data_enter(args, args->fd, ZT_SYS_WRITE, (__u64)args->buf, 0, 0, 0); }
+TRACEPOINT_PROBE(syscalls, sys_enter_read) { return zt_data_enter(args, args->fd, ZT_SYS_READ, (__u64)args->buf, 0, 0, 0); }
+TRACEPOINT_PROBE(syscalls, sys_enter_writev) { return zt_data_enter(args, args->fd, ZT_SYS_WRITEV, (__u64)args->vec, args->vlen, 0, 0); }
+TRACEPOINT_PROBE(syscalls, sys_enter_readv) { return zt_data_enter(args, args->fd, ZT_SYS_READV, (__u64)args->vec, args->vlen, 0, 0); }
+TRACEPOINT_PROBE(syscalls, sys_enter_sendto) { return zt_data_enter(args, args->fd, ZT_SYS_SENDTO, (__u64)args->buff, 0, (__u64)args->addr, 0); }
+TRACEPOINT_PROBE(syscalls, sys_enter_recvfrom) { return zt_data_enter(args, args->fd, ZT_SYS_RECVFROM, (__u64)args->ubuf, 0, (__u64)args->addr, args->flags); }
+TRACEPOINT_PROBE(syscalls, sys_enter_sendmsg) { return zt_data_enter(args, args->fd, ZT_SYS_SENDMSG, (__u64)args->msg, 0, 0, 0); }
+TRACEPOINT_PROBE(syscalls, sys_enter_recvmsg) { return zt_data_enter(args, args->fd, ZT_SYS_RECVMSG, (__u64)args->msg, 0, 0, args->flags); }
+TRACEPOINT_PROBE(syscalls, sys_enter_sendmmsg) { return zt_data_enter(args, args->fd, ZT_SYS_SENDMMSG, (__u64)args->mmsg, args->vlen, 0, 0); }
+TRACEPOINT_PROBE(syscalls, sys_enter_recvmmsg) { return zt_data_enter(args, args->fd, ZT_SYS_RECVMMSG, (__u64)args->mmsg, args->vlen, 0, args->flags); }
 
 /* One exit program for every data syscall: the syscall is known from the in-flight slot
  * its entry wrote, and all sys_exit_* records are alike (ret at the same offset). */

@@ -155,7 +155,6 @@ class SocketTracer:
         self.timings: dict[str, float] = {}  # start-up phases, seconds (bench_startup)
         self.tls: tls.TlsAttacher | None = None  # TLS: libraries with probes
         self._tls_stream: tls.TlsStream | None = None
-        self._tls_tp_fds: list[int] = []
         self._tls_s = 0.0
         self._skip_hints = False
         self._config_lock = threading.Lock()
@@ -194,6 +193,7 @@ class SocketTracer:
         src = inline_includes(SOCKET_TRACE_C)
         if cfg.tls:
             src += "\n" + inline_includes(BPF_DIR / "tls.c")
+            cflags.append("-DZT_TLS")
         attachments = tracepoint_attachments(src)
         try:
             self._bpf = _Manual(text=src.encode(), cflags=cflags)
@@ -228,11 +228,9 @@ class SocketTracer:
 
     # -- TLS (bpf/tls.c, agent/probes/tls.py) -----------------------------------------
     def _attach_tls(self) -> None:
-        """The syscall-enter program of tls.c, after data.c's (it reads the in-flight slot
-        data.c's fills), and the uprobes of the system's libssl and of running processes'.
-        bcc keeps one fd per tracepoint name, so these go through libbcc directly."""
+        """The uprobes of the system's libssl and of running processes' (tls.c's part of
+        the data syscalls' enter is compiled into data.c's programs: -DZT_TLS)."""
         t0 = time.monotonic()
-        self._tls_attach_syscalls()
         self.tls = tls.TlsAttacher(self._bpf)
         self._tls_stream = tls.TlsStream()
         for path in tls.system_libssl():
@@ -241,24 +239,6 @@ class SocketTracer:
         self._tls_s = time.monotonic() - t0
         log.info("TLS: %d libssl file(s) with uprobes in %.2fs", self.tls.attached(),
                  self._tls_s)
-
-    def _tls_attach_syscalls(self) -> None:
-        from bcc import BPF, lib
-
-        fn = self._bpf.load_func(b"zt_tls_sys_enter", BPF.TRACEPOINT)
-        for tp in tls.SYSCALL_TRACEPOINTS:
-            cat, name = tp.encode().split(b":")
-            fd = lib.bpf_attach_tracepoint(fn.fd, cat, name)
-            if fd < 0:
-                raise ProbeError(f"TLS: cannot attach to {tp}")
-            self._tls_tp_fds.append(fd)
-
-    def _tls_detach_syscalls(self) -> None:
-        from bcc import lib
-
-        for fd in self._tls_tp_fds:
-            lib.bpf_close_perf_event_fd(fd)
-        self._tls_tp_fds = []
 
     def tls_stats(self) -> dict[str, int]:
         """TLS counters: libraries with probes, connections, plaintext/ciphertext events."""
@@ -310,15 +290,13 @@ class SocketTracer:
         """Detach every tracepoint, keeping programs and maps (benchmarks' baseline)."""
         for tp, _fn in self.tracepoints():
             self._bpf.detach_tracepoint(tp)
-        if self.tls is not None:  # TLS: its syscall program and uprobes too
-            self._tls_detach_syscalls()
+        if self.tls is not None:  # TLS: its uprobes too
             self.tls.detach_all()
 
     def resume(self) -> None:
         for tp, fn in self.tracepoints():
             self._bpf.attach_tracepoint(tp=tp, fn_name=fn)
         if self.tls is not None:
-            self._tls_attach_syscalls()
             self.tls.reattach_all()
 
     def follow_go(self, pid: int) -> str:
@@ -529,8 +507,6 @@ class SocketTracer:
         if self._ring is not None:
             self._ring.close()
             self._ring = None
-        if self._tls_tp_fds:
-            self._tls_detach_syscalls()
         if self.tls is not None:  # the exec hook's thread, the fds held on executables
             self.tls.close()  # idempotent; counters keep their last totals for a scrape
         if self._bpf is not None:

@@ -66,10 +66,6 @@ def site_programs(entry: str, write_return: bool = False) -> tuple[str, str | No
         return (entry + "_r", RETURN_PROGRAM) if write_return else (entry, None)
     return entry, RETURN_PROGRAM
 
-# the data syscalls OpenSSL's socket BIO uses (and a few more): zt_tls_sys_enter runs
-# after data.c's program on their enter tracepoints
-SYSCALL_TRACEPOINTS = [f"syscalls:sys_enter_{n}" for n in (
-    "write", "read", "sendto", "recvfrom", "writev", "readv", "sendmsg", "recvmsg")]
 RESCAN_S = 2.0
 _SOCK_ID = struct.Struct("<Q")
 _OFF_SOCK_ID = abi.ZtEvent.sock_id.offset
