@@ -364,8 +364,11 @@ class EmptyHooks:
         from bcc import BPF
 
         self.hooks = hooks
-        self._bpf = BPF(text=b"int zt_empty(struct __sk_buff *skb) { return -1; }")
-        self.fd = self._bpf.load_func(b"zt_empty", BPF.SCHED_CLS).fd
+        # one program a direction, so that run-time statistics tell them apart
+        self._bpf = BPF(text=b"int zt_empty_e(struct __sk_buff *skb) { return -1; }\n"
+                             b"int zt_empty_i(struct __sk_buff *skb) { return -1; }")
+        self.fds = {ingress: self._bpf.load_func(name, BPF.SCHED_CLS).fd
+                    for ingress, name in ((False, b"zt_empty_e"), (True, b"zt_empty_i"))}
         self.links: list[int] = []
         self.clsact: list = []
 
@@ -378,14 +381,15 @@ class EmptyHooks:
         for h in self.hooks:
             ns = None if h.netns == "host" else h.netns
             if tcx_links:
-                self.links += [tcx.attach(self.fd, h.ifindex, ingress, ns)
+                self.links += [tcx.attach(self.fds[ingress], h.ifindex, ingress, ns)
                                for ingress in (False, True)]
                 continue
             with IPRoute(netns=ns) if ns else IPRoute() as ipr:
                 ipr.tc("add", "clsact", h.ifindex)
-                for parent in (PARENT_EGRESS, PARENT_INGRESS):
-                    ipr.tc("add-filter", "bpf", h.ifindex, ":1", fd=self.fd, name="zt_empty",
-                           parent=parent, prio=1, classid=1, direct_action=True)
+                for parent, ingress in ((PARENT_EGRESS, False), (PARENT_INGRESS, True)):
+                    ipr.tc("add-filter", "bpf", h.ifindex, ":1", fd=self.fds[ingress],
+                           name="zt_empty", parent=parent, prio=1, classid=1,
+                           direct_action=True)
             self.clsact.append(h)
 
     def detach(self) -> None:
@@ -403,6 +407,17 @@ class EmptyHooks:
     def close(self) -> None:
         self.detach()
         self._bpf.cleanup()
+
+
+def steady(tc: TcTracer, shift: int) -> None:
+    """Sampling at 1 in 2**shift as a running agent has it in steady state: the packets'
+    filter at the same shift at once.  An agent raises the filter a second after the
+    marks (TcTracer.FILTER_LAG: messages marked at the old rate may still be on their
+    way); between two states here no marks were made, and a round of a few seconds
+    whose first second every payload packet looks into the 5 MB slot table (a cache
+    miss at the first hook a packet passes) measured the state before, not this one."""
+    tc.set_sampling(shift)
+    tc._settle_filter(float("inf"))
 
 
 def throughput(rounds: int, seconds: int, body: int, attach: str = "auto") -> None:
@@ -477,7 +492,7 @@ http {{ access_log off; client_body_temp_path {tmp}/b; proxy_temp_path {tmp}/p;
                 for k in states:
                     traced = k in (every, adaptive)
                     filters, marks = traced or "TC" in k, traced or "marks" in k
-                    tc.set_sampling(shift if k == adaptive else 0)
+                    steady(tc, shift if k == adaptive else 0)
                     tc._adapted = None
                     drainer.adaptive = k == adaptive
                     if filters:
@@ -514,7 +529,7 @@ http {{ access_log off; client_body_temp_path {tmp}/b; proxy_temp_path {tmp}/p;
             # and 1 in 1 024: almost every mark and packet unsampled (the floor)
             floor = (f"traced, 1 in {1 << MAX_SAMPLE_SHIFT}", MAX_SAMPLE_SHIFT)
             for k, sh_ in ((every, 0), (adaptive, shift), floor):
-                tc.set_sampling(sh_)
+                steady(tc, sh_)
                 tc.refresh()
                 tc.set_marking(True)
                 with RunStats():
@@ -524,6 +539,16 @@ http {{ access_log off; client_body_temp_path {tmp}/b; proxy_temp_path {tmp}/p;
                 stats.append((k, sh_, stat_rps, before, after))
                 tc.detach_filters()
                 tc.set_marking(False)
+            # the floor of a run on each hook: the empty program, tcx
+            empty_fds = {f"empty {'ingress' if i else 'egress'}": fd
+                         for i, fd in empty.fds.items()}
+            empty.attach(True)
+            with RunStats():
+                before = {k: prog_run(fd) for k, fd in empty_fds.items()}
+                stat_rps = wrk()
+                after = {k: prog_run(fd) for k, fd in empty_fds.items()}
+            empty.detach()
+            stats.append((empty_tcx, 0, stat_rps, before, after))
             time.sleep(0.1)
         finally:
             drainer.close()
@@ -545,7 +570,8 @@ http {{ access_log off; client_body_temp_path {tmp}/b; proxy_temp_path {tmp}/p;
             print(f"  {k:<22} {m:9.0f} req/s   ratio {m / base:.3f}   paired {paired:.3f}   "
                   f"(rounds {', '.join(f'{v:.0f}' for v in res[k])})")
         for k, sh_, stat_rps, before, after in stats:
-            report_runs(f"{k} (1 in {1 << sh_}), a round with stats ({stat_rps:.0f} req/s)",
+            what = k if k == empty_tcx else f"{k} (1 in {1 << sh_})"
+            report_runs(f"{what}, a round with stats ({stat_rps:.0f} req/s)",
                         before, after, "request", int(stat_rps * seconds))
         for k in (every, adaptive):
             print(f"  {k}: agent (drain + index hop records) "
