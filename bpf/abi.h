@@ -66,7 +66,8 @@
 #define ZT_DROP_ACTIVE_FULL 1 /* no in-flight slot could be had for the task */
 #define ZT_DROP_READ_FAULT 2
 #define ZT_DROP_WAKE_FULL 3 /* a struct zt_wake found the ring buffer full */
-#define ZT_DROP_SLOTS 4
+#define ZT_DROP_TLS_JUMP 4 /* a syscall inside an SSL call not looked at (tls.c) */
+#define ZT_DROP_SLOTS 5
 
 /* counter slots (per-CPU array "stats"): what went into the ring, and what was left out
  * on purpose (sampling under overload, bodies the agent said to skip) */

@@ -44,8 +44,8 @@ def stamp(reads: int, answers: int, open_: int, last_read: bool) -> int:
             | (STAMP_LAST_READ if last_read else 0))
 
 DROP_SLOTS = {0: "ringbuf_full", 1: "inflight_slot_alloc", 2: "payload_read_fault",
-              3: "go_wake_ringbuf_full"}
-DROP_SLOT_COUNT = 4
+              3: "go_wake_ringbuf_full", 4: "tls_syscall_not_followed"}
+DROP_SLOT_COUNT = 5
 
 # per-CPU counter slots (bpf/abi.h ZT_STAT_*), map "stats"
 STAT_SLOTS = {0: "ring_records", 1: "ring_bytes", 2: "shed_exchanges", 3: "shed_connections",

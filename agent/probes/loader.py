@@ -207,6 +207,9 @@ class SocketTracer:
             programs = sorted({fn for _tp, fn in attachments})
             for fn in programs:  # the kernel verifies each program here, once
                 self._bpf.load_func(fn, BPF.TRACEPOINT)
+            if cfg.tls:
+                fn = self._bpf.load_func(b"zt_tls_sys_call", BPF.TRACEPOINT)
+                self._bpf[b"tls_sys_call"][ct.c_int(0)] = ct.c_int(fn.fd)
             t2 = time.monotonic()
             for tp, fn in attachments:
                 self._bpf.attach_tracepoint(tp=tp, fn_name=fn)
@@ -229,7 +232,9 @@ class SocketTracer:
     # -- TLS (bpf/tls.c, agent/probes/tls.py) -----------------------------------------
     def _attach_tls(self) -> None:
         """The uprobes of the system's libssl and of running processes' (tls.c's part of
-        the data syscalls' enter is compiled into data.c's programs: -DZT_TLS)."""
+        the data syscalls' enter is compiled into data.c's programs, -DZT_TLS, and jumps
+        to zt_tls_sys_call inside SSL calls: that program is in its slot before any
+        tracepoint is attached)."""
         t0 = time.monotonic()
         self.tls = tls.TlsAttacher(self._bpf)
         self._tls_stream = tls.TlsStream()
