@@ -15,6 +15,7 @@ from agent import check
 from agent.clock import wall_offset
 from agent.conn.listeners import listening_ports
 from agent.probes import abi, btf, golang, tls
+from agent.probes.csource import inline_includes
 from agent.probes.events import EventBatch, SocketEvent, WakeEvent
 from agent.probes.ringbuf import RingBuffer
 
@@ -74,27 +75,6 @@ class ProbeConfig:
         """Payload capture size rounded up to a power of two (the probe masks with it)."""
         n = max(16, min(self.payload_bytes, 16384))
         return 1 << (n - 1).bit_length()
-
-
-_LOCAL_INCLUDE = re.compile(r'^#include "([^"]+)"\s*$', re.M)
-
-
-def inline_includes(path: Path, seen: set[Path] | None = None) -> str:
-    """The C source with our own `#include "x"` files pasted in, each once.
-
-    bcc rewrites map and tracepoint sugar only in the main file it compiles, so the
-    files of bpf/ (one per concern) are joined into one text before compiling.
-    """
-    seen = set() if seen is None else seen
-    path = path.resolve()
-    if path in seen:
-        return ""
-    seen.add(path)
-
-    def paste(m: re.Match[str]) -> str:
-        return inline_includes(path.parent / m.group(1), seen)
-
-    return _LOCAL_INCLUDE.sub(paste, path.read_text())
 
 
 _TP_PROBE = re.compile(r"^TRACEPOINT_PROBE\((\w+),\s*(\w+)\)", re.M)

@@ -25,6 +25,7 @@ from pathlib import Path
 from agent.clock import wall_offset
 from agent.net._hops import RECORD_SIZE, HopRing
 from agent.probes import btf, tcx
+from agent.probes.csource import inline_includes
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +221,7 @@ class TcTracer:
         if self.read_marks:
             cflags.append("-DZT_TC_READ_MARKS")
         try:
-            self._bpf = BPF(src_file=str(TC_C).encode(), cflags=cflags)
+            self._bpf = BPF(text=inline_includes(TC_C).encode(), cflags=cflags)
             self._bpf[b"tc_self"][ctypes.c_int(0)] = ctypes.c_uint32(os.getpid())
             self._mark_netns()
             self.set_sampling(self.config.sample_shift or 0)
