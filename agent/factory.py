@@ -51,6 +51,9 @@ class Options:
     # ring then loses what the agent cannot follow, counted as ringbuf_full).
     shedding: bool = field(default_factory=lambda: _env_on("ZEROTRACE_SHEDDING"))
     cpu_budget: float | None = None  # cores; None: ZEROTRACE_CPU_BUDGET or its default
+    # memory bounds (config `limits:`); None: the stitcher's and the shedder's defaults
+    max_emitted: int | None = None  # emitted spans kept for late joiners
+    max_backlog: int | None = None  # spans waiting to be stitched before a cut at once
     # bodies parsers skip by length stay out of the ring (agent/probes/skiphints.py)
     skip_hints: bool = field(default_factory=lambda: _env_on("ZEROTRACE_SKIP_HINTS"))
 
@@ -92,7 +95,10 @@ def options_from_args(args: argparse.Namespace) -> Options:
         port = conf.get("metrics_port", DEFAULT_METRICS_PORT if daemon else 0)
     return Options(agent_name=node, enricher=enricher, exporters=exporters,
                    metrics_port=int(port or 0),
-                   ignore_ports=frozenset(export_ports(server, otlp)))
+                   ignore_ports=frozenset(export_ports(server, otlp)),
+                   cpu_budget=config.limit(conf, "cpu_budget", "ZEROTRACE_CPU_BUDGET"),
+                   max_emitted=config.limit(conf, "emitted_spans"),
+                   max_backlog=config.limit(conf, "backlog_spans"))
 
 
 def build(opts: Options | None = None) -> Pipeline:
@@ -103,6 +109,8 @@ def build(opts: Options | None = None) -> Pipeline:
     p.enricher = opts.enricher
     p.exporters = list(opts.exporters)
     p.ignore_ports = frozenset(opts.ignore_ports)
+    if opts.max_emitted:
+        p.stitcher.max_emitted = opts.max_emitted
     if opts.metrics_port:
         p.serve_metrics(opts.metrics_port)
     return p
@@ -119,8 +127,8 @@ class Attached:
         self.pipeline, self.tracer, self.cfg = pipeline, tracer, cfg
         # spans waiting to be stitched count as load too (the agent's memory)
         self.shedder = Shedder(tracer, opts.cpu_budget,
-                               backlog=lambda: len(pipeline.stitcher.items)
-                               ) if opts.shedding else None
+                               backlog=lambda: len(pipeline.stitcher.items),
+                               max_backlog=opts.max_backlog) if opts.shedding else None
         self.hints = (SkipHints(tracer, pipeline.assembler, pipeline.tracker)
                       if opts.skip_hints else None)
         self.memory: dict[str, int] = {}  # what memtrim.release() did

@@ -38,9 +38,22 @@ def netns_path(name: str) -> str:
 AGENT_RING_MB = 8
 
 
+def _ring_mb(args: argparse.Namespace) -> int:
+    """The config file's limits.ring_mb, else AGENT_RING_MB ($ZEROTRACE_RING_MB over both,
+    in ring_pages_from_env).  A file that does not load is said by the pipeline's
+    options, read next: here it leaves the default."""
+    from agent import config
+
+    try:
+        return int(config.limit(config.load(getattr(args, "config", None)), "ring_mb")
+                   or AGENT_RING_MB)
+    except config.ConfigError:
+        return AGENT_RING_MB
+
+
 def probe_config(args: argparse.Namespace) -> ProbeConfig:
     return ProbeConfig(
-        ring_pages=ring_pages_from_env(AGENT_RING_MB),
+        ring_pages=ring_pages_from_env(_ring_mb(args)),
         payload_bytes=args.payload_bytes,
         pids=set(args.pid),
         ports=set(args.port),

@@ -127,6 +127,7 @@ def wrk_measured(net, url: str, args) -> dict:
     # spend went to other tasks, interrupts, the hypervisor (steal) or nothing (idle)
     w["machine"] = {k: (m1[k] - m0[k]) / wall for k in m1}
     w["app_cores"] = (wrk + n1 - n0) / wall
+    w["nginx_cores"] = (n1 - n0) / wall
     return w
 
 
@@ -411,7 +412,8 @@ def _print_round(i: int, what: str, b: dict, r: dict) -> None:
             busy = sum(v for k, v in m.items() if k not in ("idle", "iowait", "steal"))
             other = busy - row["app_cores"] - extra
             print(f"    machine {who} (cores): busy {busy:.2f} of which nginx+wrk "
-                  f"{row['app_cores']:.2f}, agent {extra:.2f}, other {other:.2f} "
+                  f"{row['app_cores']:.2f} (nginx {row['nginx_cores']:.2f}), agent "
+                  f"{extra:.2f}, other {other:.2f} "
                   f"(softirq {m['softirq']:.2f}); idle {m['idle'] + m['iowait']:.2f}, "
                   f"steal {m['steal']:.2f}")
     for when, key in (("ready", "smaps_idle"), ("under load", "smaps")):

@@ -63,3 +63,44 @@ def test_interfaces_come_from_the_config_file_unless_the_flag_says(tmp_path, mon
         args = parser.parse_args(argv)
         assert args.func(args) == 0
     assert seen == ["^veth", "^eth0$", None]
+
+
+def test_limits_are_checked_when_the_file_loads(tmp_path):
+    f = tmp_path / "limits.yaml"
+    f.write_text("limits: {cpu_budget: 0.25, ring_mb: 4, backlog_spans: 8192, "
+                 "emitted_spans: 5000}\n")
+    assert config.load(str(f))["limits"] == {
+        "cpu_budget": 0.25, "ring_mb": 4, "backlog_spans": 8192, "emitted_spans": 5000}
+    for text, why in (("limits: {ring_mb: 0}", "limits.ring_mb must be an integer >= 1"),
+                      ("limits: {emitted_spans: 2.5}", "limits.emitted_spans must be an integer"),
+                      ("limits: {cpu_budget: -1}", "limits.cpu_budget must be a number >= 0"),
+                      ("limits: {cpu_budget: yes}", "limits.cpu_budget must be a number"),
+                      ("limits: {emited_spans: 10}", "unknown limits emited_spans"),
+                      ("limits: 10", "limits must be a mapping")):
+        f.write_text(text + "\n")
+        with pytest.raises(config.ConfigError, match=why):
+            config.load(str(f))
+
+
+def test_limits_come_from_the_file_unless_the_environment_says(tmp_path, monkeypatch):
+    """The file's limits go into the options the agent command builds its pipeline from
+    (tests/agent/test_pipeline_factory.py checks they reach a running agent); the
+    environment variables that set the same things win over the file."""
+    import argparse
+
+    from agent import factory, runner
+
+    monkeypatch.delenv("ZEROTRACE_CONFIG", raising=False)
+    monkeypatch.delenv("ZEROTRACE_CPU_BUDGET", raising=False)
+    f = tmp_path / "agent.yaml"
+    f.write_text("limits: {cpu_budget: 0.2, ring_mb: 2, backlog_spans: 4096, "
+                 "emitted_spans: 3000}\n")
+    args = argparse.Namespace(config=str(f), metrics_port=0)
+    opts = factory.options_from_args(args)
+    assert (opts.cpu_budget, opts.max_backlog, opts.max_emitted) == (0.2, 4096, 3000)
+    assert factory.build(opts).stitcher.max_emitted == 3000
+    assert factory.build(factory.Options()).stitcher.max_emitted == 10_000
+    assert runner._ring_mb(args) == 2
+    assert runner._ring_mb(argparse.Namespace(config=None)) == runner.AGENT_RING_MB
+    monkeypatch.setenv("ZEROTRACE_CPU_BUDGET", "0.4")
+    assert factory.options_from_args(args).cpu_budget is None  # the shedder reads 0.4

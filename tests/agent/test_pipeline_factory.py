@@ -241,3 +241,30 @@ def test_the_config_files_payload_section_reaches_the_enricher(tmp_path):
     finally:
         on.enricher.close()
         off.enricher.close()
+
+
+@pytest.mark.kernel
+def test_the_config_files_limits_bound_the_running_agent(tmp_path, monkeypatch):
+    """limits: in the agent's file reach its stitcher, its shedder and its ring."""
+    for var in ("ZEROTRACE_CONFIG", "ZEROTRACE_CPU_BUDGET", "ZEROTRACE_RING_MB"):
+        monkeypatch.delenv(var, raising=False)
+    conf = tmp_path / "agent.yaml"
+    conf.write_text("limits: {cpu_budget: 0.2, ring_mb: 2, backlog_spans: 4096, "
+                    "emitted_spans: 3000}\n")
+    seen: list[tuple[factory.Attached, object]] = []
+    real_attach = factory.attach
+
+    def spy(pipeline, tracer, cfg, opts):
+        att = real_attach(pipeline, tracer, cfg, opts)
+        seen.append((att, cfg))
+        return att
+
+    monkeypatch.setattr(factory, "attach", spy)
+    assert runner.run(_agent_args("--duration", "1", "--port", "1",
+                                  "--config", str(conf))) == 0
+    (att, cfg), = seen
+    assert att.pipeline.stitcher.max_emitted == 3000
+    assert (att.shedder.cpu_budget, att.shedder.max_backlog) == (0.2, 4096)
+    from agent.probes.loader import ring_pages_from_env
+
+    assert cfg.ring_pages == ring_pages_from_env(2) != ring_pages_from_env(runner.AGENT_RING_MB)
