@@ -111,14 +111,38 @@ def comm_cpu_s(name: str, netns: int | None = None) -> float:
     return total
 
 
+def comm_schedstat(name: str, netns: int | None = None) -> tuple[float, float]:
+    """(seconds on a CPU, seconds runnable but waiting for one) of the processes called
+    `name` in network namespace `netns` (/proc/PID/schedstat; nginx's worker is one
+    thread): whether a process that does not use its CPU waits for work or for a CPU."""
+    run = wait = 0.0
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/comm") as f:
+                if f.read().strip() != name:
+                    continue
+            if netns is not None and os.stat(f"/proc/{d}/ns/net").st_ino != netns:
+                continue
+            with open(f"/proc/{d}/schedstat") as f:
+                r, w, _n = f.read().split()
+        except (OSError, ValueError):
+            continue
+        run, wait = run + int(r) / 1e9, wait + int(w) / 1e9
+    return run, wait
+
+
 def wrk_measured(net, url: str, args) -> dict:
     """run_wrk, and the CPU the traced programs spent per request (wrk: this process's
     waited-for children; nginx: its processes), in which the probes' own cost shows:
     tracepoints run in the context of the syscalls they trace."""
     ns = net.hosts[1].inode  # nginx_pair's server namespace
     t0, n0, m0 = os.times(), comm_cpu_s("nginx", ns), machine_cpu_s()
+    s0 = comm_schedstat("nginx", ns)
     w = run_wrk(net, url, args.threads, args.connections, args.duration)
     t1, n1, m1 = os.times(), comm_cpu_s("nginx", ns), machine_cpu_s()
+    s1 = comm_schedstat("nginx", ns)
     wrk = (t1.children_user + t1.children_system) - (t0.children_user + t0.children_system)
     n = w["requests"]
     w["app_us_per_req"] = (wrk + n1 - n0) * 1e6 / n if n else 0.0
@@ -128,6 +152,8 @@ def wrk_measured(net, url: str, args) -> dict:
     w["machine"] = {k: (m1[k] - m0[k]) / wall for k in m1}
     w["app_cores"] = (wrk + n1 - n0) / wall
     w["nginx_cores"] = (n1 - n0) / wall
+    # nginx's time: on a CPU, runnable but waiting for one, and the rest asleep (no work)
+    w["nginx_run"], w["nginx_wait"] = ((b - a) / wall for a, b in zip(s0, s1, strict=True))
     return w
 
 
@@ -415,7 +441,9 @@ def _print_round(i: int, what: str, b: dict, r: dict) -> None:
                   f"{row['app_cores']:.2f} (nginx {row['nginx_cores']:.2f}), agent "
                   f"{extra:.2f}, other {other:.2f} "
                   f"(softirq {m['softirq']:.2f}); idle {m['idle'] + m['iowait']:.2f}, "
-                  f"steal {m['steal']:.2f}")
+                  f"steal {m['steal']:.2f}; nginx on a CPU {row['nginx_run']:.2f}, "
+                  f"waiting for one {row['nginx_wait']:.2f}, asleep "
+                  f"{1 - row['nginx_run'] - row['nginx_wait']:.2f}")
     for when, key in (("ready", "smaps_idle"), ("under load", "smaps")):
         if r.get(key):
             print(f"    resident {when} by kind (MB): " + ", ".join(
