@@ -133,6 +133,18 @@ def comm_schedstat(name: str, netns: int | None = None) -> tuple[float, float]:
     return run, wait
 
 
+def pin_comm(name: str, netns: int, cpu: int) -> None:
+    """Confine the processes called `name` in network namespace `netns` to one CPU."""
+    for d in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{d}/comm") as f:
+                if f.read().strip() != name or os.stat(f"/proc/{d}/ns/net").st_ino != netns:
+                    continue
+            os.sched_setaffinity(int(d), {cpu})
+        except (OSError, ValueError):
+            continue
+
+
 def wrk_measured(net, url: str, args) -> dict:
     """run_wrk, and the CPU the traced programs spent per request (wrk: this process's
     waited-for children; nginx: its processes), in which the probes' own cost shows:
@@ -140,7 +152,8 @@ def wrk_measured(net, url: str, args) -> dict:
     ns = net.hosts[1].inode  # nginx_pair's server namespace
     t0, n0, m0 = os.times(), comm_cpu_s("nginx", ns), machine_cpu_s()
     s0 = comm_schedstat("nginx", ns)
-    w = run_wrk(net, url, args.threads, args.connections, args.duration)
+    w = run_wrk(net, url, args.threads, args.connections, args.duration,
+                taskset=["taskset", "-c", "1"] if args.pin else None)
     t1, n1, m1 = os.times(), comm_cpu_s("nginx", ns), machine_cpu_s()
     s1 = comm_schedstat("nginx", ns)
     wrk = (t1.children_user + t1.children_system) - (t0.children_user + t0.children_system)
@@ -389,6 +402,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--prog-stats", action="store_true",
                     help="the kernel's run time of each BPF program per wrk request (BPF "
                          "run-time statistics on during traced wrk runs: a little slower)")
+    ap.add_argument("--pin", action="store_true",
+                    help="nginx on CPU 0 and wrk on CPU 1 (the agent not pinned): a figure "
+                         "without the scheduler's placement of the two, next to the unpinned "
+                         "one the issue asks for")
     ap.add_argument("--compare-off", action="store_true",
                     help="each round also traced with shedding off (ZEROTRACE_SHEDDING=0)")
     ap.add_argument("--compare", action="append", default=[], metavar="K=V[,K=V]",
@@ -410,6 +427,8 @@ def main(argv: list[str] | None = None) -> None:
     traced: list[list[dict]] = [[] for _ in variants]
     load0 = load()
     with nginx_pair() as (net, url):
+        if args.pin:
+            pin_comm("nginx", net.hosts[1].inode, 0)
         for i in range(args.rounds):
             base.append(wrk_measured(net, url, args))
             # variants in turn, rotated each round so no one always runs last
@@ -461,7 +480,8 @@ def _report(args, env: dict, load0: str, base: list, traced: list, what: str) ->
     med = lambda rows, k: statistics.median(x[k] for x in rows)  # noqa: E731
     b, t = med(base, "rps"), med(traced, "rps")
     print(f"# {what}live: wrk -t{args.threads} -c{args.connections} -d{args.duration}s on nginx "
-          f"(612 B, keep-alive), agent not pinned, env {env or '{}'}; medians of "
+          f"(612 B, keep-alive), {'nginx on CPU 0 and wrk on CPU 1, ' if args.pin else ''}"
+          f"agent not pinned, env {env or '{}'}; medians of "
           f"{args.rounds}; load before {load0}, after {load()} (shared VM)")
     print(f"throughput untraced {b:,.0f} traced {t:,.0f} req/s: ratio {t / b:.2f} (target 0.8)")
     print(f"kernel loss {med(traced, 'loss'):.3%} of events (target 0.1 %); shed "
